@@ -1,0 +1,1 @@
+"""Benchmarks whose tables the README cites; each writes reports/bench/<name>.md."""

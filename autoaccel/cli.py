@@ -1,0 +1,154 @@
+"""Command line: ``python -m autoaccel COMMAND [options | key=value overrides]``.
+
+search [key=value ...]                  run (or resume) a search; writes reports/<run>/
+report RUN                              rebuild a run's report from its ledger
+plan RUN [--max-latency-ms X] [--max-nfe N]   the best front point within a budget
+apply RECIPE --out DIR [--n N]          write N images with a recipe's plan
+bench schedules [key=value ...]         the schedule benchmark -> reports/bench/schedules.md
+train-teacher / train-classifier        retrain the embedded model / its FID feature extractor
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from autoaccel.errors import AutoaccelError
+
+COMMANDS = ("search", "report", "plan", "apply", "bench", "train-teacher", "train-classifier")
+
+
+def _log(quiet: bool = False):
+    def log(message: str) -> None:
+        if not quiet:
+            print(message, flush=True)
+
+    return log
+
+
+def cmd_search(overrides: list[str]) -> int:
+    from autoaccel.config import compose_config
+    from autoaccel.search import search
+
+    config = compose_config(overrides)
+    search(config, log=_log(bool(config.quiet)))
+    return 0
+
+
+def cmd_report(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="autoaccel report", description="Rebuild a run's report from its ledger.")
+    parser.add_argument("run", type=Path, help="the run folder, e.g. reports/digits-sampler")
+    options = parser.parse_args(args)
+    from autoaccel.report.build import build_report
+    from autoaccel.run import open_run
+
+    print(build_report(open_run(options.run)))
+    return 0
+
+
+def cmd_plan(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="autoaccel plan", description="The best front point within a budget.")
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--max-latency-ms", type=float, default=None)
+    parser.add_argument("--max-nfe", type=float, default=None)
+    parser.add_argument("--quality", default="fid", help="the quality metric to rank by (default fid)")
+    options = parser.parse_args(args)
+    from autoaccel.planning import explain_plan
+
+    message, found = explain_plan(
+        options.run, options.quality, {"latency_ms": options.max_latency_ms, "nfe": options.max_nfe}
+    )
+    print(message)
+    return 0 if found else 3
+
+
+def cmd_apply(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="autoaccel apply", description="Write images with a recipe's plan.")
+    parser.add_argument("recipe", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--n", type=int, default=16, help="number of images (default 16)")
+    parser.add_argument("--seed", type=int, default=None, help="noise seed (default: the recipe's)")
+    parser.add_argument("--model", default=None, help="model folder (default: the recipe's base model)")
+    parser.add_argument("--device", default="auto")
+    options = parser.parse_args(args)
+    from autoaccel.applying import write_images
+
+    paths = write_images(options.recipe, options.out, options.n, options.seed, options.model, options.device)
+    print(f"wrote {len(paths) - 1} images and {paths[-1].name} to {options.out}")
+    return 0
+
+
+def cmd_bench(args: list[str]) -> int:
+    if not args or args[0] not in ("schedules",):
+        raise AutoaccelError(f"bench needs a benchmark name; valid: schedules (got {args[:1] or 'nothing'})")
+    from autoaccel.bench.schedules import run_schedules_benchmark
+    from autoaccel.config import compose_config
+
+    config = compose_config(args[1:])
+    print(run_schedules_benchmark(config, log=_log(bool(config.quiet))))
+    return 0
+
+
+def cmd_train_teacher(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="autoaccel train-teacher")
+    parser.add_argument("--steps", type=int, default=2400)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None)
+    options = parser.parse_args(args)
+    from autoaccel.targets.digits.model import teacher_dir
+    from autoaccel.targets.digits.teacher import train_teacher
+
+    train_teacher(options.out or teacher_dir(), steps=options.steps, seed=options.seed)
+    return 0
+
+
+def cmd_train_classifier(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="autoaccel train-classifier")
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None)
+    options = parser.parse_args(args)
+    from autoaccel.targets.digits.classifier import train_classifier
+    from autoaccel.targets.digits.model import classifier_weights_path
+
+    train_classifier(options.out or classifier_weights_path(), epochs=options.epochs, seed=options.seed)
+    return 0
+
+
+HANDLERS = {
+    "search": cmd_search,
+    "report": cmd_report,
+    "plan": cmd_plan,
+    "apply": cmd_apply,
+    "bench": cmd_bench,
+    "train-teacher": cmd_train_teacher,
+    "train-classifier": cmd_train_classifier,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in HANDLERS:
+        print(f"autoaccel: unknown command {command!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # 2-thread torch stalls badly when the CPU is shared
+    started = time.perf_counter()
+    try:
+        return HANDLERS[command](rest)
+    except AutoaccelError as error:
+        print(f"autoaccel {command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"autoaccel {command}: interrupted after {time.perf_counter() - started:.0f}s; "
+            "everything measured is in the ledger, and the same command resumes",
+            file=sys.stderr,
+        )
+        return 130

@@ -1,0 +1,46 @@
+"""Composes the configuration from ``conf/`` and command-line overrides with Hydra's compose API.
+
+Hydra is used for configuration only (the optuna sweeper plugin cannot drive optuna 5 or resume), so the
+command line is ``python -m autoaccel search key=value ...`` and errors come back as ConfigError.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from autoaccel.errors import ConfigError
+
+_SCHEMA_REGISTERED = False
+
+
+def _register_schema() -> None:
+    global _SCHEMA_REGISTERED
+    if _SCHEMA_REGISTERED:
+        return
+    from hydra.core.config_store import ConfigStore
+
+    from autoaccel.config.schema import AutoaccelConfig
+
+    ConfigStore.instance().store(name="autoaccel_schema", node=AutoaccelConfig)
+    _SCHEMA_REGISTERED = True
+
+
+def compose_config(overrides: list[str] | None = None) -> DictConfig:
+    """The full configuration for ``overrides`` (``["budget.trials=10", "target=pipeline", ...]``)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from autoaccel.resources import resource_dir
+
+    _register_schema()
+    try:
+        with initialize_config_dir(config_dir=str(resource_dir("conf")), version_base="1.3"):
+            config = compose(config_name="config", overrides=list(overrides or []))
+        OmegaConf.resolve(config)
+    except (HydraException, OmegaConfBaseException) as error:
+        lines = str(error).strip().splitlines()
+        if error.__cause__ is not None:
+            lines += str(error.__cause__).strip().splitlines()
+        raise ConfigError(" ".join(line.strip() for line in lines if line.strip())) from None
+    return config

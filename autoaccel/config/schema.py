@@ -1,0 +1,90 @@
+"""The shape of every option, so a typo or a wrong type fails at composition with the key named. No logic."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omegaconf import MISSING
+
+
+@dataclass
+class TargetConfig:
+    """``digits`` (the embedded model) or ``pipeline`` (any local diffusers folder at ``path``)."""
+
+    name: str = "digits"
+    path: str | None = None
+    device: str = "auto"
+
+
+@dataclass
+class OptimizerConfig:
+    """``optuna_nsga2`` | ``optuna_tpe`` | ``random``; the other fields apply to the backends that use them."""
+
+    name: str = "optuna_nsga2"
+    seed: int | None = None
+    population_size: int = 16
+    n_startup_trials: int = 10
+
+
+@dataclass
+class BudgetConfig:
+    """How much to spend and the deployment limits a plan must meet (``null`` = no limit)."""
+
+    trials: int = 40
+    max_minutes: float | None = None
+    max_latency_ms: float | None = None
+    max_nfe: int | None = None
+    warm_start_steps: list[int] = field(default_factory=lambda: [4, 6, 10])
+
+
+@dataclass
+class QualityConfig:
+    """Images per candidate (the same seeds for every one) and the seed that draws them."""
+
+    samples: int = 512
+    seed: int = 0
+    chunk_size: int = 512
+
+
+@dataclass
+class CostConfig:
+    """Latency is the median of ``repeats`` timed calls at ``batch_size`` after ``warmup`` calls."""
+
+    batch_size: int = 16
+    warmup: int = 2
+    repeats: int = 5
+
+
+@dataclass
+class ReportConfig:
+    dir: str = "reports"
+    grid_images: int = 32
+    wandb: bool = False
+
+
+@dataclass
+class BenchConfig:
+    """``bench schedules``: a search per NFE, then the winners re-scored on fresh seed sets."""
+
+    dir: str = "reports/bench"
+    nfes: list[int] = field(default_factory=lambda: [4, 6, 8, 10])
+    trials: int = 40
+    confirm_seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+
+
+@dataclass
+class AutoaccelConfig:
+    target: TargetConfig = field(default_factory=TargetConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    space: str = "sampler"
+    objectives: list[str] = field(default_factory=lambda: ["fid", "latency_ms"])
+    study_name: str | None = None
+    storage: str | None = None
+    cache_dir: str = MISSING
+    seed: int = 0
+    quiet: bool = False

@@ -1,0 +1,157 @@
+"""The trial record: an optuna study (SQLite in the run folder by default) holding every trial, its
+parameters, every metric, its state and failure reason. Whatever proposed a trial, it is recorded here, so a
+run resumes, reports and plans from the ledger alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+
+from autoaccel.candidate import Candidate
+from autoaccel.measure.evaluator import Measurement
+from autoaccel.objectives import CONSTRAINTS
+
+METRIC_PREFIX = "metric."
+DETAIL_PREFIX = "detail."
+LEADING_COLUMNS = [
+    "trial",
+    "state",
+    "warm_start",
+    "feasible",
+    "failure",
+    "fid",
+    "kid",
+    "kid_std",
+    "precision",
+    "recall",
+    "psnr_vs_ode",
+    "nfe",
+    "latency_ms",
+    "peak_memory_mb",
+    "energy_j",
+    "timesteps",
+]
+INTERRUPTED = "interrupted before it finished; evaluated again on resume"
+
+
+def default_storage(run_dir: Path) -> str:
+    return f"sqlite:///{(run_dir / 'ledger.db').resolve()}"
+
+
+class Ledger:
+    """One study; ``record`` writes a finished trial, ``trials_frame`` reads them all back."""
+
+    def __init__(self, storage: str, study_name: str, directions: list[str], sampler=None) -> None:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.study = optuna.create_study(
+            study_name=study_name, storage=storage, directions=directions, sampler=sampler, load_if_exists=True
+        )
+        self.study_name = study_name
+        self.storage = storage
+
+    @classmethod
+    def open_existing(cls, storage: str, study_name: str) -> Ledger:
+        ledger = cls.__new__(cls)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        ledger.study = optuna.load_study(study_name=study_name, storage=storage)
+        ledger.study_name, ledger.storage = study_name, storage
+        return ledger
+
+    def check_settings(self, settings: dict[str, Any]) -> None:
+        """Stores the settings that make trials comparable; refuses to resume a study under other ones."""
+        from autoaccel.errors import ConfigError
+
+        stored = self.study.user_attrs.get("settings")
+        if stored is None:
+            self.study.set_user_attr("settings", settings)
+            return
+        changed = {key: (stored.get(key), value) for key, value in settings.items() if stored.get(key) != value}
+        if changed:
+            details = "; ".join(f"{key}: study has {old!r}, now {new!r}" for key, (old, new) in changed.items())
+            raise ConfigError(
+                f"study {self.study_name!r} was run with other settings ({details}); resume with the same "
+                f"settings or choose another study_name"
+            )
+
+    def sweep_interrupted(self) -> int:
+        """Trials left RUNNING by an interrupted run: marked failed with the reason, their params enqueued again."""
+        count = 0
+        for frozen in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            self.study._storage.set_trial_user_attr(frozen._trial_id, "failure", INTERRUPTED)
+            self.study.tell(frozen.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+            if frozen.params:
+                self.study.enqueue_trial(frozen.params, user_attrs=dict(frozen.user_attrs), skip_if_exists=False)
+            count += 1
+        return count
+
+    def enqueue_once(self, tag: str, params: dict[str, Any]) -> bool:
+        """Enqueues a warm-start configuration unless this study already has it (tagged)."""
+        tags = set(self.study.user_attrs.get("enqueued", []))
+        if tag in tags:
+            return False
+        self.study.enqueue_trial(params, user_attrs={"warm_start": tag})
+        self.study.set_user_attr("enqueued", sorted(tags | {tag}))
+        return True
+
+    def finished_count(self) -> int:
+        finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
+        return len(self.study.get_trials(deepcopy=False, states=finished))
+
+    def record(
+        self,
+        trial: optuna.Trial,
+        candidate: Candidate,
+        measurement: Measurement,
+        objectives: list[str],
+        limits: dict[str, float | None],
+    ) -> optuna.trial.FrozenTrial:
+        """Writes everything measured, then tells the study; a failed or non-finite trial is told FAIL."""
+        trial.set_user_attr("candidate", candidate.as_dict)
+        trial.set_user_attr("candidate_key", candidate.key)
+        trial.set_user_attr("status", measurement.status)
+        for name, value in measurement.metrics.items():
+            trial.set_user_attr(METRIC_PREFIX + name, _json_number(value))
+        for name, value in measurement.details.items():
+            trial.set_user_attr(DETAIL_PREFIX + name, value)
+        values = [measurement.metrics.get(name, math.nan) for name in objectives]
+        if not measurement.ok or not all(math.isfinite(value) for value in values):
+            reason = measurement.failure or f"objective(s) not finite: {dict(zip(objectives, values))}"
+            trial.set_user_attr("failure", reason)
+            return self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        for option, metric in CONSTRAINTS.items():
+            limit = limits.get(option)
+            if limit is not None:
+                trial.set_constraint(option, measurement.metrics[metric] - float(limit))
+        return self.study.tell(trial, values)
+
+    def trials_frame(self) -> pd.DataFrame:
+        """Every trial as one row: number, state, params, metrics, details, failure."""
+        rows = []
+        for frozen in self.study.get_trials(deepcopy=False):
+            row: dict[str, Any] = {"trial": frozen.number, "state": frozen.state.name}
+            candidate = frozen.user_attrs.get("candidate") or frozen.params
+            row.update({f"param.{key}": value for key, value in candidate.items()})
+            for key, value in frozen.user_attrs.items():
+                if key.startswith(METRIC_PREFIX):
+                    row[key[len(METRIC_PREFIX) :]] = math.nan if value is None else value
+                elif key.startswith(DETAIL_PREFIX):
+                    row[key[len(DETAIL_PREFIX) :]] = json.dumps(value) if isinstance(value, list | dict) else value
+            row["warm_start"] = frozen.user_attrs.get("warm_start", "")
+            row["feasible"] = all(value <= 0 for value in (frozen.constraints or []))
+            row["failure"] = frozen.user_attrs.get("failure", "")
+            rows.append(row)
+        frame = pd.DataFrame(rows)
+        leading = [column for column in LEADING_COLUMNS if column in frame.columns]
+        params = sorted(column for column in frame.columns if column.startswith("param."))
+        rest = [column for column in frame.columns if column not in leading and column not in params]
+        return frame[leading + params + rest]
+
+
+def _json_number(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None

@@ -1,0 +1,106 @@
+"""The search loop: the only code that joins an optimizer and the evaluator.
+
+ask (backend or study sampler) -> candidate -> evaluate -> record in the ledger -> tell the backend.
+A failed trial is recorded with its reason and the loop goes on; Ctrl-C marks the trial in hand as
+interrupted (it is evaluated again on resume) and stops cleanly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from autoaccel.candidate import Candidate
+from autoaccel.errors import ConfigError
+from autoaccel.ledger import INTERRUPTED, Ledger
+from autoaccel.measure.evaluator import Evaluator, Measurement
+from autoaccel.optimizers.base import OptimizerBackend
+from autoaccel.optimizers.optuna_backend import suggest
+from autoaccel.space import SearchSpace
+
+
+@dataclass(frozen=True)
+class LoopBudget:
+    trials: int
+    max_minutes: float | None
+    limits: dict[str, float | None]
+
+
+def standard_configurations(space: SearchSpace, steps: list[int]) -> list[tuple[str, dict[str, Any]]]:
+    """Uniform DDIM, DPM-Solver++ 2M and UniPC (trailing spacing, no guidance) at each step count, as far as the
+    space allows: the baselines the report measures the search's gain against."""
+    solvers = [
+        ("ddim", {"solver.name": "ddim"}),
+        (
+            "dpmsolver++2m",
+            {
+                "solver.name": "dpmsolver++",
+                "solver.order": 2,
+                "solver.variant": "default",
+                "solver.lower_order_final": True,
+            },
+        ),
+        ("unipc", {"solver.name": "unipc", "solver.order": 2, "solver.lower_order_final": True}),
+    ]
+    configurations = []
+    for step_count in steps:
+        for label, solver_params in solvers:
+            params = {"timesteps.steps": step_count, "timesteps.family": "uniform_trailing", **solver_params}
+            params["solver.guidance"] = 1.0
+            searched = _restrict_to_space(space, params)
+            if searched is not None:
+                configurations.append((f"{label}-{step_count}", searched))
+    return configurations
+
+
+def _restrict_to_space(space: SearchSpace, params: dict[str, Any]) -> dict[str, Any] | None:
+    """The searched part of ``params`` if it is a valid point of ``space`` (fixed values must agree)."""
+    for key, value in space.fixed.items():
+        if key in params and params[key] != value:
+            return None
+    searched = {name: value for name, value in params.items() if name in space.names}
+    try:
+        complete = space.complete(searched)
+    except ConfigError:
+        return None
+    return searched if all(complete.get(key, value) == value for key, value in params.items()) else None
+
+
+def run_search(
+    ledger: Ledger,
+    backend: OptimizerBackend,
+    evaluator: Evaluator,
+    space: SearchSpace,
+    objectives: list[str],
+    budget: LoopBudget,
+    on_trial: Callable[[optuna.trial.FrozenTrial, Measurement, int], None] | None = None,
+) -> int:
+    """Evaluates trials until the study holds ``budget.trials`` finished ones; returns how many ran now."""
+    started = time.monotonic()
+    ran = 0
+    while ledger.finished_count() < budget.trials:
+        if budget.max_minutes is not None and time.monotonic() - started > budget.max_minutes * 60:
+            break
+        proposal = backend.propose()
+        if proposal is not None:
+            ledger.study.enqueue_trial(proposal)
+        trial = ledger.study.ask()
+        try:
+            searched = suggest(trial, space)
+            candidate = Candidate.from_params(space.complete(searched))
+            measurement = evaluator.evaluate(candidate)
+        except KeyboardInterrupt:
+            trial.set_user_attr("failure", INTERRUPTED)
+            ledger.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            ledger.study.enqueue_trial(trial.params, user_attrs=dict(trial.user_attrs))
+            raise
+        frozen = ledger.record(trial, candidate, measurement, objectives, budget.limits)
+        backend.observe(searched, list(frozen.values) if frozen.values else None)
+        ran += 1
+        if on_trial is not None:
+            on_trial(frozen, measurement, ledger.finished_count())
+    return ran

@@ -1,0 +1,133 @@
+"""Candidate -> Measurement. A candidate that cannot be applied, runs out of memory or yields NaN images
+comes back as a failed measurement with its reason; this module never lets a trial crash the search.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from autoaccel.candidate import Candidate, apply_plan
+from autoaccel.measure.latency import CostMeasurement, measure_cost
+from autoaccel.measure.reference import QualityJudge, teacher_pipeline
+from autoaccel.measure.seeds import sample_in_chunks
+from autoaccel.space import SearchSpace
+from autoaccel.targets.base import Target
+
+COMPLETE = "complete"
+FAILED = "failed"
+
+
+@dataclass
+class Measurement:
+    """What one evaluation measured. ``metrics`` holds numbers only; ``details`` what was run."""
+
+    status: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    failure: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == COMPLETE
+
+
+@dataclass(frozen=True)
+class CostSettings:
+    batch_size: int = 16
+    warmup: int = 2
+    repeats: int = 5
+
+
+def describe_failure(error: BaseException) -> str:
+    if isinstance(error, torch.cuda.OutOfMemoryError | MemoryError):
+        return f"out of memory: {error}".strip()
+    return f"{type(error).__name__}: {error}"
+
+
+class Evaluator:
+    """Scores candidates of one space on one target, on common seeds, caching costs by structure."""
+
+    def __init__(self, target: Target, space: SearchSpace, judge: QualityJudge, cost: CostSettings) -> None:
+        self.target = target
+        self.space = space
+        self.judge = judge
+        self.cost_settings = cost
+        self.cost_cache: dict[str, CostMeasurement] = {}
+
+    def structure_key(self, pipeline) -> str:
+        """What cost depends on: the scheduler class, unet calls per image, and the batch size."""
+        return f"{type(pipeline.scheduler).__name__}|nfe={pipeline.unet_calls}|batch={self.cost_settings.batch_size}"
+
+    def _cost(self, pipeline, teacher: bool = False) -> tuple[CostMeasurement, bool]:
+        key = self.structure_key(pipeline)
+        if key in self.cost_cache:
+            return self.cost_cache[key], True
+        seeds = self.judge.deployment_seeds(self.cost_settings.batch_size)
+        warmup, repeats = self.cost_settings.warmup, self.cost_settings.repeats
+        if teacher:  # a full-step call costs hundreds of fast ones; its median needs fewer repeats
+            warmup, repeats = min(warmup, 1), min(repeats, 3)
+        cost = measure_cost(pipeline, seeds, warmup, repeats)
+        self.cost_cache[key] = cost
+        return cost, False
+
+    def _measure_pipeline(self, pipeline, images: torch.Tensor, details: dict, teacher: bool = False) -> Measurement:
+        if not torch.isfinite(images).all():
+            bad = int((~torch.isfinite(images)).flatten(1).any(dim=1).sum())
+            return Measurement(FAILED, details=details, failure=f"{bad} of {len(images)} images contain NaN or inf")
+        nfe = pipeline.unet_calls
+        metrics: dict[str, float] = self.judge.score(images)
+        cost, reused = self._cost(pipeline, teacher)
+        metrics.update(
+            nfe=float(nfe),
+            latency_ms=cost.latency_ms,
+            latency_iqr_ms=cost.latency_iqr_ms,
+            peak_memory_mb=cost.peak_memory_mb,
+            energy_j=cost.energy_j,
+            quality_samples=float(len(images)),
+        )
+        details.update(
+            timesteps=list(pipeline.plan.timesteps),
+            scheduler_class=type(pipeline.scheduler).__name__,
+            guidance_scale=pipeline.plan.guidance_scale,
+            cost_reused=reused,
+            memory_kind=cost.memory_kind,
+            device=cost.device,
+            threads=cost.threads,
+            batch_size=cost.batch_size,
+            latency_repeats=cost.repeats,
+        )
+        return Measurement(COMPLETE, metrics=metrics, details=details)
+
+    def evaluate(self, candidate: Candidate) -> Measurement:
+        started = time.perf_counter()
+        details: dict[str, Any] = {"candidate_key": candidate.key}
+        try:
+            pipeline = self.target.make_pipeline()
+            apply_plan(pipeline, candidate.plan(self.space.techniques), self.target)
+            images = sample_in_chunks(pipeline, self.judge.seeds, self.judge.chunk_size)
+            measurement = self._measure_pipeline(pipeline, images, details)
+        except KeyboardInterrupt:
+            raise
+        except Exception as error:  # a technique's or library's failure is this trial's result
+            measurement = Measurement(FAILED, details=details, failure=describe_failure(error))
+            if isinstance(error, torch.cuda.OutOfMemoryError | MemoryError):
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+        measurement.details["seconds"] = round(time.perf_counter() - started, 3)
+        return measurement
+
+    def evaluate_teacher(self) -> Measurement:
+        """The model's own full-step sampler on the same seeds: the report's teacher row."""
+        started = time.perf_counter()
+        pipeline = teacher_pipeline(self.target)
+        images = self.judge.teacher_images()
+        pipeline.unet_calls = len(pipeline.plan.timesteps) * (2 if pipeline.guided else 1)
+        measurement = self._measure_pipeline(pipeline, images, {"candidate_key": "teacher"}, teacher=True)
+        measurement.details["seconds"] = round(time.perf_counter() - started, 3)
+        return measurement

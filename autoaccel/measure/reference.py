@@ -1,0 +1,106 @@
+"""The fixed yardsticks every candidate of a run is scored against, computed once and cached on disk.
+
+- seeds: the common initial noise and class labels;
+- the teacher: the model's own full-step sampler (e.g. 1000-step DDPM) on those seeds, the report's
+  teacher row and, for a model without its own data, the FID reference;
+- the ODE reference: a deterministic many-step DPM-Solver++ solution from the same noise, against which each
+  candidate image's PSNR is taken (a stochastic DDPM sample cannot be matched image by image).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from autoaccel.measure.quality import distribution_metrics, psnr, tensor_digest
+from autoaccel.measure.seeds import SeedBatch, make_seed_batch, sample_in_chunks
+from autoaccel.targets.base import Target
+
+ODE_REFERENCE_STEPS = 250
+
+
+def teacher_pipeline(target: Target):
+    """The model's own scheduler run over every trained timestep."""
+    pipeline = target.make_pipeline()
+    pipeline.plan.timesteps = list(range(target.num_train_timesteps - 1, -1, -1))
+    return pipeline
+
+
+def ode_reference_pipeline(target: Target):
+    from autoaccel.techniques.solver import SolverConfig, build_scheduler
+    from autoaccel.techniques.timesteps import TimestepsConfig, build_timesteps
+
+    pipeline = target.make_pipeline()
+    pipeline.scheduler = build_scheduler(SolverConfig(name="dpmsolver++", order=2), target.scheduler_config)
+    steps = min(ODE_REFERENCE_STEPS, target.num_train_timesteps)
+    pipeline.plan.timesteps = build_timesteps(TimestepsConfig(steps=steps), pipeline.scheduler.alphas_cumprod)
+    return pipeline
+
+
+class QualityJudge:
+    """Scores images made from ``seeds``: distribution metrics and PSNR to the ODE reference."""
+
+    def __init__(self, target: Target, samples: int, seed: int, cache_dir: Path, chunk_size: int = 256) -> None:
+        self.target = target
+        self.samples = samples
+        self.cache_dir = Path(cache_dir)
+        self.chunk_size = chunk_size
+        self.seeds = make_seed_batch(target.sample_shape, samples, seed, target.num_classes)
+        self._teacher_images: torch.Tensor | None = None
+        self._ode_images: torch.Tensor | None = None
+
+    def _cached(self, kind: str, make) -> torch.Tensor:
+        key = f"{self.target.content_hash[:16]}-{kind}-n{self.samples}-seed{self.seeds.seed}.pt"
+        path = self.cache_dir / "samples" / key
+        if path.exists():
+            return torch.load(path, weights_only=True)
+        images = make()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        torch.save(images, temporary)
+        temporary.replace(path)
+        return images
+
+    def teacher_images(self) -> torch.Tensor:
+        if self._teacher_images is None:
+            self._teacher_images = self._cached(
+                "teacher", lambda: sample_in_chunks(teacher_pipeline(self.target), self.seeds, self.chunk_size)
+            )
+        return self._teacher_images
+
+    def ode_images(self) -> torch.Tensor:
+        if self._ode_images is None:
+            self._ode_images = self._cached(
+                f"ode{ODE_REFERENCE_STEPS}",
+                lambda: sample_in_chunks(ode_reference_pipeline(self.target), self.seeds, self.chunk_size),
+            )
+        return self._ode_images
+
+    def reference_images(self) -> tuple[torch.Tensor, str]:
+        """uint8 reference images for FID and a cache key naming them."""
+        from autoaccel.imaging import to_uint8
+
+        if self.target.real_images is not None:
+            real = self.target.real_images
+            return real, f"real-{tensor_digest(real)}"
+        teacher = to_uint8(self.teacher_images())
+        return teacher, f"teacher-{tensor_digest(teacher)}"
+
+    def score(self, images: torch.Tensor) -> dict[str, float]:
+        reference, reference_key = self.reference_images()
+        metrics = distribution_metrics(
+            images,
+            reference,
+            self.target.quality.extractor,
+            self.cache_dir,
+            reference_key,
+            cuda=str(self.target.unet.device).startswith("cuda"),
+        )
+        metrics["psnr_vs_ode"] = psnr(images, self.ode_images())
+        return metrics
+
+    def deployment_seeds(self, batch_size: int) -> SeedBatch:
+        if batch_size > self.samples:
+            return make_seed_batch(self.target.sample_shape, batch_size, self.seeds.seed, self.target.num_classes)
+        return self.seeds.head(batch_size)

@@ -1,0 +1,69 @@
+"""The Pareto front of a study and the choices made on it: the knee point and the best plan within a budget.
+
+The front itself is optuna's (``study.best_trials``: complete, feasible, non-dominated); this module only
+orders, selects and explains.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from autoaccel.objectives import DIRECTIONS
+
+
+def front_frame(trials: pd.DataFrame, front_numbers: list[int], cost_metric: str = "latency_ms") -> pd.DataFrame:
+    """The front's rows, cheapest first."""
+    front = trials[trials["trial"].isin(front_numbers)]
+    return front.sort_values(cost_metric).reset_index(drop=True)
+
+
+def knee_point(front: pd.DataFrame, objectives: list[str]) -> int | None:
+    """Row index of the front point closest to the ideal point after scaling each objective to [0, 1]."""
+    if front.empty:
+        return None
+    scaled = []
+    for name in objectives:
+        values = front[name].to_numpy(dtype=float)
+        if DIRECTIONS[name] == "maximize":
+            values = -values
+        span = values.max() - values.min()
+        scaled.append((values - values.min()) / span if span > 0 else np.zeros_like(values))
+    distance = np.sqrt(np.sum(np.square(np.stack(scaled)), axis=0))
+    return int(np.argmin(distance))
+
+
+@dataclass(frozen=True)
+class BudgetChoice:
+    """The best front point within the limits, or (``row`` None) the closest one and what it misses by."""
+
+    row: pd.Series | None
+    closest: pd.Series | None
+    misses: dict[str, float]
+
+
+def choose_within(front: pd.DataFrame, quality_metric: str, limits: dict[str, float | None]) -> BudgetChoice:
+    """Best quality among front points meeting every limit (``{"latency_ms": 50, "nfe": 8}``, None = no limit)."""
+    active = {metric: limit for metric, limit in limits.items() if limit is not None}
+    if front.empty:
+        return BudgetChoice(None, None, {})
+    fits = np.ones(len(front), dtype=bool)
+    relative_excess = np.zeros(len(front))
+    for metric, limit in active.items():
+        values = front[metric].to_numpy(dtype=float)
+        fits &= values <= limit
+        relative_excess += np.maximum(values - limit, 0) / max(abs(limit), 1e-9)
+    ascending = DIRECTIONS[quality_metric] == "minimize"
+    if fits.any():
+        best = front[fits].sort_values(quality_metric, ascending=ascending).iloc[0]
+        return BudgetChoice(best, None, {})
+    closest = front.iloc[int(np.argmin(relative_excess))]
+    misses = {
+        metric: float(closest[metric]) - limit
+        for metric, limit in active.items()
+        if not math.isnan(float(closest[metric])) and float(closest[metric]) > limit
+    }
+    return BudgetChoice(None, closest, misses)

@@ -1,0 +1,168 @@
+"""Recipes: a versioned, plain-data deployment plan that reproduces what was measured.
+
+A recipe names the base model (its weights' hash), every technique config with its version, the exact
+scheduler class and config, the timesteps, guidance, the seed policy, the figures and where they were
+measured. Loading one reads YAML with ``safe_load`` and resolves the scheduler class only from an allow-list:
+a recipe cannot make autoaccel import or run code it names.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from autoaccel.errors import RecipeError
+from autoaccel.sampling import SamplerPipeline
+from autoaccel.targets.base import hash_weights
+from autoaccel.techniques.solver import SOLVERS
+
+RECIPE_FORMAT = 1
+ALLOWED_SCHEDULERS = frozenset(spec.scheduler_class for spec in SOLVERS.values()) | {"DDPMScheduler", "DDIMScheduler"}
+REQUIRED_KEYS = ("autoaccel_recipe", "base_model", "scheduler", "timesteps", "guidance_scale")
+
+
+def environment() -> dict[str, str]:
+    import diffusers
+
+    return {
+        "torch": str(torch.__version__),
+        "diffusers": str(diffusers.__version__),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+    }
+
+
+def build_recipe(
+    target, plan: list, pipeline: SamplerPipeline, figures: dict, measured_on: dict, seed_policy: dict, source: dict
+) -> dict[str, Any]:
+    """The recipe for a pipeline that ``plan`` configured on ``target``."""
+    scheduler_config = {key: value for key, value in dict(pipeline.scheduler.config).items() if not key.startswith("_")}
+    return {
+        "autoaccel_recipe": RECIPE_FORMAT,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "base_model": {"name": target.name, "path": str(target.path), "content_hash": target.content_hash},
+        "techniques": {
+            technique.name: {"version": technique.version, "config": _plain(asdict(config))}
+            for technique, config in plan
+        },
+        "scheduler": {"class": type(pipeline.scheduler).__name__, "config": _plain(scheduler_config)},
+        "timesteps": [int(step) for step in pipeline.plan.timesteps],
+        "guidance_scale": float(pipeline.plan.guidance_scale),
+        "null_class": pipeline.plan.null_class,
+        "seed_policy": seed_policy,
+        "figures": {key: _plain(value) for key, value in figures.items()},
+        "measured_on": {**measured_on, **environment()},
+        "source": source,
+    }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if hasattr(value, "item") and not isinstance(value, str | bytes):
+        return value.item()
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+def save_recipe(recipe: dict[str, Any], path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    temporary.replace(path)
+    return path
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """Reads and validates a recipe file; every problem is a RecipeError naming the file and the bad value."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe {path} does not exist")
+    try:
+        recipe = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise RecipeError(f"recipe {path} is not valid YAML: {error}") from None
+    if not isinstance(recipe, dict):
+        raise RecipeError(f"recipe {path} must be a mapping with keys {', '.join(REQUIRED_KEYS)}")
+    missing = [key for key in REQUIRED_KEYS if key not in recipe]
+    if missing:
+        raise RecipeError(f"recipe {path} lacks {', '.join(missing)}")
+    if recipe["autoaccel_recipe"] != RECIPE_FORMAT:
+        raise RecipeError(
+            f"recipe {path}: format {recipe['autoaccel_recipe']!r} is not supported; "
+            f"this autoaccel reads format {RECIPE_FORMAT}"
+        )
+    scheduler = recipe["scheduler"]
+    if not isinstance(scheduler, dict) or scheduler.get("class") not in ALLOWED_SCHEDULERS:
+        name = scheduler.get("class") if isinstance(scheduler, dict) else scheduler
+        raise RecipeError(
+            f"recipe {path}: scheduler class {name!r} is not allowed; allowed: {sorted(ALLOWED_SCHEDULERS)}"
+        )
+    if not isinstance(scheduler.get("config"), dict):
+        raise RecipeError(f"recipe {path}: scheduler.config must be a mapping")
+    timesteps = recipe["timesteps"]
+    if (
+        not isinstance(timesteps, list)
+        or not timesteps
+        or not all(isinstance(step, int) and not isinstance(step, bool) for step in timesteps)
+        or any(later >= earlier for earlier, later in zip(timesteps, timesteps[1:]))
+        or timesteps[-1] < 0
+    ):
+        raise RecipeError(
+            f"recipe {path}: timesteps={timesteps!r} must be a non-empty strictly decreasing list of ints >= 0"
+        )
+    guidance = recipe["guidance_scale"]
+    if isinstance(guidance, bool) or not isinstance(guidance, int | float) or guidance < 1:
+        raise RecipeError(f"recipe {path}: guidance_scale={guidance!r} must be a number >= 1")
+    null_class = recipe.get("null_class")
+    if null_class is not None and (isinstance(null_class, bool) or not isinstance(null_class, int)):
+        raise RecipeError(f"recipe {path}: null_class={null_class!r} must be an int or null")
+    return recipe
+
+
+def apply_recipe(pipeline, recipe: str | Path | dict, check_model: bool = True) -> SamplerPipeline:
+    """Configures a loaded pipeline (anything with a ``unet``) as the recipe says; returns the runnable pipeline.
+
+    >>> pipe = DDPMPipeline.from_pretrained(folder)
+    >>> fast = autoaccel.apply_recipe(pipe, "reports/digits-sampler/recipes/trial-0042.yaml")
+    >>> images = fast(noise, class_labels).images
+
+    The unet is shared, not copied. With ``check_model`` the unet's weights must hash to the recipe's
+    ``base_model.content_hash``: a recipe measured on another model would not reproduce its figures.
+    """
+    import diffusers
+
+    recipe = recipe if isinstance(recipe, dict) else load_recipe(recipe)
+    unet = getattr(pipeline, "unet", None)
+    if unet is None:
+        raise RecipeError(f"apply_recipe needs a pipeline with a unet; got {type(pipeline).__name__}")
+    if check_model:
+        expected = recipe["base_model"].get("content_hash")
+        actual = hash_weights(unet)
+        if expected != actual:
+            raise RecipeError(
+                f"this recipe was measured on model {recipe['base_model'].get('name')!r} with weights hash "
+                f"{str(expected)[:16]}..., but the pipeline's unet hashes to {actual[:16]}...; "
+                f"apply it to that model or pass check_model=False"
+            )
+    scheduler_class = getattr(diffusers, recipe["scheduler"]["class"])
+    try:
+        scheduler = scheduler_class.from_config(recipe["scheduler"]["config"])
+    except (TypeError, ValueError) as error:
+        raise RecipeError(f"recipe scheduler config is not valid for {scheduler_class.__name__}: {error}") from None
+    fast = SamplerPipeline(unet=unet, scheduler=scheduler)
+    fast.plan.timesteps = list(recipe["timesteps"])
+    fast.plan.guidance_scale = float(recipe["guidance_scale"])
+    fast.plan.null_class = recipe.get("null_class")
+    return fast

@@ -1,0 +1,1 @@
+"""Reports of a run: CSV tables, the Pareto plot, image grids and one HTML page."""

@@ -1,0 +1,130 @@
+"""Builds ``reports/<run>/`` from the ledger: trials.csv, pareto.csv, pareto.png, recipes/, grids/, index.html.
+
+Front points are turned into recipes, and their image grids are sampled through ``apply_recipe``: what the
+report shows is what a user who applies the recipe gets.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from autoaccel.candidate import Candidate, apply_plan
+from autoaccel.imaging import save_grid
+from autoaccel.measure.seeds import sample_in_chunks
+from autoaccel.pareto import front_frame, knee_point
+from autoaccel.recipe import apply_recipe, build_recipe, save_recipe
+from autoaccel.report.html import write_html
+from autoaccel.report.plots import pareto_plot
+
+PARETO_COLUMNS = [
+    "trial",
+    "nfe",
+    "fid",
+    "kid",
+    "kid_std",
+    "precision",
+    "recall",
+    "psnr_vs_ode",
+    "latency_ms",
+    "peak_memory_mb",
+    "energy_j",
+    "quality_samples",
+    "scheduler_class",
+    "timesteps",
+    "guidance_scale",
+    "recipe",
+]
+
+
+def seed_policy(context) -> dict:
+    return {
+        "seed": int(context.config.quality.seed),
+        "samples": int(context.config.quality.samples),
+        "chunk_size": int(context.config.quality.chunk_size),
+        "noise": "torch.randn((samples, C, H, W), generator=torch.Generator().manual_seed(seed)), on the CPU",
+        "class_labels": "(arange(samples) % num_classes)[randperm(samples)] with the same generator, after the noise",
+        "stochastic_steps": "torch.Generator seeded seed * 100003 + chunk start, per chunk of chunk_size",
+        "code": "autoaccel.measure.seeds.make_seed_batch and sample_in_chunks",
+    }
+
+
+def write_front_recipe(context, row: pd.Series, recipes_dir: Path) -> Path:
+    """The recipe of one front point, rebuilt from the exact parameters the ledger stored for its trial."""
+    frozen = context.ledger.study.trials[int(row["trial"])]
+    candidate = Candidate.from_params(frozen.user_attrs["candidate"])
+    plan = candidate.plan(context.space.techniques)
+    pipeline = context.target.make_pipeline()
+    apply_plan(pipeline, plan, context.target)
+    figures = {name: row.get(name) for name in PARETO_COLUMNS[1:12] if name in row}
+    measured_on = {
+        "device": row.get("device"),
+        "threads": row.get("threads"),
+        "batch_size": row.get("batch_size"),
+        "memory_kind": row.get("memory_kind"),
+        "quality_extractor": context.target.quality.extractor,
+        "quality_reference": context.target.quality.description,
+    }
+    source = {"study": context.ledger.study_name, "trial": int(row["trial"]), "run_dir": str(context.run_dir)}
+    recipe = build_recipe(context.target, plan, pipeline, figures, measured_on, seed_policy(context), source)
+    return save_recipe(recipe, recipes_dir / f"trial-{int(row['trial']):04d}.yaml")
+
+
+def build_report(context, log=print) -> Path:
+    run_dir = context.run_dir
+    trials = context.ledger.trials_frame()
+    teacher = context.ledger.study.user_attrs.get("teacher")
+    front_numbers = [trial.number for trial in context.ledger.study.best_trials]
+    front = front_frame(trials, front_numbers) if front_numbers else pd.DataFrame(columns=PARETO_COLUMNS)
+    grid_count = min(int(context.config.report.grid_images), context.judge.samples)
+    grid_seeds = context.judge.seeds.head(grid_count)
+    grids: dict[str, str] = {}
+    if teacher:
+        save_grid(context.judge.teacher_images()[:grid_count], run_dir / "grids" / "teacher.png")
+        grids[f"teacher ({teacher.get('timesteps')} steps), fid {teacher.get('fid', float('nan')):.3g}"] = (
+            "grids/teacher.png"
+        )
+    recipe_paths = []
+    for _, row in front.iterrows():
+        recipe_path = write_front_recipe(context, row, run_dir / "recipes")
+        recipe_paths.append(str(recipe_path.relative_to(run_dir)))
+        fast = apply_recipe(context.target, recipe_path)
+        images = sample_in_chunks(fast, grid_seeds, context.judge.chunk_size)
+        grid_name = f"grids/trial-{int(row['trial']):04d}.png"
+        save_grid(images, run_dir / grid_name)
+        grids[f"trial {int(row['trial'])}: nfe {row['nfe']:.0f}, fid {row['fid']:.3g}, {row['latency_ms']:.0f} ms"] = (
+            grid_name
+        )
+    front["recipe"] = recipe_paths
+    trials.to_csv(run_dir / "trials.csv", index=False)
+    front.reindex(columns=PARETO_COLUMNS).to_csv(run_dir / "pareto.csv", index=False)
+    pareto_plot(trials, front, teacher, run_dir / "pareto.png", title=f"{context.ledger.study_name}")
+    knee = knee_point(front, context.objectives)
+    complete = trials[trials["state"] == "COMPLETE"] if not trials.empty else trials
+    standards = complete[complete["warm_start"] != ""] if not complete.empty else complete
+    failures = trials[trials["state"] == "FAIL"] if not trials.empty else trials
+    summary = {
+        "model": f"{context.target.name} ({context.target.path}), weights hash {context.target.content_hash[:16]}",
+        "quality": context.target.quality.description,
+        "samples per candidate": f"{context.judge.samples} (seed {context.judge.seeds.seed})",
+        "space": context.space.source,
+        "optimizer": str(context.config.optimizer.name),
+        "objectives": ", ".join(context.objectives),
+        "trials": f"{len(trials)} ({len(complete)} complete, {len(failures)} failed)",
+        "front": f"{len(front)} plans"
+        + (f"; knee point: trial {int(front.iloc[knee]['trial'])}" if knee is not None else ""),
+        "latency": f"median of {context.config.cost.repeats} calls at batch {context.config.cost.batch_size} "
+        f"after {context.config.cost.warmup} warm-up calls",
+    }
+    write_html(
+        run_dir / "index.html",
+        f"autoaccel: {context.ledger.study_name}",
+        summary,
+        front,
+        standards,
+        teacher,
+        grids,
+        failures,
+    )
+    return run_dir / "index.html"

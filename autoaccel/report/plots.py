@@ -1,0 +1,82 @@
+"""The Pareto plot: every complete trial, the front, the standard configurations and the teacher."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+
+def pareto_plot(
+    trials: pd.DataFrame,
+    front: pd.DataFrame,
+    teacher: dict | None,
+    path: Path,
+    quality: str = "fid",
+    cost: str = "latency_ms",
+    title: str = "",
+) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    complete = trials[trials["state"] == "COMPLETE"] if not trials.empty else trials
+    figure, axes = plt.subplots(figsize=(7.5, 5))
+    if not complete.empty:
+        searched = complete[complete["warm_start"] == ""]
+        standard = complete[complete["warm_start"] != ""]
+        axes.scatter(searched[cost], searched[quality], s=14, c="0.65", label="searched trials")
+        axes.scatter(
+            standard[cost],
+            standard[quality],
+            s=40,
+            marker="s",
+            facecolors="none",
+            edgecolors="tab:blue",
+            label="standard configurations",
+        )
+        for _, row in standard.iterrows():
+            axes.annotate(
+                row["warm_start"],
+                (row[cost], row[quality]),
+                fontsize=6,
+                color="tab:blue",
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
+    if not front.empty:
+        axes.step(front[cost], front[quality], where="post", color="tab:red", linewidth=1.2)
+        axes.scatter(front[cost], front[quality], s=36, c="tab:red", label="Pareto front", zorder=3)
+        if "nfe" in front:
+            for _, row in front.iterrows():
+                axes.annotate(
+                    f"{int(row['nfe'])}",
+                    (row[cost], row[quality]),
+                    fontsize=7,
+                    color="tab:red",
+                    xytext=(-10, -10),
+                    textcoords="offset points",
+                )
+    if teacher and cost in teacher and quality in teacher:
+        axes.scatter(
+            [teacher[cost]],
+            [teacher[quality]],
+            s=120,
+            marker="*",
+            c="gold",
+            edgecolors="k",
+            label=f"teacher ({int(teacher.get('nfe', 0))} NFE)",
+            zorder=4,
+        )
+    axes.set_xscale("log")
+    axes.set_xlabel(f"{cost} (one call at the deployment batch size; log scale)")
+    axes.set_ylabel(quality)
+    axes.set_title(title or "quality vs cost (red numbers: NFE per image)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

@@ -1,0 +1,151 @@
+"""One search run, wired from its configuration: config -> target, space -> evaluator, backend, ledger ->
+loop -> report. ``open_run`` rebuilds the same context from a run folder for ``report`` and ``plan``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from autoaccel.errors import ConfigError, TargetError
+from autoaccel.ledger import Ledger, default_storage
+from autoaccel.measure.evaluator import CostSettings, Evaluator
+from autoaccel.measure.reference import QualityJudge
+from autoaccel.objectives import objective_directions
+from autoaccel.optimizers.base import OptimizerBackend
+from autoaccel.space import SearchSpace, load_space
+from autoaccel.targets.base import Target
+
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class RunContext:
+    config: DictConfig
+    run_dir: Path
+    target: Target
+    space: SearchSpace
+    objectives: list[str]
+    ledger: Ledger
+    judge: QualityJudge
+    evaluator: Evaluator
+    backend: OptimizerBackend
+
+
+def load_target(config: DictConfig) -> Target:
+    from autoaccel.targets.loader import default_device, load_pipeline_folder
+
+    device = default_device(str(config.target.device))
+    name = config.target.name
+    if name == "digits":
+        from autoaccel.targets.digits.model import load_digits_target
+
+        return load_digits_target(device)
+    if name == "pipeline":
+        if OmegaConf.is_missing(config.target, "path") or not config.target.path:
+            raise TargetError("target=pipeline needs target.path=DIR, a folder written by a diffusers save_pretrained")
+        return load_pipeline_folder(config.target.path, device=device)
+    raise ConfigError(f"target={name!r} is not valid; valid: digits, pipeline")
+
+
+def study_name_for(config: DictConfig) -> str:
+    if config.study_name:
+        return str(config.study_name)
+    return f"{config.target.name}-{Path(str(config.space)).stem}"
+
+
+def validate_numbers(config: DictConfig) -> None:
+    """Options Hydra's types cannot bound."""
+    checks = [
+        ("budget.trials", config.budget.trials, 1),
+        ("quality.samples", config.quality.samples, 2),
+        ("quality.chunk_size", config.quality.chunk_size, 1),
+        ("cost.batch_size", config.cost.batch_size, 1),
+        ("cost.repeats", config.cost.repeats, 1),
+        ("cost.warmup", config.cost.warmup, 0),
+        ("report.grid_images", config.report.grid_images, 1),
+    ]
+    for key, value, minimum in checks:
+        if value < minimum:
+            raise ConfigError(f"{key}={value} is not valid; it must be >= {minimum}")
+    for key in ("max_minutes", "max_latency_ms", "max_nfe"):
+        value = config.budget[key]
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"budget.{key}={value} is not valid; it must be a positive number or null")
+
+
+def settings_fingerprint(config: DictConfig, target: Target, space: SearchSpace) -> dict:
+    """What must not change between a study's runs, or its trials stop being comparable."""
+    return {
+        "target_hash": target.content_hash,
+        "space": space.source,
+        "objectives": list(config.objectives),
+        "quality.samples": int(config.quality.samples),
+        "quality.seed": int(config.quality.seed),
+        "cost.batch_size": int(config.cost.batch_size),
+        "extractor": target.quality.extractor,
+    }
+
+
+def prepare_run(config: DictConfig, run_dir: Path | None = None, for_search: bool = True) -> RunContext:
+    from autoaccel.optimizers.base import make_backend
+
+    validate_numbers(config)
+    objectives = list(config.objectives)
+    directions = objective_directions(objectives)
+    target = load_target(config)
+    space = load_space(str(config.space)).for_target(target.capabilities)
+    study_name = study_name_for(config)
+    run_dir = Path(run_dir or Path(config.report.dir) / study_name).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    storage = str(config.storage) if config.storage else default_storage(run_dir)
+    backend = make_backend(str(config.optimizer.name), space, OmegaConf.to_container(config.optimizer), len(objectives))
+    ledger = Ledger(storage, study_name, directions, sampler=backend.sampler())
+    if for_search:
+        ledger.check_settings(settings_fingerprint(config, target, space))
+        (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(config))
+    judge = QualityJudge(
+        target,
+        int(config.quality.samples),
+        int(config.quality.seed),
+        Path(config.cache_dir),
+        int(config.quality.chunk_size),
+    )
+    cost = CostSettings(int(config.cost.batch_size), int(config.cost.warmup), int(config.cost.repeats))
+    evaluator = Evaluator(target, space, judge, cost)
+    return RunContext(config, run_dir, target, space, objectives, ledger, judge, evaluator, backend)
+
+
+def open_run(run_dir: Path) -> RunContext:
+    """The context of a finished or interrupted run, from its folder's saved configuration."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / CONFIG_FILE
+    if not config_path.exists():
+        raise ConfigError(f"{run_dir} is not an autoaccel run folder: it has no {CONFIG_FILE}")
+    config = OmegaConf.load(config_path)
+    return prepare_run(config, run_dir=run_dir, for_search=False)
+
+
+def ensure_teacher(context: RunContext, log) -> dict:
+    """The teacher's row (full-step sampler on the same seeds), measured once per study."""
+    stored = context.ledger.study.user_attrs.get("teacher")
+    if stored:
+        return stored
+    started = time.perf_counter()
+    log(
+        f"measuring the teacher ({context.target.num_train_timesteps}-step {context.target.scheduler_class}, "
+        f"{context.judge.samples} samples) once for this study ..."
+    )
+    measurement = context.evaluator.evaluate_teacher()
+    row = {key: (value if math.isfinite(value) else None) for key, value in measurement.metrics.items()}
+    row["timesteps"] = f"all {context.target.num_train_timesteps}"
+    context.ledger.study.set_user_attr("teacher", row)
+    log(
+        f"teacher: fid {row['fid']:.3f}  nfe {row['nfe']:.0f}  latency {row['latency_ms']:.0f} ms "
+        f"({time.perf_counter() - started:.0f}s)"
+    )
+    return row

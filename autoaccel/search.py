@@ -1,0 +1,71 @@
+"""``python -m autoaccel search``: prepare the run, warm-start, loop, report. Resumable at any point."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from autoaccel.loop import LoopBudget, run_search, standard_configurations
+from autoaccel.run import ensure_teacher, prepare_run
+
+
+def _progress(log, objectives: list[str], context, total: int):
+    started = time.perf_counter()
+
+    def on_trial(frozen, measurement, finished: int) -> None:
+        front_size = len(context.ledger.study.best_trials)
+        if measurement.ok:
+            figures = "  ".join(f"{name} {measurement.metrics.get(name, math.nan):.4g}" for name in objectives)
+            nfe = measurement.metrics.get("nfe", math.nan)
+            detail = f"{figures}  nfe {nfe:.0f}"
+        else:
+            detail = f"FAILED: {measurement.failure}"
+        solver = frozen.user_attrs.get("candidate", {}).get("solver.name", "?")
+        family = frozen.user_attrs.get("candidate", {}).get("timesteps.family", "?")
+        log(
+            f"[{finished}/{total}] trial {frozen.number} {solver}/{family}: {detail} | front {front_size} | "
+            f"{time.perf_counter() - started:.0f}s"
+        )
+
+    return on_trial
+
+
+def search(config: DictConfig, log=print) -> Path:
+    """Runs or resumes the study the configuration names; returns the report's index.html."""
+    from autoaccel.report.build import build_report
+
+    context = prepare_run(config)
+    swept = context.ledger.sweep_interrupted()
+    if swept:
+        log(f"resuming: {swept} trial(s) interrupted last time are queued again")
+    done = context.ledger.finished_count()
+    log(
+        f"study {context.ledger.study_name!r} in {context.run_dir} ({done} trials already finished); "
+        f"space {context.space.name} ({len(context.space.dimensions)} dimensions), "
+        f"optimizer {config.optimizer.name}, target {context.target.name} on {context.target.unet.device}"
+    )
+    for tag, params in standard_configurations(context.space, list(config.budget.warm_start_steps)):
+        context.ledger.enqueue_once(tag, params)
+    ensure_teacher(context, log)
+    budget = LoopBudget(
+        trials=int(config.budget.trials),
+        max_minutes=config.budget.max_minutes,
+        limits={"max_latency_ms": config.budget.max_latency_ms, "max_nfe": config.budget.max_nfe},
+    )
+    try:
+        run_search(
+            context.ledger,
+            context.backend,
+            context.evaluator,
+            context.space,
+            context.objectives,
+            budget,
+            on_trial=_progress(log, context.objectives, context, budget.trials),
+        )
+    finally:
+        index = build_report(context, log)
+        log(f"report: {index}")
+    return index

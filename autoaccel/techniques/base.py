@@ -1,0 +1,72 @@
+"""The one interface every technique implements, and the registry that orders and stacks them.
+
+A technique is a config dataclass, a way to build it from a candidate's parameters (its own namespace of the
+space, e.g. ``solver.*``), and ``apply(pipeline, config, target)``. Adding a technique is one new module that
+calls ``register``; nothing else changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from autoaccel.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Technique:
+    """A named way to change a pipeline; ``order`` fixes where it applies when several are stacked."""
+
+    name: str
+    order: int
+    config_cls: type
+    apply: Callable[..., None]
+    version: int = 1
+    group_params: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+
+    def config_from_params(self, params: Mapping[str, Any]):
+        """Builds this technique's config from the ``name.*`` entries of a candidate's parameters.
+
+        ``group_params`` lets a technique fold flat dimensions (``gap_0``, ``gap_1``, ...) into one field.
+        """
+        prefix = f"{self.name}."
+        own = {key[len(prefix) :]: value for key, value in params.items() if key.startswith(prefix)}
+        if self.group_params is not None:
+            own = self.group_params(own)
+        known = {field.name for field in fields(self.config_cls)}
+        unknown = sorted(set(own) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown parameter(s) {', '.join(prefix + key for key in unknown)}; "
+                f"{self.name} takes: {', '.join(sorted(prefix + key for key in known))}"
+            )
+        return self.config_cls(**own)
+
+
+_REGISTRY: dict[str, Technique] = {}
+
+
+def register(technique: Technique) -> Technique:
+    if technique.name in _REGISTRY:
+        raise ValueError(f"a technique named {technique.name!r} is already registered")
+    _REGISTRY[technique.name] = technique
+    return technique
+
+
+def get_technique(name: str) -> Technique:
+    _load_builtin_techniques()
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown technique {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def registered_techniques() -> list[Technique]:
+    """All techniques, in the order they apply."""
+    _load_builtin_techniques()
+    return sorted(_REGISTRY.values(), key=lambda technique: technique.order)
+
+
+def _load_builtin_techniques() -> None:
+    import autoaccel.techniques.solver  # noqa: F401
+    import autoaccel.techniques.timesteps  # noqa: F401
