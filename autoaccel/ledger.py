@@ -86,9 +86,14 @@ class Ledger:
             self.study._storage.set_trial_user_attr(frozen._trial_id, "failure", INTERRUPTED)
             self.study.tell(frozen.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
             if frozen.params:
-                self.study.enqueue_trial(frozen.params, user_attrs=dict(frozen.user_attrs), skip_if_exists=False)
+                self.requeue(frozen.params, frozen.user_attrs)
             count += 1
         return count
+
+    def requeue(self, params: dict[str, Any], user_attrs: dict[str, Any]) -> None:
+        """Queues an unfinished trial's parameters again, keeping only what says where it came from."""
+        kept = {key: user_attrs[key] for key in ("warm_start",) if key in user_attrs}
+        self.study.enqueue_trial(params, user_attrs=kept)
 
     def enqueue_once(self, tag: str, params: dict[str, Any]) -> bool:
         """Enqueues a warm-start configuration unless this study already has it (tagged)."""
@@ -98,6 +103,27 @@ class Ledger:
         self.study.enqueue_trial(params, user_attrs={"warm_start": tag})
         self.study.set_user_attr("enqueued", sorted(tags | {tag}))
         return True
+
+    def evaluated_candidates(self) -> dict[str, int]:
+        """candidate key -> number of the first finished trial that evaluated it (interrupted ones excluded)."""
+        evaluated: dict[str, int] = {}
+        finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
+        for frozen in self.study.get_trials(deepcopy=False, states=finished):
+            key = frozen.user_attrs.get("candidate_key")
+            if key and frozen.user_attrs.get("failure") != INTERRUPTED:
+                evaluated.setdefault(key, frozen.number)
+        return evaluated
+
+    def measurement_of(self, number: int) -> Measurement:
+        """What trial ``number`` measured, read back from the ledger."""
+        attrs = self.study.trials[number].user_attrs
+        metrics = {
+            key[len(METRIC_PREFIX) :]: (math.nan if value is None else value)
+            for key, value in attrs.items()
+            if key.startswith(METRIC_PREFIX)
+        }
+        details = {key[len(DETAIL_PREFIX) :]: value for key, value in attrs.items() if key.startswith(DETAIL_PREFIX)}
+        return Measurement(attrs.get("status", "failed"), metrics, details, attrs.get("failure"))
 
     def finished_count(self) -> int:
         finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)

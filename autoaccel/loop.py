@@ -41,10 +41,11 @@ def standard_configurations(space: SearchSpace, steps: list[int]) -> list[tuple[
                 "solver.name": "dpmsolver++",
                 "solver.order": 2,
                 "solver.variant": "default",
+                "solver.final_sigma": "zero",
                 "solver.lower_order_final": True,
             },
         ),
-        ("unipc", {"solver.name": "unipc", "solver.order": 2, "solver.lower_order_final": True}),
+        ("unipc", {"solver.name": "unipc", "solver.order": 2, "solver.final_sigma": "zero", "solver.lower_order_final": True}),
     ]
     configurations = []
     for step_count in steps:
@@ -82,6 +83,7 @@ def run_search(
     """Evaluates trials until the study holds ``budget.trials`` finished ones; returns how many ran now."""
     started = time.monotonic()
     ran = 0
+    evaluated = ledger.evaluated_candidates()
     while ledger.finished_count() < budget.trials:
         if budget.max_minutes is not None and time.monotonic() - started > budget.max_minutes * 60:
             break
@@ -92,13 +94,18 @@ def run_search(
         try:
             searched = suggest(trial, space)
             candidate = Candidate.from_params(space.complete(searched))
-            measurement = evaluator.evaluate(candidate)
+            if candidate.key in evaluated:  # optimizers re-propose points; the same seeds give the same result
+                measurement = ledger.measurement_of(evaluated[candidate.key])
+                measurement.details["duplicate_of"] = evaluated[candidate.key]
+            else:
+                measurement = evaluator.evaluate(candidate)
         except KeyboardInterrupt:
             trial.set_user_attr("failure", INTERRUPTED)
             ledger.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            ledger.study.enqueue_trial(trial.params, user_attrs=dict(trial.user_attrs))
+            ledger.requeue(trial.params, trial.user_attrs)
             raise
         frozen = ledger.record(trial, candidate, measurement, objectives, budget.limits)
+        evaluated.setdefault(candidate.key, frozen.number)
         backend.observe(searched, list(frozen.values) if frozen.values else None)
         ran += 1
         if on_trial is not None:

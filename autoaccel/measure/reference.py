@@ -17,7 +17,7 @@ from autoaccel.measure.quality import distribution_metrics, psnr, tensor_digest
 from autoaccel.measure.seeds import SeedBatch, make_seed_batch, sample_in_chunks
 from autoaccel.targets.base import Target
 
-ODE_REFERENCE_STEPS = 250
+ODE_REFERENCE_STEPS = 200
 
 
 def teacher_pipeline(target: Target):

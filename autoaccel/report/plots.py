@@ -70,6 +70,8 @@ def pareto_plot(
             zorder=4,
         )
     axes.set_xscale("log")
+    if not complete.empty and (complete[quality] > 0).all():
+        axes.set_yscale("log")
     axes.set_xlabel(f"{cost} (one call at the deployment batch size; log scale)")
     axes.set_ylabel(quality)
     axes.set_title(title or "quality vs cost (red numbers: NFE per image)")

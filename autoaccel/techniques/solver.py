@@ -103,9 +103,20 @@ def build_scheduler(config: SolverConfig, base_scheduler_config: dict):
     scheduler_class = getattr(diffusers, class_name)
     base = {key: value for key, value in base_scheduler_config.items() if not key.startswith("_")}
     try:
-        return scheduler_class.from_config({**base, **settings})
+        scheduler = scheduler_class.from_config({**base, **settings})
     except (ValueError, NotImplementedError) as error:
         raise TechniqueError(f"{class_name} refused solver settings {settings}: {error}") from error
+    # Some schedulers quietly rewrite a combination they do not support (DPM-Solver++ forces
+    # lower_order_final=True with a zero final sigma); that would be a different plan than the one recorded.
+    changed = {
+        key: (value, scheduler.config[key])
+        for key, value in settings.items()
+        if key in scheduler.config and scheduler.config[key] != value
+    }
+    if changed:
+        details = ", ".join(f"{key}={wanted!r} (it uses {used!r})" for key, (wanted, used) in changed.items())
+        raise TechniqueError(f"{class_name} does not support {details}")
+    return scheduler
 
 
 def apply_solver(pipeline, config: SolverConfig, target) -> None:

@@ -22,7 +22,10 @@ UNIFORM_FAMILIES = FAMILIES[:3]
 
 @dataclass(frozen=True)
 class TimestepsConfig:
-    """``steps`` solver steps placed by ``family``; ``t_start``/``t_end`` bound non-uniform families.
+    """``steps`` solver steps placed by ``family``; ``start``/``end`` bound the non-uniform families.
+
+    ``start`` and ``end`` are fractions of the trained range (1.0 = timestep ``num_train_timesteps - 1``), so
+    one space serves models trained with any number of timesteps.
 
     ``rho`` shapes power (exponent on the time fraction) and Karras (sigma exponent); ``shift`` warps the time
     fraction as s*f / (1 + (s-1)*f), pushing steps towards high noise for s > 1; ``gaps`` are the free
@@ -33,8 +36,8 @@ class TimestepsConfig:
     family: str = "uniform_trailing"
     rho: float = 1.0
     shift: float = 1.0
-    t_start: int | None = None
-    t_end: int = 0
+    start: float = 1.0
+    end: float = 0.0
     gaps: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
@@ -50,6 +53,11 @@ class TimestepsConfig:
             raise ConfigError(
                 f"timesteps.gaps has {len(self.gaps)} values; the free family with steps={self.steps} needs "
                 f"{self.steps - 1} (gap_0 .. gap_{self.steps - 2})"
+            )
+        if not 0.0 <= self.end < self.start <= 1.0:
+            raise ConfigError(
+                f"timesteps.start={self.start}, timesteps.end={self.end} are not valid; need 0 <= end < start <= 1 "
+                "(fractions of the trained timestep range)"
             )
         if any(not gap > 0 for gap in self.gaps):
             raise ConfigError(f"timesteps.gaps={list(self.gaps)} is not valid; every gap must be > 0")
@@ -75,10 +83,12 @@ def continuous_schedule(config: TimestepsConfig, alphas_cumprod: np.ndarray) -> 
         return (np.arange(0, n) * (total // n))[::-1].astype(float)
     if config.family == "uniform_linspace":
         return np.linspace(0, total - 1, n)[::-1]
-    t_start = total - 1 if config.t_start is None else config.t_start
-    t_end = config.t_end
-    if not 0 <= t_end < t_start <= total - 1:
-        raise TechniqueError(f"timesteps.t_start={t_start}, t_end={t_end}: need 0 <= t_end < t_start <= {total - 1}")
+    t_start = int(round(config.start * (total - 1)))
+    t_end = int(round(config.end * (total - 1)))
+    if t_end >= t_start:
+        raise TechniqueError(
+            f"timesteps.start={config.start} and end={config.end} fall on the same timestep of {total}"
+        )
     position = np.linspace(0.0, 1.0, n) if n > 1 else np.zeros(1)  # 0 at t_start, 1 at t_end
     if config.family == "power":
         fraction = _warp((1 - position) ** config.rho, config.shift)

@@ -1,0 +1,42 @@
+"""Shared fixtures: a tiny pipeline folder built by the tests, and fast search settings for it."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory):
+    from tests.tiny import build_tiny_pipeline_folder
+
+    return build_tiny_pipeline_folder(tmp_path_factory.mktemp("tiny") / "pipeline")
+
+
+@pytest.fixture(scope="session")
+def shared_cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def fast_overrides(tiny_pipeline_dir, shared_cache_dir, tmp_path):
+    """Overrides that take the tiny pipeline through a whole search in seconds."""
+    return [
+        "target=pipeline",
+        f"target.path={tiny_pipeline_dir}",
+        "target.device=cpu",
+        f"report.dir={tmp_path / 'reports'}",
+        f"cache_dir={shared_cache_dir}",
+        "quality.samples=48",
+        "quality.chunk_size=48",
+        "cost.batch_size=4",
+        "cost.warmup=0",
+        "cost.repeats=1",
+        "budget.warm_start_steps=[4]",
+        "report.grid_images=8",
+        "quiet=true",
+    ]

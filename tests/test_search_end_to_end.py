@@ -1,0 +1,196 @@
+"""The whole path on a tiny pipeline folder: search, report, recipes, resume, failures, plan, apply."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from autoaccel.cli import main
+from autoaccel.config import compose_config
+from autoaccel.search import search
+
+
+def run_dir_of(overrides, study="pipeline-sampler"):
+    folder = [item for item in overrides if item.startswith("report.dir=")][0].split("=", 1)[1]
+    from pathlib import Path
+
+    return Path(folder) / study
+
+
+def test_search_writes_report_front_and_recipes(fast_overrides):
+    index = search(compose_config([*fast_overrides, "budget.trials=10"]), log=lambda message: None)
+    run_dir = index.parent
+    trials = pd.read_csv(run_dir / "trials.csv")
+    assert len(trials) == 10
+    assert {"fid", "kid", "kid_std", "precision", "recall", "psnr_vs_ode", "nfe", "latency_ms", "state"} <= set(
+        trials.columns
+    )
+    # the three standard configurations at 4 steps ran first and are marked
+    assert set(trials["warm_start"].dropna().head(3)) == {"ddim-4", "dpmsolver++2m-4", "unipc-4"}
+    front = pd.read_csv(run_dir / "pareto.csv")
+    assert list(front.columns[:10]) == [
+        "trial",
+        "nfe",
+        "fid",
+        "kid",
+        "kid_std",
+        "precision",
+        "recall",
+        "psnr_vs_ode",
+        "latency_ms",
+        "peak_memory_mb",
+    ]
+    assert not front.empty
+    complete = trials[trials["state"] == "COMPLETE"]
+    for _, point in front.iterrows():  # nothing complete dominates a front point
+        dominated = complete[(complete["fid"] < point["fid"]) & (complete["latency_ms"] < point["latency_ms"])]
+        assert dominated.empty
+        recipe = yaml.safe_load((run_dir / point["recipe"]).read_text())
+        assert recipe["timesteps"] == yaml.safe_load(str(point["timesteps"]))
+        assert recipe["figures"]["fid"] == pytest.approx(point["fid"])
+    html = (run_dir / "index.html").read_text()
+    assert "Pareto front" in html and "pareto.png" in html and "teacher" in html
+    assert (run_dir / "pareto.png").stat().st_size > 1000
+    assert (run_dir / "grids" / "teacher.png").exists()
+
+
+def test_recipe_reproduces_scored_images_bit_exactly(fast_overrides, tiny_pipeline_dir):
+    from diffusers import DDPMPipeline
+
+    from autoaccel import apply_recipe
+    from autoaccel.candidate import Candidate, apply_plan
+    from autoaccel.measure.seeds import sample_in_chunks
+    from autoaccel.run import prepare_run
+
+    context = prepare_run(compose_config([*fast_overrides, "budget.trials=4"]))
+    for params in (
+        {"solver.name": "unipc", "solver.order": 3, "timesteps.family": "karras", "timesteps.rho": 7.0},
+        {
+            "solver.name": "ddpm",
+            "timesteps.family": "free",
+            "timesteps.shift": 1.5,
+            "timesteps.gap_0": 0.3,
+            "timesteps.gap_1": 1.0,
+            "timesteps.gap_2": 0.5,
+            "solver.guidance": 1.5,
+        },
+    ):
+        searched = {"timesteps.steps": 4, "timesteps.start": 0.9, "timesteps.end": 0.05, **params}
+        searched.setdefault("solver.guidance", 1.0)
+        if searched["solver.name"] == "unipc":
+            searched.update({"solver.final_sigma": "sigma_min", "solver.lower_order_final": False})
+        candidate = Candidate.from_params(context.space.complete(searched))
+        plan = candidate.plan(context.space.techniques)
+        pipeline = context.target.make_pipeline()
+        apply_plan(pipeline, plan, context.target)
+        scored = sample_in_chunks(pipeline, context.judge.seeds, context.judge.chunk_size)
+
+        from autoaccel.recipe import build_recipe, save_recipe
+
+        recipe_path = save_recipe(
+            build_recipe(context.target, plan, pipeline, {}, {}, {"seed": 0}, {}),
+            context.run_dir / "recipes" / f"{candidate.key}.yaml",
+        )
+        fresh = DDPMPipeline.from_pretrained(tiny_pipeline_dir)
+        reproduced = sample_in_chunks(apply_recipe(fresh, recipe_path), context.judge.seeds, context.judge.chunk_size)
+        assert torch.equal(scored, reproduced)
+
+
+def test_resume_continues_the_study_without_losing_trials(fast_overrides):
+    first = search(compose_config([*fast_overrides, "budget.trials=5"]), log=lambda message: None)
+    before = pd.read_csv(first.parent / "trials.csv")
+    search(compose_config([*fast_overrides, "budget.trials=8"]), log=lambda message: None)
+    after = pd.read_csv(first.parent / "trials.csv")
+    assert len(after) == 8
+    pd.testing.assert_frame_equal(
+        before[["trial", "state", "fid", "latency_ms"]], after[["trial", "state", "fid", "latency_ms"]].head(5)
+    )
+    assert after["warm_start"].fillna("").str.len().gt(0).sum() == 3  # warm starts were not enqueued twice
+
+
+def test_resume_refuses_changed_settings(fast_overrides):
+    search(compose_config([*fast_overrides, "budget.trials=3"]), log=lambda message: None)
+    from autoaccel.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="quality.samples"):
+        search(compose_config([*fast_overrides, "budget.trials=4", "quality.samples=40"]), log=lambda message: None)
+
+
+def test_interrupted_trial_is_queued_again_on_resume(fast_overrides, monkeypatch):
+    from autoaccel.measure import evaluator as evaluator_module
+
+    calls = {"count": 0}
+    original = evaluator_module.Evaluator.evaluate
+
+    def interrupt_on_third(self, candidate):
+        calls["count"] += 1
+        if calls["count"] == 3:
+            raise KeyboardInterrupt
+        return original(self, candidate)
+
+    monkeypatch.setattr(evaluator_module.Evaluator, "evaluate", interrupt_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        search(compose_config([*fast_overrides, "budget.trials=6"]), log=lambda message: None)
+    monkeypatch.setattr(evaluator_module.Evaluator, "evaluate", original)
+    index = search(compose_config([*fast_overrides, "budget.trials=6"]), log=lambda message: None)
+    trials = pd.read_csv(index.parent / "trials.csv")
+    interrupted = trials[trials["failure"].fillna("").str.contains("interrupted")]
+    assert len(interrupted) == 1
+    # the interrupted standard configuration (unipc-4) was evaluated again and completed
+    assert (trials[trials["warm_start"] == "unipc-4"]["state"] == "COMPLETE").any()
+
+
+def test_failing_trials_are_recorded_and_the_search_goes_on(fast_overrides, tmp_path):
+    space = tmp_path / "broken.yaml"
+    space.write_text(
+        "techniques: [solver, timesteps]\n"
+        "fixed: {timesteps.family: power, timesteps.end: 0.0}\n"
+        "dimensions:\n"
+        "  timesteps.steps: {type: int, low: 3, high: 5}\n"
+        "  timesteps.start: {type: float, low: 0.001, high: 0.03}\n"  # too few timesteps for distinct steps
+        "  solver.name: {type: categorical, choices: [ddim, dpmsolver++, no_such_solver]}\n"
+    )
+    index = search(
+        compose_config([*fast_overrides, f"space={space}", "budget.trials=12", "study_name=broken", "seed=3"]),
+        log=lambda message: None,
+    )
+    trials = pd.read_csv(index.parent / "trials.csv")
+    assert len(trials) == 12
+    failures = trials[trials["state"] == "FAIL"]["failure"]
+    assert failures.str.contains("no_such_solver").any()
+    assert (trials["state"] == "COMPLETE").any()
+
+
+def test_nan_images_fail_the_trial_with_the_reason(fast_overrides):
+    from autoaccel.candidate import Candidate
+    from autoaccel.run import prepare_run
+
+    context = prepare_run(compose_config([*fast_overrides, "budget.trials=1"]))
+    with torch.no_grad():
+        context.target.unet.conv_out.bias.fill_(float("nan"))
+    params = context.space.complete(
+        {"timesteps.steps": 3, "timesteps.family": "uniform_trailing", "solver.name": "ddim", "solver.guidance": 1.0}
+    )
+    measurement = context.evaluator.evaluate(Candidate.from_params(params))
+    assert not measurement.ok
+    assert "NaN" in measurement.failure
+
+
+def test_cli_plan_apply_and_errors(fast_overrides, tmp_path, capsys):
+    assert main(["search", *fast_overrides, "budget.trials=6"]) == 0
+    run_dir = run_dir_of(fast_overrides)
+    assert main(["plan", str(run_dir), "--max-nfe", "100"]) == 0
+    assert "best plan within nfe <= 100" in capsys.readouterr().out
+    assert main(["plan", str(run_dir), "--max-latency-ms", "0.000001"]) == 3
+    assert "no front point fits" in capsys.readouterr().out
+    recipe = sorted((run_dir / "recipes").glob("*.yaml"))[0]
+    out = tmp_path / "images"
+    assert main(["apply", str(recipe), "--out", str(out), "--n", "5"]) == 0
+    assert len(list(out.glob("0*.png"))) == 5 and (out / "grid.png").exists()
+    assert main(["search", "budget.trails=3"]) == 2
+    assert "budget.trails" in capsys.readouterr().err
+    assert main(["search", "target=pipeline", f"target.path={tmp_path / 'missing'}"]) == 2
+    assert "missing" in capsys.readouterr().err
+    assert main(["frobnicate"]) == 2
