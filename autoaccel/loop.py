@@ -45,7 +45,10 @@ def standard_configurations(space: SearchSpace, steps: list[int]) -> list[tuple[
                 "solver.lower_order_final": True,
             },
         ),
-        ("unipc", {"solver.name": "unipc", "solver.order": 2, "solver.final_sigma": "zero", "solver.lower_order_final": True}),
+        (
+            "unipc",
+            {"solver.name": "unipc", "solver.order": 2, "solver.final_sigma": "zero", "solver.lower_order_final": True},
+        ),
     ]
     configurations = []
     for step_count in steps:
