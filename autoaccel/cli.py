@@ -81,14 +81,22 @@ def cmd_apply(args: list[str]) -> int:
     return 0
 
 
+BENCHMARKS = ("schedules", "optimizers")
+
+
 def cmd_bench(args: list[str]) -> int:
-    if not args or args[0] not in ("schedules",):
-        raise AutoaccelError(f"bench needs a benchmark name; valid: schedules (got {args[:1] or 'nothing'})")
-    from autoaccel.bench.schedules import run_schedules_benchmark
+    if not args or args[0] not in BENCHMARKS:
+        raise AutoaccelError(
+            f"bench needs a benchmark name; valid: {', '.join(BENCHMARKS)} (got {args[:1] or 'nothing'})"
+        )
     from autoaccel.config import compose_config
 
     config = compose_config(args[1:])
-    print(run_schedules_benchmark(config, log=_log(bool(config.quiet))))
+    if args[0] == "schedules":
+        from autoaccel.bench.schedules import run_schedules_benchmark as run_benchmark
+    else:
+        from autoaccel.bench.optimizers import run_optimizers_benchmark as run_benchmark
+    print(run_benchmark(config, log=_log(bool(config.quiet))))
     return 0
 
 

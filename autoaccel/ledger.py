@@ -125,6 +125,15 @@ class Ledger:
         details = {key[len(DETAIL_PREFIX) :]: value for key, value in attrs.items() if key.startswith(DETAIL_PREFIX)}
         return Measurement(attrs.get("status", "failed"), metrics, details, attrs.get("failure"))
 
+    def history(self) -> list[tuple[dict[str, Any], list[float] | None]]:
+        """Finished trials, oldest first, as (searched params, objective values or None if failed)."""
+        finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
+        trials = sorted(self.study.get_trials(deepcopy=False, states=finished), key=lambda trial: trial.number)
+        return [(dict(trial.params), list(trial.values) if trial.values else None) for trial in trials]
+
+    def has_waiting(self) -> bool:
+        return bool(self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+
     def finished_count(self) -> int:
         finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
         return len(self.study.get_trials(deepcopy=False, states=finished))
@@ -169,7 +178,7 @@ class Ledger:
                 elif key.startswith(DETAIL_PREFIX):
                     row[key[len(DETAIL_PREFIX) :]] = json.dumps(value) if isinstance(value, list | dict) else value
             row["warm_start"] = frozen.user_attrs.get("warm_start", "")
-            row["feasible"] = all(value <= 0 for value in (frozen.constraints or []))
+            row["feasible"] = is_feasible(frozen)
             row["failure"] = frozen.user_attrs.get("failure", "")
             rows.append(row)
         frame = pd.DataFrame(rows)
@@ -177,6 +186,13 @@ class Ledger:
         params = sorted(column for column in frame.columns if column.startswith("param."))
         rest = [column for column in frame.columns if column not in leading and column not in params]
         return frame[leading + params + rest]
+
+
+def is_feasible(frozen: optuna.trial.FrozenTrial) -> bool:
+    """Every constraint the trial set is met (optuna 5 stores them by name, older versions as a list)."""
+    constraints = frozen.constraints or {}
+    values = constraints.values() if isinstance(constraints, dict) else constraints
+    return all(value <= 0 for value in values)
 
 
 def _json_number(value: float) -> float | None:

@@ -90,9 +90,10 @@ def run_search(
     while ledger.finished_count() < budget.trials:
         if budget.max_minutes is not None and time.monotonic() - started > budget.max_minutes * 60:
             break
-        proposal = backend.propose()
-        if proposal is not None:
-            ledger.study.enqueue_trial(proposal)
+        if not ledger.has_waiting():  # queued trials (warm starts, re-queued ones) go first
+            proposal = backend.propose()
+            if proposal is not None:
+                ledger.study.enqueue_trial(proposal)
         trial = ledger.study.ask()
         try:
             searched = suggest(trial, space)

@@ -67,3 +67,33 @@ def choose_within(front: pd.DataFrame, quality_metric: str, limits: dict[str, fl
         if not math.isnan(float(closest[metric])) and float(closest[metric]) > limit
     }
     return BudgetChoice(None, closest, misses)
+
+
+def hypervolume_history(trials: pd.DataFrame, objectives: list[str]) -> list[float]:
+    """Hypervolume of the feasible complete trials seen so far, after each trial (pymoo's HV).
+
+    Objectives are scaled to [0, 1] by the best and worst values over the whole run (maximised ones
+    negated), with the reference point at 1.1 in every objective, so values compare within one run.
+    """
+    from pymoo.indicators.hv import HV
+
+    if trials.empty:
+        return []
+    ordered = trials.sort_values("trial")
+    usable = (ordered["state"] == "COMPLETE") & ordered["feasible"].astype(bool)
+    matrix = ordered[objectives].to_numpy(dtype=float)
+    for column, name in enumerate(objectives):
+        if DIRECTIONS[name] == "maximize":
+            matrix[:, column] = -matrix[:, column]
+    valid = usable.to_numpy() & np.isfinite(matrix).all(axis=1)
+    if not valid.any():
+        return [0.0] * len(ordered)
+    low, high = matrix[valid].min(axis=0), matrix[valid].max(axis=0)
+    scaled = (matrix - low) / np.where(high > low, high - low, 1.0)
+    indicator = HV(ref_point=np.full(len(objectives), 1.1))
+    history, seen = [], []
+    for row, ok in zip(scaled, valid):
+        if ok:
+            seen.append(row)
+        history.append(float(indicator(np.array(seen))) if seen else 0.0)
+    return history

@@ -93,24 +93,33 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         recipe = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise RecipeError(f"recipe {path} is not valid YAML: {error}") from None
+    return validate_recipe(recipe, f"recipe {path}")
+
+
+def validate_recipe(recipe: Any, source: str = "recipe") -> dict[str, Any]:
+    """Checks a recipe's structure and values; returns it unchanged or raises RecipeError naming the bad value."""
     if not isinstance(recipe, dict):
-        raise RecipeError(f"recipe {path} must be a mapping with keys {', '.join(REQUIRED_KEYS)}")
+        raise RecipeError(f"{source} must be a mapping with keys {', '.join(REQUIRED_KEYS)}")
     missing = [key for key in REQUIRED_KEYS if key not in recipe]
     if missing:
-        raise RecipeError(f"recipe {path} lacks {', '.join(missing)}")
+        raise RecipeError(f"{source} lacks {', '.join(missing)}")
     if recipe["autoaccel_recipe"] != RECIPE_FORMAT:
         raise RecipeError(
-            f"recipe {path}: format {recipe['autoaccel_recipe']!r} is not supported; "
+            f"{source}: format {recipe['autoaccel_recipe']!r} is not supported; "
             f"this autoaccel reads format {RECIPE_FORMAT}"
         )
+    if not isinstance(recipe["base_model"], dict):
+        raise RecipeError(f"{source}: base_model must be a mapping with name, path and content_hash")
     scheduler = recipe["scheduler"]
-    if not isinstance(scheduler, dict) or scheduler.get("class") not in ALLOWED_SCHEDULERS:
-        name = scheduler.get("class") if isinstance(scheduler, dict) else scheduler
+    name = scheduler.get("class") if isinstance(scheduler, dict) else scheduler
+    if not isinstance(scheduler, dict) or not isinstance(name, str) or name not in ALLOWED_SCHEDULERS:
         raise RecipeError(
-            f"recipe {path}: scheduler class {name!r} is not allowed; allowed: {sorted(ALLOWED_SCHEDULERS)}"
+            f"{source}: scheduler class {name!r} is not allowed; allowed: {sorted(ALLOWED_SCHEDULERS)} "
+            "(as scheduler: {class: NAME, config: {...}})"
         )
     if not isinstance(scheduler.get("config"), dict):
-        raise RecipeError(f"recipe {path}: scheduler.config must be a mapping")
+        raise RecipeError(f"{source}: scheduler.config must be a mapping")
+    trained = scheduler["config"].get("num_train_timesteps", 1000)
     timesteps = recipe["timesteps"]
     if (
         not isinstance(timesteps, list)
@@ -118,16 +127,18 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         or not all(isinstance(step, int) and not isinstance(step, bool) for step in timesteps)
         or any(later >= earlier for earlier, later in zip(timesteps, timesteps[1:]))
         or timesteps[-1] < 0
+        or (isinstance(trained, int) and timesteps[0] >= trained)
     ):
         raise RecipeError(
-            f"recipe {path}: timesteps={timesteps!r} must be a non-empty strictly decreasing list of ints >= 0"
+            f"{source}: timesteps={timesteps!r} must be a non-empty strictly decreasing list of ints in "
+            f"[0, {trained - 1 if isinstance(trained, int) else 'num_train_timesteps - 1'}]"
         )
     guidance = recipe["guidance_scale"]
-    if isinstance(guidance, bool) or not isinstance(guidance, int | float) or guidance < 1:
-        raise RecipeError(f"recipe {path}: guidance_scale={guidance!r} must be a number >= 1")
+    if isinstance(guidance, bool) or not isinstance(guidance, int | float) or not guidance >= 1:
+        raise RecipeError(f"{source}: guidance_scale={guidance!r} must be a number >= 1")
     null_class = recipe.get("null_class")
     if null_class is not None and (isinstance(null_class, bool) or not isinstance(null_class, int)):
-        raise RecipeError(f"recipe {path}: null_class={null_class!r} must be an int or null")
+        raise RecipeError(f"{source}: null_class={null_class!r} must be an int or null")
     return recipe
 
 
@@ -143,7 +154,7 @@ def apply_recipe(pipeline, recipe: str | Path | dict, check_model: bool = True) 
     """
     import diffusers
 
-    recipe = recipe if isinstance(recipe, dict) else load_recipe(recipe)
+    recipe = validate_recipe(recipe) if isinstance(recipe, dict) else load_recipe(recipe)
     unet = getattr(pipeline, "unet", None)
     if unet is None:
         raise RecipeError(f"apply_recipe needs a pipeline with a unet; got {type(pipeline).__name__}")

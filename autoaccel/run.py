@@ -103,7 +103,8 @@ def prepare_run(config: DictConfig, run_dir: Path | None = None, for_search: boo
     run_dir = Path(run_dir or Path(config.report.dir) / study_name).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     storage = str(config.storage) if config.storage else default_storage(run_dir)
-    backend = make_backend(str(config.optimizer.name), space, OmegaConf.to_container(config.optimizer), len(objectives))
+    options = {**OmegaConf.to_container(config.optimizer), "directions": directions}
+    backend = make_backend(str(config.optimizer.name), space, options, len(objectives))
     ledger = Ledger(storage, study_name, directions, sampler=backend.sampler())
     if for_search:
         ledger.check_settings(settings_fingerprint(config, target, space))

@@ -25,10 +25,25 @@ def set_exact_timesteps(scheduler, timesteps: list[int], device: torch.device | 
     replaced by the values at the requested steps, keeping the scheduler's own final sigma. Tests check this
     against each scheduler's native output on its own uniform schedule.
     """
+    config_before = dict(scheduler.config)
     accepted = inspect.signature(scheduler.set_timesteps).parameters
     if "timesteps" in accepted:
         scheduler.set_timesteps(timesteps=list(timesteps), device=device)
-        return
+    else:
+        _set_sigma_timesteps(scheduler, timesteps, device)
+    # Some schedulers rewrite a setting they cannot honour for this schedule (DPM-Solver singlestep forces
+    # lower_order_final=True); the plan would then not be what was recorded.
+    changed = {
+        key: (value, scheduler.config.get(key))
+        for key, value in config_before.items()
+        if scheduler.config.get(key) != value
+    }
+    if changed:
+        details = ", ".join(f"{key}={wanted!r} (it switched to {used!r})" for key, (wanted, used) in changed.items())
+        raise TechniqueError(f"{type(scheduler).__name__} does not support {details} with {len(timesteps)} steps")
+
+
+def _set_sigma_timesteps(scheduler, timesteps: list[int], device) -> None:
     scheduler.set_timesteps(len(timesteps), device=device)
     if not isinstance(getattr(scheduler, "sigmas", None), torch.Tensor):
         raise TechniqueError(f"{type(scheduler).__name__} cannot run a custom timestep schedule")

@@ -42,6 +42,8 @@ def search(config: DictConfig, log=print) -> Path:
     if swept:
         log(f"resuming: {swept} trial(s) interrupted last time are queued again")
     done = context.ledger.finished_count()
+    if done:
+        context.backend.rebuild(context.ledger.history())  # population optimizers continue where they stopped
     log(
         f"study {context.ledger.study_name!r} in {context.run_dir} ({done} trials already finished); "
         f"space {context.space.name} ({len(context.space.dimensions)} dimensions), "

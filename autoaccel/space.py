@@ -10,7 +10,7 @@ adapters translate these dimensions to their library; nothing here knows any opt
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,9 +42,11 @@ class Dimension:
     def contains(self, value: Any) -> bool:
         if self.kind == "categorical":
             return value in self.choices
-        if self.kind == "int" and (isinstance(value, bool) or int(value) != value):
+        if isinstance(value, bool) or not isinstance(value, int | float):
             return False
-        return isinstance(value, int | float) and self.low <= value <= self.high
+        if self.kind == "int" and int(value) != value:
+            return False
+        return self.low <= value <= self.high
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,19 @@ class SearchSpace:
         return params
 
 
+def active_params(space: SearchSpace, values: Mapping[str, Any] | Callable[[Dimension], Any]) -> dict[str, Any]:
+    """The searched values of the dimensions active given the fixed values and those chosen before them, in file
+    order: what every optimizer must hand the loop. ``values`` is a full assignment (an optimizer that sees every
+    dimension, conditional or not) or a function choosing each active dimension's value (optuna's define-by-run)."""
+    pick = values if callable(values) else (lambda dimension: values[dimension.name])
+    params: dict[str, Any] = dict(space.fixed)
+    searched: dict[str, Any] = {}
+    for dimension in space.dimensions:
+        if dimension.is_active(params):
+            params[dimension.name] = searched[dimension.name] = pick(dimension)
+    return searched
+
+
 def describe(dimension: Dimension) -> str:
     if dimension.kind == "categorical":
         return f"the choices {list(dimension.choices)}"
@@ -127,7 +142,7 @@ def parse_space(document: Any, source: str = "<memory>") -> SearchSpace:
 
     if not isinstance(document, dict):
         raise ConfigError(f"{source}: a space file must be a mapping with keys techniques, dimensions, fixed")
-    unknown = sorted(set(document) - {"name", "description", "techniques", "dimensions", "fixed"})
+    unknown = sorted(map(str, set(document) - {"name", "description", "techniques", "dimensions", "fixed"}))
     if unknown:
         raise ConfigError(
             f"{source}: unknown key(s) {unknown}; valid: name, description, techniques, dimensions, fixed"
@@ -172,7 +187,7 @@ def _parse_dimension(name: str, spec: Any, earlier: list[Dimension], source: str
     if kind not in DIMENSION_TYPES:
         raise ConfigError(f"{where}.type={kind!r} is not valid; valid: {', '.join(DIMENSION_TYPES)}")
     allowed_keys = {"type", "low", "high", "log", "choices", "when", "requires", "count_from"}
-    unknown = sorted(set(spec) - allowed_keys)
+    unknown = sorted(map(str, set(spec) - allowed_keys))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; valid: {sorted(allowed_keys)}")
     when = _parse_when(spec.get("when"), earlier, where)
@@ -186,7 +201,7 @@ def _parse_dimension(name: str, spec: Any, earlier: list[Dimension], source: str
         return [Dimension(name, kind, choices=tuple(choices), when=when, requires=requires)]
     low, high = spec.get("low"), spec.get("high")
     for label, bound in (("low", low), ("high", high)):
-        if isinstance(bound, bool) or not isinstance(bound, int | float) or not math.isfinite(bound):
+        if isinstance(bound, bool) or not isinstance(bound, int | float) or not _finite(bound):
             raise ConfigError(f"{where}.{label}={bound!r} is not valid; it must be a finite number")
     if low > high:
         raise ConfigError(f"{where}: low={low} is above high={high}; need low <= high")
@@ -200,6 +215,13 @@ def _parse_dimension(name: str, spec: Any, earlier: list[Dimension], source: str
     if kind == "float":
         return [Dimension(name, kind, float(low), float(high), log, when=when, requires=requires)]
     return _expand_schedule(name, spec, float(low), float(high), log, when, requires, earlier, where)
+
+
+def _finite(number: int | float) -> bool:
+    try:
+        return math.isfinite(float(number))
+    except OverflowError:  # an int beyond float range
+        return False
 
 
 def _parse_when(raw: Any, earlier: list[Dimension], where: str) -> tuple[tuple[str, tuple], ...]:
@@ -231,7 +253,9 @@ def _expand_schedule(name, spec, low, high, log, when, requires, earlier, where)
     Gap i exists when the step count is at least i + 2, so an optimizer only sees the gaps it uses.
     """
     count_from = spec.get("count_from")
-    counts = {dimension.name: dimension for dimension in earlier}.get(count_from)
+    counts = (
+        {dimension.name: dimension for dimension in earlier}.get(count_from) if isinstance(count_from, str) else None
+    )
     if counts is None or counts.kind != "int":
         raise ConfigError(f"{where}.count_from={count_from!r} must name an int dimension defined above it")
     if low <= 0:

@@ -194,3 +194,23 @@ def test_cli_plan_apply_and_errors(fast_overrides, tmp_path, capsys):
     assert main(["search", "target=pipeline", f"target.path={tmp_path / 'missing'}"]) == 2
     assert "missing" in capsys.readouterr().err
     assert main(["frobnicate"]) == 2
+
+
+def test_limits_keep_infeasible_plans_off_the_front(fast_overrides):
+    index = search(
+        compose_config([*fast_overrides, "budget.trials=10", "budget.max_nfe=5", "seed=1"]), log=lambda message: None
+    )
+    trials = pd.read_csv(index.parent / "trials.csv")
+    front = pd.read_csv(index.parent / "pareto.csv")
+    complete = trials[trials["state"] == "COMPLETE"]
+    assert (complete["feasible"] == (complete["nfe"] <= 5)).all()
+    assert not front.empty and (front["nfe"] <= 5).all()
+
+
+@pytest.mark.parametrize("optimizer", ["pymoo_nsga2", "nevergrad_ngopt"])
+def test_proposing_backends_search_and_resume_through_the_ledger(fast_overrides, optimizer):
+    overrides = [*fast_overrides, f"optimizer={optimizer}", "optimizer.population_size=4", "study_name=proposing"]
+    search(compose_config([*overrides, "budget.trials=6"]), log=lambda message: None)
+    index = search(compose_config([*overrides, "budget.trials=10"]), log=lambda message: None)
+    trials = pd.read_csv(index.parent / "trials.csv")
+    assert len(trials) == 10 and (trials["state"] == "COMPLETE").sum() >= 5

@@ -31,7 +31,7 @@ def fixed_nfe_space(nfe: int, folder: Path) -> Path:
     document["dimensions"]["timesteps.steps"] = {"type": "int", "low": nfe, "high": nfe}
     document["dimensions"]["solver.name"]["choices"] = SOLVERS_AT_ONE_CALL_PER_STEP
     document["dimensions"].pop("solver.guidance", None)
-    document["fixed"]["solver.guidance"] = 1.0
+    document.setdefault("fixed", {})["solver.guidance"] = 1.0
     path = folder / f"sampler-nfe{nfe}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(document, sort_keys=False))
@@ -83,6 +83,7 @@ def run_schedules_benchmark(config: DictConfig, log=print) -> Path:
     cost_cache: dict = {}
     rows: dict[tuple[int, str], dict] = {}
     teacher_rows = []
+    floor_fids = []
     for seed in config.bench.confirm_seeds:
         judge = QualityJudge(
             target, int(config.quality.samples), int(seed), Path(config.cache_dir), int(config.quality.chunk_size)
@@ -90,7 +91,10 @@ def run_schedules_benchmark(config: DictConfig, log=print) -> Path:
         evaluator = Evaluator(target, sampler_space, judge, cost)
         evaluator.cost_cache = cost_cache
         log(f"== confirming on seed set {seed}")
-        teacher_rows.append(evaluator.evaluate_teacher().metrics)
+        teacher = evaluator.evaluate_teacher()
+        teacher_rows.append({**teacher.metrics, "device": teacher.details.get("device")})
+        if target.real_images is not None:
+            floor_fids.append(real_data_floor(judge))
         for nfe in config.bench.nfes:
             configurations = [
                 (label, sampler_space.complete(params))
@@ -122,10 +126,24 @@ def run_schedules_benchmark(config: DictConfig, log=print) -> Path:
                     f"   nfe {nfe} {label}: "
                     + (f"fid {measurement.metrics['fid']:.3f}" if measurement.ok else f"FAILED {measurement.failure}")
                 )
-    return write_table(config, bench_dir, rows, teacher_rows, target)
+    return write_table(config, bench_dir, rows, teacher_rows, floor_fids, target)
 
 
-def write_table(config, bench_dir: Path, rows: dict, teacher_rows: list[dict], target) -> Path:
+def real_data_floor(judge: QualityJudge) -> float:
+    """FID of as many real images as candidates get (a seeded subset) against all real images: the best a
+    perfect sampler could score at this sample count."""
+    import torch
+
+    from autoaccel.measure.quality import distribution_metrics
+
+    real = judge.target.real_images
+    subset = torch.randperm(len(real), generator=torch.Generator().manual_seed(judge.seeds.seed))[: judge.samples]
+    images = real[subset].float() / 127.5 - 1.0
+    _, key = judge.reference_images()
+    return distribution_metrics(images, real, judge.target.quality.extractor, judge.cache_dir, key)["fid"]
+
+
+def write_table(config, bench_dir: Path, rows: dict, teacher_rows: list[dict], floor_fids: list[float], target) -> Path:
     teacher_fid, teacher_fid_std = _mean_std([row["fid"] for row in teacher_rows])
     teacher_latency = statistics.median(row["latency_ms"] for row in teacher_rows)
     seeds = list(config.bench.confirm_seeds)
@@ -147,6 +165,12 @@ def write_table(config, bench_dir: Path, rows: dict, teacher_rows: list[dict], t
         f"{statistics.fmean(r['precision'] for r in teacher_rows):.3f} | "
         f"{statistics.fmean(r['recall'] for r in teacher_rows):.3f} | 1 | all | DDPM |",
     ]
+    if floor_fids:
+        floor, floor_std = _mean_std(floor_fids)
+        lines.append(
+            f"| - | real digits ({config.quality.samples} drawn per seed set) | {floor:.2f} ± {floor_std:.2f} "
+            "| | | | | | |"
+        )
     verdicts = []
     for nfe in config.bench.nfes:
         nfe_rows = {label: entry for (row_nfe, label), entry in rows.items() if row_nfe == int(nfe)}

@@ -18,12 +18,14 @@ class TargetConfig:
 
 @dataclass
 class OptimizerConfig:
-    """``optuna_nsga2`` | ``optuna_tpe`` | ``random``; the other fields apply to the backends that use them."""
+    """A backend from ``autoaccel.optimizers.registered_backends()`` (optuna_*, nevergrad_*, pymoo_*, random); the
+    other fields apply to the backends that use them."""
 
     name: str = "optuna_nsga2"
     seed: int | None = None
     population_size: int = 16
     n_startup_trials: int = 10
+    planned_trials: int = 100  # the trial budget nevergrad plans for (NGOpt picks its method by it); ~budget.trials
 
 
 @dataclass
@@ -60,6 +62,7 @@ class ReportConfig:
     dir: str = "reports"
     grid_images: int = 32
     wandb: bool = False
+    wandb_project: str = "autoaccel"
 
 
 @dataclass
@@ -70,6 +73,15 @@ class BenchConfig:
     nfes: list[int] = field(default_factory=lambda: [4, 6, 8, 10])
     trials: int = 40
     confirm_seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    optimizers: list[str] = field(default_factory=list)  # bench optimizers; empty = every registered backend
+    optimizer_seeds: int = 5
+    synthetic_evaluations: int = 200
+    slow_backend_evaluations: int = 60  # optuna_gp costs seconds per ask
+    model_evaluations: int = 40
+    model_samples: int = 128
+    model_optimizers: list[str] = field(
+        default_factory=lambda: ["random", "optuna_nsga2", "optuna_tpe", "nevergrad_ngopt", "pymoo_nsga2"]
+    )
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""optuna samplers as backends: NSGA-II (default), multi-objective TPE, and random search."""
+"""optuna samplers as backends: NSGA-II (default), NSGA-III, multi-objective TPE, a Gaussian process,
+quasi-Monte Carlo, and random search. The study's sampler proposes; these backends keep no state of their own."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 import optuna
 
 from autoaccel.optimizers.base import OptimizerBackend, register_backend
-from autoaccel.space import SearchSpace
+from autoaccel.space import Dimension, SearchSpace, active_params
 
 
 class OptunaNSGA2(OptimizerBackend):
@@ -15,6 +16,17 @@ class OptunaNSGA2(OptimizerBackend):
 
     def sampler(self):
         return optuna.samplers.NSGAIISampler(
+            population_size=int(self.options.get("population_size", 16)), seed=self.options.get("seed")
+        )
+
+
+class OptunaNSGA3(OptimizerBackend):
+    """Reference-point survival: keeps the front spread out when there are three or more objectives."""
+
+    name = "optuna_nsga3"
+
+    def sampler(self):
+        return optuna.samplers.NSGAIIISampler(
             population_size=int(self.options.get("population_size", 16)), seed=self.options.get("seed")
         )
 
@@ -32,6 +44,29 @@ class OptunaTPE(OptimizerBackend):
         )
 
 
+class OptunaGP(OptimizerBackend):
+    """A Gaussian-process model: sample-efficient when every trial is expensive (conditional dimensions are
+    sampled independently, as the model only covers the dimensions every trial has)."""
+
+    name = "optuna_gp"
+
+    def sampler(self):
+        return optuna.samplers.GPSampler(
+            seed=self.options.get("seed"),
+            n_startup_trials=int(self.options.get("n_startup_trials", 10)),
+            warn_independent_sampling=False,
+        )
+
+
+class OptunaQMC(OptimizerBackend):
+    """Scrambled Sobol points: covers the space more evenly than random search, for a first survey."""
+
+    name = "optuna_qmc"
+
+    def sampler(self):
+        return optuna.samplers.QMCSampler(seed=self.options.get("seed"), scramble=True, warn_independent_sampling=False)
+
+
 class OptunaRandom(OptimizerBackend):
     name = "random"
 
@@ -41,21 +76,16 @@ class OptunaRandom(OptimizerBackend):
 
 def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
     """Define-by-run: suggests each active dimension in file order (conditions see earlier values)."""
-    params: dict[str, Any] = dict(space.fixed)
-    searched: dict[str, Any] = {}
-    for dimension in space.dimensions:
-        if not dimension.is_active(params):
-            continue
-        if dimension.kind == "categorical":
-            value = trial.suggest_categorical(dimension.name, list(dimension.choices))
-        elif dimension.kind == "int":
-            value = trial.suggest_int(dimension.name, int(dimension.low), int(dimension.high), log=dimension.log)
-        else:
-            value = trial.suggest_float(dimension.name, dimension.low, dimension.high, log=dimension.log)
-        params[dimension.name] = value
-        searched[dimension.name] = value
-    return searched
+    return active_params(space, lambda dimension: _suggest_one(trial, dimension))
 
 
-for _backend in (OptunaNSGA2, OptunaTPE, OptunaRandom):
+def _suggest_one(trial: optuna.Trial, dimension: Dimension) -> Any:
+    if dimension.kind == "categorical":
+        return trial.suggest_categorical(dimension.name, list(dimension.choices))
+    if dimension.kind == "int":
+        return trial.suggest_int(dimension.name, int(dimension.low), int(dimension.high), log=dimension.log)
+    return trial.suggest_float(dimension.name, dimension.low, dimension.high, log=dimension.log)
+
+
+for _backend in (OptunaNSGA2, OptunaNSGA3, OptunaTPE, OptunaGP, OptunaQMC, OptunaRandom):
     register_backend(_backend.name, _backend)

@@ -13,10 +13,10 @@ import pandas as pd
 from autoaccel.candidate import Candidate, apply_plan
 from autoaccel.imaging import save_grid
 from autoaccel.measure.seeds import sample_in_chunks
-from autoaccel.pareto import front_frame, knee_point
+from autoaccel.pareto import front_frame, hypervolume_history, knee_point
 from autoaccel.recipe import apply_recipe, build_recipe, save_recipe
 from autoaccel.report.html import write_html
-from autoaccel.report.plots import pareto_plot
+from autoaccel.report.plots import hypervolume_plot, pareto_plot
 
 PARETO_COLUMNS = [
     "trial",
@@ -100,6 +100,8 @@ def build_report(context, log=print) -> Path:
     trials.to_csv(run_dir / "trials.csv", index=False)
     front.reindex(columns=PARETO_COLUMNS).to_csv(run_dir / "pareto.csv", index=False)
     pareto_plot(trials, front, teacher, run_dir / "pareto.png", title=f"{context.ledger.study_name}")
+    hypervolumes = hypervolume_history(trials, context.objectives)
+    hypervolume_plot(hypervolumes, run_dir / "hypervolume.png", context.objectives)
     knee = knee_point(front, context.objectives)
     complete = trials[trials["state"] == "COMPLETE"] if not trials.empty else trials
     standards = complete[complete["warm_start"] != ""] if not complete.empty else complete
@@ -127,4 +129,24 @@ def build_report(context, log=print) -> Path:
         grids,
         failures,
     )
+    if context.config.report.wandb:
+        from omegaconf import OmegaConf
+
+        from autoaccel.report.wandb_report import log_run
+
+        mode = log_run(
+            run_dir,
+            context.ledger.study_name,
+            OmegaConf.to_container(context.config),
+            trials,
+            front,
+            teacher,
+            hypervolumes,
+            grids,
+            project=str(context.config.report.wandb_project),
+        )
+        log(
+            f"W&B run written ({mode}) under {run_dir / 'wandb'}"
+            + ("; upload it with `wandb sync`" if mode == "offline" else "")
+        )
     return run_dir / "index.html"

@@ -86,7 +86,7 @@ figure {{ display: inline-block; margin: 0.5em; }} img {{ image-rendering: pixel
 <p>Every figure was measured: quality on the same seeds for every candidate, latency as the median of repeated
 calls at the deployment batch size. FIDs are comparable only at the same sample count and seeds.</p>
 {_table(front, FRONT_COLUMNS)}
-<img src="pareto.png" alt="Pareto plot">
+<img src="pareto.png" alt="Pareto plot"> <img src="hypervolume.png" alt="hypervolume over trials">
 <h2>Teacher</h2>
 {teacher_table}
 <h2>Standard configurations</h2>

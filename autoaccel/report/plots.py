@@ -82,3 +82,23 @@ def pareto_plot(
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
+
+
+def hypervolume_plot(hypervolumes: list[float], path: Path, objectives: list[str]) -> Path:
+    """Hypervolume of the feasible front after each trial: how fast the search improved."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 3.5))
+    axes.plot(range(1, len(hypervolumes) + 1), hypervolumes, color="tab:red")
+    axes.set_xlabel("trials")
+    axes.set_ylabel("hypervolume (scaled objectives)")
+    axes.set_title(f"hypervolume over trials ({', '.join(objectives)})")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -78,7 +78,7 @@ def continuous_schedule(config: TimestepsConfig, alphas_cumprod: np.ndarray) -> 
     total = len(alphas_cumprod)
     n = config.steps
     if config.family == "uniform_trailing":
-        return np.arange(total, 0, -total / n)[:n] - 1
+        return np.round(np.arange(total, 0, -total / n))[:n] - 1  # diffusers rounds, then subtracts 1
     if config.family == "uniform_leading":
         return (np.arange(0, n) * (total // n))[::-1].astype(float)
     if config.family == "uniform_linspace":
