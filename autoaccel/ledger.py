@@ -18,6 +18,7 @@ from autoaccel.measure.evaluator import Measurement
 from autoaccel.objectives import CONSTRAINTS
 
 METRIC_PREFIX = "metric."
+FIDELITY_PREFIX = "fidelity."
 DETAIL_PREFIX = "detail."
 LEADING_COLUMNS = [
     "trial",
@@ -116,7 +117,7 @@ class Ledger:
 
     def measurement_of(self, number: int) -> Measurement:
         """What trial ``number`` measured, read back from the ledger."""
-        attrs = self.study.trials[number].user_attrs
+        attrs = self.trial(number).user_attrs
         metrics = {
             key[len(METRIC_PREFIX) :]: (math.nan if value is None else value)
             for key, value in attrs.items()
@@ -130,6 +131,20 @@ class Ledger:
         finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
         trials = sorted(self.study.get_trials(deepcopy=False, states=finished), key=lambda trial: trial.number)
         return [(dict(trial.params), list(trial.values) if trial.values else None) for trial in trials]
+
+    def fidelity_history(self) -> list[tuple[int, dict[str, float]]]:
+        """(samples, metrics) for every level every finished trial was scored at, oldest first."""
+        entries = []
+        for frozen in sorted(self.study.get_trials(deepcopy=False), key=lambda trial: trial.number):
+            entries += sorted(_levels(frozen).items())
+        return entries
+
+    def trial(self, number: int) -> optuna.trial.FrozenTrial:
+        return self.study.get_trials(deepcopy=False)[number]
+
+    def levels_of(self, number: int) -> dict[int, dict[str, float]]:
+        """Trial ``number``'s figures at each fidelity level it was scored at."""
+        return _levels(self.trial(number))
 
     def has_waiting(self) -> bool:
         return bool(self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
@@ -145,8 +160,17 @@ class Ledger:
         measurement: Measurement,
         objectives: list[str],
         limits: dict[str, float | None],
+        per_level: dict[int, dict[str, float]] | None = None,
+        top_level: int | None = None,
     ) -> optuna.trial.FrozenTrial:
-        """Writes everything measured, then tells the study; a failed or non-finite trial is told FAIL."""
+        """Writes everything measured, then tells the study; a failed or non-finite trial is told FAIL.
+
+        With multi-fidelity scoring, each level's figures are kept (``fidelity.<samples>.<metric>``) and a
+        trial that stopped below ``top_level`` gets a violated ``fidelity`` constraint: not a plan to deploy.
+        """
+        for level, metrics in (per_level or {}).items():
+            for name, value in metrics.items():
+                trial.set_user_attr(f"{FIDELITY_PREFIX}{level}.{name}", _json_number(value))
         trial.set_user_attr("candidate", candidate.as_dict)
         trial.set_user_attr("candidate_key", candidate.key)
         trial.set_user_attr("status", measurement.status)
@@ -163,6 +187,9 @@ class Ledger:
             limit = limits.get(option)
             if limit is not None:
                 trial.set_constraint(option, measurement.metrics[metric] - float(limit))
+        if top_level is not None:
+            reached = int(measurement.metrics.get("quality_samples", 0))
+            trial.set_constraint("fidelity", float(top_level - reached))
         return self.study.tell(trial, values)
 
     def trials_frame(self) -> pd.DataFrame:
@@ -175,6 +202,9 @@ class Ledger:
             for key, value in frozen.user_attrs.items():
                 if key.startswith(METRIC_PREFIX):
                     row[key[len(METRIC_PREFIX) :]] = math.nan if value is None else value
+                elif key.startswith(FIDELITY_PREFIX):
+                    level, name = key[len(FIDELITY_PREFIX) :].split(".", 1)
+                    row[f"{name}@{level}"] = math.nan if value is None else value
                 elif key.startswith(DETAIL_PREFIX):
                     row[key[len(DETAIL_PREFIX) :]] = json.dumps(value) if isinstance(value, list | dict) else value
             row["warm_start"] = frozen.user_attrs.get("warm_start", "")
@@ -186,6 +216,15 @@ class Ledger:
         params = sorted(column for column in frame.columns if column.startswith("param."))
         rest = [column for column in frame.columns if column not in leading and column not in params]
         return frame[leading + params + rest]
+
+
+def _levels(frozen: optuna.trial.FrozenTrial) -> dict[int, dict[str, float]]:
+    levels: dict[int, dict[str, float]] = {}
+    for key, value in frozen.user_attrs.items():
+        if key.startswith(FIDELITY_PREFIX):
+            level, name = key[len(FIDELITY_PREFIX) :].split(".", 1)
+            levels.setdefault(int(level), {})[name] = math.nan if value is None else value
+    return levels
 
 
 def is_feasible(frozen: optuna.trial.FrozenTrial) -> bool:

@@ -16,6 +16,7 @@ import optuna
 
 from autoaccel.candidate import Candidate
 from autoaccel.errors import ConfigError
+from autoaccel.fidelity import FidelityLadder
 from autoaccel.ledger import INTERRUPTED, Ledger
 from autoaccel.measure.evaluator import Evaluator, Measurement
 from autoaccel.optimizers.base import OptimizerBackend
@@ -74,6 +75,25 @@ def _restrict_to_space(space: SearchSpace, params: dict[str, Any]) -> dict[str, 
     return searched if all(complete.get(key, value) == value for key, value in params.items()) else None
 
 
+def evaluate_with_fidelity(
+    evaluator: Evaluator, candidate: Candidate, ladder: FidelityLadder | None
+) -> tuple[Measurement, dict[int, dict[str, float]]]:
+    """Scores at the lowest level and climbs while the candidate can still reach the front there."""
+    if ladder is None:
+        return evaluator.evaluate(candidate), {}
+    level: int | None = ladder.levels[0]
+    per_level: dict[int, dict[str, float]] = {}
+    while level is not None:
+        measurement = evaluator.evaluate(candidate, level)
+        if not measurement.ok:
+            break
+        per_level[level] = dict(measurement.metrics)
+        promote = ladder.promotable(level, measurement.metrics)
+        ladder.remember(level, measurement.metrics)
+        level = ladder.next_level(level) if promote else None
+    return measurement, per_level
+
+
 def run_search(
     ledger: Ledger,
     backend: OptimizerBackend,
@@ -82,6 +102,7 @@ def run_search(
     objectives: list[str],
     budget: LoopBudget,
     on_trial: Callable[[optuna.trial.FrozenTrial, Measurement, int], None] | None = None,
+    ladder: FidelityLadder | None = None,
 ) -> int:
     """Evaluates trials until the study holds ``budget.trials`` finished ones; returns how many ran now."""
     started = time.monotonic()
@@ -98,17 +119,21 @@ def run_search(
         try:
             searched = suggest(trial, space)
             candidate = Candidate.from_params(space.complete(searched))
+            per_level: dict[int, dict[str, float]] = {}
             if candidate.key in evaluated:  # optimizers re-propose points; the same seeds give the same result
                 measurement = ledger.measurement_of(evaluated[candidate.key])
+                per_level = ledger.levels_of(evaluated[candidate.key])
                 measurement.details["duplicate_of"] = evaluated[candidate.key]
             else:
-                measurement = evaluator.evaluate(candidate)
+                measurement, per_level = evaluate_with_fidelity(evaluator, candidate, ladder)
         except KeyboardInterrupt:
             trial.set_user_attr("failure", INTERRUPTED)
             ledger.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             ledger.requeue(trial.params, trial.user_attrs)
             raise
-        frozen = ledger.record(trial, candidate, measurement, objectives, budget.limits)
+        frozen = ledger.record(
+            trial, candidate, measurement, objectives, budget.limits, per_level, ladder.top if ladder else None
+        )
         evaluated.setdefault(candidate.key, frozen.number)
         backend.observe(searched, list(frozen.values) if frozen.values else None)
         ran += 1

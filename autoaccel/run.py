@@ -12,6 +12,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from autoaccel.errors import ConfigError, TargetError
+from autoaccel.fidelity import FidelityLadder
 from autoaccel.ledger import Ledger, default_storage
 from autoaccel.measure.evaluator import CostSettings, Evaluator
 from autoaccel.measure.reference import QualityJudge
@@ -72,6 +73,11 @@ def validate_numbers(config: DictConfig) -> None:
     for key, value, minimum in checks:
         if value < minimum:
             raise ConfigError(f"{key}={value} is not valid; it must be >= {minimum}")
+    levels = list(config.fidelity.levels)
+    if levels and levels[-1] != config.quality.samples:
+        raise ConfigError(
+            f"fidelity.levels={levels} must end at quality.samples={config.quality.samples} (the front's fidelity)"
+        )
     for key in ("max_minutes", "max_latency_ms", "max_nfe"):
         value = config.budget[key]
         if value is not None and not (math.isfinite(value) and value > 0):
@@ -88,6 +94,7 @@ def settings_fingerprint(config: DictConfig, target: Target, space: SearchSpace)
         "quality.seed": int(config.quality.seed),
         "cost.batch_size": int(config.cost.batch_size),
         "extractor": target.quality.extractor,
+        "fidelity.levels": list(config.fidelity.levels),
     }
 
 
@@ -103,9 +110,13 @@ def prepare_run(config: DictConfig, run_dir: Path | None = None, for_search: boo
     run_dir = Path(run_dir or Path(config.report.dir) / study_name).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     storage = str(config.storage) if config.storage else default_storage(run_dir)
+    ledger = Ledger(storage, study_name, directions)
     options = {**OmegaConf.to_container(config.optimizer), "directions": directions}
+    if options.get("seed") is not None:
+        # A resumed run must not replay the random stream of the first one: it would re-propose the same points.
+        options["seed"] = int(options["seed"]) + ledger.finished_count()
     backend = make_backend(str(config.optimizer.name), space, options, len(objectives))
-    ledger = Ledger(storage, study_name, directions, sampler=backend.sampler())
+    ledger.study.sampler = backend.sampler()
     if for_search:
         ledger.check_settings(settings_fingerprint(config, target, space))
         (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(config))
@@ -119,6 +130,17 @@ def prepare_run(config: DictConfig, run_dir: Path | None = None, for_search: boo
     cost = CostSettings(int(config.cost.batch_size), int(config.cost.warmup), int(config.cost.repeats))
     evaluator = Evaluator(target, space, judge, cost)
     return RunContext(config, run_dir, target, space, objectives, ledger, judge, evaluator, backend)
+
+
+def make_ladder(config: DictConfig, objectives: list[str], ledger: Ledger) -> FidelityLadder | None:
+    """The fidelity ladder for multi-fidelity runs, with the levels already scored in this study."""
+    if not config.fidelity.levels:
+        return None
+    ladder = FidelityLadder(list(config.fidelity.levels), objectives, float(config.fidelity.z))
+    for level, metrics in ledger.fidelity_history():
+        if level in ladder.levels and all(name in metrics for name in objectives):
+            ladder.remember(level, metrics)
+    return ladder
 
 
 def open_run(run_dir: Path) -> RunContext:

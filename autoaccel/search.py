@@ -9,7 +9,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from autoaccel.loop import LoopBudget, run_search, standard_configurations
-from autoaccel.run import ensure_teacher, prepare_run
+from autoaccel.run import ensure_teacher, make_ladder, prepare_run
 
 
 def _progress(log, objectives: list[str], context, total: int):
@@ -66,6 +66,7 @@ def search(config: DictConfig, log=print) -> Path:
             context.objectives,
             budget,
             on_trial=_progress(log, context.objectives, context, budget.trials),
+            ladder=make_ladder(config, context.objectives, context.ledger),
         )
     finally:
         index = build_report(context, log)

@@ -214,3 +214,25 @@ def test_proposing_backends_search_and_resume_through_the_ledger(fast_overrides,
     index = search(compose_config([*overrides, "budget.trials=10"]), log=lambda message: None)
     trials = pd.read_csv(index.parent / "trials.csv")
     assert len(trials) == 10 and (trials["state"] == "COMPLETE").sum() >= 5
+
+
+def test_multi_fidelity_promotes_some_and_keeps_only_full_fidelity_plans_on_the_front(fast_overrides):
+    overrides = [*fast_overrides, "fidelity.levels=[16,48]", "study_name=fidelity", "seed=2"]
+    search(compose_config([*overrides, "budget.trials=10"]), log=lambda message: None)
+    index = search(compose_config([*overrides, "budget.trials=14"]), log=lambda message: None)  # resumes the ladder
+    trials = pd.read_csv(index.parent / "trials.csv")
+    complete = trials[trials["state"] == "COMPLETE"]
+    assert len(trials) == 14
+    assert complete["fid@16"].notna().all()  # every candidate was scored cheaply first
+    promoted = complete["fid@48"].notna()
+    assert promoted.any() and (~promoted).any()
+    assert (complete.loc[~promoted, "quality_samples"] == 16).all() and not complete.loc[~promoted, "feasible"].any()
+    front = pd.read_csv(index.parent / "pareto.csv")
+    assert not front.empty and (front["quality_samples"] == 48).all()
+
+
+def test_fidelity_levels_must_end_at_the_quality_sample_count(fast_overrides):
+    from autoaccel.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="must end at quality.samples=48"):
+        search(compose_config([*fast_overrides, "fidelity.levels=[16,32]"]), log=lambda message: None)

@@ -75,7 +75,7 @@ def run_schedules_benchmark(config: DictConfig, log=print) -> Path:
         context = open_run(runs_dir / f"bench-schedules-nfe{nfe}")
         trials = context.ledger.trials_frame()
         complete = trials[trials["state"] == "COMPLETE"].sort_values("fid")
-        best_trial = context.ledger.study.trials[int(complete.iloc[0]["trial"])]
+        best_trial = context.ledger.trial(int(complete.iloc[0]["trial"]))
         found[int(nfe)] = (f"found (trial {best_trial.number})", best_trial.user_attrs["candidate"])
 
     sampler_space = load_space("sampler").for_target(target.capabilities)

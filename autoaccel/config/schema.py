@@ -49,6 +49,15 @@ class QualityConfig:
 
 
 @dataclass
+class FidelityConfig:
+    """Multi-fidelity scoring: sample counts per level, ascending, the last equal to quality.samples
+    (empty = every candidate on quality.samples); ``z`` widens the interval a candidate is promoted on."""
+
+    levels: list[int] = field(default_factory=list)
+    z: float = 1.0
+
+
+@dataclass
 class CostConfig:
     """Latency is the median of ``repeats`` timed calls at ``batch_size`` after ``warmup`` calls."""
 
@@ -92,6 +101,7 @@ class AutoaccelConfig:
     report: ReportConfig = field(default_factory=ReportConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     cost: CostConfig = field(default_factory=CostConfig)
+    fidelity: FidelityConfig = field(default_factory=FidelityConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     space: str = "sampler"
     objectives: list[str] = field(default_factory=lambda: ["fid", "latency_ms"])

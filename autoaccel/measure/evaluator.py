@@ -56,8 +56,18 @@ class Evaluator:
         self.target = target
         self.space = space
         self.judge = judge
+        self.judges = {judge.samples: judge}
         self.cost_settings = cost
         self.cost_cache: dict[str, CostMeasurement] = {}
+
+    def judge_for(self, samples: int | None) -> QualityJudge:
+        """The judge scoring on ``samples`` images (the same seed; a lower fidelity of the run's judge)."""
+        samples = samples or self.judge.samples
+        if samples not in self.judges:
+            self.judges[samples] = QualityJudge(
+                self.target, samples, self.judge.seeds.seed, self.judge.cache_dir, self.judge.chunk_size
+            )
+        return self.judges[samples]
 
     def structure_key(self, pipeline) -> str:
         """What cost depends on: the scheduler class, unet calls per image, and the batch size."""
@@ -75,12 +85,14 @@ class Evaluator:
         self.cost_cache[key] = cost
         return cost, False
 
-    def _measure_pipeline(self, pipeline, images: torch.Tensor, details: dict, teacher: bool = False) -> Measurement:
+    def _measure_pipeline(
+        self, pipeline, images: torch.Tensor, details: dict, judge: QualityJudge, teacher: bool = False
+    ) -> Measurement:
         if not torch.isfinite(images).all():
             bad = int((~torch.isfinite(images)).flatten(1).any(dim=1).sum())
             return Measurement(FAILED, details=details, failure=f"{bad} of {len(images)} images contain NaN or inf")
         nfe = pipeline.unet_calls
-        metrics: dict[str, float] = self.judge.score(images)
+        metrics: dict[str, float] = judge.score(images)
         cost, reused = self._cost(pipeline, teacher)
         metrics.update(
             nfe=float(nfe),
@@ -103,14 +115,16 @@ class Evaluator:
         )
         return Measurement(COMPLETE, metrics=metrics, details=details)
 
-    def evaluate(self, candidate: Candidate) -> Measurement:
+    def evaluate(self, candidate: Candidate, samples: int | None = None) -> Measurement:
+        """Scores ``candidate`` on ``samples`` images (default: the run's quality.samples)."""
         started = time.perf_counter()
         details: dict[str, Any] = {"candidate_key": candidate.key}
+        judge = self.judge_for(samples)
         try:
             pipeline = self.target.make_pipeline()
             apply_plan(pipeline, candidate.plan(self.space.techniques), self.target)
-            images = sample_in_chunks(pipeline, self.judge.seeds, self.judge.chunk_size)
-            measurement = self._measure_pipeline(pipeline, images, details)
+            images = sample_in_chunks(pipeline, judge.seeds, judge.chunk_size)
+            measurement = self._measure_pipeline(pipeline, images, details, judge)
         except KeyboardInterrupt:
             raise
         except Exception as error:  # a technique's or library's failure is this trial's result
@@ -128,6 +142,6 @@ class Evaluator:
         pipeline = teacher_pipeline(self.target)
         images = self.judge.teacher_images()
         pipeline.unet_calls = len(pipeline.plan.timesteps) * (2 if pipeline.guided else 1)
-        measurement = self._measure_pipeline(pipeline, images, {"candidate_key": "teacher"}, teacher=True)
+        measurement = self._measure_pipeline(pipeline, images, {"candidate_key": "teacher"}, self.judge, teacher=True)
         measurement.details["seconds"] = round(time.perf_counter() - started, 3)
         return measurement

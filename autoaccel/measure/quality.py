@@ -74,11 +74,46 @@ def distribution_metrics(
     )
     return {
         "fid": float(metrics["frechet_inception_distance"]),
+        "fid_std": fid_bootstrap_std(images, reference_uint8, extractor, reference_key),
         "kid": float(metrics["kernel_inception_distance_mean"]),
         "kid_std": float(metrics["kernel_inception_distance_std"]),
         "precision": float(metrics["precision"]),
         "recall": float(metrics["recall"]),
     }
+
+
+_REFERENCE_STATISTICS: dict[str, dict] = {}
+
+
+def _features(images_uint8: torch.Tensor, extractor: str) -> torch.Tensor:
+    from torch_fidelity.utils import create_feature_extractor
+
+    model = create_feature_extractor(extractor, ["features"], cuda=False, verbose=False)
+    with torch.no_grad():
+        return torch.cat([model(chunk)[0] for chunk in images_uint8.split(512)]).double()
+
+
+def fid_bootstrap_std(
+    images: torch.Tensor, reference_uint8: torch.Tensor, extractor: str, reference_key: str, rounds: int = 20
+) -> float:
+    """Spread of FID over bootstrap resamples of the candidate's images (torch-fidelity's FID formula), the
+    interval that says whether two candidates' FIDs differ by more than their sampling noise."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+    if reference_key not in _REFERENCE_STATISTICS:
+        _REFERENCE_STATISTICS[reference_key] = fid_features_to_statistics(_features(reference_uint8, extractor))
+    reference = _REFERENCE_STATISTICS[reference_key]
+    features = _features(to_uint8(images), extractor)
+    generator = torch.Generator().manual_seed(0)
+    values = []
+    for _ in range(rounds):
+        resample = features[torch.randint(0, len(features), (len(features),), generator=generator)]
+        values.append(
+            fid_statistics_to_metric(fid_features_to_statistics(resample), reference, False)[
+                "frechet_inception_distance"
+            ]
+        )
+    return float(torch.tensor(values).std())
 
 
 def psnr(images: torch.Tensor, reference: torch.Tensor) -> float:

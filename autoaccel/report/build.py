@@ -52,7 +52,7 @@ def seed_policy(context) -> dict:
 
 def write_front_recipe(context, row: pd.Series, recipes_dir: Path) -> Path:
     """The recipe of one front point, rebuilt from the exact parameters the ledger stored for its trial."""
-    frozen = context.ledger.study.trials[int(row["trial"])]
+    frozen = context.ledger.trial(int(row["trial"]))
     candidate = Candidate.from_params(frozen.user_attrs["candidate"])
     plan = candidate.plan(context.space.techniques)
     pipeline = context.target.make_pipeline()
