@@ -83,8 +83,11 @@ def evaluate_with_fidelity(
         return evaluator.evaluate(candidate), {}
     level: int | None = ladder.levels[0]
     per_level: dict[int, dict[str, float]] = {}
+    seconds = 0.0
     while level is not None:
         measurement = evaluator.evaluate(candidate, level)
+        seconds += measurement.details.get("seconds", 0.0)
+        measurement.details["seconds"] = round(seconds, 3)  # all levels together: what the candidate cost
         if not measurement.ok:
             break
         per_level[level] = dict(measurement.metrics)
@@ -123,7 +126,7 @@ def run_search(
             if candidate.key in evaluated:  # optimizers re-propose points; the same seeds give the same result
                 measurement = ledger.measurement_of(evaluated[candidate.key])
                 per_level = ledger.levels_of(evaluated[candidate.key])
-                measurement.details["duplicate_of"] = evaluated[candidate.key]
+                measurement.details.update(duplicate_of=evaluated[candidate.key], seconds=0.0)
             else:
                 measurement, per_level = evaluate_with_fidelity(evaluator, candidate, ladder)
         except KeyboardInterrupt:

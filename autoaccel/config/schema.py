@@ -86,8 +86,11 @@ class BenchConfig:
     optimizer_seeds: int = 5
     synthetic_evaluations: int = 200
     slow_backend_evaluations: int = 60  # optuna_gp costs seconds per ask
-    model_evaluations: int = 40
+    model_evaluations: int = 30
+    model_seeds: int = 3
     model_samples: int = 128
+    fidelity_trials: int = 40  # 0 skips the multi-fidelity comparison
+    fidelity_levels: list[int] = field(default_factory=lambda: [128, 512])
     model_optimizers: list[str] = field(
         default_factory=lambda: ["random", "optuna_nsga2", "optuna_tpe", "nevergrad_ngopt", "pymoo_nsga2"]
     )
