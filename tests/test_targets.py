@@ -221,8 +221,9 @@ def test_fid_separates_real_digits_from_noise(digits, tmp_path):
     noise = torch.rand(500, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
     close = distribution_metrics(real_subset, real, extractor, cache, reference_key="digits-test")
     far = distribution_metrics(noise, real, extractor, cache, reference_key="digits-test")
-    assert set(close) == {"fid", "kid", "kid_std", "precision", "recall"}
+    assert set(close) == {"fid", "fid_std", "kid", "kid_std", "precision", "recall"}
     assert 0 <= close["fid"] < 5
+    assert 0 < close["fid_std"] < close["fid"]  # the bootstrap interval is a real, smaller-than-the-value spread
     assert far["fid"] > 20 * max(close["fid"], 1.0)
     assert far["kid"] > close["kid"]
     assert close["precision"] > 0.9 > far["precision"]
