@@ -15,29 +15,12 @@ import pandas as pd
 
 from autoaccel.candidate import Candidate
 from autoaccel.measure.evaluator import Measurement
-from autoaccel.objectives import CONSTRAINTS
+from autoaccel.objectives import CONSTRAINTS, METRIC_COLUMNS
 
 METRIC_PREFIX = "metric."
 FIDELITY_PREFIX = "fidelity."
 DETAIL_PREFIX = "detail."
-LEADING_COLUMNS = [
-    "trial",
-    "state",
-    "warm_start",
-    "feasible",
-    "failure",
-    "fid",
-    "kid",
-    "kid_std",
-    "precision",
-    "recall",
-    "psnr_vs_ode",
-    "nfe",
-    "latency_ms",
-    "peak_memory_mb",
-    "energy_j",
-    "timesteps",
-]
+LEADING_COLUMNS = ["trial", "state", "warm_start", "feasible", "failure", *METRIC_COLUMNS, "timesteps"]
 INTERRUPTED = "interrupted before it finished; evaluated again on resume"
 
 

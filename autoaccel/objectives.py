@@ -16,6 +16,21 @@ DIRECTIONS: dict[str, str] = {
     "recall": "maximize",
 }
 
+# The measured figures of a trial, in the order tables show them.
+METRIC_COLUMNS = [
+    "nfe",
+    "fid",
+    "fid_std",
+    "kid",
+    "kid_std",
+    "precision",
+    "recall",
+    "psnr_vs_ode",
+    "latency_ms",
+    "peak_memory_mb",
+    "energy_j",
+]
+
 # Deployment limits: budget option -> (metric, the limit is an upper bound)
 CONSTRAINTS: dict[str, str] = {"max_latency_ms": "latency_ms", "max_nfe": "nfe"}
 

@@ -25,13 +25,8 @@ def _to_unit_range(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 127.5 - 1.0
 
 
-class DigitsClassifierFeatures(FeatureExtractorBase):
-    def __init__(self, name: str, features_list: list[str], **kwargs) -> None:
-        super().__init__(name, features_list)
-        from autoaccel.targets.digits.classifier import load_classifier
-        from autoaccel.targets.digits.model import classifier_weights_path
-
-        self.classifier = load_classifier(classifier_weights_path())
+class _OneLayerFeatures(FeatureExtractorBase):
+    """torch-fidelity's extractor interface for a network exposing one feature layer, ``features``."""
 
     @staticmethod
     def get_provided_features_list():
@@ -45,6 +40,15 @@ class DigitsClassifierFeatures(FeatureExtractorBase):
     def can_be_compiled():
         return False
 
+
+class DigitsClassifierFeatures(_OneLayerFeatures):
+    def __init__(self, name: str, features_list: list[str], **kwargs) -> None:
+        super().__init__(name, features_list)
+        from autoaccel.targets.digits.classifier import load_classifier
+        from autoaccel.targets.digits.model import classifier_weights_path
+
+        self.classifier = load_classifier(classifier_weights_path())
+
     @staticmethod
     def get_dummy_input_for_compile():
         return torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
@@ -53,7 +57,7 @@ class DigitsClassifierFeatures(FeatureExtractorBase):
         return (self.classifier.features(_to_unit_range(images)),)
 
 
-class RandomConvFeatures(FeatureExtractorBase):
+class RandomConvFeatures(_OneLayerFeatures):
     """Three seeded random conv stages on images resized to 32x32; features are per-channel mean and std."""
 
     SEED = 20261126
@@ -67,18 +71,6 @@ class RandomConvFeatures(FeatureExtractorBase):
             fan_in = stage.in_channels * 9
             stage.weight.data = torch.randn(stage.weight.shape, generator=generator) * (2.0 / fan_in) ** 0.5
             stage.bias.data.zero_()
-
-    @staticmethod
-    def get_provided_features_list():
-        return ("features",)
-
-    @staticmethod
-    def get_default_feature_layer_for_metric(metric):
-        return "features"
-
-    @staticmethod
-    def can_be_compiled():
-        return False
 
     @staticmethod
     def get_dummy_input_for_compile():

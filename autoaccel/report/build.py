@@ -13,6 +13,7 @@ import pandas as pd
 from autoaccel.candidate import Candidate, apply_plan
 from autoaccel.imaging import save_grid
 from autoaccel.measure.seeds import sample_in_chunks
+from autoaccel.objectives import METRIC_COLUMNS
 from autoaccel.pareto import front_frame, hypervolume_history, knee_point
 from autoaccel.recipe import apply_recipe, build_recipe, save_recipe
 from autoaccel.report.html import write_html
@@ -20,16 +21,7 @@ from autoaccel.report.plots import hypervolume_plot, pareto_plot
 
 PARETO_COLUMNS = [
     "trial",
-    "nfe",
-    "fid",
-    "kid",
-    "kid_std",
-    "precision",
-    "recall",
-    "psnr_vs_ode",
-    "latency_ms",
-    "peak_memory_mb",
-    "energy_j",
+    *METRIC_COLUMNS,
     "quality_samples",
     "scheduler_class",
     "timesteps",
@@ -57,7 +49,7 @@ def write_front_recipe(context, row: pd.Series, recipes_dir: Path) -> Path:
     plan = candidate.plan(context.space.techniques)
     pipeline = context.target.make_pipeline()
     apply_plan(pipeline, plan, context.target)
-    figures = {name: row.get(name) for name in PARETO_COLUMNS[1:12] if name in row}
+    figures = {name: row.get(name) for name in [*METRIC_COLUMNS, "quality_samples"] if name in row}
     measured_on = {
         "device": row.get("device"),
         "threads": row.get("threads"),

@@ -8,22 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
-FRONT_COLUMNS = [
-    "trial",
-    "nfe",
-    "fid",
-    "kid",
-    "kid_std",
-    "precision",
-    "recall",
-    "psnr_vs_ode",
-    "latency_ms",
-    "peak_memory_mb",
-    "param.solver.name",
-    "param.timesteps.family",
-    "timesteps",
-    "recipe",
-]
+from autoaccel.objectives import METRIC_COLUMNS
+
+FRONT_COLUMNS = ["trial", *METRIC_COLUMNS, "param.solver.name", "param.timesteps.family", "timesteps", "recipe"]
 
 
 def _cell(value) -> str:
@@ -90,7 +77,7 @@ calls at the deployment batch size. FIDs are comparable only at the same sample 
 <h2>Teacher</h2>
 {teacher_table}
 <h2>Standard configurations</h2>
-{_table(standards, ["warm_start"] + FRONT_COLUMNS[:-2])}
+{_table(standards, ["warm_start"] + FRONT_COLUMNS[:-1])}
 <h2>Images (same seeds; front points beside the teacher)</h2>
 {grid_html}
 <h2>Failed trials</h2>

@@ -13,22 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-TABLE_COLUMNS = [
-    "trial",
-    "state",
-    "warm_start",
-    "fid",
-    "kid",
-    "kid_std",
-    "precision",
-    "recall",
-    "psnr_vs_ode",
-    "nfe",
-    "latency_ms",
-    "peak_memory_mb",
-    "timesteps",
-    "failure",
-]
+from autoaccel.objectives import METRIC_COLUMNS
+
+TABLE_COLUMNS = ["trial", "state", "warm_start", *METRIC_COLUMNS, "timesteps", "failure"]
 
 
 def wandb_mode() -> str:
