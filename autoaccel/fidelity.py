@@ -9,6 +9,7 @@ constraint and so never reach the front, and every front point is a full-fidelit
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 from autoaccel.errors import ConfigError
@@ -25,6 +26,7 @@ class FidelityLadder:
     objectives: list[str]
     z: float = 1.0
     populations: dict[int, list[list[float]]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.levels or sorted(set(self.levels)) != list(self.levels) or self.levels[0] < 2:
@@ -49,10 +51,17 @@ class FidelityLadder:
     def remember(self, level: int, metrics: dict[str, float]) -> None:
         self.populations.setdefault(level, []).append(self._point(metrics, optimistic=False))
 
+    def promote_and_remember(self, level: int, metrics: dict[str, float]) -> bool:
+        """``promotable`` then ``remember``, atomically: concurrent trials may reach a level together."""
+        with self._lock:
+            promote = self.promotable(level, metrics)
+            self.remember(level, metrics)
+            return promote
+
     def promotable(self, level: int, metrics: dict[str, float]) -> bool:
         """Could this candidate, given its interval, still be non-dominated at ``level``?"""
         candidate = self._point(metrics, optimistic=True)
-        for other in self.populations.get(level, []):
+        for other in list(self.populations.get(level, [])):
             if all(o <= c for o, c in zip(other, candidate)) and any(o < c for o, c in zip(other, candidate)):
                 return False
         return True

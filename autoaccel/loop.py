@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ class LoopBudget:
     trials: int
     max_minutes: float | None
     limits: dict[str, float | None]
+    concurrent: int = 1
 
 
 def standard_configurations(space: SearchSpace, steps: list[int]) -> list[tuple[str, dict[str, Any]]]:
@@ -91,8 +93,7 @@ def evaluate_with_fidelity(
         if not measurement.ok:
             break
         per_level[level] = dict(measurement.metrics)
-        promote = ladder.promotable(level, measurement.metrics)
-        ladder.remember(level, measurement.metrics)
+        promote = ladder.promote_and_remember(level, measurement.metrics)
         level = ladder.next_level(level) if promote else None
     return measurement, per_level
 
@@ -107,39 +108,99 @@ def run_search(
     on_trial: Callable[[optuna.trial.FrozenTrial, Measurement, int], None] | None = None,
     ladder: FidelityLadder | None = None,
 ) -> int:
-    """Evaluates trials until the study holds ``budget.trials`` finished ones; returns how many ran now."""
+    """Evaluates trials until the study holds ``budget.trials`` finished ones; returns how many ran now.
+
+    With ``budget.concurrent`` > 1, that many candidates are evaluated at once in threads (torch releases the
+    GIL); the ledger and the optimizer are only touched from this thread, and the evaluator measures cost
+    exclusively (see ``Evaluator.exclusive``), so concurrency never leaks into a latency figure.
+    """
     started = time.monotonic()
     ran = 0
     evaluated = ledger.evaluated_candidates()
-    while ledger.finished_count() < budget.trials:
-        if budget.max_minutes is not None and time.monotonic() - started > budget.max_minutes * 60:
-            break
-        if not ledger.has_waiting():  # queued trials (warm starts, re-queued ones) go first
-            proposal = backend.propose()
-            if proposal is not None:
-                ledger.study.enqueue_trial(proposal)
-        trial = ledger.study.ask()
+    in_flight: dict[Future, tuple[optuna.Trial, Candidate, dict[str, Any]]] = {}
+    with ThreadPoolExecutor(max_workers=budget.concurrent, thread_name_prefix="autoaccel-trial") as pool:
         try:
-            searched = suggest(trial, space)
-            candidate = Candidate.from_params(space.complete(searched))
-            per_level: dict[int, dict[str, float]] = {}
-            if candidate.key in evaluated:  # optimizers re-propose points; the same seeds give the same result
-                measurement = ledger.measurement_of(evaluated[candidate.key])
-                per_level = ledger.levels_of(evaluated[candidate.key])
-                measurement.details.update(duplicate_of=evaluated[candidate.key], seconds=0.0)
-            else:
-                measurement, per_level = evaluate_with_fidelity(evaluator, candidate, ladder)
-        except KeyboardInterrupt:
-            trial.set_user_attr("failure", INTERRUPTED)
-            ledger.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            ledger.requeue(trial.params, trial.user_attrs)
+            while True:
+                out_of_time = budget.max_minutes is not None and time.monotonic() - started > budget.max_minutes * 60
+                while (
+                    not out_of_time
+                    and len(in_flight) < budget.concurrent
+                    and ledger.finished_count() + len(in_flight) < budget.trials
+                ):
+                    trial, candidate, searched = _ask(ledger, backend, space)
+                    if candidate.key in evaluated:  # optimizers re-propose points; same seeds, same result
+                        source = evaluated[candidate.key]
+                        measurement = ledger.measurement_of(source)
+                        measurement.details.update(duplicate_of=source, seconds=0.0)
+                        ran += _finish(
+                            ledger,
+                            backend,
+                            trial,
+                            candidate,
+                            searched,
+                            measurement,
+                            ledger.levels_of(source),
+                            objectives,
+                            budget,
+                            ladder,
+                            evaluated,
+                            on_trial,
+                        )
+                        continue
+                    in_flight[pool.submit(evaluate_with_fidelity, evaluator, candidate, ladder)] = (
+                        trial,
+                        candidate,
+                        searched,
+                    )
+                if not in_flight:
+                    break
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    trial, candidate, searched = in_flight[future]
+                    measurement, per_level = future.result()
+                    del in_flight[future]
+                    ran += _finish(
+                        ledger,
+                        backend,
+                        trial,
+                        candidate,
+                        searched,
+                        measurement,
+                        per_level,
+                        objectives,
+                        budget,
+                        ladder,
+                        evaluated,
+                        on_trial,
+                    )
+        except KeyboardInterrupt:  # every trial in hand is marked and queued again; the ledger stays consistent
+            for future, (trial, _, _) in in_flight.items():
+                future.cancel()
+                trial.set_user_attr("failure", INTERRUPTED)
+                ledger.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                ledger.requeue(trial.params, trial.user_attrs)
             raise
-        frozen = ledger.record(
-            trial, candidate, measurement, objectives, budget.limits, per_level, ladder.top if ladder else None
-        )
-        evaluated.setdefault(candidate.key, frozen.number)
-        backend.observe(searched, list(frozen.values) if frozen.values else None)
-        ran += 1
-        if on_trial is not None:
-            on_trial(frozen, measurement, ledger.finished_count())
     return ran
+
+
+def _ask(ledger: Ledger, backend: OptimizerBackend, space: SearchSpace):
+    if not ledger.has_waiting():  # queued trials (warm starts, re-queued ones) go first
+        proposal = backend.propose()
+        if proposal is not None:
+            ledger.study.enqueue_trial(proposal)
+    trial = ledger.study.ask()
+    searched = suggest(trial, space)
+    return trial, Candidate.from_params(space.complete(searched)), searched
+
+
+def _finish(
+    ledger, backend, trial, candidate, searched, measurement, per_level, objectives, budget, ladder, evaluated, on_trial
+) -> int:
+    frozen = ledger.record(
+        trial, candidate, measurement, objectives, budget.limits, per_level, ladder.top if ladder else None
+    )
+    evaluated.setdefault(candidate.key, frozen.number)
+    backend.observe(searched, list(frozen.values) if frozen.values else None)
+    if on_trial is not None:
+        on_trial(frozen, measurement, ledger.finished_count())
+    return 1

@@ -63,6 +63,7 @@ def validate_numbers(config: DictConfig) -> None:
     """Options Hydra's types cannot bound."""
     checks = [
         ("budget.trials", config.budget.trials, 1),
+        ("budget.concurrent", config.budget.concurrent, 1),
         ("quality.samples", config.quality.samples, 2),
         ("quality.chunk_size", config.quality.chunk_size, 1),
         ("cost.batch_size", config.cost.batch_size, 1),

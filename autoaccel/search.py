@@ -56,6 +56,7 @@ def search(config: DictConfig, log=print) -> Path:
         trials=int(config.budget.trials),
         max_minutes=config.budget.max_minutes,
         limits={"max_latency_ms": config.budget.max_latency_ms, "max_nfe": config.budget.max_nfe},
+        concurrent=int(config.budget.concurrent),
     )
     try:
         run_search(

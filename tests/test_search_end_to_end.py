@@ -226,3 +226,54 @@ def test_fidelity_levels_must_end_at_the_quality_sample_count(fast_overrides):
 
     with pytest.raises(ConfigError, match="must end at quality.samples=48"):
         search(compose_config([*fast_overrides, "fidelity.levels=[16,32]"]), log=lambda message: None)
+
+
+def test_concurrent_trials_fill_the_ledger_like_sequential_ones(fast_overrides):
+    overrides = [
+        *fast_overrides,
+        "budget.concurrent=3",
+        "study_name=concurrent",
+        "optimizer=pymoo_nsga2",
+        "optimizer.population_size=4",
+    ]
+    index = search(compose_config([*overrides, "budget.trials=9"]), log=lambda message: None)
+    trials = pd.read_csv(index.parent / "trials.csv")
+    assert len(trials) == 9 and set(trials["state"]) <= {"COMPLETE", "FAIL"}
+    assert trials["trial"].tolist() == list(range(9))
+    assert (trials["state"] == "COMPLETE").sum() >= 6
+    assert not pd.read_csv(index.parent / "pareto.csv").empty
+
+
+def test_measurement_gate_keeps_cost_measurement_alone():
+    import threading
+    import time
+
+    from autoaccel.measure.gate import MeasurementGate
+
+    gate, events, lock = MeasurementGate(), [], threading.Lock()
+
+    def shared_work(name):
+        with gate.shared():
+            with lock:
+                events.append(("start", name))
+            time.sleep(0.05)
+            with lock:
+                events.append(("end", name))
+
+    def exclusive_work():
+        with gate.exclusive():
+            with lock:
+                events.append(("start", "cost"))
+            time.sleep(0.05)
+            with lock:
+                events.append(("end", "cost"))
+
+    threads = [threading.Thread(target=shared_work, args=(f"s{index}",)) for index in range(3)]
+    threads.insert(1, threading.Thread(target=exclusive_work))
+    for thread in threads:
+        thread.start()
+        time.sleep(0.01)
+    for thread in threads:
+        thread.join()
+    cost_start = events.index(("start", "cost"))
+    assert events[cost_start + 1] == ("end", "cost")  # nothing else ran while cost was measured

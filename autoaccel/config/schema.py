@@ -33,6 +33,7 @@ class BudgetConfig:
     """How much to spend and the deployment limits a plan must meet (``null`` = no limit)."""
 
     trials: int = 40
+    concurrent: int = 1  # candidates evaluated at once on this machine (cost is always measured alone)
     max_minutes: float | None = None
     max_latency_ms: float | None = None
     max_nfe: int | None = None

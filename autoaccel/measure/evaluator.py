@@ -5,6 +5,7 @@ comes back as a failed measurement with its reason; this module never lets a tri
 from __future__ import annotations
 
 import gc
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 
 from autoaccel.candidate import Candidate, apply_plan
+from autoaccel.measure.gate import MeasurementGate
 from autoaccel.measure.latency import CostMeasurement, measure_cost
 from autoaccel.measure.reference import QualityJudge, teacher_pipeline
 from autoaccel.measure.seeds import sample_in_chunks
@@ -59,10 +61,16 @@ class Evaluator:
         self.judges = {judge.samples: judge}
         self.cost_settings = cost
         self.cost_cache: dict[str, CostMeasurement] = {}
+        self.gate = MeasurementGate()
+        self._judges_lock = threading.Lock()
 
     def judge_for(self, samples: int | None) -> QualityJudge:
         """The judge scoring on ``samples`` images (the same seed; a lower fidelity of the run's judge)."""
         samples = samples or self.judge.samples
+        with self._judges_lock:
+            return self._judge_for(samples)
+
+    def _judge_for(self, samples: int) -> QualityJudge:
         if samples not in self.judges:
             self.judges[samples] = QualityJudge(
                 self.target, samples, self.judge.seeds.seed, self.judge.cache_dir, self.judge.chunk_size
@@ -77,13 +85,19 @@ class Evaluator:
         key = self.structure_key(pipeline)
         if key in self.cost_cache:
             return self.cost_cache[key], True
+        with self.gate.exclusive():
+            if key in self.cost_cache:  # measured by a concurrent trial while this one waited
+                return self.cost_cache[key], True
+            return self._measure_cost(pipeline, key, teacher), False
+
+    def _measure_cost(self, pipeline, key: str, teacher: bool) -> CostMeasurement:
         seeds = self.judge.deployment_seeds(self.cost_settings.batch_size)
         warmup, repeats = self.cost_settings.warmup, self.cost_settings.repeats
         if teacher:  # one full-step call is already hundreds of steps long: warm-up and repeats matter less
             warmup, repeats = 0, min(repeats, 2)
         cost = measure_cost(pipeline, seeds, warmup, repeats)
         self.cost_cache[key] = cost
-        return cost, False
+        return cost
 
     def _measure_pipeline(
         self, pipeline, images: torch.Tensor, details: dict, judge: QualityJudge, teacher: bool = False
@@ -92,7 +106,8 @@ class Evaluator:
             bad = int((~torch.isfinite(images)).flatten(1).any(dim=1).sum())
             return Measurement(FAILED, details=details, failure=f"{bad} of {len(images)} images contain NaN or inf")
         nfe = pipeline.unet_calls
-        metrics: dict[str, float] = judge.score(images)
+        with self.gate.shared():
+            metrics: dict[str, float] = judge.score(images)
         cost, reused = self._cost(pipeline, teacher)
         metrics.update(
             nfe=float(nfe),
@@ -123,7 +138,8 @@ class Evaluator:
         try:
             pipeline = self.target.make_pipeline()
             apply_plan(pipeline, candidate.plan(self.space.techniques), self.target)
-            images = sample_in_chunks(pipeline, judge.seeds, judge.chunk_size)
+            with self.gate.shared():
+                images = sample_in_chunks(pipeline, judge.seeds, judge.chunk_size)
             measurement = self._measure_pipeline(pipeline, images, details, judge)
         except KeyboardInterrupt:
             raise

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import torch
@@ -49,6 +50,7 @@ class QualityJudge:
         self.seeds = make_seed_batch(target.sample_shape, samples, seed, target.num_classes)
         self._teacher_images: torch.Tensor | None = None
         self._ode_images: torch.Tensor | None = None
+        self._lock = threading.RLock()  # concurrent trials share one judge: references are made once
 
     def _cached(self, kind: str, make) -> torch.Tensor:
         key = f"{self.target.content_hash[:16]}-{kind}-n{self.samples}-seed{self.seeds.seed}.pt"
@@ -63,6 +65,10 @@ class QualityJudge:
         return images
 
     def teacher_images(self) -> torch.Tensor:
+        with self._lock:
+            return self._teacher()
+
+    def _teacher(self) -> torch.Tensor:
         if self._teacher_images is None:
             self._teacher_images = self._cached(
                 "teacher", lambda: sample_in_chunks(teacher_pipeline(self.target), self.seeds, self.chunk_size)
@@ -70,6 +76,10 @@ class QualityJudge:
         return self._teacher_images
 
     def ode_images(self) -> torch.Tensor:
+        with self._lock:
+            return self._ode()
+
+    def _ode(self) -> torch.Tensor:
         if self._ode_images is None:
             self._ode_images = self._cached(
                 f"ode{ODE_REFERENCE_STEPS}",
@@ -88,6 +98,10 @@ class QualityJudge:
         return teacher, f"teacher-{tensor_digest(teacher)}"
 
     def score(self, images: torch.Tensor) -> dict[str, float]:
+        with self._lock:  # torch-fidelity's reference cache is written on first use
+            return self._score(images)
+
+    def _score(self, images: torch.Tensor) -> dict[str, float]:
         reference, reference_key = self.reference_images()
         metrics = distribution_metrics(
             images,

@@ -40,7 +40,6 @@ class OptunaTPE(OptimizerBackend):
             seed=self.options.get("seed"),
             multivariate=True,
             group=True,
-            warn_independent_sampling=False,
         )
 
 
@@ -54,7 +53,6 @@ class OptunaGP(OptimizerBackend):
         return optuna.samplers.GPSampler(
             seed=self.options.get("seed"),
             n_startup_trials=int(self.options.get("n_startup_trials", 10)),
-            warn_independent_sampling=False,
         )
 
 
