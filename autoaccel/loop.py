@@ -53,10 +53,14 @@ def standard_configurations(space: SearchSpace, steps: list[int]) -> list[tuple[
             {"solver.name": "unipc", "solver.order": 2, "solver.final_sigma": "zero", "solver.lower_order_final": True},
         ),
     ]
+    # In a joint space the baselines are the unchanged model: no pruning.
+    unchanged_model = {"pruning.ratio": 0.0, "pruning.down": 1.0, "pruning.mid": 1.0, "pruning.up": 1.0,
+                       "pruning.importance": "magnitude", "pruning.recovery_steps": 0}
     configurations = []
     for step_count in steps:
         for label, solver_params in solvers:
-            params = {"timesteps.steps": step_count, "timesteps.family": "uniform_trailing", **solver_params}
+            params = {"timesteps.steps": step_count, "timesteps.family": "uniform_trailing", **solver_params,
+                      **unchanged_model}
             params["solver.guidance"] = 1.0
             searched = _restrict_to_space(space, params)
             if searched is not None:

@@ -11,6 +11,8 @@ DIRECTIONS: dict[str, str] = {
     "nfe": "minimize",
     "peak_memory_mb": "minimize",
     "energy_j": "minimize",
+    "params": "minimize",
+    "model_bytes": "minimize",
     "psnr_vs_ode": "maximize",
     "precision": "maximize",
     "recall": "maximize",
@@ -29,6 +31,8 @@ METRIC_COLUMNS = [
     "latency_ms",
     "peak_memory_mb",
     "energy_j",
+    "params",
+    "model_bytes",
 ]
 
 # Deployment limits: budget option -> (metric, the limit is an upper bound)

@@ -47,7 +47,12 @@ def build_recipe(
     return {
         "autoaccel_recipe": RECIPE_FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "base_model": {"name": target.name, "path": str(target.path), "content_hash": target.content_hash},
+        "base_model": {
+            "name": target.name,
+            "path": str(target.path),
+            "content_hash": target.content_hash,
+            "scheduler_config": _plain({k: v for k, v in target.scheduler_config.items() if not k.startswith("_")}),
+        },
         "techniques": {
             technique.name: {"version": technique.version, "config": _plain(asdict(config))}
             for technique, config in plan
@@ -167,6 +172,7 @@ def apply_recipe(pipeline, recipe: str | Path | dict, check_model: bool = True) 
                 f"{str(expected)[:16]}..., but the pipeline's unet hashes to {actual[:16]}...; "
                 f"apply it to that model or pass check_model=False"
             )
+    unet = _reapply_model_techniques(recipe, unet)
     scheduler_class = getattr(diffusers, recipe["scheduler"]["class"])
     try:
         scheduler = scheduler_class.from_config(recipe["scheduler"]["config"])
@@ -177,3 +183,45 @@ def apply_recipe(pipeline, recipe: str | Path | dict, check_model: bool = True) 
     fast.plan.guidance_scale = float(recipe["guidance_scale"])
     fast.plan.null_class = recipe.get("null_class")
     return fast
+
+
+def _reapply_model_techniques(recipe: dict[str, Any], unet):
+    """Re-applies the techniques that changed the model (pruning), in order, from the base unet.
+
+    Only registered technique names are looked up, and their configs are plain dataclass fields checked by the
+    config's own validation: nothing named in the file is imported.
+    """
+    from autoaccel.errors import ConfigError
+    from autoaccel.targets.base import target_from_unet
+    from autoaccel.techniques.base import get_technique
+
+    techniques = recipe.get("techniques") or {}
+    if not isinstance(techniques, dict):
+        raise RecipeError("recipe techniques must be a mapping of technique name to {version, config}")
+    steps = []
+    for name, entry in techniques.items():
+        try:
+            technique = get_technique(str(name))
+        except ConfigError as error:
+            raise RecipeError(f"recipe names {error}") from None
+        if not technique.modifies_model:
+            continue
+        version = entry.get("version") if isinstance(entry, dict) else entry
+        if version != technique.version:
+            raise RecipeError(
+                f"recipe technique {name!r} has version {version!r}; this autoaccel applies version {technique.version}"
+            )
+        try:
+            config = technique.config_cls(**(entry.get("config") or {}))
+        except (TypeError, ConfigError) as error:
+            raise RecipeError(f"recipe technique {name!r} has an invalid config: {error}") from None
+        steps.append((technique, config))
+    if not steps:
+        return unet
+    base = recipe["base_model"]
+    scheduler_config = base.get("scheduler_config") or recipe["scheduler"]["config"]
+    target = target_from_unet(unet, scheduler_config, recipe.get("null_class"), base)
+    pipeline = target.make_pipeline()
+    for technique, config in sorted(steps, key=lambda step: step[0].order):
+        technique.apply(pipeline, config, target)
+    return pipeline.unet

@@ -78,8 +78,12 @@ class Evaluator:
         return self.judges[samples]
 
     def structure_key(self, pipeline) -> str:
-        """What cost depends on: the scheduler class, unet calls per image, and the batch size."""
-        return f"{type(pipeline.scheduler).__name__}|nfe={pipeline.unet_calls}|batch={self.cost_settings.batch_size}"
+        """What cost depends on: the unet's size, the scheduler class, unet calls per image, and the batch size."""
+        parameters = sum(parameter.numel() for parameter in pipeline.unet.parameters())
+        return (
+            f"params={parameters}|{type(pipeline.scheduler).__name__}|nfe={pipeline.unet_calls}"
+            f"|batch={self.cost_settings.batch_size}"
+        )
 
     def _cost(self, pipeline, teacher: bool = False) -> tuple[CostMeasurement, bool]:
         key = self.structure_key(pipeline)
@@ -116,6 +120,8 @@ class Evaluator:
             peak_memory_mb=cost.peak_memory_mb,
             energy_j=cost.energy_j,
             quality_samples=float(len(images)),
+            params=float(sum(parameter.numel() for parameter in pipeline.unet.parameters())),
+            model_bytes=float(sum(p.numel() * p.element_size() for p in pipeline.unet.parameters())),
         )
         details.update(
             timesteps=list(pipeline.plan.timesteps),

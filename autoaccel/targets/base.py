@@ -75,3 +75,22 @@ def hash_weights(module: torch.nn.Module) -> str:
         digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
         digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def target_from_unet(unet: torch.nn.Module, scheduler_config: dict, null_class: int | None, base_model: dict) -> Target:
+    """A Target around an already loaded unet, for re-applying a recipe's model techniques outside a run."""
+    from autoaccel.measure.features import GENERIC_EXTRACTOR
+
+    num_class_embeds = unet.config.num_class_embeds
+    num_classes = (num_class_embeds - (1 if null_class is not None else 0)) if num_class_embeds else None
+    return Target(
+        name=str(base_model.get("name", "model")),
+        path=Path(str(base_model.get("path", "."))),
+        unet=unet,
+        scheduler_config={key: value for key, value in scheduler_config.items() if not key.startswith("_")},
+        scheduler_class="DDPMScheduler",
+        content_hash=str(base_model.get("content_hash", "")),
+        quality=QualityReference(GENERIC_EXTRACTOR, "none", "not scored"),
+        num_classes=num_classes,
+        null_class=null_class,
+    )

@@ -23,6 +23,7 @@ class Technique:
     config_cls: type
     apply: Callable[..., None]
     version: int = 1
+    modifies_model: bool = False  # replaces the pipeline's unet: a recipe must re-apply it to reproduce images
     group_params: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     def config_from_params(self, params: Mapping[str, Any]):
@@ -68,5 +69,6 @@ def registered_techniques() -> list[Technique]:
 
 
 def _load_builtin_techniques() -> None:
+    import autoaccel.techniques.pruning  # noqa: F401
     import autoaccel.techniques.solver  # noqa: F401
     import autoaccel.techniques.timesteps  # noqa: F401
