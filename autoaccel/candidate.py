@@ -11,12 +11,16 @@ from typing import Any
 from autoaccel.techniques.base import get_technique
 
 
-def _plain(value: Any) -> Any:
-    """numpy scalars and tuples as plain JSON values, so equal candidates hash equally."""
-    if hasattr(value, "item") and not isinstance(value, list | tuple | dict):
-        return value.item()
+def to_plain(value: Any) -> Any:
+    """numpy scalars, tuples and NaN as plain YAML/JSON values, so equal values hash and serialise equally."""
+    if isinstance(value, dict):
+        return {str(key): to_plain(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
+        return [to_plain(item) for item in value]
+    if hasattr(value, "item") and not isinstance(value, str | bytes):
+        return to_plain(value.item())
+    if isinstance(value, float) and value != value:
+        return None
     return value
 
 
@@ -28,7 +32,7 @@ class Candidate:
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> Candidate:
-        return cls(tuple(sorted((key, _plain(value)) for key, value in params.items())))
+        return cls(tuple(sorted((key, to_plain(value)) for key, value in params.items())))
 
     @property
     def as_dict(self) -> dict[str, Any]:

@@ -54,13 +54,23 @@ def standard_configurations(space: SearchSpace, steps: list[int]) -> list[tuple[
         ),
     ]
     # In a joint space the baselines are the unchanged model: no pruning.
-    unchanged_model = {"pruning.ratio": 0.0, "pruning.down": 1.0, "pruning.mid": 1.0, "pruning.up": 1.0,
-                       "pruning.importance": "magnitude", "pruning.recovery_steps": 0}
+    unchanged_model = {
+        "pruning.ratio": 0.0,
+        "pruning.down": 1.0,
+        "pruning.mid": 1.0,
+        "pruning.up": 1.0,
+        "pruning.importance": "magnitude",
+        "pruning.recovery_steps": 0,
+    }
     configurations = []
     for step_count in steps:
         for label, solver_params in solvers:
-            params = {"timesteps.steps": step_count, "timesteps.family": "uniform_trailing", **solver_params,
-                      **unchanged_model}
+            params = {
+                "timesteps.steps": step_count,
+                "timesteps.family": "uniform_trailing",
+                **solver_params,
+                **unchanged_model,
+            }
             params["solver.guidance"] = 1.0
             searched = _restrict_to_space(space, params)
             if searched is not None:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import yaml
 
+from autoaccel.candidate import to_plain
 from autoaccel.errors import RecipeError
 from autoaccel.sampling import SamplerPipeline
 from autoaccel.targets.base import hash_weights
@@ -51,33 +52,21 @@ def build_recipe(
             "name": target.name,
             "path": str(target.path),
             "content_hash": target.content_hash,
-            "scheduler_config": _plain({k: v for k, v in target.scheduler_config.items() if not k.startswith("_")}),
+            "scheduler_config": to_plain({k: v for k, v in target.scheduler_config.items() if not k.startswith("_")}),
         },
         "techniques": {
-            technique.name: {"version": technique.version, "config": _plain(asdict(config))}
+            technique.name: {"version": technique.version, "config": to_plain(asdict(config))}
             for technique, config in plan
         },
-        "scheduler": {"class": type(pipeline.scheduler).__name__, "config": _plain(scheduler_config)},
+        "scheduler": {"class": type(pipeline.scheduler).__name__, "config": to_plain(scheduler_config)},
         "timesteps": [int(step) for step in pipeline.plan.timesteps],
         "guidance_scale": float(pipeline.plan.guidance_scale),
         "null_class": pipeline.plan.null_class,
         "seed_policy": seed_policy,
-        "figures": {key: _plain(value) for key, value in figures.items()},
+        "figures": {key: to_plain(value) for key, value in figures.items()},
         "measured_on": {**measured_on, **environment()},
         "source": source,
     }
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(key): _plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
-    if hasattr(value, "item") and not isinstance(value, str | bytes):
-        return value.item()
-    if isinstance(value, float) and value != value:
-        return None
-    return value
 
 
 def save_recipe(recipe: dict[str, Any], path: Path) -> Path:
