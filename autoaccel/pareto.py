@@ -16,8 +16,10 @@ from autoaccel.objectives import DIRECTIONS
 
 
 def front_frame(trials: pd.DataFrame, front_numbers: list[int], cost_metric: str = "latency_ms") -> pd.DataFrame:
-    """The front's rows, cheapest first."""
+    """The front's rows, cheapest first; a candidate evaluated twice (a re-proposed duplicate) appears once."""
     front = trials[trials["trial"].isin(front_numbers)]
+    if "candidate_key" in front:
+        front = front.drop_duplicates(subset="candidate_key", keep="first")
     return front.sort_values(cost_metric).reset_index(drop=True)
 
 

@@ -172,3 +172,15 @@ def test_explain_plan_on_an_empty_front(tmp_path):
     message, found = explain_plan(tmp_path, "fid", {"latency_ms": 10.0})
     assert found is False
     assert "front is empty" in message
+
+
+def test_front_frame_lists_a_re_proposed_candidate_once():
+    import pandas as pd
+
+    from autoaccel.pareto import front_frame
+
+    trials = pd.DataFrame(
+        {"trial": [0, 1, 2], "candidate_key": ["a", "b", "a"], "fid": [1.0, 2.0, 1.0], "latency_ms": [5.0, 1.0, 5.0]}
+    )
+    front = front_frame(trials, [0, 1, 2])
+    assert front["trial"].tolist() == [1, 0]
