@@ -131,6 +131,19 @@ def run_search(
     started = time.monotonic()
     ran = 0
     evaluated = ledger.evaluated_candidates()
+
+    def finish(trial, candidate: Candidate, searched: dict, measurement: Measurement, per_level: dict) -> None:
+        """Records a finished trial and tells the optimizer; only ever called from this thread."""
+        nonlocal ran
+        frozen = ledger.record(
+            trial, candidate, measurement, objectives, budget.limits, per_level, ladder.top if ladder else None
+        )
+        evaluated.setdefault(candidate.key, frozen.number)
+        backend.observe(searched, list(frozen.values) if frozen.values else None)
+        ran += 1
+        if on_trial is not None:
+            on_trial(frozen, measurement, ledger.finished_count())
+
     in_flight: dict[Future, tuple[optuna.Trial, Candidate, dict[str, Any]]] = {}
     with ThreadPoolExecutor(max_workers=budget.concurrent, thread_name_prefix="autoaccel-trial") as pool:
         try:
@@ -146,20 +159,7 @@ def run_search(
                         source = evaluated[candidate.key]
                         measurement = ledger.measurement_of(source)
                         measurement.details.update(duplicate_of=source, seconds=0.0)
-                        ran += _finish(
-                            ledger,
-                            backend,
-                            trial,
-                            candidate,
-                            searched,
-                            measurement,
-                            ledger.levels_of(source),
-                            objectives,
-                            budget,
-                            ladder,
-                            evaluated,
-                            on_trial,
-                        )
+                        finish(trial, candidate, searched, measurement, ledger.levels_of(source))
                         continue
                     in_flight[pool.submit(evaluate_with_fidelity, evaluator, candidate, ladder)] = (
                         trial,
@@ -173,20 +173,7 @@ def run_search(
                     trial, candidate, searched = in_flight[future]
                     measurement, per_level = future.result()
                     del in_flight[future]
-                    ran += _finish(
-                        ledger,
-                        backend,
-                        trial,
-                        candidate,
-                        searched,
-                        measurement,
-                        per_level,
-                        objectives,
-                        budget,
-                        ladder,
-                        evaluated,
-                        on_trial,
-                    )
+                    finish(trial, candidate, searched, measurement, per_level)
         except KeyboardInterrupt:  # every trial in hand is marked and queued again; the ledger stays consistent
             for future, (trial, _, _) in in_flight.items():
                 future.cancel()
@@ -205,16 +192,3 @@ def _ask(ledger: Ledger, backend: OptimizerBackend, space: SearchSpace):
     trial = ledger.study.ask()
     searched = suggest(trial, space)
     return trial, Candidate.from_params(space.complete(searched)), searched
-
-
-def _finish(
-    ledger, backend, trial, candidate, searched, measurement, per_level, objectives, budget, ladder, evaluated, on_trial
-) -> int:
-    frozen = ledger.record(
-        trial, candidate, measurement, objectives, budget.limits, per_level, ladder.top if ladder else None
-    )
-    evaluated.setdefault(candidate.key, frozen.number)
-    backend.observe(searched, list(frozen.values) if frozen.values else None)
-    if on_trial is not None:
-        on_trial(frozen, measurement, ledger.finished_count())
-    return 1
