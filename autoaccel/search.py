@@ -38,9 +38,13 @@ def search(config: DictConfig, log=print) -> Path:
     from autoaccel.report.build import build_report
 
     context = prepare_run(config)
-    swept = context.ledger.sweep_interrupted()
-    if swept:
-        log(f"resuming: {swept} trial(s) interrupted last time are queued again")
+    if config.storage:
+        # A shared storage may have other workers' trials RUNNING right now: they are not ours to sweep.
+        log("storage is shared: trials left running by other processes are not swept")
+    else:
+        swept = context.ledger.sweep_interrupted()
+        if swept:
+            log(f"resuming: {swept} trial(s) interrupted last time are queued again")
     done = context.ledger.finished_count()
     if done:
         context.backend.rebuild(context.ledger.history())  # population optimizers continue where they stopped

@@ -277,3 +277,16 @@ def test_measurement_gate_keeps_cost_measurement_alone():
         thread.join()
     cost_start = events.index(("start", "cost"))
     assert events[cost_start + 1] == ("end", "cost")  # nothing else ran while cost was measured
+
+
+def test_a_shared_storage_leaves_other_workers_running_trials_alone(fast_overrides, tmp_path):
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    overrides = [*fast_overrides, f"storage={storage}", "study_name=shared"]
+    search(compose_config([*overrides, "budget.trials=3"]), log=lambda message: None)
+    study = optuna.load_study(study_name="shared", storage=storage)
+    other_worker_trial = study.ask()  # another process is evaluating this one right now
+    search(compose_config([*overrides, "budget.trials=5"]), log=lambda message: None)
+    states = {trial.number: trial.state for trial in optuna.load_study(study_name="shared", storage=storage).trials}
+    assert states[other_worker_trial.number] == optuna.trial.TrialState.RUNNING
