@@ -73,12 +73,9 @@ def _evaluations_to_reach(curves: dict[str, list[list[float]]], level: float) ->
 
 
 def _plot(curves: dict[str, list[list[float]]], title: str, path: Path, optimum: float | None) -> None:
-    import matplotlib
+    from autoaccel.report.plots import new_figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(8, 5))
+    figure, axes = new_figure((8, 5))
     for name, runs in curves.items():
         matrix = np.array([run + [run[-1]] * (max(map(len, runs)) - len(run)) for run in runs])
         x = np.arange(1, matrix.shape[1] + 1)
@@ -91,9 +88,7 @@ def _plot(curves: dict[str, list[list[float]]], title: str, path: Path, optimum:
     axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7, ncol=2)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def _section(title: str, curves, checkpoints, budget, baseline_level_at, optimum, log) -> list[str]:

@@ -7,6 +7,7 @@ point visible, and FIDs are only ever compared at the same sample count on the s
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from pathlib import Path
@@ -85,10 +86,16 @@ def distribution_metrics(
 _REFERENCE_STATISTICS: dict[str, dict] = {}
 
 
-def _features(images_uint8: torch.Tensor, extractor: str) -> torch.Tensor:
+@functools.cache
+def _extractor_model(extractor: str):
+    """Built once per process: the digits extractor loads its classifier from disk."""
     from torch_fidelity.utils import create_feature_extractor
 
-    model = create_feature_extractor(extractor, ["features"], cuda=False, verbose=False)
+    return create_feature_extractor(extractor, ["features"], cuda=False, verbose=False)
+
+
+def _features(images_uint8: torch.Tensor, extractor: str) -> torch.Tensor:
+    model = _extractor_model(extractor)
     with torch.no_grad():
         return torch.cat([model(chunk)[0] for chunk in images_uint8.split(512)]).double()
 

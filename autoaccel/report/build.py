@@ -81,7 +81,8 @@ def build_report(context, log=print) -> Path:
     for _, row in front.iterrows():
         recipe_path = write_front_recipe(context, row, run_dir / "recipes")
         recipe_paths.append(str(recipe_path.relative_to(run_dir)))
-        fast = apply_recipe(context.target, recipe_path)
+        # The recipe was just written from this target (its hash is target.content_hash): no need to re-hash.
+        fast = apply_recipe(context.target, recipe_path, check_model=False)
         images = sample_in_chunks(fast, grid_seeds, context.judge.chunk_size)
         grid_name = f"grids/trial-{int(row['trial']):04d}.png"
         save_grid(images, run_dir / grid_name)

@@ -7,6 +7,26 @@ from pathlib import Path
 import pandas as pd
 
 
+def new_figure(size: tuple[float, float]):
+    """A figure on the file-only Agg backend (no display on servers and CI)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=size)
+
+
+def save_figure(figure, path: Path, dpi: int = 110) -> Path:
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=dpi)
+    plt.close(figure)
+    return path
+
+
 def pareto_plot(
     trials: pd.DataFrame,
     front: pd.DataFrame,
@@ -16,13 +36,8 @@ def pareto_plot(
     cost: str = "latency_ms",
     title: str = "",
 ) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     complete = trials[trials["state"] == "COMPLETE"] if not trials.empty else trials
-    figure, axes = plt.subplots(figsize=(7.5, 5))
+    figure, axes = new_figure((7.5, 5))
     if not complete.empty:
         searched = complete[complete["warm_start"] == ""]
         standard = complete[complete["warm_start"] != ""]
@@ -77,28 +92,15 @@ def pareto_plot(
     axes.set_title(title or "quality vs cost (red numbers: NFE per image)")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=120)
 
 
 def hypervolume_plot(hypervolumes: list[float], path: Path, objectives: list[str]) -> Path:
     """Hypervolume of the feasible front after each trial: how fast the search improved."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(6, 3.5))
+    figure, axes = new_figure((6, 3.5))
     axes.plot(range(1, len(hypervolumes) + 1), hypervolumes, color="tab:red")
     axes.set_xlabel("trials")
     axes.set_ylabel("hypervolume (scaled objectives)")
     axes.set_title(f"hypervolume over trials ({', '.join(objectives)})")
     axes.grid(alpha=0.3)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
