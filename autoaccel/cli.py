@@ -5,6 +5,7 @@ report RUN                              rebuild a run's report from its ledger
 plan RUN [--max-latency-ms X] [--max-nfe N]   the best front point within a budget
 apply RECIPE --out DIR [--n N]          write N images with a recipe's plan
 bench schedules [key=value ...]         the schedule benchmark -> reports/bench/schedules.md
+bench optimizers | compression          the optimizer / compression benchmarks -> reports/bench/*.md
 train-teacher / train-classifier        retrain the embedded model / its FID feature extractor
 """
 
@@ -81,7 +82,7 @@ def cmd_apply(args: list[str]) -> int:
     return 0
 
 
-BENCHMARKS = ("schedules", "optimizers")
+BENCHMARKS = ("schedules", "optimizers", "compression")
 
 
 def cmd_bench(args: list[str]) -> int:
@@ -94,6 +95,8 @@ def cmd_bench(args: list[str]) -> int:
     config = compose_config(args[1:])
     if args[0] == "schedules":
         from autoaccel.bench.schedules import run_schedules_benchmark as run_benchmark
+    elif args[0] == "compression":
+        from autoaccel.bench.compression import run_compression_benchmark as run_benchmark
     else:
         from autoaccel.bench.optimizers import run_optimizers_benchmark as run_benchmark
     print(run_benchmark(config, log=_log(bool(config.quiet))))

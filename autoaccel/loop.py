@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import optuna
@@ -23,6 +23,7 @@ from autoaccel.measure.evaluator import Evaluator, Measurement
 from autoaccel.optimizers.base import OptimizerBackend
 from autoaccel.optimizers.optuna_backend import suggest
 from autoaccel.space import SearchSpace
+from autoaccel.techniques.base import get_technique, unchanged_model_params
 
 
 @dataclass(frozen=True)
@@ -53,15 +54,8 @@ def standard_configurations(space: SearchSpace, steps: list[int]) -> list[tuple[
             {"solver.name": "unipc", "solver.order": 2, "solver.final_sigma": "zero", "solver.lower_order_final": True},
         ),
     ]
-    # In a joint space the baselines are the unchanged model: no pruning.
-    unchanged_model = {
-        "pruning.ratio": 0.0,
-        "pruning.down": 1.0,
-        "pruning.mid": 1.0,
-        "pruning.up": 1.0,
-        "pruning.importance": "magnitude",
-        "pruning.recovery_steps": 0,
-    }
+    # In a joint space the baselines are the unchanged model: each model technique says what leaves it as it is.
+    unchanged_model = unchanged_model_params()
     configurations = []
     for step_count in steps:
         for label, solver_params in solvers:
@@ -88,7 +82,21 @@ def _restrict_to_space(space: SearchSpace, params: dict[str, Any]) -> dict[str, 
         complete = space.complete(searched)
     except ConfigError:
         return None
-    return searched if all(complete.get(key, value) == value for key, value in params.items()) else None
+    applied = [(key, value) for key, value in params.items() if key.partition(".")[0] in space.techniques]
+    return searched if all(_value_in(complete, key) == value for key, value in applied) else None
+
+
+def _value_in(complete: dict[str, Any], key: str) -> Any:
+    """A parameter's value in a complete candidate: its own, or its technique config's default where the space
+    leaves it out (a baseline must really be the unchanged model, not only look like it)."""
+    if key in complete:
+        return complete[key]
+    technique_name, _, setting = key.partition(".")
+    try:
+        defaults = {field.name: field.default for field in fields(get_technique(technique_name).config_cls)}
+    except ConfigError:
+        return None
+    return defaults.get(setting)
 
 
 def evaluate_with_fidelity(

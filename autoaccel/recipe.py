@@ -55,9 +55,16 @@ def build_recipe(
             "scheduler_config": to_plain({k: v for k, v in target.scheduler_config.items() if not k.startswith("_")}),
         },
         "techniques": {
-            technique.name: {"version": technique.version, "config": to_plain(asdict(config))}
+            technique.name: {
+                "version": technique.version,
+                "config": to_plain(asdict(config)),
+                **({"simulated": True} if technique.simulated else {}),
+            }
             for technique, config in plan
         },
+        # scored by simulation (fake quantization): the figures are what the simulated model gives, and its
+        # latency is a float-kernel time unless measured_on.kernels names a real quantized backend
+        "simulated": [technique.name for technique, _ in plan if technique.simulated],
         "scheduler": {"class": type(pipeline.scheduler).__name__, "config": to_plain(scheduler_config)},
         "timesteps": [int(step) for step in pipeline.plan.timesteps],
         "guidance_scale": float(pipeline.plan.guidance_scale),

@@ -95,6 +95,13 @@ class BenchConfig:
     model_optimizers: list[str] = field(
         default_factory=lambda: ["random", "optuna_nsga2", "optuna_tpe", "nevergrad_ngopt", "pymoo_nsga2"]
     )
+    compression_steps: int = 10  # bench compression: the fixed sampler's step count, and the searches' warm starts
+    compression_trials: int = 60  # each of the joint and the schedule-only search
+    pruning_ratios: list[float] = field(default_factory=lambda: [0.0, 0.2, 0.4, 0.6])
+    recovery_steps: list[int] = field(default_factory=lambda: [0, 300])
+    weight_bits: list[int] = field(default_factory=lambda: [8, 6, 4, 3])
+    latency_batches: list[int] = field(default_factory=lambda: [16, 64, 256])
+    latency_repeats: int = 9
 
 
 @dataclass

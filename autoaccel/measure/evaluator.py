@@ -14,9 +14,11 @@ import torch
 
 from autoaccel.candidate import Candidate, apply_plan
 from autoaccel.measure.gate import MeasurementGate
+from autoaccel.measure.kernels import deployment_kernels, kernel_choice, kernel_key
 from autoaccel.measure.latency import CostMeasurement, measure_cost
 from autoaccel.measure.reference import QualityJudge, teacher_pipeline
 from autoaccel.measure.seeds import sample_in_chunks
+from autoaccel.measure.size import model_bytes, quantization_plan
 from autoaccel.space import SearchSpace
 from autoaccel.targets.base import Target
 
@@ -78,11 +80,12 @@ class Evaluator:
         return self.judges[samples]
 
     def structure_key(self, pipeline) -> str:
-        """What cost depends on: the unet's size, the scheduler class, unet calls per image, and the batch size."""
+        """What cost depends on: the unet's size, the scheduler class, unet calls per image, the batch size, and
+        the quantized kernels a plan runs (none on CPU: a simulated plan costs what its float model costs)."""
         parameters = sum(parameter.numel() for parameter in pipeline.unet.parameters())
         return (
             f"params={parameters}|{type(pipeline.scheduler).__name__}|nfe={pipeline.unet_calls}"
-            f"|batch={self.cost_settings.batch_size}"
+            f"|batch={self.cost_settings.batch_size}{kernel_key(pipeline.unet)}"
         )
 
     def _cost(self, pipeline, teacher: bool = False) -> tuple[CostMeasurement, bool]:
@@ -99,7 +102,8 @@ class Evaluator:
         warmup, repeats = self.cost_settings.warmup, self.cost_settings.repeats
         if teacher:  # one full-step call is already hundreds of steps long: warm-up and repeats matter less
             warmup, repeats = 0, min(repeats, 2)
-        cost = measure_cost(pipeline, seeds, warmup, repeats)
+        with deployment_kernels(pipeline):
+            cost = measure_cost(pipeline, seeds, warmup, repeats)
         self.cost_cache[key] = cost
         return cost
 
@@ -121,8 +125,12 @@ class Evaluator:
             energy_j=cost.energy_j,
             quality_samples=float(len(images)),
             params=float(sum(parameter.numel() for parameter in pipeline.unet.parameters())),
-            model_bytes=float(sum(p.numel() * p.element_size() for p in pipeline.unet.parameters())),
+            model_bytes=float(model_bytes(pipeline.unet)),
         )
+        kernels = kernel_choice(pipeline.unet)
+        plan = quantization_plan(pipeline.unet)
+        if plan is not None:
+            details.update(simulated=["quantization"], quantization=plan.describe())
         details.update(
             timesteps=list(pipeline.plan.timesteps),
             scheduler_class=type(pipeline.scheduler).__name__,
@@ -133,6 +141,8 @@ class Evaluator:
             threads=cost.threads,
             batch_size=cost.batch_size,
             latency_repeats=cost.repeats,
+            kernels=kernels.label,
+            quantized_latency=kernels.quantized_latency,
         )
         return Measurement(COMPLETE, metrics=metrics, details=details)
 

@@ -55,6 +55,8 @@ def write_front_recipe(context, row: pd.Series, recipes_dir: Path) -> Path:
         "threads": row.get("threads"),
         "batch_size": row.get("batch_size"),
         "memory_kind": row.get("memory_kind"),
+        "kernels": row.get("kernels"),
+        "quantized_latency": row.get("quantized_latency"),
         "quality_extractor": context.target.quality.extractor,
         "quality_reference": context.target.quality.description,
     }

@@ -10,7 +10,17 @@ import pandas as pd
 
 from autoaccel.objectives import METRIC_COLUMNS
 
-FRONT_COLUMNS = ["trial", *METRIC_COLUMNS, "param.solver.name", "param.timesteps.family", "timesteps", "recipe"]
+FRONT_COLUMNS = [
+    "trial",
+    *METRIC_COLUMNS,
+    "param.solver.name",
+    "param.timesteps.family",
+    "timesteps",
+    "simulated",
+    "kernels",
+    "quantized_latency",
+    "recipe",
+]
 
 
 def _cell(value) -> str:
@@ -71,7 +81,10 @@ figure {{ display: inline-block; margin: 0.5em; }} img {{ image-rendering: pixel
 <table>{summary_rows}</table>
 <h2>Pareto front</h2>
 <p>Every figure was measured: quality on the same seeds for every candidate, latency as the median of repeated
-calls at the deployment batch size. FIDs are comparable only at the same sample count and seeds.</p>
+calls at the deployment batch size. FIDs are comparable only at the same sample count and seeds. A row whose
+<em>simulated</em> column names quantization was scored with fake quantization: its quality and model_bytes are
+the plan's, and its latency is that of the kernels named in <em>kernels</em> (float kernels where no real
+quantized backend ran, so its quantized latency is <em>not measured</em>).</p>
 {_table(front, FRONT_COLUMNS)}
 <img src="pareto.png" alt="Pareto plot"> <img src="hypervolume.png" alt="hypervolume over trials">
 <h2>Teacher</h2>

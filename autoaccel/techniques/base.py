@@ -8,7 +8,7 @@ calls ``register``; nothing else changes.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from autoaccel.errors import ConfigError
@@ -24,7 +24,10 @@ class Technique:
     apply: Callable[..., None]
     version: int = 1
     modifies_model: bool = False  # replaces the pipeline's unet: a recipe must re-apply it to reproduce images
+    simulated: bool = False  # scored by simulation (fake quantization): trials, reports and recipes say so
     group_params: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    # settings (without the ``name.`` prefix) that leave the model unchanged: what baselines use in a joint space
+    unchanged_params: Mapping[str, Any] = field(default_factory=dict)
 
     def config_from_params(self, params: Mapping[str, Any]):
         """Builds this technique's config from the ``name.*`` entries of a candidate's parameters.
@@ -68,7 +71,17 @@ def registered_techniques() -> list[Technique]:
     return sorted(_REGISTRY.values(), key=lambda technique: technique.order)
 
 
+def unchanged_model_params() -> dict[str, Any]:
+    """Settings of every registered technique that leave the model as it is (no pruning, no quantization)."""
+    return {
+        f"{technique.name}.{key}": value
+        for technique in registered_techniques()
+        for key, value in technique.unchanged_params.items()
+    }
+
+
 def _load_builtin_techniques() -> None:
     import autoaccel.techniques.pruning  # noqa: F401
+    import autoaccel.techniques.quantization  # noqa: F401
     import autoaccel.techniques.solver  # noqa: F401
     import autoaccel.techniques.timesteps  # noqa: F401

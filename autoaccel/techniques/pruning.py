@@ -116,6 +116,11 @@ def prune_unet(unet, config: PruningConfig, target=None):
     import torch_pruning as tp
     from diffusers.models.attention_processor import Attention
 
+    if getattr(unet, "autoaccel_quantization", None) is not None:
+        raise TechniqueError(
+            "pruning must apply before quantization (quantization is calibrated on the pruned model); "
+            "this unet is already quantized"
+        )
     pruned = copy.deepcopy(unet).float()
     if config.ratio == 0.0:
         return pruned
@@ -186,5 +191,19 @@ def apply_pruning(pipeline, config: PruningConfig, target) -> None:
 
 
 PRUNING = register(
-    Technique(name="pruning", order=5, config_cls=PruningConfig, apply=apply_pruning, modifies_model=True)
+    Technique(
+        name="pruning",
+        order=5,
+        config_cls=PruningConfig,
+        apply=apply_pruning,
+        modifies_model=True,
+        unchanged_params={
+            "ratio": 0.0,
+            "down": 1.0,
+            "mid": 1.0,
+            "up": 1.0,
+            "importance": "magnitude",
+            "recovery_steps": 0,
+        },
+    )
 )

@@ -1,0 +1,331 @@
+"""Technique ``quantization``: per-group weight bit-widths (2-8) and activation bits (8, 16 or none).
+
+Quality is scored by *simulated* quantization: weights are rounded onto their N-bit grid (symmetric, per output
+channel) and activations onto a calibrated per-tensor grid, with torch's own fake-quantize ops, while the
+arithmetic stays float. The plan says so: trials, reports and recipes carry ``simulated: [quantization]``, the
+model-size figure is the real byte count of the bit plan (``autoaccel.measure.size``), and latency is never a
+fake-quant time (``autoaccel.measure.kernels`` runs real kernels where a backend has them).
+
+Timestep-aware, as in PTQ4DM and TFMQ-DM: calibration inputs are what the unet receives along the teacher's
+own sampling trajectory, over the whole schedule; the time embedding is a group of its own with its own bit
+width, and its activations stay float (they depend on t alone, so a deployment computes them once per step).
+
+Layers are grouped by block (``down_blocks.0.resnets``, ``mid_block.attentions``, ``conv_in``, ...). A cheap
+sensitivity pass (the noise-prediction error with one group at ``low_bits``) orders the groups; the plan
+puts the least sensitive share ``low_fraction`` of the weights at ``low_bits`` and the rest at
+``weight_bits``: a three-number search over any unet, instead of one dimension per layer.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+
+from autoaccel.errors import ConfigError, TechniqueError
+from autoaccel.techniques.base import Technique, register
+
+WEIGHT_BITS = range(2, 9)
+ACTIVATION_BITS = (None, 8, 16)
+TIME_GROUP = "time_embedding"
+CALIBRATION_STEPS = 20
+QUANTIZED_LAYERS = (torch.nn.Conv2d, torch.nn.Linear)
+
+
+@dataclass(frozen=True)
+class QuantizationConfig:
+    """Bit widths of one plan; ``activation_bits`` None keeps activations float.
+
+    ``low_bits`` above ``weight_bits`` means no group goes lower than ``weight_bits`` (so the two can be
+    searched independently).
+    """
+
+    weight_bits: int = 8
+    low_bits: int = 4
+    low_fraction: float = 0.0
+    time_bits: int = 8
+    activation_bits: int | None = None
+    calibration_samples: int = 32
+    seed: int = 0
+    enabled: bool = True  # False keeps the float model: lets a joint search choose not to quantize
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ConfigError(f"quantization.enabled={self.enabled!r} is not valid; it must be true or false")
+        for name in ("weight_bits", "low_bits", "time_bits"):
+            bits = getattr(self, name)
+            if isinstance(bits, bool) or bits not in WEIGHT_BITS:
+                raise ConfigError(f"quantization.{name}={bits!r} is not valid; weight bits are an int in 2..8")
+        if not 0.0 <= self.low_fraction <= 1.0:
+            raise ConfigError(f"quantization.low_fraction={self.low_fraction} is not valid; it must be in [0, 1]")
+        if isinstance(self.activation_bits, bool) or self.activation_bits not in ACTIVATION_BITS:
+            raise ConfigError(
+                f"quantization.activation_bits={self.activation_bits!r} is not valid; valid: null (float), 8, 16"
+            )
+        if isinstance(self.calibration_samples, bool) or not isinstance(self.calibration_samples, int):
+            raise ConfigError(f"quantization.calibration_samples={self.calibration_samples!r} must be an int >= 4")
+        if self.calibration_samples < 4:
+            raise ConfigError(f"quantization.calibration_samples={self.calibration_samples} must be >= 4")
+
+
+@dataclass
+class QuantizationPlan:
+    """What was quantized how; attached to the unet as ``autoaccel_quantization`` for measurement and kernels."""
+
+    layer_bits: dict[str, int]  # module name -> weight bits
+    group_bits: dict[str, int]
+    activation_bits: int | None
+    activation_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    sensitivity: dict[str, float] = field(default_factory=dict)
+    simulated: bool = True
+    activations_enabled: bool = True  # off while timing float kernels: fake-quant overhead is not a cost
+    hooks: list = field(default_factory=list, repr=False)
+
+    def describe(self) -> dict:
+        return {
+            "simulated": self.simulated,
+            "group_bits": dict(self.group_bits),
+            "activation_bits": self.activation_bits,
+            "sensitivity": {group: round(value, 6) for group, value in self.sensitivity.items()},
+        }
+
+
+def group_of(module_name: str) -> str:
+    """The layer group a module belongs to: a block's resnets/attentions/samplers, or a top-level module."""
+    parts = module_name.split(".")
+    if parts[0] in ("down_blocks", "up_blocks") and len(parts) >= 3:
+        return ".".join(parts[:3])
+    if parts[0] == "mid_block" and len(parts) >= 2:
+        return ".".join(parts[:2])
+    if parts[0] in ("time_embedding", "class_embedding", "add_embedding"):
+        return TIME_GROUP
+    return parts[0]
+
+
+def layer_groups(unet: torch.nn.Module) -> dict[str, list[str]]:
+    """Group name -> names of its Conv2d/Linear layers, in module order."""
+    groups: dict[str, list[str]] = OrderedDict()
+    for name, module in unet.named_modules():
+        if isinstance(module, QUANTIZED_LAYERS):
+            groups.setdefault(group_of(name), []).append(name)
+    return groups
+
+
+def fake_quantize_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    """Symmetric per-output-channel rounding onto the signed ``bits`` grid (restricted range, zero exact)."""
+    levels = 2 ** (bits - 1) - 1
+    flat = weight.detach().float().flatten(1)
+    scale = (flat.abs().amax(dim=1) / levels).clamp_min(1e-12)
+    zero = torch.zeros(len(scale), dtype=torch.int32, device=weight.device)
+    quantized = torch.fake_quantize_per_channel_affine(flat, scale, zero, 0, -levels, levels)
+    return quantized.view_as(weight).to(weight.dtype)
+
+
+def _activation_grid(low: float, high: float, bits: int) -> tuple[float, int, int]:
+    """Asymmetric per-tensor grid covering [low, high] (and zero): scale, zero point, top level."""
+    top = 2**bits - 1
+    low, high = min(low, 0.0), max(high, 0.0)
+    scale = max((high - low) / top, 1e-12)
+    zero_point = int(min(max(round(-low / scale), 0), top))
+    return scale, zero_point, top
+
+
+def _activation_hook(plan: QuantizationPlan, low: float, high: float, bits: int):
+    scale, zero_point, top = _activation_grid(low, high, bits)
+
+    def hook(module, args):
+        if not plan.activations_enabled:
+            return None
+        return (torch.fake_quantize_per_tensor_affine(args[0], scale, zero_point, 0, top), *args[1:])
+
+    return hook
+
+
+# ---------------------------------------------------------------- calibration on the teacher's own trajectory
+
+_TRAJECTORY_CACHE: OrderedDict[tuple, dict] = OrderedDict()
+_SENSITIVITY_CACHE: OrderedDict[tuple, dict[str, float]] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+
+
+def _remember(cache: OrderedDict, key, value, size: int = 8):
+    cache[key] = value
+    while len(cache) > size:
+        cache.popitem(last=False)
+    return value
+
+
+def trajectory_inputs(target, samples: int, seed: int) -> dict[str, torch.Tensor]:
+    """The unet inputs (sample, timestep, class labels) along the teacher's ODE trajectory, every step kept."""
+    key = (target.content_hash, samples, seed)
+    with _CACHE_LOCK:
+        if key in _TRAJECTORY_CACHE:
+            return _TRAJECTORY_CACHE[key]
+    from autoaccel.measure.reference import ode_reference_pipeline
+    from autoaccel.measure.seeds import make_seed_batch
+    from autoaccel.techniques.timesteps import TimestepsConfig, build_timesteps
+
+    pipeline = ode_reference_pipeline(target)
+    pipeline.plan.timesteps = build_timesteps(
+        TimestepsConfig(steps=CALIBRATION_STEPS), pipeline.scheduler.alphas_cumprod
+    )
+    seeds = make_seed_batch(target.sample_shape, samples, 20_000 + seed, target.num_classes)
+    captured: dict[str, list[torch.Tensor]] = {"sample": [], "timestep": [], "class_labels": []}
+
+    def capture(module, args, kwargs):
+        sample = args[0]
+        timestep = args[1] if len(args) > 1 else kwargs["timestep"]
+        captured["sample"].append(sample.detach().clone())
+        captured["timestep"].append(torch.as_tensor(timestep).reshape(-1).expand(len(sample)).clone())
+        labels = kwargs.get("class_labels")
+        if labels is not None:
+            captured["class_labels"].append(labels.detach().clone())
+
+    handle = pipeline.unet.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        pipeline(seeds.noise, seeds.class_labels)
+    finally:
+        handle.remove()
+    inputs = {name: torch.cat(values) for name, values in captured.items() if values}
+    with _CACHE_LOCK:
+        return _remember(_TRAJECTORY_CACHE, key, inputs)
+
+
+def _predict(unet, inputs: dict[str, torch.Tensor], chunk: int = 256) -> torch.Tensor:
+    device = next(unet.parameters()).device
+    outputs = []
+    with torch.no_grad():
+        for start in range(0, len(inputs["sample"]), chunk):
+            part = {name: value[start : start + chunk].to(device) for name, value in inputs.items()}
+            outputs.append(unet(part["sample"], part["timestep"], class_labels=part.get("class_labels")).sample.cpu())
+    return torch.cat(outputs)
+
+
+def _relative_error(reference: torch.Tensor, output: torch.Tensor) -> float:
+    return float((output - reference).pow(2).mean() / reference.pow(2).mean().clamp_min(1e-12))
+
+
+def group_sensitivity(unet, inputs: dict[str, torch.Tensor], bits: int, cache_key=None) -> dict[str, float]:
+    """Relative noise-prediction error on the calibration inputs with only one group's weights at ``bits``.
+
+    Measured, not guessed: a forward pass per group over inputs drawn from every part of the schedule.
+    """
+    if cache_key is not None:
+        with _CACHE_LOCK:
+            if cache_key in _SENSITIVITY_CACHE:
+                return _SENSITIVITY_CACHE[cache_key]
+    modules = dict(unet.named_modules())
+    reference = _predict(unet, inputs)
+    sensitivity = {}
+    for group, names in layer_groups(unet).items():
+        if group == TIME_GROUP:
+            continue
+        originals = {name: modules[name].weight.data.clone() for name in names}
+        try:
+            for name in names:
+                modules[name].weight.data = fake_quantize_weight(originals[name], bits)
+            sensitivity[group] = _relative_error(reference, _predict(unet, inputs))
+        finally:
+            for name in names:
+                modules[name].weight.data = originals[name]
+    if cache_key is not None:
+        with _CACHE_LOCK:
+            _remember(_SENSITIVITY_CACHE, cache_key, sensitivity)
+    return sensitivity
+
+
+def assign_group_bits(
+    groups: dict[str, list[str]], sizes: dict[str, int], sensitivity: dict[str, float], config: QuantizationConfig
+) -> dict[str, int]:
+    """Least sensitive groups (per weight) first at ``low_bits`` until ``low_fraction`` of the weights is reached."""
+    bits = {group: config.weight_bits for group in groups}
+    if TIME_GROUP in bits:
+        bits[TIME_GROUP] = config.time_bits
+    if config.low_bits >= config.weight_bits:
+        return bits
+    ranked = sorted(sensitivity, key=lambda group: (sensitivity[group] / max(sizes[group], 1), group))
+    total = sum(sizes[group] for group in ranked)
+    taken = 0
+    for group in ranked:
+        if total == 0 or (taken + sizes[group]) / total > config.low_fraction + 1e-9:
+            break
+        bits[group] = config.low_bits
+        taken += sizes[group]
+    return bits
+
+
+def _calibrate_activations(unet, inputs: dict[str, torch.Tensor], names: list[str]) -> dict[str, tuple[float, float]]:
+    """Min/max of every quantized layer's input over the whole trajectory."""
+    modules = dict(unet.named_modules())
+    ranges: dict[str, list[float]] = {}
+
+    def observer(name):
+        def hook(module, args):
+            value = args[0].detach()
+            low, high = float(value.min()), float(value.max())
+            seen = ranges.setdefault(name, [low, high])
+            seen[0], seen[1] = min(seen[0], low), max(seen[1], high)
+
+        return hook
+
+    handles = [modules[name].register_forward_pre_hook(observer(name)) for name in names]
+    try:
+        _predict(unet, inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: (low, high) for name, (low, high) in ranges.items()}
+
+
+def quantize_unet(unet, config: QuantizationConfig, target) -> torch.nn.Module:
+    """A copy of ``unet`` with the plan's weights on their grids and activation fake-quant hooks attached."""
+    from autoaccel.targets.base import hash_weights
+
+    if target is None:
+        raise TechniqueError("quantization needs the target's teacher trajectory for calibration")
+    quantized = copy.deepcopy(unet).float().eval().requires_grad_(False)
+    groups = layer_groups(quantized)
+    if not groups:
+        raise TechniqueError(f"quantization found no Conv2d or Linear layer in {type(unet).__name__}")
+    modules = dict(quantized.named_modules())
+    sizes = {group: sum(modules[name].weight.numel() for name in names) for group, names in groups.items()}
+    inputs = trajectory_inputs(target, config.calibration_samples, config.seed)
+    sensitivity: dict[str, float] = {}
+    if config.low_fraction > 0.0 and config.low_bits < config.weight_bits:
+        key = (hash_weights(quantized), config.low_bits, config.calibration_samples, config.seed)
+        sensitivity = group_sensitivity(quantized, inputs, config.low_bits, key)
+    group_bits = assign_group_bits(groups, sizes, sensitivity, config)
+    layer_bits = {name: group_bits[group] for group, names in groups.items() for name in names}
+    plan = QuantizationPlan(layer_bits, group_bits, config.activation_bits, sensitivity=sensitivity)
+    if config.activation_bits is not None:
+        quantized_inputs = [name for name in layer_bits if group_of(name) != TIME_GROUP]
+        plan.activation_ranges = _calibrate_activations(quantized, inputs, quantized_inputs)
+    for name, bits in layer_bits.items():
+        modules[name].weight.data = fake_quantize_weight(modules[name].weight.data, bits)
+    for name, (low, high) in plan.activation_ranges.items():
+        plan.hooks.append(
+            modules[name].register_forward_pre_hook(_activation_hook(plan, low, high, config.activation_bits))
+        )
+    quantized.autoaccel_quantization = plan
+    return quantized
+
+
+def apply_quantization(pipeline, config: QuantizationConfig, target) -> None:
+    if config.enabled:
+        pipeline.unet = quantize_unet(pipeline.unet, config, target)
+
+
+QUANTIZATION = register(
+    Technique(
+        name="quantization",
+        order=7,
+        config_cls=QuantizationConfig,
+        apply=apply_quantization,
+        modifies_model=True,
+        simulated=True,
+        unchanged_params={"enabled": False},
+    )
+)
