@@ -133,14 +133,14 @@ def run_compression_benchmark(config: DictConfig, log=print) -> Path:
     target = load_target(config)
     space = load_space("joint").for_target(target.capabilities)
     cost = CostSettings(int(config.cost.batch_size), int(config.cost.warmup), int(config.cost.repeats))
-    cost_cache: dict = {}
-    evaluators = []
+    evaluators: list[Evaluator] = []
     for seed in config.bench.confirm_seeds:
         judge = QualityJudge(
             target, int(config.quality.samples), int(seed), Path(config.cache_dir), int(config.quality.chunk_size)
         )
         evaluator = Evaluator(target, space, judge, cost)
-        evaluator.cost_cache = cost_cache
+        if evaluators:
+            evaluator.share_caches(evaluators[0])
         evaluators.append(evaluator)
 
     log("== pruning and quantization rows")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ from autoaccel.measure.size import model_bytes, quantization_plan
 from autoaccel.space import SearchSpace
 from autoaccel.targets.base import Target
 
+MODELS_KEPT = 2  # pruned/quantized models kept for re-use (each a full copy of the unet)
 COMPLETE = "complete"
 FAILED = "failed"
 
@@ -65,6 +67,14 @@ class Evaluator:
         self.cost_cache: dict[str, CostMeasurement] = {}
         self.gate = MeasurementGate()
         self._judges_lock = threading.Lock()
+        self._models: OrderedDict[tuple, Any] = OrderedDict()
+        self._models_lock = threading.Lock()
+
+    def share_caches(self, other: Evaluator) -> None:
+        """Uses ``other``'s cost measurements and modified models (an evaluator of the same target on other
+        seeds): costs measured side by side once, models pruned once."""
+        self.cost_cache = other.cost_cache
+        self._models, self._models_lock = other._models, other._models_lock
 
     def judge_for(self, samples: int | None) -> QualityJudge:
         """The judge scoring on ``samples`` images (the same seed; a lower fidelity of the run's judge)."""
@@ -146,14 +156,35 @@ class Evaluator:
         )
         return Measurement(COMPLETE, metrics=metrics, details=details)
 
+    def _configured_pipeline(self, candidate: Candidate):
+        """The target's pipeline with the candidate's plan applied. The model the model-changing techniques
+        (pruning, quantization) produce is kept for the last few plans: the same structure scored at another
+        fidelity level or on other seeds is not pruned, distilled and calibrated again."""
+        plan = candidate.plan(self.space.techniques)
+        model_steps = [(technique, config) for technique, config in plan if technique.modifies_model]
+        key = tuple((technique.name, technique.version, config) for technique, config in model_steps)
+        pipeline = self.target.make_pipeline()
+        if model_steps:
+            with self._models_lock:
+                cached = self._models.get(key)
+            if cached is None:
+                apply_plan(pipeline, model_steps, self.target)
+                with self._models_lock:
+                    self._models[key] = pipeline.unet
+                    while len(self._models) > MODELS_KEPT:
+                        self._models.popitem(last=False)
+            else:
+                pipeline.unet = cached
+        apply_plan(pipeline, [step for step in plan if not step[0].modifies_model], self.target)
+        return pipeline
+
     def evaluate(self, candidate: Candidate, samples: int | None = None) -> Measurement:
         """Scores ``candidate`` on ``samples`` images (default: the run's quality.samples)."""
         started = time.perf_counter()
         details: dict[str, Any] = {"candidate_key": candidate.key}
         judge = self.judge_for(samples)
         try:
-            pipeline = self.target.make_pipeline()
-            apply_plan(pipeline, candidate.plan(self.space.techniques), self.target)
+            pipeline = self._configured_pipeline(candidate)
             with self.gate.shared():
                 images = sample_in_chunks(pipeline, judge.seeds, judge.chunk_size)
             measurement = self._measure_pipeline(pipeline, images, details, judge)
