@@ -1,6 +1,7 @@
 """Command line: ``python -m autoaccel COMMAND [options | key=value overrides]``.
 
 search [key=value ...]                  run (or resume) a search; writes reports/<run>/
+workers N storage=URL [key=value ...]   N search processes on one shared study (one per GPU), then its report
 report RUN                              rebuild a run's report from its ledger
 plan RUN [--max-latency-ms X] [--max-nfe N]   the best front point within a budget
 apply RECIPE --out DIR [--n N]          write N images with a recipe's plan
@@ -13,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 
 from autoaccel.errors import AutoaccelError
 
-COMMANDS = ("search", "report", "plan", "apply", "bench", "train-teacher", "train-classifier")
+COMMANDS = ("search", "workers", "report", "plan", "apply", "bench", "train-teacher", "train-classifier")
 
 
 def _log(quiet: bool = False):
@@ -30,13 +32,34 @@ def _log(quiet: bool = False):
     return log
 
 
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (a scheduler stopping the job, ``kill``) ends a search like Ctrl-C: trials in hand are marked
+    and queued again, the ledger stays consistent, and the same command resumes."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def cmd_search(overrides: list[str]) -> int:
     from autoaccel.config import compose_config
     from autoaccel.search import search
 
     config = compose_config(overrides)
+    _interrupt_on_sigterm()
     search(config, log=_log(bool(config.quiet)))
     return 0
+
+
+def cmd_workers(args: list[str]) -> int:
+    """``workers N key=value ...``: N search processes on one shared study, then one report."""
+    from autoaccel.workers import run_workers
+
+    if not args or not args[0].isdigit() or int(args[0]) < 1:
+        raise AutoaccelError(f"workers needs a worker count >= 1 first, e.g. workers 4 storage=...; got {args[:1]}")
+    _interrupt_on_sigterm()
+    return run_workers(int(args[0]), args[1:], log=_log())
 
 
 def cmd_report(args: list[str]) -> int:
@@ -131,6 +154,7 @@ def cmd_train_classifier(args: list[str]) -> int:
 
 HANDLERS = {
     "search": cmd_search,
+    "workers": cmd_workers,
     "report": cmd_report,
     "plan": cmd_plan,
     "apply": cmd_apply,

@@ -24,6 +24,13 @@ LEADING_COLUMNS = ["trial", "state", "warm_start", "feasible", "failure", *METRI
 INTERRUPTED = "interrupted before it finished; evaluated again on resume"
 
 
+def not_a_result(failure: str | None) -> bool:
+    """A failure that says nothing about the candidate (the run stopped, or its worker died): it is re-queued."""
+    from autoaccel.liveness import DEAD_WORKER
+
+    return failure is not None and (failure == INTERRUPTED or failure.startswith(DEAD_WORKER))
+
+
 def default_storage(run_dir: Path) -> str:
     return f"sqlite:///{(run_dir / 'ledger.db').resolve()}"
 
@@ -94,9 +101,21 @@ class Ledger:
         finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
         for frozen in self.study.get_trials(deepcopy=False, states=finished):
             key = frozen.user_attrs.get("candidate_key")
-            if key and frozen.user_attrs.get("failure") != INTERRUPTED:
+            if key and not not_a_result(frozen.user_attrs.get("failure")):
                 evaluated.setdefault(key, frozen.number)
         return evaluated
+
+    def running_twin(self, trial: optuna.Trial, key: str) -> int | None:
+        """The earliest other RUNNING trial evaluating the same candidate, if any (any worker's).
+
+        The key is written on ``trial`` first, so of two workers that ask the same candidate at once, the one
+        with the higher trial number always sees the other and waits: exactly one evaluates.
+        """
+        trial.set_user_attr("candidate_key", key)
+        running = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        twins = [other.number for other in running if other.user_attrs.get("candidate_key") == key]
+        earlier = [number for number in twins if number < trial.number]
+        return min(earlier) if earlier else None
 
     def measurement_of(self, number: int) -> Measurement:
         """What trial ``number`` measured, read back from the ledger."""

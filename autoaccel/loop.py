@@ -7,6 +7,7 @@ interrupted (it is evaluated again on resume) and stops cleanly.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -18,7 +19,8 @@ import optuna
 from autoaccel.candidate import Candidate
 from autoaccel.errors import ConfigError
 from autoaccel.fidelity import FidelityLadder
-from autoaccel.ledger import INTERRUPTED, Ledger
+from autoaccel.ledger import INTERRUPTED, Ledger, not_a_result
+from autoaccel.liveness import Heartbeat, LivenessSettings, sweep_dead_workers
 from autoaccel.measure.evaluator import Evaluator, Measurement
 from autoaccel.optimizers.base import OptimizerBackend
 from autoaccel.optimizers.optuna_backend import suggest
@@ -129,23 +131,38 @@ def run_search(
     budget: LoopBudget,
     on_trial: Callable[[optuna.trial.FrozenTrial, Measurement, int], None] | None = None,
     ladder: FidelityLadder | None = None,
+    liveness: LivenessSettings | None = None,
+    log: Callable[[str], None] = lambda message: None,
 ) -> int:
     """Evaluates trials until the study holds ``budget.trials`` finished ones; returns how many ran now.
 
     With ``budget.concurrent`` > 1, that many candidates are evaluated at once in threads (torch releases the
     GIL); the ledger and the optimizer are only touched from this thread, and the evaluator measures cost
     exclusively (see ``Evaluator.exclusive``), so concurrency never leaks into a latency figure.
+
+    With ``liveness`` (a study shared by several workers), every trial in hand carries a heartbeat, trials of
+    dead workers are swept and queued again, and a candidate that another trial is already evaluating is not
+    evaluated twice at once: the later trial waits for the earlier one and reuses its measurement.
     """
     started = time.monotonic()
     ran = 0
     evaluated = ledger.evaluated_candidates()
+    heartbeat = Heartbeat(ledger.study, liveness.interval_s) if liveness else None
+    last_sweep = -math.inf
 
     def finish(trial, candidate: Candidate, searched: dict, measurement: Measurement, per_level: dict) -> None:
         """Records a finished trial and tells the optimizer; only ever called from this thread."""
         nonlocal ran
-        frozen = ledger.record(
-            trial, candidate, measurement, objectives, budget.limits, per_level, ladder.top if ladder else None
-        )
+        if heartbeat is not None:
+            heartbeat.release(trial)
+        try:
+            frozen = ledger.record(
+                trial, candidate, measurement, objectives, budget.limits, per_level, ladder.top if ladder else None
+            )
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # swept as dead while this worker was stalled: its parameters are queued again already
+            log(f"trial {trial.number} was taken over by another worker's sweep; its result is not recorded")
+            return
         evaluated.setdefault(candidate.key, frozen.number)
         backend.observe(searched, list(frozen.values) if frozen.values else None)
         ran += 1
@@ -154,8 +171,15 @@ def run_search(
 
     in_flight: dict[Future, tuple[optuna.Trial, Candidate, dict[str, Any]]] = {}
     with ThreadPoolExecutor(max_workers=budget.concurrent, thread_name_prefix="autoaccel-trial") as pool:
+        if heartbeat is not None:
+            heartbeat.__enter__()
         try:
             while True:
+                if liveness is not None and time.monotonic() - last_sweep > liveness.interval_s:
+                    swept = sweep_dead_workers(ledger, liveness.grace_s)
+                    last_sweep = time.monotonic()
+                    if swept:
+                        log(f"trial(s) {swept} of dead workers are queued again")
                 out_of_time = budget.max_minutes is not None and time.monotonic() - started > budget.max_minutes * 60
                 while (
                     not out_of_time
@@ -163,20 +187,25 @@ def run_search(
                     and ledger.finished_count() + len(in_flight) < budget.trials
                 ):
                     trial, candidate, searched = _ask(ledger, backend, space)
+                    if heartbeat is not None:
+                        heartbeat.hold(trial)
                     if candidate.key in evaluated:  # optimizers re-propose points; same seeds, same result
                         source = evaluated[candidate.key]
                         measurement = ledger.measurement_of(source)
                         measurement.details.update(duplicate_of=source, seconds=0.0)
                         finish(trial, candidate, searched, measurement, ledger.levels_of(source))
                         continue
-                    in_flight[pool.submit(evaluate_with_fidelity, evaluator, candidate, ladder)] = (
-                        trial,
-                        candidate,
-                        searched,
+                    twin = ledger.running_twin(trial, candidate.key) if liveness is not None else None
+                    job = (
+                        pool.submit(_reuse_twin, ledger, twin, evaluator, candidate, ladder, liveness)
+                        if twin is not None
+                        else pool.submit(evaluate_with_fidelity, evaluator, candidate, ladder)
                     )
+                    in_flight[job] = (trial, candidate, searched)
                 if not in_flight:
                     break
-                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                pause = liveness.interval_s if liveness else None  # wake to sweep even while trials run
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED, timeout=pause)
                 for future in done:
                     trial, candidate, searched = in_flight[future]
                     measurement, per_level = future.result()
@@ -185,11 +214,41 @@ def run_search(
         except KeyboardInterrupt:  # every trial in hand is marked and queued again; the ledger stays consistent
             for future, (trial, _, _) in in_flight.items():
                 future.cancel()
-                trial.set_user_attr("failure", INTERRUPTED)
-                ledger.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                if heartbeat is not None:
+                    heartbeat.release(trial)
+                try:
+                    trial.set_user_attr("failure", INTERRUPTED)
+                    ledger.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    continue  # already swept and re-queued by another worker
                 ledger.requeue(trial.params, trial.user_attrs)
             raise
+        finally:
+            if heartbeat is not None:
+                heartbeat.__exit__(None, None, None)
     return ran
+
+
+def _reuse_twin(
+    ledger: Ledger,
+    twin: int,
+    evaluator: Evaluator,
+    candidate: Candidate,
+    ladder: FidelityLadder | None,
+    liveness: LivenessSettings,
+) -> tuple[Measurement, dict[int, dict[str, float]]]:
+    """Waits for trial ``twin`` (the same candidate, started earlier by some worker) and reuses its result;
+    evaluates the candidate itself if the twin ends without one (interrupted, or its worker died)."""
+    while True:
+        frozen = ledger.trial(twin)
+        if frozen.state.is_finished():
+            break
+        time.sleep(min(1.0, liveness.interval_s))
+    if not_a_result(frozen.user_attrs.get("failure")):
+        return evaluate_with_fidelity(evaluator, candidate, ladder)
+    measurement = ledger.measurement_of(twin)
+    measurement.details.update(duplicate_of=twin, seconds=0.0)
+    return measurement, ledger.levels_of(twin)
 
 
 def _ask(ledger: Ledger, backend: OptimizerBackend, space: SearchSpace):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from autoaccel.liveness import LivenessSettings, sweep_dead_workers
 from autoaccel.loop import LoopBudget, run_search, standard_configurations
 from autoaccel.run import ensure_teacher, make_ladder, prepare_run
 
@@ -38,9 +39,14 @@ def search(config: DictConfig, log=print) -> Path:
     from autoaccel.report.build import build_report
 
     context = prepare_run(config)
+    liveness = None
     if config.storage:
-        # A shared storage may have other workers' trials RUNNING right now: they are not ours to sweep.
-        log("storage is shared: trials left running by other processes are not swept")
+        # A shared storage may have other workers' trials RUNNING right now: only those whose heartbeat
+        # stopped (dead workers) are swept, by every worker, all along.
+        liveness = LivenessSettings(float(config.liveness.interval_s), float(config.liveness.grace_s))
+        swept = sweep_dead_workers(context.ledger, liveness.grace_s)
+        if swept:
+            log(f"trial(s) {swept} of dead workers are queued again")
     else:
         swept = context.ledger.sweep_interrupted()
         if swept:
@@ -72,8 +78,12 @@ def search(config: DictConfig, log=print) -> Path:
             budget,
             on_trial=_progress(log, context.objectives, context, budget.trials),
             ladder=make_ladder(config, context.objectives, context.ledger),
+            liveness=liveness,
+            log=log,
         )
     finally:
-        index = build_report(context, log)
-        log(f"report: {index}")
+        index = context.run_dir / "index.html"
+        if config.report.build:
+            index = build_report(context, log)
+            log(f"report: {index}")
     return index

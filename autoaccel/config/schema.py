@@ -70,9 +70,18 @@ class CostConfig:
 @dataclass
 class ReportConfig:
     dir: str = "reports"
+    build: bool = True  # false for extra workers of a shared study: one report is built at the end
     grid_images: int = 32
     wandb: bool = False
     wandb_project: str = "autoaccel"
+
+
+@dataclass
+class LivenessConfig:
+    """Heartbeats of a worker on a shared study (``storage=``); a trial silent for ``grace_s`` is swept."""
+
+    interval_s: float = 10.0
+    grace_s: float = 60.0
 
 
 @dataclass
@@ -114,6 +123,7 @@ class AutoaccelConfig:
     cost: CostConfig = field(default_factory=CostConfig)
     fidelity: FidelityConfig = field(default_factory=FidelityConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    liveness: LivenessConfig = field(default_factory=LivenessConfig)
     space: str = "sampler"
     objectives: list[str] = field(default_factory=lambda: ["fid", "latency_ms"])
     study_name: str | None = None

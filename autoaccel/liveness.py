@@ -1,0 +1,118 @@
+"""Worker liveness for shared studies: heartbeats on the trials a worker holds, and a sweep of dead ones.
+
+optuna's own heartbeat only runs inside ``Study.optimize``; autoaccel drives optuna by ask/tell, so each
+worker keeps its own record: a background thread stamps ``liveness.beat`` (the storage's clock is not
+available portably, so it is the worker's wall clock: machines must agree on the time within the grace
+period, as NTP gives) and ``liveness.worker`` on every trial in hand. Any worker sweeps: a RUNNING trial whose
+last beat is older than ``grace_s`` belonged to a worker that died (kill -9, power loss, lost network); it is
+marked failed with that reason and its parameters are queued again, so the candidate is evaluated again and
+nothing is lost. Claiming a stale trial goes through optuna's row-locked state update, so two sweepers never
+both re-queue it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import optuna
+
+BEAT = "liveness.beat"
+WORKER = "liveness.worker"
+DEAD_WORKER = "its worker stopped sending heartbeats (killed or lost); evaluated again"
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class LivenessSettings:
+    interval_s: float = 10.0
+    grace_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        from autoaccel.errors import ConfigError
+
+        if not 0 < self.interval_s < self.grace_s:
+            raise ConfigError(
+                f"liveness.interval_s={self.interval_s} and liveness.grace_s={self.grace_s} are not valid; "
+                "need 0 < interval_s < grace_s (a few beats fit in the grace period)"
+            )
+
+
+class Heartbeat:
+    """Stamps every trial this worker holds, now and every ``interval_s`` until it is told or released."""
+
+    def __init__(self, study: optuna.Study, interval_s: float) -> None:
+        self.study = study
+        self.interval_s = interval_s
+        self.name = worker_name()
+        self._held: set[int] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="autoaccel-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def hold(self, trial: optuna.Trial) -> None:
+        self.study._storage.set_trial_user_attr(trial._trial_id, WORKER, self.name)
+        self._beat(trial._trial_id)
+        with self._lock:
+            self._held.add(trial._trial_id)
+
+    def release(self, trial: optuna.Trial) -> None:
+        with self._lock:
+            self._held.discard(trial._trial_id)
+
+    def _beat(self, trial_id: int) -> None:
+        try:
+            self.study._storage.set_trial_user_attr(trial_id, BEAT, time.time())
+        except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+            with self._lock:  # finished meanwhile (told, or swept by another worker): nothing left to stamp
+                self._held.discard(trial_id)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            with self._lock:
+                held = list(self._held)
+            for trial_id in held:
+                try:
+                    self._beat(trial_id)
+                except Exception:  # a storage hiccup must not kill the beat; the next one retries
+                    continue
+
+
+def sweep_dead_workers(ledger, grace_s: float, now: float | None = None) -> list[int]:
+    """Fails and re-queues RUNNING trials whose last heartbeat is older than ``grace_s``; returns their numbers.
+
+    A RUNNING trial with no beat at all (its worker died between ask and its first beat) counts from the
+    trial's start time.
+    """
+    now = time.time() if now is None else now
+    storage = ledger.study._storage
+    swept = []
+    for frozen in ledger.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        beat = frozen.user_attrs.get(BEAT)
+        if beat is None and frozen.datetime_start is not None:
+            beat = frozen.datetime_start.timestamp()
+        if beat is None or now - float(beat) <= grace_s:
+            continue
+        try:
+            storage.set_trial_user_attr(frozen._trial_id, "failure", f"{DEAD_WORKER} ({frozen.user_attrs.get(WORKER)})")
+            claimed = storage.set_trial_state_values(frozen._trial_id, optuna.trial.TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another sweeper, or the worker itself, finished it first
+        if claimed and frozen.params:
+            ledger.requeue(frozen.params, frozen.user_attrs)
+            swept.append(frozen.number)
+    return swept
