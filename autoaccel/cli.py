@@ -2,11 +2,11 @@
 
 search [key=value ...]                  run (or resume) a search; writes reports/<run>/
 workers N storage=URL [key=value ...]   N search processes on one shared study (one per GPU), then its report
-report RUN                              rebuild a run's report from its ledger
+report RUN [--storage URL --study S]    rebuild a run's report from its ledger (or a shared study's, anywhere)
 plan RUN [--max-latency-ms X] [--max-nfe N]   the best front point within a budget
 apply RECIPE --out DIR [--n N]          write N images with a recipe's plan
 bench schedules [key=value ...]         the schedule benchmark -> reports/bench/schedules.md
-bench optimizers | compression          the optimizer / compression benchmarks -> reports/bench/*.md
+bench optimizers | compression | workers   the other benchmarks -> reports/bench/*.md
 train-teacher / train-classifier        retrain the embedded model / its FID feature extractor
 """
 
@@ -65,11 +65,17 @@ def cmd_workers(args: list[str]) -> int:
 def cmd_report(args: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="autoaccel report", description="Rebuild a run's report from its ledger.")
     parser.add_argument("run", type=Path, help="the run folder, e.g. reports/digits-sampler")
+    parser.add_argument("--storage", help="a shared study's storage URL: rebuild the run folder from it")
+    parser.add_argument("--study", help="the study name in --storage")
     options = parser.parse_args(args)
     from autoaccel.report.build import build_report
-    from autoaccel.run import open_run
+    from autoaccel.run import open_run, open_shared_run
 
-    print(build_report(open_run(options.run)))
+    if bool(options.storage) != bool(options.study):
+        raise AutoaccelError("report --storage and --study go together (a shared study's URL and name)")
+    shared = options.storage is not None
+    context = open_shared_run(options.storage, options.study, options.run) if shared else open_run(options.run)
+    print(build_report(context))
     return 0
 
 
@@ -105,7 +111,7 @@ def cmd_apply(args: list[str]) -> int:
     return 0
 
 
-BENCHMARKS = ("schedules", "optimizers", "compression")
+BENCHMARKS = ("schedules", "optimizers", "compression", "workers")
 
 
 def cmd_bench(args: list[str]) -> int:
@@ -120,6 +126,8 @@ def cmd_bench(args: list[str]) -> int:
         from autoaccel.bench.schedules import run_schedules_benchmark as run_benchmark
     elif args[0] == "compression":
         from autoaccel.bench.compression import run_compression_benchmark as run_benchmark
+    elif args[0] == "workers":
+        from autoaccel.bench.workers import run_workers_benchmark as run_benchmark
     else:
         from autoaccel.bench.optimizers import run_optimizers_benchmark as run_benchmark
     print(run_benchmark(config, log=_log(bool(config.quiet))))

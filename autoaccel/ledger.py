@@ -152,8 +152,10 @@ class Ledger:
         return bool(self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
 
     def finished_count(self) -> int:
+        """Trials with a result: interrupted trials and dead workers' trials are queued again, not counted."""
         finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
-        return len(self.study.get_trials(deepcopy=False, states=finished))
+        trials = self.study.get_trials(deepcopy=False, states=finished)
+        return sum(not not_a_result(trial.user_attrs.get("failure")) for trial in trials)
 
     def record(
         self,

@@ -150,6 +150,8 @@ def run_search(
     heartbeat = Heartbeat(ledger.study, liveness.interval_s) if liveness else None
     last_sweep = -math.inf
 
+    held: dict[int, optuna.Trial] = {}  # asked and not yet told: what an interrupt must mark and re-queue
+
     def finish(trial, candidate: Candidate, searched: dict, measurement: Measurement, per_level: dict) -> None:
         """Records a finished trial and tells the optimizer; only ever called from this thread."""
         nonlocal ran
@@ -162,7 +164,9 @@ def run_search(
         except optuna.exceptions.UpdateFinishedTrialError:
             # swept as dead while this worker was stalled: its parameters are queued again already
             log(f"trial {trial.number} was taken over by another worker's sweep; its result is not recorded")
+            held.pop(trial.number, None)
             return
+        held.pop(trial.number, None)
         evaluated.setdefault(candidate.key, frozen.number)
         backend.observe(searched, list(frozen.values) if frozen.values else None)
         ran += 1
@@ -186,7 +190,7 @@ def run_search(
                     and len(in_flight) < budget.concurrent
                     and ledger.finished_count() + len(in_flight) < budget.trials
                 ):
-                    trial, candidate, searched = _ask(ledger, backend, space)
+                    trial, candidate, searched = _ask(ledger, backend, space, held)
                     if heartbeat is not None:
                         heartbeat.hold(trial)
                     if candidate.key in evaluated:  # optimizers re-propose points; same seeds, same result
@@ -212,16 +216,18 @@ def run_search(
                     del in_flight[future]
                     finish(trial, candidate, searched, measurement, per_level)
         except KeyboardInterrupt:  # every trial in hand is marked and queued again; the ledger stays consistent
-            for future, (trial, _, _) in in_flight.items():
+            for future in in_flight:
                 future.cancel()
+            for trial in held.values():
                 if heartbeat is not None:
                     heartbeat.release(trial)
                 try:
                     trial.set_user_attr("failure", INTERRUPTED)
                     ledger.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                except optuna.exceptions.UpdateFinishedTrialError:
-                    continue  # already swept and re-queued by another worker
-                ledger.requeue(trial.params, trial.user_attrs)
+                except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+                    continue  # told before the interrupt landed, or swept and re-queued by another worker
+                if trial.params:
+                    ledger.requeue(trial.params, trial.user_attrs)
             raise
         finally:
             if heartbeat is not None:
@@ -251,11 +257,12 @@ def _reuse_twin(
     return measurement, ledger.levels_of(twin)
 
 
-def _ask(ledger: Ledger, backend: OptimizerBackend, space: SearchSpace):
+def _ask(ledger: Ledger, backend: OptimizerBackend, space: SearchSpace, held: dict[int, optuna.Trial]):
     if not ledger.has_waiting():  # queued trials (warm starts, re-queued ones) go first
         proposal = backend.propose()
         if proposal is not None:
             ledger.study.enqueue_trial(proposal)
     trial = ledger.study.ask()
+    held[trial.number] = trial
     searched = suggest(trial, space)
     return trial, Candidate.from_params(space.complete(searched)), searched

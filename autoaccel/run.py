@@ -121,6 +121,8 @@ def prepare_run(config: DictConfig, run_dir: Path | None = None, for_search: boo
     if for_search:
         ledger.check_settings(settings_fingerprint(config, target, space))
         (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(config))
+        if ledger.study.user_attrs.get("config") is None:  # any machine can rebuild the report from the storage
+            ledger.study.set_user_attr("config", OmegaConf.to_container(config, resolve=True))
     judge = QualityJudge(
         target,
         int(config.quality.samples),
@@ -142,6 +144,26 @@ def make_ladder(config: DictConfig, objectives: list[str], ledger: Ledger) -> Fi
         if level in ladder.levels and all(name in metrics for name in objectives):
             ladder.remember(level, metrics)
     return ladder
+
+
+def open_shared_run(storage: str, study_name: str, run_dir: Path) -> RunContext:
+    """The context of a study in a shared storage, from the configuration its first worker stored there: the
+    report and plans of a multi-machine search, on any machine that reaches the database."""
+    from autoaccel.ledger import Ledger
+
+    try:
+        ledger = Ledger.open_existing(storage, study_name)
+    except KeyError:
+        raise ConfigError(f"storage {storage!r} has no study named {study_name!r}") from None
+    stored = ledger.study.user_attrs.get("config")
+    if stored is None:
+        raise ConfigError(f"study {study_name!r} has no stored configuration (it was not started by autoaccel)")
+    config = OmegaConf.create(stored)
+    config.storage, config.study_name = storage, study_name
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(config))
+    return prepare_run(config, run_dir=run_dir, for_search=False)
 
 
 def open_run(run_dir: Path) -> RunContext:

@@ -40,3 +40,17 @@ def fast_overrides(tiny_pipeline_dir, shared_cache_dir, tmp_path):
         "report.grid_images=8",
         "quiet=true",
     ]
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A PostgreSQL database for the shared-study tests: ``AUTOACCEL_TEST_POSTGRES`` (``.ci/run`` starts one).
+
+    Skipped where none is configured, except under CI, where a missing server is an error, not a skip.
+    """
+    url = os.environ.get("AUTOACCEL_TEST_POSTGRES")
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail("CI must provide AUTOACCEL_TEST_POSTGRES (see .ci/run)")
+        pytest.skip("no PostgreSQL server: set AUTOACCEL_TEST_POSTGRES=postgresql://user:password@host/db")
+    return url

@@ -8,6 +8,8 @@ penalty is zero, so an optimizer has to solve the conditional parts, not only pi
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from autoaccel.candidate import Candidate
@@ -71,8 +73,16 @@ def true_front() -> np.ndarray:
 
 
 class SyntheticEvaluator:
-    """The evaluator interface of autoaccel.measure.evaluator.Evaluator, for the synthetic problem."""
+    """The evaluator interface of autoaccel.measure.evaluator.Evaluator, for the synthetic problem.
 
-    def evaluate(self, candidate: Candidate) -> Measurement:
+    ``work_s`` stands in for the time a real evaluation takes (a sleep, labelled so where it is reported).
+    """
+
+    def __init__(self, work_s: float = 0.0) -> None:
+        self.work_s = work_s
+
+    def evaluate(self, candidate: Candidate, samples: int | None = None) -> Measurement:
+        if self.work_s:
+            time.sleep(self.work_s)
         quality, cost = synthetic_objectives(candidate.as_dict)
         return Measurement(COMPLETE, metrics={"fid": quality, "nfe": cost}, details={"candidate_key": candidate.key})

@@ -111,6 +111,9 @@ class BenchConfig:
     weight_bits: list[int] = field(default_factory=lambda: [8, 6, 4, 3])
     latency_batches: list[int] = field(default_factory=lambda: [16, 64, 256])
     latency_repeats: int = 9
+    load_workers: int = 8  # bench workers: processes on one shared study
+    load_trials: int = 50  # trials per worker
+    load_work_ms: float = 20.0  # the stand-in evaluation time of each synthetic trial
 
 
 @dataclass

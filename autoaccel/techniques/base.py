@@ -48,6 +48,21 @@ class Technique:
         return self.config_cls(**own)
 
 
+def require_types(config: Any, prefix: str, types: Mapping[str, type | tuple[type, ...]]) -> None:
+    """Raises ConfigError naming ``prefix.field`` if a field is not of its type (bool never counts as a number,
+    NaN and infinity never as a float): configs come from recipes users may edit."""
+    import math
+
+    for name, kind in types.items():
+        value = getattr(config, name)
+        numeric = kind in (int, float) or kind == (int, float)
+        if (numeric and isinstance(value, bool)) or not isinstance(value, kind):
+            wanted = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            raise ConfigError(f"{prefix}.{name}={value!r} is not valid; it must be a {wanted}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{prefix}.{name}={value!r} is not valid; it must be finite")
+
+
 _REGISTRY: dict[str, Technique] = {}
 
 

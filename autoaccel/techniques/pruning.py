@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from autoaccel.errors import ConfigError, TechniqueError
-from autoaccel.techniques.base import Technique, register
+from autoaccel.techniques.base import Technique, register, require_types
 
 IMPORTANCES = ("magnitude", "taylor", "random")
 CALIBRATION_SAMPLES = 64
@@ -39,6 +39,9 @@ class PruningConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        number = (int, float)
+        types = {"ratio": number, "down": number, "mid": number, "up": number, "importance": str}
+        require_types(self, "pruning", {**types, "prune_heads": bool, "recovery_steps": int, "seed": int})
         if not 0.0 <= self.ratio < 0.9:
             raise ConfigError(f"pruning.ratio={self.ratio} is not valid; it must be in [0, 0.9)")
         for stage in ("down", "mid", "up"):

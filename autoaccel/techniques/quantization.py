@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from autoaccel.errors import ConfigError, TechniqueError
-from autoaccel.techniques.base import Technique, register
+from autoaccel.techniques.base import Technique, register, require_types
 
 WEIGHT_BITS = range(2, 9)
 ACTIVATION_BITS = (None, 8, 16)
@@ -53,8 +53,7 @@ class QuantizationConfig:
     enabled: bool = True  # False keeps the float model: lets a joint search choose not to quantize
 
     def __post_init__(self) -> None:
-        if not isinstance(self.enabled, bool):
-            raise ConfigError(f"quantization.enabled={self.enabled!r} is not valid; it must be true or false")
+        require_types(self, "quantization", {"enabled": bool, "low_fraction": (int, float), "seed": int})
         for name in ("weight_bits", "low_bits", "time_bits"):
             bits = getattr(self, name)
             if isinstance(bits, bool) or bits not in WEIGHT_BITS:

@@ -1,0 +1,178 @@
+"""Fault injection: workers killed mid-trial on a shared PostgreSQL study, SIGINT/SIGTERM then resume, and
+out-of-memory inside a trial. What a user relies on: no trial lost, none evaluated twice, the interrupted
+candidate evaluated again, and the search going on."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pandas as pd
+
+from autoaccel.config import compose_config
+from autoaccel.ledger import INTERRUPTED, Ledger, not_a_result
+from autoaccel.liveness import DEAD_WORKER, WORKER
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _start(overrides: list[str], log: Path) -> subprocess.Popen:
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "autoaccel", "search", *overrides],
+        cwd=REPO,
+        env=environment,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _wait_for_running(storage: str, study_name: str, owner=lambda trial: True, timeout: float = 180):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            study = optuna.load_study(study_name=study_name, storage=storage)
+            running = [trial for trial in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)) if owner(trial)]
+            if running:
+                return running[0]
+        except Exception:  # the database or the study is not created yet
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"no RUNNING trial appeared in {study_name} within {timeout}s")
+
+
+def _report_dir(overrides: list[str]) -> Path:
+    return Path(next(option.split("=", 1)[1] for option in overrides if option.startswith("report.dir=")))
+
+
+def _evaluations(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """Trials that really evaluated their candidate (not a reuse of another trial, not cut short)."""
+    return [
+        trial
+        for trial in trials
+        if trial.state.is_finished()
+        and not not_a_result(trial.user_attrs.get("failure"))
+        and "detail.duplicate_of" not in trial.user_attrs
+    ]
+
+
+def test_four_workers_one_killed_nothing_lost_nothing_duplicated(postgres_url, fast_overrides, tmp_path):
+    study_name = f"faults-{uuid.uuid4().hex[:8]}"
+    overrides = [
+        *fast_overrides,
+        f"storage={postgres_url}",
+        f"study_name={study_name}",
+        "budget.trials=14",
+        "liveness.interval_s=0.5",
+        "liveness.grace_s=4",
+        "report.build=false",
+    ]
+    workers = [_start([*overrides, f"optimizer.seed={1000 * index}"], tmp_path / f"w{index}.log") for index in range(4)]
+    victim = workers[0]
+    held = _wait_for_running(
+        postgres_url, study_name, lambda t: str(t.user_attrs.get(WORKER, "")).endswith(f":{victim.pid}")
+    )
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    for worker, index in zip(workers[1:], range(1, 4)):
+        assert worker.wait(timeout=600) == 0, (tmp_path / f"w{index}.log").read_text()[-3000:]
+
+    trials = optuna.load_study(study_name=study_name, storage=postgres_url).get_trials()
+    states = pd.Series([trial.state.name for trial in trials]).value_counts().to_dict()
+    assert "RUNNING" not in states and "WAITING" not in states, states  # nothing left hanging: nothing lost
+    killed = trials[held.number]
+    assert killed.state == optuna.trial.TrialState.FAIL and killed.user_attrs["failure"].startswith(DEAD_WORKER)
+    again = [trial for trial in _evaluations(trials) if trial.params == killed.params and trial.number > held.number]
+    assert len(again) == 1, "the killed worker's candidate is evaluated again, once"
+    keys = [trial.user_attrs["candidate_key"] for trial in _evaluations(trials)]
+    assert len(keys) == len(set(keys)), "no candidate was evaluated twice"
+    ledger = Ledger.open_existing(postgres_url, study_name)
+    assert ledger.finished_count() >= 14
+
+    # the report and plans come from the shared ledger alone, on any machine that reaches the database
+    from autoaccel.cli import main
+
+    elsewhere = tmp_path / "elsewhere"
+    assert main(["report", str(elsewhere), "--storage", postgres_url, "--study", study_name]) == 0
+    assert (elsewhere / "index.html").exists() and (elsewhere / "pareto.csv").exists()
+    assert main(["plan", str(elsewhere), "--max-nfe", "100"]) == 0
+
+
+def _signal_then_resume(fast_overrides, tmp_path, signum: int) -> None:
+    study_name = f"signal-{signum}"
+    overrides = [*fast_overrides, f"study_name={study_name}", "budget.trials=8"]
+    storage = f"sqlite:///{_report_dir(fast_overrides) / study_name / 'ledger.db'}"
+    worker = _start(overrides, tmp_path / "run.log")
+    held = _wait_for_running(storage, study_name, lambda trial: trial.number >= 4)
+    worker.send_signal(signum)
+    assert worker.wait(timeout=120) == 130, (tmp_path / "run.log").read_text()[-3000:]
+    assert "interrupted" in (tmp_path / "run.log").read_text()
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    interrupted = study.trials[held.number]
+    assert interrupted.user_attrs["failure"] == INTERRUPTED
+    assert len(study.get_trials(states=(optuna.trial.TrialState.WAITING,))) >= 1
+
+    resumed = _start(overrides, tmp_path / "resume.log")
+    assert resumed.wait(timeout=600) == 0, (tmp_path / "resume.log").read_text()[-3000:]
+    trials = optuna.load_study(study_name=study_name, storage=storage).get_trials()
+    assert sum(trial.state.is_finished() and not not_a_result(trial.user_attrs.get("failure")) for trial in trials) == 8
+    assert any(trial.params == interrupted.params for trial in _evaluations(trials))
+
+
+def test_sigterm_marks_the_trial_in_hand_and_the_same_command_resumes(fast_overrides, tmp_path):
+    _signal_then_resume(fast_overrides, tmp_path, signal.SIGTERM)
+
+
+def test_sigint_marks_the_trial_in_hand_and_the_same_command_resumes(fast_overrides, tmp_path):
+    _signal_then_resume(fast_overrides, tmp_path, signal.SIGINT)
+
+
+def test_out_of_memory_in_a_trial_is_recorded_and_the_search_goes_on(fast_overrides, monkeypatch):
+    import autoaccel.measure.evaluator as evaluator_module
+    from autoaccel.search import search
+
+    real = evaluator_module.sample_in_chunks
+    calls = {"count": 0}
+
+    def sometimes_out_of_memory(pipeline, seeds, chunk_size):
+        calls["count"] += 1
+        if calls["count"] % 3 == 0:
+            raise MemoryError("cannot allocate 17179869184 bytes")
+        return real(pipeline, seeds, chunk_size)
+
+    monkeypatch.setattr(evaluator_module, "sample_in_chunks", sometimes_out_of_memory)
+    index = search(compose_config([*fast_overrides, "budget.trials=7", "study_name=oom"]), log=lambda m: None)
+    trials = pd.read_csv(index.parent / "trials.csv")
+    failures = trials[trials["state"] == "FAIL"]["failure"]
+    assert failures.str.startswith("out of memory").sum() >= 1
+    assert (trials["state"] == "COMPLETE").sum() >= 3 and len(trials) == 7
+
+
+def test_workers_command_runs_n_workers_on_one_study_then_one_report(postgres_url, fast_overrides, capsys):
+    from autoaccel.cli import main
+
+    study_name = f"workers-cmd-{uuid.uuid4().hex[:8]}"
+    overrides = [*fast_overrides, f"storage={postgres_url}", f"study_name={study_name}", "budget.trials=6"]
+    assert main(["workers", "2", *overrides]) == 0
+    trials = optuna.load_study(study_name=study_name, storage=postgres_url).get_trials()
+    assert Ledger.open_existing(postgres_url, study_name).finished_count() >= 6
+    assert all(trial.user_attrs.get(WORKER) for trial in trials)  # every trial names the worker that held it
+    assert (_report_dir(fast_overrides) / study_name / "index.html").exists()
+    assert main(["workers", "2", *fast_overrides]) == 2
+    assert "storage=postgresql://" in capsys.readouterr().err
+
+
+def test_each_worker_gets_its_own_optimizer_seed():
+    from autoaccel.workers import worker_commands
+
+    commands = worker_commands(3, ["storage=postgresql://h/db"], seed=7)
+    seeds = [command[-1] for command in commands]
+    assert seeds == ["optimizer.seed=7", "optimizer.seed=1007", "optimizer.seed=2007"]
+    assert all("report.build=false" in command for command in commands)

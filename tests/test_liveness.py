@@ -1,0 +1,79 @@
+"""Liveness on a shared study: heartbeats stamp the trials a worker holds, a sweep re-queues only the trials
+of workers that went silent, and two sweepers never both re-queue one trial."""
+
+from __future__ import annotations
+
+import time
+
+import optuna
+import pytest
+
+from autoaccel.errors import ConfigError
+from autoaccel.ledger import Ledger, not_a_result
+from autoaccel.liveness import BEAT, DEAD_WORKER, WORKER, Heartbeat, LivenessSettings, sweep_dead_workers
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    return Ledger(f"sqlite:///{tmp_path / 'ledger.db'}", "liveness", ["minimize", "minimize"])
+
+
+def _running_trial(ledger: Ledger, value: int) -> optuna.Trial:
+    trial = ledger.study.ask()
+    trial.suggest_int("x", value, value)
+    return trial
+
+
+def test_heartbeat_stamps_held_trials_until_released(ledger):
+    trial = _running_trial(ledger, 1)
+    with Heartbeat(ledger.study, interval_s=0.05) as heartbeat:
+        heartbeat.hold(trial)
+        first = ledger.trial(trial.number).user_attrs[BEAT]
+        time.sleep(0.3)
+        later = ledger.trial(trial.number).user_attrs[BEAT]
+        assert later > first
+        assert ledger.trial(trial.number).user_attrs[WORKER] == heartbeat.name
+        heartbeat.release(trial)
+        time.sleep(0.2)
+        released = ledger.trial(trial.number).user_attrs[BEAT]
+        time.sleep(0.2)
+        assert ledger.trial(trial.number).user_attrs[BEAT] == released
+
+
+def test_sweep_requeues_only_silent_trials(ledger):
+    silent, alive = _running_trial(ledger, 1), _running_trial(ledger, 2)
+    storage = ledger.study._storage
+    storage.set_trial_user_attr(silent._trial_id, BEAT, time.time() - 100)
+    storage.set_trial_user_attr(alive._trial_id, BEAT, time.time())
+    assert sweep_dead_workers(ledger, grace_s=30) == [silent.number]
+    swept = ledger.trial(silent.number)
+    assert swept.state == optuna.trial.TrialState.FAIL and swept.user_attrs["failure"].startswith(DEAD_WORKER)
+    assert not_a_result(swept.user_attrs["failure"])
+    assert ledger.trial(alive.number).state == optuna.trial.TrialState.RUNNING
+    waiting = ledger.study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert [trial.system_attrs["fixed_params"] for trial in waiting] == [{"x": 1}]
+    assert ledger.finished_count() == 0  # a dead worker's trial is not a result: the budget is not spent on it
+
+
+def test_a_second_sweeper_does_not_requeue_again(ledger):
+    silent = _running_trial(ledger, 3)
+    ledger.study._storage.set_trial_user_attr(silent._trial_id, BEAT, time.time() - 100)
+    stale_view = ledger.study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    assert sweep_dead_workers(ledger, grace_s=30) == [silent.number]
+    # another worker that read the trial as RUNNING a moment ago loses the row-locked claim
+    ledger.study.get_trials = lambda deepcopy=False, states=None: stale_view  # type: ignore[method-assign]
+    assert sweep_dead_workers(ledger, grace_s=30) == []
+    del ledger.study.get_trials
+    assert len(ledger.study.get_trials(states=(optuna.trial.TrialState.WAITING,))) == 1
+
+
+def test_a_trial_without_any_beat_counts_from_its_start(ledger):
+    trial = _running_trial(ledger, 4)
+    assert sweep_dead_workers(ledger, grace_s=30) == []
+    assert sweep_dead_workers(ledger, grace_s=30, now=time.time() + 60) == [trial.number]
+
+
+@pytest.mark.parametrize(("interval", "grace"), [(0, 10), (10, 10), (-1, 5)])
+def test_liveness_settings_are_checked(interval, grace):
+    with pytest.raises(ConfigError, match="interval_s"):
+        LivenessSettings(interval, grace)

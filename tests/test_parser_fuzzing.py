@@ -1,0 +1,141 @@
+"""Property-based fuzzing of what users hand autoaccel as files: search-space YAML and recipes. Whatever the
+input, the parsers either accept it or raise their own clear error (ConfigError / RecipeError), never a
+stray TypeError, KeyError or AttributeError from deep inside."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from autoaccel.errors import ConfigError, RecipeError
+from autoaccel.recipe import load_recipe, validate_recipe
+from autoaccel.space import active_params, parse_space
+
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 2000),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.sampled_from(["int", "float", "categorical", "schedule", "solver.name", "timesteps.steps", "ddim"]),
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4), st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+KEYS = st.sampled_from(
+    ["timesteps.steps", "timesteps.family", "timesteps.gap", "solver.name", "solver.order", "pruning.ratio", "x", "a.b"]
+)
+SPECS = st.fixed_dictionaries(
+    {},
+    optional={
+        "type": st.one_of(st.sampled_from(["int", "float", "categorical", "schedule", "bogus"]), VALUES),
+        "low": VALUES,
+        "high": VALUES,
+        "log": VALUES,
+        "choices": VALUES,
+        "when": VALUES,
+        "requires": VALUES,
+        "count_from": st.one_of(KEYS, VALUES),
+    },
+)
+SPACES = st.fixed_dictionaries(
+    {},
+    optional={
+        "name": VALUES,
+        "techniques": st.one_of(
+            st.lists(st.sampled_from(["solver", "timesteps", "pruning", "quantization", "nope"]), max_size=4), VALUES
+        ),
+        "fixed": st.one_of(st.dictionaries(KEYS, VALUES, max_size=3), VALUES),
+        "dimensions": st.one_of(st.dictionaries(KEYS, st.one_of(SPECS, VALUES), max_size=4), VALUES),
+        "extra": VALUES,
+    },
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(SPACES)
+def test_space_parser_accepts_or_names_the_problem(document):
+    try:
+        space = parse_space(document, source="fuzz.yaml")
+    except ConfigError as error:
+        assert str(error)
+        return
+
+    # an accepted space yields complete candidates for its lower bounds / first choices
+    def first(dimension):
+        return dimension.choices[0] if dimension.choices else dimension.low
+
+    with contextlib.suppress(ConfigError):
+        space.complete(active_params(space, first))
+
+
+def _valid_recipe() -> dict:
+    return {
+        "autoaccel_recipe": 1,
+        "base_model": {"name": "m", "path": "/m", "content_hash": "0" * 64},
+        "scheduler": {"class": "DDIMScheduler", "config": {"num_train_timesteps": 1000}},
+        "timesteps": [900, 500, 100],
+        "guidance_scale": 1.0,
+        "null_class": None,
+        "techniques": {"solver": {"version": 1, "config": {"name": "ddim"}}},
+    }
+
+
+RECIPE_KEYS = st.sampled_from(
+    ["autoaccel_recipe", "base_model", "scheduler", "timesteps", "guidance_scale", "null_class", "techniques"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(RECIPE_KEYS, VALUES), max_size=3), st.sets(RECIPE_KEYS, max_size=2))
+def test_recipe_validation_accepts_or_names_the_problem(changes, removed):
+    recipe = copy.deepcopy(_valid_recipe())
+    for key, value in changes:
+        recipe[key] = value
+    for key in removed:
+        recipe.pop(key, None)
+    try:
+        validate_recipe(recipe)
+    except RecipeError as error:
+        assert str(error)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(max_size=200))
+def test_recipe_files_of_any_text_load_or_name_the_problem(tmp_path, text):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    try:
+        load_recipe(path)
+    except RecipeError as error:
+        assert "recipe" in str(error)
+
+
+def _config_fields(config_cls) -> st.SearchStrategy:
+    from dataclasses import fields
+
+    names = [field.name for field in fields(config_cls)]
+    return st.dictionaries(st.sampled_from(names), VALUES, max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_model_technique_configs_accept_or_name_the_bad_value(data):
+    """A recipe's pruning/quantization config is plain data a user may edit: any values either make a config
+    or raise ConfigError naming the setting (never a TypeError from a comparison deep inside)."""
+    from autoaccel.techniques.pruning import PruningConfig
+    from autoaccel.techniques.quantization import QuantizationConfig
+
+    for config_cls, prefix in ((PruningConfig, "pruning."), (QuantizationConfig, "quantization.")):
+        values = data.draw(_config_fields(config_cls))
+        try:
+            config_cls(**values)
+        except ConfigError as error:
+            assert prefix in str(error)
