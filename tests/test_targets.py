@@ -260,3 +260,18 @@ def test_feature_extractors_are_deterministic(extractor):
         again = EXTRACTORS[extractor](extractor, ["features"])(images)[0]
     assert first.shape == (6, 64 if extractor == DIGITS_EXTRACTOR else 192)
     torch.testing.assert_close(first, again)
+
+
+def test_corrupt_weights_file_is_one_clear_error_and_nothing_is_written(tiny_folder, tmp_path, capsys):
+    from autoaccel.cli import main
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_folder, broken)
+    (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00not a safetensors file" * 10)
+    with pytest.raises(TargetError, match="unet weights could not be loaded"):
+        load_pipeline_folder(broken)
+    reports = tmp_path / "reports"
+    assert main(["search", "target=pipeline", f"target.path={broken}", f"report.dir={reports}"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "diffusion_pytorch_model.safetensors" in error
+    assert not reports.exists()
