@@ -95,23 +95,33 @@ def large_unet_rows(batch: int, repeats: int) -> list[dict]:
     rows = []
     for label, config in configs.items():
         model = copy.deepcopy(unet)
-        if config is not None:
-            quantize_(model, config)
-        times = []
-        with torch.no_grad():
-            for index in range(repeats + 3):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                model(sample, timestep)
-                end.record()
-                torch.cuda.synchronize()
-                if index >= 3:
-                    times.append(start.elapsed_time(end))
+        try:
+            if config is not None:
+                quantize_(model, config)
+            times = _event_times(model, sample, timestep, repeats)
+        except Exception as error:  # a kernel this card or build lacks: say so in the table, go on
+            rows.append({"config": label, "error": f"{type(error).__name__}: {str(error)[:160]}"})
+            continue
         linear = sum(isinstance(module, torch.nn.Linear) for module in unet.modules())
         rows.append({"config": label, "latency_ms": statistics.median(times), "linear_layers": linear})
         del model
         torch.cuda.empty_cache()
     return rows
+
+
+def _event_times(model, sample, timestep, repeats: int) -> list[float]:
+    """CUDA-event milliseconds of ``repeats`` calls after three warm-up calls."""
+    times = []
+    with torch.no_grad():
+        for index in range(repeats + 3):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            model(sample, timestep)
+            end.record()
+            torch.cuda.synchronize()
+            if index >= 3:
+                times.append(start.elapsed_time(end))
+    return times
 
 
 def write_markdown(path: Path, device: str, recipe_rows: list[dict], large: list[dict], batch: int) -> None:
@@ -145,14 +155,19 @@ def write_markdown(path: Path, device: str, recipe_rows: list[dict], large: list
             f"{row.get('kernels', 'float (no quantization in this plan)')} |"
         )
     if large:
-        base = large[0]["latency_ms"]
+        base = large[0].get("latency_ms", float("nan"))
         lines += [
             "",
             f"## An SD-scale-channel UNet2DModel (random weights, 32x32x4 latents, batch {batch}): latency only",
             "",
             "| torchao config | ms per call | vs bf16 |",
             "|---|---|---|",
-            *[f"| {row['config']} | {row['latency_ms']:.2f} | {row['latency_ms'] / base:.2f}x |" for row in large],
+            *[
+                f"| {row['config']} | {row['latency_ms']:.2f} | {row['latency_ms'] / base:.2f}x |"
+                if "latency_ms" in row
+                else f"| {row['config']} | failed: {row['error']} | |"
+                for row in large
+            ],
         ]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
@@ -173,12 +188,18 @@ def main(argv: list[str] | None = None) -> int:
 
     target = load_digits_target(device="cuda")
     recipe_rows = []
+    name = torch.cuda.get_device_name()
     for recipe in sorted(args.recipes.glob("*.yaml")):
-        recipe_rows += time_recipe(recipe, target, args.batches, args.repeats)
+        try:
+            recipe_rows += time_recipe(recipe, target, args.batches, args.repeats)
+        except Exception as error:  # one plan that fails on this machine is reported, the others still run
+            print(f"{recipe.name}: {type(error).__name__}: {error}", flush=True)
+            continue
         print(recipe_rows[-1], flush=True)
+        write_markdown(args.out, name, recipe_rows, [], args.large_batch)
     large = large_unet_rows(args.large_batch, args.repeats) if torchao_available() else []
     print(large, flush=True)
-    write_markdown(args.out, torch.cuda.get_device_name(), recipe_rows, large, args.large_batch)
+    write_markdown(args.out, name, recipe_rows, large, args.large_batch)
     print(args.out)
     return 0
 
