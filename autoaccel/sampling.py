@@ -51,7 +51,8 @@ def _set_sigma_timesteps(scheduler, timesteps: list[int], device) -> None:
     index = torch.tensor(timesteps, dtype=torch.long)
     sigmas = ((1 - alphas_cumprod[index]) / alphas_cumprod[index]).sqrt().to(torch.float32)
     final_sigma = scheduler.sigmas[-1:].to("cpu", torch.float32)
-    scheduler.sigmas = torch.cat([sigmas, final_sigma]).to(device)
+    # where the scheduler keeps them (UniPC and DEIS keep sigmas on the CPU; DEIS's higher orders need that)
+    scheduler.sigmas = torch.cat([sigmas, final_sigma]).to(scheduler.sigmas.device)
     scheduler.timesteps = index.to(device=device, dtype=scheduler.timesteps.dtype)
 
 
