@@ -108,10 +108,9 @@ class Ledger:
     def running_twin(self, trial: optuna.Trial, key: str) -> int | None:
         """The earliest other RUNNING trial evaluating the same candidate, if any (any worker's).
 
-        The key is written on ``trial`` first, so of two workers that ask the same candidate at once, the one
-        with the higher trial number always sees the other and waits: exactly one evaluates.
+        The key is on ``trial`` from the moment it was asked, so of two workers that ask the same candidate at
+        once, the one with the higher trial number always sees the other and waits: exactly one evaluates.
         """
-        trial.set_user_attr("candidate_key", key)
         running = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
         twins = [other.number for other in running if other.user_attrs.get("candidate_key") == key]
         earlier = [number for number in twins if number < trial.number]
@@ -147,6 +146,9 @@ class Ledger:
     def levels_of(self, number: int) -> dict[int, dict[str, float]]:
         """Trial ``number``'s figures at each fidelity level it was scored at."""
         return _levels(self.trial(number))
+
+    def has_running(self) -> bool:
+        return bool(self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
 
     def has_waiting(self) -> bool:
         return bool(self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))

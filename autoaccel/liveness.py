@@ -112,7 +112,8 @@ def sweep_dead_workers(ledger, grace_s: float, now: float | None = None) -> list
             claimed = storage.set_trial_state_values(frozen._trial_id, optuna.trial.TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another sweeper, or the worker itself, finished it first
-        if claimed and frozen.params:
-            ledger.requeue(frozen.params, frozen.user_attrs)
+        if claimed:
             swept.append(frozen.number)
+            if frozen.user_attrs.get("candidate_key"):  # it died before choosing a whole candidate: nothing to redo
+                ledger.requeue(frozen.params, frozen.user_attrs)
     return swept

@@ -188,7 +188,8 @@ def run_search(
                 while (
                     not out_of_time
                     and len(in_flight) < budget.concurrent
-                    and ledger.finished_count() + len(in_flight) < budget.trials
+                    # re-queued trials (interrupted, or a dead worker's) are evaluated even past the budget
+                    and (ledger.finished_count() + len(in_flight) < budget.trials or ledger.has_waiting())
                 ):
                     trial, candidate, searched = _ask(ledger, backend, space, held)
                     if heartbeat is not None:
@@ -207,7 +208,12 @@ def run_search(
                     )
                     in_flight[job] = (trial, candidate, searched)
                 if not in_flight:
-                    break
+                    if liveness is None or out_of_time or not ledger.has_running():
+                        break
+                    # the study is full, but other workers still hold trials: if one of them died, its trial
+                    # is swept and queued again at the top of the loop, and this worker evaluates it
+                    time.sleep(liveness.interval_s)
+                    continue
                 pause = liveness.interval_s if liveness else None  # wake to sweep even while trials run
                 done, _ = wait(in_flight, return_when=FIRST_COMPLETED, timeout=pause)
                 for future in done:
@@ -226,7 +232,7 @@ def run_search(
                     ledger.study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
                     continue  # told before the interrupt landed, or swept and re-queued by another worker
-                if trial.params:
+                if trial.user_attrs.get("candidate_key"):  # interrupted before it had one: nothing to redo
                     ledger.requeue(trial.params, trial.user_attrs)
             raise
         finally:
@@ -265,4 +271,6 @@ def _ask(ledger: Ledger, backend: OptimizerBackend, space: SearchSpace, held: di
     trial = ledger.study.ask()
     held[trial.number] = trial
     searched = suggest(trial, space)
-    return trial, Candidate.from_params(space.complete(searched)), searched
+    candidate = Candidate.from_params(space.complete(searched))
+    trial.set_user_attr("candidate_key", candidate.key)  # from here on the trial stands for a whole candidate
+    return trial, candidate, searched

@@ -76,7 +76,9 @@ def test_four_workers_one_killed_nothing_lost_nothing_duplicated(postgres_url, f
     workers = [_start([*overrides, f"optimizer.seed={1000 * index}"], tmp_path / f"w{index}.log") for index in range(4)]
     victim = workers[0]
     held = _wait_for_running(
-        postgres_url, study_name, lambda t: str(t.user_attrs.get(WORKER, "")).endswith(f":{victim.pid}")
+        postgres_url,
+        study_name,
+        lambda t: str(t.user_attrs.get(WORKER, "")).endswith(f":{victim.pid}") and "candidate_key" in t.user_attrs,
     )
     victim.send_signal(signal.SIGKILL)
     victim.wait()
@@ -109,7 +111,9 @@ def _signal_then_resume(fast_overrides, tmp_path, signum: int) -> None:
     overrides = [*fast_overrides, f"study_name={study_name}", "budget.trials=8"]
     storage = f"sqlite:///{_report_dir(fast_overrides) / study_name / 'ledger.db'}"
     worker = _start(overrides, tmp_path / "run.log")
-    held = _wait_for_running(storage, study_name, lambda trial: trial.number >= 4)
+    held = _wait_for_running(
+        storage, study_name, lambda trial: trial.number >= 4 and "candidate_key" in trial.user_attrs
+    )
     worker.send_signal(signum)
     assert worker.wait(timeout=120) == 130, (tmp_path / "run.log").read_text()[-3000:]
     assert "interrupted" in (tmp_path / "run.log").read_text()

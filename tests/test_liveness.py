@@ -21,6 +21,7 @@ def ledger(tmp_path):
 def _running_trial(ledger: Ledger, value: int) -> optuna.Trial:
     trial = ledger.study.ask()
     trial.suggest_int("x", value, value)
+    trial.set_user_attr("candidate_key", f"key-{value}")
     return trial
 
 
