@@ -280,13 +280,25 @@ def test_measurement_gate_keeps_cost_measurement_alone():
 
 
 def test_a_shared_storage_leaves_other_workers_running_trials_alone(fast_overrides, tmp_path):
+    """A live worker's trial (it keeps beating) is neither swept nor re-queued; this worker waits for it to end
+    before it stops, so that a trial whose worker died would still be caught and evaluated again."""
+    import threading
+
     import optuna
 
+    from autoaccel.liveness import Heartbeat
+
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
-    overrides = [*fast_overrides, f"storage={storage}", "study_name=shared"]
-    search(compose_config([*overrides, "budget.trials=3"]), log=lambda message: None)
+    overrides = [*fast_overrides, f"storage={storage}", "study_name=shared", "liveness.interval_s=0.3"]
+    search(compose_config([*overrides, "budget.trials=3", "liveness.grace_s=2"]), log=lambda message: None)
     study = optuna.load_study(study_name="shared", storage=storage)
-    other_worker_trial = study.ask()  # another process is evaluating this one right now
-    search(compose_config([*overrides, "budget.trials=5"]), log=lambda message: None)
-    states = {trial.number: trial.state for trial in optuna.load_study(study_name="shared", storage=storage).trials}
-    assert states[other_worker_trial.number] == optuna.trial.TrialState.RUNNING
+    other_worker_trial = study.ask()  # another process is evaluating this one right now, and beating
+    with Heartbeat(study, interval_s=0.2) as heartbeat:
+        heartbeat.hold(other_worker_trial)
+        # its worker ends it (FAIL keeps this foreign, candidate-less trial off the report's front)
+        finishes = threading.Timer(6.0, lambda: study.tell(other_worker_trial, state=optuna.trial.TrialState.FAIL))
+        finishes.start()
+        search(compose_config([*overrides, "budget.trials=5", "liveness.grace_s=2"]), log=lambda message: None)
+        finishes.join()
+    frozen = optuna.load_study(study_name="shared", storage=storage).trials[other_worker_trial.number]
+    assert frozen.state == optuna.trial.TrialState.FAIL and "failure" not in frozen.user_attrs  # not swept
