@@ -52,7 +52,7 @@ def time_recipe(recipe_path: Path, target, batch_sizes: list[int], repeats: int)
         if plan is not None and torchao_available():
             row["kernels"] = kernel_choice(pipeline.unet).label
             original = pipeline.unet
-            pipeline.unet, _ = real_quantized_copy(original)
+            pipeline.unet = real_quantized_copy(original)
             try:
                 row["plan, torchao kernels"] = _time(pipeline, seeds, repeats)
             finally:

@@ -1,8 +1,8 @@
 """Which kernels a latency measurement runs: never a fake-quant time presented as a quantized speed-up.
 
 A simulated quantization plan is timed with real quantized kernels where a backend has them (torchao on CUDA:
-int8 weight-only, int8 dynamic activations with int8 weights, or fp8 on cards that support it; Linear layers,
-which is what torchao's CUDA kernels cover). Elsewhere it is timed with float kernels and its activation
+int8 weight-only, or int8 dynamic activations with int8 weights; Linear layers, which is what torchao's CUDA
+kernels cover). Elsewhere it is timed with float kernels and its activation
 fake-quant switched off, and the trial records its quantized latency as "not measured".
 """
 
@@ -25,11 +25,10 @@ NOT_MEASURED = "not measured"
 
 @dataclass(frozen=True)
 class KernelChoice:
-    """What the timed model runs: ``label`` goes into the trial's details, ``real_layers`` counts quantized layers."""
+    """What the timed model runs: ``label`` goes into the trial's details."""
 
     label: str
     quantized_latency: str  # "measured" or "not measured"
-    real_layers: int = 0
 
 
 def torchao_available() -> bool:
@@ -40,21 +39,13 @@ def torchao_available() -> bool:
     return True
 
 
-def supports_fp8() -> bool:
-    return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
-
-
-def torchao_configs(unet: torch.nn.Module, fp8: bool = False) -> OrderedDict:
+def torchao_configs(unet: torch.nn.Module) -> OrderedDict:
     """Fully qualified Linear name -> torchao config, following the plan's bit widths.
 
     Plans of 5-8 weight bits map to int8 kernels (so a 6-bit plan runs int8: its size is still the plan's).
     Plans below 5 bits have no CUDA kernel here and stay float, as do Conv2d layers.
     """
-    from torchao.quantization import (
-        Float8DynamicActivationFloat8WeightConfig,
-        Int8DynamicActivationInt8WeightConfig,
-        Int8WeightOnlyConfig,
-    )
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig
 
     plan = quantization_plan(unet)
     modules = dict(unet.named_modules())
@@ -63,25 +54,25 @@ def torchao_configs(unet: torch.nn.Module, fp8: bool = False) -> OrderedDict:
         if not isinstance(modules[name], torch.nn.Linear) or bits < 5:
             continue
         if plan.activation_bits == 8 and name in plan.activation_ranges:
-            configs[name] = (
-                Float8DynamicActivationFloat8WeightConfig() if fp8 else Int8DynamicActivationInt8WeightConfig()
-            )
+            configs[name] = Int8DynamicActivationInt8WeightConfig()
         else:
             configs[name] = Int8WeightOnlyConfig()
     return configs
 
 
-def real_quantized_copy(unet: torch.nn.Module, fp8: bool = False) -> tuple[torch.nn.Module, int]:
-    """A copy of ``unet`` with torchao's quantized kernels on the layers the plan quantizes (CUDA)."""
+def real_quantized_copy(unet: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``unet`` with torchao's quantized kernels on the layers the plan quantizes (CUDA).
+
+    The copy shares the original's activation fake-quant hooks (a deep copy keeps the same hook functions): the
+    caller switches them off through the original plan's ``activations_enabled`` while timing.
+    """
     from torchao.quantization import FqnToConfig, quantize_
 
-    configs = torchao_configs(unet, fp8)
+    configs = torchao_configs(unet)
     deployed = copy.deepcopy(unet)
-    plan = quantization_plan(deployed)
-    plan.activations_enabled = False
     if configs:
         quantize_(deployed, FqnToConfig(configs), filter_fn=None)
-    return deployed, len(configs)
+    return deployed
 
 
 def _uses_real_kernels(unet: torch.nn.Module) -> bool:
@@ -92,9 +83,8 @@ def kernel_key(unet: torch.nn.Module) -> str:
     """The part of a cost-cache key that the kernels decide: empty where a plan runs float kernels."""
     if not _uses_real_kernels(unet):
         return ""
-    plan = quantization_plan(unet)
-    layers = ",".join(f"{name}:{bits}" for name, bits in sorted(plan.layer_bits.items()) if bits >= 5)
-    return f"|torchao|act={plan.activation_bits}|{hashlib.sha1(layers.encode()).hexdigest()[:12]}"
+    layers = ",".join(f"{name}:{type(config).__name__}" for name, config in torchao_configs(unet).items())
+    return f"|torchao|{hashlib.sha1(layers.encode()).hexdigest()[:12]}"
 
 
 def kernel_choice(unet: torch.nn.Module) -> KernelChoice:
@@ -104,28 +94,26 @@ def kernel_choice(unet: torch.nn.Module) -> KernelChoice:
         return KernelChoice(FLOAT, "measured")
     if _uses_real_kernels(unet):
         layers = len(torchao_configs(unet))
-        return KernelChoice(f"torchao int8 on {layers} Linear layers, float elsewhere", "measured", layers)
+        return KernelChoice(f"torchao int8 on {layers} Linear layers, float elsewhere", "measured")
     return KernelChoice(f"{FLOAT} (no quantized kernels on {unet.device})", NOT_MEASURED)
 
 
 @contextlib.contextmanager
 def deployment_kernels(pipeline) -> Iterator[KernelChoice]:
-    """Swaps the pipeline's unet for what a deployment of its plan would run, for the duration of a timing."""
+    """Swaps the pipeline's unet for what a deployment of its plan would run, for the duration of a timing:
+    the activation fake-quant is off either way (it is a simulation, not a cost), and on CUDA with torchao the
+    unet is a copy running real quantized kernels."""
     unet = pipeline.unet
     choice = kernel_choice(unet)
     plan = quantization_plan(unet)
     if plan is None:
         yield choice
         return
-    if choice.real_layers or _uses_real_kernels(unet):
-        pipeline.unet, _ = real_quantized_copy(unet)
-        try:
-            yield choice
-        finally:
-            pipeline.unet = unet
-        return
     plan.activations_enabled = False
+    if _uses_real_kernels(unet):
+        pipeline.unet = real_quantized_copy(unet)
     try:
         yield choice
     finally:
+        pipeline.unet = unet
         plan.activations_enabled = True
