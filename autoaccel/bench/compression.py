@@ -149,11 +149,8 @@ def run_compression_benchmark(config: DictConfig, log=print) -> Path:
     for label, params in technique_rows(config):
         rows[label] = _rescore(evaluators, params)
         log(f"   {label}: fid {rows[label]['fid']} failures {rows[label]['failures']}")
-        if "quantization.weight_bits" not in params:
-            pipeline = target.make_pipeline()
-            for technique, technique_config in Candidate.from_params(params).plan(space.techniques):
-                technique.apply(pipeline, technique_config, target)
-            unets[label] = pipeline.unet
+        if "quantization.weight_bits" not in params:  # the model just scored, from the evaluators' cache
+            unets[label] = evaluators[0].configured_pipeline(Candidate.from_params(params)).unet
     log("== side-by-side unet latency")
     unet_latency = interleaved_unet_latency(
         unets, target, [int(batch) for batch in config.bench.latency_batches], int(config.bench.latency_repeats)
@@ -165,7 +162,7 @@ def run_compression_benchmark(config: DictConfig, log=print) -> Path:
         name: [(trial, _rescore(evaluators, params)) for trial, params in front] for name, front in fronts.items()
     }
     _copy_front_recipes(bench_dir, fronts["joint"])
-    return write_compression_table(config, bench_dir, target, rows, unet_latency, rescored)
+    return write_compression_table(config, bench_dir, target, rows, unet_latency, fronts, rescored)
 
 
 def _search_front(config: DictConfig, space_name: str, bench_dir: Path, log) -> list[tuple[int, dict]]:
@@ -288,7 +285,7 @@ def _hypervolumes(summaries: dict[str, list[dict]], metrics: list[str]) -> dict[
     return result
 
 
-def write_compression_table(config, bench_dir: Path, target, rows, unet_latency, rescored) -> Path:
+def write_compression_table(config, bench_dir: Path, target, rows, unet_latency, fronts, rescored) -> Path:
     batches = [int(batch) for batch in config.bench.latency_batches]
     float_entry = rows["float model"]
     lines = [
@@ -339,9 +336,7 @@ def write_compression_table(config, bench_dir: Path, target, rows, unet_latency,
             f"{entry.get('quantized_latency')} (no quantized kernels on {entry.get('device')}) |"
         )
     summaries = _summaries(rescored)
-    params_of = {
-        name: {trial: params for trial, params in _front_params(bench_dir, name)} for name in ("sampler", "joint")
-    }
+    params_of = {name: dict(front) for name, front in fronts.items()}
     lines += [
         "",
         f"## Joint search vs schedule-only search ({config.bench.compression_trials} trials each, "
@@ -381,16 +376,6 @@ def write_compression_table(config, bench_dir: Path, target, rows, unet_latency,
         json.dumps({"rows": rows, "unet_latency_ms": unet_latency, "fronts": summaries}, indent=1, default=str)
     )
     return path
-
-
-def _front_params(bench_dir: Path, space_name: str) -> list[tuple[int, dict]]:
-    from autoaccel.run import open_run
-
-    context = open_run(bench_dir / "runs" / f"bench-compression-{space_name}")
-    return [
-        (frozen.number, {**unchanged_model_params(), **frozen.user_attrs["candidate"]})
-        for frozen in context.ledger.study.best_trials
-    ]
 
 
 def _fid_cell(entry: dict) -> str:

@@ -156,7 +156,7 @@ class Evaluator:
         )
         return Measurement(COMPLETE, metrics=metrics, details=details)
 
-    def _configured_pipeline(self, candidate: Candidate):
+    def configured_pipeline(self, candidate: Candidate):
         """The target's pipeline with the candidate's plan applied. The model the model-changing techniques
         (pruning, quantization) produce is kept for the last few plans: the same structure scored at another
         fidelity level or on other seeds is not pruned, distilled and calibrated again."""
@@ -184,7 +184,7 @@ class Evaluator:
         details: dict[str, Any] = {"candidate_key": candidate.key}
         judge = self.judge_for(samples)
         try:
-            pipeline = self._configured_pipeline(candidate)
+            pipeline = self.configured_pipeline(candidate)
             with self.gate.shared():
                 images = sample_in_chunks(pipeline, judge.seeds, judge.chunk_size)
             measurement = self._measure_pipeline(pipeline, images, details, judge)
