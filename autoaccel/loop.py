@@ -7,6 +7,7 @@ interrupted (it is evaluated again on resume) and stops cleanly.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -174,9 +175,8 @@ def run_search(
             on_trial(frozen, measurement, ledger.finished_count())
 
     in_flight: dict[Future, tuple[optuna.Trial, Candidate, dict[str, Any]]] = {}
-    with ThreadPoolExecutor(max_workers=budget.concurrent, thread_name_prefix="autoaccel-trial") as pool:
-        if heartbeat is not None:
-            heartbeat.__enter__()
+    pool = ThreadPoolExecutor(max_workers=budget.concurrent, thread_name_prefix="autoaccel-trial")
+    with pool, heartbeat or contextlib.nullcontext():
         try:
             while True:
                 if liveness is not None and time.monotonic() - last_sweep > liveness.interval_s:
@@ -235,9 +235,6 @@ def run_search(
                 if trial.user_attrs.get("candidate_key"):  # interrupted before it had one: nothing to redo
                     ledger.requeue(trial.params, trial.user_attrs)
             raise
-        finally:
-            if heartbeat is not None:
-                heartbeat.__exit__(None, None, None)
     return ran
 
 

@@ -81,7 +81,6 @@ class QuantizationPlan:
     sensitivity: dict[str, float] = field(default_factory=dict)
     simulated: bool = True
     activations_enabled: bool = True  # off while timing float kernels: fake-quant overhead is not a cost
-    hooks: list = field(default_factory=list, repr=False)
 
     def describe(self) -> dict:
         return {
@@ -305,9 +304,7 @@ def quantize_unet(unet, config: QuantizationConfig, target) -> torch.nn.Module:
     for name, bits in layer_bits.items():
         modules[name].weight.data = fake_quantize_weight(modules[name].weight.data, bits)
     for name, (low, high) in plan.activation_ranges.items():
-        plan.hooks.append(
-            modules[name].register_forward_pre_hook(_activation_hook(plan, low, high, config.activation_bits))
-        )
+        modules[name].register_forward_pre_hook(_activation_hook(plan, low, high, config.activation_bits))
     quantized.autoaccel_quantization = plan
     return quantized
 
