@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,23 @@ def not_a_result(failure: str | None) -> bool:
     return failure is not None and (failure == INTERRUPTED or failure.startswith(DEAD_WORKER))
 
 
+def _create_or_load(storage: str, study_name: str, directions: list[str], sampler, attempts: int = 10):
+    """The study, created if new. Workers starting together on a fresh database race to create its tables and
+    the study; the loser of such a race retries (and then loads what the winner created)."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(attempts):
+        try:
+            return optuna.create_study(
+                study_name=study_name, storage=storage, directions=directions, sampler=sampler, load_if_exists=True
+            )
+        except (IntegrityError, ProgrammingError, optuna.exceptions.DuplicatedStudyError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def default_storage(run_dir: Path) -> str:
     return f"sqlite:///{(run_dir / 'ledger.db').resolve()}"
 
@@ -40,9 +58,7 @@ class Ledger:
 
     def __init__(self, storage: str, study_name: str, directions: list[str], sampler=None) -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.study = optuna.create_study(
-            study_name=study_name, storage=storage, directions=directions, sampler=sampler, load_if_exists=True
-        )
+        self.study = _create_or_load(storage, study_name, directions, sampler)
         self.study_name = study_name
         self.storage = storage
 

@@ -13,10 +13,21 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from autoaccel.errors import ConfigError
 
 WORKER_SEED_STRIDE = 1000
+
+
+def require_shared_storage(storage: str | None, what: str) -> str:
+    """``storage`` if several processes can share it; SQLite (the single-process default) is refused."""
+    if not storage or str(storage).startswith("sqlite"):
+        raise ConfigError(
+            f"{what} need a storage that several processes can share, e.g. storage=postgresql://user@host/db; "
+            f"got storage={storage!r} (SQLite is the single-process default)"
+        )
+    return str(storage)
 
 
 def worker_commands(count: int, overrides: list[str], seed: int | None) -> list[list[str]]:
@@ -36,12 +47,7 @@ def run_workers(count: int, overrides: list[str], log=print) -> int:
     from autoaccel.run import open_run, study_name_for
 
     config = compose_config(overrides)
-    storage = str(config.storage or "")
-    if not storage or storage.startswith("sqlite"):
-        raise ConfigError(
-            f"workers need a storage that several processes can share, e.g. storage=postgresql://user@host/db; "
-            f"got storage={config.storage!r} (SQLite is the single-process default)"
-        )
+    require_shared_storage(config.storage, "workers")
     gpus = _gpu_count()
     processes = []
     for index, command in enumerate(worker_commands(count, overrides, config.optimizer.seed)):
@@ -62,8 +68,6 @@ def run_workers(count: int, overrides: list[str], log=print) -> int:
     failed = [code for code in codes if code != 0]
     if failed:
         log(f"{len(failed)} of {count} workers exited with an error (codes {failed})")
-    from pathlib import Path
-
     index = build_report(open_run(Path(config.report.dir) / study_name_for(config)), log)
     log(f"report: {index}")
     return max(codes) if failed else 0

@@ -22,7 +22,8 @@ from pathlib import Path
 import optuna
 from omegaconf import DictConfig
 
-from autoaccel.errors import ConfigError
+from autoaccel.ledger import Ledger
+from autoaccel.workers import require_shared_storage
 
 DIRECTIONS = ["minimize", "minimize"]
 OBJECTIVES = ["fid", "nfe"]
@@ -36,7 +37,7 @@ def worker_main(storage: str, study_name: str, trials: int, seed: int, work_s: f
     from autoaccel.optimizers.base import make_backend
 
     space = synthetic_space()
-    ledger = _open_ledger(storage, study_name)
+    ledger = Ledger(storage, study_name, DIRECTIONS)
     backend = make_backend("optuna_nsga2", space, {"seed": seed, "directions": DIRECTIONS}, len(OBJECTIVES))
     ledger.study.sampler = backend.sampler()
     liveness = LivenessSettings(interval_s=1.0, grace_s=10.0)
@@ -46,24 +47,10 @@ def worker_main(storage: str, study_name: str, trials: int, seed: int, work_s: f
     return 0
 
 
-def _open_ledger(storage: str, study_name: str):
-    """Opens the shared study; several workers creating it at the same moment retry instead of failing."""
-    from autoaccel.ledger import Ledger
-
-    for attempt in range(10):
-        try:
-            return Ledger(storage, study_name, DIRECTIONS)
-        except Exception:  # a concurrent CREATE of the tables or the study: the other worker won, try again
-            if attempt == 9:
-                raise
-            time.sleep(0.2 * (attempt + 1))
-    raise AssertionError("unreachable")
-
-
 def run_load(storage: str, workers: int, trials_each: int, work_s: float, seed: int) -> dict:
     """Starts ``workers`` processes on a fresh study; returns the wall time and the ledger's consistency."""
     study_name = f"bench-workers-{workers}x{trials_each}-{uuid.uuid4().hex[:8]}"
-    _open_ledger(storage, study_name)  # created once up front, as a user's first worker would
+    Ledger(storage, study_name, DIRECTIONS)  # created once up front, as a user's first worker would
     total = workers * trials_each
     started = time.perf_counter()
     processes = [
@@ -123,11 +110,7 @@ def consistency(storage: str, study_name: str, budget: int) -> dict:
 
 
 def run_workers_benchmark(config: DictConfig, log=print) -> Path:
-    storage = str(config.storage or "")
-    if not storage or storage.startswith("sqlite"):
-        raise ConfigError(
-            f"bench workers needs a shared database: storage=postgresql://user:password@host/db; got {storage!r}"
-        )
+    storage = require_shared_storage(config.storage, "bench workers")
     workers, trials_each = int(config.bench.load_workers), int(config.bench.load_trials)
     work_s = float(config.bench.load_work_ms) / 1000
     log(f"== 1 worker x {trials_each} trials")
