@@ -119,7 +119,9 @@ def prune_unet(unet, config: PruningConfig, target=None):
     import torch_pruning as tp
     from diffusers.models.attention_processor import Attention
 
-    if getattr(unet, "autoaccel_quantization", None) is not None:
+    from autoaccel.measure.size import quantization_plan
+
+    if quantization_plan(unet) is not None:
         raise TechniqueError(
             "pruning must apply before quantization (quantization is calibrated on the pruned model); "
             "this unet is already quantized"
