@@ -22,6 +22,7 @@ from pathlib import Path
 import optuna
 from omegaconf import DictConfig
 
+from autoaccel.errors import ConfigError
 from autoaccel.ledger import Ledger
 from autoaccel.workers import require_shared_storage
 
@@ -113,6 +114,13 @@ def run_workers_benchmark(config: DictConfig, log=print) -> Path:
     storage = require_shared_storage(config.storage, "bench workers")
     workers, trials_each = int(config.bench.load_workers), int(config.bench.load_trials)
     work_s = float(config.bench.load_work_ms) / 1000
+    for name, value, least in (
+        ("load_workers", workers, 1),
+        ("load_trials", trials_each, 1),
+        ("load_work_ms", work_s, 0),
+    ):
+        if value < least:
+            raise ConfigError(f"bench.{name}={config.bench[name]} is not valid; it must be >= {least}")
     log(f"== 1 worker x {trials_each} trials")
     single = run_load(storage, 1, trials_each, work_s, int(config.seed))
     log(f"   {single['seconds']:.1f}s; == {workers} workers x {trials_each} trials")
