@@ -121,16 +121,23 @@ class Ledger:
                 evaluated.setdefault(key, frozen.number)
         return evaluated
 
-    def running_twin(self, trial: optuna.Trial, key: str) -> int | None:
-        """The earliest other RUNNING trial evaluating the same candidate, if any (any worker's).
+    def twin(self, trial: optuna.Trial, key: str) -> int | None:
+        """Another trial whose result ``trial`` should reuse: one that finished the same candidate with a result
+        (any worker's), else the earliest other RUNNING trial evaluating it; None when ``trial`` must evaluate.
 
-        The key is on ``trial`` from the moment it was asked, so of two workers that ask the same candidate at
-        once, the one with the higher trial number always sees the other and waits: exactly one evaluates.
+        One read of the study answers both, so a twin that finishes between two questions is not missed. The
+        key is on ``trial`` from the moment it was asked, so of two workers that ask the same candidate at once,
+        the one with the higher trial number always sees the other and waits: exactly one evaluates.
         """
-        running = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-        twins = [other.number for other in running if other.user_attrs.get("candidate_key") == key]
-        earlier = [number for number in twins if number < trial.number]
-        return min(earlier) if earlier else None
+        finished, running = [], []
+        for other in self.study.get_trials(deepcopy=False):
+            if other.number == trial.number or other.user_attrs.get("candidate_key") != key:
+                continue
+            if other.state.is_finished() and not not_a_result(other.user_attrs.get("failure")):
+                finished.append(other.number)
+            elif other.state == optuna.trial.TrialState.RUNNING and other.number < trial.number:
+                running.append(other.number)
+        return min(finished or running) if finished or running else None
 
     def measurement_of(self, number: int) -> Measurement:
         """What trial ``number`` measured, read back from the ledger."""

@@ -20,6 +20,7 @@ import optuna
 from autoaccel.candidate import Candidate
 from autoaccel.errors import ConfigError
 from autoaccel.fidelity import FidelityLadder
+from autoaccel.interrupts import deferred_interrupts
 from autoaccel.ledger import INTERRUPTED, Ledger, not_a_result
 from autoaccel.liveness import Heartbeat, LivenessSettings, sweep_dead_workers
 from autoaccel.measure.evaluator import Evaluator, Measurement
@@ -191,16 +192,17 @@ def run_search(
                     # re-queued trials (interrupted, or a dead worker's) are evaluated even past the budget
                     and (ledger.finished_count() + len(in_flight) < budget.trials or ledger.has_waiting())
                 ):
-                    trial, candidate, searched = _ask(ledger, backend, space, held)
-                    if heartbeat is not None:
-                        heartbeat.hold(trial)
+                    with deferred_interrupts():  # a trial asked is a trial held: no interrupt in between
+                        trial, candidate, searched = _ask(ledger, backend, space, held)
+                        if heartbeat is not None:
+                            heartbeat.hold(trial)
                     if candidate.key in evaluated:  # optimizers re-propose points; same seeds, same result
                         source = evaluated[candidate.key]
                         measurement = ledger.measurement_of(source)
                         measurement.details.update(duplicate_of=source, seconds=0.0)
                         finish(trial, candidate, searched, measurement, ledger.levels_of(source))
                         continue
-                    twin = ledger.running_twin(trial, candidate.key) if liveness is not None else None
+                    twin = ledger.twin(trial, candidate.key) if liveness is not None else None
                     job = (
                         pool.submit(_reuse_twin, ledger, twin, evaluator, candidate, ladder, liveness)
                         if twin is not None
@@ -246,7 +248,7 @@ def _reuse_twin(
     ladder: FidelityLadder | None,
     liveness: LivenessSettings,
 ) -> tuple[Measurement, dict[int, dict[str, float]]]:
-    """Waits for trial ``twin`` (the same candidate, started earlier by some worker) and reuses its result;
+    """Waits for trial ``twin`` (the same candidate, finished or started earlier by some worker) and reuses its result;
     evaluates the candidate itself if the twin ends without one (interrupted, or its worker died)."""
     while True:
         frozen = ledger.trial(twin)

@@ -78,3 +78,21 @@ def test_a_trial_without_any_beat_counts_from_its_start(ledger):
 def test_liveness_settings_are_checked(interval, grace):
     with pytest.raises(ConfigError, match="interval_s"):
         LivenessSettings(interval, grace)
+
+
+def test_a_trial_reuses_a_finished_twin_first_then_waits_for_an_earlier_running_one(ledger):
+    """A re-queued candidate that another worker has meanwhile evaluated is reused, not evaluated again; of two
+    trials running the same candidate only the later one waits; an interrupted twin is no result to reuse."""
+    finished = _running_trial(ledger, 1)
+    ledger.study.tell(finished, [1.0, 1.0])
+    again = _running_trial(ledger, 1)
+    assert ledger.twin(again, "key-1") == finished.number
+
+    first, second = _running_trial(ledger, 2), _running_trial(ledger, 2)
+    assert ledger.twin(second, "key-2") == first.number
+    assert ledger.twin(first, "key-2") is None
+
+    cut_short = _running_trial(ledger, 3)
+    cut_short.set_user_attr("failure", DEAD_WORKER)
+    ledger.study.tell(cut_short, state=optuna.trial.TrialState.FAIL)
+    assert ledger.twin(_running_trial(ledger, 3), "key-3") is None
