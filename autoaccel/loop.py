@@ -197,10 +197,7 @@ def run_search(
                         if heartbeat is not None:
                             heartbeat.hold(trial)
                     if candidate.key in evaluated:  # optimizers re-propose points; same seeds, same result
-                        source = evaluated[candidate.key]
-                        measurement = ledger.measurement_of(source)
-                        measurement.details.update(duplicate_of=source, seconds=0.0)
-                        finish(trial, candidate, searched, measurement, ledger.levels_of(source))
+                        finish(trial, candidate, searched, *_reused(ledger, evaluated[candidate.key]))
                         continue
                     twin = ledger.twin(trial, candidate.key) if liveness is not None else None
                     job = (
@@ -257,9 +254,14 @@ def _reuse_twin(
         time.sleep(min(1.0, liveness.interval_s))
     if not_a_result(frozen.user_attrs.get("failure")):
         return evaluate_with_fidelity(evaluator, candidate, ladder)
-    measurement = ledger.measurement_of(twin)
-    measurement.details.update(duplicate_of=twin, seconds=0.0)
-    return measurement, ledger.levels_of(twin)
+    return _reused(ledger, twin)
+
+
+def _reused(ledger: Ledger, source: int) -> tuple[Measurement, dict[int, dict[str, float]]]:
+    """Trial ``source``'s measurement and fidelity levels, marked as reused (it took no time here)."""
+    measurement = ledger.measurement_of(source)
+    measurement.details.update(duplicate_of=source, seconds=0.0)
+    return measurement, ledger.levels_of(source)
 
 
 def _ask(ledger: Ledger, backend: OptimizerBackend, space: SearchSpace, held: dict[int, optuna.Trial]):

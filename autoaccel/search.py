@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from autoaccel.liveness import LivenessSettings, sweep_dead_workers
+from autoaccel.liveness import LivenessSettings
 from autoaccel.loop import LoopBudget, run_search, standard_configurations
 from autoaccel.run import ensure_teacher, make_ladder, prepare_run
 
@@ -42,11 +42,8 @@ def search(config: DictConfig, log=print) -> Path:
     liveness = None
     if config.storage:
         # A shared storage may have other workers' trials RUNNING right now: only those whose heartbeat
-        # stopped (dead workers) are swept, by every worker, all along.
+        # stopped (dead workers) are swept, by the loop of every worker, from its first iteration on.
         liveness = LivenessSettings(float(config.liveness.interval_s), float(config.liveness.grace_s))
-        swept = sweep_dead_workers(context.ledger, liveness.grace_s)
-        if swept:
-            log(f"trial(s) {swept} of dead workers are queued again")
     else:
         swept = context.ledger.sweep_interrupted()
         if swept:

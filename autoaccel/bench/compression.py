@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from autoaccel.bench import mean_std
 from autoaccel.candidate import Candidate
 from autoaccel.measure.evaluator import CostSettings, Evaluator
 from autoaccel.measure.reference import QualityJudge
@@ -40,10 +41,6 @@ FIXED_SAMPLER = {
     "solver.guidance": 1.0,
 }
 FRONT_DIR = "compression-front"
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def technique_rows(config: DictConfig) -> list[tuple[str, dict]]:
@@ -232,7 +229,7 @@ def _front_table(entries: list[tuple[int, dict]], params_of: dict[int, dict]) ->
         if not entry["fid"]:
             lines.append(f"| {trial} | failed: {entry['failures'][0]} | | | | | |")
             continue
-        fid, fid_std = _mean_std(entry["fid"])
+        fid, fid_std = mean_std(entry["fid"])
         lines.append(
             f"| {trial} | {fid:.2f} ± {fid_std:.2f} | {entry['latency_ms']:.1f} | {entry['nfe']:.0f} | "
             f"{entry['params']:.0f} | {entry['model_bytes']:.0f} | {describe_plan(params_of[trial])} |"
@@ -381,7 +378,7 @@ def write_compression_table(config, bench_dir: Path, target, rows, unet_latency,
 def _fid_cell(entry: dict) -> str:
     if not entry["fid"]:
         return f"failed: {entry['failures'][0]}"
-    fid, fid_std = _mean_std(entry["fid"])
+    fid, fid_std = mean_std(entry["fid"])
     return f"{fid:.2f} ± {fid_std:.2f}"
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from autoaccel.measure.kernels import kernel_choice, real_quantized_copy, torchao_available
+from autoaccel.measure.kernels import deployment_kernels, torchao_available
 from autoaccel.measure.latency import measure_cost
 from autoaccel.measure.seeds import make_seed_batch
 from autoaccel.measure.size import model_bytes, quantization_plan
@@ -46,19 +46,12 @@ def time_recipe(recipe_path: Path, target, batch_sizes: list[int], repeats: int)
         seeds = make_seed_batch(target.sample_shape, batch, 0, target.num_classes)
         row = {"recipe": recipe_path.name, "batch": batch, "bytes": model_bytes(pipeline.unet)}
         row["float model"] = _time(baseline, seeds, repeats)
-        if plan is not None:
-            plan.activations_enabled = False
-        row["plan, float kernels"] = _time(pipeline, seeds, repeats)
+        with deployment_kernels(pipeline, real_kernels=False):  # the evaluator's own switch: fake quant off
+            row["plan, float kernels"] = _time(pipeline, seeds, repeats)
         if plan is not None and torchao_available():
-            row["kernels"] = kernel_choice(pipeline.unet).label
-            original = pipeline.unet
-            pipeline.unet = real_quantized_copy(original)
-            try:
+            with deployment_kernels(pipeline) as kernels:  # what a trial's latency times on CUDA
+                row["kernels"] = kernels.label
                 row["plan, torchao kernels"] = _time(pipeline, seeds, repeats)
-            finally:
-                pipeline.unet = original
-        if plan is not None:
-            plan.activations_enabled = True
         rows.append(row)
     return rows
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from autoaccel.bench import mean_std
 from autoaccel.candidate import Candidate
 from autoaccel.loop import standard_configurations
 from autoaccel.measure.evaluator import CostSettings, Evaluator
@@ -36,10 +37,6 @@ def fixed_nfe_space(nfe: int, folder: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def run_schedules_benchmark(config: DictConfig, log=print) -> Path:
@@ -144,7 +141,7 @@ def real_data_floor(judge: QualityJudge) -> float:
 
 
 def write_table(config, bench_dir: Path, rows: dict, teacher_rows: list[dict], floor_fids: list[float], target) -> Path:
-    teacher_fid, teacher_fid_std = _mean_std([row["fid"] for row in teacher_rows])
+    teacher_fid, teacher_fid_std = mean_std([row["fid"] for row in teacher_rows])
     teacher_latency = statistics.median(row["latency_ms"] for row in teacher_rows)
     seeds = list(config.bench.confirm_seeds)
     lines = [
@@ -166,7 +163,7 @@ def write_table(config, bench_dir: Path, rows: dict, teacher_rows: list[dict], f
         f"{statistics.fmean(r['recall'] for r in teacher_rows):.3f} | 1 | all | DDPM |",
     ]
     if floor_fids:
-        floor, floor_std = _mean_std(floor_fids)
+        floor, floor_std = mean_std(floor_fids)
         lines.append(
             f"| - | real digits ({config.quality.samples} drawn per seed set) | {floor:.2f} ± {floor_std:.2f} "
             "| | | | | | |"
@@ -180,7 +177,7 @@ def write_table(config, bench_dir: Path, rows: dict, teacher_rows: list[dict], f
             if not entry["fid"]:
                 lines.append(f"| {nfe} | {label} | failed: {entry['failures'][0]} | | | | | | |")
                 continue
-            fid, fid_std = _mean_std(entry["fid"])
+            fid, fid_std = mean_std(entry["fid"])
             if label.startswith("found"):
                 found_fid = fid
             else:

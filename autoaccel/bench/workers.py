@@ -33,7 +33,7 @@ OBJECTIVES = ["fid", "nfe"]
 def worker_main(storage: str, study_name: str, trials: int, seed: int, work_s: float) -> int:
     """One worker process: the real search loop on the synthetic problem, against the shared storage."""
     from autoaccel.bench.synthetic import SyntheticEvaluator, synthetic_space
-    from autoaccel.liveness import LivenessSettings, sweep_dead_workers
+    from autoaccel.liveness import LivenessSettings
     from autoaccel.loop import LoopBudget, run_search
     from autoaccel.optimizers.base import make_backend
 
@@ -41,8 +41,7 @@ def worker_main(storage: str, study_name: str, trials: int, seed: int, work_s: f
     ledger = Ledger(storage, study_name, DIRECTIONS)
     backend = make_backend("optuna_nsga2", space, {"seed": seed, "directions": DIRECTIONS}, len(OBJECTIVES))
     ledger.study.sampler = backend.sampler()
-    liveness = LivenessSettings(interval_s=1.0, grace_s=10.0)
-    sweep_dead_workers(ledger, liveness.grace_s)
+    liveness = LivenessSettings(interval_s=1.0, grace_s=10.0)  # run_search sweeps from its first iteration
     budget = LoopBudget(trials=trials, max_minutes=None, limits={}, concurrent=1)
     run_search(ledger, backend, SyntheticEvaluator(work_s), space, OBJECTIVES, budget, liveness=liveness)
     return 0
@@ -84,6 +83,7 @@ def run_load(storage: str, workers: int, trials_each: int, work_s: float, seed: 
 def consistency(storage: str, study_name: str, budget: int) -> dict:
     """What the ledger holds after the workers stopped: counts a user checks to trust a shared study."""
     from autoaccel.ledger import not_a_result
+    from autoaccel.liveness import DEAD_WORKER
 
     trials = optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False)
     states = Counter(trial.state.name for trial in trials)
@@ -101,7 +101,7 @@ def consistency(storage: str, study_name: str, budget: int) -> dict:
         "states": dict(states),
         "left_running": states.get("RUNNING", 0),
         "left_waiting": states.get("WAITING", 0),
-        "swept_dead": sum(1 for t in trials if str(t.user_attrs.get("failure", "")).startswith("its worker")),
+        "swept_dead": sum(1 for t in trials if str(t.user_attrs.get("failure", "")).startswith(DEAD_WORKER)),
         "reused_duplicates": len(results) - len(evaluations),
         "evaluated_twice": sum(count - 1 for count in keys.values() if count > 1),
         "beyond_budget": max(0, len(results) - budget),

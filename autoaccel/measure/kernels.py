@@ -99,18 +99,19 @@ def kernel_choice(unet: torch.nn.Module) -> KernelChoice:
 
 
 @contextlib.contextmanager
-def deployment_kernels(pipeline) -> Iterator[KernelChoice]:
+def deployment_kernels(pipeline, real_kernels: bool = True) -> Iterator[KernelChoice]:
     """Swaps the pipeline's unet for what a deployment of its plan would run, for the duration of a timing:
     the activation fake-quant is off either way (it is a simulation, not a cost), and on CUDA with torchao the
-    unet is a copy running real quantized kernels."""
+    unet is a copy running real quantized kernels (unless ``real_kernels`` is False: the plan on float
+    kernels, which ``bench.kernels`` times beside it)."""
     unet = pipeline.unet
-    choice = kernel_choice(unet)
     plan = quantization_plan(unet)
+    choice = kernel_choice(unet) if real_kernels else KernelChoice(f"{FLOAT} kernels", NOT_MEASURED)
     if plan is None:
         yield choice
         return
     plan.activations_enabled = False
-    if _uses_real_kernels(unet):
+    if real_kernels and _uses_real_kernels(unet):
         pipeline.unet = real_quantized_copy(unet)
     try:
         yield choice
