@@ -19,6 +19,7 @@ import yaml
 
 from autoaccel.candidate import to_plain
 from autoaccel.errors import RecipeError
+from autoaccel.files import write_atomically
 from autoaccel.sampling import SamplerPipeline
 from autoaccel.targets.base import hash_weights
 from autoaccel.techniques.solver import SOLVERS
@@ -77,12 +78,7 @@ def build_recipe(
 
 
 def save_recipe(recipe: dict[str, Any], path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    temporary.replace(path)
-    return path
+    return write_atomically(Path(path), lambda temporary: temporary.write_text(yaml.safe_dump(recipe, sort_keys=False)))
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:

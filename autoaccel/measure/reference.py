@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from autoaccel.files import write_atomically
 from autoaccel.measure.quality import distribution_metrics, psnr, tensor_digest
 from autoaccel.measure.seeds import SeedBatch, make_seed_batch, sample_in_chunks
 from autoaccel.targets.base import Target
@@ -58,10 +59,7 @@ class QualityJudge:
         if path.exists():
             return torch.load(path, weights_only=True)
         images = make()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(".tmp")
-        torch.save(images, temporary)
-        temporary.replace(path)
+        write_atomically(path, lambda temporary: torch.save(images, temporary))
         return images
 
     def teacher_images(self) -> torch.Tensor:
