@@ -151,10 +151,18 @@ class Ledger:
         return Measurement(attrs.get("status", "failed"), metrics, details, attrs.get("failure"))
 
     def history(self) -> list[tuple[dict[str, Any], list[float] | None]]:
-        """Finished trials, oldest first, as (searched params, objective values or None if failed)."""
+        """Finished trials with a result, oldest first, as (searched params, objective values or None if failed).
+
+        Interrupted trials and dead workers' trials are left out, as ``finished_count`` leaves them out: their
+        candidates are queued again, and telling a resumed optimizer they failed would steer it away from them.
+        """
         finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
         trials = sorted(self.study.get_trials(deepcopy=False, states=finished), key=lambda trial: trial.number)
-        return [(dict(trial.params), list(trial.values) if trial.values else None) for trial in trials]
+        return [
+            (dict(trial.params), list(trial.values) if trial.values else None)
+            for trial in trials
+            if not not_a_result(trial.user_attrs.get("failure"))
+        ]
 
     def fidelity_history(self) -> list[tuple[int, dict[str, float]]]:
         """(samples, metrics) for every level every finished trial was scored at, oldest first."""

@@ -96,3 +96,21 @@ def test_a_trial_reuses_a_finished_twin_first_then_waits_for_an_earlier_running_
     cut_short.set_user_attr("failure", DEAD_WORKER)
     ledger.study.tell(cut_short, state=optuna.trial.TrialState.FAIL)
     assert ledger.twin(_running_trial(ledger, 3), "key-3") is None
+
+
+def test_a_resumed_optimizer_is_not_told_that_cut_short_trials_failed(ledger):
+    """An interrupted or dead worker's trial is re-queued, not a failure of its candidate: it stays out of the
+    history a resumed optimizer is rebuilt from, as it stays out of the finished count."""
+    from autoaccel.ledger import INTERRUPTED
+
+    done = _running_trial(ledger, 1)
+    ledger.study.tell(done, [1.0, 2.0])
+    failed = _running_trial(ledger, 2)
+    failed.set_user_attr("failure", "NaN in the images")
+    ledger.study.tell(failed, state=optuna.trial.TrialState.FAIL)
+    for value, failure in ((3, INTERRUPTED), (4, f"{DEAD_WORKER} (host:1)")):
+        cut_short = _running_trial(ledger, value)
+        cut_short.set_user_attr("failure", failure)
+        ledger.study.tell(cut_short, state=optuna.trial.TrialState.FAIL)
+    assert ledger.history() == [({"x": 1}, [1.0, 2.0]), ({"x": 2}, None)]
+    assert ledger.finished_count() == len(ledger.history())
