@@ -48,6 +48,29 @@ def _wait_for_running(storage: str, study_name: str, owner=lambda trial: True, t
     raise AssertionError(f"no RUNNING trial appeared in {study_name} within {timeout}s")
 
 
+def _freeze_holding_a_trial(process: subprocess.Popen, storage: str, study_name: str, timeout: float = 180):
+    """Stops ``process`` (SIGSTOP) at a moment it holds a trial with a whole candidate, and returns that trial.
+
+    Checked after the stop, so the trial cannot finish between looking and killing, however busy the machine.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _wait_for_running(storage, study_name, lambda trial: _held_by(trial, process), deadline - time.monotonic())
+        process.send_signal(signal.SIGSTOP)
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        held = [
+            trial for trial in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)) if _held_by(trial, process)
+        ]
+        if held:
+            return held[0]
+        process.send_signal(signal.SIGCONT)  # it finished that trial meanwhile: catch it in the next one
+    raise AssertionError(f"worker {process.pid} was never stopped while holding a trial within {timeout}s")
+
+
+def _held_by(trial: optuna.trial.FrozenTrial, process: subprocess.Popen) -> bool:
+    return str(trial.user_attrs.get(WORKER, "")).endswith(f":{process.pid}") and "candidate_key" in trial.user_attrs
+
+
 def _report_dir(overrides: list[str]) -> Path:
     return Path(next(option.split("=", 1)[1] for option in overrides if option.startswith("report.dir=")))
 
@@ -76,11 +99,7 @@ def test_four_workers_one_killed_nothing_lost_nothing_duplicated(postgres_url, f
     ]
     workers = [_start([*overrides, f"optimizer.seed={1000 * index}"], tmp_path / f"w{index}.log") for index in range(4)]
     victim = workers[0]
-    held = _wait_for_running(
-        postgres_url,
-        study_name,
-        lambda t: str(t.user_attrs.get(WORKER, "")).endswith(f":{victim.pid}") and "candidate_key" in t.user_attrs,
-    )
+    held = _freeze_holding_a_trial(victim, postgres_url, study_name)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     for worker, index in zip(workers[1:], range(1, 4)):
