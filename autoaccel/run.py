@@ -11,6 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from autoaccel.config.checks import validate_config
 from autoaccel.errors import ConfigError, TargetError
 from autoaccel.fidelity import FidelityLadder
 from autoaccel.ledger import Ledger, default_storage
@@ -59,32 +60,6 @@ def study_name_for(config: DictConfig) -> str:
     return f"{config.target.name}-{Path(str(config.space)).stem}"
 
 
-def validate_numbers(config: DictConfig) -> None:
-    """Options Hydra's types cannot bound."""
-    checks = [
-        ("budget.trials", config.budget.trials, 1),
-        ("budget.concurrent", config.budget.concurrent, 1),
-        ("quality.samples", config.quality.samples, 2),
-        ("quality.chunk_size", config.quality.chunk_size, 1),
-        ("cost.batch_size", config.cost.batch_size, 1),
-        ("cost.repeats", config.cost.repeats, 1),
-        ("cost.warmup", config.cost.warmup, 0),
-        ("report.grid_images", config.report.grid_images, 1),
-    ]
-    for key, value, minimum in checks:
-        if value < minimum:
-            raise ConfigError(f"{key}={value} is not valid; it must be >= {minimum}")
-    levels = list(config.fidelity.levels)
-    if levels and levels[-1] != config.quality.samples:
-        raise ConfigError(
-            f"fidelity.levels={levels} must end at quality.samples={config.quality.samples} (the front's fidelity)"
-        )
-    for key in ("max_minutes", "max_latency_ms", "max_nfe"):
-        value = config.budget[key]
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise ConfigError(f"budget.{key}={value} is not valid; it must be a positive number or null")
-
-
 def settings_fingerprint(config: DictConfig, target: Target, space: SearchSpace) -> dict:
     """What must not change between a study's runs, or its trials stop being comparable."""
     return {
@@ -102,7 +77,7 @@ def settings_fingerprint(config: DictConfig, target: Target, space: SearchSpace)
 def prepare_run(config: DictConfig, run_dir: Path | None = None, for_search: bool = True) -> RunContext:
     from autoaccel.optimizers.base import make_backend
 
-    validate_numbers(config)
+    validate_config(config)
     objectives = list(config.objectives)
     directions = objective_directions(objectives)
     target = load_target(config)
