@@ -5,22 +5,49 @@ A space names the techniques it searches, values it holds fixed, and ordered dim
 dimension per step gap). A dimension may be conditional (``when: {other.param: [values]}``; the other
 parameter must come earlier) and may need a capability of the target (``requires: guidance``). Optimizer
 adapters translate these dimensions to their library; nothing here knows any optimizer.
+
+Every key and value is checked when the file loads, against what each technique declares (``Technique.params``),
+and against size limits checked before anything is expanded, so a small file cannot exhaust memory.
 """
 
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from autoaccel.errors import ConfigError
 
+if TYPE_CHECKING:
+    from autoaccel.techniques.base import ParamSpec, Technique
+
 DIMENSION_TYPES = ("int", "float", "categorical", "schedule")
 TARGET_CAPABILITIES = ("guidance",)
+SCALAR_TYPES = (str, int, float, bool, type(None))
+
+# Generous for real spaces (the bundled ones are about 3 KB with at most 33 dimensions), small enough that no
+# file can exhaust memory or bloat a ledger. The step count itself is capped by the timesteps technique.
+MAX_FILE_BYTES = 256 * 1024
+MAX_DIMENSIONS = 2000  # after schedules are expanded
+MAX_CHOICES = 256  # per categorical dimension, and values per ``when`` condition
+MAX_TOTAL_CHOICES = 4096  # over all categorical dimensions
+MAX_TEXT = 2000  # characters in any string (name, description, a choice, a fixed value)
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxdict, _SHOWN.maxstring, _SHOWN.maxother = 2, 4, 4, 60, 60
+
+
+def _show(value: Any) -> str:
+    """A short repr for error messages: a bad value may be a huge or deeply aliased structure."""
+    try:
+        return _SHOWN.repr(value)
+    except (ValueError, RecursionError):  # e.g. an int with more digits than Python will print
+        return f"<a {type(value).__name__}>"
 
 
 @dataclass(frozen=True)
@@ -67,15 +94,37 @@ class SearchSpace:
                 return dimension
         raise KeyError(name)
 
-    def for_target(self, capabilities: set[str]) -> SearchSpace:
-        """Drops dimensions the target cannot use (and those conditioned on them)."""
+    def for_target(self, capabilities: set[str], **target_limits: int) -> SearchSpace:
+        """Drops dimensions the target cannot use (and those conditioned on them), and checks the settings a
+        target bounds (``num_train_timesteps=1000``: no more steps than the model was trained with)."""
         kept: list[Dimension] = []
         for dimension in self.dimensions:
             if dimension.requires and dimension.requires not in capabilities:
                 continue
             if all(other in {kept_dimension.name for kept_dimension in kept} for other, _ in dimension.when):
                 kept.append(dimension)
-        return replace(self, dimensions=tuple(kept))
+        reduced = replace(self, dimensions=tuple(kept))
+        for limit_name, limit in target_limits.items():
+            reduced._check_target_limit(limit_name, limit)
+        return reduced
+
+    def _check_target_limit(self, limit_name: str, limit: int) -> None:
+        """Raises ConfigError naming the key if a value may exceed what the target allows for its setting."""
+        highest = {f"fixed.{key}": (key, value) for key, value in self.fixed.items()}
+        for dimension in self.dimensions:
+            numbers = [choice for choice in dimension.choices if _is_number(choice)]
+            top = dimension.high if dimension.kind != "categorical" else max(numbers, default=None)
+            label = "high" if dimension.kind != "categorical" else "choices"
+            highest[f"dimensions.{dimension.name}.{label}"] = (dimension.name, top)
+        for where, (key, value) in highest.items():
+            spec = _declared_spec(key)
+            if spec is None or spec.target_limit != limit_name or not _is_number(value) or value <= limit:
+                continue
+            narrowed = replace(spec, high=limit if spec.high is None else min(spec.high, limit))
+            raise ConfigError(
+                f"{self.source}: {where}={value} is beyond this target's {limit_name}={limit}; "
+                f"{key} takes {narrowed.describe()} for it"
+            )
 
     def complete(self, searched: Mapping[str, Any]) -> dict[str, Any]:
         """The fixed values plus the searched ones, checked: active dimensions present and in range."""
@@ -118,43 +167,70 @@ def spaces_dir() -> Path:
     return resource_dir("search_spaces")
 
 
+def bundled_spaces() -> list[str]:
+    return sorted(file.stem for file in spaces_dir().glob("*.yaml"))
+
+
 def load_space(name_or_path: str) -> SearchSpace:
     """Loads a bundled space by name (``sampler``) or any YAML file by path."""
+    path = _resolve_space(name_or_path)
+    return parse_space(_read_document(path), source=str(path))
+
+
+def _resolve_space(name_or_path: str) -> Path:
+    valid = f"valid: a bundled space {bundled_spaces()} or the path of a YAML file"
+    if not str(name_or_path).strip():
+        raise ConfigError(f"space={name_or_path!r} is empty; {valid}")
     candidate = Path(name_or_path)
     if candidate.suffix in (".yaml", ".yml") or candidate.exists():
         path = candidate
     else:
         path = spaces_dir() / f"{name_or_path}.yaml"
         if not path.exists():
-            known = sorted(file.stem for file in spaces_dir().glob("*.yaml"))
-            raise ConfigError(f"space={name_or_path!r} is not a bundled space or a YAML file; bundled: {known}")
+            raise ConfigError(
+                f"space={name_or_path!r} is not a bundled space or a YAML file; bundled: {bundled_spaces()}"
+            )
     if not path.exists():
-        raise ConfigError(f"space file {path} does not exist")
+        raise ConfigError(f"space file {path} does not exist; {valid}")
+    if path.is_dir():
+        raise ConfigError(f"space={name_or_path!r} is a directory; {valid}")
+    if not path.is_file():
+        raise ConfigError(f"space={name_or_path!r} is not a regular file; {valid}")
+    return path
+
+
+def _read_document(path: Path) -> Any:
+    """The parsed YAML, after checking the file's size: nothing larger than MAX_FILE_BYTES is read."""
     try:
-        document = yaml.safe_load(path.read_text())
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ConfigError(f"{path}: {size} bytes is more than a space file may have ({MAX_FILE_BYTES} bytes)")
+        text = path.read_bytes().decode("utf-8")
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot be read ({error.strerror or error})") from error
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from error
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from error
-    return parse_space(document, source=str(path))
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from error
+    except (ValueError, RecursionError) as error:  # an int of thousands of digits; nesting deeper than Python's stack
+        raise ConfigError(f"{path}: not valid YAML: {_show(' '.join(str(error).split()))}") from error
 
 
 def parse_space(document: Any, source: str = "<memory>") -> SearchSpace:
-    from autoaccel.techniques.base import get_technique
-
+    """A checked SearchSpace: every key names a declared setting of a listed technique, every value (fixed,
+    choice, bound) is one that setting accepts, and the space is within the size limits."""
     if not isinstance(document, dict):
         raise ConfigError(f"{source}: a space file must be a mapping with keys techniques, dimensions, fixed")
-    unknown = sorted(map(str, set(document) - {"name", "description", "techniques", "dimensions", "fixed"}))
+    unknown = sorted(map(_show, set(document) - {"name", "description", "techniques", "dimensions", "fixed"}))
     if unknown:
         raise ConfigError(
-            f"{source}: unknown key(s) {unknown}; valid: name, description, techniques, dimensions, fixed"
+            f"{source}: unknown key(s) [{', '.join(unknown)}]; valid: name, description, techniques, dimensions, fixed"
         )
-    techniques = document.get("techniques")
-    if not isinstance(techniques, list) or not techniques:
-        raise ConfigError(f"{source}: 'techniques' must be a non-empty list of technique names")
-    for technique_name in techniques:
-        try:
-            get_technique(str(technique_name))
-        except ConfigError as error:
-            raise ConfigError(f"{source}: techniques: {error}") from None
+    techniques = _parse_techniques(document.get("techniques"), source)
+    name = _parse_text(document.get("name", Path(source).stem), f"{source}: name")
+    _parse_text(document.get("description"), f"{source}: description")
     raw_dimensions = document.get("dimensions") or {}
     if not isinstance(raw_dimensions, dict):
         raise ConfigError(f"{source}: 'dimensions' must be a mapping from parameter name to its definition")
@@ -162,59 +238,204 @@ def parse_space(document: Any, source: str = "<memory>") -> SearchSpace:
     if not isinstance(fixed, dict):
         raise ConfigError(f"{source}: 'fixed' must be a mapping from parameter name to value")
     for key in list(fixed) + list(raw_dimensions):
-        prefix = str(key).split(".", 1)[0]
-        if "." not in str(key) or prefix not in techniques:
-            raise ConfigError(
-                f"{source}: parameter {key!r} must be named <technique>.<setting> with a technique from {techniques}"
-            )
+        _technique_of(key, techniques, source)
+    for key, value in fixed.items():
+        _check_fixed(key, value, techniques, source)
     dimensions: list[Dimension] = []
-    for name, spec in raw_dimensions.items():
-        dimensions.extend(_parse_dimension(str(name), spec, dimensions, source))
+    for key, spec in raw_dimensions.items():
+        if len(dimensions) >= MAX_DIMENSIONS:
+            raise ConfigError(f"{source}: dimensions.{key}: the space already has the most it may ({MAX_DIMENSIONS})")
+        dimensions.extend(_parse_dimension(key, spec, dimensions, techniques, source))
+    _check_totals(dimensions, source)
     return SearchSpace(
-        name=str(document.get("name", Path(source).stem)),
-        techniques=tuple(str(name) for name in techniques),
+        name=name,
+        techniques=techniques,
         dimensions=tuple(dimensions),
         fixed=dict(fixed),
         source=source,
     )
 
 
-def _parse_dimension(name: str, spec: Any, earlier: list[Dimension], source: str) -> list[Dimension]:
+def _parse_techniques(raw: Any, source: str) -> tuple[str, ...]:
+    from autoaccel.techniques.base import get_technique, registered_techniques
+
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{source}: 'techniques' must be a non-empty list of technique names")
+    known = ", ".join(sorted(technique.name for technique in registered_techniques()))
+    for position, technique_name in enumerate(raw):
+        if not isinstance(technique_name, str):
+            raise ConfigError(f"{source}: techniques: {_show(technique_name)} is not a technique name; known: {known}")
+        try:
+            get_technique(technique_name)
+        except ConfigError as error:
+            raise ConfigError(f"{source}: techniques: {error}") from None
+        if technique_name in raw[:position]:
+            raise ConfigError(f"{source}: techniques: {technique_name!r} is listed twice; list each once")
+    return tuple(raw)
+
+
+def _parse_text(value: Any, where: str) -> str:
+    """A name or description: a string (or a plain scalar, written as text) of at most MAX_TEXT characters."""
+    text = value if isinstance(value, str) else _show(value) if isinstance(value, SCALAR_TYPES) else None
+    if text is None or len(text) > MAX_TEXT:
+        raise ConfigError(f"{where}={_show(value)} is not valid; it must be a string of at most {MAX_TEXT} characters")
+    return text
+
+
+def _technique_of(key: Any, techniques: tuple[str, ...], source: str) -> Technique:
+    from autoaccel.techniques.base import get_technique
+
+    prefix, dot, setting = key.partition(".") if isinstance(key, str) else ("", "", "")
+    if not dot or not setting or prefix not in techniques:
+        raise ConfigError(
+            f"{source}: parameter {_show(key)} must be named <technique>.<setting> with a technique from "
+            f"{list(techniques)}"
+        )
+    return get_technique(prefix)
+
+
+def _setting_spec(key: str, techniques: tuple[str, ...], where: str, source: str) -> ParamSpec:
+    """The declared spec of ``key``; a ConfigError listing the technique's settings if it has none such."""
+    technique = _technique_of(key, techniques, source)
+    spec = technique.param_spec(key.split(".", 1)[1])
+    if spec is None:
+        raise ConfigError(
+            f"{where}: {key!r} is not a setting of {technique.name}; valid: {technique.describe_params()}"
+        )
+    return spec
+
+
+def _declared_spec(key: str) -> ParamSpec | None:
+    """The spec a technique declares for ``key``, or None (an unknown technique or setting)."""
+    from autoaccel.techniques.base import get_technique
+
+    prefix, _, setting = key.partition(".")
+    try:
+        return get_technique(prefix).param_spec(setting)
+    except ConfigError:
+        return None
+
+
+def _check_fixed(key: str, value: Any, techniques: tuple[str, ...], source: str) -> None:
+    where = f"{source}: fixed.{key}"
+    spec = _setting_spec(key, techniques, where, source)
+    if isinstance(value, str) and len(value) > MAX_TEXT:
+        raise ConfigError(f"{where}={_show(value)} is not valid; strings have at most {MAX_TEXT} characters")
+    if not spec.accepts(value):
+        raise ConfigError(f"{where}={_show(value)} is not valid; {key} takes {spec.describe()}")
+
+
+def _check_totals(dimensions: list[Dimension], source: str) -> None:
+    """Each parameter defined once (a schedule's ``gap_3`` counts), and at most MAX_TOTAL_CHOICES choices in all."""
+    seen: set[str] = set()
+    for dimension in dimensions:
+        if dimension.name in seen:
+            raise ConfigError(f"{source}: dimensions.{dimension.name} is defined twice; define each parameter once")
+        seen.add(dimension.name)
+    total = sum(len(dimension.choices) for dimension in dimensions)
+    if total > MAX_TOTAL_CHOICES:
+        raise ConfigError(
+            f"{source}: dimensions: {total} categorical choices in all; a space may have at most {MAX_TOTAL_CHOICES}"
+        )
+
+
+def _parse_dimension(
+    key: Any, spec: Any, earlier: list[Dimension], techniques: tuple[str, ...], source: str
+) -> list[Dimension]:
+    name = str(key)
     where = f"{source}: dimensions.{name}"
     if not isinstance(spec, dict) or "type" not in spec:
         raise ConfigError(f"{where}: must be a mapping with a 'type' ({', '.join(DIMENSION_TYPES)})")
     kind = spec["type"]
     if kind not in DIMENSION_TYPES:
-        raise ConfigError(f"{where}.type={kind!r} is not valid; valid: {', '.join(DIMENSION_TYPES)}")
+        raise ConfigError(f"{where}.type={_show(kind)} is not valid; valid: {', '.join(DIMENSION_TYPES)}")
     allowed_keys = {"type", "low", "high", "log", "choices", "when", "requires", "count_from"}
-    unknown = sorted(map(str, set(spec) - allowed_keys))
+    unknown = sorted(map(_show, set(spec) - allowed_keys))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid: {sorted(allowed_keys)}")
+        raise ConfigError(f"{where}: unknown key(s) [{', '.join(unknown)}]; valid: {sorted(allowed_keys)}")
+    if kind == "schedule":
+        setting, setting_spec = _schedule_setting(name, techniques, where, source)
+    else:
+        setting, setting_spec = name, _plain_setting_spec(name, techniques, where, source)
     when = _parse_when(spec.get("when"), earlier, where)
     requires = spec.get("requires")
     if requires is not None and requires not in TARGET_CAPABILITIES:
-        raise ConfigError(f"{where}.requires={requires!r} is not valid; valid: {list(TARGET_CAPABILITIES)}")
+        raise ConfigError(f"{where}.requires={_show(requires)} is not valid; valid: {list(TARGET_CAPABILITIES)}")
     if kind == "categorical":
-        choices = spec.get("choices")
-        if not isinstance(choices, list) or not choices:
-            raise ConfigError(f"{where}.choices must be a non-empty list")
-        return [Dimension(name, kind, choices=tuple(choices), when=when, requires=requires)]
+        dimension = Dimension(
+            name, kind, choices=_parse_choices(spec.get("choices"), where), when=when, requires=requires
+        )
+        _check_fits(dimension, setting_spec, where)
+        return [dimension]
     low, high = spec.get("low"), spec.get("high")
     for label, bound in (("low", low), ("high", high)):
-        if isinstance(bound, bool) or not isinstance(bound, int | float) or not _finite(bound):
-            raise ConfigError(f"{where}.{label}={bound!r} is not valid; it must be a finite number")
+        if not _is_number(bound) or not _finite(bound):
+            raise ConfigError(f"{where}.{label}={_show(bound)} is not valid; it must be a finite number")
     if low > high:
         raise ConfigError(f"{where}: low={low} is above high={high}; need low <= high")
-    log = bool(spec.get("log", False))
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise ConfigError(f"{where}.log={_show(log)} is not valid; valid: true, false")
     if log and low <= 0:
         raise ConfigError(f"{where}: log=true needs low > 0, got low={low}")
-    if kind == "int":
-        if int(low) != low or int(high) != high:
-            raise ConfigError(f"{where}: an int dimension needs integer bounds, got low={low}, high={high}")
-        return [Dimension(name, kind, int(low), int(high), log, when=when, requires=requires)]
-    if kind == "float":
-        return [Dimension(name, kind, float(low), float(high), log, when=when, requires=requires)]
-    return _expand_schedule(name, spec, float(low), float(high), log, when, requires, earlier, where)
+    if kind == "schedule":
+        template = Dimension(name, "float", float(low), float(high), log, when=when, requires=requires)
+        return _expand_schedule(template, spec.get("count_from"), earlier, setting, setting_spec, where)
+    if kind == "int" and (int(low) != low or int(high) != high):
+        raise ConfigError(f"{where}: an int dimension needs integer bounds, got low={low}, high={high}")
+    convert = int if kind == "int" else float
+    dimension = Dimension(name, kind, convert(low), convert(high), log, when=when, requires=requires)
+    _check_fits(dimension, setting_spec, where)
+    return [dimension]
+
+
+def _parse_choices(raw: Any, where: str) -> tuple:
+    """A categorical's choices: scalars only (a list or mapping could be an alias bomb), within the limits."""
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{where}.choices must be a non-empty list")
+    if len(raw) > MAX_CHOICES:
+        raise ConfigError(f"{where}.choices has {len(raw)} values; a categorical may have at most {MAX_CHOICES}")
+    for choice in raw:
+        if not isinstance(choice, SCALAR_TYPES):
+            raise ConfigError(
+                f"{where}.choices: {_show(choice)} is not valid; choices are strings, numbers, true/false or null"
+            )
+        if isinstance(choice, str) and len(choice) > MAX_TEXT:
+            raise ConfigError(f"{where}.choices: {_show(choice)} is longer than {MAX_TEXT} characters")
+    return tuple(raw)
+
+
+def _plain_setting_spec(key: str, techniques: tuple[str, ...], where: str, source: str) -> ParamSpec:
+    """The spec of a setting searched as one value; a list setting must be searched by a schedule."""
+    spec = _setting_spec(key, techniques, where, source)
+    if spec.item_name is not None:
+        schedule = f"{key.split('.', 1)[0]}.{spec.item_name}"
+        raise ConfigError(f"{where}: {key} is a list; search it with a schedule dimension named {schedule}")
+    return spec
+
+
+def _check_fits(dimension: Dimension, spec: ParamSpec, where: str) -> None:
+    """Every value ``dimension`` can take is one its setting accepts."""
+    takes = f"{dimension.name} takes {spec.describe()}"
+    if dimension.kind == "categorical":
+        for choice in dimension.choices:
+            if not spec.accepts(choice):
+                raise ConfigError(f"{where}.choices: {_show(choice)} is not valid; {takes}")
+        return
+    if spec.kind == "bool" or (dimension.kind == "float" and spec.kind != "float"):
+        usable = "categorical" if spec.kind == "bool" else "int or categorical"
+        raise ConfigError(f"{where}.type={dimension.kind} cannot search it; {takes} (use type {usable})")
+    for label, bound in (("low", dimension.low), ("high", dimension.high)):
+        if not spec.accepts(bound):
+            raise ConfigError(f"{where}.{label}={_show(bound)} is not valid; {takes}")
+    if spec.kind == "choice":  # an int range over a set of values: each int in it must be one of them
+        for value in range(int(dimension.low), int(min(dimension.high, dimension.low + len(spec.choices))) + 1):
+            if not spec.accepts(value):
+                raise ConfigError(f"{where}: {value} (within low..high) is not valid; {takes}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _finite(number: int | float) -> bool:
@@ -234,38 +455,74 @@ def _parse_when(raw: Any, earlier: list[Dimension], where: str) -> tuple[tuple[s
     for other, values in raw.items():
         if other not in earlier_names:
             raise ConfigError(
-                f"{where}.when names {other!r}, which is not a dimension defined above it; "
+                f"{where}.when names {_show(other)}, which is not a dimension defined above it; "
                 f"defined above: {sorted(earlier_names)}"
             )
         values = values if isinstance(values, list) else [values]
+        if len(values) > MAX_CHOICES:
+            raise ConfigError(f"{where}.when.{other} lists {len(values)} values; at most {MAX_CHOICES} are allowed")
         for value in values:
             if not earlier_names[other].contains(value):
                 raise ConfigError(
-                    f"{where}.when: {other}={value!r} can never happen; {other} takes {describe(earlier_names[other])}"
+                    f"{where}.when: {other}={_show(value)} can never happen; "
+                    f"{other} takes {describe(earlier_names[other])}"
                 )
         conditions.append((other, tuple(values)))
     return tuple(conditions)
 
 
-def _expand_schedule(name, spec, low, high, log, when, requires, earlier, where) -> list[Dimension]:
+def _schedule_setting(name: str, techniques: tuple[str, ...], where: str, source: str) -> tuple[str, ParamSpec]:
+    """The list setting a schedule dimension searches (``timesteps.gap`` -> ``timesteps.gaps``) and its spec."""
+    from autoaccel.techniques.base import get_technique
+
+    technique = _technique_of(name, techniques, source)
+    found = technique.list_spec(name.split(".", 1)[1])
+    if found is None:
+        valid = [
+            f"{other}.{spec.item_name}"
+            for other in techniques
+            for spec in get_technique(other).params.values()
+            if spec.item_name
+        ]
+        raise ConfigError(f"{where}: {name!r} cannot be a schedule; valid schedule dimensions: {valid}")
+    return f"{technique.name}.{found[0]}", found[1]
+
+
+def _expand_schedule(
+    template: Dimension, count_from: Any, earlier: list[Dimension], setting: str, list_spec: ParamSpec, where: str
+) -> list[Dimension]:
     """``name: {type: schedule, count_from: x.steps}`` -> ``name_0 .. name_{max-2}``, one per gap between steps.
 
-    Gap i exists when the step count is at least i + 2, so an optimizer only sees the gaps it uses.
+    Gap i exists when the step count is at least i + 2, so an optimizer only sees the gaps it uses. The number
+    of gaps is checked against the limits before any is made.
     """
-    count_from = spec.get("count_from")
     counts = (
         {dimension.name: dimension for dimension in earlier}.get(count_from) if isinstance(count_from, str) else None
     )
     if counts is None or counts.kind != "int":
-        raise ConfigError(f"{where}.count_from={count_from!r} must name an int dimension defined above it")
-    if low <= 0:
-        raise ConfigError(f"{where}: schedule gaps are relative step sizes and need low > 0, got low={low}")
-    expanded = []
-    for index in range(int(counts.high) - 1):
-        active_counts = tuple(range(max(index + 2, int(counts.low)), int(counts.high) + 1))
-        expanded.append(
-            Dimension(
-                f"{name}_{index}", "float", low, high, log, when=(*when, (count_from, active_counts)), requires=requires
+        raise ConfigError(f"{where}.count_from={_show(count_from)} must name an int dimension defined above it")
+    if template.low <= 0:
+        raise ConfigError(f"{where}: schedule gaps are relative step sizes and need low > 0, got low={template.low}")
+    element = list_spec.item()
+    for label, bound in (("low", template.low), ("high", template.high)):
+        if not element.accepts(bound):
+            raise ConfigError(
+                f"{where}.{label}={bound} is not valid; each element of {setting} is {element.describe()}"
             )
+    length = int(counts.high) - 1
+    allowed = min(list_spec.max_length or MAX_DIMENSIONS, MAX_DIMENSIONS - len(earlier))
+    if length > allowed:
+        raise ConfigError(
+            f"{where}: {count_from} up to {int(counts.high)} makes {length} schedule dimensions; "
+            f"at most {allowed} are allowed here"
         )
-    return expanded
+    first = max(2, int(counts.low))
+    all_counts = tuple(range(first, int(counts.high) + 1))  # each gap's condition is a slice: the ints are shared
+    return [
+        replace(
+            template,
+            name=f"{template.name}_{index}",
+            when=(*template.when, (count_from, all_counts[max(index + 2, int(counts.low)) - first :])),
+        )
+        for index in range(length)
+    ]

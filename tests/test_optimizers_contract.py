@@ -23,7 +23,7 @@ SPACE = parse_space(
         "techniques": ["solver", "timesteps"],
         "dimensions": {
             "timesteps.steps": {"type": "int", "low": 3, "high": 8},
-            "timesteps.family": {"type": "categorical", "choices": ["uniform", "karras", "free"]},
+            "timesteps.family": {"type": "categorical", "choices": ["uniform_trailing", "karras", "free"]},
             "timesteps.rho": {
                 "type": "float",
                 "low": 0.5,
@@ -65,7 +65,7 @@ def options(name: str, **extra) -> dict:
 def objective(searched: dict) -> list[float]:
     """Deterministic; the front is one point per step count, with the right extras."""
     steps = searched["timesteps.steps"]
-    error = 1.0 / steps + {"uniform": 0.2, "karras": 0.0, "free": 0.1}[searched["timesteps.family"]]
+    error = 1.0 / steps + {"uniform_trailing": 0.2, "karras": 0.0, "free": 0.1}[searched["timesteps.family"]]
     error += abs(searched.get("timesteps.rho", 7.0) - 7.0) / 100 + (0.05 if searched["solver.name"] == "ddim" else 0)
     return [error, -float(steps)]
 

@@ -139,3 +139,80 @@ def test_model_technique_configs_accept_or_name_the_bad_value(data):
             config_cls(**values)
         except ConfigError as error:
             assert prefix in str(error)
+
+
+# --- size and alias bombs, loaded under a memory limit in a child process ----------------------------------------
+
+BOMB_LEAVES = st.sampled_from(["ddim", "1", "0.5", "null", "true", "{a: b}", "[]"])
+BOMB_PLACES = st.sampled_from(
+    [
+        "name: BOMB\n",
+        "description: BOMB\n",
+        "extra: BOMB\n",
+        "fixed: BOMB\n",
+        "fixed: {solver.name: BOMB}\n",
+        "fixed: {timesteps.gaps: BOMB}\n",
+        "dimensions: BOMB\n",
+        "dimensions: {solver.name: BOMB}\n",
+        "dimensions: {solver.name: {type: categorical, choices: BOMB}}\n",
+        "dimensions: {solver.name: {type: categorical, choices: [BOMB, ddim]}}\n",
+        "dimensions: {solver.name: {type: BOMB, choices: [ddim]}}\n",
+        "dimensions: {solver.guidance: {type: float, low: BOMB, high: 2}}\n",
+        "dimensions: {solver.guidance: {type: float, low: 1, high: 2, log: BOMB, requires: BOMB}}\n",
+        "dimensions: {timesteps.steps: {type: int, low: 3, high: 9}, solver.name: {type: categorical, choices: [ddim],"
+        " when: {timesteps.steps: BOMB}}}\n",
+        "dimensions: {timesteps.steps: {type: int, low: 3, high: 9}, timesteps.gap: {type: schedule, count_from: BOMB,"
+        " low: 0.1, high: 1}}\n",
+    ]
+)
+
+
+@st.composite
+def alias_bombs(draw) -> str:
+    """A "billion laughs": ``width ** levels`` leaves from a few hundred bytes, placed anywhere in a space file."""
+    levels, width = draw(st.integers(2, 10)), draw(st.integers(2, 10))
+    anchors = [f"&l0 [{', '.join([draw(BOMB_LEAVES)] * width)}]"]
+    anchors += [f"&l{level} [{', '.join([f'*l{level - 1}'] * width)}]" for level in range(1, levels)]
+    return "techniques: [solver, timesteps]\n" + draw(BOMB_PLACES).replace("BOMB", f"[{', '.join(anchors)}]")
+
+
+@st.composite
+def size_bombs(draw) -> str:
+    """Small files whose values are huge: step counts and schedules, choices, dimensions, strings, nesting."""
+    head = "techniques: [pruning, solver, timesteps]\n"
+    kind = draw(st.sampled_from(["steps", "counter", "choices", "gaps", "text", "nesting"]))
+    if kind in ("steps", "counter"):
+        counter = "timesteps.steps" if kind == "steps" else "pruning.recovery_steps"
+        high = draw(st.one_of(st.integers(3, 2000), st.integers(3, 10**15)))
+        return head + (
+            f"dimensions:\n  {counter}: {{type: int, low: {draw(st.integers(0, 3))}, high: {high}}}\n"
+            f"  timesteps.gap: {{type: schedule, count_from: {counter}, low: 0.1, high: 1.0}}\n"
+        )
+    if kind == "choices":
+        count, value = draw(st.integers(1, 6000)), draw(st.sampled_from(["1.5", "2", "ddim", "x" * 3000]))
+        key = draw(st.sampled_from(["solver.guidance", "solver.name"]))
+        return head + f"dimensions:\n  {key}: {{type: categorical, choices: [{', '.join([value] * count)}]}}\n"
+    if kind == "gaps":
+        count = draw(st.integers(1, 3000))
+        lines = "".join(f"  timesteps.gap_{index}: {{type: float, low: 0.1, high: 1}}\n" for index in range(count))
+        return head + "dimensions:\n" + lines
+    if kind == "text":
+        return head + f"name: {'n' * draw(st.integers(0, 300_000))}\n"
+    depth = draw(st.integers(1, 20_000))
+    return head + f"fixed: {{timesteps.gaps: {'[' * depth}0.5{']' * depth}}}\n"
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.one_of(alias_bombs(), size_bombs()))
+def test_bomb_space_files_load_or_name_the_problem_within_memory_and_time(tmp_path, text):
+    """Whatever the file, loading it under a memory limit either succeeds or raises a one-line ConfigError
+    quickly: never a MemoryError, a kill or minutes of work."""
+    from tests.test_space_checks import CHILD_TIMEOUT_S, load_under_memory_limit
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(text)
+    outcome, detail, seconds = load_under_memory_limit(path)
+    assert outcome in ("ok", "config"), detail
+    if outcome == "config":
+        assert str(path) in detail and "\n" not in detail and len(detail) < 2000
+    assert seconds < min(15, CHILD_TIMEOUT_S)

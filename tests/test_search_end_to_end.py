@@ -136,11 +136,11 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(fast_overrides, tmp_
     space = tmp_path / "broken.yaml"
     space.write_text(
         "techniques: [solver, timesteps]\n"
-        "fixed: {timesteps.family: power, timesteps.end: 0.0}\n"
+        "fixed: {timesteps.family: power, timesteps.end: 0.0, solver.order: 2}\n"
         "dimensions:\n"
         "  timesteps.steps: {type: int, low: 3, high: 5}\n"
         "  timesteps.start: {type: float, low: 0.001, high: 0.03}\n"  # too few timesteps for distinct steps
-        "  solver.name: {type: categorical, choices: [ddim, dpmsolver++, no_such_solver]}\n"
+        "  solver.name: {type: categorical, choices: [dpmsolver++, unipc, ddim]}\n"  # ddim has no order 2
     )
     index = search(
         compose_config([*fast_overrides, f"space={space}", "budget.trials=12", "study_name=broken", "seed=3"]),
@@ -149,7 +149,7 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(fast_overrides, tmp_
     trials = pd.read_csv(index.parent / "trials.csv")
     assert len(trials) == 12
     failures = trials[trials["state"] == "FAIL"]["failure"]
-    assert failures.str.contains("no_such_solver").any()
+    assert failures.str.contains("solver.order=2 is not valid for solver 'ddim'").any()
     assert (trials["state"] == "COMPLETE").any()
 
 

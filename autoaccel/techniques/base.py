@@ -1,17 +1,94 @@
 """The one interface every technique implements, and the registry that orders and stacks them.
 
 A technique is a config dataclass, a way to build it from a candidate's parameters (its own namespace of the
-space, e.g. ``solver.*``), and ``apply(pipeline, config, target)``. Adding a technique is one new module that
-calls ``register``; nothing else changes.
+space, e.g. ``solver.*``), and ``apply(pipeline, config, target)``. It declares each setting a space may name
+(``params``: setting -> ParamSpec), so a space file is checked when it loads, not when every trial fails.
+Adding a technique is one new module that calls ``register``; nothing else changes.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from autoaccel.errors import ConfigError
+
+PARAM_KINDS = ("int", "float", "bool", "choice")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """What one setting accepts: an ``int`` or ``float`` within ``low``/``high`` (inclusive unless ``low_open``/
+    ``high_open``; None is unbounded), a ``bool``, or a ``choice`` among ``choices`` (type and value must match).
+
+    ``item_name`` marks a list setting searched one element at a time: a schedule dimension ``<technique>.<item>``
+    expands into ``<item>_0, <item>_1, ...``, each element checked by this spec, at most ``max_length`` of them.
+    ``target_limit`` names a Target attribute (``num_train_timesteps``) that bounds ``high`` further for a model.
+    """
+
+    kind: str
+    choices: tuple = ()
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    item_name: str | None = None
+    max_length: int | None = None
+    target_limit: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in PARAM_KINDS:
+            raise ValueError(f"ParamSpec.kind={self.kind!r}; valid: {', '.join(PARAM_KINDS)}")
+
+    def item(self) -> ParamSpec:
+        """The spec of one element of a list setting."""
+        return replace(self, item_name=None, max_length=None)
+
+    def accepts(self, value: Any) -> bool:
+        """Whether ``value`` is valid for this setting; never looks deeper than one list level."""
+        if self.item_name is not None:
+            if not isinstance(value, list | tuple) or len(value) > (self.max_length or math.inf):
+                return False
+            return all(self.item().accepts(element) for element in value)
+        if self.kind == "choice":
+            return any(type(value) is type(choice) and value == choice for choice in self.choices)
+        if self.kind == "bool":
+            return isinstance(value, bool)
+        if isinstance(value, bool) or not isinstance(value, int if self.kind == "int" else int | float):
+            return False
+        return _finite(value) and self._within(value)
+
+    def _within(self, value: int | float) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def describe(self) -> str:
+        """What is valid, in words: ``an int in [1, 1000]``, ``one of ['zero', 'sigma_min']``."""
+        if self.item_name is not None:
+            return f"a list of at most {self.max_length} values, each {self.item().describe()}"
+        if self.kind == "choice":
+            return "one of [" + ", ".join("null" if choice is None else repr(choice) for choice in self.choices) + "]"
+        if self.kind == "bool":
+            return "true or false"
+        noun = "an int" if self.kind == "int" else "a float"
+        if self.low is not None and self.high is not None:
+            return f"{noun} in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{noun} {'>' if self.low_open else '>='} {self.low}"
+        if self.high is not None:
+            return f"{noun} {'<' if self.high_open else '<='} {self.high}"
+        return noun
+
+
+def _finite(number: int | float) -> bool:
+    try:
+        return math.isfinite(number)
+    except OverflowError:  # an int beyond float range
+        return False
 
 
 @dataclass(frozen=True)
@@ -28,6 +105,35 @@ class Technique:
     group_params: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     # settings (without the ``name.`` prefix) that leave the model unchanged: what baselines use in a joint space
     unchanged_params: Mapping[str, Any] = field(default_factory=dict)
+    # every setting a space may name (without the ``name.`` prefix) and what it accepts
+    params: Mapping[str, ParamSpec] = field(default_factory=dict)
+
+    def param_spec(self, setting: str) -> ParamSpec | None:
+        """The spec a space's ``name.<setting>`` is checked against; ``gap_3`` is one element of the list setting
+        whose ``item_name`` is ``gap``. None for a setting this technique does not have."""
+        if setting in self.params:
+            return self.params[setting]
+        for spec in self.params.values():
+            matched = spec.item_name and re.fullmatch(rf"{re.escape(spec.item_name)}_(\d+)", setting)
+            if matched and int(matched.group(1)) < (spec.max_length or math.inf):
+                return spec.item()
+        return None
+
+    def list_spec(self, item_name: str) -> tuple[str, ParamSpec] | None:
+        """The list setting a schedule dimension ``name.<item_name>`` searches, with its spec."""
+        for setting, spec in self.params.items():
+            if spec.item_name == item_name:
+                return setting, spec
+        return None
+
+    def describe_params(self) -> str:
+        """The settings a space may name, for error messages."""
+        names = []
+        for setting, spec in self.params.items():
+            names.append(f"{self.name}.{setting}")
+            if spec.item_name:
+                names[-1] += f" (searched per element as a schedule {self.name}.{spec.item_name})"
+        return ", ".join(names) or "none declared"
 
     def config_from_params(self, params: Mapping[str, Any]):
         """Builds this technique's config from the ``name.*`` entries of a candidate's parameters.

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from autoaccel.errors import ConfigError, TechniqueError
-from autoaccel.techniques.base import Technique, register, require_types
+from autoaccel.techniques.base import ParamSpec, Technique, register, require_types
 
 IMPORTANCES = ("magnitude", "taylor", "random")
 CALIBRATION_SAMPLES = 64
@@ -52,6 +52,19 @@ class PruningConfig:
             raise ConfigError(f"pruning.importance={self.importance!r} is not valid; valid: {list(IMPORTANCES)}")
         if isinstance(self.recovery_steps, bool) or not isinstance(self.recovery_steps, int) or self.recovery_steps < 0:
             raise ConfigError(f"pruning.recovery_steps={self.recovery_steps!r} is not valid; it must be an int >= 0")
+
+
+# What a space may set; ``stage * ratio < 0.95`` is checked by PruningConfig per candidate.
+PRUNING_PARAMS = {
+    "ratio": ParamSpec("float", low=0.0, high=0.9, high_open=True),
+    "down": ParamSpec("float", low=0.0),
+    "mid": ParamSpec("float", low=0.0),
+    "up": ParamSpec("float", low=0.0),
+    "importance": ParamSpec("choice", choices=IMPORTANCES),
+    "prune_heads": ParamSpec("bool"),
+    "recovery_steps": ParamSpec("int", low=0),
+    "seed": ParamSpec("int", low=0, high=2**32 - 1),
+}
 
 
 def _example_inputs(unet, count: int, generator: torch.Generator) -> dict:
@@ -210,5 +223,6 @@ PRUNING = register(
             "importance": "magnitude",
             "recovery_steps": 0,
         },
+        params=PRUNING_PARAMS,
     )
 )

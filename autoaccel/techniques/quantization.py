@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from autoaccel.errors import ConfigError, TechniqueError
-from autoaccel.techniques.base import Technique, register, require_types
+from autoaccel.techniques.base import ParamSpec, Technique, register, require_types
 
 WEIGHT_BITS = range(2, 9)
 ACTIVATION_BITS = (None, 8, 16)
@@ -68,6 +68,20 @@ class QuantizationConfig:
             raise ConfigError(f"quantization.calibration_samples={self.calibration_samples!r} must be an int >= 4")
         if self.calibration_samples < 4:
             raise ConfigError(f"quantization.calibration_samples={self.calibration_samples} must be >= 4")
+
+
+_BITS = ParamSpec("int", low=min(WEIGHT_BITS), high=max(WEIGHT_BITS))
+# What a space may set; every value is checked again by QuantizationConfig per candidate.
+QUANTIZATION_PARAMS = {
+    "weight_bits": _BITS,
+    "low_bits": _BITS,
+    "low_fraction": ParamSpec("float", low=0.0, high=1.0),
+    "time_bits": _BITS,
+    "activation_bits": ParamSpec("choice", choices=ACTIVATION_BITS),
+    "calibration_samples": ParamSpec("int", low=4),
+    "seed": ParamSpec("int", low=0, high=2**32 - 1),
+    "enabled": ParamSpec("bool"),
+}
 
 
 @dataclass
@@ -323,5 +337,6 @@ QUANTIZATION = register(
         modifies_model=True,
         simulated=True,
         unchanged_params={"enabled": False},
+        params=QUANTIZATION_PARAMS,
     )
 )

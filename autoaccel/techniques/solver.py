@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import diffusers
 
 from autoaccel.errors import ConfigError, TechniqueError
-from autoaccel.techniques.base import Technique, register
+from autoaccel.techniques.base import ParamSpec, Technique, register
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,9 @@ SOLVERS: dict[str, SolverSpec] = {
     "heun": SolverSpec("HeunDiscreteScheduler", (2,)),
     "ddpm": SolverSpec("DDPMScheduler", (1,), stochastic=True),
 }
+
+FINAL_SIGMAS = ("zero", "sigma_min")
+MAX_GUIDANCE = 100.0  # far beyond any useful classifier-free scale; larger ones only saturate the images
 
 # Settings that a checkpoint's saved scheduler config may carry and that would silently change the solver.
 NEUTRAL_OVERRIDES = {"clip_sample": False, "thresholding": False, "timestep_spacing": "trailing", "steps_offset": 0}
@@ -78,10 +81,25 @@ class SolverConfig:
             raise ConfigError(
                 f"solver.variant={self.variant!r} is not valid for solver {self.name!r}; valid: {list(spec.variants)}"
             )
-        if self.final_sigma not in ("zero", "sigma_min"):
-            raise ConfigError(f"solver.final_sigma={self.final_sigma!r} is not valid; valid: ['zero', 'sigma_min']")
-        if not self.guidance >= 1.0:
-            raise ConfigError(f"solver.guidance={self.guidance} is not valid; it must be >= 1.0 (1.0 = no guidance)")
+        if self.final_sigma not in FINAL_SIGMAS:
+            raise ConfigError(f"solver.final_sigma={self.final_sigma!r} is not valid; valid: {list(FINAL_SIGMAS)}")
+        if not 1.0 <= self.guidance <= MAX_GUIDANCE:
+            raise ConfigError(
+                f"solver.guidance={self.guidance} is not valid; it must be in [1.0, {MAX_GUIDANCE}] (1.0 = no guidance)"
+            )
+
+
+# What a space may set; which order and variant go with which solver is checked by SolverConfig per candidate.
+ORDERS = tuple(sorted({order for spec in SOLVERS.values() for order in spec.orders}))
+VARIANTS = tuple(dict.fromkeys(variant for spec in SOLVERS.values() for variant in spec.variants))
+SOLVER_PARAMS = {
+    "name": ParamSpec("choice", choices=tuple(SOLVERS)),
+    "order": ParamSpec("choice", choices=(None, *ORDERS)),  # None: the solver's own default
+    "variant": ParamSpec("choice", choices=VARIANTS),
+    "lower_order_final": ParamSpec("bool"),
+    "final_sigma": ParamSpec("choice", choices=FINAL_SIGMAS),
+    "guidance": ParamSpec("float", low=1.0, high=MAX_GUIDANCE),
+}
 
 
 def scheduler_settings(config: SolverConfig) -> tuple[str, dict]:
@@ -135,4 +153,4 @@ def describe(config: SolverConfig) -> dict:
     return asdict(config)
 
 
-SOLVER = register(Technique(name="solver", order=10, config_cls=SolverConfig, apply=apply_solver))
+SOLVER = register(Technique(name="solver", order=10, config_cls=SolverConfig, apply=apply_solver, params=SOLVER_PARAMS))

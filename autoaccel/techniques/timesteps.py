@@ -14,10 +14,11 @@ import numpy as np
 import torch
 
 from autoaccel.errors import ConfigError, TechniqueError
-from autoaccel.techniques.base import Technique, register
+from autoaccel.techniques.base import ParamSpec, Technique, register
 
 FAMILIES = ("uniform_trailing", "uniform_leading", "uniform_linspace", "power", "karras", "logsnr", "free")
 UNIFORM_FAMILIES = FAMILIES[:3]
+MAX_STEPS = 1000  # what a space may search or fix; a model's own trained timesteps may bound it lower
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,18 @@ class TimestepsConfig:
             )
         if any(not gap > 0 for gap in self.gaps):
             raise ConfigError(f"timesteps.gaps={list(self.gaps)} is not valid; every gap must be > 0")
+
+
+# What a space may set; ``gaps`` is searched per step gap by a schedule dimension ``timesteps.gap``.
+TIMESTEPS_PARAMS = {
+    "steps": ParamSpec("int", low=1, high=MAX_STEPS, target_limit="num_train_timesteps"),
+    "family": ParamSpec("choice", choices=FAMILIES),
+    "rho": ParamSpec("float", low=0.0, low_open=True),
+    "shift": ParamSpec("float", low=0.0, low_open=True),
+    "start": ParamSpec("float", low=0.0, high=1.0, low_open=True),
+    "end": ParamSpec("float", low=0.0, high=1.0, high_open=True),
+    "gaps": ParamSpec("float", low=0.0, low_open=True, item_name="gap", max_length=MAX_STEPS - 1),
+}
 
 
 def _warp(fraction: np.ndarray, shift: float) -> np.ndarray:
@@ -136,5 +149,12 @@ def apply_timesteps(pipeline, config: TimestepsConfig, target) -> None:
 
 
 TIMESTEPS = register(
-    Technique(name="timesteps", order=20, config_cls=TimestepsConfig, apply=apply_timesteps, group_params=_group_gaps)
+    Technique(
+        name="timesteps",
+        order=20,
+        config_cls=TimestepsConfig,
+        apply=apply_timesteps,
+        group_params=_group_gaps,
+        params=TIMESTEPS_PARAMS,
+    )
 )
