@@ -4,10 +4,11 @@ search [key=value ...]                  run (or resume) a search; writes reports
 workers N storage=URL [key=value ...]   N search processes on one shared study (one per GPU), then its report
 report RUN [--storage URL --study S]    rebuild a run's report from its ledger (or a shared study's, anywhere)
 plan RUN [--max-latency-ms X] [--max-nfe N]   the best front point within a budget
-apply RECIPE --out DIR [--n N]          write N images with a recipe's plan
+apply RECIPE --out DIR [--n N] [--overwrite]   write N images with a recipe's plan
 bench schedules [key=value ...]         the schedule benchmark -> reports/bench/schedules.md
 bench optimizers | compression | workers   the other benchmarks -> reports/bench/*.md
 train-teacher / train-classifier        retrain the embedded model / its FID feature extractor
+COMMAND --help                          what a command takes (search, workers: the main keys)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 from autoaccel.errors import AutoaccelError
+from autoaccel.usage import BENCHMARKS, bench_help, search_help
 
 COMMANDS = ("search", "workers", "report", "plan", "apply", "bench", "train-teacher", "train-classifier")
 
@@ -42,10 +44,18 @@ def _interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _wants_help(args: list[str]) -> bool:
+    """Overrides never start with a dash, so -h/--help anywhere asks for help rather than naming a key."""
+    return any(arg in ("-h", "--help") for arg in args)
+
+
 def cmd_search(overrides: list[str]) -> int:
     from autoaccel.config import compose_config
     from autoaccel.search import search
 
+    if _wants_help(overrides):
+        print(search_help("search"))
+        return 0
     config = compose_config(overrides)
     _interrupt_on_sigterm()
     search(config, log=_log(bool(config.quiet)))
@@ -56,6 +66,9 @@ def cmd_workers(args: list[str]) -> int:
     """``workers N key=value ...``: N search processes on one shared study, then one report."""
     from autoaccel.workers import run_workers
 
+    if _wants_help(args):
+        print(search_help("workers"))
+        return 0
     if not args or not args[0].isdigit() or int(args[0]) < 1:
         raise AutoaccelError(f"workers needs a worker count >= 1 first, e.g. workers 4 storage=...; got {args[:1]}")
     _interrupt_on_sigterm()
@@ -81,9 +94,9 @@ def cmd_report(args: list[str]) -> int:
 
 def cmd_plan(args: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="autoaccel plan", description="The best front point within a budget.")
-    parser.add_argument("run", type=Path)
-    parser.add_argument("--max-latency-ms", type=float, default=None)
-    parser.add_argument("--max-nfe", type=float, default=None)
+    parser.add_argument("run", type=Path, help="the run folder, e.g. reports/digits-sampler")
+    parser.add_argument("--max-latency-ms", type=float, default=None, help="latency budget, > 0 (default: none)")
+    parser.add_argument("--max-nfe", type=float, default=None, help="network evaluations budget, > 0 (default: none)")
     parser.add_argument("--quality", default="fid", help="the quality metric to rank by (default fid)")
     options = parser.parse_args(args)
     from autoaccel.planning import explain_plan
@@ -97,8 +110,11 @@ def cmd_plan(args: list[str]) -> int:
 
 def cmd_apply(args: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="autoaccel apply", description="Write images with a recipe's plan.")
-    parser.add_argument("recipe", type=Path)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("recipe", type=Path, help="a recipe file, e.g. reports/digits-sampler/recipes/trial-0012.yaml")
+    parser.add_argument("--out", type=Path, required=True, help="the folder for the images (created if missing)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="write into a folder that already holds images, replacing ours"
+    )
     parser.add_argument("--n", type=int, default=16, help="number of images (default 16)")
     parser.add_argument("--seed", type=int, default=None, help="noise seed (default: the recipe's)")
     parser.add_argument("--model", default=None, help="model folder (default: the recipe's base model)")
@@ -106,22 +122,26 @@ def cmd_apply(args: list[str]) -> int:
     options = parser.parse_args(args)
     from autoaccel.applying import write_images
 
-    paths = write_images(options.recipe, options.out, options.n, options.seed, options.model, options.device)
+    paths = write_images(
+        options.recipe, options.out, options.n, options.seed, options.model, options.device, options.overwrite
+    )
     print(f"wrote {len(paths) - 1} images and {paths[-1].name} to {options.out}")
     return 0
 
 
-BENCHMARKS = ("schedules", "optimizers", "compression", "workers")
-
-
 def cmd_bench(args: list[str]) -> int:
+    if _wants_help(args):
+        print(bench_help())
+        return 0
     if not args or args[0] not in BENCHMARKS:
         raise AutoaccelError(
             f"bench needs a benchmark name; valid: {', '.join(BENCHMARKS)} (got {args[:1] or 'nothing'})"
         )
     from autoaccel.config import compose_config
+    from autoaccel.config.checks import validate_config
 
     config = compose_config(args[1:])
+    validate_config(config)
     if args[0] == "schedules":
         from autoaccel.bench.schedules import run_schedules_benchmark as run_benchmark
     elif args[0] == "compression":

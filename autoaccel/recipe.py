@@ -8,6 +8,8 @@ a recipe cannot make autoaccel import or run code it names.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import platform
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -18,15 +20,17 @@ import torch
 import yaml
 
 from autoaccel.candidate import to_plain
+from autoaccel.config.checks import MAX_SAMPLES, MAX_SEED
 from autoaccel.errors import RecipeError
 from autoaccel.files import write_atomically
-from autoaccel.sampling import SamplerPipeline
+from autoaccel.sampling import SamplerPipeline, set_exact_timesteps
 from autoaccel.targets.base import hash_weights
-from autoaccel.techniques.solver import SOLVERS
+from autoaccel.techniques.solver import MAX_GUIDANCE, SOLVERS
 
 RECIPE_FORMAT = 1
 ALLOWED_SCHEDULERS = frozenset(spec.scheduler_class for spec in SOLVERS.values()) | {"DDPMScheduler", "DDIMScheduler"}
 REQUIRED_KEYS = ("autoaccel_recipe", "base_model", "scheduler", "timesteps", "guidance_scale")
+MAX_TRAIN_TIMESTEPS = 1_000_000  # schedulers allocate tables of this length
 
 
 def environment() -> dict[str, str]:
@@ -84,6 +88,8 @@ def save_recipe(recipe: dict[str, Any], path: Path) -> Path:
 def load_recipe(path: str | Path) -> dict[str, Any]:
     """Reads and validates a recipe file; every problem is a RecipeError naming the file and the bad value."""
     path = Path(path)
+    if path.is_dir():
+        raise RecipeError(f"recipe {path} is a folder; give a recipe file, e.g. {_example_recipe(path)}")
     if not path.is_file():
         raise RecipeError(f"recipe {path} does not exist")
     try:
@@ -91,6 +97,12 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as error:
         raise RecipeError(f"recipe {path} is not valid YAML: {error}") from None
     return validate_recipe(recipe, f"recipe {path}")
+
+
+def _example_recipe(folder: Path) -> Path:
+    """A recipe file in ``folder`` (a run folder keeps them in recipes/), to show what to pass instead."""
+    found = sorted(folder.glob("*.yaml")) or sorted(folder.glob("recipes/*.yaml"))
+    return found[0] if found else folder / "recipes" / "trial-NNNN.yaml"
 
 
 def validate_recipe(recipe: Any, source: str = "recipe") -> dict[str, Any]:
@@ -116,6 +128,7 @@ def validate_recipe(recipe: Any, source: str = "recipe") -> dict[str, Any]:
         )
     if not isinstance(scheduler.get("config"), dict):
         raise RecipeError(f"{source}: scheduler.config must be a mapping")
+    _check_scheduler_config(name, scheduler["config"], recipe["base_model"].get("scheduler_config"), source)
     trained = scheduler["config"].get("num_train_timesteps", 1000)
     timesteps = recipe["timesteps"]
     if (
@@ -131,12 +144,121 @@ def validate_recipe(recipe: Any, source: str = "recipe") -> dict[str, Any]:
             f"[0, {trained - 1 if isinstance(trained, int) else 'num_train_timesteps - 1'}]"
         )
     guidance = recipe["guidance_scale"]
-    if isinstance(guidance, bool) or not isinstance(guidance, int | float) or not guidance >= 1:
-        raise RecipeError(f"{source}: guidance_scale={guidance!r} must be a number >= 1")
+    if isinstance(guidance, bool) or not isinstance(guidance, int | float) or not 1 <= guidance <= MAX_GUIDANCE:
+        raise RecipeError(f"{source}: guidance_scale={guidance!r} must be a number in [1, {MAX_GUIDANCE:g}]")
     null_class = recipe.get("null_class")
-    if null_class is not None and (isinstance(null_class, bool) or not isinstance(null_class, int)):
-        raise RecipeError(f"{source}: null_class={null_class!r} must be an int or null")
+    if null_class is not None and (not _is_int(null_class) or null_class < 0):
+        raise RecipeError(f"{source}: null_class={null_class!r} must be an int >= 0 or null")
+    check_seed_policy(recipe.get("seed_policy"), source)
+    _probe_scheduler(name, scheduler["config"], timesteps, source)
     return recipe
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_seed_policy(policy: Any, source: str = "recipe") -> None:
+    """The noise a recipe's images are drawn from: bounded, so ``apply`` never tries to allocate absurd batches."""
+    if policy is None:
+        return
+    if not isinstance(policy, dict):
+        raise RecipeError(f"{source}: seed_policy={policy!r} must be a mapping with seed, samples and chunk_size")
+    bounds = {"seed": (-MAX_SEED, MAX_SEED - 1), "samples": (1, MAX_SAMPLES), "chunk_size": (1, None)}
+    for key, (low, high) in bounds.items():
+        value = policy.get(key)
+        if value is not None and (not _is_int(value) or value < low or (high is not None and value > high)):
+            valid = f"an int in [{low}, {high}]" if high is not None else f"an int >= {low}"
+            raise RecipeError(f"{source}: seed_policy.{key}={value!r} must be {valid}")
+
+
+def _check_scheduler_config(class_name: str, config: dict, base_config: Any, source: str) -> None:
+    """Every key is a setting of the scheduler class (or carried over from the model's own scheduler config,
+    which diffusers keeps and ignores), and every setting has the type of its default."""
+    import diffusers
+
+    accepted = inspect.signature(getattr(diffusers, class_name).__init__).parameters
+    carried = _allowed_scheduler_settings() | (set(base_config) if isinstance(base_config, dict) else set())
+    for key, value in config.items():
+        if not isinstance(key, str):
+            raise RecipeError(f"{source}: scheduler.config key {key!r} is not a setting name")
+        if key.startswith("_"):
+            continue
+        if key not in accepted and key not in carried:
+            raise RecipeError(
+                f"{source}: scheduler.config key {key!r} is not a setting of {class_name}; "
+                f"its settings: {', '.join(name for name in accepted if name not in ('self', 'kwargs'))}"
+            )
+        if key in accepted and not _has_type_of(value, accepted[key].default):
+            expected = type(accepted[key].default).__name__
+            raise RecipeError(f"{source}: scheduler.config {key}={value!r} must be of type {expected} for {class_name}")
+    trained = config.get("num_train_timesteps", 1000)
+    if not _is_int(trained) or not 1 <= trained <= MAX_TRAIN_TIMESTEPS:
+        raise RecipeError(
+            f"{source}: scheduler.config num_train_timesteps={trained!r} must be an int in [1, {MAX_TRAIN_TIMESTEPS}]"
+        )
+
+
+@functools.cache
+def _allowed_scheduler_settings() -> frozenset[str]:
+    """Every setting of an allowed scheduler: a solver's config carries its model's own scheduler settings."""
+    import diffusers
+
+    return frozenset(
+        key for name in ALLOWED_SCHEDULERS for key in inspect.signature(getattr(diffusers, name).__init__).parameters
+    )
+
+
+def _has_type_of(value: Any, default: Any) -> bool:
+    """Whether ``value`` fits a setting whose default is ``default`` (None is always allowed: optional ones)."""
+    if value is None or default is None or default is inspect.Parameter.empty:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return _is_int(value)
+    if isinstance(default, float):
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    return True
+
+
+def _probe_scheduler(class_name: str, config: dict, timesteps: list[int], source: str) -> None:
+    """Runs the scheduler over the recipe's timesteps on a tiny zero sample: diffusers refuses many bad values
+    (an unknown beta schedule, order 0, a bad prediction type) only at construction, set-up or step time."""
+    error = _scheduler_failure(class_name, config, timesteps)
+    if error is None:
+        return
+    reason = " ".join(f"{type(error).__name__}: {error}".split())
+    reason = reason if len(reason) <= 200 else reason[:197] + "..."
+    culprit = next(
+        (key for key in config if _scheduler_failure(class_name, _without(config, key), timesteps) is None), None
+    )
+    setting = f"scheduler.config {culprit}={config[culprit]!r}" if culprit else "scheduler.config"
+    raise RecipeError(f"{source}: {setting} is not accepted by {class_name}: {reason}")
+
+
+def _without(config: dict, key: str) -> dict:
+    return {other: value for other, value in config.items() if other != key}
+
+
+def _scheduler_failure(class_name: str, config: dict, timesteps: list[int]) -> Exception | None:
+    """What goes wrong running ``config`` over ``timesteps``, or None."""
+    import diffusers
+
+    try:
+        scheduler = getattr(diffusers, class_name).from_config(config)
+        set_exact_timesteps(scheduler, timesteps)
+        takes_generator = "generator" in inspect.signature(scheduler.step).parameters
+        sample = torch.zeros(1, 1, 2, 2)
+        for timestep in scheduler.timesteps:
+            extra = {"generator": torch.Generator().manual_seed(0)} if takes_generator else {}
+            model_input = scheduler.scale_model_input(sample, timestep)
+            sample = scheduler.step(torch.zeros_like(model_input), timestep, sample, **extra).prev_sample
+    except Exception as error:  # diffusers raises anything from TypeError to IndexError on a bad setting
+        return error
+    return None
 
 
 def apply_recipe(pipeline, recipe: str | Path | dict, check_model: bool = True) -> SamplerPipeline:
@@ -164,17 +286,24 @@ def apply_recipe(pipeline, recipe: str | Path | dict, check_model: bool = True) 
                 f"{str(expected)[:16]}..., but the pipeline's unet hashes to {actual[:16]}...; "
                 f"apply it to that model or pass check_model=False"
             )
+    _check_null_class(recipe.get("null_class"), unet)
     unet = _reapply_model_techniques(recipe, unet)
-    scheduler_class = getattr(diffusers, recipe["scheduler"]["class"])
-    try:
-        scheduler = scheduler_class.from_config(recipe["scheduler"]["config"])
-    except (TypeError, ValueError) as error:
-        raise RecipeError(f"recipe scheduler config is not valid for {scheduler_class.__name__}: {error}") from None
+    scheduler = getattr(diffusers, recipe["scheduler"]["class"]).from_config(recipe["scheduler"]["config"])
     fast = SamplerPipeline(unet=unet, scheduler=scheduler)
     fast.plan.timesteps = list(recipe["timesteps"])
     fast.plan.guidance_scale = float(recipe["guidance_scale"])
     fast.plan.null_class = recipe.get("null_class")
     return fast
+
+
+def _check_null_class(null_class: int | None, unet) -> None:
+    """The guidance label must be one of the unet's class embeddings, or guided sampling indexes past them."""
+    if null_class is None:
+        return
+    embeddings = getattr(getattr(unet, "config", None), "num_class_embeds", None)
+    if not embeddings or null_class >= embeddings:
+        valid = f"an int in [0, {embeddings - 1}] or null" if embeddings else "null: the unet has no class embedding"
+        raise RecipeError(f"recipe null_class={null_class} is not a class of this model's unet; valid: {valid}")
 
 
 def _reapply_model_techniques(recipe: dict[str, Any], unet):

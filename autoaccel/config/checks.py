@@ -4,10 +4,18 @@ ledger, its run folder or the model, so a command that fails to start leaves not
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 from omegaconf import DictConfig
 
 from autoaccel.errors import ConfigError
+
+# Backends that breed generations of ``optimizer.population_size`` individuals (optuna needs at least 2).
+POPULATION_BACKENDS = ("optuna_nsga2", "optuna_nsga3", "pymoo_nsga2", "pymoo_nsga3", "pymoo_smsemoa")
+MIN_POPULATION = 2
+MAX_SAMPLES = 1_000_000  # images of one seed batch: 20x FID-50k, yet its labels still fit in memory
+MAX_SEED = 2**47  # |seed| below it keeps seed * 100003 + chunk start inside torch's 64-bit seed range
 
 
 def validate_config(config: DictConfig) -> None:
@@ -25,12 +33,78 @@ def validate_config(config: DictConfig) -> None:
     for key, value, minimum in checks:
         if value < minimum:
             raise ConfigError(f"{key}={value} is not valid; it must be >= {minimum}")
-    levels = list(config.fidelity.levels)
-    if levels and levels[-1] != config.quality.samples:
+    if config.quality.samples > MAX_SAMPLES:
+        raise ConfigError(f"quality.samples={config.quality.samples} is not valid; it must be <= {MAX_SAMPLES}")
+    if not -MAX_SEED <= config.quality.seed < MAX_SEED:
         raise ConfigError(
-            f"fidelity.levels={levels} must end at quality.samples={config.quality.samples} (the front's fidelity)"
+            f"quality.seed={config.quality.seed} is not valid; it must be in [{-MAX_SEED}, {MAX_SEED - 1}]"
         )
     for key in ("max_minutes", "max_latency_ms", "max_nfe"):
         value = config.budget[key]
         if value is not None and not (math.isfinite(value) and value > 0):
             raise ConfigError(f"budget.{key}={value} is not valid; it must be a positive number or null")
+    check_fidelity(config)
+    check_population(config)
+    check_target(config)
+    check_study_name(config.study_name)
+    check_folder("report.dir", config.report.dir)
+
+
+def check_fidelity(config: DictConfig) -> None:
+    """The ladder's levels and optimism, at start-up rather than after the teacher has been measured."""
+    levels = list(config.fidelity.levels)
+    valid = "give strictly increasing sample counts >= 2, the last equal to quality.samples"
+    if any(isinstance(level, bool) or not isinstance(level, int) or level < 2 for level in levels):
+        raise ConfigError(f"fidelity.levels={levels} is not valid; {valid}")
+    if any(later <= earlier for earlier, later in zip(levels, levels[1:])):
+        raise ConfigError(f"fidelity.levels={levels} is not valid: not increasing; {valid}")
+    if levels and levels[-1] != config.quality.samples:
+        raise ConfigError(
+            f"fidelity.levels={levels} must end at quality.samples={config.quality.samples} (the front's fidelity)"
+        )
+    z = config.fidelity.z
+    if not (math.isfinite(z) and z >= 0):
+        raise ConfigError(f"fidelity.z={z} is not valid; it must be a finite number >= 0 (0 = no optimism)")
+
+
+def check_population(config: DictConfig) -> None:
+    """A population backend with fewer than two individuals fails inside the library, after the ledger exists."""
+    name, size = str(config.optimizer.name), config.optimizer.population_size
+    if name in POPULATION_BACKENDS and size < MIN_POPULATION:
+        raise ConfigError(
+            f"optimizer.population_size={size} is not valid for optimizer {name}; it must be >= {MIN_POPULATION}"
+        )
+
+
+def check_target(config: DictConfig) -> None:
+    """A folder given to the embedded model would be ignored without a word; a missing GPU blamed on weights."""
+    from autoaccel.targets.loader import check_device
+
+    if config.target.name != "pipeline" and config.target.get("path"):
+        raise ConfigError(
+            f"target.path={config.target.path!r} is only read by target=pipeline (target={config.target.name} "
+            f"is the embedded model); add target=pipeline to search that folder, or drop target.path"
+        )
+    check_device(str(config.target.device))
+
+
+def check_study_name(name: str | None) -> None:
+    """The study name is a folder inside report.dir: a separator or ``..`` would write outside it."""
+    if name is None:
+        return
+    name = str(name)
+    separators = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
+    if not name.strip() or name in (".", "..") or "\0" in name or any(sep in name for sep in separators):
+        raise ConfigError(
+            f"study_name={name!r} is not valid; it names a folder inside report.dir: give a non-empty name "
+            "without path separators, not '.' or '..' (or leave it null for <target>-<space>)"
+        )
+
+
+def check_folder(key: str, folder: str | Path) -> None:
+    """``folder`` is, or can be made, a directory: neither it nor its closest existing parent is a file."""
+    path = Path(folder).expanduser()
+    existing = next((candidate for candidate in (path, *path.parents) if candidate.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "is a file" if existing == path else f"is inside {str(existing)!r}, which is a file"
+        raise ConfigError(f"{key}={str(folder)!r} {where}; give a folder (it is created if missing)")

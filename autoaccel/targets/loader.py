@@ -16,10 +16,16 @@ SUPPORTED_UNETS = ("UNet2DModel",)
 
 
 def _read_json(path: Path) -> dict:
+    """A JSON object (mapping): every file the loader reads is one, and ``.get`` on anything else would crash."""
     try:
-        return json.loads(path.read_text())
+        content = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise TargetError(f"{path} is not readable JSON: {error}") from error
+    if not isinstance(content, dict):
+        shown = json.dumps(content)
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        raise TargetError(f"{path} holds {shown}, not a JSON object of keys and values")
+    return content
 
 
 def load_pipeline_folder(path: str | Path, device: str = "cpu", name: str | None = None) -> Target:
@@ -42,12 +48,18 @@ def load_pipeline_folder(path: str | Path, device: str = "cpu", name: str | None
     if pipeline_class not in SUPPORTED_PIPELINES:
         raise TargetError(f"target.path={str(path)!r} holds a {pipeline_class}, which is not supported; {supported}")
     unet_entry = index.get("unet")
-    if not isinstance(unet_entry, list) or unet_entry[-1] not in SUPPORTED_UNETS:
+    if not isinstance(unet_entry, list) or not unet_entry or unet_entry[-1] not in SUPPORTED_UNETS:
         raise TargetError(f"target.path={str(path)!r}: its unet is {unet_entry}, not supported; {supported}")
     scheduler_config_path = folder / "scheduler" / "scheduler_config.json"
     if not scheduler_config_path.exists():
         raise TargetError(f"target.path={str(path)!r} has no scheduler/scheduler_config.json; {supported}")
     scheduler_config = _read_json(scheduler_config_path)
+    extra_path = folder / "autoaccel.json"
+    extra = _read_json(extra_path) if extra_path.exists() else {}
+    extra_name = extra.get("name")
+    if extra_name is not None and not (isinstance(extra_name, str) and extra_name.strip()):
+        raise TargetError(f"{extra_path}: name={extra_name!r} is not valid; give a non-empty string, or leave it out")
+    check_device(device)
     from diffusers import UNet2DModel
 
     try:
@@ -59,14 +71,7 @@ def load_pipeline_folder(path: str | Path, device: str = "cpu", name: str | None
         )
     except (OSError, ValueError, RuntimeError) as error:
         raise TargetError(f"target.path={str(path)!r}: its unet weights could not be loaded: {error}") from error
-    extra = _read_json(folder / "autoaccel.json") if (folder / "autoaccel.json").exists() else {}
-    num_class_embeds = unet.config.num_class_embeds
-    null_class = extra.get("null_class")
-    if null_class is not None and (num_class_embeds is None or not 0 <= null_class < num_class_embeds):
-        raise TargetError(f"{folder / 'autoaccel.json'}: null_class={null_class} is not a class of this unet")
-    num_classes = extra.get(
-        "num_classes", (num_class_embeds - (1 if null_class is not None else 0)) if num_class_embeds else None
-    )
+    null_class, num_classes = _read_classes(extra, unet.config.num_class_embeds, extra_path)
     return Target(
         name=name or extra.get("name") or folder.name,
         path=folder.resolve(),
@@ -88,10 +93,47 @@ def load_pipeline_folder(path: str | Path, device: str = "cpu", name: str | None
     )
 
 
-def default_device(requested: str) -> str:
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _read_classes(extra: dict, num_class_embeds: int | None, path: Path) -> tuple[int | None, int | None]:
+    """``autoaccel.json``'s null class and class count, checked against the unet's class embeddings."""
+    null_class = extra.get("null_class")
+    embeddings = f"its {num_class_embeds} class embeddings (0..{num_class_embeds - 1})" if num_class_embeds else ""
+    if null_class is not None and (
+        not _is_int(null_class) or num_class_embeds is None or not 0 <= null_class < num_class_embeds
+    ):
+        valid = f"an int among {embeddings}" if num_class_embeds else "absent: this unet has no class embedding"
+        raise TargetError(f"{path}: null_class={null_class!r} is not a class of this unet; valid: {valid}, or null")
+    conditional = (num_class_embeds - (1 if null_class is not None else 0)) if num_class_embeds else None
+    num_classes = extra.get("num_classes", conditional)
+    fits = _is_int(num_classes) and conditional is not None and 1 <= num_classes <= conditional
+    if num_classes is not None and not fits:
+        valid = f"an int in [1, {conditional}]" if conditional else "absent: this unet has no class embedding"
+        raise TargetError(f"{path}: num_classes={num_classes!r} is not valid for this unet; valid: {valid}")
+    return null_class, num_classes
+
+
+def default_device(requested: str, key: str = "target.device") -> str:
     """``auto`` -> ``cuda`` when a GPU is there, else ``cpu``."""
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested not in ("cpu", "cuda") and not requested.startswith("cuda:"):
-        raise TargetError(f"target.device={requested!r} is not valid; valid: auto, cpu, cuda, cuda:N")
+        raise TargetError(f"{key}={requested!r} is not valid; valid: auto, cpu, cuda, cuda:N")
     return requested
+
+
+def check_device(requested: str, key: str = "target.device") -> str:
+    """``default_device``, and a CUDA device only where this machine has it: otherwise the failure shows up
+    later, while moving the weights, and reads like a broken model."""
+    device = default_device(requested, key)
+    if not device.startswith("cuda"):
+        return device
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = device.partition(":")[2]
+    if count and (not index or (index.isdigit() and int(index) < count)):
+        return device
+    valid = "auto, cpu" + (f", cuda, cuda:0..cuda:{count - 1}" if count else "")
+    reason = f"this machine has {count} CUDA device(s)" if count else "CUDA is not available on this machine"
+    raise TargetError(f"{key}={requested!r} cannot be used: {reason}; valid here: {valid}")

@@ -1,0 +1,92 @@
+"""What ``search --help``, ``workers --help`` and ``bench --help`` print: the main keys with their defaults (read
+from the schema, so the text cannot drift from the code) and what each command does."""
+
+from __future__ import annotations
+
+# The main overrides of ``search`` and ``workers`` (every key: conf/config.yaml); defaults come from the schema.
+MAIN_KEYS = (
+    ("target, target.path, target.device", None, "digits (embedded) or pipeline (a diffusers folder); auto/cpu/cuda"),
+    ("space", None, "a bundled space (sampler, timesteps, solver, ...) or a YAML path"),
+    ("optimizer, optimizer.population_size", None, "a backend of conf/optimizer/; the population of NSGA/SMS-EMOA"),
+    ("objectives", None, "metrics to optimise; the first is the quality axis"),
+    ("budget.trials", None, "trials in the study, standard configurations included"),
+    ("budget.concurrent", None, "candidates evaluated at once (cost is always measured alone)"),
+    ("budget.max_minutes, budget.max_latency_ms, budget.max_nfe", None, "time budget and deployment limits"),
+    ("quality.samples, quality.seed", None, "images per candidate and the seed fixing their noise and labels"),
+    ("fidelity.levels, fidelity.z", None, "multi-fidelity sample counts (ascending) and promotion optimism"),
+    ("cost.batch_size, cost.warmup, cost.repeats", None, "how latency is measured"),
+    ("study_name, storage", "<target>-<space>, SQLite in the run folder", "the ledger; the same name resumes"),
+    ("report.dir, report.grid_images", None, "where runs go (<report.dir>/<study_name>/), images per grid"),
+    ("report.wandb", None, "also log the run to W&B"),
+    ("cache_dir", "$AUTOACCEL_CACHE_DIR or ~/.cache/autoaccel", "cached teacher samples and reference statistics"),
+)
+
+BENCHMARKS = {
+    "schedules": "found plans vs standard solvers vs the teacher, per NFE -> reports/bench/schedules.md",
+    "optimizers": "hypervolume against evaluations for every backend, and multi-fidelity savings",
+    "compression": "pruning and quantization, and the joint front against the schedule-only one",
+    "workers": "many workers on one shared study (needs storage=postgresql://...): throughput, consistency",
+}
+BENCH_KEYS = (
+    ("bench.dir", None, "where the tables go"),
+    ("bench.nfes, bench.trials, bench.confirm_seeds", None, "schedules: NFEs, trials per NFE, fresh seed sets"),
+    ("bench.optimizers, bench.optimizer_seeds", None, "optimizers: backends ([] = all) and seeds per backend"),
+    ("bench.model_evaluations, bench.fidelity_trials", None, "optimizers: model-space evaluations, fidelity trials"),
+    ("bench.compression_steps, bench.compression_trials", None, "compression: fixed sampler steps, search trials"),
+    ("bench.pruning_ratios, bench.weight_bits", None, "compression: ratios and bit-widths compared"),
+    ("bench.load_workers, bench.load_trials", None, "workers: processes and trials per process"),
+)
+
+
+def _schema_default(key: str) -> str:
+    """A key's default as a user would type it, from the schema dataclasses (no Hydra composition)."""
+    from autoaccel.config.schema import AutoaccelConfig
+
+    value = AutoaccelConfig()
+    for part in key.split("."):
+        value = getattr(value, part)
+    if not isinstance(value, str) and hasattr(value, "name"):  # a group (target, optimizer) is named by its name
+        value = value.name
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return f"[{', '.join(map(str, value))}]"
+    return str(value)
+
+
+def _key_table(rows) -> str:
+    """Rows of key, default, meaning, aligned like the README's Configuration table."""
+    lines = []
+    for keys, default, meaning in rows:
+        shown = default or ", ".join(_schema_default(key) for key in keys.split(", "))
+        lines.append(f"  {keys}\n      {meaning} (default {shown})")
+    return "\n".join(lines)
+
+
+def search_help(command: str) -> str:
+    if command == "workers":
+        usage = "python -m autoaccel workers N storage=URL [key=value ...]"
+        what = (
+            "Starts N search processes on one shared study (one per GPU where there are GPUs), then builds its\n"
+            "report once. storage must be shared by several processes (postgresql://...), not SQLite."
+        )
+    else:
+        usage = "python -m autoaccel search [key=value ...]"
+        what = "Runs (or resumes) a search and writes <report.dir>/<study_name>/: trials, front, report, recipes."
+    return (
+        f"usage: {usage}\n\n{what}\n\nmain keys (every key is in conf/config.yaml; a bad key or value stops with "
+        f"one line naming it):\n{_key_table(MAIN_KEYS)}\n\nexample: python -m autoaccel {command} "
+        f"{'4 storage=postgresql://user@host/db ' if command == 'workers' else ''}budget.trials=20 space=solver"
+    )
+
+
+def bench_help() -> str:
+    names = "\n".join(f"  {name:<12} {meaning}" for name, meaning in BENCHMARKS.items())
+    return (
+        "usage: python -m autoaccel bench NAME [key=value ...]\n\n"
+        f"Runs a benchmark and writes <bench.dir>/NAME.md. Benchmarks:\n{names}\n\n"
+        f"benchmark keys (every search key applies too: python -m autoaccel search --help):\n"
+        f"{_key_table(BENCH_KEYS)}\n\nexample: python -m autoaccel bench schedules bench.nfes=[4,8] bench.trials=20"
+    )
