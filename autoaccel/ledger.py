@@ -5,6 +5,7 @@ run resumes, reports and plans from the ledger alone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -13,16 +14,20 @@ from typing import Any
 
 import optuna
 import pandas as pd
+from sqlalchemy.exc import SQLAlchemyError
 
 from autoaccel.candidate import Candidate
+from autoaccel.errors import ConfigError
 from autoaccel.measure.evaluator import Measurement
-from autoaccel.objectives import CONSTRAINTS, METRIC_COLUMNS
+from autoaccel.objectives import METRIC_COLUMNS
 
 METRIC_PREFIX = "metric."
 FIDELITY_PREFIX = "fidelity."
 DETAIL_PREFIX = "detail."
 LEADING_COLUMNS = ["trial", "state", "warm_start", "feasible", "failure", *METRIC_COLUMNS, "timesteps"]
 INTERRUPTED = "interrupted before it finished; evaluated again on resume"
+REQUEUED = "requeued"
+FIDELITY_CONSTRAINT = "fidelity"
 
 
 def not_a_result(failure: str | None) -> bool:
@@ -33,24 +38,86 @@ def not_a_result(failure: str | None) -> bool:
 
 
 def _create_or_load(storage: str, study_name: str, directions: list[str], sampler, attempts: int = 10):
-    """The study, created if new. Workers starting together on a fresh database race to create its tables and
-    the study; the loser of such a race retries (and then loads what the winner created)."""
+    """The study and whether this call created it. Workers starting together on a fresh database race to create
+    its tables and the study; the loser of such a race retries (and then loads what the winner created). The
+    storage's unique study name makes exactly one caller the creator."""
     from sqlalchemy.exc import IntegrityError, ProgrammingError
 
     for attempt in range(attempts):
         try:
-            return optuna.create_study(
-                study_name=study_name, storage=storage, directions=directions, sampler=sampler, load_if_exists=True
-            )
-        except (IntegrityError, ProgrammingError, optuna.exceptions.DuplicatedStudyError):
+            study = optuna.create_study(study_name=study_name, storage=storage, directions=directions, sampler=sampler)
+            return study, True
+        except optuna.exceptions.DuplicatedStudyError:
+            return optuna.load_study(study_name=study_name, storage=storage, sampler=sampler), False
+        except (IntegrityError, ProgrammingError):
             if attempt == attempts - 1:
                 raise
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
 
 
+def shown_url(storage: str) -> str:
+    """A storage URL fit for a message: its password masked."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(storage).render_as_string(hide_password=True)
+    except ArgumentError:
+        return storage
+
+
+def storage_error(storage: str, error: BaseException) -> ConfigError:
+    """One line saying why ``storage`` cannot be opened and what a valid one looks like."""
+    reason = (str(getattr(error, "orig", None) or error).strip().splitlines() or [type(error).__name__])[0]
+    if isinstance(error, ImportError):
+        reason = "its database driver is not installed (PostgreSQL: pip install -e '.[postgres]')"
+    return ConfigError(
+        f"storage={shown_url(storage)!r} cannot be opened: {reason}; valid: sqlite:///PATH/ledger.db (one process) "
+        "or postgresql://user:password@host/db (shared by workers)"
+    )
+
+
+def check_sqlite_file(storage: str) -> None:
+    """Refuses a SQLite ledger file that exists but cannot be read: opening it would silently start a new study
+    (SQLite treats a 0-byte file as an empty database) and the run folder would then mix two studies."""
+    import sqlite3
+
+    from sqlalchemy.engine import make_url
+
+    if not storage.startswith("sqlite"):
+        return
+    database = make_url(storage).database
+    if not database or database == ":memory:":
+        return
+    path = Path(database)
+    if not path.exists():
+        return
+    advice = "move it aside to start a new study, or restore it from a copy"
+    if path.is_dir():
+        raise ConfigError(f"ledger {path} is a directory, not a SQLite file; {advice}")
+    with path.open("rb") as handle:
+        header = handle.read(16)
+    if header != b"SQLite format 3\x00":
+        what = "is empty (0 bytes)" if path.stat().st_size == 0 else "is not a SQLite database"
+        raise ConfigError(f"ledger {path} {what}; {advice}")
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
+            verdict = connection.execute("PRAGMA quick_check").fetchone()[0]
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError as error:
+        raise ConfigError(f"ledger {path} is damaged ({error}); {advice}") from None
+    if verdict != "ok":
+        raise ConfigError(f"ledger {path} is damaged ({verdict}); {advice}")
+    if "studies" not in tables:
+        raise ConfigError(f"ledger {path} is a SQLite database but not an optuna study ledger; {advice}")
+
+
+LEDGER_FILE = "ledger.db"
+
+
 def default_storage(run_dir: Path) -> str:
-    return f"sqlite:///{(run_dir / 'ledger.db').resolve()}"
+    return f"sqlite:///{(run_dir / LEDGER_FILE).resolve()}"
 
 
 class Ledger:
@@ -58,16 +125,30 @@ class Ledger:
 
     def __init__(self, storage: str, study_name: str, directions: list[str], sampler=None) -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.study = _create_or_load(storage, study_name, directions, sampler)
+        check_sqlite_file(storage)
+        try:
+            self.study, self.created = _create_or_load(storage, study_name, directions, sampler)
+        except (ImportError, ValueError, SQLAlchemyError) as error:
+            raise storage_error(storage, error) from None
         self.study_name = study_name
         self.storage = storage
+        if [direction.name.lower() for direction in self.study.directions] != directions:
+            stored = [direction.name.lower() for direction in self.study.directions]
+            raise ConfigError(
+                f"study {study_name!r} in {shown_url(storage)} optimises {len(stored)} objectives ({stored}), "
+                f"not the {len(directions)} asked for ({directions}); give the study's objectives or another study_name"
+            )
 
     @classmethod
     def open_existing(cls, storage: str, study_name: str) -> Ledger:
         ledger = cls.__new__(cls)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        ledger.study = optuna.load_study(study_name=study_name, storage=storage)
-        ledger.study_name, ledger.storage = study_name, storage
+        check_sqlite_file(storage)
+        try:
+            ledger.study = optuna.load_study(study_name=study_name, storage=storage)
+        except (ImportError, ValueError, SQLAlchemyError) as error:
+            raise storage_error(storage, error) from None
+        ledger.study_name, ledger.storage, ledger.created = study_name, storage, False
         return ledger
 
     def check_settings(self, settings: dict[str, Any]) -> None:
@@ -98,18 +179,32 @@ class Ledger:
         return count
 
     def requeue(self, params: dict[str, Any], user_attrs: dict[str, Any]) -> None:
-        """Queues an unfinished trial's parameters again, keeping only what says where it came from."""
+        """Queues an unfinished trial's parameters again, keeping only what says where it came from; the copy is
+        marked re-queued: it is evaluated even past the budget, so nothing a run started is lost."""
         kept = {key: user_attrs[key] for key in ("warm_start",) if key in user_attrs}
-        self.study.enqueue_trial(params, user_attrs=kept)
+        self.study.enqueue_trial(params, user_attrs={**kept, REQUEUED: True})
 
-    def enqueue_once(self, tag: str, params: dict[str, Any]) -> bool:
-        """Enqueues a warm-start configuration unless this study already has it (tagged)."""
+    def has_requeued(self) -> bool:
+        """Whether a re-queued trial (interrupted, or a dead worker's) waits to be evaluated."""
+        waiting = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+        return any(trial.user_attrs.get(REQUEUED) for trial in waiting)
+
+    def enqueue_warm_start(self, configurations: list[tuple[str, dict[str, Any]]], exclusive: bool) -> int:
+        """Enqueues the standard configurations this study does not have yet; returns how many were enqueued.
+
+        On a storage this process holds alone (``exclusive``: the run folder's SQLite ledger) missing ones are
+        added. On a shared storage only the worker that created the study enqueues them, so however many workers
+        start together, the warm start is queued once per study.
+        """
+        if not exclusive and not self.created:
+            return 0
         tags = set(self.study.user_attrs.get("enqueued", []))
-        if tag in tags:
-            return False
-        self.study.enqueue_trial(params, user_attrs={"warm_start": tag})
-        self.study.set_user_attr("enqueued", sorted(tags | {tag}))
-        return True
+        new = [(tag, params) for tag, params in configurations if tag not in tags]
+        for tag, params in new:
+            self.study.enqueue_trial(params, user_attrs={"warm_start": tag})
+        if new:
+            self.study.set_user_attr("enqueued", sorted(tags | {tag for tag, _ in new}))
+        return len(new)
 
     def evaluated_candidates(self) -> dict[str, int]:
         """candidate key -> number of the first finished trial that evaluated it (interrupted ones excluded)."""
@@ -196,7 +291,7 @@ class Ledger:
         candidate: Candidate,
         measurement: Measurement,
         objectives: list[str],
-        limits: dict[str, float | None],
+        limits: dict[str, float],
         per_level: dict[int, dict[str, float]] | None = None,
         top_level: int | None = None,
     ) -> optuna.trial.FrozenTrial:
@@ -204,6 +299,8 @@ class Ledger:
 
         With multi-fidelity scoring, each level's figures are kept (``fidelity.<samples>.<metric>``) and a
         trial that stopped below ``top_level`` gets a violated ``fidelity`` constraint: not a plan to deploy.
+        ``limits`` (metric -> upper bound) are stored as constraints only to steer optimizers that read them;
+        whether a trial fits is decided when a front is built, with the limits in force then.
         """
         for level, metrics in (per_level or {}).items():
             for name, value in metrics.items():
@@ -220,17 +317,16 @@ class Ledger:
             reason = measurement.failure or f"objective(s) not finite: {dict(zip(objectives, values))}"
             trial.set_user_attr("failure", reason)
             return self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        for option, metric in CONSTRAINTS.items():
-            limit = limits.get(option)
-            if limit is not None:
-                trial.set_constraint(option, measurement.metrics[metric] - float(limit))
+        for metric, limit in limits.items():
+            trial.set_constraint(f"max_{metric}", measurement.metrics[metric] - float(limit))
         if top_level is not None:
             reached = int(measurement.metrics.get("quality_samples", 0))
-            trial.set_constraint("fidelity", float(top_level - reached))
+            trial.set_constraint(FIDELITY_CONSTRAINT, float(top_level - reached))
         return self.study.tell(trial, values)
 
-    def trials_frame(self) -> pd.DataFrame:
-        """Every trial as one row: number, state, params, metrics, details, failure."""
+    def trials_frame(self, limits: dict[str, float] | None = None) -> pd.DataFrame:
+        """Every trial as one row: number, state, params, metrics, details, failure, and ``feasible``: scored at
+        full fidelity and within ``limits`` (metric -> upper bound, the limits in force now)."""
         rows = []
         for frozen in self.study.get_trials(deepcopy=False):
             row: dict[str, Any] = {"trial": frozen.number, "state": frozen.state.name}
@@ -245,7 +341,7 @@ class Ledger:
                 elif key.startswith(DETAIL_PREFIX):
                     row[key[len(DETAIL_PREFIX) :]] = json.dumps(value) if isinstance(value, list | dict) else value
             row["warm_start"] = frozen.user_attrs.get("warm_start", "")
-            row["feasible"] = is_feasible(frozen)
+            row["feasible"] = reached_full_fidelity(frozen) and within_limits(row, limits or {})
             row["failure"] = frozen.user_attrs.get("failure", "")
             rows.append(row)
         frame = pd.DataFrame(rows)
@@ -264,11 +360,14 @@ def _levels(frozen: optuna.trial.FrozenTrial) -> dict[int, dict[str, float]]:
     return levels
 
 
-def is_feasible(frozen: optuna.trial.FrozenTrial) -> bool:
-    """Every constraint the trial set is met (optuna 5 stores them by name, older versions as a list)."""
-    constraints = frozen.constraints or {}
-    values = constraints.values() if isinstance(constraints, dict) else constraints
-    return all(value <= 0 for value in values)
+def reached_full_fidelity(frozen: optuna.trial.FrozenTrial) -> bool:
+    """The trial was scored at the run's top fidelity (a multi-fidelity trial stopped lower is not a plan)."""
+    return (frozen.constraints or {}).get(FIDELITY_CONSTRAINT, 0.0) <= 0
+
+
+def within_limits(metrics: dict[str, Any], limits: dict[str, float]) -> bool:
+    """Every limited metric was measured and is at most its bound (NaN, unmeasured, fits nothing)."""
+    return all(metrics.get(metric) is not None and metrics[metric] <= bound for metric, bound in limits.items())
 
 
 def _json_number(value: float) -> float | None:

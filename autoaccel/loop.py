@@ -32,9 +32,12 @@ from autoaccel.techniques.base import get_technique, unchanged_model_params
 
 @dataclass(frozen=True)
 class LoopBudget:
+    """``trials`` results in the study (warm starts included); ``limits``: metric -> upper bound, which steer
+    optimizers that read constraints (the front applies the limits in force whenever it is built)."""
+
     trials: int
     max_minutes: float | None
-    limits: dict[str, float | None]
+    limits: dict[str, float]
     concurrent: int = 1
 
 
@@ -189,8 +192,9 @@ def run_search(
                 while (
                     not out_of_time
                     and len(in_flight) < budget.concurrent
-                    # re-queued trials (interrupted, or a dead worker's) are evaluated even past the budget
-                    and (ledger.finished_count() + len(in_flight) < budget.trials or ledger.has_waiting())
+                    # re-queued trials (interrupted, or a dead worker's) are evaluated even past the budget;
+                    # queued warm starts are not: a budget below the warm start takes its first ones
+                    and (ledger.finished_count() + len(in_flight) < budget.trials or ledger.has_requeued())
                 ):
                     with deferred_interrupts():  # a trial asked is a trial held: no interrupt in between
                         trial, candidate, searched = _ask(ledger, backend, space, held)

@@ -1,7 +1,8 @@
 """The Pareto front of a study and the choices made on it: the knee point and the best plan within a budget.
 
-The front itself is optuna's (``study.best_trials``: complete, feasible, non-dominated); this module only
-orders, selects and explains.
+A front is built from the measured figures and the limits in force when it is built (the ``feasible`` column
+of ``Ledger.trials_frame(limits)``), never from a feasibility fixed when a trial was recorded: a limit that
+changes between runs gives the front of the question asked now. Dominance is pymoo's non-dominated sort.
 """
 
 from __future__ import annotations
@@ -13,6 +14,31 @@ import numpy as np
 import pandas as pd
 
 from autoaccel.objectives import DIRECTIONS
+
+
+def front_numbers(trials: pd.DataFrame, objectives: list[str]) -> list[int]:
+    """Trials on the Pareto front: complete, feasible under the limits in force, and non-dominated."""
+    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+    if trials.empty or any(name not in trials for name in objectives):
+        return []
+    usable = trials[(trials["state"] == "COMPLETE") & trials["feasible"].astype(bool)]
+    matrix = _minimised(usable, objectives)
+    finite = np.isfinite(matrix).all(axis=1)
+    usable, matrix = usable[finite], matrix[finite]
+    if usable.empty:
+        return []
+    on_front = NonDominatedSorting().do(matrix, only_non_dominated_front=True)
+    return sorted(int(number) for number in usable["trial"].to_numpy()[on_front])
+
+
+def _minimised(trials: pd.DataFrame, objectives: list[str]) -> np.ndarray:
+    """The objectives as a matrix to minimise (maximised ones negated)."""
+    matrix = np.array(trials[list(objectives)].to_numpy(dtype=float), copy=True).reshape(len(trials), len(objectives))
+    for column, name in enumerate(objectives):
+        if DIRECTIONS[name] == "maximize":
+            matrix[:, column] = -matrix[:, column]
+    return matrix
 
 
 def front_frame(trials: pd.DataFrame, front_numbers: list[int], cost_metric: str = "latency_ms") -> pd.DataFrame:
@@ -82,11 +108,10 @@ def hypervolume_history(trials: pd.DataFrame, objectives: list[str]) -> list[flo
     if trials.empty:
         return []
     ordered = trials.sort_values("trial")
+    if any(name not in ordered for name in objectives):  # no trial measured anything
+        return [0.0] * len(ordered)
     usable = (ordered["state"] == "COMPLETE") & ordered["feasible"].astype(bool)
-    matrix = ordered[objectives].to_numpy(dtype=float)
-    for column, name in enumerate(objectives):
-        if DIRECTIONS[name] == "maximize":
-            matrix[:, column] = -matrix[:, column]
+    matrix = _minimised(ordered, objectives)
     valid = usable.to_numpy() & np.isfinite(matrix).all(axis=1)
     if not valid.any():
         return [0.0] * len(ordered)

@@ -4,7 +4,9 @@ loop -> report. ``open_run`` rebuilds the same context from a run folder for ``r
 
 from __future__ import annotations
 
+import contextlib
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,12 +16,13 @@ from omegaconf import DictConfig, OmegaConf
 from autoaccel.config.checks import validate_config
 from autoaccel.errors import ConfigError, TargetError
 from autoaccel.fidelity import FidelityLadder
-from autoaccel.ledger import Ledger, default_storage
+from autoaccel.ledger import LEDGER_FILE, Ledger, default_storage, shown_url
 from autoaccel.measure.evaluator import CostSettings, Evaluator
 from autoaccel.measure.reference import QualityJudge
 from autoaccel.objectives import objective_directions
 from autoaccel.optimizers.base import OptimizerBackend
 from autoaccel.space import SearchSpace, load_space
+from autoaccel.study_lock import StudyLock
 from autoaccel.targets.base import Target
 
 CONFIG_FILE = "config.yaml"
@@ -36,6 +39,7 @@ class RunContext:
     judge: QualityJudge
     evaluator: Evaluator
     backend: OptimizerBackend
+    lock: StudyLock | None = None  # held while a search runs on the run folder's SQLite ledger
 
 
 def load_target(config: DictConfig) -> Target:
@@ -75,29 +79,45 @@ def settings_fingerprint(config: DictConfig, target: Target, space: SearchSpace)
 
 
 def prepare_run(config: DictConfig, run_dir: Path | None = None, for_search: bool = True) -> RunContext:
+    """Everything a run needs, checked before anything is written: a command that fails to start leaves no run
+    folder, no ledger and no study behind. A search holds a run folder's SQLite study alone (see ``StudyLock``)."""
     from autoaccel.optimizers.base import make_backend
 
     validate_config(config)
     objectives = list(config.objectives)
     directions = objective_directions(objectives)
     target = load_target(config)
-    space = load_space(str(config.space)).for_target(target.capabilities)
+    space = load_space(str(config.space)).for_target(
+        target.capabilities, num_train_timesteps=target.num_train_timesteps
+    )
+    options = {**OmegaConf.to_container(config.optimizer), "directions": directions}
+    backend = make_backend(str(config.optimizer.name), space, options, len(objectives))
     study_name = study_name_for(config)
     run_dir = Path(run_dir or Path(config.report.dir) / study_name).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
     storage = str(config.storage) if config.storage else default_storage(run_dir)
-    ledger = Ledger(storage, study_name, directions)
-    options = {**OmegaConf.to_container(config.optimizer), "directions": directions}
-    if options.get("seed") is not None:
+    lock = StudyLock(run_dir, study_name) if for_search and not config.storage else None
+    if not for_search and not config.storage and not (run_dir / LEDGER_FILE).exists():
+        raise ConfigError(f"{run_dir} has no {LEDGER_FILE}: nothing was recorded there")
+    with _removed_if_failed(run_dir):
+        if lock is not None:
+            lock.acquire()
+        try:
+            ledger = Ledger(storage, study_name, directions) if for_search else _existing(storage, study_name)
+            if for_search:
+                ledger.check_settings(settings_fingerprint(config, target, space))
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+    if options.get("seed") is not None and ledger.finished_count():
         # A resumed run must not replay the random stream of the first one: it would re-propose the same points.
         options["seed"] = int(options["seed"]) + ledger.finished_count()
-    backend = make_backend(str(config.optimizer.name), space, options, len(objectives))
+        backend = make_backend(str(config.optimizer.name), space, options, len(objectives))
     ledger.study.sampler = backend.sampler()
     if for_search:
-        ledger.check_settings(settings_fingerprint(config, target, space))
         (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(config))
-        if ledger.study.user_attrs.get("config") is None:  # any machine can rebuild the report from the storage
-            ledger.study.set_user_attr("config", OmegaConf.to_container(config, resolve=True))
+        # any machine can rebuild the report from the storage, with the limits of the latest run
+        ledger.study.set_user_attr("config", OmegaConf.to_container(config, resolve=True))
     judge = QualityJudge(
         target,
         int(config.quality.samples),
@@ -107,7 +127,27 @@ def prepare_run(config: DictConfig, run_dir: Path | None = None, for_search: boo
     )
     cost = CostSettings(int(config.cost.batch_size), int(config.cost.warmup), int(config.cost.repeats))
     evaluator = Evaluator(target, space, judge, cost)
-    return RunContext(config, run_dir, target, space, objectives, ledger, judge, evaluator, backend)
+    return RunContext(config, run_dir, target, space, objectives, ledger, judge, evaluator, backend, lock)
+
+
+@contextlib.contextmanager
+def _removed_if_failed(run_dir: Path):
+    """Creates ``run_dir`` if needed; removes it again if what follows fails while it holds nothing else."""
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        if created:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _existing(storage: str, study_name: str) -> Ledger:
+    try:
+        return Ledger.open_existing(storage, study_name)
+    except KeyError:
+        raise ConfigError(f"storage {shown_url(storage)!r} has no study named {study_name!r}") from None
 
 
 def make_ladder(config: DictConfig, objectives: list[str], ledger: Ledger) -> FidelityLadder | None:
@@ -124,12 +164,7 @@ def make_ladder(config: DictConfig, objectives: list[str], ledger: Ledger) -> Fi
 def open_shared_run(storage: str, study_name: str, run_dir: Path) -> RunContext:
     """The context of a study in a shared storage, from the configuration its first worker stored there: the
     report and plans of a multi-machine search, on any machine that reaches the database."""
-    from autoaccel.ledger import Ledger
-
-    try:
-        ledger = Ledger.open_existing(storage, study_name)
-    except KeyError:
-        raise ConfigError(f"storage {storage!r} has no study named {study_name!r}") from None
+    ledger = _existing(storage, study_name)
     stored = ledger.study.user_attrs.get("config")
     if stored is None:
         raise ConfigError(f"study {study_name!r} has no stored configuration (it was not started by autoaccel)")

@@ -10,14 +10,16 @@ from omegaconf import DictConfig
 
 from autoaccel.liveness import LivenessSettings
 from autoaccel.loop import LoopBudget, run_search, standard_configurations
+from autoaccel.objectives import describe_limits, limits_in_force
+from autoaccel.pareto import front_numbers
 from autoaccel.run import ensure_teacher, make_ladder, prepare_run
 
 
-def _progress(log, objectives: list[str], context, total: int):
+def _progress(log, objectives: list[str], context, total: int, limits: dict[str, float]):
     started = time.perf_counter()
 
     def on_trial(frozen, measurement, finished: int) -> None:
-        front_size = len(context.ledger.study.best_trials)
+        front_size = len(front_numbers(context.ledger.trials_frame(limits), objectives))
         if measurement.ok:
             figures = "  ".join(f"{name} {measurement.metrics.get(name, math.nan):.4g}" for name in objectives)
             nfe = measurement.metrics.get("nfe", math.nan)
@@ -36,9 +38,17 @@ def _progress(log, objectives: list[str], context, total: int):
 
 def search(config: DictConfig, log=print) -> Path:
     """Runs or resumes the study the configuration names; returns the report's index.html."""
+    context = prepare_run(config)
+    try:
+        return _run(context, config, log)
+    finally:
+        if context.lock is not None:
+            context.lock.release()
+
+
+def _run(context, config: DictConfig, log) -> Path:
     from autoaccel.report.build import build_report
 
-    context = prepare_run(config)
     liveness = None
     if config.storage:
         # A shared storage may have other workers' trials RUNNING right now: only those whose heartbeat
@@ -56,31 +66,44 @@ def search(config: DictConfig, log=print) -> Path:
         f"space {context.space.name} ({len(context.space.dimensions)} dimensions), "
         f"optimizer {config.optimizer.name}, target {context.target.name} on {context.target.unet.device}"
     )
-    for tag, params in standard_configurations(context.space, list(config.budget.warm_start_steps)):
-        context.ledger.enqueue_once(tag, params)
-    ensure_teacher(context, log)
+    trials = int(config.budget.trials)
+    standards = standard_configurations(context.space, list(config.budget.warm_start_steps))
+    # the standard configurations come first, as many as the budget has room for
+    context.ledger.enqueue_warm_start(standards[: max(0, trials - done)], exclusive=not config.storage)
+    if not done and len(standards) > trials:
+        log(
+            f"budget.trials={trials} is smaller than the {len(standards)} standard configurations: only the first "
+            f"{trials} are evaluated"
+        )
+    limits = limits_in_force(config.budget)
+    complete = done >= trials and not context.ledger.has_requeued()
+    if complete:
+        log(
+            f"study {context.ledger.study_name!r} is complete: {done} trials for budget.trials={trials}; to continue "
+            f"it, run the same command with a larger budget, e.g. budget.trials={trials + 20}"
+        )
+    else:
+        ensure_teacher(context, log)
     budget = LoopBudget(
-        trials=int(config.budget.trials),
-        max_minutes=config.budget.max_minutes,
-        limits={"max_latency_ms": config.budget.max_latency_ms, "max_nfe": config.budget.max_nfe},
-        concurrent=int(config.budget.concurrent),
+        trials=trials, max_minutes=config.budget.max_minutes, limits=limits, concurrent=int(config.budget.concurrent)
     )
     try:
-        run_search(
-            context.ledger,
-            context.backend,
-            context.evaluator,
-            context.space,
-            context.objectives,
-            budget,
-            on_trial=_progress(log, context.objectives, context, budget.trials),
-            ladder=make_ladder(config, context.objectives, context.ledger),
-            liveness=liveness,
-            log=log,
-        )
+        if not complete:
+            run_search(
+                context.ledger,
+                context.backend,
+                context.evaluator,
+                context.space,
+                context.objectives,
+                budget,
+                on_trial=_progress(log, context.objectives, context, budget.trials, limits),
+                ladder=make_ladder(config, context.objectives, context.ledger),
+                liveness=liveness,
+                log=log,
+            )
     finally:
         index = context.run_dir / "index.html"
         if config.report.build:
             index = build_report(context, log)
-            log(f"report: {index}")
+            log(f"report: {index} (limits applied: {describe_limits(limits)})")
     return index

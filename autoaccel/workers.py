@@ -48,6 +48,7 @@ def run_workers(count: int, overrides: list[str], log=print) -> int:
 
     config = compose_config(overrides)
     require_shared_storage(config.storage, "workers")
+    _check_before_starting(config)
     gpus = _gpu_count()
     processes = []
     for index, command in enumerate(worker_commands(count, overrides, config.optimizer.seed)):
@@ -68,9 +69,29 @@ def run_workers(count: int, overrides: list[str], log=print) -> int:
     failed = [code for code in codes if code != 0]
     if failed:
         log(f"{len(failed)} of {count} workers exited with an error (codes {failed})")
+    if len(failed) == count:
+        raise ConfigError(f"all {count} workers exited with an error (codes {failed}); see their messages above")
     index = build_report(open_run(Path(config.report.dir) / study_name_for(config)), log)
     log(f"report: {index}")
     return max(codes) if failed else 0
+
+
+def _check_before_starting(config) -> None:
+    """What would make every worker fail at once, checked once here: N identical tracebacks say less than one
+    line. The storage is opened (and its tables created) so an unreachable server or a missing driver is named."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from autoaccel.config.checks import validate_config
+    from autoaccel.ledger import storage_error
+    from autoaccel.objectives import objective_directions
+
+    validate_config(config)
+    objective_directions(list(config.objectives))
+    try:
+        optuna.storages.RDBStorage(str(config.storage))
+    except (ImportError, ValueError, SQLAlchemyError) as error:
+        raise storage_error(str(config.storage), error) from None
 
 
 def _gpu_count() -> int:

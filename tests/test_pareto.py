@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from autoaccel.errors import ConfigError
-from autoaccel.pareto import choose_within, front_frame, knee_point
+from autoaccel.pareto import choose_within, front_frame, front_numbers, knee_point
 from autoaccel.planning import explain_plan, read_front
 
 
@@ -184,3 +184,33 @@ def test_front_frame_lists_a_re_proposed_candidate_once():
     )
     front = front_frame(trials, [0, 1, 2])
     assert front["trial"].tolist() == [1, 0]
+
+
+# --- front_numbers ---------------------------------------------------------------------------------------------
+
+
+def _trials(feasible: list[bool], states: list[str] | None = None) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "trial": [0, 1, 2, 3, 4],
+            "state": states or ["COMPLETE"] * 5,
+            "feasible": feasible,
+            "fid": [10.0, 20.0, 5.0, 12.0, float("nan")],
+            "psnr_vs_ode": [20.0, 25.0, 30.0, 15.0, 40.0],
+            "latency_ms": [5.0, 3.0, 9.0, 6.0, 10.0],
+        }
+    )
+
+
+def test_front_numbers_keep_the_non_dominated_feasible_complete_trials():
+    trials = _trials([True] * 5)
+    assert front_numbers(trials, ["fid", "latency_ms"]) == [0, 1, 2]  # 3 is dominated by 0; 4 measured no fid
+    # maximised objectives count the other way: more psnr is better
+    assert front_numbers(trials, ["psnr_vs_ode", "latency_ms"]) == [1, 2, 4]
+
+
+def test_front_numbers_leave_out_infeasible_and_failed_trials_whose_place_others_take():
+    trials = _trials([True, False, True, True, True], states=["COMPLETE", "COMPLETE", "COMPLETE", "COMPLETE", "FAIL"])
+    assert front_numbers(trials, ["fid", "latency_ms"]) == [0, 2]
+    assert front_numbers(trials.iloc[:0], ["fid", "latency_ms"]) == []
+    assert front_numbers(trials[["trial", "state", "feasible"]], ["fid", "latency_ms"]) == []

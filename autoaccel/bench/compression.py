@@ -29,6 +29,8 @@ from autoaccel.bench import mean_std
 from autoaccel.candidate import Candidate
 from autoaccel.measure.evaluator import CostSettings, Evaluator
 from autoaccel.measure.reference import QualityJudge
+from autoaccel.objectives import limits_in_force
+from autoaccel.pareto import front_numbers
 from autoaccel.space import load_space
 from autoaccel.techniques.base import unchanged_model_params
 
@@ -196,10 +198,11 @@ def _search_front(config: DictConfig, space_name: str, bench_dir: Path, log) -> 
     log(f"   searching space={space_name} ({config.bench.compression_trials} trials)")
     search(run_config, log=log)
     context = open_run(runs_dir / f"bench-compression-{space_name}")
+    trials = context.ledger.trials_frame(limits_in_force(run_config.budget))
     front = []
-    for frozen in context.ledger.study.best_trials:
-        params = {**unchanged_model_params(), **frozen.user_attrs["candidate"]}
-        front.append((frozen.number, params))
+    for number in front_numbers(trials, context.objectives):
+        params = {**unchanged_model_params(), **context.ledger.trial(number).user_attrs["candidate"]}
+        front.append((number, params))
     return front
 
 

@@ -13,8 +13,8 @@ import pandas as pd
 from autoaccel.candidate import Candidate, apply_plan
 from autoaccel.imaging import save_grid
 from autoaccel.measure.seeds import sample_in_chunks
-from autoaccel.objectives import METRIC_COLUMNS
-from autoaccel.pareto import front_frame, hypervolume_history, knee_point
+from autoaccel.objectives import METRIC_COLUMNS, describe_limits, limits_in_force
+from autoaccel.pareto import front_frame, front_numbers, hypervolume_history, knee_point
 from autoaccel.recipe import apply_recipe, build_recipe, save_recipe
 from autoaccel.report.html import write_html
 from autoaccel.report.plots import hypervolume_plot, pareto_plot
@@ -67,10 +67,11 @@ def write_front_recipe(context, row: pd.Series, recipes_dir: Path) -> Path:
 
 def build_report(context, log=print) -> Path:
     run_dir = context.run_dir
-    trials = context.ledger.trials_frame()
+    limits = limits_in_force(context.config.budget)
+    trials = context.ledger.trials_frame(limits)
     teacher = context.ledger.study.user_attrs.get("teacher")
-    front_numbers = [trial.number for trial in context.ledger.study.best_trials]
-    front = front_frame(trials, front_numbers) if front_numbers else pd.DataFrame(columns=PARETO_COLUMNS)
+    numbers = front_numbers(trials, context.objectives)
+    front = front_frame(trials, numbers) if numbers else pd.DataFrame(columns=PARETO_COLUMNS)
     grid_count = min(int(context.config.report.grid_images), context.judge.samples)
     grid_seeds = context.judge.seeds.head(grid_count)
     grids: dict[str, str] = {}
@@ -92,6 +93,8 @@ def build_report(context, log=print) -> Path:
             grid_name
         )
     front["recipe"] = recipe_paths
+    _remove_stale(run_dir / "recipes", "trial-*.yaml", set(recipe_paths))
+    _remove_stale(run_dir / "grids", "trial-*.png", set(grids.values()))
     trials.to_csv(run_dir / "trials.csv", index=False)
     front.reindex(columns=PARETO_COLUMNS).to_csv(run_dir / "pareto.csv", index=False)
     pareto_plot(trials, front, teacher, run_dir / "pareto.png", title=f"{context.ledger.study_name}")
@@ -101,6 +104,8 @@ def build_report(context, log=print) -> Path:
     complete = trials[trials["state"] == "COMPLETE"] if not trials.empty else trials
     standards = complete[complete["warm_start"] != ""] if not complete.empty else complete
     failures = trials[trials["state"] == "FAIL"] if not trials.empty else trials
+    if complete.empty:
+        log(f"no trial of study {context.ledger.study_name!r} completed; {_failure_summary(failures)}")
     summary = {
         "model": f"{context.target.name} ({context.target.path}), weights hash {context.target.content_hash[:16]}",
         "quality": context.target.quality.description,
@@ -109,8 +114,10 @@ def build_report(context, log=print) -> Path:
         "optimizer": str(context.config.optimizer.name),
         "objectives": ", ".join(context.objectives),
         "trials": f"{len(trials)} ({len(complete)} complete, {len(failures)} failed)",
+        "limits applied": describe_limits(limits),
         "front": f"{len(front)} plans"
-        + (f"; knee point: trial {int(front.iloc[knee]['trial'])}" if knee is not None else ""),
+        + (f"; knee point: trial {int(front.iloc[knee]['trial'])}" if knee is not None else "")
+        + ("" if not complete.empty else f"; no trial completed: {_failure_summary(failures)}"),
         "latency": f"median of {context.config.cost.repeats} calls at batch {context.config.cost.batch_size} "
         f"after {context.config.cost.warmup} warm-up calls",
     }
@@ -145,3 +152,19 @@ def build_report(context, log=print) -> Path:
             + ("; upload it with `wandb sync`" if mode == "offline" else "")
         )
     return run_dir / "index.html"
+
+
+def _remove_stale(folder: Path, pattern: str, current: set[str]) -> None:
+    """Removes files of front points that are no longer on the front: a run folder never mixes two fronts."""
+    for path in folder.glob(pattern):
+        if f"{folder.name}/{path.name}" not in current:
+            path.unlink(missing_ok=True)
+
+
+def _failure_summary(failures: pd.DataFrame, shown: int = 3) -> str:
+    """The most frequent failure reasons, for a study where nothing completed."""
+    if failures.empty or "failure" not in failures:
+        return "no trial has finished yet"
+    counts = failures["failure"].fillna("").replace("", "no reason recorded").value_counts()
+    reasons = "; ".join(f"{count}x {reason}" for reason, count in counts.head(shown).items())
+    return f"failure reasons: {reasons}"

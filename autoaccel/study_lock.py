@@ -1,0 +1,81 @@
+"""One process at a time on a run folder's SQLite study.
+
+Two searches on one SQLite ledger would sweep each other's live trials as interrupted, evaluate candidates
+twice and time each other's work into the recorded latencies. A search therefore holds an exclusive lock on
+``study.lock`` next to the ledger while it runs. The operating system releases it when the process ends, however
+it ends, so a lock is only ever taken over from a dead process. Several processes on one study share a
+PostgreSQL storage instead (``storage=postgresql://...``, ``python -m autoaccel workers``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from autoaccel.errors import ConfigError
+
+LOCK_FILE = "study.lock"
+
+
+class StudyLock:
+    """An exclusive ``flock`` on ``run_dir/study.lock``, holding who took it (for the message of the next one)."""
+
+    def __init__(self, run_dir: Path, study_name: str) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self.study_name = study_name
+        self._handle = None
+
+    def acquire(self) -> None:
+        while True:
+            handle = self.path.open("a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = _describe(handle.read())
+                handle.close()
+                raise self._in_use(holder) from None
+            if _same_file(handle, self.path):
+                break
+            handle.close()  # the holder released and removed it between our open and our lock: take the new one
+        handle.seek(0)
+        handle.truncate()
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        handle.write(json.dumps({**holder, "command": " ".join(sys.argv)}))
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        """Removes the lock file (while still holding it, so nobody locks a file that is going away) and unlocks."""
+        if self._handle is not None:
+            self.path.unlink(missing_ok=True)
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+    def _in_use(self, holder: str) -> ConfigError:
+        return ConfigError(
+            f"study {self.study_name!r} in {self.path.parent} is in use by {holder}; wait for it to finish or "
+            "stop it (it resumes where it stopped). To run several processes on one study, share a PostgreSQL "
+            "storage: storage=postgresql://user:password@host/db, or `python -m autoaccel workers N storage=...`"
+        )
+
+
+def _same_file(handle, path: Path) -> bool:
+    try:
+        return os.fstat(handle.fileno()).st_ino == path.stat().st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _describe(text: str) -> str:
+    try:
+        holder = json.loads(text)
+        return f"process {holder['pid']} on {holder['host']} (since {holder['since']}: {holder['command']})"
+    except (ValueError, KeyError, TypeError):
+        return "another process"
