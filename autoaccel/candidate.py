@@ -51,5 +51,21 @@ class Candidate:
 
 
 def apply_plan(pipeline, plan: list[tuple[Any, Any]], target) -> None:
+    """Applies each (technique, config) in turn and records it on ``pipeline.plan``: the cost key reads it."""
     for technique, config in plan:
         technique.apply(pipeline, config, target)
+        pipeline.plan.techniques.append((technique, config))
+
+
+def plan_cost(plan: list[tuple[Any, Any]]) -> dict[str, dict[str, Any]]:
+    """technique name -> the settings of its config that change deployment cost; a technique whose config
+    leaves the deployment as it is (pruning ratio 0, quantization off) adds nothing, so such a plan shares the
+    timing of the plain pipeline."""
+    costs = {technique.name: to_plain(technique.cost_settings(config)) for technique, config in plan}
+    return {name: settings for name, settings in costs.items() if settings}
+
+
+def cost_key(measured: Mapping[str, Any], plan: list[tuple[Any, Any]]) -> str:
+    """The latency cache key: the measured structure (``measured``) and every applied technique's cost settings,
+    as JSON with sorted keys, so the same plan gives the same key in any process."""
+    return json.dumps(to_plain({**measured, "techniques": plan_cost(plan)}), sort_keys=True)

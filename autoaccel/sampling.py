@@ -8,7 +8,8 @@ timesteps) -> for each t: unet (once, or on a doubled batch under guidance) -> s
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline
@@ -63,6 +64,8 @@ class SamplingPlan:
     timesteps: list[int]
     guidance_scale: float = 1.0
     null_class: int | None = None
+    # (technique, config) pairs applied to this pipeline, in order: what its latency is cached by
+    techniques: list[tuple[Any, Any]] = field(default_factory=list)
 
 
 class SamplerPipeline(DiffusionPipeline):

@@ -3,6 +3,9 @@
 A technique is a config dataclass, a way to build it from a candidate's parameters (its own namespace of the
 space, e.g. ``solver.*``), and ``apply(pipeline, config, target)``. It declares each setting a space may name
 (``params``: setting -> ParamSpec), so a space file is checked when it loads, not when every trial fails.
+Each technique also says which of its settings change what a deployment costs (``cost_key``): latency is measured
+once per cost structure and reused, so a technique that changes cost without changing the parameter count or the
+number of unet calls (a cache, a compiled graph, a distilled student) still gets a timing of its own.
 Adding a technique is one new module that calls ``register``; nothing else changes.
 """
 
@@ -11,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from autoaccel.errors import ConfigError
@@ -107,6 +110,15 @@ class Technique:
     unchanged_params: Mapping[str, Any] = field(default_factory=dict)
     # every setting a space may name (without the ``name.`` prefix) and what it accepts
     params: Mapping[str, ParamSpec] = field(default_factory=dict)
+    # config -> the settings that change deployment cost (plain, JSON-serialisable values); {} when the config
+    # leaves the deployment as it is. None: every setting is taken to change cost (never a wrongly shared timing)
+    cost_key: Callable[[Any], Mapping[str, Any]] | None = None
+
+    def cost_settings(self, config: Any) -> dict[str, Any]:
+        """What of ``config`` a latency measurement depends on: plans that agree here share one timing."""
+        if self.cost_key is None:
+            return asdict(config)
+        return dict(self.cost_key(config))
 
     def param_spec(self, setting: str) -> ParamSpec | None:
         """The spec a space's ``name.<setting>`` is checked against; ``gap_3`` is one element of the list setting

@@ -208,6 +208,18 @@ def apply_pruning(pipeline, config: PruningConfig, target) -> None:
     pipeline.unet = prune_unet(pipeline.unet, config, target)
 
 
+def pruning_cost(config: PruningConfig) -> dict:
+    """The ratios and whether whole heads go: they fix how many channels and heads are left in each layer.
+
+    Which channels go (importance, seed) and the recovery distillation change the weights, not their shapes:
+    plans differing only there share one timing. Ratio 0 leaves the model as it is and adds nothing.
+    """
+    if config.ratio == 0.0:
+        return {}
+    ratios = {name: float(getattr(config, name)) for name in ("ratio", "down", "mid", "up")}
+    return {**ratios, "prune_heads": config.prune_heads}
+
+
 PRUNING = register(
     Technique(
         name="pruning",
@@ -224,5 +236,6 @@ PRUNING = register(
             "recovery_steps": 0,
         },
         params=PRUNING_PARAMS,
+        cost_key=pruning_cost,
     )
 )

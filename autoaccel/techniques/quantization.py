@@ -328,6 +328,21 @@ def apply_quantization(pipeline, config: QuantizationConfig, target) -> None:
         pipeline.unet = quantize_unet(pipeline.unet, config, target)
 
 
+def quantization_cost(config: QuantizationConfig) -> dict:
+    """The bit widths a deployment's kernels run: weight, low-group and time-embedding bits, and activation bits.
+
+    Calibration (samples, seed) only moves the grids; a plan that is off, or whose low bits are never used,
+    says so rather than listing settings that change nothing. Which layers end up on which quantized kernel
+    is part of the measured structure (``autoaccel.measure.kernels.kernel_key``).
+    """
+    if not config.enabled:
+        return {}
+    cost = {"weight_bits": config.weight_bits, "time_bits": config.time_bits, "activation_bits": config.activation_bits}
+    if config.low_bits < config.weight_bits and config.low_fraction > 0.0:
+        cost.update(low_bits=config.low_bits, low_fraction=float(config.low_fraction))
+    return cost
+
+
 QUANTIZATION = register(
     Technique(
         name="quantization",
@@ -338,5 +353,6 @@ QUANTIZATION = register(
         simulated=True,
         unchanged_params={"enabled": False},
         params=QUANTIZATION_PARAMS,
+        cost_key=quantization_cost,
     )
 )

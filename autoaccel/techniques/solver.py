@@ -153,4 +153,22 @@ def describe(config: SolverConfig) -> dict:
     return asdict(config)
 
 
-SOLVER = register(Technique(name="solver", order=10, config_cls=SolverConfig, apply=apply_solver, params=SOLVER_PARAMS))
+def solver_cost(config: SolverConfig) -> dict:
+    """The scheduler class (how many unet calls a step takes) and whether guidance doubles each call's batch.
+
+    The guidance scale's value, the order, the variant and the final sigma change only the scheduler's own
+    arithmetic, which is negligible beside a unet call: plans differing only there share one timing.
+    """
+    return {"scheduler": SOLVERS[config.name].scheduler_class, "guided": config.guidance != 1.0}
+
+
+SOLVER = register(
+    Technique(
+        name="solver",
+        order=10,
+        config_cls=SolverConfig,
+        apply=apply_solver,
+        params=SOLVER_PARAMS,
+        cost_key=solver_cost,
+    )
+)

@@ -148,6 +148,11 @@ def apply_timesteps(pipeline, config: TimestepsConfig, target) -> None:
     pipeline.plan.timesteps = build_timesteps(config, pipeline.scheduler.alphas_cumprod)
 
 
+def timesteps_cost(config: TimestepsConfig) -> dict:
+    """Only the step count: where the steps sit (family, shape, gaps) costs the same per step."""
+    return {"steps": int(config.steps)}
+
+
 TIMESTEPS = register(
     Technique(
         name="timesteps",
@@ -156,5 +161,6 @@ TIMESTEPS = register(
         apply=apply_timesteps,
         group_params=_group_gaps,
         params=TIMESTEPS_PARAMS,
+        cost_key=timesteps_cost,
     )
 )
