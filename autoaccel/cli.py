@@ -3,7 +3,7 @@
 search [key=value ...]                  run (or resume) a search; writes reports/<run>/
 workers N storage=URL [key=value ...]   N search processes on one shared study (one per GPU), then its report
 report RUN [--storage URL --study S]    rebuild a run's report from its ledger (or a shared study's, anywhere)
-plan RUN [--max-latency-ms X] [--max-nfe N]   the best front point within a budget
+plan RUN [--max-fid-ratio R] [--max-latency-ms X] ...   the plan you ask for, e.g. the fastest within 1.25x FID
 apply RECIPE --out DIR [--n N] [--overwrite]   write N images with a recipe's plan
 bench schedules [key=value ...]         the schedule benchmark -> reports/bench/schedules.md
 bench optimizers | compression | workers   the other benchmarks -> reports/bench/*.md
@@ -93,17 +93,29 @@ def cmd_report(args: list[str]) -> int:
 
 
 def cmd_plan(args: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="autoaccel plan", description="The best front point within a budget.")
+    from autoaccel.limits import LIMIT_OPTIONS
+
+    parser = argparse.ArgumentParser(
+        prog="autoaccel plan",
+        description="The plan you ask for, chosen on a run's front: e.g. --max-fid-ratio 1.25 for the fastest plan "
+        "within 1.25x of the teacher's FID. Exit code 3 when no plan fits (the closest is printed).",
+    )
     parser.add_argument("run", type=Path, help="the run folder, e.g. reports/digits-sampler")
-    parser.add_argument("--max-latency-ms", type=float, default=None, help="latency budget, > 0 (default: none)")
-    parser.add_argument("--max-nfe", type=float, default=None, help="network evaluations budget, > 0 (default: none)")
-    parser.add_argument("--quality", default="fid", help="the quality metric to rank by (default fid)")
+    for option in LIMIT_OPTIONS.values():
+        bound = "upper" if option.upper else "lower"
+        parser.add_argument(option.flag, type=float, default=None, help=f"{bound} bound on the {option.meaning}")
+    parser.add_argument(
+        "--minimize",
+        default=None,
+        help="the metric to optimise (in its direction: psnr, precision and recall are maximised); default: "
+        "latency_ms when a quality limit is given, else --quality",
+    )
+    parser.add_argument("--quality", default="fid", help="the quality metric shown and ranked by (default fid)")
     options = parser.parse_args(args)
     from autoaccel.planning import explain_plan
 
-    message, found = explain_plan(
-        options.run, options.quality, {"latency_ms": options.max_latency_ms, "nfe": options.max_nfe}
-    )
+    values = {name: getattr(options, name) for name in LIMIT_OPTIONS}
+    message, found = explain_plan(options.run, values, options.minimize, options.quality)
     print(message)
     return 0 if found else 3
 

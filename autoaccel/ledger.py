@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from autoaccel.candidate import Candidate
 from autoaccel.errors import ConfigError
+from autoaccel.limits import Limit, within_limits
 from autoaccel.measure.evaluator import Measurement
 from autoaccel.objectives import METRIC_COLUMNS
 
@@ -27,6 +28,7 @@ DETAIL_PREFIX = "detail."
 LEADING_COLUMNS = ["trial", "state", "warm_start", "feasible", "failure", *METRIC_COLUMNS, "timesteps"]
 INTERRUPTED = "interrupted before it finished; evaluated again on resume"
 REQUEUED = "requeued"
+PLAN_KEY = "plan_key"  # which plan a trial ran (autoaccel.identity): candidates running the same one are one plan
 FIDELITY_CONSTRAINT = "fidelity"
 
 
@@ -207,13 +209,16 @@ class Ledger:
         return len(new)
 
     def evaluated_candidates(self) -> dict[str, int]:
-        """candidate key -> number of the first finished trial that evaluated it (interrupted ones excluded)."""
+        """candidate key and plan key (``autoaccel.identity``) -> number of the first finished trial that evaluated
+        it (interrupted ones excluded)."""
         evaluated: dict[str, int] = {}
         finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
-        for frozen in self.study.get_trials(deepcopy=False, states=finished):
-            key = frozen.user_attrs.get("candidate_key")
-            if key and not not_a_result(frozen.user_attrs.get("failure")):
-                evaluated.setdefault(key, frozen.number)
+        for frozen in sorted(self.study.get_trials(deepcopy=False, states=finished), key=lambda trial: trial.number):
+            if not_a_result(frozen.user_attrs.get("failure")):
+                continue
+            for key in (frozen.user_attrs.get("candidate_key"), frozen.user_attrs.get(DETAIL_PREFIX + PLAN_KEY)):
+                if key:
+                    evaluated.setdefault(key, frozen.number)
         return evaluated
 
     def twin(self, trial: optuna.Trial, key: str) -> int | None:
@@ -291,7 +296,7 @@ class Ledger:
         candidate: Candidate,
         measurement: Measurement,
         objectives: list[str],
-        limits: dict[str, float],
+        limits: list[Limit],
         per_level: dict[int, dict[str, float]] | None = None,
         top_level: int | None = None,
     ) -> optuna.trial.FrozenTrial:
@@ -299,7 +304,7 @@ class Ledger:
 
         With multi-fidelity scoring, each level's figures are kept (``fidelity.<samples>.<metric>``) and a
         trial that stopped below ``top_level`` gets a violated ``fidelity`` constraint: not a plan to deploy.
-        ``limits`` (metric -> upper bound) are stored as constraints only to steer optimizers that read them;
+        ``limits`` are stored as constraints only to steer optimizers that read them;
         whether a trial fits is decided when a front is built, with the limits in force then.
         """
         for level, metrics in (per_level or {}).items():
@@ -317,14 +322,16 @@ class Ledger:
             reason = measurement.failure or f"objective(s) not finite: {dict(zip(objectives, values))}"
             trial.set_user_attr("failure", reason)
             return self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        for metric, limit in limits.items():
-            trial.set_constraint(f"max_{metric}", measurement.metrics[metric] - float(limit))
+        for limit in limits:
+            value = measurement.metrics.get(limit.metric, math.nan)
+            if math.isfinite(value) and math.isfinite(limit.bound):
+                trial.set_constraint(limit.option, limit.violation(value))
         if top_level is not None:
             reached = int(measurement.metrics.get("quality_samples", 0))
             trial.set_constraint(FIDELITY_CONSTRAINT, float(top_level - reached))
         return self.study.tell(trial, values)
 
-    def trials_frame(self, limits: dict[str, float] | None = None) -> pd.DataFrame:
+    def trials_frame(self, limits: list[Limit] | None = None) -> pd.DataFrame:
         """Every trial as one row: number, state, params, metrics, details, failure, and ``feasible``: scored at
         full fidelity and within ``limits`` (metric -> upper bound, the limits in force now)."""
         rows = []
@@ -341,7 +348,7 @@ class Ledger:
                 elif key.startswith(DETAIL_PREFIX):
                     row[key[len(DETAIL_PREFIX) :]] = json.dumps(value) if isinstance(value, list | dict) else value
             row["warm_start"] = frozen.user_attrs.get("warm_start", "")
-            row["feasible"] = reached_full_fidelity(frozen) and within_limits(row, limits or {})
+            row["feasible"] = reached_full_fidelity(frozen) and within_limits(row, limits or [])
             row["failure"] = frozen.user_attrs.get("failure", "")
             rows.append(row)
         frame = pd.DataFrame(rows)
@@ -363,11 +370,6 @@ def _levels(frozen: optuna.trial.FrozenTrial) -> dict[int, dict[str, float]]:
 def reached_full_fidelity(frozen: optuna.trial.FrozenTrial) -> bool:
     """The trial was scored at the run's top fidelity (a multi-fidelity trial stopped lower is not a plan)."""
     return (frozen.constraints or {}).get(FIDELITY_CONSTRAINT, 0.0) <= 0
-
-
-def within_limits(metrics: dict[str, Any], limits: dict[str, float]) -> bool:
-    """Every limited metric was measured and is at most its bound (NaN, unmeasured, fits nothing)."""
-    return all(metrics.get(metric) is not None and metrics[metric] <= bound for metric, bound in limits.items())
 
 
 def _json_number(value: float) -> float | None:

@@ -21,7 +21,8 @@ from autoaccel.candidate import Candidate
 from autoaccel.errors import ConfigError
 from autoaccel.fidelity import FidelityLadder
 from autoaccel.interrupts import deferred_interrupts
-from autoaccel.ledger import INTERRUPTED, Ledger, not_a_result
+from autoaccel.ledger import INTERRUPTED, PLAN_KEY, Ledger, not_a_result
+from autoaccel.limits import Limit
 from autoaccel.liveness import Heartbeat, LivenessSettings, sweep_dead_workers
 from autoaccel.measure.evaluator import Evaluator, Measurement
 from autoaccel.optimizers.base import OptimizerBackend
@@ -32,12 +33,12 @@ from autoaccel.techniques.base import get_technique, unchanged_model_params
 
 @dataclass(frozen=True)
 class LoopBudget:
-    """``trials`` results in the study (warm starts included); ``limits``: metric -> upper bound, which steer
-    optimizers that read constraints (the front applies the limits in force whenever it is built)."""
+    """``trials`` results in the study (warm starts included); ``limits`` steer optimizers that read constraints
+    (the front applies the limits in force whenever it is built)."""
 
     trials: int
     max_minutes: float | None
-    limits: dict[str, float]
+    limits: list[Limit]
     concurrent: int = 1
 
 
@@ -157,9 +158,10 @@ def run_search(
 
     held: dict[int, optuna.Trial] = {}  # asked and not yet told: what an interrupt must mark and re-queue
 
-    def finish(trial, candidate: Candidate, searched: dict, measurement: Measurement, per_level: dict) -> None:
+    def finish(trial, candidate: Candidate, searched: dict, plan: str, measurement: Measurement, per_level) -> None:
         """Records a finished trial and tells the optimizer; only ever called from this thread."""
         nonlocal ran
+        measurement.details[PLAN_KEY] = plan
         if heartbeat is not None:
             heartbeat.release(trial)
         try:
@@ -173,12 +175,13 @@ def run_search(
             return
         held.pop(trial.number, None)
         evaluated.setdefault(candidate.key, frozen.number)
+        evaluated.setdefault(plan, frozen.number)
         backend.observe(searched, list(frozen.values) if frozen.values else None)
         ran += 1
         if on_trial is not None:
             on_trial(frozen, measurement, ledger.finished_count())
 
-    in_flight: dict[Future, tuple[optuna.Trial, Candidate, dict[str, Any]]] = {}
+    in_flight: dict[Future, tuple[optuna.Trial, Candidate, dict[str, Any], str]] = {}
     pool = ThreadPoolExecutor(max_workers=budget.concurrent, thread_name_prefix="autoaccel-trial")
     with pool, heartbeat or contextlib.nullcontext():
         try:
@@ -200,8 +203,12 @@ def run_search(
                         trial, candidate, searched = _ask(ledger, backend, space, held)
                         if heartbeat is not None:
                             heartbeat.hold(trial)
-                    if candidate.key in evaluated:  # optimizers re-propose points; same seeds, same result
-                        finish(trial, candidate, searched, *_reused(ledger, evaluated[candidate.key]))
+                    plan = _plan_identity(evaluator, candidate)
+                    # optimizers re-propose points, and other parameters can run the same plan: same seeds, same
+                    # result, measured once
+                    source = evaluated.get(candidate.key, evaluated.get(plan))
+                    if source is not None:
+                        finish(trial, candidate, searched, plan, *_reused(ledger, source))
                         continue
                     twin = ledger.twin(trial, candidate.key) if liveness is not None else None
                     job = (
@@ -209,7 +216,7 @@ def run_search(
                         if twin is not None
                         else pool.submit(evaluate_with_fidelity, evaluator, candidate, ladder)
                     )
-                    in_flight[job] = (trial, candidate, searched)
+                    in_flight[job] = (trial, candidate, searched, plan)
                 if not in_flight:
                     if liveness is None or out_of_time or not ledger.has_running():
                         break
@@ -220,10 +227,10 @@ def run_search(
                 pause = liveness.interval_s if liveness else None  # wake to sweep even while trials run
                 done, _ = wait(in_flight, return_when=FIRST_COMPLETED, timeout=pause)
                 for future in done:
-                    trial, candidate, searched = in_flight[future]
+                    trial, candidate, searched, plan = in_flight[future]
                     measurement, per_level = future.result()
                     del in_flight[future]
-                    finish(trial, candidate, searched, measurement, per_level)
+                    finish(trial, candidate, searched, plan, measurement, per_level)
         except KeyboardInterrupt:  # every trial in hand is marked and queued again; the ledger stays consistent
             for future in in_flight:
                 future.cancel()
@@ -259,6 +266,13 @@ def _reuse_twin(
     if not_a_result(frozen.user_attrs.get("failure")):
         return evaluate_with_fidelity(evaluator, candidate, ladder)
     return _reused(ledger, twin)
+
+
+def _plan_identity(evaluator, candidate: Candidate) -> str:
+    """Which plan ``candidate`` runs (``autoaccel.identity``); an evaluator that cannot tell (a synthetic problem)
+    identifies plans by their parameters."""
+    identify = getattr(evaluator, "plan_identity", None)
+    return identify(candidate) if identify is not None else candidate.key
 
 
 def _reused(ledger: Ledger, source: int) -> tuple[Measurement, dict[int, dict[str, float]]]:

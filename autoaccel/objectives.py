@@ -10,6 +10,7 @@ DIRECTIONS: dict[str, str] = {
     "latency_ms": "minimize",
     "nfe": "minimize",
     "peak_memory_mb": "minimize",
+    "model_memory_mb": "minimize",
     "energy_j": "minimize",
     "params": "minimize",
     "model_bytes": "minimize",
@@ -30,26 +31,11 @@ METRIC_COLUMNS = [
     "psnr_vs_ode",
     "latency_ms",
     "peak_memory_mb",
+    "model_memory_mb",
     "energy_j",
     "params",
     "model_bytes",
 ]
-
-# Deployment limits: budget option -> the metric it bounds from above
-CONSTRAINTS: dict[str, str] = {"max_latency_ms": "latency_ms", "max_nfe": "nfe"}
-
-
-def limits_in_force(budget) -> dict[str, float]:
-    """metric -> upper bound, for the limits a configuration's ``budget`` sets (unset ones left out).
-
-    Limits are part of the question, not of the measurement: every front is built with the limits in force
-    when it is built, from the measured figures, so changing a limit never needs a new measurement.
-    """
-    return {metric: float(budget[option]) for option, metric in CONSTRAINTS.items() if budget.get(option) is not None}
-
-
-def describe_limits(limits: dict[str, float]) -> str:
-    return ", ".join(f"{metric} <= {bound:g}" for metric, bound in limits.items()) or "none"
 
 
 def objective_directions(names: list[str]) -> list[str]:

@@ -1,4 +1,4 @@
-"""The Pareto front of a study and the choices made on it: the knee point and the best plan within a budget.
+"""The Pareto front of a study and the choices made on it: the knee point and the best plan within limits.
 
 A front is built from the measured figures and the limits in force when it is built (the ``feasible`` column
 of ``Ledger.trials_frame(limits)``), never from a feasibility fixed when a trial was recorded: a limit that
@@ -7,12 +7,12 @@ changes between runs gives the front of the question asked now. Dominance is pym
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from autoaccel.limits import Limit, within_limits
 from autoaccel.objectives import DIRECTIONS
 
 
@@ -42,10 +42,13 @@ def _minimised(trials: pd.DataFrame, objectives: list[str]) -> np.ndarray:
 
 
 def front_frame(trials: pd.DataFrame, front_numbers: list[int], cost_metric: str = "latency_ms") -> pd.DataFrame:
-    """The front's rows, cheapest first; a candidate evaluated twice (a re-proposed duplicate) appears once."""
-    front = trials[trials["trial"].isin(front_numbers)]
-    if "candidate_key" in front:
-        front = front.drop_duplicates(subset="candidate_key", keep="first")
+    """The front's rows, cheapest first; a plan that several candidates ran (re-proposed parameters, or other
+    parameters doing the same computation) appears once, as its first trial."""
+    front = trials[trials["trial"].isin(front_numbers)].sort_values("trial")
+    for identity in ("candidate_key", "plan_key"):  # one row per plan, however many candidates ran it
+        if identity in front:
+            known = front[identity].notna() & (front[identity] != "")
+            front = front[~known | ~front[identity].duplicated(keep="first")]
     return front.sort_values(cost_metric).reset_index(drop=True)
 
 
@@ -66,33 +69,35 @@ def knee_point(front: pd.DataFrame, objectives: list[str]) -> int | None:
 
 @dataclass(frozen=True)
 class BudgetChoice:
-    """The best front point within the limits, or (``row`` None) the closest one and what it misses by."""
+    """The best front point within the limits, or (``row`` None) the closest one and what it misses each by."""
 
     row: pd.Series | None
     closest: pd.Series | None
-    misses: dict[str, float]
+    misses: dict[str, float]  # limit option -> how far the closest point is beyond its bound
 
 
-def choose_within(front: pd.DataFrame, quality_metric: str, limits: dict[str, float | None]) -> BudgetChoice:
-    """Best quality among front points meeting every limit (``{"latency_ms": 50, "nfe": 8}``, None = no limit)."""
-    active = {metric: limit for metric, limit in limits.items() if limit is not None}
+def choose_within(front: pd.DataFrame, limits: list[Limit], optimize: str) -> BudgetChoice:
+    """The front point best in ``optimize`` (in that metric's direction) among those meeting every limit; when none
+    does, the closest: the one whose misses, each relative to its bound, sum smallest. Ties go to better quality
+    (FID), or to the faster plan when FID is what is optimised."""
     if front.empty:
         return BudgetChoice(None, None, {})
-    fits = np.ones(len(front), dtype=bool)
-    relative_excess = np.zeros(len(front))
-    for metric, limit in active.items():
-        values = front[metric].to_numpy(dtype=float)
-        fits &= values <= limit
-        relative_excess += np.maximum(values - limit, 0) / max(abs(limit), 1e-9)
-    ascending = DIRECTIONS[quality_metric] == "minimize"
+    records = front.to_dict("records")
+    fits = np.array([within_limits(record, limits) for record in records], dtype=bool)
     if fits.any():
-        best = front[fits].sort_values(quality_metric, ascending=ascending).iloc[0]
-        return BudgetChoice(best, None, {})
-    closest = front.iloc[int(np.argmin(relative_excess))]
+        tie_break = "latency_ms" if optimize == "fid" else "fid"
+        keys = [optimize] + ([tie_break] if tie_break in front else [])
+        ascending = [DIRECTIONS.get(key, "minimize") == "minimize" for key in keys]
+        return BudgetChoice(front[fits].sort_values(keys, ascending=ascending).iloc[0], None, {})
+    relative = [
+        sum(limit.miss(record.get(limit.metric)) / max(abs(limit.bound), 1e-9) for limit in limits)
+        for record in records
+    ]
+    closest = front.iloc[int(np.argmin(relative))]
     misses = {
-        metric: float(closest[metric]) - limit
-        for metric, limit in active.items()
-        if not math.isnan(float(closest[metric])) and float(closest[metric]) > limit
+        limit.option: limit.miss(closest.get(limit.metric))
+        for limit in limits
+        if limit.miss(closest.get(limit.metric)) > 0
     }
     return BudgetChoice(None, closest, misses)
 

@@ -23,6 +23,7 @@ from autoaccel.candidate import to_plain
 from autoaccel.config.checks import MAX_SAMPLES, MAX_SEED
 from autoaccel.errors import RecipeError
 from autoaccel.files import write_atomically
+from autoaccel.measure.latency import MODEL_MEMORY_MEANING, describe_peak_memory
 from autoaccel.sampling import SamplerPipeline, set_exact_timesteps
 from autoaccel.targets.base import hash_weights
 from autoaccel.techniques.solver import MAX_GUIDANCE, SOLVERS
@@ -42,6 +43,17 @@ def environment() -> dict[str, str]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+    }
+
+
+def memory_meanings(measured_on: dict) -> dict[str, str]:
+    """What the recipe's memory figures are: on a CPU ``peak_memory_mb`` is the whole process's resident peak,
+    which a reader would otherwise take for the model's."""
+    if not measured_on.get("memory_kind"):
+        return {}
+    return {
+        "peak_memory_mb": describe_peak_memory(measured_on["memory_kind"]),
+        "model_memory_mb": MODEL_MEMORY_MEANING,
     }
 
 
@@ -76,7 +88,7 @@ def build_recipe(
         "null_class": pipeline.plan.null_class,
         "seed_policy": seed_policy,
         "figures": {key: to_plain(value) for key, value in figures.items()},
-        "measured_on": {**measured_on, **environment()},
+        "measured_on": {**measured_on, **memory_meanings(measured_on), **environment()},
         "source": source,
     }
 

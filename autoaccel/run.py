@@ -17,6 +17,7 @@ from autoaccel.config.checks import validate_config
 from autoaccel.errors import ConfigError, TargetError
 from autoaccel.fidelity import FidelityLadder
 from autoaccel.ledger import LEDGER_FILE, Ledger, default_storage, shown_url
+from autoaccel.limits import check_teacher_ratios
 from autoaccel.measure.evaluator import CostSettings, Evaluator
 from autoaccel.measure.reference import QualityJudge
 from autoaccel.objectives import objective_directions
@@ -87,6 +88,7 @@ def prepare_run(config: DictConfig, run_dir: Path | None = None, for_search: boo
     objectives = list(config.objectives)
     directions = objective_directions(objectives)
     target = load_target(config)
+    check_teacher_ratios(config.budget, target.quality.kind)
     space = load_space(str(config.space)).for_target(
         target.capabilities, num_train_timesteps=target.num_train_timesteps
     )

@@ -8,14 +8,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from autoaccel.limits import describe_limits, limits_in_force
 from autoaccel.liveness import LivenessSettings
 from autoaccel.loop import LoopBudget, run_search, standard_configurations
-from autoaccel.objectives import describe_limits, limits_in_force
 from autoaccel.pareto import front_numbers
 from autoaccel.run import ensure_teacher, make_ladder, prepare_run
 
 
-def _progress(log, objectives: list[str], context, total: int, limits: dict[str, float]):
+def _progress(log, objectives: list[str], context, total: int, limits: list):
     started = time.perf_counter()
 
     def on_trial(frozen, measurement, finished: int) -> None:
@@ -75,7 +75,6 @@ def _run(context, config: DictConfig, log) -> Path:
             f"budget.trials={trials} is smaller than the {len(standards)} standard configurations: only the first "
             f"{trials} are evaluated"
         )
-    limits = limits_in_force(config.budget)
     complete = done >= trials and not context.ledger.has_requeued()
     if complete:
         log(
@@ -84,6 +83,7 @@ def _run(context, config: DictConfig, log) -> Path:
         )
     else:
         ensure_teacher(context, log)
+    limits = limits_in_force(config.budget, context.ledger.study.user_attrs.get("teacher"))
     budget = LoopBudget(
         trials=trials, max_minutes=config.budget.max_minutes, limits=limits, concurrent=int(config.budget.concurrent)
     )

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
 from autoaccel.errors import ConfigError
+from autoaccel.limits import resolve_limits
 from autoaccel.pareto import choose_within, front_frame, front_numbers, knee_point
 from autoaccel.planning import explain_plan, read_front
 
@@ -63,59 +66,87 @@ def test_front_frame_keeps_front_trials_cheapest_first(front):
 # --- choose_within ---------------------------------------------------------------------------------------------
 
 
+def _limits(**values) -> list:
+    return resolve_limits(values, {"fid": 8.0, "latency_ms": 100.0})
+
+
 @pytest.mark.parametrize(
     ("limits", "trial"),
     [
-        ({"latency_ms": 16.0, "nfe": None}, 33),
-        ({"latency_ms": 12.0, "nfe": 4}, 22),
-        ({"latency_ms": 100.0, "nfe": 6}, 33),
-        ({"latency_ms": None, "nfe": None}, 44),
-        ({"latency_ms": 5.0}, 11),  # a limit is inclusive
+        ({"max_latency_ms": 16.0}, 33),
+        ({"max_latency_ms": 12.0, "max_nfe": 4}, 22),
+        ({"max_latency_ms": 100.0, "max_nfe": 6}, 33),
         ({}, 44),
+        ({"max_latency_ms": 5.0}, 11),  # a limit is inclusive
     ],
 )
 def test_choose_within_returns_best_quality_meeting_limits(front, limits, trial):
-    choice = choose_within(front, "fid", limits)
+    choice = choose_within(front, _limits(**limits), "fid")
     assert choice.row is not None and choice.closest is None and choice.misses == {}
     assert int(choice.row["trial"]) == trial
 
 
 def test_choose_within_maximizes_a_maximized_quality(front):
-    choice = choose_within(front, "psnr_vs_ode", {"latency_ms": 16.0})
+    choice = choose_within(front, _limits(max_latency_ms=16.0), "psnr_vs_ode")
     assert int(choice.row["trial"]) == 33
     assert choice.row["psnr_vs_ode"] == 24.0
 
 
+@pytest.mark.parametrize(
+    ("limits", "trial"),
+    [
+        ({"max_fid_ratio": 1.5}, 33),  # fid <= 12 (1.5x the teacher's 8): the fastest is trial 33
+        ({"max_fid_ratio": 2.5}, 22),  # fid <= 20
+        ({"max_fid": 9.0}, 44),
+        ({"min_psnr": 18.0}, 22),  # psnr is a lower bound
+        ({"min_psnr": 18.0, "max_nfe": 4}, 22),
+    ],
+)
+def test_the_fastest_plan_within_a_quality_limit(front, limits, trial):
+    choice = choose_within(front, _limits(**limits), "latency_ms")
+    assert int(choice.row["trial"]) == trial
+
+
+def test_a_fid_ratio_before_the_teacher_is_measured_fits_nothing(front):
+    limits = resolve_limits({"max_fid_ratio": 1.25}, None)
+    assert "not measured" in limits[0].describe()
+    assert choose_within(front, limits, "latency_ms").row is None
+
+
 def test_nothing_fits_gives_the_closest_and_what_it_misses_by(front):
-    choice = choose_within(front, "fid", {"latency_ms": 4.0, "nfe": None})
+    choice = choose_within(front, _limits(max_latency_ms=4.0), "fid")
     assert choice.row is None
     assert int(choice.closest["trial"]) == 11
-    assert choice.misses == {"latency_ms": pytest.approx(1.0)}
+    assert choice.misses == {"max_latency_ms": pytest.approx(1.0)}
 
 
-def test_misses_name_every_exceeded_metric_and_only_those(front):
-    choice = choose_within(front, "fid", {"latency_ms": 4.0, "nfe": 1})
+def test_misses_name_every_missed_limit_and_only_those(front):
+    choice = choose_within(front, _limits(max_latency_ms=4.0, max_nfe=1), "fid")
     assert int(choice.closest["trial"]) == 11
-    assert choice.misses == {"latency_ms": pytest.approx(1.0), "nfe": pytest.approx(1.0)}
+    assert choice.misses == {"max_latency_ms": pytest.approx(1.0), "max_nfe": pytest.approx(1.0)}
     # trial 11 meets the latency limit and misses only nfe
-    choice = choose_within(front, "fid", {"latency_ms": 9.0, "nfe": 1})
+    choice = choose_within(front, _limits(max_latency_ms=9.0, max_nfe=1), "fid")
     assert int(choice.closest["trial"]) == 11
-    assert choice.misses == {"nfe": pytest.approx(1.0)}
+    assert choice.misses == {"max_nfe": pytest.approx(1.0)}
+    # a lower bound is missed from below
+    choice = choose_within(front, _limits(min_psnr=31.0, max_latency_ms=20.0), "latency_ms")
+    assert int(choice.closest["trial"]) == 33
+    assert choice.misses == {"min_psnr": pytest.approx(7.0)}
 
 
 def test_closest_is_by_summed_relative_excess(front):
-    choice = choose_within(front, "fid", {"latency_ms": 4.0, "nfe": 5})
+    choice = choose_within(front, _limits(max_latency_ms=4.0, max_nfe=5), "fid")
     assert int(choice.closest["trial"]) == 11  # latency 25% over; trial 22 is 150% over
-    assert choice.misses == {"latency_ms": pytest.approx(1.0)}  # nfe 2 <= 5 is not a miss
+    assert choice.misses == {"max_latency_ms": pytest.approx(1.0)}  # nfe 2 <= 5 is not a miss
     # trial 11 misses one limit by 200%; trial 22 misses two, by 1% and 33%: trial 22 is closer
     slow = front.assign(latency_ms=[300.0, 101.0, 300.0, 400.0])
-    choice = choose_within(slow, "fid", {"latency_ms": 100.0, "nfe": 3})
+    choice = choose_within(slow, _limits(max_latency_ms=100.0, max_nfe=3), "fid")
     assert int(choice.closest["trial"]) == 22
-    assert choice.misses == {"latency_ms": pytest.approx(1.0), "nfe": pytest.approx(1.0)}
+    assert choice.misses == {"max_latency_ms": pytest.approx(1.0), "max_nfe": pytest.approx(1.0)}
 
 
 def test_choose_within_on_empty_front():
-    choice = choose_within(pd.DataFrame({"fid": [], "latency_ms": []}), "fid", {"latency_ms": 1.0})
+    choice = choose_within(pd.DataFrame({"fid": [], "latency_ms": []}), _limits(max_latency_ms=1.0), "fid")
     assert (choice.row, choice.closest, choice.misses) == (None, None, {})
 
 
@@ -124,66 +155,96 @@ def test_choose_within_on_empty_front():
 
 @pytest.fixture
 def run_dir(tmp_path, front):
-    front[["trial", "nfe", "fid", "latency_ms", "recipe"]].to_csv(tmp_path / "pareto.csv", index=False)
+    front.assign(fid_std=0.5, scheduler_class="DPMSolverMultistepScheduler").to_csv(
+        tmp_path / "pareto.csv", index=False
+    )
+    standards = pd.DataFrame(
+        {
+            "trial": [1, 2],
+            "state": ["COMPLETE", "COMPLETE"],
+            "warm_start": ["ddim-10", "ddim-4"],
+            "nfe": [10, 4],
+            "fid": [11.0, 30.0],
+            "latency_ms": [30.0, 11.0],
+        }
+    )
+    standards.to_csv(tmp_path / "trials.csv", index=False)
+    (tmp_path / "teacher.json").write_text(json.dumps({"fid": 8.0, "latency_ms": 600.0, "timesteps": "all 1000"}))
     return tmp_path
 
 
-def test_explain_plan_names_the_chosen_trial_and_its_recipe(run_dir):
-    message, found = explain_plan(run_dir, "fid", {"latency_ms": 16.0, "nfe": None})
+def test_the_fastest_plan_within_1_25x_of_the_teacher(run_dir):
+    message, found = explain_plan(run_dir, {"max_fid_ratio": 1.6})
     assert found is True
-    assert "trial 33" in message
-    assert "latency_ms <= 16" in message
-    assert "fid 12" in message and "nfe 6" in message and "latency 15.0 ms" in message
+    lines = message.splitlines()
+    assert lines[0] == "the fastest plan within fid <= 12.8 (1.6x the teacher's fid 8):"
+    assert "trial 33" in lines[1]
+    assert "fid 12 ± 0.5" in message and "nfe 6" in message and "latency 15.0 ms" in message
+    assert "vs the teacher (all 1000 steps): 40.00x faster, fid 8 -> 12 (1.50x)" in message
+    assert "vs the best standard configuration within them (ddim-10): 2.00x faster" in message
     assert str(run_dir / "recipes" / "trial-0033.yaml") in message
+    assert f"python -m autoaccel apply {run_dir / 'recipes' / 'trial-0033.yaml'} --out samples" in message
+
+
+def test_cost_limits_alone_give_the_best_quality_within_them(run_dir):
+    message, found = explain_plan(run_dir, {"max_latency_ms": 16.0, "max_nfe": None})
+    assert found is True
+    assert message.startswith("the plan with the lowest fid within latency_ms <= 16:")
+    assert "trial 33" in message
+    assert "vs the best standard configuration within them (ddim-4): 0.73x faster, fid 30 -> 12" in message
+    message, _ = explain_plan(run_dir, {"max_latency_ms": 10.0})
+    assert "no standard configuration meets these limits" in message
 
 
 def test_explain_plan_when_nothing_fits_names_closest_and_misses(run_dir):
-    message, found = explain_plan(run_dir, "fid", {"latency_ms": 4.0, "nfe": None})
+    message, found = explain_plan(run_dir, {"max_latency_ms": 4.0})
     assert found is False
-    assert "no front point fits latency_ms <= 4" in message
-    assert "closest: trial 11" in message
-    assert "misses latency_ms by 1" in message
+    assert message.startswith(
+        "no front plan is the plan with the lowest fid within latency_ms <= 4; the closest misses"
+    )
+    assert "--max-latency-ms by 1" in message and "trial 11" in message
     assert str(run_dir / "recipes" / "trial-0011.yaml") in message
 
 
+def test_explain_plan_minimize_picks_the_metric_to_optimise(run_dir):
+    message, _ = explain_plan(run_dir, {"max_fid": 20.0}, goal="nfe")
+    assert message.startswith("the plan with the lowest nfe within fid <= 20:") and "trial 22" in message
+
+
 def test_explain_plan_without_limits(run_dir):
-    message, found = explain_plan(run_dir, "fid", {"latency_ms": None, "nfe": None})
+    message, found = explain_plan(run_dir, {})
     assert found is True
     assert "within none" in message and "trial 44" in message
 
 
+def test_a_fid_ratio_without_the_teacher_is_a_config_error(run_dir):
+    (run_dir / "teacher.json").unlink()
+    with pytest.raises(ConfigError, match="teacher"):
+        explain_plan(run_dir, {"max_fid_ratio": 1.25})
+
+
 def test_explain_plan_without_pareto_csv_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError) as info:
-        explain_plan(tmp_path, "fid", {"latency_ms": 10.0})
+        explain_plan(tmp_path, {"max_latency_ms": 10.0})
     assert str(tmp_path) in str(info.value)
     assert "pareto.csv" in str(info.value) and "report" in str(info.value)
     with pytest.raises(ConfigError):
         read_front(tmp_path)
 
 
-def test_explain_plan_rejects_unknown_quality_metric(run_dir):
+def test_explain_plan_rejects_unknown_metrics(run_dir):
     with pytest.raises(ConfigError) as info:
-        explain_plan(run_dir, "inception_score", {"latency_ms": 10.0})
+        explain_plan(run_dir, {"max_latency_ms": 10.0}, quality="inception_score")
     assert "'inception_score'" in str(info.value) and "fid" in str(info.value)
+    with pytest.raises(ConfigError, match="--minimize 'speed'"):
+        explain_plan(run_dir, {}, goal="speed")
 
 
 def test_explain_plan_on_an_empty_front(tmp_path):
     (tmp_path / "pareto.csv").write_text("trial,nfe,fid,latency_ms,recipe\n")
-    message, found = explain_plan(tmp_path, "fid", {"latency_ms": 10.0})
+    message, found = explain_plan(tmp_path, {"max_latency_ms": 10.0})
     assert found is False
     assert "front is empty" in message
-
-
-def test_front_frame_lists_a_re_proposed_candidate_once():
-    import pandas as pd
-
-    from autoaccel.pareto import front_frame
-
-    trials = pd.DataFrame(
-        {"trial": [0, 1, 2], "candidate_key": ["a", "b", "a"], "fid": [1.0, 2.0, 1.0], "latency_ms": [5.0, 1.0, 5.0]}
-    )
-    front = front_frame(trials, [0, 1, 2])
-    assert front["trial"].tolist() == [1, 0]
 
 
 # --- front_numbers ---------------------------------------------------------------------------------------------

@@ -27,9 +27,9 @@ from omegaconf import DictConfig
 
 from autoaccel.bench import mean_std
 from autoaccel.candidate import Candidate
+from autoaccel.limits import limits_in_force
 from autoaccel.measure.evaluator import CostSettings, Evaluator
 from autoaccel.measure.reference import QualityJudge
-from autoaccel.objectives import limits_in_force
 from autoaccel.pareto import front_numbers
 from autoaccel.space import load_space
 from autoaccel.techniques.base import unchanged_model_params
@@ -198,7 +198,8 @@ def _search_front(config: DictConfig, space_name: str, bench_dir: Path, log) -> 
     log(f"   searching space={space_name} ({config.bench.compression_trials} trials)")
     search(run_config, log=log)
     context = open_run(runs_dir / f"bench-compression-{space_name}")
-    trials = context.ledger.trials_frame(limits_in_force(run_config.budget))
+    teacher = context.ledger.study.user_attrs.get("teacher")
+    trials = context.ledger.trials_frame(limits_in_force(run_config.budget, teacher))
     front = []
     for number in front_numbers(trials, context.objectives):
         params = {**unchanged_model_params(), **context.ledger.trial(number).user_attrs["candidate"]}

@@ -10,6 +10,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from autoaccel.errors import ConfigError
+from autoaccel.limits import LIMIT_OPTIONS, check_limit_value
 
 # Backends that breed generations of ``optimizer.population_size`` individuals (optuna needs at least 2).
 POPULATION_BACKENDS = ("optuna_nsga2", "optuna_nsga3", "pymoo_nsga2", "pymoo_nsga3", "pymoo_smsemoa")
@@ -39,10 +40,12 @@ def validate_config(config: DictConfig) -> None:
         raise ConfigError(
             f"quality.seed={config.quality.seed} is not valid; it must be in [{-MAX_SEED}, {MAX_SEED - 1}]"
         )
-    for key in ("max_minutes", "max_latency_ms", "max_nfe"):
-        value = config.budget[key]
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise ConfigError(f"budget.{key}={value} is not valid; it must be a positive number or null")
+    minutes = config.budget.max_minutes
+    if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
+        raise ConfigError(f"budget.max_minutes={minutes} is not valid; it must be a positive number or null")
+    for name, option in LIMIT_OPTIONS.items():
+        if config.budget.get(name) is not None:
+            check_limit_value(option, config.budget[name])
     check_fidelity(config)
     check_population(config)
     check_target(config)

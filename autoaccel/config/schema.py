@@ -35,8 +35,14 @@ class BudgetConfig:
     trials: int = 40
     concurrent: int = 1  # candidates evaluated at once on this machine (cost is always measured alone)
     max_minutes: float | None = None
+    # limits a plan must meet (autoaccel.limits): deployment cost, then quality
     max_latency_ms: float | None = None
     max_nfe: int | None = None
+    max_memory_mb: float | None = None
+    max_bytes: float | None = None
+    max_fid: float | None = None
+    max_fid_ratio: float | None = None  # times the teacher's FID, measured in the same run on the same seeds
+    min_psnr: float | None = None  # dB against the teacher's ODE solution from the same noise
     warm_start_steps: list[int] = field(default_factory=lambda: [4, 6, 10])
 
 

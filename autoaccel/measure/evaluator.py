@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from autoaccel.candidate import Candidate, apply_plan
+from autoaccel.candidate import Candidate, apply_plan, cost_key
 from autoaccel.measure.gate import MeasurementGate
 from autoaccel.measure.kernels import deployment_kernels, kernel_choice, kernel_key
 from autoaccel.measure.latency import CostMeasurement, measure_cost
@@ -90,13 +90,17 @@ class Evaluator:
         return self.judges[samples]
 
     def structure_key(self, pipeline) -> str:
-        """What cost depends on: the unet's size, the scheduler class, unet calls per image, the batch size, and
-        the quantized kernels a plan runs (none on CPU: a simulated plan costs what its float model costs)."""
-        parameters = sum(parameter.numel() for parameter in pipeline.unet.parameters())
-        return (
-            f"params={parameters}|{type(pipeline.scheduler).__name__}|nfe={pipeline.unet_calls}"
-            f"|batch={self.cost_settings.batch_size}{kernel_key(pipeline.unet)}"
-        )
+        """What cost depends on: the unet's size, the scheduler class, unet calls per image, the batch size, the
+        quantized kernels a plan runs (none on CPU), and what each applied technique says changes cost
+        (``Technique.cost_key``), so a technique that changes cost but not size or calls is timed on its own."""
+        measured = {
+            "params": sum(parameter.numel() for parameter in pipeline.unet.parameters()),
+            "scheduler": type(pipeline.scheduler).__name__,
+            "nfe": pipeline.unet_calls,
+            "batch": self.cost_settings.batch_size,
+            "kernels": kernel_key(pipeline.unet),
+        }
+        return cost_key(measured, pipeline.plan.techniques)
 
     def _cost(self, pipeline, teacher: bool = False) -> tuple[CostMeasurement, bool]:
         key = self.structure_key(pipeline)
@@ -132,6 +136,7 @@ class Evaluator:
             latency_ms=cost.latency_ms,
             latency_iqr_ms=cost.latency_iqr_ms,
             peak_memory_mb=cost.peak_memory_mb,
+            model_memory_mb=cost.model_memory_mb,
             energy_j=cost.energy_j,
             quality_samples=float(len(images)),
             params=float(sum(parameter.numel() for parameter in pipeline.unet.parameters())),
@@ -176,7 +181,18 @@ class Evaluator:
             else:
                 pipeline.unet = cached
         apply_plan(pipeline, [step for step in plan if not step[0].modifies_model], self.target)
+        pipeline.plan.techniques = list(plan)  # the whole plan, also where the model came from the cache
         return pipeline
+
+    def plan_identity(self, candidate: Candidate) -> str:
+        """Which plan ``candidate`` runs: equal for candidates whose parameters differ but whose computation does
+        not (autoaccel.identity). A plan that cannot even be built is its own; evaluating it records why."""
+        from autoaccel.identity import plan_key
+
+        try:
+            return plan_key(self.target, candidate.plan(self.space.techniques))
+        except Exception:  # a technique refusing this candidate: the evaluation says so
+            return candidate.key
 
     def evaluate(self, candidate: Candidate, samples: int | None = None) -> Measurement:
         """Scores ``candidate`` on ``samples`` images (default: the run's quality.samples)."""

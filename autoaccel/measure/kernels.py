@@ -21,6 +21,7 @@ from autoaccel.measure.size import quantization_plan
 
 FLOAT = "float"
 NOT_MEASURED = "not measured"
+NOT_APPLICABLE = "n/a"  # a plan without quantization: there is no quantized latency to measure
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class KernelChoice:
     """What the timed model runs: ``label`` goes into the trial's details."""
 
     label: str
-    quantized_latency: str  # "measured" or "not measured"
+    quantized_latency: str  # "measured", "not measured", or "n/a" for a plan without quantization
 
 
 def torchao_available() -> bool:
@@ -91,7 +92,7 @@ def kernel_choice(unet: torch.nn.Module) -> KernelChoice:
     """What a timing of ``unet`` runs, without timing it: the label every trial records."""
     plan = quantization_plan(unet)
     if plan is None:
-        return KernelChoice(FLOAT, "measured")
+        return KernelChoice(FLOAT, NOT_APPLICABLE)
     if _uses_real_kernels(unet):
         layers = len(torchao_configs(unet))
         return KernelChoice(f"torchao int8 on {layers} Linear layers, float elsewhere", "measured")

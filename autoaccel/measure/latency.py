@@ -3,6 +3,9 @@
 Median of repeated timed calls after warm-up. On CUDA: CUDA events, ``max_memory_allocated`` and the NVML
 energy counter. On CPU: ``perf_counter``, the process's peak resident memory sampled during the calls (CUDA's
 allocator statistics are zero there and tracemalloc cannot see tensors), and no energy.
+
+The process's peak includes the interpreter, the libraries and everything else the process holds, so beside it
+``model_memory_mb`` is the model's own need: see ``model_memory_bytes``.
 """
 
 from __future__ import annotations
@@ -11,8 +14,12 @@ import statistics
 import threading
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from autoaccel.measure.energy import EnergyMeter
 from autoaccel.measure.seeds import SeedBatch
@@ -24,6 +31,7 @@ class CostMeasurement:
     latency_iqr_ms: float
     peak_memory_mb: float
     memory_kind: str  # "cuda-allocated" or "cpu-rss"
+    model_memory_mb: float  # the unet's weights plus one call's peak activations (``model_memory_bytes``)
     energy_j: float  # per call; NaN where NVML is unavailable
     batch_size: int
     repeats: int
@@ -60,6 +68,134 @@ class _RssPeakSampler:
         self._thread.join()
 
 
+CUDA_ALLOCATED = "cuda-allocated"
+CPU_RSS = "cpu-rss"
+# What peak_memory_mb is, per memory_kind: for table headers and recipes
+MEMORY_KIND_LABELS = {
+    CUDA_ALLOCATED: "CUDA allocator peak",
+    CPU_RSS: "process RSS",
+}
+
+
+MODEL_MEMORY_MEANING = (
+    "the unet's parameter and buffer bytes plus the peak activation bytes of one unet call at "
+    "the deployment batch size (CUDA allocator peak on a GPU, live tensors tracked per operator on a CPU)"
+)
+
+
+def describe_peak_memory(memory_kind: str | None) -> str:
+    """One phrase saying what ``peak_memory_mb`` measured, for a reader of a table or a recipe."""
+    label = MEMORY_KIND_LABELS.get(str(memory_kind), "")
+    if memory_kind == CPU_RSS:
+        return f"{label}: the whole process's resident peak during the timed calls, not the model's alone"
+    if memory_kind == CUDA_ALLOCATED:
+        return f"{label}: tensors allocated on the GPU during the timed calls"
+    return "not recorded"
+
+
+class _LiveTensorPeak(TorchDispatchMode):
+    """Peak total size of the tensors the operators run inside it produce and that are still alive.
+
+    Tensors whose storage existed before (weights, inputs; ``known``) are not counted; a storage leaves the total
+    when the last tensor on it is freed (checked after every operator). Scratch memory a kernel allocates and
+    frees inside one operator is not seen.
+    """
+
+    def __init__(self, known: set[int]) -> None:
+        super().__init__()
+        self._known = known
+        self._live: dict[int, tuple[StorageWeakRef, int]] = {}
+        self.live_bytes = 0
+        self.peak_bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        output = func(*args, **(kwargs or {}))
+        for key in [key for key, (ref, _) in self._live.items() if ref.expired()]:
+            self.live_bytes -= self._live.pop(key)[1]
+        for tensor in tree_leaves(output):
+            if isinstance(tensor, torch.Tensor):
+                self._track(tensor)
+        self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+        return output
+
+    def _track(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        key = storage.data_ptr()
+        if key in self._known or key in self._live or storage.nbytes() == 0:
+            return
+        self._live[key] = (StorageWeakRef(storage), storage.nbytes())
+        self.live_bytes += storage.nbytes()
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> int:
+    """Bytes a tensor holds; a wrapper subclass (torchao's quantized weights) is the sum of its inner tensors."""
+    if hasattr(tensor, "__tensor_flatten__") and type(tensor) is not torch.nn.Parameter:
+        names, _ = tensor.__tensor_flatten__()
+        return sum(_tensor_bytes(getattr(tensor, name)) for name in names)
+    return tensor.numel() * tensor.element_size()
+
+
+def weight_bytes(unet: torch.nn.Module) -> int:
+    """Parameter and buffer bytes of the module as it runs (a tensor shared by two names counted once)."""
+    seen: dict[int, int] = {}
+    for tensor in [*unet.parameters(), *unet.buffers()]:
+        data = tensor.data if isinstance(tensor, torch.nn.Parameter) else tensor
+        seen.setdefault(id(data) if data.is_meta else data.data_ptr(), _tensor_bytes(data))
+    return sum(seen.values())
+
+
+class _FirstUnetCall(Exception):
+    """Stops a sampling call at its first unet call, once that call's inputs are captured."""
+
+
+def first_unet_inputs(pipeline, seeds: SeedBatch) -> tuple[tuple, dict[str, Any]]:
+    """The exact arguments the pipeline passes the unet at its first step on ``seeds`` (the deployment batch;
+    doubled under guidance), without running the remaining steps."""
+    captured: dict[str, Any] = {}
+
+    def capture(module, args, kwargs):
+        captured.update(args=args, kwargs=kwargs)
+        raise _FirstUnetCall
+
+    handle = pipeline.unet.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        _timed_call(pipeline, seeds, on_cuda=False)
+    except _FirstUnetCall:
+        pass
+    finally:
+        handle.remove()
+    return captured["args"], captured["kwargs"]
+
+
+def model_memory_bytes(pipeline, seeds: SeedBatch) -> int:
+    """The memory the model itself needs for one unet call at the deployment batch size: the unet's parameter
+    and buffer bytes as it runs, plus the peak bytes of the activations one call holds at once, on the exact
+    inputs the pipeline gives the unet (``first_unet_inputs``).
+
+    On CUDA the activation peak is ``torch.cuda.max_memory_allocated`` during the call minus what was allocated
+    before it. On CPU there are no allocator statistics: it is the peak total size of live tensors produced by
+    the call's operators, tracked operator by operator (``_LiveTensorPeak``). Unlike ``peak_memory_mb`` on a
+    CPU (the process's resident peak), it leaves out the interpreter, the libraries and the sampling loop.
+    """
+    unet = pipeline.unet
+    args, kwargs = first_unet_inputs(pipeline, seeds)
+    if str(unet.device).startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        with torch.no_grad():
+            unet(*args, **kwargs)
+        torch.cuda.synchronize()
+        activations = torch.cuda.max_memory_allocated() - before
+    else:
+        inputs = [tensor for tensor in tree_leaves((args, kwargs)) if isinstance(tensor, torch.Tensor)]
+        known = {tensor.untyped_storage().data_ptr() for tensor in [*unet.parameters(), *unet.buffers(), *inputs]}
+        with torch.no_grad(), _LiveTensorPeak(known) as tracker:
+            unet(*args, **kwargs)
+        activations = tracker.peak_bytes
+    return weight_bytes(unet) + activations
+
+
 def _timed_call(pipeline, seeds: SeedBatch, on_cuda: bool) -> float:
     generator = torch.Generator(device=pipeline.unet.device).manual_seed(seeds.seed)
     if on_cuda:
@@ -80,6 +216,7 @@ def measure_cost(pipeline, seeds: SeedBatch, warmup: int = 2, repeats: int = 5) 
         raise ValueError(f"repeats={repeats} is not valid; it must be >= 1")
     device = str(pipeline.unet.device)
     on_cuda = device.startswith("cuda")
+    model_memory_mb = model_memory_bytes(pipeline, seeds) / 2**20
     for _ in range(warmup):
         _timed_call(pipeline, seeds, on_cuda)
     energy = EnergyMeter(device)
@@ -88,17 +225,18 @@ def measure_cost(pipeline, seeds: SeedBatch, warmup: int = 2, repeats: int = 5) 
         torch.cuda.reset_peak_memory_stats()
         with energy:
             times = [_timed_call(pipeline, seeds, on_cuda) for _ in range(repeats)]
-        peak_mb, memory_kind = torch.cuda.max_memory_allocated() / 2**20, "cuda-allocated"
+        peak_mb, memory_kind = torch.cuda.max_memory_allocated() / 2**20, CUDA_ALLOCATED
     else:
         with _RssPeakSampler() as sampler, energy:
             times = [_timed_call(pipeline, seeds, on_cuda) for _ in range(repeats)]
-        peak_mb, memory_kind = sampler.peak_bytes / 2**20, "cpu-rss"
+        peak_mb, memory_kind = sampler.peak_bytes / 2**20, CPU_RSS
     quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
     return CostMeasurement(
         latency_ms=statistics.median(times),
         latency_iqr_ms=quartiles[2] - quartiles[0],
         peak_memory_mb=peak_mb,
         memory_kind=memory_kind,
+        model_memory_mb=model_memory_mb,
         energy_j=energy.joules / repeats,
         batch_size=seeds.count,
         repeats=repeats,

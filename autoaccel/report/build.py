@@ -6,23 +6,31 @@ report shows is what a user who applies the recipe gets.
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import pandas as pd
 
 from autoaccel.candidate import Candidate, apply_plan
+from autoaccel.files import write_atomically
 from autoaccel.imaging import save_grid
+from autoaccel.limits import describe_limits, limits_in_force
 from autoaccel.measure.seeds import sample_in_chunks
-from autoaccel.objectives import METRIC_COLUMNS, describe_limits, limits_in_force
+from autoaccel.objectives import METRIC_COLUMNS
 from autoaccel.pareto import front_frame, front_numbers, hypervolume_history, knee_point
+from autoaccel.planning import TEACHER_FILE
 from autoaccel.recipe import apply_recipe, build_recipe, save_recipe
-from autoaccel.report.html import write_html
+from autoaccel.report.html import TEACHER_GRID, figure_text, write_html
 from autoaccel.report.plots import hypervolume_plot, pareto_plot
+from autoaccel.report.recommend import recommended_plans
 
 PARETO_COLUMNS = [
     "trial",
     *METRIC_COLUMNS,
+    "latency_iqr_ms",
     "quality_samples",
+    "warm_start",
     "scheduler_class",
     "timesteps",
     "guidance_scale",
@@ -67,18 +75,18 @@ def write_front_recipe(context, row: pd.Series, recipes_dir: Path) -> Path:
 
 def build_report(context, log=print) -> Path:
     run_dir = context.run_dir
-    limits = limits_in_force(context.config.budget)
-    trials = context.ledger.trials_frame(limits)
     teacher = context.ledger.study.user_attrs.get("teacher")
+    limits = limits_in_force(context.config.budget, teacher)
+    trials = context.ledger.trials_frame(limits)
     numbers = front_numbers(trials, context.objectives)
     front = front_frame(trials, numbers) if numbers else pd.DataFrame(columns=PARETO_COLUMNS)
     grid_count = min(int(context.config.report.grid_images), context.judge.samples)
     grid_seeds = context.judge.seeds.head(grid_count)
     grids: dict[str, str] = {}
     if teacher:
-        save_grid(context.judge.teacher_images()[:grid_count], run_dir / "grids" / "teacher.png")
-        grids[f"teacher ({teacher.get('timesteps')} steps), fid {teacher.get('fid', float('nan')):.3g}"] = (
-            "grids/teacher.png"
+        save_grid(context.judge.teacher_images()[:grid_count], run_dir / TEACHER_GRID)
+        grids[f"teacher ({teacher.get('timesteps')} steps), fid {figure_text(teacher.get('fid', math.nan))}"] = (
+            TEACHER_GRID
         )
     recipe_paths = []
     for _, row in front.iterrows():
@@ -97,6 +105,8 @@ def build_report(context, log=print) -> Path:
     _remove_stale(run_dir / "grids", "trial-*.png", set(grids.values()))
     trials.to_csv(run_dir / "trials.csv", index=False)
     front.reindex(columns=PARETO_COLUMNS).to_csv(run_dir / "pareto.csv", index=False)
+    teacher_file = {**(teacher or {}), "quality_reference": context.target.quality.kind}
+    write_atomically(run_dir / TEACHER_FILE, lambda path: path.write_text(json.dumps(teacher_file, indent=1)))
     pareto_plot(trials, front, teacher, run_dir / "pareto.png", title=f"{context.ledger.study_name}")
     hypervolumes = hypervolume_history(trials, context.objectives)
     hypervolume_plot(hypervolumes, run_dir / "hypervolume.png", context.objectives)
@@ -130,6 +140,7 @@ def build_report(context, log=print) -> Path:
         teacher,
         grids,
         failures,
+        recommended_plans(front, standards, teacher, knee, context.target.quality.kind),
     )
     if context.config.report.wandb:
         from omegaconf import OmegaConf

@@ -1,48 +1,250 @@
-"""One self-contained HTML page per run: what was searched, the front table, the plot and image grids."""
+"""One self-contained HTML page per run. It opens with the answer (the recommended plans and how to apply
+them), then what was searched, the front, the plots, and each plan's images beside the teacher's."""
 
 from __future__ import annotations
 
 import html
 import math
+import numbers
+import shlex
 from pathlib import Path
 
 import pandas as pd
 
-from autoaccel.objectives import METRIC_COLUMNS
+from autoaccel.measure.kernels import NOT_APPLICABLE
+from autoaccel.measure.latency import MEMORY_KIND_LABELS
+from autoaccel.report.recommend import Recommendation, ratio_goal
 
+TEACHER_GRID = "grids/teacher.png"
+APPLY_IMAGES = 16  # images the suggested ``apply`` command writes
+
+# The columns a reader needs to choose a plan; every other figure is in pareto.csv and trials.csv
 FRONT_COLUMNS = [
     "trial",
-    *METRIC_COLUMNS,
-    "param.solver.name",
-    "param.timesteps.family",
+    "nfe",
+    "fid",
+    "fid_std",
+    "precision",
+    "recall",
+    "latency_ms",
+    "peak_memory_mb",
+    "model_memory_mb",
+    "model_bytes",
+    "scheduler_class",
     "timesteps",
     "simulated",
-    "kernels",
     "quantized_latency",
     "recipe",
 ]
+OPTIONAL_COLUMNS = {"simulated", "quantized_latency"}  # shown only where a plan is quantized
+HEADERS = {
+    "latency_ms": "latency (ms)",
+    "model_memory_mb": "model memory (MB)",
+    "model_bytes": "model bytes",
+    "scheduler_class": "scheduler",
+    "warm_start": "standard configuration",
+}
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; padding: 0 1em; max-width: 1200px; }
+table { border-collapse: collapse; font-size: 0.85em; margin-bottom: 1.5em; max-width: 100%; }
+td, th { border: 1px solid #ccc; padding: 3px 6px; text-align: left; vertical-align: top; overflow-wrap: break-word; }
+td.number { white-space: nowrap; text-align: right; }
+td a, td code { white-space: nowrap; }
+th { background: #f4f4f4; }
+td.timesteps { max-width: 22em; }
+.scroll { overflow-x: auto; max-width: 100%; }
+.recommended td.command { border-top: none; padding-bottom: 8px; }
+.recommended tr.plan td { border-bottom: none; }
+.none { color: #a33; }
+code { background: #f4f4f4; padding: 1px 4px; font-size: 0.95em; }
+img { max-width: 100%; }
+.plots img { max-width: 49%; }
+.pair { display: flex; flex-wrap: wrap; gap: 1em; margin-bottom: 1.5em; align-items: flex-start; }
+figure { margin: 0; } figcaption { font-size: 0.85em; margin-top: 0.3em; }
+img.grid { image-rendering: pixelated; }
+"""
 
 
-def _cell(value) -> str:
-    if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.4g}"
-    return html.escape(str(value))
+COUNT_COLUMNS = {"trial", "nfe", "params", "model_bytes"}
+ROUNDING_ZERO = 1e-6  # a teacher's FID against its own samples comes out as -1e-8 or so: it is 0
 
 
-def _table(frame: pd.DataFrame, columns: list[str]) -> str:
-    columns = [column for column in columns if column in frame.columns]
-    head = "".join(f"<th>{html.escape(column.removeprefix('param.'))}</th>" for column in columns)
+def figure_text(value, count: bool = False) -> str:
+    """A measured figure as a reader wants it: 4 significant digits, counts in full, rounding noise as 0."""
+    if not _is_number(value):
+        return str(value)
+    if math.isnan(value):
+        return ""
+    if count:
+        return f"{value:,.0f}"
+    return "0" if abs(value) < ROUNDING_ZERO else f"{value:.4g}"
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _cell(value, column: str = "") -> str:
+    return html.escape(figure_text(value, count=column in COUNT_COLUMNS))
+
+
+def _is_empty(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or str(value) in ("", "[]")
+
+
+def _shown(frame: pd.DataFrame, column: str) -> bool:
+    """An optional column only where some row has something to say in it."""
+    if column not in OPTIONAL_COLUMNS:
+        return True
+    return not frame[column].map(lambda value: _is_empty(value) or str(value) == NOT_APPLICABLE).all()
+
+
+def peak_memory_header(*frames: pd.DataFrame) -> str:
+    """The peak-memory column's header, saying what was measured: on a CPU the process's resident peak."""
+    kinds = {
+        str(kind) for frame in frames if "memory_kind" in frame for kind in frame["memory_kind"] if not _is_empty(kind)
+    }
+    if len(kinds) == 1:
+        kind = kinds.pop()
+        return f"peak memory ({MEMORY_KIND_LABELS.get(kind, kind)}, MB)"
+    return "peak memory (MB; see memory_kind in trials.csv)"
+
+
+def _header(column: str, memory_header: str) -> str:
+    if column == "peak_memory_mb":
+        return memory_header
+    return HEADERS.get(column, column.removeprefix("param."))
+
+
+def _table(frame: pd.DataFrame, columns: list[str], memory_header: str = "peak memory (MB)") -> str:
+    """An HTML table of ``columns`` (those the frame has; an optional column empty in every row is left out)."""
+    columns = [column for column in columns if column in frame.columns and _shown(frame, column)]
+    head = "".join(f"<th>{html.escape(_header(column, memory_header))}</th>" for column in columns)
     rows = []
     for _, row in frame.iterrows():
         cells = []
         for column in columns:
             value = row[column]
-            if column == "recipe" and value:
+            if column == "recipe" and not _is_empty(value):
                 cells.append(f'<td><a href="{html.escape(str(value))}">{html.escape(Path(str(value)).name)}</a></td>')
+            elif column == "trial" and not _is_empty(value):
+                cells.append(f'<td><a href="#trial-{int(value)}">{int(value)}</a></td>')
             else:
-                cells.append(f"<td>{_cell(value)}</td>")
+                css = f"{column} number" if _is_number(value) else column
+                cells.append(f'<td class="{html.escape(css)}">{_cell(value, column)}</td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+    return f'<div class="scroll"><table><tr>{head}</tr>{"".join(rows)}</table></div>'
+
+
+def apply_command(run_dir: Path, recipe: str) -> str:
+    """The command that writes images with a recipe's plan, as a user would type it."""
+    return f"python -m autoaccel apply {shlex.quote(str(run_dir / recipe))} --out samples --n {APPLY_IMAGES}"
+
+
+def _speedup(value: float | None, versus: str) -> str:
+    return f"{value:.2f}x {versus}" if value is not None else ""
+
+
+def _standard_text(recommendation: Recommendation) -> str:
+    """The speed-up over the standard configuration, naming which one it is."""
+    standard = recommendation.standard
+    if standard is None:
+        return '<span class="none">no standard configuration meets it</span>'
+    name = html.escape(str(standard.get("warm_start") or f"trial {int(standard['trial'])}"))
+    figures = f"{name}: fid {float(standard['fid']):.4g}, {float(standard['latency_ms']):.4g} ms"
+    if recommendation.speedup_vs_standard is None:
+        return figures
+    return f"<b>{recommendation.speedup_vs_standard:.2f}x</b> ({figures})"
+
+
+def _recommendation_rows(recommendation: Recommendation, run_dir: Path) -> str:
+    goal = html.escape(recommendation.goal)
+    plan = recommendation.plan
+    if plan is None:
+        note = html.escape(recommendation.note or "no front plan meets it")
+        return f'<tr><td>{goal}</td><td colspan="5" class="none">{note}</td></tr>'
+    trial = int(plan["trial"])
+    fid = f"{float(plan['fid']):.4g}" + (
+        f" ± {float(plan['fid_std']):.2g}" if not _is_empty(plan.get("fid_std", math.nan)) else ""
+    )
+    recipe = str(plan.get("recipe", "") or "")
+    recipe_link = f'<a href="{html.escape(recipe)}">{html.escape(Path(recipe).name)}</a>' if recipe else ""
+    vs_teacher = _speedup(recommendation.speedup_vs_teacher, "")
+    cells = [
+        goal,
+        f'<a href="#trial-{trial}">trial {trial}</a>',
+        f"fid {fid}<br>nfe {float(plan['nfe']):.0f}, {float(plan['latency_ms']):.4g} ms",
+        f"<b>{vs_teacher}</b>" if vs_teacher else "",
+        _standard_text(recommendation),
+        recipe_link,
+    ]
+    command = (
+        f'<tr><td colspan="6" class="command"><code>{html.escape(apply_command(run_dir, recipe))}</code></td></tr>'
+        if recipe
+        else ""
+    )
+    return '<tr class="plan">' + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>" + command
+
+
+def _merged(recommendations: list[Recommendation]) -> list[Recommendation]:
+    """FID ratios that no plan can meet for one reason (no usable teacher FID), as one row: said once."""
+    unmet = [item for item in recommendations if item.ratio is not None and item.plan is None and item.standard is None]
+    if len(unmet) < 2 or len({item.note for item in unmet}) > 1 or "FID <=" in unmet[0].goal:
+        return recommendations  # bounds were computed: each row says how far its own bound is
+    merged = Recommendation(ratio_goal([item.ratio for item in unmet]), None, None, None, None, unmet[0].note)
+    return [merged, *(item for item in recommendations if all(item is not other for other in unmet))]
+
+
+def _recommended_section(recommendations: list[Recommendation], teacher: dict | None, run_dir: Path) -> str:
+    if not recommendations:
+        return ""
+    teacher = teacher or {}
+    teacher_text = (
+        f"teacher ({teacher.get('timesteps', '')} steps): fid {figure_text(_float(teacher.get('fid')))}, "
+        f"nfe {figure_text(_float(teacher.get('nfe')), count=True)}, "
+        f"{figure_text(_float(teacher.get('latency_ms')))} ms"
+        if teacher
+        else "the teacher was not measured"
+    )
+    head = "<tr><th>goal</th><th>plan</th><th>figures</th><th>speed-up vs teacher</th>"
+    head += "<th>speed-up vs best standard configuration within the same goal</th><th>recipe</th></tr>"
+    rows = "".join(_recommendation_rows(recommendation, run_dir) for recommendation in _merged(recommendations))
+    return f"""<h2>Recommended plans</h2>
+<p>Measured on this run's seeds, {html.escape(teacher_text)}. Speed-ups are latency ratios at the deployment batch
+size. Apply a plan with the command under it, or in Python with <code>autoaccel.apply_recipe</code>.</p>
+<div class="scroll"><table class="recommended">{head}{rows}</table></div>"""
+
+
+def _float(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _grid_pairs(grids: dict[str, str]) -> str:
+    """Each plan's grid beside the teacher's (the same seeds, so the same digit in the same place)."""
+    teacher = [(label, src) for label, src in grids.items() if src == TEACHER_GRID]
+    plans = [(label, src) for label, src in grids.items() if src != TEACHER_GRID]
+
+    def figure(label: str, src: str) -> str:
+        return (
+            f'<figure><img class="grid" src="{html.escape(src)}" alt="{html.escape(label)}">'
+            f"<figcaption>{html.escape(label)}</figcaption></figure>"
+        )
+
+    if not plans:
+        return "".join(f'<div class="pair">{figure(label, src)}</div>' for label, src in teacher)
+    pairs = []
+    for label, src in plans:
+        anchor = Path(src).stem.removeprefix("trial-").lstrip("0") or "0"
+        pairs.append(
+            f'<div class="pair" id="trial-{anchor}">{figure(label, src)}'
+            + "".join(figure(teacher_label, teacher_src) for teacher_label, teacher_src in teacher)
+            + "</div>"
+        )
+    return "".join(pairs)
 
 
 def write_html(
@@ -54,16 +256,12 @@ def write_html(
     teacher: dict | None,
     grids: dict[str, str],
     failures: pd.DataFrame,
+    recommendations: list[Recommendation] | None = None,
 ) -> Path:
     summary_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in summary.items())
-    teacher_table = ""
-    if teacher:
-        teacher_table = _table(pd.DataFrame([teacher]), [c for c in FRONT_COLUMNS if c in teacher])
-    grid_html = "".join(
-        f'<figure><img src="{html.escape(src)}" alt="{html.escape(label)}"><figcaption>{html.escape(label)}'
-        "</figcaption></figure>"
-        for label, src in grids.items()
-    )
+    teacher_frame = pd.DataFrame([teacher]) if teacher else pd.DataFrame()
+    memory_header = peak_memory_header(front, standards)
+    teacher_table = _table(teacher_frame, FRONT_COLUMNS[1:-1], memory_header) if teacher else ""
     failure_html = (
         _table(failures, ["trial", "param.solver.name", "param.timesteps.family", "failure"])
         if not failures.empty
@@ -71,28 +269,28 @@ def write_html(
     )
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 1200px; }}
-table {{ border-collapse: collapse; font-size: 0.85em; margin-bottom: 1.5em; }}
-td, th {{ border: 1px solid #ccc; padding: 3px 6px; text-align: left; }}
-figure {{ display: inline-block; margin: 0.5em; }} img {{ image-rendering: pixelated; }}
-</style></head><body>
+<style>{STYLE}</style></head><body>
 <h1>{html.escape(title)}</h1>
+{_recommended_section(recommendations or [], teacher, path.parent)}
+<h2>Run</h2>
 <table>{summary_rows}</table>
 <h2>Pareto front</h2>
 <p>Every figure was measured: quality on the same seeds for every candidate, latency as the median of repeated
-calls at the deployment batch size. FIDs are comparable only at the same sample count and seeds. A row whose
-<em>simulated</em> column names quantization was scored with fake quantization: its quality and model_bytes are
-the plan's, and its latency is that of the kernels named in <em>kernels</em> (float kernels where no real
-quantized backend ran, so its quantized latency is <em>not measured</em>).</p>
-{_table(front, FRONT_COLUMNS)}
-<img src="pareto.png" alt="Pareto plot"> <img src="hypervolume.png" alt="hypervolume over trials">
+calls at the deployment batch size. FIDs are comparable only at the same sample count and seeds. Model memory is
+the unet's weights plus the peak activations of one call at that batch size; peak memory is what the whole run
+held (on a CPU, the process's resident peak). A row whose <em>simulated</em> column names quantization was scored
+with fake quantization: its quality and model bytes are the plan's, and its latency is that of the kernels named
+in trials.csv (float kernels where no real quantized backend ran: its quantized latency is <em>not measured</em>).
+All columns: <a href="pareto.csv">pareto.csv</a> (the front), <a href="trials.csv">trials.csv</a> (every trial).</p>
+{_table(front, FRONT_COLUMNS, memory_header)}
+<div class="plots"><img src="pareto.png" alt="Pareto plot">
+<img src="hypervolume.png" alt="hypervolume over trials"></div>
 <h2>Teacher</h2>
 {teacher_table}
 <h2>Standard configurations</h2>
-{_table(standards, ["warm_start"] + FRONT_COLUMNS[:-1])}
-<h2>Images (same seeds; front points beside the teacher)</h2>
-{grid_html}
+{_table(standards, ["warm_start", *FRONT_COLUMNS[:-1]], memory_header)}
+<h2>Images (the same seeds: each front plan beside the teacher)</h2>
+{_grid_pairs(grids)}
 <h2>Failed trials</h2>
 {failure_html}
 </body></html>

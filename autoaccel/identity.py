@@ -1,0 +1,72 @@
+"""Which candidates run the same plan. Different parameters can run the very same computation: a solver order that
+a three-step schedule cannot use, two schedule families that round to the same integer timesteps. Such candidates
+are one plan: measured once and shown once.
+
+The sampler part of a plan is identified by running it, not by reading its parameters: the plan's own scheduler,
+timesteps and guidance integrate a tiny fixed probe denoiser from fixed noise, and the result's bytes are the
+identity. Two plans whose arithmetic is the same give the same bytes; any difference in the scheme (an order used,
+a timestep, a guidance scale, a stochastic step) changes them. The model part (pruning, quantization) is identified
+by its technique configs. The probe costs a few milliseconds: no real model runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from autoaccel.candidate import apply_plan, to_plain
+
+PROBE_SEED = 20261129
+PROBE_SIZE = 2  # probe images are PROBE_SIZE x PROBE_SIZE pixels of the model's channels
+
+
+class ProbeDenoiser(torch.nn.Module):
+    """A fixed nonlinear function of (sample, timestep, class) with a UNet's calling convention."""
+
+    def __init__(self, channels: int, classes: int) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(PROBE_SEED)
+        self.register_buffer("mix", torch.randn(channels, channels, generator=generator) / math.sqrt(channels))
+        self.register_buffer("label_shift", torch.randn(classes, channels, generator=generator))
+
+    @property
+    def device(self) -> torch.device:
+        return self.mix.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.mix.dtype
+
+    def forward(self, sample: torch.Tensor, timestep, class_labels: torch.Tensor | None = None) -> SimpleNamespace:
+        time = float(timestep) / 1000.0
+        hidden = torch.einsum("nchw,dc->ndhw", sample, self.mix) + math.sin(7.3 * time + 0.5)
+        if class_labels is not None:
+            hidden = hidden + self.label_shift[class_labels][..., None, None]
+        return SimpleNamespace(sample=torch.sin(hidden) * (1.0 + time))  # nonlinear, never saturating
+
+
+def plan_key(target, plan: list[tuple[Any, Any]]) -> str:
+    """A short hash that is equal for two plans exactly when they run the same computation on ``target``."""
+    model_part = [
+        (technique.name, technique.version, to_plain(asdict(config)))
+        for technique, config in plan
+        if technique.modifies_model
+    ]
+    pipeline = target.make_pipeline()
+    apply_plan(pipeline, [step for step in plan if not step[0].modifies_model], target)
+    channels = target.sample_shape[0]
+    classes = int(target.unet.config.num_class_embeds or 0)
+    pipeline.unet = ProbeDenoiser(channels, max(classes, 1))
+    generator = torch.Generator().manual_seed(PROBE_SEED)
+    noise = torch.randn((2, channels, PROBE_SIZE, PROBE_SIZE), generator=generator)
+    labels = torch.tensor([0, min(1, classes - 1)]) if target.num_classes else None
+    images = pipeline(noise, labels, generator=torch.Generator().manual_seed(PROBE_SEED)).images
+    digest = hashlib.sha1(json.dumps([model_part, pipeline.unet_calls], sort_keys=True).encode())
+    digest.update(images.numpy().tobytes())
+    return digest.hexdigest()[:12]

@@ -1,0 +1,82 @@
+"""Quality budgets end to end: a search's quality limits shape its front, and ``plan`` answers "the fastest plan
+within this quality" from the run folder alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from autoaccel.cli import main
+from autoaccel.config import compose_config
+from autoaccel.search import search
+
+QUIET = {"log": lambda message: None}
+
+
+def _run_dir(overrides: list[str]) -> Path:
+    return (
+        Path(next(item.split("=", 1)[1] for item in overrides if item.startswith("report.dir="))) / "pipeline-sampler"
+    )
+
+
+@pytest.fixture
+def measured(fast_overrides):
+    """Eight measured trials (standard configurations at 4 and 10 steps, then searched ones) and their run folder."""
+    overrides = [*fast_overrides, "budget.trials=8", "budget.warm_start_steps=[4,10]"]
+    search(compose_config(overrides), **QUIET)
+    return overrides, _run_dir(fast_overrides)
+
+
+def test_quality_limits_in_a_search_shape_the_front_without_measuring_again(measured):
+    overrides, run_dir = measured
+    trials = pd.read_csv(run_dir / "trials.csv")
+    complete = trials[trials["state"] == "COMPLETE"]
+    max_fid = float(complete["fid"].median())
+    min_psnr = float(complete["psnr_vs_ode"].median())
+    search(compose_config([*overrides, f"budget.max_fid={max_fid}", f"budget.min_psnr={min_psnr}"]), **QUIET)
+    front = pd.read_csv(run_dir / "pareto.csv")
+    assert not front.empty
+    assert (front["fid"] <= max_fid).all() and (front["psnr_vs_ode"] >= min_psnr).all()
+    after = pd.read_csv(run_dir / "trials.csv")
+    pd.testing.assert_frame_equal(trials[["trial", "fid", "latency_ms"]], after[["trial", "fid", "latency_ms"]])
+    html = (run_dir / "index.html").read_text()
+    assert f"fid &lt;= {max_fid:.4g}" in html and f"psnr_vs_ode &gt;= {min_psnr:.4g}" in html
+
+
+def test_plan_gives_the_fastest_front_plan_within_a_quality_limit(measured, capsys):
+    _, run_dir = measured
+    front = pd.read_csv(run_dir / "pareto.csv")
+    max_fid = float(front["fid"].median())
+    capsys.readouterr()
+    assert main(["plan", str(run_dir), "--max-fid", str(max_fid)]) == 0
+    out = capsys.readouterr().out
+    fits = front[front["fid"] <= max_fid].sort_values(["latency_ms", "fid"])
+    expected = int(fits.iloc[0]["trial"])
+    assert out.startswith(f"the fastest plan within fid <= {max_fid:.4g}:")
+    assert f"trial {expected}" in out.splitlines()[1]
+    assert "vs the teacher" in out and "faster" in out
+    assert f"recipes/trial-{expected:04d}.yaml --out samples" in out
+    teacher = json.loads((run_dir / "teacher.json").read_text())
+    assert teacher["quality_reference"] == "teacher-samples" and teacher["latency_ms"] > 0
+
+    # nothing fits: exit 3, the closest plan and by how much it misses
+    assert main(["plan", str(run_dir), "--max-fid", str(float(front["fid"].min()) / 10)]) == 3
+    out = capsys.readouterr().out
+    assert out.startswith("no front plan is the fastest plan within") and "misses --max-fid by" in out
+
+
+def test_a_ratio_to_a_teacher_scored_against_itself_is_refused_before_anything_runs(fast_overrides, capsys):
+    assert main(["search", *fast_overrides, "budget.max_fid_ratio=1.25"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "budget.max_fid_ratio=1.25" in err and "budget.max_fid" in err
+    assert not _run_dir(fast_overrides).exists()
+
+
+def test_plan_refuses_a_ratio_where_the_teacher_is_the_reference(measured, capsys):
+    _, run_dir = measured
+    assert main(["plan", str(run_dir), "--max-fid-ratio", "1.25"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--max-fid-ratio" in err and "--min-psnr" in err
