@@ -113,6 +113,14 @@ class Technique:
     # config -> the settings that change deployment cost (plain, JSON-serialisable values); {} when the config
     # leaves the deployment as it is. None: every setting is taken to change cost (never a wrongly shared timing)
     cost_key: Callable[[Any], Mapping[str, Any]] | None = None
+    # (unet, config) -> the Artifact of the model this technique produced, or None when there is nothing worth
+    # storing (pruning ratio 0): recipes name it and applying rebuilds from it instead of training again
+    artifact_state: Callable[[Any, Any], Any] | None = None
+    # (pipeline, config, target, artifact) -> None: the model rebuilt from its artifact, without training
+    from_artifact: Callable[[Any, Any, Any, Any], None] | None = None
+    # config -> what applying it without its artifact runs again, in words ("pruning with 200 recovery steps"),
+    # or None when that costs nothing worth saying
+    recompute: Callable[[Any], str | None] | None = None
 
     def cost_settings(self, config: Any) -> dict[str, Any]:
         """What of ``config`` a latency measurement depends on: plans that agree here share one timing."""

@@ -6,14 +6,16 @@ samples; random, as a control), and whole attention heads rather than head dimen
 attention slower). Training-free unless ``recovery_steps`` > 0: then a short distillation pulls the pruned
 model's predictions towards the teacher's on noised teacher samples (no external data).
 
-The pruned model is a copy: the target's unet is never touched. Everything is seeded, so applying the same
-config to the same model gives the same weights on the same machine: a recipe re-applies it.
+The pruned model is a copy: the target's unet is never touched. Its weights are stored as an artifact
+(``autoaccel.artifacts``): a recipe rebuilds the pruned structure (only the shapes matter, so no recovery and no
+teacher) and loads them, never training again. Everything is seeded, so without an artifact (a recipe written
+without a store) applying the same config to the same model gives the same weights on the same machine.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -208,6 +210,31 @@ def apply_pruning(pipeline, config: PruningConfig, target) -> None:
     pipeline.unet = prune_unet(pipeline.unet, config, target)
 
 
+def pruned_weights(unet, config: PruningConfig):
+    """The pruned (and recovered) unet's weights; nothing at ratio 0, where the model is the base model."""
+    from autoaccel.artifacts import Artifact
+
+    if config.ratio == 0.0:
+        return None
+    return Artifact(dict(unet.state_dict()), {"technique": "pruning", "config": repr(config)})
+
+
+def pruning_from_artifact(pipeline, config: PruningConfig, target, artifact) -> None:
+    """The pruned structure (magnitude importance, no recovery: which channels go does not change how many)
+    with the artifact's weights loaded strictly: a shape or name that differs is an error, not a guess."""
+    structure = prune_unet(pipeline.unet, replace(config, importance="magnitude", recovery_steps=0), target)
+    structure.load_state_dict(artifact.tensors, strict=True)
+    pipeline.unet = structure.eval().requires_grad_(False)
+
+
+def pruning_recompute(config: PruningConfig) -> str | None:
+    if config.ratio == 0.0:
+        return None
+    if config.recovery_steps:
+        return f"pruning and its recovery distillation ({config.recovery_steps} steps) from the base model"
+    return "pruning from the base model"
+
+
 def pruning_cost(config: PruningConfig) -> dict:
     """The ratios and whether whole heads go: they fix how many channels and heads are left in each layer.
 
@@ -237,5 +264,8 @@ PRUNING = register(
         },
         params=PRUNING_PARAMS,
         cost_key=pruning_cost,
+        artifact_state=pruned_weights,
+        from_artifact=pruning_from_artifact,
+        recompute=pruning_recompute,
     )
 )

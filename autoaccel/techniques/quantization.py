@@ -19,6 +19,7 @@ puts the least sensitive share ``low_fraction`` of the weights at ``low_bits`` a
 from __future__ import annotations
 
 import copy
+import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -328,6 +329,47 @@ def apply_quantization(pipeline, config: QuantizationConfig, target) -> None:
         pipeline.unet = quantize_unet(pipeline.unet, config, target)
 
 
+def quantized_weights(unet, config: QuantizationConfig):
+    """The calibrated model: its weights on their grids, and its plan (bits, activation ranges) as metadata."""
+    from autoaccel.artifacts import Artifact
+
+    plan = getattr(unet, "autoaccel_quantization", None)
+    if not config.enabled or plan is None:
+        return None
+    stored = {
+        "layer_bits": plan.layer_bits,
+        "group_bits": plan.group_bits,
+        "activation_bits": plan.activation_bits,
+        "activation_ranges": {name: list(bounds) for name, bounds in plan.activation_ranges.items()},
+        "sensitivity": plan.sensitivity,
+    }
+    return Artifact(dict(unet.state_dict()), {"technique": "quantization", "plan": json.dumps(stored)})
+
+
+def quantization_from_artifact(pipeline, config: QuantizationConfig, target, artifact) -> None:
+    """The calibrated model without calibrating again: stored weights loaded strictly, hooks from stored ranges."""
+    if not config.enabled:
+        raise ValueError("quantization.enabled is false, so there is nothing to load")
+    stored = json.loads(artifact.metadata["plan"])
+    if stored["activation_bits"] != config.activation_bits:
+        raise ValueError(f"it was calibrated for activation_bits={stored['activation_bits']!r}")
+    quantized = copy.deepcopy(pipeline.unet).float().eval().requires_grad_(False)
+    quantized.load_state_dict(artifact.tensors, strict=True)
+    ranges = {name: (float(low), float(high)) for name, (low, high) in stored["activation_ranges"].items()}
+    plan = QuantizationPlan(
+        stored["layer_bits"], stored["group_bits"], stored["activation_bits"], ranges, stored["sensitivity"]
+    )
+    modules = dict(quantized.named_modules())
+    for name, (low, high) in ranges.items():
+        modules[name].register_forward_pre_hook(_activation_hook(plan, low, high, config.activation_bits))
+    quantized.autoaccel_quantization = plan
+    pipeline.unet = quantized
+
+
+def quantization_recompute(config: QuantizationConfig) -> str | None:
+    return f"quantization calibration ({config.calibration_samples} samples)" if config.enabled else None
+
+
 def quantization_cost(config: QuantizationConfig) -> dict:
     """The bit widths a deployment's kernels run: weight, low-group and time-embedding bits, and activation bits.
 
@@ -354,5 +396,8 @@ QUANTIZATION = register(
         unchanged_params={"enabled": False},
         params=QUANTIZATION_PARAMS,
         cost_key=quantization_cost,
+        artifact_state=quantized_weights,
+        from_artifact=quantization_from_artifact,
+        recompute=quantization_recompute,
     )
 )
