@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from autoaccel.config.checks import MAX_SAMPLES, MAX_SEED, check_folder
@@ -69,12 +70,14 @@ def write_images(
     model: str | None,
     device: str = "auto",
     overwrite: bool = False,
+    log: Callable[[str], None] = print,
 ) -> list[Path]:
+    """Writes ``count`` images (and a grid) of the recipe's plan; artifacts are found beside the recipe file."""
     out_dir = Path(out_dir)
     check_apply_options(out_dir, count, seed, overwrite)
     recipe = load_recipe(recipe_path)
     target = load_base_model(recipe, model, device)
-    pipeline = apply_recipe(target, recipe)
+    pipeline = apply_recipe(target, recipe, recipe_dir=Path(recipe_path).parent, log=log)
     seeds, chunk_size = recipe_seeds(recipe, target, count, seed)
     images = sample_in_chunks(pipeline, seeds, chunk_size)[:count]
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -50,13 +50,6 @@ class Candidate:
         return [(technique, technique.config_from_params(params)) for technique in chosen]
 
 
-def apply_plan(pipeline, plan: list[tuple[Any, Any]], target) -> None:
-    """Applies each (technique, config) in turn and records it on ``pipeline.plan``: the cost key reads it."""
-    for technique, config in plan:
-        technique.apply(pipeline, config, target)
-        pipeline.plan.techniques.append((technique, config))
-
-
 def plan_cost(plan: list[tuple[Any, Any]]) -> dict[str, dict[str, Any]]:
     """technique name -> the settings of its config that change deployment cost; a technique whose config
     leaves the deployment as it is (pruning ratio 0, quantization off) adds nothing, so such a plan shares the

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from autoaccel.candidate import apply_plan, to_plain
+from autoaccel.apply import apply_plan
+from autoaccel.candidate import to_plain
 
 PROBE_SEED = 20261129
 PROBE_SIZE = 2  # probe images are PROBE_SIZE x PROBE_SIZE pixels of the model's channels

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import platform
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 import yaml
 
+from autoaccel.artifacts import ArtifactRef
 from autoaccel.candidate import to_plain
 from autoaccel.config.checks import MAX_SAMPLES, MAX_SEED
 from autoaccel.errors import RecipeError
@@ -58,9 +60,22 @@ def memory_meanings(measured_on: dict) -> dict[str, str]:
 
 
 def build_recipe(
-    target, plan: list, pipeline: SamplerPipeline, figures: dict, measured_on: dict, seed_policy: dict, source: dict
+    target,
+    plan: list,
+    pipeline: SamplerPipeline,
+    figures: dict,
+    measured_on: dict,
+    seed_policy: dict,
+    source: dict,
+    artifacts: dict[str, ArtifactRef] | None = None,
 ) -> dict[str, Any]:
-    """The recipe for a pipeline that ``plan`` configured on ``target``."""
+    """The recipe for a pipeline that ``plan`` configured on ``target``.
+
+    ``artifacts`` (technique name -> reference relative to the recipe file's folder) go into their technique's
+    section: applying loads them instead of training. A technique that trains or calibrates and has none says
+    in its section (``reapplied``) what applying runs again.
+    """
+    artifacts = artifacts or {}
     scheduler_config = {key: value for key, value in dict(pipeline.scheduler.config).items() if not key.startswith("_")}
     return {
         "autoaccel_recipe": RECIPE_FORMAT,
@@ -71,14 +86,7 @@ def build_recipe(
             "content_hash": target.content_hash,
             "scheduler_config": to_plain({k: v for k, v in target.scheduler_config.items() if not k.startswith("_")}),
         },
-        "techniques": {
-            technique.name: {
-                "version": technique.version,
-                "config": to_plain(asdict(config)),
-                **({"simulated": True} if technique.simulated else {}),
-            }
-            for technique, config in plan
-        },
+        "techniques": {technique.name: _technique_section(technique, config, artifacts) for technique, config in plan},
         # scored by simulation (fake quantization): the figures are what the simulated model gives, and its
         # latency is a float-kernel time unless measured_on.kernels names a real quantized backend
         "simulated": [technique.name for technique, _ in plan if technique.simulated],
@@ -91,6 +99,17 @@ def build_recipe(
         "measured_on": {**measured_on, **memory_meanings(measured_on), **environment()},
         "source": source,
     }
+
+
+def _technique_section(technique, config, artifacts: dict[str, ArtifactRef]) -> dict[str, Any]:
+    section: dict[str, Any] = {"version": technique.version, "config": to_plain(asdict(config))}
+    if technique.simulated:
+        section["simulated"] = True
+    if technique.name in artifacts:
+        section["artifact"] = artifacts[technique.name].as_dict()
+    elif technique.recompute is not None and technique.recompute(config):
+        section["reapplied"] = f"no artifact: applying this recipe re-runs {technique.recompute(config)}"
+    return section
 
 
 def save_recipe(recipe: dict[str, Any], path: Path) -> Path:
@@ -273,19 +292,33 @@ def _scheduler_failure(class_name: str, config: dict, timesteps: list[int]) -> E
     return None
 
 
-def apply_recipe(pipeline, recipe: str | Path | dict, check_model: bool = True) -> SamplerPipeline:
+def apply_recipe(
+    pipeline,
+    recipe: str | Path | dict,
+    check_model: bool = True,
+    recipe_dir: str | Path | None = None,
+    log: Callable[[str], None] | None = None,
+) -> SamplerPipeline:
     """Configures a loaded pipeline (anything with a ``unet``) as the recipe says; returns the runnable pipeline.
 
     >>> pipe = DDPMPipeline.from_pretrained(folder)
     >>> fast = autoaccel.apply_recipe(pipe, "reports/digits-sampler/recipes/trial-0042.yaml")
     >>> images = fast(noise, class_labels).images
 
-    The unet is shared, not copied. With ``check_model`` the unet's weights must hash to the recipe's
-    ``base_model.content_hash``: a recipe measured on another model would not reproduce its figures.
+    Every technique the recipe names is applied, in declared order (``autoaccel.apply``); one with an artifact
+    is rebuilt from it (hash checked, never trained again). Artifact paths are relative to the recipe file's
+    folder, or to ``recipe_dir`` for a recipe given as a dict (default: the working directory). ``log`` (default:
+    a warning) hears of a technique that trains again because its recipe has no artifact.
+    The unet is shared, not copied, unless a technique changes it. With ``check_model`` the unet's weights must
+    hash to the recipe's ``base_model.content_hash``: a recipe measured on another model would not reproduce
+    its figures.
     """
     import diffusers
 
-    recipe = validate_recipe(recipe) if isinstance(recipe, dict) else load_recipe(recipe)
+    if isinstance(recipe, dict):
+        recipe, folder = validate_recipe(recipe), Path(recipe_dir or ".")
+    else:
+        recipe, folder = load_recipe(recipe), Path(recipe_dir or Path(recipe).parent)
     unet = getattr(pipeline, "unet", None)
     if unet is None:
         raise RecipeError(f"apply_recipe needs a pipeline with a unet; got {type(pipeline).__name__}")
@@ -299,13 +332,21 @@ def apply_recipe(pipeline, recipe: str | Path | dict, check_model: bool = True) 
                 f"apply it to that model or pass check_model=False"
             )
     _check_null_class(recipe.get("null_class"), unet)
-    unet = _reapply_model_techniques(recipe, unet)
+    applied = _apply_techniques(recipe, unet, folder, log or _warn)
     scheduler = getattr(diffusers, recipe["scheduler"]["class"]).from_config(recipe["scheduler"]["config"])
-    fast = SamplerPipeline(unet=unet, scheduler=scheduler)
+    fast = SamplerPipeline(unet=applied.unet, scheduler=scheduler)
     fast.plan.timesteps = list(recipe["timesteps"])
     fast.plan.guidance_scale = float(recipe["guidance_scale"])
     fast.plan.null_class = recipe.get("null_class")
+    fast.plan.techniques = list(applied.plan.techniques)
+    _check_consistent(recipe, applied, scheduler)
     return fast
+
+
+def _warn(message: str) -> None:
+    import warnings
+
+    warnings.warn(message, stacklevel=3)
 
 
 def _check_null_class(null_class: int | None, unet) -> None:
@@ -318,14 +359,13 @@ def _check_null_class(null_class: int | None, unet) -> None:
         raise RecipeError(f"recipe null_class={null_class} is not a class of this model's unet; valid: {valid}")
 
 
-def _reapply_model_techniques(recipe: dict[str, Any], unet):
-    """Re-applies the techniques that changed the model (pruning), in order, from the base unet.
+def recipe_plan(recipe: dict[str, Any]) -> list[tuple[Any, Any]]:
+    """(technique, config) for every technique the recipe names, in declared order.
 
     Only registered technique names are looked up, and their configs are plain dataclass fields checked by the
     config's own validation: nothing named in the file is imported.
     """
     from autoaccel.errors import ConfigError
-    from autoaccel.targets.base import target_from_unet
     from autoaccel.techniques.base import get_technique
 
     techniques = recipe.get("techniques") or {}
@@ -337,24 +377,64 @@ def _reapply_model_techniques(recipe: dict[str, Any], unet):
             technique = get_technique(str(name))
         except ConfigError as error:
             raise RecipeError(f"recipe names {error}") from None
-        if not technique.modifies_model:
-            continue
         version = entry.get("version") if isinstance(entry, dict) else entry
         if version != technique.version:
             raise RecipeError(
                 f"recipe technique {name!r} has version {version!r}; this autoaccel applies version {technique.version}"
             )
+        config = entry.get("config") if isinstance(entry, dict) else None
+        if not isinstance(config or {}, dict):
+            raise RecipeError(f"recipe technique {name!r} has config {config!r}; it must be a mapping")
         try:
-            config = technique.config_cls(**(entry.get("config") or {}))
+            steps.append((technique, technique.config_cls(**(config or {}))))
         except (TypeError, ConfigError) as error:
             raise RecipeError(f"recipe technique {name!r} has an invalid config: {error}") from None
-        steps.append((technique, config))
-    if not steps:
-        return unet
+    return sorted(steps, key=lambda step: step[0].order)
+
+
+def _apply_techniques(recipe: dict[str, Any], unet, folder: Path, log: Callable[[str], None]) -> SamplerPipeline:
+    """The base model's pipeline with every technique of the recipe applied (``autoaccel.apply``)."""
+    from autoaccel.apply import apply_plan, recipe_artifacts
+    from autoaccel.errors import TechniqueError
+    from autoaccel.targets.base import target_from_unet
+
+    plan = recipe_plan(recipe)
     base = recipe["base_model"]
     scheduler_config = base.get("scheduler_config") or recipe["scheduler"]["config"]
     target = target_from_unet(unet, scheduler_config, recipe.get("null_class"), base)
     pipeline = target.make_pipeline()
-    for technique, config in sorted(steps, key=lambda step: step[0].order):
-        technique.apply(pipeline, config, target)
-    return pipeline.unet
+    try:
+        apply_plan(pipeline, plan, target, artifacts=recipe_artifacts(recipe.get("techniques") or {}, folder), log=log)
+    except TechniqueError as error:
+        raise RecipeError(f"recipe technique cannot apply to this model: {error}") from None
+    return pipeline
+
+
+def _check_consistent(recipe: dict[str, Any], applied: SamplerPipeline, scheduler) -> None:
+    """The recipe's scheduler, timesteps and guidance are what its solver and timesteps configs give: a recipe
+    edited in one place but not the other would run something no one measured."""
+    names = {technique.name for technique, _ in applied.plan.techniques}
+    found: dict[str, tuple[Any, Any]] = {}
+    if "solver" in names:
+        found["scheduler"] = (_scheduler_settings(applied.scheduler), _scheduler_settings(scheduler))
+        found["guidance_scale"] = (float(applied.plan.guidance_scale), float(recipe["guidance_scale"]))
+    if "timesteps" in names:
+        found["timesteps"] = ([int(step) for step in applied.plan.timesteps], list(recipe["timesteps"]))
+    for key, (configured, written) in found.items():
+        if configured != written:
+            owner = "solver" if key != "timesteps" else "timesteps"
+            raise RecipeError(
+                f"recipe {key} {_short(written)} is not what its techniques.{owner} config gives "
+                f"({_short(configured)}); edit both together, or remove techniques.{owner} to run {key} as written"
+            )
+
+
+def _scheduler_settings(scheduler) -> dict[str, Any]:
+    """A scheduler's class and every setting (defaults filled in), comparable however its config was written."""
+    config = {key: value for key, value in dict(scheduler.config).items() if not key.startswith("_")}
+    return {"class": type(scheduler).__name__, "config": to_plain(config)}
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 160 else text[:157] + "..."

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from autoaccel.artifacts import ARTIFACTS_DIR, ArtifactStore
 from autoaccel.config.checks import validate_config
 from autoaccel.errors import ConfigError, TargetError
 from autoaccel.fidelity import FidelityLadder
@@ -128,7 +129,7 @@ def prepare_run(config: DictConfig, run_dir: Path | None = None, for_search: boo
         int(config.quality.chunk_size),
     )
     cost = CostSettings(int(config.cost.batch_size), int(config.cost.warmup), int(config.cost.repeats))
-    evaluator = Evaluator(target, space, judge, cost)
+    evaluator = Evaluator(target, space, judge, cost, ArtifactStore(run_dir / ARTIFACTS_DIR))
     return RunContext(config, run_dir, target, space, objectives, ledger, judge, evaluator, backend, lock)
 
 

@@ -66,6 +66,8 @@ class SamplingPlan:
     null_class: int | None = None
     # (technique, config) pairs applied to this pipeline, in order: what its latency is cached by
     techniques: list[tuple[Any, Any]] = field(default_factory=list)
+    # technique name -> sha256 of the artifact its model was stored as (in the run's artifacts/), if any
+    artifacts: dict[str, str] = field(default_factory=dict)
 
 
 class SamplerPipeline(DiffusionPipeline):

@@ -200,6 +200,7 @@ def test_apply_recipe_without_check_runs_the_recipe(tiny_target, tmp_path):
 def test_applied_recipe_reproduces_the_plan(tiny_target, tmp_path):
     recipe = _real_recipe(tiny_target)
     recipe["guidance_scale"] = 1.5
+    recipe["techniques"]["solver"]["config"]["guidance"] = 1.5  # the solver config and the recipe agree
     fast = apply_recipe(tiny_target, _write(tmp_path, recipe))
     noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(3))
     labels = torch.tensor([0, 2])
@@ -210,6 +211,15 @@ def test_applied_recipe_reproduces_the_plan(tiny_target, tmp_path):
     direct.plan.timesteps, direct.plan.guidance_scale, direct.plan.null_class = [99, 70, 40, 12], 1.5, 3
     torch.testing.assert_close(fast(noise, labels).images, direct(noise, labels).images, atol=0, rtol=0)
     assert fast.unet_calls == 8  # guided: two unet evaluations per step
+
+
+def test_a_recipe_edited_in_one_place_but_not_the_other_is_refused(tiny_target, tmp_path):
+    recipe = _real_recipe(tiny_target)
+    recipe["guidance_scale"] = 1.5  # techniques.solver still says 1.0: applying it would run what no one measured
+    with pytest.raises(RecipeError, match=r"guidance_scale 1.5 is not what its techniques.solver config gives"):
+        apply_recipe(tiny_target, _write(tmp_path, recipe))
+    del recipe["techniques"]["solver"]  # the scheduler fields alone: run as written
+    assert apply_recipe(tiny_target, _write(tmp_path, recipe)).plan.guidance_scale == 1.5
 
 
 def test_apply_recipe_needs_a_unet(tmp_path):

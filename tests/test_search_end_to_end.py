@@ -50,7 +50,8 @@ def test_recipe_reproduces_scored_images_bit_exactly(fast_overrides, tiny_pipeli
     from diffusers import DDPMPipeline
 
     from autoaccel import apply_recipe
-    from autoaccel.candidate import Candidate, apply_plan
+    from autoaccel.apply import apply_plan
+    from autoaccel.candidate import Candidate
     from autoaccel.measure.seeds import sample_in_chunks
     from autoaccel.run import prepare_run
 

@@ -13,7 +13,9 @@ from typing import Any
 
 import torch
 
-from autoaccel.candidate import Candidate, apply_plan, cost_key
+from autoaccel.apply import apply_plan
+from autoaccel.artifacts import ArtifactStore
+from autoaccel.candidate import Candidate, cost_key
 from autoaccel.measure.gate import MeasurementGate
 from autoaccel.measure.kernels import deployment_kernels, kernel_choice, kernel_key
 from autoaccel.measure.latency import CostMeasurement, measure_cost
@@ -58,8 +60,16 @@ def describe_failure(error: BaseException) -> str:
 class Evaluator:
     """Scores candidates of one space on one target, on common seeds, caching costs by structure."""
 
-    def __init__(self, target: Target, space: SearchSpace, judge: QualityJudge, cost: CostSettings) -> None:
+    def __init__(
+        self,
+        target: Target,
+        space: SearchSpace,
+        judge: QualityJudge,
+        cost: CostSettings,
+        artifacts: ArtifactStore | None = None,
+    ) -> None:
         self.target = target
+        self.artifacts = artifacts  # where the weights techniques produce (pruned, recovered) are stored once
         self.space = space
         self.judge = judge
         self.judges = {judge.samples: judge}
@@ -146,6 +156,8 @@ class Evaluator:
         plan = quantization_plan(pipeline.unet)
         if plan is not None:
             details.update(simulated=["quantization"], quantization=plan.describe())
+        if pipeline.plan.artifacts:
+            details.update(artifacts=dict(pipeline.plan.artifacts))
         details.update(
             timesteps=list(pipeline.plan.timesteps),
             scheduler_class=type(pipeline.scheduler).__name__,
@@ -164,24 +176,28 @@ class Evaluator:
     def configured_pipeline(self, candidate: Candidate):
         """The target's pipeline with the candidate's plan applied. The model the model-changing techniques
         (pruning, quantization) produce is kept for the last few plans: the same structure scored at another
-        fidelity level or on other seeds is not pruned, distilled and calibrated again."""
+        fidelity level or on other seeds is not pruned, distilled and calibrated again. With an artifact store,
+        its weights are stored there too (``pipeline.plan.artifacts``): recipes name them and apply without
+        training."""
         plan = candidate.plan(self.space.techniques)
         model_steps = [(technique, config) for technique, config in plan if technique.modifies_model]
         key = tuple((technique.name, technique.version, config) for technique, config in model_steps)
         pipeline = self.target.make_pipeline()
+        stored: dict[str, str] = {}
         if model_steps:
             with self._models_lock:
                 cached = self._models.get(key)
             if cached is None:
-                apply_plan(pipeline, model_steps, self.target)
+                stored = apply_plan(pipeline, model_steps, self.target, store=self.artifacts)
                 with self._models_lock:
-                    self._models[key] = pipeline.unet
+                    self._models[key] = (pipeline.unet, stored)
                     while len(self._models) > MODELS_KEPT:
                         self._models.popitem(last=False)
             else:
-                pipeline.unet = cached
+                pipeline.unet, stored = cached
         apply_plan(pipeline, [step for step in plan if not step[0].modifies_model], self.target)
         pipeline.plan.techniques = list(plan)  # the whole plan, also where the model came from the cache
+        pipeline.plan.artifacts = dict(stored)
         return pipeline
 
     def plan_identity(self, candidate: Candidate) -> str:

@@ -1,20 +1,25 @@
 """Builds ``reports/<run>/`` from the ledger: trials.csv, pareto.csv, pareto.png, recipes/, grids/, index.html.
 
 Front points are turned into recipes, and their image grids are sampled through ``apply_recipe``: what the
-report shows is what a user who applies the recipe gets.
+report shows is what a user who applies the recipe gets. Neither trains nor calibrates again: a recipe names the
+artifacts the evaluator stored for its trial (``autoaccel.artifacts``) and applying loads them.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pandas as pd
 
-from autoaccel.candidate import Candidate, apply_plan
+from autoaccel.apply import apply_plan
+from autoaccel.artifacts import ARTIFACTS_DIR, ArtifactRef
+from autoaccel.candidate import Candidate
 from autoaccel.files import write_atomically
 from autoaccel.imaging import save_grid
+from autoaccel.ledger import DETAIL_PREFIX
 from autoaccel.limits import describe_limits, limits_in_force
 from autoaccel.measure.seeds import sample_in_chunks
 from autoaccel.objectives import METRIC_COLUMNS
@@ -51,12 +56,17 @@ def seed_policy(context) -> dict:
 
 
 def write_front_recipe(context, row: pd.Series, recipes_dir: Path) -> Path:
-    """The recipe of one front point, rebuilt from the exact parameters the ledger stored for its trial."""
+    """The recipe of one front point, rebuilt from the exact parameters the ledger stored for its trial.
+
+    Only the sampler techniques are applied here (the recipe records their scheduler and timesteps); the model
+    techniques are named with the artifacts the evaluator stored, so nothing is pruned or trained again.
+    """
     frozen = context.ledger.trial(int(row["trial"]))
     candidate = Candidate.from_params(frozen.user_attrs["candidate"])
     plan = candidate.plan(context.space.techniques)
     pipeline = context.target.make_pipeline()
-    apply_plan(pipeline, plan, context.target)
+    apply_plan(pipeline, [step for step in plan if not step[0].modifies_model], context.target)
+    artifacts = trial_artifacts(context.run_dir, frozen.user_attrs.get(f"{DETAIL_PREFIX}artifacts"), recipes_dir)
     figures = {name: row.get(name) for name in [*METRIC_COLUMNS, "quality_samples"] if name in row}
     measured_on = {
         "device": row.get("device"),
@@ -69,8 +79,19 @@ def write_front_recipe(context, row: pd.Series, recipes_dir: Path) -> Path:
         "quality_reference": context.target.quality.description,
     }
     source = {"study": context.ledger.study_name, "trial": int(row["trial"]), "run_dir": str(context.run_dir)}
-    recipe = build_recipe(context.target, plan, pipeline, figures, measured_on, seed_policy(context), source)
+    recipe = build_recipe(context.target, plan, pipeline, figures, measured_on, seed_policy(context), source, artifacts)
     return save_recipe(recipe, recipes_dir / f"trial-{int(row['trial']):04d}.yaml")
+
+
+def trial_artifacts(run_dir: Path, stored: dict | None, recipes_dir: Path) -> dict[str, ArtifactRef]:
+    """technique -> its artifact as a recipe in ``recipes_dir`` names it (relative to that folder), for the
+    artifacts the trial stored that this run folder holds (a worker on another machine keeps its own)."""
+    found = {}
+    for name, sha in (stored or {}).items():
+        path = Path(run_dir) / ARTIFACTS_DIR / f"{sha}.safetensors"
+        if path.is_file():
+            found[name] = ArtifactRef(Path(os.path.relpath(path, recipes_dir)).as_posix(), sha)
+    return found
 
 
 def build_report(context, log=print) -> Path:
@@ -93,7 +114,7 @@ def build_report(context, log=print) -> Path:
         recipe_path = write_front_recipe(context, row, run_dir / "recipes")
         recipe_paths.append(str(recipe_path.relative_to(run_dir)))
         # The recipe was just written from this target (its hash is target.content_hash): no need to re-hash.
-        fast = apply_recipe(context.target, recipe_path, check_model=False)
+        fast = apply_recipe(context.target, recipe_path, check_model=False, log=log)
         images = sample_in_chunks(fast, grid_seeds, context.judge.chunk_size)
         grid_name = f"grids/trial-{int(row['trial']):04d}.png"
         save_grid(images, run_dir / grid_name)

@@ -1,0 +1,81 @@
+"""The one way a plan's technique configs are applied to a pipeline: the evaluator, the report, ``apply`` and
+``autoaccel.apply_recipe`` all come through here, so what is measured is what is deployed.
+
+Techniques apply in their declared order. A technique whose model comes with an artifact (weights it produced
+once, e.g. a pruned and recovered unet) is rebuilt from it without training; one without is applied, and with a
+store its weights are stored for recipes to name.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from autoaccel.artifacts import ArtifactRef, ArtifactStore, read_artifact
+from autoaccel.errors import RecipeError
+
+Plan = list[tuple[Any, Any]]
+
+
+def in_order(plan: Plan) -> Plan:
+    """``plan`` in the order its techniques apply (a recipe's mapping may list them in any order)."""
+    return sorted(plan, key=lambda step: step[0].order)
+
+
+def apply_plan(
+    pipeline,
+    plan: Plan,
+    target,
+    artifacts: Mapping[str, tuple[Path, str]] | None = None,
+    store: ArtifactStore | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, str]:
+    """Applies each (technique, config) of ``plan`` in declared order and records it on ``pipeline.plan``.
+
+    ``artifacts``: technique name -> (file, sha256) to rebuild that technique's model from instead of applying
+    it; ``store``: where the weights of techniques applied here are kept. ``log`` hears of every technique that
+    trains or calibrates again because it came without an artifact (a recipe written without an artifact store).
+    Returns technique name -> sha256 of what was stored.
+    """
+    artifacts = artifacts or {}
+    stored: dict[str, str] = {}
+    for technique, config in in_order(plan):
+        if technique.name in artifacts:
+            restore(pipeline, technique, config, target, *artifacts[technique.name])
+        else:
+            if log is not None and technique.recompute is not None and technique.recompute(config):
+                log(f"{technique.name}: no artifact, so applying re-runs {technique.recompute(config)}")
+            technique.apply(pipeline, config, target)
+            state = technique.artifact_state(pipeline.unet, config) if store and technique.artifact_state else None
+            if state is not None:
+                stored[technique.name] = store.put(state)
+        pipeline.plan.techniques.append((technique, config))
+    return stored
+
+
+def restore(pipeline, technique, config, target, path: Path, sha: str) -> None:
+    """Rebuilds ``technique``'s model from its artifact: hash checked first, weights loaded strictly."""
+    if technique.from_artifact is None:
+        raise RecipeError(f"recipe technique {technique.name!r} names an artifact, but {technique.name} stores none")
+    artifact = read_artifact(path, sha)
+    try:
+        technique.from_artifact(pipeline, config, target, artifact)
+    except (RuntimeError, KeyError, ValueError, json.JSONDecodeError) as error:
+        reason = " ".join(str(error).split())
+        reason = reason if len(reason) <= 300 else reason[:297] + "..."
+        raise RecipeError(
+            f"artifact {path} does not fit {technique.name} config {config} on this model: {reason}"
+        ) from None
+
+
+def recipe_artifacts(techniques: Mapping[str, Any], folder: Path) -> dict[str, tuple[Path, str]]:
+    """technique name -> (file, sha256) for each ``artifact`` a recipe's techniques name, resolved against
+    ``folder`` (the recipe file's own folder)."""
+    found = {}
+    for name, entry in techniques.items():
+        if isinstance(entry, dict) and "artifact" in entry:
+            ref = ArtifactRef.from_dict(entry["artifact"], f"recipe techniques.{name}.artifact")
+            found[str(name)] = (Path(folder) / ref.path, ref.sha256)
+    return found
