@@ -1,0 +1,194 @@
+"""Weights a technique produced travel with recipes: a recipe copied elsewhere with its artifacts folder applies
+from them on a fresh load of the base model, never training or calibrating again, and reproduces the scored
+images bit for bit; a changed or missing artifact is refused in one line."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from autoaccel.artifacts import ARTIFACTS_DIR
+from autoaccel.candidate import Candidate
+from autoaccel.config import compose_config
+from autoaccel.errors import RecipeError
+from autoaccel.measure.seeds import sample_in_chunks
+from autoaccel.recipe import apply_recipe, build_recipe, save_recipe
+
+SPACE = """
+techniques: [pruning, quantization, solver, timesteps]
+fixed: {timesteps.family: uniform_trailing, solver.name: dpmsolver++, solver.order: 2}
+dimensions:
+  timesteps.steps: {type: int, low: 3, high: 5}
+"""
+PRUNED = {
+    "pruning.ratio": 0.4,
+    "pruning.importance": "taylor",
+    "pruning.recovery_steps": 3,
+    "quantization.enabled": False,
+    "timesteps.steps": 4,
+}
+PRUNED_AND_QUANTIZED = {
+    **PRUNED,
+    "quantization.enabled": True,
+    "quantization.weight_bits": 6,
+    "quantization.activation_bits": 8,
+    "quantization.calibration_samples": 4,
+}
+
+
+@pytest.fixture(scope="module")
+def context(tiny_pipeline_dir, shared_cache_dir, tmp_path_factory):
+    from autoaccel.run import prepare_run
+
+    folder = tmp_path_factory.mktemp("artifacts-run")
+    space = folder / "space.yaml"
+    space.write_text(SPACE)
+    overrides = [
+        "target=pipeline",
+        f"target.path={tiny_pipeline_dir}",
+        "target.device=cpu",
+        f"report.dir={folder / 'reports'}",
+        f"cache_dir={shared_cache_dir}",
+        f"space={space}",
+        "quality.samples=16",
+        "quality.chunk_size=16",
+        "cost.batch_size=4",
+        "cost.warmup=0",
+        "cost.repeats=1",
+        "quiet=true",
+    ]
+    return prepare_run(compose_config(overrides))
+
+
+def candidate_of(context, params: dict) -> Candidate:
+    return Candidate.from_params({**context.space.fixed, **params})
+
+
+_SCORED: dict[tuple, tuple[Path, torch.Tensor]] = {}
+
+
+def scored_recipe(context, params: dict) -> tuple[Path, torch.Tensor]:
+    """Evaluates ``params`` as a search does, writes its recipe as the report does; the recipe and the images the
+    evaluator scored (once per plan in this module: tests only copy the run's files)."""
+    key = (id(context), *sorted(params.items()))
+    if key not in _SCORED:
+        _SCORED[key] = _score_and_write(context, params)
+    return _SCORED[key]
+
+
+def _score_and_write(context, params: dict) -> tuple[Path, torch.Tensor]:
+    from autoaccel.apply import apply_plan
+    from autoaccel.report.build import trial_artifacts
+
+    candidate = candidate_of(context, params)
+    measurement = context.evaluator.evaluate(candidate)
+    assert measurement.ok, measurement.failure
+    scored = sample_in_chunks(
+        context.evaluator.configured_pipeline(candidate), context.judge.seeds, context.judge.chunk_size
+    )
+    plan = candidate.plan(context.space.techniques)
+    pipeline = context.target.make_pipeline()
+    apply_plan(pipeline, [step for step in plan if not step[0].modifies_model], context.target)
+    recipes = context.run_dir / "recipes"
+    artifacts = trial_artifacts(context.run_dir, measurement.details.get("artifacts"), recipes)
+    policy = {"seed": context.judge.seeds.seed, "samples": 16, "chunk_size": 16}
+    recipe = build_recipe(context.target, plan, pipeline, {}, {}, policy, {}, artifacts)
+    return save_recipe(recipe, recipes / f"{candidate.key}.yaml"), scored
+
+
+def fresh_checkout(run_dir: Path, recipe: Path, destination: Path) -> Path:
+    """The recipes and artifacts folders alone, copied elsewhere: the recipe's path there."""
+    for folder in ("recipes", ARTIFACTS_DIR):
+        shutil.copytree(run_dir / folder, destination / folder)
+    return destination / "recipes" / recipe.name
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Recovery distillation, Taylor calibration and quantization calibration all fail if anything calls them."""
+    import autoaccel.techniques.pruning as pruning
+    import autoaccel.techniques.quantization as quantization
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("applying a recipe with artifacts must not train or calibrate")
+
+    for module, name in ((pruning, "_recover"), (pruning, "_teacher_batch"), (quantization, "trajectory_inputs")):
+        monkeypatch.setattr(module, name, refuse)
+
+
+def fresh_model(tiny_pipeline_dir):
+    from diffusers import DDPMPipeline
+
+    return DDPMPipeline.from_pretrained(tiny_pipeline_dir)
+
+
+@pytest.mark.parametrize("params", [PRUNED, PRUNED_AND_QUANTIZED], ids=["pruned", "pruned+quantized"])
+def test_a_copied_recipe_applies_from_its_artifacts_without_training(
+    params, context, tiny_pipeline_dir, tmp_path, request
+):
+    recipe, scored = scored_recipe(context, params)
+    sections = yaml.safe_load(recipe.read_text())["techniques"]
+    named = [name for name, section in sections.items() if "artifact" in section]
+    assert named == (["pruning", "quantization"] if params["quantization.enabled"] else ["pruning"])
+    assert all(sections[name]["artifact"]["path"].startswith("../artifacts/") for name in named)
+    assert not any("reapplied" in section for section in sections.values())
+
+    copied = fresh_checkout(context.run_dir, recipe, tmp_path / "elsewhere")
+    request.getfixturevalue("no_training")
+    fast = apply_recipe(fresh_model(tiny_pipeline_dir), copied)
+    assert torch.equal(sample_in_chunks(fast, context.judge.seeds, context.judge.chunk_size), scored)
+
+
+def test_apply_writes_images_from_a_copied_recipe_without_training(
+    context, tiny_pipeline_dir, tmp_path, no_training, capsys
+):
+    from autoaccel.applying import write_images
+
+    recipe, _ = scored_recipe(context, PRUNED)  # the evaluator's cached model: nothing is trained here
+    copied = fresh_checkout(context.run_dir, recipe, tmp_path / "elsewhere")
+    paths = write_images(copied, tmp_path / "out", 4, None, str(tiny_pipeline_dir), "cpu")
+    assert len(paths) == 5 and "re-runs" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("damage", ["tampered", "missing"])
+def test_a_changed_or_missing_artifact_is_refused_in_one_line(
+    damage, context, tiny_pipeline_dir, tmp_path, no_training
+):
+    recipe, _ = scored_recipe(context, PRUNED)
+    copied = fresh_checkout(context.run_dir, recipe, tmp_path / "elsewhere")
+    reference = yaml.safe_load(copied.read_text())["techniques"]["pruning"]["artifact"]
+    artifact = (copied.parent / reference["path"]).resolve()
+    if damage == "missing":
+        artifact.unlink()
+    else:
+        data = bytearray(artifact.read_bytes())
+        data[-1] ^= 0x01  # one byte of the last tensor
+        artifact.write_bytes(bytes(data))
+    with pytest.raises(RecipeError) as info:
+        apply_recipe(fresh_model(tiny_pipeline_dir), copied)
+    message = str(info.value)
+    assert "\n" not in message and artifact.name in message
+    assert ("does not exist" if damage == "missing" else "hashes to") in message
+
+
+def test_a_recipe_without_an_artifact_says_it_re_runs_recovery(context, tiny_pipeline_dir, tmp_path):
+    recipe, scored = scored_recipe(context, PRUNED)
+    written = yaml.safe_load(recipe.read_text())
+    del written["techniques"]["pruning"]["artifact"]  # as an older autoaccel, or a run without a store, wrote it
+    old = tmp_path / "old.yaml"
+    old.write_text(yaml.safe_dump(written, sort_keys=False))
+    said: list[str] = []
+    fast = apply_recipe(fresh_model(tiny_pipeline_dir), old, log=said.append)
+    assert said == [
+        "pruning: no artifact, so applying re-runs pruning and its recovery distillation (3 steps) from the base model"
+    ]
+    assert torch.equal(sample_in_chunks(fast, context.judge.seeds, context.judge.chunk_size), scored)
+
+    plan = candidate_of(context, PRUNED).plan(context.space.techniques)
+    pipeline = context.evaluator.configured_pipeline(candidate_of(context, PRUNED))
+    without_store = build_recipe(context.target, plan, pipeline, {}, {}, {}, {})
+    assert "recovery distillation (3 steps)" in without_store["techniques"]["pruning"]["reapplied"]
