@@ -112,6 +112,20 @@ def _technique_section(technique, config, artifacts: dict[str, ArtifactRef]) -> 
     return section
 
 
+def without_artifacts(recipe: dict[str, Any]) -> dict[str, Any]:
+    """``recipe`` for a place its artifacts do not go: each technique that named one says it re-runs instead."""
+
+    copied = dict(recipe)
+    copied["techniques"] = {}
+    for name, section in (recipe.get("techniques") or {}).items():
+        section = dict(section)
+        if section.pop("artifact", None) is not None:
+            technique, config = recipe_plan({"techniques": {name: section}})[0]
+            section.update(_technique_section(technique, config, {}))
+        copied["techniques"][name] = section
+    return copied
+
+
 def save_recipe(recipe: dict[str, Any], path: Path) -> Path:
     return write_atomically(Path(path), lambda temporary: temporary.write_text(yaml.safe_dump(recipe, sort_keys=False)))
 
@@ -346,7 +360,7 @@ def apply_recipe(
 def _warn(message: str) -> None:
     import warnings
 
-    warnings.warn(message, stacklevel=3)
+    warnings.warn(message, stacklevel=5)  # at the caller of apply_recipe
 
 
 def _check_null_class(null_class: int | None, unet) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from omegaconf import DictConfig
 
 from autoaccel.bench import mean_std
@@ -31,6 +32,7 @@ from autoaccel.limits import limits_in_force
 from autoaccel.measure.evaluator import CostSettings, Evaluator
 from autoaccel.measure.reference import QualityJudge
 from autoaccel.pareto import front_numbers
+from autoaccel.recipe import save_recipe, without_artifacts
 from autoaccel.space import load_space
 from autoaccel.techniques.base import unchanged_model_params
 
@@ -208,6 +210,8 @@ def _search_front(config: DictConfig, space_name: str, bench_dir: Path, log) -> 
 
 
 def _copy_front_recipes(bench_dir: Path, front: list[tuple[int, dict]]) -> None:
+    """The joint front's recipes, kept in the repository without the run's weights: their artifact references
+    are dropped, so ``bench kernels`` re-applies them from the base model (and says so) on any machine."""
     source = bench_dir / "runs" / "bench-compression-joint" / "recipes"
     destination = bench_dir / FRONT_DIR
     if destination.exists():
@@ -216,7 +220,7 @@ def _copy_front_recipes(bench_dir: Path, front: list[tuple[int, dict]]) -> None:
     for trial, _ in front:
         recipe = source / f"trial-{trial:04d}.yaml"
         if recipe.exists():
-            shutil.copy(recipe, destination / recipe.name)
+            save_recipe(without_artifacts(yaml.safe_load(recipe.read_text())), destination / recipe.name)
 
 
 def dominates(a: dict, b: dict, metrics: list[str]) -> bool:
