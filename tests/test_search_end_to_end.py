@@ -173,9 +173,9 @@ def test_cli_plan_apply_and_errors(fast_overrides, tmp_path, capsys):
     assert main(["search", *fast_overrides, "budget.trials=6"]) == 0
     run_dir = run_dir_of(fast_overrides)
     assert main(["plan", str(run_dir), "--max-nfe", "100"]) == 0
-    assert "best plan within nfe <= 100" in capsys.readouterr().out
+    assert "the plan with the lowest fid within nfe <= 100" in capsys.readouterr().out
     assert main(["plan", str(run_dir), "--max-latency-ms", "0.000001"]) == 3
-    assert "no front point fits" in capsys.readouterr().out
+    assert "no front plan is" in capsys.readouterr().out
     recipe = sorted((run_dir / "recipes").glob("*.yaml"))[0]
     out = tmp_path / "images"
     assert main(["apply", str(recipe), "--out", str(out), "--n", "5"]) == 0
