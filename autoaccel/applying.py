@@ -9,22 +9,22 @@ from pathlib import Path
 from autoaccel.config.checks import MAX_SAMPLES, MAX_SEED, check_folder
 from autoaccel.errors import ConfigError, RecipeError
 from autoaccel.imaging import save_grid, to_pil_images
-from autoaccel.measure.seeds import SeedBatch, make_seed_batch, sample_in_chunks
 from autoaccel.recipe import apply_recipe, load_recipe
+from autoaccel.seeds import SeedBatch, make_seed_batch, sample_in_chunks
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 WRITTEN_NAME = re.compile(r"\d{5}\.png|grid\.png")  # the files an apply writes, and --overwrite replaces
 
 
 def load_base_model(recipe: dict, model: str | None, device: str):
-    """The recipe's base model: the embedded digits model by name, else its folder (or ``model``)."""
+    """The recipe's base model: an embedded model by its name, else its folder (or ``model``)."""
     from autoaccel.targets.loader import check_device, load_pipeline_folder
+    from autoaccel.targets.registry import embedded_kind
 
     device = check_device(device, "--device")
-    if model is None and recipe["base_model"].get("name") == "digits":
-        from autoaccel.targets.digits.model import load_digits_target
-
-        return load_digits_target(device)
+    embedded = embedded_kind(recipe["base_model"].get("name"))
+    if model is None and embedded is not None:
+        return embedded.load(None, device)
     folder = model or recipe["base_model"].get("path")
     if not folder:
         raise RecipeError("the recipe names no base model path; pass --model DIR")

@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from autoaccel.candidate import Candidate
 from autoaccel.errors import ConfigError
 from autoaccel.limits import Limit, within_limits
-from autoaccel.measure.evaluator import Measurement
+from autoaccel.measure.measurement import Measurement
 from autoaccel.objectives import METRIC_COLUMNS
 
 METRIC_PREFIX = "metric."

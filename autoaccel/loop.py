@@ -24,7 +24,8 @@ from autoaccel.interrupts import deferred_interrupts
 from autoaccel.ledger import INTERRUPTED, PLAN_KEY, Ledger, not_a_result
 from autoaccel.limits import Limit
 from autoaccel.liveness import Heartbeat, LivenessSettings, sweep_dead_workers
-from autoaccel.measure.evaluator import Evaluator, Measurement
+from autoaccel.measure.evaluator import Evaluator
+from autoaccel.measure.measurement import Measurement
 from autoaccel.optimizers.base import OptimizerBackend
 from autoaccel.optimizers.optuna_backend import suggest
 from autoaccel.space import SearchSpace

@@ -102,14 +102,28 @@ def choose_within(front: pd.DataFrame, limits: list[Limit], optimize: str) -> Bu
     return BudgetChoice(None, closest, misses)
 
 
+def dominates(first, second) -> bool:
+    """``first`` is no worse than ``second`` in every objective and better in one (both minimised: negate a
+    maximised objective first). The one dominance test: fronts, fidelity promotion and benchmarks use it."""
+    first, second = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
+    return bool(np.all(first <= second) and np.any(first < second))
+
+
+def hypervolume(points, reference) -> float:
+    """pymoo's hypervolume of minimised ``points`` (rows) up to ``reference``; 0 without a point. The one
+    hypervolume: the report and the benchmarks use it."""
+    from pymoo.indicators.hv import HV
+
+    points = np.asarray(points, dtype=float).reshape(-1, len(reference))
+    return float(HV(ref_point=np.asarray(reference, dtype=float))(points)) if len(points) else 0.0
+
+
 def hypervolume_history(trials: pd.DataFrame, objectives: list[str]) -> list[float]:
     """Hypervolume of the feasible complete trials seen so far, after each trial (pymoo's HV).
 
     Objectives are scaled to [0, 1] by the best and worst values over the whole run (maximised ones
     negated), with the reference point at 1.1 in every objective, so values compare within one run.
     """
-    from pymoo.indicators.hv import HV
-
     if trials.empty:
         return []
     ordered = trials.sort_values("trial")
@@ -122,10 +136,10 @@ def hypervolume_history(trials: pd.DataFrame, objectives: list[str]) -> list[flo
         return [0.0] * len(ordered)
     low, high = matrix[valid].min(axis=0), matrix[valid].max(axis=0)
     scaled = (matrix - low) / np.where(high > low, high - low, 1.0)
-    indicator = HV(ref_point=np.full(len(objectives), 1.1))
+    reference = np.full(len(objectives), 1.1)
     history, seen = [], []
     for row, ok in zip(scaled, valid):
         if ok:
             seen.append(row)
-        history.append(float(indicator(np.array(seen))) if seen else 0.0)
+        history.append(hypervolume(np.array(seen), reference) if seen else 0.0)
     return history

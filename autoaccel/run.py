@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from autoaccel.artifacts import ARTIFACTS_DIR, ArtifactStore
 from autoaccel.config.checks import validate_config
-from autoaccel.errors import ConfigError, TargetError
+from autoaccel.errors import ConfigError
 from autoaccel.fidelity import FidelityLadder
 from autoaccel.ledger import LEDGER_FILE, Ledger, default_storage, shown_url
 from autoaccel.limits import check_teacher_ratios
@@ -45,19 +45,11 @@ class RunContext:
 
 
 def load_target(config: DictConfig) -> Target:
-    from autoaccel.targets.loader import default_device, load_pipeline_folder
+    from autoaccel.targets.loader import default_device
+    from autoaccel.targets.registry import load_target as load_kind
 
-    device = default_device(str(config.target.device))
-    name = config.target.name
-    if name == "digits":
-        from autoaccel.targets.digits.model import load_digits_target
-
-        return load_digits_target(device)
-    if name == "pipeline":
-        if OmegaConf.is_missing(config.target, "path") or not config.target.path:
-            raise TargetError("target=pipeline needs target.path=DIR, a folder written by a diffusers save_pretrained")
-        return load_pipeline_folder(config.target.path, device=device)
-    raise ConfigError(f"target={name!r} is not valid; valid: digits, pipeline")
+    path = None if OmegaConf.is_missing(config.target, "path") else config.target.path
+    return load_kind(str(config.target.name), path, default_device(str(config.target.device)))
 
 
 def study_name_for(config: DictConfig) -> str:
@@ -121,16 +113,32 @@ def prepare_run(config: DictConfig, run_dir: Path | None = None, for_search: boo
         (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(config))
         # any machine can rebuild the report from the storage, with the limits of the latest run
         ledger.study.set_user_attr("config", OmegaConf.to_container(config, resolve=True))
+    evaluator = evaluator_from_config(config, target, space, artifacts=ArtifactStore(run_dir / ARTIFACTS_DIR))
+    return RunContext(config, run_dir, target, space, objectives, ledger, evaluator.judge, evaluator, backend, lock)
+
+
+def evaluator_from_config(
+    config: DictConfig,
+    target: Target,
+    space: SearchSpace,
+    seed: int | None = None,
+    samples: int | None = None,
+    cost: CostSettings | None = None,
+    artifacts: ArtifactStore | None = None,
+) -> Evaluator:
+    """The evaluator a configuration describes: ``quality.*`` images on ``seed`` (default ``quality.seed``), latency
+    as ``cost.*`` says, weights a plan produces kept in ``artifacts``. Benchmarks that re-score on other seed sets
+    or sample counts pass those."""
+    samples = int(samples if samples is not None else config.quality.samples)
     judge = QualityJudge(
         target,
-        int(config.quality.samples),
-        int(config.quality.seed),
+        samples,
+        int(seed if seed is not None else config.quality.seed),
         Path(config.cache_dir),
         int(config.quality.chunk_size),
     )
-    cost = CostSettings(int(config.cost.batch_size), int(config.cost.warmup), int(config.cost.repeats))
-    evaluator = Evaluator(target, space, judge, cost, ArtifactStore(run_dir / ARTIFACTS_DIR))
-    return RunContext(config, run_dir, target, space, objectives, ledger, judge, evaluator, backend, lock)
+    cost = cost or CostSettings(int(config.cost.batch_size), int(config.cost.warmup), int(config.cost.repeats))
+    return Evaluator(target, space, judge, cost, artifacts)
 
 
 @contextlib.contextmanager

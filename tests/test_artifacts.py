@@ -15,8 +15,8 @@ from autoaccel.artifacts import ARTIFACTS_DIR
 from autoaccel.candidate import Candidate
 from autoaccel.config import compose_config
 from autoaccel.errors import RecipeError
-from autoaccel.measure.seeds import sample_in_chunks
 from autoaccel.recipe import apply_recipe, build_recipe, save_recipe
+from autoaccel.seeds import sample_in_chunks
 
 SPACE = """
 techniques: [pruning, quantization, solver, timesteps]

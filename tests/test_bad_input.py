@@ -19,8 +19,8 @@ from autoaccel.cli import main
 from autoaccel.config import compose_config
 from autoaccel.config.checks import MAX_SAMPLES, POPULATION_BACKENDS, validate_config
 from autoaccel.errors import TargetError
-from autoaccel.measure.seeds import make_seed_batch
 from autoaccel.recipe import MAX_TRAIN_TIMESTEPS
+from autoaccel.seeds import make_seed_batch
 from autoaccel.targets.loader import check_device, load_pipeline_folder
 from autoaccel.techniques.solver import MAX_GUIDANCE, SolverConfig, build_scheduler
 

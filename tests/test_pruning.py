@@ -94,9 +94,9 @@ def test_search_with_pruning_records_sizes_and_recipes_reproduce_pruned_images(
     from diffusers import DDPMPipeline
 
     from autoaccel import apply_recipe
-    from autoaccel.measure.seeds import sample_in_chunks
     from autoaccel.run import open_run
     from autoaccel.search import search
+    from autoaccel.seeds import sample_in_chunks
 
     space_file = tmp_path / "pruned.yaml"
     space_file.write_text(SMALL_PRUNED_SPACE)

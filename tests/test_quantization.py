@@ -200,9 +200,9 @@ def test_joint_search_records_sizes_labels_simulation_and_recipes_reproduce(
     from diffusers import DDPMPipeline
 
     from autoaccel import apply_recipe
-    from autoaccel.measure.seeds import sample_in_chunks
     from autoaccel.run import open_run
     from autoaccel.search import search
+    from autoaccel.seeds import sample_in_chunks
 
     space_file = tmp_path / "joint.yaml"
     space_file.write_text(SMALL_JOINT_SPACE)

@@ -96,8 +96,8 @@ def test_model_memory_counts_weights_and_grows_with_the_batch(tiny_pipeline_dir)
     from diffusers import DDPMPipeline, DDPMScheduler
 
     from autoaccel.measure.latency import model_memory_bytes, weight_bytes
-    from autoaccel.measure.seeds import make_seed_batch
     from autoaccel.sampling import SamplerPipeline
+    from autoaccel.seeds import make_seed_batch
 
     unet = DDPMPipeline.from_pretrained(tiny_pipeline_dir).unet
     pipeline = SamplerPipeline(unet, DDPMScheduler(num_train_timesteps=100))

@@ -190,7 +190,8 @@ def test_the_budget_caps_the_warm_start_and_a_full_study_says_how_to_continue(fa
 
 
 def test_a_study_where_nothing_completed_reports_why(fast_overrides, monkeypatch):
-    from autoaccel.measure.evaluator import Evaluator, Measurement
+    from autoaccel.measure.evaluator import Evaluator
+    from autoaccel.measure.measurement import Measurement
 
     def fail(self, candidate, samples=None):
         return Measurement("failed", {}, {"seconds": 0.0}, "RuntimeError: the technique refused this model")

@@ -52,8 +52,8 @@ def test_recipe_reproduces_scored_images_bit_exactly(fast_overrides, tiny_pipeli
     from autoaccel import apply_recipe
     from autoaccel.apply import apply_plan
     from autoaccel.candidate import Candidate
-    from autoaccel.measure.seeds import sample_in_chunks
     from autoaccel.run import prepare_run
+    from autoaccel.seeds import sample_in_chunks
 
     context = prepare_run(compose_config([*fast_overrides, "budget.trials=4"]))
     for params in (
@@ -173,9 +173,9 @@ def test_cli_plan_apply_and_errors(fast_overrides, tmp_path, capsys):
     assert main(["search", *fast_overrides, "budget.trials=6"]) == 0
     run_dir = run_dir_of(fast_overrides)
     assert main(["plan", str(run_dir), "--max-nfe", "100"]) == 0
-    assert "the plan with the lowest fid within nfe <= 100" in capsys.readouterr().out
+    assert "the plan with the lowest fid within nfe <= 100:" in capsys.readouterr().out
     assert main(["plan", str(run_dir), "--max-latency-ms", "0.000001"]) == 3
-    assert "no front plan is" in capsys.readouterr().out
+    assert "no front plan is the plan with the lowest fid within latency_ms <= 1e-06" in capsys.readouterr().out
     recipe = sorted((run_dir / "recipes").glob("*.yaml"))[0]
     out = tmp_path / "images"
     assert main(["apply", str(recipe), "--out", str(out), "--n", "5"]) == 0

@@ -9,14 +9,10 @@ import pytest
 import torch
 
 from autoaccel.errors import TargetError
-from autoaccel.measure.features import (
-    DIGITS_EXTRACTOR,
-    EXTRACTORS,
-    GENERIC_EXTRACTOR,
-    ensure_registered,
-)
+from autoaccel.measure.features import EXTRACTORS, GENERIC_EXTRACTOR, ensure_registered
 from autoaccel.measure.quality import distribution_metrics
 from autoaccel.targets.base import hash_weights
+from autoaccel.targets.digits.features import DIGITS_EXTRACTOR
 from autoaccel.targets.loader import default_device, load_pipeline_folder
 from tests.tiny import build_tiny_pipeline_folder
 

@@ -16,9 +16,9 @@ import torch
 from autoaccel.candidate import Candidate, to_plain
 from autoaccel.measure.evaluator import CostSettings, Evaluator
 from autoaccel.measure.reference import QualityJudge
-from autoaccel.measure.seeds import make_seed_batch, sample_in_chunks
 from autoaccel.recipe import apply_recipe, build_recipe, load_recipe, save_recipe
 from autoaccel.sampling import SamplerPipeline
+from autoaccel.seeds import make_seed_batch, sample_in_chunks
 from autoaccel.space import parse_space
 from autoaccel.targets.base import Target, hash_weights
 from autoaccel.targets.loader import load_pipeline_folder

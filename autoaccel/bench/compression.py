@@ -29,8 +29,7 @@ from omegaconf import DictConfig
 from autoaccel.bench import mean_std
 from autoaccel.candidate import Candidate
 from autoaccel.limits import limits_in_force
-from autoaccel.measure.evaluator import CostSettings, Evaluator
-from autoaccel.measure.reference import QualityJudge
+from autoaccel.measure.evaluator import Evaluator
 from autoaccel.pareto import front_numbers
 from autoaccel.recipe import save_recipe, without_artifacts
 from autoaccel.space import load_space
@@ -128,18 +127,14 @@ def _rescore(evaluators: list[Evaluator], params: dict) -> dict:
 
 
 def run_compression_benchmark(config: DictConfig, log=print) -> Path:
-    from autoaccel.run import load_target
+    from autoaccel.run import evaluator_from_config, load_target
 
     bench_dir = Path(config.bench.dir)
     target = load_target(config)
     space = load_space("joint").for_target(target.capabilities)
-    cost = CostSettings(int(config.cost.batch_size), int(config.cost.warmup), int(config.cost.repeats))
     evaluators: list[Evaluator] = []
     for seed in config.bench.confirm_seeds:
-        judge = QualityJudge(
-            target, int(config.quality.samples), int(seed), Path(config.cache_dir), int(config.quality.chunk_size)
-        )
-        evaluator = Evaluator(target, space, judge, cost)
+        evaluator = evaluator_from_config(config, target, space, seed=int(seed))
         if evaluators:
             evaluator.share_caches(evaluators[0])
         evaluators.append(evaluator)

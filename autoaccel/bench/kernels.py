@@ -24,8 +24,9 @@ import torch
 
 from autoaccel.measure.kernels import deployment_kernels, torchao_available
 from autoaccel.measure.latency import measure_cost
-from autoaccel.measure.seeds import make_seed_batch
-from autoaccel.measure.size import model_bytes, quantization_plan
+from autoaccel.measure.size import model_bytes
+from autoaccel.seeds import make_seed_batch
+from autoaccel.techniques.quantization import quantization_plan
 
 
 def _time(pipeline, seeds, repeats: int) -> dict:

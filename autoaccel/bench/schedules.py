@@ -17,7 +17,6 @@ from omegaconf import DictConfig, OmegaConf
 from autoaccel.bench import mean_std
 from autoaccel.candidate import Candidate
 from autoaccel.loop import standard_configurations
-from autoaccel.measure.evaluator import CostSettings, Evaluator
 from autoaccel.measure.reference import QualityJudge
 from autoaccel.resources import resource_dir
 from autoaccel.space import load_space
@@ -41,7 +40,7 @@ def fixed_nfe_space(nfe: int, folder: Path) -> Path:
 
 def run_schedules_benchmark(config: DictConfig, log=print) -> Path:
     from autoaccel.config import compose_config
-    from autoaccel.run import load_target
+    from autoaccel.run import evaluator_from_config, load_target
     from autoaccel.search import search
 
     bench_dir = Path(config.bench.dir)
@@ -76,16 +75,13 @@ def run_schedules_benchmark(config: DictConfig, log=print) -> Path:
         found[int(nfe)] = (f"found (trial {best_trial.number})", best_trial.user_attrs["candidate"])
 
     sampler_space = load_space("sampler").for_target(target.capabilities)
-    cost = CostSettings(int(config.cost.batch_size), int(config.cost.warmup), int(config.cost.repeats))
     cost_cache: dict = {}
     rows: dict[tuple[int, str], dict] = {}
     teacher_rows = []
     floor_fids = []
     for seed in config.bench.confirm_seeds:
-        judge = QualityJudge(
-            target, int(config.quality.samples), int(seed), Path(config.cache_dir), int(config.quality.chunk_size)
-        )
-        evaluator = Evaluator(target, sampler_space, judge, cost)
+        evaluator = evaluator_from_config(config, target, sampler_space, seed=int(seed))
+        judge = evaluator.judge
         evaluator.cost_cache = cost_cache
         log(f"== confirming on seed set {seed}")
         teacher = evaluator.evaluate_teacher()

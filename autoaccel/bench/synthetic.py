@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from autoaccel.candidate import Candidate
-from autoaccel.measure.evaluator import COMPLETE, Measurement
+from autoaccel.measure.measurement import COMPLETE, Measurement
 from autoaccel.space import SearchSpace, parse_space
 
 STEPS = (3, 10)

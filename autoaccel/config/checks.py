@@ -82,8 +82,9 @@ def check_population(config: DictConfig) -> None:
 def check_target(config: DictConfig) -> None:
     """A folder given to the embedded model would be ignored without a word; a missing GPU blamed on weights."""
     from autoaccel.targets.loader import check_device
+    from autoaccel.targets.registry import target_kind
 
-    if config.target.name != "pipeline" and config.target.get("path"):
+    if not target_kind(str(config.target.name)).takes_path and config.target.get("path"):
         raise ConfigError(
             f"target.path={config.target.path!r} is only read by target=pipeline (target={config.target.name} "
             f"is the embedded model); add target=pipeline to search that folder, or drop target.path"

@@ -8,7 +8,7 @@ import gc
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,29 +19,16 @@ from autoaccel.candidate import Candidate, cost_key
 from autoaccel.measure.gate import MeasurementGate
 from autoaccel.measure.kernels import deployment_kernels, kernel_choice, kernel_key
 from autoaccel.measure.latency import CostMeasurement, measure_cost
-from autoaccel.measure.reference import QualityJudge, teacher_pipeline
-from autoaccel.measure.seeds import sample_in_chunks
-from autoaccel.measure.size import model_bytes, quantization_plan
+from autoaccel.measure.measurement import COMPLETE, FAILED, Measurement, describe_failure
+from autoaccel.measure.reference import QualityJudge
+from autoaccel.measure.size import model_bytes
+from autoaccel.seeds import sample_in_chunks
 from autoaccel.space import SearchSpace
 from autoaccel.targets.base import Target
+from autoaccel.teacher import teacher_pipeline
+from autoaccel.techniques.quantization import quantization_plan
 
 MODELS_KEPT = 2  # pruned/quantized models kept for re-use (each a full copy of the unet)
-COMPLETE = "complete"
-FAILED = "failed"
-
-
-@dataclass
-class Measurement:
-    """What one evaluation measured. ``metrics`` holds numbers only; ``details`` what was run."""
-
-    status: str
-    metrics: dict[str, float] = field(default_factory=dict)
-    details: dict[str, Any] = field(default_factory=dict)
-    failure: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status == COMPLETE
 
 
 @dataclass(frozen=True)
@@ -49,12 +36,6 @@ class CostSettings:
     batch_size: int = 16
     warmup: int = 2
     repeats: int = 5
-
-
-def describe_failure(error: BaseException) -> str:
-    if isinstance(error, torch.cuda.OutOfMemoryError | MemoryError):
-        return f"out of memory: {error}".strip()
-    return f"{type(error).__name__}: {error}"
 
 
 class Evaluator:

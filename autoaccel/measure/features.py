@@ -1,13 +1,12 @@
 """Feature extractors for FID/KID/precision-recall, registered with torch-fidelity, needing no download.
 
-- ``autoaccel-digits-classifier-v1``: the 64-d penultimate layer of the project's own digit classifier; the
-  quality feature for the embedded model.
 - ``autoaccel-random-cnn-v1``: a fixed, seeded random convolutional network (multi-scale mean and std of
   its activations, 192-d) for any other model. Random-feature FID ranks generators sensibly but its values
   are not comparable with Inception FID; reports name the extractor beside every figure.
 
 torch-fidelity caches statistics by extractor name and ignores weights, so each weights version gets its own
-name: change the suffix when the classifier is retrained.
+name: change the suffix when the weights change. A target with a feature extractor of its own registers it here
+(``register_extractor``), as the embedded digits model does with its classifier (``targets/digits/features.py``).
 """
 
 from __future__ import annotations
@@ -17,15 +16,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
-DIGITS_EXTRACTOR = "autoaccel-digits-classifier-v1"
 GENERIC_EXTRACTOR = "autoaccel-random-cnn-v1"
 
 
-def _to_unit_range(images: torch.Tensor) -> torch.Tensor:
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 127.5 - 1.0
 
 
-class _OneLayerFeatures(FeatureExtractorBase):
+class OneLayerFeatures(FeatureExtractorBase):
     """torch-fidelity's extractor interface for a network exposing one feature layer, ``features``."""
 
     @staticmethod
@@ -41,23 +39,7 @@ class _OneLayerFeatures(FeatureExtractorBase):
         return False
 
 
-class DigitsClassifierFeatures(_OneLayerFeatures):
-    def __init__(self, name: str, features_list: list[str], **kwargs) -> None:
-        super().__init__(name, features_list)
-        from autoaccel.targets.digits.classifier import load_classifier
-        from autoaccel.targets.digits.model import classifier_weights_path
-
-        self.classifier = load_classifier(classifier_weights_path())
-
-    @staticmethod
-    def get_dummy_input_for_compile():
-        return torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
-
-    def forward(self, images: torch.Tensor):
-        return (self.classifier.features(_to_unit_range(images)),)
-
-
-class RandomConvFeatures(_OneLayerFeatures):
+class RandomConvFeatures(OneLayerFeatures):
     """Three seeded random conv stages on images resized to 32x32; features are per-channel mean and std."""
 
     SEED = 20261126
@@ -77,7 +59,7 @@ class RandomConvFeatures(_OneLayerFeatures):
         return torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
 
     def forward(self, images: torch.Tensor):
-        x = _to_unit_range(images)
+        x = to_unit_range(images)
         if x.shape[1] == 1:
             x = x.repeat(1, 3, 1, 1)
         elif x.shape[1] != 3:
@@ -92,7 +74,15 @@ class RandomConvFeatures(_OneLayerFeatures):
         return (torch.cat(pooled, dim=1),)
 
 
-EXTRACTORS = {DIGITS_EXTRACTOR: DigitsClassifierFeatures, GENERIC_EXTRACTOR: RandomConvFeatures}
+EXTRACTORS: dict[str, type[FeatureExtractorBase]] = {GENERIC_EXTRACTOR: RandomConvFeatures}
+
+
+def register_extractor(name: str, extractor: type[FeatureExtractorBase]) -> str:
+    """Makes a target's own feature extractor known by ``name`` (one name per weights version)."""
+    if EXTRACTORS.get(name, extractor) is not extractor:
+        raise ValueError(f"a different feature extractor is already registered as {name!r}")
+    EXTRACTORS[name] = extractor
+    return name
 
 
 def ensure_registered(name: str) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from autoaccel.measure.size import quantization_plan
+from autoaccel.techniques.quantization import quantization_plan
 
 FLOAT = "float"
 NOT_MEASURED = "not measured"

@@ -22,7 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from autoaccel.measure.energy import EnergyMeter
-from autoaccel.measure.seeds import SeedBatch
+from autoaccel.seeds import SeedBatch
 
 
 @dataclass(frozen=True)

@@ -16,28 +16,9 @@ import torch
 
 from autoaccel.files import write_atomically
 from autoaccel.measure.quality import distribution_metrics, psnr, tensor_digest
-from autoaccel.measure.seeds import SeedBatch, make_seed_batch, sample_in_chunks
+from autoaccel.seeds import SeedBatch, make_seed_batch, sample_in_chunks
 from autoaccel.targets.base import Target
-
-ODE_REFERENCE_STEPS = 200
-
-
-def teacher_pipeline(target: Target):
-    """The model's own scheduler run over every trained timestep."""
-    pipeline = target.make_pipeline()
-    pipeline.plan.timesteps = list(range(target.num_train_timesteps - 1, -1, -1))
-    return pipeline
-
-
-def ode_reference_pipeline(target: Target):
-    from autoaccel.techniques.solver import SolverConfig, build_scheduler
-    from autoaccel.techniques.timesteps import TimestepsConfig, build_timesteps
-
-    pipeline = target.make_pipeline()
-    pipeline.scheduler = build_scheduler(SolverConfig(name="dpmsolver++", order=2), target.scheduler_config)
-    steps = min(ODE_REFERENCE_STEPS, target.num_train_timesteps)
-    pipeline.plan.timesteps = build_timesteps(TimestepsConfig(steps=steps), pipeline.scheduler.alphas_cumprod)
-    return pipeline
+from autoaccel.teacher import ODE_REFERENCE_STEPS, ode_reference_pipeline, teacher_pipeline
 
 
 class QualityJudge:

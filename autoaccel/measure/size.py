@@ -10,12 +10,9 @@ import math
 
 import torch
 
+from autoaccel.techniques.quantization import quantization_plan
+
 SCALE_BYTES = 2  # one fp16/bf16 scale per output channel, as int-N weight-only kernels store them
-
-
-def quantization_plan(unet: torch.nn.Module):
-    """The plan the quantization technique attached to ``unet``, or None for a float model."""
-    return getattr(unet, "autoaccel_quantization", None)
 
 
 def model_bytes(unet: torch.nn.Module) -> int:

@@ -21,7 +21,6 @@ from autoaccel.files import write_atomically
 from autoaccel.imaging import save_grid
 from autoaccel.ledger import DETAIL_PREFIX
 from autoaccel.limits import describe_limits, limits_in_force
-from autoaccel.measure.seeds import sample_in_chunks
 from autoaccel.objectives import METRIC_COLUMNS
 from autoaccel.pareto import front_frame, front_numbers, hypervolume_history, knee_point
 from autoaccel.planning import TEACHER_FILE
@@ -29,6 +28,7 @@ from autoaccel.recipe import apply_recipe, build_recipe, save_recipe
 from autoaccel.report.html import TEACHER_GRID, figure_text, write_html
 from autoaccel.report.plots import hypervolume_plot, pareto_plot
 from autoaccel.report.recommend import recommended_plans
+from autoaccel.seeds import sample_in_chunks
 
 PARETO_COLUMNS = [
     "trial",
@@ -51,7 +51,7 @@ def seed_policy(context) -> dict:
         "noise": "torch.randn((samples, C, H, W), generator=torch.Generator().manual_seed(seed)), on the CPU",
         "class_labels": "(arange(samples) % num_classes)[randperm(samples)] with the same generator, after the noise",
         "stochastic_steps": "torch.Generator seeded seed * 100003 + chunk start, per chunk of chunk_size",
-        "code": "autoaccel.measure.seeds.make_seed_batch and sample_in_chunks",
+        "code": "autoaccel.seeds.make_seed_batch and sample_in_chunks",
     }
 
 

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from autoaccel.limits import Limit
+from autoaccel.pareto import choose_within
+
 FID_RATIOS = (1.1, 1.25, 1.5)
 REFERENCE_FID = 1e-6  # a teacher FID at most this is the teacher scored against its own samples
 TEACHER_SAMPLES = "teacher-samples"  # a target whose FID reference is its teacher's own samples
@@ -51,28 +54,15 @@ def speedup(reference_ms, plan_ms) -> float | None:
     return reference / plan
 
 
-def _measured(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows with both FID and latency measured."""
-    if frame.empty or "fid" not in frame or "latency_ms" not in frame:
-        return frame.iloc[0:0]
-    fid = pd.to_numeric(frame["fid"], errors="coerce")
-    latency = pd.to_numeric(frame["latency_ms"], errors="coerce")
-    return frame[fid.notna() & latency.notna()]
-
-
 def fastest_within(frame: pd.DataFrame, max_fid: float) -> pd.Series | None:
     """The fastest row whose FID is at most ``max_fid`` (ties go to the better FID); None if none is."""
-    rows = _measured(frame)
-    rows = rows[pd.to_numeric(rows["fid"]) <= max_fid]
-    if rows.empty:
-        return None
-    return rows.sort_values(["latency_ms", "fid"]).iloc[0]
+    return choose_within(frame, [Limit("max_fid", "fid", max_fid)], "latency_ms").row
 
 
 def best_fid(frame: pd.DataFrame) -> pd.Series | None:
     """The row with the lowest FID (ties go to the faster); None if no row was measured."""
-    rows = _measured(frame)
-    return None if rows.empty else rows.sort_values(["fid", "latency_ms"]).iloc[0]
+    row = choose_within(frame, [], "fid").row
+    return None if row is None or _number(row.get("fid")) is None else row
 
 
 def ratio_goal(ratios: list[float]) -> str:

@@ -85,8 +85,8 @@ def _example_inputs(unet, count: int, generator: torch.Generator) -> dict:
 
 def _teacher_batch(target, unet, count: int, generator: torch.Generator) -> dict:
     """Noised teacher samples at random timesteps: calibration and recovery data without any dataset."""
-    from autoaccel.measure.reference import ode_reference_pipeline
-    from autoaccel.measure.seeds import make_seed_batch
+    from autoaccel.seeds import make_seed_batch
+    from autoaccel.teacher import ode_reference_pipeline
 
     seeds = make_seed_batch(target.sample_shape, count, 10_000 + int(generator.initial_seed()), target.num_classes)
     pipeline = ode_reference_pipeline(target)
@@ -134,7 +134,7 @@ def prune_unet(unet, config: PruningConfig, target=None):
     import torch_pruning as tp
     from diffusers.models.attention_processor import Attention
 
-    from autoaccel.measure.size import quantization_plan
+    from autoaccel.techniques.quantization import quantization_plan
 
     if quantization_plan(unet) is not None:
         raise TechniqueError(

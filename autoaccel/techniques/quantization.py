@@ -177,8 +177,8 @@ def trajectory_inputs(target, samples: int, seed: int) -> dict[str, torch.Tensor
     with _CACHE_LOCK:
         if key in _TRAJECTORY_CACHE:
             return _TRAJECTORY_CACHE[key]
-    from autoaccel.measure.reference import ode_reference_pipeline
-    from autoaccel.measure.seeds import make_seed_batch
+    from autoaccel.seeds import make_seed_batch
+    from autoaccel.teacher import ode_reference_pipeline
     from autoaccel.techniques.timesteps import TimestepsConfig, build_timesteps
 
     pipeline = ode_reference_pipeline(target)
@@ -383,6 +383,12 @@ def quantization_cost(config: QuantizationConfig) -> dict:
     if config.low_bits < config.weight_bits and config.low_fraction > 0.0:
         cost.update(low_bits=config.low_bits, low_fraction=float(config.low_fraction))
     return cost
+
+
+def quantization_plan(unet: torch.nn.Module) -> QuantizationPlan | None:
+    """The plan this technique attached to ``unet``, or None for a float model: what size, kernels and pruning
+    read to know a model is quantized."""
+    return getattr(unet, "autoaccel_quantization", None)
 
 
 QUANTIZATION = register(

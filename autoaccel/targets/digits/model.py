@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from autoaccel.measure.features import DIGITS_EXTRACTOR
 from autoaccel.targets.base import QualityReference, Target
+from autoaccel.targets.digits.features import DIGITS_EXTRACTOR
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 

@@ -1,0 +1,29 @@
+"""The embedded digits model's quality feature: the 64-d penultimate layer of autoaccel's own digit classifier
+(``python -m autoaccel train-classifier``), registered with torch-fidelity under a versioned name."""
+
+from __future__ import annotations
+
+import torch
+
+from autoaccel.measure.features import OneLayerFeatures, register_extractor, to_unit_range
+
+DIGITS_EXTRACTOR = "autoaccel-digits-classifier-v1"  # change the suffix when the classifier is retrained
+
+
+class DigitsClassifierFeatures(OneLayerFeatures):
+    def __init__(self, name: str, features_list: list[str], **kwargs) -> None:
+        super().__init__(name, features_list)
+        from autoaccel.targets.digits.classifier import load_classifier
+        from autoaccel.targets.digits.model import classifier_weights_path
+
+        self.classifier = load_classifier(classifier_weights_path())
+
+    @staticmethod
+    def get_dummy_input_for_compile():
+        return torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
+
+    def forward(self, images: torch.Tensor):
+        return (self.classifier.features(to_unit_range(images)),)
+
+
+register_extractor(DIGITS_EXTRACTOR, DigitsClassifierFeatures)

@@ -1,0 +1,73 @@
+"""The kinds of target, in one place: ``target=<kind>`` in a search, a recipe's base model in ``apply``.
+
+A kind is embedded (autoaccel ships or trains it: found by name) or a folder (a user's ``save_pretrained``
+output, or a hub id where the user has network). Adding a kind is one module that calls ``register_target_kind``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from autoaccel.errors import ConfigError, TargetError
+from autoaccel.targets.base import Target
+
+
+@dataclass(frozen=True)
+class TargetKind:
+    name: str
+    load: Callable[[str | None, str], Target]  # (path or None, device) -> Target
+    takes_path: bool  # a folder kind reads target.path; an embedded one is found by its name
+    description: str
+
+
+_KINDS: dict[str, TargetKind] = {}
+
+
+def register_target_kind(kind: TargetKind) -> TargetKind:
+    if kind.name in _KINDS:
+        raise ValueError(f"a target kind named {kind.name!r} is already registered")
+    _KINDS[kind.name] = kind
+    return kind
+
+
+def target_kind(name: str) -> TargetKind:
+    """The kind ``target=<name>`` names, or a one-line error listing the valid ones."""
+    _load_builtin_kinds()
+    if name not in _KINDS:
+        valid = ", ".join(f"{kind.name} ({kind.description})" for kind in _KINDS.values())
+        raise ConfigError(f"target={name!r} is not valid; valid: {valid}")
+    return _KINDS[name]
+
+
+def load_target(name: str, path: str | None, device: str) -> Target:
+    kind = target_kind(name)
+    if kind.takes_path and not path:
+        raise TargetError(f"target={name} needs target.path=DIR, a folder written by a diffusers save_pretrained")
+    return kind.load(path, device)
+
+
+def embedded_kind(name: str | None) -> TargetKind | None:
+    """The embedded kind a recipe's base model names, if any (recipes of folder models name their path)."""
+    _load_builtin_kinds()
+    kind = _KINDS.get(str(name))
+    return kind if kind is not None and not kind.takes_path else None
+
+
+def _load_digits(path: str | None, device: str) -> Target:
+    from autoaccel.targets.digits.model import load_digits_target
+
+    return load_digits_target(device)
+
+
+def _load_folder(path: str | None, device: str) -> Target:
+    from autoaccel.targets.loader import load_pipeline_folder
+
+    return load_pipeline_folder(str(path), device=device)
+
+
+def _load_builtin_kinds() -> None:
+    if _KINDS:
+        return
+    register_target_kind(TargetKind("digits", _load_digits, False, "the embedded class-conditional digits DDPM"))
+    register_target_kind(TargetKind("pipeline", _load_folder, True, "a diffusers pipeline folder at target.path"))
