@@ -87,7 +87,7 @@ def check_sqlite_file(storage: str) -> None:
 
     from sqlalchemy.engine import make_url
 
-    if not storage.startswith("sqlite"):
+    if not storage or not storage.startswith("sqlite"):  # None: an in-memory study
         return
     database = make_url(storage).database
     if not database or database == ":memory:":

@@ -194,7 +194,7 @@ def tiny_recipe(tiny_pipeline_dir) -> dict:
     return {
         "autoaccel_recipe": 1,
         "base_model": {"name": "tiny", "path": str(tiny_pipeline_dir), "content_hash": target.content_hash},
-        "techniques": {"solver": {"version": 1, "config": {"name": "unipc", "order": 2}}},
+        "techniques": {"solver": {"version": 1, "config": {"name": "unipc", "order": 2, "guidance": 1.5}}},
         "scheduler": {"class": "UniPCMultistepScheduler", "config": yaml.safe_load(yaml.safe_dump(config))},
         "timesteps": [99, 70, 40, 12],
         "guidance_scale": 1.5,
