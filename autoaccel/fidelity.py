@@ -1,44 +1,66 @@
 """Multi-fidelity scoring: a candidate is scored on few samples first and promoted to more samples only if it
 could still reach the front (asynchronous successive halving; optuna has no multi-objective pruning).
 
-A candidate is promoted from one level to the next when its optimistic point (quality minus ``z`` times its
-bootstrap standard deviation, costs as measured) is not dominated by any point already scored at that level.
+Every candidate is scored on the same seeds at a level (common random numbers), so two candidates' figures at
+one level differ by far less noise than two independent FIDs: the sampling noise both share cancels. The
+default rule (``paired``) therefore compares a candidate with the points already scored at its level directly,
+and stops it only when one of them beats it by more than ``z`` times the paired error of that level: the
+spread, over candidates that reached the top level, of how far their figures moved between this level and the
+top (times sqrt 2, since two candidates' errors add). Until three candidates have climbed there is no
+estimate and every candidate is promoted. ``z=0`` (the default) takes the level's figures as measured; larger
+values promote more candidates (reports/bench/optimizers.md, part (c), measures both). The older ``interval``
+rule stops a candidate only when even its optimistic point (quality minus ``z`` bootstrap standard deviations)
+is dominated; the bootstrap deviation includes the noise common seeds cancel, so it promotes most candidates
+at low sample counts.
+
 Only candidates scored at the top level can be deployment plans: lower-level trials carry a ``fidelity``
 constraint and so never reach the front, and every front point is a full-fidelity measurement.
 """
 
 from __future__ import annotations
 
+import math
+import statistics
 import threading
 from dataclasses import dataclass, field
 
 from autoaccel.errors import ConfigError
 from autoaccel.objectives import DIRECTIONS
+from autoaccel.pareto import dominates
 
 QUALITY_STD = {"fid": "fid_std", "kid": "kid_std"}
+RULES = ("paired", "interval")
+MIN_CLIMBS = 3  # candidates scored at a level and at the top before that level's paired error is trusted
 
 
 @dataclass
 class FidelityLadder:
-    """Sample counts per level, ascending; ``populations`` holds the objective points seen at each level."""
+    """Sample counts per level, ascending; ``populations`` holds the objective points seen at each level and
+    ``climbs`` each level's (point there, point at the top) for candidates that reached the top."""
 
     levels: list[int]
     objectives: list[str]
-    z: float = 1.0
+    z: float = 0.0
+    rule: str = "paired"
     populations: dict[int, list[list[float]]] = field(default_factory=dict)
+    climbs: dict[int, list[tuple[list[float], list[float]]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _last: tuple[int, list[float]] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.levels or sorted(set(self.levels)) != list(self.levels) or self.levels[0] < 2:
             raise ConfigError(f"fidelity.levels={self.levels} is not valid; give increasing sample counts >= 2")
         if not self.z >= 0:
             raise ConfigError(f"fidelity.z={self.z} is not valid; it must be >= 0")
+        if self.rule not in RULES:
+            raise ConfigError(f"fidelity rule {self.rule!r} is not valid; choose one of {list(RULES)}")
 
     @property
     def top(self) -> int:
         return self.levels[-1]
 
-    def _point(self, metrics: dict[str, float], optimistic: bool) -> list[float]:
+    def _point(self, metrics: dict[str, float], optimistic: bool = False) -> list[float]:
+        """Objective values signed so that lower is better (optimistic: quality less ``z`` bootstrap stds)."""
         point = []
         for name in self.objectives:
             value = metrics[name]
@@ -48,23 +70,55 @@ class FidelityLadder:
             point.append(sign * value)
         return point
 
-    def remember(self, level: int, metrics: dict[str, float]) -> None:
-        self.populations.setdefault(level, []).append(self._point(metrics, optimistic=False))
+    def remember(self, level: int, metrics: dict[str, float], below: dict[int, dict[str, float]] | None = None) -> None:
+        """Adds a scored point to its level. ``below``: the same candidate's figures at lower levels; without
+        it (a study's history replayed in order, each trial's levels ascending) a top-level point is paired
+        with the point remembered just before it when that one was one level lower."""
+        point = self._point(metrics)
+        self.populations.setdefault(level, []).append(point)
+        if level == self.top and len(self.levels) > 1:
+            lower = {low: self._point(figures) for low, figures in (below or {}).items() if low != level}
+            if below is None and self._last is not None and self._last[0] == self.levels[-2]:
+                lower = {self._last[0]: self._last[1]}
+            for low, low_point in lower.items():
+                self.climbs.setdefault(low, []).append((low_point, point))
+        self._last = (level, point)
 
-    def promote_and_remember(self, level: int, metrics: dict[str, float]) -> bool:
+    def promote_and_remember(
+        self, level: int, metrics: dict[str, float], below: dict[int, dict[str, float]] | None = None
+    ) -> bool:
         """``promotable`` then ``remember``, atomically: concurrent trials may reach a level together."""
         with self._lock:
             promote = self.promotable(level, metrics)
-            self.remember(level, metrics)
+            self.remember(level, metrics, below if below is not None else {})
             return promote
 
     def promotable(self, level: int, metrics: dict[str, float]) -> bool:
-        """Could this candidate, given its interval, still be non-dominated at ``level``?"""
-        candidate = self._point(metrics, optimistic=True)
-        for other in list(self.populations.get(level, [])):
-            if all(o <= c for o, c in zip(other, candidate)) and any(o < c for o, c in zip(other, candidate)):
-                return False
-        return True
+        """Could this candidate still be non-dominated at ``level``, given how far that level can mislead?"""
+        if self.rule == "interval":
+            return not self._dominated(level, self._point(metrics, optimistic=True), [0.0] * len(self.objectives))
+        margins = self.paired_margins(level)
+        return margins is None or not self._dominated(level, self._point(metrics), margins)
+
+    def paired_margins(self, level: int) -> list[float] | None:
+        """Per objective, ``z`` times the paired error at ``level`` (0 at the top, whose figures are the ones
+        plans are judged on); None while too few candidates have climbed from it to tell."""
+        if level == self.top:
+            return [0.0] * len(self.objectives)
+        climbs = self.climbs.get(level, [])
+        if len(climbs) < MIN_CLIMBS:
+            return None
+        margins = []
+        for index in range(len(self.objectives)):
+            shifts = [high[index] - low[index] for low, high in climbs]
+            margins.append(self.z * math.sqrt(2) * statistics.stdev(shifts))
+        return margins
+
+    def _dominated(self, level: int, candidate: list[float], margins: list[float]) -> bool:
+        """Does a point at ``level`` beat ``candidate`` by at least ``margins`` everywhere and strictly somewhere?"""
+        population = self.populations.get(level, [])
+        shifted = [[value + margin for value, margin in zip(other, margins)] for other in population]
+        return any(dominates(other, candidate) for other in shifted)
 
     def next_level(self, level: int) -> int | None:
         index = self.levels.index(level)

@@ -111,7 +111,8 @@ def _value_in(complete: dict[str, Any], key: str) -> Any:
 def evaluate_with_fidelity(
     evaluator: Evaluator, candidate: Candidate, ladder: FidelityLadder | None
 ) -> tuple[Measurement, dict[int, dict[str, float]]]:
-    """Scores at the lowest level and climbs while the candidate can still reach the front there."""
+    """Scores at the lowest level and climbs while the candidate can still reach the front there; the ladder
+    sees the candidate's lower levels too, to learn how far each level's figures move on the way up."""
     if ladder is None:
         return evaluator.evaluate(candidate), {}
     level: int | None = ladder.levels[0]
@@ -123,8 +124,8 @@ def evaluate_with_fidelity(
         measurement.details["seconds"] = round(seconds, 3)  # all levels together: what the candidate cost
         if not measurement.ok:
             break
+        promote = ladder.promote_and_remember(level, measurement.metrics, below=dict(per_level))
         per_level[level] = dict(measurement.metrics)
-        promote = ladder.promote_and_remember(level, measurement.metrics)
         level = ladder.next_level(level) if promote else None
     return measurement, per_level
 

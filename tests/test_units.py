@@ -18,7 +18,7 @@ from autoaccel.fidelity import FidelityLadder
 from autoaccel.ledger import Ledger
 from autoaccel.limits import resolve_limits
 from autoaccel.loop import evaluate_with_fidelity, standard_configurations
-from autoaccel.measure.evaluator import COMPLETE, FAILED, Measurement
+from autoaccel.measure.measurement import COMPLETE, FAILED, Measurement
 from autoaccel.pareto import front_numbers, hypervolume_history
 from autoaccel.space import bundled_spaces, load_space
 from autoaccel.techniques.base import Technique, get_technique
@@ -87,7 +87,7 @@ def test_ladder_levels_must_be_increasing_sample_counts():
 
 
 def test_a_candidate_dominated_even_at_its_optimistic_quality_is_not_promoted():
-    ladder = FidelityLadder([8, 32], OBJECTIVES, z=1.0)
+    ladder = FidelityLadder([8, 32], OBJECTIVES, z=1.0, rule="interval")
     ladder.remember(8, {"fid": 10.0, "fid_std": 1.0, "latency_ms": 5.0})
     assert not ladder.promotable(8, {"fid": 20.0, "fid_std": 1.0, "latency_ms": 6.0})
     assert ladder.promotable(8, {"fid": 11.0, "fid_std": 2.0, "latency_ms": 6.0})  # within its interval: 9 < 10
@@ -96,20 +96,20 @@ def test_a_candidate_dominated_even_at_its_optimistic_quality_is_not_promoted():
 
 
 def test_without_optimism_only_the_measured_quality_counts():
-    ladder = FidelityLadder([8, 32], OBJECTIVES, z=0.0)
+    ladder = FidelityLadder([8, 32], OBJECTIVES, z=0.0, rule="interval")
     ladder.remember(8, {"fid": 10.0, "fid_std": 1.0, "latency_ms": 5.0})
     assert not ladder.promotable(8, {"fid": 11.0, "fid_std": 2.0, "latency_ms": 6.0})
 
 
 def test_promotion_follows_each_objectives_direction():
-    ladder = FidelityLadder([8, 32], ["psnr_vs_ode", "latency_ms"])
+    ladder = FidelityLadder([8, 32], ["psnr_vs_ode", "latency_ms"], rule="interval")
     ladder.remember(8, {"psnr_vs_ode": 30.0, "latency_ms": 5.0})
     assert not ladder.promotable(8, {"psnr_vs_ode": 25.0, "latency_ms": 6.0})
     assert ladder.promotable(8, {"psnr_vs_ode": 31.0, "latency_ms": 6.0})
 
 
 def test_every_scored_candidate_joins_its_levels_population():
-    ladder = FidelityLadder([8, 32], OBJECTIVES)
+    ladder = FidelityLadder([8, 32], OBJECTIVES, rule="interval")
     first = {"fid": 10.0, "latency_ms": 5.0}
     assert ladder.promote_and_remember(8, first)
     assert ladder.promote_and_remember(8, dict(first))  # an equal point is not dominated
@@ -143,7 +143,7 @@ def test_a_promising_candidate_climbs_to_the_top_level_and_a_dominated_one_stops
             (broken.key, 8): None,
         }
     )
-    ladder = FidelityLadder([8, 32], OBJECTIVES)
+    ladder = FidelityLadder([8, 32], OBJECTIVES, rule="interval")
 
     measurement, per_level = evaluate_with_fidelity(evaluator, good, ladder)
     assert sorted(per_level) == [8, 32] and measurement.metrics["quality_samples"] == 32

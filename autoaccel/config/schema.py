@@ -58,10 +58,11 @@ class QualityConfig:
 @dataclass
 class FidelityConfig:
     """Multi-fidelity scoring: sample counts per level, ascending, the last equal to quality.samples
-    (empty = every candidate on quality.samples); ``z`` widens the interval a candidate is promoted on."""
+    (empty = every candidate on quality.samples); ``z`` scales the paired error a candidate may be behind a
+    point scored at its level and still be promoted (autoaccel.fidelity)."""
 
     levels: list[int] = field(default_factory=list)
-    z: float = 1.0
+    z: float = 0.0
 
 
 @dataclass
@@ -105,8 +106,11 @@ class BenchConfig:
     model_evaluations: int = 30
     model_seeds: int = 3
     model_samples: int = 128
+    parts: list[str] = field(default_factory=lambda: ["a", "b", "c"])  # bench optimizers: the parts to (re)run
     fidelity_trials: int = 40  # 0 skips the multi-fidelity comparison
-    fidelity_levels: list[int] = field(default_factory=lambda: [128, 512])
+    fidelity_levels: list[int] = field(default_factory=lambda: [64, 512])
+    fidelity_seeds: int = 3  # optimizer seeds of the multi-fidelity comparison
+    fidelity_variants: list[str] = field(default_factory=list)  # rule:levels:z (paired:64-512:1), compared too
     model_optimizers: list[str] = field(
         default_factory=lambda: ["random", "optuna_nsga2", "optuna_tpe", "nevergrad_ngopt", "pymoo_nsga2"]
     )
