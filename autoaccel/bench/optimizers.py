@@ -49,7 +49,7 @@ def _run_backend(name: str, seed: int, evaluations: int, space, evaluator, optio
     directions = objective_directions(OBJECTIVES)
     backend = make_backend(name, space, {**options, "seed": seed, "directions": directions}, len(OBJECTIVES))
     ledger = Ledger(None, f"{name}-{seed}", directions, sampler=backend.sampler())
-    run_search(ledger, backend, evaluator, space, OBJECTIVES, LoopBudget(evaluations, None, {}))
+    run_search(ledger, backend, evaluator, space, OBJECTIVES, LoopBudget(evaluations, None, []))
     points = []
     for frozen in sorted(ledger.study.trials, key=lambda trial: trial.number):
         points.append(tuple(frozen.values) if frozen.values else None)

@@ -42,7 +42,7 @@ def worker_main(storage: str, study_name: str, trials: int, seed: int, work_s: f
     backend = make_backend("optuna_nsga2", space, {"seed": seed, "directions": DIRECTIONS}, len(OBJECTIVES))
     ledger.study.sampler = backend.sampler()
     liveness = LivenessSettings(interval_s=1.0, grace_s=10.0)  # run_search sweeps from its first iteration
-    budget = LoopBudget(trials=trials, max_minutes=None, limits={}, concurrent=1)
+    budget = LoopBudget(trials=trials, max_minutes=None, limits=[], concurrent=1)
     run_search(ledger, backend, SyntheticEvaluator(work_s), space, OBJECTIVES, budget, liveness=liveness)
     return 0
 
