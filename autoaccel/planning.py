@@ -22,6 +22,7 @@ from autoaccel.limits import (
 )
 from autoaccel.objectives import DIRECTIONS
 from autoaccel.pareto import choose_within
+from autoaccel.report.recommend import speedup
 
 TEACHER_FILE = "teacher.json"  # the teacher's figures, written by the report beside pareto.csv
 FRONT_COLUMNS = ("trial", "nfe", "latency_ms", "recipe")  # what a plan reads besides the quality metric
@@ -179,9 +180,9 @@ def _figures(row: pd.Series, quality: str) -> list[str]:
 def _comparison(row: pd.Series, other, quality: str) -> str:
     """Speed-up and quality ratio of ``row`` over ``other`` (the teacher, a standard configuration)."""
     parts = []
-    latency, other_latency = row.get("latency_ms"), other.get("latency_ms")
-    if _positive(latency) and _positive(other_latency):
-        parts.append(f"{float(other_latency) / float(latency):.2f}x faster")
+    faster = speedup(other.get("latency_ms"), row.get("latency_ms"))
+    if faster is not None and faster > 0:
+        parts.append(f"{faster:.2f}x faster")
     value, other_value = row.get(quality), other.get(quality)
     if _positive(value) and _positive(other_value):
         parts.append(
