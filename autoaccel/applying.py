@@ -59,7 +59,7 @@ def recipe_seeds(recipe: dict, target, count: int, seed: int | None) -> tuple[Se
     chunk_size = int(policy.get("chunk_size", 256))
     needed = min(samples, -(-count // chunk_size) * chunk_size)
     seed = policy.get("seed", 0) if seed is None else seed
-    return make_seed_batch(target.sample_shape, samples, seed, target.num_classes, keep=needed), chunk_size
+    return make_seed_batch(target.sample_shape, samples, seed, target.condition_count, keep=needed), chunk_size
 
 
 def write_images(

@@ -22,6 +22,7 @@ import torch
 
 from autoaccel.apply import apply_plan
 from autoaccel.candidate import to_plain
+from autoaccel.targets.conditions import CLASS, Conditions
 
 PROBE_SEED = 20261129
 PROBE_SIZE = 2  # probe images are PROBE_SIZE x PROBE_SIZE pixels of the model's channels
@@ -45,8 +46,9 @@ class ProbeDenoiser(torch.nn.Module):
         return self.mix.dtype
 
     def forward(self, sample: torch.Tensor, timestep, class_labels: torch.Tensor | None = None) -> SimpleNamespace:
-        time = float(timestep) / 1000.0
-        hidden = torch.einsum("nchw,dc->ndhw", sample, self.mix) + math.sin(7.3 * time + 0.5)
+        time = (torch.as_tensor(timestep, dtype=sample.dtype).reshape(-1) / 1000.0).expand(len(sample))
+        time = time[:, None, None, None]
+        hidden = torch.einsum("nchw,dc->ndhw", sample, self.mix) + torch.sin(7.3 * time + 0.5)
         if class_labels is not None:
             hidden = hidden + self.label_shift[class_labels][..., None, None]
         return SimpleNamespace(sample=torch.sin(hidden) * (1.0 + time))  # nonlinear, never saturating
@@ -62,12 +64,16 @@ def plan_key(target, plan: list[tuple[Any, Any]]) -> str:
     pipeline = target.make_pipeline()
     apply_plan(pipeline, [step for step in plan if not step[0].modifies_model], target)
     channels = target.sample_shape[0]
-    classes = int(target.unet.config.num_class_embeds or 0)
-    pipeline.unet = ProbeDenoiser(channels, max(classes, 1))
+    # two conditions and, where the model has one, a null condition: guidance changes the probe's result
+    # exactly when it would change the model's
+    conditioned = target.condition_count is not None
+    null = 2 if target.conditions.guidable else None
+    pipeline.conditions = Conditions(CLASS, 2, null_class=null) if conditioned else Conditions()
+    pipeline.denoiser, pipeline.vae, pipeline.plan.null_class = ProbeDenoiser(channels, 3), None, None
     generator = torch.Generator().manual_seed(PROBE_SEED)
     noise = torch.randn((2, channels, PROBE_SIZE, PROBE_SIZE), generator=generator)
-    labels = torch.tensor([0, min(1, classes - 1)]) if target.num_classes else None
+    labels = torch.tensor([0, 1]) if conditioned else None
     images = pipeline(noise, labels, generator=torch.Generator().manual_seed(PROBE_SEED)).images
-    digest = hashlib.sha1(json.dumps([model_part, pipeline.unet_calls], sort_keys=True).encode())
+    digest = hashlib.sha1(json.dumps([model_part, pipeline.denoiser_calls], sort_keys=True).encode())
     digest.update(images.numpy().tobytes())
     return digest.hexdigest()[:12]

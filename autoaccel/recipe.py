@@ -27,11 +27,13 @@ from autoaccel.errors import RecipeError
 from autoaccel.files import write_atomically
 from autoaccel.measure.latency import MODEL_MEMORY_MEANING, describe_peak_memory
 from autoaccel.sampling import SamplerPipeline, set_exact_timesteps
-from autoaccel.targets.base import hash_weights
-from autoaccel.techniques.solver import MAX_GUIDANCE, SOLVERS
+from autoaccel.techniques.solver import MAX_GUIDANCE, SOLVERS, flow_solvers
 
 RECIPE_FORMAT = 1
-ALLOWED_SCHEDULERS = frozenset(spec.scheduler_class for spec in SOLVERS.values()) | {"DDPMScheduler", "DDIMScheduler"}
+ALLOWED_SCHEDULERS = frozenset(spec.scheduler_class for spec in [*SOLVERS.values(), *flow_solvers().values()]) | {
+    "DDPMScheduler",
+    "DDIMScheduler",
+}
 REQUIRED_KEYS = ("autoaccel_recipe", "base_model", "scheduler", "timesteps", "guidance_scale")
 MAX_TRAIN_TIMESTEPS = 1_000_000  # schedulers allocate tables of this length
 
@@ -84,6 +86,9 @@ def build_recipe(
             "name": target.name,
             "path": str(target.path),
             "content_hash": target.content_hash,
+            "pipeline_class": target.pipeline_class,
+            "scheduler_class": target.scheduler_class,
+            **({"num_classes": target.num_classes} if target.num_classes else {}),
             "scheduler_config": to_plain({k: v for k, v in target.scheduler_config.items() if not k.startswith("_")}),
         },
         "techniques": {technique.name: _technique_section(technique, config, artifacts) for technique, config in plan},
@@ -92,8 +97,10 @@ def build_recipe(
         "simulated": [technique.name for technique, _ in plan if technique.simulated],
         "scheduler": {"class": type(pipeline.scheduler).__name__, "config": to_plain(scheduler_config)},
         "timesteps": [int(step) for step in pipeline.plan.timesteps],
+        **({"sigmas": [float(sigma) for sigma in pipeline.plan.sigmas]} if pipeline.plan.sigmas else {}),
         "guidance_scale": float(pipeline.plan.guidance_scale),
         "null_class": pipeline.plan.null_class,
+        **({"prompts": list(target.conditions.names)} if target.conditions.kind == "prompt" else {}),
         "seed_policy": seed_policy,
         "figures": {key: to_plain(value) for key, value in figures.items()},
         "measured_on": {**measured_on, **memory_meanings(measured_on), **environment()},
@@ -176,7 +183,9 @@ def validate_recipe(recipe: Any, source: str = "recipe") -> dict[str, Any]:
     _check_scheduler_config(name, scheduler["config"], recipe["base_model"].get("scheduler_config"), source)
     trained = scheduler["config"].get("num_train_timesteps", 1000)
     timesteps = recipe["timesteps"]
-    if (
+    if "sigmas" in recipe:
+        _check_sigmas(recipe["sigmas"], timesteps, source)
+    elif (
         not isinstance(timesteps, list)
         or not timesteps
         or not all(isinstance(step, int) and not isinstance(step, bool) for step in timesteps)
@@ -195,8 +204,40 @@ def validate_recipe(recipe: Any, source: str = "recipe") -> dict[str, Any]:
     if null_class is not None and (not _is_int(null_class) or null_class < 0):
         raise RecipeError(f"{source}: null_class={null_class!r} must be an int >= 0 or null")
     check_seed_policy(recipe.get("seed_policy"), source)
-    _probe_scheduler(name, scheduler["config"], timesteps, source)
+    _check_prompts(recipe.get("prompts"), source)
+    _probe_scheduler(name, scheduler["config"], recipe.get("sigmas") or timesteps, source)
     return recipe
+
+
+def _check_sigmas(sigmas: Any, timesteps: Any, source: str) -> None:
+    """A flow-matching plan's schedule: strictly decreasing sigmas in (0, 1] (the final 0 is the scheduler's)."""
+    numbers = isinstance(sigmas, list) and all(
+        isinstance(sigma, int | float) and not isinstance(sigma, bool) for sigma in sigmas
+    )
+    if (
+        not numbers
+        or not sigmas
+        or not all(0 < sigma <= 1 for sigma in sigmas)
+        or any(later >= earlier for earlier, later in zip(sigmas, sigmas[1:]))
+    ):
+        raise RecipeError(f"{source}: sigmas={_short(sigmas)} must be a non-empty strictly decreasing list in (0, 1]")
+    if timesteps not in ([], None):
+        raise RecipeError(f"{source}: a recipe with sigmas runs them; timesteps must be [] (got {_short(timesteps)})")
+
+
+def _check_prompts(prompts: Any, source: str) -> None:
+    from autoaccel.targets.prompts import MAX_PROMPT_CHARS, MAX_PROMPTS
+
+    if prompts is None:
+        return
+    if (
+        not isinstance(prompts, list)
+        or not 1 <= len(prompts) <= MAX_PROMPTS
+        or not all(isinstance(prompt, str) and len(prompt) <= MAX_PROMPT_CHARS for prompt in prompts)
+    ):
+        raise RecipeError(
+            f"{source}: prompts must be a list of 1 to {MAX_PROMPTS} strings of at most {MAX_PROMPT_CHARS} characters"
+        )
 
 
 def _is_int(value: Any) -> bool:
@@ -269,7 +310,7 @@ def _has_type_of(value: Any, default: Any) -> bool:
     return True
 
 
-def _probe_scheduler(class_name: str, config: dict, timesteps: list[int], source: str) -> None:
+def _probe_scheduler(class_name: str, config: dict, timesteps: list, source: str) -> None:
     """Runs the scheduler over the recipe's timesteps on a tiny zero sample: diffusers refuses many bad values
     (an unknown beta schedule, order 0, a bad prediction type) only at construction, set-up or step time."""
     error = _scheduler_failure(class_name, config, timesteps)
@@ -288,18 +329,24 @@ def _without(config: dict, key: str) -> dict:
     return {other: value for other, value in config.items() if other != key}
 
 
-def _scheduler_failure(class_name: str, config: dict, timesteps: list[int]) -> Exception | None:
+def _scheduler_failure(class_name: str, config: dict, timesteps: list) -> Exception | None:
     """What goes wrong running ``config`` over ``timesteps``, or None."""
     import diffusers
 
     try:
         scheduler = getattr(diffusers, class_name).from_config(config)
-        set_exact_timesteps(scheduler, timesteps)
+        if timesteps and isinstance(timesteps[0], float):
+            from autoaccel.flow_matching import set_exact_sigmas
+
+            set_exact_sigmas(scheduler, timesteps)
+        else:
+            set_exact_timesteps(scheduler, timesteps)
         takes_generator = "generator" in inspect.signature(scheduler.step).parameters
         sample = torch.zeros(1, 1, 2, 2)
+        scale_input = getattr(scheduler, "scale_model_input", None)
         for timestep in scheduler.timesteps:
             extra = {"generator": torch.Generator().manual_seed(0)} if takes_generator else {}
-            model_input = scheduler.scale_model_input(sample, timestep)
+            model_input = scale_input(sample, timestep) if scale_input is not None else sample
             sample = scheduler.step(torch.zeros_like(model_input), timestep, sample, **extra).prev_sample
     except Exception as error:  # diffusers raises anything from TypeError to IndexError on a bad setting
         return error
@@ -313,7 +360,8 @@ def apply_recipe(
     recipe_dir: str | Path | None = None,
     log: Callable[[str], None] | None = None,
 ) -> SamplerPipeline:
-    """Configures a loaded pipeline (anything with a ``unet``) as the recipe says; returns the runnable pipeline.
+    """Configures a loaded pipeline (a supported diffusers pipeline, or an autoaccel Target) as the recipe says;
+    returns the runnable pipeline.
 
     >>> pipe = DDPMPipeline.from_pretrained(folder)
     >>> fast = autoaccel.apply_recipe(pipe, "reports/digits-sampler/recipes/trial-0042.yaml")
@@ -323,9 +371,9 @@ def apply_recipe(
     is rebuilt from it (hash checked, never trained again). Artifact paths are relative to the recipe file's
     folder, or to ``recipe_dir`` for a recipe given as a dict (default: the working directory). ``log`` (default:
     a warning) hears of a technique that trains again because its recipe has no artifact.
-    The unet is shared, not copied, unless a technique changes it. With ``check_model`` the unet's weights must
-    hash to the recipe's ``base_model.content_hash``: a recipe measured on another model would not reproduce
-    its figures.
+    The denoiser is shared, not copied, unless a technique changes it. With ``check_model`` the model's weights
+    (denoiser, and VAE and text encoders where there are) must hash to the recipe's ``base_model.content_hash``:
+    a recipe measured on another model would not reproduce its figures.
     """
     import diffusers
 
@@ -333,28 +381,53 @@ def apply_recipe(
         recipe, folder = validate_recipe(recipe), Path(recipe_dir or ".")
     else:
         recipe, folder = load_recipe(recipe), Path(recipe_dir or Path(recipe).parent)
-    unet = getattr(pipeline, "unet", None)
-    if unet is None:
-        raise RecipeError(f"apply_recipe needs a pipeline with a unet; got {type(pipeline).__name__}")
+    target = _as_target(pipeline, recipe)
     if check_model:
         expected = recipe["base_model"].get("content_hash")
-        actual = hash_weights(unet)
+        actual = current_hash(target)
         if expected != actual:
             raise RecipeError(
                 f"this recipe was measured on model {recipe['base_model'].get('name')!r} with weights hash "
-                f"{str(expected)[:16]}..., but the pipeline's unet hashes to {actual[:16]}...; "
+                f"{str(expected)[:16]}..., but the pipeline's weights hash to {actual[:16]}...; "
                 f"apply it to that model or pass check_model=False"
             )
-    _check_null_class(recipe.get("null_class"), unet)
-    applied = _apply_techniques(recipe, unet, folder, log or _warn)
+    _check_null_class(recipe.get("null_class"), target)
+    applied = _apply_techniques(recipe, target, folder, log or _warn)
     scheduler = getattr(diffusers, recipe["scheduler"]["class"]).from_config(recipe["scheduler"]["config"])
-    fast = SamplerPipeline(unet=applied.unet, scheduler=scheduler)
+    fast = SamplerPipeline(denoiser=applied.denoiser, scheduler=scheduler, vae=target.vae, conditions=target.conditions)
     fast.plan.timesteps = list(recipe["timesteps"])
+    fast.plan.sigmas = [float(sigma) for sigma in recipe.get("sigmas") or []]
     fast.plan.guidance_scale = float(recipe["guidance_scale"])
     fast.plan.null_class = recipe.get("null_class")
     fast.plan.techniques = list(applied.plan.techniques)
     _check_consistent(recipe, applied, scheduler)
     return fast
+
+
+def _as_target(pipeline, recipe: dict[str, Any]):
+    """A Target around what the user passed: a Target as it is, or a loaded diffusers pipeline of a supported
+    class (its modules shared), conditioned as the recipe was (its null class, its prompts)."""
+    from autoaccel.targets.base import Target
+    from autoaccel.targets.loader import target_from_pipeline
+
+    if isinstance(pipeline, Target):
+        return pipeline
+    if getattr(pipeline, "unet", None) is None and getattr(pipeline, "transformer", None) is None:
+        raise RecipeError(f"apply_recipe needs a pipeline with a unet or transformer; got {type(pipeline).__name__}")
+    base = recipe["base_model"]
+    extra = {key: recipe[key] for key in ("null_class",) if recipe.get(key) is not None}
+    if base.get("num_classes"):
+        extra["num_classes"] = base["num_classes"]
+    return target_from_pipeline(
+        pipeline, str(base.get("name", "model")), Path(str(base.get("path", "."))), extra, prompts=recipe.get("prompts")
+    )
+
+
+def current_hash(target) -> str:
+    """The weights hash of the target's modules as they are now (``autoaccel.targets.loader.model_hash``)."""
+    from autoaccel.targets.loader import modules_hash
+
+    return modules_hash(target.denoiser, target.modules)
 
 
 def _warn(message: str) -> None:
@@ -363,14 +436,20 @@ def _warn(message: str) -> None:
     warnings.warn(message, stacklevel=5)  # at the caller of apply_recipe
 
 
-def _check_null_class(null_class: int | None, unet) -> None:
-    """The guidance label must be one of the unet's class embeddings, or guided sampling indexes past them."""
+def _check_null_class(null_class: int | None, target) -> None:
+    """The guidance label must be the model's null class (a UNet's class embedding, a DiT's last label row), or
+    guided sampling indexes past the table."""
     if null_class is None:
         return
-    embeddings = getattr(getattr(unet, "config", None), "num_class_embeds", None)
+    config = getattr(target.denoiser, "config", None)
+    embeddings = getattr(config, "num_class_embeds", None)
+    table = getattr(config, "num_embeds_ada_norm", None) if target.pipeline_class == "DiTPipeline" else None
+    if table and null_class == table:
+        return
     if not embeddings or null_class >= embeddings:
-        valid = f"an int in [0, {embeddings - 1}] or null" if embeddings else "null: the unet has no class embedding"
-        raise RecipeError(f"recipe null_class={null_class} is not a class of this model's unet; valid: {valid}")
+        valid = f"an int in [0, {embeddings - 1}] or null" if embeddings else "null: the model has no null class"
+        valid = f"{table} or null" if table else valid
+        raise RecipeError(f"recipe null_class={null_class} is not a class of this model's denoiser; valid: {valid}")
 
 
 def recipe_plan(recipe: dict[str, Any]) -> list[tuple[Any, Any]]:
@@ -406,19 +485,20 @@ def recipe_plan(recipe: dict[str, Any]) -> list[tuple[Any, Any]]:
     return sorted(steps, key=lambda step: step[0].order)
 
 
-def _apply_techniques(recipe: dict[str, Any], unet, folder: Path, log: Callable[[str], None]) -> SamplerPipeline:
+def _apply_techniques(recipe: dict[str, Any], target, folder: Path, log: Callable[[str], None]) -> SamplerPipeline:
     """The base model's pipeline with every technique of the recipe applied (``autoaccel.apply``)."""
+    from dataclasses import replace
+
     from autoaccel.apply import apply_plan, recipe_artifacts
     from autoaccel.errors import TechniqueError
-    from autoaccel.targets.base import target_from_unet
 
     plan = recipe_plan(recipe)
-    base = recipe["base_model"]
-    scheduler_config = base.get("scheduler_config") or recipe["scheduler"]["config"]
-    target = target_from_unet(unet, scheduler_config, recipe.get("null_class"), base)
-    pipeline = target.make_pipeline()
+    base_config = recipe["base_model"].get("scheduler_config") or recipe["scheduler"]["config"]
+    scheduler_class = recipe["base_model"].get("scheduler_class", target.scheduler_class)
+    base = replace(target, scheduler_config=dict(base_config), scheduler_class=scheduler_class)
+    pipeline = base.make_pipeline()
     try:
-        apply_plan(pipeline, plan, target, artifacts=recipe_artifacts(recipe.get("techniques") or {}, folder), log=log)
+        apply_plan(pipeline, plan, base, artifacts=recipe_artifacts(recipe.get("techniques") or {}, folder), log=log)
     except TechniqueError as error:
         raise RecipeError(f"recipe technique cannot apply to this model: {error}") from None
     return pipeline
@@ -434,6 +514,7 @@ def _check_consistent(recipe: dict[str, Any], applied: SamplerPipeline, schedule
         found["guidance_scale"] = (float(applied.plan.guidance_scale), float(recipe["guidance_scale"]))
     if "timesteps" in names:
         found["timesteps"] = ([int(step) for step in applied.plan.timesteps], list(recipe["timesteps"]))
+        found["sigmas"] = ([float(sigma) for sigma in applied.plan.sigmas], list(recipe.get("sigmas") or []))
     for key, (configured, written) in found.items():
         if configured != written:
             owner = "solver" if key != "timesteps" else "timesteps"

@@ -74,7 +74,7 @@ def sample_in_chunks(pipeline, seeds: SeedBatch, chunk_size: int = 256) -> torch
     """Runs the pipeline over the seed batch; stochastic solvers draw from a generator seeded per chunk."""
     outputs = []
     for start in range(0, seeds.count, chunk_size):
-        generator = torch.Generator(device=pipeline.unet.device).manual_seed(seeds.seed * 100_003 + start)
+        generator = torch.Generator(device=pipeline.denoiser.device).manual_seed(seeds.seed * 100_003 + start)
         labels = None if seeds.class_labels is None else seeds.class_labels[start : start + chunk_size]
         outputs.append(pipeline(seeds.noise[start : start + chunk_size], labels, generator=generator).images)
     return torch.cat(outputs)

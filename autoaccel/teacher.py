@@ -1,28 +1,93 @@
-"""The teacher's own sampling, which scoring, calibration and recovery all start from: the model's full-step
-sampler, and a deterministic many-step ODE solution from the same noise. Neither measures anything nor
-compresses anything, so both ``measure/`` and ``techniques/`` use them without depending on each other.
+"""The reference sampling that scoring, calibration and recovery start from: the model's default call (or the
+reference a user names), and a deterministic many-step ODE solution from the same noise. Neither measures
+anything nor compresses anything, so both ``measure/`` and ``techniques/`` use them without depending on each other.
+
+A reference is ``default`` (the pipeline's own scheduler at the step count and guidance its ``__call__`` uses by
+default: what users run) or ``<solver>-<steps>`` (a solver of ``autoaccel.techniques.solver`` on evenly spaced
+steps, e.g. ``ddpm-1000`` or ``dpmsolver++-100``), always at the default call's guidance scale.
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
+from autoaccel.errors import ConfigError
 from autoaccel.targets.base import Target
 
 ODE_REFERENCE_STEPS = 200
+DEFAULT_REFERENCE = "default"
+MAX_REFERENCE_STEPS = 1000
+
+
+@dataclass(frozen=True)
+class ReferenceSpec:
+    """A parsed ``target.reference``: ``solver`` None means the pipeline's own scheduler."""
+
+    solver: str | None
+    steps: int | None
+
+    @property
+    def name(self) -> str:
+        return DEFAULT_REFERENCE if self.solver is None else f"{self.solver}-{self.steps}"
+
+
+def parse_reference(text: str | None) -> ReferenceSpec:
+    """``default`` or ``<solver>-<steps>``; a one-line error naming what is valid otherwise."""
+    from autoaccel.techniques.solver import all_solver_names
+
+    if text in (None, "", DEFAULT_REFERENCE):
+        return ReferenceSpec(None, None)
+    matched = re.fullmatch(r"(.+)-(\d+)", str(text))
+    valid = (
+        f"valid: default (the pipeline's own call), or SOLVER-STEPS with SOLVER one of {', '.join(all_solver_names())} "
+        f"and STEPS in [1, {MAX_REFERENCE_STEPS}], e.g. ddpm-1000 or dpmsolver++-100"
+    )
+    if not matched or matched.group(1) not in all_solver_names():
+        raise ConfigError(f"target.reference={text!r} is not valid; {valid}")
+    steps = int(matched.group(2))
+    if not 1 <= steps <= MAX_REFERENCE_STEPS:
+        raise ConfigError(f"target.reference={text!r} is not valid; {valid}")
+    return ReferenceSpec(matched.group(1), steps)
+
+
+def reference_steps(target: Target, spec: ReferenceSpec | None = None) -> int:
+    """Denoising steps of the reference call."""
+    spec = spec or parse_reference(target.reference)
+    return spec.steps if spec.solver is not None else target.reference_call.steps
 
 
 def teacher_pipeline(target: Target):
-    """The model's own scheduler run over every trained timestep."""
+    """The run's reference: the pipeline's default call unless ``target.reference`` names another."""
+    from autoaccel.apply import apply_plan
+    from autoaccel.techniques.solver import SOLVER, SolverConfig
+    from autoaccel.techniques.timesteps import TIMESTEPS, TimestepsConfig
+
+    spec = parse_reference(target.reference)
+    guidance = target.reference_call.guidance_scale if target.conditions.guidable else 1.0
     pipeline = target.make_pipeline()
-    pipeline.plan.timesteps = list(range(target.num_train_timesteps - 1, -1, -1))
+    if spec.solver is None:
+        pipeline.plan.native_steps = target.reference_call.steps
+        pipeline.plan.guidance_scale = guidance
+        return pipeline
+    plan = [(SOLVER, SolverConfig(name=spec.solver, guidance=guidance)), (TIMESTEPS, TimestepsConfig(steps=spec.steps))]
+    apply_plan(pipeline, plan, target)
     return pipeline
 
 
 def ode_reference_pipeline(target: Target):
-    from autoaccel.techniques.solver import SolverConfig, build_scheduler
-    from autoaccel.techniques.timesteps import TimestepsConfig, build_timesteps
+    """A deterministic second-order solution over many steps at the reference's guidance: what a plan's images
+    are compared with pair by pair (a stochastic default call cannot be matched image by image)."""
+    from autoaccel.apply import apply_plan
+    from autoaccel.techniques.solver import SOLVER, SolverConfig
+    from autoaccel.techniques.timesteps import TIMESTEPS, TimestepsConfig
 
+    guidance = target.reference_call.guidance_scale if target.conditions.guidable else 1.0
     pipeline = target.make_pipeline()
-    pipeline.scheduler = build_scheduler(SolverConfig(name="dpmsolver++", order=2), target.scheduler_config)
-    steps = min(ODE_REFERENCE_STEPS, target.num_train_timesteps)
-    pipeline.plan.timesteps = build_timesteps(TimestepsConfig(steps=steps), pipeline.scheduler.alphas_cumprod)
+    steps = min(target.ode_steps, target.num_train_timesteps)
+    plan = [
+        (SOLVER, SolverConfig(name="dpmsolver++", order=2, guidance=guidance)),
+        (TIMESTEPS, TimestepsConfig(steps=steps)),
+    ]
+    apply_plan(pipeline, plan, target)
     return pipeline

@@ -205,7 +205,7 @@ def test_applied_recipe_reproduces_the_plan(tiny_target, tmp_path):
     noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(3))
     labels = torch.tensor([0, 2])
     direct = SamplerPipeline(
-        unet=tiny_target.unet,
+        denoiser=tiny_target.unet,
         scheduler=build_scheduler(SolverConfig(name="unipc", order=2), tiny_target.scheduler_config),
     )
     direct.plan.timesteps, direct.plan.guidance_scale, direct.plan.null_class = [99, 70, 40, 12], 1.5, 3

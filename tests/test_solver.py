@@ -50,7 +50,7 @@ def _native_loop(unet, scheduler, noise, labels, **step_options):
 
 
 def _ours(unet, scheduler, timesteps, noise, labels):
-    pipeline = SamplerPipeline(unet=unet, scheduler=scheduler)
+    pipeline = SamplerPipeline(denoiser=unet, scheduler=scheduler)
     pipeline.plan.timesteps = [int(step) for step in timesteps]
     return pipeline(noise, labels).images
 
@@ -216,7 +216,7 @@ def test_dpmsolver_multistep_reproduces_its_native_output(
     if variant == "sde":  # the SDE variant draws noise at each step: the same seed on both sides
         step_options = {"generator": torch.Generator().manual_seed(7)}
     expected = _native_loop(tiny_target.unet, native, noise, labels, **step_options)
-    pipeline = SamplerPipeline(unet=tiny_target.unet, scheduler=scheduler)
+    pipeline = SamplerPipeline(denoiser=tiny_target.unet, scheduler=scheduler)
     pipeline.plan.timesteps = [int(step) for step in native.timesteps]
     ours = pipeline(noise, labels, generator=torch.Generator().manual_seed(7)).images
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
@@ -274,8 +274,8 @@ def test_ddim_solver_matches_diffusers_ddim(steps, tiny_target, base_config, noi
 
 
 def test_pipeline_without_timesteps_is_a_technique_error(tiny_target, noise_and_labels):
-    pipeline = SamplerPipeline(unet=tiny_target.unet, scheduler=build_scheduler(SolverConfig(), {}))
-    with pytest.raises(TechniqueError, match="no timesteps"):
+    pipeline = SamplerPipeline(denoiser=tiny_target.unet, scheduler=build_scheduler(SolverConfig(), {}))
+    with pytest.raises(TechniqueError, match="no schedule"):
         pipeline(*noise_and_labels)
 
 
@@ -296,7 +296,7 @@ def test_guidance_combines_conditional_and_null_predictions(tiny_target, base_co
             prediction = unconditional + scale * (conditional - unconditional)
             sample = reference.step(prediction, timestep, sample).prev_sample
 
-    pipeline = SamplerPipeline(unet=unet, scheduler=build_scheduler(SolverConfig(name="ddim"), base_config))
+    pipeline = SamplerPipeline(denoiser=unet, scheduler=build_scheduler(SolverConfig(name="ddim"), base_config))
     pipeline.plan.timesteps = timesteps
     pipeline.plan.guidance_scale = scale
     pipeline.plan.null_class = null_class
@@ -312,7 +312,7 @@ def test_guidance_combines_conditional_and_null_predictions(tiny_target, base_co
 
 def test_pipeline_is_repeatable(tiny_target, base_config, noise_and_labels):
     pipeline = SamplerPipeline(
-        unet=tiny_target.unet, scheduler=build_scheduler(SolverConfig(name="unipc", order=3), base_config)
+        denoiser=tiny_target.unet, scheduler=build_scheduler(SolverConfig(name="unipc", order=3), base_config)
     )
     pipeline.plan.timesteps = [95, 70, 41, 17, 3]
     first = pipeline(*noise_and_labels).images

@@ -13,10 +13,9 @@ from autoaccel.measure.features import EXTRACTORS, GENERIC_EXTRACTOR, ensure_reg
 from autoaccel.measure.quality import distribution_metrics
 from autoaccel.targets.base import hash_weights
 from autoaccel.targets.digits.features import DIGITS_EXTRACTOR
-from autoaccel.targets.loader import default_device, load_pipeline_folder
+from autoaccel.targets.loader import SUPPORTED, default_device, load_pipeline_folder
 from tests.tiny import build_tiny_pipeline_folder
 
-SUPPORTED = "supported: a save_pretrained folder of DDPMPipeline or DDIMPipeline around a UNet2DModel"
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +60,7 @@ def test_folder_without_model_index(tmp_path):
     assert SUPPORTED in str(info.value)
 
 
-@pytest.mark.parametrize("class_name", ["StableDiffusionPipeline", "DiTPipeline", None])
+@pytest.mark.parametrize("class_name", ["StableDiffusionXLPipeline", "KandinskyPipeline", None])
 def test_unsupported_pipeline_class(tiny_folder, tmp_path, class_name):
     folder = _copy(tiny_folder, tmp_path)
     index = json.loads((folder / "model_index.json").read_text())
@@ -78,9 +77,9 @@ def test_unsupported_pipeline_class(tiny_folder, tmp_path, class_name):
 def test_unsupported_unet_class(tiny_folder, tmp_path):
     folder = _copy(tiny_folder, tmp_path)
     index = json.loads((folder / "model_index.json").read_text())
-    index["unet"] = ["diffusers", "UNet2DConditionModel"]
+    index["unet"] = ["diffusers", "UNet2DModel2"]
     (folder / "model_index.json").write_text(json.dumps(index))
-    with pytest.raises(TargetError, match="UNet2DConditionModel.*not supported"):
+    with pytest.raises(TargetError, match="UNet2DModel2.*not supported"):
         load_pipeline_folder(folder)
 
 
@@ -101,7 +100,7 @@ def test_missing_scheduler_config(tiny_folder, tmp_path):
 def test_missing_unet_weights(tiny_folder, tmp_path):
     folder = _copy(tiny_folder, tmp_path)
     shutil.rmtree(folder / "unet")
-    with pytest.raises(TargetError, match="unet weights could not be loaded"):
+    with pytest.raises(TargetError, match="weights could not be loaded"):
         load_pipeline_folder(folder)
 
 
@@ -264,7 +263,7 @@ def test_corrupt_weights_file_is_one_clear_error_and_nothing_is_written(tiny_fol
     broken = tmp_path / "broken"
     shutil.copytree(tiny_folder, broken)
     (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00not a safetensors file" * 10)
-    with pytest.raises(TargetError, match="unet weights could not be loaded"):
+    with pytest.raises(TargetError, match="weights could not be loaded"):
         load_pipeline_folder(broken)
     reports = tmp_path / "reports"
     assert main(["search", "target=pipeline", f"target.path={broken}", f"report.dir={reports}"]) == 2

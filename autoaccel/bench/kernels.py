@@ -44,7 +44,7 @@ def time_recipe(recipe_path: Path, target, batch_sizes: list[int], repeats: int)
     plan = quantization_plan(pipeline.unet)
     rows = []
     for batch in batch_sizes:
-        seeds = make_seed_batch(target.sample_shape, batch, 0, target.num_classes)
+        seeds = make_seed_batch(target.sample_shape, batch, 0, target.condition_count)
         row = {"recipe": recipe_path.name, "batch": batch, "bytes": model_bytes(pipeline.unet)}
         row["float model"] = _time(baseline, seeds, repeats)
         with deployment_kernels(pipeline, real_kernels=False):  # the evaluator's own switch: fake quant off

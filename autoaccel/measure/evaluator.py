@@ -28,7 +28,14 @@ from autoaccel.targets.base import Target
 from autoaccel.teacher import teacher_pipeline
 from autoaccel.techniques.quantization import quantization_plan
 
-MODELS_KEPT = 2  # pruned/quantized models kept for re-use (each a full copy of the unet)
+MODELS_KEPT = 2  # pruned/quantized models kept for re-use (each a full copy of the denoiser)
+LONG_CALL_STEPS = 100  # a reference call with more denoiser calls than this is timed once
+
+
+def reference_calls(pipeline) -> int:
+    """Denoiser calls of one unguided call of ``pipeline`` as its scheduler is set (Heun-type schedulers
+    list a timestep per call)."""
+    return len(pipeline.scheduler.timesteps)
 
 
 @dataclass(frozen=True)
@@ -80,21 +87,23 @@ class Evaluator:
             )
         return self.judges[samples]
 
-    def structure_key(self, pipeline) -> str:
+    def structure_key(self, pipeline, teacher: bool = False) -> str:
         """What cost depends on: the unet's size, the scheduler class, unet calls per image, the batch size, the
         quantized kernels a plan runs (none on CPU), and what each applied technique says changes cost
         (``Technique.cost_key``), so a technique that changes cost but not size or calls is timed on its own."""
         measured = {
-            "params": sum(parameter.numel() for parameter in pipeline.unet.parameters()),
+            "params": sum(parameter.numel() for parameter in pipeline.denoiser.parameters()),
             "scheduler": type(pipeline.scheduler).__name__,
-            "nfe": pipeline.unet_calls,
+            "nfe": pipeline.denoiser_calls,
             "batch": self.cost_settings.batch_size,
-            "kernels": kernel_key(pipeline.unet),
+            "kernels": kernel_key(pipeline.denoiser),
         }
+        if teacher:  # the reference call runs its scheduler natively: timed on its own
+            measured["reference"] = self.target.reference
         return cost_key(measured, pipeline.plan.techniques)
 
     def _cost(self, pipeline, teacher: bool = False) -> tuple[CostMeasurement, bool]:
-        key = self.structure_key(pipeline)
+        key = self.structure_key(pipeline, teacher)
         if key in self.cost_cache:
             return self.cost_cache[key], True
         with self.gate.exclusive():
@@ -105,8 +114,9 @@ class Evaluator:
     def _measure_cost(self, pipeline, key: str, teacher: bool) -> CostMeasurement:
         seeds = self.judge.deployment_seeds(self.cost_settings.batch_size)
         warmup, repeats = self.cost_settings.warmup, self.cost_settings.repeats
-        if teacher:  # one full-step call is already hundreds of steps long: warm-up and repeats matter less
-            warmup, repeats = 0, min(repeats, 2)
+        if teacher and pipeline.denoiser_calls > LONG_CALL_STEPS:
+            # one call is already hundreds of steps long: timed once, without warm-up (the report says so)
+            warmup, repeats = 0, 1
         with deployment_kernels(pipeline):
             cost = measure_cost(pipeline, seeds, warmup, repeats)
         self.cost_cache[key] = cost
@@ -118,7 +128,7 @@ class Evaluator:
         if not torch.isfinite(images).all():
             bad = int((~torch.isfinite(images)).flatten(1).any(dim=1).sum())
             return Measurement(FAILED, details=details, failure=f"{bad} of {len(images)} images contain NaN or inf")
-        nfe = pipeline.unet_calls
+        nfe = pipeline.denoiser_calls
         with self.gate.shared():
             metrics: dict[str, float] = judge.score(images)
         cost, reused = self._cost(pipeline, teacher)
@@ -130,17 +140,18 @@ class Evaluator:
             model_memory_mb=cost.model_memory_mb,
             energy_j=cost.energy_j,
             quality_samples=float(len(images)),
-            params=float(sum(parameter.numel() for parameter in pipeline.unet.parameters())),
-            model_bytes=float(model_bytes(pipeline.unet)),
+            params=float(sum(parameter.numel() for parameter in pipeline.denoiser.parameters())),
+            model_bytes=float(model_bytes(pipeline.denoiser)),
+            **{f"{stage}_ms": value for stage, value in cost.stage_ms.items()},
         )
-        kernels = kernel_choice(pipeline.unet)
-        plan = quantization_plan(pipeline.unet)
+        kernels = kernel_choice(pipeline.denoiser)
+        plan = quantization_plan(pipeline.denoiser)
         if plan is not None:
             details.update(simulated=["quantization"], quantization=plan.describe())
         if pipeline.plan.artifacts:
             details.update(artifacts=dict(pipeline.plan.artifacts))
         details.update(
-            timesteps=list(pipeline.plan.timesteps),
+            timesteps=pipeline.plan.schedule() or [float(step) for step in pipeline.scheduler.timesteps],
             scheduler_class=type(pipeline.scheduler).__name__,
             guidance_scale=pipeline.plan.guidance_scale,
             cost_reused=reused,
@@ -149,6 +160,7 @@ class Evaluator:
             threads=cost.threads,
             batch_size=cost.batch_size,
             latency_repeats=cost.repeats,
+            latency_method=cost.method,
             kernels=kernels.label,
             quantized_latency=kernels.quantized_latency,
         )
@@ -171,11 +183,11 @@ class Evaluator:
             if cached is None:
                 stored = apply_plan(pipeline, model_steps, self.target, store=self.artifacts)
                 with self._models_lock:
-                    self._models[key] = (pipeline.unet, stored)
+                    self._models[key] = (pipeline.denoiser, stored)
                     while len(self._models) > MODELS_KEPT:
                         self._models.popitem(last=False)
             else:
-                pipeline.unet, stored = cached
+                pipeline.denoiser, stored = cached
         apply_plan(pipeline, [step for step in plan if not step[0].modifies_model], self.target)
         pipeline.plan.techniques = list(plan)  # the whole plan, also where the model came from the cache
         pipeline.plan.artifacts = dict(stored)
@@ -213,11 +225,15 @@ class Evaluator:
         return measurement
 
     def evaluate_teacher(self) -> Measurement:
-        """The model's own full-step sampler on the same seeds: the report's teacher row."""
+        """The reference call (the pipeline's default call, or ``target.reference``) on the same seeds: the
+        report's reference row."""
         started = time.perf_counter()
         pipeline = teacher_pipeline(self.target)
         images = self.judge.teacher_images()
-        pipeline.unet_calls = len(pipeline.plan.timesteps) * (2 if pipeline.guided else 1)
-        measurement = self._measure_pipeline(pipeline, images, {"candidate_key": "teacher"}, self.judge, teacher=True)
+        pipeline.set_schedule(pipeline.denoiser.device)
+        calls_per_step = 2 if pipeline.guided else 1
+        pipeline.denoiser_calls = reference_calls(pipeline) * calls_per_step
+        details = {"candidate_key": "teacher", "reference": self.target.reference}
+        measurement = self._measure_pipeline(pipeline, images, details, self.judge, teacher=True)
         measurement.details["seconds"] = round(time.perf_counter() - started, 3)
         return measurement

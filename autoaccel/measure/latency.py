@@ -13,7 +13,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -37,6 +37,10 @@ class CostMeasurement:
     repeats: int
     device: str
     threads: int
+    # median time per stage of the timed calls (encode: the text encoder(s); denoise: every denoiser step;
+    # decode: the VAE), from the same calls as ``latency_ms``
+    stage_ms: dict[str, float] = field(default_factory=dict)
+    method: str = "median"  # "median" of repeats, or "single call" for a long reference call
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -157,7 +161,7 @@ def first_unet_inputs(pipeline, seeds: SeedBatch) -> tuple[tuple, dict[str, Any]
         captured.update(args=args, kwargs=kwargs)
         raise _FirstUnetCall
 
-    handle = pipeline.unet.register_forward_pre_hook(capture, with_kwargs=True)
+    handle = pipeline.denoiser.register_forward_pre_hook(capture, with_kwargs=True)
     try:
         _timed_call(pipeline, seeds, on_cuda=False)
     except _FirstUnetCall:
@@ -177,7 +181,7 @@ def model_memory_bytes(pipeline, seeds: SeedBatch) -> int:
     the call's operators, tracked operator by operator (``_LiveTensorPeak``). Unlike ``peak_memory_mb`` on a
     CPU (the process's resident peak), it leaves out the interpreter, the libraries and the sampling loop.
     """
-    unet = pipeline.unet
+    unet = pipeline.denoiser
     args, kwargs = first_unet_inputs(pipeline, seeds)
     if str(unet.device).startswith("cuda"):
         torch.cuda.synchronize()
@@ -197,38 +201,51 @@ def model_memory_bytes(pipeline, seeds: SeedBatch) -> int:
 
 
 def _timed_call(pipeline, seeds: SeedBatch, on_cuda: bool) -> float:
-    generator = torch.Generator(device=pipeline.unet.device).manual_seed(seeds.seed)
+    """One whole deployment call: prompts encoded by the text encoder(s), every step, the VAE decode."""
+    generator = torch.Generator(device=pipeline.denoiser.device).manual_seed(seeds.seed)
     if on_cuda:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        pipeline(seeds.noise, seeds.class_labels, generator=generator)
+        pipeline(seeds.noise, seeds.class_labels, generator=generator, encode=True)
         end.record()
         torch.cuda.synchronize()
         return start.elapsed_time(end)
     started = time.perf_counter()
-    pipeline(seeds.noise, seeds.class_labels, generator=generator)
+    pipeline(seeds.noise, seeds.class_labels, generator=generator, encode=True)
     return (time.perf_counter() - started) * 1000
+
+
+def _stage_medians(stages: list[dict[str, float]]) -> dict[str, float]:
+    names = dict.fromkeys(name for stage in stages for name in stage)
+    return {name: statistics.median(stage.get(name, 0.0) for stage in stages) for name in names}
 
 
 def measure_cost(pipeline, seeds: SeedBatch, warmup: int = 2, repeats: int = 5) -> CostMeasurement:
     """Times ``repeats`` calls on ``seeds`` (the deployment batch) after ``warmup`` untimed ones."""
     if repeats < 1:
         raise ValueError(f"repeats={repeats} is not valid; it must be >= 1")
-    device = str(pipeline.unet.device)
+    device = str(pipeline.denoiser.device)
     on_cuda = device.startswith("cuda")
     model_memory_mb = model_memory_bytes(pipeline, seeds) / 2**20
     for _ in range(warmup):
         _timed_call(pipeline, seeds, on_cuda)
     energy = EnergyMeter(device)
+    stages: list[dict[str, float]] = []
+
+    def timed() -> float:
+        elapsed = _timed_call(pipeline, seeds, on_cuda)
+        stages.append(dict(pipeline.stage_ms))
+        return elapsed
+
     if on_cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         with energy:
-            times = [_timed_call(pipeline, seeds, on_cuda) for _ in range(repeats)]
+            times = [timed() for _ in range(repeats)]
         peak_mb, memory_kind = torch.cuda.max_memory_allocated() / 2**20, CUDA_ALLOCATED
     else:
         with _RssPeakSampler() as sampler, energy:
-            times = [_timed_call(pipeline, seeds, on_cuda) for _ in range(repeats)]
+            times = [timed() for _ in range(repeats)]
         peak_mb, memory_kind = sampler.peak_bytes / 2**20, CPU_RSS
     quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
     return CostMeasurement(
@@ -242,4 +259,6 @@ def measure_cost(pipeline, seeds: SeedBatch, warmup: int = 2, repeats: int = 5) 
         repeats=repeats,
         device=device,
         threads=torch.get_num_threads(),
+        stage_ms=_stage_medians(stages),
+        method="median" if repeats > 1 else "single call",
     )

@@ -1,4 +1,5 @@
-"""What is accelerated: a loaded UNet with its scheduler config, and how its quality is judged."""
+"""What is accelerated: a loaded denoiser with its conditioning, decoder and scheduler, and how its quality is
+judged."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 import torch
 
 from autoaccel.sampling import SamplerPipeline
+from autoaccel.targets.conditions import CLASS, NONE, Conditions
+from autoaccel.targets.denoisers import sample_shape, schedule_family
 
 
 @dataclass
@@ -25,27 +28,76 @@ class QualityReference:
 
 
 @dataclass
+class DefaultCall:
+    """What the pipeline runs when a user calls it with no options: its saved scheduler at this step count and
+    guidance scale (diffusers' defaults for the pipeline class, or the folder's ``autoaccel.json``)."""
+
+    steps: int
+    guidance_scale: float = 1.0
+
+    def describe(self) -> str:
+        guidance = f", guidance {self.guidance_scale:g}" if self.guidance_scale != 1.0 else ""
+        return f"{self.steps} steps{guidance}"
+
+
+@dataclass
 class Target:
-    """A diffusion model ready to be accelerated; techniques apply to pipelines made by ``make_pipeline``."""
+    """A diffusion model ready to be accelerated; techniques apply to pipelines made by ``make_pipeline``.
+
+    ``denoiser`` is the network every step calls (a UNet or a transformer), ``vae`` decodes its latents (None
+    for a pixel-space model), ``conditions`` what each image is conditioned on, ``schedule_family`` the time
+    variable of its scheduler (``ddpm`` or ``flow``). ``unet`` is another name for ``denoiser``.
+    """
 
     name: str
     path: Path
-    unet: torch.nn.Module
+    denoiser: torch.nn.Module
     scheduler_config: dict
     scheduler_class: str
     content_hash: str
     quality: QualityReference
-    num_classes: int | None = None
-    null_class: int | None = None
+    conditions: Conditions = field(default_factory=Conditions)
+    vae: torch.nn.Module | None = None
+    default_call: DefaultCall | None = None
+    pipeline_class: str = "DDPMPipeline"
+    reference: str = "default"  # target.reference: the call plans are compared with (autoaccel.teacher)
+    ode_steps: int = 200  # quality.ode_steps: the deterministic solution paired measures compare with
     real_images: torch.Tensor | None = None  # uint8 (N, C, H, W) when the target ships its data
+    real_labels: torch.Tensor | None = None  # the class of each real image, where known
+    # the pipeline's other modules (VAE, text encoders), by name: they shape the images, so the hash covers them
+    modules: dict[str, torch.nn.Module] = field(default_factory=dict)
     metadata: dict = field(default_factory=dict)
 
     @property
+    def unet(self) -> torch.nn.Module:
+        return self.denoiser
+
+    @unet.setter
+    def unet(self, module: torch.nn.Module) -> None:
+        self.denoiser = module
+
+    @property
+    def num_classes(self) -> int | None:
+        """Class-conditional models: the number of classes (without the null class)."""
+        return self.conditions.count if self.conditions.kind == CLASS else None
+
+    @property
+    def null_class(self) -> int | None:
+        return self.conditions.null_class if self.conditions.kind == CLASS else None
+
+    @property
+    def condition_count(self) -> int | None:
+        """How many distinct conditions a seed batch balances over: classes or prompts (None: unconditional)."""
+        return self.conditions.count if self.conditions.kind != NONE else None
+
+    @property
     def sample_shape(self) -> tuple[int, int, int]:
-        config = self.unet.config
-        size = config.sample_size
-        height, width = (size, size) if isinstance(size, int) else tuple(size)
-        return (config.in_channels, height, width)
+        """The shape of one initial noise: the denoiser's sample (latents under a VAE)."""
+        return sample_shape(self.denoiser)
+
+    @property
+    def schedule_family(self) -> str:
+        return schedule_family({"_class_name": self.scheduler_class, **self.scheduler_config})
 
     @property
     def num_train_timesteps(self) -> int:
@@ -53,14 +105,22 @@ class Target:
 
     @property
     def capabilities(self) -> set[str]:
-        return {"guidance"} if self.null_class is not None else set()
+        return {"guidance"} if self.conditions.guidable else set()
+
+    @property
+    def reference_call(self) -> DefaultCall:
+        """The default call, or for a model without one the full trained schedule of its own scheduler."""
+        return self.default_call or DefaultCall(self.num_train_timesteps, 1.0)
 
     def make_pipeline(self) -> SamplerPipeline:
-        """A fresh pipeline around the target's unet (shared, not copied: sampler techniques leave it alone)."""
+        """A fresh pipeline around the target's denoiser and VAE (shared, not copied: sampler techniques leave
+        them alone), running the model's own scheduler until a technique swaps it."""
         import diffusers
 
         scheduler = getattr(diffusers, self.scheduler_class).from_config(self.scheduler_config)
-        pipeline = SamplerPipeline(unet=self.unet, scheduler=scheduler)
+        pipeline = SamplerPipeline(
+            denoiser=self.denoiser, scheduler=scheduler, vae=self.vae, conditions=self.conditions
+        )
         pipeline.plan.null_class = self.null_class
         return pipeline
 
@@ -77,20 +137,31 @@ def hash_weights(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def target_from_unet(unet: torch.nn.Module, scheduler_config: dict, null_class: int | None, base_model: dict) -> Target:
-    """A Target around an already loaded unet, for re-applying a recipe's model techniques outside a run."""
+def target_from_unet(
+    unet: torch.nn.Module,
+    scheduler_config: dict,
+    null_class: int | None,
+    base_model: dict,
+    vae: torch.nn.Module | None = None,
+    conditions: Conditions | None = None,
+    scheduler_class: str = "DDPMScheduler",
+) -> Target:
+    """A Target around an already loaded denoiser, for re-applying a recipe's model techniques outside a run."""
     from autoaccel.measure.features import GENERIC_EXTRACTOR
 
-    num_class_embeds = unet.config.num_class_embeds
-    num_classes = (num_class_embeds - (1 if null_class is not None else 0)) if num_class_embeds else None
+    if conditions is None:
+        num_class_embeds = getattr(unet.config, "num_class_embeds", None)
+        num_classes = (num_class_embeds - (1 if null_class is not None else 0)) if num_class_embeds else None
+        kind = CLASS if num_classes else NONE
+        conditions = Conditions(kind, num_classes, null_class=null_class if num_classes else None)
     return Target(
         name=str(base_model.get("name", "model")),
         path=Path(str(base_model.get("path", "."))),
-        unet=unet,
+        denoiser=unet,
         scheduler_config={key: value for key, value in scheduler_config.items() if not key.startswith("_")},
-        scheduler_class="DDPMScheduler",
+        scheduler_class=scheduler_class,
         content_hash=str(base_model.get("content_hash", "")),
         quality=QualityReference(GENERIC_EXTRACTOR, "none", "not scored"),
-        num_classes=num_classes,
-        null_class=null_class,
+        conditions=conditions,
+        vae=vae,
     )

@@ -1,7 +1,10 @@
-"""Loads a local diffusers pipeline folder (written by ``save_pretrained``) as a Target."""
+"""Loads a diffusers pipeline (a ``save_pretrained`` folder, or a hub id with network) as a Target."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import inspect
 import json
 from pathlib import Path
 
@@ -9,10 +12,23 @@ import torch
 
 from autoaccel.errors import TargetError
 from autoaccel.measure.features import GENERIC_EXTRACTOR
-from autoaccel.targets.base import QualityReference, Target, hash_weights
+from autoaccel.targets.base import DefaultCall, QualityReference, Target, hash_weights
+from autoaccel.targets.conditions import CLASS, PROMPT, Conditions
+from autoaccel.targets.denoisers import DENOISERS
 
-SUPPORTED_PIPELINES = ("DDPMPipeline", "DDIMPipeline")
-SUPPORTED_UNETS = ("UNet2DModel",)
+SUPPORTED_PIPELINES = {
+    # pipeline class -> how its images are conditioned (autoaccel.targets.conditions)
+    "DDPMPipeline": CLASS,
+    "DDIMPipeline": CLASS,
+    "DiTPipeline": CLASS,
+    "StableDiffusionPipeline": PROMPT,
+    "PixArtAlphaPipeline": PROMPT,
+    "PixArtSigmaPipeline": PROMPT,
+    "StableDiffusion3Pipeline": PROMPT,
+}
+SUPPORTED = "supported: a diffusers save_pretrained folder (or, with network, a hub id) of " + ", ".join(
+    SUPPORTED_PIPELINES
+)
 
 
 def _read_json(path: Path) -> dict:
@@ -28,68 +44,258 @@ def _read_json(path: Path) -> dict:
     return content
 
 
-def load_pipeline_folder(path: str | Path, device: str = "cpu", name: str | None = None) -> Target:
-    """A DDPMPipeline/DDIMPipeline folder around a UNet2DModel, unconditional or class-conditional.
+def load_pipeline_folder(
+    path: str | Path, device: str = "cpu", name: str | None = None, prompts: str | None = None
+) -> Target:
+    """A supported diffusers pipeline (a ``save_pretrained`` folder, or a hub id where there is network) as a Target.
 
-    The folder's scheduler config is the starting point of every solver. An optional ``autoaccel.json`` may
-    name a ``null_class`` (the label trained for classifier-free guidance); without it, guidance is off.
+    The pipeline's scheduler config is the starting point of every solver; its default call (step count and
+    guidance its ``__call__`` uses unless told otherwise) is the reference plans are compared with. An optional
+    ``autoaccel.json`` in the folder may name a ``null_class`` (DDPM/DDIM: the label trained for guidance),
+    ``num_classes`` (how many classes to sample from), ``name`` and ``default_call``. ``prompts``: a prompt file or
+    bundled prompt set for text-to-image pipelines (default: the folder's own set, else the bundled one).
     """
     folder = Path(path).expanduser()
-    supported = f"supported: a save_pretrained folder of {' or '.join(SUPPORTED_PIPELINES)} around a UNet2DModel"
-    if not folder.is_dir():
-        raise TargetError(f"target.path={str(path)!r} is not a folder; {supported}")
-    index_path = folder / "model_index.json"
-    if not index_path.exists():
-        raise TargetError(
-            f"target.path={str(path)!r} has no model_index.json, so it is not a diffusers pipeline; {supported}"
-        )
-    index = _read_json(index_path)
-    pipeline_class = index.get("_class_name")
-    if pipeline_class not in SUPPORTED_PIPELINES:
-        raise TargetError(f"target.path={str(path)!r} holds a {pipeline_class}, which is not supported; {supported}")
-    unet_entry = index.get("unet")
-    if not isinstance(unet_entry, list) or not unet_entry or unet_entry[-1] not in SUPPORTED_UNETS:
-        raise TargetError(f"target.path={str(path)!r}: its unet is {unet_entry}, not supported; {supported}")
-    scheduler_config_path = folder / "scheduler" / "scheduler_config.json"
-    if not scheduler_config_path.exists():
-        raise TargetError(f"target.path={str(path)!r} has no scheduler/scheduler_config.json; {supported}")
-    scheduler_config = _read_json(scheduler_config_path)
-    extra_path = folder / "autoaccel.json"
-    extra = _read_json(extra_path) if extra_path.exists() else {}
+    check_device(device)
+    if folder.is_dir():
+        pipeline_class = _folder_pipeline_class(folder, path)
+        extra_path = folder / "autoaccel.json"
+        extra = _read_json(extra_path) if extra_path.exists() else {}
+        source, shown_name = folder, folder.name
+    elif _looks_like_hub_id(str(path)):
+        pipeline_class, extra, extra_path, source, shown_name = None, {}, Path("autoaccel.json"), str(path), str(path)
+    else:
+        raise TargetError(f"target.path={str(path)!r} is not a folder; {SUPPORTED}")
     extra_name = extra.get("name")
     if extra_name is not None and not (isinstance(extra_name, str) and extra_name.strip()):
         raise TargetError(f"{extra_path}: name={extra_name!r} is not valid; give a non-empty string, or leave it out")
-    check_device(device)
-    from diffusers import UNet2DModel
+    pipeline = _load_pipeline(source, pipeline_class, path)
+    pipeline_class = type(pipeline).__name__
+    if pipeline_class not in SUPPORTED_PIPELINES:
+        raise TargetError(f"target.path={str(path)!r} holds a {pipeline_class}, which is not supported; {SUPPORTED}")
+    pipeline.to(device)
+    return target_from_pipeline(
+        pipeline,
+        name=name or extra_name or shown_name.replace("/", "--"),
+        path=folder.resolve() if folder.is_dir() else Path(str(path)),
+        extra=extra,
+        extra_path=extra_path,
+        prompts=prompts,
+    )
 
-    try:
-        unet = (
-            UNet2DModel.from_pretrained(folder / "unet", low_cpu_mem_usage=False)
-            .to(device)
-            .eval()
-            .requires_grad_(False)
+
+def _looks_like_hub_id(text: str) -> bool:
+    """``org/name``: what diffusers resolves on the hub (a user with network); not a local path."""
+    parts = text.split("/")
+    return len(parts) == 2 and all(part and not part.startswith(".") for part in parts) and not Path(text).exists()
+
+
+def _folder_pipeline_class(folder: Path, path) -> str:
+    index_path = folder / "model_index.json"
+    if not index_path.exists():
+        raise TargetError(
+            f"target.path={str(path)!r} has no model_index.json, so it is not a diffusers pipeline; {SUPPORTED}"
         )
-    except (OSError, ValueError, RuntimeError) as error:
-        raise TargetError(f"target.path={str(path)!r}: its unet weights could not be loaded: {error}") from error
-    null_class, num_classes = _read_classes(extra, unet.config.num_class_embeds, extra_path)
+    pipeline_class = _read_json(index_path).get("_class_name")  # read twice: a clear error for a bad index first
+    if pipeline_class not in SUPPORTED_PIPELINES:
+        raise TargetError(f"target.path={str(path)!r} holds a {pipeline_class}, which is not supported; {SUPPORTED}")
+    index = _read_json(index_path)
+    role = "transformer" if "transformer" in index else "unet"
+    entry = index.get(role)
+    if not isinstance(entry, list) or not entry or entry[-1] not in DENOISERS:
+        raise TargetError(
+            f"target.path={str(path)!r}: its {role} is {entry}, not supported; "
+            f"supported denoisers: {', '.join(DENOISERS)}"
+        )
+    if not (folder / "scheduler" / "scheduler_config.json").exists():
+        raise TargetError(f"target.path={str(path)!r} has no scheduler/scheduler_config.json; {SUPPORTED}")
+    return pipeline_class
+
+
+def _load_pipeline(source, pipeline_class: str | None, path):
+    import diffusers
+
+    loader = getattr(diffusers, pipeline_class) if pipeline_class else diffusers.DiffusionPipeline
+    options = {"safety_checker": None} if pipeline_class == "StableDiffusionPipeline" else {}
+    try:
+        with _quiet_loading():
+            return loader.from_pretrained(source, **options)
+    except (OSError, ValueError, RuntimeError, TypeError, KeyError, ImportError) as error:
+        reason = " ".join(str(error).split())
+        reason = reason if len(reason) <= 300 else reason[:297] + "..."
+        raise TargetError(f"target.path={str(path)!r}: the pipeline's weights could not be loaded: {reason}") from error
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """No progress bars or advice on stderr while loading: a failure is one line, success says nothing."""
+    from diffusers.utils import logging as diffusers_logging
+
+    libraries = [diffusers_logging]
+    try:
+        from transformers.utils import logging as transformers_logging
+
+        libraries.append(transformers_logging)
+    except ImportError:  # pixel-space pipelines need no transformers
+        pass
+    verbosities = [library.get_verbosity() for library in libraries]
+    for library in libraries:
+        library.set_verbosity_error()
+        library.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for library, verbosity in zip(libraries, verbosities):
+            library.set_verbosity(verbosity)
+            library.enable_progress_bar()
+
+
+def target_from_pipeline(
+    pipeline,
+    name: str,
+    path: Path,
+    extra: dict | None = None,
+    extra_path: Path | None = None,
+    prompts: str | list[str] | None = None,
+) -> Target:
+    """A Target around a loaded diffusers pipeline of a supported class (its modules shared, not copied)."""
+    extra = extra or {}
+    extra_path = extra_path or Path("autoaccel.json")
+    pipeline_class = type(pipeline).__name__
+    denoiser = getattr(pipeline, "transformer", None) or pipeline.unet
+    denoiser.eval().requires_grad_(False)
+    vae = getattr(pipeline, "vae", None)
+    if vae is not None:
+        vae.eval().requires_grad_(False)
+    kind = SUPPORTED_PIPELINES.get(pipeline_class, CLASS)
+    if kind == PROMPT:
+        conditions = prompt_conditions(pipeline, prompts or extra.get("prompts"), extra_path)
+    else:
+        conditions = class_conditions(pipeline, extra, extra_path)
+    scheduler_config = {key: value for key, value in dict(pipeline.scheduler.config).items() if key != "_class_name"}
     return Target(
-        name=name or extra.get("name") or folder.name,
-        path=folder.resolve(),
-        unet=unet,
-        scheduler_config=dict(scheduler_config),
-        scheduler_class=scheduler_config.get("_class_name", "DDPMScheduler"),
-        content_hash=hash_weights(unet),
+        name=name,
+        path=path,
+        denoiser=denoiser,
+        scheduler_config=scheduler_config,
+        scheduler_class=type(pipeline.scheduler).__name__,
+        content_hash=model_hash(pipeline),
+        modules=other_modules(pipeline),
         quality=QualityReference(
             extractor=GENERIC_EXTRACTOR,
             kind="teacher-samples",
             description=(
-                "FID/KID against the model's own full-step sampler on the same seeds, with a seeded random-CNN "
+                "FID/KID against the model's own default call on the same seeds, with a seeded random-CNN "
                 "feature extractor (values not comparable with Inception FID)"
             ),
         ),
-        num_classes=num_classes,
-        null_class=null_class,
+        conditions=conditions,
+        vae=vae,
+        default_call=read_default_call(pipeline, extra, extra_path),
+        pipeline_class=pipeline_class,
         metadata=extra,
+    )
+
+
+def other_modules(pipeline) -> dict[str, torch.nn.Module]:
+    """The pipeline's modules besides its denoiser (VAE, text encoders), by component name."""
+    denoiser = getattr(pipeline, "transformer", None) or pipeline.unet
+    return {
+        name: module
+        for name, module in pipeline.components.items()
+        if isinstance(module, torch.nn.Module) and module is not denoiser
+    }
+
+
+def model_hash(pipeline) -> str:
+    """The weights' identity a recipe is checked against (``modules_hash``)."""
+    return modules_hash(getattr(pipeline, "transformer", None) or pipeline.unet, other_modules(pipeline))
+
+
+def modules_hash(denoiser: torch.nn.Module, modules: dict[str, torch.nn.Module]) -> str:
+    """The denoiser's hash for a pixel-space model; with a VAE and text encoders, a hash over every module's (they
+    all shape the images)."""
+    if not modules:
+        return hash_weights(denoiser)
+    digest = hashlib.sha256(hash_weights(denoiser).encode())
+    for name in sorted(modules):
+        digest.update(f"{name}:{hash_weights(modules[name])}".encode())
+    return digest.hexdigest()
+
+
+def read_default_call(pipeline, extra: dict, extra_path: Path) -> DefaultCall:
+    """The step count and guidance scale ``pipeline()`` uses by default: its ``__call__``'s own defaults,
+    unless ``autoaccel.json`` says what the model is meant to be run with (``default_call``)."""
+    parameters = inspect.signature(type(pipeline).__call__).parameters
+
+    def default(key: str, fallback):
+        parameter = parameters.get(key)
+        value = parameter.default if parameter is not None else fallback
+        return fallback if value is inspect.Parameter.empty or value is None else value
+
+    steps, guidance = default("num_inference_steps", 50), default("guidance_scale", 1.0)
+    if "guidance_scale" not in parameters:
+        guidance = 1.0
+    given = extra.get("default_call", {})
+    if not isinstance(given, dict):
+        raise TargetError(
+            f"{extra_path}: default_call={given!r} must be a mapping of num_inference_steps, guidance_scale"
+        )
+    steps = given.get("num_inference_steps", steps)
+    trained = pipeline.scheduler.config.get("num_train_timesteps")
+    if "num_inference_steps" not in given and _is_int(trained) and _is_int(steps):
+        steps = min(steps, trained)  # DDPMPipeline's 1000 steps on a model trained with fewer: all of them
+    guidance = given.get("guidance_scale", guidance)
+    if not _is_int(steps) or steps < 1:
+        raise TargetError(f"{extra_path}: default_call.num_inference_steps={steps!r} must be an int >= 1")
+    if isinstance(guidance, bool) or not isinstance(guidance, int | float) or not guidance >= 1.0:
+        raise TargetError(f"{extra_path}: default_call.guidance_scale={guidance!r} must be a number >= 1")
+    return DefaultCall(int(steps), float(guidance))
+
+
+def class_conditions(pipeline, extra: dict, extra_path: Path) -> Conditions:
+    """Class labels: a UNet2DModel's class embeddings (null class from ``autoaccel.json``), or a DiT's label
+    table (its null class is the last row, as DiTPipeline uses it)."""
+    denoiser = getattr(pipeline, "transformer", None) or pipeline.unet
+    config = denoiser.config
+    if getattr(config, "num_embeds_ada_norm", None) and type(pipeline).__name__ == "DiTPipeline":
+        table = int(config.num_embeds_ada_norm)
+        null_class, num_classes = _read_classes({"null_class": table, **extra}, table + 1, extra_path)
+        names = [str(label) for label in _dit_labels(pipeline, num_classes)]
+        return Conditions(CLASS, num_classes, names, null_class=null_class)
+    null_class, num_classes = _read_classes(extra, getattr(config, "num_class_embeds", None), extra_path)
+    if not num_classes:
+        return Conditions()
+    return Conditions(CLASS, num_classes, [str(index) for index in range(num_classes)], null_class=null_class)
+
+
+def _dit_labels(pipeline, count: int) -> list[str]:
+    labels = getattr(pipeline, "labels", None) or {}
+    by_id = {int(index): name for name, index in labels.items()} if labels else {}
+    return [by_id.get(index, str(index)) for index in range(count)]
+
+
+def prompt_conditions(pipeline, prompts: str | list[str] | None, extra_path: Path) -> Conditions:
+    """The prompt set encoded once by the pipeline's own text encoder(s), with the empty negative prompt for
+    guidance; the encoder is kept so latency can time encoding as a deployment does it."""
+    from autoaccel.targets.prompt_sets import resolve_prompts
+    from autoaccel.targets.prompts import encode_prompts
+
+    texts = resolve_prompts(prompts, extra_path.parent if extra_path.name == "autoaccel.json" else None)
+    device = (getattr(pipeline, "transformer", None) or pipeline.unet).device
+    encoded = encode_prompts(pipeline, texts, device=device)
+
+    def encoder(batch: list[str]):
+        return encode_prompts(pipeline, batch, device=device)
+
+    return Conditions(
+        PROMPT,
+        len(texts),
+        texts,
+        embeds=encoded.embeds,
+        null=encoded.null,
+        fixed=encoded.fixed,
+        encoder=encoder,
     )
 
 

@@ -16,9 +16,11 @@ from autoaccel.targets.base import Target
 @dataclass(frozen=True)
 class TargetKind:
     name: str
-    load: Callable[[str | None, str], Target]  # (path or None, device) -> Target
+    load: Callable[..., Target]  # (path or None, device, **target options) -> Target
     takes_path: bool  # a folder kind reads target.path; an embedded one is found by its name
     description: str
+    # embedded kinds: () -> (schedule family, default guidance scale), for space=auto without loading the model
+    summary: Callable[[], tuple[str, float]] | None = None
 
 
 _KINDS: dict[str, TargetKind] = {}
@@ -40,11 +42,14 @@ def target_kind(name: str) -> TargetKind:
     return _KINDS[name]
 
 
-def load_target(name: str, path: str | None, device: str) -> Target:
+def load_target(name: str, path: str | None, device: str, prompts: str | None = None) -> Target:
+    """The target ``target=<name>`` names; ``prompts`` (target.prompts) for text-to-image folders."""
     kind = target_kind(name)
     if kind.takes_path and not path:
-        raise TargetError(f"target={name} needs target.path=DIR, a folder written by a diffusers save_pretrained")
-    return kind.load(path, device)
+        raise TargetError(
+            f"target={name} needs target.path=DIR, a folder written by a diffusers save_pretrained (or a hub id)"
+        )
+    return kind.load(path, device, prompts=prompts) if kind.takes_path else kind.load(path, device)
 
 
 def embedded_kind(name: str | None) -> TargetKind | None:
@@ -60,14 +65,53 @@ def _load_digits(path: str | None, device: str) -> Target:
     return load_digits_target(device)
 
 
-def _load_folder(path: str | None, device: str) -> Target:
+def _load_digits_t2i(path: str | None, device: str) -> Target:
+    from autoaccel.targets.digits.model import load_digits_t2i_target
+
+    return load_digits_t2i_target(device)
+
+
+def _load_digits_dit(path: str | None, device: str) -> Target:
+    from autoaccel.targets.digits.model import load_digits_dit_target
+
+    return load_digits_dit_target(device)
+
+
+def _load_folder(path: str | None, device: str, prompts: str | None = None) -> Target:
     from autoaccel.targets.loader import load_pipeline_folder
 
-    return load_pipeline_folder(str(path), device=device)
+    return load_pipeline_folder(str(path), device=device, prompts=prompts)
+
+
+def _embedded_guidance(folder: str) -> float:
+    from autoaccel.space_choice import folder_summary
+    from autoaccel.targets.digits.model import WEIGHTS_DIR
+
+    return folder_summary(WEIGHTS_DIR / folder)[1]
 
 
 def _load_builtin_kinds() -> None:
     if _KINDS:
         return
-    register_target_kind(TargetKind("digits", _load_digits, False, "the embedded class-conditional digits DDPM"))
+    register_target_kind(
+        TargetKind("digits", _load_digits, False, "the embedded class-conditional digits DDPM", lambda: ("ddpm", 1.0))
+    )
+    register_target_kind(
+        TargetKind(
+            "digits_t2i",
+            _load_digits_t2i,
+            False,
+            "the embedded latent text-to-image digits model (Stable Diffusion layout)",
+            lambda: ("ddpm", _embedded_guidance("t2i")),
+        )
+    )
+    register_target_kind(
+        TargetKind(
+            "digits_dit",
+            _load_digits_dit,
+            False,
+            "the embedded class-conditional digits diffusion transformer (DiT)",
+            lambda: ("ddpm", _embedded_guidance("dit")),
+        )
+    )
     register_target_kind(TargetKind("pipeline", _load_folder, True, "a diffusers pipeline folder at target.path"))

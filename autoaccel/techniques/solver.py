@@ -8,24 +8,13 @@ clipping (the same update); diffusers' DDIMScheduler only knows evenly spaced st
 from __future__ import annotations
 
 import inspect
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import diffusers
 
 from autoaccel.errors import ConfigError, TechniqueError
 from autoaccel.techniques.base import ParamSpec, Technique, register
-
-
-@dataclass(frozen=True)
-class SolverSpec:
-    """How a solver name maps to a diffusers scheduler and which settings it accepts."""
-
-    scheduler_class: str
-    orders: tuple[int, ...]
-    variants: dict[str, dict] = field(default_factory=lambda: {"default": {}})
-    fixed: dict = field(default_factory=dict)
-    stochastic: bool = False
-
+from autoaccel.techniques.solver_spec import SolverSpec
 
 SOLVERS: dict[str, SolverSpec] = {
     "ddim": SolverSpec("DPMSolverMultistepScheduler", (1,), fixed={"algorithm_type": "dpmsolver++"}),
@@ -57,7 +46,8 @@ NEUTRAL_OVERRIDES = {"clip_sample": False, "thresholding": False, "timestep_spac
 class SolverConfig:
     """``name`` picks the scheduler; ``order``/``variant`` its method; ``guidance`` the classifier-free scale.
 
-    ``order=None`` means the solver's default (its only order, else 2).
+    ``order=None`` means the solver's default (its only order, else 2); ``guidance=None`` the scale of the model's
+    default call (e.g. 7.5 for Stable Diffusion), 1.0 for a model without guidance.
     """
 
     name: str = "dpmsolver++"
@@ -65,12 +55,14 @@ class SolverConfig:
     variant: str = "default"
     lower_order_final: bool = True
     final_sigma: str = "zero"
-    guidance: float = 1.0
+    guidance: float | None = 1.0
 
     def __post_init__(self) -> None:
-        if self.name not in SOLVERS:
-            raise ConfigError(f"solver.name={self.name!r} is not a known solver; valid: {', '.join(SOLVERS)}")
-        spec = SOLVERS[self.name]
+        if self.name not in all_solver_names():
+            raise ConfigError(
+                f"solver.name={self.name!r} is not a known solver; valid: {', '.join(all_solver_names())}"
+            )
+        spec = solver_spec(self.name)
         if self.order is None:  # the solver's own default: its only order, else 2
             object.__setattr__(self, "order", spec.orders[0] if len(spec.orders) == 1 else 2)
         if self.order not in spec.orders:
@@ -83,17 +75,44 @@ class SolverConfig:
             )
         if self.final_sigma not in FINAL_SIGMAS:
             raise ConfigError(f"solver.final_sigma={self.final_sigma!r} is not valid; valid: {list(FINAL_SIGMAS)}")
-        if not 1.0 <= self.guidance <= MAX_GUIDANCE:
+        if self.guidance is not None and not 1.0 <= self.guidance <= MAX_GUIDANCE:
             raise ConfigError(
-                f"solver.guidance={self.guidance} is not valid; it must be in [1.0, {MAX_GUIDANCE}] (1.0 = no guidance)"
+                f"solver.guidance={self.guidance} is not valid; it must be in [1.0, {MAX_GUIDANCE}] "
+                "(1.0 = no guidance), or null for the model's default call's scale"
             )
 
 
+def flow_solvers() -> dict[str, SolverSpec]:
+    """Solvers for flow-matching models (autoaccel.flow_matching): same names where the method is the same."""
+    from autoaccel.flow_matching import FLOW_SOLVERS
+
+    return FLOW_SOLVERS
+
+
+def solvers_for(family: str) -> dict[str, SolverSpec]:
+    """The solvers a model of this schedule family (``ddpm`` or ``flow``) can run."""
+    from autoaccel.targets.denoisers import FLOW_FAMILY
+
+    return flow_solvers() if family == FLOW_FAMILY else SOLVERS
+
+
+def all_solver_names() -> tuple[str, ...]:
+    return tuple(dict.fromkeys([*SOLVERS, *flow_solvers()]))
+
+
+def solver_spec(name: str, family: str | None = None) -> SolverSpec:
+    """The spec of ``name`` for ``family`` (DDPM-family first where the family is not known)."""
+    if family is not None:
+        return solvers_for(family)[name]
+    return SOLVERS[name] if name in SOLVERS else flow_solvers()[name]
+
+
 # What a space may set; which order and variant go with which solver is checked by SolverConfig per candidate.
-ORDERS = tuple(sorted({order for spec in SOLVERS.values() for order in spec.orders}))
-VARIANTS = tuple(dict.fromkeys(variant for spec in SOLVERS.values() for variant in spec.variants))
+_ALL_SPECS = [*SOLVERS.values(), *flow_solvers().values()]
+ORDERS = tuple(sorted({order for spec in _ALL_SPECS for order in spec.orders}))
+VARIANTS = tuple(dict.fromkeys(variant for spec in _ALL_SPECS for variant in spec.variants))
 SOLVER_PARAMS = {
-    "name": ParamSpec("choice", choices=tuple(SOLVERS)),
+    "name": ParamSpec("choice", choices=all_solver_names()),
     "order": ParamSpec("choice", choices=(None, *ORDERS)),  # None: the solver's own default
     "variant": ParamSpec("choice", choices=VARIANTS),
     "lower_order_final": ParamSpec("bool"),
@@ -104,6 +123,8 @@ SOLVER_PARAMS = {
 
 def scheduler_settings(config: SolverConfig) -> tuple[str, dict]:
     """The scheduler class name and the settings that differ from the model's own scheduler config."""
+    if config.name not in SOLVERS:
+        raise TechniqueError(f"solver.name={config.name!r} is a flow-matching solver; this is a DDPM-family model")
     spec = SOLVERS[config.name]
     settings = dict(NEUTRAL_OVERRIDES)
     settings.update(spec.fixed)
@@ -115,8 +136,14 @@ def scheduler_settings(config: SolverConfig) -> tuple[str, dict]:
     return spec.scheduler_class, {key: value for key, value in settings.items() if key in accepted}
 
 
-def build_scheduler(config: SolverConfig, base_scheduler_config: dict):
+def build_scheduler(config: SolverConfig, base_scheduler_config: dict, family: str = "ddpm"):
     """A fresh scheduler of the solver's class, starting from the model's own scheduler config."""
+    from autoaccel.targets.denoisers import FLOW_FAMILY
+
+    if family == FLOW_FAMILY:
+        from autoaccel.flow_matching import build_flow_scheduler
+
+        return build_flow_scheduler(config, base_scheduler_config)
     class_name, settings = scheduler_settings(config)
     scheduler_class = getattr(diffusers, class_name)
     base = {key: value for key, value in base_scheduler_config.items() if not key.startswith("_")}
@@ -137,15 +164,30 @@ def build_scheduler(config: SolverConfig, base_scheduler_config: dict):
     return scheduler
 
 
+def guidance_for(config: SolverConfig, target) -> float:
+    """The scale a plan runs: the config's, or (None) the model's default call's where the model takes guidance."""
+    if config.guidance is not None:
+        return float(config.guidance)
+    return float(target.reference_call.guidance_scale) if target.conditions.guidable else 1.0
+
+
 def apply_solver(pipeline, config: SolverConfig, target) -> None:
     """Swaps in the solver's scheduler and sets the guidance scale."""
-    if config.guidance != 1.0 and target.null_class is None:
+    family = target.schedule_family
+    valid = solvers_for(family)
+    if config.name not in valid:
+        kind = "flow-matching" if family != "ddpm" else "DDPM-family"
         raise TechniqueError(
-            f"solver.guidance={config.guidance} needs a class-conditional model with a null class; "
+            f"solver.name={config.name!r} does not apply to {target.name}, a {kind} model; valid: {', '.join(valid)}"
+        )
+    guidance = guidance_for(config, target)
+    if guidance != 1.0 and not target.conditions.guidable:
+        raise TechniqueError(
+            f"solver.guidance={config.guidance} needs a model with a null class or a negative prompt; "
             f"{target.name} has none, so only 1.0 is valid"
         )
-    pipeline.scheduler = build_scheduler(config, target.scheduler_config)
-    pipeline.plan.guidance_scale = config.guidance
+    pipeline.scheduler = build_scheduler(config, target.scheduler_config, family)
+    pipeline.plan.guidance_scale = guidance
     pipeline.plan.null_class = target.null_class
 
 
@@ -159,7 +201,8 @@ def solver_cost(config: SolverConfig) -> dict:
     The guidance scale's value, the order, the variant and the final sigma change only the scheduler's own
     arithmetic, which is negligible beside a unet call: plans differing only there share one timing.
     """
-    return {"scheduler": SOLVERS[config.name].scheduler_class, "guided": config.guidance != 1.0}
+    guided = "default" if config.guidance is None else config.guidance != 1.0  # None: the model's default scale
+    return {"scheduler": solver_spec(config.name).scheduler_class, "guided": guided}
 
 
 SOLVER = register(

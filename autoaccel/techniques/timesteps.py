@@ -2,13 +2,16 @@
 
 Parametric families (uniform with diffusers' three spacings, power, Karras, logSNR-uniform, each with a time
 shift where it applies) and a free per-step schedule whose gaps are search dimensions (AutoDiffusion style).
-Every schedule comes out as strictly decreasing integer timesteps inside [0, num_train_timesteps - 1].
+For DDPM-family models every schedule comes out as strictly decreasing integer timesteps inside
+[0, num_train_timesteps - 1]; for flow-matching models as strictly decreasing sigmas in (0, 1], the same
+families placed in the flow time variable (``autoaccel.flow_matching``), plus a logit-normal family.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -16,7 +19,8 @@ import torch
 from autoaccel.errors import ConfigError, TechniqueError
 from autoaccel.techniques.base import ParamSpec, Technique, register
 
-FAMILIES = ("uniform_trailing", "uniform_leading", "uniform_linspace", "power", "karras", "logsnr", "free")
+DDPM_FAMILIES = ("uniform_trailing", "uniform_leading", "uniform_linspace", "power", "karras", "logsnr", "free")
+FAMILIES = (*DDPM_FAMILIES, "logit_normal")  # logit_normal: flow-matching models (autoaccel.flow_matching)
 UNIFORM_FAMILIES = FAMILIES[:3]
 MAX_STEPS = 1000  # what a space may search or fix; a model's own trained timesteps may bound it lower
 
@@ -144,8 +148,41 @@ def _group_gaps(params: dict) -> dict:
     return grouped
 
 
+def model_shift(target) -> float:
+    """The shift a flow-matching model's own scheduler applies at its resolution (a fixed ``shift``, or the
+    dynamic one diffusers derives from the image's token count): what the uniform families reproduce."""
+    import math
+
+    from autoaccel.sampling import dynamic_shift_mu
+
+    config = target.scheduler_config
+    if config.get("use_dynamic_shifting"):
+        mu = dynamic_shift_mu(SimpleNamespace(**config), target.denoiser)
+        return math.exp(mu) if config.get("time_shift_type", "exponential") == "exponential" else mu
+    return float(config.get("shift", 1.0))
+
+
 def apply_timesteps(pipeline, config: TimestepsConfig, target) -> None:
-    pipeline.plan.timesteps = build_timesteps(config, pipeline.scheduler.alphas_cumprod)
+    """Places the plan's steps in the model's own time variable: integer timesteps, or flow-matching sigmas."""
+    from autoaccel.targets.denoisers import FLOW_FAMILY
+
+    if target.schedule_family == FLOW_FAMILY:
+        from autoaccel.flow_matching import flow_sigmas
+
+        sigmas = flow_sigmas(
+            config,
+            shift=model_shift(target),
+            num_train_timesteps=target.num_train_timesteps,
+            dynamic_shifting=bool(target.scheduler_config.get("use_dynamic_shifting")),
+        )
+        pipeline.plan.sigmas, pipeline.plan.timesteps = sigmas, []
+        return
+    if config.family not in DDPM_FAMILIES:
+        raise TechniqueError(
+            f"timesteps.family={config.family!r} is for flow-matching models; valid for {target.name}: "
+            f"{', '.join(DDPM_FAMILIES)}"
+        )
+    pipeline.plan.timesteps, pipeline.plan.sigmas = build_timesteps(config, pipeline.scheduler.alphas_cumprod), []
 
 
 def timesteps_cost(config: TimestepsConfig) -> dict:

@@ -1,0 +1,191 @@
+"""Text conditioning for text-to-image pipelines, computed once by each pipeline's own ``encode_prompt``.
+
+A search runs the denoiser thousands of times on the same prompts, so the text encoders run once here and the
+denoiser gets the cached rows. Encoding goes through the pipeline's ``encode_prompt`` with the defaults of its
+``__call__`` (sequence lengths, caption cleaning), so the rows are exactly what ``pipeline(prompt=...)`` would feed
+its denoiser; text encoding is never re-implemented here.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autoaccel.errors import TargetError
+
+MAX_PROMPTS = 10_000
+MAX_PROMPT_CHARS = 1_000
+# Prompts per encode_prompt call: bounds the text encoders' activation memory for long prompt files.
+ENCODE_CHUNK = 64
+
+
+@dataclass
+class EncodedPrompts:
+    """Denoiser keyword arguments for a list of prompts.
+
+    ``embeds`` maps a denoiser ``forward`` keyword to a tensor with one row per prompt (P, ...), so a sampler passes
+    ``{k: v[indices] for k, v in embeds.items()}``. ``null`` holds the same keywords for the negative (by default
+    empty) prompt with one row (1, ...), for classifier-free guidance; it is empty for pipelines whose default call
+    runs no unconditional branch (Flux). ``fixed`` holds keywords that are the same for every sample.
+    """
+
+    embeds: dict[str, torch.Tensor]
+    null: dict[str, torch.Tensor]
+    fixed: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_prompts(self) -> int:
+        return next(iter(self.embeds.values())).shape[0]
+
+
+def load_prompts(path: str | Path) -> list[str]:
+    """Prompts of a text file: one per line; blank lines and lines starting with '#' are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise TargetError(f"prompt file {path} {what}; give a UTF-8 text file with one prompt per line")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise TargetError(f"prompt file {path} is not UTF-8 text (bad byte at offset {error.start})") from None
+    except OSError as error:
+        raise TargetError(f"prompt file {path} cannot be read: {error.strerror or error}") from None
+    prompts = []
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        prompt = line.strip()
+        if not prompt or prompt.startswith("#"):
+            continue
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise TargetError(
+                f"prompt file {path} line {line_number} has {len(prompt)} characters; at most {MAX_PROMPT_CHARS}"
+            )
+        prompts.append(prompt)
+        if len(prompts) > MAX_PROMPTS:
+            raise TargetError(f"prompt file {path} holds more than {MAX_PROMPTS} prompts; keep at most {MAX_PROMPTS}")
+    if not prompts:
+        raise TargetError(f"prompt file {path} holds no prompts (only blank or '#' lines); write one prompt per line")
+    return prompts
+
+
+def encode_prompts(
+    pipeline, prompts: list[str], negative_prompt: str = "", device: str | torch.device = "cpu"
+) -> EncodedPrompts:
+    """Encode `prompts` (and `negative_prompt` as the null row) with `pipeline.encode_prompt` on `device`."""
+    prompts = list(prompts)
+    if not prompts:
+        raise TargetError("no prompts to encode; give at least one prompt")
+    encode = _encoder_for(pipeline)
+    with torch.no_grad():
+        return encode(pipeline, prompts, negative_prompt, torch.device(device))
+
+
+def _encoder_for(pipeline) -> Callable[..., EncodedPrompts]:
+    import diffusers
+
+    for class_name, encode in _ENCODERS:
+        if isinstance(pipeline, getattr(diffusers, class_name)):
+            return encode
+    supported = ", ".join(class_name for class_name, _ in _ENCODERS)
+    raise TargetError(f"{type(pipeline).__name__} has no supported prompt encoding; supported: {supported}")
+
+
+def _call_default(pipeline, name: str) -> Any:
+    """The default of `name` in the pipeline's ``__call__``: what a plain ``pipeline(prompt)`` would use."""
+    return inspect.signature(type(pipeline).__call__).parameters[name].default
+
+
+def _chunks(prompts: Sequence[str]) -> list[list[str]]:
+    return [list(prompts[start : start + ENCODE_CHUNK]) for start in range(0, len(prompts), ENCODE_CHUNK)]
+
+
+def _concat(rows: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.cat(parts, dim=0) for parts in zip(*rows))
+
+
+def _encode_stable_diffusion(pipeline, prompts, negative_prompt, device) -> EncodedPrompts:
+    # encode_prompt(prompt, device, num_images_per_prompt, do_classifier_free_guidance, negative_prompt, ...)
+    (hidden,) = _concat([(pipeline.encode_prompt(chunk, device, 1, False)[0],) for chunk in _chunks(prompts)])
+    # The null row comes from encode_prompt's own negative branch; the prompt passed alongside it is discarded.
+    _, null_hidden = pipeline.encode_prompt([negative_prompt], device, 1, True, negative_prompt=[negative_prompt])
+    return EncodedPrompts(embeds={"encoder_hidden_states": hidden}, null={"encoder_hidden_states": null_hidden})
+
+
+def _encode_pixart(pipeline, prompts, negative_prompt, device) -> EncodedPrompts:
+    from diffusers.utils import is_bs4_available, is_ftfy_available
+
+    # __call__ cleans captions by default, and encode_prompt falls back to lower-casing when bs4/ftfy are missing.
+    options = {
+        "device": device,
+        "num_images_per_prompt": 1,
+        "clean_caption": bool(_call_default(pipeline, "clean_caption")) and is_bs4_available() and is_ftfy_available(),
+        "max_sequence_length": _call_default(pipeline, "max_sequence_length"),
+    }
+    hidden, mask = _concat(
+        [pipeline.encode_prompt(chunk, do_classifier_free_guidance=False, **options)[:2] for chunk in _chunks(prompts)]
+    )
+    _, _, null_hidden, null_mask = pipeline.encode_prompt(
+        [negative_prompt], do_classifier_free_guidance=True, negative_prompt=negative_prompt, **options
+    )
+    return EncodedPrompts(
+        embeds={"encoder_hidden_states": hidden, "encoder_attention_mask": mask},
+        null={"encoder_hidden_states": null_hidden, "encoder_attention_mask": null_mask},
+    )
+
+
+def _encode_stable_diffusion_3(pipeline, prompts, negative_prompt, device) -> EncodedPrompts:
+    options = {
+        "prompt_2": None,
+        "prompt_3": None,
+        "device": device,
+        "num_images_per_prompt": 1,
+        "max_sequence_length": _call_default(pipeline, "max_sequence_length"),
+    }
+    rows = []
+    for chunk in _chunks(prompts):
+        hidden, _, pooled, _ = pipeline.encode_prompt(chunk, do_classifier_free_guidance=False, **options)
+        rows.append((hidden, pooled))
+    hidden, pooled = _concat(rows)
+    _, null_hidden, _, null_pooled = pipeline.encode_prompt(
+        [negative_prompt], do_classifier_free_guidance=True, negative_prompt=[negative_prompt], **options
+    )
+    return EncodedPrompts(
+        embeds={"encoder_hidden_states": hidden, "pooled_projections": pooled},
+        null={"encoder_hidden_states": null_hidden, "pooled_projections": null_pooled},
+    )
+
+
+def _encode_flux(pipeline, prompts, negative_prompt, device) -> EncodedPrompts:
+    """Flux's default call (true_cfg_scale=1) runs no unconditional branch: guidance is the transformer's
+    ``guidance`` embedding, so ``null`` is empty and `negative_prompt` is not used."""
+    options = {
+        "prompt_2": None,
+        "device": device,
+        "num_images_per_prompt": 1,
+        "max_sequence_length": _call_default(pipeline, "max_sequence_length"),
+    }
+    rows = []
+    text_ids = None
+    for chunk in _chunks(prompts):
+        hidden, pooled, text_ids = pipeline.encode_prompt(chunk, **options)
+        rows.append((hidden, pooled))
+    hidden, pooled = _concat(rows)
+    return EncodedPrompts(
+        embeds={"encoder_hidden_states": hidden, "pooled_projections": pooled},
+        null={},
+        fixed={"txt_ids": text_ids},
+    )
+
+
+# Checked in order with isinstance, so a subclass is encoded like its base pipeline.
+_ENCODERS: tuple[tuple[str, Callable[..., EncodedPrompts]], ...] = (
+    ("StableDiffusionPipeline", _encode_stable_diffusion),
+    ("PixArtAlphaPipeline", _encode_pixart),
+    ("PixArtSigmaPipeline", _encode_pixart),
+    ("StableDiffusion3Pipeline", _encode_stable_diffusion_3),
+    ("FluxPipeline", _encode_flux),
+)

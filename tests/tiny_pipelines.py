@@ -1,0 +1,354 @@
+"""Tiny seeded random-weight diffusers pipeline folders of every supported class, built offline for the tests.
+
+Each folder is written with `save_pretrained` and loads back with `DiffusionPipeline.from_pretrained`, so the tests
+take the same loading path as a real model folder. Tokenizers are built in code from a byte/character vocabulary
+(no merges), so every ASCII prompt tokenizes without unknown tokens and different prompts give different ids.
+Component layouts follow the real models (latent channels, patch sizes, VAE scaling/shift factors, scheduler
+types) with hidden sizes of 16-32 and 1-2 layers, so one 4-step call at batch 4 takes a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import torch
+
+TINY_KINDS = ("ddpm", "ddim", "dit", "sd", "pixart_alpha", "pixart_sigma", "sd3", "flux")
+PROMPT_KINDS = ("sd", "pixart_alpha", "pixart_sigma", "sd3", "flux")
+
+# Pixel size of the images every latent pipeline here makes: a 2-level VAE (scale factor 2) over 8x8 latents.
+IMAGE_SIZE = 16
+LATENT_SIZE = 8
+CLIP_MAX_LENGTH = 77
+
+
+def build_tiny_pipeline(kind: str, folder: Path, seed: int = 0) -> Path:
+    """Write a tiny pipeline of `kind` (one of TINY_KINDS) to `folder` with `save_pretrained`; returns `folder`."""
+    builders = {
+        "ddpm": _ddpm,
+        "ddim": _ddim,
+        "dit": _dit,
+        "sd": _stable_diffusion,
+        "pixart_alpha": _pixart_alpha,
+        "pixart_sigma": _pixart_sigma,
+        "sd3": _stable_diffusion_3,
+        "flux": _flux,
+    }
+    if kind not in builders:
+        raise ValueError(f"unknown tiny pipeline kind {kind!r}; choose one of {', '.join(TINY_KINDS)}")
+    folder = Path(folder)
+    builders[kind](seed).save_pretrained(folder)
+    return folder
+
+
+# Tokenizers and text encoders ------------------------------------------------------------------------------------
+
+
+def _clip_tokenizer():
+    """A byte-level CLIP BPE tokenizer without merges: every byte is a token, word-final bytes carry `</w>`."""
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPTokenizer
+
+    byte_chars = sorted(pre_tokenizers.ByteLevel.alphabet())
+    pieces = ["<|startoftext|>", "<|endoftext|>", *byte_chars, *(char + "</w>" for char in byte_chars)]
+    vocab = {piece: index for index, piece in enumerate(pieces)}
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=CLIP_MAX_LENGTH)
+
+
+def _clip_config(hidden_size: int, projection_dim: int | None = None):
+    from transformers import CLIPTextConfig
+
+    tokenizer = _clip_tokenizer()
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        projection_dim=projection_dim or hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=CLIP_MAX_LENGTH,
+        hidden_act="gelu",
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _t5_tokenizer():
+    """A T5 Unigram tokenizer over single printable ASCII characters (no sentinel ids)."""
+    from transformers import T5Tokenizer
+
+    characters = [char for char in string.printable if not char.isspace()]
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    vocab += [(char, -3.0) for char in characters]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
+
+
+def _t5_encoder(seed: int, d_model: int = 32):
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    config = T5Config(
+        vocab_size=len(_t5_tokenizer()),
+        d_model=d_model,
+        d_kv=8,
+        d_ff=2 * d_model,
+        num_layers=2,
+        num_heads=d_model // 8,
+        relative_attention_num_buckets=8,
+        feed_forward_proj="gated-gelu",
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    return T5EncoderModel(config).eval()
+
+
+def _vae(seed: int, latent_channels: int, scaling_factor: float, shift_factor: float | None, quant_conv: bool):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=4,
+        sample_size=IMAGE_SIZE,
+        scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
+        use_quant_conv=quant_conv,
+        use_post_quant_conv=quant_conv,
+    ).eval()
+
+
+def _sd_vae(seed: int):
+    """The 4-channel KL VAE layout of SD 1.x, PixArt and DiT (scaling 0.18215, no shift)."""
+    return _vae(seed, latent_channels=4, scaling_factor=0.18215, shift_factor=None, quant_conv=True)
+
+
+# Pixel-space pipelines -------------------------------------------------------------------------------------------
+
+
+def _pixel_unet(seed: int):
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(seed)
+    return UNet2DModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+        attention_head_dim=8,
+    ).eval()
+
+
+def _ddpm(seed: int):
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    return DDPMPipeline(unet=_pixel_unet(seed), scheduler=DDPMScheduler(num_train_timesteps=1000))
+
+
+def _ddim(seed: int):
+    from diffusers import DDIMPipeline, DDIMScheduler
+
+    return DDIMPipeline(unet=_pixel_unet(seed), scheduler=DDIMScheduler(num_train_timesteps=1000))
+
+
+# Latent pipelines ------------------------------------------------------------------------------------------------
+
+
+def _dit(seed: int):
+    from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+
+    torch.manual_seed(seed)
+    # DiTPipeline passes class id 1000 as the null class, so the label table needs 1000 classes plus the null row.
+    transformer = DiTTransformer2DModel(
+        sample_size=LATENT_SIZE,
+        patch_size=2,
+        in_channels=4,
+        out_channels=8,
+        num_layers=2,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_zero",
+        norm_elementwise_affine=False,
+        activation_fn="gelu-approximate",
+        attention_bias=True,
+    ).eval()
+    scheduler = DDIMScheduler(num_train_timesteps=1000, clip_sample=False)
+    return DiTPipeline(transformer=transformer, vae=_sd_vae(seed), scheduler=scheduler)
+
+
+def _stable_diffusion(seed: int):
+    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=LATENT_SIZE,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    ).eval()
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(_clip_config(hidden_size=32)).eval()
+    # The SD 1.x scheduler: PLMS with the scaled-linear betas of the released checkpoints.
+    scheduler = PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        skip_prk_steps=True,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    return StableDiffusionPipeline(
+        vae=_sd_vae(seed),
+        text_encoder=text_encoder,
+        tokenizer=_clip_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        image_encoder=None,
+        requires_safety_checker=False,
+    )
+
+
+def _pixart_transformer(seed: int):
+    from diffusers import PixArtTransformer2DModel
+
+    torch.manual_seed(seed)
+    # sample_size is not one of PixArt's binned sizes (32/64/128/256): calls must pass use_resolution_binning=False.
+    return PixArtTransformer2DModel(
+        sample_size=LATENT_SIZE,
+        patch_size=2,
+        in_channels=4,
+        out_channels=8,
+        num_layers=2,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        cross_attention_dim=16,
+        caption_channels=32,
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+    ).eval()
+
+
+def _pixart_parts(seed: int) -> dict:
+    from diffusers import DPMSolverMultistepScheduler
+
+    return {
+        "transformer": _pixart_transformer(seed),
+        "vae": _sd_vae(seed),
+        "text_encoder": _t5_encoder(seed),
+        "tokenizer": _t5_tokenizer(),
+        "scheduler": DPMSolverMultistepScheduler(num_train_timesteps=1000),
+    }
+
+
+def _pixart_alpha(seed: int):
+    from diffusers import PixArtAlphaPipeline
+
+    return PixArtAlphaPipeline(**_pixart_parts(seed))
+
+
+def _pixart_sigma(seed: int):
+    from diffusers import PixArtSigmaPipeline
+
+    return PixArtSigmaPipeline(**_pixart_parts(seed))
+
+
+def _stable_diffusion_3(seed: int):
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+
+    # Two CLIP encoders of width 16 concatenate to 32 = the T5 width = joint_attention_dim, as 768+1280 <= 4096 do.
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=LATENT_SIZE,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=2,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        caption_projection_dim=16,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        pos_embed_max_size=16,
+    ).eval()
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModelWithProjection(_clip_config(hidden_size=16)).eval()
+    torch.manual_seed(seed + 1)
+    text_encoder_2 = CLIPTextModelWithProjection(_clip_config(hidden_size=16)).eval()
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
+        vae=_vae(seed, latent_channels=16, scaling_factor=1.5305, shift_factor=0.0609, quant_conv=False),
+        text_encoder=text_encoder,
+        tokenizer=_clip_tokenizer(),
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=_clip_tokenizer(),
+        text_encoder_3=_t5_encoder(seed + 2),
+        tokenizer_3=_t5_tokenizer(),
+    )
+
+
+def _flux(seed: int):
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    # FLUX.1-dev layout: 16 latent channels packed 2x2 into 64 token channels, guidance embedding on.
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=True,
+        axes_dims_rope=(4, 4, 8),
+    ).eval()
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(_clip_config(hidden_size=32)).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    return FluxPipeline(
+        transformer=transformer,
+        scheduler=scheduler,
+        vae=_vae(seed, latent_channels=16, scaling_factor=0.3611, shift_factor=0.1159, quant_conv=False),
+        text_encoder=text_encoder,
+        tokenizer=_clip_tokenizer(),
+        text_encoder_2=_t5_encoder(seed + 1),
+        tokenizer_2=_t5_tokenizer(),
+    )
