@@ -8,6 +8,7 @@ apply RECIPE --out DIR [--n N] [--overwrite]   write N images with a recipe's pl
 bench schedules [key=value ...]         the schedule benchmark -> reports/bench/schedules.md
 bench optimizers | compression | workers   the other benchmarks -> reports/bench/*.md
 train-teacher / train-classifier        retrain the embedded model / its FID feature extractor
+train-latent-models [--only vae|t2i|dit]   retrain the embedded latent models (digits_t2i, digits_dit)
 COMMAND --help                          what a command takes (search, workers: the main keys)
 """
 
@@ -23,7 +24,17 @@ from pathlib import Path
 from autoaccel.errors import AutoaccelError
 from autoaccel.usage import BENCHMARKS, bench_help, search_help
 
-COMMANDS = ("search", "workers", "report", "plan", "apply", "bench", "train-teacher", "train-classifier")
+COMMANDS = (
+    "search",
+    "workers",
+    "report",
+    "plan",
+    "apply",
+    "bench",
+    "train-teacher",
+    "train-classifier",
+    "train-latent-models",
+)
 
 
 def _log(quiet: bool = False):
@@ -192,6 +203,12 @@ def cmd_train_classifier(args: list[str]) -> int:
     return 0
 
 
+def cmd_train_latent_models(args: list[str]) -> int:
+    from autoaccel.targets.digits.latent.train import run_cli
+
+    return run_cli(args)
+
+
 HANDLERS = {
     "search": cmd_search,
     "workers": cmd_workers,
@@ -201,6 +218,7 @@ HANDLERS = {
     "bench": cmd_bench,
     "train-teacher": cmd_train_teacher,
     "train-classifier": cmd_train_classifier,
+    "train-latent-models": cmd_train_latent_models,
 }
 
 

@@ -43,25 +43,19 @@ class LoopBudget:
     concurrent: int = 1
 
 
-def standard_configurations(space: SearchSpace, steps: list[int]) -> list[tuple[str, dict[str, Any]]]:
-    """Uniform DDIM, DPM-Solver++ 2M and UniPC (trailing spacing, no guidance) at each step count, as far as the
-    space allows: the baselines the report measures the search's gain against."""
+def standard_configurations(
+    space: SearchSpace, steps: list[int], guidance: float = 1.0, family: str = "ddpm"
+) -> list[tuple[str, dict[str, Any]]]:
+    """The solvers users run by default, on the model's own uniform grid at each step count, at the guidance scale
+    of the model's default call (where the space holds it; else none), as far as the space allows: the baselines
+    the report measures the search's gain against. DDPM-family models: DDIM, DPM-Solver++ 2M and UniPC (trailing
+    spacing); flow-matching models: Euler (what their pipelines run), DPM-Solver++ 2M and UniPC on flow sigmas."""
+    order_two = {"solver.order": 2, "solver.final_sigma": "zero", "solver.lower_order_final": True}
+    first = ("flow_euler", {"solver.name": "flow_euler"}) if family == "flow" else ("ddim", {"solver.name": "ddim"})
     solvers = [
-        ("ddim", {"solver.name": "ddim"}),
-        (
-            "dpmsolver++2m",
-            {
-                "solver.name": "dpmsolver++",
-                "solver.order": 2,
-                "solver.variant": "default",
-                "solver.final_sigma": "zero",
-                "solver.lower_order_final": True,
-            },
-        ),
-        (
-            "unipc",
-            {"solver.name": "unipc", "solver.order": 2, "solver.final_sigma": "zero", "solver.lower_order_final": True},
-        ),
+        first,
+        ("dpmsolver++2m", {"solver.name": "dpmsolver++", "solver.variant": "default", **order_two}),
+        ("unipc", {"solver.name": "unipc", **order_two}),
     ]
     # In a joint space the baselines are the unchanged model: each model technique says what leaves it as it is.
     unchanged_model = unchanged_model_params()
@@ -74,8 +68,11 @@ def standard_configurations(space: SearchSpace, steps: list[int]) -> list[tuple[
                 **solver_params,
                 **unchanged_model,
             }
-            params["solver.guidance"] = 1.0
-            searched = _restrict_to_space(space, params)
+            searched = None
+            for scale in dict.fromkeys([float(guidance), 1.0]):
+                searched = _restrict_to_space(space, {**params, "solver.guidance": scale})
+                if searched is not None:
+                    break
             if searched is not None:
                 configurations.append((f"{label}-{step_count}", searched))
     return configurations

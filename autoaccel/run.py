@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from autoaccel.artifacts import ARTIFACTS_DIR, ArtifactStore
@@ -24,8 +26,12 @@ from autoaccel.measure.reference import QualityJudge
 from autoaccel.objectives import objective_directions
 from autoaccel.optimizers.base import OptimizerBackend
 from autoaccel.space import SearchSpace, load_space
+from autoaccel.space_choice import resolve_space_name
+from autoaccel.space_fit import check_space_fits
 from autoaccel.study_lock import StudyLock
 from autoaccel.targets.base import Target
+from autoaccel.targets.registry import target_kind
+from autoaccel.teacher import parse_reference, reference_steps
 
 CONFIG_FILE = "config.yaml"
 
@@ -49,13 +55,29 @@ def load_target(config: DictConfig) -> Target:
     from autoaccel.targets.registry import load_target as load_kind
 
     path = None if OmegaConf.is_missing(config.target, "path") else config.target.path
-    return load_kind(str(config.target.name), path, default_device(str(config.target.device)))
+    prompts = config.target.get("prompts")
+    target = load_kind(str(config.target.name), path, default_device(str(config.target.device)), prompts)
+    target.reference = str(config.target.get("reference") or "default")
+    target.ode_steps = int(config.quality.get("ode_steps", 200))
+    return target
 
 
 def study_name_for(config: DictConfig) -> str:
+    """``<target>-<space>``; for a folder the folder's own name stands for the target, so two folders never
+    share a study by accident (and one whose weights differ from the study's is refused)."""
     if config.study_name:
         return str(config.study_name)
-    return f"{config.target.name}-{Path(str(config.space)).stem}"
+    space = Path(resolve_space_name(config)).stem
+    path = None if OmegaConf.is_missing(config.target, "path") else config.target.get("path")
+    if path and target_kind(str(config.target.name)).takes_path:
+        return f"{_safe_name(Path(str(path).rstrip('/')).name or 'model')}-{space}"
+    return f"{config.target.name}-{space}"
+
+
+def _safe_name(text: str) -> str:
+    """A folder or hub name as a study name: letters, digits, ``.``, ``_`` and ``-`` only."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
+    return cleaned or "model"
 
 
 def settings_fingerprint(config: DictConfig, target: Target, space: SearchSpace) -> dict:
@@ -82,9 +104,10 @@ def prepare_run(config: DictConfig, run_dir: Path | None = None, for_search: boo
     directions = objective_directions(objectives)
     target = load_target(config)
     check_teacher_ratios(config.budget, target.quality.kind)
-    space = load_space(str(config.space)).for_target(
+    space = load_space(resolve_space_name(config)).for_target(
         target.capabilities, num_train_timesteps=target.num_train_timesteps
     )
+    check_space_fits(space, target)
     options = {**OmegaConf.to_container(config.optimizer), "directions": directions}
     backend = make_backend(str(config.optimizer.name), space, options, len(objectives))
     study_name = study_name_for(config)
@@ -198,21 +221,70 @@ def open_run(run_dir: Path) -> RunContext:
 
 
 def ensure_teacher(context: RunContext, log) -> dict:
-    """The teacher's row (full-step sampler on the same seeds), measured once per study."""
+    """The reference row (the pipeline's default call, or ``target.reference``, on the same seeds), measured once
+    per study; what it will cost is said before it starts."""
     stored = context.ledger.study.user_attrs.get("teacher")
     if stored:
         return stored
     started = time.perf_counter()
-    log(
-        f"measuring the teacher ({context.target.num_train_timesteps}-step {context.target.scheduler_class}, "
-        f"{context.judge.samples} samples) once for this study ..."
-    )
+    log(f"measuring the reference once for this study: {describe_reference_cost(context)} ...")
     measurement = context.evaluator.evaluate_teacher()
     row = {key: (value if math.isfinite(value) else None) for key, value in measurement.metrics.items()}
-    row["timesteps"] = f"all {context.target.num_train_timesteps}"
+    row["timesteps"] = reference_steps(context.target)
+    row["reference"] = describe_reference(context.target)
+    row["latency_method"] = measurement.details.get("latency_method", "median")
     context.ledger.study.set_user_attr("teacher", row)
     log(
-        f"teacher: fid {row['fid']:.3f}  nfe {row['nfe']:.0f}  latency {row['latency_ms']:.0f} ms "
-        f"({time.perf_counter() - started:.0f}s)"
+        f"reference: fid {row['fid']:.3f}  nfe {row['nfe']:.0f}  latency {row['latency_ms']:.0f} ms "
+        f"({row['latency_method']}; {time.perf_counter() - started:.0f}s)"
     )
     return row
+
+
+def describe_reference(target: Target) -> str:
+    """What the reference call runs, in words: ``default call: PNDMScheduler, 50 steps, guidance 7.5``."""
+    spec = parse_reference(target.reference)
+    guidance = target.reference_call.guidance_scale if target.conditions.guidable else 1.0
+    shown = f", guidance {guidance:g}" if guidance != 1.0 else ""
+    if spec.solver is None:
+        return f"default call: {target.scheduler_class}, {target.reference_call.steps} steps{shown}"
+    return f"{spec.name}: {spec.solver} on {spec.steps} evenly spaced steps{shown}"
+
+
+def describe_reference_cost(context: RunContext) -> str:
+    """The reference, its images and denoiser calls, and a time estimate from one timed denoiser call."""
+    from autoaccel.teacher import teacher_pipeline
+
+    target, judge = context.target, context.judge
+    pipeline = teacher_pipeline(target)
+    pipeline.set_schedule(target.denoiser.device)
+    per_image = len(pipeline.scheduler.timesteps) * (2 if pipeline.guided else 1)
+    seconds = _seconds_per_call(pipeline, judge) * per_image * -(-judge.samples // judge.chunk_size)
+    cached = " (cached images are reused if present)"
+    return (
+        f"{describe_reference(target)}; {judge.samples} images x {per_image} denoiser calls, "
+        f"about {_duration(seconds)} on {target.denoiser.device}{cached}"
+    )
+
+
+def _seconds_per_call(pipeline, judge) -> float:
+    """One denoiser call on a chunk of the judge's seeds (doubled under guidance), timed once."""
+    from autoaccel.targets.denoisers import predict
+
+    seeds = judge.seeds.head(min(judge.chunk_size, judge.samples))
+    batch = seeds.noise.to(pipeline.denoiser.device, pipeline.denoiser.dtype)
+    labels = seeds.class_labels
+    keywords = pipeline.conditions.keywords(labels, False, batch.device)
+    timestep = pipeline.scheduler.timesteps[0]
+    started = time.perf_counter()
+    with torch.no_grad():
+        predict(pipeline.denoiser, batch, timestep, keywords)
+    return time.perf_counter() - started
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

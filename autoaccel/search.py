@@ -67,7 +67,11 @@ def _run(context, config: DictConfig, log) -> Path:
         f"optimizer {config.optimizer.name}, target {context.target.name} on {context.target.unet.device}"
     )
     trials = int(config.budget.trials)
-    standards = standard_configurations(context.space, list(config.budget.warm_start_steps))
+    target = context.target
+    guidance = target.reference_call.guidance_scale if target.conditions.guidable else 1.0
+    standards = standard_configurations(
+        context.space, list(config.budget.warm_start_steps), guidance, target.schedule_family
+    )
     # the standard configurations come first, as many as the budget has room for
     context.ledger.enqueue_warm_start(standards[: max(0, trials - done)], exclusive=not config.storage)
     if not done and len(standards) > trials:

@@ -6,7 +6,7 @@ from __future__ import annotations
 # The main overrides of ``search`` and ``workers`` (every key: conf/config.yaml); defaults come from the schema.
 MAIN_KEYS = (
     ("target, target.path, target.device", None, "digits (embedded) or pipeline (a diffusers folder); auto/cpu/cuda"),
-    ("space", None, "a bundled space (sampler, timesteps, solver, ...) or a YAML path"),
+    ("space", "auto", "a bundled space (sampler, guided_sampler, flow_sampler, timesteps, ...) or a YAML path"),
     ("optimizer, optimizer.population_size", None, "a backend of conf/optimizer/; the population of NSGA/SMS-EMOA"),
     ("objectives", None, "metrics to optimise; the first is the quality axis"),
     ("budget.trials", None, "trials in the study, standard configurations included"),

@@ -90,6 +90,14 @@ def check_target(config: DictConfig) -> None:
             f"is the embedded model); add target=pipeline to search that folder, or drop target.path"
         )
     check_device(str(config.target.device))
+    from autoaccel.teacher import parse_reference
+
+    parse_reference(str(config.target.get("reference") or "default"))
+    data = config.target.get("data")
+    if data is not None and not Path(str(data)).expanduser().is_dir():
+        raise ConfigError(
+            f"target.data={str(data)!r} is not a folder; give a folder of images (PNG/JPEG) of the model's domain"
+        )
 
 
 def check_study_name(name: str | None) -> None:

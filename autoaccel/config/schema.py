@@ -9,11 +9,15 @@ from omegaconf import MISSING
 
 @dataclass
 class TargetConfig:
-    """``digits`` (the embedded model) or ``pipeline`` (any local diffusers folder at ``path``)."""
+    """An embedded model (``digits``, ``digits_t2i``, ``digits_dit``) or ``pipeline`` (a diffusers folder or hub id
+    at ``path``)."""
 
     name: str = "digits"
     path: str | None = None
     device: str = "auto"
+    prompts: str | None = None  # text-to-image: a prompt file (one per line) or a bundled set (general, digits)
+    reference: str = "default"  # what plans are compared with: default (the pipeline's own call) or SOLVER-STEPS
+    data: str | None = None  # a folder of real images of the model's domain: FID/KID against them
 
 
 @dataclass
@@ -53,6 +57,7 @@ class QualityConfig:
     samples: int = 512
     seed: int = 0
     chunk_size: int = 512
+    ode_steps: int = 200  # steps of the deterministic reference paired measures compare with (psnr_vs_ode)
 
 
 @dataclass

@@ -26,7 +26,13 @@ FRONT_COLUMNS = [
     "fid_std",
     "precision",
     "recall",
+    "psnr_vs_ode",
+    "adherence",
+    "clip_score",
     "latency_ms",
+    "encode_ms",
+    "denoise_ms",
+    "decode_ms",
     "peak_memory_mb",
     "model_memory_mb",
     "model_bytes",
@@ -36,9 +42,14 @@ FRONT_COLUMNS = [
     "quantized_latency",
     "recipe",
 ]
-OPTIONAL_COLUMNS = {"simulated", "quantized_latency"}  # shown only where a plan is quantized
+# shown only where some row has them: quantized plans, a text encoder or a VAE, an adherence classifier
+OPTIONAL_COLUMNS = {"simulated", "quantized_latency", "encode_ms", "decode_ms", "adherence", "clip_score"}
 HEADERS = {
     "latency_ms": "latency (ms)",
+    "encode_ms": "text encoding (ms)",
+    "denoise_ms": "denoising (ms)",
+    "decode_ms": "VAE decode (ms)",
+    "psnr_vs_ode": "PSNR vs ODE (dB)",
     "model_memory_mb": "model memory (MB)",
     "model_bytes": "model bytes",
     "scheduler_class": "scheduler",
@@ -247,6 +258,20 @@ def _grid_pairs(grids: dict[str, str]) -> str:
     return "".join(pairs)
 
 
+def _reference_text(teacher: dict | None) -> str:
+    """What the reference row is and how its latency was taken (a long call is timed once, not as a median)."""
+    if not teacher:
+        return "<p>The reference was not measured.</p>"
+    what = html.escape(str(teacher.get("reference") or f"the model's own sampler, {teacher.get('timesteps')} steps"))
+    method = str(teacher.get("latency_method") or "median")
+    timing = (
+        "Its latency is a single timed call (it is hundreds of steps long), not a median of repeats."
+        if method == "single call"
+        else "Its latency is the median of repeated calls, as for every plan."
+    )
+    return f"<p>Every plan is compared with the reference: {what}, on the same seeds. {timing}</p>"
+
+
 def write_html(
     path: Path,
     title: str,
@@ -285,7 +310,8 @@ All columns: <a href="pareto.csv">pareto.csv</a> (the front), <a href="trials.cs
 {_table(front, FRONT_COLUMNS, memory_header)}
 <div class="plots"><img src="pareto.png" alt="Pareto plot">
 <img src="hypervolume.png" alt="hypervolume over trials"></div>
-<h2>Teacher</h2>
+<h2>Reference</h2>
+{_reference_text(teacher)}
 {teacher_table}
 <h2>Standard configurations</h2>
 {_table(standards, ["warm_start", *FRONT_COLUMNS[:-1]], memory_header)}

@@ -27,3 +27,22 @@ class DigitsClassifierFeatures(OneLayerFeatures):
 
 
 register_extractor(DIGITS_EXTRACTOR, DigitsClassifierFeatures)
+
+
+DIGITS16_EXTRACTOR = "autoaccel-digits16-classifier-v1"  # the same classifier on 16x16 digits, pooled to 8x8
+
+
+class Digits16ClassifierFeatures(DigitsClassifierFeatures):
+    """The digit classifier's features of 16x16 images (the latent digits models' output), 2x2-average-pooled to
+    the 8x8 the classifier was trained on: the 16x16 real digits are 8x8 ones repeated, so pooling returns them."""
+
+    @staticmethod
+    def get_dummy_input_for_compile():
+        return torch.zeros(1, 1, 16, 16, dtype=torch.uint8)
+
+    def forward(self, images: torch.Tensor):
+        pooled = torch.nn.functional.avg_pool2d(to_unit_range(images), kernel_size=2)
+        return (self.classifier.features(pooled),)
+
+
+register_extractor(DIGITS16_EXTRACTOR, Digits16ClassifierFeatures)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from autoaccel.targets.base import QualityReference, Target
-from autoaccel.targets.digits.features import DIGITS_EXTRACTOR
+from autoaccel.targets.digits.features import DIGITS16_EXTRACTOR, DIGITS_EXTRACTOR
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -36,3 +36,66 @@ def load_digits_target(device: str = "cpu") -> Target:
         description="FID/KID against all 1,797 real digits, with the 64-d features of autoaccel's digit classifier",
     )
     return target
+
+
+def t2i_dir() -> Path:
+    return WEIGHTS_DIR / "t2i"
+
+
+def dit_dir() -> Path:
+    return WEIGHTS_DIR / "dit"
+
+
+def load_digits_t2i_target(device: str = "cpu", prompts: str | None = None) -> Target:
+    """The embedded latent text-to-image digits model (a StableDiffusionPipeline folder) on its bundled prompts,
+    scored against the real digits with the classifier's features, and by prompt adherence."""
+    from autoaccel.targets.digits.latent.prompts import PROMPTS
+
+    target = _load_latent(t2i_dir(), "digits_t2i", device, prompts or "digits", "train-latent-models")
+    digit_of = {prompt: digit for prompt, digit in PROMPTS}
+    classes = [digit_of.get(prompt) for prompt in target.conditions.names]
+    _score_against_digits(target, classes)
+    return target
+
+
+def load_digits_dit_target(device: str = "cpu") -> Target:
+    """The embedded class-conditional digits diffusion transformer (a DiTPipeline folder) on the VAE's latents."""
+    target = _load_latent(dit_dir(), "digits_dit", device, None, "train-latent-models")
+    _score_against_digits(target, list(range(target.condition_count or 0)))
+    return target
+
+
+def _load_latent(folder: Path, name: str, device: str, prompts: str | None, command: str) -> Target:
+    from autoaccel.errors import TargetError
+    from autoaccel.targets.loader import load_pipeline_folder
+
+    if not (folder / "model_index.json").exists():
+        raise TargetError(f"the embedded model {name} is missing from {folder}; run python -m autoaccel {command}")
+    return load_pipeline_folder(folder, device=device, name=name, prompts=prompts)
+
+
+def _score_against_digits(target: Target, classes: list[int | None]) -> None:
+    """FID/KID against all 1,797 real digits (16x16) with the classifier's features, and adherence: the share of
+    images the classifier reads as the digit their class or prompt asks for."""
+    import torch
+
+    from autoaccel.imaging import to_uint8
+    from autoaccel.targets.digits.classifier import load_classifier
+    from autoaccel.targets.digits.latent.images import load_digits_16, to_classifier_resolution
+
+    real_images, real_labels = load_digits_16()
+    target.real_images, target.real_labels = to_uint8(real_images), real_labels
+    target.quality = QualityReference(
+        extractor=DIGITS16_EXTRACTOR,
+        kind="real-data",
+        description="FID/KID against all 1,797 real digits (16x16), with the 64-d features of autoaccel's digit "
+        "classifier; adherence: the share of images it reads as the requested digit",
+    )
+    classifier = load_classifier(classifier_weights_path())
+
+    def predict_digit(images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return classifier(to_classifier_resolution(images.float().cpu().clamp(-1, 1))).argmax(dim=1)
+
+    target.metadata["adherence"] = predict_digit
+    target.metadata["condition_classes"] = torch.tensor([-1 if digit is None else digit for digit in classes])

@@ -1,0 +1,40 @@
+"""Whether a space's settings apply to the model it is about to search: a space written for DDPM-family models
+lists solvers and schedule families a flow-matching model cannot run, and the other way round. Found when the run
+starts, in one line naming the key, what does not apply, and what to use, instead of every trial failing."""
+
+from __future__ import annotations
+
+from autoaccel.errors import ConfigError
+from autoaccel.space import SearchSpace
+
+FAMILY_WORDS = {"ddpm": "a DDPM-family model", "flow": "a flow-matching model"}
+FAMILY_SPACE = {"ddpm": "sampler (or guided_sampler)", "flow": "flow_sampler"}
+
+
+def check_space_fits(space: SearchSpace, target) -> None:
+    """Raises ConfigError when a solver or schedule family the space names cannot run on ``target``."""
+    from autoaccel.techniques.solver import solvers_for
+    from autoaccel.techniques.timesteps import DDPM_FAMILIES
+
+    family = target.schedule_family
+    valid = {"solver.name": tuple(solvers_for(family))}
+    if family == "ddpm":
+        valid["timesteps.family"] = DDPM_FAMILIES
+    for key, allowed in valid.items():
+        named = _values(space, key)
+        wrong = [value for value in named if value not in allowed]
+        if wrong:
+            raise ConfigError(
+                f"{space.source}: {key} {', '.join(map(str, wrong))} cannot run on {target.name}, "
+                f"{FAMILY_WORDS.get(family, family)}; valid: {', '.join(allowed)} (e.g. space={FAMILY_SPACE[family]}, "
+                "or space=auto)"
+            )
+
+
+def _values(space: SearchSpace, key: str) -> list:
+    if key in space.fixed:
+        return [space.fixed[key]]
+    for dimension in space.dimensions:
+        if dimension.name == key:
+            return list(dimension.choices)
+    return []

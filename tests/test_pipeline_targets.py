@@ -1,0 +1,177 @@
+"""Every supported pipeline class, as a user points autoaccel at its folder: it loads, searches end to end on
+CPU, reports, and its best recipe applies to the same pipeline loaded by plain diffusers and gives the images the
+search scored."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.tiny_pipelines import build_tiny_pipeline
+
+# (kind, pipeline class, conditioning, schedule family)
+SUPPORTED = [
+    ("ddim", "DDIMPipeline", "none", "ddpm"),
+    ("dit", "DiTPipeline", "class", "ddpm"),
+    ("sd", "StableDiffusionPipeline", "prompt", "ddpm"),
+    ("pixart_alpha", "PixArtAlphaPipeline", "prompt", "ddpm"),
+    ("pixart_sigma", "PixArtSigmaPipeline", "prompt", "ddpm"),
+    ("sd3", "StableDiffusion3Pipeline", "prompt", "flow"),
+]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipelines")
+    return {kind: build_tiny_pipeline(kind, root / kind) for kind, *_ in SUPPORTED}
+
+
+@pytest.mark.parametrize(("kind", "pipeline_class", "conditioning", "family"), SUPPORTED)
+def test_each_pipeline_class_loads_with_its_own_description(folders, kind, pipeline_class, conditioning, family):
+    from autoaccel.targets.loader import load_pipeline_folder
+
+    target = load_pipeline_folder(folders[kind])
+    assert target.pipeline_class == pipeline_class
+    assert target.conditions.kind == conditioning
+    assert target.schedule_family == family
+    assert (target.vae is None) == (kind == "ddim")
+    # the default call is what the pipeline's __call__ runs by default (or its trained steps, if fewer)
+    assert target.reference_call.steps >= 1
+    if conditioning == "prompt":
+        assert target.conditions.guidable and target.reference_call.guidance_scale > 1.0
+        assert target.conditions.count == len(target.conditions.names) > 1
+
+
+def _search_overrides(folder, tmp_path, cache_dir) -> list[str]:
+    return [
+        "target=pipeline",
+        f"target.path={folder}",
+        "target.device=cpu",
+        f"report.dir={tmp_path / 'reports'}",
+        f"cache_dir={cache_dir}",
+        "quality.samples=4",
+        "quality.chunk_size=4",
+        "quality.ode_steps=12",
+        "cost.batch_size=2",
+        "cost.warmup=0",
+        "cost.repeats=1",
+        "budget.trials=3",
+        "budget.warm_start_steps=[3]",
+        "report.grid_images=4",
+        "quiet=true",
+    ]
+
+
+@pytest.mark.parametrize(("kind", "pipeline_class", "conditioning", "family"), SUPPORTED)
+def test_each_pipeline_class_is_searched_and_its_recipe_reproduces_with_plain_diffusers(
+    folders, tmp_path, kind, pipeline_class, conditioning, family
+):
+    import diffusers
+
+    import autoaccel
+    from autoaccel.candidate import Candidate
+    from autoaccel.cli import main
+    from autoaccel.run import open_run
+    from autoaccel.seeds import sample_in_chunks
+
+    folder = folders[kind]
+    assert main(["search", *_search_overrides(folder, tmp_path, tmp_path / "cache")]) == 0
+    runs = list((tmp_path / "reports").iterdir())
+    assert len(runs) == 1 and runs[0].name.startswith(f"{kind}-")  # the folder's name names the study
+    context = open_run(runs[0])
+    trials = context.ledger.trials_frame()
+    complete = trials[trials["state"] == "COMPLETE"]
+    assert len(complete) >= 2, trials[["state", "failure"]].to_string()
+    assert (complete["latency_ms"] > 0).all() and (complete["denoise_ms"] > 0).all()
+    if family == "flow":
+        assert set(complete["param.solver.name"]) <= {"flow_euler", "flow_heun", "unipc", "dpmsolver++"}
+    recipes = sorted((runs[0] / "recipes").glob("trial-*.yaml"))
+    assert recipes and (runs[0] / "index.html").exists()
+    teacher = json.loads((runs[0] / "teacher.json").read_text())
+    assert teacher["reference"].startswith("default call")
+
+    # the recipe on the pipeline as plain diffusers loads it, with nothing of autoaccel's loading code
+    plain = getattr(diffusers, pipeline_class).from_pretrained(folder)
+    fast = autoaccel.apply_recipe(plain, recipes[0])
+    trial = int(recipes[0].stem.split("-")[1])
+    seeds = context.judge.seeds
+    images = sample_in_chunks(fast, seeds, context.judge.chunk_size)
+    assert images.shape[0] == 4 and torch.isfinite(images).all()
+    candidate = Candidate.from_params(context.ledger.trial(trial).user_attrs["candidate"])
+    scored = context.evaluator.configured_pipeline(candidate)
+    again = sample_in_chunks(scored, seeds, context.judge.chunk_size)
+    torch.testing.assert_close(images, again, atol=1e-5, rtol=0)
+
+
+def test_a_space_for_the_other_schedule_family_is_one_line_naming_what_to_use(folders, tmp_path, capsys):
+    from autoaccel.cli import main
+
+    overrides = _search_overrides(folders["sd3"], tmp_path, tmp_path / "cache")
+    assert main(["search", *overrides, "space=sampler"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1
+    assert "solver.name ddim" in error and "flow-matching" in error and "space=flow_sampler" in error
+    assert not (tmp_path / "reports").exists()
+
+
+def test_space_auto_picks_the_space_that_fits_the_model(folders):
+    from autoaccel.config import compose_config
+    from autoaccel.run import study_name_for
+    from autoaccel.space_choice import resolve_space_name
+
+    expected = {"ddim": "sampler", "sd": "guided_sampler", "dit": "guided_sampler", "sd3": "flow_sampler"}
+    for kind, space in expected.items():
+        config = compose_config(["target=pipeline", f"target.path={folders[kind]}"])
+        assert resolve_space_name(config) == space
+        assert study_name_for(config) == f"{kind}-{space}"
+
+
+@pytest.mark.parametrize(
+    ("reference", "message"),
+    [("ddim", "SOLVER-STEPS"), ("warp-10", "SOLVER-STEPS"), ("ddpm-0", "STEPS in [1, 1000]"), ("ddim-5000", "1000")],
+)
+def test_a_bad_reference_is_refused_before_anything_loads(tmp_path, capsys, reference, message):
+    from autoaccel.cli import main
+
+    assert main(["search", f"target.reference={reference}", f"report.dir={tmp_path}"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and f"target.reference={reference!r}" in error and message in error
+
+
+def test_a_named_reference_replaces_the_default_call(folders):
+    from autoaccel.targets.loader import load_pipeline_folder
+    from autoaccel.teacher import teacher_pipeline
+
+    target = load_pipeline_folder(folders["sd"])
+    default = teacher_pipeline(target)
+    assert default.plan.native_steps == target.reference_call.steps and default.guided
+    target.reference = "dpmsolver++-7"
+    named = teacher_pipeline(target)
+    assert len(named.plan.timesteps) == 7 and type(named.scheduler).__name__ == "DPMSolverMultistepScheduler"
+    assert named.plan.guidance_scale == target.reference_call.guidance_scale  # the default call's guidance
+
+
+def test_prompts_come_from_a_file_and_every_candidate_sees_the_same_ones(folders, tmp_path):
+    from autoaccel.errors import TargetError
+    from autoaccel.targets.loader import load_pipeline_folder
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# my prompts\na red cube\n\na blue sphere\n")
+    target = load_pipeline_folder(folders["sd"], prompts=str(prompts))
+    assert target.conditions.names == ["a red cube", "a blue sphere"]
+    rows = target.conditions.embeds["encoder_hidden_states"]
+    assert rows.shape[0] == 2 and not torch.equal(rows[0], rows[1])
+    with pytest.raises(TargetError, match="neither a prompt file nor a bundled set"):
+        load_pipeline_folder(folders["sd"], prompts=str(tmp_path / "missing.txt"))
+
+
+def test_a_hub_id_is_handed_to_diffusers_and_a_failure_is_one_line(tmp_path, monkeypatch):
+    from autoaccel.errors import TargetError
+    from autoaccel.targets.loader import load_pipeline_folder
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(TargetError, match="'someone/some-model': the pipeline's weights could not be loaded"):
+        load_pipeline_folder("someone/some-model")
