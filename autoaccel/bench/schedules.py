@@ -39,6 +39,12 @@ def fixed_nfe_space(nfe: int, folder: Path) -> Path:
 
 
 def run_schedules_benchmark(config: DictConfig, log=print) -> Path:
+    """The embedded digits model against its 1000-step sampler (this module); any other target against its
+    pipeline's default call (``autoaccel.bench.default_call``)."""
+    if str(config.target.name) != "digits":
+        from autoaccel.bench.default_call import run_default_call_benchmark
+
+        return run_default_call_benchmark(config, log)
     from autoaccel.config import compose_config
     from autoaccel.run import evaluator_from_config, load_target
     from autoaccel.search import search
