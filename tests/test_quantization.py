@@ -14,10 +14,10 @@ from autoaccel.errors import ConfigError, TechniqueError
 from autoaccel.measure.size import model_bytes
 from autoaccel.targets.base import hash_weights
 from autoaccel.targets.loader import load_pipeline_folder
+from autoaccel.techniques.calibration import replay
 from autoaccel.techniques.quantization import (
     TIME_GROUP,
     QuantizationConfig,
-    _predict,
     fake_quantize_weight,
     layer_groups,
     quantize_unet,
@@ -38,7 +38,7 @@ def digits_target():
 
 
 def _error(unet, reference, inputs) -> float:
-    output = _predict(unet, inputs)
+    output = replay(unet, inputs)
     return float((output - reference).pow(2).mean() / reference.pow(2).mean())
 
 
@@ -58,7 +58,7 @@ def test_weights_land_on_a_symmetric_grid_per_output_channel(bits):
 def test_error_grows_as_bits_shrink_and_the_original_is_untouched(tiny_target):
     before = hash_weights(tiny_target.unet)
     inputs = trajectory_inputs(tiny_target, 8, 0)
-    reference = _predict(tiny_target.unet, inputs)
+    reference = replay(tiny_target.unet, inputs)
     errors = [
         _error(quantize_unet(tiny_target.unet, QuantizationConfig(bits), tiny_target), reference, inputs)
         for bits in (8, 4, 2)
@@ -68,8 +68,8 @@ def test_error_grows_as_bits_shrink_and_the_original_is_untouched(tiny_target):
 
 
 def test_calibration_inputs_cover_the_whole_schedule(tiny_target):
-    inputs = trajectory_inputs(tiny_target, 8, 0)
-    timesteps = inputs["timestep"].unique()
+    calls = trajectory_inputs(tiny_target, 8, 0)
+    timesteps = torch.cat([kwargs["timestep"] for _, kwargs in calls]).unique()
     assert len(timesteps) >= 10
     assert (
         timesteps.max() >= 0.9 * tiny_target.num_train_timesteps
@@ -104,7 +104,7 @@ def test_the_sensitivity_pass_sends_the_least_sensitive_groups_low(digits_target
     assert max(plan.sensitivity[group] for group in low) < max(plan.sensitivity[group] for group in high)
     # the measured order matters: sending the same share of the most sensitive groups low is worse
     inputs = trajectory_inputs(digits_target, 16, 0)
-    reference = _predict(digits_target.unet, inputs)
+    reference = replay(digits_target.unet, inputs)
     chosen = quantize_unet(digits_target.unet, config, digits_target)
     reversed_plan = quantize_unet(
         digits_target.unet, QuantizationConfig(weight_bits=8, calibration_samples=16), digits_target
@@ -134,13 +134,13 @@ def test_activation_quantization_is_calibrated_and_switched_off_for_float_timing
     plan = with_activations.autoaccel_quantization
     assert plan.activation_ranges and all(low <= high for low, high in plan.activation_ranges.values())
     assert not any(name.startswith("time_embedding") for name in plan.activation_ranges)
-    assert not torch.equal(_predict(weights_only, inputs), _predict(with_activations, inputs))
+    assert not torch.equal(replay(weights_only, inputs), replay(with_activations, inputs))
     pipeline = tiny_target.make_pipeline()
     pipeline.unet = with_activations
     with deployment_kernels(pipeline) as kernels:
         assert kernels.quantized_latency == NOT_MEASURED and kernels.label.startswith("float")
-        assert torch.equal(_predict(pipeline.unet, inputs), _predict(weights_only, inputs))
-    assert not torch.equal(_predict(pipeline.unet, inputs), _predict(weights_only, inputs))
+        assert torch.equal(replay(pipeline.unet, inputs), replay(weights_only, inputs))
+    assert not torch.equal(replay(pipeline.unet, inputs), replay(weights_only, inputs))
 
 
 def test_pruning_refuses_an_already_quantized_model(tiny_target):

@@ -2,8 +2,9 @@
 
 A simulated quantization plan is timed with real quantized kernels where a backend has them (torchao on CUDA:
 int8 weight-only, or int8 dynamic activations with int8 weights; Linear layers, which is what torchao's CUDA
-kernels cover). Elsewhere it is timed with float kernels and its activation
-fake-quant switched off, and the trial records its quantized latency as "not measured".
+kernels cover: most of a transformer denoiser, the attention and feed-forward layers of a UNet). Elsewhere it is
+timed with float kernels and its activation fake-quant switched off, and the trial records its quantized latency
+as "not measured".
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from autoaccel.techniques.quantization import quantization_plan
 FLOAT = "float"
 NOT_MEASURED = "not measured"
 NOT_APPLICABLE = "n/a"  # a plan without quantization: there is no quantized latency to measure
+# torch._int_mm, under torchao's int8 x int8 kernel, takes widths in multiples of 8; any other width (a pruned
+# feed-forward's, say) falls back to a path hundreds of times slower than float (H200: 139 ms against 0.06 ms)
+INT_MM_MULTIPLE = 8
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,8 @@ def torchao_configs(unet: torch.nn.Module) -> OrderedDict:
     """Fully qualified Linear name -> torchao config, following the plan's bit widths.
 
     Plans of 5-8 weight bits map to int8 kernels (so a 6-bit plan runs int8: its size is still the plan's).
-    Plans below 5 bits have no CUDA kernel here and stay float, as do Conv2d layers.
+    Plans below 5 bits have no CUDA kernel here and stay float, as do Conv2d layers. Activations go int8 where
+    the plan quantizes them to 8 bits and the layer's widths suit the int8 matmul; elsewhere weights alone do.
     """
     from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig
 
@@ -54,11 +59,15 @@ def torchao_configs(unet: torch.nn.Module) -> OrderedDict:
     for name, bits in plan.layer_bits.items():
         if not isinstance(modules[name], torch.nn.Linear) or bits < 5:
             continue
-        if plan.activation_bits == 8 and name in plan.activation_ranges:
+        if plan.activation_bits == 8 and name in plan.activation_ranges and _int_mm_fits(modules[name]):
             configs[name] = Int8DynamicActivationInt8WeightConfig()
         else:
             configs[name] = Int8WeightOnlyConfig()
     return configs
+
+
+def _int_mm_fits(layer: torch.nn.Linear) -> bool:
+    return layer.in_features % INT_MM_MULTIPLE == 0 and layer.out_features % INT_MM_MULTIPLE == 0
 
 
 def real_quantized_copy(unet: torch.nn.Module) -> torch.nn.Module:

@@ -1,35 +1,59 @@
-"""Technique ``pruning``: a physically smaller UNet through torch-pruning (channels removed, not masked).
+"""Technique ``pruning``: a physically smaller denoiser through torch-pruning (channels removed, not masked).
 
-Structured pruning of a diffusers UNet2DModel: a global ratio scaled per stage (down, mid, up blocks), an
-importance criterion (weight magnitude; Taylor, from the gradient of the denoising loss on the teacher's own
-samples; random, as a control), and whole attention heads rather than head dimensions (thinner heads made CPU
-attention slower). Training-free unless ``recovery_steps`` > 0: then a short distillation pulls the pruned
-model's predictions towards the teacher's on noised teacher samples (no external data).
+Structured pruning of any supported denoiser (``autoaccel.targets.denoisers``): a global ``ratio`` scaled per
+stage (``down``, ``mid``, ``up``), an importance criterion (weight magnitude; Taylor, from the gradient of the
+denoising loss on the teacher's own samples; random, as a control), and whole attention heads rather than head
+dimensions (thinner heads made CPU attention slower).
 
-The pruned model is a copy: the target's unet is never touched. Its weights are stored as an artifact
-(``autoaccel.artifacts``): a recipe rebuilds the pruned structure (only the shapes matter, so no recovery and no
-teacher) and loads them, never training again. Everything is seeded, so without an artifact (a recipe written
-without a store) applying the same config to the same model gives the same weights on the same machine.
+- UNets: every channel torch-pruning can trace may go except the output convolution's; the stages are the down
+  blocks, the mid block and the up blocks.
+- Transformers: attention heads (query, key and value projections together, both streams of a joint attention)
+  and the hidden width of each feed-forward; the residual width, the patch embedding, the time and text
+  embeddings, the adaptive norms and the output projection keep their shapes. The stages are the first, middle
+  and last third of ``transformer_blocks`` (block ``i`` of ``n`` is in third ``int(3 * (i + 0.5) / n)``).
+  ``blocks`` removes that share of whole blocks first, the least important first: the ones whose skipping
+  changes the denoiser's output least on calls along the teacher's trajectory (the first and last block stay).
+
+Training-free unless ``recovery_steps`` > 0: then a short distillation pulls the pruned model's predictions
+towards the teacher's on noised teacher samples (no external data). torch-pruning traces the denoiser on one
+call the sampling loop really makes, so every architecture gets its own keyword arguments.
+
+The pruned model is a copy: the target's denoiser is never touched. Its weights are stored as an artifact
+(``autoaccel.artifacts``), with the removed blocks named in its metadata: a recipe rebuilds the pruned structure
+(only the shapes matter, so no recovery, no measurement and no teacher) and loads them, never training again.
+Everything is seeded, so without an artifact (a recipe written without a store) applying the same config to the
+same model gives the same weights on the same machine.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import warnings
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
 from autoaccel.errors import ConfigError, TechniqueError
+from autoaccel.targets.denoisers import block_names, denoiser_kind, predict
 from autoaccel.techniques.base import ParamSpec, Technique, register, require_types
+from autoaccel.techniques.calibration import noised_batch, replay, to_device, trajectory_calls
 
 IMPORTANCES = ("magnitude", "taylor", "random")
-CALIBRATION_SAMPLES = 64
+STAGES = ("down", "mid", "up")
+CALIBRATION_SAMPLES = 64  # noised teacher samples the Taylor importance is taken on
+RECOVERY_POOL = 256  # noised teacher samples recovery distillation draws its batches from
+BLOCK_CALIBRATION_SAMPLES = 8  # seeds of the trajectory calls whole blocks are judged on
+QKV = ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj")
+MAX_BLOCKS = 0.5
+REMOVED_BLOCKS = "removed_blocks"  # the artifact metadata key, and the attribute a pruned denoiser carries
 
 
 @dataclass(frozen=True)
 class PruningConfig:
-    """``ratio`` of channels removed overall; ``down``/``mid``/``up`` scale it per stage (1.0 = same ratio)."""
+    """``ratio`` of channels removed overall; ``down``/``mid``/``up`` scale it per stage (1.0 = same ratio);
+    ``blocks``: the share of whole transformer blocks removed before that (transformer denoisers only)."""
 
     ratio: float = 0.0
     down: float = 1.0
@@ -39,14 +63,15 @@ class PruningConfig:
     prune_heads: bool = True
     recovery_steps: int = 0
     seed: int = 0
+    blocks: float = 0.0
 
     def __post_init__(self) -> None:
         number = (int, float)
-        types = {"ratio": number, "down": number, "mid": number, "up": number, "importance": str}
+        types = {"ratio": number, "down": number, "mid": number, "up": number, "importance": str, "blocks": number}
         require_types(self, "pruning", {**types, "prune_heads": bool, "recovery_steps": int, "seed": int})
         if not 0.0 <= self.ratio < 0.9:
             raise ConfigError(f"pruning.ratio={self.ratio} is not valid; it must be in [0, 0.9)")
-        for stage in ("down", "mid", "up"):
+        for stage in STAGES:
             scale = getattr(self, stage)
             if not 0.0 <= scale * self.ratio < 0.95 or scale < 0:
                 raise ConfigError(f"pruning.{stage}={scale} is not valid; need 0 <= {stage} * ratio < 0.95")
@@ -54,6 +79,13 @@ class PruningConfig:
             raise ConfigError(f"pruning.importance={self.importance!r} is not valid; valid: {list(IMPORTANCES)}")
         if isinstance(self.recovery_steps, bool) or not isinstance(self.recovery_steps, int) or self.recovery_steps < 0:
             raise ConfigError(f"pruning.recovery_steps={self.recovery_steps!r} is not valid; it must be an int >= 0")
+        if not 0.0 <= self.blocks <= MAX_BLOCKS:
+            raise ConfigError(f"pruning.blocks={self.blocks} is not valid; it must be in [0, {MAX_BLOCKS}]")
+
+    @property
+    def prunes(self) -> bool:
+        """Whether anything is removed (ratio and blocks 0 leave the base model)."""
+        return self.ratio > 0.0 or self.blocks > 0.0
 
 
 # What a space may set; ``stage * ratio < 0.95`` is checked by PruningConfig per candidate.
@@ -66,141 +98,287 @@ PRUNING_PARAMS = {
     "prune_heads": ParamSpec("bool"),
     "recovery_steps": ParamSpec("int", low=0),
     "seed": ParamSpec("int", low=0, high=2**32 - 1),
+    "blocks": ParamSpec("float", low=0.0, high=MAX_BLOCKS),
 }
 
 
-def _example_inputs(unet, count: int, generator: torch.Generator) -> dict:
-    config = unet.config
-    size = config.sample_size if isinstance(config.sample_size, int) else config.sample_size[0]
-    inputs = {
-        "sample": torch.randn(count, config.in_channels, size, size, generator=generator).to(unet.device),
-        "timestep": torch.randint(0, 1000, (count,), generator=generator).to(unet.device),
+# ---------------------------------------------------------------------------------------------- calibration data
+
+
+def _example_call(target, seed: int, device):
+    """One call of the sampling loop (the first step on two seeds, guided where the reference is), on ``device``:
+    what torch-pruning traces, with the keyword arguments this denoiser really takes."""
+    return to_device(trajectory_calls(target, 2, seed, steps=1)[0], device)
+
+
+def _teacher_batch(target, count: int, generator: torch.Generator, device=None):
+    """Noised teacher samples with the model's own training target: calibration and recovery data without any
+    dataset (``autoaccel.techniques.calibration.noised_batch``)."""
+    return noised_batch(target, count, generator, device)
+
+
+# ------------------------------------------------------------------------------------------------- whole blocks
+
+
+def _block_list(denoiser) -> torch.nn.ModuleList:
+    return getattr(denoiser, denoiser_kind(denoiser).block_prefixes[0])
+
+
+def blocks_to_remove(denoiser, share: float) -> int:
+    """How many whole blocks ``share`` removes: rounded, never the first or the last (so none of two)."""
+    count = len(_block_list(denoiser))
+    return max(0, min(round(share * count), count - 2))
+
+
+def block_importance(denoiser, calls) -> dict[int, float]:
+    """Relative change of the denoiser's output on ``calls`` when block ``i`` is skipped, for every block but
+    the first and the last (measured, one replay per block)."""
+    blocks = _block_list(denoiser)
+    prefix = denoiser_kind(denoiser).block_prefixes[0]
+    reference = replay(denoiser, calls)
+    scale = reference.pow(2).mean().clamp_min(1e-12)
+    importance = {}
+    try:
+        for index in range(1, len(blocks) - 1):
+            setattr(denoiser, prefix, torch.nn.ModuleList([block for at, block in enumerate(blocks) if at != index]))
+            importance[index] = float((replay(denoiser, calls) - reference).pow(2).mean() / scale)
+    finally:
+        setattr(denoiser, prefix, blocks)
+    return importance
+
+
+def remove_blocks(denoiser, indices: list[int]) -> None:
+    """Drops the blocks at ``indices`` (the remaining ones keep their order) and records it in the config."""
+    if not indices:
+        return
+    blocks = _block_list(denoiser)
+    if any(not 0 < index < len(blocks) - 1 for index in indices):
+        raise ValueError(f"blocks {indices} cannot be removed from {len(blocks)} (the first and last stay)")
+    kept = torch.nn.ModuleList([block for index, block in enumerate(blocks) if index not in set(indices)])
+    setattr(denoiser, denoiser_kind(denoiser).block_prefixes[0], kept)
+    if "num_layers" in denoiser.config:
+        denoiser.register_to_config(num_layers=len(kept))
+
+
+def _least_important_blocks(denoiser, config: PruningConfig, target) -> list[int]:
+    count = blocks_to_remove(denoiser, config.blocks)
+    if count == 0:
+        return []
+    calls = trajectory_calls(target, BLOCK_CALIBRATION_SAMPLES, config.seed)
+    importance = block_importance(denoiser, calls)
+    return sorted(sorted(importance, key=lambda index: (importance[index], index))[:count])
+
+
+# ------------------------------------------------------------------------------------------------------ channels
+
+
+def _attentions(denoiser) -> list[torch.nn.Module]:
+    """diffusers attention modules (anything with query/key/value projections and a head count)."""
+    projected = (module for module in denoiser.modules() if hasattr(module, "heads"))
+    return [
+        module
+        for module in projected
+        if all(isinstance(getattr(module, name, None), torch.nn.Linear) for name in QKV[:3])
+    ]
+
+
+def _projections(attention) -> list[torch.nn.Linear]:
+    """The query, key and value projections of both streams (a joint attention's context stream too)."""
+    return [getattr(attention, name) for name in QKV if isinstance(getattr(attention, name, None), torch.nn.Linear)]
+
+
+def _feed_forward_inputs(denoiser) -> list[torch.nn.Module]:
+    """The first projection of every diffusers FeedForward (``net.0.proj``): what sets its hidden width."""
+    from diffusers.models.attention import FeedForward
+
+    return [module.net[0].proj for module in denoiser.modules() if isinstance(module, FeedForward)]
+
+
+def _gated_inputs(denoiser) -> dict[torch.nn.Module, int]:
+    """Gated feed-forwards (GEGLU, SwiGLU: a first projection twice as wide as the second layer's input, split
+    into values and gates) -> 2: a value channel goes with its gate, so the count left never depends on which
+    channels the importance picks (an artifact's shapes must be rebuilt without it)."""
+    from diffusers.models.attention import FeedForward
+
+    return {
+        module.net[0].proj: 2
+        for module in denoiser.modules()
+        if isinstance(module, FeedForward) and module.net[0].proj.out_features == 2 * module.net[2].in_features
     }
-    if config.num_class_embeds:
-        inputs["class_labels"] = torch.randint(0, config.num_class_embeds, (count,), generator=generator).to(
-            unet.device
-        )
-    return inputs
 
 
-def _teacher_batch(target, unet, count: int, generator: torch.Generator) -> dict:
-    """Noised teacher samples at random timesteps: calibration and recovery data without any dataset."""
-    from autoaccel.seeds import make_seed_batch
-    from autoaccel.teacher import ode_reference_pipeline
-
-    seeds = make_seed_batch(target.sample_shape, count, 10_000 + int(generator.initial_seed()), target.num_classes)
-    pipeline = ode_reference_pipeline(target)
-    pipeline.plan.timesteps = pipeline.plan.timesteps[:: max(1, len(pipeline.plan.timesteps) // 25)]
-    clean = pipeline(seeds.noise, seeds.class_labels).images.to(unet.device)
-    alphas = pipeline.scheduler.alphas_cumprod.to(unet.device)
-    timesteps = torch.randint(0, len(alphas), (count,), generator=generator).to(unet.device)
-    noise = torch.randn(clean.shape, generator=generator).to(unet.device)
-    abar = alphas[timesteps].view(-1, 1, 1, 1)
-    batch = {"sample": abar.sqrt() * clean + (1 - abar).sqrt() * noise, "timestep": timesteps, "noise": noise}
-    if seeds.class_labels is not None:
-        batch["class_labels"] = seeds.class_labels.to(unet.device)
-    return batch
+def stage_of_blocks(denoiser) -> dict[str, str]:
+    """Block name -> its stage: ``down``/``mid``/``up`` by name for UNets, thirds of the blocks for transformers."""
+    names = block_names(denoiser)
+    if not denoiser_kind(denoiser).transformer:
+        return {name: STAGES[["down_blocks", "mid_block", "up_blocks"].index(name.split(".")[0])] for name in names}
+    return {name: STAGES[min(2, int(3 * (index + 0.5) / len(names)))] for index, name in enumerate(names)}
 
 
-def _stage_ratios(unet, config: PruningConfig) -> dict:
-    ratios = {}
-    for stage, blocks in (("down", unet.down_blocks), ("mid", [unet.mid_block]), ("up", unet.up_blocks)):
-        for block in blocks:
-            if block is not None:
-                ratios[block] = config.ratio * getattr(config, stage)
-    return ratios
+def _stage_ratios(denoiser, config: PruningConfig) -> dict[torch.nn.Module, float]:
+    return {
+        denoiser.get_submodule(name): config.ratio * getattr(config, stage)
+        for name, stage in stage_of_blocks(denoiser).items()
+    }
 
 
-def _resync_diffusers_attributes(unet) -> None:
-    """torch-pruning changes tensors; diffusers modules also cache channel and head counts."""
-    from diffusers.models.attention_processor import Attention
-    from diffusers.models.downsampling import Downsample2D
-    from diffusers.models.upsampling import Upsample2D
-
-    for module in unet.modules():
-        if isinstance(module, Upsample2D | Downsample2D) and getattr(module, "conv", None) is not None:
-            module.channels = module.conv.in_channels
-            module.out_channels = module.conv.out_channels
-        if isinstance(module, Attention):
-            head_dim = module.to_q.out_features // module.heads if module.heads else module.to_q.out_features
-            module.inner_dim = module.to_q.out_features
-            module.heads = max(1, module.to_q.out_features // max(1, head_dim))
-            if getattr(module, "group_norm", None) is not None:
-                module.group_norm.num_channels = module.to_q.in_features
+def _head_ratios(denoiser, ratios: dict[torch.nn.Module, float], config: PruningConfig) -> dict:
+    """Per projection: its stage's ratio, short of the last head (torch-pruning rounds removed heads up)."""
+    ratio_of = {}
+    for block, ratio in ratios.items():
+        for module in block.modules():
+            ratio_of[module] = ratio
+    head_ratios = {}
+    for attention in _attentions(denoiser):
+        ratio = ratio_of.get(attention, config.ratio)
+        limit = (attention.heads - 1) / attention.heads - 1e-6
+        for projection in _projections(attention):
+            head_ratios[projection] = max(0.0, min(ratio, limit))
+    return head_ratios
 
 
-def prune_unet(unet, config: PruningConfig, target=None):
-    """A pruned copy of ``unet``; the original is left as it was."""
+def _output_layer(denoiser, call) -> torch.nn.Module:
+    """The last Conv2d or Linear layer a call runs: the one producing the output, whose shape must stay."""
+    ran: list[torch.nn.Module] = []
+    hooks = [
+        module.register_forward_hook(lambda module, args, output: ran.append(module))
+        for module in denoiser.modules()
+        if isinstance(module, torch.nn.Conv2d | torch.nn.Linear)
+    ]
+    try:
+        with torch.no_grad():
+            denoiser(*call[0], **call[1])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return ran[-1]
+
+
+def _ignored(denoiser, call) -> list[torch.nn.Module]:
+    """The layers whose output channels stay: the output layer (UNets); every layer but the attention projections
+    and the feed-forwards' first layers (transformers: the residual width, and with it the patch embedding, the
+    adaptive norms' tables and the output projection, stays)."""
+    if not denoiser_kind(denoiser).transformer:
+        return [_output_layer(denoiser, call)]
+    roots = {projection for attention in _attentions(denoiser) for projection in _projections(attention)}
+    roots.update(_feed_forward_inputs(denoiser))
+    layers = [module for module in denoiser.modules() if isinstance(module, torch.nn.Conv2d | torch.nn.Linear)]
+    return [layer for layer in layers if layer not in roots]
+
+
+def _prune_channels(pruned, config: PruningConfig, target, call, generator: torch.Generator) -> None:
     import torch_pruning as tp
-    from diffusers.models.attention_processor import Attention
 
-    from autoaccel.techniques.quantization import quantization_plan
-
-    if quantization_plan(unet) is not None:
-        raise TechniqueError(
-            "pruning must apply before quantization (quantization is calibrated on the pruned model); "
-            "this unet is already quantized"
-        )
-    pruned = copy.deepcopy(unet).float()
-    if config.ratio == 0.0:
-        return pruned
-    generator = torch.Generator().manual_seed(config.seed)
-    torch.manual_seed(config.seed)
-    example = _example_inputs(pruned, 2, generator)
     importance = {
         "magnitude": tp.importance.GroupMagnitudeImportance(p=2),
         "taylor": tp.importance.GroupTaylorImportance(),
         "random": tp.importance.RandomImportance(),
     }[config.importance]
-    attention = {module.to_q: module.heads for module in pruned.modules() if isinstance(module, Attention)}
-    attention.update({module.to_k: module.heads for module in pruned.modules() if isinstance(module, Attention)})
-    attention.update({module.to_v: module.heads for module in pruned.modules() if isinstance(module, Attention)})
-    with torch.enable_grad():
+    attentions = _attentions(pruned)
+    heads = {projection: attention.heads for attention in attentions for projection in _projections(attention)}
+    ratios = _stage_ratios(pruned, config)
+    with torch.enable_grad(), warnings.catch_warnings():
+        # bare tables (PixArt's scale_shift_table) would go with the residual width, which transformers keep
+        warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
         pruned.requires_grad_(True)
         pruner = tp.pruner.MetaPruner(
             pruned,
-            example_inputs=example,
+            example_inputs=call,
+            forward_fn=lambda model, example: model(*example[0], **example[1]),
+            output_transform=lambda output: output.sample if hasattr(output, "sample") else output[0],
             importance=importance,
             pruning_ratio=config.ratio,
-            pruning_ratio_dict=_stage_ratios(pruned, config),
-            ignored_layers=[pruned.conv_out],
-            num_heads=attention,
+            pruning_ratio_dict=ratios,
+            ignored_layers=_ignored(pruned, call),
+            num_heads=heads,
+            out_channel_groups=_gated_inputs(pruned),
             prune_num_heads=config.prune_heads,
             prune_head_dims=not config.prune_heads,
             head_pruning_ratio=config.ratio if config.prune_heads else 0.0,
+            head_pruning_ratio_dict=_head_ratios(pruned, ratios, config) if config.prune_heads else None,
         )
         if config.importance == "taylor":
-            if target is None:
-                raise TechniqueError("pruning.importance=taylor needs the target's teacher for calibration")
-            batch = _teacher_batch(target, pruned, CALIBRATION_SAMPLES, generator)
-            prediction = pruned(batch["sample"], batch["timestep"], class_labels=batch.get("class_labels")).sample
-            F.mse_loss(prediction, batch["noise"]).backward()
+            batch = _teacher_batch(target, CALIBRATION_SAMPLES, generator, pruned.device)
+            F.mse_loss(predict(pruned, batch.sample, batch.timestep, batch.keywords), batch.wanted).backward()
         try:
             pruner.step()
-        except (RuntimeError, ValueError, AssertionError) as error:
-            raise TechniqueError(f"torch-pruning could not prune this unet at ratio {config.ratio}: {error}") from error
+        except (RuntimeError, ValueError, AssertionError, IndexError) as error:
+            what = f"this {type(pruned).__name__} at ratio {config.ratio}"
+            raise TechniqueError(f"torch-pruning could not prune {what}: {error}") from error
     pruned.zero_grad(set_to_none=True)
+    for attention in attentions:
+        attention.heads = pruner.num_heads.get(attention.to_q, attention.heads)
     _resync_diffusers_attributes(pruned)
+
+
+def _resync_diffusers_attributes(denoiser) -> None:
+    """torch-pruning changes tensors; diffusers modules also cache channel counts their forward reads."""
+    from diffusers.models.downsampling import Downsample2D
+    from diffusers.models.upsampling import Upsample2D
+
+    for module in denoiser.modules():
+        if isinstance(module, Upsample2D | Downsample2D) and getattr(module, "conv", None) is not None:
+            module.channels = module.conv.in_channels
+            module.out_channels = module.conv.out_channels
+    for attention in _attentions(denoiser):
+        attention.inner_dim = attention.to_q.out_features
+        attention.inner_kv_dim = attention.to_k.out_features
+        attention.query_dim = attention.to_q.in_features
+        attention.out_dim = attention.to_out[0].out_features
+        if getattr(attention, "group_norm", None) is not None:
+            attention.group_norm.num_channels = attention.to_q.in_features
+
+
+# ------------------------------------------------------------------------------------------------ the technique
+
+
+def prune_unet(unet, config: PruningConfig, target=None, removed_blocks: list[int] | None = None):
+    """A pruned copy of ``unet`` (any supported denoiser); the original is left as it was.
+
+    ``removed_blocks``: remove exactly these blocks instead of measuring which matter least (a rebuild from an
+    artifact). The copy carries the removed blocks' indices as ``removed_blocks``.
+    """
+    from autoaccel.techniques.quantization import quantization_plan
+
+    if quantization_plan(unet) is not None:
+        raise TechniqueError(
+            "pruning must apply before quantization (quantization is calibrated on the pruned model); "
+            "this denoiser is already quantized"
+        )
+    if config.blocks and not denoiser_kind(unet).transformer:
+        raise TechniqueError(
+            f"pruning.blocks={config.blocks} applies to transformer denoisers; this {type(unet).__name__} takes 0"
+        )
+    pruned = copy.deepcopy(unet).float()
+    if not config.prunes:
+        return pruned
+    if target is None:
+        raise TechniqueError("pruning needs the target: it traces the denoiser on a call of its own sampling loop")
+    generator = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    if removed_blocks is None:
+        removed_blocks = _least_important_blocks(pruned, config, target) if config.blocks else []
+    remove_blocks(pruned, removed_blocks)
+    if config.ratio:
+        _prune_channels(pruned, config, target, _example_call(target, config.seed, pruned.device), generator)
     if config.recovery_steps:
         _recover(pruned, unet, target, config, generator)
-    return pruned.eval().requires_grad_(False)
+    pruned = pruned.eval().requires_grad_(False)
+    setattr(pruned, REMOVED_BLOCKS, list(removed_blocks))
+    return pruned
 
 
-def _recover(pruned, teacher_unet, target, config: PruningConfig, generator: torch.Generator) -> None:
+def _recover(pruned, teacher, target, config: PruningConfig, generator: torch.Generator) -> None:
     """A few hundred steps of output distillation towards the teacher on noised teacher samples."""
-    if target is None:
-        raise TechniqueError("pruning.recovery_steps > 0 needs the target's teacher")
     optimizer = torch.optim.AdamW(pruned.parameters(), lr=2e-4)
     pruned.train().requires_grad_(True)
-    pool = _teacher_batch(target, pruned, 256, generator)
+    pool = _teacher_batch(target, RECOVERY_POOL, generator, pruned.device)
     with torch.enable_grad():
         for _ in range(config.recovery_steps):
-            index = torch.randint(0, len(pool["sample"]), (64,), generator=generator)
-            labels = pool["class_labels"][index] if "class_labels" in pool else None
+            batch = pool.select(torch.randint(0, len(pool), (64,), generator=generator))
             with torch.no_grad():
-                wanted = teacher_unet(pool["sample"][index], pool["timestep"][index], class_labels=labels).sample
-            got = pruned(pool["sample"][index], pool["timestep"][index], class_labels=labels).sample
-            loss = F.mse_loss(got, wanted)
+                wanted = predict(teacher, batch.sample, batch.timestep, batch.keywords)
+            loss = F.mse_loss(predict(pruned, batch.sample, batch.timestep, batch.keywords), wanted)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -211,24 +389,31 @@ def apply_pruning(pipeline, config: PruningConfig, target) -> None:
 
 
 def pruned_weights(unet, config: PruningConfig):
-    """The pruned (and recovered) unet's weights; nothing at ratio 0, where the model is the base model."""
+    """The pruned (and recovered) denoiser's weights, and which blocks went; nothing where nothing was pruned."""
     from autoaccel.artifacts import Artifact
 
-    if config.ratio == 0.0:
+    if not config.prunes:
         return None
-    return Artifact(dict(unet.state_dict()), {"technique": "pruning", "config": repr(config)})
+    metadata = {"technique": "pruning", "config": repr(config)}
+    if config.blocks:
+        metadata[REMOVED_BLOCKS] = json.dumps(getattr(unet, REMOVED_BLOCKS, []))
+    return Artifact(dict(unet.state_dict()), metadata)
 
 
 def pruning_from_artifact(pipeline, config: PruningConfig, target, artifact) -> None:
-    """The pruned structure (magnitude importance, no recovery: which channels go does not change how many)
-    with the artifact's weights loaded strictly: a shape or name that differs is an error, not a guess."""
-    structure = prune_unet(pipeline.unet, replace(config, importance="magnitude", recovery_steps=0), target)
+    """The pruned structure (the artifact's removed blocks, magnitude importance, no recovery: which channels go
+    does not change how many) with the artifact's weights loaded strictly: a shape or name that differs is an
+    error, not a guess."""
+    removed = json.loads(artifact.metadata.get(REMOVED_BLOCKS, "[]")) if config.blocks else []
+    if config.blocks and REMOVED_BLOCKS not in artifact.metadata:
+        raise ValueError(f"it does not say which blocks pruning.blocks={config.blocks} removed")
+    structure = prune_unet(pipeline.unet, replace(config, importance="magnitude", recovery_steps=0), target, removed)
     structure.load_state_dict(artifact.tensors, strict=True)
     pipeline.unet = structure.eval().requires_grad_(False)
 
 
 def pruning_recompute(config: PruningConfig) -> str | None:
-    if config.ratio == 0.0:
+    if not config.prunes:
         return None
     if config.recovery_steps:
         return f"pruning and its recovery distillation ({config.recovery_steps} steps) from the base model"
@@ -236,15 +421,18 @@ def pruning_recompute(config: PruningConfig) -> str | None:
 
 
 def pruning_cost(config: PruningConfig) -> dict:
-    """The ratios and whether whole heads go: they fix how many channels and heads are left in each layer.
+    """The ratios, whether whole heads go and the share of blocks removed: they fix the shapes left.
 
-    Which channels go (importance, seed) and the recovery distillation change the weights, not their shapes:
-    plans differing only there share one timing. Ratio 0 leaves the model as it is and adds nothing.
+    Which channels and blocks go (importance, seed) and the recovery distillation change the weights, not their
+    shapes: plans differing only there share one timing. Nothing pruned leaves the model as it is and adds nothing.
     """
-    if config.ratio == 0.0:
+    if not config.prunes:
         return {}
     ratios = {name: float(getattr(config, name)) for name in ("ratio", "down", "mid", "up")}
-    return {**ratios, "prune_heads": config.prune_heads}
+    cost = {**ratios, "prune_heads": config.prune_heads}
+    if config.blocks:
+        cost["blocks"] = float(config.blocks)
+    return cost
 
 
 PRUNING = register(
@@ -261,6 +449,7 @@ PRUNING = register(
             "up": 1.0,
             "importance": "magnitude",
             "recovery_steps": 0,
+            "blocks": 0.0,
         },
         params=PRUNING_PARAMS,
         cost_key=pruning_cost,

@@ -6,33 +6,52 @@ arithmetic stays float. The plan says so: trials, reports and recipes carry ``si
 model-size figure is the real byte count of the bit plan (``autoaccel.measure.size``), and latency is never a
 fake-quant time (``autoaccel.measure.kernels`` runs real kernels where a backend has them).
 
-Timestep-aware, as in PTQ4DM and TFMQ-DM: calibration inputs are what the unet receives along the teacher's
-own sampling trajectory, over the whole schedule; the time embedding is a group of its own with its own bit
-width, and its activations stay float (they depend on t alone, so a deployment computes them once per step).
+Timestep-aware, as in PTQ4DM and TFMQ-DM: calibration inputs are the exact calls the denoiser receives along
+the teacher's own sampling trajectory, over the whole schedule (``autoaccel.techniques.calibration``); the time,
+label and text-projection embeddings are a group of their own with their own bit width, and their activations
+stay float (they depend on t and the condition alone, so a deployment computes them once per step).
 
-Layers are grouped by block (``down_blocks.0.resnets``, ``mid_block.attentions``, ``conv_in``, ...). A cheap
-sensitivity pass (the noise-prediction error with one group at ``low_bits``) orders the groups; the plan
-puts the least sensitive share ``low_fraction`` of the weights at ``low_bits`` and the rest at
-``weight_bits``: a three-number search over any unet, instead of one dimension per layer.
+Layers are grouped by the denoiser's blocks (``autoaccel.targets.denoisers.block_names``): a UNet block's
+resnets, attentions and samplers each form a group (``down_blocks.0.resnets``, ``mid_block.attentions``), a
+transformer block is one group (``transformer_blocks.3``), and each top-level module is one (``conv_in``,
+``pos_embed``, ``proj_out``). A cheap sensitivity pass (the prediction error with one group at ``low_bits``)
+orders the groups; the plan puts the least sensitive share ``low_fraction`` of the weights at ``low_bits`` and the
+rest at ``weight_bits``: a three-number search over any denoiser, instead of one dimension per layer.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
 
 from autoaccel.errors import ConfigError, TechniqueError
+from autoaccel.targets.denoisers import block_names, denoiser_kind
 from autoaccel.techniques.base import ParamSpec, Technique, register, require_types
+from autoaccel.techniques.calibration import CALIBRATION_STEPS, Call, cached, replay, trajectory_calls
 
 WEIGHT_BITS = range(2, 9)
 ACTIVATION_BITS = (None, 8, 16)
 TIME_GROUP = "time_embedding"
-CALIBRATION_STEPS = 20
+# Modules that embed the timestep, the class or the text once per call: any layer under one is in TIME_GROUP
+# (UNets' time/class/added embeddings, SD3's time_text_embed and context_embedder, PixArt's adaln_single and
+# caption_projection, the label-and-time embedding ``emb`` inside DiT's adaptive norms).
+TIME_MODULES = frozenset(
+    {
+        "time_embedding",
+        "class_embedding",
+        "add_embedding",
+        "encoder_hid_proj",
+        "time_text_embed",
+        "context_embedder",
+        "adaln_single",
+        "caption_projection",
+        "emb",
+    }
+)
 QUANTIZED_LAYERS = (torch.nn.Conv2d, torch.nn.Linear)
 
 
@@ -87,7 +106,8 @@ QUANTIZATION_PARAMS = {
 
 @dataclass
 class QuantizationPlan:
-    """What was quantized how; attached to the unet as ``autoaccel_quantization`` for measurement and kernels."""
+    """What was quantized how; attached to the denoiser as ``autoaccel_quantization`` for measurement and
+    kernels."""
 
     layer_bits: dict[str, int]  # module name -> weight bits
     group_bits: dict[str, int]
@@ -106,24 +126,28 @@ class QuantizationPlan:
         }
 
 
-def group_of(module_name: str) -> str:
-    """The layer group a module belongs to: a block's resnets/attentions/samplers, or a top-level module."""
+def group_of(module_name: str, blocks: list[str], whole_blocks: bool) -> str:
+    """The layer group of a module: TIME_GROUP under an embedding; inside one of ``blocks``, that block
+    (``whole_blocks``: transformers) or its resnets/attentions/samplers (UNets); else its top-level module."""
     parts = module_name.split(".")
-    if parts[0] in ("down_blocks", "up_blocks") and len(parts) >= 3:
-        return ".".join(parts[:3])
-    if parts[0] == "mid_block" and len(parts) >= 2:
-        return ".".join(parts[:2])
-    if parts[0] in ("time_embedding", "class_embedding", "add_embedding"):
+    if TIME_MODULES.intersection(parts):
         return TIME_GROUP
+    for block in blocks:
+        if module_name.startswith(block + "."):
+            if whole_blocks:
+                return block
+            return ".".join(parts[: block.count(".") + 2])
     return parts[0]
 
 
-def layer_groups(unet: torch.nn.Module) -> dict[str, list[str]]:
+def layer_groups(denoiser: torch.nn.Module) -> dict[str, list[str]]:
     """Group name -> names of its Conv2d/Linear layers, in module order."""
+    blocks = block_names(denoiser)
+    whole_blocks = denoiser_kind(denoiser).transformer
     groups: dict[str, list[str]] = OrderedDict()
-    for name, module in unet.named_modules():
+    for name, module in denoiser.named_modules():
         if isinstance(module, QUANTIZED_LAYERS):
-            groups.setdefault(group_of(name), []).append(name)
+            groups.setdefault(group_of(name, blocks, whole_blocks), []).append(name)
     return groups
 
 
@@ -159,94 +183,43 @@ def _activation_hook(plan: QuantizationPlan, low: float, high: float, bits: int)
 
 # ---------------------------------------------------------------- calibration on the teacher's own trajectory
 
-_TRAJECTORY_CACHE: OrderedDict[tuple, dict] = OrderedDict()
 _SENSITIVITY_CACHE: OrderedDict[tuple, dict[str, float]] = OrderedDict()
-_CACHE_LOCK = threading.Lock()
 
 
-def _remember(cache: OrderedDict, key, value, size: int = 8):
-    cache[key] = value
-    while len(cache) > size:
-        cache.popitem(last=False)
-    return value
-
-
-def trajectory_inputs(target, samples: int, seed: int) -> dict[str, torch.Tensor]:
-    """The unet inputs (sample, timestep, class labels) along the teacher's ODE trajectory, every step kept."""
-    key = (target.content_hash, samples, seed)
-    with _CACHE_LOCK:
-        if key in _TRAJECTORY_CACHE:
-            return _TRAJECTORY_CACHE[key]
-    from autoaccel.seeds import make_seed_batch
-    from autoaccel.teacher import ode_reference_pipeline
-    from autoaccel.techniques.timesteps import TimestepsConfig, build_timesteps
-
-    pipeline = ode_reference_pipeline(target)
-    pipeline.plan.timesteps = build_timesteps(
-        TimestepsConfig(steps=CALIBRATION_STEPS), pipeline.scheduler.alphas_cumprod
-    )
-    seeds = make_seed_batch(target.sample_shape, samples, 20_000 + seed, target.num_classes)
-    captured: dict[str, list[torch.Tensor]] = {"sample": [], "timestep": [], "class_labels": []}
-
-    def capture(module, args, kwargs):
-        sample = args[0]
-        timestep = args[1] if len(args) > 1 else kwargs["timestep"]
-        captured["sample"].append(sample.detach().clone())
-        captured["timestep"].append(torch.as_tensor(timestep).reshape(-1).expand(len(sample)).clone())
-        labels = kwargs.get("class_labels")
-        if labels is not None:
-            captured["class_labels"].append(labels.detach().clone())
-
-    handle = pipeline.unet.register_forward_pre_hook(capture, with_kwargs=True)
-    try:
-        pipeline(seeds.noise, seeds.class_labels)
-    finally:
-        handle.remove()
-    inputs = {name: torch.cat(values) for name, values in captured.items() if values}
-    with _CACHE_LOCK:
-        return _remember(_TRAJECTORY_CACHE, key, inputs)
-
-
-def _predict(unet, inputs: dict[str, torch.Tensor], chunk: int = 256) -> torch.Tensor:
-    device = next(unet.parameters()).device
-    outputs = []
-    with torch.no_grad():
-        for start in range(0, len(inputs["sample"]), chunk):
-            part = {name: value[start : start + chunk].to(device) for name, value in inputs.items()}
-            outputs.append(unet(part["sample"], part["timestep"], class_labels=part.get("class_labels")).sample.cpu())
-    return torch.cat(outputs)
+def trajectory_inputs(target, samples: int, seed: int) -> list[Call]:
+    """The calibration calls: the denoiser's exact calls along the teacher's ODE trajectory, every step kept."""
+    return trajectory_calls(target, samples, seed, CALIBRATION_STEPS)
 
 
 def _relative_error(reference: torch.Tensor, output: torch.Tensor) -> float:
     return float((output - reference).pow(2).mean() / reference.pow(2).mean().clamp_min(1e-12))
 
 
-def group_sensitivity(unet, inputs: dict[str, torch.Tensor], bits: int, cache_key=None) -> dict[str, float]:
-    """Relative noise-prediction error on the calibration inputs with only one group's weights at ``bits``.
+def group_sensitivity(denoiser, calls: list[Call], bits: int, cache_key=None) -> dict[str, float]:
+    """Relative prediction error on the calibration calls with only one group's weights at ``bits``.
 
-    Measured, not guessed: a forward pass per group over inputs drawn from every part of the schedule.
+    Measured, not guessed: a replay per group of calls drawn from every part of the schedule.
     """
-    if cache_key is not None:
-        with _CACHE_LOCK:
-            if cache_key in _SENSITIVITY_CACHE:
-                return _SENSITIVITY_CACHE[cache_key]
-    modules = dict(unet.named_modules())
-    reference = _predict(unet, inputs)
+    if cache_key is None:
+        return _sensitivity(denoiser, calls, bits)
+    return cached(_SENSITIVITY_CACHE, cache_key, lambda: _sensitivity(denoiser, calls, bits))
+
+
+def _sensitivity(denoiser, calls: list[Call], bits: int) -> dict[str, float]:
+    modules = dict(denoiser.named_modules())
+    reference = replay(denoiser, calls)
     sensitivity = {}
-    for group, names in layer_groups(unet).items():
+    for group, names in layer_groups(denoiser).items():
         if group == TIME_GROUP:
             continue
         originals = {name: modules[name].weight.data.clone() for name in names}
         try:
             for name in names:
                 modules[name].weight.data = fake_quantize_weight(originals[name], bits)
-            sensitivity[group] = _relative_error(reference, _predict(unet, inputs))
+            sensitivity[group] = _relative_error(reference, replay(denoiser, calls))
         finally:
             for name in names:
                 modules[name].weight.data = originals[name]
-    if cache_key is not None:
-        with _CACHE_LOCK:
-            _remember(_SENSITIVITY_CACHE, cache_key, sensitivity)
     return sensitivity
 
 
@@ -270,9 +243,9 @@ def assign_group_bits(
     return bits
 
 
-def _calibrate_activations(unet, inputs: dict[str, torch.Tensor], names: list[str]) -> dict[str, tuple[float, float]]:
+def _calibrate_activations(denoiser, calls: list[Call], names: list[str]) -> dict[str, tuple[float, float]]:
     """Min/max of every quantized layer's input over the whole trajectory."""
-    modules = dict(unet.named_modules())
+    modules = dict(denoiser.named_modules())
     ranges: dict[str, list[float]] = {}
 
     def observer(name):
@@ -286,7 +259,7 @@ def _calibrate_activations(unet, inputs: dict[str, torch.Tensor], names: list[st
 
     handles = [modules[name].register_forward_pre_hook(observer(name)) for name in names]
     try:
-        _predict(unet, inputs)
+        replay(denoiser, calls)
     finally:
         for handle in handles:
             handle.remove()
@@ -294,7 +267,8 @@ def _calibrate_activations(unet, inputs: dict[str, torch.Tensor], names: list[st
 
 
 def quantize_unet(unet, config: QuantizationConfig, target) -> torch.nn.Module:
-    """A copy of ``unet`` with the plan's weights on their grids and activation fake-quant hooks attached."""
+    """A copy of ``unet`` (any supported denoiser) with the plan's weights on their grids and activation
+    fake-quant hooks attached."""
     from autoaccel.targets.base import hash_weights
 
     if target is None:
@@ -305,17 +279,17 @@ def quantize_unet(unet, config: QuantizationConfig, target) -> torch.nn.Module:
         raise TechniqueError(f"quantization found no Conv2d or Linear layer in {type(unet).__name__}")
     modules = dict(quantized.named_modules())
     sizes = {group: sum(modules[name].weight.numel() for name in names) for group, names in groups.items()}
-    inputs = trajectory_inputs(target, config.calibration_samples, config.seed)
+    calls = trajectory_inputs(target, config.calibration_samples, config.seed)
     sensitivity: dict[str, float] = {}
     if config.low_fraction > 0.0 and config.low_bits < config.weight_bits:
         key = (hash_weights(quantized), config.low_bits, config.calibration_samples, config.seed)
-        sensitivity = group_sensitivity(quantized, inputs, config.low_bits, key)
+        sensitivity = group_sensitivity(quantized, calls, config.low_bits, key)
     group_bits = assign_group_bits(groups, sizes, sensitivity, config)
     layer_bits = {name: group_bits[group] for group, names in groups.items() for name in names}
     plan = QuantizationPlan(layer_bits, group_bits, config.activation_bits, sensitivity=sensitivity)
     if config.activation_bits is not None:
-        quantized_inputs = [name for name in layer_bits if group_of(name) != TIME_GROUP]
-        plan.activation_ranges = _calibrate_activations(quantized, inputs, quantized_inputs)
+        quantized_inputs = [name for group, names in groups.items() if group != TIME_GROUP for name in names]
+        plan.activation_ranges = _calibrate_activations(quantized, calls, quantized_inputs)
     for name, bits in layer_bits.items():
         modules[name].weight.data = fake_quantize_weight(modules[name].weight.data, bits)
     for name, (low, high) in plan.activation_ranges.items():
