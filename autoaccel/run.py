@@ -23,7 +23,7 @@ from autoaccel.ledger import LEDGER_FILE, Ledger, default_storage, shown_url
 from autoaccel.limits import check_teacher_ratios
 from autoaccel.measure.evaluator import CostSettings, Evaluator
 from autoaccel.measure.reference import QualityJudge
-from autoaccel.objectives import objective_directions
+from autoaccel.objectives import objective_directions, resolve_objectives
 from autoaccel.optimizers.base import OptimizerBackend
 from autoaccel.space import SearchSpace, load_space
 from autoaccel.space_choice import resolve_space_name
@@ -59,6 +59,13 @@ def load_target(config: DictConfig) -> Target:
     target = load_kind(str(config.target.name), path, default_device(str(config.target.device)), prompts)
     target.reference = str(config.target.get("reference") or "default")
     target.ode_steps = int(config.quality.get("ode_steps", 200))
+    if config.target.get("data"):
+        from autoaccel.targets.data_folder import load_target_data
+
+        load_target_data(target, str(config.target.data))
+    from autoaccel.measure.reference import configure_quality
+
+    configure_quality(target, config.quality.get("clip_model"), config.quality.get("inception_weights"))
     return target
 
 
@@ -100,9 +107,9 @@ def prepare_run(config: DictConfig, run_dir: Path | None = None, for_search: boo
     from autoaccel.optimizers.base import make_backend
 
     validate_config(config)
-    objectives = list(config.objectives)
-    directions = objective_directions(objectives)
     target = load_target(config)
+    objectives = resolve_objectives(list(config.objectives), target)
+    directions = objective_directions(objectives)
     check_teacher_ratios(config.budget, target.quality.kind)
     space = load_space(resolve_space_name(config)).for_target(
         target.capabilities, num_train_timesteps=target.num_train_timesteps

@@ -87,7 +87,8 @@ def _check_before_starting(config) -> None:
     from autoaccel.objectives import objective_directions
 
     validate_config(config)
-    objective_directions(list(config.objectives))
+    # "quality" resolves per target when each worker loads it; either resolution is a known metric
+    objective_directions(["fid" if name == "quality" else str(name) for name in config.objectives])
     try:
         optuna.storages.RDBStorage(str(config.storage))
     except (ImportError, ValueError, SQLAlchemyError) as error:

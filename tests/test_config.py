@@ -15,7 +15,7 @@ def test_defaults():
     assert config.target.name == "digits"
     assert config.target.path is None
     assert config.optimizer.name == "optuna_nsga2"
-    assert config.space == "sampler"
+    assert config.space == "auto"
     assert list(config.objectives) == ["fid", "latency_ms"]
     assert config.budget.trials == 40
     assert config.budget.max_latency_ms is None and config.budget.max_nfe is None

@@ -58,6 +58,8 @@ class QualityConfig:
     seed: int = 0
     chunk_size: int = 512
     ode_steps: int = 200  # steps of the deterministic reference paired measures compare with (psnr_vs_ode)
+    clip_model: str | None = None  # a local transformers CLIPModel folder: clip_score (prompt adherence)
+    inception_weights: str | None = None  # torch-fidelity's Inception weights file: fid_inception
 
 
 @dataclass

@@ -3,6 +3,8 @@
 - ``autoaccel-random-cnn-v1``: a fixed, seeded random convolutional network (multi-scale mean and std of
   its activations, 192-d) for any other model. Random-feature FID ranks generators sensibly but its values
   are not comparable with Inception FID; reports name the extractor beside every figure.
+- ``autoaccel-random-cnn-v1-s<k>``: the same network drawn from another seed (``seeded_random_extractor``), for
+  averaging FID over several random feature spaces.
 
 torch-fidelity caches statistics by extractor name and ignores weights, so each weights version gets its own
 name: change the suffix when the weights change. A target with a feature extractor of its own registers it here
@@ -77,6 +79,28 @@ class RandomConvFeatures(OneLayerFeatures):
 EXTRACTORS: dict[str, type[FeatureExtractorBase]] = {GENERIC_EXTRACTOR: RandomConvFeatures}
 
 
+ENSEMBLE_SIZE = 5  # random CNNs ``fid_ensemble`` averages over
+
+
+def ensemble_extractors(size: int = ENSEMBLE_SIZE) -> list[str]:
+    """The generic random CNN and ``size - 1`` redraws of it: FID averaged over them depends less on the luck of
+    one random feature space (reports/bench/quality.md)."""
+    return [seeded_random_extractor(index) for index in range(size)]
+
+
+def seeded_random_extractor(index: int) -> str:
+    """The generic random CNN drawn from seed ``SEED + index`` (index 0 is ``GENERIC_EXTRACTOR`` itself),
+    registered under its own name so torch-fidelity's caches never mix two draws."""
+    if index == 0:
+        return GENERIC_EXTRACTOR
+    name = f"{GENERIC_EXTRACTOR}-s{index}"
+    if name not in EXTRACTORS:
+        EXTRACTORS[name] = type(
+            f"RandomConvFeaturesSeed{index}", (RandomConvFeatures,), {"SEED": RandomConvFeatures.SEED + index}
+        )
+    return name
+
+
 def register_extractor(name: str, extractor: type[FeatureExtractorBase]) -> str:
     """Makes a target's own feature extractor known by ``name`` (one name per weights version)."""
     if EXTRACTORS.get(name, extractor) is not extractor:
@@ -94,3 +118,24 @@ def ensure_registered(name: str) -> str:
     if name not in FEATURE_EXTRACTORS_REGISTRY:
         register_feature_extractor(name, EXTRACTORS[name])
     return name
+
+
+def vae_encoder_features(vae, images_uint8: torch.Tensor, pooled_size: int = 4, batch_size: int = 256) -> torch.Tensor:
+    """A model's own VAE encoder as a feature space: posterior means pooled to at most ``pooled_size`` squared
+    positions and flattened (64-d for 4-channel latents), in float64 for FID statistics.
+
+    Images are uint8 (N, C, H, W) at the VAE's resolution; channels are matched to the encoder's input.
+    """
+    encoder_channels = int(vae.config.in_channels)
+    device = next(vae.parameters()).device
+    dtype = next(vae.parameters()).dtype
+    chunks = []
+    with torch.no_grad():
+        for chunk in images_uint8.split(batch_size):
+            x = to_unit_range(chunk)
+            if x.shape[1] != encoder_channels:
+                x = x.mean(dim=1, keepdim=True).repeat(1, encoder_channels, 1, 1)
+            means = vae.encode(x.to(device=device, dtype=dtype)).latent_dist.mean.float()
+            size = min(pooled_size, means.shape[-1], means.shape[-2])
+            chunks.append(F.adaptive_avg_pool2d(means, size).flatten(1).cpu())
+    return torch.cat(chunks).double()
