@@ -17,7 +17,6 @@ from autoaccel.targets.loader import SUPPORTED, default_device, load_pipeline_fo
 from tests.tiny import build_tiny_pipeline_folder
 
 
-
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
     return build_tiny_pipeline_folder(tmp_path_factory.mktemp("targets") / "tiny")
