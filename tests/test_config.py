@@ -105,8 +105,8 @@ def test_objective_directions_for_known_metrics():
 
 def test_unknown_objective_is_named_with_the_valid_ones():
     with pytest.raises(ConfigError) as info:
-        objective_directions(["fid", "clip_score"])
-    assert "'clip_score'" in str(info.value)
+        objective_directions(["fid", "sharpness"])
+    assert "'sharpness'" in str(info.value)
     for name in DIRECTIONS:
         assert name in str(info.value)
 
