@@ -166,7 +166,14 @@ def test_without_a_ladder_a_candidate_is_scored_once_at_the_runs_samples():
 
 # ---------------------------------------------------------------- the baselines of every bundled space
 
-SOLVER_OF = {"ddim": ("ddim", 1), "dpmsolver++2m": ("dpmsolver++", 2), "unipc": ("unipc", 2)}
+SOLVER_OF = {
+    "ddim": ("ddim", 1),
+    "flow_euler": ("flow_euler", 1),
+    "dpmsolver++2m": ("dpmsolver++", 2),
+    "unipc": ("unipc", 2),
+}
+# flow-matching spaces start from Euler, what their pipelines run; DDPM-family spaces from DDIM
+FIRST_OF = {"flow_sampler": "flow_euler"}
 BASELINES_OF = {"timesteps": ["dpmsolver++2m"]}  # the timesteps space fixes DPM-Solver++ 2M; others have all three
 
 
@@ -174,8 +181,10 @@ BASELINES_OF = {"timesteps": ["dpmsolver++2m"]}  # the timesteps space fixes DPM
 @pytest.mark.parametrize("name", bundled_spaces())
 def test_standard_configurations_are_valid_unchanged_model_baselines_of_each_space(name, capabilities):
     space = load_space(name).for_target(capabilities, num_train_timesteps=100)
-    configurations = standard_configurations(space, [3, 6])
-    expected = [f"{label}-{steps}" for steps in (3, 6) for label in BASELINES_OF.get(name, list(SOLVER_OF))]
+    family = "flow" if name in FIRST_OF else "ddpm"
+    configurations = standard_configurations(space, [3, 6], family=family)
+    solvers = [FIRST_OF.get(name, "ddim"), "dpmsolver++2m", "unipc"]
+    expected = [f"{label}-{steps}" for steps in (3, 6) for label in BASELINES_OF.get(name, solvers)]
     assert [tag for tag, _ in configurations] == expected
     for tag, searched in configurations:
         label, steps = tag.rsplit("-", 1)
