@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from autoaccel.errors import TechniqueError
-from autoaccel.techniques.solver_spec import SolverSpec
+from autoaccel.techniques.solver_spec import SolverSpec, scheduler_from_settings
 
 if TYPE_CHECKING:
     from autoaccel.techniques.timesteps import TimestepsConfig
@@ -415,19 +415,6 @@ def build_flow_scheduler(solver_config, base_scheduler_config: dict):
         raise TechniqueError(
             f"{class_name} does not support lower_order_final=False with a final sigma of 0 (it switches to True)"
         )
-    scheduler_class = getattr(diffusers, class_name)
-    accepted = inspect.signature(scheduler_class.__init__).parameters
+    accepted = inspect.signature(getattr(diffusers, class_name).__init__).parameters
     base = {key: value for key, value in base_scheduler_config.items() if key in accepted and not key.startswith("_")}
-    try:
-        scheduler = scheduler_class.from_config({**base, **settings})
-    except (ValueError, NotImplementedError) as error:
-        raise TechniqueError(f"{class_name} refused flow solver settings {settings}: {error}") from error
-    changed = {
-        key: (value, scheduler.config[key])
-        for key, value in settings.items()
-        if key in scheduler.config and scheduler.config[key] != value
-    }
-    if changed:
-        details = ", ".join(f"{key}={wanted!r} (it uses {used!r})" for key, (wanted, used) in changed.items())
-        raise TechniqueError(f"{class_name} does not support {details}")
-    return scheduler
+    return scheduler_from_settings(class_name, base, settings, "flow solver")

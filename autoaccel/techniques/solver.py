@@ -14,7 +14,7 @@ import diffusers
 
 from autoaccel.errors import ConfigError, TechniqueError
 from autoaccel.techniques.base import ParamSpec, Technique, register
-from autoaccel.techniques.solver_spec import SolverSpec
+from autoaccel.techniques.solver_spec import SolverSpec, scheduler_from_settings
 
 SOLVERS: dict[str, SolverSpec] = {
     "ddim": SolverSpec("DPMSolverMultistepScheduler", (1,), fixed={"algorithm_type": "dpmsolver++"}),
@@ -145,23 +145,8 @@ def build_scheduler(config: SolverConfig, base_scheduler_config: dict, family: s
 
         return build_flow_scheduler(config, base_scheduler_config)
     class_name, settings = scheduler_settings(config)
-    scheduler_class = getattr(diffusers, class_name)
     base = {key: value for key, value in base_scheduler_config.items() if not key.startswith("_")}
-    try:
-        scheduler = scheduler_class.from_config({**base, **settings})
-    except (ValueError, NotImplementedError) as error:
-        raise TechniqueError(f"{class_name} refused solver settings {settings}: {error}") from error
-    # Some schedulers quietly rewrite a combination they do not support (DPM-Solver++ forces
-    # lower_order_final=True with a zero final sigma); that would be a different plan than the one recorded.
-    changed = {
-        key: (value, scheduler.config[key])
-        for key, value in settings.items()
-        if key in scheduler.config and scheduler.config[key] != value
-    }
-    if changed:
-        details = ", ".join(f"{key}={wanted!r} (it uses {used!r})" for key, (wanted, used) in changed.items())
-        raise TechniqueError(f"{class_name} does not support {details}")
-    return scheduler
+    return scheduler_from_settings(class_name, base, settings)
 
 
 def guidance_for(config: SolverConfig, target) -> float:

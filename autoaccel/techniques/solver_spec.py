@@ -14,3 +14,28 @@ class SolverSpec:
     variants: dict[str, dict] = field(default_factory=lambda: {"default": {}})
     fixed: dict = field(default_factory=dict)
     stochastic: bool = False
+
+
+def scheduler_from_settings(class_name: str, base: dict, settings: dict, what: str = "solver"):
+    """A scheduler of ``class_name`` built from the model's ``base`` config overridden by ``settings``.
+
+    Some schedulers quietly rewrite a combination they do not support (DPM-Solver++ forces lower_order_final=True
+    with a zero final sigma); that would be a different plan than the one recorded, so it is refused.
+    """
+    import diffusers
+
+    from autoaccel.errors import TechniqueError
+
+    try:
+        scheduler = getattr(diffusers, class_name).from_config({**base, **settings})
+    except (ValueError, NotImplementedError) as error:
+        raise TechniqueError(f"{class_name} refused {what} settings {settings}: {error}") from error
+    changed = {
+        key: (value, scheduler.config[key])
+        for key, value in settings.items()
+        if key in scheduler.config and scheduler.config[key] != value
+    }
+    if changed:
+        details = ", ".join(f"{key}={wanted!r} (it uses {used!r})" for key, (wanted, used) in changed.items())
+        raise TechniqueError(f"{class_name} does not support {details}")
+    return scheduler
