@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from autoaccel.errors import TechniqueError
-from autoaccel.techniques.solver_spec import SolverSpec, scheduler_from_settings
+from autoaccel.techniques.solver_spec import SolverSpec, refuse_switched_settings, scheduler_from_settings
 
 if TYPE_CHECKING:
     from autoaccel.techniques.timesteps import TimestepsConfig
@@ -241,14 +241,7 @@ def set_exact_sigmas(scheduler, sigmas: list[float], device: torch.device | str 
         _replace_heun(scheduler, expected, device)
     else:
         _replace_log_snr(scheduler, expected, device)
-    changed = {
-        key: (value, scheduler.config.get(key))
-        for key, value in config_before.items()
-        if scheduler.config.get(key) != value
-    }
-    if changed:
-        details = ", ".join(f"{key}={wanted!r} (it switched to {used!r})" for key, (wanted, used) in changed.items())
-        raise TechniqueError(f"{name} does not support {details} with {len(requested)} steps")
+    refuse_switched_settings(scheduler, config_before, len(requested))
     _verify(scheduler, expected)
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(0)

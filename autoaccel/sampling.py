@@ -20,6 +20,7 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from autoaccel.errors import TechniqueError
 from autoaccel.targets.conditions import CLASS, Conditions, concat_keywords
 from autoaccel.targets.denoisers import decode, predict
+from autoaccel.techniques.solver_spec import refuse_switched_settings
 
 
 def set_exact_timesteps(scheduler, timesteps: list[int], device: torch.device | str = "cpu") -> None:
@@ -36,16 +37,7 @@ def set_exact_timesteps(scheduler, timesteps: list[int], device: torch.device | 
         scheduler.set_timesteps(timesteps=list(timesteps), device=device)
     else:
         _set_sigma_timesteps(scheduler, timesteps, device)
-    # Some schedulers rewrite a setting they cannot honour for this schedule (DPM-Solver singlestep forces
-    # lower_order_final=True); the plan would then not be what was recorded.
-    changed = {
-        key: (value, scheduler.config.get(key))
-        for key, value in config_before.items()
-        if scheduler.config.get(key) != value
-    }
-    if changed:
-        details = ", ".join(f"{key}={wanted!r} (it switched to {used!r})" for key, (wanted, used) in changed.items())
-        raise TechniqueError(f"{type(scheduler).__name__} does not support {details} with {len(timesteps)} steps")
+    refuse_switched_settings(scheduler, config_before, len(timesteps))
 
 
 def _set_sigma_timesteps(scheduler, timesteps: list[int], device) -> None:

@@ -39,3 +39,16 @@ def scheduler_from_settings(class_name: str, base: dict, settings: dict, what: s
         details = ", ".join(f"{key}={wanted!r} (it uses {used!r})" for key, (wanted, used) in changed.items())
         raise TechniqueError(f"{class_name} does not support {details}")
     return scheduler
+
+
+def refuse_switched_settings(scheduler, before: dict, steps: int) -> None:
+    """Raises TechniqueError when setting a schedule made ``scheduler`` rewrite a setting it cannot honour for it
+    (DPM-Solver singlestep forces lower_order_final=True): the plan would then not be what was recorded."""
+    from autoaccel.errors import TechniqueError
+
+    changed = {
+        key: (value, scheduler.config.get(key)) for key, value in before.items() if scheduler.config.get(key) != value
+    }
+    if changed:
+        details = ", ".join(f"{key}={wanted!r} (it switched to {used!r})" for key, (wanted, used) in changed.items())
+        raise TechniqueError(f"{type(scheduler).__name__} does not support {details} with {steps} steps")
