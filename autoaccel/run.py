@@ -235,7 +235,11 @@ def ensure_teacher(context: RunContext, log) -> dict:
         return stored
     started = time.perf_counter()
     log(f"measuring the reference once for this study: {describe_reference_cost(context)} ...")
-    measurement = context.evaluator.evaluate_teacher()
+    context.judge.log = log
+    try:
+        measurement = context.evaluator.evaluate_teacher()
+    finally:
+        context.judge.log = None
     row = {key: (value if math.isfinite(value) else None) for key, value in measurement.metrics.items()}
     row["timesteps"] = reference_steps(context.target)
     row["reference"] = describe_reference(context.target)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -70,11 +71,16 @@ def _normal_prefix(total: int, keep: int, generator: torch.Generator, pass_rest:
     return head
 
 
-def sample_in_chunks(pipeline, seeds: SeedBatch, chunk_size: int = 256) -> torch.Tensor:
-    """Runs the pipeline over the seed batch; stochastic solvers draw from a generator seeded per chunk."""
+def sample_in_chunks(
+    pipeline, seeds: SeedBatch, chunk_size: int = 256, progress: Callable[[int, int], None] | None = None
+) -> torch.Tensor:
+    """Runs the pipeline over the seed batch; stochastic solvers draw from a generator seeded per chunk.
+    ``progress(done, total)`` is called after each chunk (long reference calls report how far they got)."""
     outputs = []
     for start in range(0, seeds.count, chunk_size):
         generator = torch.Generator(device=pipeline.denoiser.device).manual_seed(seeds.seed * 100_003 + start)
         labels = None if seeds.class_labels is None else seeds.class_labels[start : start + chunk_size]
         outputs.append(pipeline(seeds.noise[start : start + chunk_size], labels, generator=generator).images)
+        if progress is not None:
+            progress(min(start + chunk_size, seeds.count), seeds.count)
     return torch.cat(outputs)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +96,18 @@ class QualityJudge:
         self._ensemble_reference: dict[str, list[torch.Tensor]] = {}
         self._floor: dict | None = None
         self._lock = threading.RLock()  # concurrent trials share one judge: references are made once
+        self.log: Callable[[str], None] | None = None  # set by a search: reference sampling reports its progress
+
+    def _progress(self, what: str) -> Callable[[int, int], None] | None:
+        """A per-chunk progress line for sampling ``what`` (a reference call may take minutes), when logging."""
+        if self.log is None:
+            return None
+        started, log = time.perf_counter(), self.log
+
+        def report(done: int, total: int) -> None:
+            log(f"{what}: {done}/{total} images ({time.perf_counter() - started:.0f} s)")
+
+        return report
 
     def _key(self, kind: str, seed: int) -> str:
         prompts = ""
@@ -117,7 +131,9 @@ class QualityJudge:
         if self._teacher_images is None:
             self._teacher_images = self._cached(
                 f"reference-{self.target.reference}",
-                lambda: sample_in_chunks(teacher_pipeline(self.target), self.seeds, self.chunk_size),
+                lambda: sample_in_chunks(
+                    teacher_pipeline(self.target), self.seeds, self.chunk_size, self._progress("reference")
+                ),
             )
         return self._teacher_images
 
@@ -129,7 +145,9 @@ class QualityJudge:
         if self._ode_images is None:
             self._ode_images = self._cached(
                 f"ode{ODE_REFERENCE_STEPS}",
-                lambda: sample_in_chunks(ode_reference_pipeline(self.target), self.seeds, self.chunk_size),
+                lambda: sample_in_chunks(
+                    ode_reference_pipeline(self.target), self.seeds, self.chunk_size, self._progress("ODE reference")
+                ),
             )
         return self._ode_images
 
@@ -212,12 +230,20 @@ class QualityJudge:
                 self._floor = self._cached_floor()
             return self._floor
 
-    def _cached_floor(self) -> dict:
-        reference, reference_key = self.reference_images()
-        extractor = self.target.quality.extractor
+    def has_floor(self) -> bool:
+        """Whether ``fid_floor`` is already measured (in memory or on disk), so asking for it costs nothing."""
+        return self._floor is not None or self._floor_path().exists()
+
+    def _floor_path(self) -> Path:
+        _, reference_key = self.reference_images()
         labels = "" if self.target.real_labels is None else tensor_digest(self.target.real_labels)
-        key = f"{self._key('floor', self.seeds.seed)}-{extractor}-{reference_key}-{labels}"
-        path = self.cache_dir / "floors" / f"{hashlib.sha1(key.encode()).hexdigest()[:24]}.json"
+        key = f"{self._key('floor', self.seeds.seed)}-{self.target.quality.extractor}-{reference_key}-{labels}"
+        return self.cache_dir / "floors" / f"{hashlib.sha1(key.encode()).hexdigest()[:24]}.json"
+
+    def _cached_floor(self) -> dict:
+        reference, _ = self.reference_images()
+        extractor = self.target.quality.extractor
+        path = self._floor_path()
         if path.exists():
             return json.loads(path.read_text())
         if self.target.real_images is not None:
@@ -242,7 +268,9 @@ class QualityJudge:
         seeds = make_seed_batch(self.target.sample_shape, self.samples, seed, self.target.condition_count)
         images = self._cached(
             f"reference-{self.target.reference}",
-            lambda: sample_in_chunks(teacher_pipeline(self.target), seeds, self.chunk_size),
+            lambda: sample_in_chunks(
+                teacher_pipeline(self.target), seeds, self.chunk_size, self._progress("second reference set (floor)")
+            ),
             seed=seed,
         )
         return to_uint8(images)

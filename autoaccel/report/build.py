@@ -106,7 +106,7 @@ def build_report(context, log=print) -> Path:
     grids: dict[str, str] = {}
     if teacher:
         save_grid(context.judge.teacher_images()[:grid_count], run_dir / TEACHER_GRID)
-        grids[f"teacher ({teacher.get('timesteps')} steps), fid {figure_text(teacher.get('fid', math.nan))}"] = (
+        grids[f"reference ({teacher.get('timesteps')} steps), fid {figure_text(teacher.get('fid', math.nan))}"] = (
             TEACHER_GRID
         )
     recipe_paths = []
@@ -126,13 +126,21 @@ def build_report(context, log=print) -> Path:
     _remove_stale(run_dir / "grids", "trial-*.png", set(grids.values()))
     trials.to_csv(run_dir / "trials.csv", index=False)
     front.reindex(columns=PARETO_COLUMNS).to_csv(run_dir / "pareto.csv", index=False)
-    teacher_file = {**(teacher or {}), "quality_reference": context.target.quality.kind}
+    complete = trials[trials["state"] == "COMPLETE"] if not trials.empty else trials
+    floor = measured_floor(context, log) if not complete.empty else None
+    teacher_file = {**(teacher or {}), "quality_reference": context.target.quality.kind, "fid_floor": floor}
     write_atomically(run_dir / TEACHER_FILE, lambda path: path.write_text(json.dumps(teacher_file, indent=1)))
-    pareto_plot(trials, front, teacher, run_dir / "pareto.png", title=f"{context.ledger.study_name}")
+    pareto_plot(
+        trials,
+        front,
+        teacher,
+        run_dir / "pareto.png",
+        title=f"{context.ledger.study_name}",
+        floor=None if floor is None else floor["fid"],
+    )
     hypervolumes = hypervolume_history(trials, context.objectives)
     hypervolume_plot(hypervolumes, run_dir / "hypervolume.png", context.objectives)
     knee = knee_point(front, context.objectives)
-    complete = trials[trials["state"] == "COMPLETE"] if not trials.empty else trials
     standards = complete[complete["warm_start"] != ""] if not complete.empty else complete
     failures = trials[trials["state"] == "FAIL"] if not trials.empty else trials
     if complete.empty:
@@ -145,6 +153,7 @@ def build_report(context, log=print) -> Path:
         "optimizer": str(context.config.optimizer.name),
         "objectives": ", ".join(context.objectives),
         "trials": f"{len(trials)} ({len(complete)} complete, {len(failures)} failed)",
+        "FID floor": floor["sentence"] if floor else "not measured (no trial completed)",
         "limits applied": describe_limits(limits),
         "front": f"{len(front)} plans"
         + (f"; knee point: trial {int(front.iloc[knee]['trial'])}" if knee is not None else "")
@@ -184,6 +193,19 @@ def build_report(context, log=print) -> Path:
             + ("; upload it with `wandb sync`" if mode == "offline" else "")
         )
     return run_dir / "index.html"
+
+
+def measured_floor(context, log=print) -> dict | None:
+    """The FID two independent reference sets score against each other at the run's sample count, once a trial
+    has completed (the reference images exist then). Without real data this samples the reference a second time
+    (cached on disk): the log says so before it starts."""
+    if not context.judge.has_floor() and context.target.real_images is None:
+        log(f"measuring the FID floor: the reference on a second seed set of {context.judge.samples} images")
+    context.judge.log = log
+    try:
+        return context.judge.fid_floor()
+    finally:
+        context.judge.log = None
 
 
 def _remove_stale(folder: Path, pattern: str, current: set[str]) -> None:

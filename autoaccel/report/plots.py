@@ -1,4 +1,4 @@
-"""The Pareto plot: every complete trial, the front, the standard configurations and the teacher."""
+"""The Pareto plot: every complete trial, the front, the standard configurations, the reference and the FID floor."""
 
 from __future__ import annotations
 
@@ -35,7 +35,10 @@ def pareto_plot(
     quality: str = "fid",
     cost: str = "latency_ms",
     title: str = "",
+    floor: float | None = None,
 ) -> Path:
+    """``floor``: the FID of a second reference set against the first, drawn as a line when quality is FID: plans
+    below it cannot be told apart from the reference at this sample count."""
     complete = trials[trials["state"] == "COMPLETE"] if not trials.empty else trials
     figure, axes = new_figure((7.5, 5))
     if not complete.empty:
@@ -81,9 +84,11 @@ def pareto_plot(
             marker="*",
             c="gold",
             edgecolors="k",
-            label=f"teacher ({int(teacher.get('nfe', 0))} NFE)",
+            label=f"reference ({int(teacher.get('nfe', 0))} NFE)",
             zorder=4,
         )
+    if floor is not None and quality == "fid" and floor > 0:
+        axes.axhline(floor, color="tab:green", linestyle="--", linewidth=1, label=f"FID floor ({floor:.3g})")
     axes.set_xscale("log")
     if not complete.empty and (complete[quality] > 0).all():
         axes.set_yscale("log")
