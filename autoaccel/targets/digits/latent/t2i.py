@@ -141,7 +141,9 @@ def train_t2i(
         # every distinct prompt is encoded once per step and gathered: 51 sequences instead of batch_size
         embeddings = text_encoder(prompt_ids)[0] if train_text_encoder else frozen_embeddings
         noisy, noise, timesteps = add_noise(latents[index], scheduler.alphas_cumprod, generator)
-        prediction = unet(noisy, timesteps, encoder_hidden_states=embeddings[rows]).sample
+        # index_select, not embeddings[rows]: the latter's backward accumulates repeated rows in thread order,
+        # so two runs with one seed drifted apart (tests/test_latent_digits_models.py)
+        prediction = unet(noisy, timesteps, encoder_hidden_states=torch.index_select(embeddings, 0, rows)).sample
         loss = F.mse_loss(prediction, noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
