@@ -15,6 +15,7 @@ from typing import Any
 
 from autoaccel.artifacts import ArtifactRef, ArtifactStore, read_artifact
 from autoaccel.errors import RecipeError
+from autoaccel.prescribed import apply_prescribed
 
 Plan = list[tuple[Any, Any]]
 
@@ -52,6 +53,7 @@ def apply_plan(
             if state is not None:
                 stored[technique.name] = store.put(state)
         pipeline.plan.techniques.append((technique, config))
+    apply_prescribed(pipeline, target)  # a distilled model's own sampler wins over the sampler techniques'
     return stored
 
 

@@ -33,6 +33,7 @@ RECIPE_FORMAT = 1
 ALLOWED_SCHEDULERS = frozenset(spec.scheduler_class for spec in [*SOLVERS.values(), *flow_solvers().values()]) | {
     "DDPMScheduler",
     "DDIMScheduler",
+    "LCMScheduler",  # consistency-distilled students (autoaccel.distill.consistency)
 }
 REQUIRED_KEYS = ("autoaccel_recipe", "base_model", "scheduler", "timesteps", "guidance_scale")
 MAX_TRAIN_TIMESTEPS = 1_000_000  # schedulers allocate tables of this length

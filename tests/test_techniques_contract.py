@@ -48,6 +48,15 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "guidance": 1.5,
     },
     "timesteps": {"steps": 4, "family": "free", "gaps": [0.2, 0.5, 1.0], "shift": 1.5, "start": 0.9, "end": 0.05},
+    "distillation": {
+        "method": "consistency",
+        "steps": 2,
+        "iterations": 4,
+        "batch_size": 8,
+        "data_samples": 16,
+        "original_steps": 25,
+        "loss": "l2",
+    },
 }
 # A change of each example that changes what a deployment costs.
 COST_CHANGES: dict[str, dict[str, Any]] = {
@@ -55,6 +64,7 @@ COST_CHANGES: dict[str, dict[str, Any]] = {
     "quantization": {"activation_bits": None},
     "solver": {"guidance": 1.0},
     "timesteps": {"steps": 3},
+    "distillation": {"steps": 1},
 }
 # Changes that leave the cost as it is, where a technique has some: such plans share one latency measurement.
 SAME_COST_CHANGES: dict[str, dict[str, Any]] = {
@@ -62,6 +72,7 @@ SAME_COST_CHANGES: dict[str, dict[str, Any]] = {
     "quantization": {"seed": 2, "calibration_samples": 5},
     "solver": {"guidance": 2.0, "order": 2},
     "timesteps": {"family": "karras", "rho": 7.0, "gaps": []},
+    "distillation": {"seed": 2, "iterations": 3},
 }
 
 

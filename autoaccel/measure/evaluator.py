@@ -26,6 +26,7 @@ from autoaccel.seeds import sample_in_chunks
 from autoaccel.space import SearchSpace
 from autoaccel.targets.base import Target
 from autoaccel.teacher import teacher_pipeline
+from autoaccel.techniques.base import TRAIN_MINUTES
 from autoaccel.techniques.quantization import quantization_plan
 
 MODELS_KEPT = 2  # pruned/quantized models kept for re-use (each a full copy of the denoiser)
@@ -144,6 +145,9 @@ class Evaluator:
             model_bytes=float(model_bytes(pipeline.denoiser)),
             **{f"{stage}_ms": value for stage, value in cost.stage_ms.items()},
         )
+        trained = getattr(pipeline.denoiser, TRAIN_MINUTES, None)
+        if trained is not None:  # what producing this plan's model cost the search (not its deployment)
+            details.update(train_minutes=round(float(trained), 3))
         kernels = kernel_choice(pipeline.denoiser)
         plan = quantization_plan(pipeline.denoiser)
         if plan is not None:

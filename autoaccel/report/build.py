@@ -65,8 +65,11 @@ def write_front_recipe(context, row: pd.Series, recipes_dir: Path) -> Path:
     candidate = Candidate.from_params(frozen.user_attrs["candidate"])
     plan = candidate.plan(context.space.techniques)
     pipeline = context.target.make_pipeline()
-    apply_plan(pipeline, [step for step in plan if not step[0].modifies_model], context.target)
     artifacts = trial_artifacts(context.run_dir, frozen.user_attrs.get(f"{DETAIL_PREFIX}artifacts"), recipes_dir)
+    # a distilled model prescribes the sampler the recipe records: it is loaded from its artifact
+    prescribing = [step for step in plan if step[0].prescribes(step[1])]
+    stored = {name: (Path(os.path.normpath(recipes_dir / ref.path)), ref.sha256) for name, ref in artifacts.items()}
+    apply_plan(pipeline, prescribing + [step for step in plan if not step[0].modifies_model], context.target, stored)
     figures = {name: row.get(name) for name in [*METRIC_COLUMNS, "quality_samples"] if name in row}
     measured_on = {
         "device": row.get("device"),

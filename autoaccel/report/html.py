@@ -40,10 +40,19 @@ FRONT_COLUMNS = [
     "timesteps",
     "simulated",
     "quantized_latency",
+    "train_minutes",
     "recipe",
 ]
 # shown only where some row has them: quantized plans, a text encoder or a VAE, an adherence classifier
-OPTIONAL_COLUMNS = {"simulated", "quantized_latency", "encode_ms", "decode_ms", "adherence", "clip_score"}
+OPTIONAL_COLUMNS = {
+    "simulated",
+    "quantized_latency",
+    "encode_ms",
+    "decode_ms",
+    "adherence",
+    "clip_score",
+    "train_minutes",
+}
 HEADERS = {
     "latency_ms": "latency (ms)",
     "encode_ms": "text encoding (ms)",

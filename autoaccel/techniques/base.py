@@ -20,6 +20,7 @@ from typing import Any
 from autoaccel.errors import ConfigError
 
 PARAM_KINDS = ("int", "float", "bool", "choice")
+TRAIN_MINUTES = "train_minutes"  # set on a model a technique trained: the plan's search cost, recorded per trial
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,12 @@ class Technique:
     # config -> what applying it without its artifact runs again, in words ("pruning with 200 recovery steps"),
     # or None when that costs nothing worth saying
     recompute: Callable[[Any], str | None] | None = None
+    # config -> whether the model it produces must be sampled its own way (a distilled student): its prescribed
+    # scheduler, timesteps and guidance override the sampler techniques' (autoaccel.prescribed)
+    prescribes_sampler: Callable[[Any], bool] | None = None
+
+    def prescribes(self, config: Any) -> bool:
+        return self.prescribes_sampler is not None and bool(self.prescribes_sampler(config))
 
     def cost_settings(self, config: Any) -> dict[str, Any]:
         """What of ``config`` a latency measurement depends on: plans that agree here share one timing."""
@@ -222,6 +229,7 @@ def unchanged_model_params() -> dict[str, Any]:
 
 
 def _load_builtin_techniques() -> None:
+    import autoaccel.techniques.distillation  # noqa: F401
     import autoaccel.techniques.pruning  # noqa: F401
     import autoaccel.techniques.quantization  # noqa: F401
     import autoaccel.techniques.solver  # noqa: F401

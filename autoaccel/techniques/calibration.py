@@ -225,8 +225,7 @@ def noised_batch(target, count: int, generator: torch.Generator, device=None) ->
     ``(1 - s) x0 + s noise`` at timestep ``s * num_train_timesteps``. Conditioned on each sample's own condition
     (no guidance branch: the conditional prediction is what is trained)."""
     device = device if device is not None else target.denoiser.device
-    seed = NOISED_SEED_OFFSET + int(generator.initial_seed())
-    clean, labels = cached(_CLEAN_SAMPLES, (target.content_hash, count, seed), lambda: _clean(target, count, seed))
+    clean, labels = clean_samples(target, count, NOISED_SEED_OFFSET + int(generator.initial_seed()))
     clean = clean.to(device)
     keywords = target.conditions.keywords(labels, False, device)
     if target.schedule_family == FLOW_FAMILY:
@@ -249,6 +248,11 @@ def noised_batch(target, count: int, generator: torch.Generator, device=None) ->
         "sample": clean,
     }.get(prediction_type, noise)
     return NoisedBatch(sample, timesteps, keywords, wanted)
+
+
+def clean_samples(target, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``count`` clean ODE-reference samples on seed ``seed`` with their condition indices, cached per target."""
+    return cached(_CLEAN_SAMPLES, (target.content_hash, count, seed), lambda: _clean(target, count, seed))
 
 
 def _clean(target, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:

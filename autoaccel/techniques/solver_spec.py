@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 
@@ -26,8 +27,11 @@ def scheduler_from_settings(class_name: str, base: dict, settings: dict, what: s
 
     from autoaccel.errors import TechniqueError
 
+    scheduler_class = getattr(diffusers, class_name)
+    accepted = inspect.signature(scheduler_class.__init__).parameters
+    base = {key: value for key, value in base.items() if key in accepted}  # the rest diffusers would drop, noisily
     try:
-        scheduler = getattr(diffusers, class_name).from_config({**base, **settings})
+        scheduler = scheduler_class.from_config({**base, **settings})
     except (ValueError, NotImplementedError) as error:
         raise TechniqueError(f"{class_name} refused {what} settings {settings}: {error}") from error
     changed = {

@@ -1,0 +1,8 @@
+"""Distillation: students and learned schedules trained against the target's own teacher (no external data).
+
+``diffusion`` holds the DDPM-family arithmetic the training loops share (timestep grids, x0 from any
+parameterization, the deterministic DDIM step), ``data`` the teacher's samples and ODE end points (generated once
+per target and kept), ``progressive``, ``consistency`` and ``learned_schedule`` the three methods, ``students``
+the cache that lets a 4-step progressive student continue from the 8-step one. The technique that searches them
+is ``autoaccel.techniques.distillation``.
+"""

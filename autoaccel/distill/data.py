@@ -1,0 +1,91 @@
+"""What the teacher gives a distillation: its guided prediction at any noised sample, its own clean samples, and
+its ODE end points from known noise. No external data: a user's model is distilled from itself.
+
+Clean samples are the deterministic ODE reference's (``autoaccel.techniques.calibration``), on seeds of their
+own, away from the seeds candidates are scored on; they are generated once per target and reused.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+from autoaccel.distill.diffusion import alpha_sigma, alphas_cumprod, prediction_to_x0
+from autoaccel.targets.conditions import concat_keywords
+from autoaccel.targets.denoisers import predict
+
+DATA_SEED_OFFSET = 30_000  # distillation data seeds: apart from scoring, calibration and noised-batch seeds
+_ENDPOINTS: dict[tuple, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = {}
+_LOCK = threading.Lock()
+
+
+def guidance_of(target) -> float:
+    """The guidance scale the teacher runs at: its default call's, 1.0 for a model without a null condition."""
+    return float(target.reference_call.guidance_scale) if target.conditions.guidable else 1.0
+
+
+class Teacher:
+    """A denoiser as a function of (sample, per-row timestep, condition) -> its clean estimate, guided at
+    ``guidance``: the target's model at its default guidance (``of_target``), or an earlier student (unguided:
+    students are trained on the guided estimate, so they run without a second branch)."""
+
+    def __init__(self, target, denoiser, prediction: str, guidance: float) -> None:
+        self.denoiser = denoiser
+        self.conditions = target.conditions
+        self.prediction = prediction
+        self.guidance = guidance
+        self.abar = alphas_cumprod(target)
+
+    @classmethod
+    def of_target(cls, target) -> Teacher:
+        prediction = target.scheduler_config.get("prediction_type", "epsilon")
+        return cls(target, target.denoiser, prediction, guidance_of(target))
+
+    def x0(self, sample: torch.Tensor, timestep: torch.Tensor, labels, grad: bool = False) -> torch.Tensor:
+        """The clean estimate; ``grad`` keeps the graph (a learned schedule's gradient flows through it)."""
+        with torch.set_grad_enabled(grad):
+            output = guided_output(self.denoiser, self.conditions, sample, timestep, labels, self.guidance)
+            alpha, sigma = alpha_sigma(self.abar, timestep)
+            return prediction_to_x0(output.float(), sample, alpha, sigma, self.prediction)
+
+
+def guided_output(denoiser, conditions, sample, timestep, labels, guidance: float) -> torch.Tensor:
+    """The denoiser's output, classifier-free guided at ``guidance`` where that is not 1 and there are labels."""
+    device = sample.device
+    keywords = conditions.keywords(labels, False, device)
+    if guidance == 1.0 or labels is None or not conditions.guidable:
+        return predict(denoiser, sample, timestep, keywords)
+    null = conditions.keywords(labels, True, device)
+    both = predict(
+        denoiser, torch.cat([sample, sample]), torch.cat([timestep, timestep]), concat_keywords(keywords, null)
+    )
+    conditional, unconditional = both.chunk(2)
+    return unconditional + guidance * (conditional - unconditional)
+
+
+def clean_samples(target, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``count`` clean teacher samples (latents under a VAE) and their condition indices, cached per target."""
+    from autoaccel.techniques.calibration import clean_samples as reference_samples
+
+    return reference_samples(target, count, DATA_SEED_OFFSET + seed)
+
+
+def ode_endpoints(target, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """(noise, condition indices, the deterministic ODE reference's final samples from that noise), cached per
+    target: what a learned schedule is fitted to reproduce."""
+    key = (target.content_hash, count, seed)
+    with _LOCK:
+        if key in _ENDPOINTS:
+            return _ENDPOINTS[key]
+    from autoaccel.seeds import make_seed_batch
+    from autoaccel.teacher import ode_reference_pipeline
+
+    seeds = make_seed_batch(target.sample_shape, count, DATA_SEED_OFFSET + seed, target.condition_count)
+    pipeline = ode_reference_pipeline(target)
+    pipeline.vae = None
+    endpoints = pipeline(seeds.noise, seeds.class_labels).images
+    value = (seeds.noise, seeds.class_labels, endpoints)
+    with _LOCK:
+        _ENDPOINTS[key] = value
+    return value

@@ -1,0 +1,108 @@
+"""Progressive distillation (Salimans & Ho, 2022): each round halves the step count, a student step learning to
+land where two steps of its teacher land (DDIM, deterministic).
+
+The first round's teacher is the target's model at its default guidance; its students run unguided (guidance is
+trained in). A student predicts ``v`` or ``x`` (epsilon is unstable at few steps); the loss on its clean estimate
+is weighted by ``max(SNR, 1)`` ("truncated SNR") or not at all (``x``). Every round's student is kept by its
+schedule prefix (``autoaccel.distill.students``): a 4-step student continues from the 8-step one of the same
+settings instead of training the rounds again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from autoaccel.distill.data import Teacher, clean_samples
+from autoaccel.distill.diffusion import (
+    CLEAN,
+    SCHEDULER_PREDICTION,
+    alpha_sigma,
+    ddim_step,
+    prediction_to_x0,
+    trailing_grid,
+    x0_reaching,
+)
+from autoaccel.distill.students import kept_student
+from autoaccel.distill.training import Clock, TrainSettings, draw, ema_update, finished, student_copy
+from autoaccel.targets.denoisers import predict
+
+WEIGHTINGS = ("snr_trunc", "x")
+
+
+@dataclass(frozen=True)
+class ProgressiveSettings:
+    start_steps: int
+    student_target: str = "v"
+    weighting: str = "snr_trunc"
+
+
+def progressive_student(
+    target, steps: int, settings: ProgressiveSettings, train: TrainSettings, log: Callable[[str], None] | None = None
+) -> tuple[torch.nn.Module, float]:
+    """The ``steps``-step student and the minutes all its rounds took, training each round not yet kept."""
+    if steps >= settings.start_steps:
+        raise ValueError(f"steps={steps} must be below start_steps={settings.start_steps}")
+    key = ("progressive", target.content_hash, settings, train)
+    teacher_steps = steps * 2
+    minutes = 0.0
+    if teacher_steps == settings.start_steps:
+        teacher = Teacher.of_target(target)
+    else:
+        previous, minutes = progressive_student(target, teacher_steps, settings, train, log)
+        teacher = Teacher(target, previous, SCHEDULER_PREDICTION[settings.student_target], 1.0)
+
+    def train_round() -> torch.nn.Module:
+        return _train_round(target, teacher, steps, settings, train, log)
+
+    student, round_minutes = kept_student((*key, steps), train_round)
+    return student, minutes + round_minutes
+
+
+def _train_round(target, teacher: Teacher, steps: int, settings, train: TrainSettings, log) -> torch.nn.Module:
+    clean, labels = clean_samples(target, train.data_samples, train.seed)
+    device = target.denoiser.device
+    clean = clean.to(device).float()
+    generator = torch.Generator().manual_seed(train.seed * 1_000 + steps)
+    torch.manual_seed(train.seed * 1_000 + steps)
+    grid = trailing_grid(2 * steps, target.num_train_timesteps) + [CLEAN]
+    starts = torch.tensor(grid[0:-1:2], device=device)
+    middles = torch.tensor(grid[1:-1:2], device=device)
+    ends = torch.tensor(grid[2::2], device=device)
+    student = student_copy(teacher.denoiser)
+    kept = student_copy(teacher.denoiser).requires_grad_(False) if train.ema > 0 else None
+    optimizer = torch.optim.Adam(student.parameters(), lr=train.learning_rate)
+    prediction = SCHEDULER_PREDICTION[settings.student_target]
+    clock = Clock(train.max_minutes, f"progressive distillation to {steps} steps")
+    for iteration in range(train.iterations):
+        rows = draw(generator, len(clean), train.batch_size)
+        pick = torch.randint(0, steps, (train.batch_size,), generator=generator).to(device)
+        start, middle, end = starts[pick], middles[pick], ends[pick]
+        noise = torch.randn(clean[rows].shape, generator=generator).to(device)
+        batch_labels = None if labels is None else labels[rows]
+        alpha, sigma = alpha_sigma(teacher.abar, start)
+        alpha_mid, sigma_mid = alpha_sigma(teacher.abar, middle)
+        alpha_end, sigma_end = alpha_sigma(teacher.abar, end)
+        sample = alpha * clean[rows] + sigma * noise
+        halfway = ddim_step(sample, teacher.x0(sample, start, batch_labels), alpha, sigma, alpha_mid, sigma_mid)
+        landed = ddim_step(
+            halfway, teacher.x0(halfway, middle, batch_labels), alpha_mid, sigma_mid, alpha_end, sigma_end
+        )
+        wanted = x0_reaching(sample, landed, alpha, sigma, alpha_end, sigma_end)
+        keywords = target.conditions.keywords(batch_labels, False, device)
+        output = predict(student, sample, start, keywords).float()
+        estimate = prediction_to_x0(output, sample, alpha, sigma, prediction)
+        weight = (alpha**2 / sigma**2).clamp_min(1.0) if settings.weighting == "snr_trunc" else torch.ones_like(alpha)
+        loss = (weight * (estimate - wanted) ** 2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        optimizer.step()
+        if kept is not None:
+            ema_update(kept, student, train.ema)
+        clock.check(iteration + 1)
+    if log is not None:
+        log(f"progressive: {2 * steps} -> {steps} steps, {train.iterations} iterations, {clock.minutes:.1f} min")
+    return finished(kept if kept is not None else student)

@@ -1,0 +1,56 @@
+"""A model that must be sampled its own way: a distilled student runs the scheduler, timesteps and guidance it was
+trained for, whatever solver and timesteps the rest of a plan names.
+
+A model technique attaches a ``PrescribedSampler`` to the denoiser it produces (``prescribe``); ``apply_plan``
+and the evaluator call ``apply_prescribed`` after every sampler technique, so the prescription always wins. The
+prescription travels with the denoiser object, so a model reused from the evaluator's cache or rebuilt from an
+artifact brings it along, and the recipe records the scheduler and timesteps it set.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+
+PRESCRIBED = "prescribed_sampler"  # the attribute a prescribing denoiser carries
+
+
+@dataclass(frozen=True)
+class PrescribedSampler:
+    """The scheduler class with its settings over the model's saved config, the exact timesteps, and the guidance
+    scale (1.0 for a student with guidance trained in)."""
+
+    scheduler_class: str
+    timesteps: tuple[int, ...]
+    guidance_scale: float = 1.0
+    settings: dict = field(default_factory=dict)
+
+
+def prescribe(denoiser: torch.nn.Module, sampler: PrescribedSampler, share: bool = False) -> torch.nn.Module:
+    """``denoiser`` carrying ``sampler``. ``share``: the denoiser is the target's own (a learned schedule changes
+    no weight), so a shallow copy carries it and the target's module stays untouched."""
+    carrier = copy.copy(denoiser) if share else denoiser
+    object.__setattr__(carrier, PRESCRIBED, sampler)
+    return carrier
+
+
+def prescription(denoiser) -> PrescribedSampler | None:
+    return getattr(denoiser, PRESCRIBED, None)
+
+
+def apply_prescribed(pipeline, target) -> None:
+    """Sets the pipeline's scheduler, timesteps and guidance to its denoiser's prescription, if it has one."""
+    from autoaccel.techniques.solver_spec import scheduler_from_settings
+
+    sampler = prescription(pipeline.denoiser)
+    if sampler is None:
+        return
+    base = {key: value for key, value in target.scheduler_config.items() if not key.startswith("_")}
+    pipeline.scheduler = scheduler_from_settings(sampler.scheduler_class, base, dict(sampler.settings), "student")
+    pipeline.plan.timesteps = [int(step) for step in sampler.timesteps]
+    pipeline.plan.sigmas = []
+    pipeline.plan.native_steps = None
+    pipeline.plan.guidance_scale = float(sampler.guidance_scale)
+    pipeline.plan.null_class = target.null_class

@@ -1,0 +1,277 @@
+"""Technique ``distillation``: a model trained to sample in fewer steps, from the target's own teacher.
+
+``method`` is the searched categorical dimension:
+
+- ``progressive``: halving rounds from ``start_steps`` down to ``steps`` (``autoaccel.distill.progressive``),
+  sampled by deterministic DDIM on the student's trailing grid;
+- ``consistency``: an LCM-style consistency student (``autoaccel.distill.consistency``), sampled by diffusers'
+  ``LCMScheduler`` at ``steps`` steps;
+- ``learned_schedule``: ``steps`` DDIM timesteps fitted to the teacher's ODE end points; the weights are the
+  teacher's (``autoaccel.distill.learned_schedule``);
+- ``none``: the model as it is (the schedule-only baseline of a distillation space).
+
+A distilled model prescribes its own sampler (``autoaccel.prescribed``): the solver and timesteps techniques of a
+plan are overridden by it. Guidance is trained into students (they run one branch); a learned schedule runs the
+teacher's default guidance. Students and schedules go through the artifact store: a recipe names them with their
+hash and applying loads them, never training. Training minutes are recorded per trial as the plan's search cost.
+DDPM-family models (epsilon or v prediction) only: a flow-matching target is refused with the reason.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass
+
+import torch
+
+from autoaccel.errors import ConfigError, TechniqueError
+from autoaccel.prescribed import PrescribedSampler, prescribe, prescription
+from autoaccel.techniques.base import TRAIN_MINUTES, ParamSpec, Technique, register, require_types
+
+METHODS = ("none", "progressive", "consistency", "learned_schedule")
+STUDENT_TARGETS = ("v", "x")
+WEIGHTINGS = ("snr_trunc", "x")
+LOSSES = ("l2", "huber")
+
+
+@dataclass(frozen=True)
+class DistillationConfig:
+    """``method`` and the ``steps`` its model samples in; the rest are that method's training settings (the ones
+    a method does not use are ignored, and left at their defaults by the spaces)."""
+
+    method: str = "none"
+    steps: int = 4
+    iterations: int = 300
+    learning_rate: float = 1e-4
+    schedule_learning_rate: float = 0.05  # learned_schedule: its few timestep parameters move far faster than weights
+    batch_size: int = 64
+    ema: float = 0.999
+    data_samples: int = 512
+    seed: int = 0
+    student_target: str = "v"
+    start_steps: int = 64
+    weighting: str = "snr_trunc"
+    original_steps: int = 50
+    loss: str = "huber"
+    huber_c: float = 0.001
+    target_ema: float = 0.95
+    max_minutes: float | None = None
+
+    def __post_init__(self) -> None:
+        number = (int, float)
+        require_types(
+            self,
+            "distillation",
+            {
+                "method": str,
+                "steps": int,
+                "iterations": int,
+                "learning_rate": number,
+                "schedule_learning_rate": number,
+                "batch_size": int,
+                "ema": number,
+                "data_samples": int,
+                "seed": int,
+                "student_target": str,
+                "start_steps": int,
+                "weighting": str,
+                "original_steps": int,
+                "loss": str,
+                "huber_c": number,
+                "target_ema": number,
+            },
+        )
+        for name, valid in (
+            ("method", METHODS),
+            ("student_target", STUDENT_TARGETS),
+            ("weighting", WEIGHTINGS),
+            ("loss", LOSSES),
+        ):
+            if getattr(self, name) not in valid:
+                raise ConfigError(f"distillation.{name}={getattr(self, name)!r} is not valid; valid: {list(valid)}")
+        for name, low in (("steps", 1), ("iterations", 0), ("batch_size", 1), ("data_samples", 1), ("seed", 0)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"distillation.{name}={getattr(self, name)} is not valid; it must be >= {low}")
+        rates_valid = self.learning_rate > 0 and self.schedule_learning_rate > 0
+        if not rates_valid or not 0 <= self.ema < 1 or not 0 <= self.target_ema < 1 or self.huber_c <= 0:
+            raise ConfigError(
+                f"distillation settings learning_rate={self.learning_rate}, ema={self.ema}, "
+                f"target_ema={self.target_ema}, huber_c={self.huber_c} are not valid; need learning_rate > 0, "
+                "0 <= ema < 1, 0 <= target_ema < 1, huber_c > 0"
+            )
+        if self.method == "progressive":
+            halvings = self.start_steps // self.steps
+            if self.start_steps % self.steps or halvings < 2 or halvings & (halvings - 1):
+                raise ConfigError(
+                    f"distillation.start_steps={self.start_steps} is not valid for steps={self.steps}: progressive "
+                    "distillation halves the step count, so start_steps must be steps times a power of two >= 2 "
+                    f"(e.g. {self.steps * 16})"
+                )
+        if self.method == "consistency" and not 1 <= self.steps <= self.original_steps:
+            raise ConfigError(
+                f"distillation.steps={self.steps} is not valid for consistency sampling over "
+                f"original_steps={self.original_steps}; it must be in [1, {self.original_steps}]"
+            )
+        if self.max_minutes is not None and (isinstance(self.max_minutes, bool) or not self.max_minutes > 0):
+            raise ConfigError(f"distillation.max_minutes={self.max_minutes!r} is not valid; it must be > 0 or null")
+
+    @property
+    def trains(self) -> bool:
+        return self.method != "none"
+
+
+DISTILLATION_PARAMS = {
+    "method": ParamSpec("choice", choices=METHODS),
+    "steps": ParamSpec("int", low=1, high=64),
+    "iterations": ParamSpec("int", low=0),
+    "learning_rate": ParamSpec("float", low=0.0, low_open=True, high=1.0),
+    "schedule_learning_rate": ParamSpec("float", low=0.0, low_open=True, high=10.0),
+    "batch_size": ParamSpec("int", low=1, high=4096),
+    "ema": ParamSpec("float", low=0.0, high=1.0, high_open=True),
+    "data_samples": ParamSpec("int", low=1, high=1_000_000),
+    "seed": ParamSpec("int", low=0, high=2**32 - 1),
+    "student_target": ParamSpec("choice", choices=STUDENT_TARGETS),
+    "start_steps": ParamSpec("int", low=2, high=4096),
+    "weighting": ParamSpec("choice", choices=WEIGHTINGS),
+    "original_steps": ParamSpec("int", low=1, high=1000),
+    "loss": ParamSpec("choice", choices=LOSSES),
+    "huber_c": ParamSpec("float", low=0.0, low_open=True),
+    "target_ema": ParamSpec("float", low=0.0, high=1.0, high_open=True),
+    "max_minutes": ParamSpec("float", low=0.0, low_open=True),
+}
+
+
+def _train_settings(config: DistillationConfig):
+    from autoaccel.distill.training import TrainSettings
+
+    rate = config.schedule_learning_rate if config.method == "learned_schedule" else config.learning_rate
+    return TrainSettings(
+        iterations=config.iterations,
+        learning_rate=float(rate),
+        batch_size=config.batch_size,
+        ema=float(config.ema),
+        seed=config.seed,
+        data_samples=config.data_samples,
+        max_minutes=config.max_minutes,
+    )
+
+
+def _ddim_sampler(timesteps: list[int], prediction: str, guidance: float) -> PrescribedSampler:
+    """Deterministic DDIM (DPM-Solver++ of order 1, to a zero final sigma) on exact timesteps."""
+    from autoaccel.techniques.solver import NEUTRAL_OVERRIDES
+
+    settings = {
+        **NEUTRAL_OVERRIDES,
+        "algorithm_type": "dpmsolver++",
+        "solver_order": 1,
+        "final_sigmas_type": "zero",
+        "lower_order_final": True,
+        "prediction_type": prediction,
+    }
+    return PrescribedSampler("DPMSolverMultistepScheduler", tuple(timesteps), guidance, settings)
+
+
+def distilled_model(pipeline, config: DistillationConfig, target, log=None) -> tuple[torch.nn.Module, float]:
+    """The denoiser this config produces, carrying its prescribed sampler, and the training minutes it took."""
+    from autoaccel.distill.data import guidance_of
+    from autoaccel.distill.diffusion import SCHEDULER_PREDICTION, alphas_cumprod, trailing_grid
+
+    if pipeline.denoiser is not target.denoiser:
+        raise TechniqueError("distillation runs on the target's own model; it cannot follow pruning or quantization")
+    alphas_cumprod(target)  # refuses a flow-matching target with the reason
+    train = _train_settings(config)
+    prediction = SCHEDULER_PREDICTION[config.student_target]
+    if config.method == "progressive":
+        from autoaccel.distill.progressive import ProgressiveSettings, progressive_student
+
+        settings = ProgressiveSettings(config.start_steps, config.student_target, config.weighting)
+        student, minutes = progressive_student(target, config.steps, settings, train, log)
+        grid = trailing_grid(config.steps, target.num_train_timesteps)
+        return prescribe(copy.copy(student), _ddim_sampler(grid, prediction, 1.0)), minutes
+    if config.method == "consistency":
+        from autoaccel.distill.consistency import ConsistencySettings, consistency_student, lcm_scheduler, lcm_settings
+
+        settings = ConsistencySettings(
+            config.original_steps, config.loss, float(config.huber_c), float(config.target_ema), config.student_target
+        )
+        student, minutes = consistency_student(target, settings, train, log)
+        scheduler = lcm_scheduler(target, settings)
+        scheduler.set_timesteps(config.steps)
+        timesteps = tuple(int(step) for step in scheduler.timesteps)
+        sampler = PrescribedSampler("LCMScheduler", timesteps, 1.0, lcm_settings(settings))
+        return prescribe(copy.copy(student), sampler), minutes
+    from autoaccel.distill.learned_schedule import learned_timesteps
+    from autoaccel.distill.students import kept_student
+
+    key = ("learned_schedule", target.content_hash, config.steps, train)
+    (timesteps, _), minutes = kept_student(key, lambda: learned_timesteps(target, config.steps, train, log))
+    sampler = _ddim_sampler(timesteps, target.scheduler_config.get("prediction_type", "epsilon"), guidance_of(target))
+    return prescribe(target.denoiser, sampler, share=True), minutes
+
+
+def apply_distillation(pipeline, config: DistillationConfig, target) -> None:
+    if not config.trains:
+        return
+    denoiser, minutes = distilled_model(pipeline, config, target)
+    object.__setattr__(denoiser, TRAIN_MINUTES, minutes)
+    pipeline.denoiser = denoiser
+
+
+def distilled_weights(denoiser, config: DistillationConfig):
+    """The artifact: a student's weights (none for a learned schedule) and its prescribed sampler as metadata."""
+    from autoaccel.artifacts import Artifact
+
+    sampler = prescription(denoiser)
+    if not config.trains or sampler is None:
+        return None
+    metadata = {"prescribed_sampler": json.dumps(asdict(sampler))}
+    if config.method == "learned_schedule":
+        return Artifact({"timesteps": torch.tensor(sampler.timesteps)}, metadata)
+    return Artifact(dict(denoiser.state_dict()), metadata)
+
+
+def distillation_from_artifact(pipeline, config: DistillationConfig, target, artifact) -> None:
+    """The distilled model rebuilt from its artifact: the student's weights loaded strictly into a copy of the
+    target's architecture, or the learned timesteps on the target's own model; never trained again."""
+    if not config.trains:
+        return
+    stored = json.loads(artifact.metadata["prescribed_sampler"])
+    sampler = PrescribedSampler(
+        stored["scheduler_class"], tuple(stored["timesteps"]), float(stored["guidance_scale"]), stored["settings"]
+    )
+    if config.method == "learned_schedule":
+        if [int(step) for step in artifact.tensors["timesteps"]] != list(sampler.timesteps):
+            raise ValueError("the artifact's timesteps disagree with its prescribed sampler")
+        pipeline.denoiser = prescribe(pipeline.denoiser, sampler, share=True)
+        return
+    student = copy.deepcopy(target.denoiser).float().eval().requires_grad_(False)
+    student.load_state_dict(artifact.tensors, strict=True)
+    pipeline.denoiser = prescribe(student, sampler)
+
+
+def distillation_cost(config: DistillationConfig) -> dict:
+    """A student runs one branch per step at its own step count: method and steps decide its cost."""
+    return {"method": config.method, "steps": config.steps} if config.trains else {}
+
+
+def recompute(config: DistillationConfig) -> str | None:
+    return f"{config.method} distillation ({config.iterations} iterations)" if config.trains else None
+
+
+DISTILLATION = register(
+    Technique(
+        name="distillation",
+        order=3,
+        config_cls=DistillationConfig,
+        apply=apply_distillation,
+        modifies_model=True,
+        unchanged_params={"method": "none"},
+        params=DISTILLATION_PARAMS,
+        cost_key=distillation_cost,
+        artifact_state=distilled_weights,
+        from_artifact=distillation_from_artifact,
+        recompute=recompute,
+        prescribes_sampler=lambda config: config.trains,
+    )
+)

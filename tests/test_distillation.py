@@ -1,0 +1,205 @@
+"""Distillation: each method trains from the target's own teacher, prescribes its sampler, is stored as an artifact
+and re-applied bit for bit without training; progressive students continue from kept rounds; a search over
+``space=distilled``-style dimensions puts students and schedule-only plans on one front, and their recipes apply
+to the pipeline plain diffusers loads."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from autoaccel.config import compose_config
+from autoaccel.errors import ConfigError, TechniqueError
+
+QUICK = dict(iterations=6, batch_size=16, data_samples=32)
+
+
+@pytest.fixture(scope="module")
+def tiny_target(tiny_pipeline_dir):
+    from autoaccel.targets.loader import load_pipeline_folder
+
+    return load_pipeline_folder(tiny_pipeline_dir)
+
+
+def _images(pipeline, target, count: int = 6):
+    from autoaccel.seeds import make_seed_batch, sample_in_chunks
+
+    seeds = make_seed_batch(target.sample_shape, count, 5, target.condition_count)
+    return sample_in_chunks(pipeline, seeds, count)
+
+
+@pytest.mark.parametrize(
+    ("method", "scheduler", "changes_weights"),
+    [
+        ("progressive", "DPMSolverMultistepScheduler", True),
+        ("consistency", "LCMScheduler", True),
+        ("learned_schedule", "DPMSolverMultistepScheduler", False),
+    ],
+)
+def test_each_method_trains_prescribes_its_sampler_and_reapplies_from_its_artifact_bit_exactly(
+    tiny_target, tmp_path, method, scheduler, changes_weights, monkeypatch
+):
+    from autoaccel.apply import apply_plan
+    from autoaccel.artifacts import ArtifactStore
+    from autoaccel.techniques.distillation import DISTILLATION, DistillationConfig
+    from autoaccel.techniques.solver import SOLVER, SolverConfig
+
+    config = DistillationConfig(method=method, steps=2, start_steps=8, **QUICK)
+    store = ArtifactStore(tmp_path / "artifacts")
+    plan = [(DISTILLATION, config), (SOLVER, SolverConfig(name="unipc"))]
+    trained = tiny_target.make_pipeline()
+    # the solver a plan names is overridden by the student's own sampler
+    stored = apply_plan(
+        trained, [(DISTILLATION, config), (SOLVER, SolverConfig(name="unipc"))], tiny_target, store=store
+    )
+    assert type(trained.scheduler).__name__ == scheduler and len(trained.plan.timesteps) == 2
+    images = _images(trained, tiny_target)
+    assert trained.denoiser_calls == 2 and torch.isfinite(images).all()
+    teacher_weights = dict(tiny_target.denoiser.state_dict())
+    differs = any(
+        not torch.equal(value, teacher_weights[name]) for name, value in trained.denoiser.state_dict().items()
+    )
+    assert differs == changes_weights
+    assert trained.denoiser.train_minutes > 0
+
+    import autoaccel.distill.students as students
+
+    monkeypatch.setattr(students, "kept_student", lambda *args: pytest.fail("applying an artifact must not train"))
+    restored = tiny_target.make_pipeline()
+    artifact = {"distillation": (store.path_of(stored["distillation"]), stored["distillation"])}
+    apply_plan(restored, plan, tiny_target, artifact)
+    assert restored.plan.timesteps == trained.plan.timesteps
+    assert torch.equal(_images(restored, tiny_target), images)
+    assert tiny_target.denoiser is not restored.denoiser  # the target's own model is never changed
+
+
+def test_a_progressive_student_continues_from_the_rounds_already_trained(tiny_target, monkeypatch):
+    import autoaccel.distill.progressive as progressive
+    from autoaccel.distill.students import forget_students
+    from autoaccel.techniques.distillation import DistillationConfig, distilled_model
+
+    forget_students()
+    rounds = []
+    train_round = progressive._train_round
+    monkeypatch.setattr(
+        progressive,
+        "_train_round",
+        lambda target, teacher, steps, *rest: rounds.append(steps) or train_round(target, teacher, steps, *rest),
+    )
+    config = DistillationConfig(method="progressive", steps=4, start_steps=16, **QUICK)
+    distilled_model(tiny_target.make_pipeline(), config, tiny_target)
+    assert rounds == [8, 4]
+    distilled_model(tiny_target.make_pipeline(), DistillationConfig(**{**config.__dict__, "steps": 2}), tiny_target)
+    assert rounds == [8, 4, 2]  # the 2-step student started from the kept 4-step one
+
+
+def test_training_is_deterministic_for_its_seed(tiny_target):
+    from autoaccel.distill.students import forget_students
+    from autoaccel.techniques.distillation import DistillationConfig, distilled_model
+
+    config = DistillationConfig(method="consistency", steps=1, **QUICK)
+    first, _ = distilled_model(tiny_target.make_pipeline(), config, tiny_target)
+    forget_students()
+    second, _ = distilled_model(tiny_target.make_pipeline(), config, tiny_target)
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"method": "progressive", "steps": 4, "start_steps": 12}, "start_steps=12"),
+        ({"method": "distill"}, "distillation.method='distill'"),
+        ({"method": "consistency", "steps": 60, "original_steps": 50}, "distillation.steps=60"),
+        ({"student_target": "epsilon"}, "distillation.student_target='epsilon'"),
+        ({"learning_rate": 0.0}, "learning_rate=0.0"),
+    ],
+)
+def test_bad_distillation_configs_are_named(changes, message):
+    from autoaccel.techniques.distillation import DistillationConfig
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        DistillationConfig(**changes)
+
+
+def test_a_flow_matching_target_is_refused_with_the_reason(tmp_path):
+    from autoaccel.targets.loader import load_pipeline_folder
+    from autoaccel.techniques.distillation import DistillationConfig, distilled_model
+    from tests.tiny_pipelines import build_tiny_pipeline
+
+    target = load_pipeline_folder(build_tiny_pipeline("sd3", tmp_path / "sd3"))
+    with pytest.raises(TechniqueError, match="flow-matching"):
+        distilled_model(target.make_pipeline(), DistillationConfig(method="consistency", **QUICK), target)
+
+
+def test_a_training_run_past_its_time_cap_fails_with_the_reason(tiny_target):
+    from autoaccel.distill.students import forget_students
+    from autoaccel.techniques.distillation import DistillationConfig, distilled_model
+
+    forget_students()
+    config = DistillationConfig(method="consistency", steps=1, max_minutes=1e-9, **QUICK)
+    with pytest.raises(TechniqueError, match="max_train_minutes"):
+        distilled_model(tiny_target.make_pipeline(), config, tiny_target)
+
+
+SMALL_DISTILLED_SPACE = """
+name: small_distilled
+techniques: [distillation, solver, timesteps]
+fixed:
+  distillation.iterations: 6
+  distillation.batch_size: 16
+  distillation.data_samples: 32
+  distillation.start_steps: 8
+dimensions:
+  distillation.method: {type: categorical, choices: [none, progressive, consistency, learned_schedule]}
+  distillation.steps:
+    type: categorical
+    choices: [1, 2]
+    when: {distillation.method: [progressive, consistency, learned_schedule]}
+  timesteps.steps: {type: int, low: 2, high: 4, when: {distillation.method: [none]}}
+  solver.name: {type: categorical, choices: [ddim, unipc], when: {distillation.method: [none]}}
+"""
+
+
+def test_a_distillation_search_scores_students_and_schedules_on_one_front_and_its_recipes_apply(
+    fast_overrides, tiny_pipeline_dir, tmp_path
+):
+    from diffusers import DDPMPipeline
+
+    from autoaccel import apply_recipe
+    from autoaccel.run import open_run
+    from autoaccel.search import search
+    from autoaccel.seeds import sample_in_chunks
+
+    space_file = tmp_path / "distilled.yaml"
+    space_file.write_text(SMALL_DISTILLED_SPACE)
+    overrides = [*fast_overrides, f"space={space_file}", "budget.trials=10", "seed=3", "study_name=distilled"]
+    index = search(compose_config(overrides), log=lambda message: None)
+    trials = pd.read_csv(index.parent / "trials.csv")
+    complete = trials[trials["state"] == "COMPLETE"]
+    assert len(complete) >= 8, trials[["state", "failure"]].to_string()
+    distilled = complete[complete["param.distillation.method"] != "none"]
+    assert not distilled.empty and (distilled["train_minutes"] > 0).all()
+    assert (distilled["nfe"] == distilled["param.distillation.steps"]).all()  # guidance trained in: one branch
+    context = open_run(index.parent)
+    seeds = context.judge.seeds.head(8)
+    for _, row in complete.iterrows():
+        fast = apply_recipe(DDPMPipeline.from_pretrained(tiny_pipeline_dir), _recipe_of(context, int(row["trial"])))
+        scored = context.evaluator.configured_pipeline(_candidate(context, int(row["trial"])))
+        assert torch.equal(sample_in_chunks(fast, seeds, 48), sample_in_chunks(scored, seeds, 48))
+        if row["param.distillation.method"] == "consistency":
+            assert type(fast.scheduler).__name__ == "LCMScheduler"
+
+
+def _candidate(context, trial: int):
+    from autoaccel.candidate import Candidate
+
+    return Candidate.from_params(context.ledger.trial(trial).user_attrs["candidate"])
+
+
+def _recipe_of(context, trial: int):
+    """The recipe of any complete trial, written as the report writes front recipes."""
+    from autoaccel.report.build import write_front_recipe
+
+    row = context.ledger.trials_frame().set_index("trial").loc[trial]
+    return write_front_recipe(context, pd.Series({**row.to_dict(), "trial": trial}), context.run_dir / "recipes-all")
