@@ -27,6 +27,7 @@ BENCHMARKS = {
     "schedules": "found plans vs standard solvers vs the teacher, per NFE -> reports/bench/schedules.md",
     "optimizers": "hypervolume against evaluations for every backend, and multi-fidelity savings",
     "compression": "pruning and quantization, and the joint front against the schedule-only one",
+    "distillation": "progressive, consistency and learned-schedule students vs schedules alone, per NFE",
     "workers": "many workers on one shared study (needs storage=postgresql://...): throughput, consistency",
 }
 BENCH_KEYS = (

@@ -99,6 +99,19 @@ class LivenessConfig:
 
 
 @dataclass
+class DistillationBenchConfig:
+    """``bench distillation``: the NFEs compared and each method's training budget."""
+
+    nfes: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    start_steps: int = 64  # progressive: the teacher steps the halving rounds start from
+    progressive_iterations: int = 300  # per halving round
+    consistency_iterations: int = 1500
+    schedule_iterations: int = 100
+    batch_size: int = 64
+    learning_rate: float = 2.0e-4
+
+
+@dataclass
 class BenchConfig:
     """``bench schedules``: a search per NFE, then the winners re-scored on fresh seed sets."""
 
@@ -131,6 +144,7 @@ class BenchConfig:
     load_workers: int = 8  # bench workers: processes on one shared study
     load_trials: int = 50  # trials per worker
     load_work_ms: float = 20.0  # the stand-in evaluation time of each synthetic trial
+    distillation: DistillationBenchConfig = field(default_factory=DistillationBenchConfig)
 
 
 @dataclass
