@@ -115,6 +115,7 @@ def prepare_run(config: DictConfig, run_dir: Path | None = None, for_search: boo
         target.capabilities, num_train_timesteps=target.num_train_timesteps
     )
     check_space_fits(space, target)
+    space = with_training_cap(space, config.budget.get("max_train_minutes"))
     options = {**OmegaConf.to_container(config.optimizer), "directions": directions}
     backend = make_backend(str(config.optimizer.name), space, options, len(objectives))
     study_name = study_name_for(config)
@@ -225,6 +226,19 @@ def open_run(run_dir: Path) -> RunContext:
         raise ConfigError(f"{run_dir} is not an autoaccel run folder: it has no {CONFIG_FILE}")
     config = OmegaConf.load(config_path)
     return prepare_run(config, run_dir=run_dir, for_search=False)
+
+
+def with_training_cap(space: SearchSpace, minutes: float | None) -> SearchSpace:
+    """``budget.max_train_minutes`` as the distillation technique's own cap, where the space distills and does not
+    set one itself: a trial that trains longer fails with the reason, and the search goes on."""
+    from dataclasses import replace
+
+    key = "distillation.max_minutes"
+    if minutes is None or "distillation" not in space.techniques or key in space.fixed:
+        return space
+    if any(dimension.name == key for dimension in space.dimensions):
+        return space
+    return replace(space, fixed={**space.fixed, key: float(minutes)})
 
 
 def ensure_teacher(context: RunContext, log) -> dict:

@@ -12,6 +12,7 @@ MAIN_KEYS = (
     ("budget.trials", None, "trials in the study, standard configurations included"),
     ("budget.concurrent", None, "candidates evaluated at once (cost is always measured alone)"),
     ("budget.max_minutes, budget.max_latency_ms, budget.max_nfe", None, "time budget and deployment limits"),
+    ("budget.max_train_minutes", None, "cap on one candidate's training (distillation); longer fails the trial"),
     ("budget.max_memory_mb, budget.max_bytes", None, "more deployment limits"),
     ("budget.max_fid, budget.max_fid_ratio, budget.min_psnr", None, "quality limits (ratio: times the teacher's FID)"),
     ("quality.samples, quality.seed", None, "images per candidate and the seed fixing their noise and labels"),

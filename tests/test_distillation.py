@@ -203,3 +203,21 @@ def _recipe_of(context, trial: int):
 
     row = context.ledger.trials_frame().set_index("trial").loc[trial]
     return write_front_recipe(context, pd.Series({**row.to_dict(), "trial": trial}), context.run_dir / "recipes-all")
+
+
+def test_budget_max_train_minutes_fails_long_training_trials_with_the_reason_and_the_search_goes_on(
+    fast_overrides, tmp_path
+):
+    from autoaccel.distill.students import forget_students
+    from autoaccel.search import search
+
+    forget_students()
+    space_file = tmp_path / "distilled.yaml"
+    space_file.write_text(SMALL_DISTILLED_SPACE)
+    overrides = [*fast_overrides, f"space={space_file}", "budget.trials=8", "seed=5", "budget.max_train_minutes=1e-9"]
+    index = search(compose_config([*overrides, "study_name=capped"]), log=lambda message: None)
+    trials = pd.read_csv(index.parent / "trials.csv")
+    distilled = trials[trials["param.distillation.method"] != "none"]
+    assert not distilled.empty and (distilled["state"] == "FAIL").all()
+    assert distilled["failure"].str.contains("budget.max_train_minutes=1e-09").all()
+    assert (trials[trials["param.distillation.method"] == "none"]["state"] == "COMPLETE").any()

@@ -40,9 +40,10 @@ def validate_config(config: DictConfig) -> None:
         raise ConfigError(
             f"quality.seed={config.quality.seed} is not valid; it must be in [{-MAX_SEED}, {MAX_SEED - 1}]"
         )
-    minutes = config.budget.max_minutes
-    if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
-        raise ConfigError(f"budget.max_minutes={minutes} is not valid; it must be a positive number or null")
+    for key in ("max_minutes", "max_train_minutes"):
+        minutes = config.budget.get(key)
+        if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
+            raise ConfigError(f"budget.{key}={minutes} is not valid; it must be a positive number or null")
     for name, option in LIMIT_OPTIONS.items():
         if config.budget.get(name) is not None:
             check_limit_value(option, config.budget[name])

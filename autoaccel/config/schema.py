@@ -39,6 +39,7 @@ class BudgetConfig:
     trials: int = 40
     concurrent: int = 1  # candidates evaluated at once on this machine (cost is always measured alone)
     max_minutes: float | None = None
+    max_train_minutes: float | None = None  # one candidate's training (distillation): longer fails the trial
     # limits a plan must meet (autoaccel.limits): deployment cost, then quality
     max_latency_ms: float | None = None
     max_nfe: int | None = None
