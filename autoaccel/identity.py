@@ -62,8 +62,9 @@ def plan_key(target, plan: list[tuple[Any, Any]]) -> str:
         if technique.modifies_model
     ]
     if any(technique.prescribes(config) for technique, config in plan):
-        # a distilled model runs its own sampler whatever the sampler techniques say: its config is the plan
-        return hashlib.sha1(json.dumps(model_part, sort_keys=True).encode()).hexdigest()[:12]
+        # a distilled model runs its own sampler: the probe cannot see it, so every technique's config is the plan
+        whole = [(technique.name, technique.version, to_plain(asdict(config))) for technique, config in plan]
+        return hashlib.sha1(json.dumps(whole, sort_keys=True).encode()).hexdigest()[:12]
     pipeline = target.make_pipeline()
     apply_plan(pipeline, [step for step in plan if not step[0].modifies_model], target)
     channels = target.sample_shape[0]

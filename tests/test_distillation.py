@@ -221,3 +221,34 @@ def test_budget_max_train_minutes_fails_long_training_trials_with_the_reason_and
     assert not distilled.empty and (distilled["state"] == "FAIL").all()
     assert distilled["failure"].str.contains("budget.max_train_minutes=1e-09").all()
     assert (trials[trials["param.distillation.method"] == "none"]["state"] == "COMPLETE").any()
+
+
+def test_assigned_teacher_steps_answer_in_the_students_parameterization_and_count_their_calls(tiny_target):
+    from autoaccel.apply import apply_plan
+    from autoaccel.distill.data import Teacher
+    from autoaccel.distill.diffusion import alpha_sigma, prediction_to_x0
+    from autoaccel.techniques.assignment import ASSIGNMENT, AssignmentConfig
+    from autoaccel.techniques.distillation import DISTILLATION, DistillationConfig
+
+    student = DistillationConfig(method="progressive", steps=2, start_steps=8, **QUICK)
+    alone, mixed = tiny_target.make_pipeline(), tiny_target.make_pipeline()
+    apply_plan(alone, [(DISTILLATION, student)], tiny_target)
+    apply_plan(mixed, [(DISTILLATION, student), (ASSIGNMENT, AssignmentConfig(teacher_steps=1))], tiny_target)
+    assert mixed.plan.timesteps == alone.plan.timesteps  # the student's own schedule, its first step the teacher's
+    first = torch.tensor([mixed.plan.timesteps[0]] * 3)
+    sample = torch.randn(3, *tiny_target.sample_shape, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 1, 2])
+    output = mixed.denoiser(sample, timestep=first, class_labels=labels)[0]
+    alpha, sigma = alpha_sigma(Teacher.of_target(tiny_target).abar, first)
+    wanted = Teacher.of_target(tiny_target).x0(sample, first, labels)
+    torch.testing.assert_close(prediction_to_x0(output, sample, alpha, sigma, "v_prediction"), wanted)
+    mixed_images, alone_images = _images(mixed, tiny_target), _images(alone, tiny_target)
+    assert mixed.denoiser_calls == 2 and not torch.equal(mixed_images, alone_images)
+
+
+def test_assignment_without_a_student_is_refused_with_the_reason(tiny_target):
+    from autoaccel.apply import apply_plan
+    from autoaccel.techniques.assignment import ASSIGNMENT, AssignmentConfig
+
+    with pytest.raises(TechniqueError, match="needs a distilled student"):
+        apply_plan(tiny_target.make_pipeline(), [(ASSIGNMENT, AssignmentConfig(teacher_steps=1))], tiny_target)

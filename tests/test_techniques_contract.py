@@ -57,6 +57,18 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "original_steps": 25,
         "loss": "l2",
     },
+    "assignment": {"teacher_steps": 1, "where": "last"},
+}
+# What a technique that acts on another's model needs of that one (settings with their technique's prefix).
+PARTNERS: dict[str, dict[str, Any]] = {
+    "assignment": {
+        "distillation.method": "progressive",
+        "distillation.steps": 2,
+        "distillation.start_steps": 4,
+        "distillation.iterations": 3,
+        "distillation.batch_size": 8,
+        "distillation.data_samples": 16,
+    },
 }
 # A change of each example that changes what a deployment costs.
 COST_CHANGES: dict[str, dict[str, Any]] = {
@@ -65,6 +77,7 @@ COST_CHANGES: dict[str, dict[str, Any]] = {
     "solver": {"guidance": 1.0},
     "timesteps": {"steps": 3},
     "distillation": {"steps": 1},
+    "assignment": {"teacher_steps": 0},
 }
 # Changes that leave the cost as it is, where a technique has some: such plans share one latency measurement.
 SAME_COST_CHANGES: dict[str, dict[str, Any]] = {
@@ -73,6 +86,7 @@ SAME_COST_CHANGES: dict[str, dict[str, Any]] = {
     "solver": {"guidance": 2.0, "order": 2},
     "timesteps": {"family": "karras", "rho": 7.0, "gaps": []},
     "distillation": {"seed": 2, "iterations": 3},
+    "assignment": {"where": "first"},
 }
 
 
@@ -98,7 +112,7 @@ def plan_params(name: str, changes: dict[str, Any] | None = None) -> dict[str, A
     neutral = {**unchanged_model_params(), "timesteps.steps": SAMPLING_STEPS}
     others = {key: value for key, value in neutral.items() if not key.startswith(f"{name}.")}
     own = {f"{name}.{key}": value for key, value in {**example(name), **(changes or {})}.items()}
-    return {**others, **own}
+    return {**others, **PARTNERS.get(name, {}), **own}
 
 
 def fresh_evaluator(target: Target, cache_dir: Path) -> Evaluator:

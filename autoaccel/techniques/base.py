@@ -229,6 +229,7 @@ def unchanged_model_params() -> dict[str, Any]:
 
 
 def _load_builtin_techniques() -> None:
+    import autoaccel.techniques.assignment  # noqa: F401
     import autoaccel.techniques.distillation  # noqa: F401
     import autoaccel.techniques.pruning  # noqa: F401
     import autoaccel.techniques.quantization  # noqa: F401
