@@ -102,7 +102,7 @@ def resolve_limits(values: Mapping[str, Any], teacher: Mapping[str, Any] | None)
             known = isinstance(reference, numbers.Real) and math.isfinite(reference)
             bound = bound * reference if known else math.nan
             teacher_figure = f"{reference:.4g}" if known else "not measured yet"
-            stated = f"{value:g}x the teacher's {option.metric} {teacher_figure}"
+            stated = f"{value:g}x the reference's {option.metric} {teacher_figure}"
         limits.append(Limit(name, option.metric, bound, option.upper, stated))
     return limits
 
@@ -129,10 +129,10 @@ def check_teacher_ratios(values: Mapping[str, Any], quality_reference: str | Non
         if option.teacher_ratio and values.get(name) is not None and quality_reference == "teacher-samples":
             stated = option.flag if flag else f"budget.{name}"
             raise ConfigError(
-                f"{stated}={values[name]} compares with the teacher's {option.metric}, but this model's "
-                f"{option.metric} is measured against the teacher's own samples (0 for the teacher by construction); "
+                f"{stated}={values[name]} compares with the reference's {option.metric}, but this model's "
+                f"{option.metric} is measured against the reference's own samples (0 for it by construction); "
                 f"limit the absolute {option.metric} ({'--max-fid' if flag else 'budget.max_fid'}) or the fidelity to "
-                f"the teacher ({'--min-psnr' if flag else 'budget.min_psnr'}) instead"
+                f"the reference ({'--min-psnr' if flag else 'budget.min_psnr'}) instead"
             )
 
 

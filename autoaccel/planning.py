@@ -60,8 +60,8 @@ def plan_limits(values: dict[str, float | None], teacher: dict | None) -> list[L
     check_teacher_ratios(values, (teacher or {}).get("quality_reference"), flag=True)
     if values.get("max_fid_ratio") is not None and not teacher:
         raise ConfigError(
-            "--max-fid-ratio needs the teacher's FID, which this run folder does not have (teacher.json); rebuild "
-            "the report with `python -m autoaccel report RUN` after the search has measured the teacher"
+            "--max-fid-ratio needs the reference's FID, which this run folder does not have (teacher.json); rebuild "
+            "the report with `python -m autoaccel report RUN` after the search has measured the reference"
         )
     return resolve_limits(values, teacher)
 
@@ -153,7 +153,8 @@ def _describe_row(row: pd.Series, run_dir: Path, quality: str, teacher: dict | N
         "  " + "   ".join(figure for figure in _figures(row, quality) if figure),
     ]
     if teacher:
-        lines.append(f"  vs the teacher ({teacher.get('timesteps', '?')} steps): {_comparison(row, teacher, quality)}")
+        steps = teacher.get("timesteps", "?")
+        lines.append(f"  vs the reference ({steps} steps): {_comparison(row, teacher, quality)}")
     lines += [f"  recipe: {recipe}", f"  apply:  python -m autoaccel apply {recipe} --out samples --n 16"]
     return lines
 

@@ -177,10 +177,10 @@ def test_the_fastest_plan_within_1_25x_of_the_teacher(run_dir):
     message, found = explain_plan(run_dir, {"max_fid_ratio": 1.6})
     assert found is True
     lines = message.splitlines()
-    assert lines[0] == "the fastest plan within fid <= 12.8 (1.6x the teacher's fid 8):"
+    assert lines[0] == "the fastest plan within fid <= 12.8 (1.6x the reference's fid 8):"
     assert "trial 33" in lines[1]
     assert "fid 12 ± 0.5" in message and "nfe 6" in message and "latency 15.0 ms" in message
-    assert "vs the teacher (all 1000 steps): 40.00x faster, fid 8 -> 12 (1.50x)" in message
+    assert "vs the reference (all 1000 steps): 40.00x faster, fid 8 -> 12 (1.50x)" in message
     assert "vs the best standard configuration within them (ddim-10): 2.00x faster" in message
     assert str(run_dir / "recipes" / "trial-0033.yaml") in message
     assert f"python -m autoaccel apply {run_dir / 'recipes' / 'trial-0033.yaml'} --out samples" in message

@@ -57,7 +57,7 @@ def test_plan_gives_the_fastest_front_plan_within_a_quality_limit(measured, caps
     expected = int(fits.iloc[0]["trial"])
     assert out.startswith(f"the fastest plan within fid <= {max_fid:.4g}:")
     assert f"trial {expected}" in out.splitlines()[1]
-    assert "vs the teacher" in out and "faster" in out
+    assert "vs the reference" in out and "faster" in out
     assert f"recipes/trial-{expected:04d}.yaml --out samples" in out
     teacher = json.loads((run_dir / "teacher.json").read_text())
     assert teacher["quality_reference"] == "teacher-samples" and teacher["latency_ms"] > 0

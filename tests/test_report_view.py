@@ -65,7 +65,7 @@ def test_a_ratio_no_plan_meets_says_so():
 def test_no_ratio_applies_when_the_teacher_is_the_fid_reference():
     for teacher, reference in (({**TEACHER, "fid": -1e-8}, None), (TEACHER, "teacher-samples")):
         recommendations = recommended_plans(_front(), _standards(), teacher, knee=2, quality_reference=reference)
-        assert all(item.plan is None and "teacher's own samples" in item.note for item in recommendations[:3])
+        assert all(item.plan is None and "reference's own samples" in item.note for item in recommendations[:3])
         assert recommendations[3].trial == 3
     empty = recommended_plans(_front().iloc[0:0], _standards().iloc[0:0], None)
     assert all(item.plan is None for item in empty) and "not measured" in empty[0].note

@@ -221,13 +221,13 @@ def _recommended_section(recommendations: list[Recommendation], teacher: dict | 
         return ""
     teacher = teacher or {}
     teacher_text = (
-        f"teacher ({teacher.get('timesteps', '')} steps): fid {figure_text(_float(teacher.get('fid')))}, "
+        f"reference ({teacher.get('timesteps', '')} steps): fid {figure_text(_float(teacher.get('fid')))}, "
         f"nfe {figure_text(_float(teacher.get('nfe')), count=True)}, "
         f"{figure_text(_float(teacher.get('latency_ms')))} ms"
         if teacher
-        else "the teacher was not measured"
+        else "the reference was not measured"
     )
-    head = "<tr><th>goal</th><th>plan</th><th>figures</th><th>speed-up vs teacher</th>"
+    head = "<tr><th>goal</th><th>plan</th><th>figures</th><th>speed-up vs reference</th>"
     head += "<th>speed-up vs best standard configuration within the same goal</th><th>recipe</th></tr>"
     rows = "".join(_recommendation_rows(recommendation, run_dir) for recommendation in _merged(recommendations))
     return f"""<h2>Recommended plans</h2>

@@ -66,16 +66,16 @@ def best_fid(frame: pd.DataFrame) -> pd.Series | None:
 
 
 def ratio_goal(ratios: list[float]) -> str:
-    return f"fastest with FID within {', '.join(f'{ratio:g}x' for ratio in ratios)} of the teacher's"
+    return f"fastest with FID within {', '.join(f'{ratio:g}x' for ratio in ratios)} of the reference's"
 
 
 def _no_ratio_reason(teacher_fid: float | None, quality_reference: str | None) -> str:
     """Why no plan can be within a ratio of the teacher's FID, or "" when one can."""
     if teacher_fid is None:
-        return "the teacher's FID was not measured"
+        return "the reference's FID was not measured"
     if quality_reference == TEACHER_SAMPLES or teacher_fid <= REFERENCE_FID:
         return (
-            "FID is measured against the teacher's own samples here (the teacher's is 0 by construction), so no "
+            "FID is measured against the reference's own samples here (the reference's is 0 by construction), so no "
             "ratio to it selects a plan; compare the front's FIDs and psnr_vs_ode in trials.csv instead"
         )
     return ""
