@@ -44,7 +44,7 @@ class DistillationConfig:
     steps: int = 4
     iterations: int = 300
     learning_rate: float = 1e-4
-    schedule_learning_rate: float = 0.05  # learned_schedule: its few timestep parameters move far faster than weights
+    schedule_learning_rate: float = 0.02  # learned_schedule: its few timestep parameters move far faster than weights
     batch_size: int = 64
     ema: float = 0.999
     data_samples: int = 512
