@@ -37,6 +37,7 @@ BENCH_KEYS = (
     ("bench.optimizers, bench.optimizer_seeds", None, "optimizers: backends ([] = all) and seeds per backend"),
     ("bench.model_evaluations, bench.fidelity_trials", None, "optimizers: model-space evaluations, fidelity trials"),
     ("bench.compression_steps, bench.compression_trials", None, "compression: fixed sampler steps, search trials"),
+    ("bench.distillation.nfes, bench.distillation.*_iterations", None, "distillation: NFEs, training per method"),
     ("bench.pruning_ratios, bench.weight_bits", None, "compression: ratios and bit-widths compared"),
     ("bench.load_workers, bench.load_trials", None, "workers: processes and trials per process"),
 )

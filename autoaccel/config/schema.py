@@ -105,8 +105,8 @@ class DistillationBenchConfig:
 
     nfes: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     start_steps: int = 64  # progressive: the teacher steps the halving rounds start from
-    progressive_iterations: int = 300  # per halving round
-    consistency_iterations: int = 1500
+    progressive_iterations: int = 500  # per halving round
+    consistency_iterations: int = 4000
     schedule_iterations: int = 100
     batch_size: int = 64
     learning_rate: float = 2.0e-4
