@@ -186,3 +186,45 @@ def test_a_hub_id_is_handed_to_diffusers_and_a_failure_is_one_line(tmp_path, mon
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(TargetError, match="'someone/some-model': the pipeline's weights could not be loaded"):
         load_pipeline_folder("someone/some-model")
+
+
+def test_pixart_alpha_1024_size_conditioning_matches_the_pipelines_own_call(tmp_path):
+    """PixArt-alpha at 1024 px takes the image size and aspect ratio: the sampling loop passes them as
+    PixArtAlphaPipeline does, so the default call gives the pipeline's own images."""
+    from diffusers import PixArtAlphaPipeline, PixArtTransformer2DModel
+
+    from autoaccel.seeds import make_seed_batch
+    from autoaccel.targets.loader import target_from_pipeline
+    from tests.tiny_pipelines import build_tiny_pipeline
+
+    pipeline = PixArtAlphaPipeline.from_pretrained(build_tiny_pipeline("pixart_alpha", tmp_path / "pixart"))
+    pipeline.set_progress_bar_config(disable=True)
+    torch.manual_seed(0)
+    pipeline.transformer = PixArtTransformer2DModel(  # sample size 128: the pipeline then passes the size
+        sample_size=128,
+        patch_size=8,
+        in_channels=4,
+        out_channels=8,
+        num_layers=1,
+        num_attention_heads=3,
+        attention_head_dim=8,
+        cross_attention_dim=24,
+        caption_channels=pipeline.text_encoder.config.d_model,
+        norm_type="ada_norm_single",
+        num_embeds_ada_norm=1000,
+        use_additional_conditions=True,
+    ).eval()
+    target = target_from_pipeline(pipeline, "pixart1024", tmp_path, {}, prompts=["a red cube", "a blue ball"])
+    fast = target.make_pipeline()
+    fast.plan.native_steps, fast.plan.guidance_scale = 2, 4.5
+    seeds = make_seed_batch(target.sample_shape, 2, 3, target.condition_count)
+    ours = fast(seeds.noise, seeds.class_labels).images
+    theirs = pipeline(
+        prompt=[target.conditions.names[int(index)] for index in seeds.class_labels],
+        latents=seeds.noise,
+        num_inference_steps=2,
+        guidance_scale=4.5,
+        use_resolution_binning=False,
+        output_type="pt",
+    ).images
+    torch.testing.assert_close(ours.clamp(-1, 1), theirs * 2 - 1, rtol=0, atol=1e-4)  # the pipeline clamps

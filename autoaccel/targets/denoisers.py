@@ -9,6 +9,7 @@ pipeline does. Adding an architecture is one entry in ``DENOISERS``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,24 @@ class DenoiserKind:
     fixed: dict[str, Any] = field(default_factory=dict)
     block_prefixes: tuple[str, ...] = ("down_blocks", "mid_block", "up_blocks")
     transformer: bool = False
+    # (denoiser, sample) -> arguments that depend on the batch (PixArt-alpha 1024's size conditioning)
+    per_batch: Callable[[torch.nn.Module, torch.Tensor], dict[str, Any]] | None = None
+
+
+VAE_SCALE = "autoaccel_vae_scale"  # set on a PixArt denoiser by the loader: its pipeline's vae_scale_factor
+
+
+def pixart_size_conditioning(denoiser: torch.nn.Module, sample: torch.Tensor) -> dict[str, Any]:
+    """PixArt-alpha at 1024 px (``sample_size`` 128) is conditioned on the image size and aspect ratio, as
+    PixArtAlphaPipeline passes them; the smaller models take none."""
+    if not getattr(denoiser, "use_additional_conditions", False):
+        return {}
+    scale = getattr(denoiser, VAE_SCALE, 8)  # 8: the VAE PixArt ships with
+    height, width = sample.shape[-2] * scale, sample.shape[-1] * scale
+    rows = len(sample)
+    resolution = torch.tensor([height, width], dtype=sample.dtype, device=sample.device).repeat(rows, 1)
+    aspect_ratio = torch.tensor([height / width], dtype=sample.dtype, device=sample.device).repeat(rows, 1)
+    return {"added_cond_kwargs": {"resolution": resolution, "aspect_ratio": aspect_ratio}}
 
 
 DENOISERS: dict[str, DenoiserKind] = {
@@ -41,6 +60,7 @@ DENOISERS: dict[str, DenoiserKind] = {
             fixed={"added_cond_kwargs": {"resolution": None, "aspect_ratio": None}},
             block_prefixes=("transformer_blocks",),
             transformer=True,
+            per_batch=pixart_size_conditioning,
         ),
         DenoiserKind("SD3Transformer2DModel", block_prefixes=("transformer_blocks",), transformer=True),
     )
@@ -58,7 +78,8 @@ def predict(denoiser: torch.nn.Module, sample: torch.Tensor, timestep, keywords:
     timesteps = torch.as_tensor(timestep, device=sample.device).reshape(-1)
     if len(timesteps) == 1:
         timesteps = timesteps.expand(len(sample))
-    output = denoiser(sample, timestep=timesteps, **kind.fixed, **keywords)
+    fixed = {**kind.fixed, **kind.per_batch(denoiser, sample)} if kind.per_batch is not None else kind.fixed
+    output = denoiser(sample, timestep=timesteps, **fixed, **keywords)
     output = output.sample if hasattr(output, "sample") else output[0]
     channels = sample.shape[1]
     if output.shape[1] == 2 * channels:  # a learned variance: its pipeline keeps only the mean prediction

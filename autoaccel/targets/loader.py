@@ -14,7 +14,7 @@ from autoaccel.errors import TargetError
 from autoaccel.measure.features import GENERIC_EXTRACTOR
 from autoaccel.targets.base import DefaultCall, QualityReference, Target, hash_weights
 from autoaccel.targets.conditions import CLASS, PROMPT, Conditions
-from autoaccel.targets.denoisers import DENOISERS
+from autoaccel.targets.denoisers import DENOISERS, VAE_SCALE
 
 SUPPORTED_PIPELINES = {
     # pipeline class -> how its images are conditioned (autoaccel.targets.conditions)
@@ -164,6 +164,9 @@ def target_from_pipeline(
     pipeline_class = type(pipeline).__name__
     denoiser = getattr(pipeline, "transformer", None) or pipeline.unet
     denoiser.eval().requires_grad_(False)
+    if getattr(denoiser, "use_additional_conditions", False) and hasattr(pipeline, "vae_scale_factor"):
+        # PixArt-alpha 1024 is conditioned on the image size in pixels: its VAE's scale gives it
+        object.__setattr__(denoiser, VAE_SCALE, int(pipeline.vae_scale_factor))
     vae = getattr(pipeline, "vae", None)
     if vae is not None:
         vae.eval().requires_grad_(False)
