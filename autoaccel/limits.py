@@ -43,6 +43,9 @@ LIMIT_OPTIONS: dict[str, LimitOption] = {
         LimitOption("max_fid", "fid", True, "FID", quality=True),
         LimitOption("max_fid_ratio", "fid", True, "FID as a multiple of the teacher's", True, True),
         LimitOption("min_psnr", "psnr_vs_ode", False, "PSNR against the teacher's ODE solution, dB", quality=True),
+        LimitOption(
+            "min_adherence", "adherence", False, "share of images read as their requested class, 0-1", quality=True
+        ),
     )
 }
 
@@ -114,9 +117,10 @@ def limits_in_force(budget: Mapping[str, Any], teacher: Mapping[str, Any] | None
 
 def check_limit_value(option: LimitOption, value: Any, as_flag: bool = False) -> None:
     """A bound is a finite number; upper bounds are positive (a negative one would select nothing)."""
-    valid = "a finite number" + (" > 0" if option.upper else "")
+    share = option.metric == "adherence"
+    valid = "a number in [0, 1]" if share else "a finite number" + (" > 0" if option.upper else "")
     number = isinstance(value, int | float) and not isinstance(value, bool)
-    if not number or not math.isfinite(value) or (option.upper and value <= 0):
+    if not number or not math.isfinite(value) or (option.upper and value <= 0) or (share and not 0 <= value <= 1):
         stated, unset = (f"{option.flag} {value}", "left out") if as_flag else (f"budget.{option.name}={value}", "null")
         raise ConfigError(f"{stated} is not valid; it must be {valid} ({option.meaning}), or {unset} for no limit")
 

@@ -111,6 +111,7 @@ def prepare_run(config: DictConfig, run_dir: Path | None = None, for_search: boo
     objectives = resolve_objectives(list(config.objectives), target)
     directions = objective_directions(objectives)
     check_teacher_ratios(config.budget, target.quality.kind)
+    check_adherence_limit(config.budget, target)
     space = load_space(resolve_space_name(config)).for_target(
         target.capabilities, num_train_timesteps=target.num_train_timesteps
     )
@@ -226,6 +227,17 @@ def open_run(run_dir: Path) -> RunContext:
         raise ConfigError(f"{run_dir} is not an autoaccel run folder: it has no {CONFIG_FILE}")
     config = OmegaConf.load(config_path)
     return prepare_run(config, run_dir=run_dir, for_search=False)
+
+
+def check_adherence_limit(budget, target: Target) -> None:
+    """``budget.min_adherence`` needs a target whose images a classifier reads (the embedded digit models)."""
+    from autoaccel.measure.adherence import adherence_reader
+
+    if budget.get("min_adherence") is not None and adherence_reader(target) is None:
+        raise ConfigError(
+            f"budget.min_adherence={budget.min_adherence} needs a model whose images autoaccel can classify "
+            f"(target=digits, digits_t2i or digits_dit); {target.name} has no adherence figure"
+        )
 
 
 def with_training_cap(space: SearchSpace, minutes: float | None) -> SearchSpace:

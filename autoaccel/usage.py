@@ -15,6 +15,7 @@ MAIN_KEYS = (
     ("budget.max_train_minutes", None, "cap on one candidate's training (distillation); longer fails the trial"),
     ("budget.max_memory_mb, budget.max_bytes", None, "more deployment limits"),
     ("budget.max_fid, budget.max_fid_ratio, budget.min_psnr", None, "quality limits (ratio: times the teacher's FID)"),
+    ("budget.min_adherence", None, "share (0-1) of images read as their requested class (embedded digit models)"),
     ("quality.samples, quality.seed", None, "images per candidate and the seed fixing their noise and labels"),
     ("fidelity.levels, fidelity.z", None, "multi-fidelity sample counts (ascending) and promotion optimism"),
     ("cost.batch_size, cost.warmup, cost.repeats", None, "how latency is measured"),

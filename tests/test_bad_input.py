@@ -390,3 +390,15 @@ def test_bench_help_lists_the_benchmarks(capsys, argv):
     assert "usage: python -m autoaccel bench NAME" in captured.out
     for name in ("schedules", "optimizers", "compression", "workers", "bench.nfes", "bench.trials"):
         assert name in captured.out
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "nan"])
+def test_plan_min_adherence_outside_zero_to_one(capsys, tmp_path, value):
+    (tmp_path / "pareto.csv").write_text("trial,nfe,latency_ms,recipe,fid\n1,4,1.0,r.yaml,3.0\n")
+    refused(capsys, ["plan", str(tmp_path), f"--min-adherence={value}"], "--min-adherence", "a number in [0, 1]")
+
+
+def test_min_adherence_on_a_model_without_a_classifier(capsys, reports, tiny_pipeline_dir):
+    argv = ["search", "target=pipeline", f"target.path={tiny_pipeline_dir}", f"report.dir={reports}"]
+    refused(capsys, [*argv, "budget.min_adherence=0.9"], "budget.min_adherence=0.9", "digits_t2i")
+    assert not reports.exists() or not any(reports.iterdir())

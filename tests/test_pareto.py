@@ -23,6 +23,7 @@ def front() -> pd.DataFrame:
             "fid": [40.0, 20.0, 12.0, 9.0],
             "latency_ms": [5.0, 10.0, 15.0, 25.0],
             "psnr_vs_ode": [10.0, 18.0, 24.0, 30.0],
+            "adherence": [0.7, 0.96, 0.95, 0.99],
             "recipe": [f"recipes/trial-{number:04d}.yaml" for number in (11, 22, 33, 44)],
         }
     )
@@ -100,6 +101,8 @@ def test_choose_within_maximizes_a_maximized_quality(front):
         ({"max_fid": 9.0}, 44),
         ({"min_psnr": 18.0}, 22),  # psnr is a lower bound
         ({"min_psnr": 18.0, "max_nfe": 4}, 22),
+        ({"min_adherence": 0.97}, 44),  # adherence is a share of images, a lower bound
+        ({"min_adherence": 0.95, "max_fid": 15.0}, 33),
     ],
 )
 def test_the_fastest_plan_within_a_quality_limit(front, limits, trial):
