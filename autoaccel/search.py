@@ -26,14 +26,23 @@ def _progress(log, objectives: list[str], context, total: int, limits: list):
             detail = f"{figures}  nfe {nfe:.0f}"
         else:
             detail = f"FAILED: {measurement.failure}"
-        solver = frozen.user_attrs.get("candidate", {}).get("solver.name", "?")
-        family = frozen.user_attrs.get("candidate", {}).get("timesteps.family", "?")
         log(
-            f"[{finished}/{total}] trial {frozen.number} {solver}/{family}: {detail} | front {front_size} | "
+            f"[{finished}/{total}] trial {frozen.number} {plan_label(frozen.user_attrs.get('candidate', {}))}: "
+            f"{detail} | front {front_size} | "
             f"{time.perf_counter() - started:.0f}s"
         )
 
     return on_trial
+
+
+def plan_label(candidate: dict) -> str:
+    """A few words for a trial's plan in the progress log: the solver and schedule family, or the distillation
+    method and its steps (a distilled model runs its own sampler)."""
+    method = candidate.get("distillation.method", "none")
+    if method != "none":
+        teacher = candidate.get("assignment.teacher_steps", 0)
+        return f"{method}-{candidate.get('distillation.steps', '?')}" + (f"+teacher{teacher}" if teacher else "")
+    return f"{candidate.get('solver.name', '?')}/{candidate.get('timesteps.family', '?')}"
 
 
 def search(config: DictConfig, log=print) -> Path:

@@ -1,5 +1,5 @@
 """One self-contained HTML page per run. It opens with the answer (the recommended plans and how to apply
-them), then what was searched, the front, the plots, and each plan's images beside the teacher's."""
+them), then what was searched, the front, the plots, and each plan's images beside the reference's."""
 
 from __future__ import annotations
 
@@ -244,7 +244,7 @@ def _float(value) -> float:
 
 
 def _grid_pairs(grids: dict[str, str]) -> str:
-    """Each plan's grid beside the teacher's (the same seeds, so the same digit in the same place)."""
+    """Each plan's grid beside the reference's (the same seeds, so the same digit in the same place)."""
     teacher = [(label, src) for label, src in grids.items() if src == TEACHER_GRID]
     plans = [(label, src) for label, src in grids.items() if src != TEACHER_GRID]
 
@@ -324,7 +324,7 @@ All columns: <a href="pareto.csv">pareto.csv</a> (the front), <a href="trials.cs
 {teacher_table}
 <h2>Standard configurations</h2>
 {_table(standards, ["warm_start", *FRONT_COLUMNS[:-1]], memory_header)}
-<h2>Images (the same seeds: each front plan beside the teacher)</h2>
+<h2>Images (the same seeds: each front plan beside the reference)</h2>
 {_grid_pairs(grids)}
 <h2>Failed trials</h2>
 {failure_html}
