@@ -38,7 +38,12 @@ BENCH_KEYS = (
     ("bench.optimizers, bench.optimizer_seeds", None, "optimizers: backends ([] = all) and seeds per backend"),
     ("bench.model_evaluations, bench.fidelity_trials", None, "optimizers: model-space evaluations, fidelity trials"),
     ("bench.compression_steps, bench.compression_trials", None, "compression: fixed sampler steps, search trials"),
-    ("bench.distillation.nfes, bench.distillation.*_iterations", None, "distillation: NFEs, training per method"),
+    (
+        "bench.distillation.nfes, bench.distillation.progressive_iterations, "
+        "bench.distillation.consistency_iterations, bench.distillation.schedule_iterations",
+        None,
+        "distillation: NFEs; iterations per halving round, of the consistency student, of a learned schedule",
+    ),
     ("bench.pruning_ratios, bench.weight_bits", None, "compression: ratios and bit-widths compared"),
     ("bench.load_workers, bench.load_trials", None, "workers: processes and trials per process"),
 )
