@@ -29,8 +29,9 @@ STANDARD = {
 def method_rows(config: DictConfig, nfe: int) -> list[tuple[str, dict]]:
     """(label, parameters) of every row at ``nfe``: the standard schedules, then one plan per method."""
     settings = config.bench.distillation
+    # schedule-only rows run at the model's default guidance (solver.guidance None), as its default call does
     rows = [
-        (f"{name}-{nfe}", {"distillation.method": "none", "timesteps.steps": nfe, **solver})
+        (f"{name}-{nfe}", {"distillation.method": "none", "timesteps.steps": nfe, "solver.guidance": None, **solver})
         for name, solver in STANDARD.items()
         if not (name == "dpmsolver++2m" and nfe < 2)
     ]
@@ -108,7 +109,7 @@ def run_distillation_benchmark(config: DictConfig, log=print) -> Path:
     log("== teacher")
     teacher = _score(evaluators, None)
     rows: dict[int, list[tuple[str, dict]]] = {}
-    for nfe in config.bench.distillation.nfes:
+    for nfe in config.bench.distillation.nfes:  # sampling steps; the NFE column counts guided calls twice
         rows[int(nfe)] = []
         for label, params in method_rows(config, int(nfe)):
             entry = _score(evaluators, params)
@@ -159,10 +160,10 @@ def write_distillation_table(config, bench_dir: Path, target, teacher: dict, row
         f"iterations; batch {settings.batch_size}, learning rate {settings.learning_rate}; minutes are wall-clock "
         "on this 2-core machine (shared with other jobs), the whole cost of producing that row's model.",
         "",
-        "| NFE | plan | FID | FID / teacher | precision | recall | adherence (%) | latency / teacher "
+        "| steps | NFE | plan | FID | FID / teacher | precision | recall | adherence (%) | latency / teacher "
         "| training minutes |",
-        "|---|---|---|---|---|---|---|---|---|",
-        f"| {teacher['nfe']:.0f} | teacher ({reference}) | {teacher_fid:.2f} ± {teacher_spread:.2f} | 1x | "
+        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| | {teacher['nfe']:.0f} | teacher ({reference}) | {teacher_fid:.2f} ± {teacher_spread:.2f} | 1x | "
         f"{mean_std(teacher['precision'])[0]:.3f} | {teacher_recall:.3f} | "
         + (f"{100 * mean_std(teacher['adherence'])[0]:.1f}" if teacher["adherence"] else "")
         + " | 1 | |",
@@ -170,8 +171,8 @@ def write_distillation_table(config, bench_dir: Path, target, teacher: dict, row
     summary = []
     for nfe, entries in rows.items():
         for label, entry in entries:
-            measured = int(entry["nfe"]) if "nfe" in entry else nfe
-            lines.append(f"| {measured} | {label} | " + " | ".join(_cells(entry, teacher)) + " |")
+            measured = f"{entry['nfe']:.0f}" if "nfe" in entry else ""
+            lines.append(f"| {nfe} | {measured} | {label} | " + " | ".join(_cells(entry, teacher)) + " |")
         summary.append(_verdict(nfe, entries, teacher_fid, teacher_recall))
     lines += ["", "## Summary", "", *summary, ""]
     lines.append(
@@ -200,6 +201,7 @@ def _verdict(nfe: int, entries, teacher_fid: float, teacher_recall: float) -> st
     if schedule_only:
         text += f"; best schedule-only {min(schedule_only):.2f}"
     if nfe in TARGET_RATIO:
-        met = fid <= TARGET_RATIO[nfe] * teacher_fid and abs(recall - teacher_recall) <= 0.05
-        text += f" (target <= {TARGET_RATIO[nfe]}x with recall within 0.05: {'met' if met else 'NOT met'})"
+        # diversity lost is what the recall condition guards against: a higher recall than the teacher's is fine
+        met = fid <= TARGET_RATIO[nfe] * teacher_fid and recall >= teacher_recall - 0.05
+        text += f" (target <= {TARGET_RATIO[nfe]}x with recall at most 0.05 below: {'met' if met else 'NOT met'})"
     return text + "."
