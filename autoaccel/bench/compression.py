@@ -26,7 +26,7 @@ import torch
 import yaml
 from omegaconf import DictConfig
 
-from autoaccel.bench import mean_std
+from autoaccel.bench import mean_std, seed_set_evaluators
 from autoaccel.candidate import Candidate
 from autoaccel.limits import limits_in_force
 from autoaccel.measure.evaluator import Evaluator
@@ -127,17 +127,12 @@ def _rescore(evaluators: list[Evaluator], params: dict) -> dict:
 
 
 def run_compression_benchmark(config: DictConfig, log=print) -> Path:
-    from autoaccel.run import evaluator_from_config, load_target
+    from autoaccel.run import load_target
 
     bench_dir = Path(config.bench.dir)
     target = load_target(config)
     space = load_space("joint").for_target(target.capabilities)
-    evaluators: list[Evaluator] = []
-    for seed in config.bench.confirm_seeds:
-        evaluator = evaluator_from_config(config, target, space, seed=int(seed))
-        if evaluators:
-            evaluator.share_caches(evaluators[0])
-        evaluators.append(evaluator)
+    evaluators = seed_set_evaluators(config, target, space)
 
     log("== pruning and quantization rows")
     rows = {}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from autoaccel.bench import mean_std
+from autoaccel.bench import mean_std, seed_set_evaluators
 from autoaccel.candidate import Candidate
 from autoaccel.measure.evaluator import Evaluator
 from autoaccel.space import load_space
@@ -95,17 +95,12 @@ def _score(evaluators: list[Evaluator], params: dict | None) -> dict:
 
 
 def run_distillation_benchmark(config: DictConfig, log=print) -> Path:
-    from autoaccel.run import evaluator_from_config, load_target
+    from autoaccel.run import load_target
 
     bench_dir = Path(config.bench.dir)
     target = load_target(config)
     space = load_space("distilled").for_target(target.capabilities)
-    evaluators: list[Evaluator] = []
-    for seed in config.bench.confirm_seeds:
-        evaluator = evaluator_from_config(config, target, space, seed=int(seed))
-        if evaluators:
-            evaluator.share_caches(evaluators[0])
-        evaluators.append(evaluator)
+    evaluators = seed_set_evaluators(config, target, space)
     log("== teacher")
     teacher = _score(evaluators, None)
     rows: dict[int, list[tuple[str, dict]]] = {}
