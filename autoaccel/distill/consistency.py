@@ -18,8 +18,9 @@ import torch
 from autoaccel.distill.data import Teacher, clean_samples
 from autoaccel.distill.diffusion import SCHEDULER_PREDICTION, alpha_sigma, ddim_step, prediction_to_x0
 from autoaccel.distill.students import kept_student
-from autoaccel.distill.training import Clock, TrainSettings, draw, ema_update, finished, student_copy
+from autoaccel.distill.training import Clock, TrainSettings, draw, finished, frozen_copy, student_copy
 from autoaccel.targets.denoisers import predict
+from autoaccel.training import clipped_step, ema_update
 
 LOSSES = ("l2", "huber")
 
@@ -73,9 +74,9 @@ def _train(target, settings: ConsistencySettings, train: TrainSettings, log) -> 
     generator = torch.Generator().manual_seed(train.seed * 1_000 + 7)
     torch.manual_seed(train.seed * 1_000 + 7)
     student = student_copy(target.denoiser)
-    target_network = student_copy(target.denoiser).requires_grad_(False)
+    target_network = frozen_copy(target.denoiser)
     optimizer = torch.optim.Adam(student.parameters(), lr=train.learning_rate)
-    kept = student_copy(target.denoiser).requires_grad_(False) if train.ema > 0 else None
+    kept = frozen_copy(target.denoiser) if train.ema > 0 else None
     prediction = SCHEDULER_PREDICTION[settings.student_target]
     clock = Clock(train.max_minutes, "consistency distillation")
 
@@ -105,10 +106,7 @@ def _train(target, settings: ConsistencySettings, train: TrainSettings, log) -> 
             loss = (torch.sqrt(difference**2 + settings.huber_c**2) - settings.huber_c).mean()
         else:
             loss = (difference**2).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        optimizer.step()
+        clipped_step(optimizer, loss, student)
         ema_update(target_network, student, settings.target_ema)
         if kept is not None:
             ema_update(kept, student, train.ema)

@@ -26,8 +26,9 @@ from autoaccel.distill.diffusion import (
     x0_reaching,
 )
 from autoaccel.distill.students import kept_student
-from autoaccel.distill.training import Clock, TrainSettings, draw, ema_update, finished, student_copy
+from autoaccel.distill.training import Clock, TrainSettings, draw, finished, frozen_copy, student_copy
 from autoaccel.targets.denoisers import predict
+from autoaccel.training import clipped_step, ema_update
 
 WEIGHTINGS = ("snr_trunc", "x")
 
@@ -72,7 +73,7 @@ def _train_round(target, teacher: Teacher, steps: int, settings, train: TrainSet
     middles = torch.tensor(grid[1:-1:2], device=device)
     ends = torch.tensor(grid[2::2], device=device)
     student = student_copy(teacher.denoiser)
-    kept = student_copy(teacher.denoiser).requires_grad_(False) if train.ema > 0 else None
+    kept = frozen_copy(teacher.denoiser) if train.ema > 0 else None
     optimizer = torch.optim.Adam(student.parameters(), lr=train.learning_rate)
     prediction = SCHEDULER_PREDICTION[settings.student_target]
     clock = Clock(train.max_minutes, f"progressive distillation to {steps} steps")
@@ -96,10 +97,7 @@ def _train_round(target, teacher: Teacher, steps: int, settings, train: TrainSet
         estimate = prediction_to_x0(output, sample, alpha, sigma, prediction)
         weight = (alpha**2 / sigma**2).clamp_min(1.0) if settings.weighting == "snr_trunc" else torch.ones_like(alpha)
         loss = (weight * (estimate - wanted) ** 2).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        optimizer.step()
+        clipped_step(optimizer, loss, student)
         if kept is not None:
             ema_update(kept, student, train.ema)
         clock.check(iteration + 1)

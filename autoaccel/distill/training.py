@@ -34,10 +34,9 @@ def student_copy(denoiser: torch.nn.Module) -> torch.nn.Module:
     return student.requires_grad_(True)
 
 
-def ema_update(ema_module: torch.nn.Module, module: torch.nn.Module, decay: float) -> None:
-    with torch.no_grad():
-        for ema_param, param in zip(ema_module.parameters(), module.parameters()):
-            ema_param.lerp_(param, 1 - decay)
+def frozen_copy(denoiser: torch.nn.Module) -> torch.nn.Module:
+    """A float32 copy that only follows another's weights (an EMA, a consistency target network)."""
+    return student_copy(denoiser).requires_grad_(False)
 
 
 class Clock:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from autoaccel.targets.digits.data import IMAGE_SIZE, NUM_CLASSES, load_digits_tensors
+from autoaccel.training import clipped_step, ema_update
 
 NULL_CLASS = NUM_CLASSES  # the extra class a label is dropped to, for classifier-free guidance
 
@@ -95,14 +96,9 @@ def train_teacher(
         noisy = abar.sqrt() * clean + (1 - abar).sqrt() * noise
         prediction = unet(noisy, timesteps, class_labels=class_labels).sample
         loss = F.mse_loss(prediction, noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        optimizer.step()
+        clipped_step(optimizer, loss, unet)
         lr_schedule.step()
-        with torch.no_grad():
-            for ema_param, param in zip(ema_unet.parameters(), unet.parameters()):
-                ema_param.lerp_(param, 1 - ema_decay)
+        ema_update(ema_unet, unet, ema_decay)
         running_loss += loss.item()
         if (step + 1) % log_every == 0:
             elapsed = time.perf_counter() - started

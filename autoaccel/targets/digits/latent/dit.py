@@ -26,11 +26,11 @@ from autoaccel.targets.digits.latent.prompts import DIGIT_WORDS
 from autoaccel.targets.digits.latent.training import (
     add_noise,
     build_sampling_scheduler,
-    ema_update,
     seconds_since,
     warmup_cosine,
 )
 from autoaccel.targets.digits.latent.vae import LATENT_CHANNELS, LATENT_SIZE, encode_digits, load_vae
+from autoaccel.training import clipped_step, ema_update
 
 NULL_CLASS = 1000  # hard-coded in DiTPipeline.__call__
 DIFFUSERS_DEFAULT_GUIDANCE = 4.0  # DiTPipeline's own default, kept when no sweep is run
@@ -110,10 +110,7 @@ def train_dit(
         noisy, noise, timesteps = add_noise(latents[index], scheduler.alphas_cumprod, generator)
         prediction = transformer(noisy, timestep=timesteps, class_labels=class_labels).sample
         loss = F.mse_loss(prediction, noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
-        optimizer.step()
+        clipped_step(optimizer, loss, transformer)
         lr_schedule.step()
         ema_update(ema_transformer, transformer, ema_decay, step)
         running_loss += loss.item()

@@ -24,11 +24,11 @@ from autoaccel.targets.digits.latent.prompts import EMPTY_PROMPT, MODEL_MAX_LENG
 from autoaccel.targets.digits.latent.training import (
     add_noise,
     build_sampling_scheduler,
-    ema_update,
     seconds_since,
     warmup_cosine,
 )
 from autoaccel.targets.digits.latent.vae import LATENT_CHANNELS, LATENT_SIZE, encode_digits, load_vae
+from autoaccel.training import clipped_step, ema_update
 
 DIFFUSERS_DEFAULT_GUIDANCE = 7.5  # StableDiffusionPipeline's own default, kept when no sweep is run
 
@@ -145,10 +145,7 @@ def train_t2i(
         # so two runs with one seed drifted apart (tests/test_latent_digits_models.py)
         prediction = unet(noisy, timesteps, encoder_hidden_states=torch.index_select(embeddings, 0, rows)).sample
         loss = F.mse_loss(prediction, noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
-        optimizer.step()
+        clipped_step(optimizer, loss, trained)
         lr_schedule.step()
         ema_update(ema_trained, trained, ema_decay, step)
         running_loss += loss.item()

@@ -20,16 +20,6 @@ def warmup_cosine(steps: int, warmup_fraction: float = 0.05):
     return factor
 
 
-@torch.no_grad()
-def ema_update(ema_module: torch.nn.Module, module: torch.nn.Module, decay: float, step: int) -> None:
-    """EMA with diffusers' warm-up, decay min(decay, (1 + step) / (10 + step)): without it a copy started at
-    the random init keeps decay**steps of it (22% after 1500 steps at 0.999), which visibly shrinks the noise
-    prediction at high noise and makes sampling diverge."""
-    decay = min(decay, (1 + step) / (10 + step))
-    for ema_param, param in zip(ema_module.parameters(), module.parameters()):
-        ema_param.lerp_(param, 1 - decay)
-
-
 def build_sampling_scheduler():
     """What both pipelines sample with by default, and whose betas they train with: DDIM over 1000 linear-beta
     steps (deterministic, first order, valid at any step count), trailing spacing so the first step starts at

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from autoaccel.targets.digits.latent.images import LATENT_IMAGE_SIZE, load_digits_16
-from autoaccel.targets.digits.latent.training import ema_update, seconds_since, warmup_cosine
+from autoaccel.targets.digits.latent.training import seconds_since, warmup_cosine
+from autoaccel.training import clipped_step, ema_update
 
 LATENT_CHANNELS = 4
 LATENT_SIZE = 4  # 16x16 -> 4x4: three blocks, two downsamplings
@@ -96,10 +97,7 @@ def train_vae(
         reconstruction = F.mse_loss(decoded, batch)
         kl = posterior.kl().mean() / latent_elements
         loss = reconstruction + kl_weight * kl
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimizer.step()
+        clipped_step(optimizer, loss, vae)
         lr_schedule.step()
         ema_update(ema_vae, vae, ema_decay, step)
         running += torch.tensor([reconstruction.item(), kl.item()])
