@@ -116,7 +116,7 @@ def no_training(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("applying a recipe with artifacts must not train or calibrate")
 
-    for module, name in ((pruning, "_recover"), (pruning, "_teacher_batch"), (quantization, "trajectory_inputs")):
+    for module, name in ((pruning, "recover"), (pruning, "_teacher_batch"), (quantization, "trajectory_inputs")):
         monkeypatch.setattr(module, name, refuse)
 
 

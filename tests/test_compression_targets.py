@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from autoaccel.artifacts import ArtifactStore, read_artifact
+from autoaccel.distill import recovery
 from autoaccel.errors import TechniqueError
 from autoaccel.seeds import make_seed_batch
 from autoaccel.targets.base import hash_weights
@@ -47,7 +48,8 @@ def small_calibration(monkeypatch):
     """Fewer seeds for the block measurement and the Taylor and recovery batches: the tiny models need no more."""
     monkeypatch.setattr(pruning, "BLOCK_CALIBRATION_SAMPLES", 2)
     monkeypatch.setattr(pruning, "CALIBRATION_SAMPLES", 8)
-    monkeypatch.setattr(pruning, "RECOVERY_POOL", 8)
+    monkeypatch.setattr(recovery, "TRAJECTORY_SAMPLES", 2)
+    monkeypatch.setattr(recovery, "DATA_SAMPLES", 8)
 
 
 def _deepen(kind: str, folder, destination):

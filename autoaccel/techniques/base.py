@@ -125,6 +125,12 @@ class Technique:
     # config -> whether the model it produces must be sampled its own way (a distilled student): its prescribed
     # scheduler, timesteps and guidance override the sampler techniques' (autoaccel.prescribed)
     prescribes_sampler: Callable[[Any], bool] | None = None
+    # the setting (without the ``name.`` prefix) capping this technique's training in minutes, for a technique
+    # that trains: ``budget.max_train_minutes`` fills it where a space leaves it free
+    max_minutes_param: str | None = None
+    # the setting (without the prefix) giving the share of this technique's training a lower fidelity level does
+    # (``fidelity.train_shares``); the technique continues a promoted candidate from its checkpoint
+    train_share_param: str | None = None
 
     def prescribes(self, config: Any) -> bool:
         return self.prescribes_sampler is not None and bool(self.prescribes_sampler(config))

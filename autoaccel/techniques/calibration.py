@@ -9,7 +9,8 @@ Two kinds, both family-agnostic because they come from the sampling loop and the
 - ``noised_batch``: clean ODE-reference samples noised at random points of the model's own time variable, with
   the prediction the model was trained to make there. Taylor importance needs a loss whose gradient is not zero
   on the unpruned model, which a teacher-output target cannot give (the teacher matches itself exactly), so
-  pruning's importance and recovery distillation use this batch instead of the trajectory calls.
+  pruning's Taylor importance uses this batch instead of the trajectory calls. Recovery distillation
+  (``autoaccel.distill.recovery``) draws on both kinds.
 
 Both come from seeds of their own (never the seeds candidates are scored on) and are cached per target content.
 """
@@ -121,11 +122,17 @@ def replay(denoiser: torch.nn.Module, calls: list[Call], chunk: int = REPLAY_CHU
     outputs = []
     with torch.no_grad():
         for args, kwargs in _batches(calls, chunk):
-            output = denoiser(*to_device(args, device), **to_device(kwargs, device))
-            output = output.sample if hasattr(output, "sample") else output[0]
-            channels = args[0].shape[1]
-            outputs.append((output[:, :channels] if output.shape[1] == 2 * channels else output).cpu())
+            outputs.append(call_output(denoiser, (to_device(args, device), to_device(kwargs, device))).cpu())
     return torch.cat(outputs)
+
+
+def call_output(denoiser: torch.nn.Module, call: Call) -> torch.Tensor:
+    """The denoiser's prediction on one call, a learned-variance half dropped as the sampling loop drops it."""
+    args, kwargs = call
+    output = denoiser(*args, **kwargs)
+    output = output.sample if hasattr(output, "sample") else output[0]
+    channels = args[0].shape[1]
+    return output[:, :channels] if output.shape[1] == 2 * channels else output
 
 
 def _batches(calls: list[Call], chunk: int):
@@ -136,22 +143,28 @@ def _batches(calls: list[Call], chunk: int):
         for start in range(0, call_size(call), chunk):
             piece = _rows(call, start, start + chunk)
             if pending and rows + call_size(piece) > chunk:
-                yield _join(pending)
+                yield join_calls(pending)
                 pending, rows = [], 0
             pending.append(piece)
             rows += call_size(piece)
     if pending:
-        yield _join(pending)
+        yield join_calls(pending)
 
 
 def _rows(call: Call, start: int, stop: int) -> Call:
     size = call_size(call)
     if start == 0 and stop >= size:
         return call
+    return call_rows(call, slice(start, stop))
+
+
+def call_rows(call: Call, rows: slice | torch.Tensor) -> Call:
+    """The rows ``rows`` (a slice or an index tensor) of a call: per-row tensors cut, shared ones kept."""
+    size = call_size(call)
 
     def cut(value):
         if isinstance(value, torch.Tensor) and value.dim() > 0 and len(value) == size:
-            return value[start:stop]
+            return value[rows]
         if isinstance(value, dict):
             return {name: cut(item) for name, item in value.items()}
         return value
@@ -160,7 +173,7 @@ def _rows(call: Call, start: int, stop: int) -> Call:
     return tuple(cut(value) for value in args), cut(kwargs)
 
 
-def _join(calls: list[Call]) -> Call:
+def join_calls(calls: list[Call]) -> Call:
     """One call holding the rows of ``calls``: per-row tensors concatenated, everything else from the first."""
     if len(calls) == 1:
         return calls[0]
@@ -226,7 +239,13 @@ def noised_batch(target, count: int, generator: torch.Generator, device=None) ->
     (no guidance branch: the conditional prediction is what is trained)."""
     device = device if device is not None else target.denoiser.device
     clean, labels = clean_samples(target, count, NOISED_SEED_OFFSET + int(generator.initial_seed()))
-    clean = clean.to(device)
+    return noised(target, clean.to(device), labels, generator)
+
+
+def noised(target, clean: torch.Tensor, labels, generator: torch.Generator) -> NoisedBatch:
+    """``clean`` samples noised at uniformly random points of the model's time variable, drawn from
+    ``generator`` (``noised_batch``'s noising, for callers that draw fresh noise every step)."""
+    device, count = clean.device, len(clean)
     keywords = target.conditions.keywords(labels, False, device)
     if target.schedule_family == FLOW_FAMILY:
         sigma = torch.rand(count, generator=generator).to(device)

@@ -14,9 +14,10 @@ dimensions (thinner heads made CPU attention slower).
   ``blocks`` removes that share of whole blocks first, the least important first: the ones whose skipping
   changes the denoiser's output least on calls along the teacher's trajectory (the first and last block stay).
 
-Training-free unless ``recovery_steps`` > 0: then a short distillation pulls the pruned model's predictions
-towards the teacher's on noised teacher samples (no external data). torch-pruning traces the denoiser on one
-call the sampling loop really makes, so every architecture gets its own keyword arguments.
+Training-free unless ``recovery_steps`` > 0: then recovery distillation (``autoaccel.distill.recovery``) pulls
+the pruned model's predictions towards the model it was cut from, on that model's own trajectory calls and noised
+samples (no external data); its minutes are recorded as the trial's training cost. torch-pruning traces the
+denoiser on one call the sampling loop really makes, so every architecture gets its own keyword arguments.
 
 The pruned model is a copy: the target's denoiser is never touched. Its weights are stored as an artifact
 (``autoaccel.artifacts``), with the removed blocks named in its metadata: a recipe rebuilds the pruned structure
@@ -35,15 +36,16 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
+from autoaccel.distill.recovery import RecoverySettings, recover
 from autoaccel.errors import ConfigError, TechniqueError
+from autoaccel.prescribed import prescription
 from autoaccel.targets.denoisers import block_names, denoiser_kind, predict
-from autoaccel.techniques.base import ParamSpec, Technique, register, require_types
+from autoaccel.techniques.base import TRAIN_MINUTES, ParamSpec, Technique, register, require_types
 from autoaccel.techniques.calibration import noised_batch, replay, to_device, trajectory_calls
 
 IMPORTANCES = ("magnitude", "taylor", "random")
 STAGES = ("down", "mid", "up")
 CALIBRATION_SAMPLES = 64  # noised teacher samples the Taylor importance is taken on
-RECOVERY_POOL = 256  # noised teacher samples recovery distillation draws its batches from
 BLOCK_CALIBRATION_SAMPLES = 8  # seeds of the trajectory calls whole blocks are judged on
 QKV = ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj")
 MAX_BLOCKS = 0.5
@@ -64,10 +66,13 @@ class PruningConfig:
     recovery_steps: int = 0
     seed: int = 0
     blocks: float = 0.0
+    recovery_lr: float = 1e-3
+    recovery_max_minutes: float | None = None
 
     def __post_init__(self) -> None:
         number = (int, float)
         types = {"ratio": number, "down": number, "mid": number, "up": number, "importance": str, "blocks": number}
+        types["recovery_lr"] = number
         require_types(self, "pruning", {**types, "prune_heads": bool, "recovery_steps": int, "seed": int})
         if not 0.0 <= self.ratio < 0.9:
             raise ConfigError(f"pruning.ratio={self.ratio} is not valid; it must be in [0, 0.9)")
@@ -79,6 +84,13 @@ class PruningConfig:
             raise ConfigError(f"pruning.importance={self.importance!r} is not valid; valid: {list(IMPORTANCES)}")
         if isinstance(self.recovery_steps, bool) or not isinstance(self.recovery_steps, int) or self.recovery_steps < 0:
             raise ConfigError(f"pruning.recovery_steps={self.recovery_steps!r} is not valid; it must be an int >= 0")
+        if not self.recovery_lr > 0:
+            raise ConfigError(f"pruning.recovery_lr={self.recovery_lr} is not valid; it must be > 0")
+        cap = self.recovery_max_minutes
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int | float) or not cap > 0):
+            raise ConfigError(
+                f"pruning.recovery_max_minutes={self.recovery_max_minutes!r} is not valid; it must be > 0 or null"
+            )
         if not 0.0 <= self.blocks <= MAX_BLOCKS:
             raise ConfigError(f"pruning.blocks={self.blocks} is not valid; it must be in [0, {MAX_BLOCKS}]")
 
@@ -99,6 +111,8 @@ PRUNING_PARAMS = {
     "recovery_steps": ParamSpec("int", low=0),
     "seed": ParamSpec("int", low=0, high=2**32 - 1),
     "blocks": ParamSpec("float", low=0.0, high=MAX_BLOCKS),
+    "recovery_lr": ParamSpec("float", low=0.0, low_open=True, high=1.0),
+    "recovery_max_minutes": ParamSpec("float", low=0.0, low_open=True),
 }
 
 
@@ -345,6 +359,11 @@ def prune_unet(unet, config: PruningConfig, target=None, removed_blocks: list[in
             "pruning must apply before quantization (quantization is calibrated on the pruned model); "
             "this denoiser is already quantized"
         )
+    if config.importance == "taylor" and prescription(unet) is not None:
+        raise TechniqueError(
+            "pruning.importance='taylor' takes its gradient from the base model's denoising loss, which a distilled "
+            "student does not predict; use importance magnitude or random after distillation"
+        )
     if config.blocks and not denoiser_kind(unet).transformer:
         raise TechniqueError(
             f"pruning.blocks={config.blocks} applies to transformer denoisers; this {type(unet).__name__} takes 0"
@@ -362,26 +381,14 @@ def prune_unet(unet, config: PruningConfig, target=None, removed_blocks: list[in
     if config.ratio:
         _prune_channels(pruned, config, target, _example_call(target, config.seed, pruned.device), generator)
     if config.recovery_steps:
-        _recover(pruned, unet, target, config, generator)
+        settings = RecoverySettings(
+            config.recovery_steps, float(config.recovery_lr), seed=config.seed, max_minutes=config.recovery_max_minutes
+        )
+        minutes = recover(pruned, unet, target, settings)
+        object.__setattr__(pruned, TRAIN_MINUTES, getattr(unet, TRAIN_MINUTES, 0.0) + minutes)
     pruned = pruned.eval().requires_grad_(False)
     setattr(pruned, REMOVED_BLOCKS, list(removed_blocks))
     return pruned
-
-
-def _recover(pruned, teacher, target, config: PruningConfig, generator: torch.Generator) -> None:
-    """A few hundred steps of output distillation towards the teacher on noised teacher samples."""
-    optimizer = torch.optim.AdamW(pruned.parameters(), lr=2e-4)
-    pruned.train().requires_grad_(True)
-    pool = _teacher_batch(target, RECOVERY_POOL, generator, pruned.device)
-    with torch.enable_grad():
-        for _ in range(config.recovery_steps):
-            batch = pool.select(torch.randint(0, len(pool), (64,), generator=generator))
-            with torch.no_grad():
-                wanted = predict(teacher, batch.sample, batch.timestep, batch.keywords)
-            loss = F.mse_loss(predict(pruned, batch.sample, batch.timestep, batch.keywords), wanted)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
 
 
 def apply_pruning(pipeline, config: PruningConfig, target) -> None:
@@ -456,5 +463,7 @@ PRUNING = register(
         artifact_state=pruned_weights,
         from_artifact=pruning_from_artifact,
         recompute=pruning_recompute,
+        version=2,
+        max_minutes_param="recovery_max_minutes",
     )
 )
