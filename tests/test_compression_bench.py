@@ -32,7 +32,7 @@ def test_compression_bench_writes_its_table_and_front_recipes(fast_overrides, ti
     )
     path = run_compression_benchmark(config, log=lambda message: None)
     table = path.read_text()
-    for heading in ("## Pruning", "## Quantization", "### Schedule-only front", "### Joint front", "### Verdict"):
+    for heading in ("## Pruning", "## Quantization", "### Schedule-only front", "### Compression front", "### Verdict"):
         assert heading in table
     assert "not measured (no quantized kernels on cpu)" in table
     figures = json.loads((bench_dir / "compression.json").read_text())

@@ -167,17 +167,25 @@ def test_bad_quantization_configs_are_named(changes, message):
         QuantizationConfig(**changes)
 
 
-def test_bundled_joint_space_applies_pruning_before_quantization():
+@pytest.mark.parametrize(
+    ("name", "order"),
+    [
+        ("compressed", ["pruning", "quantization", "solver", "timesteps"]),
+        ("joint", ["distillation", "pruning", "quantization", "assignment", "solver", "timesteps"]),
+    ],
+)
+def test_bundled_spaces_apply_distillation_then_pruning_then_quantization(name, order):
+    """A student is compressed, not a compressed model distilled; the teacher's steps go to the compressed one."""
     from autoaccel.candidate import Candidate
     from autoaccel.space import active_params, load_space
 
-    space = load_space("joint")
-    assert set(space.techniques) == {"pruning", "quantization", "solver", "timesteps"}
+    space = load_space(name)
+    assert set(space.techniques) == set(order)
     defaults = {
         dimension.name: (dimension.choices[0] if dimension.choices else dimension.low) for dimension in space.dimensions
     }
     plan = Candidate.from_params(space.complete(active_params(space, defaults))).plan(space.techniques)
-    assert [technique.name for technique, _ in plan] == ["pruning", "quantization", "solver", "timesteps"]
+    assert [technique.name for technique, _ in plan] == order
 
 
 SMALL_JOINT_SPACE = """

@@ -375,11 +375,15 @@ def test_good_values_of_every_kind_load(tmp_path):
     assert "timesteps.gap_0" in space.names
 
 
-@pytest.mark.parametrize("name", ["joint", "pruned_sampler", "quantized_sampler", "sampler", "solver", "timesteps"])
+@pytest.mark.parametrize(
+    "name",
+    ["joint", "compressed", "distilled", "pruned_sampler", "quantized_sampler", "sampler", "solver", "timesteps"],
+)
 def test_every_bundled_space_passes_the_checks(name):
     space = load_space(name)
     assert space.names
-    assert space.for_target({"guidance"}, num_train_timesteps=1000).names == space.names
+    capable = space.for_target({"guidance", "distillation"}, num_train_timesteps=1000)
+    assert capable.names == space.names
 
 
 def test_every_technique_declares_exactly_its_config_fields():

@@ -117,7 +117,7 @@ def test_tiny_class_conditional_folder(tiny_folder):
     target = load_pipeline_folder(tiny_folder)
     assert target.null_class == 3
     assert target.num_classes == 3
-    assert target.capabilities == {"guidance"}
+    assert target.capabilities == {"guidance", "distillation"}
     assert target.name == "tiny"
     assert target.path == tiny_folder.resolve()
     assert target.scheduler_class == "DDPMScheduler"
@@ -139,7 +139,7 @@ def test_tiny_unconditional_folder(unconditional_folder):
     target = load_pipeline_folder(unconditional_folder)
     assert target.null_class is None
     assert target.num_classes is None
-    assert target.capabilities == set()
+    assert target.capabilities == {"distillation"}
     assert target.metadata == {}
 
 
@@ -182,7 +182,7 @@ def test_digits_target(digits):
     assert digits.name == "digits"
     assert digits.null_class == 10
     assert digits.num_classes == 10
-    assert digits.capabilities == {"guidance"}
+    assert digits.capabilities == {"guidance", "distillation"}
     assert digits.sample_shape == (1, 8, 8)
     assert digits.num_train_timesteps == 1000
     real = digits.real_images

@@ -22,3 +22,53 @@ def seed_set_evaluators(config, target, space) -> list:
             evaluator.share_caches(evaluators[0])
         evaluators.append(evaluator)
     return evaluators
+
+
+def search_front(
+    config, space_name: str, study_name: str, objectives: str, trials: int, bench_dir, log, extra=()
+) -> list[tuple[int, dict]]:
+    """Runs (or resumes) one benchmark search in ``bench_dir/runs`` with the run's target, quality, cost and
+    optimizer settings; its feasible front's (trial, complete parameters)."""
+    from pathlib import Path
+
+    from autoaccel.config import compose_config
+    from autoaccel.limits import limits_in_force
+    from autoaccel.pareto import front_numbers
+    from autoaccel.run import open_run
+    from autoaccel.search import search
+    from autoaccel.techniques.base import unchanged_model_params
+
+    runs_dir = Path(bench_dir) / "runs"
+    run_config = compose_config(
+        [
+            f"space={space_name}",
+            f"study_name={study_name}",
+            f"report.dir={runs_dir}",
+            f"objectives={objectives}",
+            f"budget.trials={trials}",
+            f"quality.samples={config.quality.samples}",
+            f"quality.seed={config.quality.seed}",
+            f"target={config.target.name}",
+            f"target.device={config.target.device}",
+            *([f"target.path={config.target.path}"] if config.target.path else []),
+            f"cost.batch_size={config.cost.batch_size}",
+            f"cost.warmup={config.cost.warmup}",
+            f"cost.repeats={config.cost.repeats}",
+            f"quality.chunk_size={config.quality.chunk_size}",
+            f"seed={config.seed}",
+            f"optimizer={config.optimizer.name}",
+            f"cache_dir={config.cache_dir}",
+            "quiet=true",
+            *extra,
+        ]
+    )
+    log(f"   searching space={space_name} ({trials} trials)")
+    search(run_config, log=log)
+    context = open_run(runs_dir / study_name)
+    teacher = context.ledger.study.user_attrs.get("teacher")
+    frame = context.ledger.trials_frame(limits_in_force(run_config.budget, teacher))
+    front = []
+    for number in front_numbers(frame, context.objectives):
+        params = {**unchanged_model_params(), **context.ledger.trial(number).user_attrs["candidate"]}
+        front.append((number, params))
+    return front

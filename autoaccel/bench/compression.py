@@ -6,10 +6,10 @@ Three parts, all on one fixed sampler (DPM-Solver++ 2M, uniform trailing steps) 
    re-scored on fresh seed sets (FID mean ± std), with parameters, the plan's real bytes, and the unet's CPU
    latency measured side by side (interleaved repeats, medians, ratios to the unpruned model) at several
    batch sizes. Quantized plans have no CPU latency: they ran float kernels, so it is "not measured".
-2. A joint search (pruning + quantization + solver + timesteps) and a schedule-only search with the same
-   budget; both fronts re-scored on the fresh seed sets with latencies measured in this one process, and
-   whether (and where) the joint front dominates.
-3. The joint front's recipes, copied to ``compression-front/`` so ``bench kernels`` can time them with real
+2. A compression search (``space=compressed``: pruning + quantization + solver + timesteps) and a schedule-only
+   search with the same budget; both fronts re-scored on the fresh seed sets with latencies measured in this one
+   process, and whether (and where) the compression front dominates.
+3. The compression front's recipes, copied to ``compression-front/`` so ``bench kernels`` can time them with real
    quantized kernels on a GPU.
 """
 
@@ -26,11 +26,9 @@ import torch
 import yaml
 from omegaconf import DictConfig
 
-from autoaccel.bench import mean_std, seed_set_evaluators
+from autoaccel.bench import mean_std, search_front, seed_set_evaluators
 from autoaccel.candidate import Candidate
-from autoaccel.limits import limits_in_force
 from autoaccel.measure.evaluator import Evaluator
-from autoaccel.pareto import front_numbers
 from autoaccel.recipe import save_recipe, without_artifacts
 from autoaccel.space import load_space
 from autoaccel.techniques.base import unchanged_model_params
@@ -44,6 +42,7 @@ FIXED_SAMPLER = {
     "solver.guidance": 1.0,
 }
 FRONT_DIR = "compression-front"
+COMPRESSED = "compressed"  # the space searched against schedules alone: pruning, quantization and the sampler
 
 
 def technique_rows(config: DictConfig) -> list[tuple[str, dict]]:
@@ -131,7 +130,7 @@ def run_compression_benchmark(config: DictConfig, log=print) -> Path:
 
     bench_dir = Path(config.bench.dir)
     target = load_target(config)
-    space = load_space("joint").for_target(target.capabilities)
+    space = load_space(COMPRESSED).for_target(target.capabilities)
     evaluators = seed_set_evaluators(config, target, space)
 
     log("== pruning and quantization rows")
@@ -147,62 +146,28 @@ def run_compression_benchmark(config: DictConfig, log=print) -> Path:
         unets, target, [int(batch) for batch in config.bench.latency_batches], int(config.bench.latency_repeats)
     )
 
-    log("== joint search vs schedule-only search")
-    fronts = {name: _search_front(config, name, bench_dir, log) for name in ("sampler", "joint")}
+    log("== compression search vs schedule-only search")
+    fronts = {name: _search_front(config, name, bench_dir, log) for name in ("sampler", COMPRESSED)}
     rescored = {
         name: [(trial, _rescore(evaluators, params)) for trial, params in front] for name, front in fronts.items()
     }
-    _copy_front_recipes(bench_dir, fronts["joint"])
+    _copy_front_recipes(bench_dir, fronts[COMPRESSED])
     return write_compression_table(config, bench_dir, target, rows, unet_latency, fronts, rescored)
 
 
 def _search_front(config: DictConfig, space_name: str, bench_dir: Path, log) -> list[tuple[int, dict]]:
     """Runs (or resumes) one bench search; its feasible front's (trial, complete parameters)."""
-    from autoaccel.config import compose_config
-    from autoaccel.run import open_run
-    from autoaccel.search import search
-
-    runs_dir = bench_dir / "runs"
-    objectives = "[fid,latency_ms,model_bytes]" if space_name == "joint" else "[fid,latency_ms]"
-    run_config = compose_config(
-        [
-            f"space={space_name}",
-            f"study_name=bench-compression-{space_name}",
-            f"report.dir={runs_dir}",
-            f"objectives={objectives}",
-            f"budget.trials={config.bench.compression_trials}",
-            f"budget.warm_start_steps=[{config.bench.compression_steps}]",
-            f"quality.samples={config.quality.samples}",
-            f"quality.seed={config.quality.seed}",
-            f"target={config.target.name}",
-            f"target.device={config.target.device}",
-            *([f"target.path={config.target.path}"] if config.target.path else []),
-            f"cost.batch_size={config.cost.batch_size}",
-            f"cost.warmup={config.cost.warmup}",
-            f"cost.repeats={config.cost.repeats}",
-            f"quality.chunk_size={config.quality.chunk_size}",
-            f"seed={config.seed}",
-            f"optimizer={config.optimizer.name}",
-            f"cache_dir={config.cache_dir}",
-            "quiet=true",
-        ]
-    )
-    log(f"   searching space={space_name} ({config.bench.compression_trials} trials)")
-    search(run_config, log=log)
-    context = open_run(runs_dir / f"bench-compression-{space_name}")
-    teacher = context.ledger.study.user_attrs.get("teacher")
-    trials = context.ledger.trials_frame(limits_in_force(run_config.budget, teacher))
-    front = []
-    for number in front_numbers(trials, context.objectives):
-        params = {**unchanged_model_params(), **context.ledger.trial(number).user_attrs["candidate"]}
-        front.append((number, params))
-    return front
+    objectives = "[fid,latency_ms,model_bytes]" if space_name == COMPRESSED else "[fid,latency_ms]"
+    warm_start = f"budget.warm_start_steps=[{config.bench.compression_steps}]"
+    trials = int(config.bench.compression_trials)
+    study = f"bench-compression-{space_name}"
+    return search_front(config, space_name, study, objectives, trials, bench_dir, log, [warm_start])
 
 
 def _copy_front_recipes(bench_dir: Path, front: list[tuple[int, dict]]) -> None:
-    """The joint front's recipes, kept in the repository without the run's weights: their artifact references
+    """The compression front's recipes, kept in the repository without the run's weights: their artifact references
     are dropped, so ``bench kernels`` re-applies them from the base model (and says so) on any machine."""
-    source = bench_dir / "runs" / "bench-compression-joint" / "recipes"
+    source = bench_dir / "runs" / f"bench-compression-{COMPRESSED}" / "recipes"
     destination = bench_dir / FRONT_DIR
     if destination.exists():
         shutil.rmtree(destination)
@@ -334,7 +299,8 @@ def write_compression_table(config, bench_dir: Path, target, rows, unet_latency,
     params_of = {name: dict(front) for name, front in fronts.items()}
     lines += [
         "",
-        f"## Joint search vs schedule-only search ({config.bench.compression_trials} trials each, "
+        f"## Compression search (space={COMPRESSED}) vs schedule-only search "
+        f"({config.bench.compression_trials} trials each, "
         f"{config.optimizer.name}, seed {config.seed})",
         "",
         "Both fronts re-scored on the fresh seed sets; latency at batch "
@@ -344,9 +310,9 @@ def write_compression_table(config, bench_dir: Path, target, rows, unet_latency,
         "",
         *_front_table(rescored["sampler"], params_of["sampler"]),
         "",
-        "### Joint front (objectives fid, latency_ms, model_bytes)",
+        "### Compression front (objectives fid, latency_ms, model_bytes)",
         "",
-        *_front_table(rescored["joint"], params_of["joint"]),
+        *_front_table(rescored[COMPRESSED], params_of[COMPRESSED]),
         "",
         "### Verdict",
         "",
@@ -358,7 +324,7 @@ def write_compression_table(config, bench_dir: Path, target, rows, unet_latency,
         "## Real quantized kernels",
         "",
         (
-            f"GPU latencies of the joint front's plans with torchao's kernels: [kernels.md]({gpu.name})."
+            f"GPU latencies of the compression front's plans with torchao's kernels: [kernels.md]({gpu.name})."
             if gpu.exists()
             else "No GPU was available for this run: quantized latencies are not measured. "
             "Run `python -m autoaccel.bench.kernels` on a CUDA machine to add them."
@@ -382,7 +348,7 @@ def _fid_cell(entry: dict) -> str:
 
 def _verdict(summaries: dict[str, list[dict]]) -> list[str]:
     lines = []
-    sampler, joint = summaries["sampler"], summaries["joint"]
+    sampler, joint = summaries["sampler"], summaries[COMPRESSED]
     if not sampler or not joint:
         return ["One of the searches has no feasible front point: no comparison."]
     for metrics in (["fid", "latency_ms"], ["fid", "latency_ms", "model_bytes"]):
@@ -390,15 +356,16 @@ def _verdict(summaries: dict[str, list[dict]]) -> list[str]:
         lost = [j for j in joint if any(dominates(s, j, metrics) for s in sampler)]
         volumes = _hypervolumes(summaries, metrics)
         lines.append(
-            f"- In ({', '.join(metrics)}): the joint front dominates {len(beaten)} of {len(sampler)} schedule-only "
-            f"points and has {len(lost)} of {len(joint)} points dominated by the schedule-only front; hypervolume "
-            f"(common normalisation) joint {volumes['joint']:.3f} vs schedule-only {volumes['sampler']:.3f}."
+            f"- In ({', '.join(metrics)}): the compression front dominates {len(beaten)} of {len(sampler)} "
+            f"schedule-only points and has {len(lost)} of {len(joint)} points dominated by the schedule-only front; "
+            f"hypervolume (common normalisation) compression {volumes[COMPRESSED]:.3f} vs schedule-only "
+            f"{volumes['sampler']:.3f}."
         )
         for point in beaten:
             by = min((j for j in joint if dominates(j, point, metrics)), key=lambda j: (j["fid"], j["latency_ms"]))
             lines.append(
                 f"  - schedule-only trial {point['trial']} (FID {point['fid']:.2f}, {point['latency_ms']:.1f} ms, "
-                f"{point['model_bytes']:.0f} B) is dominated by joint trial {by['trial']} (FID {by['fid']:.2f}, "
+                f"{point['model_bytes']:.0f} B) is dominated by compression trial {by['trial']} (FID {by['fid']:.2f}, "
                 f"{by['latency_ms']:.1f} ms, {by['model_bytes']:.0f} B)"
             )
     return lines

@@ -1,7 +1,7 @@
 """``python -m autoaccel.bench.kernels``: GPU latency of quantized plans with real kernels (torchao).
 
 The search scores quantization by simulation; this is where its speed is measured for real. For every recipe
-in a folder (by default the joint front that ``bench compression`` exported) it times the plan's pipeline on
+in a folder (by default the compression front that ``bench compression`` exported) it times the plan's pipeline on
 CUDA side by side three ways: the unchanged float model on the same sampler, the plan with float kernels
 (pruning only), and the plan with torchao's int8 kernels on the layers it quantizes. Latency is CUDA-event
 time per call (median of repeats), peak memory the allocator's, energy NVML's counter. A larger random-weight
@@ -136,7 +136,7 @@ def write_markdown(path: Path, device: str, recipe_rows: list[dict], large: list
         "The digits plans run in eager mode; CUDA-event latency per pipeline call (median), NVML energy per "
         "call. torchao's int8 and fp8 kernels are built for torch.compile: the large-UNet rows show both modes.",
         "",
-        "## The joint front's plans (embedded digits model)",
+        "## The compression front's plans (embedded digits model)",
         "",
         "| recipe | batch | bytes | float model ms | plan, float kernels ms | plan, torchao ms | torchao / float "
         "model | energy J (float model / torchao) | kernels |",

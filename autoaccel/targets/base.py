@@ -105,7 +105,9 @@ class Target:
 
     @property
     def capabilities(self) -> set[str]:
-        return {"guidance"} if self.conditions.guidable else set()
+        """What dimensions may ``require``: ``guidance`` (a null condition), ``distillation`` (DDPM family)."""
+        found = {"guidance"} if self.conditions.guidable else set()
+        return found | ({"distillation"} if self.schedule_family == "ddpm" else set())
 
     @property
     def reference_call(self) -> DefaultCall:

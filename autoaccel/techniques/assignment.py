@@ -145,7 +145,7 @@ def assignment_cost(config: AssignmentConfig) -> dict:
 ASSIGNMENT = register(
     Technique(
         name="assignment",
-        order=4,
+        order=8,  # after pruning and quantization: the cheaper model it hands steps to is the compressed student
         config_cls=AssignmentConfig,
         apply=apply_assignment,
         unchanged_params={"teacher_steps": 0},
