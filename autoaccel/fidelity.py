@@ -13,6 +13,10 @@ rule stops a candidate only when even its optimistic point (quality minus ``z`` 
 is dominated; the bootstrap deviation includes the noise common seeds cancel, so it promotes most candidates
 at low sample counts.
 
+With ``train_shares`` (one per level, the last 1) iterations are a fidelity too: at a lower level a candidate's
+training techniques do that share of their training (``Technique.train_share_param``) and keep a checkpoint the
+next level continues from, so a candidate that cannot reach the front never pays for its full training.
+
 Only candidates scored at the top level can be deployment plans: lower-level trials carry a ``fidelity``
 constraint and so never reach the front, and every front point is a full-fidelity measurement.
 """
@@ -24,9 +28,11 @@ import statistics
 import threading
 from dataclasses import dataclass, field
 
+from autoaccel.candidate import Candidate
 from autoaccel.errors import ConfigError
 from autoaccel.objectives import DIRECTIONS
 from autoaccel.pareto import dominates
+from autoaccel.techniques.base import get_technique
 
 QUALITY_STD = {"fid": "fid_std", "kid": "kid_std"}
 RULES = ("paired", "interval")
@@ -42,6 +48,7 @@ class FidelityLadder:
     objectives: list[str]
     z: float = 0.0
     rule: str = "paired"
+    train_shares: list[float] = field(default_factory=list)
     populations: dict[int, list[list[float]]] = field(default_factory=dict)
     climbs: dict[int, list[tuple[list[float], list[float]]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -120,6 +127,25 @@ class FidelityLadder:
         shifted = [[value + margin for value, margin in zip(other, margins)] for other in population]
         return any(dominates(other, candidate) for other in shifted)
 
+    def candidate_at(self, candidate: Candidate, level: int) -> Candidate:
+        """``candidate`` as scored at ``level``: its training techniques set to that level's share."""
+        if not self.train_shares:
+            return candidate
+        return with_train_share(candidate, float(self.train_shares[self.levels.index(level)]))
+
     def next_level(self, level: int) -> int | None:
         index = self.levels.index(level)
         return self.levels[index + 1] if index + 1 < len(self.levels) else None
+
+
+def with_train_share(candidate: Candidate, share: float) -> Candidate:
+    """``candidate`` with every technique in it that trains set to do ``share`` of its training."""
+    if share >= 1.0:
+        return candidate
+    params = candidate.as_dict
+    changed = dict(params)
+    for name in {key.split(".", 1)[0] for key in params}:
+        technique = get_technique(name)
+        if technique.train_share_param is not None:
+            changed[f"{name}.{technique.train_share_param}"] = share
+    return candidate if changed == params else Candidate.from_params(changed)

@@ -116,7 +116,7 @@ def evaluate_with_fidelity(
     per_level: dict[int, dict[str, float]] = {}
     seconds = 0.0
     while level is not None:
-        measurement = evaluator.evaluate(candidate, level)
+        measurement = evaluator.evaluate(ladder.candidate_at(candidate, level), level)
         seconds += measurement.details.get("seconds", 0.0)
         measurement.details["seconds"] = round(seconds, 3)  # all levels together: what the candidate cost
         if not measurement.ok:

@@ -98,6 +98,7 @@ def settings_fingerprint(config: DictConfig, target: Target, space: SearchSpace)
         "cost.batch_size": int(config.cost.batch_size),
         "extractor": target.quality.extractor,
         "fidelity.levels": list(config.fidelity.levels),
+        **({"fidelity.train_shares": list(shares)} if (shares := config.fidelity.get("train_shares")) else {}),
     }
 
 
@@ -197,7 +198,8 @@ def make_ladder(config: DictConfig, objectives: list[str], ledger: Ledger) -> Fi
     """The fidelity ladder for multi-fidelity runs, with the levels already scored in this study."""
     if not config.fidelity.levels:
         return None
-    ladder = FidelityLadder(list(config.fidelity.levels), objectives, float(config.fidelity.z))
+    shares = [float(share) for share in config.fidelity.get("train_shares") or []]
+    ladder = FidelityLadder(list(config.fidelity.levels), objectives, float(config.fidelity.z), train_shares=shares)
     for level, metrics in ledger.fidelity_history():
         if level in ladder.levels and all(name in metrics for name in objectives):
             ladder.remember(level, metrics)
@@ -241,16 +243,23 @@ def check_adherence_limit(budget, target: Target) -> None:
 
 
 def with_training_cap(space: SearchSpace, minutes: float | None) -> SearchSpace:
-    """``budget.max_train_minutes`` as the distillation technique's own cap, where the space distills and does not
-    set one itself: a trial that trains longer fails with the reason, and the search goes on."""
+    """``budget.max_train_minutes`` as each training technique's own cap (distillation, pruning's recovery),
+    where the space does not set one itself: a trial that trains longer fails with the reason, and the search
+    goes on."""
     from dataclasses import replace
 
-    key = "distillation.max_minutes"
-    if minutes is None or "distillation" not in space.techniques or key in space.fixed:
+    from autoaccel.techniques.base import get_technique
+
+    if minutes is None:
         return space
-    if any(dimension.name == key for dimension in space.dimensions):
-        return space
-    return replace(space, fixed={**space.fixed, key: float(minutes)})
+    searched = {dimension.name for dimension in space.dimensions}
+    fixed = dict(space.fixed)
+    for name in space.techniques:
+        setting = get_technique(name).max_minutes_param
+        key = f"{name}.{setting}"
+        if setting is not None and key not in fixed and key not in searched:
+            fixed[key] = float(minutes)
+    return replace(space, fixed=fixed)
 
 
 def ensure_teacher(context: RunContext, log) -> dict:

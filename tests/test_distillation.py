@@ -5,6 +5,8 @@ to the pipeline plain diffusers loads."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pandas as pd
 import pytest
 import torch
@@ -252,3 +254,187 @@ def test_assignment_without_a_student_is_refused_with_the_reason(tiny_target):
 
     with pytest.raises(TechniqueError, match="needs a distilled student"):
         apply_plan(tiny_target.make_pipeline(), [(ASSIGNMENT, AssignmentConfig(teacher_steps=1))], tiny_target)
+
+
+@pytest.mark.parametrize("method", ["consistency", "progressive"])
+def test_a_student_trained_in_shares_continues_from_its_checkpoint_to_the_uninterrupted_weights(
+    tiny_target, method, monkeypatch
+):
+    """Iterations as a fidelity: the half-trained student of a lower level is continued, not restarted, and the
+    promoted student is the one a single run gives, bit for bit (so its recipe reproduces it)."""
+    import autoaccel.distill.consistency as consistency
+    import autoaccel.distill.progressive as progressive
+    from autoaccel.distill.students import forget_students
+    from autoaccel.techniques.distillation import DistillationConfig, distilled_model
+
+    module = consistency if method == "consistency" else progressive
+    starts = []
+    resume = module.resume
+    monkeypatch.setattr(module, "resume", lambda *args: starts.append(resume(*args)) or starts[-1])
+    config = DistillationConfig(method=method, steps=2, start_steps=8, **{**QUICK, "iterations": 8})
+    forget_students()
+    half, half_minutes = distilled_model(tiny_target.make_pipeline(), replace(config, train_share=0.25), tiny_target)
+    continued, minutes = distilled_model(tiny_target.make_pipeline(), config, tiny_target)
+    assert starts[-2][0] == 0 and starts[-1][0] == 2  # the full run started where the half run stopped
+    assert minutes > half_minutes > 0  # the continued student's cost includes its checkpoint's
+    forget_students()
+    direct, _ = distilled_model(tiny_target.make_pipeline(), config, tiny_target)
+    assert starts[-1][0] == 0
+    assert all(torch.equal(a, b) for a, b in zip(continued.state_dict().values(), direct.state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(half.state_dict().values(), direct.state_dict().values()))
+
+
+def test_a_multi_fidelity_search_trains_low_levels_on_a_share_and_front_trials_in_full(
+    fast_overrides, tiny_pipeline_dir, tmp_path
+):
+    from diffusers import DDPMPipeline
+
+    from autoaccel import apply_recipe
+    from autoaccel.distill.students import forget_students
+    from autoaccel.run import open_run
+    from autoaccel.search import search
+    from autoaccel.seeds import sample_in_chunks
+
+    forget_students()
+    space_file = tmp_path / "distilled.yaml"
+    space_file.write_text(SMALL_DISTILLED_SPACE.replace("distillation.iterations: 6", "distillation.iterations: 8"))
+    overrides = [
+        *fast_overrides,
+        f"space={space_file}",
+        "budget.trials=8",
+        "seed=3",
+        "study_name=shares",
+        "fidelity.levels=[16,48]",
+        "fidelity.train_shares=[0.25,1.0]",
+    ]
+    index = search(compose_config(overrides), log=lambda message: None)
+    trials = pd.read_csv(index.parent / "trials.csv")
+    complete = trials[trials["state"] == "COMPLETE"]
+    students = complete[complete["param.distillation.method"].isin(["consistency", "progressive"])]
+    promoted = students[students["quality_samples"] == 48]  # the rest stopped at 16 samples, trained a quarter
+    assert not promoted.empty, trials[["state", "failure", "quality_samples"]].to_string()
+    context = open_run(index.parent)
+    seeds = context.judge.seeds.head(8)
+    for _, row in promoted.iterrows():
+        assert row["param.distillation.iterations"] == 8  # the trial is its full-training plan
+        forget_students()  # the recipe must not lean on the search's kept students
+        fast = apply_recipe(DDPMPipeline.from_pretrained(tiny_pipeline_dir), _recipe_of(context, int(row["trial"])))
+        scored = context.evaluator.configured_pipeline(_candidate(context, int(row["trial"])))
+        assert torch.equal(sample_in_chunks(fast, seeds, 48), sample_in_chunks(scored, seeds, 48))
+
+
+@pytest.mark.parametrize("shares", [[0.5], [0.5, 0.25], [0.25, 0.5], [0.0, 1.0], [True, 1.0]])
+def test_bad_train_shares_are_named(fast_overrides, shares):
+    from autoaccel.config.checks import validate_config
+
+    overrides = [*fast_overrides, "fidelity.levels=[16,48]", f"fidelity.train_shares={shares}".replace(" ", "")]
+    with pytest.raises(ConfigError, match="fidelity.train_shares="):
+        validate_config(compose_config(overrides))
+
+
+SMALL_JOINT_SPACE = """
+name: small_joint
+techniques: [distillation, pruning, quantization, assignment, solver, timesteps]
+fixed:
+  distillation.iterations: 6
+  distillation.batch_size: 16
+  distillation.data_samples: 32
+  distillation.start_steps: 8
+  pruning.recovery_steps: 3
+dimensions:
+  distillation.method: {type: categorical, choices: [none, consistency, progressive], requires: distillation}
+  distillation.steps: {type: categorical, choices: [2], when: {distillation.method: [consistency, progressive]}}
+  assignment.teacher_steps:
+    type: categorical
+    choices: [0, 1]
+    when: {distillation.method: [consistency, progressive]}
+  pruning.ratio: {type: categorical, choices: [0.0, 0.3]}
+  quantization.enabled: {type: categorical, choices: [true, false]}
+  quantization.weight_bits: {type: categorical, choices: [6], when: {quantization.enabled: [true]}}
+  timesteps.steps: {type: int, low: 2, high: 4}
+  solver.name: {type: categorical, choices: [ddim, unipc]}
+"""
+
+
+def test_a_joint_search_prunes_and_quantizes_students_and_every_recipe_reapplies_bit_exactly(
+    fast_overrides, tiny_pipeline_dir, tmp_path
+):
+    """Distillation, then pruning with recovery towards the student, quantization of the result and the teacher's
+    first step, on one front; each recipe rebuilds its student, pruned and quantized, without training."""
+    from diffusers import DDPMPipeline
+
+    from autoaccel import apply_recipe
+    from autoaccel.distill.students import forget_students
+    from autoaccel.run import open_run
+    from autoaccel.search import search
+    from autoaccel.seeds import sample_in_chunks
+
+    space_file = tmp_path / "joint.yaml"
+    space_file.write_text(SMALL_JOINT_SPACE)
+    overrides = [*fast_overrides, f"space={space_file}", "budget.trials=10", "seed=7", "study_name=joint"]
+    index = search(compose_config(overrides), log=lambda message: None)
+    trials = pd.read_csv(index.parent / "trials.csv")
+    complete = trials[trials["state"] == "COMPLETE"]
+    assert len(complete) == len(trials), trials[["state", "failure"]].to_string()
+    students = complete[complete["param.distillation.method"] != "none"]
+    compressed = students[(students["param.pruning.ratio"] > 0) | (students["param.quantization.enabled"])]
+    assert not compressed.empty
+    pruned = students[students["param.pruning.ratio"] > 0]
+    assert (pruned["params"] < complete["params"].max()).all() and (pruned["nfe"] >= 2).all()
+    context = open_run(index.parent)
+    seeds = context.judge.seeds.head(8)
+    for _, row in complete.iterrows():
+        forget_students()
+        fast = apply_recipe(DDPMPipeline.from_pretrained(tiny_pipeline_dir), _recipe_of(context, int(row["trial"])))
+        scored = context.evaluator.configured_pipeline(_candidate(context, int(row["trial"])))
+        assert torch.equal(sample_in_chunks(fast, seeds, 48), sample_in_chunks(scored, seeds, 48))
+
+
+def test_the_joint_space_drops_distillation_on_a_flow_matching_target_and_keeps_the_rest():
+    from autoaccel.space import load_space
+
+    space = load_space("joint")
+    flow = space.for_target({"guidance"})
+    assert not any(name.startswith(("distillation.", "assignment.")) for name in flow.names)
+    assert "pruning.ratio" in flow.names and "solver.name" in flow.names
+    assert "distillation.method" in space.for_target({"guidance", "distillation"}).names
+
+
+def test_taylor_pruning_of_a_student_is_refused_with_the_reason(tiny_target):
+    from autoaccel.techniques.distillation import DistillationConfig, apply_distillation
+    from autoaccel.techniques.pruning import PruningConfig, prune_unet
+
+    pipeline = tiny_target.make_pipeline()
+    apply_distillation(pipeline, DistillationConfig(method="consistency", **QUICK), tiny_target)
+    student = pipeline.denoiser
+    with pytest.raises(TechniqueError, match="importance='taylor'"):
+        prune_unet(student, PruningConfig(ratio=0.3, importance="taylor"), tiny_target)
+    pruned = prune_unet(student, PruningConfig(ratio=0.3, recovery_steps=2), tiny_target)
+    assert pruned.prescribed_sampler == student.prescribed_sampler  # it still runs the student's own sampler
+    assert pruned.train_minutes > student.train_minutes  # recovery's minutes are added to the student's
+
+
+@pytest.mark.parametrize("kind", ["sd", "dit"])
+def test_students_of_prompt_and_class_conditioned_latent_models_run_one_branch_and_reapply_bit_exactly(tmp_path, kind):
+    """Guidance trained into the student: a guided text-to-image or class-conditioned latent model distils to a
+    student that runs one denoiser call per step, through its VAE, rebuilt from its artifact."""
+    from autoaccel.apply import apply_plan
+    from autoaccel.artifacts import ArtifactStore
+    from autoaccel.seeds import make_seed_batch, sample_in_chunks
+    from autoaccel.targets.loader import load_pipeline_folder
+    from autoaccel.techniques.distillation import DISTILLATION, DistillationConfig
+    from tests.tiny_pipelines import build_tiny_pipeline
+
+    target = load_pipeline_folder(build_tiny_pipeline(kind, tmp_path / kind))
+    assert target.conditions.guidable and target.vae is not None
+    store = ArtifactStore(tmp_path / "artifacts")
+    plan = [(DISTILLATION, DistillationConfig(method="consistency", steps=2, **{**QUICK, "data_samples": 8}))]
+    trained = target.make_pipeline()
+    stored = apply_plan(trained, plan, target, store=store)
+    seeds = make_seed_batch(target.sample_shape, 4, 5, target.condition_count)
+    images = sample_in_chunks(trained, seeds, 4)
+    assert trained.denoiser_calls == 2 and torch.isfinite(images).all()
+    restored = target.make_pipeline()
+    artifact = {"distillation": (store.path_of(stored["distillation"]), stored["distillation"])}
+    apply_plan(restored, plan, target, artifact)
+    assert torch.equal(sample_in_chunks(restored, seeds, 4), images)

@@ -69,6 +69,14 @@ def check_fidelity(config: DictConfig) -> None:
     z = config.fidelity.z
     if not (math.isfinite(z) and z >= 0):
         raise ConfigError(f"fidelity.z={z} is not valid; it must be a finite number >= 0 (0 = no optimism)")
+    shares = list(config.fidelity.train_shares)
+    if shares:
+        valid = f"give one share in (0, 1] per level of fidelity.levels={levels}, non-decreasing, the last 1.0"
+        numbers = all(not isinstance(share, bool) and isinstance(share, int | float) for share in shares)
+        if not numbers or len(shares) != len(levels) or not all(0 < share <= 1 for share in shares):
+            raise ConfigError(f"fidelity.train_shares={shares} is not valid; {valid}")
+        if shares[-1] != 1.0 or any(later < earlier for earlier, later in zip(shares, shares[1:])):
+            raise ConfigError(f"fidelity.train_shares={shares} is not valid; {valid}")
 
 
 def check_population(config: DictConfig) -> None:

@@ -39,7 +39,7 @@ class BudgetConfig:
     trials: int = 40
     concurrent: int = 1  # candidates evaluated at once on this machine (cost is always measured alone)
     max_minutes: float | None = None
-    max_train_minutes: float | None = None  # one candidate's training (distillation): longer fails the trial
+    max_train_minutes: float | None = None  # one candidate's training (distillation, recovery): longer fails
     # limits a plan must meet (autoaccel.limits): deployment cost, then quality
     max_latency_ms: float | None = None
     max_nfe: int | None = None
@@ -72,6 +72,9 @@ class FidelityConfig:
 
     levels: list[int] = field(default_factory=list)
     z: float = 0.0
+    # one per level, the last 1.0: the share of a candidate's training (distillation iterations) done at that
+    # level; a promoted candidate continues from its checkpoint. Empty: every level trains in full
+    train_shares: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -111,6 +114,8 @@ class DistillationBenchConfig:
     schedule_iterations: int = 100
     batch_size: int = 64
     learning_rate: float = 2.0e-4
+    search_trials: int = 0  # > 0: a search of search_space against a schedule-only one, each this many trials
+    search_space: str = "distilled"
 
 
 @dataclass
@@ -137,7 +142,7 @@ class BenchConfig:
         default_factory=lambda: ["random", "optuna_nsga2", "optuna_tpe", "nevergrad_ngopt", "pymoo_nsga2"]
     )
     compression_steps: int = 10  # bench compression: the fixed sampler's step count, and the searches' warm starts
-    compression_trials: int = 60  # each of the joint and the schedule-only search
+    compression_trials: int = 60  # each of the compression (space=compressed) and the schedule-only search
     pruning_ratios: list[float] = field(default_factory=lambda: [0.0, 0.2, 0.4, 0.6])
     recovery_steps: list[int] = field(default_factory=lambda: [0, 300])
     weight_bits: list[int] = field(default_factory=lambda: [8, 6, 4, 3])

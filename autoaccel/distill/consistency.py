@@ -17,8 +17,18 @@ import torch
 
 from autoaccel.distill.data import Teacher, clean_samples
 from autoaccel.distill.diffusion import SCHEDULER_PREDICTION, alpha_sigma, ddim_step, prediction_to_x0
-from autoaccel.distill.students import kept_student
-from autoaccel.distill.training import Clock, TrainSettings, draw, finished, frozen_copy, student_copy
+from autoaccel.distill.students import Continued, kept_student
+from autoaccel.distill.training import (
+    Clock,
+    TrainSettings,
+    draw,
+    finished,
+    frozen_copy,
+    keep_checkpoint,
+    resume,
+    run_settings,
+    student_copy,
+)
 from autoaccel.targets.denoisers import predict
 from autoaccel.training import clipped_step, ema_update
 
@@ -63,7 +73,7 @@ def consistency_student(
     return kept_student(key, lambda: _train(target, settings, train, log))
 
 
-def _train(target, settings: ConsistencySettings, train: TrainSettings, log) -> torch.nn.Module:
+def _train(target, settings: ConsistencySettings, train: TrainSettings, log) -> Continued:
     device = target.denoiser.device
     teacher = Teacher.of_target(target)
     scheduler = lcm_scheduler(target, settings)
@@ -78,7 +88,11 @@ def _train(target, settings: ConsistencySettings, train: TrainSettings, log) -> 
     optimizer = torch.optim.Adam(student.parameters(), lr=train.learning_rate)
     kept = frozen_copy(target.denoiser) if train.ema > 0 else None
     prediction = SCHEDULER_PREDICTION[settings.student_target]
-    clock = Clock(train.max_minutes, "consistency distillation")
+    parts = {"student": student, "target_network": target_network, "optimizer": optimizer}
+    parts.update({"ema": kept} if kept is not None else {})
+    run = ("consistency", target.content_hash, settings, run_settings(train))
+    first, earlier = resume(run, train.iterations, parts, generator)
+    clock = Clock(train.max_minutes, "consistency distillation", already=earlier)
 
     def consistent(network, sample, timestep, batch_labels):
         keywords = target.conditions.keywords(batch_labels, False, device)
@@ -89,7 +103,7 @@ def _train(target, settings: ConsistencySettings, train: TrainSettings, log) -> 
         c_skip, c_out = scheduler.get_scalings_for_boundary_condition_discrete(timestep)
         return c_skip.view(-1, 1, 1, 1) * sample + c_out.view(-1, 1, 1, 1) * estimate
 
-    for iteration in range(train.iterations):
+    for iteration in range(first, train.iterations):
         rows = draw(generator, len(clean), train.batch_size)
         start = grid[torch.randint(0, len(grid), (train.batch_size,), generator=generator).to(device)]
         end = (start - skip).clamp_min(0)
@@ -111,6 +125,7 @@ def _train(target, settings: ConsistencySettings, train: TrainSettings, log) -> 
         if kept is not None:
             ema_update(kept, student, train.ema)
         clock.check(iteration + 1)
+    keep_checkpoint(run, train.iterations, clock.minutes, parts, generator)
     if log is not None:
-        log(f"consistency: {train.iterations} iterations, {clock.minutes:.1f} min")
-    return finished(kept if kept is not None else target_network)
+        log(f"consistency: {train.iterations} iterations (from {first}), {clock.minutes:.1f} min")
+    return Continued(finished(kept if kept is not None else target_network), earlier)

@@ -11,7 +11,7 @@ settings instead of training the rounds again.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -25,8 +25,19 @@ from autoaccel.distill.diffusion import (
     trailing_grid,
     x0_reaching,
 )
-from autoaccel.distill.students import kept_student
-from autoaccel.distill.training import Clock, TrainSettings, draw, finished, frozen_copy, student_copy
+from autoaccel.distill.students import Continued, kept_student
+from autoaccel.distill.training import (
+    Clock,
+    TrainSettings,
+    draw,
+    finished,
+    frozen_copy,
+    keep_checkpoint,
+    resume,
+    run_settings,
+    share_of,
+    student_copy,
+)
 from autoaccel.targets.denoisers import predict
 from autoaccel.training import clipped_step, ema_update
 
@@ -41,9 +52,15 @@ class ProgressiveSettings:
 
 
 def progressive_student(
-    target, steps: int, settings: ProgressiveSettings, train: TrainSettings, log: Callable[[str], None] | None = None
+    target,
+    steps: int,
+    settings: ProgressiveSettings,
+    train: TrainSettings,
+    log: Callable[[str], None] | None = None,
+    share: float = 1.0,
 ) -> tuple[torch.nn.Module, float]:
-    """The ``steps``-step student and the minutes all its rounds took, training each round not yet kept."""
+    """The ``steps``-step student and the minutes all its rounds took, training each round not yet kept.
+    ``share``: of the last round's iterations (a lower fidelity); the rounds before it train in full."""
     if steps >= settings.start_steps:
         raise ValueError(f"steps={steps} must be below start_steps={settings.start_steps}")
     key = ("progressive", target.content_hash, settings, train)
@@ -54,15 +71,16 @@ def progressive_student(
     else:
         previous, minutes = progressive_student(target, teacher_steps, settings, train, log)
         teacher = Teacher(target, previous, SCHEDULER_PREDICTION[settings.student_target], 1.0)
+    last_round = replace(train, iterations=share_of(train.iterations, share))
 
-    def train_round() -> torch.nn.Module:
-        return _train_round(target, teacher, steps, settings, train, log)
+    def train_round() -> Continued:
+        return _train_round(target, teacher, steps, settings, last_round, log)
 
-    student, round_minutes = kept_student((*key, steps), train_round)
+    student, round_minutes = kept_student((*key, steps, last_round.iterations), train_round)
     return student, minutes + round_minutes
 
 
-def _train_round(target, teacher: Teacher, steps: int, settings, train: TrainSettings, log) -> torch.nn.Module:
+def _train_round(target, teacher: Teacher, steps: int, settings, train: TrainSettings, log) -> Continued:
     clean, labels = clean_samples(target, train.data_samples, train.seed)
     device = target.denoiser.device
     clean = clean.to(device).float()
@@ -76,8 +94,11 @@ def _train_round(target, teacher: Teacher, steps: int, settings, train: TrainSet
     kept = frozen_copy(teacher.denoiser) if train.ema > 0 else None
     optimizer = torch.optim.Adam(student.parameters(), lr=train.learning_rate)
     prediction = SCHEDULER_PREDICTION[settings.student_target]
-    clock = Clock(train.max_minutes, f"progressive distillation to {steps} steps")
-    for iteration in range(train.iterations):
+    parts = {"student": student, "optimizer": optimizer, **({"ema": kept} if kept is not None else {})}
+    run = ("progressive", target.content_hash, settings, run_settings(train), steps)
+    first, earlier = resume(run, train.iterations, parts, generator)
+    clock = Clock(train.max_minutes, f"progressive distillation to {steps} steps", already=earlier)
+    for iteration in range(first, train.iterations):
         rows = draw(generator, len(clean), train.batch_size)
         pick = torch.randint(0, steps, (train.batch_size,), generator=generator).to(device)
         start, middle, end = starts[pick], middles[pick], ends[pick]
@@ -101,6 +122,7 @@ def _train_round(target, teacher: Teacher, steps: int, settings, train: TrainSet
         if kept is not None:
             ema_update(kept, student, train.ema)
         clock.check(iteration + 1)
+    keep_checkpoint(run, train.iterations, clock.minutes, parts, generator)
     if log is not None:
         log(f"progressive: {2 * steps} -> {steps} steps, {train.iterations} iterations, {clock.minutes:.1f} min")
-    return finished(kept if kept is not None else student)
+    return Continued(finished(kept if kept is not None else student), earlier)

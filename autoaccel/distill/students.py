@@ -7,18 +7,28 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-
-import torch
+from dataclasses import dataclass
+from typing import Any
 
 KEPT = 16
-_STUDENTS: OrderedDict[Hashable, tuple[torch.nn.Module, float]] = OrderedDict()
+_STUDENTS: OrderedDict[Hashable, tuple[Any, float]] = OrderedDict()
 _LOCK = threading.Lock()
 _TRAINING: dict[Hashable, threading.Lock] = {}
 
 
-def kept_student(key: Hashable, train: Callable[[], torch.nn.Module]) -> tuple[torch.nn.Module, float]:
+@dataclass(frozen=True)
+class Continued:
+    """What a training run that continued from a checkpoint returns: the student and the minutes the checkpoint
+    took, which are part of the student's cost."""
+
+    student: Any
+    earlier_minutes: float
+
+
+def kept_student(key: Hashable, train: Callable[[], Any]) -> tuple[Any, float]:
     """The student under ``key`` and the minutes training it took (the cost of producing it, also when it was
-    kept from an earlier trial); concurrent trials asking for the same student wait for one training run."""
+    kept from an earlier trial or continued from a checkpoint); concurrent trials asking for the same student
+    wait for one training run."""
     with _LOCK:
         lock = _TRAINING.setdefault(key, threading.Lock())
     with lock:
@@ -29,6 +39,8 @@ def kept_student(key: Hashable, train: Callable[[], torch.nn.Module]) -> tuple[t
         started = time.perf_counter()
         student = train()
         minutes = (time.perf_counter() - started) / 60
+        if isinstance(student, Continued):
+            student, minutes = student.student, minutes + student.earlier_minutes
         with _LOCK:
             _STUDENTS[key] = (student, minutes)
             while len(_STUDENTS) > KEPT:
@@ -37,6 +49,9 @@ def kept_student(key: Hashable, train: Callable[[], torch.nn.Module]) -> tuple[t
 
 
 def forget_students() -> None:
-    """Empties the store (tests that count training runs start from nothing)."""
+    """Empties the store and the training checkpoints (tests that count training runs start from nothing)."""
+    from autoaccel.distill.training import forget_checkpoints
+
     with _LOCK:
         _STUDENTS.clear()
+    forget_checkpoints()

@@ -15,13 +15,17 @@ plan are overridden by it. Guidance is trained into students (they run one branc
 teacher's default guidance. Students and schedules go through the artifact store: a recipe names them with their
 hash and applying loads them, never training. Training minutes are recorded per trial as the plan's search cost.
 DDPM-family models (epsilon or v prediction) only: a flow-matching target is refused with the reason.
+
+Iterations are a fidelity (``fidelity.train_shares``): at a lower level a consistency student, or a progressive
+student's last round, trains ``train_share`` of its iterations and keeps a checkpoint; promoted, it continues from
+there instead of restarting, to the weights an uninterrupted run gives. A learned schedule trains in full.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -57,6 +61,7 @@ class DistillationConfig:
     huber_c: float = 0.001
     target_ema: float = 0.95
     max_minutes: float | None = None
+    train_share: float = 1.0  # the share of the training done (a lower fidelity level: fidelity.train_shares)
 
     def __post_init__(self) -> None:
         number = (int, float)
@@ -80,6 +85,7 @@ class DistillationConfig:
                 "loss": str,
                 "huber_c": number,
                 "target_ema": number,
+                "train_share": number,
             },
         )
         for name, valid in (
@@ -113,7 +119,10 @@ class DistillationConfig:
                 f"distillation.steps={self.steps} is not valid for consistency sampling over "
                 f"original_steps={self.original_steps}; it must be in [1, {self.original_steps}]"
             )
-        if self.max_minutes is not None and (isinstance(self.max_minutes, bool) or not self.max_minutes > 0):
+        if not 0 < self.train_share <= 1:
+            raise ConfigError(f"distillation.train_share={self.train_share} is not valid; it must be in (0, 1]")
+        cap = self.max_minutes
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int | float) or not cap > 0):
             raise ConfigError(f"distillation.max_minutes={self.max_minutes!r} is not valid; it must be > 0 or null")
 
     @property
@@ -139,6 +148,7 @@ DISTILLATION_PARAMS = {
     "huber_c": ParamSpec("float", low=0.0, low_open=True),
     "target_ema": ParamSpec("float", low=0.0, high=1.0, high_open=True),
     "max_minutes": ParamSpec("float", low=0.0, low_open=True),
+    "train_share": ParamSpec("float", low=0.0, low_open=True, high=1.0),
 }
 
 
@@ -176,6 +186,7 @@ def distilled_model(pipeline, config: DistillationConfig, target, log=None) -> t
     """The denoiser this config produces, carrying its prescribed sampler, and the training minutes it took."""
     from autoaccel.distill.data import guidance_of
     from autoaccel.distill.diffusion import SCHEDULER_PREDICTION, alphas_cumprod, trailing_grid
+    from autoaccel.distill.training import share_of
 
     if pipeline.denoiser is not target.denoiser:
         raise TechniqueError("distillation runs on the target's own model; it cannot follow pruning or quantization")
@@ -186,7 +197,7 @@ def distilled_model(pipeline, config: DistillationConfig, target, log=None) -> t
         from autoaccel.distill.progressive import ProgressiveSettings, progressive_student
 
         settings = ProgressiveSettings(config.start_steps, config.student_target, config.weighting)
-        student, minutes = progressive_student(target, config.steps, settings, train, log)
+        student, minutes = progressive_student(target, config.steps, settings, train, log, config.train_share)
         grid = trailing_grid(config.steps, target.num_train_timesteps)
         return prescribe(copy.copy(student), _ddim_sampler(grid, prediction, 1.0)), minutes
     if config.method == "consistency":
@@ -195,7 +206,8 @@ def distilled_model(pipeline, config: DistillationConfig, target, log=None) -> t
         settings = ConsistencySettings(
             config.original_steps, config.loss, float(config.huber_c), float(config.target_ema), config.student_target
         )
-        student, minutes = consistency_student(target, settings, train, log)
+        shared = replace(train, iterations=share_of(train.iterations, config.train_share))
+        student, minutes = consistency_student(target, settings, shared, log)
         scheduler = lcm_scheduler(target, settings)
         scheduler.set_timesteps(config.steps)
         timesteps = tuple(int(step) for step in scheduler.timesteps)
@@ -273,5 +285,7 @@ DISTILLATION = register(
         from_artifact=distillation_from_artifact,
         recompute=recompute,
         prescribes_sampler=lambda config: config.trains,
+        max_minutes_param="max_minutes",
+        train_share_param="train_share",
     )
 )
