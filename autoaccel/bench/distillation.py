@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from autoaccel.bench import mean_std, seed_set_evaluators
+from autoaccel.bench import mean_std, search_front, seed_set_evaluators
 from autoaccel.candidate import Candidate
 from autoaccel.measure.evaluator import Evaluator
 from autoaccel.space import load_space
@@ -110,7 +110,30 @@ def run_distillation_benchmark(config: DictConfig, log=print) -> Path:
             entry = _score(evaluators, params)
             log(f"   NFE {nfe} {label}: fid {entry['fid']} minutes {entry.get('train_minutes')} {entry['failures']}")
             rows[int(nfe)].append((label, entry))
-    return write_distillation_table(config, bench_dir, target, teacher, rows)
+    fronts = _search_fronts(config, bench_dir, evaluators, log)
+    return write_distillation_table(config, bench_dir, target, teacher, rows, fronts)
+
+
+def _search_fronts(config: DictConfig, bench_dir: Path, evaluators, log) -> dict[str, list[tuple[int, dict]]]:
+    """The schedule-only space (``sampler``) and ``bench.distillation.search_space`` searched alike
+    (``bench.distillation.search_trials`` each, the run's fidelity settings: with ``fidelity.train_shares``
+    candidates that cannot reach the front train only a share), each front re-scored on the seed sets:
+    ``schedule-only`` and ``distilled`` -> [(trial, entry)]. Nothing when search_trials is 0."""
+    trials = int(config.bench.distillation.search_trials)
+    if trials <= 0:
+        return {}
+    fidelity = [
+        f"fidelity.levels=[{','.join(str(level) for level in config.fidelity.levels)}]",
+        f"fidelity.train_shares=[{','.join(str(share) for share in config.fidelity.train_shares)}]",
+        f"fidelity.z={config.fidelity.z}",
+    ]
+    log("== distilled search vs schedule-only search")
+    fronts = {}
+    for label, space in (("schedule-only", "sampler"), ("distilled", str(config.bench.distillation.search_space))):
+        study = f"bench-distillation-{label}"
+        front = search_front(config, space, study, "[fid,latency_ms]", trials, bench_dir, log, fidelity)
+        fronts[label] = [(trial, {**_score(evaluators, params), "params": params}) for trial, params in front]
+    return fronts
 
 
 def _cells(entry: dict, teacher: dict) -> list[str]:
@@ -133,7 +156,7 @@ def _cells(entry: dict, teacher: dict) -> list[str]:
     ]
 
 
-def write_distillation_table(config, bench_dir: Path, target, teacher: dict, rows) -> Path:
+def write_distillation_table(config, bench_dir: Path, target, teacher: dict, rows, fronts=None) -> Path:
     settings = config.bench.distillation
     teacher_fid, teacher_spread = mean_std(teacher["fid"])
     teacher_recall, _ = mean_std(teacher["recall"])
@@ -170,6 +193,8 @@ def write_distillation_table(config, bench_dir: Path, target, teacher: dict, row
             lines.append(f"| {nfe} | {measured} | {label} | " + " | ".join(_cells(entry, teacher)) + " |")
         summary.append(_verdict(nfe, entries, teacher_fid, teacher_recall))
     lines += ["", "## Summary", "", *summary, ""]
+    if fronts:
+        lines += _front_section(config, fronts, teacher)
     lines.append(
         "Targets (the issue's): NFE 4 within 1.1x of the teacher's FID, NFE 2 within 1.5x, NFE 1 within 3x, with "
         "recall within 0.05 of the teacher's. FID here uses autoaccel's digit-classifier features at a fixed "
@@ -200,3 +225,66 @@ def _verdict(nfe: int, entries, teacher_fid: float, teacher_recall: float) -> st
         met = fid <= TARGET_RATIO[nfe] * teacher_fid and recall >= teacher_recall - 0.05
         text += f" (target <= {TARGET_RATIO[nfe]}x with recall at most 0.05 below: {'met' if met else 'NOT met'})"
     return text + "."
+
+
+def _front_section(config, fronts: dict, teacher: dict) -> list[str]:
+    """Both searches' fronts, re-scored, and at every NFE bound whether the distilled front's best FID beats the
+    schedule-only front's."""
+    settings = config.bench.distillation
+    lines = [
+        f"## Distilled search vs schedule-only search ({settings.search_trials} trials each, "
+        f"{config.optimizer.name}, seed {config.seed}, fidelity levels {list(config.fidelity.levels)}, "
+        f"training shares {list(config.fidelity.train_shares)})",
+        "",
+        "Both fronts (objectives fid, latency_ms) re-scored on the seed sets above.",
+        "",
+    ]
+    for name, front in fronts.items():
+        lines += [
+            f"### {name.capitalize()} front (space={'sampler' if name == 'schedule-only' else settings.search_space})",
+            "",
+            "| trial | FID | NFE | latency / teacher | recall | training minutes | plan |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for trial, entry in sorted(front, key=lambda item: item[1].get("nfe", 0)):
+            if not entry["fid"]:
+                lines.append(f"| {trial} | failed | | | | | {'; '.join(entry['failures'])[:100]} |")
+                continue
+            fid, spread = mean_std(entry["fid"])
+            minutes = entry.get("train_minutes")
+            lines.append(
+                f"| {trial} | {fid:.2f} ± {spread:.2f} | {entry['nfe']:.0f} | "
+                f"{entry['latency_ms'] / teacher['latency_ms']:.4f} | {mean_std(entry['recall'])[0]:.3f} | "
+                f"{'' if minutes is None else f'{minutes:.1f}'} | {describe(entry['params'])} |"
+            )
+        lines.append("")
+    lines += ["### At each NFE bound", ""]
+    for bound in (1, 2, 4, 8):
+        best = {name: _best_within(front, bound) for name, front in fronts.items()}
+        distilled, schedule = best.get("distilled"), best.get("schedule-only")
+        if distilled is None:
+            lines.append(f"- NFE <= {bound}: the distilled front has no point.")
+            continue
+        verdict = "dominates" if schedule is None or distilled < schedule else "does not dominate"
+        shown = "none" if schedule is None else f"{schedule:.2f}"
+        lines.append(
+            f"- NFE <= {bound}: best distilled FID {distilled:.2f}, best schedule-only {shown}: the distilled front "
+            f"{verdict} there."
+        )
+    return [*lines, ""]
+
+
+def _best_within(front, bound: int) -> float | None:
+    fids = [mean_std(entry["fid"])[0] for _, entry in front if entry["fid"] and entry["nfe"] <= bound]
+    return min(fids) if fids else None
+
+
+def describe(params: dict) -> str:
+    """A front point in words: the distillation method and its steps, or the solver and schedule it runs."""
+    method = params.get("distillation.method", "none")
+    if method != "none":
+        text = f"{method} {params.get('distillation.steps')} steps, {params.get('distillation.iterations')} iterations"
+        teacher_steps = params.get("assignment.teacher_steps", 0)
+        return text + (f", teacher first {teacher_steps}" if teacher_steps else "")
+    family = params.get("timesteps.family", "uniform_trailing")
+    return f"{params.get('solver.name')} {family} {params.get('timesteps.steps')} steps"

@@ -1,0 +1,53 @@
+"""``bench distillation`` end to end on the tiny pipeline: a row per method at each NFE, and a distilled search's
+front against a schedule-only search's, with the verdict at each NFE bound."""
+
+from __future__ import annotations
+
+from autoaccel.config import compose_config
+
+TINY_DISTILLED_SPACE = """
+name: tiny_distilled
+techniques: [distillation, solver, timesteps]
+fixed:
+  distillation.iterations: 4
+  distillation.batch_size: 16
+  distillation.data_samples: 32
+dimensions:
+  distillation.method: {type: categorical, choices: [none, consistency]}
+  distillation.steps: {type: categorical, choices: [1, 2], when: {distillation.method: [consistency]}}
+  timesteps.steps: {type: int, low: 2, high: 4, when: {distillation.method: [none]}}
+  solver.name: {type: categorical, choices: [ddim, unipc], when: {distillation.method: [none]}}
+"""
+
+
+def test_distillation_bench_writes_its_rows_and_both_searched_fronts(fast_overrides, tmp_path):
+    from autoaccel.bench.distillation import run_distillation_benchmark
+
+    space_file = tmp_path / "tiny_distilled.yaml"
+    space_file.write_text(TINY_DISTILLED_SPACE)
+    config = compose_config(
+        [
+            *fast_overrides,
+            f"bench.dir={tmp_path / 'bench'}",
+            "bench.confirm_seeds=[1]",
+            "bench.distillation.nfes=[2]",
+            "bench.distillation.start_steps=8",
+            "bench.distillation.progressive_iterations=2",
+            "bench.distillation.consistency_iterations=3",
+            "bench.distillation.schedule_iterations=2",
+            "bench.distillation.batch_size=16",
+            "bench.distillation.search_trials=4",
+            f"bench.distillation.search_space={space_file}",
+            "fidelity.levels=[16,48]",
+            "fidelity.train_shares=[0.5,1.0]",
+        ]
+    )
+    table = run_distillation_benchmark(config, log=lambda message: None).read_text()
+    for row in ("| 2 | 2 | ddim-2 |", "| progressive |", "| consistency |", "| learned schedule |"):
+        assert row in table
+    assert "consistency + teacher first" in table
+    assert "### Schedule-only front (space=sampler)" in table and "### Distilled front" in table
+    front_rows = table.split("### Schedule-only front")[1].split("### At each NFE bound")[0]
+    assert front_rows.count("\n| ") >= 4  # a header and a point for each front, at least
+    bounds = table.split("### At each NFE bound")[1]
+    assert all(f"- NFE <= {bound}:" in bounds for bound in (1, 2, 4, 8))
