@@ -30,8 +30,8 @@ def test_distillation_bench_writes_its_rows_and_both_searched_fronts(fast_overri
             *fast_overrides,
             f"bench.dir={tmp_path / 'bench'}",
             "bench.confirm_seeds=[1]",
-            "bench.distillation.nfes=[2]",
-            "bench.distillation.start_steps=8",
+            "bench.distillation.nfes=[1]",
+            "bench.distillation.start_steps=4",
             "bench.distillation.progressive_iterations=2",
             "bench.distillation.consistency_iterations=3",
             "bench.distillation.schedule_iterations=2",
@@ -43,9 +43,8 @@ def test_distillation_bench_writes_its_rows_and_both_searched_fronts(fast_overri
         ]
     )
     table = run_distillation_benchmark(config, log=lambda message: None).read_text()
-    for row in ("| 2 | 2 | ddim-2 |", "| progressive |", "| consistency |", "| learned schedule |"):
+    for row in ("| 1 | 1 | ddim-1 |", "| progressive |", "| consistency |", "| learned schedule |"):
         assert row in table
-    assert "consistency + teacher first" in table
     assert "### Schedule-only front (space=sampler)" in table and "### Distilled front" in table
     front_rows = table.split("### Schedule-only front")[1].split("### At each NFE bound")[0]
     assert front_rows.count("\n| ") >= 4  # a header and a point for each front, at least
