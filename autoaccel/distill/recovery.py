@@ -19,7 +19,6 @@ its seed on one machine.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -58,7 +57,6 @@ def recover(
     log: Callable[[str], None] | None = None,
 ) -> float:
     """Trains ``student`` in place towards ``teacher``'s outputs; returns the minutes it took."""
-    started = time.perf_counter()
     device = next(student.parameters()).device
     generator = torch.Generator().manual_seed(settings.seed)
     calls = trajectory_calls(target, TRAJECTORY_SAMPLES, RECOVERY_SEED_OFFSET + settings.seed, TRAJECTORY_STEPS)
@@ -87,7 +85,6 @@ def recover(
             schedule.step()
             clock.check(step + 1)
     student.eval().requires_grad_(False)
-    minutes = (time.perf_counter() - started) / 60
     if log is not None:
-        log(f"recovery: {settings.steps} steps, {minutes:.1f} min")
-    return minutes
+        log(f"recovery: {settings.steps} steps, {clock.minutes:.1f} min")
+    return clock.minutes

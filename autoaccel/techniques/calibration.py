@@ -37,6 +37,7 @@ Call = tuple[tuple, dict[str, Any]]
 
 _TRAJECTORIES: OrderedDict[tuple, list[Call]] = OrderedDict()
 _CLEAN_SAMPLES: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = OrderedDict()
+_ALPHAS: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 _LOCK = threading.Lock()
 _CACHE_SIZE = 8
 
@@ -253,9 +254,7 @@ def noised(target, clean: torch.Tensor, labels, generator: torch.Generator) -> N
         s = sigma.view(-1, 1, 1, 1)
         sample = (1 - s) * clean + s * noise
         return NoisedBatch(sample, sigma * target.num_train_timesteps, keywords, noise - clean)
-    from autoaccel.teacher import ode_reference_pipeline
-
-    alphas = ode_reference_pipeline(target).scheduler.alphas_cumprod.to(device)
+    alphas = _alphas_cumprod(target).to(device)
     timesteps = torch.randint(0, len(alphas), (count,), generator=generator).to(device)
     noise = torch.randn(clean.shape, generator=generator).to(device)
     abar = alphas[timesteps].view(-1, 1, 1, 1)
@@ -267,6 +266,13 @@ def noised(target, clean: torch.Tensor, labels, generator: torch.Generator) -> N
         "sample": clean,
     }.get(prediction_type, noise)
     return NoisedBatch(sample, timesteps, keywords, wanted)
+
+
+def _alphas_cumprod(target) -> torch.Tensor:
+    """The reference sampler's ``alphas_cumprod``, built once per target: recovery noises a batch every step."""
+    from autoaccel.teacher import ode_reference_pipeline
+
+    return cached(_ALPHAS, (target.content_hash,), lambda: ode_reference_pipeline(target).scheduler.alphas_cumprod)
 
 
 def clean_samples(target, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
