@@ -23,6 +23,12 @@ case "${1:-}" in
     as_root pg_ctlcluster "$version" "$name" start >&2 2>/dev/null || true
     port=$(pg_lsclusters --no-header | awk 'NR == 1 {print $3}')
     for _ in $(seq 1 30); do as_postgres pg_isready -q -p "$port" && break; sleep 0.5; done
+    # the fault tests run several workers at once, each with its pool and heartbeat: more than the default 100
+    if [ "$(as_postgres psql -q -p "$port" -tAc 'SHOW max_connections')" -lt 300 ]; then
+      as_postgres psql -q -p "$port" -c "ALTER SYSTEM SET max_connections = 300" >&2
+      as_root pg_ctlcluster "$version" "$name" restart >&2
+      for _ in $(seq 1 30); do as_postgres pg_isready -q -p "$port" && break; sleep 0.5; done
+    fi
     as_postgres psql -q -p "$port" -tc "SELECT 1 FROM pg_roles WHERE rolname = 'autoaccel'" | grep -q 1 ||
       as_postgres psql -q -p "$port" -c "CREATE ROLE autoaccel LOGIN PASSWORD 'autoaccel'" >&2
     as_postgres psql -q -p "$port" -tc "SELECT 1 FROM pg_database WHERE datname = 'autoaccel_test'" | grep -q 1 ||

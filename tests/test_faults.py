@@ -4,6 +4,7 @@ candidate evaluated again, and the search going on."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -34,11 +35,18 @@ def _start(overrides: list[str], log: Path) -> subprocess.Popen:
     )
 
 
+@functools.cache
+def _opened(url: str) -> optuna.storages.RDBStorage:
+    """One storage (one connection pool) per database for the whole module: polling with a new one each time
+    leaves connections open until garbage collection, and a PostgreSQL server runs out of them."""
+    return optuna.storages.RDBStorage(url)
+
+
 def _wait_for_running(storage: str, study_name: str, owner=lambda trial: True, timeout: float = 180):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            study = optuna.load_study(study_name=study_name, storage=storage)
+            study = optuna.load_study(study_name=study_name, storage=_opened(storage))
             running = [trial for trial in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)) if owner(trial)]
             if running:
                 return running[0]
@@ -48,23 +56,38 @@ def _wait_for_running(storage: str, study_name: str, owner=lambda trial: True, t
     raise AssertionError(f"no RUNNING trial appeared in {study_name} within {timeout}s")
 
 
-def _freeze_holding_a_trial(process: subprocess.Popen, storage: str, study_name: str, timeout: float = 180):
-    """Stops ``process`` (SIGSTOP) at a moment it holds a trial with a whole candidate, and returns that trial.
+def _freeze_one_holding_a_trial(
+    workers: list[subprocess.Popen], logs: list[Path], storage: str, study_name: str, timeout: float = 180
+) -> tuple[subprocess.Popen, optuna.trial.FrozenTrial]:
+    """Stops (SIGSTOP) the first worker seen holding a trial with a whole candidate; returns it and that trial.
 
-    Checked after the stop, so the trial cannot finish between looking and killing, however busy the machine.
+    Whichever worker it is: on a busy machine one worker can go a long while without winning a trial. Checked
+    after the stop, so the trial cannot finish between looking and killing, however busy the machine.
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        _wait_for_running(storage, study_name, lambda trial: _held_by(trial, process), deadline - time.monotonic())
-        process.send_signal(signal.SIGSTOP)
-        study = optuna.load_study(study_name=study_name, storage=storage)
+        live = [worker for worker in workers if worker.poll() is None]
+        if not live:
+            tails = "\n".join(log.read_text()[-1500:] for log in logs)
+            raise AssertionError(f"every worker exited before one was caught holding a trial:\n{tails}")
+        try:
+            study = optuna.load_study(study_name=study_name, storage=_opened(storage))
+            running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+        except Exception:  # the database or the study is not created yet
+            running = []
+        holder = next((worker for trial in running for worker in live if _held_by(trial, worker)), None)
+        if holder is None:
+            time.sleep(0.05)
+            continue
+        holder.send_signal(signal.SIGSTOP)
+        study = optuna.load_study(study_name=study_name, storage=_opened(storage))
         held = [
-            trial for trial in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)) if _held_by(trial, process)
+            trial for trial in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)) if _held_by(trial, holder)
         ]
         if held:
-            return held[0]
-        process.send_signal(signal.SIGCONT)  # it finished that trial meanwhile: catch it in the next one
-    raise AssertionError(f"worker {process.pid} was never stopped while holding a trial within {timeout}s")
+            return holder, held[0]
+        holder.send_signal(signal.SIGCONT)  # it finished that trial meanwhile: catch one in the next
+    raise AssertionError(f"no worker was stopped while holding a trial within {timeout}s")
 
 
 def _held_by(trial: optuna.trial.FrozenTrial, process: subprocess.Popen) -> bool:
@@ -97,15 +120,16 @@ def test_four_workers_one_killed_nothing_lost_nothing_duplicated(postgres_url, f
         "liveness.grace_s=4",
         "report.build=false",
     ]
-    workers = [_start([*overrides, f"optimizer.seed={1000 * index}"], tmp_path / f"w{index}.log") for index in range(4)]
-    victim = workers[0]
-    held = _freeze_holding_a_trial(victim, postgres_url, study_name)
+    logs = [tmp_path / f"w{index}.log" for index in range(4)]
+    workers = [_start([*overrides, f"optimizer.seed={1000 * index}"], log) for index, log in enumerate(logs)]
+    victim, held = _freeze_one_holding_a_trial(workers, logs, postgres_url, study_name)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    for worker, index in zip(workers[1:], range(1, 4)):
-        assert worker.wait(timeout=600) == 0, (tmp_path / f"w{index}.log").read_text()[-3000:]
+    for worker, log in zip(workers, logs):
+        if worker is not victim:
+            assert worker.wait(timeout=600) == 0, log.read_text()[-3000:]
 
-    trials = optuna.load_study(study_name=study_name, storage=postgres_url).get_trials()
+    trials = optuna.load_study(study_name=study_name, storage=_opened(postgres_url)).get_trials()
     states = pd.Series([trial.state.name for trial in trials]).value_counts().to_dict()
     assert "RUNNING" not in states and "WAITING" not in states, states  # nothing left hanging: nothing lost
     killed = trials[held.number]
@@ -150,7 +174,7 @@ def test_an_interrupt_mid_trial_marks_it_and_the_same_command_resumes_it(fast_ov
     previous_sigterm = signal.getsignal(signal.SIGTERM)
     try:
         assert main(["search", *overrides]) == 130
-        study = optuna.load_study(study_name=study_name, storage=storage)
+        study = optuna.load_study(study_name=study_name, storage=_opened(storage))
         assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
         interrupted = [trial for trial in study.trials if trial.user_attrs.get("failure") == INTERRUPTED]
         assert len(interrupted) == 1 and interrupted[0].user_attrs.get("candidate_key")
@@ -161,7 +185,7 @@ def test_an_interrupt_mid_trial_marks_it_and_the_same_command_resumes_it(fast_ov
         assert main(["search", *overrides]) == 0
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
-    trials = optuna.load_study(study_name=study_name, storage=storage).get_trials()
+    trials = optuna.load_study(study_name=study_name, storage=_opened(storage)).get_trials()
     assert sum(trial.state.is_finished() and not not_a_result(trial.user_attrs.get("failure")) for trial in trials) == 8
     assert any(trial.params == interrupted[0].params for trial in _evaluations(trials))
 
@@ -177,7 +201,7 @@ def test_sigterm_from_outside_stops_the_process_cleanly_and_the_same_command_res
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=120) == 130, (tmp_path / "run.log").read_text()[-3000:]
     assert "interrupted" in (tmp_path / "run.log").read_text()
-    study = optuna.load_study(study_name=study_name, storage=storage)
+    study = optuna.load_study(study_name=study_name, storage=_opened(storage))
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
     interrupted = [trial.params for trial in study.trials if trial.user_attrs.get("failure") == INTERRUPTED]
     waiting = [
@@ -187,7 +211,7 @@ def test_sigterm_from_outside_stops_the_process_cleanly_and_the_same_command_res
 
     resumed = _start(overrides, tmp_path / "resume.log")
     assert resumed.wait(timeout=600) == 0, (tmp_path / "resume.log").read_text()[-3000:]
-    trials = optuna.load_study(study_name=study_name, storage=storage).get_trials()
+    trials = optuna.load_study(study_name=study_name, storage=_opened(storage)).get_trials()
     assert sum(trial.state.is_finished() and not not_a_result(trial.user_attrs.get("failure")) for trial in trials) == 8
     assert all(any(trial.params == params for trial in _evaluations(trials)) for params in interrupted)
 
@@ -219,7 +243,7 @@ def test_workers_command_runs_n_workers_on_one_study_then_one_report(postgres_ur
     study_name = f"workers-cmd-{uuid.uuid4().hex[:8]}"
     overrides = [*fast_overrides, f"storage={postgres_url}", f"study_name={study_name}", "budget.trials=6"]
     assert main(["workers", "2", *overrides]) == 0
-    trials = optuna.load_study(study_name=study_name, storage=postgres_url).get_trials()
+    trials = optuna.load_study(study_name=study_name, storage=_opened(postgres_url)).get_trials()
     assert Ledger.open_existing(postgres_url, study_name).finished_count() >= 6
     assert all(trial.user_attrs.get(WORKER) for trial in trials)  # every trial names the worker that held it
     assert (_report_dir(fast_overrides) / study_name / "index.html").exists()
