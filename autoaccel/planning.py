@@ -169,7 +169,8 @@ def _figures(row: pd.Series, quality: str) -> list[str]:
         spread = number(f"{name}_std")
         if not math.isnan(number(name)):
             figures.append(f"{name} {number(name):.4g}" + (f" ± {spread:.2g}" if not math.isnan(spread) else ""))
-    figures.append(f"nfe {number('nfe'):.0f}")
+    nfe = number("nfe")  # whole, except with cached calls (shares of a full forward)
+    figures.append(f"nfe {nfe:.0f}" if nfe.is_integer() else f"nfe {nfe:.1f}")
     iqr = number("latency_iqr_ms")
     figures.append(f"latency {number('latency_ms'):.1f} ms" + (f" (IQR {iqr:.2g})" if not math.isnan(iqr) else ""))
     for name, unit in (("psnr_vs_ode", " dB"), ("precision", ""), ("recall", ""), ("peak_memory_mb", " MB")):

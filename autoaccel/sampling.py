@@ -20,6 +20,7 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from autoaccel.errors import TechniqueError
 from autoaccel.targets.conditions import CLASS, Conditions, concat_keywords
 from autoaccel.targets.denoisers import decode, predict
+from autoaccel.techniques.caching import feature_cache
 from autoaccel.techniques.solver_spec import refuse_switched_settings
 
 
@@ -95,7 +96,10 @@ class SamplerPipeline(DiffusionPipeline):
         self.register_modules(denoiser=denoiser, scheduler=scheduler, vae=vae)
         self.plan = SamplingPlan()
         self.conditions = conditions or _class_conditions_of(denoiser)
-        self.denoiser_calls = 0
+        # denoiser evaluations in full-forward equivalents (the NFE: a cached call counts as its share of a full
+        # one), and the calls themselves
+        self.denoiser_calls: float = 0
+        self.model_calls = 0
         self.stage_ms: dict[str, float] = {}  # the last call's time per stage: encode, denoise, decode
 
     @property
@@ -129,14 +133,18 @@ class SamplerPipeline(DiffusionPipeline):
         device = sample.device
         conditions = self.active_conditions
         keywords = conditions.keywords(labels, False, device, encoded)
+        cache = feature_cache(self.denoiser)
+        share = cache.next_call_share() if cache is not None else 1.0  # a cached call: a share of a full one
         if not self.guided or labels is None:
             # a model that runs another inside some calls (a teacher on assigned steps) says how many it made
             evaluations = getattr(self.denoiser, "evaluations", None)
-            self.denoiser_calls += evaluations(timestep) if evaluations is not None else 1
+            self.denoiser_calls += evaluations(timestep) if evaluations is not None else share
+            self.model_calls += 1
             return predict(self.denoiser, sample, timestep, keywords)
         null = conditions.keywords(labels, True, device, encoded)
         both = predict(self.denoiser, torch.cat([sample, sample]), timestep, concat_keywords(keywords, null))
-        self.denoiser_calls += 2
+        self.denoiser_calls += 2 * share
+        self.model_calls += 2
         conditional, unconditional = both.chunk(2)
         return unconditional + self.plan.guidance_scale * (conditional - unconditional)
 
@@ -181,7 +189,10 @@ class SamplerPipeline(DiffusionPipeline):
                 self.scheduler, "init_noise_sigma", 1.0
             )
             scale_input = getattr(self.scheduler, "scale_model_input", None)
-            self.denoiser_calls = 0
+            self.denoiser_calls, self.model_calls = 0, 0
+            cache = feature_cache(self.denoiser)
+            if cache is not None:  # which calls reuse features is decided per call of this run
+                cache.begin(len(self.scheduler.timesteps))
             for timestep in self.scheduler.timesteps:
                 model_input = scale_input(sample, timestep) if scale_input is not None else sample
                 prediction = self._predict(model_input, timestep, labels, encoded)

@@ -58,6 +58,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "loss": "l2",
     },
     "assignment": {"teacher_steps": 1, "where": "last"},
+    "caching": {"method": "deep", "depth": 1, "interval": 2, "warmup": 1, "tail": 1},
 }
 # What a technique that acts on another's model needs of that one (settings with their technique's prefix).
 PARTNERS: dict[str, dict[str, Any]] = {
@@ -78,6 +79,7 @@ COST_CHANGES: dict[str, dict[str, Any]] = {
     "timesteps": {"steps": 3},
     "distillation": {"steps": 1},
     "assignment": {"teacher_steps": 0},
+    "caching": {"interval": 3},
 }
 # Changes that leave the cost as it is, where a technique has some: such plans share one latency measurement.
 SAME_COST_CHANGES: dict[str, dict[str, Any]] = {

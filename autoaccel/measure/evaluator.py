@@ -157,6 +157,7 @@ class Evaluator:
         details.update(
             timesteps=pipeline.plan.schedule() or [float(step) for step in pipeline.scheduler.timesteps],
             scheduler_class=type(pipeline.scheduler).__name__,
+            denoiser_calls=int(getattr(pipeline, "model_calls", 0)) or None,  # beside nfe, which counts cached calls
             guidance_scale=pipeline.plan.guidance_scale,
             cost_reused=reused,
             memory_kind=cost.memory_kind,

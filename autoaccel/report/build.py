@@ -121,9 +121,8 @@ def build_report(context, log=print) -> Path:
         images = sample_in_chunks(fast, grid_seeds, context.judge.chunk_size)
         grid_name = f"grids/trial-{int(row['trial']):04d}.png"
         save_grid(images, run_dir / grid_name)
-        grids[f"trial {int(row['trial'])}: nfe {row['nfe']:.0f}, fid {row['fid']:.3g}, {row['latency_ms']:.0f} ms"] = (
-            grid_name
-        )
+        nfe = figure_text(row["nfe"], count=True)
+        grids[f"trial {int(row['trial'])}: nfe {nfe}, fid {row['fid']:.3g}, {row['latency_ms']:.0f} ms"] = grid_name
     front["recipe"] = recipe_paths
     _remove_stale(run_dir / "recipes", "trial-*.yaml", set(recipe_paths))
     _remove_stale(run_dir / "grids", "trial-*.png", set(grids.values()))

@@ -96,8 +96,8 @@ def figure_text(value, count: bool = False) -> str:
         return str(value)
     if math.isnan(value):
         return ""
-    if count:
-        return f"{value:,.0f}"
+    if count:  # whole, except an NFE with cached calls (shares of a full forward)
+        return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.1f}"
     return "0" if abs(value) < ROUNDING_ZERO else f"{value:.4g}"
 
 
@@ -194,7 +194,7 @@ def _recommendation_rows(recommendation: Recommendation, run_dir: Path) -> str:
     cells = [
         goal,
         f'<a href="#trial-{trial}">trial {trial}</a>',
-        f"fid {fid}<br>nfe {float(plan['nfe']):.0f}, {float(plan['latency_ms']):.4g} ms",
+        f"fid {fid}<br>nfe {figure_text(float(plan['nfe']), count=True)}, {float(plan['latency_ms']):.4g} ms",
         f"<b>{vs_teacher}</b>" if vs_teacher else "",
         _standard_text(recommendation),
         recipe_link,

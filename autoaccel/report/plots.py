@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from autoaccel.report.html import figure_text
+
 
 def new_figure(size: tuple[float, float]):
     """A figure on the file-only Agg backend (no display on servers and CI)."""
@@ -69,7 +71,7 @@ def pareto_plot(
         if "nfe" in front:
             for _, row in front.iterrows():
                 axes.annotate(
-                    f"{int(row['nfe'])}",
+                    figure_text(row["nfe"], count=True),
                     (row[cost], row[quality]),
                     fontsize=7,
                     color="tab:red",
@@ -84,7 +86,7 @@ def pareto_plot(
             marker="*",
             c="gold",
             edgecolors="k",
-            label=f"reference ({int(teacher.get('nfe', 0))} NFE)",
+            label=f"reference ({figure_text(teacher.get('nfe', 0), count=True)} NFE)",
             zorder=4,
         )
     if floor is not None and quality == "fid" and floor > 0:

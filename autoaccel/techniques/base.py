@@ -30,7 +30,9 @@ class ParamSpec:
 
     ``item_name`` marks a list setting searched one element at a time: a schedule dimension ``<technique>.<item>``
     expands into ``<item>_0, <item>_1, ...``, each element checked by this spec, at most ``max_length`` of them.
-    ``target_limit`` names a Target attribute (``num_train_timesteps``) that bounds ``high`` further for a model.
+    ``target_limit`` names a Target attribute (``num_train_timesteps``) that bounds ``high`` further for a model;
+    with ``narrows_to_target`` a space's dimension is cut to that bound for each model (what a space shared by
+    models of different depth needs) instead of being refused, while a fixed value beyond it still is.
     """
 
     kind: str
@@ -42,6 +44,7 @@ class ParamSpec:
     item_name: str | None = None
     max_length: int | None = None
     target_limit: str | None = None
+    narrows_to_target: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in PARAM_KINDS:
@@ -236,6 +239,7 @@ def unchanged_model_params() -> dict[str, Any]:
 
 def _load_builtin_techniques() -> None:
     import autoaccel.techniques.assignment  # noqa: F401
+    import autoaccel.techniques.caching  # noqa: F401
     import autoaccel.techniques.distillation  # noqa: F401
     import autoaccel.techniques.pruning  # noqa: F401
     import autoaccel.techniques.quantization  # noqa: F401
