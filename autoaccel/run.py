@@ -113,9 +113,7 @@ def prepare_run(config: DictConfig, run_dir: Path | None = None, for_search: boo
     directions = objective_directions(objectives)
     check_teacher_ratios(config.budget, target.quality.kind)
     check_adherence_limit(config.budget, target)
-    space = load_space(resolve_space_name(config)).for_target(
-        target.capabilities, num_train_timesteps=target.num_train_timesteps
-    )
+    space = load_space(resolve_space_name(config)).for_target(target.capabilities, **target.limits)
     check_space_fits(space, target)
     space = with_training_cap(space, config.budget.get("max_train_minutes"))
     options = {**OmegaConf.to_container(config.optimizer), "directions": directions}

@@ -103,7 +103,7 @@ class SearchSpace:
                 continue
             if all(other in {kept_dimension.name for kept_dimension in kept} for other, _ in dimension.when):
                 kept.append(dimension)
-        reduced = replace(self, dimensions=tuple(kept))
+        reduced = replace(self, dimensions=tuple(_narrowed(dimension, target_limits) for dimension in kept))
         for limit_name, limit in target_limits.items():
             reduced._check_target_limit(limit_name, limit)
         return reduced
@@ -303,6 +303,21 @@ def _setting_spec(key: str, techniques: tuple[str, ...], where: str, source: str
             f"{where}: {key!r} is not a setting of {technique.name}; valid: {technique.describe_params()}"
         )
     return spec
+
+
+def _narrowed(dimension: Dimension, target_limits: Mapping[str, int]) -> Dimension:
+    """``dimension`` cut to the target's limit where its setting says a shared space narrows to each model
+    (``ParamSpec.narrows_to_target``: a UNet's levels, a transformer's blocks); other dimensions as they are."""
+    spec = _declared_spec(dimension.name)
+    if spec is None or not spec.narrows_to_target or spec.target_limit not in target_limits:
+        return dimension
+    limit = target_limits[spec.target_limit]
+    if dimension.kind == "categorical":
+        kept = tuple(choice for choice in dimension.choices if not _is_number(choice) or choice <= limit)
+        return replace(dimension, choices=kept) if kept else dimension
+    if dimension.low is not None and dimension.low <= limit < dimension.high:
+        return replace(dimension, high=limit)
+    return dimension
 
 
 def _declared_spec(key: str) -> ParamSpec | None:

@@ -109,7 +109,7 @@ def run_default_call_benchmark(config: DictConfig, log=print) -> Path:
         steps = max(1, int(nfe) // calls)
         log(f"== {target.name} NFE {nfe} ({steps} steps): searching ({config.bench.trials} trials)")
         space = pinned_space(space_name, steps, runs_dir / "spaces")
-        pinned = load_space(str(space)).for_target(target.capabilities, num_train_timesteps=target.num_train_timesteps)
+        pinned = load_space(str(space)).for_target(target.capabilities, **target.limits)
         standards = standard_configurations(pinned, [steps], guidance, target.schedule_family)
         plans += [(label, pinned.complete(params)) for label, params in standards]
         run = _search(config, runs_dir, f"bench-nfe{nfe}", space, [f"budget.warm_start_steps=[{steps}]"], log)
@@ -126,7 +126,7 @@ def run_default_call_benchmark(config: DictConfig, log=print) -> Path:
     else:
         log(f"== {target.name} has no real data (target.data): no FID-ratio search, only fixed-NFE ones")
 
-    space = load_space(space_name).for_target(target.capabilities, num_train_timesteps=target.num_train_timesteps)
+    space = load_space(space_name).for_target(target.capabilities, **target.limits)
     plans += [(label, params) for label, (_, params) in found.items()]
     rows: dict[str, dict] = {"default call": {"metrics": [], "details": None}}
     cost_cache: dict = {}

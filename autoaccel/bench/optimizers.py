@@ -371,7 +371,7 @@ def _fidelity_section(config: DictConfig, log) -> list[str]:
     arms = _fidelity_arms(config)
     top = arms[0].levels[-1]
     target = load_target(config)
-    space = load_space("sampler").for_target(target.capabilities, num_train_timesteps=target.num_train_timesteps)
+    space = load_space("sampler").for_target(target.capabilities, **target.limits)
     evaluator = evaluator_from_config(config, target, space, samples=top, cost=CHEAP_COST)
     _warm_up(evaluator, space, sorted({level for arm in arms for level in arm.levels}), config)
     charged = ChargedEvaluator(evaluator)

@@ -227,7 +227,7 @@ def evaluate_plans(config, log=print, count: int = STUDY_PLANS, samples: int = S
         from autoaccel.targets.digits.data import load_digits_tensors
 
         target.real_labels = load_digits_tensors()[1]
-    space = load_space("sampler").for_target(target.capabilities, num_train_timesteps=target.num_train_timesteps)
+    space = load_space("sampler").for_target(target.capabilities, **target.limits)
     evaluator = evaluator_from_config(config, target, space, seed=seed, samples=samples)
     judge = evaluator.judge
     started = time.perf_counter()

@@ -104,6 +104,18 @@ class Target:
         return int(self.scheduler_config.get("num_train_timesteps", 1000))
 
     @property
+    def cache_depth_limit(self) -> int:
+        """The deepest ``caching.depth`` the denoiser takes (-1: none)."""
+        from autoaccel.techniques.caching import depth_limit
+
+        return depth_limit(self.denoiser)
+
+    @property
+    def limits(self) -> dict[str, int]:
+        """What bounds a space's settings for this model (``ParamSpec.target_limit`` names them)."""
+        return {"num_train_timesteps": self.num_train_timesteps, "cache_depth_limit": self.cache_depth_limit}
+
+    @property
     def capabilities(self) -> set[str]:
         """What dimensions may ``require``: ``guidance`` (a null condition), ``distillation`` (DDPM family)."""
         found = {"guidance"} if self.conditions.guidable else set()
