@@ -171,6 +171,8 @@ def cmd_bench(args: list[str]) -> int:
         from autoaccel.bench.compression import run_compression_benchmark as run_benchmark
     elif args[0] == "distillation":
         from autoaccel.bench.distillation import run_distillation_benchmark as run_benchmark
+    elif args[0] == "caching":
+        from autoaccel.bench.caching import run_caching_benchmark as run_benchmark
     elif args[0] == "workers":
         from autoaccel.bench.workers import run_workers_benchmark as run_benchmark
     else:

@@ -31,6 +31,7 @@ BENCHMARKS = {
     "optimizers": "hypervolume against evaluations for every backend, and multi-fidelity savings",
     "compression": "pruning and quantization, and the compression front against the schedule-only one",
     "distillation": "progressive, consistency and learned-schedule students vs schedules alone, per NFE",
+    "caching": "feature caching against the same steps uncached: speed-up vs FID, per step count and knob",
     "workers": "many workers on one shared study (needs storage=postgresql://...): throughput, consistency",
 }
 BENCH_KEYS = (
@@ -50,6 +51,12 @@ BENCH_KEYS = (
         None,
         "distillation: trials of the searched space and of a schedule-only one (0 skips), the space searched",
     ),
+    (
+        "bench.caching.steps, bench.caching.intervals, bench.caching.depths, bench.caching.warmups",
+        None,
+        "caching: step counts, and the cache knobs tried at each",
+    ),
+    ("bench.caching.distilled_steps", None, "caching: a consistency student's steps, cached and not (0 skips)"),
     ("bench.pruning_ratios, bench.weight_bits", None, "compression: ratios and bit-widths compared"),
     ("bench.load_workers, bench.load_trials", None, "workers: processes and trials per process"),
 )

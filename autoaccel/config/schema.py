@@ -119,6 +119,20 @@ class DistillationBenchConfig:
 
 
 @dataclass
+class CachingBenchConfig:
+    """``bench caching``: the step counts compared, the solver they run, the cache knobs tried at each."""
+
+    steps: list[int] = field(default_factory=lambda: [50, 20, 10, 5])
+    solver: str = "unipc"  # the best standard solver of the schedule benchmark (order 2)
+    intervals: list[int] = field(default_factory=lambda: [2, 3, 5])
+    depths: list[int] = field(default_factory=lambda: [1, 2])  # cut to each model's levels or blocks
+    warmups: list[int] = field(default_factory=lambda: [0, 3])
+    quality_ratio: float = 1.05  # the FID a cached plan may reach, as a multiple of the uncached one's
+    distilled_steps: int = 4  # a consistency student at this many steps, cached and not; 0 skips it
+    distilled_iterations: int = 2000
+
+
+@dataclass
 class BenchConfig:
     """``bench schedules``: a search per NFE, then the winners re-scored on fresh seed sets."""
 
@@ -152,6 +166,7 @@ class BenchConfig:
     load_trials: int = 50  # trials per worker
     load_work_ms: float = 20.0  # the stand-in evaluation time of each synthetic trial
     distillation: DistillationBenchConfig = field(default_factory=DistillationBenchConfig)
+    caching: CachingBenchConfig = field(default_factory=CachingBenchConfig)
 
 
 @dataclass
