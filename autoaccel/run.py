@@ -99,6 +99,7 @@ def settings_fingerprint(config: DictConfig, target: Target, space: SearchSpace)
         "extractor": target.quality.extractor,
         "fidelity.levels": list(config.fidelity.levels),
         **({"fidelity.train_shares": list(shares)} if (shares := config.fidelity.get("train_shares")) else {}),
+        **({"quality.fid_std_rounds": rounds} if (rounds := int(config.quality.fid_std_rounds)) != 20 else {}),
     }
 
 
@@ -167,6 +168,7 @@ def evaluator_from_config(
         int(seed if seed is not None else config.quality.seed),
         Path(config.cache_dir),
         int(config.quality.chunk_size),
+        fid_std_rounds=int(config.quality.fid_std_rounds),
     )
     cost = cost or CostSettings(int(config.cost.batch_size), int(config.cost.warmup), int(config.cost.repeats))
     return Evaluator(target, space, judge, cost, artifacts)

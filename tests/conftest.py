@@ -33,6 +33,7 @@ def fast_overrides(tiny_pipeline_dir, shared_cache_dir, tmp_path):
         f"cache_dir={shared_cache_dir}",
         "quality.samples=48",
         "quality.chunk_size=48",
+        "quality.fid_std_rounds=4",
         "cost.batch_size=4",
         "cost.warmup=0",
         "cost.repeats=1",

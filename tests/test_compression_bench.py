@@ -8,6 +8,20 @@ import json
 
 from autoaccel.config import compose_config
 
+# the compressed space without its recovery dimension: recovery has tests of its own, and training it in every
+# trial is what made this test slow
+SMALL_COMPRESSED_SPACE = """
+name: small_compressed
+techniques: [pruning, quantization, solver, timesteps]
+fixed: {pruning.recovery_steps: 0, quantization.calibration_samples: 8}
+dimensions:
+  pruning.ratio: {type: float, low: 0.0, high: 0.5}
+  quantization.enabled: {type: categorical, choices: [true, false]}
+  quantization.weight_bits: {type: int, low: 3, high: 8, when: {quantization.enabled: [true]}}
+  timesteps.steps: {type: int, low: 2, high: 4}
+  solver.name: {type: categorical, choices: [ddim, unipc]}
+"""
+
 
 def test_compression_bench_writes_its_table_and_front_recipes(fast_overrides, tiny_pipeline_dir, tmp_path):
     from diffusers import DDPMPipeline
@@ -16,10 +30,13 @@ def test_compression_bench_writes_its_table_and_front_recipes(fast_overrides, ti
     from autoaccel.bench.compression import run_compression_benchmark
 
     bench_dir = tmp_path / "bench"
+    space_file = tmp_path / "small_compressed.yaml"
+    space_file.write_text(SMALL_COMPRESSED_SPACE)
     config = compose_config(
         [
             *fast_overrides,
             f"bench.dir={bench_dir}",
+            f"bench.compression_space={space_file}",
             "bench.compression_trials=4",
             "bench.compression_steps=3",
             "bench.pruning_ratios=[0.0,0.5]",

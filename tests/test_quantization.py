@@ -171,11 +171,12 @@ def test_bad_quantization_configs_are_named(changes, message):
     ("name", "order"),
     [
         ("compressed", ["pruning", "quantization", "solver", "timesteps"]),
-        ("joint", ["distillation", "pruning", "quantization", "assignment", "solver", "timesteps"]),
+        ("joint", ["distillation", "pruning", "quantization", "assignment", "caching", "solver", "timesteps"]),
     ],
 )
-def test_bundled_spaces_apply_distillation_then_pruning_then_quantization(name, order):
-    """A student is compressed, not a compressed model distilled; the teacher's steps go to the compressed one."""
+def test_bundled_spaces_apply_distillation_then_pruning_then_quantization_then_caching(name, order):
+    """A student is compressed, not a compressed model distilled; the teacher's steps go to the compressed one,
+    and the cache is built on the model all of them leave."""
     from autoaccel.candidate import Candidate
     from autoaccel.space import active_params, load_space
 

@@ -173,7 +173,7 @@ SOLVER_OF = {
     "unipc": ("unipc", 2),
 }
 # flow-matching spaces start from Euler, what their pipelines run; DDPM-family spaces from DDIM
-FIRST_OF = {"flow_sampler": "flow_euler"}
+FIRST_OF = {"flow_sampler": "flow_euler", "flow_cached": "flow_euler"}
 BASELINES_OF = {"timesteps": ["dpmsolver++2m"]}  # the timesteps space fixes DPM-Solver++ 2M; others have all three
 
 

@@ -161,7 +161,9 @@ def _search_front(config: DictConfig, space_name: str, bench_dir: Path, log) -> 
     warm_start = f"budget.warm_start_steps=[{config.bench.compression_steps}]"
     trials = int(config.bench.compression_trials)
     study = f"bench-compression-{space_name}"
-    return search_front(config, space_name, study, objectives, trials, bench_dir, log, [warm_start])
+    # the compression side searches bench.compression_space (a smaller space makes a quick check of the bench)
+    searched = str(config.bench.compression_space) if space_name == COMPRESSED else space_name
+    return search_front(config, searched, study, objectives, trials, bench_dir, log, [warm_start])
 
 
 def _copy_front_recipes(bench_dir: Path, front: list[tuple[int, dict]]) -> None:

@@ -26,6 +26,7 @@ def validate_config(config: DictConfig) -> None:
         ("budget.concurrent", config.budget.concurrent, 1),
         ("quality.samples", config.quality.samples, 2),
         ("quality.chunk_size", config.quality.chunk_size, 1),
+        ("quality.fid_std_rounds", config.quality.fid_std_rounds, 2),
         ("cost.batch_size", config.cost.batch_size, 1),
         ("cost.repeats", config.cost.repeats, 1),
         ("cost.warmup", config.cost.warmup, 0),

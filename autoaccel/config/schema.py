@@ -60,6 +60,7 @@ class QualityConfig:
     seed: int = 0
     chunk_size: int = 512
     ode_steps: int = 200  # steps of the deterministic reference paired measures compare with (psnr_vs_ode)
+    fid_std_rounds: int = 20  # bootstrap resamples behind fid_std (promotion margins, the report's intervals)
     clip_model: str | None = None  # a local transformers CLIPModel folder: clip_score (prompt adherence)
     inception_weights: str | None = None  # torch-fidelity's Inception weights file: fid_inception
 
@@ -157,6 +158,7 @@ class BenchConfig:
     )
     compression_steps: int = 10  # bench compression: the fixed sampler's step count, and the searches' warm starts
     compression_trials: int = 60  # each of the compression (space=compressed) and the schedule-only search
+    compression_space: str = "compressed"  # the space the compression side searches
     pruning_ratios: list[float] = field(default_factory=lambda: [0.0, 0.2, 0.4, 0.6])
     recovery_steps: list[int] = field(default_factory=lambda: [0, 300])
     weight_bits: list[int] = field(default_factory=lambda: [8, 6, 4, 3])

@@ -84,7 +84,12 @@ class Evaluator:
     def _judge_for(self, samples: int) -> QualityJudge:
         if samples not in self.judges:
             self.judges[samples] = QualityJudge(
-                self.target, samples, self.judge.seeds.seed, self.judge.cache_dir, self.judge.chunk_size
+                self.target,
+                samples,
+                self.judge.seeds.seed,
+                self.judge.cache_dir,
+                self.judge.chunk_size,
+                fid_std_rounds=self.judge.fid_std_rounds,
             )
         return self.judges[samples]
 

@@ -45,6 +45,7 @@ def distribution_metrics(
     cache_dir: Path,
     reference_key: str,
     cuda: bool = False,
+    fid_std_rounds: int = 20,
 ) -> dict[str, float]:
     """FID, KID (mean, std), precision and recall of ``images`` (in [-1, 1]) against the reference images.
 
@@ -77,7 +78,7 @@ def distribution_metrics(
     )
     return {
         "fid": float(metrics["frechet_inception_distance"]),
-        "fid_std": fid_bootstrap_std(images, reference_uint8, extractor, reference_key),
+        "fid_std": fid_bootstrap_std(images, reference_uint8, extractor, reference_key, rounds=fid_std_rounds),
         "kid": float(metrics["kernel_inception_distance_mean"]),
         "kid_std": float(metrics["kernel_inception_distance_std"]),
         "precision": float(metrics["precision"]),

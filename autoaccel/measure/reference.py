@@ -83,9 +83,18 @@ def quality_options(target: Target) -> QualityOptions:
 class QualityJudge:
     """Scores images made from ``seeds``: distribution metrics and paired fidelity to the ODE reference."""
 
-    def __init__(self, target: Target, samples: int, seed: int, cache_dir: Path, chunk_size: int = 256) -> None:
+    def __init__(
+        self,
+        target: Target,
+        samples: int,
+        seed: int,
+        cache_dir: Path,
+        chunk_size: int = 256,
+        fid_std_rounds: int = 20,
+    ) -> None:
         self.target = target
         self.samples = samples
+        self.fid_std_rounds = fid_std_rounds
         self.cache_dir = Path(cache_dir)
         self.chunk_size = chunk_size
         self.seeds = make_seed_batch(target.sample_shape, samples, seed, target.condition_count)
@@ -177,6 +186,7 @@ class QualityJudge:
             self.cache_dir,
             reference_key,
             cuda=str(self.target.denoiser.device).startswith("cuda"),
+            fid_std_rounds=self.fid_std_rounds,
         )
         metrics["fid_ensemble"] = self._ensemble_fid(to_uint8(images), reference, reference_key)
         ode_images = self._ode()
