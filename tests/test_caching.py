@@ -204,3 +204,27 @@ def test_the_caching_bench_calibrates_on_the_search_seed_and_writes_its_verdicts
     assert any("calibrated (depth 1" in row for row in rows) or "no cached plan stays within" in table
     assert "- 6 steps:" in table and "default knobs: " in table
     assert "- 6 steps (uncached FID" in table  # the grid as scored on the search seed
+
+
+def test_the_caching_bench_compares_a_cached_front_with_the_same_space_held_uncached(tmp_path):
+    """The steps-only baseline is the cached space without its caching dimensions; the verdict counts the
+    steps-only points some cached point is at least as good as on both FID and latency."""
+    from autoaccel.bench.caching import _front_section, steps_only_space
+    from autoaccel.config import compose_config
+    from autoaccel.space import load_space
+
+    baseline = load_space(steps_only_space("cached", tmp_path))
+    assert not any(name.startswith("caching.") for name in baseline.names)
+    assert baseline.fixed["caching.method"] == "none" and "timesteps.steps" in baseline.names
+
+    def point(fid: float, latency: float, method: str) -> dict:
+        params = {"caching.method": method, "solver.name": "unipc", "timesteps.family": "karras"}
+        return {"fid": [fid], "latency_ms": latency, "nfe": 10.0, "calls": 10, "params": params}
+
+    fronts = {
+        "steps-only": [(1, point(2.0, 10.0, "none")), (2, point(1.0, 30.0, "none"))],
+        "cached": [(3, point(1.9, 8.0, "deep")), (4, point(1.2, 25.0, "deep"))],
+    }
+    lines = _front_section(compose_config(["bench.caching.search_trials=2"]), fronts, point(1.0, 50.0, "none"))
+    assert "Verdict: cached-front points weakly dominate 1 of 2 steps-only points" in "\n".join(lines)
+    assert "2 of the cached front's 2 points use the cache" in "\n".join(lines)

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
 from omegaconf import DictConfig
 
-from autoaccel.bench import mean_std, seed_set_evaluators
+from autoaccel.bench import mean_std, search_front, seed_set_evaluators
 from autoaccel.candidate import Candidate
-from autoaccel.space import parse_space
+from autoaccel.space import load_space, parse_space
 
 INERT_BELOW = 1.05  # a default-knob row faster than uncached by less than this saves nothing worth having
 BROKEN_ABOVE = 1.5  # and one whose FID is past this multiple of the uncached one's is broken
@@ -132,14 +133,54 @@ def run_caching_benchmark(config: DictConfig, log=print) -> Path:
             params = cached(student, 1, interval, 0)
             group.append((f"consistency student, cached ({describe(params)})", _score(evaluators, params)))
         rows.append((int(settings.distilled_steps), group))
-    return write_caching_table(config, bench_dir, target, rows, calibrations)
+    fronts = _search_fronts(config, bench_dir, target, evaluators, log)
+    return write_caching_table(config, bench_dir, target, rows, calibrations, fronts)
+
+
+def _cached_space_name(target) -> str:
+    return "flow_cached" if target.schedule_family == "flow" else "cached"
+
+
+def steps_only_space(space_name: str, folder: Path) -> str:
+    """The cached space with caching held at none: the same steps, solvers and schedules, searched alone."""
+    document = yaml.safe_load(Path(load_space(space_name).source).read_text())
+    document["name"] = f"{document.get('name', Path(space_name).stem)}_steps_only"
+    document["description"] = f"{space_name} with caching held at none: steps, schedules and solvers alone"
+    document["fixed"] = {**(document.get("fixed") or {}), "caching.method": "none"}
+    document["dimensions"] = {
+        name: spec for name, spec in document["dimensions"].items() if not name.startswith("caching.")
+    }
+    path = Path(folder) / f"{document['name']}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return str(path)
+
+
+def _search_fronts(config: DictConfig, bench_dir: Path, target, evaluators, log) -> dict[str, list]:
+    """The cached space and the same space without caching, searched alike (``bench.caching.search_trials``
+    each), each front re-scored on the confirm seeds. Nothing when search_trials is 0."""
+    trials = int(config.bench.caching.search_trials)
+    if trials <= 0:
+        return {}
+    cached_space = str(config.bench.caching.search_space)
+    if cached_space == "auto":
+        cached_space = _cached_space_name(target)
+    fronts = {}
+    spaces = (("steps-only", steps_only_space(cached_space, bench_dir / "runs")), ("cached", cached_space))
+    for label, space in spaces:
+        front = search_front(config, space, f"bench-caching-{label}", "[fid,latency_ms]", trials, bench_dir, log)
+        fronts[label] = [(trial, _score(evaluators, params)) for trial, params in front]
+    return fronts
 
 
 def describe(params: dict) -> str:
-    warmup = params.get("caching.warmup", 0)
-    return f"depth {params['caching.depth']}, a full step every {params['caching.interval']}" + (
-        f" after {warmup} full" if warmup else ""
-    )
+    """A cache's knobs in words (a space that leaves one free runs its default)."""
+    from autoaccel.techniques.caching import CachingConfig
+
+    default = CachingConfig()
+    warmup = params.get("caching.warmup", default.warmup)
+    depth, interval = params.get("caching.depth", default.depth), params.get("caching.interval", default.interval)
+    return f"depth {depth}, a full step every {interval}" + (f" after {warmup} full" if warmup else "")
 
 
 def _cells(entry: dict, reference: dict) -> list[str]:
@@ -174,7 +215,7 @@ def _status(entry: dict, reference: dict) -> str:
     return f"works ({speedup:.2f}x at FID {ratio:.2f}x)"
 
 
-def write_caching_table(config, bench_dir: Path, target, rows, calibrations) -> Path:
+def write_caching_table(config, bench_dir: Path, target, rows, calibrations, fronts=None) -> Path:
     settings = config.bench.caching
     command = "python -m autoaccel bench caching" + (f" target={target.name}" if target.name != "digits" else "")
     lines = [
@@ -203,6 +244,8 @@ def write_caching_table(config, bench_dir: Path, target, rows, calibrations) -> 
         summary.append(_verdict(steps, group, float(settings.quality_ratio)))
     lines += ["", "## Summary", "", *summary, ""]
     lines += _calibration_section(calibrations)
+    if fronts:
+        lines += _front_section(config, fronts, rows[0][1][0][1])
     lines.append(
         "Target (the issue's): at 50 steps, a cached plan at least 1.5x faster with FID within 1.05x of the "
         "uncached one's. FID here uses the features named above at a fixed sample count: compare rows with each "
@@ -239,6 +282,52 @@ def _verdict(steps: int, group, ratio: float) -> str:
     if default is not None:
         text += f"; default knobs: {_status(default, reference)}"
     return text + "."
+
+
+def _front_section(config, fronts: dict, reference: dict) -> list[str]:
+    """Both searches' fronts, re-scored, and how many steps-only points a cached point weakly dominates."""
+    lines = [
+        f"## Cached search vs steps-only search ({config.bench.caching.search_trials} trials each, "
+        f"{config.optimizer.name}, seed {config.seed}, objectives fid and latency_ms)",
+        "",
+        "Latency as a ratio to the uncached row at the first step count above; FID on the confirm seeds.",
+        "",
+    ]
+    scored = {name: [(trial, entry) for trial, entry in front if entry["fid"]] for name, front in fronts.items()}
+    for name, front in scored.items():
+        lines += [f"### {name.capitalize()} front", "", "| trial | FID | NFE | calls | latency ratio | plan |"]
+        lines.append("|---|---|---|---|---|---|")
+        for trial, entry in sorted(front, key=lambda item: item[1]["latency_ms"]):
+            fid, spread = mean_std(entry["fid"])
+            lines.append(
+                f"| {trial} | {fid:.2f} ± {spread:.2f} | {entry['nfe']:.1f} | {entry.get('calls') or ''} | "
+                f"{entry['latency_ms'] / reference['latency_ms']:.3f} | {_plan_words(entry['params'])} |"
+            )
+        lines.append("")
+    steps_only, cached_front = scored.get("steps-only", []), scored.get("cached", [])
+    dominated = [
+        trial
+        for trial, point in steps_only
+        if any(
+            mean_std(other["fid"])[0] <= mean_std(point["fid"])[0] and other["latency_ms"] <= point["latency_ms"]
+            for _, other in cached_front
+        )
+    ]
+    cached_points = sum(1 for _, entry in cached_front if entry["params"].get("caching.method") == "deep")
+    lines += [
+        f"Verdict: cached-front points weakly dominate {len(dominated)} of {len(steps_only)} steps-only points "
+        f"(measured on the confirm seeds); {cached_points} of the cached front's {len(cached_front)} points "
+        "use the cache.",
+        "",
+    ]
+    return lines
+
+
+def _plan_words(params: dict) -> str:
+    sampler = f"{params.get('solver.name')} {params.get('timesteps.family')} {params.get('timesteps.steps')} steps"
+    if params.get("caching.method") == "deep":
+        return f"{sampler}, cached: {describe(params)}"
+    return sampler
 
 
 def _calibration_section(calibrations: dict[int, list]) -> list[str]:

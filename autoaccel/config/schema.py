@@ -131,6 +131,8 @@ class CachingBenchConfig:
     quality_ratio: float = 1.05  # the FID a cached plan may reach, as a multiple of the uncached one's
     distilled_steps: int = 4  # a consistency student at this many steps, cached and not; 0 skips it
     distilled_iterations: int = 2000
+    search_trials: int = 0  # > 0: a cached search against a steps-only one, this many trials each
+    search_space: str = "auto"  # the cached space searched (auto: cached, or flow_cached for flow models)
 
 
 @dataclass
