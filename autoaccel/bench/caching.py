@@ -82,8 +82,30 @@ def _score(evaluators, params: dict) -> dict:
     return entry
 
 
+def side_by_side(evaluator, entries: list[dict], repeats: int) -> None:
+    """Sets each scored entry's ``latency_ms`` to the median of ``repeats`` deployment calls, the plans timed in
+    turn within every repeat (after one warm-up call each), so that machine drift hits them all alike."""
+    import statistics
+
+    from autoaccel.measure.latency import timed_call
+
+    scored = [entry for entry in entries if entry["fid"]]
+    pipelines = [evaluator.configured_pipeline(Candidate.from_params(entry["params"])) for entry in scored]
+    seeds = evaluator.judge.deployment_seeds(evaluator.cost_settings.batch_size)
+    on_cuda = str(evaluator.target.denoiser.device).startswith("cuda")
+    times: list[list[float]] = [[] for _ in pipelines]
+    for repeat in range(repeats + 1):
+        for index, pipeline in enumerate(pipelines):
+            elapsed = timed_call(pipeline, seeds, on_cuda)
+            if repeat:
+                times[index].append(elapsed)
+    for entry, measured in zip(scored, times):
+        entry["latency_ms"] = statistics.median(measured)
+
+
 def calibrate(config: DictConfig, evaluator, base: dict, depth_limit: int, log) -> tuple[dict | None, list]:
-    """The fastest grid knobs within the quality ratio on the search seed, and every grid row as scored there."""
+    """The fastest grid knobs within the quality ratio on the search seed, and every grid row as scored there
+    (latency measured side by side with the uncached plan)."""
     uncached = _score([evaluator], base)
     if not uncached["fid"]:
         return None, []
@@ -93,6 +115,7 @@ def calibrate(config: DictConfig, evaluator, base: dict, depth_limit: int, log) 
         entry = _score([evaluator], cached(base, depth, interval, warmup))
         tried.append(entry)
         log(f"   calibrate depth {depth} interval {interval} warmup {warmup}: fid {entry['fid']}")
+    side_by_side(evaluator, [uncached, *tried], int(config.bench.latency_repeats))
     within = [entry for entry in tried if entry["fid"] and entry["fid"][0] <= bound]
     best = min(within, key=lambda entry: entry["latency_ms"], default=None)
     return (best["params"] if best else None), [uncached, *tried]
@@ -119,6 +142,7 @@ def run_caching_benchmark(config: DictConfig, log=print) -> Path:
         if chosen is not None:
             label = f"calibrated ({describe(chosen)})"
             group.append((label, _score(evaluators, chosen)))
+        side_by_side(evaluators[0], [entry for _, entry in group], int(config.bench.latency_repeats))
         rows.append((int(steps), group))
     if int(settings.distilled_steps) > 0 and "distillation" in target.capabilities:
         student = {
@@ -132,6 +156,7 @@ def run_caching_benchmark(config: DictConfig, log=print) -> Path:
         for interval in (2, 3):
             params = cached(student, 1, interval, 0)
             group.append((f"consistency student, cached ({describe(params)})", _score(evaluators, params)))
+        side_by_side(evaluators[0], [entry for _, entry in group], int(config.bench.latency_repeats))
         rows.append((int(settings.distilled_steps), group))
     fronts = _search_fronts(config, bench_dir, target, evaluators, log)
     return write_caching_table(config, bench_dir, target, rows, calibrations, fronts)
@@ -160,6 +185,7 @@ def _search_fronts(config: DictConfig, bench_dir: Path, target, evaluators, log)
     """The cached space and the same space without caching, searched alike (``bench.caching.search_trials``
     each), each front re-scored on the confirm seeds. Nothing when search_trials is 0."""
     trials = int(config.bench.caching.search_trials)
+    repeats = int(config.bench.latency_repeats)
     if trials <= 0:
         return {}
     cached_space = str(config.bench.caching.search_space)
@@ -170,6 +196,7 @@ def _search_fronts(config: DictConfig, bench_dir: Path, target, evaluators, log)
     for label, space in spaces:
         front = search_front(config, space, f"bench-caching-{label}", "[fid,latency_ms]", trials, bench_dir, log)
         fronts[label] = [(trial, _score(evaluators, params)) for trial, params in front]
+    side_by_side(evaluators[0], [entry for front in fronts.values() for _, entry in front], repeats)
     return fronts
 
 
@@ -226,8 +253,10 @@ def write_caching_table(config, bench_dir: Path, target, rows, calibrations, fro
         f"{config.quality.samples} samples per seed set, mean ± std over seed sets {list(config.bench.confirm_seeds)}. "
         "FID / uncached compares with the uncached row of the same step count. NFE counts a cached call as its "
         "share of a full forward (its FLOPs over a full call's); calls counts denoiser calls (two per guided "
-        "step). Speed-up: the uncached row's median latency over this row's, measured side by side in this run "
-        f"at batch {config.cost.batch_size} on this 2-core machine. Calibrated knobs: the fastest of "
+        "step). Speed-up: the uncached row's median latency over this row's, at batch "
+        f"{config.cost.batch_size} on this 2-core machine: the rows of a step count (and of each calibration grid) "
+        f"are timed side by side, one call of each in turn, {config.bench.latency_repeats} times after a warm-up "
+        "call, so machine drift hits them alike. Calibrated knobs: the fastest of "
         f"{len(knob_grid(config, target.cache_depth_limit))} grid combinations (intervals {list(settings.intervals)}, "
         f"depths {list(settings.depths)} cut to the model's {target.cache_depth_limit}, warm-ups "
         f"{list(settings.warmups)}) whose FID on the search seed ({config.quality.seed}) stays within "

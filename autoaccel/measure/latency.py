@@ -163,7 +163,7 @@ def first_unet_inputs(pipeline, seeds: SeedBatch) -> tuple[tuple, dict[str, Any]
 
     handle = pipeline.denoiser.register_forward_pre_hook(capture, with_kwargs=True)
     try:
-        _timed_call(pipeline, seeds, on_cuda=False)
+        timed_call(pipeline, seeds, on_cuda=False)
     except _FirstUnetCall:
         pass
     finally:
@@ -200,7 +200,7 @@ def model_memory_bytes(pipeline, seeds: SeedBatch) -> int:
     return weight_bytes(unet) + activations
 
 
-def _timed_call(pipeline, seeds: SeedBatch, on_cuda: bool) -> float:
+def timed_call(pipeline, seeds: SeedBatch, on_cuda: bool) -> float:
     """One whole deployment call: prompts encoded by the text encoder(s), every step, the VAE decode."""
     generator = torch.Generator(device=pipeline.denoiser.device).manual_seed(seeds.seed)
     if on_cuda:
@@ -228,12 +228,12 @@ def measure_cost(pipeline, seeds: SeedBatch, warmup: int = 2, repeats: int = 5) 
     on_cuda = device.startswith("cuda")
     model_memory_mb = model_memory_bytes(pipeline, seeds) / 2**20
     for _ in range(warmup):
-        _timed_call(pipeline, seeds, on_cuda)
+        timed_call(pipeline, seeds, on_cuda)
     energy = EnergyMeter(device)
     stages: list[dict[str, float]] = []
 
     def timed() -> float:
-        elapsed = _timed_call(pipeline, seeds, on_cuda)
+        elapsed = timed_call(pipeline, seeds, on_cuda)
         stages.append(dict(pipeline.stage_ms))
         return elapsed
 
