@@ -10,6 +10,31 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def score_on_seed_sets(evaluators: list, params: dict | None) -> dict:
+    """One plan (``params``; None: the reference call) scored by each seed set's evaluator: FID, precision,
+    recall and adherence per set, with the reasons of the sets that failed; latency, NFE, denoiser calls,
+    training minutes and timesteps from the first set that scored it (shared structures are timed once)."""
+    from autoaccel.candidate import Candidate
+
+    entry: dict = {"fid": [], "precision": [], "recall": [], "adherence": [], "failures": [], "params": params}
+    for evaluator in evaluators:
+        measurement = (
+            evaluator.evaluate_teacher() if params is None else evaluator.evaluate(Candidate.from_params(params))
+        )
+        if not measurement.ok:
+            entry["failures"].append(measurement.failure)
+            continue
+        for key in ("fid", "precision", "recall", "adherence"):
+            if key in measurement.metrics:
+                entry[key].append(measurement.metrics[key])
+        entry.setdefault("latency_ms", measurement.metrics["latency_ms"])
+        entry.setdefault("nfe", measurement.metrics["nfe"])
+        entry.setdefault("calls", measurement.details.get("denoiser_calls"))
+        entry.setdefault("train_minutes", measurement.details.get("train_minutes"))
+        entry.setdefault("timesteps", measurement.details.get("timesteps"))
+    return entry
+
+
 def seed_set_evaluators(config, target, space) -> list:
     """One evaluator per ``bench.confirm_seeds`` seed set, sharing the first one's model and latency caches: every
     row is re-scored on fresh seeds while each model is built, and each structure timed, once."""

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig
 
-from autoaccel.bench import mean_std, search_front, seed_set_evaluators
+from autoaccel.bench import mean_std, score_on_seed_sets, search_front, seed_set_evaluators
 from autoaccel.candidate import Candidate
 from autoaccel.space import load_space, parse_space
 
@@ -65,23 +65,6 @@ def knob_grid(config: DictConfig, depth_limit: int) -> list[tuple[int, int, int]
     ]
 
 
-def _score(evaluators, params: dict) -> dict:
-    entry: dict = {"fid": [], "precision": [], "recall": [], "adherence": [], "failures": [], "params": params}
-    for evaluator in evaluators:
-        measurement = evaluator.evaluate(Candidate.from_params(params))
-        if not measurement.ok:
-            entry["failures"].append(measurement.failure)
-            continue
-        for key in ("fid", "precision", "recall", "adherence"):
-            if key in measurement.metrics:
-                entry[key].append(measurement.metrics[key])
-        entry.setdefault("latency_ms", measurement.metrics["latency_ms"])
-        entry.setdefault("nfe", measurement.metrics["nfe"])
-        entry.setdefault("calls", measurement.details.get("denoiser_calls"))
-        entry.setdefault("train_minutes", measurement.details.get("train_minutes"))
-    return entry
-
-
 def side_by_side(evaluator, entries: list[dict], repeats: int) -> None:
     """Sets each scored entry's ``latency_ms`` to the median of ``repeats`` deployment calls, the plans timed in
     turn within every repeat (after one warm-up call each), so that machine drift hits them all alike."""
@@ -106,13 +89,13 @@ def side_by_side(evaluator, entries: list[dict], repeats: int) -> None:
 def calibrate(config: DictConfig, evaluator, base: dict, depth_limit: int, log) -> tuple[dict | None, list]:
     """The fastest grid knobs within the quality ratio on the search seed, and every grid row as scored there
     (latency measured side by side with the uncached plan)."""
-    uncached = _score([evaluator], base)
+    uncached = score_on_seed_sets([evaluator], base)
     if not uncached["fid"]:
         return None, []
     bound = float(config.bench.caching.quality_ratio) * uncached["fid"][0]
     tried = []
     for depth, interval, warmup in knob_grid(config, depth_limit):
-        entry = _score([evaluator], cached(base, depth, interval, warmup))
+        entry = score_on_seed_sets([evaluator], cached(base, depth, interval, warmup))
         tried.append(entry)
         log(f"   calibrate depth {depth} interval {interval} warmup {warmup}: fid {entry['fid']}")
     side_by_side(evaluator, [uncached, *tried], int(config.bench.latency_repeats))
@@ -137,11 +120,11 @@ def run_caching_benchmark(config: DictConfig, log=print) -> Path:
         base = sampler_params(config, int(steps))
         log(f"== {steps} steps")
         chosen, calibrations[int(steps)] = calibrate(config, search_seed, base, target.cache_depth_limit, log)
-        group = [("uncached", _score(evaluators, base))]
-        group.append(("default knobs (interval 3, depth 1)", _score(evaluators, cached(base, 1, 3, 0))))
+        group = [("uncached", score_on_seed_sets(evaluators, base))]
+        group.append(("default knobs (interval 3, depth 1)", score_on_seed_sets(evaluators, cached(base, 1, 3, 0))))
         if chosen is not None:
             label = f"calibrated ({describe(chosen)})"
-            group.append((label, _score(evaluators, chosen)))
+            group.append((label, score_on_seed_sets(evaluators, chosen)))
         side_by_side(evaluators[0], [entry for _, entry in group], int(config.bench.latency_repeats))
         rows.append((int(steps), group))
     if int(settings.distilled_steps) > 0 and "distillation" in target.capabilities:
@@ -152,10 +135,10 @@ def run_caching_benchmark(config: DictConfig, log=print) -> Path:
             "distillation.iterations": int(settings.distilled_iterations),
         }
         log("== consistency student")
-        group = [("consistency student, uncached", _score(evaluators, student))]
+        group = [("consistency student, uncached", score_on_seed_sets(evaluators, student))]
         for interval in (2, 3):
             params = cached(student, 1, interval, 0)
-            group.append((f"consistency student, cached ({describe(params)})", _score(evaluators, params)))
+            group.append((f"consistency student, cached ({describe(params)})", score_on_seed_sets(evaluators, params)))
         side_by_side(evaluators[0], [entry for _, entry in group], int(config.bench.latency_repeats))
         rows.append((int(settings.distilled_steps), group))
     fronts = _search_fronts(config, bench_dir, target, evaluators, log)
@@ -195,7 +178,7 @@ def _search_fronts(config: DictConfig, bench_dir: Path, target, evaluators, log)
     spaces = (("steps-only", steps_only_space(cached_space, bench_dir / "runs")), ("cached", cached_space))
     for label, space in spaces:
         front = search_front(config, space, f"bench-caching-{label}", "[fid,latency_ms]", trials, bench_dir, log)
-        fronts[label] = [(trial, _score(evaluators, params)) for trial, params in front]
+        fronts[label] = [(trial, score_on_seed_sets(evaluators, params)) for trial, params in front]
     side_by_side(evaluators[0], [entry for front in fronts.values() for _, entry in front], repeats)
     return fronts
 

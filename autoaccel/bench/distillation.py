@@ -13,9 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from autoaccel.bench import mean_std, search_front, seed_set_evaluators
-from autoaccel.candidate import Candidate
-from autoaccel.measure.evaluator import Evaluator
+from autoaccel.bench import mean_std, score_on_seed_sets, search_front, seed_set_evaluators
 from autoaccel.space import load_space
 
 STANDARD = {
@@ -74,26 +72,6 @@ def method_rows(config: DictConfig, nfe: int) -> list[tuple[str, dict]]:
     return rows
 
 
-def _score(evaluators: list[Evaluator], params: dict | None) -> dict:
-    """FID, precision and recall over the seed sets; latency, NFE and training minutes from the first."""
-    entry: dict = {"fid": [], "precision": [], "recall": [], "adherence": [], "failures": []}
-    for evaluator in evaluators:
-        measurement = (
-            evaluator.evaluate_teacher() if params is None else evaluator.evaluate(Candidate.from_params(params))
-        )
-        if not measurement.ok:
-            entry["failures"].append(measurement.failure)
-            continue
-        for key in ("fid", "precision", "recall", "adherence"):
-            if key in measurement.metrics:
-                entry[key].append(measurement.metrics[key])
-        entry.setdefault("latency_ms", measurement.metrics["latency_ms"])
-        entry.setdefault("nfe", measurement.metrics["nfe"])
-        entry.setdefault("train_minutes", measurement.details.get("train_minutes"))
-        entry.setdefault("timesteps", measurement.details.get("timesteps"))
-    return entry
-
-
 def run_distillation_benchmark(config: DictConfig, log=print) -> Path:
     from autoaccel.run import load_target
 
@@ -102,12 +80,12 @@ def run_distillation_benchmark(config: DictConfig, log=print) -> Path:
     space = load_space("distilled").for_target(target.capabilities)
     evaluators = seed_set_evaluators(config, target, space)
     log("== teacher")
-    teacher = _score(evaluators, None)
+    teacher = score_on_seed_sets(evaluators, None)
     rows: dict[int, list[tuple[str, dict]]] = {}
     for nfe in config.bench.distillation.nfes:  # sampling steps; the NFE column counts guided calls twice
         rows[int(nfe)] = []
         for label, params in method_rows(config, int(nfe)):
-            entry = _score(evaluators, params)
+            entry = score_on_seed_sets(evaluators, params)
             log(f"   NFE {nfe} {label}: fid {entry['fid']} minutes {entry.get('train_minutes')} {entry['failures']}")
             rows[int(nfe)].append((label, entry))
     fronts = _search_fronts(config, bench_dir, evaluators, log)
@@ -132,7 +110,7 @@ def _search_fronts(config: DictConfig, bench_dir: Path, evaluators, log) -> dict
     for label, space in (("schedule-only", "sampler"), ("distilled", str(config.bench.distillation.search_space))):
         study = f"bench-distillation-{label}"
         front = search_front(config, space, study, "[fid,latency_ms]", trials, bench_dir, log, fidelity)
-        fronts[label] = [(trial, {**_score(evaluators, params), "params": params}) for trial, params in front]
+        fronts[label] = [(trial, score_on_seed_sets(evaluators, params)) for trial, params in front]
     return fronts
 
 

@@ -144,40 +144,60 @@ class _Mimic(torch.nn.Module):
             return getattr(self.__dict__["block"], name)
 
 
-class _Keep(_Mimic):
-    """Runs the block and keeps its input (``keep_input``) and/or output in the run's state under ``name``."""
+def _hidden(args: tuple, keywords: dict):
+    """The hidden states a diffusers block is called with: its first argument, positional or by name."""
+    return args[0] if args else keywords["hidden_states"]
 
-    def __init__(self, block, cache: FeatureCache, name: str, keep_input: bool = False, keep_output: bool = True):
+
+class _Kept(_Mimic):
+    """A stand-in that reads or writes what the current run keeps under ``name``."""
+
+    def __init__(self, block: torch.nn.Module, cache: FeatureCache, name: str) -> None:
         super().__init__(block)
         object.__setattr__(self, "cache", cache)
-        self.name, self.keep_input, self.keep_output = name, keep_input, keep_output
+        self.name = name
+
+    @property
+    def kept(self) -> dict[str, Any]:
+        return self.__dict__["cache"].run.kept
+
+
+class _Keep(_Kept):
+    """Runs the block and keeps its input (``keep_input``) and/or output in the run's state under ``name``;
+    ``tensors_only``: refuses a block whose output is not one tensor (a residual is taken of it)."""
+
+    def __init__(
+        self,
+        block,
+        cache: FeatureCache,
+        name: str,
+        keep_input: bool = False,
+        keep_output: bool = True,
+        tensors_only: bool = False,
+    ) -> None:
+        super().__init__(block, cache, name)
+        self.keep_input, self.keep_output, self.tensors_only = keep_input, keep_output, tensors_only
 
     def forward(self, *args, **keywords):
         output = self.__dict__["block"](*args, **keywords)
-        if not isinstance(output, torch.Tensor) and self.name == "span":
+        if self.tensors_only and not isinstance(output, torch.Tensor):
             raise TechniqueError(
                 f"caching.method=deep on a transformer needs blocks that return the hidden states; "
                 f"{type(self.__dict__['block']).__name__} returns {type(output).__name__} (joint text-image blocks "
                 "are not cached)"
             )
-        kept = self.__dict__["cache"].run.kept
         if self.keep_input:
-            kept[f"{self.name}.input"] = args[0] if args else keywords["hidden_states"]
+            self.kept[f"{self.name}.input"] = _hidden(args, keywords)
         if self.keep_output:
-            kept[f"{self.name}.output"] = output
+            self.kept[f"{self.name}.output"] = output
         return output
 
 
-class _Reuse(_Mimic):
+class _Reuse(_Kept):
     """Returns what a full step kept under ``name`` (the deep up path's output) instead of running the block."""
 
-    def __init__(self, block, cache: FeatureCache, name: str) -> None:
-        super().__init__(block)
-        object.__setattr__(self, "cache", cache)
-        self.name = name
-
     def forward(self, *args, **keywords):
-        return self.__dict__["cache"].run.kept[f"{self.name}.output"]
+        return self.kept[f"{self.name}.output"]
 
 
 class _SkipDown(_Mimic):
@@ -188,7 +208,7 @@ class _SkipDown(_Mimic):
         self.features = features
 
     def forward(self, *args, **keywords):
-        hidden = args[0] if args else keywords["hidden_states"]
+        hidden = _hidden(args, keywords)
         if hasattr(self.__dict__["block"], "skip_conv"):
             return hidden, (hidden,) * self.features, keywords.get("skip_sample")
         return hidden, (hidden,) * self.features
@@ -198,21 +218,14 @@ class _Pass(_Mimic):
     """A skipped block whose output is its input (a mid block, or a transformer block inside the cached span)."""
 
     def forward(self, *args, **keywords):
-        return args[0] if args else keywords["hidden_states"]
+        return _hidden(args, keywords)
 
 
-class _AddResidual(_Mimic):
+class _AddResidual(_Kept):
     """The first block of the cached span: its input plus the span's residual from the last full step."""
 
-    def __init__(self, block, cache: FeatureCache, name: str) -> None:
-        super().__init__(block)
-        object.__setattr__(self, "cache", cache)
-        self.name = name
-
     def forward(self, *args, **keywords):
-        hidden = args[0] if args else keywords["hidden_states"]
-        kept = self.__dict__["cache"].run.kept
-        return hidden + (kept[f"{self.name}.output"] - kept[f"{self.name}.input"])
+        return _hidden(args, keywords) + (self.kept[f"{self.name}.output"] - self.kept[f"{self.name}.input"])
 
 
 def _down_features(block: torch.nn.Module) -> int:
@@ -292,7 +305,7 @@ def _transformer_views(model, depth: int, cache: FeatureCache):
     kept = []
     for index, block in enumerate(blocks):
         if index in (first, last):
-            block = _Keep(block, cache, "span", keep_input=index == first, keep_output=index == last)
+            block = _Keep(block, cache, "span", keep_input=index == first, keep_output=index == last, tensors_only=True)
         kept.append(block)
     full.transformer_blocks = torch.nn.ModuleList(kept)
     cached = _clone(model)
