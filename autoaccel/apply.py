@@ -57,6 +57,19 @@ def apply_plan(
     return stored
 
 
+def technique_records(pipeline) -> dict[str, dict[str, Any]]:
+    """technique name -> what applying it computed from the pipeline that a recipe records (a cache's
+    calibration), for the techniques of the pipeline's plan that record something."""
+    from autoaccel.candidate import to_plain
+
+    records = {}
+    for technique, config in pipeline.plan.techniques:
+        record = technique.recipe_record(pipeline, config) if technique.recipe_record is not None else None
+        if record:
+            records[technique.name] = to_plain(record)
+    return records
+
+
 def restore(pipeline, technique, config, target, path: Path, sha: str) -> None:
     """Rebuilds ``technique``'s model from its artifact: hash checked first, weights loaded strictly."""
     if technique.from_artifact is None:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import yaml
 
+from autoaccel.apply import technique_records
 from autoaccel.artifacts import ArtifactRef
 from autoaccel.candidate import to_plain
 from autoaccel.config.checks import MAX_SAMPLES, MAX_SEED
@@ -71,14 +72,18 @@ def build_recipe(
     seed_policy: dict,
     source: dict,
     artifacts: dict[str, ArtifactRef] | None = None,
+    records: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The recipe for a pipeline that ``plan`` configured on ``target``.
 
     ``artifacts`` (technique name -> reference relative to the recipe file's folder) go into their technique's
     section: applying loads them instead of training. A technique that trains or calibrates and has none says
-    in its section (``reapplied``) what applying runs again.
+    in its section (``reapplied``) what applying runs again. ``records`` (technique name -> what applying it
+    computed, as the trial that scored the plan recorded it; default: computed from ``pipeline``) go into their
+    technique's section too.
     """
     artifacts = artifacts or {}
+    records = technique_records(pipeline) if records is None else records
     scheduler_config = {key: value for key, value in dict(pipeline.scheduler.config).items() if not key.startswith("_")}
     return {
         "autoaccel_recipe": RECIPE_FORMAT,
@@ -92,7 +97,10 @@ def build_recipe(
             **({"num_classes": target.num_classes} if target.num_classes else {}),
             "scheduler_config": to_plain({k: v for k, v in target.scheduler_config.items() if not k.startswith("_")}),
         },
-        "techniques": {technique.name: _technique_section(technique, config, artifacts) for technique, config in plan},
+        "techniques": {
+            technique.name: _technique_section(technique, config, artifacts, records.get(technique.name))
+            for technique, config in plan
+        },
         # scored by simulation (fake quantization): the figures are what the simulated model gives, and its
         # latency is a float-kernel time unless measured_on.kernels names a real quantized backend
         "simulated": [technique.name for technique, _ in plan if technique.simulated],
@@ -109,8 +117,10 @@ def build_recipe(
     }
 
 
-def _technique_section(technique, config, artifacts: dict[str, ArtifactRef]) -> dict[str, Any]:
+def _technique_section(technique, config, artifacts: dict[str, ArtifactRef], record: dict | None = None) -> dict:
     section: dict[str, Any] = {"version": technique.version, "config": to_plain(asdict(config))}
+    if record:
+        section.update(record)
     if technique.simulated:
         section["simulated"] = True
     if technique.name in artifacts:

@@ -134,16 +134,17 @@ class SamplerPipeline(DiffusionPipeline):
         conditions = self.active_conditions
         keywords = conditions.keywords(labels, False, device, encoded)
         cache = feature_cache(self.denoiser)
-        share = cache.next_call_share() if cache is not None else 1.0  # a cached call: a share of a full one
         if not self.guided or labels is None:
+            prediction = predict(self.denoiser, sample, timestep, keywords)
+            share = cache.last_call_share() if cache is not None else 1.0  # a cached call: a share of a full one
             # a model that runs another inside some calls (a teacher on assigned steps) says how many it made
             evaluations = getattr(self.denoiser, "evaluations", None)
             self.denoiser_calls += evaluations(timestep) if evaluations is not None else share
             self.model_calls += 1
-            return predict(self.denoiser, sample, timestep, keywords)
+            return prediction
         null = conditions.keywords(labels, True, device, encoded)
         both = predict(self.denoiser, torch.cat([sample, sample]), timestep, concat_keywords(keywords, null))
-        self.denoiser_calls += 2 * share
+        self.denoiser_calls += 2 * (cache.last_call_share() if cache is not None else 1.0)
         self.model_calls += 2
         conditional, unconditional = both.chunk(2)
         return unconditional + self.plan.guidance_scale * (conditional - unconditional)
@@ -177,6 +178,10 @@ class SamplerPipeline(DiffusionPipeline):
         if not self.plan.scheduled:
             raise TechniqueError("the pipeline has no schedule: apply a plan or recipe first")
         device = self.denoiser.device
+        cache = feature_cache(self.denoiser)
+        if cache is not None:  # a cache calibrated per schedule runs its calibration pass first, untimed
+            self.set_schedule(device)
+            cache.prepare(self)
         timer = StageTimer(device)
         labels = class_labels.to(device) if class_labels is not None else None
         with timer("encode"):
@@ -190,14 +195,13 @@ class SamplerPipeline(DiffusionPipeline):
             )
             scale_input = getattr(self.scheduler, "scale_model_input", None)
             self.denoiser_calls, self.model_calls = 0, 0
-            cache = feature_cache(self.denoiser)
-            if cache is not None:  # which calls reuse features is decided per call of this run
-                cache.begin(len(self.scheduler.timesteps))
-            for timestep in self.scheduler.timesteps:
-                model_input = scale_input(sample, timestep) if scale_input is not None else sample
-                prediction = self._predict(model_input, timestep, labels, encoded)
-                extra = {"generator": generator} if takes_generator else {}
-                sample = self.scheduler.step(prediction, timestep, sample, **extra).prev_sample
+            # which calls reuse features is decided per call of this run
+            with cache.running(self) if cache is not None else contextlib.nullcontext():
+                for timestep in self.scheduler.timesteps:
+                    model_input = scale_input(sample, timestep) if scale_input is not None else sample
+                    prediction = self._predict(model_input, timestep, labels, encoded)
+                    extra = {"generator": generator} if takes_generator else {}
+                    sample = self.scheduler.step(prediction, timestep, sample, **extra).prev_sample
         with timer("decode"):
             images = decode(self.vae, sample).float()
         self.stage_ms = timer.finish()

@@ -94,7 +94,7 @@ class SearchSpace:
                 return dimension
         raise KeyError(name)
 
-    def for_target(self, capabilities: set[str], **target_limits: int) -> SearchSpace:
+    def for_target(self, capabilities: set[str], **target_limits: int | tuple) -> SearchSpace:
         """Drops dimensions the target cannot use (and those conditioned on them), and checks the settings a
         target bounds (``num_train_timesteps=1000``: no more steps than the model was trained with)."""
         kept: list[Dimension] = []
@@ -108,8 +108,17 @@ class SearchSpace:
             reduced._check_target_limit(limit_name, limit)
         return reduced
 
-    def _check_target_limit(self, limit_name: str, limit: int) -> None:
-        """Raises ConfigError naming the key if a value may exceed what the target allows for its setting."""
+    def _check_target_limit(self, limit_name: str, limit: int | tuple) -> None:
+        """Raises ConfigError naming the key if a value may exceed what the target allows for its setting (or,
+        for a limit that lists choices, is not among them)."""
+        if isinstance(limit, tuple):
+            for key, value in self.fixed.items():
+                spec = _declared_spec(key)
+                if spec is not None and spec.target_limit == limit_name and value not in limit:
+                    raise ConfigError(
+                        f"{self.source}: fixed.{key}={value!r} is not one this target takes; valid: {list(limit)}"
+                    )
+            return
         highest = {f"fixed.{key}": (key, value) for key, value in self.fixed.items()}
         for dimension in self.dimensions:
             numbers = [choice for choice in dimension.choices if _is_number(choice)]
@@ -305,13 +314,16 @@ def _setting_spec(key: str, techniques: tuple[str, ...], where: str, source: str
     return spec
 
 
-def _narrowed(dimension: Dimension, target_limits: Mapping[str, int]) -> Dimension:
+def _narrowed(dimension: Dimension, target_limits: Mapping[str, int | tuple]) -> Dimension:
     """``dimension`` cut to the target's limit where its setting says a shared space narrows to each model
     (``ParamSpec.narrows_to_target``: a UNet's levels, a transformer's blocks); other dimensions as they are."""
     spec = _declared_spec(dimension.name)
     if spec is None or not spec.narrows_to_target or spec.target_limit not in target_limits:
         return dimension
     limit = target_limits[spec.target_limit]
+    if isinstance(limit, tuple):  # the choices this model takes (``Target.cache_methods``)
+        kept = tuple(choice for choice in dimension.choices if choice in limit)
+        return replace(dimension, choices=kept) if kept else dimension
     if dimension.kind == "categorical":
         kept = tuple(choice for choice in dimension.choices if not _is_number(choice) or choice <= limit)
         return replace(dimension, choices=kept) if kept else dimension

@@ -52,9 +52,10 @@ BENCH_KEYS = (
         "distillation: trials of the searched space and of a schedule-only one (0 skips), the space searched",
     ),
     (
-        "bench.caching.steps, bench.caching.intervals, bench.caching.depths, bench.caching.warmups",
+        "bench.caching.steps, bench.caching.methods, bench.caching.intervals, bench.caching.depths, "
+        "bench.caching.warmups, bench.caching.strengths, bench.caching.taylor_orders",
         None,
-        "caching: step counts, and the cache knobs tried at each",
+        "caching: step counts, the methods compared, and the cache knobs tried at each",
     ),
     ("bench.caching.distilled_steps", None, "caching: a consistency student's steps, cached and not (0 skips)"),
     ("bench.pruning_ratios, bench.weight_bits", None, "compression: ratios and bit-widths compared"),

@@ -99,8 +99,8 @@ def test_a_cached_call_on_the_full_calls_inputs_gives_its_output(targets, kind):
     labels = torch.tensor([0, 1]) if target.condition_count is not None else None
     keywords = target.conditions.keywords(labels, False, "cpu")
     timestep = torch.tensor([500])
-    cache.begin(2)
-    with torch.no_grad():
+    pipeline.scheduler.set_timesteps(2)
+    with torch.no_grad(), cache.running(pipeline):
         full = predict(pipeline.denoiser, sample, timestep, keywords)
         cached = predict(pipeline.denoiser, sample, timestep, keywords)
         reference = predict(target.denoiser, sample, timestep, keywords)
@@ -115,7 +115,9 @@ def test_a_cached_call_on_the_full_calls_inputs_gives_its_output(targets, kind):
 def test_bad_settings_and_models_it_cannot_cache_are_refused(targets):
     with pytest.raises(ConfigError, match=r"caching\.interval=0 .*\[1, 16\]"):
         CachingConfig("deep", interval=0)
-    with pytest.raises(ConfigError, match=r"caching\.method='fora' .*\['none', 'deep'\]"):
+    with pytest.raises(
+        ConfigError, match=r"caching\.method='fora' .*\['none', 'deep', 'first_block', 'mag', 'taylorseer', 'pab'\]"
+    ):
         CachingConfig("fora")
     with pytest.raises(TechniqueError, match=r"caching\.depth=2 is not valid for this 2-level UNet; valid: \[1\]"):
         _cached_pipeline(targets["ddpm"], CachingConfig("deep", depth=2))

@@ -1,13 +1,14 @@
 """``python -m autoaccel bench caching``: feature caching against the same sampler uncached, per step count ->
 reports/bench/caching.md (caching-<target>.md for another target).
 
-At each step count of ``bench.caching.steps`` (one solver, ``bench.caching.solver``), three plans are scored on the
-fresh seed sets ``bench.confirm_seeds``: uncached, the published default knobs (a full step every 3, the
-shallowest branch: DeepCache's and FORA's defaults) and the knobs calibrated for this model and step count. The
-calibration is a measurement, not a rule: every knob combination of the grid (``intervals`` x ``depths`` cut to the
-model x ``warmups``) is scored on the search seed (``quality.seed``), and the fastest one whose FID stays within
-``quality_ratio`` of the uncached plan's there is kept; the confirm seeds never see the choice being made. A
-consistency student (``distilled_steps``) is scored cached and not, to answer whether caching pays after
+At each step count of ``bench.caching.steps`` (one solver, ``bench.caching.solver``), the uncached plan and, for
+every cache method the model takes (``bench.caching.methods``: DeepCache or the static block cache, and on a
+transformer diffusers' FirstBlockCache, MagCache, TaylorSeer and Pyramid Attention Broadcast), two cached plans are
+scored on the fresh seed sets ``bench.confirm_seeds``: one with the library's published default knobs and one with
+knobs calibrated for this model and step count. The calibration is a measurement, not a rule: every knob
+combination of the method's grid is scored on the search seed (``quality.seed``), and the fastest one whose FID
+stays within ``quality_ratio`` of the uncached plan's there is kept; the confirm seeds never see the choice being
+made. A consistency student (``distilled_steps``) is scored cached and not, to answer whether caching pays after
 distillation. Latency is measured side by side in this run; speed-up is the uncached plan's latency over the row's.
 """
 
@@ -54,7 +55,7 @@ def cached(params: dict, depth: int, interval: int, warmup: int) -> dict:
 
 
 def knob_grid(config: DictConfig, depth_limit: int) -> list[tuple[int, int, int]]:
-    """(depth, interval, warmup) combinations tried, depths cut to what the model takes."""
+    """(depth, interval, warmup) combinations tried for the deep cache, depths cut to what the model takes."""
     settings = config.bench.caching
     depths = sorted({min(int(depth), depth_limit) for depth in settings.depths if depth_limit >= 0})
     return [
@@ -63,6 +64,79 @@ def knob_grid(config: DictConfig, depth_limit: int) -> list[tuple[int, int, int]
         for interval in settings.intervals
         for warmup in settings.warmups
     ]
+
+
+def methods_compared(config: DictConfig, target) -> list[str]:
+    """The cache methods the benchmark compares: ``bench.caching.methods``, or every one the model takes."""
+    from autoaccel.errors import ConfigError
+
+    available = [method for method in target.cache_methods if method != "none"]
+    wanted = [str(method) for method in config.bench.caching.methods]
+    if wanted == ["auto"]:
+        return available
+    unknown = [method for method in wanted if method not in available]
+    if unknown:
+        raise ConfigError(
+            f"bench.caching.methods={wanted} names {unknown}, which {target.name} does not take; valid: "
+            f"{available} (or [auto])"
+        )
+    return wanted
+
+
+def method_grid(config: DictConfig, method: str, depth_limit: int) -> list[dict]:
+    """The ``caching.*`` settings tried for ``method`` when calibrating it."""
+    settings = config.bench.caching
+    if method == "deep":
+        return [cached({}, depth, interval, warmup) for depth, interval, warmup in knob_grid(config, depth_limit)]
+    knobs = {
+        "first_block": [{"caching.strength": float(strength)} for strength in settings.strengths],
+        "mag": [
+            {"caching.strength": float(strength), "caching.interval": int(interval)}
+            for strength in settings.strengths
+            for interval in settings.intervals
+        ],
+        "taylorseer": [
+            {"caching.interval": int(interval), "caching.warmup": int(warmup), "caching.taylor_order": int(order)}
+            for interval in settings.intervals
+            for warmup in settings.warmups
+            for order in settings.taylor_orders
+        ],
+        "pab": [
+            {"caching.interval": int(interval), "caching.warmup": int(warmup)}
+            for interval in settings.intervals
+            for warmup in settings.warmups
+        ],
+    }[method]
+    return [{"caching.method": method, **settings_of} for settings_of in knobs]
+
+
+def default_knobs(method: str, timesteps: list[float], depth_limit: int = 1) -> tuple[str, dict]:
+    """The method's published defaults, as a row label and ``caching.*`` settings (MagCache's retention and
+    PAB's timestep window placed on this schedule; the shallowest deep branch the model takes)."""
+    if method == "deep":
+        depth = min(1, depth_limit)
+        return f"default knobs (interval 3, depth {depth})", cached({}, depth, 3, 0)
+    if method == "first_block":
+        return "FirstBlockCache default (threshold 0.05)", {"caching.method": method, "caching.threshold": 0.05}
+    if method == "mag":
+        warmup = int(0.2 * len(timesteps) + 0.5)
+        label = "MagCache default (threshold 0.06, at most 3 cached in a row, first 20% full)"
+        knobs = {"caching.threshold": 0.06, "caching.interval": 4, "caching.warmup": warmup}
+        return label, {"caching.method": method, **knobs}
+    if method == "taylorseer":
+        label = "TaylorSeer default (order 1, a full step every 5 after 3)"
+        return label, {"caching.method": method, "caching.interval": 5, "caching.warmup": 3, "caching.taylor_order": 1}
+    warmup = sum(1 for step in timesteps if step >= 800)
+    tail = sum(1 for step in timesteps if step <= 100)
+    label = "PAB default (attention reused every 2nd call at timesteps in (100, 800))"
+    return label, {"caching.method": method, "caching.interval": 2, "caching.warmup": warmup, "caching.tail": tail}
+
+
+def schedule_of(evaluator, params: dict) -> list[float]:
+    """The timesteps the uncached plan ``params`` runs."""
+    pipeline = evaluator.configured_pipeline(Candidate.from_params(params))
+    pipeline.set_schedule(pipeline.denoiser.device)
+    return [float(step) for step in pipeline.scheduler.timesteps]
 
 
 def side_by_side(evaluator, entries: list[dict], repeats: int) -> None:
@@ -86,22 +160,27 @@ def side_by_side(evaluator, entries: list[dict], repeats: int) -> None:
         entry["latency_ms"] = statistics.median(measured)
 
 
-def calibrate(config: DictConfig, evaluator, base: dict, depth_limit: int, log) -> tuple[dict | None, list]:
-    """The fastest grid knobs within the quality ratio on the search seed, and every grid row as scored there
-    (latency measured side by side with the uncached plan)."""
+def calibrate(config: DictConfig, evaluator, base: dict, grids: dict[str, list[dict]], log) -> tuple[dict, list]:
+    """Per method, the fastest grid knobs within the quality ratio on the search seed (None where none is), and
+    every grid row as scored there (latency measured side by side with the uncached plan)."""
     uncached = score_on_seed_sets([evaluator], base)
     if not uncached["fid"]:
-        return None, []
+        return {}, []
     bound = float(config.bench.caching.quality_ratio) * uncached["fid"][0]
-    tried = []
-    for depth, interval, warmup in knob_grid(config, depth_limit):
-        entry = score_on_seed_sets([evaluator], cached(base, depth, interval, warmup))
-        tried.append(entry)
-        log(f"   calibrate depth {depth} interval {interval} warmup {warmup}: fid {entry['fid']}")
-    side_by_side(evaluator, [uncached, *tried], int(config.bench.latency_repeats))
-    within = [entry for entry in tried if entry["fid"] and entry["fid"][0] <= bound]
-    best = min(within, key=lambda entry: entry["latency_ms"], default=None)
-    return (best["params"] if best else None), [uncached, *tried]
+    tried: dict[str, list[dict]] = {}
+    for method, grid in grids.items():
+        for knobs in grid:
+            entry = score_on_seed_sets([evaluator], {**base, **knobs})
+            tried.setdefault(method, []).append(entry)
+            log(f"   calibrate {describe(entry['params'])}: fid {entry['fid']}")
+    everything = [entry for entries in tried.values() for entry in entries]
+    side_by_side(evaluator, [uncached, *everything], int(config.bench.latency_repeats))
+    chosen = {}
+    for method, entries in tried.items():
+        within = [entry for entry in entries if entry["fid"] and entry["fid"][0] <= bound]
+        best = min(within, key=lambda entry: entry["latency_ms"], default=None)
+        chosen[method] = best["params"] if best else None
+    return chosen, [uncached, *everything]
 
 
 def run_caching_benchmark(config: DictConfig, log=print) -> Path:
@@ -114,20 +193,25 @@ def run_caching_benchmark(config: DictConfig, log=print) -> Path:
     search_seed = evaluator_from_config(config, target, space, seed=int(config.quality.seed))
     search_seed.share_caches(evaluators[0])
     settings = config.bench.caching
+    methods = methods_compared(config, target)
+    grids = {method: method_grid(config, method, target.cache_depth_limit) for method in methods}
     rows: list[tuple[int, list[tuple[str, dict]]]] = []
     calibrations: dict[int, list] = {}
     for steps in settings.steps:
         base = sampler_params(config, int(steps))
         log(f"== {steps} steps")
-        chosen, calibrations[int(steps)] = calibrate(config, search_seed, base, target.cache_depth_limit, log)
+        chosen, calibrations[int(steps)] = calibrate(config, search_seed, base, grids, log)
+        timesteps = schedule_of(evaluators[0], base)
         group = [("uncached", score_on_seed_sets(evaluators, base))]
-        group.append(("default knobs (interval 3, depth 1)", score_on_seed_sets(evaluators, cached(base, 1, 3, 0))))
-        if chosen is not None:
-            label = f"calibrated ({describe(chosen)})"
-            group.append((label, score_on_seed_sets(evaluators, chosen)))
+        for method in methods:
+            label, knobs = default_knobs(method, timesteps, target.cache_depth_limit)
+            group.append((label, score_on_seed_sets(evaluators, {**base, **knobs})))
+            if chosen.get(method) is not None:
+                entry = score_on_seed_sets(evaluators, chosen[method])
+                group.append((f"calibrated ({describe(chosen[method])})", entry))
         side_by_side(evaluators[0], [entry for _, entry in group], int(config.bench.latency_repeats))
         rows.append((int(steps), group))
-    if int(settings.distilled_steps) > 0 and "distillation" in target.capabilities:
+    if int(settings.distilled_steps) > 0 and "distillation" in target.capabilities and "deep" in methods:
         student = {
             **sampler_params(config, int(settings.distilled_steps)),
             "distillation.method": "consistency",
@@ -188,9 +272,30 @@ def describe(params: dict) -> str:
     from autoaccel.techniques.caching import CachingConfig
 
     default = CachingConfig()
-    warmup = params.get("caching.warmup", default.warmup)
-    depth, interval = params.get("caching.depth", default.depth), params.get("caching.interval", default.interval)
-    return f"depth {depth}, a full step every {interval}" + (f" after {warmup} full" if warmup else "")
+
+    def knob(name: str):
+        return params.get(f"caching.{name}", getattr(default, name))
+
+    method, interval, warmup, tail = knob("method"), knob("interval"), knob("warmup"), knob("tail")
+    ends = (f" after {warmup} full" if warmup else "") + (f", last {tail} full" if tail else "")
+    if method == "none":
+        return "uncached"
+    if method == "deep":
+        return f"depth {knob('depth')}, a full step every {interval}" + ends
+    threshold = (
+        f"threshold {knob('threshold')}"
+        if knob("threshold") is not None
+        else f"threshold at the {knob('strength'):.0%} quantile of the calibration run"
+    )
+    if method == "first_block":
+        return f"FirstBlockCache, {threshold}"
+    if method == "mag":
+        return f"MagCache, {threshold}, at most {interval - 1} cached in a row" + (
+            f" after {warmup} full" if warmup else ""
+        )
+    if method == "taylorseer":
+        return f"TaylorSeer order {knob('taylor_order')}, a full step every {interval}" + ends
+    return f"PAB, attention recomputed once in {interval} calls" + ends
 
 
 def _cells(entry: dict, reference: dict) -> list[str]:
@@ -239,11 +344,23 @@ def write_caching_table(config, bench_dir: Path, target, rows, calibrations, fro
         "step). Speed-up: the uncached row's median latency over this row's, at batch "
         f"{config.cost.batch_size} on this 2-core machine: the rows of a step count (and of each calibration grid) "
         f"are timed side by side, one call of each in turn, {config.bench.latency_repeats} times after a warm-up "
-        "call, so machine drift hits them alike. Calibrated knobs: the fastest of "
-        f"{len(knob_grid(config, target.cache_depth_limit))} grid combinations (intervals {list(settings.intervals)}, "
-        f"depths {list(settings.depths)} cut to the model's {target.cache_depth_limit}, warm-ups "
-        f"{list(settings.warmups)}) whose FID on the search seed ({config.quality.seed}) stays within "
-        f"{settings.quality_ratio}x of the uncached plan's there; the seed sets above never took part in the choice.",
+        "call, so machine drift hits them alike. Calibrated knobs: per method, the fastest combination of its grid "
+        f"whose FID on the search seed ({config.quality.seed}) stays within {settings.quality_ratio}x of the "
+        "uncached plan's there; the seed sets above never took part in the choice. Grids: "
+        + "; ".join(
+            f"{method} {len(method_grid(config, method, target.cache_depth_limit))} combinations"
+            for method in methods_compared(config, target)
+        )
+        + f" (intervals {list(settings.intervals)}, depths {list(settings.depths)} cut to the model's "
+        f"{target.cache_depth_limit}, warm-ups {list(settings.warmups)}, threshold quantiles "
+        f"{list(settings.strengths)}, TaylorSeer orders {list(settings.taylor_orders)}). A threshold quantile is "
+        "taken of what one uncached run of the plan's schedule on calibration seeds recorded (FirstBlockCache: the "
+        "first block's relative residual change per call; MagCache: the per-call error of the residual's magnitude "
+        "ratio). Default knobs are the library's published defaults: "
+        + "; ".join(
+            default_knobs(method, [], target.cache_depth_limit)[0] for method in methods_compared(config, target)
+        )
+        + ".",
         "",
         "| steps | plan | FID | FID / uncached | precision | recall | adherence (%) | NFE | calls | speed-up |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -274,7 +391,7 @@ def _verdict(steps: int, group, ratio: float) -> str:
     if not reference["fid"]:
         return f"- {steps} steps: the uncached plan failed."
     reference_fid = mean_std(reference["fid"])[0]
-    default = next((entry for label, entry in group if label.startswith("default")), None)
+    defaults = [(label, entry) for label, entry in group if "default" in label]
     text = f"- {steps} steps:"
     within = [
         (label, entry)
@@ -291,8 +408,10 @@ def _verdict(steps: int, group, ratio: float) -> str:
         text += f" no cached plan stays within {ratio}x of the uncached FID on the confirm seeds"
         if steps == 50:
             text += " (target NOT met)"
-    if default is not None:
-        text += f"; default knobs: {_status(default, reference)}"
+    if len(defaults) == 1:
+        text += f"; default knobs: {_status(defaults[0][1], reference)}"
+    elif defaults:
+        text += "; " + "; ".join(f"{label}: {_status(entry, reference)}" for label, entry in defaults)
     return text + "."
 
 
@@ -325,7 +444,7 @@ def _front_section(config, fronts: dict, reference: dict) -> list[str]:
             for _, other in cached_front
         )
     ]
-    cached_points = sum(1 for _, entry in cached_front if entry["params"].get("caching.method") == "deep")
+    cached_points = sum(1 for _, entry in cached_front if entry["params"].get("caching.method", "none") != "none")
     lines += [
         f"Verdict: cached-front points weakly dominate {len(dominated)} of {len(steps_only)} steps-only points "
         f"(measured on the confirm seeds); {cached_points} of the cached front's {len(cached_front)} points "
@@ -337,7 +456,7 @@ def _front_section(config, fronts: dict, reference: dict) -> list[str]:
 
 def _plan_words(params: dict) -> str:
     sampler = f"{params.get('solver.name')} {params.get('timesteps.family')} {params.get('timesteps.steps')} steps"
-    if params.get("caching.method") == "deep":
+    if params.get("caching.method", "none") != "none":
         return f"{sampler}, cached: {describe(params)}"
     return sampler
 

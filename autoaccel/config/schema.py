@@ -128,6 +128,9 @@ class CachingBenchConfig:
     intervals: list[int] = field(default_factory=lambda: [2, 3, 5])
     depths: list[int] = field(default_factory=lambda: [1, 2])  # cut to each model's levels or blocks
     warmups: list[int] = field(default_factory=lambda: [0, 3])
+    strengths: list[float] = field(default_factory=lambda: [0.3, 0.6, 0.9])  # first_block and mag thresholds
+    taylor_orders: list[int] = field(default_factory=lambda: [1])
+    methods: list[str] = field(default_factory=lambda: ["auto"])  # auto: every method the model takes
     quality_ratio: float = 1.05  # the FID a cached plan may reach, as a multiple of the uncached one's
     distilled_steps: int = 4  # a consistency student at this many steps, cached and not; 0 skips it
     distilled_iterations: int = 2000

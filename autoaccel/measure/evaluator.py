@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from autoaccel.apply import apply_plan
+from autoaccel.apply import apply_plan, technique_records
 from autoaccel.artifacts import ArtifactStore
 from autoaccel.candidate import Candidate, cost_key
 from autoaccel.measure.gate import MeasurementGate
@@ -159,6 +159,9 @@ class Evaluator:
             details.update(simulated=["quantization"], quantization=plan.describe())
         if pipeline.plan.artifacts:
             details.update(artifacts=dict(pipeline.plan.artifacts))
+        records = technique_records(pipeline)
+        if records:  # what applying computed (a cache's calibration): the plan's recipe records it
+            details.update(records=records)
         details.update(
             timesteps=pipeline.plan.schedule() or [float(step) for step in pipeline.scheduler.timesteps],
             scheduler_class=type(pipeline.scheduler).__name__,

@@ -82,7 +82,10 @@ def write_front_recipe(context, row: pd.Series, recipes_dir: Path) -> Path:
         "quality_reference": context.target.quality.description,
     }
     source = {"study": context.ledger.study_name, "trial": int(row["trial"]), "run_dir": str(context.run_dir)}
-    recipe = build_recipe(context.target, plan, pipeline, figures, measured_on, seed_policy(context), source, artifacts)
+    records = frozen.user_attrs.get(f"{DETAIL_PREFIX}records")  # as the trial computed them (None: compute now)
+    recipe = build_recipe(
+        context.target, plan, pipeline, figures, measured_on, seed_policy(context), source, artifacts, records
+    )
     return save_recipe(recipe, recipes_dir / f"trial-{int(row['trial']):04d}.yaml")
 
 

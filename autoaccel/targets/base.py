@@ -111,9 +111,20 @@ class Target:
         return depth_limit(self.denoiser)
 
     @property
-    def limits(self) -> dict[str, int]:
+    def cache_methods(self) -> tuple[str, ...]:
+        """The ``caching.method`` values the denoiser takes."""
+        from autoaccel.techniques.caching import cache_methods
+
+        return cache_methods(self.denoiser)
+
+    @property
+    def limits(self) -> dict[str, int | tuple]:
         """What bounds a space's settings for this model (``ParamSpec.target_limit`` names them)."""
-        return {"num_train_timesteps": self.num_train_timesteps, "cache_depth_limit": self.cache_depth_limit}
+        return {
+            "num_train_timesteps": self.num_train_timesteps,
+            "cache_depth_limit": self.cache_depth_limit,
+            "cache_methods": self.cache_methods,
+        }
 
     @property
     def capabilities(self) -> set[str]:

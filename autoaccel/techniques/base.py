@@ -125,6 +125,9 @@ class Technique:
     # config -> what applying it without its artifact runs again, in words ("pruning with 200 recovery steps"),
     # or None when that costs nothing worth saying
     recompute: Callable[[Any], str | None] | None = None
+    # (pipeline, config) -> what applying computed from the pipeline that its recipe records beside the config
+    # (a cache's calibration at the plan's schedule), or None
+    recipe_record: Callable[[Any, Any], dict[str, Any] | None] | None = None
     # config -> whether the model it produces must be sampled its own way (a distilled student): its prescribed
     # scheduler, timesteps and guidance override the sampler techniques' (autoaccel.prescribed)
     prescribes_sampler: Callable[[Any], bool] | None = None

@@ -15,12 +15,18 @@ forward dispatches each call to one of two views sharing those weights: the full
 reuse) and the cached view (stubs in place of the skipped blocks). The model itself is never changed, so the
 teacher other plans run stays intact. A cached call's cost in full-forward equivalents (its FLOPs over a full
 call's, counted by ``torch.utils.flop_counter`` once at apply) is what the plan's NFE counts for it.
+
+Methods ``first_block``, ``mag``, ``taylorseer`` and ``pab``: diffusers' own transformer caches, driven by the
+sampling loop and with thresholds calibrated per schedule (``autoaccel.techniques.cache_hooks``). Both kinds of
+controller answer the sampling loop alike: ``prepare`` (calibrate for the schedule), ``running`` (one run) and
+``last_call_share`` (what the last call cost in full forwards).
 """
 
 from __future__ import annotations
 
 import copy
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,26 +34,65 @@ import torch
 
 from autoaccel.errors import ConfigError, TechniqueError
 from autoaccel.techniques.base import ParamSpec, Technique, register, require_types
+from autoaccel.techniques.cache_hooks import HOOK_METHODS, THRESHOLD_METHODS, HookCache, check_hookable, returns_tuples
 
-METHODS = ("none", "deep")
+METHODS = ("none", "deep", *HOOK_METHODS)
 CACHE = "autoaccel_cache"  # the FeatureCache set on a cached model: the sampling loop finds it there
 MAX_INTERVAL = 16
 MAX_FULL_STEPS = 64  # warmup and tail
+MAX_TAYLOR_ORDER = 3
+# the settings each method reads: the others leave its computation as it is
+METHOD_SETTINGS = {
+    "none": (),
+    "deep": ("depth", "interval", "warmup", "tail"),
+    "first_block": ("strength", "threshold"),
+    "mag": ("strength", "threshold", "interval", "warmup"),
+    "taylorseer": ("interval", "warmup", "tail", "taylor_order"),
+    "pab": ("interval", "warmup", "tail"),
+}
 
 
 @dataclass(frozen=True)
 class CachingConfig:
-    """``method`` none or deep; ``depth``: outer UNet levels (or transformer blocks at each end) that run at every
-    step; a full step every ``interval`` steps, after ``warmup`` full steps and before ``tail`` full steps."""
+    """``method``: none, deep (DeepCache / a static block cache) or one of diffusers' transformer caches
+    (``autoaccel.techniques.cache_hooks``). ``depth``: outer UNet levels (or transformer blocks at each end) that run
+    at every step; a full step every ``interval`` steps (MagCache: at most ``interval - 1`` cached in a row), after
+    ``warmup`` full steps and before ``tail`` full steps. ``strength``: the quantile of the calibrated differences a
+    threshold method's threshold is (0 caches least, 1 most); ``threshold``: a raw threshold instead (a library
+    default). ``taylor_order``: TaylorSeer's expansion order. ``METHOD_SETTINGS`` says which settings each reads."""
 
     method: str = "none"
     depth: int = 1
     interval: int = 2
     warmup: int = 0
     tail: int = 0
+    strength: float = 0.5
+    threshold: float | None = None
+    taylor_order: int = 1
 
     def __post_init__(self) -> None:
-        require_types(self, "caching", {"method": str, "depth": int, "interval": int, "warmup": int, "tail": int})
+        require_types(
+            self,
+            "caching",
+            {
+                "method": str,
+                "depth": int,
+                "interval": int,
+                "warmup": int,
+                "tail": int,
+                "strength": (int, float),
+                "threshold": (int, float, type(None)),
+                "taylor_order": int,
+            },
+        )
+        if not 0.0 <= self.strength <= 1.0:
+            raise ConfigError(f"caching.strength={self.strength} is not valid; it must be in [0, 1]")
+        if self.threshold is not None and (isinstance(self.threshold, bool) or not self.threshold >= 0.0):
+            raise ConfigError(f"caching.threshold={self.threshold} is not valid; it must be a finite number >= 0")
+        if not 1 <= self.taylor_order <= MAX_TAYLOR_ORDER:
+            raise ConfigError(
+                f"caching.taylor_order={self.taylor_order} is not valid; it must be in [1, {MAX_TAYLOR_ORDER}]"
+            )
         if self.method not in METHODS:
             raise ConfigError(f"caching.method={self.method!r} is not valid; valid: {list(METHODS)}")
         if self.depth < 0:
@@ -62,7 +107,7 @@ class CachingConfig:
 
     @property
     def active(self) -> bool:
-        return self.method != "none" and self.interval > 1
+        return self.method != "none" and (self.method in THRESHOLD_METHODS or self.interval > 1)
 
 
 def full_steps(calls: int, config: CachingConfig) -> list[bool]:
@@ -83,6 +128,7 @@ class _Run:
     mask: list[bool] = field(default_factory=list)
     calls: int = 0
     kept: dict[str, Any] = field(default_factory=dict)
+    last_full: bool = True
 
     def next_is_full(self) -> bool:
         return self.calls >= len(self.mask) or self.mask[self.calls]
@@ -103,18 +149,25 @@ class FeatureCache:
             self.local.run = _Run()
         return self.local.run
 
-    def begin(self, calls: int) -> None:
-        """A sampling run of ``calls`` denoiser calls starts: its mask, nothing kept yet."""
-        self.local.run = _Run(mask=full_steps(calls, self.config))
+    def prepare(self, pipeline) -> bool:
+        """Nothing to calibrate: which calls are full is fixed by the config."""
+        return False
 
-    def next_call_share(self) -> float:
-        """What the next call costs in full forwards: 1, or a cached call's share."""
-        return 1.0 if self.run.next_is_full() else self.cached_share
+    @contextmanager
+    def running(self, pipeline):
+        """A sampling run of the pipeline's schedule: its mask, nothing kept yet."""
+        self.local.run = _Run(mask=full_steps(len(pipeline.scheduler.timesteps), self.config))
+        yield
+
+    def last_call_share(self) -> float:
+        """What the last call cost in full forwards: 1, or a cached call's share."""
+        return 1.0 if self.run.last_full else self.cached_share
 
     def forward(self, *args, **keywords):
         run = self.run
         full = run.next_is_full() or not run.kept
         run.calls += 1
+        run.last_full = full
         view = self.full_view if full else self.cached_view
         return view(*args, **keywords)
 
@@ -288,6 +341,21 @@ def depth_limit(model: torch.nn.Module) -> int:
     return max(depths, default=-1)
 
 
+def cache_methods(model: torch.nn.Module) -> tuple[str, ...]:
+    """The methods ``model`` can be cached with: deep where it has levels or blocks to skip, diffusers' hook
+    caches where its blocks are ones they know."""
+    blocks = getattr(model, "transformer_blocks", None) or ()
+    deep = depth_limit(model) >= 0 and not any(returns_tuples(block) for block in blocks)
+    methods = ["none"] + (["deep"] if deep else [])
+    for method in HOOK_METHODS:
+        try:
+            check_hookable(model, method)
+        except TechniqueError:
+            continue
+        methods.append(method)
+    return tuple(methods)
+
+
 def transformer_depths(model: torch.nn.Module) -> range:
     """The depths a transformer can cache at: at least one block is cached between the kept ends."""
     return range(0, (len(model.transformer_blocks) + 1) // 2)
@@ -316,7 +384,7 @@ def _transformer_views(model, depth: int, cache: FeatureCache):
     return full, cached
 
 
-def feature_cache(denoiser) -> FeatureCache | None:
+def feature_cache(denoiser) -> FeatureCache | HookCache | None:
     """The cache a model runs with, or None."""
     return getattr(denoiser, CACHE, None)
 
@@ -332,11 +400,12 @@ def apply_caching(pipeline, config: CachingConfig, target) -> None:
             "caching does not apply to a plan that hands steps between two models (assignment.teacher_steps > 0); "
             "use assignment.teacher_steps 0 with caching"
         )
-    cache = FeatureCache(model, config)
+    cache = HookCache(model, config, target) if config.method in HOOK_METHODS else FeatureCache(model, config)
     cached = _clone(model)
     cached.forward = cache.forward
     object.__setattr__(cached, CACHE, cache)
-    cache.cached_share = _cached_share(cached, target)
+    if isinstance(cache, FeatureCache):
+        cache.cached_share = _cached_share(cached, target)
     pipeline.denoiser = cached
 
 
@@ -372,24 +441,40 @@ def _cached_share(cached, target) -> float:
 
 
 def caching_cost(config: CachingConfig) -> dict:
-    """The cache structure decides what a call costs and which calls are cheap."""
+    """The cache structure decides what a call costs and which calls are cheap: the settings its method reads."""
     if not config.active:
         return {}
-    return {
-        "method": config.method,
-        "depth": config.depth,
-        "interval": config.interval,
-        "warmup": config.warmup,
-        "tail": config.tail,
-    }
+    return {"method": config.method, **{name: getattr(config, name) for name in METHOD_SETTINGS[config.method]}}
+
+
+def caching_recompute(config: CachingConfig) -> str | None:
+    """What applying a calibrated cache runs again (its recipe holds no artifact: the values are recomputed)."""
+    if not config.active or config.method not in HOOK_METHODS:
+        return None
+    return "the cache calibration (one uncached run of its calibration seeds at the plan's schedule)"
+
+
+def caching_record(pipeline, config: CachingConfig) -> dict | None:
+    """A calibrated cache's calibration at the pipeline's schedule (computed now if no run has yet), and the
+    thresholds it gave: what a recipe records beside the config."""
+    cache = feature_cache(pipeline.denoiser)
+    if not isinstance(cache, HookCache):
+        return None
+    pipeline.set_schedule(pipeline.denoiser.device)
+    cache.prepare(pipeline)
+    pipeline.set_schedule(pipeline.denoiser.device)
+    return {"calibration": cache.describe(pipeline)}
 
 
 CACHING_PARAMS = {
-    "method": ParamSpec("choice", choices=METHODS),
+    "method": ParamSpec("choice", choices=METHODS, target_limit="cache_methods", narrows_to_target=True),
     "depth": ParamSpec("int", low=0, high=64, target_limit="cache_depth_limit", narrows_to_target=True),
     "interval": ParamSpec("int", low=1, high=MAX_INTERVAL),
     "warmup": ParamSpec("int", low=0, high=MAX_FULL_STEPS),
     "tail": ParamSpec("int", low=0, high=MAX_FULL_STEPS),
+    "strength": ParamSpec("float", low=0.0, high=1.0),
+    "threshold": ParamSpec("float", low=0.0),
+    "taylor_order": ParamSpec("int", low=1, high=MAX_TAYLOR_ORDER),
 }
 
 CACHING = register(
@@ -403,5 +488,7 @@ CACHING = register(
         unchanged_params={"method": "none"},
         params=CACHING_PARAMS,
         cost_key=caching_cost,
+        recompute=caching_recompute,
+        recipe_record=caching_record,
     )
 )

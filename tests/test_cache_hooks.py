@@ -1,0 +1,149 @@
+"""diffusers' transformer caches driven by autoaccel's loop, on tiny transformers: they skip work and count it,
+their thresholds come from a calibration run at the plan's schedule (so none is inert), runs are reproducible,
+the teacher stays unhooked, and a search over them gives recipes that re-apply bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from autoaccel.errors import ConfigError, TechniqueError
+from autoaccel.seeds import make_seed_batch
+from autoaccel.targets.loader import load_pipeline_folder
+from autoaccel.techniques.cache_hooks import HOOK_METHODS
+from autoaccel.techniques.caching import CachingConfig, apply_caching, feature_cache
+from tests.tiny_pipelines import build_tiny_pipeline
+
+STEPS = 12
+SETTINGS = {"first_block": {}, "mag": {"interval": 3, "warmup": 2}, "taylorseer": {"interval": 3, "warmup": 2}}
+SETTINGS["pab"] = {"interval": 2, "warmup": 2}
+
+
+@pytest.fixture(scope="module")
+def targets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hook_targets")
+    return {kind: load_pipeline_folder(build_tiny_pipeline(kind, root / kind)) for kind in ("dit", "pixart_alpha")}
+
+
+def _pipeline(target, config: CachingConfig | None, steps: int = STEPS):
+    pipeline = target.make_pipeline()
+    if config is not None:
+        apply_caching(pipeline, config, target)
+    pipeline.plan.native_steps = steps
+    pipeline.plan.guidance_scale = target.reference_call.guidance_scale
+    return pipeline
+
+
+def _sample(pipeline, target) -> torch.Tensor:
+    seeds = make_seed_batch(target.sample_shape, 3, 7, target.condition_count)
+    return pipeline(seeds.noise, seeds.class_labels, generator=torch.Generator().manual_seed(0)).images
+
+
+@pytest.mark.parametrize("kind", ["dit", "pixart_alpha"])
+@pytest.mark.parametrize("method", HOOK_METHODS)
+def test_a_hook_cache_skips_work_counts_it_and_repeats_its_images(targets, kind, method):
+    target = targets[kind]
+    teacher = _sample(_pipeline(target, None), target)
+    pipeline = _pipeline(target, CachingConfig(method, **SETTINGS[method]))
+    images = _sample(pipeline, target)
+    calls = pipeline.model_calls
+    assert 0 < pipeline.denoiser_calls < calls  # some calls ran only part of the model: their share counts
+    assert torch.isfinite(images).all() and not torch.equal(images, teacher)
+    assert torch.equal(_sample(pipeline, target), images)  # each run starts from fresh hook state
+    assert torch.equal(_sample(_pipeline(target, None), target), teacher)  # the teacher's blocks carry no hooks
+    assert not any(hasattr(module, "_diffusers_hook") for module in target.denoiser.modules())
+
+
+@pytest.mark.parametrize("method", ["first_block", "mag"])
+def test_thresholds_come_from_the_calibration_run_at_the_plans_schedule(targets, method):
+    """A raw threshold of 0 (below every recorded difference) caches nothing; any strength caches some calls
+    and keeps some full; a stronger one caches at least as much; a new step count is calibrated anew."""
+    target = targets["dit"]
+    settings = {key: value for key, value in SETTINGS[method].items() if key != "warmup"}
+    inert = _pipeline(target, CachingConfig(method, threshold=0.0, **settings))
+    _sample(inert, target)
+    assert inert.denoiser_calls == inert.model_calls
+    shares = {}
+    for strength in (0.1, 0.9):
+        pipeline = _pipeline(target, CachingConfig(method, strength=strength, **settings))
+        _sample(pipeline, target)
+        cache = feature_cache(pipeline.denoiser)
+        calibration = cache.calibration(pipeline)
+        assert calibration.calls == STEPS and len(calibration.first_block_changes) == STEPS - 1
+        cheapest = (cache.total_flops - sum(cache.unit_flops)) / cache.total_flops
+        assert pipeline.model_calls * cheapest < pipeline.denoiser_calls < pipeline.model_calls
+        shares[strength] = pipeline.denoiser_calls
+        coarser = _pipeline(target, CachingConfig(method, strength=strength, **settings), steps=6)
+        coarser.denoiser = pipeline.denoiser  # the same cached model at another schedule
+        _sample(coarser, target)
+        assert cache.calibration(coarser).calls == 6
+    assert shares[0.9] <= shares[0.1]
+
+
+def test_models_the_hook_caches_cannot_run_are_refused_and_spaces_narrow_to_what_each_takes(targets, tmp_path):
+    from autoaccel.space import load_space
+
+    ddpm = load_pipeline_folder(build_tiny_pipeline("ddpm", tmp_path / "ddpm"))
+    with pytest.raises(TechniqueError, match=r"caching\.method=mag .* not a transformer \(use caching\.method deep"):
+        _pipeline(ddpm, CachingConfig("mag"))
+    with pytest.raises(ConfigError, match=r"caching\.strength=1\.5 .* \[0, 1\]"):
+        CachingConfig("first_block", strength=1.5)
+    with pytest.raises(ConfigError, match=r"caching\.threshold=-0\.1"):
+        CachingConfig("first_block", threshold=-0.1)
+    assert ddpm.cache_methods == ("none", "deep")
+    assert targets["dit"].cache_methods == ("none", "deep", *HOOK_METHODS)
+    space = load_space("cached")
+    methods = space.for_target(set(), **ddpm.limits).dimension("caching.method").choices
+    assert methods == ("none", "deep")
+    with_hooks = load_space("cached").for_target(set(), **{**targets["dit"].limits, "cache_depth_limit": 3})
+    assert with_hooks.dimension("caching.method").choices == ("none", "deep", *HOOK_METHODS)
+
+
+SMALL_HOOK_SPACE = """
+name: small_hooks
+techniques: [caching, solver, timesteps]
+fixed:
+  solver.name: unipc
+dimensions:
+  caching.method: {type: categorical, choices: [first_block, mag, taylorseer, pab]}
+  caching.strength: {type: float, low: 0.2, high: 0.8, when: {caching.method: [first_block, mag]}}
+  caching.interval: {type: int, low: 2, high: 3, when: {caching.method: [mag, taylorseer, pab]}}
+  caching.warmup: {type: int, low: 1, high: 2, when: {caching.method: [mag, taylorseer, pab]}}
+  timesteps.steps: {type: int, low: 6, high: 10}
+"""
+
+
+def test_a_search_over_hook_caches_gives_recipes_that_reapply_bit_exactly(fast_overrides, targets, tmp_path):
+    import pandas as pd
+    from diffusers import DiTPipeline
+
+    from autoaccel import apply_recipe
+    from autoaccel.config import compose_config
+    from autoaccel.run import open_run
+    from autoaccel.search import search
+    from autoaccel.seeds import sample_in_chunks
+    from tests.test_distillation import _candidate, _recipe_of
+
+    folder = build_tiny_pipeline("dit", tmp_path / "dit")
+    space_file = tmp_path / "hooks.yaml"
+    space_file.write_text(SMALL_HOOK_SPACE)
+    overrides = [*fast_overrides, f"target.path={folder}", f"space={space_file}", "budget.trials=5", "seed=3"]
+    index = search(compose_config([*overrides, "study_name=hooks"]), log=lambda message: None)
+    trials = pd.read_csv(index.parent / "trials.csv")
+    complete = trials[trials["state"] == "COMPLETE"]
+    assert len(complete) == len(trials), trials[["state", "failure"]].to_string()
+    assert (complete["nfe"] < complete["denoiser_calls"]).all()
+    context = open_run(index.parent)
+    seeds = context.judge.seeds.head(6)
+    for trial in complete["trial"][:3]:
+        recipe = _recipe_of(context, int(trial))
+        section = yaml.safe_load(recipe.read_text())["techniques"]["caching"]
+        assert "cache calibration" in section["reapplied"]
+        fast = apply_recipe(DiTPipeline.from_pretrained(folder), recipe)
+        scored = context.evaluator.configured_pipeline(_candidate(context, int(trial)))
+        assert torch.equal(sample_in_chunks(fast, seeds, 48), sample_in_chunks(scored, seeds, 48))
+        # the recipe records the calibration it was scored with: applying computed the same values
+        recorded = section["calibration"]
+        assert recorded["calls"] == len(fast.scheduler.timesteps)
+        assert recorded == feature_cache(fast.denoiser).describe(fast)
