@@ -6,13 +6,14 @@ attention modules, keyed by the cache context a pipeline sets around each call; 
 the model's module tree (sharing its weights, so the teacher other plans run stays unhooked) and sets the context
 around every call of its own sampling loop.
 
-Calibration, per schedule: before the first run at a schedule, the plan's own pipeline runs it once uncached on
-calibration seeds (never scoring seeds) and records what the thresholds are compared with: the first block's
-relative residual change per call (FirstBlockCache's test) and the magnitude ratio of the blocks' residual per call
-(MagCache's ``mag_ratios``, by MagCache's formula: diffusers' calibration mode only prints them). A threshold is the
-``strength`` quantile of those values, so no candidate is inert (nothing cached) or degenerate (everything cached);
-a raw ``threshold`` (a library default) is taken as given. The calibration is a function of the model, the
-schedule and the calibration seeds, so applying a recipe computes the same values and reproduces its images.
+Calibration, per model and schedule: before the first run at a schedule, the plan's own pipeline runs it once
+uncached on calibration seeds (never scoring seeds) and records what the thresholds are compared with: the first
+block's relative residual change per call (FirstBlockCache's test) and the magnitude ratio of the blocks' residual
+per call (MagCache's ``mag_ratios``, by MagCache's formula: diffusers' calibration mode only prints them). A
+threshold is the ``strength`` quantile of those values, so no candidate is inert (nothing cached) or degenerate
+(everything cached); a raw ``threshold`` (a library default) is taken as given. The calibration is a function of
+the model, the schedule and the calibration seeds, so every cache of the model shares it and applying a recipe
+computes the same values and reproduces its images.
 
 What a call costs (the NFE it counts as): its FLOPs over a full call's, from the units that ran (blocks, or the
 attention and feed-forward modules), each unit's FLOPs counted once by ``torch.utils.flop_counter``.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import copy
 import re
 import threading
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -34,6 +36,7 @@ HOOK_METHODS = ("first_block", "mag", "taylorseer", "pab")
 THRESHOLD_METHODS = ("first_block", "mag")
 CALIBRATION_SAMPLES = 8
 CALIBRATION_SEED = 30_000  # apart from scoring, trajectory and noised-batch seeds
+_CALIBRATIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> schedule key -> Calibration
 TAYLOR_UNITS = re.compile(r"(?:[^.]*blocks)\.\d+\.(?:attn\d*|ff)")  # the attention and MLP outputs TaylorSeer predicts
 
 
@@ -195,7 +198,8 @@ class HookCache:
         self.hooked = clone_tree(model)
         self.run: _Run | None = None
         self.recorder: _Recorder | None = None
-        self.calibrations: dict[tuple, Calibration] = {}
+        # shared by every cache of this model: a calibration depends on the model and the schedule alone
+        self.calibrations: dict[tuple, Calibration] = _CALIBRATIONS.setdefault(model, {})
         self.probe: object | None = None  # the flop counter while unit costs are counted
         plain_units, hooked_units = _units(self.plain, config.method), _units(self.hooked, config.method)
         self.unit_flops = [0.0] * len(plain_units)
