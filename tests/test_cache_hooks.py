@@ -128,7 +128,7 @@ def test_a_search_over_hook_caches_gives_recipes_that_reapply_bit_exactly(fast_o
     folder = build_tiny_pipeline("dit", tmp_path / "dit")
     space_file = tmp_path / "hooks.yaml"
     space_file.write_text(SMALL_HOOK_SPACE)
-    overrides = [*fast_overrides, f"target.path={folder}", f"space={space_file}", "budget.trials=5", "seed=3"]
+    overrides = [*fast_overrides, f"target.path={folder}", f"space={space_file}", "budget.trials=4", "seed=3"]
     index = search(compose_config([*overrides, "study_name=hooks"]), log=lambda message: None)
     trials = pd.read_csv(index.parent / "trials.csv")
     complete = trials[trials["state"] == "COMPLETE"]
