@@ -50,3 +50,19 @@ def test_distillation_bench_writes_its_rows_and_both_searched_fronts(fast_overri
     assert front_rows.count("\n| ") >= 4  # a header and a point for each front, at least
     bounds = table.split("### At each NFE bound")[1]
     assert all(f"- NFE <= {bound}:" in bounds for bound in (1, 2, 4, 8))
+
+
+def test_the_summary_judges_each_nfe_bound_by_measured_nfe_not_by_sampling_steps():
+    """A guided 4-step sampler makes 8 calls: it is no candidate for the NFE 4 target, a 2-step student is."""
+    from autoaccel.bench.distillation import _verdict
+
+    def entry(fid: float, nfe: float) -> dict:
+        return {"fid": [fid], "recall": [0.8], "nfe": nfe}
+
+    rows = [(4, "ddim-4", entry(1.0, 8)), (2, "consistency", entry(1.2, 2)), (4, "consistency", entry(1.6, 4))]
+    verdict = _verdict(4, rows, teacher_fid=1.0, teacher_recall=0.8)
+    assert verdict.startswith("- NFE <= 4: best consistency at 2 steps (NFE 2), FID 1.20 = 1.20x")
+    assert "no schedule-only row" in verdict and "NOT met" in verdict  # 1.2x > the 1.1x target
+    assert _verdict(2, rows, teacher_fid=1.0, teacher_recall=0.8).endswith(
+        "(target <= 1.5x with recall at most 0.05 below: met)."
+    )
