@@ -435,7 +435,8 @@ class _TaylorSeer(_Settings):
             model,
             TaylorSeerCacheConfig(
                 cache_interval=config.interval,
-                disable_cache_before_step=config.warmup,
+                # the first call always runs in full, as for every method: TaylorSeer predicts from computed calls
+                disable_cache_before_step=max(config.warmup, 1),
                 max_order=config.taylor_order,
                 taylor_factors_dtype=dtype,
                 cache_identifiers=[TAYLOR_UNITS.pattern],
