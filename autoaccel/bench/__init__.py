@@ -71,6 +71,7 @@ def search_front(
             f"report.dir={runs_dir}",
             f"objectives={objectives}",
             f"budget.trials={trials}",
+            f"budget.warm_start_steps=[{','.join(str(int(steps)) for steps in config.budget.warm_start_steps)}]",
             f"quality.samples={config.quality.samples}",
             f"quality.seed={config.quality.seed}",
             f"target={config.target.name}",
