@@ -124,6 +124,21 @@ def block_lists(model: torch.nn.Module) -> list[torch.nn.Module]:
     ]
 
 
+def hidden_argument(args: tuple, keywords: dict):
+    """The hidden states a diffusers block is called with: its first argument, positional or by name."""
+    return args[0] if args else keywords["hidden_states"]
+
+
+def probe_inputs(model: torch.nn.Module, target) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """One probe call's (sample, timestep, keywords) for ``model`` on ``target``: what FLOPs are counted on."""
+    parameter = next(model.parameters())
+    sample = torch.zeros((1, *target.sample_shape), device=parameter.device, dtype=parameter.dtype)
+    labels = torch.zeros(1, dtype=torch.long) if target.condition_count is not None else None
+    keywords = target.conditions.keywords(labels, False, parameter.device)
+    timestep = torch.tensor([target.num_train_timesteps // 2], device=parameter.device)
+    return sample, timestep, keywords
+
+
 def _hidden_states(block: torch.nn.Module, output):
     if not isinstance(output, tuple):
         return output
@@ -240,7 +255,7 @@ class HookCache:
             if recorder is not None:
                 hidden = _hidden_states(block, output)
                 if head:
-                    recorder.head_input = args[0] if args else keywords["hidden_states"]
+                    recorder.head_input = hidden_argument(args, keywords)
                     recorder.head_output = hidden
                 else:
                     recorder.tail_output = hidden
@@ -254,12 +269,7 @@ class HookCache:
 
         from autoaccel.targets.denoisers import predict
 
-        target = self.target
-        parameter = next(self.plain.parameters())
-        sample = torch.zeros((1, *target.sample_shape), device=parameter.device, dtype=parameter.dtype)
-        labels = torch.zeros(1, dtype=torch.long) if target.condition_count is not None else None
-        keywords = target.conditions.keywords(labels, False, parameter.device)
-        timestep = torch.tensor([target.num_train_timesteps // 2], device=parameter.device)
+        sample, timestep, keywords = probe_inputs(self.plain, self.target)
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             self.probe = counter
             try:
@@ -269,17 +279,16 @@ class HookCache:
         total = float(counter.get_total_flops())
         if not total or not sum(self.unit_flops):
             raise TechniqueError(f"caching.method={self.config.method} finds no FLOPs to save on this model")
+        self.fixed_flops = total - sum(self.unit_flops)  # what runs at every call, whatever the hooks skip
         return total
 
     # --------------------------------------------------------------------------------------------- sampling runs
-    def prepare(self, pipeline) -> bool:
-        """Calibrates for the pipeline's current schedule unless done: True when a calibration pass ran (the
-        scheduler was stepped through: set the schedule again)."""
+    def prepare(self, pipeline) -> None:
+        """Calibrates for the pipeline's current schedule unless done (a calibration pass steps the scheduler
+        through: the caller sets the schedule again)."""
         with self.lock:
-            if self.recorder is not None or _schedule_key(pipeline) in self.calibrations:
-                return False
-            self.calibrations[_schedule_key(pipeline)] = self._calibrate(pipeline)
-            return True
+            if self.recorder is None and _schedule_key(pipeline) not in self.calibrations:
+                self.calibrations[_schedule_key(pipeline)] = self._calibrate(pipeline)
 
     def _calibrate(self, pipeline) -> Calibration:
         from autoaccel.seeds import make_seed_batch
@@ -343,7 +352,7 @@ class HookCache:
             run.spent = 0.0
             with _cache_context(self.hooked, run):
                 output = self.hooked(*args, **keywords)
-            run.last_share = (self.total_flops - sum(self.unit_flops) + run.spent) / self.total_flops
+            run.last_share = (self.fixed_flops + run.spent) / self.total_flops
             run.done += 1
             return output
 

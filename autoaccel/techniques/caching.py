@@ -34,7 +34,15 @@ import torch
 
 from autoaccel.errors import ConfigError, TechniqueError
 from autoaccel.techniques.base import ParamSpec, Technique, register, require_types
-from autoaccel.techniques.cache_hooks import HOOK_METHODS, THRESHOLD_METHODS, HookCache, check_hookable, returns_tuples
+from autoaccel.techniques.cache_hooks import (
+    HOOK_METHODS,
+    THRESHOLD_METHODS,
+    HookCache,
+    check_hookable,
+    hidden_argument,
+    probe_inputs,
+    returns_tuples,
+)
 
 METHODS = ("none", "deep", *HOOK_METHODS)
 CACHE = "autoaccel_cache"  # the FeatureCache set on a cached model: the sampling loop finds it there
@@ -149,9 +157,8 @@ class FeatureCache:
             self.local.run = _Run()
         return self.local.run
 
-    def prepare(self, pipeline) -> bool:
+    def prepare(self, pipeline) -> None:
         """Nothing to calibrate: which calls are full is fixed by the config."""
-        return False
 
     @contextmanager
     def running(self, pipeline):
@@ -197,11 +204,6 @@ class _Mimic(torch.nn.Module):
             return getattr(self.__dict__["block"], name)
 
 
-def _hidden(args: tuple, keywords: dict):
-    """The hidden states a diffusers block is called with: its first argument, positional or by name."""
-    return args[0] if args else keywords["hidden_states"]
-
-
 class _Kept(_Mimic):
     """A stand-in that reads or writes what the current run keeps under ``name``."""
 
@@ -240,7 +242,7 @@ class _Keep(_Kept):
                 "are not cached)"
             )
         if self.keep_input:
-            self.kept[f"{self.name}.input"] = _hidden(args, keywords)
+            self.kept[f"{self.name}.input"] = hidden_argument(args, keywords)
         if self.keep_output:
             self.kept[f"{self.name}.output"] = output
         return output
@@ -261,7 +263,7 @@ class _SkipDown(_Mimic):
         self.features = features
 
     def forward(self, *args, **keywords):
-        hidden = _hidden(args, keywords)
+        hidden = hidden_argument(args, keywords)
         if hasattr(self.__dict__["block"], "skip_conv"):
             return hidden, (hidden,) * self.features, keywords.get("skip_sample")
         return hidden, (hidden,) * self.features
@@ -271,14 +273,14 @@ class _Pass(_Mimic):
     """A skipped block whose output is its input (a mid block, or a transformer block inside the cached span)."""
 
     def forward(self, *args, **keywords):
-        return _hidden(args, keywords)
+        return hidden_argument(args, keywords)
 
 
 class _AddResidual(_Kept):
     """The first block of the cached span: its input plus the span's residual from the last full step."""
 
     def forward(self, *args, **keywords):
-        return _hidden(args, keywords) + (self.kept[f"{self.name}.output"] - self.kept[f"{self.name}.input"])
+        return hidden_argument(args, keywords) + (self.kept[f"{self.name}.output"] - self.kept[f"{self.name}.input"])
 
 
 def _down_features(block: torch.nn.Module) -> int:
@@ -417,11 +419,7 @@ def _cached_share(cached, target) -> float:
     from autoaccel.targets.denoisers import predict
 
     cache = feature_cache(cached)
-    parameter = next(cached.parameters())
-    sample = torch.zeros((1, *target.sample_shape), device=parameter.device, dtype=parameter.dtype)
-    labels = torch.zeros(1, dtype=torch.long) if target.condition_count is not None else None
-    keywords = target.conditions.keywords(labels, False, parameter.device)
-    timestep = torch.tensor([target.num_train_timesteps // 2], device=parameter.device)
+    sample, timestep, keywords = probe_inputs(cached, target)
     flops = []
     cache.local.run = _Run(mask=[True, False])
     try:
