@@ -9,10 +9,10 @@ import torch
 import yaml
 
 from autoaccel.errors import ConfigError, TechniqueError
-from autoaccel.seeds import make_seed_batch
 from autoaccel.targets.loader import load_pipeline_folder
 from autoaccel.techniques.cache_hooks import HOOK_METHODS
-from autoaccel.techniques.caching import CachingConfig, apply_caching, feature_cache
+from autoaccel.techniques.caching import CachingConfig, feature_cache
+from tests.test_caching import _cached_pipeline, _sample
 from tests.tiny_pipelines import build_tiny_pipeline
 
 STEPS = 12
@@ -26,32 +26,19 @@ def targets(tmp_path_factory):
     return {kind: load_pipeline_folder(build_tiny_pipeline(kind, root / kind)) for kind in ("dit", "pixart_alpha")}
 
 
-def _pipeline(target, config: CachingConfig | None, steps: int = STEPS):
-    pipeline = target.make_pipeline()
-    if config is not None:
-        apply_caching(pipeline, config, target)
-    pipeline.plan.native_steps = steps
-    pipeline.plan.guidance_scale = target.reference_call.guidance_scale
-    return pipeline
-
-
-def _sample(pipeline, target) -> torch.Tensor:
-    seeds = make_seed_batch(target.sample_shape, 3, 7, target.condition_count)
-    return pipeline(seeds.noise, seeds.class_labels, generator=torch.Generator().manual_seed(0)).images
-
-
 @pytest.mark.parametrize("kind", ["dit", "pixart_alpha"])
 @pytest.mark.parametrize("method", HOOK_METHODS)
 def test_a_hook_cache_skips_work_counts_it_and_repeats_its_images(targets, kind, method):
     target = targets[kind]
-    teacher = _sample(_pipeline(target, None), target)
-    pipeline = _pipeline(target, CachingConfig(method, **SETTINGS[method]))
+    teacher = _sample(_cached_pipeline(target, None, STEPS), target)
+    pipeline = _cached_pipeline(target, CachingConfig(method, **SETTINGS[method]), STEPS)
     images = _sample(pipeline, target)
     calls = pipeline.model_calls
     assert 0 < pipeline.denoiser_calls < calls  # some calls ran only part of the model: their share counts
     assert torch.isfinite(images).all() and not torch.equal(images, teacher)
     assert torch.equal(_sample(pipeline, target), images)  # each run starts from fresh hook state
-    assert torch.equal(_sample(_pipeline(target, None), target), teacher)  # the teacher's blocks carry no hooks
+    # the teacher's blocks carry no hooks
+    assert torch.equal(_sample(_cached_pipeline(target, None, STEPS), target), teacher)
     assert not any(hasattr(module, "_diffusers_hook") for module in target.denoiser.modules())
 
 
@@ -61,20 +48,20 @@ def test_thresholds_come_from_the_calibration_run_at_the_plans_schedule(targets,
     and keeps some full; a stronger one caches at least as much; a new step count is calibrated anew."""
     target = targets["dit"]
     settings = {key: value for key, value in SETTINGS[method].items() if key != "warmup"}
-    inert = _pipeline(target, CachingConfig(method, threshold=0.0, **settings))
+    inert = _cached_pipeline(target, CachingConfig(method, threshold=0.0, **settings), STEPS)
     _sample(inert, target)
     assert inert.denoiser_calls == inert.model_calls
     shares = {}
     for strength in (0.1, 0.9):
-        pipeline = _pipeline(target, CachingConfig(method, strength=strength, **settings))
+        pipeline = _cached_pipeline(target, CachingConfig(method, strength=strength, **settings), STEPS)
         _sample(pipeline, target)
         cache = feature_cache(pipeline.denoiser)
         calibration = cache.calibration(pipeline)
         assert calibration.calls == STEPS and len(calibration.first_block_changes) == STEPS - 1
-        cheapest = (cache.total_flops - sum(cache.unit_flops)) / cache.total_flops
+        cheapest = cache.fixed_flops / cache.total_flops
         assert pipeline.model_calls * cheapest < pipeline.denoiser_calls < pipeline.model_calls
         shares[strength] = pipeline.denoiser_calls
-        coarser = _pipeline(target, CachingConfig(method, strength=strength, **settings), steps=6)
+        coarser = _cached_pipeline(target, CachingConfig(method, strength=strength, **settings), steps=6)
         coarser.denoiser = pipeline.denoiser  # the same cached model at another schedule
         _sample(coarser, target)
         assert cache.calibration(coarser).calls == 6
@@ -86,7 +73,7 @@ def test_models_the_hook_caches_cannot_run_are_refused_and_spaces_narrow_to_what
 
     ddpm = load_pipeline_folder(build_tiny_pipeline("ddpm", tmp_path / "ddpm"))
     with pytest.raises(TechniqueError, match=r"caching\.method=mag .* not a transformer \(use caching\.method deep"):
-        _pipeline(ddpm, CachingConfig("mag"))
+        _cached_pipeline(ddpm, CachingConfig("mag"))
     with pytest.raises(ConfigError, match=r"caching\.strength=1\.5 .* \[0, 1\]"):
         CachingConfig("first_block", strength=1.5)
     with pytest.raises(ConfigError, match=r"caching\.threshold=-0\.1"):

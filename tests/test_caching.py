@@ -24,9 +24,11 @@ def targets(tmp_path_factory):
     return {kind: load_pipeline_folder(build_tiny_pipeline(kind, root / kind)) for kind in (*KINDS, "sd3")}
 
 
-def _cached_pipeline(target, config: CachingConfig, steps: int = STEPS):
+def _cached_pipeline(target, config: CachingConfig | None, steps: int = STEPS):
+    """``target``'s pipeline at ``steps`` and its default guidance, cached by ``config`` (None: uncached)."""
     pipeline = target.make_pipeline()
-    apply_caching(pipeline, config, target)
+    if config is not None:
+        apply_caching(pipeline, config, target)
     pipeline.plan.native_steps = steps
     pipeline.plan.guidance_scale = target.reference_call.guidance_scale
     return pipeline
