@@ -250,3 +250,31 @@ def test_load_prompts_accepts_the_limits(tmp_path):
     path = tmp_path / "limits.txt"
     path.write_text("\n".join(["y" * MAX_PROMPT_CHARS] * MAX_PROMPTS), encoding="utf-8")
     assert len(load_prompts(path)) == MAX_PROMPTS
+
+
+@pytest.mark.parametrize("layout", ["many_prompts", "one_long_line"])
+def test_load_prompts_stops_reading_at_the_limits(tmp_path, layout):
+    import tracemalloc
+
+    path = tmp_path / "huge.txt"
+    with path.open("wb") as file:
+        if layout == "many_prompts":
+            file.write("\n".join(f"prompt {index}" for index in range(MAX_PROMPTS + 1)).encode() + b"\n")
+        file.truncate(file.tell() + 256 * 2**20)  # then 256 MB more, sparse on disk: never needed to refuse it
+    tracemalloc.start()
+    try:
+        message = _load_error(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    expected = f"more than {MAX_PROMPTS} prompts" if layout == "many_prompts" else "line 1 has more than"
+    assert expected in message
+    assert peak < 16 * 2**20, f"{peak / 2**20:.0f} MB held while refusing a prompt file of 256 MB"
+
+
+def test_load_prompts_refuses_what_is_not_a_regular_file(tmp_path):
+    import os
+
+    fifo = tmp_path / "prompts.txt"
+    os.mkfifo(fifo)  # reading it would wait for a writer forever
+    assert "is not a regular file" in _load_error(fifo)

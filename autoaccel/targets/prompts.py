@@ -9,7 +9,8 @@ its denoiser; text encoding is never re-implemented here.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+import itertools
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,9 @@ from autoaccel.errors import TargetError
 
 MAX_PROMPTS = 10_000
 MAX_PROMPT_CHARS = 1_000
+# The longest line read whole: a prompt of MAX_PROMPT_CHARS characters of up to 4 UTF-8 bytes, with room for the
+# spaces around it; a longer line is refused without reading the rest.
+MAX_LINE_BYTES = 8 * MAX_PROMPT_CHARS
 # Prompts per encode_prompt call: bounds the text encoders' activation memory for long prompt files.
 ENCODE_CHUNK = 64
 
@@ -44,32 +48,58 @@ class EncodedPrompts:
 
 
 def load_prompts(path: str | Path) -> list[str]:
-    """Prompts of a text file: one per line; blank lines and lines starting with '#' are skipped."""
+    """Prompts of a text file: one per line; blank lines and lines starting with '#' are skipped.
+
+    The file is read a line at a time, each line at most a little longer than a prompt may be, and reading stops
+    at the first line past the limits: a huge file costs no more memory than the prompts it may hold."""
     path = Path(path)
     if not path.is_file():
-        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        what = "is a folder, not a file" if path.is_dir() else "does not exist" if not path.exists() else None
+        what = what or "is not a regular file"
         raise TargetError(f"prompt file {path} {what}; give a UTF-8 text file with one prompt per line")
+    prompts = []
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise TargetError(f"prompt file {path} is not UTF-8 text (bad byte at offset {error.start})") from None
+        with path.open("rb") as file:
+            for line_number, prompt in _lines(file, path):
+                if not prompt or prompt.startswith("#"):
+                    continue
+                if len(prompt) > MAX_PROMPT_CHARS:
+                    raise TargetError(
+                        f"prompt file {path} line {line_number} has {len(prompt)} characters; "
+                        f"at most {MAX_PROMPT_CHARS}"
+                    )
+                if len(prompts) == MAX_PROMPTS:
+                    raise TargetError(
+                        f"prompt file {path} holds more than {MAX_PROMPTS} prompts; keep at most {MAX_PROMPTS}"
+                    )
+                prompts.append(prompt)
     except OSError as error:
         raise TargetError(f"prompt file {path} cannot be read: {error.strerror or error}") from None
-    prompts = []
-    for line_number, line in enumerate(text.splitlines(), start=1):
-        prompt = line.strip()
-        if not prompt or prompt.startswith("#"):
-            continue
-        if len(prompt) > MAX_PROMPT_CHARS:
-            raise TargetError(
-                f"prompt file {path} line {line_number} has {len(prompt)} characters; at most {MAX_PROMPT_CHARS}"
-            )
-        prompts.append(prompt)
-        if len(prompts) > MAX_PROMPTS:
-            raise TargetError(f"prompt file {path} holds more than {MAX_PROMPTS} prompts; keep at most {MAX_PROMPTS}")
     if not prompts:
         raise TargetError(f"prompt file {path} holds no prompts (only blank or '#' lines); write one prompt per line")
     return prompts
+
+
+def _lines(file, path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, stripped text) of each line of ``file``, none read longer than MAX_LINE_BYTES."""
+    offset = 0
+    for line_number in itertools.count(1):
+        raw = file.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        if len(raw) > MAX_LINE_BYTES:
+            raise TargetError(
+                f"prompt file {path} line {line_number} has more than {MAX_PROMPT_CHARS} characters; "
+                f"at most {MAX_PROMPT_CHARS}"
+            )
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise TargetError(
+                f"prompt file {path} is not UTF-8 text (bad byte at offset {offset + error.start})"
+            ) from None
+        yield line_number, text.strip()
+        offset += len(raw)
 
 
 def encode_prompts(
