@@ -21,6 +21,7 @@ from autoaccel.config.checks import MAX_SAMPLES, POPULATION_BACKENDS, validate_c
 from autoaccel.errors import TargetError
 from autoaccel.recipe import MAX_TRAIN_TIMESTEPS
 from autoaccel.seeds import make_seed_batch
+from autoaccel.targets.data_folder import MAX_IMAGE_PIXELS
 from autoaccel.targets.loader import check_device, load_pipeline_folder
 from autoaccel.techniques.solver import MAX_GUIDANCE, SolverConfig, build_scheduler
 
@@ -180,6 +181,55 @@ def test_bad_pipeline_folder_files(capsys, tmp_path, reports, tiny_pipeline_dir,
     overrides = ["target=pipeline", f"target.path={folder}", "target.device=cpu", f"report.dir={reports}"]
     refused(capsys, ["search", *overrides], *fragments)
     assert snapshot(reports) is None and snapshot(folder) == before
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A small PNG file that claims ``width`` x ``height`` grey pixels (a decompression bomb's header): a few
+    rows of data, never decoded further."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    rows = zlib.compress(b"\0" * (width + 1) * 4)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def _image_folder(folder: Path, count: int) -> Path:
+    folder.mkdir(parents=True)
+    for index in range(count):
+        Image.new("L", (8, 8), index % 256).save(folder / f"image{index:04d}.png")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("size", "fragments"),
+    [
+        (30000, ["cannot read", "bomb.png", "exceeds limit"]),
+        (9000, ["bomb.png is 9000x9000 pixels", f"at most {MAX_IMAGE_PIXELS} pixels"]),
+    ],
+)
+def test_data_folder_with_a_decompression_bomb(capsys, tmp_path, reports, tiny_pipeline_dir, size, fragments):
+    data = _image_folder(tmp_path / "data", 193)  # enough for the generic extractor's 192 features
+    (data / "bomb.png").write_bytes(_png_header(size, size))
+    overrides = ["target=pipeline", f"target.path={tiny_pipeline_dir}", "target.device=cpu", f"target.data={data}"]
+    refused(capsys, ["search", *overrides, f"report.dir={reports}"], f"target.data={data}", *fragments)
+    assert snapshot(reports) is None
+
+
+def test_data_folder_with_too_few_images_for_fid(capsys, tmp_path, reports, tiny_pipeline_dir):
+    data = _image_folder(tmp_path / "data", 1)
+    overrides = ["target=pipeline", f"target.path={tiny_pipeline_dir}", "target.device=cpu", f"target.data={data}"]
+    refused(
+        capsys,
+        ["search", *overrides, f"report.dir={reports}"],
+        f"target.data={data} holds 1 image(s)",
+        "at least 193",
+        "192 features",
+    )
+    assert snapshot(reports) is None
 
 
 # --- recipes ---------------------------------------------------------------------------------------------------

@@ -144,11 +144,11 @@ def test_with_real_data_makes_fid_against_them_the_quality(tiny_pipeline_dir, tm
 
     target = load_pipeline_folder(tiny_pipeline_dir, device="cpu")
     assert target.quality.kind == "teacher-samples" and default_quality(target) == NO_DATA_QUALITY
-    _write_images(tmp_path / "data", 6, mode="L")
+    _write_images(tmp_path / "data", 200, mode="L")  # more than the generic extractor's 192 features
     load_target_data(target, tmp_path / "data")
     assert image_shape(target) == (1, 8, 8)
-    assert target.real_images.shape == (6, 1, 8, 8)
-    assert target.quality.kind == "real-data" and "6 real images" in target.quality.description
+    assert target.real_images.shape == (200, 1, 8, 8)
+    assert target.quality.kind == "real-data" and "200 real images" in target.quality.description
     assert resolve_objectives([QUALITY, "latency_ms"], target) == ["fid", "latency_ms"]
 
 

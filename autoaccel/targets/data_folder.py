@@ -18,6 +18,7 @@ from autoaccel.targets.base import QualityReference, Target
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_MAX_IMAGES = 10_000  # more adds little to FID's statistics and costs feature time on every run
 CHANNEL_MODES = {1: "L", 3: "RGB"}
+MAX_IMAGE_PIXELS = 8192 * 8192  # one image decoded whole: a few hundred MB at most, not a decompression bomb's GBs
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -26,23 +27,35 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def load_image_folder(
-    folder: str | Path, shape: tuple[int, int, int], max_images: int = DEFAULT_MAX_IMAGES, seed: int = 0
+    folder: str | Path,
+    shape: tuple[int, int, int],
+    max_images: int = DEFAULT_MAX_IMAGES,
+    seed: int = 0,
+    min_images: int = 1,
+    needed_for: str = "",
 ) -> torch.Tensor:
     """The folder's images as uint8 (N, C, H, W) of ``shape`` (C, H, W); more than ``max_images`` are
-    subsampled at random with ``seed``. An empty folder or an unreadable file is a one-line error naming it."""
+    subsampled at random with ``seed``; fewer than ``min_images`` (``needed_for`` says why) are refused before any
+    is read. An empty folder, an unreadable file or one too large to decode is a one-line error naming it."""
     from PIL import Image, UnidentifiedImageError
 
     channels, height, width = shape
     if channels not in CHANNEL_MODES:
         raise ConfigError(f"target.data: images with {channels} channels are not supported; valid: 1 (grey), 3 (RGB)")
-    if max_images < 1:
-        raise ConfigError(f"target.data: at most {max_images} images is not valid; give a count >= 1")
+    if max_images < max(1, min_images):
+        raise ConfigError(
+            f"target.data: at most {max_images} images is not valid; give a count >= {max(1, min_images)}"
+        )
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise ConfigError(f"target.data={folder} is not a folder; give a folder of PNG or JPEG images")
     files = image_files(root)
     if not files:
         raise ConfigError(f"target.data={folder} holds no PNG or JPEG images ({', '.join(IMAGE_SUFFIXES)})")
+    if len(files) < min_images:
+        raise ConfigError(
+            f"target.data={folder} holds {len(files)} image(s); at least {min_images} are needed{needed_for}"
+        )
     if len(files) > max_images:
         chosen = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[:max_images]
         files = [files[index] for index in sorted(chosen.tolist())]
@@ -50,9 +63,14 @@ def load_image_folder(
     for path in files:
         try:
             with Image.open(path) as image:
+                if image.width * image.height > MAX_IMAGE_PIXELS:
+                    raise ConfigError(
+                        f"target.data={folder}: {path} is {image.width}x{image.height} pixels; images of at most "
+                        f"{MAX_IMAGE_PIXELS} pixels are read (resize it first)"
+                    )
                 image.load()
                 fitted = fit_image(image.convert(CHANNEL_MODES[channels]), height, width)
-        except (OSError, UnidentifiedImageError, ValueError) as error:
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise ConfigError(f"target.data={folder}: cannot read {path}: {reason}") from None
         array = torch.frombuffer(bytearray(fitted.tobytes()), dtype=torch.uint8)
@@ -102,6 +120,15 @@ def with_real_data(target: Target, images: torch.Tensor, source: str = "target.d
 
 
 def load_target_data(target: Target, folder: str | Path, max_images: int = DEFAULT_MAX_IMAGES) -> Target:
-    """``target.data=DIR``: the folder's images, fitted to the target's image size, as its FID reference."""
-    images = load_image_folder(folder, image_shape(target), max_images)
+    """``target.data=DIR``: the folder's images, fitted to the target's image size, as its FID reference.
+
+    FID compares feature covariances: the real images' is full rank only with more images than the extractor has
+    features (one image gives none at all), so a folder with fewer is refused before any image is read."""
+    from autoaccel.measure.quality import image_features
+
+    shape = image_shape(target)
+    extractor = target.quality.extractor
+    features = image_features(torch.zeros((1, *shape), dtype=torch.uint8), extractor).shape[1]
+    needed_for = f" (FID's covariance of the {features} features of {extractor} needs more images than features)"
+    images = load_image_folder(folder, shape, max_images, min_images=features + 1, needed_for=needed_for)
     return with_real_data(target, images, source=f"target.data={folder}")
