@@ -77,6 +77,8 @@ def restore(pipeline, technique, config, target, path: Path, sha: str) -> None:
     artifact = read_artifact(path, sha)
     try:
         technique.from_artifact(pipeline, config, target, artifact)
+    except RecipeError as error:  # what the artifact's metadata says, checked before anything is built from it
+        raise RecipeError(f"artifact {path}: {error}") from None
     except (RuntimeError, KeyError, ValueError, json.JSONDecodeError) as error:
         reason = " ".join(str(error).split())
         reason = reason if len(reason) <= 300 else reason[:297] + "..."

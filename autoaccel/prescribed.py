@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -26,6 +27,40 @@ class PrescribedSampler:
     timesteps: tuple[int, ...]
     guidance_scale: float = 1.0
     settings: dict = field(default_factory=dict)
+
+
+def read_prescription(stored: Any, num_train_timesteps: int, source: str) -> PrescribedSampler:
+    """The prescription an artifact's metadata holds (``source`` names it), checked before anything is built from
+    it: a scheduler a plan may run (``autoaccel.schedulers``) with bounded settings, strictly decreasing timesteps
+    within the model's trained range, and a guidance scale in range; else a RecipeError naming the bad value."""
+    from autoaccel.errors import RecipeError
+    from autoaccel.schedulers import MAX_INFERENCE_STEPS, check_scheduler_settings, sampler_schedulers, scheduler_class
+    from autoaccel.techniques.solver import MAX_GUIDANCE
+
+    keys = ("scheduler_class", "timesteps", "guidance_scale", "settings")
+    if not isinstance(stored, dict) or any(key not in stored for key in keys):
+        raise RecipeError(f"{source} must be a mapping with {', '.join(keys)}")
+    scheduler_class(stored["scheduler_class"], f"{source}.scheduler_class", sampler_schedulers(), RecipeError)
+    check_scheduler_settings(stored["settings"], f"{source}.settings", RecipeError)
+    timesteps = stored["timesteps"]
+    valid = (
+        isinstance(timesteps, list)
+        and 1 <= len(timesteps) <= MAX_INFERENCE_STEPS
+        and all(isinstance(step, int) and not isinstance(step, bool) for step in timesteps)
+        and all(later < earlier for earlier, later in zip(timesteps, timesteps[1:]))
+        and timesteps[-1] >= 0
+        and timesteps[0] < num_train_timesteps
+    )
+    if not valid:
+        shown = repr(timesteps) if len(repr(timesteps)) <= 80 else repr(timesteps)[:77] + "..."
+        raise RecipeError(
+            f"{source}.timesteps={shown} must be 1 to {MAX_INFERENCE_STEPS} strictly decreasing ints in "
+            f"[0, {num_train_timesteps - 1}]"
+        )
+    guidance = stored["guidance_scale"]
+    if isinstance(guidance, bool) or not isinstance(guidance, int | float) or not 1 <= guidance <= MAX_GUIDANCE:
+        raise RecipeError(f"{source}.guidance_scale={guidance!r} must be a number in [1, {MAX_GUIDANCE:g}]")
+    return PrescribedSampler(stored["scheduler_class"], tuple(timesteps), float(guidance), dict(stored["settings"]))
 
 
 def prescribe(denoiser: torch.nn.Module, sampler: PrescribedSampler, share: bool = False) -> torch.nn.Module:

@@ -28,16 +28,19 @@ from autoaccel.errors import RecipeError
 from autoaccel.files import write_atomically
 from autoaccel.measure.latency import MODEL_MEMORY_MEANING, describe_peak_memory
 from autoaccel.sampling import SamplerPipeline, set_exact_timesteps
-from autoaccel.techniques.solver import MAX_GUIDANCE, SOLVERS, flow_solvers
+from autoaccel.schedulers import (
+    build_scheduler_from,
+    check_scheduler_settings,
+    model_schedulers,
+    sampler_schedulers,
+    scheduler_class,
+)
+from autoaccel.techniques.solver import MAX_GUIDANCE
 
 RECIPE_FORMAT = 1
-ALLOWED_SCHEDULERS = frozenset(spec.scheduler_class for spec in [*SOLVERS.values(), *flow_solvers().values()]) | {
-    "DDPMScheduler",
-    "DDIMScheduler",
-    "LCMScheduler",  # consistency-distilled students (autoaccel.distill.consistency)
-}
+ALLOWED_SCHEDULERS = sampler_schedulers()  # what a recipe's sampler may be (autoaccel.schedulers)
 REQUIRED_KEYS = ("autoaccel_recipe", "base_model", "scheduler", "timesteps", "guidance_scale")
-MAX_TRAIN_TIMESTEPS = 1_000_000  # schedulers allocate tables of this length
+MAX_RECIPE_BYTES = 64 * 1024 * 1024  # a recipe holds at most 10000 prompts of 1000 characters, and its schedule
 
 
 def environment() -> dict[str, str]:
@@ -153,12 +156,23 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         raise RecipeError(f"recipe {path} is a folder; give a recipe file, e.g. {_example_recipe(path)}")
-    if not path.is_file():
+    if not path.exists():
         raise RecipeError(f"recipe {path} does not exist")
+    if not path.is_file():
+        raise RecipeError(f"recipe {path} is not a regular file; give a recipe file (YAML)")
+    size = path.stat().st_size
+    if size > MAX_RECIPE_BYTES:
+        raise RecipeError(f"recipe {path} has {size} bytes; a recipe has at most {MAX_RECIPE_BYTES}")
     try:
-        recipe = yaml.safe_load(path.read_text())
+        recipe = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise RecipeError(f"recipe {path} is not UTF-8 text (bad byte at offset {error.start})") from None
+    except OSError as error:
+        raise RecipeError(f"recipe {path} cannot be read: {error.strerror or error}") from None
     except yaml.YAMLError as error:
-        raise RecipeError(f"recipe {path} is not valid YAML: {error}") from None
+        raise RecipeError(f"recipe {path} is not valid YAML: {' '.join(str(error).split())}") from None
+    except (ValueError, RecursionError) as error:  # an int of thousands of digits; nesting deeper than the stack
+        raise RecipeError(f"recipe {path} is not valid YAML: {' '.join(str(error).split())[:200]}") from None
     return validate_recipe(recipe, f"recipe {path}")
 
 
@@ -182,6 +196,7 @@ def validate_recipe(recipe: Any, source: str = "recipe") -> dict[str, Any]:
         )
     if not isinstance(recipe["base_model"], dict):
         raise RecipeError(f"{source}: base_model must be a mapping with name, path and content_hash")
+    _check_base_scheduler(recipe["base_model"], source)
     scheduler = recipe["scheduler"]
     name = scheduler.get("class") if isinstance(scheduler, dict) else scheduler
     if not isinstance(scheduler, dict) or not isinstance(name, str) or name not in ALLOWED_SCHEDULERS:
@@ -218,6 +233,21 @@ def validate_recipe(recipe: Any, source: str = "recipe") -> dict[str, Any]:
     _check_prompts(recipe.get("prompts"), source)
     _probe_scheduler(name, scheduler["config"], recipe.get("sigmas") or timesteps, source)
     return recipe
+
+
+def _check_base_scheduler(base: dict, source: str) -> None:
+    """The model's own scheduler, which applying builds before any technique: a class a model may come with
+    (``autoaccel.schedulers``), its counts bounded, and settings diffusers accepts."""
+    name, config = base.get("scheduler_class"), base.get("scheduler_config")
+    where = f"{source}: base_model"
+    if name is not None:
+        scheduler_class(name, f"{where}.scheduler_class", model_schedulers(), RecipeError)
+    if config is not None:
+        check_scheduler_settings(config, f"{where}.scheduler_config", RecipeError)
+    if name is not None and config is not None:
+        build_scheduler_from(
+            name, config, f"{where}.scheduler_class", f"{where}.scheduler_config", model_schedulers(), RecipeError
+        )
 
 
 def _check_sigmas(sigmas: Any, timesteps: Any, source: str) -> None:
@@ -272,13 +302,10 @@ def check_seed_policy(policy: Any, source: str = "recipe") -> None:
 def _check_scheduler_config(class_name: str, config: dict, base_config: Any, source: str) -> None:
     """Every key is a setting of the scheduler class (or carried over from the model's own scheduler config,
     which diffusers keeps and ignores), and every setting has the type of its default."""
-    import diffusers
-
-    accepted = inspect.signature(getattr(diffusers, class_name).__init__).parameters
+    check_scheduler_settings(config, f"{source}: scheduler.config", RecipeError)
+    accepted = inspect.signature(scheduler_class(class_name, "scheduler", ALLOWED_SCHEDULERS).__init__).parameters
     carried = _allowed_scheduler_settings() | (set(base_config) if isinstance(base_config, dict) else set())
     for key, value in config.items():
-        if not isinstance(key, str):
-            raise RecipeError(f"{source}: scheduler.config key {key!r} is not a setting name")
         if key.startswith("_"):
             continue
         if key not in accepted and key not in carried:
@@ -289,20 +316,15 @@ def _check_scheduler_config(class_name: str, config: dict, base_config: Any, sou
         if key in accepted and not _has_type_of(value, accepted[key].default):
             expected = type(accepted[key].default).__name__
             raise RecipeError(f"{source}: scheduler.config {key}={value!r} must be of type {expected} for {class_name}")
-    trained = config.get("num_train_timesteps", 1000)
-    if not _is_int(trained) or not 1 <= trained <= MAX_TRAIN_TIMESTEPS:
-        raise RecipeError(
-            f"{source}: scheduler.config num_train_timesteps={trained!r} must be an int in [1, {MAX_TRAIN_TIMESTEPS}]"
-        )
 
 
 @functools.cache
 def _allowed_scheduler_settings() -> frozenset[str]:
     """Every setting of an allowed scheduler: a solver's config carries its model's own scheduler settings."""
-    import diffusers
-
     return frozenset(
-        key for name in ALLOWED_SCHEDULERS for key in inspect.signature(getattr(diffusers, name).__init__).parameters
+        key
+        for name in ALLOWED_SCHEDULERS
+        for key in inspect.signature(scheduler_class(name, "scheduler", ALLOWED_SCHEDULERS).__init__).parameters
     )
 
 
@@ -342,10 +364,8 @@ def _without(config: dict, key: str) -> dict:
 
 def _scheduler_failure(class_name: str, config: dict, timesteps: list) -> Exception | None:
     """What goes wrong running ``config`` over ``timesteps``, or None."""
-    import diffusers
-
     try:
-        scheduler = getattr(diffusers, class_name).from_config(config)
+        scheduler = scheduler_class(class_name, "scheduler", ALLOWED_SCHEDULERS).from_config(config)
         if timesteps and isinstance(timesteps[0], float):
             from autoaccel.flow_matching import set_exact_sigmas
 
@@ -386,8 +406,6 @@ def apply_recipe(
     (denoiser, and VAE and text encoders where there are) must hash to the recipe's ``base_model.content_hash``:
     a recipe measured on another model would not reproduce its figures.
     """
-    import diffusers
-
     if isinstance(recipe, dict):
         recipe, folder = validate_recipe(recipe), Path(recipe_dir or ".")
     else:
@@ -404,7 +422,8 @@ def apply_recipe(
             )
     _check_null_class(recipe.get("null_class"), target)
     applied = _apply_techniques(recipe, target, folder, log or _warn)
-    scheduler = getattr(diffusers, recipe["scheduler"]["class"]).from_config(recipe["scheduler"]["config"])
+    chosen = scheduler_class(recipe["scheduler"]["class"], "recipe scheduler.class", ALLOWED_SCHEDULERS, RecipeError)
+    scheduler = chosen.from_config(recipe["scheduler"]["config"])
     fast = SamplerPipeline(denoiser=applied.denoiser, scheduler=scheduler, vae=target.vae, conditions=target.conditions)
     fast.plan.timesteps = list(recipe["timesteps"])
     fast.plan.sigmas = [float(sigma) for sigma in recipe.get("sigmas") or []]

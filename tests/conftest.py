@@ -43,6 +43,23 @@ def fast_overrides(tiny_pipeline_dir, shared_cache_dir, tmp_path):
     ]
 
 
+@pytest.fixture
+def refuse_large_unets(monkeypatch):
+    """UNet2DModel.from_config fails for a config with 4096 channels (what the crafted files of the hardening tests
+    name), so code that would build one from a file fails at once instead of allocating gigabytes; tiny models
+    still load."""
+    import diffusers
+
+    real = diffusers.UNet2DModel.from_config.__func__
+
+    def guarded(cls, config=None, *args, **kwargs):
+        if 4096 in (dict(config or {}).get("block_out_channels") or ()):
+            raise AssertionError("a class a file names must not be built before it is checked")
+        return real(cls, config, *args, **kwargs)
+
+    monkeypatch.setattr(diffusers.UNet2DModel, "from_config", classmethod(guarded))
+
+
 @pytest.fixture(scope="session")
 def postgres_url():
     """A PostgreSQL database for the shared-study tests: ``AUTOACCEL_TEST_POSTGRES`` (``.ci/run`` starts one).

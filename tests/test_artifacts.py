@@ -192,3 +192,91 @@ def test_a_recipe_without_an_artifact_says_it_re_runs_recovery(context, tiny_pip
     pipeline = context.evaluator.configured_pipeline(candidate_of(context, PRUNED))
     without_store = build_recipe(context.target, plan, pipeline, {}, {}, {}, {})
     assert "recovery distillation (3 steps)" in without_store["techniques"]["pruning"]["reapplied"]
+
+
+# --- artifacts from a recipe someone else wrote ------------------------------------------------------------------
+
+
+def _student_recipe(tiny_pipeline_dir: Path, run: Path, sampler: dict) -> Path:
+    """A recipe applying a consistency student from an artifact (the tiny model's own weights) whose metadata
+    prescribes ``sampler``: what anyone can write and hash themself. Returns the recipe file in ``run/recipes``."""
+    import json
+
+    from autoaccel.artifacts import Artifact, ArtifactStore
+    from autoaccel.targets.loader import load_pipeline_folder
+    from autoaccel.techniques.distillation import DISTILLATION
+
+    target = load_pipeline_folder(tiny_pipeline_dir, device="cpu")
+    artifact = Artifact(dict(target.denoiser.state_dict()), {"prescribed_sampler": json.dumps(sampler)})
+    sha = ArtifactStore(run / ARTIFACTS_DIR).put(artifact)
+    recipe = {
+        "autoaccel_recipe": 1,
+        "base_model": {"name": "tiny", "path": str(tiny_pipeline_dir), "content_hash": target.content_hash},
+        "techniques": {
+            "distillation": {
+                "version": DISTILLATION.version,
+                "config": {"method": "consistency", "steps": 2},
+                "artifact": {"path": f"../{ARTIFACTS_DIR}/{sha}.safetensors", "sha256": sha},
+            }
+        },
+        "scheduler": {"class": "DDPMScheduler", "config": {"num_train_timesteps": 100}},
+        "timesteps": [99, 49],
+        "guidance_scale": 1.0,
+        "null_class": 3,
+        "seed_policy": {"seed": 0, "samples": 4, "chunk_size": 4},
+    }
+    (run / "recipes").mkdir(parents=True, exist_ok=True)
+    path = run / "recipes" / "student.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def _apply_refused(capsys, recipe: Path, out: Path, *fragments: str) -> str:
+    from autoaccel.cli import main
+
+    assert main(["apply", str(recipe), "--out", str(out), "--n", "2"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("autoaccel apply: error: "), lines
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert not out.exists()
+    return lines[0]
+
+
+STUDENT_SAMPLER = {"scheduler_class": "LCMScheduler", "timesteps": [99, 49], "guidance_scale": 1.0, "settings": {}}
+
+
+def test_a_student_artifact_prescribing_an_allowed_sampler_applies(capsys, tiny_pipeline_dir, tmp_path):
+    from autoaccel.cli import main
+
+    recipe = _student_recipe(tiny_pipeline_dir, tmp_path / "run", STUDENT_SAMPLER)
+    assert main(["apply", str(recipe), "--out", str(tmp_path / "out"), "--n", "2"]) == 0
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["00000.png", "00001.png", "grid.png"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "fragments"),
+    [
+        (
+            {
+                "scheduler_class": "UNet2DModel",
+                "settings": {"block_out_channels": [1024, 2048, 4096, 4096], "layers_per_block": 6},
+            },
+            ["prescribed_sampler.scheduler_class='UNet2DModel' is not allowed", "LCMScheduler"],
+        ),
+        ({"scheduler_class": "utils"}, ["prescribed_sampler.scheduler_class='utils' is not allowed"]),
+        (
+            {"settings": {"num_train_timesteps": 10**7}},
+            ["prescribed_sampler.settings num_train_timesteps=10000000", "[1, 1000000]"],
+        ),
+        ({"settings": ["num_train_timesteps", 100]}, ["prescribed_sampler.settings must be a mapping"]),
+        ({"timesteps": list(range(10**5, 0, -1))}, ["prescribed_sampler.timesteps=", "ints in [0, 99]"]),
+        ({"timesteps": [50, 70]}, ["prescribed_sampler.timesteps=[50, 70]", "strictly decreasing"]),
+        ({"guidance_scale": 1e300}, ["prescribed_sampler.guidance_scale=1e+300"]),
+    ],
+)
+def test_a_student_artifact_prescribing_what_no_plan_runs_is_refused_unbuilt(
+    capsys, refuse_large_unets, tiny_pipeline_dir, tmp_path, changes, fragments
+):
+    recipe = _student_recipe(tiny_pipeline_dir, tmp_path / "run", {**STUDENT_SAMPLER, **changes})
+    _apply_refused(capsys, recipe, tmp_path / "out", "artifact ", *fragments)

@@ -6,6 +6,7 @@ Every case runs the real CLI (``autoaccel.cli.main``). Most fail before any mode
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -19,10 +20,10 @@ from autoaccel.cli import main
 from autoaccel.config import compose_config
 from autoaccel.config.checks import MAX_SAMPLES, POPULATION_BACKENDS, validate_config
 from autoaccel.errors import TargetError
-from autoaccel.recipe import MAX_TRAIN_TIMESTEPS
+from autoaccel.schedulers import MAX_INFERENCE_STEPS, MAX_TRAIN_TIMESTEPS
 from autoaccel.seeds import make_seed_batch
 from autoaccel.targets.data_folder import MAX_IMAGE_PIXELS
-from autoaccel.targets.loader import check_device, load_pipeline_folder
+from autoaccel.targets.loader import MAX_SAMPLE_CHANNELS, MAX_SAMPLE_SIZE, check_device, load_pipeline_folder
 from autoaccel.techniques.solver import MAX_GUIDANCE, SolverConfig, build_scheduler
 
 
@@ -183,6 +184,65 @@ def test_bad_pipeline_folder_files(capsys, tmp_path, reports, tiny_pipeline_dir,
     assert snapshot(reports) is None and snapshot(folder) == before
 
 
+def _edited_folder(tiny_pipeline_dir: Path, tmp_path: Path, file: str, changes: dict) -> Path:
+    """A copy of the tiny pipeline folder whose JSON ``file`` has ``changes`` merged in."""
+    folder = shutil.copytree(tiny_pipeline_dir, tmp_path / "model")
+    path = folder / file
+    content = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({**content, **changes}))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("file", "changes", "fragments"),
+    [
+        (
+            "model_index.json",
+            {"scheduler": ["diffusers", "UNet2DModel"]},
+            ["model_index.json: scheduler='UNet2DModel' is not allowed", "PNDMScheduler"],
+        ),
+        (
+            "scheduler/scheduler_config.json",
+            {"_class_name": "utils"},
+            ["scheduler_config.json: _class_name='utils' is not allowed", "DDPMScheduler"],
+        ),
+        (
+            "scheduler/scheduler_config.json",
+            {"num_train_timesteps": 10**7},
+            ["num_train_timesteps=10000000", f"[1, {MAX_TRAIN_TIMESTEPS}]"],
+        ),
+        (
+            "scheduler/scheduler_config.json",
+            {"beta_schedule": "banana"},
+            ["scheduler_config.json is not accepted by DDPMScheduler", "banana"],
+        ),
+        ("unet/config.json", {"sample_size": 100000}, ["sample_size=100000", f"[1, {MAX_SAMPLE_SIZE}]"]),
+        ("unet/config.json", {"sample_size": [8, "8"]}, ["sample_size=[8, '8']", "[height, width]"]),
+        ("unet/config.json", {"in_channels": 10**6}, ["in_channels=1000000", f"[1, {MAX_SAMPLE_CHANNELS}]"]),
+        (
+            "autoaccel.json",
+            {"default_call": {"num_inference_steps": 10**9}},
+            ["default_call.num_inference_steps=1000000000", f"[1, {MAX_INFERENCE_STEPS}]"],
+        ),
+    ],
+)
+def test_folder_sizes_and_scheduler_are_checked_before_loading(
+    capsys, monkeypatch, tmp_path, reports, tiny_pipeline_dir, file, changes, fragments
+):
+    import diffusers
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("what a folder's JSON files name must be checked before the pipeline is loaded")
+
+    folder = _edited_folder(tiny_pipeline_dir, tmp_path, file, changes)
+    before = snapshot(folder)
+    if file != "autoaccel.json":  # read with the loaded pipeline's defaults
+        monkeypatch.setattr(diffusers.DDPMPipeline, "from_pretrained", classmethod(refuse))
+    overrides = ["target=pipeline", f"target.path={folder}", "target.device=cpu", f"report.dir={reports}"]
+    refused(capsys, ["search", *overrides], *fragments)
+    assert snapshot(reports) is None and snapshot(folder) == before
+
+
 def _png_header(width: int, height: int) -> bytes:
     """A small PNG file that claims ``width`` x ``height`` grey pixels (a decompression bomb's header): a few
     rows of data, never decoded further."""
@@ -300,6 +360,58 @@ def test_scheduler_settings_its_class_refuses(capsys, tmp_path, tiny_recipe, set
     refused(
         capsys, ["apply", str(write_recipe(tmp_path, tiny_recipe, scheduler=scheduler)), "--out", str(out)], *fragments
     )
+    assert snapshot(out) is None
+
+
+@pytest.mark.parametrize(
+    ("base", "fragments"),
+    [
+        (
+            {
+                "scheduler_class": "UNet2DModel",
+                "scheduler_config": {"block_out_channels": [1024, 2048, 4096, 4096], "layers_per_block": 6},
+            },
+            ["base_model.scheduler_class='UNet2DModel' is not allowed", "DDPMScheduler"],
+        ),
+        ({"scheduler_class": "utils", "scheduler_config": {}}, ["base_model.scheduler_class='utils' is not allowed"]),
+        (
+            {"scheduler_class": "DDPMScheduler", "scheduler_config": {"num_train_timesteps": 10**7}},
+            ["base_model.scheduler_config num_train_timesteps=10000000", f"[1, {MAX_TRAIN_TIMESTEPS}]"],
+        ),
+        (
+            {"scheduler_class": "DDPMScheduler", "scheduler_config": {"beta_schedule": "banana"}},
+            ["base_model.scheduler_config is not accepted by DDPMScheduler", "banana"],
+        ),
+        (
+            {"scheduler_class": "DDPMScheduler", "scheduler_config": ["num_train_timesteps", 100]},
+            ["base_model.scheduler_config must be a mapping"],
+        ),
+        ({"scheduler_config": {"solver_order": 10**9}}, ["base_model.scheduler_config solver_order=1000000000"]),
+    ],
+)
+def test_base_model_scheduler_goes_through_the_allow_list(
+    capsys, refuse_large_unets, tmp_path, tiny_recipe, base, fragments
+):
+    recipe = dict(tiny_recipe, base_model={**tiny_recipe["base_model"], **base})
+    out = tmp_path / "images"
+    refused(capsys, ["apply", str(write_recipe(tmp_path, recipe)), "--out", str(out)], *fragments)
+    assert snapshot(out) is None
+
+
+def test_recipe_that_is_not_utf8(capsys, tmp_path, tiny_recipe):
+    path = write_recipe(tmp_path, tiny_recipe)
+    path.write_bytes(path.read_bytes().replace(b"tiny", b"t\xffny", 1))
+    out = tmp_path / "images"
+    refused(capsys, ["apply", str(path), "--out", str(out)], f"recipe {path} is not UTF-8 text", "offset")
+    assert snapshot(out) is None
+
+
+def test_recipe_that_is_not_a_regular_file(capsys, tmp_path):
+    fifo = tmp_path / "recipe.yaml"
+    os.mkfifo(fifo)
+    out = tmp_path / "images"
+    line = refused(capsys, ["apply", str(fifo), "--out", str(out)], f"recipe {fifo} is not a regular file")
+    assert "does not exist" not in line
     assert snapshot(out) is None
 
 

@@ -118,6 +118,73 @@ def test_recipe_files_of_any_text_load_or_name_the_problem(tmp_path, text):
         assert "recipe" in str(error)
 
 
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=200))
+def test_recipe_files_of_any_bytes_load_or_name_the_problem(tmp_path, data):
+    path = tmp_path / "recipe.yaml"
+    path.write_bytes(data)
+    try:
+        load_recipe(path)
+    except RecipeError as error:
+        assert "recipe" in str(error)
+
+
+SCHEDULER_NAMES = st.one_of(
+    st.sampled_from(["DDPMScheduler", "PNDMScheduler", "LCMScheduler", "UNet2DModel", "utils", "DiffusionPipeline"]),
+    VALUES,
+)
+SCHEDULER_SETTINGS = st.one_of(
+    st.dictionaries(
+        st.sampled_from(["num_train_timesteps", "beta_schedule", "solver_order", "trained_betas", "steps_offset"]),
+        st.one_of(VALUES, st.integers(-(10**12), 10**12)),
+        max_size=3,
+    ),
+    VALUES,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.fixed_dictionaries({}, optional={"scheduler_class": SCHEDULER_NAMES, "scheduler_config": SCHEDULER_SETTINGS}))
+def test_recipe_base_model_scheduler_is_allowed_bounded_or_named(base):
+    from autoaccel.schedulers import model_schedulers
+
+    recipe = copy.deepcopy(_valid_recipe())
+    recipe["base_model"].update(base)
+    try:
+        validate_recipe(recipe)
+    except RecipeError as error:
+        assert "\n" not in str(error)
+        return
+    assert base.get("scheduler_class", "DDPMScheduler") in model_schedulers()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.one_of(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "scheduler_class": SCHEDULER_NAMES,
+                "timesteps": st.one_of(st.lists(st.integers(-5, 1200), max_size=5), VALUES),
+                "guidance_scale": VALUES,
+                "settings": SCHEDULER_SETTINGS,
+            },
+        ),
+        VALUES,
+    )
+)
+def test_an_artifacts_prescription_is_allowed_bounded_or_named(stored):
+    from autoaccel.prescribed import read_prescription
+    from autoaccel.schedulers import sampler_schedulers
+
+    try:
+        sampler = read_prescription(stored, 1000, "prescribed_sampler")
+    except RecipeError as error:
+        assert str(error).startswith("prescribed_sampler")
+        return
+    assert sampler.scheduler_class in sampler_schedulers() and len(sampler.timesteps) >= 1
+
+
 def _config_fields(config_cls) -> st.SearchStrategy:
     from dataclasses import fields
 

@@ -139,10 +139,15 @@ class Target:
 
     def make_pipeline(self) -> SamplerPipeline:
         """A fresh pipeline around the target's denoiser and VAE (shared, not copied: sampler techniques leave
-        them alone), running the model's own scheduler until a technique swaps it."""
-        import diffusers
+        them alone), running the model's own scheduler until a technique swaps it (a class a model may come
+        with: ``autoaccel.schedulers``)."""
+        from autoaccel.errors import TargetError
+        from autoaccel.schedulers import build_scheduler_from, model_schedulers
 
-        scheduler = getattr(diffusers, self.scheduler_class).from_config(self.scheduler_config)
+        where = f"model {self.name}'s scheduler"
+        scheduler = build_scheduler_from(
+            self.scheduler_class, self.scheduler_config, where, f"{where} config", model_schedulers(), TargetError
+        )
         pipeline = SamplerPipeline(
             denoiser=self.denoiser, scheduler=scheduler, vae=self.vae, conditions=self.conditions
         )

@@ -12,6 +12,7 @@ import torch
 
 from autoaccel.errors import TargetError
 from autoaccel.measure.features import GENERIC_EXTRACTOR
+from autoaccel.schedulers import MAX_INFERENCE_STEPS, build_scheduler_from, model_schedulers, scheduler_class
 from autoaccel.targets.base import DefaultCall, QualityReference, Target, hash_weights
 from autoaccel.targets.conditions import CLASS, PROMPT, Conditions
 from autoaccel.targets.denoisers import DENOISERS, VAE_SCALE
@@ -29,14 +30,18 @@ SUPPORTED_PIPELINES = {
 SUPPORTED = "supported: a diffusers save_pretrained folder (or, with network, a hub id) of " + ", ".join(
     SUPPORTED_PIPELINES
 )
+# A denoiser's sample (latents under a VAE): SDXL, SD3 and PixArt work on 128x128 latents of 4 to 16 channels, and a
+# pixel-space model on a few hundred pixels; larger sizes only allocate noise no machine holds.
+MAX_SAMPLE_SIZE = 1024
+MAX_SAMPLE_CHANNELS = 256
 
 
 def _read_json(path: Path) -> dict:
     """A JSON object (mapping): every file the loader reads is one, and ``.get`` on anything else would crash."""
     try:
         content = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise TargetError(f"{path} is not readable JSON: {error}") from error
+    except (OSError, ValueError, RecursionError) as error:  # ValueError: bad JSON, or an int too long to read
+        raise TargetError(f"{path} is not readable JSON: {' '.join(str(error).split())[:200]}") from error
     if not isinstance(content, dict):
         shown = json.dumps(content)
         shown = shown if len(shown) <= 40 else shown[:37] + "..."
@@ -59,6 +64,7 @@ def load_pipeline_folder(
     check_device(device)
     if folder.is_dir():
         pipeline_class = _folder_pipeline_class(folder, path)
+        _check_folder_sizes(folder)
         extra_path = folder / "autoaccel.json"
         extra = _read_json(extra_path) if extra_path.exists() else {}
         source, shown_name = folder, folder.name
@@ -112,6 +118,46 @@ def _folder_pipeline_class(folder: Path, path) -> str:
     return pipeline_class
 
 
+def _check_folder_sizes(folder: Path) -> None:
+    """What loading would build from the folder's JSON before any weight is read: the scheduler (a class a model may
+    come with, its tables bounded: ``autoaccel.schedulers``) and the denoiser's sample size and channels."""
+    index_path = folder / "model_index.json"
+    index = _read_json(index_path)
+    entry = index.get("scheduler")
+    named = entry[-1] if isinstance(entry, list) and entry else entry
+    scheduler_class(named, f"{index_path}: scheduler", model_schedulers(), TargetError)
+    config_path = folder / "scheduler" / "scheduler_config.json"
+    config = _read_json(config_path)
+    build_scheduler_from(
+        config.get("_class_name", named),
+        config,
+        f"{config_path}: _class_name",
+        str(config_path),
+        model_schedulers(),
+        TargetError,
+    )
+    role = "transformer" if "transformer" in index else "unet"
+    denoiser_path = folder / role / "config.json"
+    if denoiser_path.exists():
+        denoiser = _read_json(denoiser_path)
+        check_sample_shape(denoiser.get("sample_size"), denoiser.get("in_channels"), str(denoiser_path))
+
+
+def check_sample_shape(size, channels, source: str) -> None:
+    """A denoiser's ``sample_size`` (an int or [height, width]) and ``in_channels``, bounded: every candidate's
+    noise has this shape."""
+    sides = size if isinstance(size, list | tuple) and len(size) == 2 else [size]
+    if not all(_is_int(side) and 1 <= side <= MAX_SAMPLE_SIZE for side in sides):
+        raise TargetError(
+            f"{source}: sample_size={repr(size)[:60]} is not valid; give an int (or [height, width]) in "
+            f"[1, {MAX_SAMPLE_SIZE}]"
+        )
+    if channels is not None and not (_is_int(channels) and 1 <= channels <= MAX_SAMPLE_CHANNELS):
+        raise TargetError(
+            f"{source}: in_channels={repr(channels)[:60]} is not valid; give an int in [1, {MAX_SAMPLE_CHANNELS}]"
+        )
+
+
 def _load_pipeline(source, pipeline_class: str | None, path):
     import diffusers
 
@@ -163,6 +209,7 @@ def target_from_pipeline(
     extra_path = extra_path or Path("autoaccel.json")
     pipeline_class = type(pipeline).__name__
     denoiser = getattr(pipeline, "transformer", None) or pipeline.unet
+    check_sample_shape(denoiser.config.sample_size, denoiser.config.in_channels, f"{name}'s {type(denoiser).__name__}")
     denoiser.eval().requires_grad_(False)
     if getattr(denoiser, "use_additional_conditions", False) and hasattr(pipeline, "vae_scale_factor"):
         # PixArt-alpha 1024 is conditioned on the image size in pixels: its VAE's scale gives it
@@ -249,8 +296,10 @@ def read_default_call(pipeline, extra: dict, extra_path: Path) -> DefaultCall:
     if "num_inference_steps" not in given and _is_int(trained) and _is_int(steps):
         steps = min(steps, trained)  # DDPMPipeline's 1000 steps on a model trained with fewer: all of them
     guidance = given.get("guidance_scale", guidance)
-    if not _is_int(steps) or steps < 1:
-        raise TargetError(f"{extra_path}: default_call.num_inference_steps={steps!r} must be an int >= 1")
+    if not _is_int(steps) or not 1 <= steps <= MAX_INFERENCE_STEPS:
+        raise TargetError(
+            f"{extra_path}: default_call.num_inference_steps={steps!r} must be an int in [1, {MAX_INFERENCE_STEPS}]"
+        )
     if isinstance(guidance, bool) or not isinstance(guidance, int | float) or not guidance >= 1.0:
         raise TargetError(f"{extra_path}: default_call.guidance_scale={guidance!r} must be a number >= 1")
     return DefaultCall(int(steps), float(guidance))

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from autoaccel.errors import ConfigError, TechniqueError
-from autoaccel.prescribed import PrescribedSampler, prescribe, prescription
+from autoaccel.prescribed import PrescribedSampler, prescribe, prescription, read_prescription
 from autoaccel.techniques.base import TRAIN_MINUTES, ParamSpec, Technique, register, require_types
 
 METHODS = ("none", "progressive", "consistency", "learned_schedule")
@@ -249,9 +249,7 @@ def distillation_from_artifact(pipeline, config: DistillationConfig, target, art
     if not config.trains:
         return
     stored = json.loads(artifact.metadata["prescribed_sampler"])
-    sampler = PrescribedSampler(
-        stored["scheduler_class"], tuple(stored["timesteps"]), float(stored["guidance_scale"]), stored["settings"]
-    )
+    sampler = read_prescription(stored, target.num_train_timesteps, "its prescribed_sampler")
     if config.method == "learned_schedule":
         if [int(step) for step in artifact.tensors["timesteps"]] != list(sampler.timesteps):
             raise ValueError("the artifact's timesteps disagree with its prescribed sampler")

@@ -23,15 +23,14 @@ def scheduler_from_settings(class_name: str, base: dict, settings: dict, what: s
     Some schedulers quietly rewrite a combination they do not support (DPM-Solver++ forces lower_order_final=True
     with a zero final sigma); that would be a different plan than the one recorded, so it is refused.
     """
-    import diffusers
-
     from autoaccel.errors import TechniqueError
+    from autoaccel.schedulers import sampler_schedulers, scheduler_class
 
-    scheduler_class = getattr(diffusers, class_name)
-    accepted = inspect.signature(scheduler_class.__init__).parameters
+    chosen = scheduler_class(class_name, f"{what} scheduler", sampler_schedulers(), TechniqueError)
+    accepted = inspect.signature(chosen.__init__).parameters
     base = {key: value for key, value in base.items() if key in accepted}  # the rest diffusers would drop, noisily
     try:
-        scheduler = scheduler_class.from_config({**base, **settings})
+        scheduler = chosen.from_config({**base, **settings})
     except (ValueError, NotImplementedError) as error:
         raise TechniqueError(f"{class_name} refused {what} settings {settings}: {error}") from error
     changed = {
