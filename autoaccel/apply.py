@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from autoaccel.artifacts import ArtifactRef, ArtifactStore, read_artifact
+from autoaccel.artifacts import ArtifactRef, ArtifactStore, read_artifact, relative_path
 from autoaccel.errors import RecipeError
 from autoaccel.prescribed import apply_prescribed
 
@@ -88,11 +88,11 @@ def restore(pipeline, technique, config, target, path: Path, sha: str) -> None:
 
 
 def recipe_artifacts(techniques: Mapping[str, Any], folder: Path) -> dict[str, tuple[Path, str]]:
-    """technique name -> (file, sha256) for each ``artifact`` a recipe's techniques name, resolved against
-    ``folder`` (the recipe file's own folder)."""
+    """technique name -> (file, sha256) for each ``artifact`` a recipe's techniques name: the file named by its hash
+    in the ``artifacts/`` folder beside ``folder`` (the recipe file's own folder), and nowhere else."""
     found = {}
     for name, entry in techniques.items():
         if isinstance(entry, dict) and "artifact" in entry:
             ref = ArtifactRef.from_dict(entry["artifact"], f"recipe techniques.{name}.artifact")
-            found[str(name)] = (Path(folder) / ref.path, ref.sha256)
+            found[str(name)] = (Path(folder) / relative_path(ref.sha256), ref.sha256)
     return found

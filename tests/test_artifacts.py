@@ -280,3 +280,52 @@ def test_a_student_artifact_prescribing_what_no_plan_runs_is_refused_unbuilt(
 ):
     recipe = _student_recipe(tiny_pipeline_dir, tmp_path / "run", {**STUDENT_SAMPLER, **changes})
     _apply_refused(capsys, recipe, tmp_path / "out", "artifact ", *fragments)
+
+
+@pytest.mark.parametrize(
+    "path", ["../../../../x.safetensors", "../artifacts/../../elsewhere/{sha}.safetensors", "{sha}.safetensors"]
+)
+def test_an_artifact_outside_the_recipes_artifacts_folder_is_refused_unread(capsys, tiny_pipeline_dir, tmp_path, path):
+    recipe = _student_recipe(tiny_pipeline_dir, tmp_path / "run", STUDENT_SAMPLER)
+    written = yaml.safe_load(recipe.read_text())
+    reference = written["techniques"]["distillation"]["artifact"]
+    reference["path"] = path.format(sha=reference["sha256"])
+    recipe.write_text(yaml.safe_dump(written, sort_keys=False))
+    outside = (recipe.parent / reference["path"]).resolve()
+    messages = []
+    for exists in (False, True):  # the same answer whether a file is there or not: nothing is learnt about it
+        if exists:
+            outside.parent.mkdir(parents=True, exist_ok=True)
+            outside.write_bytes(b"someone else's file")
+        messages.append(_apply_refused(capsys, recipe, tmp_path / "out", "artifact.path=", "../artifacts/"))
+    assert messages[0] == messages[1]
+    assert "does not exist" not in messages[0] and "hashes to" not in messages[0]
+
+
+def test_an_artifact_that_is_not_a_regular_file_is_refused_unopened(capsys, tiny_pipeline_dir, tmp_path):
+    import os
+
+    recipe = _student_recipe(tiny_pipeline_dir, tmp_path / "run", STUDENT_SAMPLER)
+    artifact = next((tmp_path / "run" / ARTIFACTS_DIR).iterdir())
+    artifact.unlink()
+    os.mkfifo(artifact)  # opening it to read would wait for a writer forever
+    line = _apply_refused(capsys, recipe, tmp_path / "out", artifact.name, "is not a regular file")
+    assert "does not exist" not in line
+
+
+def test_an_artifact_is_hashed_before_it_is_read_whole(tmp_path):
+    import tracemalloc
+
+    from autoaccel.artifacts import read_artifact
+
+    large = tmp_path / f"{'0' * 64}.safetensors"
+    with large.open("wb") as file:
+        file.truncate(256 * 2**20)  # 256 MB of zeros, sparse on disk: not the artifact the recipe names
+    tracemalloc.start()
+    try:
+        with pytest.raises(RecipeError, match="hashes to"):
+            read_artifact(large, "0" * 64)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20, f"{peak / 2**20:.0f} MB held while hashing a file of 256 MB"
