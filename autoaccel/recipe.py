@@ -231,6 +231,7 @@ def validate_recipe(recipe: Any, source: str = "recipe") -> dict[str, Any]:
         raise RecipeError(f"{source}: null_class={null_class!r} must be an int >= 0 or null")
     check_seed_policy(recipe.get("seed_policy"), source)
     _check_prompts(recipe.get("prompts"), source)
+    recipe_plan(recipe)  # every technique config, bounded: one whose artifact is not named trains again on apply
     for technique, section in (recipe.get("techniques") or {}).items():
         if isinstance(section, dict) and "artifact" in section:
             ArtifactRef.from_dict(section["artifact"], f"{source}: techniques.{technique}.artifact")

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from autoaccel.errors import ConfigError
+from autoaccel.space_combinations import check_combinations
 
 if TYPE_CHECKING:
     from autoaccel.techniques.base import ParamSpec, Technique
@@ -256,6 +257,7 @@ def parse_space(document: Any, source: str = "<memory>") -> SearchSpace:
             raise ConfigError(f"{source}: dimensions.{key}: the space already has the most it may ({MAX_DIMENSIONS})")
         dimensions.extend(_parse_dimension(key, spec, dimensions, techniques, source))
     _check_totals(dimensions, source)
+    check_combinations(techniques, tuple(dimensions), fixed, source)
     return SearchSpace(
         name=name,
         techniques=techniques,

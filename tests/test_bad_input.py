@@ -415,6 +415,48 @@ def test_recipe_that_is_not_a_regular_file(capsys, tmp_path):
     assert snapshot(out) is None
 
 
+def test_space_whose_every_progressive_trial_would_fail(capsys, tmp_path, reports, fast_overrides):
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "techniques: [distillation, solver, timesteps]\n"
+        "fixed: {distillation.steps: 3, distillation.start_steps: 64}\n"
+        "dimensions:\n  distillation.method: {type: categorical, choices: [none, progressive]}\n"
+        "  timesteps.steps: {type: int, low: 3, high: 6}\n"
+    )
+    refused(
+        capsys,
+        ["search", *fast_overrides, f"space={space}", f"report.dir={reports}"],
+        str(space),
+        "distillation.method='progressive'",
+        "start_steps=64 is not valid for steps=3",
+    )
+    assert snapshot(reports) is None
+
+
+@pytest.mark.parametrize(
+    ("config", "fragments"),
+    [
+        ({"method": "consistency", "iterations": 10**12}, ["distillation.iterations=1000000000000", "[0, 100000]"]),
+        ({"method": "consistency", "batch_size": 10**9}, ["distillation.batch_size=1000000000", "[1, 4096]"]),
+    ],
+)
+def test_recipe_that_would_train_without_end_on_apply(capsys, monkeypatch, tmp_path, tiny_recipe, config, fragments):
+    import autoaccel.applying
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model must not load before the recipe is checked")
+
+    monkeypatch.setattr(autoaccel.applying, "load_base_model", refuse)
+    techniques = {**tiny_recipe["techniques"], "distillation": {"version": 1, "config": config}}
+    out = tmp_path / "images"
+    refused(
+        capsys,
+        ["apply", str(write_recipe(tmp_path, tiny_recipe, techniques=techniques)), "--out", str(out)],
+        *fragments,
+    )
+    assert snapshot(out) is None
+
+
 # --- apply flags -----------------------------------------------------------------------------------------------
 
 

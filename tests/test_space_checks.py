@@ -344,6 +344,36 @@ BAD_VALUES = {
         "dimensions.solver.guidance.log='maybe'",
         "true, false",
     ),
+    "progressive_start_steps_that_do_not_halve_to_steps": (
+        "techniques: [distillation]\nfixed: {distillation.steps: 3, distillation.start_steps: 64}\n"
+        "dimensions:\n  distillation.method: {type: categorical, choices: [none, progressive]}\n",
+        "the space can propose distillation.method='progressive'",
+        "start_steps must be steps times a power of two",
+    ),
+    "progressive_step_range_with_steps_that_do_not_halve": (
+        "techniques: [distillation]\nfixed: {distillation.method: progressive, distillation.start_steps: 64}\n"
+        "dimensions:\n  distillation.steps: {type: int, low: 1, high: 8}\n",
+        "distillation.steps=3",
+        "so every combination is valid",
+    ),
+    "consistency_steps_beyond_its_original_steps": (
+        "techniques: [distillation]\nfixed: {distillation.method: consistency}\ndimensions:\n"
+        "  distillation.original_steps: {type: categorical, choices: [50, 2]}\n"
+        "  distillation.steps: {type: categorical, choices: [1, 4]}\n",
+        "distillation.original_steps=2, distillation.steps=4",
+        "it must be in [1, 2]",
+    ),
+    "training_without_end": (
+        "techniques: [distillation]\nfixed: {distillation.iterations: 1000000000000, distillation.batch_size: 4096}\n",
+        "fixed.distillation.iterations=1000000000000 is not valid",
+        "an int in [0, 100000]",
+    ),
+    "training_range_without_end": (
+        "techniques: [distillation]\n"
+        "dimensions:\n  distillation.iterations: {type: int, low: 100, high: 1000000000000}\n",
+        "dimensions.distillation.iterations.high=1000000000000 is not valid",
+        "an int in [0, 100000]",
+    ),
     "technique_not_a_name": ("techniques: [solver, [timesteps]]\n", "techniques: ['timesteps']", "known:"),
     "technique_listed_twice": ("techniques: [solver, solver]\n", "'solver' is listed twice", "list each once"),
 }

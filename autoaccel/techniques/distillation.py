@@ -34,6 +34,9 @@ from autoaccel.prescribed import PrescribedSampler, prescribe, prescription, rea
 from autoaccel.techniques.base import TRAIN_MINUTES, ParamSpec, Technique, register, require_types
 
 METHODS = ("none", "progressive", "consistency", "learned_schedule")
+# Optimizer steps of one training: the bundled spaces train a few hundred, a large model's distillation some
+# thousands; a training without end (a typo, a crafted recipe whose applying trains again) is refused.
+MAX_ITERATIONS = 100_000
 STUDENT_TARGETS = ("v", "x")
 WEIGHTINGS = ("snr_trunc", "x")
 LOSSES = ("l2", "huber")
@@ -96,9 +99,12 @@ class DistillationConfig:
         ):
             if getattr(self, name) not in valid:
                 raise ConfigError(f"distillation.{name}={getattr(self, name)!r} is not valid; valid: {list(valid)}")
-        for name, low in (("steps", 1), ("iterations", 0), ("batch_size", 1), ("data_samples", 1), ("seed", 0)):
-            if getattr(self, name) < low:
-                raise ConfigError(f"distillation.{name}={getattr(self, name)} is not valid; it must be >= {low}")
+        for name in ("steps", "iterations", "batch_size", "data_samples", "seed", "start_steps", "original_steps"):
+            spec = DISTILLATION_PARAMS[name]
+            if not spec.accepts(getattr(self, name)):  # a recipe trains again without an artifact: bounded too
+                raise ConfigError(
+                    f"distillation.{name}={getattr(self, name)} is not valid; it must be {spec.describe()}"
+                )
         rates_valid = self.learning_rate > 0 and self.schedule_learning_rate > 0
         if not rates_valid or not 0 <= self.ema < 1 or not 0 <= self.target_ema < 1 or self.huber_c <= 0:
             raise ConfigError(
@@ -133,7 +139,7 @@ class DistillationConfig:
 DISTILLATION_PARAMS = {
     "method": ParamSpec("choice", choices=METHODS),
     "steps": ParamSpec("int", low=1, high=64),
-    "iterations": ParamSpec("int", low=0),
+    "iterations": ParamSpec("int", low=0, high=MAX_ITERATIONS),
     "learning_rate": ParamSpec("float", low=0.0, low_open=True, high=1.0),
     "schedule_learning_rate": ParamSpec("float", low=0.0, low_open=True, high=10.0),
     "batch_size": ParamSpec("int", low=1, high=4096),
