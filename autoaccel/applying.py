@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from autoaccel.config.checks import MAX_SAMPLES, MAX_SEED, check_folder
+from autoaccel.config.checks import MAX_SAMPLES, check_flag_range, check_folder, check_seed_flag
 from autoaccel.errors import ConfigError, RecipeError
 from autoaccel.imaging import save_grid, to_pil_images
 from autoaccel.recipe import apply_recipe, load_recipe
@@ -33,11 +33,10 @@ def load_base_model(recipe: dict, model: str | None, device: str):
 
 def check_apply_options(out_dir: Path, count: int, seed: int | None, overwrite: bool) -> None:
     """The flags, before the recipe or the model is read: a bad one costs nothing and writes nothing."""
-    if not 1 <= count <= MAX_SAMPLES:
-        raise ConfigError(f"--n {count} is not valid; it must be an int in [1, {MAX_SAMPLES}]")
-    if seed is not None and not -MAX_SEED <= seed < MAX_SEED:
-        raise ConfigError(f"--seed {seed} is not valid; it must be an int in [{-MAX_SEED}, {MAX_SEED - 1}]")
-    check_folder("--out", out_dir)
+    check_flag_range("--n", count, 1, MAX_SAMPLES)
+    if seed is not None:
+        check_seed_flag(seed)
+    check_folder("--out", out_dir, writable=True)
     if overwrite or not Path(out_dir).is_dir():
         return
     images = sorted(path.name for path in Path(out_dir).iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)

@@ -181,16 +181,26 @@ def cmd_bench(args: list[str]) -> int:
     return 0
 
 
+MAX_TRAIN_STEPS = 1_000_000  # train-teacher: the embedded teacher trains 2400
+MAX_EPOCHS = 10_000  # train-classifier: the embedded classifier trains 40
+
+
 def cmd_train_teacher(args: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="autoaccel train-teacher")
     parser.add_argument("--steps", type=int, default=2400)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="folder (default: the embedded teacher's, replaced)")
     options = parser.parse_args(args)
+    from autoaccel.config.checks import check_flag_range, check_folder, check_seed_flag
     from autoaccel.targets.digits.model import teacher_dir
+
+    check_flag_range("--steps", options.steps, 1, MAX_TRAIN_STEPS)
+    check_seed_flag(options.seed)
+    out = options.out or teacher_dir()
+    check_folder("--out", out, writable=True)
     from autoaccel.targets.digits.teacher import train_teacher
 
-    train_teacher(options.out or teacher_dir(), steps=options.steps, seed=options.seed)
+    train_teacher(out, steps=options.steps, seed=options.seed)
     return 0
 
 
@@ -198,12 +208,18 @@ def cmd_train_classifier(args: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="autoaccel train-classifier")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="weights file (default: the embedded one, replaced)")
     options = parser.parse_args(args)
-    from autoaccel.targets.digits.classifier import train_classifier
+    from autoaccel.config.checks import check_file_destination, check_flag_range, check_seed_flag
     from autoaccel.targets.digits.model import classifier_weights_path
 
-    train_classifier(options.out or classifier_weights_path(), epochs=options.epochs, seed=options.seed)
+    check_flag_range("--epochs", options.epochs, 1, MAX_EPOCHS)
+    check_seed_flag(options.seed)
+    out = options.out or classifier_weights_path()
+    check_file_destination("--out", out)
+    from autoaccel.targets.digits.classifier import train_classifier
+
+    train_classifier(out, epochs=options.epochs, seed=options.seed)
     return 0
 
 

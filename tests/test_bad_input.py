@@ -108,6 +108,39 @@ def test_study_name_that_is_not_one_folder(capsys, tmp_path, name):
     assert snapshot(tmp_path) == {}
 
 
+@pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [
+        (["liveness.grace_s=-1"], ["liveness.grace_s=-1.0", "0 < interval_s < grace_s"]),
+        (["liveness.interval_s=0"], ["liveness.interval_s=0.0", "0 < interval_s < grace_s"]),
+        (["budget.warm_start_steps=[0]"], ["budget.warm_start_steps=[0]", f"[1, {MAX_INFERENCE_STEPS}]"]),
+        (["budget.warm_start_steps=[4,100000]"], ["100000 is not a step count", f"[1, {MAX_INFERENCE_STEPS}]"]),
+    ],
+)
+def test_bad_run_settings_stop_before_anything_loads(capsys, monkeypatch, reports, overrides, fragments):
+    import autoaccel.run
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model must not load before the settings are checked")
+
+    monkeypatch.setattr(autoaccel.run, "load_target", refuse)
+    refused(capsys, ["search", *overrides, f"report.dir={reports}"], *fragments)
+    assert snapshot(reports) is None
+
+
+def test_cache_dir_that_is_a_file(capsys, monkeypatch, tmp_path, reports):
+    import autoaccel.run
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model must not load before the cache folder is checked")
+
+    monkeypatch.setattr(autoaccel.run, "load_target", refuse)
+    file = tmp_path / "cache"
+    file.write_text("mine")
+    refused(capsys, ["search", f"cache_dir={file}", f"report.dir={reports}"], f"cache_dir={str(file)!r}", "is a file")
+    assert snapshot(reports) is None and file.read_text() == "mine"
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 @pytest.mark.parametrize("device", ["cuda", "cuda:0"])
 def test_cuda_device_without_cuda(capsys, reports, fast_overrides, device):
@@ -470,6 +503,39 @@ def test_apply_out_that_is_a_file(capsys, tmp_path, tiny_recipe):
     assert snapshot(out) == before
 
 
+def unwritable_folder(tmp_path: Path) -> Path:
+    """A folder in which no file can be made: a read-only one for a user, /sys (read-only) for root."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir(mode=0o500)
+        return folder
+    if Path("/sys").is_dir() and not _can_create_in(Path("/sys")):
+        return Path("/sys")
+    pytest.skip("no read-only folder to try as root")
+
+
+def _can_create_in(folder: Path) -> bool:
+    try:
+        (folder / "autoaccel-probe").touch()
+    except OSError:
+        return False
+    (folder / "autoaccel-probe").unlink()
+    return True
+
+
+def test_apply_out_that_cannot_be_written_is_refused_before_sampling(capsys, monkeypatch, tmp_path, tiny_recipe):
+    import autoaccel.applying
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the recipe must not be read before --out is checked")
+
+    monkeypatch.setattr(autoaccel.applying, "load_recipe", refuse)
+    out = unwritable_folder(tmp_path) / "images"
+    recipe = str(write_recipe(tmp_path, tiny_recipe))
+    refused(capsys, ["apply", recipe, "--out", str(out)], f"--out={str(out)!r} cannot be written", "you can write to")
+    assert not out.exists()
+
+
 def test_apply_into_a_folder_of_images_needs_overwrite(capsys, tmp_path, tiny_recipe):
     out = tmp_path / "images"
     out.mkdir()
@@ -606,3 +672,53 @@ def test_min_adherence_on_a_model_without_a_classifier(capsys, reports, tiny_pip
     argv = ["search", "target=pipeline", f"target.path={tiny_pipeline_dir}", f"report.dir={reports}"]
     refused(capsys, [*argv, "budget.min_adherence=0.9"], "budget.min_adherence=0.9", "digits_t2i")
     assert not reports.exists() or not any(reports.iterdir())
+
+
+# --- train commands ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def embedded_weights():
+    """The embedded models' weights: a refused train command must leave them as they are."""
+    from autoaccel.targets.digits.model import WEIGHTS_DIR
+
+    before = snapshot(WEIGHTS_DIR)
+    yield
+    assert snapshot(WEIGHTS_DIR) == before
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragments"),
+    [
+        (["train-teacher", "--steps", "-1"], ["--steps -1 is not valid", "[1, 1000000]"]),
+        (["train-teacher", "--steps", "0"], ["--steps 0 is not valid"]),
+        (["train-teacher", "--seed", str(2**62)], [f"--seed {2**62} is not valid"]),
+        (["train-classifier", "--epochs", "0"], ["--epochs 0 is not valid", "[1, 10000]"]),
+        (["train-classifier", "--epochs", "-5"], ["--epochs -5 is not valid"]),
+        (["train-latent-models", "--seed", str(-(2**62))], [f"--seed {-(2**62)} is not valid"]),
+    ],
+)
+@pytest.mark.parametrize("with_out", [True, False])
+def test_train_command_flags_are_checked_before_training(
+    capsys, monkeypatch, tmp_path, embedded_weights, argv, fragments, with_out
+):
+    import autoaccel.targets.digits.classifier as classifier
+    import autoaccel.targets.digits.latent.train as latent
+    import autoaccel.targets.digits.teacher as teacher
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a refused flag must stop the command before it trains")
+
+    for module, name in ((teacher, "train_teacher"), (classifier, "train_classifier"), (latent, "train_latent_models")):
+        monkeypatch.setattr(module, name, refuse)
+    out = tmp_path / ("weights.safetensors" if argv[0] == "train-classifier" else "models")
+    refused(capsys, [*argv, *(["--out", str(out)] if with_out else [])], *fragments)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["train-teacher", "train-latent-models"])
+def test_train_command_out_that_is_a_file(capsys, tmp_path, embedded_weights, command):
+    file = tmp_path / "notes.txt"
+    file.write_text("mine")
+    refused(capsys, [command, "--out", str(file)], f"--out={str(file)!r} is a file")
+    assert file.read_text() == "mine"

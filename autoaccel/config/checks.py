@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from autoaccel.errors import ConfigError
 from autoaccel.limits import LIMIT_OPTIONS, check_limit_value
+from autoaccel.liveness import LivenessSettings
 
 # Backends that breed generations of ``optimizer.population_size`` individuals (optuna needs at least 2).
 POPULATION_BACKENDS = ("optuna_nsga2", "optuna_nsga3", "pymoo_nsga2", "pymoo_nsga3", "pymoo_smsemoa")
@@ -48,11 +50,32 @@ def validate_config(config: DictConfig) -> None:
     for name, option in LIMIT_OPTIONS.items():
         if config.budget.get(name) is not None:
             check_limit_value(option, config.budget[name])
+    check_warm_start(list(config.budget.get("warm_start_steps") or []))
+    if config.get("liveness") is not None:
+        LivenessSettings(float(config.liveness.interval_s), float(config.liveness.grace_s))
     check_fidelity(config)
     check_population(config)
     check_target(config)
     check_study_name(config.study_name)
     check_folder("report.dir", config.report.dir)
+    if not OmegaConf.is_missing(config, "cache_dir") and config.get("cache_dir") is not None:
+        check_folder("cache_dir", config.cache_dir)
+
+
+def check_warm_start(steps: list) -> None:
+    """``budget.warm_start_steps``: step counts a standard configuration can run (0 would be dropped unseen)."""
+    from autoaccel.schedulers import MAX_INFERENCE_STEPS
+
+    for step_count in steps:
+        if (
+            isinstance(step_count, bool)
+            or not isinstance(step_count, int)
+            or not 1 <= step_count <= MAX_INFERENCE_STEPS
+        ):
+            raise ConfigError(
+                f"budget.warm_start_steps={steps} is not valid: {step_count!r} is not a step count; give ints in "
+                f"[1, {MAX_INFERENCE_STEPS}] (or [] for no standard configurations)"
+            )
 
 
 def check_fidelity(config: DictConfig) -> None:
@@ -123,10 +146,40 @@ def check_study_name(name: str | None) -> None:
         )
 
 
-def check_folder(key: str, folder: str | Path) -> None:
-    """``folder`` is, or can be made, a directory: neither it nor its closest existing parent is a file."""
+def check_flag_range(flag: str, value: int, low: int, high: int) -> None:
+    """A command-line count or seed, before anything runs: ``--steps -1`` would train nothing and still write."""
+    if not low <= value <= high:
+        raise ConfigError(f"{flag} {value} is not valid; it must be an int in [{low}, {high}]")
+
+
+def check_seed_flag(value: int, flag: str = "--seed") -> None:
+    check_flag_range(flag, value, -MAX_SEED, MAX_SEED - 1)
+
+
+def check_file_destination(key: str, path: str | Path) -> None:
+    """``path`` can be written as a file: it is not a folder, and its folder can be written (``check_folder``)."""
+    if Path(path).expanduser().is_dir():
+        raise ConfigError(f"{key}={str(path)!r} is a folder; give a file path")
+    check_folder(key, Path(path).expanduser().parent, writable=True)
+
+
+def check_folder(key: str, folder: str | Path, writable: bool = False) -> None:
+    """``folder`` is, or can be made, a directory: neither it nor its closest existing parent is a file. With
+    ``writable``, a file can be created there: a temporary one is made in its closest existing folder (and removed),
+    which asks the file system itself (permissions, read-only mounts, /proc) rather than guessing."""
     path = Path(folder).expanduser()
     existing = next((candidate for candidate in (path, *path.parents) if candidate.exists()), None)
     if existing is not None and not existing.is_dir():
         where = "is a file" if existing == path else f"is inside {str(existing)!r}, which is a file"
         raise ConfigError(f"{key}={str(folder)!r} {where}; give a folder (it is created if missing)")
+    if not writable or existing is None:
+        return
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        where = "" if existing == path else f" (its closest existing folder {str(existing)!r})"
+        reason = error.strerror or type(error).__name__
+        raise ConfigError(
+            f"{key}={str(folder)!r} cannot be written{where}: {reason}; give a folder you can write to"
+        ) from None

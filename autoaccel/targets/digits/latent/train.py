@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+from autoaccel.config.checks import check_folder, check_seed_flag
+
 MODELS = ("vae", "t2i", "dit")
 
 
@@ -52,6 +54,8 @@ def run_cli(args: list[str]) -> int:
     parser.add_argument("--only", choices=MODELS, action="append", help="train only this model (repeatable)")
     options = parser.parse_args(args)
     out_root = options.out or default_out_root()
+    check_seed_flag(options.seed)
+    check_folder("--out", out_root, writable=True)
     if options.only and "vae" not in options.only and not (out_root / "vae" / "config.json").exists():
         parser.error(f"{out_root / 'vae'} holds no VAE; train it first (--only vae)")
     infos = train_latent_models(out_root, seed=options.seed, only=tuple(options.only or MODELS))
