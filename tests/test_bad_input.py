@@ -304,20 +304,20 @@ def _image_folder(folder: Path, count: int) -> Path:
         (9000, ["bomb.png is 9000x9000 pixels", f"at most {MAX_IMAGE_PIXELS} pixels"]),
     ],
 )
-def test_data_folder_with_a_decompression_bomb(capsys, tmp_path, reports, tiny_pipeline_dir, size, fragments):
+def test_data_folder_with_a_decompression_bomb(capsys, tmp_path, reports, fast_overrides, size, fragments):
     data = _image_folder(tmp_path / "data", 193)  # enough for the generic extractor's 192 features
     (data / "bomb.png").write_bytes(_png_header(size, size))
-    overrides = ["target=pipeline", f"target.path={tiny_pipeline_dir}", "target.device=cpu", f"target.data={data}"]
-    refused(capsys, ["search", *overrides, f"report.dir={reports}"], f"target.data={data}", *fragments)
+    overrides = [*fast_overrides, f"target.data={data}", "budget.trials=2", f"report.dir={reports}"]
+    refused(capsys, ["search", *overrides], f"target.data={data}", *fragments)
     assert snapshot(reports) is None
 
 
-def test_data_folder_with_too_few_images_for_fid(capsys, tmp_path, reports, tiny_pipeline_dir):
+def test_data_folder_with_too_few_images_for_fid(capsys, tmp_path, reports, fast_overrides):
     data = _image_folder(tmp_path / "data", 1)
-    overrides = ["target=pipeline", f"target.path={tiny_pipeline_dir}", "target.device=cpu", f"target.data={data}"]
+    overrides = [*fast_overrides, f"target.data={data}", "budget.trials=2", f"report.dir={reports}"]
     refused(
         capsys,
-        ["search", *overrides, f"report.dir={reports}"],
+        ["search", *overrides],
         f"target.data={data} holds 1 image(s)",
         "at least 193",
         "192 features",
@@ -458,7 +458,7 @@ def test_space_whose_every_progressive_trial_would_fail(capsys, tmp_path, report
     )
     refused(
         capsys,
-        ["search", *fast_overrides, f"space={space}", f"report.dir={reports}"],
+        ["search", *fast_overrides, f"space={space}", "budget.trials=2", f"report.dir={reports}"],
         str(space),
         "distillation.method='progressive'",
         "start_steps=64 is not valid for steps=3",
@@ -678,10 +678,18 @@ def test_min_adherence_on_a_model_without_a_classifier(capsys, reports, tiny_pip
 
 
 @pytest.fixture
-def embedded_weights():
-    """The embedded models' weights: a refused train command must leave them as they are."""
+def embedded_weights(monkeypatch):
+    """The embedded models' weights: a refused train command must leave them as they are, and never train."""
+    import autoaccel.targets.digits.classifier as classifier
+    import autoaccel.targets.digits.latent.train as latent
+    import autoaccel.targets.digits.teacher as teacher
     from autoaccel.targets.digits.model import WEIGHTS_DIR
 
+    def refuse(*args, **kwargs):
+        raise AssertionError("a refused flag must stop the command before it trains")
+
+    for module, name in ((teacher, "train_teacher"), (classifier, "train_classifier"), (latent, "train_latent_models")):
+        monkeypatch.setattr(module, name, refuse)
     before = snapshot(WEIGHTS_DIR)
     yield
     assert snapshot(WEIGHTS_DIR) == before
@@ -699,18 +707,7 @@ def embedded_weights():
     ],
 )
 @pytest.mark.parametrize("with_out", [True, False])
-def test_train_command_flags_are_checked_before_training(
-    capsys, monkeypatch, tmp_path, embedded_weights, argv, fragments, with_out
-):
-    import autoaccel.targets.digits.classifier as classifier
-    import autoaccel.targets.digits.latent.train as latent
-    import autoaccel.targets.digits.teacher as teacher
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a refused flag must stop the command before it trains")
-
-    for module, name in ((teacher, "train_teacher"), (classifier, "train_classifier"), (latent, "train_latent_models")):
-        monkeypatch.setattr(module, name, refuse)
+def test_train_command_flags_are_checked_before_training(capsys, tmp_path, embedded_weights, argv, fragments, with_out):
     out = tmp_path / ("weights.safetensors" if argv[0] == "train-classifier" else "models")
     refused(capsys, [*argv, *(["--out", str(out)] if with_out else [])], *fragments)
     assert not out.exists()
