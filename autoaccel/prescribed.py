@@ -34,7 +34,13 @@ def read_prescription(stored: Any, num_train_timesteps: int, source: str) -> Pre
     it: a scheduler a plan may run (``autoaccel.schedulers``) with bounded settings, strictly decreasing timesteps
     within the model's trained range, and a guidance scale in range; else a RecipeError naming the bad value."""
     from autoaccel.errors import RecipeError
-    from autoaccel.schedulers import MAX_INFERENCE_STEPS, check_scheduler_settings, sampler_schedulers, scheduler_class
+    from autoaccel.schedulers import (
+        MAX_INFERENCE_STEPS,
+        check_scheduler_settings,
+        is_timestep_schedule,
+        sampler_schedulers,
+        scheduler_class,
+    )
     from autoaccel.techniques.solver import MAX_GUIDANCE
 
     keys = ("scheduler_class", "timesteps", "guidance_scale", "settings")
@@ -43,15 +49,7 @@ def read_prescription(stored: Any, num_train_timesteps: int, source: str) -> Pre
     scheduler_class(stored["scheduler_class"], f"{source}.scheduler_class", sampler_schedulers(), RecipeError)
     check_scheduler_settings(stored["settings"], f"{source}.settings", RecipeError)
     timesteps = stored["timesteps"]
-    valid = (
-        isinstance(timesteps, list)
-        and 1 <= len(timesteps) <= MAX_INFERENCE_STEPS
-        and all(isinstance(step, int) and not isinstance(step, bool) for step in timesteps)
-        and all(later < earlier for earlier, later in zip(timesteps, timesteps[1:]))
-        and timesteps[-1] >= 0
-        and timesteps[0] < num_train_timesteps
-    )
-    if not valid:
+    if not is_timestep_schedule(timesteps, num_train_timesteps):
         shown = repr(timesteps) if len(repr(timesteps)) <= 80 else repr(timesteps)[:77] + "..."
         raise RecipeError(
             f"{source}.timesteps={shown} must be 1 to {MAX_INFERENCE_STEPS} strictly decreasing ints in "

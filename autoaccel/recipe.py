@@ -29,8 +29,10 @@ from autoaccel.files import write_atomically
 from autoaccel.measure.latency import MODEL_MEMORY_MEANING, describe_peak_memory
 from autoaccel.sampling import SamplerPipeline, set_exact_timesteps
 from autoaccel.schedulers import (
+    MAX_INFERENCE_STEPS,
     build_scheduler_from,
     check_scheduler_settings,
+    is_timestep_schedule,
     model_schedulers,
     sampler_schedulers,
     scheduler_class,
@@ -211,17 +213,10 @@ def validate_recipe(recipe: Any, source: str = "recipe") -> dict[str, Any]:
     timesteps = recipe["timesteps"]
     if "sigmas" in recipe:
         _check_sigmas(recipe["sigmas"], timesteps, source)
-    elif (
-        not isinstance(timesteps, list)
-        or not timesteps
-        or not all(isinstance(step, int) and not isinstance(step, bool) for step in timesteps)
-        or any(later >= earlier for earlier, later in zip(timesteps, timesteps[1:]))
-        or timesteps[-1] < 0
-        or (isinstance(trained, int) and timesteps[0] >= trained)
-    ):
+    elif not is_timestep_schedule(timesteps, trained):
         raise RecipeError(
-            f"{source}: timesteps={timesteps!r} must be a non-empty strictly decreasing list of ints in "
-            f"[0, {trained - 1 if isinstance(trained, int) else 'num_train_timesteps - 1'}]"
+            f"{source}: timesteps={_short(repr(timesteps))} must be a non-empty strictly decreasing list of ints in "
+            f"[0, {trained - 1}], at most {MAX_INFERENCE_STEPS} of them"
         )
     guidance = recipe["guidance_scale"]
     if isinstance(guidance, bool) or not isinstance(guidance, int | float) or not 1 <= guidance <= MAX_GUIDANCE:

@@ -79,6 +79,19 @@ def check_scheduler_settings(settings: Any, where: str, error: type[Exception] =
     return settings
 
 
+def is_timestep_schedule(timesteps: Any, num_train_timesteps: int) -> bool:
+    """Whether ``timesteps`` (read from a file) is a schedule a scheduler can run exactly: a strictly decreasing list
+    of 1 to MAX_INFERENCE_STEPS ints in [0, num_train_timesteps)."""
+    return (
+        isinstance(timesteps, list)
+        and 1 <= len(timesteps) <= MAX_INFERENCE_STEPS
+        and all(_is_int(step) for step in timesteps)
+        and all(later < earlier for earlier, later in zip(timesteps, timesteps[1:]))
+        and timesteps[-1] >= 0
+        and timesteps[0] < num_train_timesteps
+    )
+
+
 def build_scheduler_from(
     name: Any,
     settings: Any,

@@ -90,6 +90,22 @@ def test_bad_timesteps_are_refused(tmp_path, timesteps):
     assert "strictly decreasing list of ints in [0, " in str(info.value)
 
 
+def test_a_schedule_longer_than_any_sampler_runs_is_refused_unprobed(tmp_path, monkeypatch):
+    import autoaccel.recipe
+    from autoaccel.schedulers import MAX_INFERENCE_STEPS
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a schedule of absurd length must be refused before the scheduler runs it")
+
+    monkeypatch.setattr(autoaccel.recipe, "_probe_scheduler", refuse)
+    timesteps = list(range(MAX_INFERENCE_STEPS, -1, -1))  # one more step than any file may ask for
+    recipe = _recipe(scheduler_config={"num_train_timesteps": 100_000}, timesteps=timesteps)
+    with pytest.raises(
+        RecipeError, match=f"strictly decreasing list of ints in \\[0, 99999\\], at most {MAX_INFERENCE_STEPS}"
+    ):
+        load_recipe(_write(tmp_path, recipe))
+
+
 @pytest.mark.parametrize("key", REQUIRED_KEYS)
 def test_missing_key_is_named(tmp_path, key):
     recipe = _recipe()
