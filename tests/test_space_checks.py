@@ -363,6 +363,11 @@ BAD_VALUES = {
         "distillation.original_steps=2, distillation.steps=4",
         "it must be in [1, 2]",
     ),
+    "solver_order_its_solver_lacks": (
+        HEAD + "  solver.name: {type: categorical, choices: [dpmsolver++, ddim]}\nfixed: {solver.order: 2}\n",
+        "the space can propose solver.name='ddim'",
+        "solver.order=2 is not valid for solver 'ddim'; valid: [1]",
+    ),
     "training_without_end": (
         "techniques: [distillation]\nfixed: {distillation.iterations: 1000000000000, distillation.batch_size: 4096}\n",
         "fixed.distillation.iterations=1000000000000 is not valid",
