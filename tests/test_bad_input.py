@@ -387,6 +387,18 @@ def test_plan_ranked_by_a_metric_the_run_did_not_measure(capsys, tmp_path, flag)
 
 
 @pytest.mark.parametrize(
+    ("argv", "fragments"),
+    [
+        (["--min-psnr", "-inf"], ["--min-psnr -inf", "a finite number"]),
+        (["--max-latency-ms", "-1e3"], ["--max-latency-ms -1000.0", "a finite number > 0"]),
+        (["--max-nfe", "four"], ["--max-nfe four", "a finite number > 0"]),
+    ],
+)
+def test_plan_limit_values_that_start_with_a_dash_or_are_not_numbers(capsys, tmp_path, argv, fragments):
+    refused(capsys, ["plan", str(_plan_run(tmp_path / "run")), *argv], *fragments)
+
+
+@pytest.mark.parametrize(
     ("pareto", "fragments"),
     [
         (
