@@ -114,7 +114,7 @@ def cmd_plan(args: list[str]) -> int:
     parser.add_argument("run", type=Path, help="the run folder, e.g. reports/digits-sampler")
     for option in LIMIT_OPTIONS.values():
         bound = "upper" if option.upper else "lower"
-        parser.add_argument(option.flag, type=float, default=None, help=f"{bound} bound on the {option.meaning}")
+        parser.add_argument(option.flag, metavar="VALUE", default=None, help=f"{bound} bound on the {option.meaning}")
     parser.add_argument(
         "--minimize",
         default=None,
@@ -122,13 +122,39 @@ def cmd_plan(args: list[str]) -> int:
         "latency_ms when a quality limit is given, else --quality",
     )
     parser.add_argument("--quality", default="fid", help="the quality metric shown and ranked by (default fid)")
-    options = parser.parse_args(args)
+    options = parser.parse_args(_values_joined(args, {option.flag for option in LIMIT_OPTIONS.values()}))
     from autoaccel.planning import explain_plan
 
-    values = {name: getattr(options, name) for name in LIMIT_OPTIONS}
+    values = {name: _number_or_text(getattr(options, name)) for name in LIMIT_OPTIONS}
     message, found = explain_plan(options.run, values, options.minimize, options.quality)
     print(message)
     return 0 if found else 3
+
+
+def _values_joined(args: list[str], flags: set[str]) -> list[str]:
+    """``--min-psnr -inf`` as ``--min-psnr=-inf``: argparse reads a value starting with a dash that is not a plain
+    negative number (``-inf``, ``-1e3``) as another option, so a flag's value is joined to it before parsing."""
+    joined: list[str] = []
+    index = 0
+    while index < len(args):
+        if args[index] in flags and index + 1 < len(args) and not args[index + 1].startswith("--"):
+            joined.append(f"{args[index]}={args[index + 1]}")
+            index += 2
+        else:
+            joined.append(args[index])
+            index += 1
+    return joined
+
+
+def _number_or_text(text: str | None) -> float | str | None:
+    """A limit flag's value as a number where it reads as one; the text otherwise, which the limit check refuses
+    with the valid range."""
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def cmd_apply(args: list[str]) -> int:

@@ -59,6 +59,7 @@ class Limit:
     bound: float
     upper: bool = True
     stated: str = ""  # how the user stated it, when that differs from the bound (a ratio to the teacher)
+    ratio: float | None = None  # the multiple of the teacher's figure, for a limit stated as one
 
     def fits(self, value: Any) -> bool:
         """A figure that was not measured (None, NaN) fits no limit."""
@@ -100,13 +101,14 @@ def resolve_limits(values: Mapping[str, Any], teacher: Mapping[str, Any] | None)
         check_limit_value(option, value)
         stated = ""
         bound = float(value)
+        ratio = float(value) if option.teacher_ratio else None
         if option.teacher_ratio:
             reference = (teacher or {}).get(option.metric)
             known = isinstance(reference, numbers.Real) and math.isfinite(reference)
             bound = bound * reference if known else math.nan
             teacher_figure = f"{reference:.4g}" if known else "not measured yet"
             stated = f"{value:g}x the reference's {option.metric} {teacher_figure}"
-        limits.append(Limit(name, option.metric, bound, option.upper, stated))
+        limits.append(Limit(name, option.metric, bound, option.upper, stated, ratio))
     return limits
 
 

@@ -74,6 +74,7 @@ class BudgetChoice:
     row: pd.Series | None
     closest: pd.Series | None
     misses: dict[str, float]  # limit option -> how far the closest point is beyond its bound
+    ties: tuple[str, ...] = ()  # where the data could not tell the choice from a bound or a better plan, and why
 
 
 def choose_within(front: pd.DataFrame, limits: list[Limit], optimize: str) -> BudgetChoice:

@@ -22,7 +22,8 @@ from autoaccel.fidelity import FidelityLadder
 from autoaccel.ledger import LEDGER_FILE, Ledger, default_storage, shown_url
 from autoaccel.limits import check_teacher_ratios
 from autoaccel.measure.evaluator import CostSettings, Evaluator
-from autoaccel.measure.reference import QualityJudge
+from autoaccel.measure.feature_store import FEATURES_DIR, FeatureStore
+from autoaccel.measure.reference import HELD_OUT_REFERENCE, QualityJudge
 from autoaccel.objectives import objective_directions, resolve_objectives
 from autoaccel.optimizers.base import OptimizerBackend
 from autoaccel.space import SearchSpace, load_space
@@ -100,6 +101,8 @@ def settings_fingerprint(config: DictConfig, target: Target, space: SearchSpace)
         "fidelity.levels": list(config.fidelity.levels),
         **({"fidelity.train_shares": list(shares)} if (shares := config.fidelity.get("train_shares")) else {}),
         **({"quality.fid_std_rounds": rounds} if (rounds := int(config.quality.fid_std_rounds)) != 20 else {}),
+        # real-data FID is against the real images less those held out for the floor (earlier: all of them)
+        **({"fid_reference": HELD_OUT_REFERENCE} if target.real_images is not None else {}),
     }
 
 
@@ -146,6 +149,7 @@ def prepare_run(config: DictConfig, run_dir: Path | None = None, for_search: boo
         # any machine can rebuild the report from the storage, with the limits of the latest run
         ledger.study.set_user_attr("config", OmegaConf.to_container(config, resolve=True))
     evaluator = evaluator_from_config(config, target, space, artifacts=ArtifactStore(run_dir / ARTIFACTS_DIR))
+    evaluator.features = FeatureStore(run_dir / FEATURES_DIR)
     return RunContext(config, run_dir, target, space, objectives, ledger, evaluator.judge, evaluator, backend, lock)
 
 

@@ -636,6 +636,88 @@ def test_plan_budget_out_of_range(capsys, tmp_path, flag, value):
     assert snapshot(tmp_path) == before
 
 
+def _plan_run(folder: Path, pareto: str = "", teacher: dict | None = None) -> Path:
+    """A run folder as ``report`` writes it for ``plan``: pareto.csv, trials.csv (a standard configuration without an
+    adherence column) and teacher.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pareto.csv").write_text(
+        pareto or "trial,nfe,fid,latency_ms,adherence,recipe\n11,4,12.0,5.0,,recipes/trial-0011.yaml\n"
+    )
+    (folder / "trials.csv").write_text("trial,state,warm_start,nfe,fid,latency_ms\n1,COMPLETE,ddim-4,4,30.0,11.0\n")
+    (folder / "teacher.json").write_text(json.dumps(teacher or {"fid": 8.0, "latency_ms": 600.0}))
+    return folder
+
+
+@pytest.mark.parametrize("flag", ["--quality", "--minimize"])
+def test_plan_ranked_by_a_metric_the_run_did_not_measure(capsys, tmp_path, flag):
+    run = _plan_run(tmp_path / "run")
+    before = snapshot(run)
+    refused(capsys, ["plan", str(run), flag, "adherence"], f"{flag} adherence", "no plan", "valid here: fid")
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragments"),
+    [
+        (["--min-psnr", "-inf"], ["--min-psnr -inf", "a finite number"]),
+        (["--max-latency-ms", "-1e3"], ["--max-latency-ms -1000.0", "a finite number > 0"]),
+        (["--max-nfe", "four"], ["--max-nfe four", "a finite number > 0"]),
+    ],
+)
+def test_plan_limit_values_that_start_with_a_dash_or_are_not_numbers(capsys, tmp_path, argv, fragments):
+    refused(capsys, ["plan", str(_plan_run(tmp_path / "run")), *argv], *fragments)
+
+
+@pytest.mark.parametrize(
+    ("pareto", "fragments"),
+    [
+        (
+            "trial,nfe,fid,latency_ms,recipe\n11,4,12.0,-5.0,r.yaml\n22,8,9.0,10.0,r.yaml\n",
+            ["pareto.csv: row 1 (trial 11) has latency_ms=-5.0", "valid: a finite number >= 0"],
+        ),
+        ("trial,nfe,fid,latency_ms,recipe\n11,4,True,5.0,r.yaml\n", ["column(s) fid hold non-numbers"]),
+        ("trial,nfe,fid,latency_ms,recipe\n11,inf,12.0,5.0,r.yaml\n", ["has nfe=inf", "valid: a finite number >= 0"]),
+        ("trial,nfe,fid,latency_ms,recipe\n11.5,4,12.0,5.0,r.yaml\n", ["has trial=11.5", "a whole number >= 0"]),
+        ("trial,nfe,fid,latency_ms,recipe\n11,4,-2.0,5.0,r.yaml\n", ["has fid=-2.0", "a finite number >= 0"]),
+    ],
+)
+def test_plan_refuses_hand_edited_front_figures(capsys, tmp_path, pareto, fragments):
+    run = _plan_run(tmp_path / "run", pareto=pareto)
+    refused(capsys, ["plan", str(run), "--max-latency-ms", "100"], *fragments)
+
+
+@pytest.mark.parametrize(
+    ("teacher", "argv", "fragments"),
+    [
+        ({"fid": True, "latency_ms": 600.0}, [], ["teacher.json: fid=true is not valid", "a finite number >= 0"]),
+        ({"fid": 8.0, "latency_ms": -1}, [], ["teacher.json: latency_ms=-1 is not valid"]),
+        ({"fid": 8.0, "quality_reference": "mine"}, [], ['quality_reference="mine"', "real-data, teacher-samples"]),
+        ({"fid": 0.0, "latency_ms": 600.0}, ["--max-fid-ratio", "1.25"], ["needs the reference's FID > 0", "fid=0.0"]),
+    ],
+)
+def test_plan_refuses_hand_edited_reference_figures(capsys, tmp_path, teacher, argv, fragments):
+    run = _plan_run(tmp_path / "run", teacher=teacher)
+    refused(capsys, ["plan", str(run), "--max-latency-ms", "100", *argv], *fragments)
+
+
+def test_plan_quotes_the_paths_in_the_command_it_prints(capsys, tmp_path):
+    """A recipe cell or a folder name with shell syntax or spaces is printed so that pasting the command runs
+    apply on that path and nothing else."""
+    import shlex
+
+    cell = "$(touch pwned)"
+    run = _plan_run(tmp_path / "my runs", pareto=f"trial,nfe,fid,latency_ms,recipe\n11,4,12.0,5.0,{cell}\n")
+    assert main(["plan", str(run), "--max-latency-ms", "100"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    command = next(line for line in lines if line.strip().startswith("apply:")).split("apply:", 1)[1]
+    assert shlex.split(command) == [
+        "python", "-m", "autoaccel", "apply", str(run / cell), "--out", "samples", "--n", "16"
+    ]  # fmt: skip
+    recipe = next(line for line in lines if line.strip().startswith("recipe:")).split("recipe:", 1)[1]
+    assert shlex.split(recipe) == [str(run / cell)]
+    assert not (tmp_path / "pwned").exists()
+
+
 # --- help ------------------------------------------------------------------------------------------------------
 
 

@@ -278,3 +278,12 @@ def test_front_numbers_leave_out_infeasible_and_failed_trials_whose_place_others
     assert front_numbers(trials, ["fid", "latency_ms"]) == [0, 2]
     assert front_numbers(trials.iloc[:0], ["fid", "latency_ms"]) == []
     assert front_numbers(trials[["trial", "state", "feasible"]], ["fid", "latency_ms"]) == []
+
+
+def test_a_reference_scored_against_its_own_samples_is_compared_by_difference_not_ratio(run_dir):
+    """Where FID is against the reference call's own images its FID is 0 (to rounding): a ratio to it is
+    meaningless, so the change is shown as a difference."""
+    teacher = {"fid": 1e-9, "latency_ms": 600.0, "quality_reference": "teacher-samples"}
+    (run_dir / "teacher.json").write_text(json.dumps(teacher))
+    message, _ = explain_plan(run_dir, {"max_latency_ms": 16.0})
+    assert "vs the reference (? steps): 40.00x faster, fid 1e-09 -> 12 (+12)" in message

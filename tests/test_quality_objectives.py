@@ -11,8 +11,8 @@ import torch
 
 from autoaccel.errors import ConfigError
 from autoaccel.measure.features import GENERIC_EXTRACTOR, seeded_random_extractor
-from autoaccel.measure.quality import image_features, paired_feature_distance, ssim, ssim_per_image
-from autoaccel.measure.reference import real_data_floor, teacher_samples_floor
+from autoaccel.measure.quality import frechet_distance, image_features, paired_feature_distance, ssim, ssim_per_image
+from autoaccel.measure.reference import held_out_floor, held_out_split
 from autoaccel.objectives import (
     DIRECTIONS,
     NO_DATA_QUALITY,
@@ -36,66 +36,71 @@ def _blobs(count: int, seed: int, size: int = 8) -> torch.Tensor:
 # FID floor ------------------------------------------------------------------------------------------------------
 
 
-def test_real_data_floor_uses_disjoint_sets_and_says_so():
-    real = _blobs(240, seed=0)
-    floor = real_data_floor(real, samples=80, extractor=GENERIC_EXTRACTOR, seed=0)
-    assert floor["method"] == "real-data held-out split"
-    assert floor["samples"] == 80 and floor["reference_count"] == 240
-    assert floor["fid"] > 0 and floor["fid_std"] >= 0
-    assert floor["sentence"].startswith(f"FID below {floor['fid']:.3g} cannot tell plans apart at 80 samples")
-    # a sample from another distribution scores far above the floor
-    other = torch.flip(_blobs(80, seed=1), dims=(2,)) // 2
-    features = image_features(other, GENERIC_EXTRACTOR)
-    from autoaccel.measure.quality import frechet_distance
-
-    assert frechet_distance(features, image_features(real, GENERIC_EXTRACTOR)) > 3 * floor["fid"]
+def test_held_out_split_is_disjoint_seeded_and_empty_with_too_few_images():
+    held_out = held_out_split(240, 80, seed=0)
+    assert len(held_out) == 80 and len(set(held_out.tolist())) == 80 and held_out.max() < 240
+    assert torch.equal(held_out, held_out_split(240, 80, seed=0))
+    assert not torch.equal(held_out, held_out_split(240, 80, seed=1))
+    assert len(held_out_split(159, 80, seed=0)) == 0  # fewer than twice the samples: nothing held out
 
 
-def test_real_data_floor_takes_classes_as_often_as_the_seed_batch():
-    real = torch.cat([_blobs(120, seed=0), 255 - _blobs(120, seed=1)])  # two classes that look nothing alike
+def test_held_out_split_takes_classes_as_often_as_the_seed_batch():
     labels = torch.cat([torch.zeros(120), torch.ones(120)]).long()
-    balanced_seeds = torch.tensor([0, 1] * 40)
-    stratified = real_data_floor(real, 80, GENERIC_EXTRACTOR, 0, real_labels=labels, seed_labels=balanced_seeds)
-    plain = real_data_floor(real, 80, GENERIC_EXTRACTOR, 0)
-    assert stratified["method"] == "real-data held-out split, stratified by class"
-    assert "each class as often as in the seed batch" in stratified["sentence"]
-    assert plain["method"] == "real-data held-out split"
-    assert stratified["fid"] < plain["fid"]  # no class-count noise in the held-out set
+    seeds = torch.tensor([0] * 30 + [1] * 50)
+    held_out = held_out_split(240, 80, 0, real_labels=labels, seed_labels=seeds)
+    assert torch.bincount(labels[held_out]).tolist() == [30, 50]
 
 
-def test_real_data_floor_with_too_few_images_draws_with_replacement():
-    floor = real_data_floor(_blobs(60, seed=0), samples=50, extractor=GENERIC_EXTRACTOR, seed=0)
-    assert floor["method"] == "real-data with replacement"
-    assert "drawn with replacement" in floor["sentence"] and "true floor is higher" in floor["sentence"]
-
-
-def test_floor_shrinks_with_more_samples():
+def test_floor_is_the_held_out_set_against_the_others_and_shrinks_with_more_samples():
     real = _blobs(500, seed=3)
-    small = real_data_floor(real, samples=30, extractor=GENERIC_EXTRACTOR, seed=0)
-    large = real_data_floor(real, samples=200, extractor=GENERIC_EXTRACTOR, seed=0)
-    assert large["fid"] < small["fid"]
+    features = image_features(real, GENERIC_EXTRACTOR).float()
+    floors = {}
+    for samples in (30, 200):
+        held_out = held_out_split(len(real), samples, seed=0)
+        keep = torch.ones(len(real), dtype=torch.bool)
+        keep[held_out] = False
+        floors[samples] = held_out_floor(features[held_out], features[keep], GENERIC_EXTRACTOR)
+        floor = floors[samples]
+        assert floor["samples"] == samples and floor["reference_count"] == 500 - samples
+        assert floor["fid"] == pytest.approx(frechet_distance(features[held_out], features[keep]), rel=1e-4)
+        assert floor["fid_lo"] <= floor["fid"] <= floor["fid_hi"]
+        assert floor["sentence"].startswith(f"a perfect sampler scores FID {floor['fid']:.3g} [")
+    assert floors[200]["fid"] < floors[30]["fid"]
 
 
-def test_teacher_samples_floor_compares_two_reference_sets():
-    floor = teacher_samples_floor(_blobs(128, seed=0), _blobs(128, seed=1), GENERIC_EXTRACTOR)
-    assert floor["method"] == "teacher samples on a second seed set"
-    assert floor["fid"] > 0 and floor["samples"] == 128
-    assert "another seed set of 128" in floor["sentence"]
+def test_real_data_floor_is_measured_like_the_figures_it_bounds(tiny_pipeline_dir, tmp_path):
+    """The floor's held-out real images, scored as a plan's images are, give the floor: the same reference set (the
+    real images less the held-out ones) and the same set sizes."""
+    from autoaccel.measure.features import to_unit_range
+    from autoaccel.measure.reference import QualityJudge
+    from autoaccel.targets.data_folder import with_real_data
+    from autoaccel.targets.loader import load_pipeline_folder
+
+    real = _blobs(100, seed=0)
+    target = with_real_data(load_pipeline_folder(tiny_pipeline_dir, device="cpu"), real)
+    target.reference = "ddim-2"
+    judge = QualityJudge(target, samples=24, seed=0, cache_dir=tmp_path)
+    reference, _ = judge.reference_images()
+    held_out = judge.held_out_indices()
+    assert len(reference) == 100 - 24 and len(held_out) == 24
+    floor = judge.fid_floor()
+    assert floor["samples"] == 24 and floor["reference_count"] == 76
+    figures = judge.score(to_unit_range(real[held_out]))
+    assert figures["fid"] == pytest.approx(floor["fid"], rel=1e-3)  # a perfect sampler's figure is the floor
+    assert judge.floor_absence() == ""
+    few = QualityJudge(target, samples=60, seed=0, cache_dir=tmp_path)  # 100 real images < 2 x 60
+    assert few.fid_floor() is None and len(few.reference_images()[0]) == 100
+    assert "fewer than twice quality.samples=60" in few.floor_absence()
 
 
-def test_judge_floor_is_cached_on_disk(tiny_pipeline_dir, tmp_path):
+def test_no_floor_where_fid_is_against_the_reference_calls_own_images(tiny_pipeline_dir, tmp_path):
     from autoaccel.measure.reference import QualityJudge
     from autoaccel.targets.loader import load_pipeline_folder
 
     target = load_pipeline_folder(tiny_pipeline_dir, device="cpu")
-    target.reference = "ddim-2"  # a cheap reference call: the floor samples it on a second seed set
     judge = QualityJudge(target, samples=24, seed=0, cache_dir=tmp_path)
-    floor = judge.fid_floor()
-    assert floor["method"] == "teacher samples on a second seed set" and floor["samples"] == 24
-    assert len(list((tmp_path / "floors").glob("*.json"))) == 1
-    assert len(list((tmp_path / "samples").glob("*.pt"))) == 2  # the reference on the run's seeds and on a second
-    again = QualityJudge(target, samples=24, seed=0, cache_dir=tmp_path).fid_floor()
-    assert again == floor
+    assert judge.fid_floor() is None  # a plan identical to the reference call scores 0: no second reference set
+    assert "scores 0" in judge.floor_absence() and not list(tmp_path.rglob("*.pt"))  # nothing was sampled
 
 
 # target.data -----------------------------------------------------------------------------------------------------

@@ -303,6 +303,7 @@ def evaluate_plans(config, log=print, count: int = STUDY_PLANS, samples: int = S
         "seconds": time.perf_counter() - started,
         "reference": describe_reference(target),
         "floor": judge.fid_floor(),
+        "floor_absence": judge.floor_absence(),
         "truth_of": yardsticks,
         "machine": machine(),
     }
@@ -342,6 +343,7 @@ def write_report(results: list[PlanResult], context: dict, path: Path) -> Path:
     target = context["target"]
     aligned = sum(result.aligned for result in results)
     floor = context["floor"]
+    floor_text = floor["sentence"] if floor else context.get("floor_absence", "not measured.")
     lines = [
         "# Quality objectives: which figure ranks plans like real-data FID?",
         "",
@@ -358,7 +360,7 @@ def write_report(results: list[PlanResult], context: dict, path: Path) -> Path:
         f"{aligned} plans start there ('aligned'); {len(results) - aligned} start lower ('truncated'). 'Better half': "
         "the plans whose ground-truth FID is at most the median, the region a search's front lives in.",
         "",
-        f"FID floor of the ground truth: {floor['sentence']} Real-data FID of the reference's own images "
+        f"FID floor of the ground truth: {floor_text} Real-data FID of the reference's own images "
         f"{context['truth_of']['reference']:.3f}, of the ODE solution {context['truth_of']['ode']:.3f}"
         + (
             ": the ODE solution is itself a worse sampler than the reference here, so a paired figure rewards plans "

@@ -92,8 +92,8 @@ def run_schedules_benchmark(config: DictConfig, log=print) -> Path:
         log(f"== confirming on seed set {seed}")
         teacher = evaluator.evaluate_teacher()
         teacher_rows.append({**teacher.metrics, "device": teacher.details.get("device")})
-        if target.real_images is not None:
-            floor_fids.append(real_data_floor(judge))
+        if (floor := real_data_floor(judge)) is not None:
+            floor_fids.append(floor)
         for nfe in config.bench.nfes:
             configurations = [
                 (label, sampler_space.complete(params))
@@ -128,18 +128,11 @@ def run_schedules_benchmark(config: DictConfig, log=print) -> Path:
     return write_table(config, bench_dir, rows, teacher_rows, floor_fids, target)
 
 
-def real_data_floor(judge: QualityJudge) -> float:
-    """FID of as many real images as candidates get (a seeded subset) against all real images: the best a
-    perfect sampler could score at this sample count."""
-    import torch
-
-    from autoaccel.measure.quality import distribution_metrics
-
-    real = judge.target.real_images
-    subset = torch.randperm(len(real), generator=torch.Generator().manual_seed(judge.seeds.seed))[: judge.samples]
-    images = real[subset].float() / 127.5 - 1.0
-    _, key = judge.reference_images()
-    return distribution_metrics(images, real, judge.target.quality.extractor, judge.cache_dir, key)["fid"]
+def real_data_floor(judge: QualityJudge) -> float | None:
+    """What a perfect sampler scores at this sample count: as many real images as candidates get, held out and
+    scored against the reference set the candidates are scored against (``QualityJudge.fid_floor``)."""
+    floor = judge.fid_floor()
+    return None if floor is None else floor["fid"]
 
 
 def write_table(config, bench_dir: Path, rows: dict, teacher_rows: list[dict], floor_fids: list[float], target) -> Path:
@@ -167,7 +160,7 @@ def write_table(config, bench_dir: Path, rows: dict, teacher_rows: list[dict], f
     if floor_fids:
         floor, floor_std = mean_std(floor_fids)
         lines.append(
-            f"| - | real digits ({config.quality.samples} drawn per seed set) | {floor:.2f} ± {floor_std:.2f} "
+            f"| - | real digits ({config.quality.samples} held out per seed set) | {floor:.2f} ± {floor_std:.2f} "
             "| | | | | | |"
         )
     verdicts = []

@@ -4,6 +4,7 @@ comes back as a failed measurement with its reason; this module never lets a tri
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import threading
 import time
@@ -16,6 +17,7 @@ import torch
 from autoaccel.apply import apply_plan, technique_records
 from autoaccel.artifacts import ArtifactStore
 from autoaccel.candidate import Candidate, cost_key
+from autoaccel.measure.feature_store import REFERENCE_CALL, FeatureStore, kind_set, plan_set
 from autoaccel.measure.gate import MeasurementGate
 from autoaccel.measure.kernels import deployment_kernels, kernel_choice, kernel_key
 from autoaccel.measure.latency import CostMeasurement, measure_cost
@@ -65,6 +67,7 @@ class Evaluator:
         self.cost_settings = cost
         self.cost_cache: dict[str, CostMeasurement] = {}
         self.gate = MeasurementGate()
+        self.features: FeatureStore | None = None  # a run's: each scored plan's per-image FID features, kept there
         self._judges_lock = threading.Lock()
         self._models: OrderedDict[tuple, Any] = OrderedDict()
         self._models_lock = threading.Lock()
@@ -136,7 +139,8 @@ class Evaluator:
             return Measurement(FAILED, details=details, failure=f"{bad} of {len(images)} images contain NaN or inf")
         nfe = pipeline.denoiser_calls
         with self.gate.shared():
-            metrics: dict[str, float] = judge.score(images)
+            metrics, features = judge.score_with_features(images)
+        self._keep_features(details["candidate_key"], judge, features, teacher)
         cost, reused = self._cost(pipeline, teacher)
         metrics.update(
             nfe=float(nfe),
@@ -178,6 +182,15 @@ class Evaluator:
             quantized_latency=kernels.quantized_latency,
         )
         return Measurement(COMPLETE, metrics=metrics, details=details)
+
+    def _keep_features(self, candidate_key: str, judge: QualityJudge, features: torch.Tensor, teacher: bool) -> None:
+        """The images' FID features in the run folder, for the paired intervals of the report and ``plan``; a
+        folder that cannot take them costs those intervals (the report says so), not the trial."""
+        if self.features is None:
+            return
+        name = kind_set(REFERENCE_CALL, judge.samples) if teacher else plan_set(candidate_key, judge.samples)
+        with contextlib.suppress(OSError):
+            self.features.put(name, features, self.target.quality.extractor, judge.seeds.seed)
 
     def configured_pipeline(self, candidate: Candidate):
         """The target's pipeline with the candidate's plan applied. The model the model-changing techniques

@@ -7,8 +7,12 @@
 - the ODE reference: a deterministic many-step DPM-Solver++ solution from the same noise, against which each
   candidate image is compared pair by pair (PSNR, SSIM, feature distance; a stochastic DDPM sample cannot be
   matched image by image);
-- the FID floor: what two independent reference sets of the judge's sample count score against each other, below
-  which FID differences are sampling noise.
+- the FID reference set: the target's real images, less as many as the judge scores (class for class as the seeds
+  ask for them) held out for the floor; without real data, the reference call's own images on the same seeds;
+- the FID floor (real data only): what the held-out real images score against the reference set, exactly as a plan's
+  images are scored: the FID of a perfect sampler at this sample count. Whether two plans differ is not the floor's
+  to say: the paired intervals of ``autoaccel.measure.bootstrap`` say that, from the per-image features each
+  scoring returns (``score_with_features``).
 
 Optional figures (``configure_quality``): CLIP score with a local CLIP model, Inception FID with local weights;
 adherence wherever the target carries a classifier of its domain.
@@ -17,7 +21,6 @@ adherence wherever the target carries a classifier of its domain.
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -28,11 +31,20 @@ import torch
 
 from autoaccel.files import write_atomically
 from autoaccel.measure.adherence import target_adherence
+from autoaccel.measure.bootstrap import PairedBootstrap
+from autoaccel.measure.feature_store import (
+    HELD_OUT,
+    ODE,
+    REFERENCE_CALL,
+    REFERENCE_SET,
+    FeatureSet,
+    FeatureStore,
+    kind_set,
+)
 from autoaccel.measure.quality import (
     distribution_metrics,
     frechet_distance,
     image_features,
-    kernel_distance,
     paired_feature_distance,
     psnr,
     ssim,
@@ -40,11 +52,11 @@ from autoaccel.measure.quality import (
 )
 from autoaccel.seeds import SeedBatch, make_seed_batch, sample_in_chunks
 from autoaccel.targets.base import Target
-from autoaccel.teacher import ODE_REFERENCE_STEPS, ode_reference_pipeline, teacher_pipeline
+from autoaccel.teacher import ODE_REFERENCE_STEPS, ode_reference_pipeline, parse_reference, teacher_pipeline
+from autoaccel.techniques.solver import SOLVERS, solver_spec
 
+HELD_OUT_REFERENCE = "real images less the floor's held-out set"  # what real-data FID is scored against
 QUALITY_OPTIONS_KEY = "quality_options"  # target.metadata: the QualityOptions every judge of the target uses
-FLOOR_SEED_OFFSET = 1_000_003  # the second reference set of a teacher-samples floor is drawn on seed + this
-FLOOR_SPLITS = 5  # real-data floors: random held-out splits averaged
 
 
 @dataclass
@@ -104,6 +116,8 @@ class QualityJudge:
         self._inception_reference: torch.Tensor | None = None
         self._ensemble_reference: dict[str, list[torch.Tensor]] = {}
         self._floor: dict | None = None
+        self._held_out: torch.Tensor | None = None  # indices of the real images held out for the floor
+        self._set_features: dict[str, torch.Tensor] = {}  # reference set, held-out set, reference call, ODE
         self._lock = threading.RLock()  # concurrent trials share one judge: references are made once
         self.log: Callable[[str], None] | None = None  # set by a search: reference sampling reports its progress
 
@@ -161,20 +175,94 @@ class QualityJudge:
         return self._ode_images
 
     def reference_images(self) -> tuple[torch.Tensor, str]:
-        """uint8 reference images for FID and a cache key naming them."""
+        """uint8 reference images for FID and a cache key naming them: the real images less those held out for
+        the floor, all of them where there are fewer than twice the judge's samples, or the reference call's."""
         from autoaccel.imaging import to_uint8
 
-        if self.target.real_images is not None:
-            real = self.target.real_images
-            return real, f"real-{tensor_digest(real)}"
+        real = self.target.real_images
+        if real is not None:
+            held_out = self.held_out_indices()
+            if held_out is None:
+                return real, f"real-{tensor_digest(real)}"
+            keep = torch.ones(len(real), dtype=torch.bool)
+            keep[held_out] = False
+            return real[keep], f"real-{tensor_digest(real)}-less-{tensor_digest(held_out)}"
         teacher = to_uint8(self.teacher_images())
         return teacher, f"teacher-{tensor_digest(teacher)}"
 
+    def held_out_indices(self) -> torch.Tensor | None:
+        """Indices of the real images held out for the floor (see ``held_out_split``); None without real data or
+        with fewer than twice the judge's samples."""
+        real = self.target.real_images
+        if real is None:
+            return None
+        if self._held_out is None:
+            self._held_out = held_out_split(
+                len(real), self.samples, self.seeds.seed, self.target.real_labels, self.seeds.class_labels
+            )
+        return self._held_out if len(self._held_out) else None
+
+    def reference_set_text(self) -> str:
+        """Which real images FID is scored against, where some are held out for the floor (else "")."""
+        held_out = self.held_out_indices()
+        if held_out is None:
+            return ""
+        count = len(self.target.real_images)
+        return (
+            f"; every FID (plans, reference, floor) is against {count - len(held_out):,} of the {count:,} real images, "
+            f"{len(held_out):,} held out for the floor"
+        )
+
+    def set_features(self, kind: str) -> torch.Tensor | None:
+        """Features of one of the fixed image sets (``feature_store.REFERENCE_SET``, ``HELD_OUT``,
+        ``REFERENCE_CALL``, ``ODE``), computed once; None for a held-out set this target does not have."""
+        from autoaccel.imaging import to_uint8
+
+        with self._lock:
+            if kind not in self._set_features:
+                if kind == REFERENCE_SET:
+                    images = self.reference_images()[0]
+                elif kind == HELD_OUT:
+                    held_out = self.held_out_indices()
+                    if held_out is None:
+                        return None
+                    images = self.target.real_images[held_out]
+                elif kind == REFERENCE_CALL:
+                    images = to_uint8(self._teacher())
+                elif kind == ODE:
+                    images = to_uint8(self._ode())
+                else:
+                    raise ValueError(f"unknown image set {kind!r}")
+                self._set_features[kind] = image_features(images, self.target.quality.extractor)
+            return self._set_features[kind]
+
+    def keep_features(self, store: FeatureStore, reference_call: bool = True) -> None:
+        """Writes the fixed sets' features to a run's store where they are not there yet (or were measured
+        another way), so ``plan`` can compare plans from the run folder alone. ``reference_call`` False leaves out
+        the sets that need the reference call and ODE images (before the reference was measured)."""
+        kinds = (REFERENCE_SET, HELD_OUT, REFERENCE_CALL, ODE) if reference_call else (REFERENCE_SET, HELD_OUT)
+        for kind in kinds:
+            name = kind_set(kind, self.samples)
+            stored = store.get(name)
+            if stored is not None and self._matches(stored):
+                continue
+            features = self.set_features(kind)
+            if features is not None:
+                store.put(name, features, self.target.quality.extractor, self.seeds.seed)
+
+    def _matches(self, stored: FeatureSet) -> bool:
+        return (stored.extractor, stored.seed) == (self.target.quality.extractor, self.seeds.seed)
+
     def score(self, images: torch.Tensor) -> dict[str, float]:
+        return self.score_with_features(images)[0]
+
+    def score_with_features(self, images: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
+        """The figures of ``images`` and their per-image FID features (seed order), which a run keeps for the
+        paired bootstrap of its comparisons."""
         with self._lock:  # torch-fidelity's reference cache is written on first use
             return self._score(images)
 
-    def _score(self, images: torch.Tensor) -> dict[str, float]:
+    def _score(self, images: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
         from autoaccel.imaging import to_uint8
 
         reference, reference_key = self.reference_images()
@@ -194,9 +282,8 @@ class QualityJudge:
         metrics["ssim_vs_ode"] = ssim(images, ode_images)
         if self._ode_features is None:
             self._ode_features = image_features(to_uint8(ode_images), extractor)
-        metrics["feature_dist_vs_ode"] = paired_feature_distance(
-            image_features(to_uint8(images), extractor), self._ode_features
-        )
+        features = image_features(to_uint8(images), extractor)
+        metrics["feature_dist_vs_ode"] = paired_feature_distance(features, self._ode_features)
         adherence = target_adherence(self.target, images, self.seeds.class_labels)
         if adherence is not None:
             metrics["adherence"] = adherence
@@ -212,9 +299,9 @@ class QualityJudge:
 
             if self._inception_reference is None:
                 self._inception_reference = inception_features(options.inception, reference)
-            features = inception_features(options.inception, to_uint8(images))
-            metrics["fid_inception"] = frechet_distance(features, self._inception_reference)
-        return metrics
+            inception = inception_features(options.inception, to_uint8(images))
+            metrics["fid_inception"] = frechet_distance(inception, self._inception_reference)
+        return metrics, features
 
     def _ensemble_fid(self, images_uint8: torch.Tensor, reference: torch.Tensor, reference_key: str) -> float:
         """FID against the same reference images as ``fid``, averaged over ``ENSEMBLE_SIZE`` seeded random CNNs: a
@@ -231,59 +318,40 @@ class QualityJudge:
         ]
         return float(sum(distances) / len(distances))
 
-    def fid_floor(self) -> dict:
-        """FID and KID between two independent reference sets of this judge's sample count, cached on disk: FID
-        differences below it are sampling noise at this many samples. See ``fid_floor_of`` for how each kind of
-        reference is split."""
+    def fid_floor(self) -> dict | None:
+        """What the real images held out score against the reference set, with its interval: the FID of a perfect
+        sampler at this sample count, measured exactly as each plan is (the same set sizes, the same reference
+        set). None without real data, or with too few real images to hold any out (``floor_absence`` says why)."""
         with self._lock:
-            if self._floor is None:
-                self._floor = self._cached_floor()
+            if self._floor is None and self.held_out_indices() is not None:
+                self._floor = held_out_floor(
+                    self.set_features(HELD_OUT),
+                    self.set_features(REFERENCE_SET),
+                    self.target.quality.extractor,
+                    stratified=self._stratified(),
+                )
             return self._floor
 
-    def has_floor(self) -> bool:
-        """Whether ``fid_floor`` is already measured (in memory or on disk), so asking for it costs nothing."""
-        return self._floor is not None or self._floor_path().exists()
-
-    def _floor_path(self) -> Path:
-        _, reference_key = self.reference_images()
-        labels = "" if self.target.real_labels is None else tensor_digest(self.target.real_labels)
-        key = f"{self._key('floor', self.seeds.seed)}-{self.target.quality.extractor}-{reference_key}-{labels}"
-        return self.cache_dir / "floors" / f"{hashlib.sha1(key.encode()).hexdigest()[:24]}.json"
-
-    def _cached_floor(self) -> dict:
-        reference, _ = self.reference_images()
-        extractor = self.target.quality.extractor
-        path = self._floor_path()
-        if path.exists():
-            return json.loads(path.read_text())
-        if self.target.real_images is not None:
-            floor = real_data_floor(
-                reference,
-                self.samples,
-                extractor,
-                self.seeds.seed,
-                real_labels=self.target.real_labels,
-                seed_labels=self.seeds.class_labels,
+    def floor_absence(self) -> str:
+        """Why there is no floor, in words (or "" when there is one)."""
+        real = self.target.real_images
+        if real is None:
+            return (
+                "no floor: FID is against the reference call's own images on the same seeds, so a plan identical to it "
+                "scores 0; the paired intervals say which differences are noise"
             )
-        else:
-            floor = teacher_samples_floor(reference, self._second_reference_set(), extractor)
-        write_atomically(path, lambda temporary: Path(temporary).write_text(json.dumps(floor, indent=2) + "\n"))
-        return floor
+        if self.held_out_indices() is None:
+            return (
+                f"no floor: {len(real)} real images are fewer than twice quality.samples={self.samples}, too few "
+                f"to hold {self.samples} out and score them the way plans are scored; the paired intervals say "
+                "which differences are noise"
+            )
+        return ""
 
-    def _second_reference_set(self) -> torch.Tensor:
-        """The reference call on another seed set of the same size (as costly as the first; cached)."""
-        from autoaccel.imaging import to_uint8
-
-        seed = self.seeds.seed + FLOOR_SEED_OFFSET
-        seeds = make_seed_batch(self.target.sample_shape, self.samples, seed, self.target.condition_count)
-        images = self._cached(
-            f"reference-{self.target.reference}",
-            lambda: sample_in_chunks(
-                teacher_pipeline(self.target), seeds, self.chunk_size, self._progress("second reference set (floor)")
-            ),
-            seed=seed,
-        )
-        return to_uint8(images)
+    def _stratified(self) -> bool:
+        held_out = self.held_out_indices()
+        labels = self.target.real_labels
+        return held_out is not None and _class_counts(labels, self.seeds.class_labels, self.samples) is not None
 
     def deployment_seeds(self, batch_size: int) -> SeedBatch:
         if batch_size > self.samples:
@@ -291,72 +359,56 @@ class QualityJudge:
         return self.seeds.head(batch_size)
 
 
-def floor_sentence(fid: float, samples: int, how: str) -> str:
-    return f"FID below {fid:.3g} cannot tell plans apart at {samples} samples ({how})."
+def reference_is_stochastic(target: Target) -> bool:
+    """Whether the reference call adds fresh noise at every step (ancestral DDPM): a deterministic plan then cannot
+    reproduce its images from the same initial noise, only approach its distribution."""
+    spec = parse_reference(target.reference)
+    if spec.solver is not None:
+        return solver_spec(spec.solver).stochastic
+    return target.scheduler_class in {entry.scheduler_class for entry in SOLVERS.values() if entry.stochastic}
 
 
-def real_data_floor(
-    real_uint8: torch.Tensor,
+def held_out_split(
+    count: int,
     samples: int,
-    extractor: str,
     seed: int,
     real_labels: torch.Tensor | None = None,
     seed_labels: torch.Tensor | None = None,
-) -> dict:
-    """A perfect sampler's FID at ``samples`` images: ``samples`` real images held out at random, scored against
-    the other real images (disjoint sets; the reference is nearly the whole set candidates face), averaged over
-    ``FLOOR_SPLITS`` splits. With ``real_labels`` and the seed batch's ``seed_labels``, the held-out images take
-    each class as often as the seeds do (a class-balanced seed batch has no class-count noise, so an unstratified
-    floor would be too high). With fewer than twice ``samples`` real images, the held-out set is drawn with
-    replacement and scored against all of them: the sets then share images and the floor is optimistic."""
-    features = image_features(real_uint8, extractor)
-    count = len(features)
-    disjoint = count >= 2 * samples
-    per_class = _class_counts(real_labels, seed_labels, samples) if disjoint else None
-    fids, kids = [], []
-    for split in range(FLOOR_SPLITS):
-        generator = torch.Generator().manual_seed(seed * 1_000 + split)
-        if not disjoint:
-            held_out = torch.randint(0, count, (samples,), generator=generator)
-        elif per_class is None:
-            held_out = torch.randperm(count, generator=generator)[:samples]
-        else:
-            held_out = torch.cat(
-                [members[torch.randperm(len(members), generator=generator)[:wanted]] for members, wanted in per_class]
-            )
-        rest = features
-        if disjoint:
-            keep = torch.ones(count, dtype=torch.bool)
-            keep[held_out] = False
-            rest = features[keep]
-        fids.append(frechet_distance(features[held_out], rest))
-        kids.append(kernel_distance(features[held_out], rest))
-    fid, kid = torch.tensor(fids), torch.tensor(kids)
-    stratified = " (each class as often as in the seed batch)" if per_class is not None else ""
-    if disjoint:
-        how = (
-            f"{samples} real images held out at random{stratified} score FID {fid.mean():.3g} ± {fid.std():.2g} "
-            f"against the other {count - samples}, over {FLOOR_SPLITS} splits"
-        )
-    else:
-        how = (
-            f"only {count} real images, fewer than twice {samples}: {samples} drawn with replacement score FID "
-            f"{fid.mean():.3g} ± {fid.std():.2g} against all of them, sets that share images, so the true floor is "
-            "higher"
-        )
-    method = "real-data with replacement"
-    if disjoint:
-        method = "real-data held-out split" + (", stratified by class" if per_class is not None else "")
+) -> torch.Tensor:
+    """Indices of ``samples`` of ``count`` real images held out for the floor, drawn with ``seed``; empty when
+    ``count`` is under twice ``samples`` (too few to leave a reference set as large as the held-out one). With
+    ``real_labels`` and the seed batch's ``seed_labels``, each class is held out as often as the seeds ask for it
+    (a class-balanced seed batch has no class-count noise, so an unstratified floor would be too high)."""
+    if count < 2 * samples:
+        return torch.empty(0, dtype=torch.long)
+    generator = torch.Generator().manual_seed(seed)
+    per_class = _class_counts(real_labels, seed_labels, samples)
+    if per_class is None:
+        return torch.randperm(count, generator=generator)[:samples].sort().values
+    held_out = [members[torch.randperm(len(members), generator=generator)[:wanted]] for members, wanted in per_class]
+    return torch.cat(held_out).sort().values
+
+
+def held_out_floor(held_out: torch.Tensor, reference: torch.Tensor, extractor: str, stratified: bool = False) -> dict:
+    """FID of the held-out real images' features against the reference set's, with its bootstrap interval."""
+    bootstrap = PairedBootstrap({}, reference.numpy(), False, unpaired={HELD_OUT: held_out.numpy()})
+    interval = bootstrap.interval(HELD_OUT)
+    samples = len(held_out)
+    classes = " (each class as often as the seeds ask for it)" if stratified else ""
     return {
-        "fid": float(fid.mean()),
-        "fid_std": float(fid.std()),
-        "kid": float(kid.mean()),
-        "kid_std": float(kid.std()),
+        "fid": interval.value,
+        "fid_lo": interval.lo,
+        "fid_hi": interval.hi,
         "samples": samples,
-        "reference_count": count,
-        "method": method,
+        "reference_count": len(reference),
+        "method": "real-data held-out split" + (", stratified by class" if stratified else ""),
         "extractor": extractor,
-        "sentence": floor_sentence(float(fid.mean()), samples, how),
+        "sentence": (
+            f"a perfect sampler scores FID {interval.text()} at {samples} samples: {samples} real images held out"
+            f"{classes}, scored against the other {len(reference):,}, the reference set every plan is scored against. "
+            "It is the lowest FID a plan can be expected to show here; which plans differ is what the paired "
+            "intervals say."
+        ),
     }
 
 
@@ -376,33 +428,3 @@ def _class_counts(
         if needed:
             groups.append((members, needed))
     return groups
-
-
-def teacher_samples_floor(reference_uint8: torch.Tensor, second_uint8: torch.Tensor, extractor: str) -> dict:
-    """The reference call's own FID on a second seed set against the reference images candidates are scored
-    against: what a plan identical to the reference would score."""
-    from autoaccel.measure.features import to_unit_range
-    from autoaccel.measure.quality import fid_bootstrap_std
-
-    second = image_features(second_uint8, extractor)
-    reference = image_features(reference_uint8, extractor)
-    fid = frechet_distance(second, reference)
-    spread = fid_bootstrap_std(
-        to_unit_range(second_uint8), reference_uint8, extractor, f"floor-{tensor_digest(reference_uint8)}"
-    )
-    samples = len(second_uint8)
-    how = (
-        f"the reference call on another seed set of {samples} scores FID {fid:.3g} (bootstrap std {spread:.2g}) "
-        f"against the reference images of the run's seeds"
-    )
-    return {
-        "fid": fid,
-        "fid_std": spread,
-        "kid": kernel_distance(second, reference),
-        "kid_std": None,  # one pair of sets: no spread over subsets
-        "samples": samples,
-        "reference_count": len(reference_uint8),
-        "method": "teacher samples on a second seed set",
-        "extractor": extractor,
-        "sentence": floor_sentence(fid, samples, how),
-    }

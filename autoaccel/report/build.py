@@ -21,18 +21,28 @@ from autoaccel.files import write_atomically
 from autoaccel.imaging import save_grid
 from autoaccel.ledger import DETAIL_PREFIX
 from autoaccel.limits import describe_limits, limits_in_force
+from autoaccel.measure.feature_store import FEATURES_DIR, FeatureStore
+from autoaccel.measure.reference import reference_is_stochastic
 from autoaccel.objectives import METRIC_COLUMNS
 from autoaccel.pareto import front_frame, front_numbers, hypervolume_history, knee_point
 from autoaccel.planning import TEACHER_FILE
 from autoaccel.recipe import apply_recipe, build_recipe, save_recipe
 from autoaccel.report.html import TEACHER_GRID, figure_text, write_html
+from autoaccel.report.noise import (
+    INTERVAL_COLUMNS,
+    cannot_tell_sentence,
+    reference_gap_sentence,
+    run_noise,
+    with_intervals,
+)
 from autoaccel.report.plots import hypervolume_plot, pareto_plot
-from autoaccel.report.recommend import recommended_plans
+from autoaccel.report.recommend import recommendation_ties, recommended_plans
 from autoaccel.seeds import sample_in_chunks
 
 PARETO_COLUMNS = [
     "trial",
     *METRIC_COLUMNS,
+    *INTERVAL_COLUMNS,
     "latency_iqr_ms",
     "quality_samples",
     "warm_start",
@@ -40,6 +50,7 @@ PARETO_COLUMNS = [
     "timesteps",
     "guidance_scale",
     "recipe",
+    "candidate_key",  # names the plan's kept image features (features/), for plan's paired intervals
 ]
 
 
@@ -129,11 +140,26 @@ def build_report(context, log=print) -> Path:
     front["recipe"] = recipe_paths
     _remove_stale(run_dir / "recipes", "trial-*.yaml", set(recipe_paths))
     _remove_stale(run_dir / "grids", "trial-*.png", set(grids.values()))
+    complete = trials[trials["state"] == "COMPLETE"] if not trials.empty else trials
+    standards = complete[complete["warm_start"] != ""] if not complete.empty else complete
+    floor = context.judge.fid_floor() if not complete.empty else None
+    if not complete.empty:  # the fixed sets' features, beside the plans' the search kept, for plan's intervals
+        context.judge.keep_features(FeatureStore(run_dir / FEATURES_DIR), reference_call=bool(teacher))
+    noise = run_noise(run_dir, [front, standards], teacher, context.target.quality.kind)
+    front, standards = with_intervals(front, noise), with_intervals(standards, noise)
+    trials = _with_trial_intervals(trials, pd.concat([front, standards]))
     trials.to_csv(run_dir / "trials.csv", index=False)
     front.reindex(columns=PARETO_COLUMNS).to_csv(run_dir / "pareto.csv", index=False)
-    complete = trials[trials["state"] == "COMPLETE"] if not trials.empty else trials
-    floor = measured_floor(context, log) if not complete.empty else None
-    teacher_file = {**(teacher or {}), "quality_reference": context.target.quality.kind, "fid_floor": floor}
+    floor_note = "" if floor or complete.empty else context.judge.floor_absence()
+    reference_interval = noise.fid({}) if noise and teacher else None  # the reference call's own FID interval
+    if reference_interval is not None:
+        teacher = {**teacher, "fid_lo": reference_interval.lo, "fid_hi": reference_interval.hi}
+    teacher_file = {
+        **(teacher or {}),
+        "quality_reference": context.target.quality.kind,
+        "fid_floor": floor,
+        "fid_floor_note": floor_note,
+    }
     write_atomically(run_dir / TEACHER_FILE, lambda path: path.write_text(json.dumps(teacher_file, indent=1)))
     pareto_plot(
         trials,
@@ -146,19 +172,28 @@ def build_report(context, log=print) -> Path:
     hypervolumes = hypervolume_history(trials, context.objectives)
     hypervolume_plot(hypervolumes, run_dir / "hypervolume.png", context.objectives)
     knee = knee_point(front, context.objectives)
-    standards = complete[complete["warm_start"] != ""] if not complete.empty else complete
     failures = trials[trials["state"] == "FAIL"] if not trials.empty else trials
     if complete.empty:
         log(f"no trial of study {context.ledger.study_name!r} completed; {_failure_summary(failures)}")
+    recommendations = recommended_plans(front, standards, teacher, knee, context.target.quality.kind, noise=noise)
+    real_data = context.target.real_images is not None
+    notes = [
+        cannot_tell_sentence(noise.samples, real_data) if noise and noise.cannot_tell_apart(front) else "",
+        reference_gap_sentence(
+            noise, reference_is_stochastic(context.target), str((teacher or {}).get("reference") or "the reference")
+        ),
+        *recommendation_ties(recommendations, noise),
+    ]
     summary = {
         "model": f"{context.target.name} ({context.target.path}), weights hash {context.target.content_hash[:16]}",
-        "quality": context.target.quality.description,
+        "quality": context.target.quality.description + context.judge.reference_set_text(),
         "samples per candidate": f"{context.judge.samples} (seed {context.judge.seeds.seed})",
         "space": context.space.source,
         "optimizer": str(context.config.optimizer.name),
         "objectives": ", ".join(context.objectives),
         "trials": f"{len(trials)} ({len(complete)} complete, {len(failures)} failed)",
-        "FID floor": floor["sentence"] if floor else "not measured (no trial completed)",
+        "FID floor": floor["sentence"] if floor else floor_note or "not measured (no trial completed)",
+        "noise": noise.method() if noise else "no FID figures to compare",
         "limits applied": describe_limits(limits),
         "front": f"{len(front)} plans"
         + (f"; knee point: trial {int(front.iloc[knee]['trial'])}" if knee is not None else "")
@@ -175,7 +210,8 @@ def build_report(context, log=print) -> Path:
         teacher,
         grids,
         failures,
-        recommended_plans(front, standards, teacher, knee, context.target.quality.kind),
+        recommendations,
+        notes=[note for note in notes if note],
     )
     if context.config.report.wandb:
         from omegaconf import OmegaConf
@@ -200,17 +236,12 @@ def build_report(context, log=print) -> Path:
     return run_dir / "index.html"
 
 
-def measured_floor(context, log=print) -> dict | None:
-    """The FID two independent reference sets score against each other at the run's sample count, once a trial
-    has completed (the reference images exist then). Without real data this samples the reference a second time
-    (cached on disk): the log says so before it starts."""
-    if not context.judge.has_floor() and context.target.real_images is None:
-        log(f"measuring the FID floor: the reference on a second seed set of {context.judge.samples} images")
-    context.judge.log = log
-    try:
-        return context.judge.fid_floor()
-    finally:
-        context.judge.log = None
+def _with_trial_intervals(trials: pd.DataFrame, compared: pd.DataFrame) -> pd.DataFrame:
+    """trials.csv with the interval columns of the trials the report compared (front, standard configurations)."""
+    if trials.empty or compared.empty:
+        return trials.assign(**{column: math.nan for column in INTERVAL_COLUMNS}) if not trials.empty else trials
+    intervals = compared.drop_duplicates("trial").set_index("trial")[INTERVAL_COLUMNS]
+    return trials.join(intervals, on="trial")
 
 
 def _remove_stale(folder: Path, pattern: str, current: set[str]) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from autoaccel.measure.bootstrap import Interval
 from autoaccel.measure.kernels import NOT_APPLICABLE
 from autoaccel.measure.latency import MEMORY_KIND_LABELS
 from autoaccel.report.recommend import Recommendation, ratio_goal
@@ -23,7 +24,9 @@ FRONT_COLUMNS = [
     "trial",
     "nfe",
     "fid",
+    "fid_interval",
     "fid_std",
+    "fid_ratio_interval",
     "precision",
     "recall",
     "psnr_vs_ode",
@@ -45,6 +48,8 @@ FRONT_COLUMNS = [
 ]
 # shown only where some row has them: quantized plans, a text encoder or a VAE, an adherence classifier
 OPTIONAL_COLUMNS = {
+    "fid_interval",
+    "fid_ratio_interval",
     "simulated",
     "quantized_latency",
     "encode_ms",
@@ -54,6 +59,8 @@ OPTIONAL_COLUMNS = {
     "train_minutes",
 }
 HEADERS = {
+    "fid_interval": "FID 95% interval",
+    "fid_ratio_interval": "FID / reference's [95%]",
     "latency_ms": "latency (ms)",
     "encode_ms": "text encoding (ms)",
     "denoise_ms": "denoising (ms)",
@@ -73,10 +80,12 @@ td.number { white-space: nowrap; text-align: right; }
 td a, td code { white-space: nowrap; }
 th { background: #f4f4f4; }
 td.timesteps { max-width: 22em; }
+td.fid_interval, td.fid_ratio_interval { white-space: nowrap; }
 .scroll { overflow-x: auto; max-width: 100%; }
 .recommended td.command { border-top: none; padding-bottom: 8px; }
 .recommended tr.plan td { border-bottom: none; }
 .none { color: #a33; }
+.tie { color: #7a5a00; }
 code { background: #f4f4f4; padding: 1px 4px; font-size: 0.95em; }
 img { max-width: 100%; }
 .plots img { max-width: 49%; }
@@ -172,7 +181,14 @@ def _standard_text(recommendation: Recommendation) -> str:
     if standard is None:
         return '<span class="none">no standard configuration meets it</span>'
     name = html.escape(str(standard.get("warm_start") or f"trial {int(standard['trial'])}"))
+    plan = recommendation.plan
+    if plan is not None and int(standard["trial"]) == int(plan["trial"]):
+        return f"the plan is the standard configuration {name}"
     figures = f"{name}: fid {float(standard['fid']):.4g}, {float(standard['latency_ms']):.4g} ms"
+    difference = recommendation.versus_standard
+    if difference is not None:
+        tie = ' <span class="tie">(a tie)</span>' if difference.covers(0.0) else ""
+        figures += f"; FID difference {html.escape(difference.text(signed=True))}{tie}"
     if recommendation.speedup_vs_standard is None:
         return figures
     return f"<b>{recommendation.speedup_vs_standard:.2f}x</b> ({figures})"
@@ -185,14 +201,20 @@ def _recommendation_rows(recommendation: Recommendation, run_dir: Path) -> str:
         note = html.escape(recommendation.note or "no front plan meets it")
         return f'<tr><td>{goal}</td><td colspan="5" class="none">{note}</td></tr>'
     trial = int(plan["trial"])
-    fid = f"{float(plan['fid']):.4g}" + (
-        f" ± {float(plan['fid_std']):.2g}" if not _is_empty(plan.get("fid_std", math.nan)) else ""
-    )
+    if recommendation.fid_interval is not None:
+        fid = html.escape(recommendation.fid_interval.text())
+    else:
+        fid = f"{float(plan['fid']):.4g}" + (
+            f" ± {float(plan['fid_std']):.2g}" if not _is_empty(plan.get("fid_std", math.nan)) else ""
+        )
+    if recommendation.ratio_interval is not None:
+        fid += f"<br>{html.escape(recommendation.ratio_interval.text())} of the reference's FID"
+    ties = "".join(f'<br><span class="tie">{html.escape(tie)}</span>' for tie in recommendation.ties)
     recipe = str(plan.get("recipe", "") or "")
     recipe_link = f'<a href="{html.escape(recipe)}">{html.escape(Path(recipe).name)}</a>' if recipe else ""
     vs_teacher = _speedup(recommendation.speedup_vs_teacher, "")
     cells = [
-        goal,
+        goal + ties,
         f'<a href="#trial-{trial}">trial {trial}</a>',
         f"fid {fid}<br>nfe {figure_text(float(plan['nfe']), count=True)}, {float(plan['latency_ms']):.4g} ms",
         f"<b>{vs_teacher}</b>" if vs_teacher else "",
@@ -216,7 +238,9 @@ def _merged(recommendations: list[Recommendation]) -> list[Recommendation]:
     return [merged, *(item for item in recommendations if all(item is not other for other in unmet))]
 
 
-def _recommended_section(recommendations: list[Recommendation], teacher: dict | None, run_dir: Path) -> str:
+def _recommended_section(
+    recommendations: list[Recommendation], teacher: dict | None, run_dir: Path, notes: list[str]
+) -> str:
     if not recommendations:
         return ""
     teacher = teacher or {}
@@ -230,10 +254,33 @@ def _recommended_section(recommendations: list[Recommendation], teacher: dict | 
     head = "<tr><th>goal</th><th>plan</th><th>figures</th><th>speed-up vs reference</th>"
     head += "<th>speed-up vs best standard configuration within the same goal</th><th>recipe</th></tr>"
     rows = "".join(_recommendation_rows(recommendation, run_dir) for recommendation in _merged(recommendations))
+    listed = "".join(f"<li>{html.escape(note)}</li>" for note in notes)
     return f"""<h2>Recommended plans</h2>
 <p>Measured on this run's seeds, {html.escape(teacher_text)}. Speed-ups are latency ratios at the deployment batch
-size. Apply a plan with the command under it, or in Python with <code>autoaccel.apply_recipe</code>.</p>
-<div class="scroll"><table class="recommended">{head}{rows}</table></div>"""
+size. FID figures carry their 95% paired-bootstrap interval where the run kept the images' features; a plan whose
+interval covers a goal's bound, or whose FID cannot be told from another's, is a tie, and a tie goes to the faster
+plan. Apply a plan with the command under it, or in Python with <code>autoaccel.apply_recipe</code>.</p>
+<div class="scroll"><table class="recommended">{head}{rows}</table></div>
+{f'<ul class="noise">{listed}</ul>' if listed else ""}"""
+
+
+def _with_interval_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """The FID interval columns as the tables show them (``[0.31, 0.58]``; the ratio as ``1.19 [0.4, ∞]``); the
+    unpaired ``fid_std`` only where no row has a paired interval."""
+    if "fid_lo" not in frame or frame["fid_lo"].isna().all():
+        return frame
+    frame = frame.drop(columns=["fid_std"], errors="ignore")
+
+    frame["fid_interval"] = [
+        "" if _is_empty(low) else Interval(math.nan, low, high).bounds()
+        for low, high in zip(frame["fid_lo"], frame["fid_hi"])
+    ]
+    if "fid_ratio" in frame:
+        frame["fid_ratio_interval"] = [
+            "" if _is_empty(value) else Interval(value, low, high).text()
+            for value, low, high in zip(frame["fid_ratio"], frame["fid_ratio_lo"], frame["fid_ratio_hi"])
+        ]
+    return frame
 
 
 def _float(value) -> float:
@@ -291,9 +338,12 @@ def write_html(
     grids: dict[str, str],
     failures: pd.DataFrame,
     recommendations: list[Recommendation] | None = None,
+    notes: list[str] | None = None,
 ) -> Path:
+    """``notes``: what the noise says about the whole front (plans it cannot tell apart, the reference's gap)."""
+    front, standards = _with_interval_text(front), _with_interval_text(standards)
     summary_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in summary.items())
-    teacher_frame = pd.DataFrame([teacher]) if teacher else pd.DataFrame()
+    teacher_frame = _with_interval_text(pd.DataFrame([teacher])) if teacher else pd.DataFrame()
     memory_header = peak_memory_header(front, standards)
     teacher_table = _table(teacher_frame, FRONT_COLUMNS[1:-1], memory_header) if teacher else ""
     failure_html = (
@@ -305,7 +355,7 @@ def write_html(
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{STYLE}</style></head><body>
 <h1>{html.escape(title)}</h1>
-{_recommended_section(recommendations or [], teacher, path.parent)}
+{_recommended_section(recommendations or [], teacher, path.parent, notes or [])}
 <h2>Run</h2>
 <table>{summary_rows}</table>
 <h2>Pareto front</h2>

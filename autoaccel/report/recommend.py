@@ -2,7 +2,9 @@
 
 For each bound (FID within 1.1x, 1.25x and 1.5x of the teacher's) the fastest front plan that meets it, and the
 knee point; each compared with the teacher and with the best standard configuration (the solvers a user would
-try first), so the speed-up shown is what the search gained, not only what fewer steps gave.
+try first), so the speed-up shown is what the search gained, not only what fewer steps gave. With the run's
+paired intervals (``autoaccel.report.noise``) a plan whose FID ratio cannot be told from a bound meets it, a tie
+goes to the faster plan, and every comparison says whether it is a tie.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ from dataclasses import dataclass
 import pandas as pd
 
 from autoaccel.limits import Limit
-from autoaccel.pareto import choose_within
+from autoaccel.measure.bootstrap import Interval
+from autoaccel.report.noise import TEACHER_SAMPLES, Noise, choose_with_noise
 
 FID_RATIOS = (1.1, 1.25, 1.5)
 REFERENCE_FID = 1e-6  # a teacher FID at most this is the teacher scored against its own samples
-TEACHER_SAMPLES = "teacher-samples"  # a target whose FID reference is its teacher's own samples
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,10 @@ class Recommendation:
     speedup_vs_standard: float | None
     note: str = ""  # why plan or standard is missing
     ratio: float | None = None  # the FID ratio to the teacher this goal allows; None for the knee point
+    ties: tuple[str, ...] = ()  # where the data could not tell the plan from the bound or a better plan
+    fid_interval: Interval | None = None  # the plan's FID with its paired interval
+    ratio_interval: Interval | None = None  # the plan's FID over the reference's, with its interval
+    versus_standard: Interval | None = None  # the plan's FID minus the standard configuration's, paired
 
     @property
     def trial(self) -> int | None:
@@ -54,15 +60,24 @@ def speedup(reference_ms, plan_ms) -> float | None:
     return reference / plan
 
 
-def fastest_within(frame: pd.DataFrame, max_fid: float) -> pd.Series | None:
-    """The fastest row whose FID is at most ``max_fid`` (ties go to the better FID); None if none is."""
-    return choose_within(frame, [Limit("max_fid", "fid", max_fid)], "latency_ms").row
-
-
-def best_fid(frame: pd.DataFrame) -> pd.Series | None:
-    """The row with the lowest FID (ties go to the faster); None if no row was measured."""
-    row = choose_within(frame, [], "fid").row
+def best_fid(frame: pd.DataFrame, noise: Noise | None = None) -> pd.Series | None:
+    """The row with the lowest FID (with intervals: the fastest of those that cannot be told from it); None if no
+    row was measured."""
+    row = choose_with_noise(frame, [], "fid", noise).row
     return None if row is None or _number(row.get("fid")) is None else row
+
+
+def _intervals(plan: pd.Series | None, standard: pd.Series | None, noise: Noise | None) -> dict:
+    """The plan's FID and ratio intervals and its paired difference from the standard configuration (none where the
+    plan is that standard configuration)."""
+    if plan is None or noise is None:
+        return {}
+    same = standard is not None and int(standard["trial"]) == int(plan["trial"])
+    return {
+        "fid_interval": noise.fid(plan),
+        "ratio_interval": noise.ratio(plan),
+        "versus_standard": None if standard is None or same else noise.difference(plan, standard),
+    }
 
 
 def ratio_goal(ratios: list[float]) -> str:
@@ -82,12 +97,19 @@ def _no_ratio_reason(teacher_fid: float | None, quality_reference: str | None) -
 
 
 def _within_ratio(
-    front: pd.DataFrame, standards: pd.DataFrame, teacher: dict, ratio: float, teacher_fid: float
+    front: pd.DataFrame,
+    standards: pd.DataFrame,
+    teacher: dict,
+    ratio: float,
+    teacher_fid: float,
+    noise: Noise | None,
 ) -> Recommendation:
     max_fid = ratio * teacher_fid
     goal = f"{ratio_goal([ratio])} (FID <= {max_fid:.4g})"
-    plan = fastest_within(front, max_fid)
-    standard = fastest_within(standards, max_fid)
+    limits = [Limit("max_fid_ratio", "fid", max_fid, ratio=ratio)]
+    choice = choose_with_noise(front, limits, "latency_ms", noise)
+    plan = choice.row
+    standard = choose_with_noise(standards, limits, "latency_ms", noise).row
     notes = []
     if plan is None:
         best = best_fid(front)
@@ -103,15 +125,19 @@ def _within_ratio(
         None if plan is None or standard is None else speedup(standard["latency_ms"], plan["latency_ms"]),
         "; ".join(notes),
         ratio,
+        choice.ties,
+        **_intervals(plan, standard, noise),
     )
 
 
-def _knee(front: pd.DataFrame, standards: pd.DataFrame, teacher: dict, knee: int | None) -> Recommendation:
+def _knee(
+    front: pd.DataFrame, standards: pd.DataFrame, teacher: dict, knee: int | None, noise: Noise | None
+) -> Recommendation:
     goal = "knee point: the balanced plan, closest to the ideal of every objective"
     if knee is None or front.empty:
         return Recommendation(goal, None, None, None, None, "the front is empty")
     plan = front.iloc[knee]
-    standard = best_fid(standards)
+    standard = best_fid(standards, noise)
     return Recommendation(
         goal,
         plan,
@@ -119,6 +145,7 @@ def _knee(front: pd.DataFrame, standards: pd.DataFrame, teacher: dict, knee: int
         speedup(teacher.get("latency_ms"), plan["latency_ms"]),
         None if standard is None else speedup(standard["latency_ms"], plan["latency_ms"]),
         "" if standard is not None else "no standard configuration was measured",
+        **_intervals(plan, standard, noise),
     )
 
 
@@ -129,11 +156,13 @@ def recommended_plans(
     knee: int | None = None,
     quality_reference: str | None = None,
     ratios: tuple[float, ...] = FID_RATIOS,
+    noise: Noise | None = None,
 ) -> list[Recommendation]:
     """One recommendation per FID ratio to the teacher (the fastest front plan within it, compared with the
     fastest standard configuration within it), then the knee point (row ``knee`` of ``front``, compared with
     the standard configuration of best FID). ``standards`` are the complete standard-configuration trials;
-    ``quality_reference`` is the target's reference kind (no ratio applies where it is the teacher's samples)."""
+    ``quality_reference`` is the target's reference kind (no ratio applies where it is the teacher's samples);
+    ``noise``: the run's paired intervals, which make differences inside them ties."""
     teacher = teacher or {}
     teacher_fid = _number(teacher.get("fid"))
     recommendations = []
@@ -143,6 +172,28 @@ def recommended_plans(
             goal = ratio_goal([ratio])
             recommendations.append(Recommendation(goal, None, None, None, None, missing, ratio))
         else:
-            recommendations.append(_within_ratio(front, standards, teacher, ratio, teacher_fid))
-    recommendations.append(_knee(front, standards, teacher, knee))
+            recommendations.append(_within_ratio(front, standards, teacher, ratio, teacher_fid, noise))
+    recommendations.append(_knee(front, standards, teacher, knee, noise))
     return recommendations
+
+
+def recommendation_ties(recommendations: list[Recommendation], noise: Noise | None) -> list[str]:
+    """Pairs of different recommended plans whose FIDs the data cannot tell apart: the faster serves both goals."""
+    if noise is None:
+        return []
+    plans = {}
+    for recommendation in recommendations:
+        if recommendation.plan is not None:
+            plans.setdefault(int(recommendation.plan["trial"]), recommendation.plan)
+    ordered = sorted(plans.values(), key=lambda plan: float(plan["latency_ms"]))
+    sentences = []
+    for index, faster in enumerate(ordered):
+        for slower in ordered[index + 1 :]:
+            difference = noise.difference(slower, faster)
+            if difference is not None and difference.covers(0.0):
+                sentences.append(
+                    f"trials {int(faster['trial'])} and {int(slower['trial'])} cannot be told apart in FID at "
+                    f"{noise.samples} samples (difference {difference.text(signed=True)}): trial "
+                    f"{int(faster['trial'])} is the faster"
+                )
+    return sentences

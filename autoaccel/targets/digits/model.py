@@ -19,7 +19,8 @@ def classifier_weights_path() -> Path:
 
 
 def load_digits_target(device: str = "cpu") -> Target:
-    """The digits teacher, scored against all 1,797 real digits with the classifier's features."""
+    """The digits teacher, scored against the 1,797 real digits (less those held out for the FID floor) with the
+    classifier's features."""
     from autoaccel.errors import TargetError
     from autoaccel.imaging import to_uint8
     from autoaccel.targets.digits.data import load_digits_tensors
@@ -28,12 +29,12 @@ def load_digits_target(device: str = "cpu") -> Target:
     if not (teacher_dir() / "model_index.json").exists():
         raise TargetError(f"the embedded model is missing from {teacher_dir()}; run python -m autoaccel train-teacher")
     target = load_pipeline_folder(teacher_dir(), device=device, name="digits")
-    real_images, _ = load_digits_tensors()
-    target.real_images = to_uint8(real_images)
+    real_images, real_labels = load_digits_tensors()
+    target.real_images, target.real_labels = to_uint8(real_images), real_labels  # labels: a class-matched floor
     target.quality = QualityReference(
         extractor=DIGITS_EXTRACTOR,
         kind="real-data",
-        description="FID/KID against all 1,797 real digits, with the 64-d features of autoaccel's digit classifier",
+        description="FID/KID against the 1,797 real digits, with the 64-d features of autoaccel's digit classifier",
     )
     return target
 
@@ -75,8 +76,9 @@ def _load_latent(folder: Path, name: str, device: str, prompts: str | None, comm
 
 
 def _score_against_digits(target: Target, classes: list[int | None]) -> None:
-    """FID/KID against all 1,797 real digits (16x16) with the classifier's features, and adherence: the share of
-    images the classifier reads as the digit their class or prompt asks for."""
+    """FID/KID against the 1,797 real digits (16x16; less those held out for the FID floor) with the classifier's
+    features, and adherence: the share of images the classifier reads as the digit their class or prompt asks
+    for."""
     import torch
 
     from autoaccel.imaging import to_uint8
@@ -88,7 +90,7 @@ def _score_against_digits(target: Target, classes: list[int | None]) -> None:
     target.quality = QualityReference(
         extractor=DIGITS16_EXTRACTOR,
         kind="real-data",
-        description="FID/KID against all 1,797 real digits (16x16), with the 64-d features of autoaccel's digit "
+        description="FID/KID against the 1,797 real digits (16x16), with the 64-d features of autoaccel's digit "
         "classifier; adherence: the share of images it reads as the requested digit",
     )
     classifier = load_classifier(classifier_weights_path())
