@@ -10,7 +10,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import pandas as pd
@@ -21,6 +21,9 @@ from autoaccel.errors import ConfigError
 from autoaccel.limits import Limit, within_limits
 from autoaccel.measure.measurement import Measurement
 from autoaccel.objectives import METRIC_COLUMNS
+
+if TYPE_CHECKING:
+    from autoaccel.fingerprint import Fingerprint
 
 METRIC_PREFIX = "metric."
 FIDELITY_PREFIX = "fidelity."
@@ -153,21 +156,23 @@ class Ledger:
         ledger.study_name, ledger.storage, ledger.created = study_name, storage, False
         return ledger
 
-    def check_settings(self, settings: dict[str, Any]) -> None:
-        """Stores the settings that make trials comparable; refuses to resume a study under other ones."""
-        from autoaccel.errors import ConfigError
-
+    def check_settings(self, fingerprint: Fingerprint) -> None:
+        """Stores what the study's figures mean (``autoaccel.fingerprint``); refuses to resume it under other
+        settings, in one line naming each changed setting with the study's value and the new one."""
         stored = self.study.user_attrs.get("settings")
         if stored is None:
-            self.study.set_user_attr("settings", settings)
+            self.study.set_user_attr("settings", fingerprint.values)
             return
-        changed = {key: (stored.get(key), value) for key, value in settings.items() if stored.get(key) != value}
+        changed = fingerprint.differences(stored, self.study.user_attrs.get("config"))
         if changed:
-            details = "; ".join(f"{key}: study has {old!r}, now {new!r}" for key, (old, new) in changed.items())
+            details = "; ".join(f"{key}: study has {old!r}, now {new!r}" for key, old, new in changed)
             raise ConfigError(
-                f"study {self.study_name!r} was run with other settings ({details}); resume with the same "
-                f"settings or choose another study_name"
+                f"study {self.study_name!r} was measured under other settings ({details}); its figures would not "
+                "compare with new ones: resume it with its own settings, or start a new study with "
+                "study_name=NEW (or another report.dir)"
             )
+        if fingerprint.values.keys() - stored.keys():  # recorded by an older autoaccel: record what it lacked
+            self.study.set_user_attr("settings", {**fingerprint.values, **stored})
 
     def sweep_interrupted(self) -> int:
         """Trials left RUNNING by an interrupted run: marked failed with the reason, their params enqueued again."""

@@ -1,0 +1,135 @@
+"""A run stays what it says between commands: a resume under settings that change what a figure means is refused,
+a resumed warm start continues its list, a report never trains a missing artifact again and never writes under a
+running search, a second search on a held study is refused before anything loads, ``target.prompts`` reaches the
+embedded text-to-image model, and the embedded digits model has the adherence figure its limit asks for."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from autoaccel.cli import main
+from tests.test_run_integrity import _hold_study_lock, _one_line_error, _run_dir, _snapshot
+
+
+def _noise_images(folder: Path, count: int = 24) -> Path:
+    """A folder of grey 8x8 noise images: real data of nothing the model makes."""
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    generator = torch.Generator().manual_seed(0)
+    for index in range(count):
+        pixels = torch.randint(0, 256, (8, 8), generator=generator, dtype=torch.uint8)
+        Image.fromarray(pixels.numpy(), mode="L").save(folder / f"noise{index}.png")
+    return folder
+
+
+@pytest.fixture
+def finished(fast_overrides, capsys):
+    """A complete 3-trial study on the tiny pipeline, and its run folder."""
+    assert main(["search", *fast_overrides, "budget.trials=3"]) == 0
+    capsys.readouterr()
+    return _run_dir(fast_overrides)
+
+
+def test_a_resume_under_settings_that_change_what_a_figure_means_is_refused(finished, fast_overrides, capsys, tmp_path):
+    noise = _noise_images(tmp_path / "noise")
+    before = _snapshot(finished)
+    changes = {
+        f"target.data={noise}": ("target.data", "none: FID against the reference call's own samples", "24 images"),
+        "target.reference=ddim-10": ("target.reference", "default call", "ddim-10"),
+        "quality.chunk_size=16": ("quality.chunk_size", "48", "16"),
+        "quality.ode_steps=20": ("quality.ode_steps", "200", "20"),
+    }
+    for override, (setting, old, new) in changes.items():
+        assert main(["search", *fast_overrides, "budget.trials=3", override]) == 2, override
+        _one_line_error(capsys, f"{setting}: study has", old, new, "study_name=NEW", "report.dir")
+    assert _snapshot(finished) == before
+    assert main(["search", *fast_overrides, "budget.trials=3"]) == 0  # the study's own settings still resume
+
+
+def test_a_study_recorded_before_a_setting_was_fingerprinted_is_judged_by_its_stored_configuration(
+    finished, fast_overrides, capsys, tmp_path
+):
+    storage = f"sqlite:///{finished / 'ledger.db'}"
+    study = optuna.load_study(study_name="pipeline-sampler", storage=storage)
+    older = {key: study.user_attrs["settings"][key] for key in ("target_hash", "space", "quality.samples")}
+    study.set_user_attr("settings", older)  # what an older autoaccel recorded
+
+    assert main(["search", *fast_overrides, "budget.trials=3"]) == 0  # the settings it ran under: compatible
+    recorded = optuna.load_study(study_name="pipeline-sampler", storage=storage).user_attrs["settings"]
+    assert recorded["target.reference"].startswith("default call") and "target.data" in recorded
+
+    study.set_user_attr("settings", older)
+    noise = _noise_images(tmp_path / "noise")
+    assert main(["search", *fast_overrides, "budget.trials=3", f"target.data={noise}"]) == 2
+    _one_line_error(capsys, "target.data: study has None", str(noise))
+
+
+PRUNED_SPACE = """
+techniques: [pruning, solver, timesteps]
+fixed: {pruning.ratio: 0.4, pruning.importance: magnitude, pruning.recovery_steps: 0,
+        timesteps.family: uniform_trailing, solver.name: ddim}
+dimensions:
+  timesteps.steps: {type: int, low: 3, high: 5}
+"""
+
+
+def test_a_second_search_on_a_held_study_is_refused_before_the_model_loads(
+    finished, fast_overrides, capsys, monkeypatch
+):
+    import autoaccel.run
+
+    def refuse(config):
+        raise AssertionError("the model was loaded before the study's lock was tried")
+
+    monkeypatch.setattr(autoaccel.run, "load_target", refuse)
+    holder = _hold_study_lock(finished)
+    try:
+        assert main(["search", *fast_overrides, "budget.trials=5"]) == 2
+        _one_line_error(capsys, f"process {holder.pid}")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def _small_digits(tmp_path: Path, target: str = "digits") -> list[str]:
+    """A search on an embedded digits model that takes seconds (a short reference, few images, two trials)."""
+    return [
+        f"target={target}",
+        "target.device=cpu",
+        "target.reference=ddim-10",
+        f"report.dir={tmp_path / 'reports'}",
+        f"cache_dir={tmp_path / 'cache'}",
+        "quality.samples=32",
+        "quality.chunk_size=32",
+        "quality.ode_steps=20",
+        "quality.fid_std_rounds=4",
+        "cost.batch_size=4",
+        "cost.warmup=0",
+        "cost.repeats=1",
+        "budget.warm_start_steps=[4]",
+        "budget.trials=2",
+        "report.grid_images=8",
+        "quiet=true",
+    ]
+
+
+def _prompt_file(tmp_path: Path, kind: str) -> Path:
+    path = tmp_path / f"prompts-{kind}.txt"
+    if kind == "empty":
+        path.write_text("")
+    elif kind == "binary":
+        path.write_bytes(bytes(range(256)) * 4)
+    elif kind == "latin-1":
+        path.write_bytes("un chiffre sept écrit à la main\n".encode("latin-1"))
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.write_text("the digit 7\n" * 100_000)
+    return path
+
