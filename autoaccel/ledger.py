@@ -196,8 +196,12 @@ class Ledger:
         waiting = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
         return any(trial.user_attrs.get(REQUEUED) for trial in waiting)
 
-    def enqueue_warm_start(self, configurations: list[tuple[str, dict[str, Any]]], exclusive: bool) -> int:
-        """Enqueues the standard configurations this study does not have yet; returns how many were enqueued.
+    def enqueue_warm_start(
+        self, configurations: list[tuple[str, dict[str, Any]]], exclusive: bool, room: int | None = None
+    ) -> int:
+        """Enqueues, in order, the standard configurations this study has not had yet, as many as ``room`` (the
+        trials the budget has left) holds beside those already waiting; returns how many were enqueued. A resumed
+        study with a larger budget thus continues the list where it stopped.
 
         On a storage this process holds alone (``exclusive``: the run folder's SQLite ledger) missing ones are
         added. On a shared storage only the worker that created the study enqueues them, so however many workers
@@ -207,6 +211,9 @@ class Ledger:
             return 0
         tags = set(self.study.user_attrs.get("enqueued", []))
         new = [(tag, params) for tag, params in configurations if tag not in tags]
+        if room is not None:
+            waiting = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+            new = new[: max(0, room - sum(not trial.user_attrs.get(REQUEUED) for trial in waiting))]
         for tag, params in new:
             self.study.enqueue_trial(params, user_attrs={"warm_start": tag})
         if new:

@@ -81,8 +81,9 @@ def _run(context, config: DictConfig, log) -> Path:
     standards = standard_configurations(
         context.space, list(config.budget.warm_start_steps), guidance, target.schedule_family
     )
-    # the standard configurations come first, as many as the budget has room for
-    context.ledger.enqueue_warm_start(standards[: max(0, trials - done)], exclusive=not config.storage)
+    # the standard configurations come first, as many as the budget has room for; a resumed study with a larger
+    # budget continues the list where the last run stopped
+    context.ledger.enqueue_warm_start(standards, exclusive=not config.storage, room=trials - done)
     if not done and len(standards) > trials:
         log(
             f"budget.trials={trials} is smaller than the {len(standards)} standard configurations: only the first "

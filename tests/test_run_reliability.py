@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 import torch
 
@@ -68,6 +69,21 @@ def test_a_study_recorded_before_a_setting_was_fingerprinted_is_judged_by_its_st
     noise = _noise_images(tmp_path / "noise")
     assert main(["search", *fast_overrides, "budget.trials=3", f"target.data={noise}"]) == 2
     _one_line_error(capsys, "target.data: study has None", str(noise))
+
+
+def test_a_resumed_warm_start_continues_the_standard_configurations_where_it_stopped(fast_overrides):
+    steps = ["budget.warm_start_steps=[4,6]"]
+    assert main(["search", *fast_overrides, *steps, "budget.trials=1"]) == 0
+    assert main(["search", *fast_overrides, *steps, "budget.trials=3"]) == 0
+    trials = pd.read_csv(_run_dir(fast_overrides) / "trials.csv", keep_default_na=False)
+    assert trials["warm_start"].tolist() == ["ddim-4", "dpmsolver++2m-4", "unipc-4"]
+    assert main(["search", *fast_overrides, *steps, "budget.trials=7"]) == 0
+    trials = pd.read_csv(_run_dir(fast_overrides) / "trials.csv", keep_default_na=False)
+    assert trials["warm_start"].tolist()[:6] == [
+        *["ddim-4", "dpmsolver++2m-4", "unipc-4"],
+        *["ddim-6", "dpmsolver++2m-6", "unipc-6"],
+    ]
+    assert trials["warm_start"].tolist()[6] == ""  # then the optimizer
 
 
 PRUNED_SPACE = """
