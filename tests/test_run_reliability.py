@@ -95,6 +95,59 @@ dimensions:
 """
 
 
+def test_report_refuses_a_missing_artifact_in_one_line_and_never_trains_it_again(fast_overrides, tmp_path, capsys):
+    space = tmp_path / "pruned.yaml"
+    space.write_text(PRUNED_SPACE)
+    overrides = [
+        *fast_overrides,
+        f"space={space}",
+        "budget.warm_start_steps=[]",
+        "budget.trials=2",
+        "study_name=pruned",
+    ]
+    assert main(["search", *overrides]) == 0
+    run = _run_dir(fast_overrides, "pruned")
+    front = pd.read_csv(run / "pareto.csv")
+    first = int(front["trial"].min())
+    artifacts = sorted((run / "artifacts").glob("*.safetensors"))
+    assert artifacts, "every trial of this space prunes and stores its weights"
+    for path in artifacts:
+        path.unlink()
+    capsys.readouterr()
+    before = _snapshot(run)
+    assert main(["report", str(run)]) == 2
+    _one_line_error(capsys, f"trial {first}'s pruning weights", str(run / "artifacts"), "--skip-missing-artifacts")
+    assert _snapshot(run) == before
+
+    assert main(["report", str(run), "--skip-missing-artifacts"]) == 0
+    rebuilt = pd.read_csv(run / "pareto.csv", keep_default_na=False)
+    assert set(rebuilt["trial"]) == set(front["trial"]) and (rebuilt["recipe"] == "").all()
+    assert not list((run / "recipes").glob("*.yaml")) and not list((run / "grids").glob("trial-*.png"))
+    assert not list((run / "artifacts").glob("*.safetensors"))  # nothing was pruned again to stand in
+    assert "plans without a recipe here" in (run / "index.html").read_text()
+
+
+def test_report_under_a_running_search_is_refused_or_waits_for_it(finished, capsys):
+    holder = _hold_study_lock(finished)
+    try:
+        before = _snapshot(finished)
+        assert main(["report", str(finished)]) == 2
+        _one_line_error(capsys, f"process {holder.pid}", "writes the report itself when it ends", "--wait")
+        assert _snapshot(finished) == before
+    finally:
+        holder.kill()
+        holder.wait()
+
+    holder = _hold_study_lock(finished, seconds=2)
+    try:
+        assert main(["report", str(finished), "--wait"]) == 0
+        assert f"waiting for process {holder.pid}" in capsys.readouterr().err
+        assert holder.poll() is not None  # it built only once the holder had ended
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_second_search_on_a_held_study_is_refused_before_the_model_loads(
     finished, fast_overrides, capsys, monkeypatch
 ):
