@@ -202,3 +202,36 @@ def _prompt_file(tmp_path: Path, kind: str) -> Path:
         path.write_text("the digit 7\n" * 100_000)
     return path
 
+
+@pytest.mark.parametrize("kind", ["empty", "binary", "latin-1", "fifo", "100000 lines"])
+def test_a_bad_prompt_file_for_digits_t2i_is_refused_in_one_line(kind, tmp_path, capsys):
+    prompts = _prompt_file(tmp_path, kind)
+    assert main(["search", *_small_digits(tmp_path, "digits_t2i"), f"target.prompts={prompts}"]) == 2
+    _one_line_error(capsys, str(prompts))
+    assert not (tmp_path / "reports" / "digits_t2i-guided_sampler").exists()
+
+
+def test_a_prompt_file_for_digits_t2i_sets_the_prompts_searched_on(tmp_path):
+    from autoaccel.config import compose_config
+    from autoaccel.run import prepare_run
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a handwritten seven\nthe digit 3\n")
+    config = compose_config(
+        ["target=digits_t2i", f"target.prompts={prompts}", "target.device=cpu", f"report.dir={tmp_path}"]
+    )
+    context = prepare_run(config)
+    try:
+        assert context.target.conditions.names == ["a handwritten seven", "the digit 3"]
+        assert set(context.judge.seeds.class_labels.tolist()) == {0, 1}
+        assert context.ledger.study.user_attrs["settings"]["target.prompts"].startswith("2 prompts")
+    finally:
+        context.lock.release()
+
+
+def test_prompts_for_a_model_that_takes_none_are_refused(tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a handwritten seven\n")
+    assert main(["search", *_small_digits(tmp_path), f"target.prompts={prompts}"]) == 2
+    _one_line_error(capsys, f"target.prompts={prompts}", "target=digits takes no prompts", "digits_t2i")
+
