@@ -235,3 +235,26 @@ def test_prompts_for_a_model_that_takes_none_are_refused(tmp_path, capsys):
     assert main(["search", *_small_digits(tmp_path), f"target.prompts={prompts}"]) == 2
     _one_line_error(capsys, f"target.prompts={prompts}", "target=digits takes no prompts", "digits_t2i")
 
+
+def test_the_digits_model_reads_its_images_as_digits():
+    from autoaccel.measure.adherence import target_adherence
+    from autoaccel.targets.digits.data import load_digits_tensors
+    from autoaccel.targets.registry import load_target
+
+    target = load_target("digits", None, "cpu")
+    images, labels = load_digits_tensors()
+    assert target_adherence(target, images, labels) > 0.97
+    noise = torch.rand(images.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert target_adherence(target, noise, labels) < 0.5
+
+
+def test_min_adherence_limits_a_search_on_the_digits_model(tmp_path, capsys):
+    assert main(["search", *_small_digits(tmp_path), "budget.min_adherence=0.5"]) == 0
+    run = tmp_path / "reports" / "digits-sampler"
+    trials = pd.read_csv(run / "trials.csv")
+    assert trials["adherence"].between(0, 1).all()
+    front = pd.read_csv(run / "pareto.csv")
+    assert (front["adherence"] >= 0.5).all()
+    capsys.readouterr()
+    assert main(["plan", str(run), "--min-adherence", "0"]) == 0
+    assert "adherence" in capsys.readouterr().out
