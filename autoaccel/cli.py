@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from autoaccel.errors import AutoaccelError
+from autoaccel.progress import StageLine, reporting
 from autoaccel.usage import BENCHMARKS, bench_help, search_help
 
 COMMANDS = (
@@ -38,8 +39,10 @@ COMMANDS = (
 
 
 def _log(quiet: bool = False):
+    """Prints what a command says; quiet keeps one line per long stage (the line that closes it)."""
+
     def log(message: str) -> None:
-        if not quiet:
+        if not quiet or isinstance(message, StageLine):
             print(message, flush=True)
 
     return log
@@ -113,7 +116,8 @@ def cmd_report(args: list[str]) -> int:
         waiting = (lambda message: print(message, file=sys.stderr, flush=True)) if options.wait else None
         context = open_run(options.run, hold=True, wait=waiting)
     try:
-        print(build_report(context, skip_missing_artifacts=options.skip_missing_artifacts or None))
+        with reporting(_log()):
+            print(build_report(context, skip_missing_artifacts=options.skip_missing_artifacts or None))
     finally:
         if context.lock is not None:
             context.lock.release()

@@ -220,6 +220,12 @@ class Ledger:
             self.study.set_user_attr("enqueued", sorted(tags | {tag for tag, _ in new}))
         return len(new)
 
+    def queued_warm_starts(self) -> list[str]:
+        """The tags of the standard configurations waiting to be evaluated, in the order they will be."""
+        waiting = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+        ordered = sorted(waiting, key=lambda trial: trial.number)
+        return [trial.user_attrs["warm_start"] for trial in ordered if trial.user_attrs.get("warm_start")]
+
     def evaluated_candidates(self) -> dict[str, int]:
         """candidate key and plan key (``autoaccel.identity``) -> number of the first finished trial that evaluated
         it (interrupted ones excluded)."""

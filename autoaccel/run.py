@@ -13,12 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from autoaccel.artifacts import ARTIFACTS_DIR, ArtifactStore
 from autoaccel.config.checks import validate_config
 from autoaccel.errors import ConfigError
+from autoaccel.estimate import SearchEstimate, chunk_count, reference_calls_per_image, time_calls
 from autoaccel.fidelity import FidelityLadder
 from autoaccel.fingerprint import settings_fingerprint
 from autoaccel.ledger import LEDGER_FILE, Ledger, default_storage, shown_url
@@ -27,6 +27,7 @@ from autoaccel.measure.evaluator import CostSettings, Evaluator
 from autoaccel.measure.reference import QualityJudge
 from autoaccel.objectives import objective_directions, resolve_objectives
 from autoaccel.optimizers.base import OptimizerBackend
+from autoaccel.progress import duration
 from autoaccel.space import SearchSpace, load_space
 from autoaccel.space_choice import resolve_space_name
 from autoaccel.space_fit import check_space_fits
@@ -50,6 +51,7 @@ class RunContext:
     evaluator: Evaluator
     backend: OptimizerBackend
     lock: StudyLock | None = None  # held while a search (or a report) runs on the run folder's SQLite ledger
+    estimate: SearchEstimate | None = None  # what the search said it would take, when it started
 
 
 def load_target(config: DictConfig) -> Target:
@@ -293,39 +295,15 @@ def ensure_teacher(context: RunContext, log) -> dict:
 
 
 def describe_reference_cost(context: RunContext) -> str:
-    """The reference, its images and denoiser calls, and a time estimate from one timed denoiser call."""
-    from autoaccel.teacher import teacher_pipeline
-
+    """The reference, its images and denoiser calls, and what they take: the search's estimate of them, or one
+    made now from a timed denoiser call (``autoaccel.estimate``)."""
     target, judge = context.target, context.judge
-    pipeline = teacher_pipeline(target)
-    pipeline.set_schedule(target.denoiser.device)
-    per_image = len(pipeline.scheduler.timesteps) * (2 if pipeline.guided else 1)
-    seconds = _seconds_per_call(pipeline, judge) * per_image * -(-judge.samples // judge.chunk_size)
+    per_image = reference_calls_per_image(target)
+    seconds = context.estimate.stages.get("reference") if context.estimate is not None else None
+    if seconds is None:
+        seconds = time_calls(context).chunk * per_image * chunk_count(judge)
     cached = " (cached images are reused if present)"
     return (
         f"{describe_reference(target)}; {judge.samples} images x {per_image} denoiser calls, "
-        f"about {_duration(seconds)} on {target.denoiser.device}{cached}"
+        f"about {duration(seconds)} on {target.denoiser.device}{cached}"
     )
-
-
-def _seconds_per_call(pipeline, judge) -> float:
-    """One denoiser call on a chunk of the judge's seeds (doubled under guidance), timed once."""
-    from autoaccel.targets.denoisers import predict
-
-    seeds = judge.seeds.head(min(judge.chunk_size, judge.samples))
-    batch = seeds.noise.to(pipeline.denoiser.device, pipeline.denoiser.dtype)
-    labels = seeds.class_labels
-    keywords = pipeline.conditions.keywords(labels, False, batch.device)
-    timestep = pipeline.scheduler.timesteps[0]
-    started = time.perf_counter()
-    with torch.no_grad():
-        predict(pipeline.denoiser, batch, timestep, keywords)
-    return time.perf_counter() - started
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"

@@ -6,6 +6,7 @@ embedded text-to-image model, and the embedded digits model has the adherence fi
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import optuna
@@ -258,3 +259,68 @@ def test_min_adherence_limits_a_search_on_the_digits_model(tmp_path, capsys):
     capsys.readouterr()
     assert main(["plan", str(run), "--min-adherence", "0"]) == 0
     assert "adherence" in capsys.readouterr().out
+
+
+def test_progress_lines_are_throttled_and_say_how_much_is_done_and_left(monkeypatch):
+    import autoaccel.progress as progress
+    from autoaccel.progress import Progress, StageLine, reporting
+
+    clock = [100.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
+    lines: list[str] = []
+    with reporting(lines.append):
+        with Progress("reference", 512) as stage:
+            for done, now in [(50, 105.0), (128, 110.0), (200, 115.0), (256, 120.5)]:
+                clock[0] = now
+                stage(done)
+            clock[0] = 130.0
+            stage(512)
+        quick = Progress("sampling 512 images", 512, announce=False)
+        quick(512)
+        quick.close()
+    assert lines == [
+        "reference: 128/512 images (25%), 10 s so far, about 30 s left",
+        "reference: 256/512 images (50%), 20 s so far, about 20 s left",
+        "reference: 512 images in 30 s",
+    ]
+    assert isinstance(lines[-1], StageLine) and not isinstance(lines[0], StageLine)
+    assert not Progress("nobody listens", 10).active
+
+
+def test_training_reports_its_iterations(monkeypatch):
+    import autoaccel.progress as progress
+    from autoaccel.distill.training import Clock
+    from autoaccel.progress import reporting
+
+    monkeypatch.setattr(progress, "INTERVAL_S", 0.0)
+    lines: list[str] = []
+    with reporting(lines.append):
+        clock = Clock(None, "consistency distillation", total=40)
+        for iteration in range(1, 41):
+            clock.check(iteration)
+    assert lines[0].startswith("consistency distillation: 1/40 iterations (2%)")
+    assert lines[-1].startswith("consistency distillation: 40 iterations in")
+
+
+def test_a_search_reports_each_long_stage_step_by_step_and_its_estimate(fast_overrides, monkeypatch, capsys):
+    import autoaccel.progress as progress
+
+    monkeypatch.setattr(progress, "INTERVAL_S", 0.0)  # every step of every stage is "long" here
+    loud = [item for item in fast_overrides if item != "quiet=true"]
+    assert main(["search", *loud, "budget.trials=2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    estimate = next(line for line in out if line.startswith("estimate: about"))
+    assert "reference" in estimate and "ODE reference" in estimate and "2 trials" in estimate
+    # quality.chunk_size is the whole sample count: lines before the chunk ends come from inside its steps
+    inside = [line for line in out if line.startswith("reference: ") and "/48 images (" in line]
+    assert inside and all(" so far, about " in line for line in inside)
+    assert any(line.startswith("ODE reference: 48 images in") for line in out)
+    assert any(line.startswith("sampling 48 images: ") for line in out)  # each candidate's sampling too
+    assert out[-1].startswith("search took ") and "estimated at its start: " in out[-1]
+
+    # quiet: one line per stage, the one that closes it (another seed set: its reference is not cached yet)
+    assert main(["search", *fast_overrides, "budget.trials=2", "study_name=quiet", "quality.seed=1"]) == 0
+    quiet = capsys.readouterr().out.splitlines()
+    closing = re.compile(r"^[^:]+: \d+ (images|iterations) in \d+ s$")
+    assert all(closing.match(line) for line in quiet[:-1]) and quiet[-1].startswith("search took "), quiet
+    assert "reference: 48 images in" in " ".join(quiet)
