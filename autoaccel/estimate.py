@@ -13,6 +13,7 @@ has such techniques), latencies reused between trials of one structure, and imag
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +29,7 @@ from autoaccel.targets.denoisers import predict
 from autoaccel.teacher import teacher_pipeline
 
 TRAINING_TECHNIQUES = ("distillation", "pruning", "quantization")  # trials whose model is made while they run
-SCORING_PROBE = 64  # images the feature extractors are timed on; scaled to the run's sample count
+SCORING_PROBE_VALUES = 64 * 3 * 64 * 64  # pixel values the feature extractors are timed on (64 small images)
 
 
 @dataclass
@@ -143,10 +144,11 @@ def _typical_calls_per_image(space, guidable: bool) -> float:
 
 def scoring_seconds(context) -> float:
     """Scoring one trial's images, which is mostly computing their features under the target's extractor and
-    the ensemble FID's extractors: each timed on a few noise images (after a warm-up call), scaled to the run's
-    sample count."""
-    samples = context.judge.samples
-    probe = torch.randint(0, 256, (min(SCORING_PROBE, samples), *image_shape(context.target)), dtype=torch.uint8)
+    the ensemble FID's extractors: each timed on a few noise images (up to 64, fewer large ones; after a warm-up
+    call), scaled to the run's sample count."""
+    samples, shape = context.judge.samples, image_shape(context.target)
+    count = min(samples, 64, max(2, SCORING_PROBE_VALUES // math.prod(shape)))
+    probe = torch.randint(0, 256, (count, *shape), dtype=torch.uint8)
     seconds = 0.0
     for extractor in [context.target.quality.extractor, *ensemble_extractors()]:
         image_features(probe[:2], extractor)
