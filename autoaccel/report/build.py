@@ -281,8 +281,8 @@ def measured_floor(context, log=print) -> dict | None:
 def _without_recipe(trials: set[int], run_dir: Path) -> str:
     numbers = ", ".join(str(number) for number in sorted(trials))
     return (
-        f"trial {numbers}: their artifacts are not in {run_dir / ARTIFACTS_DIR} (another machine's worker kept them); "
-        "copy them there and run report again"
+        f"trial {numbers}: their artifacts are not in {run_dir / ARTIFACTS_DIR} (a study shared by several machines: "
+        "the machine that ran them keeps them); copy them there and run report again"
     )
 
 
