@@ -302,11 +302,13 @@ def test_training_reports_its_iterations(monkeypatch):
     assert lines[-1].startswith("consistency distillation: 40 iterations in")
 
 
-def test_a_search_reports_each_long_stage_step_by_step_and_its_estimate(fast_overrides, monkeypatch, capsys):
+def test_a_search_reports_each_long_stage_step_by_step_and_its_estimate(fast_overrides, monkeypatch, capsys, tmp_path):
     import autoaccel.progress as progress
 
     monkeypatch.setattr(progress, "INTERVAL_S", 0.0)  # every step of every stage is "long" here
-    loud = [item for item in fast_overrides if item != "quiet=true"]
+    # a cache of its own: the reference is sampled here, not found in the session's cache
+    overrides = [item for item in fast_overrides if not item.startswith("cache_dir=")] + [f"cache_dir={tmp_path}"]
+    loud = [item for item in overrides if item != "quiet=true"]
     assert main(["search", *loud, "budget.trials=2"]) == 0
     out = capsys.readouterr().out.splitlines()
     estimate = next(line for line in out if line.startswith("estimate: about"))
@@ -319,7 +321,7 @@ def test_a_search_reports_each_long_stage_step_by_step_and_its_estimate(fast_ove
     assert out[-1].startswith("search took ") and "estimated at its start: " in out[-1]
 
     # quiet: one line per stage, the one that closes it (another seed set: its reference is not cached yet)
-    assert main(["search", *fast_overrides, "budget.trials=2", "study_name=quiet", "quality.seed=1"]) == 0
+    assert main(["search", *overrides, "budget.trials=2", "study_name=quiet", "quality.seed=1"]) == 0
     quiet = capsys.readouterr().out.splitlines()
     closing = re.compile(r"^[^:]+: \d+ (images|iterations) in \d+ s$")
     assert all(closing.match(line) for line in quiet[:-1]) and quiet[-1].startswith("search took "), quiet
