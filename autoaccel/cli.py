@@ -2,7 +2,7 @@
 
 search [key=value ...]                  run (or resume) a search; writes reports/<run>/
 workers N storage=URL [key=value ...]   N search processes on one shared study (one per GPU), then its report
-report RUN [--storage URL --study S]    rebuild a run's report from its ledger (or a shared study's, anywhere)
+report RUN [--wait] [--storage URL --study S]   rebuild a run's report from its ledger (or a shared study's)
 plan RUN [--max-fid-ratio R] [--max-latency-ms X] ...   the plan you ask for, e.g. the fastest within 1.25x FID
 apply RECIPE --out DIR [--n N] [--overwrite]   write N images with a recipe's plan
 bench schedules [key=value ...]         the schedule benchmark -> reports/bench/schedules.md
@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from autoaccel.errors import AutoaccelError
+from autoaccel.progress import StageLine, reporting
 from autoaccel.usage import BENCHMARKS, bench_help, search_help
 
 COMMANDS = (
@@ -38,8 +39,10 @@ COMMANDS = (
 
 
 def _log(quiet: bool = False):
+    """Prints what a command says; quiet keeps one line per long stage (the line that closes it)."""
+
     def log(message: str) -> None:
-        if not quiet:
+        if not quiet or isinstance(message, StageLine):
             print(message, flush=True)
 
     return log
@@ -91,15 +94,33 @@ def cmd_report(args: list[str]) -> int:
     parser.add_argument("run", type=Path, help="the run folder, e.g. reports/digits-sampler")
     parser.add_argument("--storage", help="a shared study's storage URL: rebuild the run folder from it")
     parser.add_argument("--study", help="the study name in --storage")
+    parser.add_argument(
+        "--wait", action="store_true", help="a search still running on the folder: wait for it to end, then build"
+    )
+    parser.add_argument(
+        "--skip-missing-artifacts",
+        action="store_true",
+        help="build the report even where front plans' stored weights are missing (another machine's worker kept "
+        "them): those plans get no recipe and no grid; default: refuse on a run folder's own study, skip on a shared "
+        "one",
+    )
     options = parser.parse_args(args)
     from autoaccel.report.build import build_report
     from autoaccel.run import open_run, open_shared_run
 
     if bool(options.storage) != bool(options.study):
         raise AutoaccelError("report --storage and --study go together (a shared study's URL and name)")
-    shared = options.storage is not None
-    context = open_shared_run(options.storage, options.study, options.run) if shared else open_run(options.run)
-    print(build_report(context))
+    if options.storage is not None:
+        context = open_shared_run(options.storage, options.study, options.run)
+    else:
+        waiting = (lambda message: print(message, file=sys.stderr, flush=True)) if options.wait else None
+        context = open_run(options.run, hold=True, wait=waiting)
+    try:
+        with reporting(_log()):
+            print(build_report(context, skip_missing_artifacts=options.skip_missing_artifacts or None))
+    finally:
+        if context.lock is not None:
+            context.lock.release()
     return 0
 
 

@@ -10,7 +10,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import pandas as pd
@@ -21,6 +21,9 @@ from autoaccel.errors import ConfigError
 from autoaccel.limits import Limit, within_limits
 from autoaccel.measure.measurement import Measurement
 from autoaccel.objectives import METRIC_COLUMNS
+
+if TYPE_CHECKING:
+    from autoaccel.fingerprint import Fingerprint
 
 METRIC_PREFIX = "metric."
 FIDELITY_PREFIX = "fidelity."
@@ -153,21 +156,23 @@ class Ledger:
         ledger.study_name, ledger.storage, ledger.created = study_name, storage, False
         return ledger
 
-    def check_settings(self, settings: dict[str, Any]) -> None:
-        """Stores the settings that make trials comparable; refuses to resume a study under other ones."""
-        from autoaccel.errors import ConfigError
-
+    def check_settings(self, fingerprint: Fingerprint) -> None:
+        """Stores what the study's figures mean (``autoaccel.fingerprint``); refuses to resume it under other
+        settings, in one line naming each changed setting with the study's value and the new one."""
         stored = self.study.user_attrs.get("settings")
         if stored is None:
-            self.study.set_user_attr("settings", settings)
+            self.study.set_user_attr("settings", fingerprint.values)
             return
-        changed = {key: (stored.get(key), value) for key, value in settings.items() if stored.get(key) != value}
+        changed = fingerprint.differences(stored, self.study.user_attrs.get("config"))
         if changed:
-            details = "; ".join(f"{key}: study has {old!r}, now {new!r}" for key, (old, new) in changed.items())
+            details = "; ".join(f"{key}: study has {old!r}, now {new!r}" for key, old, new in changed)
             raise ConfigError(
-                f"study {self.study_name!r} was run with other settings ({details}); resume with the same "
-                f"settings or choose another study_name"
+                f"study {self.study_name!r} was measured under other settings ({details}); its figures would not "
+                "compare with new ones: resume it with its own settings, or start a new study with "
+                "study_name=NEW (or another report.dir)"
             )
+        if fingerprint.values.keys() - stored.keys():  # recorded by an older autoaccel: record what it lacked
+            self.study.set_user_attr("settings", {**fingerprint.values, **stored})
 
     def sweep_interrupted(self) -> int:
         """Trials left RUNNING by an interrupted run: marked failed with the reason, their params enqueued again."""
@@ -191,8 +196,12 @@ class Ledger:
         waiting = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
         return any(trial.user_attrs.get(REQUEUED) for trial in waiting)
 
-    def enqueue_warm_start(self, configurations: list[tuple[str, dict[str, Any]]], exclusive: bool) -> int:
-        """Enqueues the standard configurations this study does not have yet; returns how many were enqueued.
+    def enqueue_warm_start(
+        self, configurations: list[tuple[str, dict[str, Any]]], exclusive: bool, room: int | None = None
+    ) -> int:
+        """Enqueues, in order, the standard configurations this study has not had yet, as many as ``room`` (the
+        trials the budget has left) holds beside those already waiting; returns how many were enqueued. A resumed
+        study with a larger budget thus continues the list where it stopped.
 
         On a storage this process holds alone (``exclusive``: the run folder's SQLite ledger) missing ones are
         added. On a shared storage only the worker that created the study enqueues them, so however many workers
@@ -202,11 +211,20 @@ class Ledger:
             return 0
         tags = set(self.study.user_attrs.get("enqueued", []))
         new = [(tag, params) for tag, params in configurations if tag not in tags]
+        if room is not None:
+            waiting = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+            new = new[: max(0, room - sum(not trial.user_attrs.get(REQUEUED) for trial in waiting))]
         for tag, params in new:
             self.study.enqueue_trial(params, user_attrs={"warm_start": tag})
         if new:
             self.study.set_user_attr("enqueued", sorted(tags | {tag for tag, _ in new}))
         return len(new)
+
+    def queued_warm_starts(self) -> list[str]:
+        """The tags of the standard configurations waiting to be evaluated, in the order they will be."""
+        waiting = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+        ordered = sorted(waiting, key=lambda trial: trial.number)
+        return [trial.user_attrs["warm_start"] for trial in ordered if trial.user_attrs.get("warm_start")]
 
     def evaluated_candidates(self) -> dict[str, int]:
         """candidate key and plan key (``autoaccel.identity``) -> number of the first finished trial that evaluated

@@ -9,30 +9,33 @@ import math
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from autoaccel.artifacts import ARTIFACTS_DIR, ArtifactStore
 from autoaccel.config.checks import validate_config
 from autoaccel.errors import ConfigError
+from autoaccel.estimate import SearchEstimate, chunk_count, reference_calls_per_image, time_calls
 from autoaccel.fidelity import FidelityLadder
+from autoaccel.fingerprint import settings_fingerprint
 from autoaccel.ledger import LEDGER_FILE, Ledger, default_storage, shown_url
 from autoaccel.limits import check_teacher_ratios
 from autoaccel.measure.evaluator import CostSettings, Evaluator
 from autoaccel.measure.feature_store import FEATURES_DIR, FeatureStore
-from autoaccel.measure.reference import HELD_OUT_REFERENCE, QualityJudge
+from autoaccel.measure.reference import QualityJudge
 from autoaccel.objectives import objective_directions, resolve_objectives
 from autoaccel.optimizers.base import OptimizerBackend
+from autoaccel.progress import duration
 from autoaccel.space import SearchSpace, load_space
 from autoaccel.space_choice import resolve_space_name
 from autoaccel.space_fit import check_space_fits
 from autoaccel.study_lock import StudyLock
 from autoaccel.targets.base import Target
 from autoaccel.targets.registry import target_kind
-from autoaccel.teacher import parse_reference, reference_steps
+from autoaccel.teacher import describe_reference, reference_steps
 
 CONFIG_FILE = "config.yaml"
 
@@ -48,7 +51,8 @@ class RunContext:
     judge: QualityJudge
     evaluator: Evaluator
     backend: OptimizerBackend
-    lock: StudyLock | None = None  # held while a search runs on the run folder's SQLite ledger
+    lock: StudyLock | None = None  # held while a search (or a report) runs on the run folder's SQLite ledger
+    estimate: SearchEstimate | None = None  # what the search said it would take, when it started
 
 
 def load_target(config: DictConfig) -> Target:
@@ -88,30 +92,44 @@ def _safe_name(text: str) -> str:
     return cleaned or "model"
 
 
-def settings_fingerprint(config: DictConfig, target: Target, space: SearchSpace) -> dict:
-    """What must not change between a study's runs, or its trials stop being comparable."""
-    return {
-        "target_hash": target.content_hash,
-        "space": space.source,
-        "objectives": list(config.objectives),
-        "quality.samples": int(config.quality.samples),
-        "quality.seed": int(config.quality.seed),
-        "cost.batch_size": int(config.cost.batch_size),
-        "extractor": target.quality.extractor,
-        "fidelity.levels": list(config.fidelity.levels),
-        **({"fidelity.train_shares": list(shares)} if (shares := config.fidelity.get("train_shares")) else {}),
-        **({"quality.fid_std_rounds": rounds} if (rounds := int(config.quality.fid_std_rounds)) != 20 else {}),
-        # real-data FID is against the real images less those held out for the floor (earlier: all of them)
-        **({"fid_reference": HELD_OUT_REFERENCE} if target.real_images is not None else {}),
-    }
-
-
-def prepare_run(config: DictConfig, run_dir: Path | None = None, for_search: bool = True) -> RunContext:
+def prepare_run(
+    config: DictConfig,
+    run_dir: Path | None = None,
+    for_search: bool = True,
+    hold: bool | None = None,
+    wait: Callable[[str], None] | None = None,
+) -> RunContext:
     """Everything a run needs, checked before anything is written: a command that fails to start leaves no run
-    folder, no ledger and no study behind. A search holds a run folder's SQLite study alone (see ``StudyLock``)."""
+    folder, no ledger and no study behind.
+
+    A search holds a run folder's SQLite study alone (``StudyLock``) from right after the configuration is
+    validated, so a second one is refused before any model is loaded. ``hold`` (default: a search does) takes it
+    for another command that writes the folder (``report``); with ``wait`` that command waits for the holder to
+    end (``wait`` hears what it waits for) instead of being refused. A shared storage has no folder lock."""
+    validate_config(config)
+    study_name = study_name_for(config)
+    run_dir = Path(run_dir or Path(config.report.dir) / study_name).resolve()
+    storage = str(config.storage) if config.storage else default_storage(run_dir)
+    if not for_search and not config.storage and not (run_dir / LEDGER_FILE).exists():
+        raise ConfigError(f"{run_dir} has no {LEDGER_FILE}: nothing was recorded there")
+    holds = for_search if hold is None else hold
+    lock = StudyLock(run_dir, study_name, searching=for_search) if holds and not config.storage else None
+    with _removed_if_failed(run_dir):
+        if lock is not None:
+            lock.acquire(wait)
+        try:
+            return _prepare(config, run_dir, storage, study_name, for_search, lock)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+
+
+def _prepare(
+    config: DictConfig, run_dir: Path, storage: str, study_name: str, for_search: bool, lock: StudyLock | None
+) -> RunContext:
     from autoaccel.optimizers.base import make_backend
 
-    validate_config(config)
     target = load_target(config)
     objectives = resolve_objectives(list(config.objectives), target)
     directions = objective_directions(objectives)
@@ -122,23 +140,9 @@ def prepare_run(config: DictConfig, run_dir: Path | None = None, for_search: boo
     space = with_training_cap(space, config.budget.get("max_train_minutes"))
     options = {**OmegaConf.to_container(config.optimizer), "directions": directions}
     backend = make_backend(str(config.optimizer.name), space, options, len(objectives))
-    study_name = study_name_for(config)
-    run_dir = Path(run_dir or Path(config.report.dir) / study_name).resolve()
-    storage = str(config.storage) if config.storage else default_storage(run_dir)
-    lock = StudyLock(run_dir, study_name) if for_search and not config.storage else None
-    if not for_search and not config.storage and not (run_dir / LEDGER_FILE).exists():
-        raise ConfigError(f"{run_dir} has no {LEDGER_FILE}: nothing was recorded there")
-    with _removed_if_failed(run_dir):
-        if lock is not None:
-            lock.acquire()
-        try:
-            ledger = Ledger(storage, study_name, directions) if for_search else _existing(storage, study_name)
-            if for_search:
-                ledger.check_settings(settings_fingerprint(config, target, space))
-        except BaseException:
-            if lock is not None:
-                lock.release()
-            raise
+    ledger = Ledger(storage, study_name, directions) if for_search else _existing(storage, study_name)
+    if for_search:
+        ledger.check_settings(settings_fingerprint(config, target, space))
     if options.get("seed") is not None and ledger.finished_count():
         # A resumed run must not replay the random stream of the first one: it would re-propose the same points.
         options["seed"] = int(options["seed"]) + ledger.finished_count()
@@ -180,14 +184,14 @@ def evaluator_from_config(
 
 @contextlib.contextmanager
 def _removed_if_failed(run_dir: Path):
-    """Creates ``run_dir`` if needed; removes it again if what follows fails while it holds nothing else."""
-    created = not run_dir.exists()
+    """Creates ``run_dir`` (and the folders above it) if needed; removes what it created if what follows fails."""
+    created = next((folder for folder in [*reversed(run_dir.parents), run_dir] if not folder.exists()), None)
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         yield
     except BaseException:
-        if created:
-            shutil.rmtree(run_dir, ignore_errors=True)
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
         raise
 
 
@@ -225,14 +229,15 @@ def open_shared_run(storage: str, study_name: str, run_dir: Path) -> RunContext:
     return prepare_run(config, run_dir=run_dir, for_search=False)
 
 
-def open_run(run_dir: Path) -> RunContext:
-    """The context of a finished or interrupted run, from its folder's saved configuration."""
+def open_run(run_dir: Path, hold: bool = False, wait: Callable[[str], None] | None = None) -> RunContext:
+    """The context of a finished or interrupted run, from its folder's saved configuration; with ``hold``, holding
+    the folder's study as a search does (a command that writes the folder: ``report``), or waiting for it."""
     run_dir = Path(run_dir)
     config_path = run_dir / CONFIG_FILE
     if not config_path.exists():
         raise ConfigError(f"{run_dir} is not an autoaccel run folder: it has no {CONFIG_FILE}")
     config = OmegaConf.load(config_path)
-    return prepare_run(config, run_dir=run_dir, for_search=False)
+    return prepare_run(config, run_dir=run_dir, for_search=False, hold=hold, wait=wait)
 
 
 def check_adherence_limit(budget, target: Target) -> None:
@@ -291,50 +296,16 @@ def ensure_teacher(context: RunContext, log) -> dict:
     return row
 
 
-def describe_reference(target: Target) -> str:
-    """What the reference call runs, in words: ``default call: PNDMScheduler, 50 steps, guidance 7.5``."""
-    spec = parse_reference(target.reference)
-    guidance = target.reference_call.guidance_scale if target.conditions.guidable else 1.0
-    shown = f", guidance {guidance:g}" if guidance != 1.0 else ""
-    if spec.solver is None:
-        return f"default call: {target.scheduler_class}, {target.reference_call.steps} steps{shown}"
-    return f"{spec.name}: {spec.solver} on {spec.steps} evenly spaced steps{shown}"
-
-
 def describe_reference_cost(context: RunContext) -> str:
-    """The reference, its images and denoiser calls, and a time estimate from one timed denoiser call."""
-    from autoaccel.teacher import teacher_pipeline
-
+    """The reference, its images and denoiser calls, and what they take: the search's estimate of them, or one
+    made now from a timed denoiser call (``autoaccel.estimate``)."""
     target, judge = context.target, context.judge
-    pipeline = teacher_pipeline(target)
-    pipeline.set_schedule(target.denoiser.device)
-    per_image = len(pipeline.scheduler.timesteps) * (2 if pipeline.guided else 1)
-    seconds = _seconds_per_call(pipeline, judge) * per_image * -(-judge.samples // judge.chunk_size)
+    per_image = reference_calls_per_image(target)
+    seconds = context.estimate.stages.get("reference") if context.estimate is not None else None
+    if seconds is None:
+        seconds = time_calls(context).chunk * per_image * chunk_count(judge)
     cached = " (cached images are reused if present)"
     return (
         f"{describe_reference(target)}; {judge.samples} images x {per_image} denoiser calls, "
-        f"about {_duration(seconds)} on {target.denoiser.device}{cached}"
+        f"about {duration(seconds)} on {target.denoiser.device}{cached}"
     )
-
-
-def _seconds_per_call(pipeline, judge) -> float:
-    """One denoiser call on a chunk of the judge's seeds (doubled under guidance), timed once."""
-    from autoaccel.targets.denoisers import predict
-
-    seeds = judge.seeds.head(min(judge.chunk_size, judge.samples))
-    batch = seeds.noise.to(pipeline.denoiser.device, pipeline.denoiser.dtype)
-    labels = seeds.class_labels
-    keywords = pipeline.conditions.keywords(labels, False, batch.device)
-    timestep = pipeline.scheduler.timesteps[0]
-    started = time.perf_counter()
-    with torch.no_grad():
-        predict(pipeline.denoiser, batch, timestep, keywords)
-    return time.perf_counter() - started
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -168,12 +169,14 @@ class SamplerPipeline(DiffusionPipeline):
         generator: torch.Generator | None = None,
         output_type: str = "pt",
         encode: bool = False,
+        on_step: Callable[[int, int], None] | None = None,
     ):
         """Denoises ``noise`` (N, C, H, W) along the plan; returns images in [-1, 1] (``pt``) or PIL images.
 
         ``class_labels``: one condition index per sample (its class, or its prompt's index). ``encode``: encode
         the prompts with the text encoder(s) on this call, as a deployment does, instead of using the cached
-        embeddings (the same values): what latency measures.
+        embeddings (the same values): what latency measures. ``on_step(done, steps)``: called after each
+        denoising step (progress of a long call).
         """
         if not self.plan.scheduled:
             raise TechniqueError("the pipeline has no schedule: apply a plan or recipe first")
@@ -197,11 +200,14 @@ class SamplerPipeline(DiffusionPipeline):
             self.denoiser_calls, self.model_calls = 0, 0
             # which calls reuse features is decided per call of this run
             with cache.running(self) if cache is not None else contextlib.nullcontext():
-                for timestep in self.scheduler.timesteps:
+                steps = len(self.scheduler.timesteps)
+                for index, timestep in enumerate(self.scheduler.timesteps):
                     model_input = scale_input(sample, timestep) if scale_input is not None else sample
                     prediction = self._predict(model_input, timestep, labels, encoded)
                     extra = {"generator": generator} if takes_generator else {}
                     sample = self.scheduler.step(prediction, timestep, sample, **extra).prev_sample
+                    if on_step is not None:
+                        on_step(index + 1, steps)
         with timer("decode"):
             images = decode(self.vae, sample).float()
         self.stage_ms = timer.finish()

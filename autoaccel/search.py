@@ -8,10 +8,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from autoaccel.estimate import estimate_search
 from autoaccel.limits import describe_limits, limits_in_force
 from autoaccel.liveness import LivenessSettings
 from autoaccel.loop import LoopBudget, run_search, standard_configurations
 from autoaccel.pareto import front_numbers
+from autoaccel.progress import StageLine, duration, reporting
 from autoaccel.run import ensure_teacher, make_ladder, prepare_run
 
 
@@ -46,13 +48,15 @@ def plan_label(candidate: dict) -> str:
 
 
 def search(config: DictConfig, log=print) -> Path:
-    """Runs or resumes the study the configuration names; returns the report's index.html."""
-    context = prepare_run(config)
-    try:
-        return _run(context, config, log)
-    finally:
-        if context.lock is not None:
-            context.lock.release()
+    """Runs or resumes the study the configuration names; returns the report's index.html. Long stages report
+    their progress to ``log`` as they run (``autoaccel.progress``)."""
+    with reporting(log):
+        context = prepare_run(config)
+        try:
+            return _run(context, config, log)
+        finally:
+            if context.lock is not None:
+                context.lock.release()
 
 
 def _run(context, config: DictConfig, log) -> Path:
@@ -81,20 +85,27 @@ def _run(context, config: DictConfig, log) -> Path:
     standards = standard_configurations(
         context.space, list(config.budget.warm_start_steps), guidance, target.schedule_family
     )
-    # the standard configurations come first, as many as the budget has room for
-    context.ledger.enqueue_warm_start(standards[: max(0, trials - done)], exclusive=not config.storage)
+    # the standard configurations come first, as many as the budget has room for; a resumed study with a larger
+    # budget continues the list where the last run stopped
+    context.ledger.enqueue_warm_start(standards, exclusive=not config.storage, room=trials - done)
     if not done and len(standards) > trials:
         log(
             f"budget.trials={trials} is smaller than the {len(standards)} standard configurations: only the first "
             f"{trials} are evaluated"
         )
     complete = done >= trials and not context.ledger.has_requeued()
+    started = time.perf_counter()
     if complete:
         log(
             f"study {context.ledger.study_name!r} is complete: {done} trials for budget.trials={trials}; to continue "
             f"it, run the same command with a larger budget, e.g. budget.trials={trials + 20}"
         )
     else:
+        queued = dict(standards)
+        warm_starts = [queued[tag] for tag in context.ledger.queued_warm_starts() if tag in queued]
+        context.estimate = estimate_search(context, max(0, trials - done), warm_starts)
+        shared = " for the study's remaining trials, all workers together" if config.storage else ""
+        log(f"estimate{shared}: {context.estimate.describe()}")
         ensure_teacher(context, log)
     limits = limits_in_force(config.budget, context.ledger.study.user_attrs.get("teacher"))
     budget = LoopBudget(
@@ -119,4 +130,11 @@ def _run(context, config: DictConfig, log) -> Path:
         if config.report.build:
             index = build_report(context, log)
             log(f"report: {index} (limits applied: {describe_limits(limits)})")
+        if context.estimate is not None:
+            log(
+                StageLine(
+                    f"search took {duration(time.perf_counter() - started)}; estimated at its start: "
+                    f"{duration(context.estimate.seconds)}"
+                )
+            )
     return index

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from autoaccel.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -72,15 +73,20 @@ def _normal_prefix(total: int, keep: int, generator: torch.Generator, pass_rest:
 
 
 def sample_in_chunks(
-    pipeline, seeds: SeedBatch, chunk_size: int = 256, progress: Callable[[int, int], None] | None = None
+    pipeline, seeds: SeedBatch, chunk_size: int = 256, progress: Progress | None = None
 ) -> torch.Tensor:
     """Runs the pipeline over the seed batch; stochastic solvers draw from a generator seeded per chunk.
-    ``progress(done, total)`` is called after each chunk (long reference calls report how far they got)."""
+
+    ``progress`` hears how far it got, step by step inside each chunk (a reference call of 512 images x 1000 steps
+    runs minutes in one chunk); by default a long sampling says so on the running command's progress lines."""
+    progress = progress or Progress(f"sampling {seeds.count} images", seeds.count, announce=False)
     outputs = []
-    for start in range(0, seeds.count, chunk_size):
-        generator = torch.Generator(device=pipeline.denoiser.device).manual_seed(seeds.seed * 100_003 + start)
-        labels = None if seeds.class_labels is None else seeds.class_labels[start : start + chunk_size]
-        outputs.append(pipeline(seeds.noise[start : start + chunk_size], labels, generator=generator).images)
-        if progress is not None:
-            progress(min(start + chunk_size, seeds.count), seeds.count)
+    with progress:
+        for start in range(0, seeds.count, chunk_size):
+            generator = torch.Generator(device=pipeline.denoiser.device).manual_seed(seeds.seed * 100_003 + start)
+            labels = None if seeds.class_labels is None else seeds.class_labels[start : start + chunk_size]
+            noise = seeds.noise[start : start + chunk_size]
+            on_step = progress.steps(start, len(noise))
+            outputs.append(pipeline(noise, labels, generator=generator, on_step=on_step).images)
+            progress(start + len(noise))
     return torch.cat(outputs)

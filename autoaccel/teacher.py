@@ -57,6 +57,16 @@ def reference_steps(target: Target, spec: ReferenceSpec | None = None) -> int:
     return spec.steps if spec.solver is not None else target.reference_call.steps
 
 
+def describe_reference(target: Target) -> str:
+    """What the reference call runs, in words: ``default call: PNDMScheduler, 50 steps, guidance 7.5``."""
+    spec = parse_reference(target.reference)
+    guidance = target.reference_call.guidance_scale if target.conditions.guidable else 1.0
+    shown = f", guidance {guidance:g}" if guidance != 1.0 else ""
+    if spec.solver is None:
+        return f"default call: {target.scheduler_class}, {target.reference_call.steps} steps{shown}"
+    return f"{spec.name}: {spec.solver} on {spec.steps} evenly spaced steps{shown}"
+
+
 def teacher_pipeline(target: Target):
     """The run's reference: the pipeline's default call unless ``target.reference`` names another."""
     from autoaccel.apply import apply_plan

@@ -139,8 +139,8 @@ def test_a_damaged_ledger_is_one_error_and_nothing_in_the_run_folder_changes(
     assert _snapshot(finished_run) == before
 
 
-def _hold_study_lock(run_dir: Path) -> subprocess.Popen:
-    """Another process holding the run folder's study, as a running search does."""
+def _hold_study_lock(run_dir: Path, seconds: float = 600) -> subprocess.Popen:
+    """Another process holding the run folder's study for ``seconds``, as a running search does."""
     code = textwrap.dedent(
         f"""
         import time
@@ -148,7 +148,7 @@ def _hold_study_lock(run_dir: Path) -> subprocess.Popen:
         lock = StudyLock({str(run_dir)!r}, "pipeline-sampler")
         lock.acquire()
         print("held", flush=True)
-        time.sleep(600)
+        time.sleep({seconds})
         """
     )
     holder = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)

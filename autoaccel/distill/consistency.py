@@ -92,7 +92,7 @@ def _train(target, settings: ConsistencySettings, train: TrainSettings, log) -> 
     parts.update({"ema": kept} if kept is not None else {})
     run = ("consistency", target.content_hash, settings, run_settings(train))
     first, earlier = resume(run, train.iterations, parts, generator)
-    clock = Clock(train.max_minutes, "consistency distillation", already=earlier)
+    clock = Clock(train.max_minutes, "consistency distillation", already=earlier, total=train.iterations)
 
     def consistent(network, sample, timestep, batch_labels):
         keywords = target.conditions.keywords(batch_labels, False, device)

@@ -36,7 +36,7 @@ def learned_timesteps(
     wanted_grad = [parameter.requires_grad for parameter in parameters]
     for parameter in parameters:
         parameter.requires_grad_(False)
-    clock = Clock(train.max_minutes, "learned schedule")
+    clock = Clock(train.max_minutes, "learned schedule", total=train.iterations)
     best, best_loss = _timesteps(logits, top), _rollout_loss(teacher, logits, top, noise, labels, endpoints, None)
     try:
         for iteration in range(train.iterations):

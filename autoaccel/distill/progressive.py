@@ -97,7 +97,9 @@ def _train_round(target, teacher: Teacher, steps: int, settings, train: TrainSet
     parts = {"student": student, "optimizer": optimizer, **({"ema": kept} if kept is not None else {})}
     run = ("progressive", target.content_hash, settings, run_settings(train), steps)
     first, earlier = resume(run, train.iterations, parts, generator)
-    clock = Clock(train.max_minutes, f"progressive distillation to {steps} steps", already=earlier)
+    clock = Clock(
+        train.max_minutes, f"progressive distillation to {steps} steps", already=earlier, total=train.iterations
+    )
     for iteration in range(first, train.iterations):
         rows = draw(generator, len(clean), train.batch_size)
         pick = torch.randint(0, steps, (train.batch_size,), generator=generator).to(device)

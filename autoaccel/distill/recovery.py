@@ -66,7 +66,7 @@ def recover(
     clean = clean.to(device).float()
     optimizer = torch.optim.Adam(student.parameters(), lr=settings.learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, settings.steps))
-    clock = Clock(settings.max_minutes, f"recovery distillation ({settings.steps} steps)")
+    clock = Clock(settings.max_minutes, f"recovery distillation ({settings.steps} steps)", total=settings.steps)
     student.train().requires_grad_(True)
     with torch.enable_grad():
         for step in range(settings.steps):

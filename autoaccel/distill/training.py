@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from autoaccel.errors import TechniqueError
+from autoaccel.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -45,13 +46,15 @@ def frozen_copy(denoiser: torch.nn.Module) -> torch.nn.Module:
 
 class Clock:
     """Raises TechniqueError once ``max_minutes`` have passed (``already``: minutes spent on the checkpoint the
-    run continues from count too): the trial is recorded as failed, with the reason."""
+    run continues from count too): the trial is recorded as failed, with the reason. With ``total`` (the run's
+    iterations), a long run reports its progress (``autoaccel.progress``) at each check."""
 
-    def __init__(self, max_minutes: float | None, what: str, already: float = 0.0) -> None:
+    def __init__(self, max_minutes: float | None, what: str, already: float = 0.0, total: int | None = None) -> None:
         self.started = time.perf_counter()
         self.max_minutes = max_minutes
         self.what = what
         self.already = already
+        self.progress = Progress(what, total, "iterations", announce=False) if total else None
 
     @property
     def minutes(self) -> float:
@@ -59,6 +62,10 @@ class Clock:
         return self.already + (time.perf_counter() - self.started) / 60
 
     def check(self, iteration: int) -> None:
+        if self.progress is not None:
+            self.progress(iteration)
+            if iteration >= self.progress.total:
+                self.progress.close()
         if self.max_minutes is not None and self.minutes > self.max_minutes:
             raise TechniqueError(
                 f"{self.what} passed budget.max_train_minutes={self.max_minutes:g} after {iteration} iterations; "

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +49,7 @@ from autoaccel.measure.quality import (
     ssim,
     tensor_digest,
 )
+from autoaccel.progress import Progress
 from autoaccel.seeds import SeedBatch, make_seed_batch, sample_in_chunks
 from autoaccel.targets.base import Target
 from autoaccel.teacher import ODE_REFERENCE_STEPS, ode_reference_pipeline, parse_reference, teacher_pipeline
@@ -121,16 +121,10 @@ class QualityJudge:
         self._lock = threading.RLock()  # concurrent trials share one judge: references are made once
         self.log: Callable[[str], None] | None = None  # set by a search: reference sampling reports its progress
 
-    def _progress(self, what: str) -> Callable[[int, int], None] | None:
-        """A per-chunk progress line for sampling ``what`` (a reference call may take minutes), when logging."""
-        if self.log is None:
-            return None
-        started, log = time.perf_counter(), self.log
-
-        def report(done: int, total: int) -> None:
-            log(f"{what}: {done}/{total} images ({time.perf_counter() - started:.0f} s)")
-
-        return report
+    def _progress(self, what: str) -> Progress:
+        """Progress lines for sampling ``what`` (a reference call may take minutes): to ``log`` when a search set
+        one, else to the running command's progress lines."""
+        return Progress(what, self.samples, log=self.log)
 
     def _key(self, kind: str, seed: int) -> str:
         prompts = ""

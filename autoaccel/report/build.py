@@ -17,6 +17,7 @@ import pandas as pd
 from autoaccel.apply import apply_plan
 from autoaccel.artifacts import ARTIFACTS_DIR, ArtifactRef
 from autoaccel.candidate import Candidate
+from autoaccel.errors import ConfigError
 from autoaccel.files import write_atomically
 from autoaccel.imaging import save_grid
 from autoaccel.ledger import DETAIL_PREFIX
@@ -39,6 +40,7 @@ from autoaccel.report.plots import hypervolume_plot, pareto_plot
 from autoaccel.report.recommend import recommendation_ties, recommended_plans
 from autoaccel.seeds import sample_in_chunks
 
+SKIP_MISSING_FLAG = "--skip-missing-artifacts"
 PARETO_COLUMNS = [
     "trial",
     *METRIC_COLUMNS,
@@ -70,13 +72,18 @@ def write_front_recipe(context, row: pd.Series, recipes_dir: Path) -> Path:
     """The recipe of one front point, rebuilt from the exact parameters the ledger stored for its trial.
 
     Only the sampler techniques are applied here (the recipe records their scheduler and timesteps); the model
-    techniques are named with the artifacts the evaluator stored, so nothing is pruned or trained again.
+    techniques are named with the artifacts the evaluator stored, so nothing is pruned or trained again: a trial
+    whose stored artifact is missing is refused (``MissingArtifact``), never trained again in its place.
     """
     frozen = context.ledger.trial(int(row["trial"]))
     candidate = Candidate.from_params(frozen.user_attrs["candidate"])
     plan = candidate.plan(context.space.techniques)
     pipeline = context.target.make_pipeline()
-    artifacts = trial_artifacts(context.run_dir, frozen.user_attrs.get(f"{DETAIL_PREFIX}artifacts"), recipes_dir)
+    recorded = frozen.user_attrs.get(f"{DETAIL_PREFIX}artifacts")
+    missing = missing_artifacts(context.run_dir, recorded)
+    if missing:
+        raise missing_artifact_error(int(row["trial"]), *next(iter(missing.items())), len(missing))
+    artifacts = trial_artifacts(context.run_dir, recorded, recipes_dir)
     # a distilled model prescribes the sampler the recipe records: it is loaded from its artifact
     prescribing = [step for step in plan if step[0].prescribes(step[1])]
     stored = {name: (Path(os.path.normpath(recipes_dir / ref.path)), ref.sha256) for name, ref in artifacts.items()}
@@ -105,19 +112,73 @@ def trial_artifacts(run_dir: Path, stored: dict | None, recipes_dir: Path) -> di
     artifacts the trial stored that this run folder holds (a worker on another machine keeps its own)."""
     found = {}
     for name, sha in (stored or {}).items():
-        path = Path(run_dir) / ARTIFACTS_DIR / f"{sha}.safetensors"
+        path = artifact_path(run_dir, sha)
         if path.is_file():
             found[name] = ArtifactRef(Path(os.path.relpath(path, recipes_dir)).as_posix(), sha)
     return found
 
 
-def build_report(context, log=print) -> Path:
+def artifact_path(run_dir: Path, sha: str) -> Path:
+    return Path(run_dir) / ARTIFACTS_DIR / f"{sha}.safetensors"
+
+
+def missing_artifacts(run_dir: Path, stored: dict | None) -> dict[str, Path]:
+    """technique -> the file of each artifact a trial stored (``stored``: technique -> sha256) that ``run_dir``
+    does not hold: deleted, or kept by the machine of another worker of a shared study."""
+    paths = {name: artifact_path(run_dir, sha) for name, sha in (stored or {}).items()}
+    return {name: path for name, path in paths.items() if not path.is_file()}
+
+
+class MissingArtifact(ConfigError):
+    """A front plan's stored weights are not in the run folder; the report never trains them again instead."""
+
+
+def missing_artifact_error(trial: int, technique: str, path: Path, count: int = 1) -> MissingArtifact:
+    others = f" (and {count - 1} more of its artifacts)" if count > 1 else ""
+    return MissingArtifact(
+        f"trial {trial}'s {technique} weights {path} are missing{others}, and the report does not train them again: "
+        f"restore the run's {ARTIFACTS_DIR}/ folder (a study shared by several machines: copy in that of the "
+        f"machine that ran trial {trial}), or run report with {SKIP_MISSING_FLAG} to build it without that plan's "
+        "recipe and grid"
+    )
+
+
+def _front_artifacts(context, front: pd.DataFrame, skip_missing: bool, log) -> set[int]:
+    """The front trials whose stored artifacts this run folder lacks, checked before anything is written:
+    refused (``MissingArtifact``) unless ``skip_missing``, then listed in the log."""
+    lacking = {}
+    for number in front["trial"].astype(int) if not front.empty else []:
+        recorded = context.ledger.trial(int(number)).user_attrs.get(f"{DETAIL_PREFIX}artifacts")
+        missing = missing_artifacts(context.run_dir, recorded)
+        if missing:
+            lacking[int(number)] = missing
+    if lacking and not skip_missing:
+        number, missing = next(iter(lacking.items()))
+        raise missing_artifact_error(number, *next(iter(missing.items())), len(missing))
+    for number, missing in lacking.items():
+        files = ", ".join(path.name for path in missing.values())
+        folder = context.run_dir / ARTIFACTS_DIR
+        log(
+            f"trial {number}: no recipe or grid here: its artifacts ({files}) are not in {folder} (copy them there "
+            "from the machine that ran it and run report again)"
+        )
+    return set(lacking)
+
+
+def build_report(context, log=print, skip_missing_artifacts: bool | None = None) -> Path:
+    """Writes the run folder's report from the ledger. A front plan whose stored artifacts the folder lacks is
+    refused (``MissingArtifact``) before anything is written, unless ``skip_missing_artifacts`` (default: for a
+    study in a shared storage, whose workers keep their artifacts on their own machines): then that plan keeps its
+    row but gets no recipe and no grid, and the log and the page say so. Nothing is trained again."""
     run_dir = context.run_dir
     teacher = context.ledger.study.user_attrs.get("teacher")
     limits = limits_in_force(context.config.budget, teacher)
     trials = context.ledger.trials_frame(limits)
     numbers = front_numbers(trials, context.objectives)
     front = front_frame(trials, numbers) if numbers else pd.DataFrame(columns=PARETO_COLUMNS)
+    if skip_missing_artifacts is None:  # a shared study's workers keep their artifacts on their own machines
+        skip_missing_artifacts = bool(context.config.get("storage"))
+    without_artifacts = _front_artifacts(context, front, skip_missing_artifacts, log)
     grid_count = min(int(context.config.report.grid_images), context.judge.samples)
     grid_seeds = context.judge.seeds.head(grid_count)
     grids: dict[str, str] = {}
@@ -128,6 +189,9 @@ def build_report(context, log=print) -> Path:
         )
     recipe_paths = []
     for _, row in front.iterrows():
+        if int(row["trial"]) in without_artifacts:
+            recipe_paths.append("")
+            continue
         recipe_path = write_front_recipe(context, row, run_dir / "recipes")
         recipe_paths.append(str(recipe_path.relative_to(run_dir)))
         # The recipe was just written from this target (its hash is target.content_hash): no need to re-hash.
@@ -138,7 +202,7 @@ def build_report(context, log=print) -> Path:
         nfe = figure_text(row["nfe"], count=True)
         grids[f"trial {int(row['trial'])}: nfe {nfe}, fid {row['fid']:.3g}, {row['latency_ms']:.0f} ms"] = grid_name
     front["recipe"] = recipe_paths
-    _remove_stale(run_dir / "recipes", "trial-*.yaml", set(recipe_paths))
+    _remove_stale(run_dir / "recipes", "trial-*.yaml", {path for path in recipe_paths if path})
     _remove_stale(run_dir / "grids", "trial-*.png", set(grids.values()))
     complete = trials[trials["state"] == "COMPLETE"] if not trials.empty else trials
     standards = complete[complete["warm_start"] != ""] if not complete.empty else complete
@@ -195,6 +259,7 @@ def build_report(context, log=print) -> Path:
         "FID floor": floor["sentence"] if floor else floor_note or "not measured (no trial completed)",
         "noise": noise.method() if noise else "no FID figures to compare",
         "limits applied": describe_limits(limits),
+        **({"plans without a recipe here": _without_recipe(without_artifacts, run_dir)} if without_artifacts else {}),
         "front": f"{len(front)} plans"
         + (f"; knee point: trial {int(front.iloc[knee]['trial'])}" if knee is not None else "")
         + ("" if not complete.empty else f"; no trial completed: {_failure_summary(failures)}"),
@@ -242,6 +307,14 @@ def _with_trial_intervals(trials: pd.DataFrame, compared: pd.DataFrame) -> pd.Da
         return trials.assign(**{column: math.nan for column in INTERVAL_COLUMNS}) if not trials.empty else trials
     intervals = compared.drop_duplicates("trial").set_index("trial")[INTERVAL_COLUMNS]
     return trials.join(intervals, on="trial")
+
+
+def _without_recipe(trials: set[int], run_dir: Path) -> str:
+    numbers = ", ".join(str(number) for number in sorted(trials))
+    return (
+        f"trial {numbers}: their artifacts are not in {run_dir / ARTIFACTS_DIR} (a study shared by several machines: "
+        "the machine that ran them keeps them); copy them there and run report again"
+    )
 
 
 def _remove_stale(folder: Path, pattern: str, current: set[str]) -> None:

@@ -39,8 +39,8 @@ def pareto_plot(
     title: str = "",
     floor: float | None = None,
 ) -> Path:
-    """``floor``: the FID of a second reference set against the first, drawn as a line when quality is FID: plans
-    below it cannot be told apart from the reference at this sample count."""
+    """``floor``: what held-out real images score against the rest (a perfect sampler's FID at this sample count),
+    drawn as a line when quality is FID: plans below it cannot be told apart from the real data."""
     complete = trials[trials["state"] == "COMPLETE"] if not trials.empty else trials
     figure, axes = new_figure((7.5, 5))
     if not complete.empty:

@@ -21,6 +21,7 @@ class TargetKind:
     description: str
     # embedded kinds: () -> (schedule family, default guidance scale), for space=auto without loading the model
     summary: Callable[[], tuple[str, float]] | None = None
+    takes_prompts: bool = False  # load takes prompts= (target.prompts: a prompt file or a bundled set)
 
 
 _KINDS: dict[str, TargetKind] = {}
@@ -43,13 +44,19 @@ def target_kind(name: str) -> TargetKind:
 
 
 def load_target(name: str, path: str | None, device: str, prompts: str | None = None) -> Target:
-    """The target ``target=<name>`` names; ``prompts`` (target.prompts) for text-to-image folders."""
+    """The target ``target=<name>`` names; ``prompts`` (target.prompts) for the kinds that take prompts."""
     kind = target_kind(name)
     if kind.takes_path and not path:
         raise TargetError(
             f"target={name} needs target.path=DIR, a folder written by a diffusers save_pretrained (or a hub id)"
         )
-    return kind.load(path, device, prompts=prompts) if kind.takes_path else kind.load(path, device)
+    options = {}
+    if prompts:
+        if not kind.takes_prompts:
+            takers = ", ".join(f"target={other.name}" for other in _KINDS.values() if other.takes_prompts)
+            raise ConfigError(f"target.prompts={prompts}: target={name} takes no prompts; valid for {takers}")
+        options["prompts"] = prompts
+    return kind.load(path, device, **options)
 
 
 def embedded_kind(name: str | None) -> TargetKind | None:
@@ -65,10 +72,10 @@ def _load_digits(path: str | None, device: str) -> Target:
     return load_digits_target(device)
 
 
-def _load_digits_t2i(path: str | None, device: str) -> Target:
+def _load_digits_t2i(path: str | None, device: str, prompts: str | None = None) -> Target:
     from autoaccel.targets.digits.model import load_digits_t2i_target
 
-    return load_digits_t2i_target(device)
+    return load_digits_t2i_target(device, prompts)
 
 
 def _load_digits_dit(path: str | None, device: str) -> Target:
@@ -103,6 +110,7 @@ def _load_builtin_kinds() -> None:
             False,
             "the embedded latent text-to-image digits model (Stable Diffusion layout)",
             lambda: ("ddpm", _embedded_guidance("t2i")),
+            takes_prompts=True,
         )
     )
     register_target_kind(
@@ -114,4 +122,6 @@ def _load_builtin_kinds() -> None:
             lambda: ("ddpm", _embedded_guidance("dit")),
         )
     )
-    register_target_kind(TargetKind("pipeline", _load_folder, True, "a diffusers pipeline folder at target.path"))
+    register_target_kind(
+        TargetKind("pipeline", _load_folder, True, "a diffusers pipeline folder at target.path", takes_prompts=True)
+    )

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from autoaccel.progress import Progress
 from autoaccel.targets.denoisers import FLOW_FAMILY
 
 CALIBRATION_STEPS = 20
@@ -87,7 +88,8 @@ def _capture_trajectory(target, samples: int, seed: int, steps: int) -> list[Cal
 
     handle = pipeline.denoiser.register_forward_pre_hook(capture, with_kwargs=True)
     try:
-        pipeline(seeds.noise, seeds.class_labels)
+        with Progress("calibration trajectory", samples, announce=False) as progress:
+            pipeline(seeds.noise, seeds.class_labels, on_step=progress.steps(0, samples))
     finally:
         handle.remove()
     return calls

@@ -34,8 +34,10 @@ def load_digits_target(device: str = "cpu") -> Target:
     target.quality = QualityReference(
         extractor=DIGITS_EXTRACTOR,
         kind="real-data",
-        description="FID/KID against the 1,797 real digits, with the 64-d features of autoaccel's digit classifier",
+        description="FID/KID against the 1,797 real digits (less those held out for the FID floor), with the 64-d "
+        "features of autoaccel's digit classifier; adherence: the share of images it reads as the requested digit",
     )
+    _read_digits(target, list(range(target.num_classes or 0)), resize=None)
     return target
 
 
@@ -79,10 +81,7 @@ def _score_against_digits(target: Target, classes: list[int | None]) -> None:
     """FID/KID against the 1,797 real digits (16x16; less those held out for the FID floor) with the classifier's
     features, and adherence: the share of images the classifier reads as the digit their class or prompt asks
     for."""
-    import torch
-
     from autoaccel.imaging import to_uint8
-    from autoaccel.targets.digits.classifier import load_classifier
     from autoaccel.targets.digits.latent.images import load_digits_16, to_classifier_resolution
 
     real_images, real_labels = load_digits_16()
@@ -93,11 +92,23 @@ def _score_against_digits(target: Target, classes: list[int | None]) -> None:
         description="FID/KID against the 1,797 real digits (16x16), with the 64-d features of autoaccel's digit "
         "classifier; adherence: the share of images it reads as the requested digit",
     )
+    _read_digits(target, classes, resize=to_classifier_resolution)
+
+
+def _read_digits(target: Target, classes: list[int | None], resize=None) -> None:
+    """Adherence for a digits model: the classifier reads each image (``resize``d to its 8x8 input) as a digit,
+    compared with ``classes``: the digit each condition index asks for (None: a condition that asks for none)."""
+    import torch
+
+    from autoaccel.measure.adherence import ADHERENCE_KEY, CONDITION_CLASSES_KEY
+    from autoaccel.targets.digits.classifier import load_classifier
+
     classifier = load_classifier(classifier_weights_path())
 
     def predict_digit(images: torch.Tensor) -> torch.Tensor:
+        images = images.float().cpu().clamp(-1, 1)
         with torch.no_grad():
-            return classifier(to_classifier_resolution(images.float().cpu().clamp(-1, 1))).argmax(dim=1)
+            return classifier(resize(images) if resize is not None else images).argmax(dim=1)
 
-    target.metadata["adherence"] = predict_digit
-    target.metadata["condition_classes"] = torch.tensor([-1 if digit is None else digit for digit in classes])
+    target.metadata[ADHERENCE_KEY] = predict_digit
+    target.metadata[CONDITION_CLASSES_KEY] = torch.tensor([-1 if digit is None else digit for digit in classes])
