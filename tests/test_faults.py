@@ -16,8 +16,10 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
+from optuna.trial import TrialState
 
 from autoaccel.config import compose_config
+from autoaccel.interrupts import cancellation
 from autoaccel.ledger import INTERRUPTED, Ledger, not_a_result
 from autoaccel.liveness import DEAD_WORKER, WORKER
 
@@ -152,8 +154,9 @@ def test_four_workers_one_killed_nothing_lost_nothing_duplicated(postgres_url, f
 
 
 def test_an_interrupt_mid_trial_marks_it_and_the_same_command_resumes_it(fast_overrides, monkeypatch, capsys):
-    """Ctrl-C lands while the fifth trial samples (in its worker thread, as in a real run): that trial is marked
-    interrupted and queued again, nothing stays RUNNING, and the same command evaluates it on resume."""
+    """Ctrl-C lands while the fifth trial samples (in its worker thread, as in a real run): that trial stops at
+    its next sampling step, is marked interrupted and queued again, nothing stays RUNNING, and the same command
+    evaluates it on resume. The trial waits for the main thread to see the signal (an event, not a sleep)."""
     import autoaccel.measure.evaluator as evaluator_module
     from autoaccel.cli import main
 
@@ -163,9 +166,10 @@ def test_an_interrupt_mid_trial_marks_it_and_the_same_command_resumes_it(fast_ov
     def interrupted_on_the_fifth_call(pipeline, seeds, chunk_size):
         calls["count"] += 1
         if calls["count"] == 5:
+            stop = cancellation()  # set by the main thread once it has seen the interrupt
             signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-            time.sleep(0.5)  # the main thread handles it while this trial is still in hand
-        return real(pipeline, seeds, chunk_size)
+            assert stop.wait(timeout=600), "the main thread never saw the interrupt"
+        return real(pipeline, seeds, chunk_size)  # stops at its first sampling step: the trial is cut short
 
     monkeypatch.setattr(evaluator_module, "sample_in_chunks", interrupted_on_the_fifth_call)
     study_name = "interrupted"
@@ -258,3 +262,75 @@ def test_each_worker_gets_its_own_optimizer_seed():
     seeds = [command[-1] for command in commands]
     assert seeds == ["optimizer.seed=7", "optimizer.seed=1007", "optimizer.seed=2007"]
     assert all("report.build=false" in command for command in commands)
+
+
+LONG_TRAINING_SPACE = """
+name: long_training
+techniques: [distillation, solver, timesteps]
+fixed:
+  distillation.method: consistency
+  distillation.steps: 2
+  distillation.iterations: 60
+  distillation.batch_size: 8
+  distillation.data_samples: 16
+dimensions:
+  distillation.seed: {type: categorical, choices: [0, 1]}
+"""
+
+
+def test_ctrl_c_stops_a_long_training_trial_at_its_next_iteration_and_the_resume_continues_it(
+    fast_overrides, monkeypatch, tmp_path
+):
+    """Ctrl-C 5 iterations into a 60-iteration consistency distillation trial: the trial stops at its next
+    iteration (not after the other 55) with a checkpoint on disk, and the same command continues it from there
+    instead of training the student from scratch."""
+    import autoaccel.distill.consistency as consistency
+    import autoaccel.distill.training as training
+    from autoaccel.cli import main
+    from autoaccel.distill.students import forget_students
+
+    real_pause = training.pause_point
+    iterations = {"before": 0, "after": 0}
+
+    def interrupted_at_the_fifth_iteration():
+        if cancellation() is not None and cancellation().is_set():
+            iterations["after"] += 1
+        else:
+            iterations["before"] += 1
+        if iterations["before"] == 6 and iterations["after"] == 0:  # five iterations done
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            assert cancellation().wait(timeout=600), "the main thread never saw the interrupt"
+            iterations["after"] += 1
+        real_pause()
+
+    starts = []
+    real_resume = consistency.resume
+    monkeypatch.setattr(consistency, "resume", lambda *args: starts.append(real_resume(*args)) or starts[-1])
+    monkeypatch.setattr(training, "pause_point", interrupted_at_the_fifth_iteration)
+    space_file = tmp_path / "long.yaml"
+    space_file.write_text(LONG_TRAINING_SPACE)
+    study_name = "long-training"
+    overrides = [*fast_overrides, f"space={space_file}", f"study_name={study_name}", "budget.trials=1"]
+    run_dir = _report_dir(fast_overrides) / study_name
+    forget_students()
+    previous_sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        assert main(["search", *overrides]) == 130
+        assert iterations == {"before": 6, "after": 1}  # nothing ran after the interrupt was seen
+        checkpoints = list((run_dir / "artifacts" / "checkpoints").glob("*.pt"))
+        assert [path.stem.rsplit("-", 1)[1] for path in checkpoints] == ["5"]
+        study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{run_dir / 'ledger.db'}")
+        assert [trial.user_attrs.get("failure") for trial in study.get_trials(states=[TrialState.FAIL])] == [
+            INTERRUPTED
+        ]
+
+        forget_students()  # the next process holds nothing in memory
+        iterations.update(before=-(10**9), after=0)  # no more interrupts
+        assert main(["search", *overrides]) == 0
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
+    assert starts[-1][0] == 5  # continued from its checkpoint
+    assert iterations["before"] == -(10**9) + 60 - 5 and iterations["after"] == 0
+    trials = optuna.load_study(study_name=study_name, storage=f"sqlite:///{run_dir / 'ledger.db'}").trials
+    assert [trial.state for trial in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[1].params == trials[0].params

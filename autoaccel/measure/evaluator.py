@@ -13,9 +13,12 @@ from typing import Any
 
 import torch
 
+from autoaccel import artifact_index
 from autoaccel.apply import apply_plan, technique_records
+from autoaccel.artifact_index import plan_prefix_key
 from autoaccel.artifacts import ArtifactStore
 from autoaccel.candidate import Candidate, cost_key
+from autoaccel.distill.training import persisted_checkpoints
 from autoaccel.measure.gate import MeasurementGate
 from autoaccel.measure.kernels import deployment_kernels, kernel_choice, kernel_key
 from autoaccel.measure.latency import CostMeasurement, measure_cost
@@ -29,6 +32,7 @@ from autoaccel.teacher import teacher_pipeline
 from autoaccel.techniques.base import TRAIN_MINUTES
 from autoaccel.techniques.quantization import quantization_plan
 
+CHECKPOINTS_DIR = "checkpoints"  # under the run's artifacts folder: training runs an interrupt stopped
 MODELS_KEPT = 2  # pruned/quantized models kept for re-use (each a full copy of the denoiser)
 LONG_CALL_STEPS = 100  # a reference call with more denoiser calls than this is timed once
 
@@ -194,7 +198,7 @@ class Evaluator:
             with self._models_lock:
                 cached = self._models.get(key)
             if cached is None:
-                stored = apply_plan(pipeline, model_steps, self.target, store=self.artifacts)
+                stored = self._apply_model_steps(pipeline, model_steps)
                 with self._models_lock:
                     self._models[key] = (pipeline.denoiser, stored)
                     while len(self._models) > MODELS_KEPT:
@@ -205,6 +209,30 @@ class Evaluator:
         pipeline.plan.techniques = list(plan)  # the whole plan, also where the model came from the cache
         pipeline.plan.artifacts = dict(stored)
         return pipeline
+
+    def _apply_model_steps(self, pipeline, model_steps: list) -> dict[str, str]:
+        """Applies the model techniques one by one; a model an earlier trial or process already stored (the
+        artifact index) is loaded from its artifact instead of trained again. Returns technique -> sha256."""
+        stored: dict[str, str] = {}
+        for count, (technique, config) in enumerate(model_steps, start=1):
+            if self.artifacts is None or technique.artifact_state is None:
+                apply_plan(pipeline, [(technique, config)], self.target)
+                continue
+            key = plan_prefix_key(self.target.content_hash, model_steps[:count])
+            found = artifact_index.lookup(self.artifacts, key)
+            if found is not None:
+                path, sha, minutes = found
+                apply_plan(pipeline, [(technique, config)], self.target, artifacts={technique.name: (path, sha)})
+                if minutes is not None and pipeline.denoiser is not self.target.denoiser:  # its search cost, as trained
+                    object.__setattr__(pipeline.denoiser, TRAIN_MINUTES, minutes)
+                stored[technique.name] = sha
+                continue
+            made = apply_plan(pipeline, [(technique, config)], self.target, store=self.artifacts)
+            if technique.name in made:
+                minutes = getattr(pipeline.denoiser, TRAIN_MINUTES, None)
+                artifact_index.remember(self.artifacts, key, technique.name, made[technique.name], minutes)
+            stored.update(made)
+        return stored
 
     def plan_identity(self, candidate: Candidate) -> str:
         """Which plan ``candidate`` runs: equal for candidates whose parameters differ but whose computation does
@@ -221,11 +249,14 @@ class Evaluator:
         started = time.perf_counter()
         details: dict[str, Any] = {"candidate_key": candidate.key}
         judge = self.judge_for(samples)
+        checkpoints = self.artifacts.folder / CHECKPOINTS_DIR if self.artifacts is not None else None
         try:
-            pipeline = self.configured_pipeline(candidate)
-            with self.gate.shared():
-                images = sample_in_chunks(pipeline, judge.seeds, judge.chunk_size)
-            measurement = self._measure_pipeline(pipeline, images, details, judge)
+            with persisted_checkpoints(checkpoints):  # an interrupted training run continues in the next process
+                with self.gate.shared():  # training and calibration, too, stay out of other trials' timing
+                    pipeline = self.configured_pipeline(candidate)
+                with self.gate.shared():
+                    images = sample_in_chunks(pipeline, judge.seeds, judge.chunk_size)
+                measurement = self._measure_pipeline(pipeline, images, details, judge)
         except KeyboardInterrupt:
             raise
         except Exception as error:  # a technique's or library's failure is this trial's result
