@@ -8,7 +8,7 @@ import gc
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -21,7 +21,7 @@ from autoaccel.candidate import Candidate, cost_key
 from autoaccel.distill.training import persisted_checkpoints
 from autoaccel.measure.gate import MeasurementGate
 from autoaccel.measure.kernels import deployment_kernels, kernel_choice, kernel_key
-from autoaccel.measure.latency import CostMeasurement, measure_cost
+from autoaccel.measure.latency import CostMeasurement, measure_cost, structure_id
 from autoaccel.measure.measurement import COMPLETE, FAILED, Measurement, describe_failure
 from autoaccel.measure.reference import QualityJudge
 from autoaccel.measure.size import model_bytes
@@ -68,7 +68,7 @@ class Evaluator:
         self.judges = {judge.samples: judge}
         self.cost_settings = cost
         self.cost_cache: dict[str, CostMeasurement] = {}
-        self.gate = MeasurementGate()
+        self.gate = MeasurementGate(str(target.denoiser.device))  # shared with every worker on this device
         self._judges_lock = threading.Lock()
         self._models: OrderedDict[tuple, Any] = OrderedDict()
         self._models_lock = threading.Lock()
@@ -129,6 +129,7 @@ class Evaluator:
             warmup, repeats = 0, 1
         with deployment_kernels(pipeline):
             cost = measure_cost(pipeline, seeds, warmup, repeats)
+        cost = replace(cost, exclusive=self.gate.across_processes)
         self.cost_cache[key] = cost
         return cost
 
@@ -172,6 +173,9 @@ class Evaluator:
             denoiser_calls=int(getattr(pipeline, "model_calls", 0)) or None,  # beside nfe, which counts cached calls
             guidance_scale=pipeline.plan.guidance_scale,
             cost_reused=reused,
+            cost_key=structure_id(self.structure_key(pipeline, teacher)),
+            timing_exclusive=cost.exclusive,
+            background_cores=cost.background_cores,
             memory_kind=cost.memory_kind,
             device=cost.device,
             threads=cost.threads,
@@ -273,7 +277,8 @@ class Evaluator:
         report's reference row."""
         started = time.perf_counter()
         pipeline = teacher_pipeline(self.target)
-        images = self.judge.teacher_images()
+        with self.gate.shared():
+            images = self.judge.teacher_images()
         pipeline.set_schedule(pipeline.denoiser.device)
         calls_per_step = 2 if pipeline.guided else 1
         pipeline.denoiser_calls = reference_calls(pipeline) * calls_per_step
