@@ -23,6 +23,12 @@ class Processes:
         self.started.append(process)
         return process
 
+    def run(self, command: list[str], timeout: float, **options) -> subprocess.CompletedProcess:
+        """``subprocess.run(command, capture_output=True, text=True, ...)`` for a process this fixture ends."""
+        process = self.start(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **options)
+        stdout, stderr = process.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
     def end_all(self) -> None:
         """Kills every started process's group and reaps the process."""
         for process in self.started:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
+import pytest
 from optuna.trial import TrialState
 
 from autoaccel.config import compose_config
@@ -26,9 +27,9 @@ from autoaccel.liveness import DEAD_WORKER, WORKER
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _start(overrides: list[str], log: Path) -> subprocess.Popen:
+def _start(processes, overrides: list[str], log: Path) -> subprocess.Popen:
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
+    return processes.start(
         [sys.executable, "-m", "autoaccel", "search", *overrides],
         cwd=REPO,
         env=environment,
@@ -111,7 +112,7 @@ def _evaluations(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.Fr
     ]
 
 
-def test_four_workers_one_killed_nothing_lost_nothing_duplicated(postgres_url, fast_overrides, tmp_path):
+def test_four_workers_one_killed_nothing_lost_nothing_duplicated(postgres_url, fast_overrides, tmp_path, processes):
     study_name = f"faults-{uuid.uuid4().hex[:8]}"
     overrides = [
         *fast_overrides,
@@ -123,7 +124,7 @@ def test_four_workers_one_killed_nothing_lost_nothing_duplicated(postgres_url, f
         "report.build=false",
     ]
     logs = [tmp_path / f"w{index}.log" for index in range(4)]
-    workers = [_start([*overrides, f"optimizer.seed={1000 * index}"], log) for index, log in enumerate(logs)]
+    workers = [_start(processes, [*overrides, f"optimizer.seed={1000 * index}"], log) for index, log in enumerate(logs)]
     victim, held = _freeze_one_holding_a_trial(workers, logs, postgres_url, study_name)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
@@ -194,13 +195,15 @@ def test_an_interrupt_mid_trial_marks_it_and_the_same_command_resumes_it(fast_ov
     assert any(trial.params == interrupted[0].params for trial in _evaluations(trials))
 
 
-def test_sigterm_from_outside_stops_the_process_cleanly_and_the_same_command_resumes(fast_overrides, tmp_path):
+def test_sigterm_from_outside_stops_the_process_cleanly_and_the_same_command_resumes(
+    fast_overrides, tmp_path, processes
+):
     """A scheduler's SIGTERM, sent to a real process: exit code 130, no trial left RUNNING, whatever was in hand
     queued again, and the same command finishes the budget (the in-process test pins down which trial)."""
     study_name = "sigterm"
     overrides = [*fast_overrides, f"study_name={study_name}", "budget.trials=8"]
     storage = f"sqlite:///{_report_dir(fast_overrides) / study_name / 'ledger.db'}"
-    worker = _start(overrides, tmp_path / "run.log")
+    worker = _start(processes, overrides, tmp_path / "run.log")
     _wait_for_running(storage, study_name, lambda trial: trial.number >= 4 and "candidate_key" in trial.user_attrs)
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=120) == 130, (tmp_path / "run.log").read_text()[-3000:]
@@ -213,7 +216,7 @@ def test_sigterm_from_outside_stops_the_process_cleanly_and_the_same_command_res
     ]
     assert all(params in waiting for params in interrupted)
 
-    resumed = _start(overrides, tmp_path / "resume.log")
+    resumed = _start(processes, overrides, tmp_path / "resume.log")
     assert resumed.wait(timeout=600) == 0, (tmp_path / "resume.log").read_text()[-3000:]
     trials = optuna.load_study(study_name=study_name, storage=_opened(storage)).get_trials()
     assert sum(trial.state.is_finished() and not not_a_result(trial.user_attrs.get("failure")) for trial in trials) == 8
@@ -334,3 +337,59 @@ def test_ctrl_c_stops_a_long_training_trial_at_its_next_iteration_and_the_resume
     trials = optuna.load_study(study_name=study_name, storage=f"sqlite:///{run_dir / 'ledger.db'}").trials
     assert [trial.state for trial in trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert trials[1].params == trials[0].params
+
+
+def test_a_worker_count_beyond_the_machine_or_the_database_is_refused_before_any_starts(
+    postgres_url, fast_overrides, capsys, monkeypatch
+):
+    import autoaccel.workers as workers
+    from autoaccel.cli import main
+
+    monkeypatch.setattr(workers.subprocess, "Popen", lambda *args, **kwargs: pytest.fail("a worker was started"))
+    overrides = [*fast_overrides, f"storage={postgres_url}", f"study_name=bound-{uuid.uuid4().hex[:8]}"]
+    assert main(["workers", "1000000", *overrides]) == 2
+    err = capsys.readouterr().err.strip()
+    bound = max(workers.MIN_LOCAL_WORKERS, os.cpu_count())
+    assert len(err.splitlines()) == 1 and "workers 1000000" in err and f"at most {bound}" in err, err
+    assert "CPU cores" in err and "free connections" in err
+
+
+def test_the_worker_bound_follows_gpus_cores_and_free_connections():
+    from autoaccel.workers import worker_bound
+
+    assert worker_bound(cpus=2, gpus=0, free_connections=None, concurrent=1)[0] == 4  # the tests' 3 workers fit
+    assert worker_bound(cpus=64, gpus=0, free_connections=None, concurrent=1)[0] == 64
+    assert worker_bound(cpus=64, gpus=8, free_connections=None, concurrent=1)[0] == 16
+    assert worker_bound(cpus=2, gpus=8, free_connections=None, concurrent=1)[0] == 4
+    bound, why = worker_bound(cpus=64, gpus=0, free_connections=40, concurrent=2)
+    assert bound == 8 and "40 free connections, 5 per worker" in why
+    assert worker_bound(cpus=64, gpus=0, free_connections=3, concurrent=1)[0] == 0
+
+
+def test_ctrl_c_while_workers_start_stops_and_reaps_every_one_started(postgres_url, fast_overrides, monkeypatch):
+    """An interrupt that lands while workers are being started: no further one starts, and every one already
+    started is stopped and reaped (stand-in workers that would otherwise run for ten minutes)."""
+    import autoaccel.workers as workers
+
+    sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
+    monkeypatch.setattr(workers, "worker_commands", lambda count, overrides, seed: [sleeper] * count)
+    real_popen, started = subprocess.Popen, []
+
+    def popen(*args, **kwargs):
+        started.append(real_popen(*args, **kwargs))
+        if len(started) == 2:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C, right after the second worker started
+        return started[-1]
+
+    monkeypatch.setattr(workers.subprocess, "Popen", popen)
+    overrides = [*fast_overrides, f"storage={postgres_url}", f"study_name=spawn-{uuid.uuid4().hex[:8]}"]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            workers.run_workers(3, overrides, log=lambda message: None)
+        assert len(started) == 2  # the third was never started
+        assert all(process.returncode is not None for process in started)  # stopped and reaped
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
