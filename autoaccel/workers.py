@@ -80,6 +80,8 @@ def worker_bound(cpus: int, gpus: int, free_connections: int | None, concurrent:
 
 def run_workers(count: int, overrides: list[str], log=print) -> int:
     from autoaccel.config import compose_config
+    from autoaccel.limits import limits_in_force
+    from autoaccel.measure.confirm import confirm_before_report
     from autoaccel.report.build import build_report
     from autoaccel.run import open_run, study_name_for
 
@@ -111,7 +113,10 @@ def run_workers(count: int, overrides: list[str], log=print) -> int:
         log(f"{len(failed)} of {count} workers exited with an error (codes {failed})")
     if len(failed) == count:
         raise ConfigError(f"all {count} workers exited with an error (codes {failed}); see their messages above")
-    index = build_report(open_run(Path(config.report.dir) / study_name_for(config)), log)
+    context = open_run(Path(config.report.dir) / study_name_for(config))
+    limits = limits_in_force(context.config.budget, context.ledger.study.user_attrs.get("teacher"))
+    confirm_before_report(context, limits, log)  # every worker has stopped: the front is timed side by side alone
+    index = build_report(context, log)
     log(f"report: {index}")
     return max(codes) if failed else 0
 

@@ -43,6 +43,10 @@ def reference_calls(pipeline) -> int:
     return len(pipeline.scheduler.timesteps)
 
 
+class NotStored(Exception):
+    """A plan's model would have to be trained or calibrated again (``configured_pipeline(train=False)``)."""
+
+
 @dataclass(frozen=True)
 class CostSettings:
     batch_size: int = 16
@@ -187,12 +191,12 @@ class Evaluator:
         )
         return Measurement(COMPLETE, metrics=metrics, details=details)
 
-    def configured_pipeline(self, candidate: Candidate):
+    def configured_pipeline(self, candidate: Candidate, train: bool = True):
         """The target's pipeline with the candidate's plan applied. The model the model-changing techniques
         (pruning, quantization) produce is kept for the last few plans: the same structure scored at another
         fidelity level or on other seeds is not pruned, distilled and calibrated again. With an artifact store,
         its weights are stored there too (``pipeline.plan.artifacts``): recipes name them and apply without
-        training."""
+        training. ``train=False``: a model neither kept nor stored is refused (``NotStored``) instead of trained."""
         plan = candidate.plan(self.space.techniques)
         model_steps = [(technique, config) for technique, config in plan if technique.modifies_model]
         key = tuple((technique.name, technique.version, config) for technique, config in model_steps)
@@ -202,7 +206,7 @@ class Evaluator:
             with self._models_lock:
                 cached = self._models.get(key)
             if cached is None:
-                stored = self._apply_model_steps(pipeline, model_steps)
+                stored = self._apply_model_steps(pipeline, model_steps, train)
                 with self._models_lock:
                     self._models[key] = (pipeline.denoiser, stored)
                     while len(self._models) > MODELS_KEPT:
@@ -214,7 +218,7 @@ class Evaluator:
         pipeline.plan.artifacts = dict(stored)
         return pipeline
 
-    def _apply_model_steps(self, pipeline, model_steps: list) -> dict[str, str]:
+    def _apply_model_steps(self, pipeline, model_steps: list, train: bool = True) -> dict[str, str]:
         """Applies the model techniques one by one; a model an earlier trial or process already stored (the
         artifact index) is loaded from its artifact instead of trained again. Returns technique -> sha256."""
         stored: dict[str, str] = {}
@@ -224,6 +228,8 @@ class Evaluator:
                 continue
             key = plan_prefix_key(self.target.content_hash, model_steps[:count])
             found = artifact_index.lookup(self.artifacts, key)
+            if found is None and not train and technique.recompute is not None and technique.recompute(config):
+                raise NotStored(f"its {technique.name} model is not stored in {self.artifacts.folder}")
             if found is not None:
                 path, sha, minutes = found
                 apply_plan(pipeline, [(technique, config)], self.target, artifacts={technique.name: (path, sha)})

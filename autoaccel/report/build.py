@@ -19,8 +19,9 @@ from autoaccel.artifacts import ARTIFACTS_DIR, ArtifactRef
 from autoaccel.candidate import Candidate
 from autoaccel.files import write_atomically
 from autoaccel.imaging import save_grid
-from autoaccel.ledger import DETAIL_PREFIX
+from autoaccel.ledger import CONFIRMATION, DETAIL_PREFIX
 from autoaccel.limits import describe_limits, limits_in_force
+from autoaccel.measure.confirm import confirmation_sentence, shared_load_sentence
 from autoaccel.objectives import METRIC_COLUMNS
 from autoaccel.pareto import front_frame, front_numbers, hypervolume_history, knee_point
 from autoaccel.planning import TEACHER_FILE
@@ -34,6 +35,7 @@ PARETO_COLUMNS = [
     "trial",
     *METRIC_COLUMNS,
     "latency_iqr_ms",
+    "search_latency_ms",
     "quality_samples",
     "warm_start",
     "scheduler_class",
@@ -165,7 +167,13 @@ def build_report(context, log=print) -> Path:
         + ("" if not complete.empty else f"; no trial completed: {_failure_summary(failures)}"),
         "latency": f"median of {context.config.cost.repeats} calls at batch {context.config.cost.batch_size} "
         f"after {context.config.cost.warmup} warm-up calls",
+        "latency confirmation": confirmation_sentence(context.ledger.study.user_attrs.get(CONFIRMATION))
+        if context.config.cost.get("confirm", True)
+        else "off (cost.confirm=false): each plan's latency is the one timed when its first trial ran",
     }
+    loaded = shared_load_sentence(context.ledger.trials_frame(limits, confirmed=False))
+    if loaded:
+        summary["shared load"] = loaded
     write_html(
         run_dir / "index.html",
         f"autoaccel: {context.ledger.study_name}",

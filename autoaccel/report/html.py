@@ -30,6 +30,7 @@ FRONT_COLUMNS = [
     "adherence",
     "clip_score",
     "latency_ms",
+    "search_latency_ms",
     "encode_ms",
     "denoise_ms",
     "decode_ms",
@@ -45,6 +46,7 @@ FRONT_COLUMNS = [
 ]
 # shown only where some row has them: quantized plans, a text encoder or a VAE, an adherence classifier
 OPTIONAL_COLUMNS = {
+    "search_latency_ms",
     "simulated",
     "quantized_latency",
     "encode_ms",
@@ -55,6 +57,7 @@ OPTIONAL_COLUMNS = {
 }
 HEADERS = {
     "latency_ms": "latency (ms)",
+    "search_latency_ms": "latency at search (ms)",
     "encode_ms": "text encoding (ms)",
     "denoise_ms": "denoising (ms)",
     "decode_ms": "VAE decode (ms)",
