@@ -7,9 +7,10 @@ a signal is remembered and delivered, to whatever handler was in place, as soon 
 
 Python delivers signals to the main thread only, while the search evaluates its trials in a thread pool. The
 loop therefore runs each evaluation inside ``cancellable(stop)``; when the main thread sees the interrupt it sets
-``stop``, and the evaluation raises ``Cancelled`` at its next ``pause_point()``: every training iteration,
-sampling step and chunk calls one. A training loop keeps a checkpoint when it is cancelled (see
-``autoaccel.distill.training``), so the trial, queued again, continues where it stopped.
+``stop``, and the evaluation raises ``Cancelled`` at its next sampling step (``raise_if_cancelled``) or training
+iteration (``pause_point``, where a shared device lock also steps aside for a waiting timer). A training loop
+keeps a checkpoint when it is cancelled (see ``autoaccel.distill.training``), so the trial, queued again,
+continues where it stopped.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from autoaccel.ledger import CONFIRMATION
 from autoaccel.measure import latency
 from autoaccel.measure.evaluator import NotStored
 from autoaccel.measure.kernels import deployment_kernels
+from autoaccel.measure.measurement import describe_failure
 from autoaccel.pareto import front_numbers
 from autoaccel.teacher import teacher_pipeline
 
@@ -47,7 +48,11 @@ def confirm_before_report(context, limits: list, log: Callable[[str], None], ran
     stored = context.ledger.study.user_attrs.get(CONFIRMATION)
     if stored and not ran:
         return stored
-    return confirm_front_latencies(context, limits, log)
+    try:
+        return confirm_front_latencies(context, limits, log)
+    except Exception as error:  # the search's own figures stand; the report says the confirmation did not run
+        log(f"latency confirmation failed ({describe_failure(error)}); the report shows the search's latencies")
+        return None
 
 
 def confirm_front_latencies(context, limits: list, log: Callable[[str], None]) -> dict | None:
@@ -178,6 +183,8 @@ def _time_side_by_side(
             pipelines[key] = evaluator.configured_pipeline(candidate, train=False)
         except NotStored as reason:
             not_confirmed[key] = str(reason)
+        except Exception as error:  # e.g. a damaged artifact: this plan keeps its search figure
+            not_confirmed[key] = f"its pipeline could not be rebuilt: {describe_failure(error)}"
     reference = teacher_pipeline(context.target)
     reference.set_schedule(reference.denoiser.device)
     pipelines[REFERENCE] = reference
