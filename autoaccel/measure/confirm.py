@@ -31,7 +31,7 @@ from autoaccel.measure import latency
 from autoaccel.measure.evaluator import NotStored
 from autoaccel.measure.kernels import deployment_kernels
 from autoaccel.measure.measurement import describe_failure
-from autoaccel.pareto import front_numbers
+from autoaccel.pareto import front_frame, front_numbers
 from autoaccel.teacher import teacher_pipeline
 
 MAX_PASSES = 3
@@ -62,7 +62,7 @@ def confirm_front_latencies(context, limits: list, log: Callable[[str], None]) -
     searched = ledger.trials_frame(limits, confirmed=False)
     if searched.empty or "latency_ms" not in searched or "cost_key" not in searched:
         return None
-    search_front = front_numbers(searched, objectives)
+    search_front = _front(searched, objectives)
     if not search_front:
         return None
     timed: dict[str, dict] = {}
@@ -80,7 +80,7 @@ def confirm_front_latencies(context, limits: list, log: Callable[[str], None]) -
         figures = _time_side_by_side(context, plans, searched, not_confirmed, rounds)
         reference = figures.pop(REFERENCE, reference)
         timed = {**timed, **figures}  # the latest side-by-side figures win
-    final_front = front_numbers(_with(searched, timed), objectives)
+    final_front = _front(_with(searched, timed), objectives)
     changes = [
         abs(figure["latency_ms"] - figure["search_latency_ms"]) / figure["search_latency_ms"] * 100
         for figure in timed.values()
@@ -150,6 +150,11 @@ def confirmation_sentence(confirmation: dict | None) -> str:
     if skipped:
         sentence += f"; {len(skipped)} kept their search figure ({'; '.join(sorted(set(skipped.values())))})"
     return sentence
+
+
+def _front(trials: pd.DataFrame, objectives: list[str]) -> list[int]:
+    """The front's plans, one trial each (a plan that several trials ran counts once), as the report lists them."""
+    return sorted(int(number) for number in front_frame(trials, front_numbers(trials, objectives))["trial"])
 
 
 def _with(searched: pd.DataFrame, timed: dict[str, dict]) -> pd.DataFrame:
