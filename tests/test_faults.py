@@ -27,6 +27,15 @@ from autoaccel.liveness import DEAD_WORKER, WORKER
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture
+def ctrl_c():
+    """Ctrl-C raises KeyboardInterrupt in this process, as in a terminal, also where the test run was started
+    with SIGINT ignored (a background job of a shell without job control)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _start(processes, overrides: list[str], log: Path) -> subprocess.Popen:
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return processes.start(
@@ -154,7 +163,7 @@ def test_four_workers_one_killed_nothing_lost_nothing_duplicated(postgres_url, f
     assert main(["plan", str(elsewhere), "--max-nfe", "100"]) == 0
 
 
-def test_an_interrupt_mid_trial_marks_it_and_the_same_command_resumes_it(fast_overrides, monkeypatch, capsys):
+def test_an_interrupt_mid_trial_marks_it_and_the_same_command_resumes_it(fast_overrides, monkeypatch, capsys, ctrl_c):
     """Ctrl-C lands while the fifth trial samples (in its worker thread, as in a real run): that trial stops at
     its next sampling step, is marked interrupted and queued again, nothing stays RUNNING, and the same command
     evaluates it on resume. The trial waits for the main thread to see the signal (an event, not a sleep)."""
@@ -169,7 +178,7 @@ def test_an_interrupt_mid_trial_marks_it_and_the_same_command_resumes_it(fast_ov
         if calls["count"] == 5:
             stop = cancellation()  # set by the main thread once it has seen the interrupt
             signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-            assert stop.wait(timeout=600), "the main thread never saw the interrupt"
+            assert stop.wait(timeout=120), "the main thread never saw the interrupt"
         return real(pipeline, seeds, chunk_size)  # stops at its first sampling step: the trial is cut short
 
     monkeypatch.setattr(evaluator_module, "sample_in_chunks", interrupted_on_the_fifth_call)
@@ -282,7 +291,7 @@ dimensions:
 
 
 def test_ctrl_c_stops_a_long_training_trial_at_its_next_iteration_and_the_resume_continues_it(
-    fast_overrides, monkeypatch, tmp_path
+    fast_overrides, monkeypatch, tmp_path, ctrl_c
 ):
     """Ctrl-C 5 iterations into a 60-iteration consistency distillation trial: the trial stops at its next
     iteration (not after the other 55) with a checkpoint on disk, and the same command continues it from there
@@ -302,7 +311,7 @@ def test_ctrl_c_stops_a_long_training_trial_at_its_next_iteration_and_the_resume
             iterations["before"] += 1
         if iterations["before"] == 6 and iterations["after"] == 0:  # five iterations done
             signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-            assert cancellation().wait(timeout=600), "the main thread never saw the interrupt"
+            assert cancellation().wait(timeout=120), "the main thread never saw the interrupt"
             iterations["after"] += 1
         real_pause()
 
@@ -366,7 +375,9 @@ def test_the_worker_bound_follows_gpus_cores_and_free_connections():
     assert worker_bound(cpus=64, gpus=0, free_connections=3, concurrent=1)[0] == 0
 
 
-def test_ctrl_c_while_workers_start_stops_and_reaps_every_one_started(postgres_url, fast_overrides, monkeypatch):
+def test_ctrl_c_while_workers_start_stops_and_reaps_every_one_started(
+    postgres_url, fast_overrides, monkeypatch, ctrl_c
+):
     """An interrupt that lands while workers are being started: no further one starts, and every one already
     started is stopped and reaped (stand-in workers that would otherwise run for ten minutes)."""
     import autoaccel.workers as workers
