@@ -25,19 +25,27 @@ def _running_trial(ledger: Ledger, value: int) -> optuna.Trial:
     return trial
 
 
+def _next_beat(ledger: Ledger, trial: optuna.Trial, after: float) -> float:
+    """Polls the ledger until ``trial`` carries a beat later than ``after`` (however slow the machine)."""
+    while (beat := ledger.trial(trial.number).user_attrs[BEAT]) <= after:
+        time.sleep(0.01)
+    return beat
+
+
 def test_heartbeat_stamps_held_trials_until_released(ledger):
-    trial = _running_trial(ledger, 1)
+    trial, clock = _running_trial(ledger, 1), _running_trial(ledger, 2)  # ``clock`` stays held: it counts beats
     with Heartbeat(ledger.study, interval_s=0.05) as heartbeat:
         heartbeat.hold(trial)
+        heartbeat.hold(clock)
         first = ledger.trial(trial.number).user_attrs[BEAT]
-        time.sleep(0.3)
-        later = ledger.trial(trial.number).user_attrs[BEAT]
-        assert later > first
+        _next_beat(ledger, trial, first)  # it beats again
         assert ledger.trial(trial.number).user_attrs[WORKER] == heartbeat.name
         heartbeat.release(trial)
-        time.sleep(0.2)
+        tick = ledger.trial(clock.number).user_attrs[BEAT]
+        for _ in range(2):  # two rounds of beats later, one begun after the release has ended
+            tick = _next_beat(ledger, clock, tick)
         released = ledger.trial(trial.number).user_attrs[BEAT]
-        time.sleep(0.2)
+        _next_beat(ledger, clock, tick)  # and one more round: the released trial is not stamped again
         assert ledger.trial(trial.number).user_attrs[BEAT] == released
 
 
