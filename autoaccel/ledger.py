@@ -42,9 +42,10 @@ def not_a_result(failure: str | None) -> bool:
 
 def _create_or_load(storage: str, study_name: str, directions: list[str], sampler, attempts: int = 10):
     """The study and whether this call created it. Workers starting together on a fresh database race to create
-    its tables and the study; the loser of such a race retries (and then loads what the winner created). The
+    its tables and the study (as does any process that opens a fresh SQLite ledger at the same moment, e.g. a
+    report or a dashboard); the loser of such a race retries (and then loads what the winner created). The
     storage's unique study name makes exactly one caller the creator."""
-    from sqlalchemy.exc import IntegrityError, ProgrammingError
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
     for attempt in range(attempts):
         try:
@@ -52,8 +53,9 @@ def _create_or_load(storage: str, study_name: str, directions: list[str], sample
             return study, True
         except optuna.exceptions.DuplicatedStudyError:
             return optuna.load_study(study_name=study_name, storage=storage, sampler=sampler), False
-        except (IntegrityError, ProgrammingError):
-            if attempt == attempts - 1:
+        except (IntegrityError, ProgrammingError, OperationalError) as error:
+            created_meanwhile = not isinstance(error, OperationalError) or "already exists" in str(error)
+            if attempt == attempts - 1 or not created_meanwhile:
                 raise
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")

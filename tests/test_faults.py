@@ -4,9 +4,11 @@ candidate evaluated again, and the search going on."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -54,10 +56,27 @@ def _opened(url: str) -> optuna.storages.RDBStorage:
     return optuna.storages.RDBStorage(url)
 
 
+def _study_exists(storage: str, study_name: str) -> bool:
+    """Whether the worker has created its study yet, read without writing: opening a ledger file the worker is
+    still creating would race it to create the tables."""
+    if not storage.startswith("sqlite:///"):
+        return True  # the shared database's tables exist; optuna reports a missing study itself
+    path = Path(storage[len("sqlite:///") :])
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
+            found = connection.execute("SELECT 1 FROM studies WHERE study_name = ?", (study_name,)).fetchone()
+    except sqlite3.Error:  # no file yet, or no tables yet
+        return False
+    return found is not None
+
+
 def _wait_for_running(storage: str, study_name: str, worker: subprocess.Popen, log: Path, owner=lambda trial: True):
     """The first RUNNING trial of ``study_name`` that ``owner`` accepts, polled for as long as ``worker`` runs
     (however slow a busy machine makes it)."""
     while worker.poll() is None:
+        if not _study_exists(storage, study_name):
+            time.sleep(0.05)
+            continue
         try:
             study = optuna.load_study(study_name=study_name, storage=_opened(storage))
             running = [trial for trial in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)) if owner(trial)]
