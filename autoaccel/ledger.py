@@ -33,6 +33,7 @@ INTERRUPTED = "interrupted before it finished; evaluated again on resume"
 REQUEUED = "requeued"
 PLAN_KEY = "plan_key"  # which plan a trial ran (autoaccel.identity): candidates running the same one are one plan
 FIDELITY_CONSTRAINT = "fidelity"
+CONFIRMATION = "latency_confirmation"  # study attribute: front latencies re-timed side by side before the report
 
 
 def not_a_result(failure: str | None) -> bool:
@@ -44,9 +45,10 @@ def not_a_result(failure: str | None) -> bool:
 
 def _create_or_load(storage: str, study_name: str, directions: list[str], sampler, attempts: int = 10):
     """The study and whether this call created it. Workers starting together on a fresh database race to create
-    its tables and the study; the loser of such a race retries (and then loads what the winner created). The
+    its tables and the study (as does any process that opens a fresh SQLite ledger at the same moment, e.g. a
+    report or a dashboard); the loser of such a race retries (and then loads what the winner created). The
     storage's unique study name makes exactly one caller the creator."""
-    from sqlalchemy.exc import IntegrityError, ProgrammingError
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
     for attempt in range(attempts):
         try:
@@ -54,8 +56,9 @@ def _create_or_load(storage: str, study_name: str, directions: list[str], sample
             return study, True
         except optuna.exceptions.DuplicatedStudyError:
             return optuna.load_study(study_name=study_name, storage=storage, sampler=sampler), False
-        except (IntegrityError, ProgrammingError):
-            if attempt == attempts - 1:
+        except (IntegrityError, ProgrammingError, OperationalError) as error:
+            created_meanwhile = not isinstance(error, OperationalError) or "already exists" in str(error)
+            if attempt == attempts - 1 or not created_meanwhile:
                 raise
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
@@ -349,9 +352,15 @@ class Ledger:
             trial.set_constraint(FIDELITY_CONSTRAINT, float(top_level - reached))
         return self.study.tell(trial, values)
 
-    def trials_frame(self, limits: list[Limit] | None = None) -> pd.DataFrame:
+    def trials_frame(self, limits: list[Limit] | None = None, confirmed: bool = True) -> pd.DataFrame:
         """Every trial as one row: number, state, params, metrics, details, failure, and ``feasible``: scored at
-        full fidelity and within ``limits`` (metric -> upper bound, the limits in force now)."""
+        full fidelity and within ``limits`` (metric -> upper bound, the limits in force now).
+
+        With ``confirmed`` (the default), a trial whose cost structure was re-timed side by side before the
+        report (``autoaccel.measure.confirm``) has that latency, and the one timed during the search in
+        ``search_latency_ms``."""
+        confirmation = self.study.user_attrs.get(CONFIRMATION) if confirmed else None
+        retimed = (confirmation or {}).get("structures", {})
         rows = []
         for frozen in self.study.get_trials(deepcopy=False):
             row: dict[str, Any] = {"trial": frozen.number, "state": frozen.state.name}
@@ -365,6 +374,10 @@ class Ledger:
                     row[f"{name}@{level}"] = math.nan if value is None else value
                 elif key.startswith(DETAIL_PREFIX):
                     row[key[len(DETAIL_PREFIX) :]] = json.dumps(value) if isinstance(value, list | dict) else value
+            figure = retimed.get(row.get("cost_key") or f"trial-{frozen.number}")
+            if figure is not None and "latency_ms" in row:
+                row.update(search_latency_ms=row["latency_ms"], latency_ms=figure["latency_ms"])
+                row["latency_iqr_ms"] = figure.get("latency_iqr_ms", row.get("latency_iqr_ms"))
             row["warm_start"] = frozen.user_attrs.get("warm_start", "")
             row["feasible"] = reached_full_fidelity(frozen) and within_limits(row, limits or [])
             row["failure"] = frozen.user_attrs.get("failure", "")

@@ -8,14 +8,19 @@ last beat is older than ``grace_s`` belonged to a worker that died (kill -9, pow
 marked failed with that reason and its parameters are queued again, so the candidate is evaluated again and
 nothing is lost. Claiming a stale trial goes through optuna's row-locked state update, so two sweepers never
 both re-queue it.
+
+Work done once per study (the reference row) is claimed the same way (``claim_once``): one worker does it and
+beats, the others wait for its result, and a claim whose worker went silent is taken over.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import optuna
@@ -117,3 +122,86 @@ def sweep_dead_workers(ledger, grace_s: float, now: float | None = None) -> list
             if frozen.user_attrs.get("candidate_key"):  # it died before choosing a whole candidate: nothing to redo
                 ledger.requeue(frozen.params, frozen.user_attrs)
     return swept
+
+
+CLAIM_SUFFIX = ".claim-"  # a claim on ``<study>`` for ``what`` is the study ``<study>.claim-<what>``
+
+
+def claim_once(
+    ledger,
+    what: str,
+    done: Callable[[], bool],
+    work: Callable[[], None],
+    settings: LivenessSettings,
+    log: Callable[[str], None] = lambda message: None,
+) -> bool:
+    """Does ``work`` once for a study several workers share: the worker that claims it does it, the others wait
+    until ``done()``; returns whether this worker did it.
+
+    The claim is a study of its own in the same storage, ``<study>.claim-<what>``: the storage's unique study
+    name makes exactly one creator win, whatever the database. The winner stamps it every ``interval_s`` and
+    removes it when the work ends (done, failed or interrupted: a waiting worker then claims it). A claim
+    silent for ``grace_s`` belonged to a dead worker: it is removed by its id, so of two workers that take it
+    over, one removes it and the other finds the new claim, and the work is claimed again.
+    """
+    storage = ledger.study._storage
+    name = f"{ledger.study_name}{CLAIM_SUFFIX}{what}"
+    silent_since: dict[int, float] = {}  # claims seen without a beat yet: the grace counts from first sight
+    told = False
+    while not done():
+        try:
+            claim = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], name)
+        except optuna.exceptions.DuplicatedStudyError:
+            try:
+                holder = storage.get_study_id_from_name(name)
+                attrs = storage.get_study_user_attrs(holder)
+            except KeyError:
+                continue  # released meanwhile: claim it
+            beat = attrs.get(BEAT, silent_since.setdefault(holder, time.time()))
+            if time.time() - float(beat) > settings.grace_s:
+                log(f"{what}: the worker measuring it ({attrs.get(WORKER, 'unknown')}) stopped; taking it over")
+                with contextlib.suppress(KeyError):  # another worker removed it first
+                    storage.delete_study(holder)
+                continue
+            if not told:
+                log(f"{what}: waiting for worker {attrs.get(WORKER, '(starting)')}, which measures it for the study")
+                told = True
+            time.sleep(min(1.0, settings.interval_s))
+            continue
+        with _ClaimBeat(storage, claim, settings.interval_s):
+            try:
+                if not done():  # finished between our check and our claim
+                    work()
+                    return True
+                return False
+            finally:
+                with contextlib.suppress(KeyError):  # taken over while this worker was silent
+                    storage.delete_study(claim)
+    return False
+
+
+class _ClaimBeat:
+    """Stamps a claim with this worker's name and the time, now and every ``interval_s`` until the block ends."""
+
+    def __init__(self, storage, claim: int, interval_s: float) -> None:
+        self.storage, self.claim, self.interval_s = storage, claim, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="autoaccel-claim-beat", daemon=True)
+
+    def __enter__(self) -> _ClaimBeat:
+        self.storage.set_study_user_attr(self.claim, WORKER, worker_name())
+        self._beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _beat(self) -> None:
+        with contextlib.suppress(Exception):  # removed by a sweeper, or a storage hiccup: the next beat retries
+            self.storage.set_study_user_attr(self.claim, BEAT, time.time())
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._beat()

@@ -1,14 +1,17 @@
 """The search loop: the only code that joins an optimizer and the evaluator.
 
 ask (backend or study sampler) -> candidate -> evaluate -> record in the ledger -> tell the backend.
-A failed trial is recorded with its reason and the loop goes on; Ctrl-C marks the trial in hand as
-interrupted (it is evaluated again on resume) and stops cleanly.
+A failed trial is recorded with its reason and the loop goes on. Ctrl-C (or SIGTERM) stops the evaluations in
+hand within seconds (``autoaccel.interrupts``: each stops at its next training iteration or sampling step, a
+training run keeping a checkpoint), records those that finished meanwhile, marks the others as interrupted (they
+are evaluated again on resume, continuing from their checkpoints) and stops cleanly.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -20,7 +23,7 @@ import optuna
 from autoaccel.candidate import Candidate
 from autoaccel.errors import ConfigError
 from autoaccel.fidelity import FidelityLadder
-from autoaccel.interrupts import deferred_interrupts
+from autoaccel.interrupts import cancellable, deferred_interrupts, pause_point
 from autoaccel.ledger import INTERRUPTED, PLAN_KEY, Ledger, not_a_result
 from autoaccel.limits import Limit
 from autoaccel.liveness import Heartbeat, LivenessSettings, sweep_dead_workers
@@ -164,9 +167,10 @@ def run_search(
         if heartbeat is not None:
             heartbeat.release(trial)
         try:
-            frozen = ledger.record(
-                trial, candidate, measurement, objectives, budget.limits, per_level, ladder.top if ladder else None
-            )
+            with deferred_interrupts():  # a result is written whole, or not at all (then it is evaluated again)
+                frozen = ledger.record(
+                    trial, candidate, measurement, objectives, budget.limits, per_level, ladder.top if ladder else None
+                )
         except optuna.exceptions.UpdateFinishedTrialError:
             # swept as dead while this worker was stalled: its parameters are queued again already
             log(f"trial {trial.number} was taken over by another worker's sweep; its result is not recorded")
@@ -181,6 +185,7 @@ def run_search(
             on_trial(frozen, measurement, ledger.finished_count())
 
     in_flight: dict[Future, tuple[optuna.Trial, Candidate, dict[str, Any], str]] = {}
+    stop = threading.Event()  # set on an interrupt: every evaluation in hand stops at its next pause point
     pool = ThreadPoolExecutor(max_workers=budget.concurrent, thread_name_prefix="autoaccel-trial")
     with pool, heartbeat or contextlib.nullcontext():
         try:
@@ -210,11 +215,12 @@ def run_search(
                         finish(trial, candidate, searched, plan, *_reused(ledger, source))
                         continue
                     twin = ledger.twin(trial, candidate.key) if liveness is not None else None
-                    job = (
-                        pool.submit(_reuse_twin, ledger, twin, evaluator, candidate, ladder, liveness)
+                    work = (
+                        (_reuse_twin, ledger, twin, evaluator, candidate, ladder, liveness)
                         if twin is not None
-                        else pool.submit(evaluate_with_fidelity, evaluator, candidate, ladder)
+                        else (evaluate_with_fidelity, evaluator, candidate, ladder)
                     )
+                    job = pool.submit(cancellable, stop, *work)
                     in_flight[job] = (trial, candidate, searched, plan)
                 if not in_flight:
                     if liveness is None or out_of_time or not ledger.has_running():
@@ -230,21 +236,33 @@ def run_search(
                     measurement, per_level = future.result()
                     del in_flight[future]
                     finish(trial, candidate, searched, plan, measurement, per_level)
-        except KeyboardInterrupt:  # every trial in hand is marked and queued again; the ledger stays consistent
-            for future in in_flight:
-                future.cancel()
-            for trial in held.values():
-                if heartbeat is not None:
-                    heartbeat.release(trial)
-                try:
-                    trial.set_user_attr("failure", INTERRUPTED)
-                    ledger.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
-                    continue  # told before the interrupt landed, or swept and re-queued by another worker
-                if trial.user_attrs.get("candidate_key"):  # interrupted before it had one: nothing to redo
-                    ledger.requeue(trial.params, trial.user_attrs)
+        except KeyboardInterrupt:  # every trial in hand is recorded, or marked and queued again
+            with deferred_interrupts():  # a second Ctrl-C waits the few seconds the evaluations take to stop
+                stop.set()
+                if in_flight:
+                    log(f"interrupted: stopping {len(in_flight)} evaluation(s) at their next step")
+                done, _ = wait(in_flight)
+                for future in done:
+                    if not future.cancelled() and future.exception() is None:  # it finished meanwhile: kept
+                        trial, candidate, searched, plan = in_flight[future]
+                        finish(trial, candidate, searched, plan, *future.result())
+                _mark_interrupted(ledger, held, heartbeat)
             raise
     return ran
+
+
+def _mark_interrupted(ledger: Ledger, held: dict[int, optuna.Trial], heartbeat: Heartbeat | None) -> None:
+    """Marks every trial still in hand as interrupted and queues its candidate again."""
+    for trial in list(held.values()):
+        if heartbeat is not None:
+            heartbeat.release(trial)
+        try:
+            trial.set_user_attr("failure", INTERRUPTED)
+            ledger.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+            continue  # told before the interrupt landed, or swept and re-queued by another worker
+        if trial.user_attrs.get("candidate_key"):  # interrupted before it had one: nothing to redo
+            ledger.requeue(trial.params, trial.user_attrs)
 
 
 def _reuse_twin(
@@ -261,7 +279,8 @@ def _reuse_twin(
         frozen = ledger.trial(twin)
         if frozen.state.is_finished():
             break
-        time.sleep(min(1.0, liveness.interval_s))
+        pause_point()
+        time.sleep(min(0.5, liveness.interval_s))
     if not_a_result(frozen.user_attrs.get("failure")):
         return evaluate_with_fidelity(evaluator, candidate, ladder)
     return _reused(ledger, twin)

@@ -273,10 +273,27 @@ def with_training_cap(space: SearchSpace, minutes: float | None) -> SearchSpace:
 
 def ensure_teacher(context: RunContext, log) -> dict:
     """The reference row (the pipeline's default call, or ``target.reference``, on the same seeds), measured once
-    per study; what it will cost is said before it starts."""
+    per study; what it will cost is said before it starts. Workers of a shared study measure it once between
+    them: one claims it through the storage, the others wait for its row (``autoaccel.liveness.claim_once``)."""
     stored = context.ledger.study.user_attrs.get("teacher")
     if stored:
         return stored
+    if not context.config.storage:  # the run folder's own ledger: this process holds it alone
+        return _measure_teacher(context, log)
+    from autoaccel.liveness import LivenessSettings, claim_once
+
+    liveness = LivenessSettings(float(context.config.liveness.interval_s), float(context.config.liveness.grace_s))
+
+    def stored_row() -> dict | None:
+        return context.ledger.study.user_attrs.get("teacher")
+
+    claim_once(
+        context.ledger, "reference", lambda: bool(stored_row()), lambda: _measure_teacher(context, log), liveness, log
+    )
+    return stored_row()
+
+
+def _measure_teacher(context: RunContext, log) -> dict:
     started = time.perf_counter()
     log(f"measuring the reference once for this study: {describe_reference_cost(context)} ...")
     context.judge.log = log

@@ -19,6 +19,7 @@ from diffusers import DiffusionPipeline
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
 from autoaccel.errors import TechniqueError
+from autoaccel.interrupts import raise_if_cancelled
 from autoaccel.targets.conditions import CLASS, Conditions, concat_keywords
 from autoaccel.targets.denoisers import decode, predict
 from autoaccel.techniques.caching import feature_cache
@@ -202,6 +203,7 @@ class SamplerPipeline(DiffusionPipeline):
             with cache.running(self) if cache is not None else contextlib.nullcontext():
                 steps = len(self.scheduler.timesteps)
                 for index, timestep in enumerate(self.scheduler.timesteps):
+                    raise_if_cancelled()  # an interrupted run stops here, within one step
                     model_input = scale_input(sample, timestep) if scale_input is not None else sample
                     prediction = self._predict(model_input, timestep, labels, encoded)
                     extra = {"generator": generator} if takes_generator else {}

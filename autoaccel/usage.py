@@ -20,6 +20,7 @@ MAIN_KEYS = (
     ("fidelity.levels, fidelity.z", None, "multi-fidelity sample counts (ascending) and promotion optimism"),
     ("fidelity.train_shares", None, "share of each candidate's training done per level; promoted ones continue"),
     ("cost.batch_size, cost.warmup, cost.repeats", None, "how latency is measured"),
+    ("cost.confirm", None, "time the front's plans again side by side before the report"),
     ("study_name, storage", "<target>-<space>, SQLite in the run folder", "the ledger; the same name resumes"),
     ("report.dir, report.grid_images", None, "where runs go (<report.dir>/<study_name>/), images per grid"),
     ("report.wandb", None, "also log the run to W&B"),
@@ -95,7 +96,8 @@ def search_help(command: str) -> str:
         usage = "python -m autoaccel workers N storage=URL [key=value ...]"
         what = (
             "Starts N search processes on one shared study (one per GPU where there are GPUs), then builds its\n"
-            "report once. storage must be shared by several processes (postgresql://...), not SQLite."
+            "report once. storage must be shared by several processes (postgresql://...), not SQLite. N is at\n"
+            "most max(4, CPU cores), 2 per GPU, and what the database's free connections allow."
         )
     else:
         usage = "python -m autoaccel search [key=value ...]"

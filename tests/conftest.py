@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+pytest_plugins = ["tests.processes"]  # the ``processes`` fixture: every test that starts processes ends them
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("WANDB_MODE", "disabled")
 

@@ -5,6 +5,7 @@ to the pipeline plain diffusers loads."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pandas as pd
@@ -438,3 +439,103 @@ def test_students_of_prompt_and_class_conditioned_latent_models_run_one_branch_a
     artifact = {"distillation": (store.path_of(stored["distillation"]), stored["distillation"])}
     apply_plan(restored, plan, target, artifact)
     assert torch.equal(sample_in_chunks(restored, seeds, 4), images)
+
+
+def _interrupted_at(monkeypatch, stop_before: int):
+    """A stop event that is set when a training run reaches ``stop_before`` iterations, as the search sets it when
+    Ctrl-C lands; returns it and the list of iterations each run started from."""
+    import threading
+
+    import autoaccel.distill.training as training
+
+    stop, calls = threading.Event(), {"count": 0}
+    real = training.pause_point
+
+    def counting():
+        calls["count"] += 1
+        if calls["count"] == stop_before + 1:
+            stop.set()
+        real()
+
+    monkeypatch.setattr(training, "pause_point", counting)
+    return stop, calls
+
+
+def _train_in_a_fresh_process(method: str, config, tiny_target):
+    """The trained model as a new process makes it: nothing kept in memory, only what is on disk."""
+    from autoaccel.distill.students import forget_students
+    from autoaccel.techniques.distillation import distilled_model
+    from autoaccel.techniques.pruning import prune_unet
+
+    forget_students()
+    if method == "recovery":
+        return prune_unet(tiny_target.unet, config, tiny_target)
+    return distilled_model(tiny_target.make_pipeline(), config, tiny_target)[0]
+
+
+@pytest.mark.parametrize("method", ["consistency", "progressive", "recovery"])
+def test_an_interrupted_training_run_keeps_a_checkpoint_and_the_next_process_continues_to_the_same_weights(
+    tiny_target, method, monkeypatch, tmp_path
+):
+    """Ctrl-C stops training at the top of its next iteration with a checkpoint on disk; the next process (the
+    resumed search) continues from it, and the weights are the uninterrupted run's, bit for bit."""
+    from autoaccel.distill.training import persisted_checkpoints
+    from autoaccel.interrupts import Cancelled, cancellable
+    from autoaccel.techniques.distillation import DistillationConfig
+    from autoaccel.techniques.pruning import PruningConfig
+
+    if method == "recovery":
+        config = PruningConfig(ratio=0.5, recovery_steps=8)
+    else:
+        config = DistillationConfig(method=method, steps=2, start_steps=4, **{**QUICK, "iterations": 8})
+    folder = tmp_path / "checkpoints"
+    stop, calls = _interrupted_at(monkeypatch, stop_before=3)
+    with persisted_checkpoints(folder), pytest.raises(Cancelled):
+        cancellable(stop, _train_in_a_fresh_process, method, config, tiny_target)
+    assert calls["count"] == 4  # it stopped at the first pause after the interrupt: no further iteration ran
+    assert [path.name.rsplit("-", 1)[1] for path in folder.glob("*.pt")] == ["3.pt"]
+
+    calls["count"] = -(10**9)  # no more interrupts
+    with persisted_checkpoints(folder):
+        continued = _train_in_a_fresh_process(method, config, tiny_target)
+    assert calls["count"] == -(10**9) + 8 - 3  # only the iterations it lacked
+    assert not list(folder.glob("*.pt"))  # the finished run's checkpoint is gone (its weights are an artifact)
+    uninterrupted = _train_in_a_fresh_process(method, config, tiny_target)
+    assert all(torch.equal(a, b) for a, b in zip(continued.state_dict().values(), uninterrupted.state_dict().values()))
+
+
+CONSISTENCY_SPACE = """
+name: consistency_only
+techniques: [distillation, solver, timesteps]
+fixed:
+  distillation.method: consistency
+  distillation.iterations: 6
+  distillation.batch_size: 16
+  distillation.data_samples: 32
+dimensions:
+  distillation.steps: {type: categorical, choices: [1, 2]}
+"""
+
+
+def test_a_model_already_stored_is_loaded_from_its_artifact_not_trained_again(fast_overrides, tmp_path, monkeypatch):
+    """A resumed search (or a trial whose model an earlier one trained and memory no longer holds) finds the
+    stored artifact by its plan and loads it: the same images, the same training cost, no training."""
+    import autoaccel.distill.consistency as consistency
+    from autoaccel.distill.students import forget_students
+    from autoaccel.run import open_run
+    from autoaccel.search import search
+
+    space_file = tmp_path / "distilled.yaml"
+    space_file.write_text(CONSISTENCY_SPACE)
+    overrides = [*fast_overrides, f"space={space_file}", "budget.trials=2", "study_name=stored"]
+    forget_students()
+    index = search(compose_config(overrides), log=lambda message: None)
+    context = open_run(index.parent)
+    trials = context.ledger.trials_frame()
+    first = trials[trials["state"] == "COMPLETE"].iloc[0]
+    forget_students()  # a new process: nothing in memory
+    monkeypatch.setattr(consistency, "_train", lambda *args: pytest.fail("a stored student must not be trained again"))
+    again = context.evaluator.evaluate(_candidate(context, int(first["trial"])))
+    assert again.ok and again.metrics["fid"] == first["fid"]
+    assert again.details["train_minutes"] == first["train_minutes"]
+    assert again.details["artifacts"] == json.loads(first["artifacts"])

@@ -4,9 +4,11 @@ candidate evaluated again, and the search going on."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -16,17 +18,29 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
+import pytest
+from optuna.trial import TrialState
 
 from autoaccel.config import compose_config
+from autoaccel.interrupts import cancellation
 from autoaccel.ledger import INTERRUPTED, Ledger, not_a_result
 from autoaccel.liveness import DEAD_WORKER, WORKER
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _start(overrides: list[str], log: Path) -> subprocess.Popen:
+@pytest.fixture
+def ctrl_c():
+    """Ctrl-C raises KeyboardInterrupt in this process, as in a terminal, also where the test run was started
+    with SIGINT ignored (a background job of a shell without job control)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def _start(processes, overrides: list[str], log: Path) -> subprocess.Popen:
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
+    return processes.start(
         [sys.executable, "-m", "autoaccel", "search", *overrides],
         cwd=REPO,
         env=environment,
@@ -42,9 +56,27 @@ def _opened(url: str) -> optuna.storages.RDBStorage:
     return optuna.storages.RDBStorage(url)
 
 
-def _wait_for_running(storage: str, study_name: str, owner=lambda trial: True, timeout: float = 180):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def _study_exists(storage: str, study_name: str) -> bool:
+    """Whether the worker has created its study yet, read without writing: opening a ledger file the worker is
+    still creating would race it to create the tables."""
+    if not storage.startswith("sqlite:///"):
+        return True  # the shared database's tables exist; optuna reports a missing study itself
+    path = Path(storage[len("sqlite:///") :])
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
+            found = connection.execute("SELECT 1 FROM studies WHERE study_name = ?", (study_name,)).fetchone()
+    except sqlite3.Error:  # no file yet, or no tables yet
+        return False
+    return found is not None
+
+
+def _wait_for_running(storage: str, study_name: str, worker: subprocess.Popen, log: Path, owner=lambda trial: True):
+    """The first RUNNING trial of ``study_name`` that ``owner`` accepts, polled for as long as ``worker`` runs
+    (however slow a busy machine makes it)."""
+    while worker.poll() is None:
+        if not _study_exists(storage, study_name):
+            time.sleep(0.05)
+            continue
         try:
             study = optuna.load_study(study_name=study_name, storage=_opened(storage))
             running = [trial for trial in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)) if owner(trial)]
@@ -53,19 +85,19 @@ def _wait_for_running(storage: str, study_name: str, owner=lambda trial: True, t
         except Exception:  # the database or the study is not created yet
             pass
         time.sleep(0.05)
-    raise AssertionError(f"no RUNNING trial appeared in {study_name} within {timeout}s")
+    raise AssertionError(f"the worker exited before such a trial of {study_name} ran:\n{log.read_text()[-3000:]}")
 
 
 def _freeze_one_holding_a_trial(
-    workers: list[subprocess.Popen], logs: list[Path], storage: str, study_name: str, timeout: float = 180
+    workers: list[subprocess.Popen], logs: list[Path], storage: str, study_name: str
 ) -> tuple[subprocess.Popen, optuna.trial.FrozenTrial]:
     """Stops (SIGSTOP) the first worker seen holding a trial with a whole candidate; returns it and that trial.
 
     Whichever worker it is: on a busy machine one worker can go a long while without winning a trial. Checked
-    after the stop, so the trial cannot finish between looking and killing, however busy the machine.
+    after the stop, so the trial cannot finish between looking and killing, however busy the machine. Polls for
+    as long as some worker runs.
     """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         live = [worker for worker in workers if worker.poll() is None]
         if not live:
             tails = "\n".join(log.read_text()[-1500:] for log in logs)
@@ -87,7 +119,6 @@ def _freeze_one_holding_a_trial(
         if held:
             return holder, held[0]
         holder.send_signal(signal.SIGCONT)  # it finished that trial meanwhile: catch one in the next
-    raise AssertionError(f"no worker was stopped while holding a trial within {timeout}s")
 
 
 def _held_by(trial: optuna.trial.FrozenTrial, process: subprocess.Popen) -> bool:
@@ -109,7 +140,7 @@ def _evaluations(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.Fr
     ]
 
 
-def test_four_workers_one_killed_nothing_lost_nothing_duplicated(postgres_url, fast_overrides, tmp_path):
+def test_four_workers_one_killed_nothing_lost_nothing_duplicated(postgres_url, fast_overrides, tmp_path, processes):
     study_name = f"faults-{uuid.uuid4().hex[:8]}"
     overrides = [
         *fast_overrides,
@@ -121,7 +152,7 @@ def test_four_workers_one_killed_nothing_lost_nothing_duplicated(postgres_url, f
         "report.build=false",
     ]
     logs = [tmp_path / f"w{index}.log" for index in range(4)]
-    workers = [_start([*overrides, f"optimizer.seed={1000 * index}"], log) for index, log in enumerate(logs)]
+    workers = [_start(processes, [*overrides, f"optimizer.seed={1000 * index}"], log) for index, log in enumerate(logs)]
     victim, held = _freeze_one_holding_a_trial(workers, logs, postgres_url, study_name)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
@@ -151,9 +182,10 @@ def test_four_workers_one_killed_nothing_lost_nothing_duplicated(postgres_url, f
     assert main(["plan", str(elsewhere), "--max-nfe", "100"]) == 0
 
 
-def test_an_interrupt_mid_trial_marks_it_and_the_same_command_resumes_it(fast_overrides, monkeypatch, capsys):
-    """Ctrl-C lands while the fifth trial samples (in its worker thread, as in a real run): that trial is marked
-    interrupted and queued again, nothing stays RUNNING, and the same command evaluates it on resume."""
+def test_an_interrupt_mid_trial_marks_it_and_the_same_command_resumes_it(fast_overrides, monkeypatch, capsys, ctrl_c):
+    """Ctrl-C lands while the fifth trial samples (in its worker thread, as in a real run): that trial stops at
+    its next sampling step, is marked interrupted and queued again, nothing stays RUNNING, and the same command
+    evaluates it on resume. The trial waits for the main thread to see the signal (an event, not a sleep)."""
     import autoaccel.measure.evaluator as evaluator_module
     from autoaccel.cli import main
 
@@ -163,9 +195,10 @@ def test_an_interrupt_mid_trial_marks_it_and_the_same_command_resumes_it(fast_ov
     def interrupted_on_the_fifth_call(pipeline, seeds, chunk_size):
         calls["count"] += 1
         if calls["count"] == 5:
+            stop = cancellation()  # set by the main thread once it has seen the interrupt
             signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-            time.sleep(0.5)  # the main thread handles it while this trial is still in hand
-        return real(pipeline, seeds, chunk_size)
+            assert stop.wait(timeout=600), "the main thread never saw the interrupt"
+        return real(pipeline, seeds, chunk_size)  # stops at its first sampling step: the trial is cut short
 
     monkeypatch.setattr(evaluator_module, "sample_in_chunks", interrupted_on_the_fifth_call)
     study_name = "interrupted"
@@ -190,16 +223,24 @@ def test_an_interrupt_mid_trial_marks_it_and_the_same_command_resumes_it(fast_ov
     assert any(trial.params == interrupted[0].params for trial in _evaluations(trials))
 
 
-def test_sigterm_from_outside_stops_the_process_cleanly_and_the_same_command_resumes(fast_overrides, tmp_path):
+def test_sigterm_from_outside_stops_the_process_cleanly_and_the_same_command_resumes(
+    fast_overrides, tmp_path, processes
+):
     """A scheduler's SIGTERM, sent to a real process: exit code 130, no trial left RUNNING, whatever was in hand
     queued again, and the same command finishes the budget (the in-process test pins down which trial)."""
     study_name = "sigterm"
     overrides = [*fast_overrides, f"study_name={study_name}", "budget.trials=8"]
     storage = f"sqlite:///{_report_dir(fast_overrides) / study_name / 'ledger.db'}"
-    worker = _start(overrides, tmp_path / "run.log")
-    _wait_for_running(storage, study_name, lambda trial: trial.number >= 4 and "candidate_key" in trial.user_attrs)
+    worker = _start(processes, overrides, tmp_path / "run.log")
+    _wait_for_running(
+        storage,
+        study_name,
+        worker,
+        tmp_path / "run.log",
+        lambda trial: trial.number >= 4 and "candidate_key" in trial.user_attrs,
+    )
     worker.send_signal(signal.SIGTERM)
-    assert worker.wait(timeout=120) == 130, (tmp_path / "run.log").read_text()[-3000:]
+    assert worker.wait(timeout=600) == 130, (tmp_path / "run.log").read_text()[-3000:]
     assert "interrupted" in (tmp_path / "run.log").read_text()
     study = optuna.load_study(study_name=study_name, storage=_opened(storage))
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
@@ -209,7 +250,7 @@ def test_sigterm_from_outside_stops_the_process_cleanly_and_the_same_command_res
     ]
     assert all(params in waiting for params in interrupted)
 
-    resumed = _start(overrides, tmp_path / "resume.log")
+    resumed = _start(processes, overrides, tmp_path / "resume.log")
     assert resumed.wait(timeout=600) == 0, (tmp_path / "resume.log").read_text()[-3000:]
     trials = optuna.load_study(study_name=study_name, storage=_opened(storage)).get_trials()
     assert sum(trial.state.is_finished() and not not_a_result(trial.user_attrs.get("failure")) for trial in trials) == 8
@@ -258,3 +299,133 @@ def test_each_worker_gets_its_own_optimizer_seed():
     seeds = [command[-1] for command in commands]
     assert seeds == ["optimizer.seed=7", "optimizer.seed=1007", "optimizer.seed=2007"]
     assert all("report.build=false" in command for command in commands)
+
+
+LONG_TRAINING_SPACE = """
+name: long_training
+techniques: [distillation, solver, timesteps]
+fixed:
+  distillation.method: consistency
+  distillation.steps: 2
+  distillation.iterations: 60
+  distillation.batch_size: 8
+  distillation.data_samples: 16
+dimensions:
+  distillation.seed: {type: categorical, choices: [0, 1]}
+"""
+
+
+def test_ctrl_c_stops_a_long_training_trial_at_its_next_iteration_and_the_resume_continues_it(
+    fast_overrides, monkeypatch, tmp_path, ctrl_c
+):
+    """Ctrl-C 5 iterations into a 60-iteration consistency distillation trial: the trial stops at its next
+    iteration (not after the other 55) with a checkpoint on disk, and the same command continues it from there
+    instead of training the student from scratch."""
+    import autoaccel.distill.consistency as consistency
+    import autoaccel.distill.training as training
+    from autoaccel.cli import main
+    from autoaccel.distill.students import forget_students
+
+    real_pause = training.pause_point
+    iterations = {"before": 0, "after": 0}
+
+    def interrupted_at_the_fifth_iteration():
+        if cancellation() is not None and cancellation().is_set():
+            iterations["after"] += 1
+        else:
+            iterations["before"] += 1
+        if iterations["before"] == 6 and iterations["after"] == 0:  # five iterations done
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            assert cancellation().wait(timeout=600), "the main thread never saw the interrupt"
+            iterations["after"] += 1
+        real_pause()
+
+    starts = []
+    real_resume = consistency.resume
+    monkeypatch.setattr(consistency, "resume", lambda *args: starts.append(real_resume(*args)) or starts[-1])
+    monkeypatch.setattr(training, "pause_point", interrupted_at_the_fifth_iteration)
+    space_file = tmp_path / "long.yaml"
+    space_file.write_text(LONG_TRAINING_SPACE)
+    study_name = "long-training"
+    overrides = [*fast_overrides, f"space={space_file}", f"study_name={study_name}", "budget.trials=1"]
+    run_dir = _report_dir(fast_overrides) / study_name
+    forget_students()
+    previous_sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        assert main(["search", *overrides]) == 130
+        assert iterations == {"before": 6, "after": 1}  # nothing ran after the interrupt was seen
+        checkpoints = list((run_dir / "artifacts" / "checkpoints").glob("*.pt"))
+        assert [path.stem.rsplit("-", 1)[1] for path in checkpoints] == ["5"]
+        study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{run_dir / 'ledger.db'}")
+        assert [trial.user_attrs.get("failure") for trial in study.get_trials(states=[TrialState.FAIL])] == [
+            INTERRUPTED
+        ]
+
+        forget_students()  # the next process holds nothing in memory
+        iterations.update(before=-(10**9), after=0)  # no more interrupts
+        assert main(["search", *overrides]) == 0
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
+    assert starts[-1][0] == 5  # continued from its checkpoint
+    assert iterations["before"] == -(10**9) + 60 - 5 and iterations["after"] == 0
+    trials = optuna.load_study(study_name=study_name, storage=f"sqlite:///{run_dir / 'ledger.db'}").trials
+    assert [trial.state for trial in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[1].params == trials[0].params
+
+
+def test_a_worker_count_beyond_the_machine_or_the_database_is_refused_before_any_starts(
+    postgres_url, fast_overrides, capsys, monkeypatch
+):
+    import autoaccel.workers as workers
+    from autoaccel.cli import main
+
+    monkeypatch.setattr(workers.subprocess, "Popen", lambda *args, **kwargs: pytest.fail("a worker was started"))
+    overrides = [*fast_overrides, f"storage={postgres_url}", f"study_name=bound-{uuid.uuid4().hex[:8]}"]
+    assert main(["workers", "1000000", *overrides]) == 2
+    err = capsys.readouterr().err.strip()
+    bound = max(workers.MIN_LOCAL_WORKERS, os.cpu_count())
+    assert len(err.splitlines()) == 1 and "workers 1000000" in err and f"at most {bound}" in err, err
+    assert "CPU cores" in err and "free connections" in err
+
+
+def test_the_worker_bound_follows_gpus_cores_and_free_connections():
+    from autoaccel.workers import worker_bound
+
+    assert worker_bound(cpus=2, gpus=0, free_connections=None, concurrent=1)[0] == 4  # the tests' 3 workers fit
+    assert worker_bound(cpus=64, gpus=0, free_connections=None, concurrent=1)[0] == 64
+    assert worker_bound(cpus=64, gpus=8, free_connections=None, concurrent=1)[0] == 16
+    assert worker_bound(cpus=2, gpus=8, free_connections=None, concurrent=1)[0] == 4
+    bound, why = worker_bound(cpus=64, gpus=0, free_connections=40, concurrent=2)
+    assert bound == 8 and "40 free connections, 5 per worker" in why
+    assert worker_bound(cpus=64, gpus=0, free_connections=3, concurrent=1)[0] == 0
+
+
+def test_ctrl_c_while_workers_start_stops_and_reaps_every_one_started(
+    postgres_url, fast_overrides, monkeypatch, ctrl_c
+):
+    """An interrupt that lands while workers are being started: no further one starts, and every one already
+    started is stopped and reaped (stand-in workers that would otherwise run for ten minutes)."""
+    import autoaccel.workers as workers
+
+    sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
+    monkeypatch.setattr(workers, "worker_commands", lambda count, overrides, seed: [sleeper] * count)
+    real_popen, started = subprocess.Popen, []
+
+    def popen(*args, **kwargs):
+        started.append(real_popen(*args, **kwargs))
+        if len(started) == 2:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C, right after the second worker started
+        return started[-1]
+
+    monkeypatch.setattr(workers.subprocess, "Popen", popen)
+    overrides = [*fast_overrides, f"storage={postgres_url}", f"study_name=spawn-{uuid.uuid4().hex[:8]}"]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            workers.run_workers(3, overrides, log=lambda message: None)
+        assert len(started) == 2  # the third was never started
+        assert all(process.returncode is not None for process in started)  # stopped and reaped
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+                process.wait()

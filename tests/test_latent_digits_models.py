@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -53,15 +52,10 @@ print(json.dumps(report))
 """
 
 
-def _run_plain_diffusers(t2i_dir: Path, dit_dir: Path, cwd: Path) -> dict:
+def _run_plain_diffusers(processes, t2i_dir: Path, dit_dir: Path, cwd: Path) -> dict:
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    result = subprocess.run(
-        [sys.executable, "-c", PLAIN_DIFFUSERS_SCRIPT, str(t2i_dir), str(dit_dir)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = processes.run(
+        [sys.executable, "-c", PLAIN_DIFFUSERS_SCRIPT, str(t2i_dir), str(dit_dir)], cwd=cwd, env=env, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -71,8 +65,8 @@ def _folder_bytes(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
 
-def test_committed_pipelines_run_with_plain_diffusers(tmp_path):
-    report = _run_plain_diffusers(WEIGHTS / "t2i", WEIGHTS / "dit", cwd=tmp_path)
+def test_committed_pipelines_run_with_plain_diffusers(tmp_path, processes):
+    report = _run_plain_diffusers(processes, WEIGHTS / "t2i", WEIGHTS / "dit", cwd=tmp_path)
     assert report["autoaccel_imported"] is False
     for name in ("t2i", "dit"):
         assert report[name]["shape"] == [1, 1, 16, 16]

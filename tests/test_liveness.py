@@ -25,19 +25,27 @@ def _running_trial(ledger: Ledger, value: int) -> optuna.Trial:
     return trial
 
 
+def _next_beat(ledger: Ledger, trial: optuna.Trial, after: float) -> float:
+    """Polls the ledger until ``trial`` carries a beat later than ``after`` (however slow the machine)."""
+    while (beat := ledger.trial(trial.number).user_attrs[BEAT]) <= after:
+        time.sleep(0.01)
+    return beat
+
+
 def test_heartbeat_stamps_held_trials_until_released(ledger):
-    trial = _running_trial(ledger, 1)
+    trial, clock = _running_trial(ledger, 1), _running_trial(ledger, 2)  # ``clock`` stays held: it counts beats
     with Heartbeat(ledger.study, interval_s=0.05) as heartbeat:
         heartbeat.hold(trial)
+        heartbeat.hold(clock)
         first = ledger.trial(trial.number).user_attrs[BEAT]
-        time.sleep(0.3)
-        later = ledger.trial(trial.number).user_attrs[BEAT]
-        assert later > first
+        _next_beat(ledger, trial, first)  # it beats again
         assert ledger.trial(trial.number).user_attrs[WORKER] == heartbeat.name
         heartbeat.release(trial)
-        time.sleep(0.2)
+        tick = ledger.trial(clock.number).user_attrs[BEAT]
+        for _ in range(2):  # two rounds of beats later, one begun after the release has ended
+            tick = _next_beat(ledger, clock, tick)
         released = ledger.trial(trial.number).user_attrs[BEAT]
-        time.sleep(0.2)
+        _next_beat(ledger, clock, tick)  # and one more round: the released trial is not stamped again
         assert ledger.trial(trial.number).user_attrs[BEAT] == released
 
 
@@ -114,3 +122,85 @@ def test_a_resumed_optimizer_is_not_told_that_cut_short_trials_failed(ledger):
         ledger.study.tell(cut_short, state=optuna.trial.TrialState.FAIL)
     assert ledger.history() == [({"x": 1}, [1.0, 2.0]), ({"x": 2}, None)]
     assert ledger.finished_count() == len(ledger.history())
+
+
+def _worker_ledger(tmp_path) -> Ledger:
+    """The same study as another worker opens it: its own storage object and connections."""
+    return Ledger(f"sqlite:///{tmp_path / 'ledger.db'}", "liveness", ["minimize", "minimize"])
+
+
+def test_work_once_per_study_is_done_by_one_worker_while_the_others_wait_for_it(ledger, tmp_path):
+    """Two workers reach the reference together: the one that claims it measures it, the other waits for its row
+    and does not measure it again."""
+    import threading
+
+    from autoaccel.liveness import claim_once
+
+    settings = LivenessSettings(interval_s=0.05, grace_s=30)
+    other = _worker_ledger(tmp_path)
+    measured: list[str] = []
+    waiting = threading.Event()
+
+    def done(worker_ledger) -> bool:
+        return "row" in worker_ledger.study.user_attrs
+
+    def measure(worker_ledger, name):
+        def work():
+            measured.append(name)
+            assert waiting.wait(timeout=600), "the second worker never waited"  # it asked while we measured
+            worker_ledger.study.set_user_attr("row", name)
+
+        return work
+
+    first = threading.Thread(
+        target=claim_once, args=(ledger, "row", lambda: done(ledger), measure(ledger, "first"), settings)
+    )
+    first.start()
+    while not any(name.endswith(".claim-row") for name in optuna.get_all_study_names(ledger.storage)):
+        time.sleep(0.01)  # the first worker holds the claim
+    did = claim_once(
+        other, "row", lambda: done(other), measure(other, "second"), settings, log=lambda message: waiting.set()
+    )
+    first.join()
+    assert not did and measured == ["first"] and other.study.user_attrs["row"] == "first"
+    assert optuna.get_all_study_names(ledger.storage) == ["liveness"]  # the claim is gone with the work
+
+
+def test_a_claim_whose_worker_went_silent_is_taken_over(ledger, tmp_path):
+    from autoaccel.liveness import claim_once
+
+    storage = ledger.study._storage
+    dead = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], "liveness.claim-row")
+    storage.set_study_user_attr(dead, WORKER, "gone:1")
+    storage.set_study_user_attr(dead, BEAT, time.time() - 60)  # its last beat, a minute ago
+    messages: list[str] = []
+    settings = LivenessSettings(interval_s=0.05, grace_s=30)
+
+    def work():
+        ledger.study.set_user_attr("row", "taken over")
+
+    did = claim_once(
+        _worker_ledger(tmp_path), "row", lambda: "row" in ledger.study.user_attrs, work, settings, messages.append
+    )
+    assert did and ledger.study.user_attrs["row"] == "taken over"
+    assert any("gone:1" in message and "taking it over" in message for message in messages)
+
+
+def test_an_interrupted_claim_is_released_for_the_next_worker(ledger, tmp_path):
+    from autoaccel.liveness import claim_once
+
+    settings = LivenessSettings(interval_s=0.05, grace_s=30)
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        claim_once(ledger, "row", lambda: "row" in ledger.study.user_attrs, interrupted, settings)
+    did = claim_once(
+        _worker_ledger(tmp_path),
+        "row",
+        lambda: "row" in ledger.study.user_attrs,
+        lambda: ledger.study.set_user_attr("row", 1),
+        settings,
+    )
+    assert did and ledger.study.user_attrs["row"] == 1

@@ -139,7 +139,7 @@ def test_a_damaged_ledger_is_one_error_and_nothing_in_the_run_folder_changes(
     assert _snapshot(finished_run) == before
 
 
-def _hold_study_lock(run_dir: Path, seconds: float = 600) -> subprocess.Popen:
+def _hold_study_lock(run_dir: Path, processes, seconds: float = 600) -> subprocess.Popen:
     """Another process holding the run folder's study for ``seconds``, as a running search does."""
     code = textwrap.dedent(
         f"""
@@ -151,21 +151,21 @@ def _hold_study_lock(run_dir: Path, seconds: float = 600) -> subprocess.Popen:
         time.sleep({seconds})
         """
     )
-    holder = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    holder = processes.start([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     return holder
 
 
-def test_a_second_process_on_a_sqlite_study_is_refused_until_the_first_is_gone(finished_run, fast_overrides, capsys):
-    holder = _hold_study_lock(finished_run)
-    try:
-        before = _snapshot(finished_run)
-        assert main(["search", *fast_overrides, *FIXED_FRONT, "budget.trials=8"]) == 2
-        _one_line_error(capsys, f"process {holder.pid}", "storage=postgresql://", "workers")
-        assert _snapshot(finished_run) == before
-    finally:
-        holder.kill()  # a holder that dies, however it dies, releases the study
-        holder.wait()
+def test_a_second_process_on_a_sqlite_study_is_refused_until_the_first_is_gone(
+    finished_run, fast_overrides, capsys, processes
+):
+    holder = _hold_study_lock(finished_run, processes)
+    before = _snapshot(finished_run)
+    assert main(["search", *fast_overrides, *FIXED_FRONT, "budget.trials=8"]) == 2
+    _one_line_error(capsys, f"process {holder.pid}", "storage=postgresql://", "workers")
+    assert _snapshot(finished_run) == before
+    holder.kill()  # a holder that dies, however it dies, releases the study
+    holder.wait()
     search(compose_config([*fast_overrides, *FIXED_FRONT, "budget.trials=8"]), **QUIET)
     assert len(pd.read_csv(finished_run / "trials.csv")) == 8
 
@@ -222,12 +222,10 @@ def test_a_storage_that_cannot_be_opened_is_one_line_and_hides_the_password(fast
     assert not _run_dir(fast_overrides).exists()
 
 
-def test_workers_on_an_unreachable_database_say_so_once(fast_overrides, tmp_path):
-    result = subprocess.run(
+def test_workers_on_an_unreachable_database_say_so_once(fast_overrides, tmp_path, processes):
+    result = processes.run(
         [sys.executable, "-m", "autoaccel", "workers", "3", *fast_overrides, "storage=postgresql://u:p@127.0.0.1:1/db"],
         cwd=REPO,
-        capture_output=True,
-        text=True,
         timeout=300,
     )
     assert result.returncode == 2
@@ -236,7 +234,7 @@ def test_workers_on_an_unreachable_database_say_so_once(fast_overrides, tmp_path
 
 
 SLOW_DATABASE_WORKER = """
-import pathlib, sys, time
+import os, pathlib, sys, time
 import optuna
 from autoaccel.cli import main
 
@@ -250,13 +248,16 @@ def slow_enqueue(self, *args, **kwargs):  # a slow database: every queued trial 
 
 optuna.Study.enqueue_trial = slow_enqueue
 start = pathlib.Path(sys.argv[1])
+start.with_name(f"ready-{os.getpid()}").touch()  # imported and waiting
 while not start.exists():  # every worker starts at the same moment
     time.sleep(0.01)
 sys.exit(main(sys.argv[2:]))
 """
 
 
-def test_three_workers_enqueue_the_warm_start_once_and_keep_the_budget(postgres_url, fast_overrides, tmp_path):
+def test_three_workers_enqueue_the_warm_start_once_and_keep_the_budget(
+    postgres_url, fast_overrides, tmp_path, processes
+):
     study_name = f"budget-{uuid.uuid4().hex[:8]}"
     overrides = [
         *fast_overrides,
@@ -269,7 +270,7 @@ def test_three_workers_enqueue_the_warm_start_once_and_keep_the_budget(postgres_
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     start = tmp_path / "start"
     workers = [
-        subprocess.Popen(
+        processes.start(
             [sys.executable, "-c", SLOW_DATABASE_WORKER, str(start), "search", *overrides, f"optimizer.seed={index}"],
             cwd=REPO,
             env=environment,
@@ -278,7 +279,9 @@ def test_three_workers_enqueue_the_warm_start_once_and_keep_the_budget(postgres_
         )
         for index in range(3)
     ]
-    time.sleep(3)  # every worker imported autoaccel and waits
+    while len(list(tmp_path.glob("ready-*"))) < len(workers):  # every worker imported autoaccel and waits
+        assert all(worker.poll() is None for worker in workers), "a worker exited before the start"
+        time.sleep(0.05)
     start.touch()
     for index, worker in enumerate(workers):
         assert worker.wait(timeout=900) == 0, (tmp_path / f"w{index}.log").read_text()[-3000:]

@@ -128,8 +128,8 @@ def test_report_refuses_a_missing_artifact_in_one_line_and_never_trains_it_again
     assert "plans without a recipe here" in (run / "index.html").read_text()
 
 
-def test_report_under_a_running_search_is_refused_or_waits_for_it(finished, capsys):
-    holder = _hold_study_lock(finished)
+def test_report_under_a_running_search_is_refused_or_waits_for_it(finished, capsys, processes):
+    holder = _hold_study_lock(finished, processes)
     try:
         before = _snapshot(finished)
         assert main(["report", str(finished)]) == 2
@@ -139,7 +139,7 @@ def test_report_under_a_running_search_is_refused_or_waits_for_it(finished, caps
         holder.kill()
         holder.wait()
 
-    holder = _hold_study_lock(finished, seconds=2)
+    holder = _hold_study_lock(finished, processes, seconds=2)
     try:
         assert main(["report", str(finished), "--wait"]) == 0
         assert f"waiting for process {holder.pid}" in capsys.readouterr().err
@@ -150,7 +150,7 @@ def test_report_under_a_running_search_is_refused_or_waits_for_it(finished, caps
 
 
 def test_a_second_search_on_a_held_study_is_refused_before_the_model_loads(
-    finished, fast_overrides, capsys, monkeypatch
+    finished, fast_overrides, capsys, monkeypatch, processes
 ):
     import autoaccel.run
 
@@ -158,7 +158,7 @@ def test_a_second_search_on_a_held_study_is_refused_before_the_model_loads(
         raise AssertionError("the model was loaded before the study's lock was tried")
 
     monkeypatch.setattr(autoaccel.run, "load_target", refuse)
-    holder = _hold_study_lock(finished)
+    holder = _hold_study_lock(finished, processes)
     try:
         assert main(["search", *fast_overrides, "budget.trials=5"]) == 2
         _one_line_error(capsys, f"process {holder.pid}")

@@ -97,9 +97,12 @@ def test_resume_continues_the_study_without_losing_trials(fast_overrides):
     search(compose_config([*fast_overrides, "budget.trials=8"]), log=lambda message: None)
     after = pd.read_csv(first.parent / "trials.csv")
     assert len(after) == 8
-    pd.testing.assert_frame_equal(
-        before[["trial", "state", "fid", "latency_ms"]], after[["trial", "state", "fid", "latency_ms"]].head(5)
-    )
+    # what each trial measured stays; the latency confirmed before each report is a figure of that report's
+    # side-by-side timing (the search's own figure is then in search_latency_ms)
+    for frame in (before, after):
+        frame["measured_latency_ms"] = frame.get("search_latency_ms", frame["latency_ms"]).fillna(frame["latency_ms"])
+    columns = ["trial", "state", "fid", "measured_latency_ms"]
+    pd.testing.assert_frame_equal(before[columns], after[columns].head(5))
     assert after["warm_start"].fillna("").str.len().gt(0).sum() == 3  # warm starts were not enqueued twice
 
 

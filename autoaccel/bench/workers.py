@@ -23,8 +23,9 @@ import optuna
 from omegaconf import DictConfig
 
 from autoaccel.errors import ConfigError
+from autoaccel.interrupts import deferred_interrupts
 from autoaccel.ledger import Ledger
-from autoaccel.workers import require_shared_storage
+from autoaccel.workers import require_shared_storage, stop_processes
 
 DIRECTIONS = ["minimize", "minimize"]
 OBJECTIVES = ["fid", "nfe"]
@@ -53,23 +54,15 @@ def run_load(storage: str, workers: int, trials_each: int, work_s: float, seed: 
     Ledger(storage, study_name, DIRECTIONS)  # created once up front, as a user's first worker would
     total = workers * trials_each
     started = time.perf_counter()
-    processes = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "autoaccel.bench.workers",
-                "--worker",
-                storage,
-                study_name,
-                str(total),
-                str(seed + 1000 * index),
-                str(work_s),
-            ]
-        )
-        for index in range(workers)
-    ]
-    codes = [process.wait() for process in processes]
+    processes: list[subprocess.Popen] = []
+    try:
+        for index in range(workers):
+            with deferred_interrupts():  # a started worker is always in the list that is stopped
+                processes.append(_start_worker(storage, study_name, total, seed + 1000 * index, work_s))
+        codes = [process.wait() for process in processes]
+    except BaseException:
+        stop_processes(processes, log=lambda message: None)
+        raise
     seconds = time.perf_counter() - started
     return {
         "workers": workers,
@@ -78,6 +71,22 @@ def run_load(storage: str, workers: int, trials_each: int, work_s: float, seed: 
         "exit_codes": codes,
         **consistency(storage, study_name, total),
     }
+
+
+def _start_worker(storage: str, study_name: str, total: int, seed: int, work_s: float) -> subprocess.Popen:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "autoaccel.bench.workers",
+            "--worker",
+            storage,
+            study_name,
+            str(total),
+            str(seed),
+            str(work_s),
+        ]
+    )
 
 
 def consistency(storage: str, study_name: str, budget: int) -> dict:

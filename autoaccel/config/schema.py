@@ -85,6 +85,7 @@ class CostConfig:
     batch_size: int = 16
     warmup: int = 2
     repeats: int = 5
+    confirm: bool = True  # before the report: the front's plans and the reference timed again side by side
 
 
 @dataclass

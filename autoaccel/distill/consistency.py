@@ -23,8 +23,10 @@ from autoaccel.distill.training import (
     TrainSettings,
     draw,
     finished,
+    finished_run,
     frozen_copy,
     keep_checkpoint,
+    pause_training,
     resume,
     run_settings,
     student_copy,
@@ -104,6 +106,7 @@ def _train(target, settings: ConsistencySettings, train: TrainSettings, log) -> 
         return c_skip.view(-1, 1, 1, 1) * sample + c_out.view(-1, 1, 1, 1) * estimate
 
     for iteration in range(first, train.iterations):
+        pause_training(run, iteration, clock, parts, generator)
         rows = draw(generator, len(clean), train.batch_size)
         start = grid[torch.randint(0, len(grid), (train.batch_size,), generator=generator).to(device)]
         end = (start - skip).clamp_min(0)
@@ -126,6 +129,7 @@ def _train(target, settings: ConsistencySettings, train: TrainSettings, log) -> 
             ema_update(kept, student, train.ema)
         clock.check(iteration + 1)
     keep_checkpoint(run, train.iterations, clock.minutes, parts, generator)
+    finished_run(run, train.iterations)
     if log is not None:
         log(f"consistency: {train.iterations} iterations (from {first}), {clock.minutes:.1f} min")
     return Continued(finished(kept if kept is not None else target_network), earlier)

@@ -16,6 +16,7 @@ import torch
 from autoaccel.distill.data import Teacher, ode_endpoints
 from autoaccel.distill.diffusion import CLEAN, alpha_sigma, ddim_step, trailing_grid
 from autoaccel.distill.training import Clock, TrainSettings, draw
+from autoaccel.interrupts import pause_point
 
 CHECK_EVERY = 5  # iterations between evaluations of the schedule on all the data
 
@@ -40,6 +41,7 @@ def learned_timesteps(
     best, best_loss = _timesteps(logits, top), _rollout_loss(teacher, logits, top, noise, labels, endpoints, None)
     try:
         for iteration in range(train.iterations):
+            pause_point()  # a few timesteps: an interrupted run starts again, it keeps no checkpoint
             rows = draw(generator, len(noise), train.batch_size)
             loss = _rollout_loss(teacher, logits, top, noise, labels, endpoints, rows)
             optimizer.zero_grad(set_to_none=True)

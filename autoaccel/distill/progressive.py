@@ -31,8 +31,10 @@ from autoaccel.distill.training import (
     TrainSettings,
     draw,
     finished,
+    finished_run,
     frozen_copy,
     keep_checkpoint,
+    pause_training,
     resume,
     run_settings,
     share_of,
@@ -101,6 +103,7 @@ def _train_round(target, teacher: Teacher, steps: int, settings, train: TrainSet
         train.max_minutes, f"progressive distillation to {steps} steps", already=earlier, total=train.iterations
     )
     for iteration in range(first, train.iterations):
+        pause_training(run, iteration, clock, parts, generator)
         rows = draw(generator, len(clean), train.batch_size)
         pick = torch.randint(0, steps, (train.batch_size,), generator=generator).to(device)
         start, middle, end = starts[pick], middles[pick], ends[pick]
@@ -125,6 +128,7 @@ def _train_round(target, teacher: Teacher, steps: int, settings, train: TrainSet
             ema_update(kept, student, train.ema)
         clock.check(iteration + 1)
     keep_checkpoint(run, train.iterations, clock.minutes, parts, generator)
+    finished_run(run, train.iterations)
     if log is not None:
         log(f"progressive: {2 * steps} -> {steps} steps, {train.iterations} iterations, {clock.minutes:.1f} min")
     return Continued(finished(kept if kept is not None else student), earlier)

@@ -20,13 +20,22 @@ its seed on one machine.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
 from autoaccel.distill.data import clean_samples
-from autoaccel.distill.training import Clock, draw
+from autoaccel.distill.training import (
+    Clock,
+    draw,
+    finished_run,
+    pause_training,
+    persisting,
+    resume,
+    weights_digest,
+)
+from autoaccel.interrupts import pause_point
 from autoaccel.targets.denoisers import predict
 from autoaccel.techniques.calibration import call_output, call_rows, join_calls, noised, to_device, trajectory_calls
 from autoaccel.training import clipped_step
@@ -56,7 +65,8 @@ def recover(
     settings: RecoverySettings,
     log: Callable[[str], None] | None = None,
 ) -> float:
-    """Trains ``student`` in place towards ``teacher``'s outputs; returns the minutes it took."""
+    """Trains ``student`` in place towards ``teacher``'s outputs; returns the minutes it took (with those of
+    the checkpoint an interrupted earlier run kept, which it continues from)."""
     device = next(student.parameters()).device
     generator = torch.Generator().manual_seed(settings.seed)
     calls = trajectory_calls(target, TRAJECTORY_SAMPLES, RECOVERY_SEED_OFFSET + settings.seed, TRAJECTORY_STEPS)
@@ -66,10 +76,20 @@ def recover(
     clean = clean.to(device).float()
     optimizer = torch.optim.Adam(student.parameters(), lr=settings.learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, settings.steps))
-    clock = Clock(settings.max_minutes, f"recovery distillation ({settings.steps} steps)", total=settings.steps)
+    parts = {"student": student, "optimizer": optimizer, "schedule": schedule}
+    # the run is its settings and the weights it starts from (a pruned copy of whichever model was pruned)
+    run = ("recovery", replace(settings, max_minutes=None), weights_digest(student)) if persisting() else None
+    first, earlier = resume(run, settings.steps, parts, generator) if run is not None else (0, 0.0)
+    clock = Clock(
+        settings.max_minutes, f"recovery distillation ({settings.steps} steps)", already=earlier, total=settings.steps
+    )
     student.train().requires_grad_(True)
     with torch.enable_grad():
-        for step in range(settings.steps):
+        for step in range(first, settings.steps):
+            if run is not None:
+                pause_training(run, step, clock, parts, generator)
+            else:
+                pause_point()
             if step % 2:
                 call = to_device(call_rows(pool, draw(generator, pool_size, settings.batch_size)), device)
                 with torch.no_grad():
@@ -85,6 +105,8 @@ def recover(
             schedule.step()
             clock.check(step + 1)
     student.eval().requires_grad_(False)
+    if run is not None:
+        finished_run(run, settings.steps)
     if log is not None:
         log(f"recovery: {settings.steps} steps, {clock.minutes:.1f} min")
     return clock.minutes

@@ -10,7 +10,10 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
+from autoaccel.interrupts import pause_point
+
 KEPT = 16
+WAIT_S = 0.05  # how often a trial waiting for another's training of the same student checks for an interrupt
 _STUDENTS: OrderedDict[Hashable, tuple[Any, float]] = OrderedDict()
 _LOCK = threading.Lock()
 _TRAINING: dict[Hashable, threading.Lock] = {}
@@ -31,7 +34,9 @@ def kept_student(key: Hashable, train: Callable[[], Any]) -> tuple[Any, float]:
     wait for one training run."""
     with _LOCK:
         lock = _TRAINING.setdefault(key, threading.Lock())
-    with lock:
+    while not lock.acquire(timeout=WAIT_S):
+        pause_point()  # waiting for another trial's training: interruptible, and out of a waiting timer's way
+    try:
         with _LOCK:
             if key in _STUDENTS:
                 _STUDENTS.move_to_end(key)
@@ -46,6 +51,8 @@ def kept_student(key: Hashable, train: Callable[[], Any]) -> tuple[Any, float]:
             while len(_STUDENTS) > KEPT:
                 _STUDENTS.popitem(last=False)
         return student, minutes
+    finally:
+        lock.release()
 
 
 def forget_students() -> None:

@@ -1,19 +1,30 @@
 """What the distillation loops share: seeded batches of teacher data, the optimizer, an EMA copy, the per-trial
-time cap, and checkpoints a longer run of the same settings continues from."""
+time cap, and checkpoints a longer run of the same settings continues from.
+
+An interrupted run (Ctrl-C, SIGTERM: ``autoaccel.interrupts``) stops at the top of its next iteration and keeps
+a checkpoint there, also on disk where the search asked for it (``persisted_checkpoints``: the run folder's
+``artifacts/checkpoints/``), so the trial, queued again and evaluated by the next process, continues from that
+iteration to the weights an uninterrupted run gives.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import hashlib
 import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
 from autoaccel.errors import TechniqueError
+from autoaccel.files import write_atomically
+from autoaccel.interrupts import Cancelled, pause_point
 from autoaccel.progress import Progress
 
 
@@ -103,18 +114,82 @@ _CHECKPOINTS: OrderedDict[Hashable, dict[int, Checkpoint]] = OrderedDict()
 _CHECKPOINT_LOCK = threading.Lock()
 
 
+class _Persisting(threading.local):
+    folder: Path | None = None
+
+
+_PERSISTING = _Persisting()
+
+
+@contextlib.contextmanager
+def persisted_checkpoints(folder: Path | None) -> Iterator[None]:
+    """Inside the block (one evaluation, in its thread), a run cancelled mid-way writes its checkpoint to
+    ``folder`` and a run with no checkpoint in memory looks there: a resumed search continues training."""
+    before = _PERSISTING.folder
+    _PERSISTING.folder = None if folder is None else Path(folder)
+    try:
+        yield
+    finally:
+        _PERSISTING.folder = before
+
+
+def persisting() -> bool:
+    """Whether the current evaluation keeps the checkpoints of interrupted runs on disk."""
+    return _PERSISTING.folder is not None
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """sha1 of a module's parameter and buffer values and names: which weights a training run starts from."""
+    digest = hashlib.sha1()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _run_id(run: Hashable) -> str:
+    """A file name for a training run: its settings (frozen dataclasses, the target's hash) print the same in any
+    process."""
+    return hashlib.sha1(repr(run).encode()).hexdigest()[:20]
+
+
+def _persisted(run: Hashable) -> list[tuple[int, Path]]:
+    """(iteration, file) of the checkpoints of ``run`` on disk, in the current evaluation's folder."""
+    folder = _PERSISTING.folder
+    if folder is None or not folder.is_dir():
+        return []
+    found = []
+    for path in folder.glob(f"{_run_id(run)}-*.pt"):
+        with contextlib.suppress(ValueError):
+            found.append((int(path.stem.rsplit("-", 1)[1]), path))
+    return sorted(found)
+
+
+def _load_persisted(path: Path) -> Checkpoint | None:
+    try:
+        stored = torch.load(path, weights_only=True)
+        return Checkpoint(stored["iteration"], stored["minutes"], stored["states"], stored["generator"], stored["rng"])
+    except Exception:  # a damaged or foreign file: training starts from the beginning instead
+        return None
+
+
 def resume(run: Hashable, iterations: int, parts: Parts, generator: torch.Generator) -> tuple[int, float]:
     """Loads the latest checkpoint of ``run`` (a training run's settings without its length) at or below
-    ``iterations`` into ``parts`` and ``generator``; returns the iteration to start from and the minutes that
-    checkpoint took (0, 0.0 without one). Continuing gives the weights of an uninterrupted run, bit for bit:
-    iterations as a fidelity (``fidelity.train_shares``) train a promoted candidate only for what it lacks."""
+    ``iterations`` into ``parts`` and ``generator``, from memory or (an interrupted earlier process) from disk;
+    returns the iteration to start from and the minutes that checkpoint took (0, 0.0 without one). Continuing
+    gives the weights of an uninterrupted run, bit for bit: iterations as a fidelity (``fidelity.train_shares``)
+    train a promoted candidate only for what it lacks, and an interrupted trial only what it had left."""
     with _CHECKPOINT_LOCK:
         kept = _CHECKPOINTS.get(run, {})
         usable = [iteration for iteration in kept if iteration <= iterations]
-        if not usable:
-            return 0, 0.0
-        _CHECKPOINTS.move_to_end(run)
-        checkpoint = kept[max(usable)]
+        checkpoint = kept[max(usable)] if usable else None
+        if checkpoint is not None:
+            _CHECKPOINTS.move_to_end(run)
+    on_disk = [(iteration, path) for iteration, path in _persisted(run) if iteration <= iterations]
+    if on_disk and (checkpoint is None or on_disk[-1][0] > checkpoint.iteration):
+        checkpoint = _load_persisted(on_disk[-1][1]) or checkpoint
+    if checkpoint is None:
+        return 0, 0.0
     for name, part in parts.items():
         part.load_state_dict(copy.deepcopy(checkpoint.states[name]))
     generator.set_state(checkpoint.generator.clone())
@@ -122,8 +197,11 @@ def resume(run: Hashable, iterations: int, parts: Parts, generator: torch.Genera
     return checkpoint.iteration, checkpoint.minutes
 
 
-def keep_checkpoint(run: Hashable, iteration: int, minutes: float, parts: Parts, generator: torch.Generator) -> None:
-    """Keeps ``parts`` at ``iteration`` for a longer run of the same settings to continue from."""
+def keep_checkpoint(
+    run: Hashable, iteration: int, minutes: float, parts: Parts, generator: torch.Generator, persist: bool = False
+) -> None:
+    """Keeps ``parts`` at ``iteration`` for a longer run of the same settings to continue from; with ``persist``
+    (an interrupted run) also on disk, where the current evaluation keeps checkpoints."""
     states = {name: copy.deepcopy(part.state_dict()) for name, part in parts.items()}
     checkpoint = Checkpoint(iteration, minutes, states, generator.get_state(), torch.get_rng_state())
     with _CHECKPOINT_LOCK:
@@ -131,6 +209,34 @@ def keep_checkpoint(run: Hashable, iteration: int, minutes: float, parts: Parts,
         _CHECKPOINTS.move_to_end(run)
         while len(_CHECKPOINTS) > KEPT_RUNS:
             _CHECKPOINTS.popitem(last=False)
+    folder = _PERSISTING.folder
+    if persist and folder is not None:
+        stored = {"iteration": iteration, "minutes": minutes, "states": states}
+        stored.update(generator=checkpoint.generator, rng=checkpoint.rng)
+        earlier = _persisted(run)
+        write_atomically(folder / f"{_run_id(run)}-{iteration}.pt", lambda path: torch.save(stored, path))
+        for _, path in earlier:
+            if path.name != f"{_run_id(run)}-{iteration}.pt":
+                path.unlink(missing_ok=True)
+
+
+def finished_run(run: Hashable, iterations: int) -> None:
+    """Removes the disk checkpoints a run that reached ``iterations`` has passed (its weights are an artifact
+    now); one beyond it, of a longer run, is kept."""
+    for iteration, path in _persisted(run):
+        if iteration <= iterations:
+            path.unlink(missing_ok=True)
+
+
+def pause_training(run: Hashable, iteration: int, clock: Clock, parts: Parts, generator: torch.Generator) -> None:
+    """Called at the top of every iteration: an interrupted run keeps a checkpoint of the ``iteration``
+    iterations done and stops (``Cancelled``); a shared device lock steps aside for a waiting timer."""
+    try:
+        pause_point()
+    except Cancelled:
+        if iteration > 0:
+            keep_checkpoint(run, iteration, clock.minutes, parts, generator, persist=True)
+        raise
 
 
 def forget_checkpoints() -> None:

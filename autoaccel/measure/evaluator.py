@@ -9,18 +9,21 @@ import gc
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
+from autoaccel import artifact_index
 from autoaccel.apply import apply_plan, technique_records
+from autoaccel.artifact_index import plan_prefix_key
 from autoaccel.artifacts import ArtifactStore
 from autoaccel.candidate import Candidate, cost_key
+from autoaccel.distill.training import persisted_checkpoints
 from autoaccel.measure.feature_store import REFERENCE_CALL, FeatureStore, kind_set, plan_set
 from autoaccel.measure.gate import MeasurementGate
 from autoaccel.measure.kernels import deployment_kernels, kernel_choice, kernel_key
-from autoaccel.measure.latency import CostMeasurement, measure_cost
+from autoaccel.measure.latency import CostMeasurement, measure_cost, structure_id
 from autoaccel.measure.measurement import COMPLETE, FAILED, Measurement, describe_failure
 from autoaccel.measure.reference import QualityJudge
 from autoaccel.measure.size import model_bytes
@@ -31,6 +34,7 @@ from autoaccel.teacher import teacher_pipeline
 from autoaccel.techniques.base import TRAIN_MINUTES
 from autoaccel.techniques.quantization import quantization_plan
 
+CHECKPOINTS_DIR = "checkpoints"  # under the run's artifacts folder: training runs an interrupt stopped
 MODELS_KEPT = 2  # pruned/quantized models kept for re-use (each a full copy of the denoiser)
 LONG_CALL_STEPS = 100  # a reference call with more denoiser calls than this is timed once
 
@@ -39,6 +43,10 @@ def reference_calls(pipeline) -> int:
     """Denoiser calls of one unguided call of ``pipeline`` as its scheduler is set (Heun-type schedulers
     list a timestep per call)."""
     return len(pipeline.scheduler.timesteps)
+
+
+class NotStored(Exception):
+    """A plan's model would have to be trained or calibrated again (``configured_pipeline(train=False)``)."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +74,7 @@ class Evaluator:
         self.judges = {judge.samples: judge}
         self.cost_settings = cost
         self.cost_cache: dict[str, CostMeasurement] = {}
-        self.gate = MeasurementGate()
+        self.gate = MeasurementGate(str(target.denoiser.device))  # shared with every worker on this device
         self.features: FeatureStore | None = None  # a run's: each scored plan's per-image FID features, kept there
         self._judges_lock = threading.Lock()
         self._models: OrderedDict[tuple, Any] = OrderedDict()
@@ -128,6 +136,7 @@ class Evaluator:
             warmup, repeats = 0, 1
         with deployment_kernels(pipeline):
             cost = measure_cost(pipeline, seeds, warmup, repeats)
+        cost = replace(cost, exclusive=self.gate.across_processes)
         self.cost_cache[key] = cost
         return cost
 
@@ -172,6 +181,9 @@ class Evaluator:
             denoiser_calls=int(getattr(pipeline, "model_calls", 0)) or None,  # beside nfe, which counts cached calls
             guidance_scale=pipeline.plan.guidance_scale,
             cost_reused=reused,
+            cost_key=structure_id(self.structure_key(pipeline, teacher)),
+            timing_exclusive=cost.exclusive,
+            background_cores=cost.background_cores,
             memory_kind=cost.memory_kind,
             device=cost.device,
             threads=cost.threads,
@@ -192,12 +204,12 @@ class Evaluator:
         with contextlib.suppress(OSError):
             self.features.put(name, features, self.target.quality.extractor, judge.seeds.seed)
 
-    def configured_pipeline(self, candidate: Candidate):
+    def configured_pipeline(self, candidate: Candidate, train: bool = True):
         """The target's pipeline with the candidate's plan applied. The model the model-changing techniques
         (pruning, quantization) produce is kept for the last few plans: the same structure scored at another
         fidelity level or on other seeds is not pruned, distilled and calibrated again. With an artifact store,
         its weights are stored there too (``pipeline.plan.artifacts``): recipes name them and apply without
-        training."""
+        training. ``train=False``: a model neither kept nor stored is refused (``NotStored``) instead of trained."""
         plan = candidate.plan(self.space.techniques)
         model_steps = [(technique, config) for technique, config in plan if technique.modifies_model]
         key = tuple((technique.name, technique.version, config) for technique, config in model_steps)
@@ -207,7 +219,7 @@ class Evaluator:
             with self._models_lock:
                 cached = self._models.get(key)
             if cached is None:
-                stored = apply_plan(pipeline, model_steps, self.target, store=self.artifacts)
+                stored = self._apply_model_steps(pipeline, model_steps, train)
                 with self._models_lock:
                     self._models[key] = (pipeline.denoiser, stored)
                     while len(self._models) > MODELS_KEPT:
@@ -218,6 +230,32 @@ class Evaluator:
         pipeline.plan.techniques = list(plan)  # the whole plan, also where the model came from the cache
         pipeline.plan.artifacts = dict(stored)
         return pipeline
+
+    def _apply_model_steps(self, pipeline, model_steps: list, train: bool = True) -> dict[str, str]:
+        """Applies the model techniques one by one; a model an earlier trial or process already stored (the
+        artifact index) is loaded from its artifact instead of trained again. Returns technique -> sha256."""
+        stored: dict[str, str] = {}
+        for count, (technique, config) in enumerate(model_steps, start=1):
+            if self.artifacts is None or technique.artifact_state is None:
+                apply_plan(pipeline, [(technique, config)], self.target)
+                continue
+            key = plan_prefix_key(self.target.content_hash, model_steps[:count])
+            found = artifact_index.lookup(self.artifacts, key)
+            if found is None and not train and technique.recompute is not None and technique.recompute(config):
+                raise NotStored(f"its {technique.name} model is not stored in {self.artifacts.folder}")
+            if found is not None:
+                path, sha, minutes = found
+                apply_plan(pipeline, [(technique, config)], self.target, artifacts={technique.name: (path, sha)})
+                if minutes is not None and pipeline.denoiser is not self.target.denoiser:  # its search cost, as trained
+                    object.__setattr__(pipeline.denoiser, TRAIN_MINUTES, minutes)
+                stored[technique.name] = sha
+                continue
+            made = apply_plan(pipeline, [(technique, config)], self.target, store=self.artifacts)
+            if technique.name in made:
+                minutes = getattr(pipeline.denoiser, TRAIN_MINUTES, None)
+                artifact_index.remember(self.artifacts, key, technique.name, made[technique.name], minutes)
+            stored.update(made)
+        return stored
 
     def plan_identity(self, candidate: Candidate) -> str:
         """Which plan ``candidate`` runs: equal for candidates whose parameters differ but whose computation does
@@ -234,11 +272,14 @@ class Evaluator:
         started = time.perf_counter()
         details: dict[str, Any] = {"candidate_key": candidate.key}
         judge = self.judge_for(samples)
+        checkpoints = self.artifacts.folder / CHECKPOINTS_DIR if self.artifacts is not None else None
         try:
-            pipeline = self.configured_pipeline(candidate)
-            with self.gate.shared():
-                images = sample_in_chunks(pipeline, judge.seeds, judge.chunk_size)
-            measurement = self._measure_pipeline(pipeline, images, details, judge)
+            with persisted_checkpoints(checkpoints):  # an interrupted training run continues in the next process
+                with self.gate.shared():  # training and calibration, too, stay out of other trials' timing
+                    pipeline = self.configured_pipeline(candidate)
+                with self.gate.shared():
+                    images = sample_in_chunks(pipeline, judge.seeds, judge.chunk_size)
+                measurement = self._measure_pipeline(pipeline, images, details, judge)
         except KeyboardInterrupt:
             raise
         except Exception as error:  # a technique's or library's failure is this trial's result
@@ -255,7 +296,8 @@ class Evaluator:
         report's reference row."""
         started = time.perf_counter()
         pipeline = teacher_pipeline(self.target)
-        images = self.judge.teacher_images()
+        with self.gate.shared():
+            images = self.judge.teacher_images()
         pipeline.set_schedule(pipeline.denoiser.device)
         calls_per_step = 2 if pipeline.guided else 1
         pipeline.denoiser_calls = reference_calls(pipeline) * calls_per_step

@@ -10,6 +10,8 @@ The process's peak includes the interpreter, the libraries and everything else t
 
 from __future__ import annotations
 
+import hashlib
+import math
 import statistics
 import threading
 import time
@@ -41,6 +43,12 @@ class CostMeasurement:
     # decode: the VAE), from the same calls as ``latency_ms``
     stage_ms: dict[str, float] = field(default_factory=dict)
     method: str = "median"  # "median" of repeats, or "single call" for a long reference call
+    # whether the calls were timed holding the device lock every autoaccel process of this machine takes
+    # (``autoaccel.measure.gate``); False: only this process's other trials were kept out
+    exclusive: bool = False
+    # CPU cores' worth of work other processes did while the calls were timed (a CPU device; NaN on a GPU): load
+    # that no lock keeps out (another program, a worker with another lock folder)
+    background_cores: float = math.nan
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -70,6 +78,44 @@ class _RssPeakSampler:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class OtherLoad:
+    """CPU cores' worth of work every other process of the machine did during the block: the machine's busy CPU
+    time less this process's own, over the wall time (psutil; rounded to 0.01)."""
+
+    def __enter__(self) -> OtherLoad:
+        import psutil
+
+        self._process = psutil.Process()
+        self._started = (time.perf_counter(), _busy(psutil.cpu_times()), _own(self._process))
+        self.cores = math.nan
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import psutil
+
+        wall, busy, own = time.perf_counter(), _busy(psutil.cpu_times()), _own(self._process)
+        elapsed = wall - self._started[0]
+        if elapsed > 0:
+            other = (busy - self._started[1]) - (own - self._started[2])
+            self.cores = round(max(0.0, other / elapsed), 2)
+
+
+def _busy(times) -> float:
+    idle = times.idle + getattr(times, "iowait", 0.0)
+    return sum(times) - idle - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)  # guest: in user
+
+
+def _own(process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def structure_id(key: str) -> str:
+    """A short, stable name for a cost structure (``Evaluator.structure_key``): trials that share it share one
+    latency, so a latency confirmed for one plan holds for all of them."""
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
 CUDA_ALLOCATED = "cuda-allocated"
@@ -237,6 +283,7 @@ def measure_cost(pipeline, seeds: SeedBatch, warmup: int = 2, repeats: int = 5) 
         stages.append(dict(pipeline.stage_ms))
         return elapsed
 
+    background = math.nan
     if on_cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -244,9 +291,9 @@ def measure_cost(pipeline, seeds: SeedBatch, warmup: int = 2, repeats: int = 5) 
             times = [timed() for _ in range(repeats)]
         peak_mb, memory_kind = torch.cuda.max_memory_allocated() / 2**20, CUDA_ALLOCATED
     else:
-        with _RssPeakSampler() as sampler, energy:
+        with _RssPeakSampler() as sampler, energy, OtherLoad() as load:
             times = [timed() for _ in range(repeats)]
-        peak_mb, memory_kind = sampler.peak_bytes / 2**20, CPU_RSS
+        peak_mb, memory_kind, background = sampler.peak_bytes / 2**20, CPU_RSS, load.cores
     quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
     return CostMeasurement(
         latency_ms=statistics.median(times),
@@ -261,4 +308,5 @@ def measure_cost(pipeline, seeds: SeedBatch, warmup: int = 2, repeats: int = 5) 
         threads=torch.get_num_threads(),
         stage_ms=_stage_medians(stages),
         method="median" if repeats > 1 else "single call",
+        background_cores=background,
     )

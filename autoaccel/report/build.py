@@ -20,8 +20,9 @@ from autoaccel.candidate import Candidate
 from autoaccel.errors import ConfigError
 from autoaccel.files import write_atomically
 from autoaccel.imaging import save_grid
-from autoaccel.ledger import DETAIL_PREFIX
+from autoaccel.ledger import CONFIRMATION, DETAIL_PREFIX
 from autoaccel.limits import describe_limits, limits_in_force
+from autoaccel.measure.confirm import confirmation_sentence, shared_load_sentence
 from autoaccel.measure.feature_store import FEATURES_DIR, FeatureStore
 from autoaccel.measure.reference import reference_is_stochastic
 from autoaccel.objectives import METRIC_COLUMNS
@@ -46,6 +47,7 @@ PARETO_COLUMNS = [
     *METRIC_COLUMNS,
     *INTERVAL_COLUMNS,
     "latency_iqr_ms",
+    "search_latency_ms",
     "quality_samples",
     "warm_start",
     "scheduler_class",
@@ -265,7 +267,13 @@ def build_report(context, log=print, skip_missing_artifacts: bool | None = None)
         + ("" if not complete.empty else f"; no trial completed: {_failure_summary(failures)}"),
         "latency": f"median of {context.config.cost.repeats} calls at batch {context.config.cost.batch_size} "
         f"after {context.config.cost.warmup} warm-up calls",
+        "latency confirmation": confirmation_sentence(context.ledger.study.user_attrs.get(CONFIRMATION))
+        if context.config.cost.get("confirm", True)
+        else "off (cost.confirm=false): each plan's latency is the one timed when its first trial ran",
     }
+    loaded = shared_load_sentence(context.ledger.trials_frame(limits, confirmed=False))
+    if loaded:
+        summary["shared load"] = loaded
     write_html(
         run_dir / "index.html",
         f"autoaccel: {context.ledger.study_name}",

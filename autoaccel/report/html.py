@@ -33,6 +33,7 @@ FRONT_COLUMNS = [
     "adherence",
     "clip_score",
     "latency_ms",
+    "search_latency_ms",
     "encode_ms",
     "denoise_ms",
     "decode_ms",
@@ -50,6 +51,7 @@ FRONT_COLUMNS = [
 OPTIONAL_COLUMNS = {
     "fid_interval",
     "fid_ratio_interval",
+    "search_latency_ms",
     "simulated",
     "quantized_latency",
     "encode_ms",
@@ -62,6 +64,7 @@ HEADERS = {
     "fid_interval": "FID 95% interval",
     "fid_ratio_interval": "FID / reference's [95%]",
     "latency_ms": "latency (ms)",
+    "search_latency_ms": "latency at search (ms)",
     "encode_ms": "text encoding (ms)",
     "denoise_ms": "denoising (ms)",
     "decode_ms": "VAE decode (ms)",

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from autoaccel.interrupts import raise_if_cancelled
 from autoaccel.progress import Progress
 from autoaccel.targets.denoisers import FLOW_FAMILY
 
@@ -125,6 +126,7 @@ def replay(denoiser: torch.nn.Module, calls: list[Call], chunk: int = REPLAY_CHU
     outputs = []
     with torch.no_grad():
         for args, kwargs in _batches(calls, chunk):
+            raise_if_cancelled()  # calibration of an interrupted run stops within a batch
             outputs.append(call_output(denoiser, (to_device(args, device), to_device(kwargs, device))).cpu())
     return torch.cat(outputs)
 

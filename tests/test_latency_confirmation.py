@@ -1,0 +1,103 @@
+"""The front's latencies are confirmed side by side before the report: a plan whose latency was inflated while
+it was timed during the search (load on the machine) gets its true figure, the front is built again with the
+confirmed figures, and the report shows both figures and what the confirmation changed."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+
+import autoaccel.measure.evaluator as evaluator_module
+from autoaccel.cli import main
+from autoaccel.config import compose_config
+from autoaccel.ledger import CONFIRMATION, Ledger
+from autoaccel.measure import latency
+from autoaccel.search import search
+
+MS_PER_CALL = 10.0  # the noiseless machine of these tests: a call takes 10 ms per denoiser call
+
+
+def _noiseless_machine(monkeypatch) -> None:
+    real = latency.timed_call
+
+    def timed_call(pipeline, seeds, on_cuda):
+        real(pipeline, seeds, on_cuda)  # the call runs as it would; its time is the machine's
+        return MS_PER_CALL * pipeline.denoiser_calls
+
+    monkeypatch.setattr(latency, "timed_call", timed_call)
+
+
+def _slowed_while_timed(monkeypatch, scheduler_class: str, factor: float) -> None:
+    """Load on the machine while the plans of one scheduler are timed during the search (4-step plans only: the
+    reference is timed as it is)."""
+    real = evaluator_module.measure_cost
+
+    def measure_cost(pipeline, seeds, warmup, repeats):
+        cost = real(pipeline, seeds, warmup, repeats)
+        if type(pipeline.scheduler).__name__ == scheduler_class and pipeline.denoiser_calls == 4:
+            cost = replace(cost, latency_ms=cost.latency_ms * factor)
+        return cost
+
+    monkeypatch.setattr(evaluator_module, "measure_cost", measure_cost)
+
+
+def _best_plan_scheduler(fast_overrides) -> str:
+    """Which of the three standard 4-step plans scores the best FID (the same seeds give the same FIDs in every
+    study), from a study without confirmation."""
+    overrides = [*fast_overrides, "budget.trials=3", "cost.confirm=false", "study_name=plain"]
+    index = search(compose_config(overrides), log=lambda message: None)
+    trials = pd.read_csv(index.parent / "trials.csv")
+    assert "search_latency_ms" not in trials and "cost.confirm=false" in index.read_text()
+    assert trials["fid"].nunique() == 3, trials[["fid"]]
+    return str(trials.loc[trials["fid"].idxmin(), "scheduler_class"])
+
+
+def test_a_plan_slowed_while_it_was_timed_is_confirmed_at_its_true_latency_and_the_front_follows(
+    fast_overrides, monkeypatch
+):
+    _noiseless_machine(monkeypatch)
+    slowed = _best_plan_scheduler(fast_overrides)
+    _slowed_while_timed(monkeypatch, slowed, factor=10)
+    index = search(compose_config([*fast_overrides, "budget.trials=3", "study_name=confirmed"]), log=lambda m: None)
+    run_dir = index.parent
+
+    trials = pd.read_csv(run_dir / "trials.csv").set_index("trial")
+    best = int(trials["fid"].idxmin())
+    second = int(trials["fid"].drop(best).idxmin())
+    truth = MS_PER_CALL * 4
+    assert trials.loc[best, "scheduler_class"] == slowed
+    assert trials.loc[best, "search_latency_ms"] == 10 * truth and trials.loc[best, "latency_ms"] == truth
+    assert trials.loc[second, "search_latency_ms"] == truth == trials.loc[second, "latency_ms"]
+    # at search time the slowed best plan and the fastest of the others made the front; confirmed, the best plan
+    # is as fast as the others and dominates them
+    front = pd.read_csv(run_dir / "pareto.csv")
+    assert front["trial"].tolist() == [best]
+    assert front["latency_ms"].tolist() == [truth] and front["search_latency_ms"].tolist() == [10 * truth]
+    confirmation = Ledger.open_existing(f"sqlite:///{run_dir / 'ledger.db'}", "confirmed").study.user_attrs[
+        CONFIRMATION
+    ]
+    assert confirmation["search_front"] == sorted([best, second]) and confirmation["front"] == [best]
+    assert confirmation["left_front"] == [second] and confirmation["moved_median_pct"] == 45.0  # 90% and 0%
+    html = index.read_text()
+    assert "1 plan left the front" in html and "45% (median)" in html and "latency at search (ms)" in html
+    teacher = json.loads((run_dir / "teacher.json").read_text())
+    assert teacher["latency_ms"] == confirmation["reference"]["latency_ms"] == MS_PER_CALL * teacher["nfe"]
+
+    # the report rebuilt later reads the stored confirmation; it never times anything again
+    monkeypatch.setattr(latency, "timed_call", lambda *args: pytest.fail("a rebuilt report must not time plans"))
+    assert main(["report", str(run_dir)]) == 0
+    assert pd.read_csv(run_dir / "pareto.csv").equals(front)
+
+
+def test_the_confirmation_times_for_real_and_undoes_a_slowdown_during_the_search(fast_overrides, monkeypatch):
+    slowed = _best_plan_scheduler(fast_overrides)
+    _slowed_while_timed(monkeypatch, slowed, factor=1000)
+    overrides = [*fast_overrides, "budget.trials=3", "cost.repeats=3", "study_name=real-clock"]
+    index = search(compose_config(overrides), log=lambda m: None)
+    trials = pd.read_csv(index.parent / "trials.csv").set_index("trial")
+    best = trials.loc[trials["fid"].idxmin()]
+    assert best["latency_ms"] < best["search_latency_ms"] / 20  # the real figure, timed beside the others
+    assert bool(best["timing_exclusive"])
