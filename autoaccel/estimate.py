@@ -5,7 +5,8 @@ Sampling is a number of denoiser calls at one of two batch sizes: a chunk of the
 and every candidate's images) or the deployment batch (latency). Both are timed here, once each, on the target's
 own denoiser, and multiplied out: the reference's images and its timing, the ODE reference, and the trials, each
 sampling the run's images at its step count (the standard configurations at theirs, the others at the middle of
-the space's range) and timing a few calls.
+the space's range) and timing a few calls, and the latency confirmation before the report (the reference and up to
+``CONFIRMED_PLANS`` front plans timed again).
 Scoring a trial is estimated by timing the feature extractors the judge runs on a few noise images. Not in it:
 what trials spend training or calibrating models (unknown before they run; the estimate says so where the space
 has such techniques), latencies reused between trials of one structure, and images already in the cache.
@@ -14,6 +15,7 @@ has such techniques), latencies reused between trials of one structure, and imag
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +32,7 @@ from autoaccel.teacher import teacher_pipeline
 
 TRAINING_TECHNIQUES = ("distillation", "pruning", "quantization")  # trials whose model is made while they run
 SCORING_PROBE_VALUES = 64 * 3 * 64 * 64  # pixel values the feature extractors are timed on (64 small images)
+CONFIRMED_PLANS = 8  # front plans the latency confirmation is taken to time (fronts of tens of trials hold about 6)
 
 
 @dataclass
@@ -119,6 +122,13 @@ def estimate_search(context, trials: int, warm_starts: list[dict[str, Any]]) -> 
         estimate.stages[f"{len(planned)} trials"] = sum(
             calls * (times.chunk * chunks + timed_calls * times.batch) + scoring for calls in planned
         )
+    if planned and cost.get("confirm", True):
+        # before the report: the reference (once, when the search times it with a single call) and the front's
+        # plans, timed again side by side (``autoaccel.measure.confirm``)
+        timed_calls = int(cost.warmup) + int(cost.repeats)
+        reference_calls = 1 if per_image > LONG_CALL_STEPS else timed_calls
+        front = min(len(planned), CONFIRMED_PLANS) * statistics.median(planned) * timed_calls
+        estimate.stages["latency confirmation"] = (reference_calls * per_image + front) * times.batch
     trained = [name for name in context.space.techniques if name in TRAINING_TECHNIQUES]
     if trained:
         estimate.notes.append(f"plus what trials spend on {', '.join(trained)} (training, calibration)")

@@ -101,3 +101,39 @@ def test_the_confirmation_times_for_real_and_undoes_a_slowdown_during_the_search
     best = trials.loc[trials["fid"].idxmin()]
     assert best["latency_ms"] < best["search_latency_ms"] / 20  # the real figure, timed beside the others
     assert bool(best["timing_exclusive"])
+
+
+def test_a_reference_the_search_timed_with_one_call_is_confirmed_with_one_call(fast_overrides, monkeypatch):
+    """A reference hundreds of steps long is timed once by the search; the confirmation times it once too (not
+    warm-up plus a call per round), in the middle round, and the estimate counts that call."""
+    import autoaccel.estimate as estimate_module
+    import autoaccel.measure.confirm as confirm_module
+
+    _noiseless_machine(monkeypatch)
+    long_reference = 50  # denoiser calls: above LONG_CALL_STEPS here (the tiny model has 100 trained timesteps)
+    for module in (evaluator_module, estimate_module):
+        monkeypatch.setattr(module, "LONG_CALL_STEPS", 40)
+    calls: list[int] = []
+    real_call = confirm_module._call
+
+    def counted(pipeline, seeds, on_cuda):
+        elapsed = real_call(pipeline, seeds, on_cuda)
+        calls.append(pipeline.denoiser_calls)
+        return elapsed
+
+    monkeypatch.setattr(confirm_module, "_call", counted)
+    lines: list[str] = []
+    overrides = [
+        *fast_overrides,
+        f"target.reference=ddim-{long_reference}",
+        "budget.trials=2",
+        "cost.warmup=1",
+        "cost.repeats=3",
+        "study_name=long-reference",
+    ]
+    index = search(compose_config(overrides), log=lines.append)
+    assert calls.count(long_reference) == 1 and len(calls) > 1  # the plans: warm-up and three rounds each
+    assert calls.index(long_reference) > len(calls) // 3  # inside the rounds, not before them
+    teacher = json.loads((index.parent / "teacher.json").read_text())
+    assert teacher["latency_method"] == "single call" and teacher["latency_ms"] == MS_PER_CALL * long_reference
+    assert any(line.startswith("estimate: ") and "latency confirmation" in line for line in lines)

@@ -5,8 +5,10 @@ changes, two plans' figures can differ by the load more than by the plans. Befor
 front and the reference are therefore timed again together: ``cost.warmup`` untimed calls of each, then
 ``cost.repeats`` rounds in which each plan (and the reference) is called once in turn (A B C ... A B C ...),
 all under the exclusive device lock (``autoaccel.measure.gate``), so a slow spell hits every plan alike. The
-median of a plan's rounds is its confirmed latency. The reference is timed once per round like the plans,
-however many steps it runs (the confirmation costs ``repeats`` reference calls).
+median of a plan's rounds is its confirmed latency. The reference is timed once per round like the plans, unless
+the search timed it with a single call (a call hundreds of steps long, ``LONG_CALL_STEPS``): then it is called
+once, without warm-up, in the middle round, as the search did, so confirming costs one such call, not
+``warmup + repeats`` of them.
 
 A plan's pipeline is built the way the evaluator built it, from its stored artifacts (``train=False``): a plan
 whose model is stored on another machine of a shared study keeps its search figure, and the report says so.
@@ -195,16 +197,18 @@ def _time_side_by_side(
     pipelines[REFERENCE] = reference
     seeds = evaluator.judge.deployment_seeds(int(context.config.cost.batch_size))
     on_cuda = str(reference.denoiser.device).startswith("cuda")
+    teacher = context.ledger.study.user_attrs.get("teacher") or {}
+    single = {REFERENCE} if teacher.get("latency_method") == latency.SINGLE_CALL else set()
     times: dict[str, list[float]] = {key: [] for key in pipelines}
     with evaluator.gate.exclusive():
-        for pipeline in pipelines.values():
-            for _ in range(int(context.config.cost.warmup)):
+        for key, pipeline in pipelines.items():
+            for _ in range(0 if key in single else int(context.config.cost.warmup)):
                 _call(pipeline, seeds, on_cuda)
-        for _ in range(rounds):
+        for round_index in range(rounds):
             for key, pipeline in pipelines.items():
-                times[key].append(_call(pipeline, seeds, on_cuda))
+                if key not in single or round_index == rounds // 2:
+                    times[key].append(_call(pipeline, seeds, on_cuda))
     search = searched.set_index("trial")["latency_ms"]
-    teacher = context.ledger.study.user_attrs.get("teacher") or {}
     figures = {}
     for key, values in times.items():
         quartiles = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3

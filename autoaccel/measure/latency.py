@@ -120,6 +120,7 @@ def structure_id(key: str) -> str:
 
 CUDA_ALLOCATED = "cuda-allocated"
 CPU_RSS = "cpu-rss"
+SINGLE_CALL = "single call"  # the latency method of a reference call hundreds of steps long: timed once
 # What peak_memory_mb is, per memory_kind: for table headers and recipes
 MEMORY_KIND_LABELS = {
     CUDA_ALLOCATED: "CUDA allocator peak",
@@ -307,6 +308,6 @@ def measure_cost(pipeline, seeds: SeedBatch, warmup: int = 2, repeats: int = 5) 
         device=device,
         threads=torch.get_num_threads(),
         stage_ms=_stage_medians(stages),
-        method="median" if repeats > 1 else "single call",
+        method="median" if repeats > 1 else SINGLE_CALL,
         background_cores=background,
     )
