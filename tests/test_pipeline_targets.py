@@ -127,6 +127,22 @@ def test_a_space_for_the_other_schedule_family_is_one_line_naming_what_to_use(fo
     assert not (tmp_path / "reports").exists()
 
 
+@pytest.mark.parametrize("kind", ["dit", "ddim"])
+def test_prompts_for_a_folder_that_takes_none_are_refused_in_one_line(folders, tmp_path, capsys, kind):
+    """A class-conditional or unconditional pipeline has no prompts to search on: a prompt file given for it is
+    an error, not silently ignored."""
+    from autoaccel.cli import main
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\n")
+    overrides = _search_overrides(folders[kind], tmp_path, tmp_path / "cache")
+    assert main(["search", *overrides, f"target.prompts={prompts}"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1, error
+    assert f"target.prompts={prompts}" in error and "not prompts" in error and "StableDiffusionPipeline" in error
+    assert not (tmp_path / "reports").exists()  # nothing left behind
+
+
 def test_space_auto_picks_the_space_that_fits_the_model(folders):
     from autoaccel.config import compose_config
     from autoaccel.run import study_name_for

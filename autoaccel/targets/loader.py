@@ -220,6 +220,13 @@ def target_from_pipeline(
     kind = SUPPORTED_PIPELINES.get(pipeline_class, CLASS)
     if kind == PROMPT:
         conditions = prompt_conditions(pipeline, prompts or extra.get("prompts"), extra_path)
+    elif prompts:
+        raise TargetError(
+            f"target.prompts={prompts}: {path} holds a {pipeline_class}, which takes class labels or nothing, not "
+            "prompts; leave target.prompts out (prompts are for "
+            + ", ".join(other for other, how in SUPPORTED_PIPELINES.items() if how == PROMPT)
+            + ")"
+        )
     else:
         conditions = class_conditions(pipeline, extra, extra_path)
     scheduler_config = {key: value for key, value in dict(pipeline.scheduler.config).items() if key != "_class_name"}
