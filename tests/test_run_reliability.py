@@ -302,6 +302,17 @@ def test_training_reports_its_iterations(monkeypatch):
     assert lines[-1].startswith("consistency distillation: 40 iterations in")
 
 
+def test_train_classifier_reports_its_epochs(monkeypatch, tmp_path, capsys):
+    import autoaccel.progress as progress
+    from autoaccel.cli import main
+
+    monkeypatch.setattr(progress, "INTERVAL_S", 0.0)
+    assert main(["train-classifier", "--epochs", "2", "--out", str(tmp_path / "classifier.safetensors")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "classifier training: 1/2 epochs (50%)" in lines[0]
+    assert any(line.startswith("classifier training: 2 epochs in") for line in lines)
+
+
 def test_a_search_reports_each_long_stage_step_by_step_and_its_estimate(fast_overrides, monkeypatch, capsys, tmp_path):
     import autoaccel.progress as progress
 

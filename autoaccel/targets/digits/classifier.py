@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autoaccel.progress import Progress
 from autoaccel.targets.digits.data import NUM_CLASSES, load_digits_tensors, split_indices
 
 FEATURE_DIM = 64
@@ -68,7 +69,8 @@ def train_classifier(
     steps_per_epoch = (len(train_index) + batch_size - 1) // batch_size
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, learning_rate, total_steps=epochs * steps_per_epoch)
     started = time.perf_counter()
-    for _epoch in range(epochs):
+    progress = Progress("classifier training", epochs, "epochs", log=lambda line: print(line, flush=True))
+    for epoch in range(epochs):
         model.train()
         order = train_index[torch.randperm(len(train_index), generator=generator)]
         for start in range(0, len(order), batch_size):
@@ -80,6 +82,8 @@ def train_classifier(
             loss.backward()
             optimizer.step()
             schedule.step()
+        progress(epoch + 1)
+    progress.close()
     model.eval()
     with torch.no_grad():
         predicted = model(images[held_out_index]).argmax(dim=1)
