@@ -23,8 +23,8 @@ MS_PER_CALL = 10.0  # the noiseless machine of these tests: a call takes 10 ms p
 def _noiseless_machine(monkeypatch) -> None:
     real = latency.timed_call
 
-    def timed_call(pipeline, seeds, on_cuda):
-        real(pipeline, seeds, on_cuda)  # the call runs as it would; its time is the machine's
+    def timed_call(pipeline, seeds, on_cuda, **options):
+        real(pipeline, seeds, on_cuda, **options)  # the call runs as it would; its time is the machine's
         return MS_PER_CALL * pipeline.denoiser_calls
 
     monkeypatch.setattr(latency, "timed_call", timed_call)
@@ -35,8 +35,8 @@ def _slowed_while_timed(monkeypatch, scheduler_class: str, factor: float) -> Non
     reference is timed as it is)."""
     real = evaluator_module.measure_cost
 
-    def measure_cost(pipeline, seeds, warmup, repeats):
-        cost = real(pipeline, seeds, warmup, repeats)
+    def measure_cost(pipeline, seeds, warmup, repeats, **options):
+        cost = real(pipeline, seeds, warmup, repeats, **options)
         if type(pipeline.scheduler).__name__ == scheduler_class and pipeline.denoiser_calls == 4:
             cost = replace(cost, latency_ms=cost.latency_ms * factor)
         return cost
@@ -104,12 +104,14 @@ def test_the_confirmation_times_for_real_and_undoes_a_slowdown_during_the_search
 
 
 def test_a_reference_the_search_timed_with_one_call_is_confirmed_with_one_call(fast_overrides, monkeypatch):
-    """A reference hundreds of steps long is timed once by the search; the confirmation times it once too (not
-    warm-up plus a call per round), in the middle round, and the estimate counts that call."""
+    """A reference hundreds of steps long is timed once by the search, with progress lines; the confirmation
+    times it once too (not warm-up plus a call per round), in the middle round, and the estimate counts that call."""
     import autoaccel.estimate as estimate_module
     import autoaccel.measure.confirm as confirm_module
+    import autoaccel.progress as progress
 
     _noiseless_machine(monkeypatch)
+    monkeypatch.setattr(progress, "INTERVAL_S", 0.0)  # every step of the reference's one timed call is "long"
     long_reference = 50  # denoiser calls: above LONG_CALL_STEPS here (the tiny model has 100 trained timesteps)
     for module in (evaluator_module, estimate_module):
         monkeypatch.setattr(module, "LONG_CALL_STEPS", 40)
@@ -137,3 +139,7 @@ def test_a_reference_the_search_timed_with_one_call_is_confirmed_with_one_call(f
     teacher = json.loads((index.parent / "teacher.json").read_text())
     assert teacher["latency_method"] == "single call" and teacher["latency_ms"] == MS_PER_CALL * long_reference
     assert any(line.startswith("estimate: ") and "latency confirmation" in line for line in lines)
+    # the search's one timed reference call says how far it got while it runs, and closes with a line
+    timing = [line for line in lines if line.startswith("reference timing (one call): ")]
+    assert any(f"/{long_reference} denoiser calls (" in line for line in timing), lines
+    assert timing[-1].startswith(f"reference timing (one call): {long_reference} denoiser calls in")

@@ -27,6 +27,7 @@ from autoaccel.measure.latency import CostMeasurement, measure_cost, structure_i
 from autoaccel.measure.measurement import COMPLETE, FAILED, Measurement, describe_failure
 from autoaccel.measure.reference import QualityJudge
 from autoaccel.measure.size import model_bytes
+from autoaccel.progress import Progress
 from autoaccel.seeds import sample_in_chunks
 from autoaccel.space import SearchSpace
 from autoaccel.targets.base import Target
@@ -131,11 +132,18 @@ class Evaluator:
     def _measure_cost(self, pipeline, key: str, teacher: bool) -> CostMeasurement:
         seeds = self.judge.deployment_seeds(self.cost_settings.batch_size)
         warmup, repeats = self.cost_settings.warmup, self.cost_settings.repeats
+        options, progress = {}, None
         if teacher and pipeline.denoiser_calls > LONG_CALL_STEPS:
-            # one call is already hundreds of steps long: timed once, without warm-up (the report says so)
+            # one call is already hundreds of steps long: timed once, without warm-up (the report says so), with
+            # a line every few seconds on how far it got
             warmup, repeats = 0, 1
+            progress = Progress("reference timing (one call)", pipeline.denoiser_calls, "denoiser calls")
+            if progress.active:
+                options["on_step"] = lambda step, steps: progress(step * pipeline.denoiser_calls / max(steps, 1))
         with deployment_kernels(pipeline):
-            cost = measure_cost(pipeline, seeds, warmup, repeats)
+            cost = measure_cost(pipeline, seeds, warmup, repeats, **options)
+        if progress is not None:
+            progress.close()
         cost = replace(cost, exclusive=self.gate.across_processes)
         self.cost_cache[key] = cost
         return cost

@@ -247,18 +247,19 @@ def model_memory_bytes(pipeline, seeds: SeedBatch) -> int:
     return weight_bytes(unet) + activations
 
 
-def timed_call(pipeline, seeds: SeedBatch, on_cuda: bool) -> float:
-    """One whole deployment call: prompts encoded by the text encoder(s), every step, the VAE decode."""
+def timed_call(pipeline, seeds: SeedBatch, on_cuda: bool, **options) -> float:
+    """One whole deployment call: prompts encoded by the text encoder(s), every step, the VAE decode.
+    ``options``: passed to the call (``on_step``: the progress of a call hundreds of steps long)."""
     generator = torch.Generator(device=pipeline.denoiser.device).manual_seed(seeds.seed)
     if on_cuda:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        pipeline(seeds.noise, seeds.class_labels, generator=generator, encode=True)
+        pipeline(seeds.noise, seeds.class_labels, generator=generator, encode=True, **options)
         end.record()
         torch.cuda.synchronize()
         return start.elapsed_time(end)
     started = time.perf_counter()
-    pipeline(seeds.noise, seeds.class_labels, generator=generator, encode=True)
+    pipeline(seeds.noise, seeds.class_labels, generator=generator, encode=True, **options)
     return (time.perf_counter() - started) * 1000
 
 
@@ -267,8 +268,9 @@ def _stage_medians(stages: list[dict[str, float]]) -> dict[str, float]:
     return {name: statistics.median(stage.get(name, 0.0) for stage in stages) for name in names}
 
 
-def measure_cost(pipeline, seeds: SeedBatch, warmup: int = 2, repeats: int = 5) -> CostMeasurement:
-    """Times ``repeats`` calls on ``seeds`` (the deployment batch) after ``warmup`` untimed ones."""
+def measure_cost(pipeline, seeds: SeedBatch, warmup: int = 2, repeats: int = 5, **options) -> CostMeasurement:
+    """Times ``repeats`` calls on ``seeds`` (the deployment batch) after ``warmup`` untimed ones; ``options`` go
+    to each timed call (``timed_call``)."""
     if repeats < 1:
         raise ValueError(f"repeats={repeats} is not valid; it must be >= 1")
     device = str(pipeline.denoiser.device)
@@ -280,7 +282,7 @@ def measure_cost(pipeline, seeds: SeedBatch, warmup: int = 2, repeats: int = 5) 
     stages: list[dict[str, float]] = []
 
     def timed() -> float:
-        elapsed = timed_call(pipeline, seeds, on_cuda)
+        elapsed = timed_call(pipeline, seeds, on_cuda, **options)
         stages.append(dict(pipeline.stage_ms))
         return elapsed
 
