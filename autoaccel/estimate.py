@@ -7,9 +7,11 @@ own denoiser, and multiplied out: the reference's images and its timing, the ODE
 sampling the run's images at its step count (the standard configurations at theirs, the others at the middle of
 the space's range) and timing a few calls, and the latency confirmation before the report (the reference and up to
 ``CONFIRMED_PLANS`` front plans timed again).
-Scoring a trial is estimated by timing the feature extractors the judge runs on a few noise images. Not in it:
+Scoring a trial, and the features of the images FID is scored against, are estimated by timing the feature
+extractors the judge runs on a few noise images. Not in it:
 what trials spend training or calibrating models (unknown before they run; the estimate says so where the space
-has such techniques), latencies reused between trials of one structure, and images already in the cache.
+has such techniques), latencies reused between trials of one structure, images already in the cache, and building
+the report (seconds: its bootstrap is bounded, ``autoaccel.measure.bootstrap``).
 """
 
 from __future__ import annotations
@@ -107,8 +109,15 @@ def estimate_search(context, trials: int, warm_starts: list[dict[str, Any]]) -> 
     guided = 2 if teacher_pipeline(target).guided else 1
     estimate = SearchEstimate()
     measured = bool(context.ledger.study.user_attrs.get("teacher"))
+    scoring = scoring_seconds(context)  # one trial's images
     if not measured:
         estimate.stages["reference"] = times.chunk * per_image * chunks
+        # the images FID is scored against (all the real images, or the reference call's) through every extractor,
+        # once per study
+        real = target.real_images
+        estimate.stages["reference features"] = (
+            scoring * (len(real) if real is not None else judge.samples) / judge.samples
+        )
         timed_calls = 1 if per_image > LONG_CALL_STEPS else int(cost.warmup) + int(cost.repeats)
         estimate.stages["reference timing"] = timed_calls * per_image * times.batch
         ode_steps = min(target.ode_steps, target.num_train_timesteps)
@@ -117,7 +126,6 @@ def estimate_search(context, trials: int, warm_starts: list[dict[str, Any]]) -> 
     planned = [_calls_per_image(params, guidable) for params in warm_starts[:trials]]
     planned += [_typical_calls_per_image(context.space, guidable)] * (trials - len(planned))
     if planned:
-        scoring = scoring_seconds(context)
         timed_calls = int(cost.warmup) + int(cost.repeats)
         estimate.stages[f"{len(planned)} trials"] = sum(
             calls * (times.chunk * chunks + timed_calls * times.batch) + scoring for calls in planned
