@@ -137,9 +137,10 @@ class Evaluator:
             # one call is already hundreds of steps long: timed once, without warm-up (the report says so), with
             # a line every few seconds on how far it got
             warmup, repeats = 0, 1
-            progress = Progress("reference timing (one call)", pipeline.denoiser_calls, "denoiser calls")
+            calls = pipeline.denoiser_calls  # of the call that sampled its images, the same call as timed here
+            progress = Progress("reference timing (one call)", calls, "denoiser calls")
             if progress.active:
-                options["on_step"] = lambda step, steps: progress(step * pipeline.denoiser_calls / max(steps, 1))
+                options["on_step"] = lambda step, steps: progress(step * calls / max(steps, 1))
         with deployment_kernels(pipeline):
             cost = measure_cost(pipeline, seeds, warmup, repeats, **options)
         if progress is not None:

@@ -13,7 +13,7 @@ import pandas as pd
 
 from autoaccel.measure.bootstrap import Interval
 from autoaccel.measure.kernels import NOT_APPLICABLE
-from autoaccel.measure.latency import MEMORY_KIND_LABELS
+from autoaccel.measure.latency import MEMORY_KIND_LABELS, SINGLE_CALL
 from autoaccel.report.recommend import Recommendation, ratio_goal
 
 TEACHER_GRID = "grids/teacher.png"
@@ -325,7 +325,7 @@ def _reference_text(teacher: dict | None) -> str:
     method = str(teacher.get("latency_method") or "median")
     timing = (
         "Its latency is a single timed call (it is hundreds of steps long), not a median of repeats."
-        if method == "single call"
+        if method == SINGLE_CALL
         else "Its latency is the median of repeated calls, as for every plan."
     )
     return f"<p>Every plan is compared with the reference: {what}, on the same seeds. {timing}</p>"
