@@ -34,6 +34,11 @@ from autoaccel.optimizers.optuna_backend import suggest
 from autoaccel.space import SearchSpace
 from autoaccel.techniques.base import get_technique, unchanged_model_params
 
+# The longest the main thread blocks waiting for trials. CPython runs a signal's handler between bytecodes, and a
+# lock wait is woken by a signal only if it was already waiting: Ctrl-C that lands just before the wait starts is
+# handled when the wait returns, which without a timeout is when a trial ends (minutes, for a distillation).
+INTERRUPT_POLL_S = 0.5
+
 
 @dataclass(frozen=True)
 class LoopBudget:
@@ -229,7 +234,9 @@ def run_search(
                     # is swept and queued again at the top of the loop, and this worker evaluates it
                     time.sleep(liveness.interval_s)
                     continue
-                pause = liveness.interval_s if liveness else None  # wake to sweep even while trials run
+                # wake to sweep even while trials run, and at least every INTERRUPT_POLL_S: an interrupt that lands
+                # just before this thread blocks does not wake it, and is only seen once it runs again
+                pause = min(liveness.interval_s, INTERRUPT_POLL_S) if liveness else INTERRUPT_POLL_S
                 done, _ = wait(in_flight, return_when=FIRST_COMPLETED, timeout=pause)
                 for future in done:
                     trial, candidate, searched, plan = in_flight[future]

@@ -4,6 +4,7 @@ candidate evaluated again, and the search going on."""
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import functools
 import os
@@ -182,10 +183,25 @@ def test_four_workers_one_killed_nothing_lost_nothing_duplicated(postgres_url, f
     assert main(["plan", str(elsewhere), "--max-nfe", "100"]) == 0
 
 
-def test_an_interrupt_mid_trial_marks_it_and_the_same_command_resumes_it(fast_overrides, monkeypatch, capsys, ctrl_c):
+def _signal(signum: int) -> None:
+    """A signal sent to the main thread: it wakes the main thread where it waits."""
+    signal.pthread_kill(threading.main_thread().ident, signum)
+
+
+def _signal_before_the_wait(signum: int) -> None:
+    """What the main thread finds of a signal that lands just before it starts waiting: the signal is pending
+    (Python runs its handler at the next bytecode), but nothing wakes the wait."""
+    _thread.interrupt_main(signum)
+
+
+@pytest.mark.parametrize("deliver", [_signal, _signal_before_the_wait], ids=["signal", "signal-before-the-wait"])
+def test_an_interrupt_mid_trial_marks_it_and_the_same_command_resumes_it(
+    fast_overrides, monkeypatch, capsys, ctrl_c, deliver
+):
     """Ctrl-C lands while the fifth trial samples (in its worker thread, as in a real run): that trial stops at
     its next sampling step, is marked interrupted and queued again, nothing stays RUNNING, and the same command
-    evaluates it on resume. The trial waits for the main thread to see the signal (an event, not a sleep)."""
+    evaluates it on resume. The trial waits for the main thread to see the signal (an event, not a sleep), also
+    when the signal lands just before the main thread blocks waiting for trials."""
     import autoaccel.measure.evaluator as evaluator_module
     from autoaccel.cli import main
 
@@ -196,8 +212,8 @@ def test_an_interrupt_mid_trial_marks_it_and_the_same_command_resumes_it(fast_ov
         calls["count"] += 1
         if calls["count"] == 5:
             stop = cancellation()  # set by the main thread once it has seen the interrupt
-            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-            assert stop.wait(timeout=600), "the main thread never saw the interrupt"
+            deliver(signal.SIGINT)
+            assert stop.wait(timeout=120), "the main thread never saw the interrupt"
         return real(pipeline, seeds, chunk_size)  # stops at its first sampling step: the trial is cut short
 
     monkeypatch.setattr(evaluator_module, "sample_in_chunks", interrupted_on_the_fifth_call)
