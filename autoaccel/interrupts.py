@@ -22,6 +22,11 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 DEFERRED = (signal.SIGINT, signal.SIGTERM)
+# The longest the main thread blocks in a wait (for trials, for worker processes). CPython runs a signal's handler
+# between bytecodes, and a blocking wait is woken by a signal only if it was already waiting: an interrupt that
+# lands just before the wait starts is handled when the wait returns, which without a timeout is when a trial or a
+# worker ends (minutes).
+INTERRUPT_POLL_S = 0.5
 Result = TypeVar("Result")
 
 

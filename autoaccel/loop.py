@@ -23,7 +23,7 @@ import optuna
 from autoaccel.candidate import Candidate
 from autoaccel.errors import ConfigError
 from autoaccel.fidelity import FidelityLadder
-from autoaccel.interrupts import cancellable, deferred_interrupts, pause_point
+from autoaccel.interrupts import INTERRUPT_POLL_S, cancellable, deferred_interrupts, pause_point
 from autoaccel.ledger import INTERRUPTED, PLAN_KEY, Ledger, not_a_result
 from autoaccel.limits import Limit
 from autoaccel.liveness import Heartbeat, LivenessSettings, sweep_dead_workers
@@ -33,11 +33,6 @@ from autoaccel.optimizers.base import OptimizerBackend
 from autoaccel.optimizers.optuna_backend import suggest
 from autoaccel.space import SearchSpace
 from autoaccel.techniques.base import get_technique, unchanged_model_params
-
-# The longest the main thread blocks waiting for trials. CPython runs a signal's handler between bytecodes, and a
-# lock wait is woken by a signal only if it was already waiting: Ctrl-C that lands just before the wait starts is
-# handled when the wait returns, which without a timeout is when a trial ends (minutes, for a distillation).
-INTERRUPT_POLL_S = 0.5
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from autoaccel.errors import ConfigError
-from autoaccel.interrupts import deferred_interrupts
+from autoaccel.interrupts import INTERRUPT_POLL_S, deferred_interrupts
 
 WORKER_SEED_STRIDE = 1000
 MIN_LOCAL_WORKERS = 4
@@ -104,7 +104,7 @@ def run_workers(count: int, overrides: list[str], log=print) -> int:
             with deferred_interrupts():  # a started worker is always in the list that is stopped
                 processes.append(subprocess.Popen(command, env=environment))
         log(f"started {count} workers on study {study_name_for(config)!r} ({gpus or 'no'} GPUs)")
-        codes = [process.wait() for process in processes]
+        codes = [_wait_interruptibly(process) for process in processes]
     except BaseException:
         stop_processes(processes, log)
         raise
@@ -119,6 +119,16 @@ def run_workers(count: int, overrides: list[str], log=print) -> int:
     index = build_report(context, log)
     log(f"report: {index}")
     return max(codes) if failed else 0
+
+
+def _wait_interruptibly(process: subprocess.Popen) -> int:
+    """``process.wait()``, waking every ``INTERRUPT_POLL_S``: an interrupt that lands just before a blocking wait
+    starts would otherwise be seen only when the worker exits."""
+    while True:
+        try:
+            return process.wait(timeout=INTERRUPT_POLL_S)
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def stop_processes(processes: list[subprocess.Popen], log=print, grace_s: float = STOP_GRACE_S) -> None:
