@@ -41,7 +41,7 @@ def read_prescription(stored: Any, num_train_timesteps: int, source: str) -> Pre
         sampler_schedulers,
         scheduler_class,
     )
-    from autoaccel.techniques.solver import MAX_GUIDANCE
+    from autoaccel.techniques.solver import check_guidance_scale
 
     keys = ("scheduler_class", "timesteps", "guidance_scale", "settings")
     if not isinstance(stored, dict) or any(key not in stored for key in keys):
@@ -55,10 +55,8 @@ def read_prescription(stored: Any, num_train_timesteps: int, source: str) -> Pre
             f"{source}.timesteps={shown} must be 1 to {MAX_INFERENCE_STEPS} strictly decreasing ints in "
             f"[0, {num_train_timesteps - 1}]"
         )
-    guidance = stored["guidance_scale"]
-    if isinstance(guidance, bool) or not isinstance(guidance, int | float) or not 1 <= guidance <= MAX_GUIDANCE:
-        raise RecipeError(f"{source}.guidance_scale={guidance!r} must be a number in [1, {MAX_GUIDANCE:g}]")
-    return PrescribedSampler(stored["scheduler_class"], tuple(timesteps), float(guidance), dict(stored["settings"]))
+    guidance = check_guidance_scale(stored["guidance_scale"], f"{source}.guidance_scale", RecipeError)
+    return PrescribedSampler(stored["scheduler_class"], tuple(timesteps), guidance, dict(stored["settings"]))
 
 
 def prescribe(denoiser: torch.nn.Module, sampler: PrescribedSampler, share: bool = False) -> torch.nn.Module:

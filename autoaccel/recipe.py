@@ -37,7 +37,7 @@ from autoaccel.schedulers import (
     sampler_schedulers,
     scheduler_class,
 )
-from autoaccel.techniques.solver import MAX_GUIDANCE
+from autoaccel.techniques.solver import check_guidance_scale
 
 RECIPE_FORMAT = 1
 ALLOWED_SCHEDULERS = sampler_schedulers()  # what a recipe's sampler may be (autoaccel.schedulers)
@@ -218,9 +218,7 @@ def validate_recipe(recipe: Any, source: str = "recipe") -> dict[str, Any]:
             f"{source}: timesteps={_short(repr(timesteps))} must be a non-empty strictly decreasing list of ints in "
             f"[0, {trained - 1}], at most {MAX_INFERENCE_STEPS} of them"
         )
-    guidance = recipe["guidance_scale"]
-    if isinstance(guidance, bool) or not isinstance(guidance, int | float) or not 1 <= guidance <= MAX_GUIDANCE:
-        raise RecipeError(f"{source}: guidance_scale={guidance!r} must be a number in [1, {MAX_GUIDANCE:g}]")
+    check_guidance_scale(recipe["guidance_scale"], f"{source}: guidance_scale", RecipeError)
     null_class = recipe.get("null_class")
     if null_class is not None and (not _is_int(null_class) or null_class < 0):
         raise RecipeError(f"{source}: null_class={null_class!r} must be an int >= 0 or null")

@@ -200,3 +200,11 @@ SOLVER = register(
         cost_key=solver_cost,
     )
 )
+
+
+def check_guidance_scale(guidance, where: str, error: type[Exception]) -> float:
+    """A guidance scale read from a file: a number (not a bool) in [1, MAX_GUIDANCE]; else one line naming
+    ``where`` (e.g. ``recipe.yaml: guidance_scale``)."""
+    if isinstance(guidance, bool) or not isinstance(guidance, int | float) or not 1 <= guidance <= MAX_GUIDANCE:
+        raise error(f"{where}={guidance!r} must be a number in [1, {MAX_GUIDANCE:g}]")
+    return float(guidance)
