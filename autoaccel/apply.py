@@ -49,7 +49,7 @@ def apply_plan(
             if log is not None and technique.recompute is not None and technique.recompute(config):
                 log(f"{technique.name}: no artifact, so applying re-runs {technique.recompute(config)}")
             technique.apply(pipeline, config, target)
-            state = technique.artifact_state(pipeline.unet, config) if store and technique.artifact_state else None
+            state = technique.artifact_state(pipeline.denoiser, config) if store and technique.artifact_state else None
             if state is not None:
                 stored[technique.name] = store.put(state)
         pipeline.plan.techniques.append((technique, config))

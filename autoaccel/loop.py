@@ -32,6 +32,7 @@ from autoaccel.measure.measurement import Measurement
 from autoaccel.optimizers.base import OptimizerBackend
 from autoaccel.optimizers.optuna_backend import suggest
 from autoaccel.space import SearchSpace
+from autoaccel.targets.layouts import family_named
 from autoaccel.techniques.base import get_technique, unchanged_model_params
 
 
@@ -54,7 +55,8 @@ def standard_configurations(
     the report measures the search's gain against. DDPM-family models: DDIM, DPM-Solver++ 2M and UniPC (trailing
     spacing); flow-matching models: Euler (what their pipelines run), DPM-Solver++ 2M and UniPC on flow sigmas."""
     order_two = {"solver.order": 2, "solver.final_sigma": "zero", "solver.lower_order_final": True}
-    first = ("flow_euler", {"solver.name": "flow_euler"}) if family == "flow" else ("ddim", {"solver.name": "ddim"})
+    baseline = family_named(family).baseline_solver
+    first = (baseline, {"solver.name": baseline})
     solvers = [
         first,
         ("dpmsolver++2m", {"solver.name": "dpmsolver++", "solver.variant": "default", **order_two}),

@@ -435,11 +435,12 @@ def _as_target(pipeline, recipe: dict[str, Any]):
     """A Target around what the user passed: a Target as it is, or a loaded diffusers pipeline of a supported
     class (its modules shared), conditioned as the recipe was (its null class, its prompts)."""
     from autoaccel.targets.base import Target
+    from autoaccel.targets.layouts import has_denoiser
     from autoaccel.targets.loader import target_from_pipeline
 
     if isinstance(pipeline, Target):
         return pipeline
-    if getattr(pipeline, "unet", None) is None and getattr(pipeline, "transformer", None) is None:
+    if not has_denoiser(pipeline):
         raise RecipeError(f"apply_recipe needs a pipeline with a unet or transformer; got {type(pipeline).__name__}")
     base = recipe["base_model"]
     extra = {key: recipe[key] for key in ("null_class",) if recipe.get(key) is not None}

@@ -36,6 +36,7 @@ from autoaccel.study_lock import StudyLock
 from autoaccel.targets.base import Target
 from autoaccel.targets.registry import target_kind
 from autoaccel.teacher import describe_reference, reference_steps
+from autoaccel.techniques.base import target_limits
 
 CONFIG_FILE = "config.yaml"
 
@@ -135,7 +136,7 @@ def _prepare(
     directions = objective_directions(objectives)
     check_teacher_ratios(config.budget, target.quality.kind)
     check_adherence_limit(config.budget, target)
-    space = load_space(resolve_space_name(config)).for_target(target.capabilities, **target.limits)
+    space = load_space(resolve_space_name(config)).for_target(target.capabilities, **target_limits(target))
     check_space_fits(space, target)
     space = with_training_cap(space, config.budget.get("max_train_minutes"))
     options = {**OmegaConf.to_container(config.optimizer), "directions": directions}

@@ -18,11 +18,11 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
+from autoaccel.call_control import call_controller
 from autoaccel.errors import TechniqueError
 from autoaccel.interrupts import raise_if_cancelled
 from autoaccel.targets.conditions import CLASS, Conditions, concat_keywords
 from autoaccel.targets.denoisers import decode, predict
-from autoaccel.techniques.caching import feature_cache
 from autoaccel.techniques.solver_spec import refuse_switched_settings
 
 
@@ -135,18 +135,18 @@ class SamplerPipeline(DiffusionPipeline):
         device = sample.device
         conditions = self.active_conditions
         keywords = conditions.keywords(labels, False, device, encoded)
-        cache = feature_cache(self.denoiser)
+        controller = call_controller(self.denoiser)
+        share = controller.last_call_share if controller is not None else (lambda: 1.0)  # a cached call: a share
         if not self.guided or labels is None:
             prediction = predict(self.denoiser, sample, timestep, keywords)
-            share = cache.last_call_share() if cache is not None else 1.0  # a cached call: a share of a full one
             # a model that runs another inside some calls (a teacher on assigned steps) says how many it made
             evaluations = getattr(self.denoiser, "evaluations", None)
-            self.denoiser_calls += evaluations(timestep) if evaluations is not None else share
+            self.denoiser_calls += evaluations(timestep) if evaluations is not None else share()
             self.model_calls += 1
             return prediction
         null = conditions.keywords(labels, True, device, encoded)
         both = predict(self.denoiser, torch.cat([sample, sample]), timestep, concat_keywords(keywords, null))
-        self.denoiser_calls += 2 * (cache.last_call_share() if cache is not None else 1.0)
+        self.denoiser_calls += 2 * share()
         self.model_calls += 2
         conditional, unconditional = both.chunk(2)
         return unconditional + self.plan.guidance_scale * (conditional - unconditional)
@@ -182,10 +182,10 @@ class SamplerPipeline(DiffusionPipeline):
         if not self.plan.scheduled:
             raise TechniqueError("the pipeline has no schedule: apply a plan or recipe first")
         device = self.denoiser.device
-        cache = feature_cache(self.denoiser)
-        if cache is not None:  # a cache calibrated per schedule runs its calibration pass first, untimed
+        controller = call_controller(self.denoiser)
+        if controller is not None:  # e.g. a cache calibrated per schedule runs its calibration pass first, untimed
             self.set_schedule(device)
-            cache.prepare(self)
+            controller.prepare(self)
         timer = StageTimer(device)
         labels = class_labels.to(device) if class_labels is not None else None
         with timer("encode"):
@@ -200,7 +200,7 @@ class SamplerPipeline(DiffusionPipeline):
             scale_input = getattr(self.scheduler, "scale_model_input", None)
             self.denoiser_calls, self.model_calls = 0, 0
             # which calls reuse features is decided per call of this run
-            with cache.running(self) if cache is not None else contextlib.nullcontext():
+            with controller.running(self) if controller is not None else contextlib.nullcontext():
                 steps = len(self.scheduler.timesteps)
                 for index, timestep in enumerate(self.scheduler.timesteps):
                     raise_if_cancelled()  # an interrupted run stops here, within one step

@@ -78,7 +78,7 @@ def _run(context, config: DictConfig, log) -> Path:
     log(
         f"study {context.ledger.study_name!r} in {context.run_dir} ({done} trials already finished); "
         f"space {context.space.name} ({len(context.space.dimensions)} dimensions), "
-        f"optimizer {config.optimizer.name}, target {context.target.name} on {context.target.unet.device}"
+        f"optimizer {config.optimizer.name}, target {context.target.name} on {context.target.denoiser.device}"
     )
     trials = int(config.budget.trials)
     target = context.target

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from autoaccel.targets.layouts import family_named
+
 AUTO = "auto"
 GUIDED_ABOVE = 2.0  # a default guidance scale above this is outside the plain sampler space's range
 
@@ -31,9 +33,8 @@ def resolve_space_name(config: DictConfig) -> str:
     else:
         path = None if OmegaConf.is_missing(config.target, "path") else config.target.path
         family, guidance = folder_summary(Path(str(path))) if path else ("ddpm", 1.0)
-    if family == "flow":
-        return "flow_sampler"
-    return "guided_sampler" if guidance > GUIDED_ABOVE else "sampler"
+    schedule = family_named(family)
+    return schedule.guided_space if guidance > GUIDED_ABOVE else schedule.default_space
 
 
 def folder_summary(folder: Path) -> tuple[str, float]:

@@ -7,18 +7,15 @@ from __future__ import annotations
 from autoaccel.errors import ConfigError
 from autoaccel.space import SearchSpace
 
-FAMILY_WORDS = {"ddpm": "a DDPM-family model", "flow": "a flow-matching model"}
-FAMILY_SPACE = {"ddpm": "sampler (or guided_sampler)", "flow": "flow_sampler"}
-
 
 def check_space_fits(space: SearchSpace, target) -> None:
     """Raises ConfigError when a solver or schedule family the space names cannot run on ``target``."""
     from autoaccel.techniques.solver import solvers_for
     from autoaccel.techniques.timesteps import DDPM_FAMILIES
 
-    family = target.schedule_family
-    valid = {"solver.name": tuple(solvers_for(family))}
-    if family == "ddpm":
+    family = target.schedule
+    valid = {"solver.name": tuple(solvers_for(family.name))}
+    if not family.places_sigmas:
         valid["timesteps.family"] = DDPM_FAMILIES
     for key, allowed in valid.items():
         named = _values(space, key)
@@ -26,7 +23,7 @@ def check_space_fits(space: SearchSpace, target) -> None:
         if wrong:
             raise ConfigError(
                 f"{space.source}: {key} {', '.join(map(str, wrong))} cannot run on {target.name}, "
-                f"{FAMILY_WORDS.get(family, family)}; valid: {', '.join(allowed)} (e.g. space={FAMILY_SPACE[family]}, "
+                f"{family.words}; valid: {', '.join(allowed)} (e.g. space={family.suggested_spaces}, "
                 "or space=auto)"
             )
 

@@ -8,12 +8,17 @@ import pytest
 import torch
 import yaml
 
+from autoaccel.call_control import call_controller
 from autoaccel.errors import ConfigError, TechniqueError
 from autoaccel.targets.loader import load_pipeline_folder
-from autoaccel.techniques.cache_hooks import HOOK_METHODS
-from autoaccel.techniques.caching import CachingConfig, feature_cache
+from autoaccel.techniques.base import target_limits
+from autoaccel.techniques.caching import CachingConfig, cache_methods
+from autoaccel.techniques.caching.hooks import HookMethod
+from autoaccel.techniques.caching.method import ordered_methods
 from tests.test_caching import _cached_pipeline, _sample
 from tests.tiny_pipelines import build_tiny_pipeline
+
+HOOK_METHODS = tuple(method.name for method in ordered_methods() if isinstance(method, HookMethod))
 
 STEPS = 12
 SETTINGS = {"first_block": {}, "mag": {"interval": 3, "warmup": 2}, "taylorseer": {"interval": 3, "warmup": 0}}
@@ -55,7 +60,7 @@ def test_thresholds_come_from_the_calibration_run_at_the_plans_schedule(targets,
     for strength in (0.1, 0.9):
         pipeline = _cached_pipeline(target, CachingConfig(method, strength=strength, **settings), STEPS)
         _sample(pipeline, target)
-        cache = feature_cache(pipeline.denoiser)
+        cache = call_controller(pipeline.denoiser)
         calibration = cache.calibration(pipeline)
         assert calibration.calls == STEPS and len(calibration.first_block_changes) == STEPS - 1
         cheapest = cache.fixed_flops / cache.total_flops
@@ -78,12 +83,12 @@ def test_models_the_hook_caches_cannot_run_are_refused_and_spaces_narrow_to_what
         CachingConfig("first_block", strength=1.5)
     with pytest.raises(ConfigError, match=r"caching\.threshold=-0\.1"):
         CachingConfig("first_block", threshold=-0.1)
-    assert ddpm.cache_methods == ("none", "deep")
-    assert targets["dit"].cache_methods == ("none", "deep", *HOOK_METHODS)
+    assert cache_methods(ddpm.denoiser) == ("none", "deep")
+    assert cache_methods(targets["dit"].denoiser) == ("none", "deep", *HOOK_METHODS)
     space = load_space("cached")
-    methods = space.for_target(set(), **ddpm.limits).dimension("caching.method").choices
+    methods = space.for_target(set(), **target_limits(ddpm)).dimension("caching.method").choices
     assert methods == ("none", "deep")
-    with_hooks = load_space("cached").for_target(set(), **{**targets["dit"].limits, "cache_depth_limit": 3})
+    with_hooks = load_space("cached").for_target(set(), **{**target_limits(targets["dit"]), "cache_depth_limit": 3})
     assert with_hooks.dimension("caching.method").choices == ("none", "deep", *HOOK_METHODS)
 
 
@@ -133,4 +138,4 @@ def test_a_search_over_hook_caches_gives_recipes_that_reapply_bit_exactly(fast_o
         # the recipe records the calibration it was scored with: applying computed the same values
         recorded = section["calibration"]
         assert recorded["calls"] == len(fast.scheduler.timesteps)
-        assert recorded == feature_cache(fast.denoiser).describe(fast)
+        assert recorded == call_controller(fast.denoiser).describe(fast)

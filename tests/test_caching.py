@@ -7,11 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from autoaccel.call_control import call_controller
 from autoaccel.errors import ConfigError, TechniqueError
 from autoaccel.seeds import make_seed_batch
 from autoaccel.targets.denoisers import predict
 from autoaccel.targets.loader import load_pipeline_folder
-from autoaccel.techniques.caching import CachingConfig, apply_caching, feature_cache, full_steps
+from autoaccel.techniques.base import target_limits
+from autoaccel.techniques.caching import CachingConfig, apply_caching
+from autoaccel.techniques.caching.deep import full_steps
 from tests.tiny_pipelines import build_tiny_pipeline
 
 KINDS = ("ddpm", "sd", "dit", "pixart_alpha")
@@ -79,7 +82,7 @@ def test_cached_calls_skip_the_deep_blocks_and_count_as_their_share(targets, kin
     steps = len(pipeline.scheduler.timesteps)  # the scheduler's own: PNDM runs one more than asked
     full = sum(full_steps(steps, config))
     assert calls["deep"] == full * len(_deep_blocks(target.denoiser))  # deep blocks ran on full calls only
-    share = feature_cache(pipeline.denoiser).cached_share
+    share = call_controller(pipeline.denoiser).cached_share
     assert 0 < share < 1
     per_call = 2 if pipeline.guided else 1
     assert pipeline.model_calls == steps * per_call
@@ -96,7 +99,7 @@ def test_a_cached_call_on_the_full_calls_inputs_gives_its_output(targets, kind):
     recomputes the same values around it (to rounding, where a residual is added back)."""
     target = targets[kind]
     pipeline = _cached_pipeline(target, CachingConfig("deep", depth=_depth(target), interval=2))
-    cache = feature_cache(pipeline.denoiser)
+    cache = call_controller(pipeline.denoiser)
     sample = torch.randn((2, *target.sample_shape), generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([0, 1]) if target.condition_count is not None else None
     keywords = target.conditions.keywords(labels, False, "cpu")
@@ -129,7 +132,7 @@ def test_bad_settings_and_models_it_cannot_cache_are_refused(targets):
         _cached_pipeline(targets["sd3"], CachingConfig("deep", depth=0))
     untouched = targets["ddpm"].make_pipeline()
     apply_caching(untouched, CachingConfig("deep", interval=1), targets["ddpm"])  # every call full: nothing to do
-    assert feature_cache(untouched.denoiser) is None
+    assert call_controller(untouched.denoiser) is None
 
 
 def test_a_shared_space_narrows_caching_depth_to_each_model(targets):
@@ -137,9 +140,9 @@ def test_a_shared_space_narrows_caching_depth_to_each_model(targets):
 
     space = load_space("cached")
     assert space.dimension("caching.depth").high == 3
-    assert space.for_target(set(), **targets["ddpm"].limits).dimension("caching.depth").high == 1  # 2 levels
+    assert space.for_target(set(), **target_limits(targets["ddpm"])).dimension("caching.depth").high == 1  # 2 levels
     with pytest.raises(ConfigError, match=r"caching\.depth.*cache_depth_limit=0"):
-        space.for_target(set(), **targets["dit"].limits)  # 2 blocks: only depth 0, below the space's low
+        space.for_target(set(), **target_limits(targets["dit"]))  # 2 blocks: only depth 0, below the space's low
 
 
 SMALL_CACHED_SPACE = """
@@ -184,7 +187,7 @@ def test_a_cached_search_measures_cached_plans_and_their_recipes_reapply_bit_exa
     for trial in cached["trial"]:
         fast = apply_recipe(DDPMPipeline.from_pretrained(tiny_pipeline_dir), _recipe_of(context, int(trial)))
         scored = context.evaluator.configured_pipeline(_candidate(context, int(trial)))
-        assert feature_cache(fast.denoiser) is not None
+        assert call_controller(fast.denoiser) is not None
         assert torch.equal(sample_in_chunks(fast, seeds, 48), sample_in_chunks(scored, seeds, 48))
 
 

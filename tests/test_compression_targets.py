@@ -15,7 +15,7 @@ from autoaccel.distill import recovery
 from autoaccel.errors import TechniqueError
 from autoaccel.seeds import make_seed_batch
 from autoaccel.targets.base import hash_weights
-from autoaccel.targets.denoisers import block_names
+from autoaccel.targets.layouts import layout_of
 from autoaccel.targets.loader import load_pipeline_folder
 from autoaccel.techniques import pruning
 from autoaccel.techniques.calibration import replay, trajectory_calls
@@ -204,7 +204,7 @@ def test_quantization_groups_follow_the_blocks_and_images_stay_close(targets, ki
     plan = quantized.autoaccel_quantization
     groups = set(plan.group_bits) - {TIME_GROUP}
     if kind in TRANSFORMERS:
-        assert set(block_names(target.denoiser)) <= groups
+        assert set(layout_of(target.denoiser).block_names(target.denoiser)) <= groups
         assert not any(group.startswith("transformer_blocks.") and group.count(".") > 1 for group in groups)
         assert any(".emb." in name or name.startswith(("time_text_embed", "adaln_single")) for name in plan.layer_bits)
     else:

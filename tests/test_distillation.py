@@ -469,7 +469,7 @@ def _train_in_a_fresh_process(method: str, config, tiny_target):
 
     forget_students()
     if method == "recovery":
-        return prune_unet(tiny_target.unet, config, tiny_target)
+        return prune_unet(tiny_target.denoiser, config, tiny_target)
     return distilled_model(tiny_target.make_pipeline(), config, tiny_target)[0]
 
 

@@ -39,7 +39,7 @@ def _quantized_pipeline(target: Target) -> SamplerPipeline:
     """A pipeline whose unet carries an 8-bit weight and activation plan (Linear layers get int8 kernels)."""
     pipeline = _pipeline(target)
     config = QuantizationConfig(weight_bits=8, activation_bits=8, calibration_samples=4)
-    pipeline.unet = quantize_unet(target.unet, config, target)
+    pipeline.unet = quantize_unet(target.denoiser, config, target)
     return pipeline
 
 
@@ -157,5 +157,5 @@ def test_a_float_model_is_timed_as_it_is(cpu_target):
     pipeline = _pipeline(cpu_target)
     assert kernel_key(pipeline.unet) == ""
     with deployment_kernels(pipeline) as choice:
-        assert pipeline.unet is cpu_target.unet
+        assert pipeline.unet is cpu_target.denoiser
     assert choice.label == FLOAT

@@ -30,27 +30,27 @@ def _inputs(unet):
 
 @pytest.mark.parametrize("importance", ["magnitude", "taylor", "random"])
 def test_pruning_removes_channels_and_leaves_the_original_alone(tiny_target, importance):
-    before = hash_weights(tiny_target.unet)
-    pruned = prune_unet(tiny_target.unet, PruningConfig(ratio=0.5, importance=importance), tiny_target)
-    assert _parameters(pruned) < 0.8 * _parameters(tiny_target.unet)
+    before = hash_weights(tiny_target.denoiser)
+    pruned = prune_unet(tiny_target.denoiser, PruningConfig(ratio=0.5, importance=importance), tiny_target)
+    assert _parameters(pruned) < 0.8 * _parameters(tiny_target.denoiser)
     sample, timestep, labels = _inputs(pruned)
     assert pruned(sample, timestep, class_labels=labels).sample.shape == sample.shape
-    assert hash_weights(tiny_target.unet) == before
+    assert hash_weights(tiny_target.denoiser) == before
 
 
 def test_pruning_is_deterministic(tiny_target):
     config = PruningConfig(ratio=0.4, importance="taylor", recovery_steps=5)
-    first = prune_unet(tiny_target.unet, config, tiny_target)
-    second = prune_unet(tiny_target.unet, config, tiny_target)
+    first = prune_unet(tiny_target.denoiser, config, tiny_target)
+    second = prune_unet(tiny_target.denoiser, config, tiny_target)
     assert hash_weights(first) == hash_weights(second)
 
 
 def test_recovery_pulls_the_pruned_model_towards_the_teacher(tiny_target):
-    sample, timestep, labels = _inputs(tiny_target.unet)
-    wanted = tiny_target.unet(sample, timestep, class_labels=labels).sample
+    sample, timestep, labels = _inputs(tiny_target.denoiser)
+    wanted = tiny_target.denoiser(sample, timestep, class_labels=labels).sample
     errors = {}
     for steps in (0, 40):
-        pruned = prune_unet(tiny_target.unet, PruningConfig(ratio=0.5, recovery_steps=steps), tiny_target)
+        pruned = prune_unet(tiny_target.denoiser, PruningConfig(ratio=0.5, recovery_steps=steps), tiny_target)
         errors[steps] = (pruned(sample, timestep, class_labels=labels).sample - wanted).pow(2).mean().item()
     assert errors[40] < errors[0]
 

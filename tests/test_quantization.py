@@ -56,15 +56,15 @@ def test_weights_land_on_a_symmetric_grid_per_output_channel(bits):
 
 
 def test_error_grows_as_bits_shrink_and_the_original_is_untouched(tiny_target):
-    before = hash_weights(tiny_target.unet)
+    before = hash_weights(tiny_target.denoiser)
     inputs = trajectory_inputs(tiny_target, 8, 0)
-    reference = replay(tiny_target.unet, inputs)
+    reference = replay(tiny_target.denoiser, inputs)
     errors = [
-        _error(quantize_unet(tiny_target.unet, QuantizationConfig(bits), tiny_target), reference, inputs)
+        _error(quantize_unet(tiny_target.denoiser, QuantizationConfig(bits), tiny_target), reference, inputs)
         for bits in (8, 4, 2)
     ]
     assert 0 < errors[0] < errors[1] < errors[2]
-    assert hash_weights(tiny_target.unet) == before
+    assert hash_weights(tiny_target.denoiser) == before
 
 
 def test_calibration_inputs_cover_the_whole_schedule(tiny_target):
@@ -78,7 +78,7 @@ def test_calibration_inputs_cover_the_whole_schedule(tiny_target):
 
 
 def test_model_bytes_are_the_plans_bits_plus_scales(tiny_target):
-    unet = tiny_target.unet
+    unet = tiny_target.denoiser
     assert model_bytes(unet) == sum(parameter.numel() * 4 for parameter in unet.parameters())
     quantized = quantize_unet(unet, QuantizationConfig(weight_bits=4, time_bits=8), tiny_target)
     modules = dict(quantized.named_modules())
@@ -97,17 +97,17 @@ def test_model_bytes_are_the_plans_bits_plus_scales(tiny_target):
 
 def test_the_sensitivity_pass_sends_the_least_sensitive_groups_low(digits_target):
     config = QuantizationConfig(weight_bits=8, low_bits=2, low_fraction=0.5, calibration_samples=16)
-    plan = quantize_unet(digits_target.unet, config, digits_target).autoaccel_quantization
+    plan = quantize_unet(digits_target.denoiser, config, digits_target).autoaccel_quantization
     low = [group for group, bits in plan.group_bits.items() if bits == 2]
     high = [group for group, bits in plan.group_bits.items() if bits == 8 and group != TIME_GROUP]
     assert low and high and plan.group_bits[TIME_GROUP] == 8
     assert max(plan.sensitivity[group] for group in low) < max(plan.sensitivity[group] for group in high)
     # the measured order matters: sending the same share of the most sensitive groups low is worse
     inputs = trajectory_inputs(digits_target, 16, 0)
-    reference = replay(digits_target.unet, inputs)
-    chosen = quantize_unet(digits_target.unet, config, digits_target)
+    reference = replay(digits_target.denoiser, inputs)
+    chosen = quantize_unet(digits_target.denoiser, config, digits_target)
     reversed_plan = quantize_unet(
-        digits_target.unet, QuantizationConfig(weight_bits=8, calibration_samples=16), digits_target
+        digits_target.denoiser, QuantizationConfig(weight_bits=8, calibration_samples=16), digits_target
     )
     modules = dict(reversed_plan.named_modules())
     worst_first = sorted(plan.sensitivity, key=plan.sensitivity.get, reverse=True)[: len(low)]
@@ -118,9 +118,9 @@ def test_the_sensitivity_pass_sends_the_least_sensitive_groups_low(digits_target
 
 
 def test_low_fraction_extremes(tiny_target):
-    none_low = quantize_unet(tiny_target.unet, QuantizationConfig(6, low_bits=3, low_fraction=0.0), tiny_target)
+    none_low = quantize_unet(tiny_target.denoiser, QuantizationConfig(6, low_bits=3, low_fraction=0.0), tiny_target)
     assert set(none_low.autoaccel_quantization.group_bits.values()) <= {6, 8}
-    all_low = quantize_unet(tiny_target.unet, QuantizationConfig(6, low_bits=3, low_fraction=1.0), tiny_target)
+    all_low = quantize_unet(tiny_target.denoiser, QuantizationConfig(6, low_bits=3, low_fraction=1.0), tiny_target)
     bits = all_low.autoaccel_quantization.group_bits
     assert {bits[group] for group in bits if group != TIME_GROUP} == {3} and bits[TIME_GROUP] == 8
 
@@ -129,8 +129,8 @@ def test_activation_quantization_is_calibrated_and_switched_off_for_float_timing
     from autoaccel.measure.kernels import NOT_MEASURED, deployment_kernels
 
     inputs = trajectory_inputs(tiny_target, 8, 0)
-    weights_only = quantize_unet(tiny_target.unet, QuantizationConfig(8), tiny_target)
-    with_activations = quantize_unet(tiny_target.unet, QuantizationConfig(8, activation_bits=8), tiny_target)
+    weights_only = quantize_unet(tiny_target.denoiser, QuantizationConfig(8), tiny_target)
+    with_activations = quantize_unet(tiny_target.denoiser, QuantizationConfig(8, activation_bits=8), tiny_target)
     plan = with_activations.autoaccel_quantization
     assert plan.activation_ranges and all(low <= high for low, high in plan.activation_ranges.values())
     assert not any(name.startswith("time_embedding") for name in plan.activation_ranges)
@@ -146,7 +146,7 @@ def test_activation_quantization_is_calibrated_and_switched_off_for_float_timing
 def test_pruning_refuses_an_already_quantized_model(tiny_target):
     from autoaccel.techniques.pruning import PruningConfig, prune_unet
 
-    quantized = quantize_unet(tiny_target.unet, QuantizationConfig(8), tiny_target)
+    quantized = quantize_unet(tiny_target.denoiser, QuantizationConfig(8), tiny_target)
     with pytest.raises(TechniqueError, match="before quantization"):
         prune_unet(quantized, PruningConfig(ratio=0.3), tiny_target)
 

@@ -207,7 +207,7 @@ def test_apply_recipe_without_check_runs_the_recipe(tiny_target, tmp_path):
     recipe["base_model"]["content_hash"] = "f" * 64
     fast = apply_recipe(tiny_target, _write(tmp_path, recipe), check_model=False)
     assert isinstance(fast, SamplerPipeline)
-    assert fast.unet is tiny_target.unet  # shared, not copied
+    assert fast.unet is tiny_target.denoiser  # shared, not copied
     assert type(fast.scheduler).__name__ == "UniPCMultistepScheduler"
     assert fast.plan.timesteps == [99, 70, 40, 12]
     assert (fast.plan.guidance_scale, fast.plan.null_class) == (1.0, 3)
@@ -221,7 +221,7 @@ def test_applied_recipe_reproduces_the_plan(tiny_target, tmp_path):
     noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(3))
     labels = torch.tensor([0, 2])
     direct = SamplerPipeline(
-        denoiser=tiny_target.unet,
+        denoiser=tiny_target.denoiser,
         scheduler=build_scheduler(SolverConfig(name="unipc", order=2), tiny_target.scheduler_config),
     )
     direct.plan.timesteps, direct.plan.guidance_scale, direct.plan.null_class = [99, 70, 40, 12], 1.5, 3

@@ -165,7 +165,7 @@ def test_nan_images_fail_the_trial_with_the_reason(fast_overrides):
 
     context = prepare_run(compose_config([*fast_overrides, "budget.trials=1"]))
     with torch.no_grad():
-        context.target.unet.conv_out.bias.fill_(float("nan"))
+        context.target.denoiser.conv_out.bias.fill_(float("nan"))
     params = context.space.complete(
         {"timesteps.steps": 3, "timesteps.family": "uniform_trailing", "solver.name": "ddim", "solver.guidance": 1.0}
     )

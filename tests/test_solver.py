@@ -171,8 +171,8 @@ def test_count_only_schedulers_reproduce_their_native_output(
     native_timesteps = [int(step) for step in native.timesteps]
     assert len(native_timesteps) == steps
     noise, labels = noise_and_labels
-    expected = _native_loop(tiny_target.unet, native, noise, labels)
-    ours = _ours(tiny_target.unet, scheduler_class.from_config(config), native_timesteps, noise, labels)
+    expected = _native_loop(tiny_target.denoiser, native, noise, labels)
+    ours = _ours(tiny_target.denoiser, scheduler_class.from_config(config), native_timesteps, noise, labels)
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
 
 
@@ -188,12 +188,12 @@ def test_count_only_schedulers_run_timesteps_they_would_not_pick_themselves(
     native.set_timesteps(steps)
     wanted = [int(step) for step in native.timesteps]
     noise, labels = noise_and_labels
-    expected = _native_loop(tiny_target.unet, native, noise, labels)
+    expected = _native_loop(tiny_target.denoiser, native, noise, labels)
     ours_scheduler = scheduler_class.from_config({**base_config, "timestep_spacing": "trailing"})
     ours_scheduler.set_timesteps(steps)
     assert [int(step) for step in ours_scheduler.timesteps] != wanted  # really a different schedule
     ours = _ours(
-        tiny_target.unet,
+        tiny_target.denoiser,
         scheduler_class.from_config({**base_config, "timestep_spacing": "trailing"}),
         wanted,
         noise,
@@ -215,8 +215,8 @@ def test_dpmsolver_multistep_reproduces_its_native_output(
     step_options = {}
     if variant == "sde":  # the SDE variant draws noise at each step: the same seed on both sides
         step_options = {"generator": torch.Generator().manual_seed(7)}
-    expected = _native_loop(tiny_target.unet, native, noise, labels, **step_options)
-    pipeline = SamplerPipeline(denoiser=tiny_target.unet, scheduler=scheduler)
+    expected = _native_loop(tiny_target.denoiser, native, noise, labels, **step_options)
+    pipeline = SamplerPipeline(denoiser=tiny_target.denoiser, scheduler=scheduler)
     pipeline.plan.timesteps = [int(step) for step in native.timesteps]
     ours = pipeline(noise, labels, generator=torch.Generator().manual_seed(7)).images
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
@@ -264,9 +264,9 @@ def test_ddim_solver_matches_diffusers_ddim(steps, tiny_target, base_config, noi
     )
     reference.set_timesteps(steps)
     noise, labels = noise_and_labels
-    expected = _native_loop(tiny_target.unet, reference, noise, labels, eta=0.0)
+    expected = _native_loop(tiny_target.denoiser, reference, noise, labels, eta=0.0)
     scheduler = build_scheduler(SolverConfig(name="ddim"), base_config)
-    ours = _ours(tiny_target.unet, scheduler, reference.timesteps.tolist(), noise, labels)
+    ours = _ours(tiny_target.denoiser, scheduler, reference.timesteps.tolist(), noise, labels)
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
 
 
@@ -274,7 +274,7 @@ def test_ddim_solver_matches_diffusers_ddim(steps, tiny_target, base_config, noi
 
 
 def test_pipeline_without_timesteps_is_a_technique_error(tiny_target, noise_and_labels):
-    pipeline = SamplerPipeline(denoiser=tiny_target.unet, scheduler=build_scheduler(SolverConfig(), {}))
+    pipeline = SamplerPipeline(denoiser=tiny_target.denoiser, scheduler=build_scheduler(SolverConfig(), {}))
     with pytest.raises(TechniqueError, match="no schedule"):
         pipeline(*noise_and_labels)
 
@@ -288,7 +288,7 @@ def test_guidance_combines_conditional_and_null_predictions(tiny_target, base_co
     reference = build_scheduler(SolverConfig(name="ddim"), base_config)
     set_exact_timesteps(reference, timesteps)
     sample = noise.clone()
-    unet = tiny_target.unet
+    unet = tiny_target.denoiser
     with torch.no_grad():
         for timestep in reference.timesteps:
             conditional = unet(sample, timestep, class_labels=labels).sample
@@ -312,7 +312,7 @@ def test_guidance_combines_conditional_and_null_predictions(tiny_target, base_co
 
 def test_pipeline_is_repeatable(tiny_target, base_config, noise_and_labels):
     pipeline = SamplerPipeline(
-        denoiser=tiny_target.unet, scheduler=build_scheduler(SolverConfig(name="unipc", order=3), base_config)
+        denoiser=tiny_target.denoiser, scheduler=build_scheduler(SolverConfig(name="unipc", order=3), base_config)
     )
     pipeline.plan.timesteps = [95, 70, 41, 17, 3]
     first = pipeline(*noise_and_labels).images

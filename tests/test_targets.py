@@ -124,13 +124,13 @@ def test_tiny_class_conditional_folder(tiny_folder):
     assert target.scheduler_config["num_train_timesteps"] == 100
     assert target.num_train_timesteps == 100
     assert target.sample_shape == (1, 8, 8)
-    assert target.content_hash == hash_weights(target.unet)
+    assert target.content_hash == hash_weights(target.denoiser)
     assert target.quality.extractor == GENERIC_EXTRACTOR
     assert target.real_images is None
-    assert not target.unet.training
-    assert not any(parameter.requires_grad for parameter in target.unet.parameters())
+    assert not target.denoiser.training
+    assert not any(parameter.requires_grad for parameter in target.denoiser.parameters())
     pipeline = target.make_pipeline()
-    assert pipeline.unet is target.unet
+    assert pipeline.unet is target.denoiser
     assert type(pipeline.scheduler).__name__ == "DDPMScheduler"
     assert pipeline.plan.null_class == 3
 
@@ -153,13 +153,13 @@ def test_null_class_without_num_classes_counts_the_other_embeddings(tiny_folder,
 def test_hash_is_stable_across_loads_and_tracks_every_weight(tiny_folder, tmp_path):
     first = load_pipeline_folder(tiny_folder)
     second = load_pipeline_folder(tiny_folder)
-    assert first.unet is not second.unet
-    assert first.content_hash == second.content_hash == hash_weights(second.unet)
+    assert first.denoiser is not second.denoiser
+    assert first.content_hash == second.content_hash == hash_weights(second.denoiser)
     assert len(first.content_hash) == 64
     with torch.no_grad():
-        parameter = dict(second.unet.named_parameters())["conv_out.bias"]
+        parameter = dict(second.denoiser.named_parameters())["conv_out.bias"]
         parameter[0] += 1e-3
-    assert hash_weights(second.unet) != first.content_hash
+    assert hash_weights(second.denoiser) != first.content_hash
     with torch.no_grad():
         parameter[0] -= 1e-3
     # a model saved with other weights (another seed) hashes differently

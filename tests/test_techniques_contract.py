@@ -226,7 +226,7 @@ def _hook_count(module: torch.nn.Module) -> int:
 
 @pytest.mark.parametrize("technique", TECHNIQUES, ids=by_name)
 def test_it_leaves_the_targets_own_model_untouched(technique, target, tmp_path):
-    unet = target.unet
+    unet = target.denoiser
     weights = {name: tensor.clone() for name, tensor in unet.state_dict().items()}
     weights_hash, hooks = hash_weights(unet), _hook_count(unet)
     scheduler_config = dict(target.scheduler_config)
@@ -234,7 +234,7 @@ def test_it_leaves_the_targets_own_model_untouched(technique, target, tmp_path):
     pipeline, _ = configured(target, plan_params(technique.name), tmp_path)
     images(pipeline, target)
 
-    assert target.unet is unet
+    assert target.denoiser is unet
     assert unet.state_dict().keys() == weights.keys()
     assert all(torch.equal(unet.state_dict()[name], tensor) for name, tensor in weights.items())
     assert hash_weights(unet) == weights_hash == target.content_hash

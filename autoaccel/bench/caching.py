@@ -22,6 +22,9 @@ from omegaconf import DictConfig
 from autoaccel.bench import mean_std, score_on_seed_sets, search_front, seed_set_evaluators
 from autoaccel.candidate import Candidate
 from autoaccel.space import load_space, parse_space
+from autoaccel.techniques.caching import cache_methods
+from autoaccel.techniques.caching.deep import depth_limit
+from autoaccel.techniques.caching.method import CACHE_METHODS
 
 INERT_BELOW = 1.05  # a default-knob row faster than uncached by less than this saves nothing worth having
 BROKEN_ABOVE = 1.5  # and one whose FID is past this multiple of the uncached one's is broken
@@ -54,23 +57,11 @@ def cached(params: dict, depth: int, interval: int, warmup: int) -> dict:
     }
 
 
-def knob_grid(config: DictConfig, depth_limit: int) -> list[tuple[int, int, int]]:
-    """(depth, interval, warmup) combinations tried for the deep cache, depths cut to what the model takes."""
-    settings = config.bench.caching
-    depths = sorted({min(int(depth), depth_limit) for depth in settings.depths if depth_limit >= 0})
-    return [
-        (depth, int(interval), int(warmup))
-        for depth in depths
-        for interval in settings.intervals
-        for warmup in settings.warmups
-    ]
-
-
 def methods_compared(config: DictConfig, target) -> list[str]:
     """The cache methods the benchmark compares: ``bench.caching.methods``, or every one the model takes."""
     from autoaccel.errors import ConfigError
 
-    available = [method for method in target.cache_methods if method != "none"]
+    available = [method for method in cache_methods(target.denoiser) if method != "none"]
     wanted = [str(method) for method in config.bench.caching.methods]
     if wanted == ["auto"]:
         return available
@@ -84,52 +75,13 @@ def methods_compared(config: DictConfig, target) -> list[str]:
 
 
 def method_grid(config: DictConfig, method: str, depth_limit: int) -> list[dict]:
-    """The ``caching.*`` settings tried for ``method`` when calibrating it."""
-    settings = config.bench.caching
-    if method == "deep":
-        return [cached({}, depth, interval, warmup) for depth, interval, warmup in knob_grid(config, depth_limit)]
-    knobs = {
-        "first_block": [{"caching.strength": float(strength)} for strength in settings.strengths],
-        "mag": [
-            {"caching.strength": float(strength), "caching.interval": int(interval)}
-            for strength in settings.strengths
-            for interval in settings.intervals
-        ],
-        "taylorseer": [
-            {"caching.interval": int(interval), "caching.warmup": int(warmup), "caching.taylor_order": int(order)}
-            for interval in settings.intervals
-            for warmup in settings.warmups
-            for order in settings.taylor_orders
-        ],
-        "pab": [
-            {"caching.interval": int(interval), "caching.warmup": int(warmup)}
-            for interval in settings.intervals
-            for warmup in settings.warmups
-        ],
-    }[method]
-    return [{"caching.method": method, **settings_of} for settings_of in knobs]
+    """The ``caching.*`` settings tried for ``method`` when calibrating it (the method's own benchmark grid)."""
+    return CACHE_METHODS[method].bench_grid(config.bench.caching, depth_limit)
 
 
 def default_knobs(method: str, timesteps: list[float], depth_limit: int = 1) -> tuple[str, dict]:
-    """The method's published defaults, as a row label and ``caching.*`` settings (MagCache's retention and
-    PAB's timestep window placed on this schedule; the shallowest deep branch the model takes)."""
-    if method == "deep":
-        depth = min(1, depth_limit)
-        return f"default knobs (interval 3, depth {depth})", cached({}, depth, 3, 0)
-    if method == "first_block":
-        return "FirstBlockCache default (threshold 0.05)", {"caching.method": method, "caching.threshold": 0.05}
-    if method == "mag":
-        warmup = int(0.2 * len(timesteps) + 0.5)
-        label = "MagCache default (threshold 0.06, at most 3 cached in a row, first 20% full)"
-        knobs = {"caching.threshold": 0.06, "caching.interval": 4, "caching.warmup": warmup}
-        return label, {"caching.method": method, **knobs}
-    if method == "taylorseer":
-        label = "TaylorSeer default (order 1, a full step every 5 after 3)"
-        return label, {"caching.method": method, "caching.interval": 5, "caching.warmup": 3, "caching.taylor_order": 1}
-    warmup = sum(1 for step in timesteps if step >= 800)
-    tail = sum(1 for step in timesteps if step <= 100)
-    label = "PAB default (attention reused every 2nd call at timesteps in (100, 800))"
-    return label, {"caching.method": method, "caching.interval": 2, "caching.warmup": warmup, "caching.tail": tail}
+    """The method's published defaults, as a row label and ``caching.*`` settings."""
+    return CACHE_METHODS[method].published_defaults(timesteps, depth_limit)
 
 
 def schedule_of(evaluator, params: dict) -> list[float]:
@@ -194,7 +146,7 @@ def run_caching_benchmark(config: DictConfig, log=print) -> Path:
     search_seed.share_caches(evaluators[0])
     settings = config.bench.caching
     methods = methods_compared(config, target)
-    grids = {method: method_grid(config, method, target.cache_depth_limit) for method in methods}
+    grids = {method: method_grid(config, method, depth_limit(target.denoiser)) for method in methods}
     rows: list[tuple[int, list[tuple[str, dict]]]] = []
     calibrations: dict[int, list] = {}
     for steps in settings.steps:
@@ -204,7 +156,7 @@ def run_caching_benchmark(config: DictConfig, log=print) -> Path:
         timesteps = schedule_of(evaluators[0], base)
         group = [("uncached", score_on_seed_sets(evaluators, base))]
         for method in methods:
-            label, knobs = default_knobs(method, timesteps, target.cache_depth_limit)
+            label, knobs = default_knobs(method, timesteps, depth_limit(target.denoiser))
             group.append((label, score_on_seed_sets(evaluators, {**base, **knobs})))
             if chosen.get(method) is not None:
                 entry = score_on_seed_sets(evaluators, chosen[method])
@@ -348,17 +300,17 @@ def write_caching_table(config, bench_dir: Path, target, rows, calibrations, fro
         f"whose FID on the search seed ({config.quality.seed}) stays within {settings.quality_ratio}x of the "
         "uncached plan's there; the seed sets above never took part in the choice. Grids: "
         + "; ".join(
-            f"{method} {len(method_grid(config, method, target.cache_depth_limit))} combinations"
+            f"{method} {len(method_grid(config, method, depth_limit(target.denoiser)))} combinations"
             for method in methods_compared(config, target)
         )
         + f" (intervals {list(settings.intervals)}, depths {list(settings.depths)} cut to the model's "
-        f"{target.cache_depth_limit}, warm-ups {list(settings.warmups)}, threshold quantiles "
+        f"{depth_limit(target.denoiser)}, warm-ups {list(settings.warmups)}, threshold quantiles "
         f"{list(settings.strengths)}, TaylorSeer orders {list(settings.taylor_orders)}). A threshold quantile is "
         "taken of what one uncached run of the plan's schedule on calibration seeds recorded (FirstBlockCache: the "
         "first block's relative residual change per call; MagCache: the per-call error of the residual's magnitude "
         "ratio). Default knobs are the library's published defaults: "
         + "; ".join(
-            default_knobs(method, [], target.cache_depth_limit)[0] for method in methods_compared(config, target)
+            default_knobs(method, [], depth_limit(target.denoiser))[0] for method in methods_compared(config, target)
         )
         + ".",
         "",

@@ -20,6 +20,7 @@ from autoaccel.bench import mean_std
 from autoaccel.candidate import Candidate
 from autoaccel.loop import standard_configurations
 from autoaccel.resources import resource_dir
+from autoaccel.techniques.base import target_limits
 
 FID_RATIO = 1.25  # the quality budget of the fastest-plan search: times the default call's FID
 ADHERENCE_POINTS = 2.0  # how far below the default call's adherence a found plan may be, in percentage points
@@ -109,7 +110,7 @@ def run_default_call_benchmark(config: DictConfig, log=print) -> Path:
         steps = max(1, int(nfe) // calls)
         log(f"== {target.name} NFE {nfe} ({steps} steps): searching ({config.bench.trials} trials)")
         space = pinned_space(space_name, steps, runs_dir / "spaces")
-        pinned = load_space(str(space)).for_target(target.capabilities, **target.limits)
+        pinned = load_space(str(space)).for_target(target.capabilities, **target_limits(target))
         standards = standard_configurations(pinned, [steps], guidance, target.schedule_family)
         plans += [(label, pinned.complete(params)) for label, params in standards]
         run = _search(config, runs_dir, f"bench-nfe{nfe}", space, [f"budget.warm_start_steps=[{steps}]"], log)
@@ -126,7 +127,7 @@ def run_default_call_benchmark(config: DictConfig, log=print) -> Path:
     else:
         log(f"== {target.name} has no real data (target.data): no FID-ratio search, only fixed-NFE ones")
 
-    space = load_space(space_name).for_target(target.capabilities, **target.limits)
+    space = load_space(space_name).for_target(target.capabilities, **target_limits(target))
     plans += [(label, params) for label, (_, params) in found.items()]
     rows: dict[str, dict] = {"default call": {"metrics": [], "details": None}}
     cost_cache: dict = {}

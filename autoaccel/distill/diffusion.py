@@ -19,7 +19,7 @@ def alphas_cumprod(target) -> torch.Tensor:
     """The target's ``alphas_cumprod`` (float64), from its own saved scheduler config."""
     from diffusers import DDPMScheduler
 
-    if target.schedule_family != "ddpm":
+    if not target.schedule.distillable:
         raise TechniqueError(
             f"distillation runs on DDPM-family models (epsilon or v prediction); {target.name} is a flow-matching model"
         )

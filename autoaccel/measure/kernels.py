@@ -114,7 +114,7 @@ def deployment_kernels(pipeline, real_kernels: bool = True) -> Iterator[KernelCh
     the activation fake-quant is off either way (it is a simulation, not a cost), and on CUDA with torchao the
     unet is a copy running real quantized kernels (unless ``real_kernels`` is False: the plan on float
     kernels, which ``bench.kernels`` times beside it)."""
-    unet = pipeline.unet
+    unet = pipeline.denoiser
     plan = quantization_plan(unet)
     choice = kernel_choice(unet) if real_kernels else KernelChoice(f"{FLOAT} kernels", NOT_MEASURED)
     if plan is None:
@@ -122,9 +122,9 @@ def deployment_kernels(pipeline, real_kernels: bool = True) -> Iterator[KernelCh
         return
     plan.activations_enabled = False
     if real_kernels and _uses_real_kernels(unet):
-        pipeline.unet = real_quantized_copy(unet)
+        pipeline.denoiser = real_quantized_copy(unet)
     try:
         yield choice
     finally:
-        pipeline.unet = unet
+        pipeline.denoiser = unet
         plan.activations_enabled = True

@@ -11,7 +11,8 @@ import torch
 
 from autoaccel.sampling import SamplerPipeline
 from autoaccel.targets.conditions import CLASS, NONE, Conditions
-from autoaccel.targets.denoisers import sample_shape, schedule_family
+from autoaccel.targets.denoisers import sample_shape
+from autoaccel.targets.layouts import ScheduleFamily, schedule_family_of
 
 
 @dataclass
@@ -46,7 +47,7 @@ class Target:
 
     ``denoiser`` is the network every step calls (a UNet or a transformer), ``vae`` decodes its latents (None
     for a pixel-space model), ``conditions`` what each image is conditioned on, ``schedule_family`` the time
-    variable of its scheduler (``ddpm`` or ``flow``). ``unet`` is another name for ``denoiser``.
+    variable of its scheduler (``ddpm`` or ``flow``; ``schedule`` is its ``ScheduleFamily``).
     """
 
     name: str
@@ -69,14 +70,6 @@ class Target:
     metadata: dict = field(default_factory=dict)
 
     @property
-    def unet(self) -> torch.nn.Module:
-        return self.denoiser
-
-    @unet.setter
-    def unet(self, module: torch.nn.Module) -> None:
-        self.denoiser = module
-
-    @property
     def num_classes(self) -> int | None:
         """Class-conditional models: the number of classes (without the null class)."""
         return self.conditions.count if self.conditions.kind == CLASS else None
@@ -96,41 +89,29 @@ class Target:
         return sample_shape(self.denoiser)
 
     @property
+    def schedule(self) -> ScheduleFamily:
+        """The time variable of the model's scheduler, and what follows from it."""
+        return schedule_family_of({"_class_name": self.scheduler_class, **self.scheduler_config})
+
+    @property
     def schedule_family(self) -> str:
-        return schedule_family({"_class_name": self.scheduler_class, **self.scheduler_config})
+        return self.schedule.name
 
     @property
     def num_train_timesteps(self) -> int:
         return int(self.scheduler_config.get("num_train_timesteps", 1000))
 
     @property
-    def cache_depth_limit(self) -> int:
-        """The deepest ``caching.depth`` the denoiser takes (-1: none)."""
-        from autoaccel.techniques.caching import depth_limit
-
-        return depth_limit(self.denoiser)
-
-    @property
-    def cache_methods(self) -> tuple[str, ...]:
-        """The ``caching.method`` values the denoiser takes."""
-        from autoaccel.techniques.caching import cache_methods
-
-        return cache_methods(self.denoiser)
-
-    @property
     def limits(self) -> dict[str, int | tuple]:
-        """What bounds a space's settings for this model (``ParamSpec.target_limit`` names them)."""
-        return {
-            "num_train_timesteps": self.num_train_timesteps,
-            "cache_depth_limit": self.cache_depth_limit,
-            "cache_methods": self.cache_methods,
-        }
+        """What the model itself bounds in a space (``ParamSpec.target_limit`` names them); techniques add the
+        limits they read off the denoiser's layout (``autoaccel.techniques.base.target_limits``)."""
+        return {"num_train_timesteps": self.num_train_timesteps}
 
     @property
     def capabilities(self) -> set[str]:
         """What dimensions may ``require``: ``guidance`` (a null condition), ``distillation`` (DDPM family)."""
         found = {"guidance"} if self.conditions.guidable else set()
-        return found | ({"distillation"} if self.schedule_family == "ddpm" else set())
+        return found | ({"distillation"} if self.schedule.distillable else set())
 
     @property
     def reference_call(self) -> DefaultCall:

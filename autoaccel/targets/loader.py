@@ -15,7 +15,7 @@ from autoaccel.measure.features import GENERIC_EXTRACTOR
 from autoaccel.schedulers import MAX_INFERENCE_STEPS, build_scheduler_from, model_schedulers, scheduler_class
 from autoaccel.targets.base import DefaultCall, QualityReference, Target, hash_weights
 from autoaccel.targets.conditions import CLASS, PROMPT, Conditions
-from autoaccel.targets.denoisers import DENOISERS, VAE_SCALE
+from autoaccel.targets.layouts import LAYOUTS, VAE_SCALE, pipeline_denoiser
 
 SUPPORTED_PIPELINES = {
     # pipeline class -> how its images are conditioned (autoaccel.targets.conditions)
@@ -108,10 +108,10 @@ def _folder_pipeline_class(folder: Path, path) -> str:
     index = _read_json(index_path)
     role = "transformer" if "transformer" in index else "unet"
     entry = index.get(role)
-    if not isinstance(entry, list) or not entry or entry[-1] not in DENOISERS:
+    if not isinstance(entry, list) or not entry or entry[-1] not in LAYOUTS:
         raise TargetError(
             f"target.path={str(path)!r}: its {role} is {entry}, not supported; "
-            f"supported denoisers: {', '.join(DENOISERS)}"
+            f"supported denoisers: {', '.join(LAYOUTS)}"
         )
     if not (folder / "scheduler" / "scheduler_config.json").exists():
         raise TargetError(f"target.path={str(path)!r} has no scheduler/scheduler_config.json; {SUPPORTED}")
@@ -208,7 +208,7 @@ def target_from_pipeline(
     extra = extra or {}
     extra_path = extra_path or Path("autoaccel.json")
     pipeline_class = type(pipeline).__name__
-    denoiser = getattr(pipeline, "transformer", None) or pipeline.unet
+    denoiser = pipeline_denoiser(pipeline)
     check_sample_shape(denoiser.config.sample_size, denoiser.config.in_channels, f"{name}'s {type(denoiser).__name__}")
     denoiser.eval().requires_grad_(False)
     if getattr(denoiser, "use_additional_conditions", False) and hasattr(pipeline, "vae_scale_factor"):
@@ -256,7 +256,7 @@ def target_from_pipeline(
 
 def other_modules(pipeline) -> dict[str, torch.nn.Module]:
     """The pipeline's modules besides its denoiser (VAE, text encoders), by component name."""
-    denoiser = getattr(pipeline, "transformer", None) or pipeline.unet
+    denoiser = pipeline_denoiser(pipeline)
     return {
         name: module
         for name, module in pipeline.components.items()
@@ -266,7 +266,7 @@ def other_modules(pipeline) -> dict[str, torch.nn.Module]:
 
 def model_hash(pipeline) -> str:
     """The weights' identity a recipe is checked against (``modules_hash``)."""
-    return modules_hash(getattr(pipeline, "transformer", None) or pipeline.unet, other_modules(pipeline))
+    return modules_hash(pipeline_denoiser(pipeline), other_modules(pipeline))
 
 
 def modules_hash(denoiser: torch.nn.Module, modules: dict[str, torch.nn.Module]) -> str:
@@ -315,7 +315,7 @@ def read_default_call(pipeline, extra: dict, extra_path: Path) -> DefaultCall:
 def class_conditions(pipeline, extra: dict, extra_path: Path) -> Conditions:
     """Class labels: a UNet2DModel's class embeddings (null class from ``autoaccel.json``), or a DiT's label
     table (its null class is the last row, as DiTPipeline uses it)."""
-    denoiser = getattr(pipeline, "transformer", None) or pipeline.unet
+    denoiser = pipeline_denoiser(pipeline)
     config = denoiser.config
     if getattr(config, "num_embeds_ada_norm", None) and type(pipeline).__name__ == "DiTPipeline":
         table = int(config.num_embeds_ada_norm)
@@ -341,7 +341,7 @@ def prompt_conditions(pipeline, prompts: str | list[str] | None, extra_path: Pat
     from autoaccel.targets.prompts import encode_prompts
 
     texts = resolve_prompts(prompts, extra_path.parent if extra_path.name == "autoaccel.json" else None)
-    device = (getattr(pipeline, "transformer", None) or pipeline.unet).device
+    device = pipeline_denoiser(pipeline).device
     encoded = encode_prompts(pipeline, texts, device=device)
 
     def encoder(batch: list[str]):

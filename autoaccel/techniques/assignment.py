@@ -82,10 +82,11 @@ class StepAssigned(torch.nn.Module):
     def forward(self, sample, timestep, **keywords):
         from autoaccel.distill.diffusion import alpha_sigma, prediction_to_x0
         from autoaccel.targets.conditions import concat_keywords
-        from autoaccel.targets.denoisers import denoiser_kind, predict
+        from autoaccel.targets.denoisers import predict
+        from autoaccel.targets.layouts import layout_of
 
         if not self.runs_teacher(timestep):
-            return self.student(sample, timestep=timestep, **denoiser_kind(self.student).fixed, **keywords)
+            return self.student(sample, timestep=timestep, **layout_of(self.student).fixed, **keywords)
 
         timesteps = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(len(sample))
         if self.evaluations(timestep) == 2:

@@ -30,7 +30,8 @@ class ParamSpec:
 
     ``item_name`` marks a list setting searched one element at a time: a schedule dimension ``<technique>.<item>``
     expands into ``<item>_0, <item>_1, ...``, each element checked by this spec, at most ``max_length`` of them.
-    ``target_limit`` names a Target attribute (``num_train_timesteps``) that bounds ``high`` further for a model;
+    ``target_limit`` names a limit of the model (``num_train_timesteps``, ``Target.limits``, or one a technique
+    reads off the denoiser's layout, ``Technique.target_limits``) that bounds ``high`` further for a model;
     with ``narrows_to_target`` a space's dimension is cut to that bound for each model (what a space shared by
     models of different depth needs) instead of being refused, while a fixed value beyond it still is.
     """
@@ -137,6 +138,9 @@ class Technique:
     # the setting (without the prefix) giving the share of this technique's training a lower fidelity level does
     # (``fidelity.train_shares``); the technique continues a promoted candidate from its checkpoint
     train_share_param: str | None = None
+    # target -> limits this technique reads off the model (``ParamSpec.target_limit`` names them): the cache
+    # depths and methods a denoiser's layout takes
+    target_limits: Callable[[Any], Mapping[str, int | tuple]] | None = None
 
     def prescribes(self, config: Any) -> bool:
         return self.prescribes_sampler is not None and bool(self.prescribes_sampler(config))
@@ -238,6 +242,16 @@ def unchanged_model_params() -> dict[str, Any]:
         for technique in registered_techniques()
         for key, value in technique.unchanged_params.items()
     }
+
+
+def target_limits(target) -> dict[str, int | tuple]:
+    """Everything that bounds a space's settings for ``target``: the model's own limits and those each technique
+    reads off its denoiser (what ``SearchSpace.for_target`` takes)."""
+    limits = dict(target.limits)
+    for technique in registered_techniques():
+        if technique.target_limits is not None:
+            limits.update(technique.target_limits(target))
+    return limits
 
 
 def _load_builtin_techniques() -> None:

@@ -27,7 +27,6 @@ import torch
 
 from autoaccel.interrupts import raise_if_cancelled
 from autoaccel.progress import Progress
-from autoaccel.targets.denoisers import FLOW_FAMILY
 
 CALIBRATION_STEPS = 20
 TRAJECTORY_SEED_OFFSET = 20_000  # trajectory seeds: apart from the scoring seeds and from noised batches'
@@ -252,7 +251,7 @@ def noised(target, clean: torch.Tensor, labels, generator: torch.Generator) -> N
     ``generator`` (``noised_batch``'s noising, for callers that draw fresh noise every step)."""
     device, count = clean.device, len(clean)
     keywords = target.conditions.keywords(labels, False, device)
-    if target.schedule_family == FLOW_FAMILY:
+    if target.schedule.places_sigmas:
         sigma = torch.rand(count, generator=generator).to(device)
         noise = torch.randn(clean.shape, generator=generator).to(device)
         s = sigma.view(-1, 1, 1, 1)

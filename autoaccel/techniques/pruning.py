@@ -10,7 +10,7 @@ dimensions (thinner heads made CPU attention slower).
 - Transformers: attention heads (query, key and value projections together, both streams of a joint attention)
   and the hidden width of each feed-forward; the residual width, the patch embedding, the time and text
   embeddings, the adaptive norms and the output projection keep their shapes. The stages are the first, middle
-  and last third of ``transformer_blocks`` (block ``i`` of ``n`` is in third ``int(3 * (i + 0.5) / n)``).
+  and last third of the blocks, as the layout tags them (block ``i`` of ``n`` is in third ``int(3 * (i + 0.5) / n)``).
   ``blocks`` removes that share of whole blocks first, the least important first: the ones whose skipping
   changes the denoiser's output least on calls along the teacher's trajectory (the first and last block stay).
 
@@ -39,15 +39,14 @@ import torch.nn.functional as F
 from autoaccel.distill.recovery import RecoverySettings, recover
 from autoaccel.errors import ConfigError, TechniqueError
 from autoaccel.prescribed import prescription
-from autoaccel.targets.denoisers import block_names, denoiser_kind, predict
+from autoaccel.targets.denoisers import predict
+from autoaccel.targets.layouts import STAGES, DenoiserLayout, layout_of
 from autoaccel.techniques.base import TRAIN_MINUTES, ParamSpec, Technique, register, require_types
 from autoaccel.techniques.calibration import noised_batch, replay, to_device, trajectory_calls
 
 IMPORTANCES = ("magnitude", "taylor", "random")
-STAGES = ("down", "mid", "up")
 CALIBRATION_SAMPLES = 64  # noised teacher samples the Taylor importance is taken on
 BLOCK_CALIBRATION_SAMPLES = 8  # seeds of the trajectory calls whole blocks are judged on
-QKV = ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj")
 MAX_BLOCKS = 0.5
 REMOVED_BLOCKS = "removed_blocks"  # the artifact metadata key, and the attribute a pruned denoiser carries
 
@@ -135,7 +134,7 @@ def _teacher_batch(target, count: int, generator: torch.Generator, device=None):
 
 
 def _block_list(denoiser) -> torch.nn.ModuleList:
-    return getattr(denoiser, denoiser_kind(denoiser).block_prefixes[0])
+    return layout_of(denoiser).sequence_blocks(denoiser)
 
 
 def blocks_to_remove(denoiser, share: float) -> int:
@@ -147,17 +146,19 @@ def blocks_to_remove(denoiser, share: float) -> int:
 def block_importance(denoiser, calls) -> dict[int, float]:
     """Relative change of the denoiser's output on ``calls`` when block ``i`` is skipped, for every block but
     the first and the last (measured, one replay per block)."""
-    blocks = _block_list(denoiser)
-    prefix = denoiser_kind(denoiser).block_prefixes[0]
+    layout = layout_of(denoiser)
+    blocks = layout.sequence_blocks(denoiser)
     reference = replay(denoiser, calls)
     scale = reference.pow(2).mean().clamp_min(1e-12)
     importance = {}
     try:
         for index in range(1, len(blocks) - 1):
-            setattr(denoiser, prefix, torch.nn.ModuleList([block for at, block in enumerate(blocks) if at != index]))
+            layout.set_sequence_blocks(
+                denoiser, torch.nn.ModuleList([block for at, block in enumerate(blocks) if at != index])
+            )
             importance[index] = float((replay(denoiser, calls) - reference).pow(2).mean() / scale)
     finally:
-        setattr(denoiser, prefix, blocks)
+        layout.set_sequence_blocks(denoiser, blocks)
     return importance
 
 
@@ -169,7 +170,7 @@ def remove_blocks(denoiser, indices: list[int]) -> None:
     if any(not 0 < index < len(blocks) - 1 for index in indices):
         raise ValueError(f"blocks {indices} cannot be removed from {len(blocks)} (the first and last stay)")
     kept = torch.nn.ModuleList([block for index, block in enumerate(blocks) if index not in set(indices)])
-    setattr(denoiser, denoiser_kind(denoiser).block_prefixes[0], kept)
+    layout_of(denoiser).set_sequence_blocks(denoiser, kept)
     if "num_layers" in denoiser.config:
         denoiser.register_to_config(num_layers=len(kept))
 
@@ -187,46 +188,33 @@ def _least_important_blocks(denoiser, config: PruningConfig, target) -> list[int
 
 
 def _attentions(denoiser) -> list[torch.nn.Module]:
-    """diffusers attention modules (anything with query/key/value projections and a head count)."""
-    projected = (module for module in denoiser.modules() if hasattr(module, "heads"))
-    return [
-        module
-        for module in projected
-        if all(isinstance(getattr(module, name, None), torch.nn.Linear) for name in QKV[:3])
-    ]
+    return layout_of(denoiser).attentions(denoiser)
 
 
 def _projections(attention) -> list[torch.nn.Linear]:
-    """The query, key and value projections of both streams (a joint attention's context stream too)."""
-    return [getattr(attention, name) for name in QKV if isinstance(getattr(attention, name, None), torch.nn.Linear)]
+    return DenoiserLayout.projections(attention)
 
 
 def _feed_forward_inputs(denoiser) -> list[torch.nn.Module]:
-    """The first projection of every diffusers FeedForward (``net.0.proj``): what sets its hidden width."""
-    from diffusers.models.attention import FeedForward
-
-    return [module.net[0].proj for module in denoiser.modules() if isinstance(module, FeedForward)]
+    """The first projection of every feed-forward (``net.0.proj``): what sets its hidden width."""
+    return [module.net[0].proj for module in layout_of(denoiser).feed_forwards(denoiser)]
 
 
 def _gated_inputs(denoiser) -> dict[torch.nn.Module, int]:
     """Gated feed-forwards (GEGLU, SwiGLU: a first projection twice as wide as the second layer's input, split
     into values and gates) -> 2: a value channel goes with its gate, so the count left never depends on which
     channels the importance picks (an artifact's shapes must be rebuilt without it)."""
-    from diffusers.models.attention import FeedForward
-
     return {
         module.net[0].proj: 2
-        for module in denoiser.modules()
-        if isinstance(module, FeedForward) and module.net[0].proj.out_features == 2 * module.net[2].in_features
+        for module in layout_of(denoiser).feed_forwards(denoiser)
+        if module.net[0].proj.out_features == 2 * module.net[2].in_features
     }
 
 
 def stage_of_blocks(denoiser) -> dict[str, str]:
-    """Block name -> its stage: ``down``/``mid``/``up`` by name for UNets, thirds of the blocks for transformers."""
-    names = block_names(denoiser)
-    if not denoiser_kind(denoiser).transformer:
-        return {name: STAGES[["down_blocks", "mid_block", "up_blocks"].index(name.split(".")[0])] for name in names}
-    return {name: STAGES[min(2, int(3 * (index + 0.5) / len(names)))] for index, name in enumerate(names)}
+    """Block name -> its stage: ``down``/``mid``/``up`` as the layout tags it (UNets by level, transformers by
+    thirds of the blocks)."""
+    return layout_of(denoiser).stages(denoiser)
 
 
 def _stage_ratios(denoiser, config: PruningConfig) -> dict[torch.nn.Module, float]:
@@ -272,7 +260,7 @@ def _ignored(denoiser, call) -> list[torch.nn.Module]:
     """The layers whose output channels stay: the output layer (UNets); every layer but the attention projections
     and the feed-forwards' first layers (transformers: the residual width, and with it the patch embedding, the
     adaptive norms' tables and the output projection, stays)."""
-    if not denoiser_kind(denoiser).transformer:
+    if not layout_of(denoiser).sequence:
         return [_output_layer(denoiser, call)]
     roots = {projection for attention in _attentions(denoiser) for projection in _projections(attention)}
     roots.update(_feed_forward_inputs(denoiser))
@@ -364,7 +352,7 @@ def prune_unet(unet, config: PruningConfig, target=None, removed_blocks: list[in
             "pruning.importance='taylor' takes its gradient from the base model's denoising loss, which a distilled "
             "student does not predict; use importance magnitude or random after distillation"
         )
-    if config.blocks and not denoiser_kind(unet).transformer:
+    if config.blocks and not layout_of(unet).sequence:
         raise TechniqueError(
             f"pruning.blocks={config.blocks} applies to transformer denoisers; this {type(unet).__name__} takes 0"
         )
@@ -392,7 +380,7 @@ def prune_unet(unet, config: PruningConfig, target=None, removed_blocks: list[in
 
 
 def apply_pruning(pipeline, config: PruningConfig, target) -> None:
-    pipeline.unet = prune_unet(pipeline.unet, config, target)
+    pipeline.denoiser = prune_unet(pipeline.denoiser, config, target)
 
 
 def pruned_weights(unet, config: PruningConfig):
@@ -414,9 +402,10 @@ def pruning_from_artifact(pipeline, config: PruningConfig, target, artifact) -> 
     removed = json.loads(artifact.metadata.get(REMOVED_BLOCKS, "[]")) if config.blocks else []
     if config.blocks and REMOVED_BLOCKS not in artifact.metadata:
         raise ValueError(f"it does not say which blocks pruning.blocks={config.blocks} removed")
-    structure = prune_unet(pipeline.unet, replace(config, importance="magnitude", recovery_steps=0), target, removed)
+    settings = replace(config, importance="magnitude", recovery_steps=0)
+    structure = prune_unet(pipeline.denoiser, settings, target, removed)
     structure.load_state_dict(artifact.tensors, strict=True)
-    pipeline.unet = structure.eval().requires_grad_(False)
+    pipeline.denoiser = structure.eval().requires_grad_(False)
 
 
 def pruning_recompute(config: PruningConfig) -> str | None:

@@ -11,12 +11,13 @@ the teacher's own sampling trajectory, over the whole schedule (``autoaccel.tech
 label and text-projection embeddings are a group of their own with their own bit width, and their activations
 stay float (they depend on t and the condition alone, so a deployment computes them once per step).
 
-Layers are grouped by the denoiser's blocks (``autoaccel.targets.denoisers.block_names``): a UNet block's
+Layers are grouped by the denoiser's blocks (``DenoiserLayout.block_names``): a UNet block's
 resnets, attentions and samplers each form a group (``down_blocks.0.resnets``, ``mid_block.attentions``), a
-transformer block is one group (``transformer_blocks.3``), and each top-level module is one (``conv_in``,
-``pos_embed``, ``proj_out``). A cheap sensitivity pass (the prediction error with one group at ``low_bits``)
-orders the groups; the plan puts the least sensitive share ``low_fraction`` of the weights at ``low_bits`` and the
-rest at ``weight_bits``: a three-number search over any denoiser, instead of one dimension per layer.
+transformer block is one group (a sequence layout's blocks are grouped whole), and each top-level module is one
+(``conv_in``, ``pos_embed``, ``proj_out``). A cheap sensitivity pass (the prediction error with one group at
+``low_bits``) orders the groups; the plan puts the least sensitive share ``low_fraction`` of the weights at
+``low_bits`` and the rest at ``weight_bits``: a three-number search over any denoiser, instead of one dimension
+per layer.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from autoaccel.errors import ConfigError, TechniqueError
-from autoaccel.targets.denoisers import block_names, denoiser_kind
+from autoaccel.targets.layouts import layout_of
 from autoaccel.techniques.base import ParamSpec, Technique, register, require_types
 from autoaccel.techniques.calibration import CALIBRATION_STEPS, Call, cached, replay, trajectory_calls
 
@@ -142,8 +143,9 @@ def group_of(module_name: str, blocks: list[str], whole_blocks: bool) -> str:
 
 def layer_groups(denoiser: torch.nn.Module) -> dict[str, list[str]]:
     """Group name -> names of its Conv2d/Linear layers, in module order."""
-    blocks = block_names(denoiser)
-    whole_blocks = denoiser_kind(denoiser).transformer
+    layout = layout_of(denoiser)
+    blocks = layout.block_names(denoiser)
+    whole_blocks = layout.sequence
     groups: dict[str, list[str]] = OrderedDict()
     for name, module in denoiser.named_modules():
         if isinstance(module, QUANTIZED_LAYERS):
@@ -300,7 +302,7 @@ def quantize_unet(unet, config: QuantizationConfig, target) -> torch.nn.Module:
 
 def apply_quantization(pipeline, config: QuantizationConfig, target) -> None:
     if config.enabled:
-        pipeline.unet = quantize_unet(pipeline.unet, config, target)
+        pipeline.denoiser = quantize_unet(pipeline.denoiser, config, target)
 
 
 def quantized_weights(unet, config: QuantizationConfig):
@@ -327,7 +329,7 @@ def quantization_from_artifact(pipeline, config: QuantizationConfig, target, art
     stored = json.loads(artifact.metadata["plan"])
     if stored["activation_bits"] != config.activation_bits:
         raise ValueError(f"it was calibrated for activation_bits={stored['activation_bits']!r}")
-    quantized = copy.deepcopy(pipeline.unet).float().eval().requires_grad_(False)
+    quantized = copy.deepcopy(pipeline.denoiser).float().eval().requires_grad_(False)
     quantized.load_state_dict(artifact.tensors, strict=True)
     ranges = {name: (float(low), float(high)) for name, (low, high) in stored["activation_ranges"].items()}
     plan = QuantizationPlan(
@@ -337,7 +339,7 @@ def quantization_from_artifact(pipeline, config: QuantizationConfig, target, art
     for name, (low, high) in ranges.items():
         modules[name].register_forward_pre_hook(_activation_hook(plan, low, high, config.activation_bits))
     quantized.autoaccel_quantization = plan
-    pipeline.unet = quantized
+    pipeline.denoiser = quantized
 
 
 def quantization_recompute(config: QuantizationConfig) -> str | None:

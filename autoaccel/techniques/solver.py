@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import diffusers
 
 from autoaccel.errors import ConfigError, TechniqueError
+from autoaccel.targets.layouts import family_named
 from autoaccel.techniques.base import ParamSpec, Technique, register
 from autoaccel.techniques.solver_spec import SolverSpec, scheduler_from_settings
 
@@ -91,9 +92,7 @@ def flow_solvers() -> dict[str, SolverSpec]:
 
 def solvers_for(family: str) -> dict[str, SolverSpec]:
     """The solvers a model of this schedule family (``ddpm`` or ``flow``) can run."""
-    from autoaccel.targets.denoisers import FLOW_FAMILY
-
-    return flow_solvers() if family == FLOW_FAMILY else SOLVERS
+    return flow_solvers() if family_named(family).places_sigmas else SOLVERS
 
 
 def all_solver_names() -> tuple[str, ...]:
@@ -138,9 +137,7 @@ def scheduler_settings(config: SolverConfig) -> tuple[str, dict]:
 
 def build_scheduler(config: SolverConfig, base_scheduler_config: dict, family: str = "ddpm"):
     """A fresh scheduler of the solver's class, starting from the model's own scheduler config."""
-    from autoaccel.targets.denoisers import FLOW_FAMILY
-
-    if family == FLOW_FAMILY:
+    if family_named(family).places_sigmas:
         from autoaccel.flow_matching import build_flow_scheduler
 
         return build_flow_scheduler(config, base_scheduler_config)
@@ -161,9 +158,9 @@ def apply_solver(pipeline, config: SolverConfig, target) -> None:
     family = target.schedule_family
     valid = solvers_for(family)
     if config.name not in valid:
-        kind = "flow-matching" if family != "ddpm" else "DDPM-family"
         raise TechniqueError(
-            f"solver.name={config.name!r} does not apply to {target.name}, a {kind} model; valid: {', '.join(valid)}"
+            f"solver.name={config.name!r} does not apply to {target.name}, {target.schedule.words}; valid: "
+            f"{', '.join(valid)}"
         )
     guidance = guidance_for(config, target)
     if guidance != 1.0 and not target.conditions.guidable:

@@ -164,9 +164,7 @@ def model_shift(target) -> float:
 
 def apply_timesteps(pipeline, config: TimestepsConfig, target) -> None:
     """Places the plan's steps in the model's own time variable: integer timesteps, or flow-matching sigmas."""
-    from autoaccel.targets.denoisers import FLOW_FAMILY
-
-    if target.schedule_family == FLOW_FAMILY:
+    if target.schedule.places_sigmas:
         from autoaccel.flow_matching import flow_sigmas
 
         sigmas = flow_sigmas(

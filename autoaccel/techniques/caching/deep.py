@@ -1,4 +1,4 @@
-"""Technique ``caching``: reuse the deep part of the denoiser's computation from the last full step.
+"""Cache method ``deep``: reuse the deep part of the denoiser's computation from the last full step.
 
 Method ``deep``. On a UNet (DeepCache): at a full step the whole UNet runs and the output of its deepest up-path
 blocks is kept; at the cached steps between, only the outer ``depth`` levels run (down blocks, then the up blocks
@@ -15,16 +15,10 @@ forward dispatches each call to one of two views sharing those weights: the full
 reuse) and the cached view (stubs in place of the skipped blocks). The model itself is never changed, so the
 teacher other plans run stays intact. A cached call's cost in full-forward equivalents (its FLOPs over a full
 call's, counted by ``torch.utils.flop_counter`` once at apply) is what the plan's NFE counts for it.
-
-Methods ``first_block``, ``mag``, ``taylorseer`` and ``pab``: diffusers' own transformer caches, driven by the
-sampling loop and with thresholds calibrated per schedule (``autoaccel.techniques.cache_hooks``). Both kinds of
-controller answer the sampling loop alike: ``prepare`` (calibrate for the schedule), ``running`` (one run) and
-``last_call_share`` (what the last call cost in full forwards).
 """
 
 from __future__ import annotations
 
-import copy
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,90 +26,19 @@ from typing import Any
 
 import torch
 
-from autoaccel.errors import ConfigError, TechniqueError
-from autoaccel.techniques.base import ParamSpec, Technique, register, require_types
-from autoaccel.techniques.cache_hooks import (
-    HOOK_METHODS,
-    THRESHOLD_METHODS,
-    HookCache,
-    check_hookable,
+from autoaccel.call_control import call_controller
+from autoaccel.errors import TechniqueError
+from autoaccel.targets.denoisers import predict
+from autoaccel.targets.layouts import layout_of
+from autoaccel.techniques.caching.method import (
+    CacheMethod,
+    CachingConfig,
+    clone,
     hidden_argument,
     probe_inputs,
+    register_method,
     returns_tuples,
 )
-
-METHODS = ("none", "deep", *HOOK_METHODS)
-CACHE = "autoaccel_cache"  # the FeatureCache set on a cached model: the sampling loop finds it there
-MAX_INTERVAL = 16
-MAX_FULL_STEPS = 64  # warmup and tail
-MAX_TAYLOR_ORDER = 3
-# the settings each method reads: the others leave its computation as it is
-METHOD_SETTINGS = {
-    "none": (),
-    "deep": ("depth", "interval", "warmup", "tail"),
-    "first_block": ("strength", "threshold"),
-    "mag": ("strength", "threshold", "interval", "warmup"),
-    "taylorseer": ("interval", "warmup", "tail", "taylor_order"),
-    "pab": ("interval", "warmup", "tail"),
-}
-
-
-@dataclass(frozen=True)
-class CachingConfig:
-    """``method``: none, deep (DeepCache / a static block cache) or one of diffusers' transformer caches
-    (``autoaccel.techniques.cache_hooks``). ``depth``: outer UNet levels (or transformer blocks at each end) that run
-    at every step; a full step every ``interval`` steps (MagCache: at most ``interval - 1`` cached in a row), after
-    ``warmup`` full steps and before ``tail`` full steps. ``strength``: the quantile of the calibrated differences a
-    threshold method's threshold is (0 caches least, 1 most); ``threshold``: a raw threshold instead (a library
-    default). ``taylor_order``: TaylorSeer's expansion order. ``METHOD_SETTINGS`` says which settings each reads."""
-
-    method: str = "none"
-    depth: int = 1
-    interval: int = 2
-    warmup: int = 0
-    tail: int = 0
-    strength: float = 0.5
-    threshold: float | None = None
-    taylor_order: int = 1
-
-    def __post_init__(self) -> None:
-        require_types(
-            self,
-            "caching",
-            {
-                "method": str,
-                "depth": int,
-                "interval": int,
-                "warmup": int,
-                "tail": int,
-                "strength": (int, float),
-                "threshold": (int, float, type(None)),
-                "taylor_order": int,
-            },
-        )
-        if not 0.0 <= self.strength <= 1.0:
-            raise ConfigError(f"caching.strength={self.strength} is not valid; it must be in [0, 1]")
-        if self.threshold is not None and (isinstance(self.threshold, bool) or not self.threshold >= 0.0):
-            raise ConfigError(f"caching.threshold={self.threshold} is not valid; it must be a finite number >= 0")
-        if not 1 <= self.taylor_order <= MAX_TAYLOR_ORDER:
-            raise ConfigError(
-                f"caching.taylor_order={self.taylor_order} is not valid; it must be in [1, {MAX_TAYLOR_ORDER}]"
-            )
-        if self.method not in METHODS:
-            raise ConfigError(f"caching.method={self.method!r} is not valid; valid: {list(METHODS)}")
-        if self.depth < 0:
-            raise ConfigError(f"caching.depth={self.depth} is not valid; it must be an int >= 0")
-        if not 1 <= self.interval <= MAX_INTERVAL:
-            raise ConfigError(f"caching.interval={self.interval} is not valid; it must be in [1, {MAX_INTERVAL}]")
-        for name in ("warmup", "tail"):
-            if not 0 <= getattr(self, name) <= MAX_FULL_STEPS:
-                raise ConfigError(
-                    f"caching.{name}={getattr(self, name)} is not valid; it must be in [0, {MAX_FULL_STEPS}]"
-                )
-
-    @property
-    def active(self) -> bool:
-        return self.method != "none" and (self.method in THRESHOLD_METHODS or self.interval > 1)
 
 
 def full_steps(calls: int, config: CachingConfig) -> list[bool]:
@@ -177,14 +100,6 @@ class FeatureCache:
         run.last_full = full
         view = self.full_view if full else self.cached_view
         return view(*args, **keywords)
-
-
-def _clone(module: torch.nn.Module) -> torch.nn.Module:
-    """The same module (class, weights, attributes) with its own child table: children can be swapped in it
-    without touching the original."""
-    clone = copy.copy(module)
-    clone._modules = dict(module._modules)
-    return clone
 
 
 class _Mimic(torch.nn.Module):
@@ -289,11 +204,9 @@ def _down_features(block: torch.nn.Module) -> int:
 
 
 def _views(model: torch.nn.Module, depth: int, cache: FeatureCache) -> tuple[torch.nn.Module, torch.nn.Module]:
-    from autoaccel.targets.denoisers import denoiser_kind
-
-    if denoiser_kind(model).transformer:
+    if layout_of(model).sequence:
         return _transformer_views(model, depth, cache)
-    if not hasattr(model, "down_blocks") or not hasattr(model, "up_blocks"):
+    if layout_of(model).levels(model) is None:
         raise TechniqueError(
             f"caching.method=deep needs a diffusers UNet or transformer denoiser; {type(model).__name__} is neither"
         )
@@ -302,113 +215,76 @@ def _views(model: torch.nn.Module, depth: int, cache: FeatureCache) -> tuple[tor
 
 def unet_depths(model: torch.nn.Module) -> range:
     """The depths a UNet can cache at: at least one level runs at every step and at least one is cached."""
-    return range(1, len(model.down_blocks))
+    down, _, _ = layout_of(model).levels(model)
+    return range(1, len(getattr(model, down)))
 
 
 def _unet_views(model, depth: int, cache: FeatureCache):
-    levels = len(model.down_blocks)
-    if depth not in unet_depths(model) or len(model.up_blocks) != levels:
+    down, mid, up = layout_of(model).levels(model)
+    down_blocks, up_blocks = getattr(model, down), getattr(model, up)
+    levels = len(down_blocks)
+    if depth not in unet_depths(model) or len(up_blocks) != levels:
         raise TechniqueError(
             f"caching.depth={depth} is not valid for this {levels}-level UNet; valid: "
             f"{list(unet_depths(model)) or 'none (a one-level UNet has nothing to cache)'}"
         )
     last_deep = levels - depth - 1  # the up block whose output the outer levels take in
-    full = _clone(model)
-    full.up_blocks = torch.nn.ModuleList(
-        _Keep(block, cache, "deep") if index == last_deep else block for index, block in enumerate(model.up_blocks)
-    )
-    cached = _clone(model)
-    cached.down_blocks = torch.nn.ModuleList(
-        _SkipDown(block, _down_features(block)) if index >= depth else block
-        for index, block in enumerate(model.down_blocks)
-    )
-    if model.mid_block is not None:
-        cached.mid_block = _Pass(model.mid_block)
-    cached.up_blocks = torch.nn.ModuleList(
-        _Reuse(block, cache, "deep") if index <= last_deep else block for index, block in enumerate(model.up_blocks)
-    )
+    full = clone(model)
+    kept = [_Keep(block, cache, "deep") if index == last_deep else block for index, block in enumerate(up_blocks)]
+    setattr(full, up, torch.nn.ModuleList(kept))
+    cached = clone(model)
+    skipped = [
+        _SkipDown(block, _down_features(block)) if index >= depth else block for index, block in enumerate(down_blocks)
+    ]
+    setattr(cached, down, torch.nn.ModuleList(skipped))
+    if mid is not None:
+        setattr(cached, mid, _Pass(getattr(model, mid)))
+    reused = [_Reuse(block, cache, "deep") if index <= last_deep else block for index, block in enumerate(up_blocks)]
+    setattr(cached, up, torch.nn.ModuleList(reused))
     return full, cached
 
 
 def depth_limit(model: torch.nn.Module) -> int:
     """The deepest ``caching.depth`` ``model`` takes; -1 where it takes none."""
-    from autoaccel.targets.denoisers import denoiser_kind
-
-    if denoiser_kind(model).transformer and hasattr(model, "transformer_blocks"):
+    if layout_of(model).sequence:
         depths = transformer_depths(model)
-    elif hasattr(model, "down_blocks") and hasattr(model, "up_blocks"):
+    elif layout_of(model).levels(model) is not None:
         depths = unet_depths(model)
     else:
         return -1
     return max(depths, default=-1)
 
 
-def cache_methods(model: torch.nn.Module) -> tuple[str, ...]:
-    """The methods ``model`` can be cached with: deep where it has levels or blocks to skip, diffusers' hook
-    caches where its blocks are ones they know."""
-    blocks = getattr(model, "transformer_blocks", None) or ()
-    deep = depth_limit(model) >= 0 and not any(returns_tuples(block) for block in blocks)
-    methods = ["none"] + (["deep"] if deep else [])
-    for method in HOOK_METHODS:
-        try:
-            check_hookable(model, method)
-        except TechniqueError:
-            continue
-        methods.append(method)
-    return tuple(methods)
-
-
 def transformer_depths(model: torch.nn.Module) -> range:
     """The depths a transformer can cache at: at least one block is cached between the kept ends."""
-    return range(0, (len(model.transformer_blocks) + 1) // 2)
+    return range(0, (len(layout_of(model).sequence_blocks(model)) + 1) // 2)
 
 
 def _transformer_views(model, depth: int, cache: FeatureCache):
-    blocks = list(model.transformer_blocks)
+    layout = layout_of(model)
+    blocks = list(layout.sequence_blocks(model))
     if depth not in transformer_depths(model):
         raise TechniqueError(
             f"caching.depth={depth} is not valid for this {len(blocks)}-block transformer; valid: "
             f"{list(transformer_depths(model))}"
         )
     first, last = depth, len(blocks) - depth - 1  # the cached span, inclusive
-    full = _clone(model)
+    full = clone(model)
     kept = []
     for index, block in enumerate(blocks):
         if index in (first, last):
             block = _Keep(block, cache, "span", keep_input=index == first, keep_output=index == last, tensors_only=True)
         kept.append(block)
-    full.transformer_blocks = torch.nn.ModuleList(kept)
-    cached = _clone(model)
-    cached.transformer_blocks = torch.nn.ModuleList(
-        _AddResidual(block, cache, "span") if index == first else _Pass(block) if first < index <= last else block
-        for index, block in enumerate(blocks)
+    layout.set_sequence_blocks(full, torch.nn.ModuleList(kept))
+    cached = clone(model)
+    layout.set_sequence_blocks(
+        cached,
+        torch.nn.ModuleList(
+            _AddResidual(block, cache, "span") if index == first else _Pass(block) if first < index <= last else block
+            for index, block in enumerate(blocks)
+        ),
     )
     return full, cached
-
-
-def feature_cache(denoiser) -> FeatureCache | HookCache | None:
-    """The cache a model runs with, or None."""
-    return getattr(denoiser, CACHE, None)
-
-
-def apply_caching(pipeline, config: CachingConfig, target) -> None:
-    if not config.active:
-        return
-    model = pipeline.denoiser
-    if feature_cache(model) is not None:
-        raise TechniqueError("caching applies once per plan")
-    if getattr(model, "student", None) is not None:
-        raise TechniqueError(
-            "caching does not apply to a plan that hands steps between two models (assignment.teacher_steps > 0); "
-            "use assignment.teacher_steps 0 with caching"
-        )
-    cache = HookCache(model, config, target) if config.method in HOOK_METHODS else FeatureCache(model, config)
-    cached = _clone(model)
-    cached.forward = cache.forward
-    object.__setattr__(cached, CACHE, cache)
-    if isinstance(cache, FeatureCache):
-        cache.cached_share = _cached_share(cached, target)
-    pipeline.denoiser = cached
 
 
 def _cached_share(cached, target) -> float:
@@ -416,9 +292,7 @@ def _cached_share(cached, target) -> float:
     torch's flop counter counts). Refuses a structure that saves nothing."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from autoaccel.targets.denoisers import predict
-
-    cache = feature_cache(cached)
+    cache = call_controller(cached)
     sample, timestep, keywords = probe_inputs(cached, target)
     flops = []
     cache.local.run = _Run(mask=[True, False])
@@ -438,55 +312,44 @@ def _cached_share(cached, target) -> float:
     return flops[1] / flops[0]
 
 
-def caching_cost(config: CachingConfig) -> dict:
-    """The cache structure decides what a call costs and which calls are cheap: the settings its method reads."""
-    if not config.active:
-        return {}
-    return {"method": config.method, **{name: getattr(config, name) for name in METHOD_SETTINGS[config.method]}}
+class DeepCache(CacheMethod):
+    """DeepCache on a UNet's levels, a static block cache on a transformer's blocks."""
+
+    name = "deep"
+    order = 1
+    settings = ("depth", "interval", "warmup", "tail")
+
+    def check(self, model: torch.nn.Module) -> None:
+        layout = layout_of(model)
+        if depth_limit(model) < 0:
+            raise TechniqueError(
+                f"caching.method=deep needs a diffusers UNet or transformer denoiser; {type(model).__name__} is neither"
+            )
+        if layout.sequence and any(returns_tuples(block) for block in layout.sequence_blocks(model)):
+            raise TechniqueError(
+                "caching.method=deep on a transformer needs blocks that return the hidden states (joint text-image "
+                "blocks are not cached)"
+            )
+
+    def install(self, model: torch.nn.Module, config: CachingConfig, target) -> FeatureCache:
+        return FeatureCache(model, config)
+
+    def measure(self, cached: torch.nn.Module, target) -> None:
+        """A cached call's share of a full one, counted on the cached model (``_cached_share``)."""
+        call_controller(cached).cached_share = _cached_share(cached, target)
+
+    def bench_grid(self, knobs, depth_limit: int) -> list[dict]:
+        depths = sorted({min(int(depth), depth_limit) for depth in knobs["depths"] if depth_limit >= 0})
+        return [
+            self.settings_row(depth=depth, interval=int(interval), warmup=int(warmup))
+            for depth in depths
+            for interval in knobs["intervals"]
+            for warmup in knobs["warmups"]
+        ]
+
+    def published_defaults(self, timesteps, depth_limit: int) -> tuple[str, dict]:
+        depth = min(1, depth_limit)
+        return f"default knobs (interval 3, depth {depth})", self.settings_row(depth=depth, interval=3, warmup=0)
 
 
-def caching_recompute(config: CachingConfig) -> str | None:
-    """What applying a calibrated cache runs again (its recipe holds no artifact: the values are recomputed)."""
-    if not config.active or config.method not in HOOK_METHODS:
-        return None
-    return "the cache calibration (one uncached run of its calibration seeds at the plan's schedule)"
-
-
-def caching_record(pipeline, config: CachingConfig) -> dict | None:
-    """A calibrated cache's calibration at the pipeline's schedule (computed now if no run has yet), and the
-    thresholds it gave: what a recipe records beside the config."""
-    cache = feature_cache(pipeline.denoiser)
-    if not isinstance(cache, HookCache):
-        return None
-    pipeline.set_schedule(pipeline.denoiser.device)
-    cache.prepare(pipeline)
-    pipeline.set_schedule(pipeline.denoiser.device)
-    return {"calibration": cache.describe(pipeline)}
-
-
-CACHING_PARAMS = {
-    "method": ParamSpec("choice", choices=METHODS, target_limit="cache_methods", narrows_to_target=True),
-    "depth": ParamSpec("int", low=0, high=64, target_limit="cache_depth_limit", narrows_to_target=True),
-    "interval": ParamSpec("int", low=1, high=MAX_INTERVAL),
-    "warmup": ParamSpec("int", low=0, high=MAX_FULL_STEPS),
-    "tail": ParamSpec("int", low=0, high=MAX_FULL_STEPS),
-    "strength": ParamSpec("float", low=0.0, high=1.0),
-    "threshold": ParamSpec("float", low=0.0),
-    "taylor_order": ParamSpec("int", low=1, high=MAX_TAYLOR_ORDER),
-}
-
-CACHING = register(
-    Technique(
-        name="caching",
-        order=9,  # on the model the others produced (distilled, pruned, quantized); before the sampler
-        config_cls=CachingConfig,
-        apply=apply_caching,
-        # not weights, but the denoiser's computation: plan identity and the model cache must see it
-        modifies_model=True,
-        unchanged_params={"method": "none"},
-        params=CACHING_PARAMS,
-        cost_key=caching_cost,
-        recompute=caching_recompute,
-        recipe_record=caching_record,
-    )
-)
+DEEP = register_method(DeepCache())

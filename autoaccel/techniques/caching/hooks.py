@@ -1,7 +1,7 @@
-"""diffusers' own feature caches on a transformer, driven by autoaccel's sampling loop and calibrated per schedule.
+"""diffusers' own feature caches on a transformer, driven by autoaccel's sampling loop and calibrated per schedule:
+what the methods ``first_block``, ``mag``, ``taylorseer`` and ``pab`` (one module each) share.
 
-Methods (``caching.method``): ``first_block`` (FirstBlockCache), ``mag`` (MagCache), ``taylorseer``
-(TaylorSeerCache) and ``pab`` (PyramidAttentionBroadcast). diffusers applies each as hooks on a model's blocks or
+diffusers applies each as hooks on a model's blocks or
 attention modules, keyed by the cache context a pipeline sets around each call; autoaccel applies them to a copy of
 the model's module tree (sharing its weights, so the teacher other plans run stays unhooked) and sets the context
 around every call of its own sampling loop.
@@ -22,7 +22,6 @@ attention and feed-forward modules), each unit's FLOPs counted once by ``torch.u
 from __future__ import annotations
 
 import copy
-import re
 import threading
 import weakref
 from contextlib import contextmanager
@@ -31,13 +30,13 @@ from dataclasses import dataclass, field
 import torch
 
 from autoaccel.errors import TechniqueError
+from autoaccel.targets.denoisers import predict
+from autoaccel.targets.layouts import layout_of
+from autoaccel.techniques.caching.method import CacheMethod, CachingConfig, hidden_argument, probe_inputs
 
-HOOK_METHODS = ("first_block", "mag", "taylorseer", "pab")
-THRESHOLD_METHODS = ("first_block", "mag")
 CALIBRATION_SAMPLES = 8
 CALIBRATION_SEED = 30_000  # apart from scoring, trajectory and noised-batch seeds
 _CALIBRATIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> schedule key -> Calibration
-TAYLOR_UNITS = re.compile(r"(?:[^.]*blocks)\.\d+\.(?:attn\d*|ff)")  # the attention and MLP outputs TaylorSeer predicts
 
 
 @dataclass(frozen=True)
@@ -48,13 +47,9 @@ class Calibration:
     first_block_changes: tuple[float, ...]  # |r_t - r_{t-1}| / |r_{t-1}| of the first block's residual, t >= 1
     magnitude_ratios: tuple[float, ...]  # mean token-norm ratio of the blocks' residual to the last call's; 1.0 first
 
-    def threshold(self, method: str, strength: float, retained: int) -> float:
-        """The ``strength`` quantile of what ``method`` compares its threshold with, past the ``retained`` calls
-        that never cache."""
-        if method == "first_block":
-            values = self.first_block_changes[max(retained - 1, 0) :]
-        else:  # mag: the error one cached call adds
-            values = tuple(abs(1.0 - ratio) for ratio in self.magnitude_ratios[max(retained, 1) :])
+    def quantile(self, method: str, values: tuple[float, ...], strength: float, retained: int) -> float:
+        """The ``strength`` quantile of ``values`` (what ``method`` compares its threshold with, past the
+        ``retained`` calls that never cache)."""
         if not values:
             raise TechniqueError(
                 f"caching.method={method} has no calls to cache at {self.calls} steps after {retained} kept: "
@@ -124,21 +119,6 @@ def block_lists(model: torch.nn.Module) -> list[torch.nn.Module]:
     ]
 
 
-def hidden_argument(args: tuple, keywords: dict):
-    """The hidden states a diffusers block is called with: its first argument, positional or by name."""
-    return args[0] if args else keywords["hidden_states"]
-
-
-def probe_inputs(model: torch.nn.Module, target) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """One probe call's (sample, timestep, keywords) for ``model`` on ``target``: what FLOPs are counted on."""
-    parameter = next(model.parameters())
-    sample = torch.zeros((1, *target.sample_shape), device=parameter.device, dtype=parameter.dtype)
-    labels = torch.zeros(1, dtype=torch.long) if target.condition_count is not None else None
-    keywords = target.conditions.keywords(labels, False, parameter.device)
-    timestep = torch.tensor([target.num_train_timesteps // 2], device=parameter.device)
-    return sample, timestep, keywords
-
-
 def _hidden_states(block: torch.nn.Module, output):
     if not isinstance(output, tuple):
         return output
@@ -147,67 +127,89 @@ def _hidden_states(block: torch.nn.Module, output):
     return output[TransformerBlockRegistry.get(type(block)).return_hidden_states_index]
 
 
-def returns_tuples(block: torch.nn.Module) -> bool:
-    """Whether a block returns a tuple (joint text-image blocks), as diffusers' block registry says."""
-    from diffusers.hooks._helpers import TransformerBlockRegistry
+class HookMethod(CacheMethod):
+    """A method applied as diffusers hooks on a copy of the model's module tree, calibrated per schedule."""
 
-    try:
-        return TransformerBlockRegistry.get(type(block)).return_encoder_hidden_states_index is not None
-    except ValueError:
-        return False
+    calibrates = True
+    thresholded = False  # compares a calibrated threshold (``threshold`` and ``strength`` apply)
+
+    def units(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+        """The modules the method may skip, whose runs a call's cost is counted from."""
+        raise NotImplementedError
+
+    def check(self, model: torch.nn.Module) -> None:
+        if not layout_of(model).sequence:
+            raise TechniqueError(
+                f"caching.method={self.name} is one of diffusers' transformer caches; {type(model).__name__} is not "
+                "a transformer (use caching.method deep on a UNet)"
+            )
+        if any(hasattr(module, "_diffusers_hook") for module in model.modules()):
+            raise TechniqueError(f"caching.method={self.name} needs a model without diffusers hooks of its own")
+        self.check_blocks(model, block_lists(model))
+        if not self.units(model):
+            raise TechniqueError(f"caching.method={self.name} finds nothing to cache in {type(model).__name__}")
+
+    def check_blocks(self, model: torch.nn.Module, blocks: list[torch.nn.Module]) -> None:
+        """Refuses blocks the method's hooks cannot run on (nothing to refuse by default)."""
+
+    def install(self, model: torch.nn.Module, config: CachingConfig, target) -> HookCache:
+        return HookCache(model, config, target, self)
+
+    def hook(self, model: torch.nn.Module, config: CachingConfig, cache: HookCache) -> Settings:
+        """Applies diffusers' hooks to ``model`` (the hooked copy); what a run's schedule sets on them."""
+        raise NotImplementedError
+
+    def threshold(self, config: CachingConfig, calibration: Calibration) -> float:
+        """The raw threshold given, else the ``strength`` quantile of the calibration."""
+        raise TechniqueError(f"caching.method={self.name} compares no threshold")
 
 
-def _units(model: torch.nn.Module, method: str) -> list[torch.nn.Module]:
-    """The modules ``method`` may skip, whose runs a call's cost is counted from."""
-    from diffusers.hooks._common import _ATTENTION_CLASSES
+class ThresholdMethod(HookMethod):
+    """A hook method that caches a call when a calibrated difference is under a threshold."""
 
-    if method in THRESHOLD_METHODS:
+    thresholded = True
+
+    def units(self, model: torch.nn.Module) -> list[torch.nn.Module]:
         return block_lists(model)
-    if method == "taylorseer":
-        return [module for name, module in model.named_modules() if TAYLOR_UNITS.fullmatch(name)]
-    return [module for module in model.modules() if isinstance(module, _ATTENTION_CLASSES)]
 
-
-def check_hookable(model: torch.nn.Module, method: str) -> None:
-    """Refuses, with the reason, a model ``method``'s hooks cannot run on."""
-    from autoaccel.targets.denoisers import denoiser_kind
-
-    if not denoiser_kind(model).transformer:
-        raise TechniqueError(
-            f"caching.method={method} is one of diffusers' transformer caches; {type(model).__name__} is not a "
-            "transformer (use caching.method deep on a UNet)"
-        )
-    if any(hasattr(module, "_diffusers_hook") for module in model.modules()):
-        raise TechniqueError(f"caching.method={method} needs a model without diffusers hooks of its own")
-    blocks = block_lists(model)
-    if method in THRESHOLD_METHODS:
+    def check_blocks(self, model: torch.nn.Module, blocks: list[torch.nn.Module]) -> None:
         from diffusers.hooks._helpers import TransformerBlockRegistry
 
         if len(blocks) < 2:
-            raise TechniqueError(f"caching.method={method} needs at least two transformer blocks; found {len(blocks)}")
+            raise TechniqueError(
+                f"caching.method={self.name} needs at least two transformer blocks; found {len(blocks)}"
+            )
         for block in {type(block) for block in blocks}:
             try:
                 TransformerBlockRegistry.get(block)
             except ValueError:
                 raise TechniqueError(
-                    f"caching.method={method}: diffusers does not know the outputs of {block.__name__} blocks"
+                    f"caching.method={self.name}: diffusers does not know the outputs of {block.__name__} blocks"
                 ) from None
-    if method == "first_block" and getattr(blocks[-1], "context_pre_only", False):
-        raise TechniqueError(
-            "caching.method=first_block: diffusers' FirstBlockCache cannot reuse a last block that drops the text "
-            "stream (context_pre_only, as in SD3); use mag, taylorseer or pab"
-        )
-    if not _units(model, method):
-        raise TechniqueError(f"caching.method={method} finds nothing to cache in {type(model).__name__}")
+
+    def calibrated_values(self, calibration: Calibration, retained: int) -> tuple[float, ...]:
+        """What the threshold is compared with, per call past the ``retained`` ones that never cache."""
+        raise NotImplementedError
+
+    def retained(self, config: CachingConfig) -> int:
+        """The calls at a run's start that never cache."""
+        return 0
+
+    def threshold(self, config: CachingConfig, calibration: Calibration) -> float:
+        if config.threshold is not None:
+            return float(config.threshold)
+        retained = self.retained(config)
+        values = self.calibrated_values(calibration, retained)
+        return calibration.quantile(self.name, values, config.strength, retained)
 
 
 class HookCache:
     """The controller set on a model cached with diffusers' hooks: the hooked and plain views, each schedule's
     calibration, and what the last call cost. One sampling run at a time (diffusers' hook state is the model's)."""
 
-    def __init__(self, model: torch.nn.Module, config, target) -> None:
-        check_hookable(model, config.method)
-        self.config, self.target = config, target
+    def __init__(self, model: torch.nn.Module, config: CachingConfig, target, method: HookMethod) -> None:
+        method.check(model)
+        self.config, self.target, self.method = config, target, method
         self.lock = threading.RLock()
         self.plain = clone_tree(model)  # uncached: calibration runs and calls outside a sampling run
         self.hooked = clone_tree(model)
@@ -216,7 +218,7 @@ class HookCache:
         # shared by every cache of this model: a calibration depends on the model and the schedule alone
         self.calibrations: dict[tuple, Calibration] = _CALIBRATIONS.setdefault(model, {})
         self.probe: object | None = None  # the flop counter while unit costs are counted
-        plain_units, hooked_units = _units(self.plain, config.method), _units(self.hooked, config.method)
+        plain_units, hooked_units = method.units(self.plain), method.units(self.hooked)
         self.unit_flops = [0.0] * len(plain_units)
         for index, (plain, hooked) in enumerate(zip(plain_units, hooked_units, strict=True)):
             plain.forward = self._measured(plain.forward, index)
@@ -226,7 +228,7 @@ class HookCache:
             blocks[0].forward = self._recorded(blocks[0], blocks[0].forward, head=True)
             blocks[-1].forward = self._recorded(blocks[-1], blocks[-1].forward, head=False)
         self.total_flops = self._count_flops()
-        self.settings = _install(self.hooked, config, self)
+        self.settings = method.hook(self.hooked, config, self)
 
     # -------------------------------------------------------------------------------------------- unit wrappers
     def _measured(self, forward, index: int):
@@ -266,8 +268,6 @@ class HookCache:
     def _count_flops(self) -> float:
         """A full call's FLOPs on one probe sample, and each unit's share of them (``unit_flops``)."""
         from torch.utils.flop_counter import FlopCounterMode
-
-        from autoaccel.targets.denoisers import predict
 
         sample, timestep, keywords = probe_inputs(self.plain, self.target)
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -310,8 +310,8 @@ class HookCache:
         """The calibration at the pipeline's schedule, the calibration seeds and the threshold it gives."""
         calibration, config = self.calibration(pipeline), self.config
         described = {"seed": CALIBRATION_SEED, "samples": CALIBRATION_SAMPLES, **calibration.as_dict()}
-        if config.method in THRESHOLD_METHODS:
-            described["threshold"] = threshold_for(config, calibration)
+        if self.method.thresholded:
+            described["threshold"] = self.method.threshold(config, calibration)
         return described
 
     @contextmanager
@@ -388,98 +388,9 @@ def _schedule_key(pipeline) -> tuple:
     )
 
 
-def threshold_for(config, calibration: Calibration) -> float:
-    """A threshold method's threshold: the raw one given, else the ``strength`` quantile of the calibration
-    (past MagCache's warm-up calls, which never cache)."""
-    if config.threshold is not None:
-        return float(config.threshold)
-    retained = config.warmup if config.method == "mag" else 0
-    return calibration.threshold(config.method, config.strength, retained)
-
-
 # ------------------------------------------------------------------------------------------------ diffusers' hooks
-class _Settings:
-    """What a run's schedule sets on the installed hooks."""
+class Settings:
+    """What a run's schedule sets on the installed hooks (nothing, by default)."""
 
     def configure(self, calibration: Calibration, calls: int) -> None:
         pass
-
-
-class _FirstBlock(_Settings):
-    def __init__(self, model, config) -> None:
-        from diffusers.hooks import FirstBlockCacheConfig, apply_first_block_cache
-
-        self.config = config
-        apply_first_block_cache(model, FirstBlockCacheConfig(threshold=0.0))
-        self.head = block_lists(model)[0]._diffusers_hook.get_hook("fbc_leader_block_hook")
-
-    def configure(self, calibration: Calibration, calls: int) -> None:
-        self.head.threshold = threshold_for(self.config, calibration)
-
-
-class _Mag(_Settings):
-    def __init__(self, model, config) -> None:
-        from diffusers.hooks import MagCacheConfig, apply_mag_cache
-
-        self.config = config
-        self.library = MagCacheConfig(mag_ratios=[1.0], num_inference_steps=1)
-        apply_mag_cache(model, self.library)
-
-    def configure(self, calibration: Calibration, calls: int) -> None:
-        config, library = self.config, self.library
-        library.num_inference_steps = calls
-        library.mag_ratios = torch.tensor(calibration.magnitude_ratios)
-        library.max_skip_steps = config.interval - 1
-        library.retention_ratio = config.warmup / calls  # int(ratio * calls + 0.5) calls never cache
-        library.threshold = threshold_for(config, calibration)
-
-
-class _TaylorSeer(_Settings):
-    def __init__(self, model, config) -> None:
-        from diffusers.hooks import TaylorSeerCacheConfig, apply_taylorseer_cache
-
-        self.config = config
-        dtype = next(model.parameters()).dtype
-        apply_taylorseer_cache(
-            model,
-            TaylorSeerCacheConfig(
-                cache_interval=config.interval,
-                # the first call always runs in full, as for every method: TaylorSeer predicts from computed calls
-                disable_cache_before_step=max(config.warmup, 1),
-                max_order=config.taylor_order,
-                taylor_factors_dtype=dtype,
-                cache_identifiers=[TAYLOR_UNITS.pattern],
-            ),
-        )
-        self.hooks = [
-            module._diffusers_hook.get_hook("taylorseer_cache")
-            for name, module in model.named_modules()
-            if TAYLOR_UNITS.fullmatch(name)
-        ]
-
-    def configure(self, calibration: Calibration, calls: int) -> None:
-        for hook in self.hooks:
-            hook.disable_cache_after_step = calls - self.config.tail if self.config.tail else None
-
-
-def _install(model, config, cache: HookCache) -> _Settings:
-    if config.method == "first_block":
-        return _FirstBlock(model, config)
-    if config.method == "mag":
-        return _Mag(model, config)
-    if config.method == "taylorseer":
-        return _TaylorSeer(model, config)
-    from diffusers.hooks import PyramidAttentionBroadcastConfig, apply_pyramid_attention_broadcast
-
-    # the window is the calls between warm-up and tail: the callback says whether this call is in it
-    apply_pyramid_attention_broadcast(
-        model,
-        PyramidAttentionBroadcastConfig(
-            spatial_attention_block_skip_range=config.interval,
-            cross_attention_block_skip_range=config.interval,
-            spatial_attention_timestep_skip_range=(0, 2),
-            cross_attention_timestep_skip_range=(0, 2),
-            current_timestep_callback=lambda: 1 if cache.in_window() else 3,
-        ),
-    )
-    return _Settings()
