@@ -15,7 +15,7 @@ from autoaccel.measure.features import GENERIC_EXTRACTOR
 from autoaccel.schedulers import MAX_INFERENCE_STEPS, build_scheduler_from, model_schedulers, scheduler_class
 from autoaccel.targets.base import DefaultCall, QualityReference, Target, hash_weights
 from autoaccel.targets.conditions import CLASS, PROMPT, Conditions
-from autoaccel.targets.layouts import LAYOUTS, VAE_SCALE, pipeline_denoiser
+from autoaccel.targets.layouts import LAYOUTS, VAE_SCALE, layout_of, pipeline_denoiser
 
 SUPPORTED_PIPELINES = {
     # pipeline class -> how its images are conditioned (autoaccel.targets.conditions)
@@ -316,16 +316,17 @@ def class_conditions(pipeline, extra: dict, extra_path: Path) -> Conditions:
     """Class labels: a UNet2DModel's class embeddings (null class from ``autoaccel.json``), or a DiT's label
     table (its null class is the last row, as DiTPipeline uses it)."""
     denoiser = pipeline_denoiser(pipeline)
-    config = denoiser.config
+    config, keyword = denoiser.config, layout_of(denoiser).label_keyword
     if getattr(config, "num_embeds_ada_norm", None) and type(pipeline).__name__ == "DiTPipeline":
         table = int(config.num_embeds_ada_norm)
         null_class, num_classes = _read_classes({"null_class": table, **extra}, table + 1, extra_path)
         names = [str(label) for label in _dit_labels(pipeline, num_classes)]
-        return Conditions(CLASS, num_classes, names, null_class=null_class)
+        return Conditions(CLASS, num_classes, names, null_class=null_class, keyword=keyword)
     null_class, num_classes = _read_classes(extra, getattr(config, "num_class_embeds", None), extra_path)
     if not num_classes:
         return Conditions()
-    return Conditions(CLASS, num_classes, [str(index) for index in range(num_classes)], null_class=null_class)
+    names = [str(index) for index in range(num_classes)]
+    return Conditions(CLASS, num_classes, names, null_class=null_class, keyword=keyword)
 
 
 def _dit_labels(pipeline, count: int) -> list[str]:
