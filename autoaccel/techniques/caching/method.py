@@ -55,6 +55,9 @@ class CacheMethod:
         """The controller whose ``forward`` runs each call of the cached copy of ``model``."""
         raise NotImplementedError
 
+    def measure(self, cached: torch.nn.Module, target) -> None:
+        """Anything the controller counts on the cached model once installed (nothing by default)."""
+
     def cost_key(self, config: CachingConfig) -> dict[str, Any]:
         """The settings a call's cost depends on: the method and the settings it reads."""
         return {"method": self.name, **{name: getattr(config, name) for name in self.settings}}

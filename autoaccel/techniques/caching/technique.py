@@ -54,9 +54,7 @@ def apply_caching(pipeline, config: CachingConfig, target) -> None:
     cached = clone(model)
     cached.forward = controller.forward
     attach_controller(cached, controller)
-    measure = getattr(method, "measure", None)
-    if measure is not None:  # a cost counted on the cached model itself
-        measure(cached, target)
+    method.measure(cached, target)
     pipeline.denoiser = cached
 
 
