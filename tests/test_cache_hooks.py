@@ -12,8 +12,8 @@ from autoaccel.errors import ConfigError, TechniqueError
 from autoaccel.targets.loader import load_pipeline_folder
 from autoaccel.techniques.cache_hooks import HOOK_METHODS
 from autoaccel.techniques.caching import CachingConfig, feature_cache
+from autoaccel.testing.pipelines import build_tiny_pipeline
 from tests.test_caching import _cached_pipeline, _sample
-from tests.tiny_pipelines import build_tiny_pipeline
 
 STEPS = 12
 SETTINGS = {"first_block": {}, "mag": {"interval": 3, "warmup": 2}, "taylorseer": {"interval": 3, "warmup": 0}}

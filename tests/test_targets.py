@@ -14,7 +14,7 @@ from autoaccel.measure.quality import distribution_metrics
 from autoaccel.targets.base import hash_weights
 from autoaccel.targets.digits.features import DIGITS_EXTRACTOR
 from autoaccel.targets.loader import SUPPORTED, default_device, load_pipeline_folder
-from tests.tiny import build_tiny_pipeline_folder
+from autoaccel.testing.pipelines import build_tiny_pipeline_folder
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import torch
 from autoaccel.errors import TargetError
 from autoaccel.targets import prompts as prompts_module
 from autoaccel.targets.prompts import MAX_PROMPT_CHARS, MAX_PROMPTS, EncodedPrompts, encode_prompts, load_prompts
-from tests.tiny_pipelines import IMAGE_SIZE, PROMPT_KINDS, TINY_KINDS, build_tiny_pipeline
+from autoaccel.testing.pipelines import IMAGE_SIZE, PROMPT_KINDS, TINY_KINDS, build_tiny_pipeline
 
 PIPELINE_CLASSES = {
     "ddpm": "DDPMPipeline",

@@ -26,12 +26,12 @@ import torch
 import yaml
 from omegaconf import DictConfig
 
-from autoaccel.bench import mean_std, search_front, seed_set_evaluators
 from autoaccel.candidate import Candidate
 from autoaccel.measure.evaluator import Evaluator
 from autoaccel.recipe import save_recipe, without_artifacts
 from autoaccel.space import load_space
 from autoaccel.techniques.base import unchanged_model_params
+from benchmarks.common import mean_std, search_front, seed_set_evaluators
 
 FIXED_SAMPLER = {
     "timesteps.family": "uniform_trailing",
@@ -329,7 +329,7 @@ def write_compression_table(config, bench_dir: Path, target, rows, unet_latency,
             f"GPU latencies of the compression front's plans with torchao's kernels: [kernels.md]({gpu.name})."
             if gpu.exists()
             else "No GPU was available for this run: quantized latencies are not measured. "
-            "Run `python -m autoaccel.bench.kernels` on a CUDA machine to add them."
+            "Run `python -m autoaccel bench kernels` on a CUDA machine to add them."
         ),
     ]
     bench_dir.mkdir(parents=True, exist_ok=True)
