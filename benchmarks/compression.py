@@ -28,6 +28,8 @@ from omegaconf import DictConfig
 
 from autoaccel.candidate import Candidate
 from autoaccel.measure.evaluator import Evaluator
+from autoaccel.pareto import dominates as pareto_dominates
+from autoaccel.pareto import hypervolume
 from autoaccel.recipe import save_recipe, without_artifacts
 from autoaccel.space import load_space
 from autoaccel.techniques.base import unchanged_model_params
@@ -181,8 +183,8 @@ def _copy_front_recipes(bench_dir: Path, front: list[tuple[int, dict]]) -> None:
 
 
 def dominates(a: dict, b: dict, metrics: list[str]) -> bool:
-    """``a`` is no worse than ``b`` in every metric (all minimised) and better in one."""
-    return all(a[m] <= b[m] for m in metrics) and any(a[m] < b[m] for m in metrics)
+    """Front point ``a`` dominates ``b`` in ``metrics`` (all minimised): autoaccel's own dominance test."""
+    return pareto_dominates([a[m] for m in metrics], [b[m] for m in metrics])
 
 
 def _front_table(entries: list[tuple[int, dict]], params_of: dict[int, dict]) -> list[str]:
@@ -234,16 +236,14 @@ def _summaries(rescored: dict) -> dict[str, list[dict]]:
 
 
 def _hypervolumes(summaries: dict[str, list[dict]], metrics: list[str]) -> dict[str, float]:
-    """pymoo's hypervolume of each front, both normalised by the same bounds (reference 1.1)."""
-    from pymoo.indicators.hv import HV
-
+    """The hypervolume of each front (autoaccel's, pymoo's indicator), both normalised by the same bounds
+    (reference 1.1)."""
     everything = np.array([[point[m] for m in metrics] for points in summaries.values() for point in points])
     low, high = everything.min(axis=0), everything.max(axis=0)
-    indicator = HV(ref_point=np.full(len(metrics), 1.1))
     result = {}
     for name, points in summaries.items():
         matrix = np.array([[point[m] for m in metrics] for point in points])
-        result[name] = float(indicator((matrix - low) / np.where(high > low, high - low, 1.0)))
+        result[name] = hypervolume((matrix - low) / np.where(high > low, high - low, 1.0), [1.1] * len(metrics))
     return result
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 TINY_KINDS = ("ddpm", "ddim", "dit", "sd", "pixart_alpha", "pixart_sigma", "sd3", "flux")
-PROMPT_KINDS = ("sd", "pixart_alpha", "pixart_sigma", "sd3", "flux")
+PROMPT_KINDS = ("sd", "pixart_alpha", "pixart_sigma", "sd3")  # the text-to-image classes autoaccel loads (not Flux yet)
 
 # Pixel size of the images every latent pipeline here makes: a 2-level VAE (scale factor 2) over 8x8 latents.
 IMAGE_SIZE = 16
