@@ -270,7 +270,7 @@ def cmd_train_classifier(args: list[str]) -> int:
     check_seed_flag(options.seed)
     out = options.out or classifier_weights_path()
     check_file_destination("--out", out)
-    from autoaccel.targets.digits.classifier import train_classifier
+    from autoaccel.targets.digits.classifier_training import train_classifier
 
     train_classifier(out, epochs=options.epochs, seed=options.seed)
     return 0
