@@ -74,7 +74,7 @@ def config_in(pipeline: SamplerPipeline, name: str) -> Any:
 
 def images(pipeline: SamplerPipeline, target: Target) -> torch.Tensor:
     """The same few seeds every time, stochastic solvers included."""
-    return sample_in_chunks(pipeline, make_seed_batch(target.sample_shape, IMAGES, 0, target.num_classes), IMAGES)
+    return sample_in_chunks(pipeline, make_seed_batch(target.sample_shape, IMAGES, 0, target.condition_count), IMAGES)
 
 
 def sampled_key(target: Target, params: dict[str, Any], cache_dir: Path) -> str:
