@@ -1,4 +1,4 @@
-"""Tiny pipeline folders of every supported class (tests/tiny_pipelines.py) and prompt encoding through each
+"""Tiny pipeline folders of every supported class (autoaccel/testing/pipelines.py) and prompt encoding through each
 pipeline's own text encoders (autoaccel/targets/prompts.py)."""
 
 from __future__ import annotations
