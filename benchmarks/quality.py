@@ -506,6 +506,12 @@ def run_quality_study(
 def main(arguments: list[str]) -> None:
     """``--plans=N`` and ``--samples=N`` size the study; every other argument is a configuration override
     (``cache_dir=...``, ``target.reference=...``, ``bench.dir=...``)."""
+    if any(argument in ("-h", "--help") for argument in arguments):
+        print(
+            "usage: python -m autoaccel bench quality [--plans=N] [--samples=N] [--from=FILE.json] [key=value ...]\n\n"
+            + __doc__.strip().splitlines()[0]
+        )
+        return
     options = {"plans": STUDY_PLANS, "samples": STUDY_SAMPLES}
     overrides = []
     for argument in arguments:
