@@ -5,8 +5,8 @@ workers N storage=URL [key=value ...]   N search processes on one shared study (
 report RUN [--wait] [--storage URL --study S]   rebuild a run's report from its ledger (or a shared study's)
 plan RUN [--max-fid-ratio R] [--max-latency-ms X] ...   the plan you ask for, e.g. the fastest within 1.25x FID
 apply RECIPE --out DIR [--n N] [--overwrite]   write N images with a recipe's plan
-bench schedules [key=value ...]         the schedule benchmark -> reports/bench/schedules.md
-bench optimizers | compression | workers   the other benchmarks -> reports/bench/*.md
+bench schedules [key=value ...]         the schedule benchmark -> reports/bench/schedules.md (from a source checkout)
+bench NAME | bench --help               the other benchmarks (optimizers, compression, ...) -> reports/bench/*.md
 train-teacher / train-classifier        retrain the embedded model / its FID feature extractor
 train-latent-models [--only vae|t2i|dit]   retrain the embedded latent models (digits_t2i, digits_dit)
 COMMAND --help                          what a command takes (search, workers: the main keys)
@@ -23,7 +23,8 @@ from pathlib import Path
 
 from autoaccel.errors import AutoaccelError
 from autoaccel.progress import StageLine, reporting
-from autoaccel.usage import BENCHMARKS, bench_help, search_help
+from autoaccel.resources import CHECKOUT_MARKER, PACKAGE_DIR
+from autoaccel.usage import search_help
 
 COMMANDS = (
     "search",
@@ -199,33 +200,38 @@ def cmd_apply(args: list[str]) -> int:
     return 0
 
 
-def cmd_bench(args: list[str]) -> int:
-    if _wants_help(args):
-        print(bench_help())
-        return 0
-    if not args or args[0] not in BENCHMARKS:
-        raise AutoaccelError(
-            f"bench needs a benchmark name; valid: {', '.join(BENCHMARKS)} (got {args[:1] or 'nothing'})"
-        )
-    from autoaccel.config import compose_config
-    from autoaccel.config.checks import validate_config
+NO_CHECKOUT = (
+    "benchmarks run from a source checkout of autoaccel (they are not in the wheel): clone the repository and run "
+    "python -m autoaccel bench NAME from its root"
+)
 
-    config = compose_config(args[1:])
-    validate_config(config)
-    if args[0] == "schedules":
-        from autoaccel.bench.schedules import run_schedules_benchmark as run_benchmark
-    elif args[0] == "compression":
-        from autoaccel.bench.compression import run_compression_benchmark as run_benchmark
-    elif args[0] == "distillation":
-        from autoaccel.bench.distillation import run_distillation_benchmark as run_benchmark
-    elif args[0] == "caching":
-        from autoaccel.bench.caching import run_caching_benchmark as run_benchmark
-    elif args[0] == "workers":
-        from autoaccel.bench.workers import run_workers_benchmark as run_benchmark
-    else:
-        from autoaccel.bench.optimizers import run_optimizers_benchmark as run_benchmark
-    print(run_benchmark(config, log=_log(bool(config.quiet))))
-    return 0
+
+def _benchmark_registry():
+    """The checkout's ``benchmarks.registry`` (importable from the checkout's root, or found beside this package
+    when autoaccel itself runs from a checkout); None from an installed wheel, which carries no benchmarks."""
+    checkout = PACKAGE_DIR.parent
+    if (checkout / CHECKOUT_MARKER).is_file() and (checkout / "benchmarks").is_dir() and str(checkout) not in sys.path:
+        sys.path.append(str(checkout))
+    try:
+        from benchmarks import registry
+    except ModuleNotFoundError as error:
+        if error.name in ("benchmarks", "benchmarks.registry"):
+            return None
+        raise
+    return registry
+
+
+def cmd_bench(args: list[str]) -> int:
+    registry = _benchmark_registry()
+    if registry is None:
+        raise AutoaccelError(NO_CHECKOUT)
+    named = registry.BENCHMARKS.get(args[0]) if args else None
+    if _wants_help(args[:1] if named and named.takes == "command" else args):  # a command benchmark has its own
+        print(registry.bench_help())
+        return 0
+    if not args:
+        raise AutoaccelError(f"bench needs a benchmark name; valid: {', '.join(registry.BENCHMARKS)} (got nothing)")
+    return registry.run(args[0], args[1:], make_log=_log)
 
 
 MAX_TRAIN_STEPS = 1_000_000  # train-teacher: the embedded teacher trains 2400
@@ -264,7 +270,7 @@ def cmd_train_classifier(args: list[str]) -> int:
     check_seed_flag(options.seed)
     out = options.out or classifier_weights_path()
     check_file_destination("--out", out)
-    from autoaccel.targets.digits.classifier import train_classifier
+    from autoaccel.targets.digits.classifier_training import train_classifier
 
     train_classifier(out, epochs=options.epochs, seed=options.seed)
     return 0

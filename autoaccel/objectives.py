@@ -63,7 +63,7 @@ METRIC_COLUMNS = [
 
 def default_quality(target) -> str:
     """The quality metric a search on ``target`` optimises when the objectives say ``quality``: FID against real
-    images where the target has them, else ``NO_DATA_QUALITY`` (chosen by ``python -m autoaccel.bench.quality``;
+    images where the target has them, else ``NO_DATA_QUALITY`` (chosen by ``python -m autoaccel bench quality``;
     today also FID, against the reference call's samples)."""
     return REAL_DATA_QUALITY if getattr(target, "real_images", None) is not None else NO_DATA_QUALITY
 

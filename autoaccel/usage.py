@@ -1,4 +1,4 @@
-"""What ``search --help``, ``workers --help`` and ``bench --help`` print: the main keys with their defaults (read
+"""What ``search --help`` and ``workers --help`` print: the main keys with their defaults (read
 from the schema, so the text cannot drift from the code) and what each command does."""
 
 from __future__ import annotations
@@ -27,48 +27,10 @@ MAIN_KEYS = (
     ("cache_dir", "$AUTOACCEL_CACHE_DIR or ~/.cache/autoaccel", "cached teacher samples and reference statistics"),
 )
 
-BENCHMARKS = {
-    "schedules": "found plans vs standard solvers vs the teacher, per NFE -> reports/bench/schedules.md",
-    "optimizers": "hypervolume against evaluations for every backend, and multi-fidelity savings",
-    "compression": "pruning and quantization, and the compression front against the schedule-only one",
-    "distillation": "progressive, consistency and learned-schedule students vs schedules alone, per NFE",
-    "caching": "feature caching against the same steps uncached: speed-up vs FID, per step count and knob",
-    "workers": "many workers on one shared study (needs storage=postgresql://...): throughput, consistency",
-}
-BENCH_KEYS = (
-    ("bench.dir", None, "where the tables go"),
-    ("bench.nfes, bench.trials, bench.confirm_seeds", None, "schedules: NFEs, trials per NFE, fresh seed sets"),
-    ("bench.optimizers, bench.optimizer_seeds", None, "optimizers: backends ([] = all) and seeds per backend"),
-    ("bench.model_evaluations, bench.fidelity_trials", None, "optimizers: model-space evaluations, fidelity trials"),
-    ("bench.compression_steps, bench.compression_trials", None, "compression: fixed sampler steps, search trials"),
-    (
-        "bench.distillation.nfes, bench.distillation.progressive_iterations, "
-        "bench.distillation.consistency_iterations, bench.distillation.schedule_iterations",
-        None,
-        "distillation: NFEs; iterations per halving round, of the consistency student, of a learned schedule",
-    ),
-    (
-        "bench.distillation.search_trials, bench.distillation.search_space",
-        None,
-        "distillation: trials of the searched space and of a schedule-only one (0 skips), the space searched",
-    ),
-    (
-        "bench.caching.steps, bench.caching.methods, bench.caching.intervals, bench.caching.depths, "
-        "bench.caching.warmups, bench.caching.strengths, bench.caching.taylor_orders",
-        None,
-        "caching: step counts, the methods compared, and the cache knobs tried at each",
-    ),
-    ("bench.caching.distilled_steps", None, "caching: a consistency student's steps, cached and not (0 skips)"),
-    ("bench.pruning_ratios, bench.weight_bits", None, "compression: ratios and bit-widths compared"),
-    ("bench.load_workers, bench.load_trials", None, "workers: processes and trials per process"),
-)
 
-
-def _schema_default(key: str) -> str:
-    """A key's default as a user would type it, from the schema dataclasses (no Hydra composition)."""
-    from autoaccel.config.schema import AutoaccelConfig
-
-    value = AutoaccelConfig()
+def _schema_default(key: str, root) -> str:
+    """A key's default as a user would type it, from the schema dataclasses under ``root`` (no Hydra composition)."""
+    value = root
     for part in key.split("."):
         value = getattr(value, part)
     if not isinstance(value, str) and hasattr(value, "name"):  # a group (target, optimizer) is named by its name
@@ -82,11 +44,15 @@ def _schema_default(key: str) -> str:
     return str(value)
 
 
-def _key_table(rows) -> str:
-    """Rows of key, default, meaning, aligned like the README's Configuration table."""
+def key_table(rows, root=None) -> str:
+    """Rows of key, default, meaning, aligned like the README's Configuration table; defaults are read from ``root``
+    (a schema instance; the search schema's when None)."""
+    from autoaccel.config.schema import AutoaccelConfig
+
+    root = AutoaccelConfig() if root is None else root
     lines = []
     for keys, default, meaning in rows:
-        shown = default or ", ".join(_schema_default(key) for key in keys.split(", "))
+        shown = default or ", ".join(_schema_default(key, root) for key in keys.split(", "))
         lines.append(f"  {keys}\n      {meaning} (default {shown})")
     return "\n".join(lines)
 
@@ -104,16 +70,6 @@ def search_help(command: str) -> str:
         what = "Runs (or resumes) a search and writes <report.dir>/<study_name>/: trials, front, report, recipes."
     return (
         f"usage: {usage}\n\n{what}\n\nmain keys (every key is in conf/config.yaml; a bad key or value stops with "
-        f"one line naming it):\n{_key_table(MAIN_KEYS)}\n\nexample: python -m autoaccel {command} "
+        f"one line naming it):\n{key_table(MAIN_KEYS)}\n\nexample: python -m autoaccel {command} "
         f"{'4 storage=postgresql://user@host/db ' if command == 'workers' else ''}budget.trials=20 space=solver"
-    )
-
-
-def bench_help() -> str:
-    names = "\n".join(f"  {name:<12} {meaning}" for name, meaning in BENCHMARKS.items())
-    return (
-        "usage: python -m autoaccel bench NAME [key=value ...]\n\n"
-        f"Runs a benchmark and writes <bench.dir>/NAME.md. Benchmarks:\n{names}\n\n"
-        f"benchmark keys (every search key applies too: python -m autoaccel search --help):\n"
-        f"{_key_table(BENCH_KEYS)}\n\nexample: python -m autoaccel bench schedules bench.nfes=[4,8] bench.trials=20"
     )

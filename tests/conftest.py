@@ -14,7 +14,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 @pytest.fixture(scope="session")
 def tiny_pipeline_dir(tmp_path_factory):
-    from tests.tiny import build_tiny_pipeline_folder
+    from autoaccel.testing.pipelines import build_tiny_pipeline_folder
 
     return build_tiny_pipeline_folder(tmp_path_factory.mktemp("tiny") / "pipeline")
 

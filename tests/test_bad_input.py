@@ -762,7 +762,7 @@ def test_min_adherence_on_a_model_without_a_classifier(capsys, reports, tiny_pip
 @pytest.fixture
 def embedded_weights(monkeypatch):
     """The embedded models' weights: a refused train command must leave them as they are, and never train."""
-    import autoaccel.targets.digits.classifier as classifier
+    import autoaccel.targets.digits.classifier_training as classifier
     import autoaccel.targets.digits.latent.train as latent
     import autoaccel.targets.digits.teacher as teacher
     from autoaccel.targets.digits.model import WEIGHTS_DIR

@@ -15,8 +15,8 @@ from autoaccel.techniques.base import target_limits
 from autoaccel.techniques.caching import CachingConfig, cache_methods
 from autoaccel.techniques.caching.hooks import HookMethod
 from autoaccel.techniques.caching.method import ordered_methods
+from autoaccel.testing.pipelines import build_tiny_pipeline
 from tests.test_caching import _cached_pipeline, _sample
-from tests.tiny_pipelines import build_tiny_pipeline
 
 HOOK_METHODS = tuple(method.name for method in ordered_methods() if isinstance(method, HookMethod))
 

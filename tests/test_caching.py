@@ -15,7 +15,7 @@ from autoaccel.targets.loader import load_pipeline_folder
 from autoaccel.techniques.base import target_limits
 from autoaccel.techniques.caching import CachingConfig, apply_caching
 from autoaccel.techniques.caching.deep import full_steps
-from tests.tiny_pipelines import build_tiny_pipeline
+from autoaccel.testing.pipelines import build_tiny_pipeline
 
 KINDS = ("ddpm", "sd", "dit", "pixart_alpha")
 STEPS = 6
@@ -192,8 +192,8 @@ def test_a_cached_search_measures_cached_plans_and_their_recipes_reapply_bit_exa
 
 
 def test_the_caching_bench_calibrates_on_the_search_seed_and_writes_its_verdicts(fast_overrides, tmp_path):
-    from autoaccel.bench.caching import run_caching_benchmark
-    from autoaccel.config import compose_config
+    from benchmarks.caching import run_caching_benchmark
+    from benchmarks.config import compose_benchmark_config as compose_config
 
     settings = ["bench.caching.steps=[6]", "bench.caching.intervals=[2,3]", "bench.caching.warmups=[0]"]
     config = compose_config(
@@ -216,9 +216,9 @@ def test_the_caching_bench_calibrates_on_the_search_seed_and_writes_its_verdicts
 def test_the_caching_bench_compares_a_cached_front_with_the_same_space_held_uncached(tmp_path):
     """The steps-only baseline is the cached space without its caching dimensions; the verdict counts the
     steps-only points some cached point is at least as good as on both FID and latency."""
-    from autoaccel.bench.caching import _front_section, steps_only_space
-    from autoaccel.config import compose_config
     from autoaccel.space import load_space
+    from benchmarks.caching import _front_section, steps_only_space
+    from benchmarks.config import compose_benchmark_config as compose_config
 
     baseline = load_space(steps_only_space("cached", tmp_path))
     assert not any(name.startswith("caching.") for name in baseline.names)

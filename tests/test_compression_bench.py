@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from autoaccel.config import compose_config
+from benchmarks.config import compose_benchmark_config as compose_config
 
 # the compressed space without its recovery dimension: recovery has tests of its own, and training it in every
 # trial is what made this test slow
@@ -27,7 +27,7 @@ def test_compression_bench_writes_its_table_and_front_recipes(fast_overrides, ti
     from diffusers import DDPMPipeline
 
     from autoaccel import apply_recipe
-    from autoaccel.bench.compression import run_compression_benchmark
+    from benchmarks.compression import run_compression_benchmark
 
     bench_dir = tmp_path / "bench"
     space_file = tmp_path / "small_compressed.yaml"

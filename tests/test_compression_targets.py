@@ -36,7 +36,7 @@ from autoaccel.techniques.quantization import (
     quantize_unet,
     quantized_weights,
 )
-from tests.tiny_pipelines import IMAGE_SIZE, build_tiny_pipeline
+from autoaccel.testing.pipelines import IMAGE_SIZE, build_tiny_pipeline
 
 KINDS = ("sd", "dit", "pixart_alpha", "sd3")
 TRANSFORMERS = ("dit", "pixart_alpha", "sd3")

@@ -128,7 +128,7 @@ def test_bad_distillation_configs_are_named(changes, message):
 def test_a_flow_matching_target_is_refused_with_the_reason(tmp_path):
     from autoaccel.targets.loader import load_pipeline_folder
     from autoaccel.techniques.distillation import DistillationConfig, distilled_model
-    from tests.tiny_pipelines import build_tiny_pipeline
+    from autoaccel.testing.pipelines import build_tiny_pipeline
 
     target = load_pipeline_folder(build_tiny_pipeline("sd3", tmp_path / "sd3"))
     with pytest.raises(TechniqueError, match="flow-matching"):
@@ -424,7 +424,7 @@ def test_students_of_prompt_and_class_conditioned_latent_models_run_one_branch_a
     from autoaccel.seeds import make_seed_batch, sample_in_chunks
     from autoaccel.targets.loader import load_pipeline_folder
     from autoaccel.techniques.distillation import DISTILLATION, DistillationConfig
-    from tests.tiny_pipelines import build_tiny_pipeline
+    from autoaccel.testing.pipelines import build_tiny_pipeline
 
     target = load_pipeline_folder(build_tiny_pipeline(kind, tmp_path / kind))
     assert target.conditions.guidable and target.vae is not None

@@ -3,7 +3,7 @@ front against a schedule-only search's, with the verdict at each NFE bound."""
 
 from __future__ import annotations
 
-from autoaccel.config import compose_config
+from benchmarks.config import compose_benchmark_config as compose_config
 
 TINY_DISTILLED_SPACE = """
 name: tiny_distilled
@@ -21,7 +21,7 @@ dimensions:
 
 
 def test_distillation_bench_writes_its_rows_and_both_searched_fronts(fast_overrides, tmp_path):
-    from autoaccel.bench.distillation import run_distillation_benchmark
+    from benchmarks.distillation import run_distillation_benchmark
 
     space_file = tmp_path / "tiny_distilled.yaml"
     space_file.write_text(TINY_DISTILLED_SPACE)
@@ -54,7 +54,7 @@ def test_distillation_bench_writes_its_rows_and_both_searched_fronts(fast_overri
 
 def test_the_summary_judges_each_nfe_bound_by_measured_nfe_not_by_sampling_steps():
     """A guided 4-step sampler makes 8 calls: it is no candidate for the NFE 4 target, a 2-step student is."""
-    from autoaccel.bench.distillation import _verdict
+    from benchmarks.distillation import _verdict
 
     def entry(fid: float, nfe: float) -> dict:
         return {"fid": [fid], "recall": [0.8], "nfe": nfe}

@@ -120,7 +120,7 @@ def test_plans_come_from_the_top_level_only():
 
 
 def test_rerunning_the_multi_fidelity_part_keeps_the_other_sections():
-    from autoaccel.bench.optimizers import FidelityArm, merge_sections
+    from benchmarks.optimizers import FidelityArm, merge_sections
 
     existing = "# Title\n\nintro\n\n## (a) synthetic\n\nrows a\n\n## (b) model\n\nrows b\n\n## (c) old\n\nold rows\n"
     merged = merge_sections(existing, {"c": ["## (c) multi-fidelity", "", "new rows", ""]})

@@ -28,8 +28,8 @@ from autoaccel.targets.loader import load_pipeline_folder
 from autoaccel.techniques.caching import CachingConfig, cache_methods
 from autoaccel.techniques.pruning import PruningConfig, prune_unet
 from autoaccel.techniques.quantization import QuantizationConfig, layer_groups, quantize_unet
+from autoaccel.testing.pipelines import build_tiny_pipeline
 from tests.test_caching import _cached_pipeline, _sample
-from tests.tiny_pipelines import build_tiny_pipeline
 
 PACKAGE = Path(__file__).resolve().parent.parent / "autoaccel"
 

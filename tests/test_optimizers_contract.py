@@ -1,172 +1,50 @@
-"""One contract for every registered optimizer backend, driven the way ``autoaccel.loop.run_search`` drives it:
-propose -> enqueue -> ask -> suggest -> evaluate -> tell -> observe, on a mixed, conditional space with a cheap
-synthetic two-objective function (fewer steps: faster but worse). No models are run."""
+"""The optimizer backend contract (``autoaccel.testing.optimizer_contract``) for every registered backend: driven
+the way ``autoaccel.loop.run_search`` drives it, on a mixed, conditional space with a cheap synthetic
+two-objective function. No models are run."""
 
 from __future__ import annotations
 
-import optuna
 import pytest
 
 from autoaccel.errors import ConfigError
 from autoaccel.optimizers import base
-from autoaccel.optimizers.base import ProposingBackend, make_backend, registered_backends
-from autoaccel.optimizers.optuna_backend import suggest
-from autoaccel.space import active_params, parse_space
+from autoaccel.optimizers.base import make_backend, registered_backends
+from autoaccel.testing import optimizer_contract as contract
+from autoaccel.testing.optimizer_contract import SPACE
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
     pytest.mark.filterwarnings("ignore::FutureWarning"),
 ]
 
-SPACE = parse_space(
-    {
-        "techniques": ["solver", "timesteps"],
-        "dimensions": {
-            "timesteps.steps": {"type": "int", "low": 3, "high": 8},
-            "timesteps.family": {"type": "categorical", "choices": ["uniform_trailing", "karras", "free"]},
-            "timesteps.rho": {
-                "type": "float",
-                "low": 0.5,
-                "high": 8.0,
-                "log": True,
-                "when": {"timesteps.family": ["karras"]},
-            },
-            "timesteps.gap": {
-                "type": "schedule",
-                "count_from": "timesteps.steps",
-                "low": 0.1,
-                "high": 1.0,
-                "log": True,
-                "when": {"timesteps.family": ["free"]},
-            },
-            "solver.name": {"type": "categorical", "choices": ["ddim", "unipc"]},
-            "solver.lower_order_final": {
-                "type": "categorical",
-                "choices": [True, False],
-                "when": {"solver.name": ["unipc"]},
-            },
-        },
-    }
-)
-# error (minimised) and throughput = -steps (maximised): backends must negate the second
-DIRECTIONS = ["minimize", "maximize"]
-MAX_FEASIBLE_STEPS = 6
 BACKENDS = registered_backends()
 SLOW = {"optuna_gp"}  # a GP fit per trial: seconds on a busy CPU, so it runs fewer trials
 
 
 def options(name: str, **extra) -> dict:
-    settings = {"seed": 0, "population_size": 6, "n_startup_trials": 5, "planned_trials": 30, "directions": DIRECTIONS}
-    if name in SLOW:
-        settings["n_startup_trials"] = 4
-    return {**settings, **extra}
-
-
-def objective(searched: dict) -> list[float]:
-    """Deterministic; the front is one point per step count, with the right extras."""
-    steps = searched["timesteps.steps"]
-    error = 1.0 / steps + {"uniform_trailing": 0.2, "karras": 0.0, "free": 0.1}[searched["timesteps.family"]]
-    error += abs(searched.get("timesteps.rho", 7.0) - 7.0) / 100 + (0.05 if searched["solver.name"] == "ddim" else 0)
-    return [error, -float(steps)]
-
-
-def new_study(backend) -> optuna.Study:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(directions=DIRECTIONS, sampler=backend.sampler())
-
-
-def drive(backend, study: optuna.Study, trials: int, fail_every: int | None = 5) -> list[dict]:
-    """``trials`` evaluations the way the loop runs them; every ``fail_every``-th fails. Returns what was asked."""
-    asked = []
-    for _ in range(trials):
-        proposal = backend.propose()
-        if proposal is not None:
-            check_valid(proposal)
-            study.enqueue_trial(proposal)
-        trial = study.ask()
-        searched = suggest(trial, SPACE)
-        check_valid(searched)
-        if proposal is not None and not study.get_trials(states=(optuna.trial.TrialState.WAITING,)):
-            assert searched == proposal
-        asked.append(searched)
-        if fail_every and (trial.number + 1) % fail_every == 0:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            backend.observe(searched, None)
-            continue
-        trial.set_constraint("limit", searched["timesteps.steps"] - MAX_FEASIBLE_STEPS)
-        frozen = study.tell(trial, objective(searched))
-        backend.observe(searched, list(frozen.values))
-    return asked
-
-
-def check_valid(searched: dict) -> None:
-    """(a) a complete, in-range point of the space with exactly its active dimensions, choices exact (True, not 1)."""
-    complete = SPACE.complete(searched)
-    assert searched == active_params(SPACE, complete)
-    for name, value in searched.items():
-        dimension = SPACE.dimension(name)
-        if dimension.kind == "categorical":
-            assert any(type(choice) is type(value) and choice == value for choice in dimension.choices), (name, value)
-        else:
-            assert type(value) is (int if dimension.kind == "int" else float), (name, value)
-
-
-def history_of(study: optuna.Study) -> list[tuple[dict, list[float] | None]]:
-    finished = study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL))
-    return [(trial.params, list(trial.values) if trial.values else None) for trial in finished]
-
-
-def finished_count(study: optuna.Study) -> int:
-    return len(history_of(study))
+    return {"n_startup_trials": 4, **extra} if name in SLOW else extra
 
 
 @pytest.mark.parametrize("name", BACKENDS)
 def test_backend_proposes_valid_points_survives_failures_and_keeps_the_front_feasible(name):
     trials = 8 if name in SLOW else 20
-    backend = make_backend(name, SPACE, options(name), len(DIRECTIONS))
-    study = new_study(backend)
-    drive(backend, study, trials)  # (a) checked on every proposal and every asked trial
-    states = [trial.state for trial in study.trials if trial.state.is_finished()]
-    assert len(states) == trials  # (b) failures did not stop it
-    assert states.count(optuna.trial.TrialState.FAIL) == trials // 5
-    assert optuna.trial.TrialState.COMPLETE in states[states.index(optuna.trial.TrialState.FAIL) + 1 :]
-    front = study.best_trials  # (c) only feasible trials on the front
-    assert front
-    assert all(all(value <= 0 for value in trial.constraints.values()) for trial in front)
+    contract.check_proposes_valid_points_survives_failures_and_keeps_the_front_feasible(name, options(name), trials)
 
 
 @pytest.mark.parametrize("name", BACKENDS)
 def test_backend_resumes_from_the_recorded_trials(name):
     first, more = (5, 3) if name in SLOW else (12, 6)
-    backend = make_backend(name, SPACE, options(name), len(DIRECTIONS))
-    study = new_study(backend)
-    drive(backend, study, first)
-    assert finished_count(study) == first
-
-    resumed = make_backend(name, SPACE, options(name), len(DIRECTIONS))
-    resumed.rebuild(history_of(study))
-    if isinstance(resumed, ProposingBackend):  # it learnt from the history: not where a fresh one starts
-        fresh = make_backend(name, SPACE, options(name), len(DIRECTIONS))
-        assert [resumed.propose() for _ in range(4)] != [fresh.propose() for _ in range(4)]
-        resumed = make_backend(name, SPACE, options(name), len(DIRECTIONS))
-        resumed.rebuild(history_of(study))
-    drive(resumed, study, more)
-    assert finished_count(study) == first + more
+    contract.check_resumes_from_the_recorded_trials(name, options(name), first, more)
 
 
 @pytest.mark.parametrize("name", BACKENDS)
 def test_same_seed_gives_the_same_first_proposals(name):
     extra = {"n_startup_trials": 6} if name in SLOW else {}  # three GP fits per run still show it is seeded
-
-    def first_ten() -> list[dict]:
-        backend = make_backend(name, SPACE, options(name, **extra), len(DIRECTIONS))
-        return drive(backend, new_study(backend), 10)
-
-    assert first_ten() == first_ten()
+    contract.check_same_seed_gives_the_same_first_proposals(name, options(name, **extra))
 
 
 def test_backends_read_maximised_objectives_as_negated_losses():
-    backend = make_backend("pymoo_nsga2", SPACE, options("pymoo_nsga2"), 2)
+    backend = make_backend("pymoo_nsga2", SPACE, contract.backend_options(), 2)
     assert backend.losses([0.5, 4.0]) == [0.5, -4.0]
     assert backend.losses(None) is None
     with pytest.raises(ConfigError, match="directions"):
@@ -189,3 +67,8 @@ def test_a_backend_library_that_is_not_installed_is_named(monkeypatch):
     with pytest.raises(ConfigError, match="pip install absentlib"):
         make_backend("absent_backend", SPACE, {}, 2)
     assert set(BACKENDS) <= set(registered_backends())
+
+
+def test_an_extension_runs_the_whole_contract_with_one_call():
+    """What a backend registered outside autoaccel calls: every check at once, by its registered name."""
+    contract.check_backend("random", trials=10)

@@ -13,7 +13,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-BUILD_INPUTS = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "autoaccel", "conf", "search_spaces")
+# benchmarks/ is copied too, so the wheel is seen leaving it out (it runs from a checkout only)
+BUILD_INPUTS = (
+    "pyproject.toml",
+    "setup.py",
+    "MANIFEST.in",
+    "README.md",
+    "autoaccel",
+    "benchmarks",
+    "conf",
+    "search_spaces",
+)
 RESOURCE_DIRS = ("conf", "search_spaces")
 
 
@@ -63,3 +73,30 @@ def test_an_installed_wheel_composes_its_config_and_loads_its_spaces(wheel, tmp_
     assert Path(module).is_relative_to(installed)
     assert Path(conf) == installed / "autoaccel" / "conf" and Path(spaces) == installed / "autoaccel" / "search_spaces"
     assert summary == f"2 sampler {len(list((ROOT / 'search_spaces').glob('*.yaml')))}"
+
+
+def test_the_wheel_holds_autoaccel_and_its_test_kit_but_no_benchmarks(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    outside = [name for name in names if not name.startswith(("autoaccel/", "autoaccel-"))]
+    assert outside == []
+    assert not [name for name in names if name.startswith(("autoaccel/bench/", "benchmarks/"))]
+    assert {"autoaccel/testing/pipelines.py", "autoaccel/testing/synthetic.py"} <= set(names)
+
+
+def test_an_installed_wheel_says_benchmarks_run_from_a_checkout(wheel, tmp_path):
+    installed = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(installed)
+    env = {**os.environ, "PYTHONPATH": str(installed)}
+    script = "from autoaccel.config import compose_config; print('bench' in compose_config([]))"
+    composed = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert composed.stdout.strip() == "False", composed.stderr[-2000:]  # a search carries no benchmark settings
+    done = subprocess.run(
+        [sys.executable, "-m", "autoaccel", "bench", "schedules"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "benchmarks run from a source checkout" in done.stderr

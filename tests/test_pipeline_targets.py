@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from tests.tiny_pipelines import build_tiny_pipeline
+from autoaccel.testing.pipelines import build_tiny_pipeline
 
 # (kind, pipeline class, conditioning, schedule family)
 SUPPORTED = [
@@ -211,7 +211,7 @@ def test_pixart_alpha_1024_size_conditioning_matches_the_pipelines_own_call(tmp_
 
     from autoaccel.seeds import make_seed_batch
     from autoaccel.targets.loader import target_from_pipeline
-    from tests.tiny_pipelines import build_tiny_pipeline
+    from autoaccel.testing.pipelines import build_tiny_pipeline
 
     pipeline = PixArtAlphaPipeline.from_pretrained(build_tiny_pipeline("pixart_alpha", tmp_path / "pixart"))
     pipeline.set_progress_bar_config(disable=True)

@@ -218,7 +218,7 @@ def test_adherence_counts_images_read_as_the_requested_class():
 def _tiny_clip_folder(folder: Path) -> Path:
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from tests.tiny_pipelines import _clip_tokenizer
+    from autoaccel.testing.pipelines import _clip_tokenizer
 
     tokenizer = _clip_tokenizer()
     text = {
@@ -313,7 +313,7 @@ def test_resolve_objectives_picks_fid_with_data_and_the_validated_default_withou
     assert resolve_objectives(["kid", "nfe"], without) == ["kid", "nfe"]
     assert NO_DATA_QUALITY in DIRECTIONS
     # the study (reports/bench/quality.md) found FID against the reference's samples ranks plans best
-    from autoaccel.bench.quality import JUDGE_FIGURES
+    from benchmarks.quality import JUDGE_FIGURES
 
     assert JUDGE_FIGURES[NO_DATA_QUALITY] == "fid_generic_vs_reference"
     with pytest.raises(ConfigError, match="must be resolved"):

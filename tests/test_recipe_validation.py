@@ -13,7 +13,7 @@ from autoaccel.recipe import ALLOWED_SCHEDULERS, REQUIRED_KEYS, apply_recipe, lo
 from autoaccel.sampling import SamplerPipeline
 from autoaccel.targets.loader import load_pipeline_folder
 from autoaccel.techniques.solver import SolverConfig, build_scheduler
-from tests.tiny import build_tiny_pipeline_folder
+from autoaccel.testing.pipelines import build_tiny_pipeline_folder
 
 
 @pytest.fixture(scope="module")

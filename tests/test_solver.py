@@ -16,7 +16,7 @@ from autoaccel.errors import ConfigError, TechniqueError
 from autoaccel.sampling import SamplerPipeline, set_exact_timesteps
 from autoaccel.targets.loader import load_pipeline_folder
 from autoaccel.techniques.solver import SOLVERS, SolverConfig, build_scheduler, scheduler_settings
-from tests.tiny import build_tiny_pipeline_folder
+from autoaccel.testing.pipelines import build_tiny_pipeline_folder
 
 
 @pytest.fixture(scope="module")

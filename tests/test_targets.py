@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -14,7 +15,9 @@ from autoaccel.measure.quality import distribution_metrics
 from autoaccel.targets.base import hash_weights
 from autoaccel.targets.digits.features import DIGITS_EXTRACTOR
 from autoaccel.targets.loader import SUPPORTED, default_device, load_pipeline_folder
-from tests.tiny import build_tiny_pipeline_folder
+from autoaccel.targets.registry import registered_target_kinds, target_kind
+from autoaccel.testing.pipelines import build_tiny_pipeline_folder
+from autoaccel.testing.target_contract import check_target_kind
 
 
 @pytest.fixture(scope="module")
@@ -269,3 +272,19 @@ def test_corrupt_weights_file_is_one_clear_error_and_nothing_is_written(tiny_fol
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "diffusion_pytorch_model.safetensors" in error
     assert not reports.exists()
+
+
+# --- the target-kind contract (autoaccel.testing.target_contract), for every registered kind --------------------
+
+
+@pytest.mark.parametrize("name", registered_target_kinds())
+def test_every_registered_kind_keeps_the_target_contract(name, tiny_folder, tmp_path):
+    kind = target_kind(name)
+    check_target_kind(kind, tiny_folder if kind.takes_path else None, tmp_path)
+
+
+def test_the_target_contract_catches_a_kind_whose_summary_disagrees_with_its_model(tmp_path):
+    digits = target_kind("digits")
+    wrong = dataclasses.replace(digits, summary=lambda: ("flow", 1.0))
+    with pytest.raises(AssertionError, match="flow"):
+        check_target_kind(wrong, None, tmp_path)

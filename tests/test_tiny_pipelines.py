@@ -1,4 +1,4 @@
-"""Tiny pipeline folders of every supported class (tests/tiny_pipelines.py) and prompt encoding through each
+"""Tiny pipeline folders of every supported class (autoaccel/testing/pipelines.py) and prompt encoding through each
 pipeline's own text encoders (autoaccel/targets/prompts.py)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import torch
 from autoaccel.errors import TargetError
 from autoaccel.targets import prompts as prompts_module
 from autoaccel.targets.prompts import MAX_PROMPT_CHARS, MAX_PROMPTS, EncodedPrompts, encode_prompts, load_prompts
-from tests.tiny_pipelines import IMAGE_SIZE, PROMPT_KINDS, TINY_KINDS, build_tiny_pipeline
+from autoaccel.testing.pipelines import IMAGE_SIZE, PROMPT_KINDS, TINY_KINDS, build_tiny_pipeline
 
 PIPELINE_CLASSES = {
     "ddpm": "DDPMPipeline",
@@ -88,14 +88,10 @@ def test_encoded_rows_follow_their_prompts(kind, pipelines):
     assert not torch.equal(encoded.embeds["encoder_hidden_states"][0], encoded.embeds["encoder_hidden_states"][1])
     if "pooled_projections" in encoded.embeds:
         assert not torch.equal(encoded.embeds["pooled_projections"][0], encoded.embeds["pooled_projections"][1])
-    if kind == "flux":
-        assert encoded.null == {}
-        assert tuple(encoded.fixed["txt_ids"].shape) == (encoded.embeds["encoder_hidden_states"].shape[1], 3)
-    else:
-        assert encoded.null.keys() == encoded.embeds.keys()
-        for keyword, null in encoded.null.items():
-            assert null.shape == (1, *encoded.embeds[keyword].shape[1:]), keyword
-        assert not torch.equal(encoded.null["encoder_hidden_states"][0], encoded.embeds["encoder_hidden_states"][0])
+    assert encoded.null.keys() == encoded.embeds.keys()
+    for keyword, null in encoded.null.items():
+        assert null.shape == (1, *encoded.embeds[keyword].shape[1:]), keyword
+    assert not torch.equal(encoded.null["encoder_hidden_states"][0], encoded.embeds["encoder_hidden_states"][0])
 
 
 @pytest.mark.parametrize("kind", ["sd", "pixart_sigma", "sd3"])
@@ -190,9 +186,8 @@ def test_encoded_rows_reproduce_the_pipeline_call(kind, pipelines):
         given["prompt_attention_mask"] = embeds["encoder_attention_mask"]
         given["negative_prompt_attention_mask"] = null["encoder_attention_mask"]
         given["negative_prompt"] = None  # PixArt's call defaults it to "", which may not come with embeddings
-    if kind in ("sd3", "flux"):
-        given["pooled_prompt_embeds"] = embeds["pooled_projections"]
     if kind == "sd3":
+        given["pooled_prompt_embeds"] = embeds["pooled_projections"]
         given["negative_pooled_prompt_embeds"] = null["pooled_projections"]
     torch.testing.assert_close(call(**given), call(prompt=prompts), rtol=0, atol=1e-6)
 
@@ -200,6 +195,12 @@ def test_encoded_rows_reproduce_the_pipeline_call(kind, pipelines):
 def test_pipelines_without_text_are_refused(pipelines):
     with pytest.raises(TargetError, match="DDPMPipeline"):
         encode_prompts(pipelines["ddpm"], ["a cat"])
+
+
+def test_flux_is_refused_until_autoaccel_loads_it(pipelines):
+    """Flux is built (the tiny kit has it) but no Flux target loads, so its prompts have no encoding either."""
+    with pytest.raises(TargetError, match="FluxPipeline has no supported prompt encoding"):
+        encode_prompts(pipelines["flux"], ["a cat"])
 
 
 def test_an_empty_prompt_list_is_refused(pipelines):

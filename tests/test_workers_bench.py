@@ -3,7 +3,7 @@ running, no candidate is evaluated twice, and the table says so."""
 
 from __future__ import annotations
 
-from autoaccel.bench.workers import consistency, run_load, write_workers_table
+from benchmarks.workers import consistency, run_load, write_workers_table
 
 
 def test_load_test_ledger_stays_consistent(postgres_url, tmp_path):

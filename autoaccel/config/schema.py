@@ -106,78 +106,6 @@ class LivenessConfig:
 
 
 @dataclass
-class DistillationBenchConfig:
-    """``bench distillation``: the NFEs compared and each method's training budget."""
-
-    nfes: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
-    start_steps: int = 64  # progressive: the teacher steps the halving rounds start from
-    progressive_iterations: int = 500  # per halving round
-    consistency_iterations: int = 4000
-    schedule_iterations: int = 100
-    batch_size: int = 64
-    learning_rate: float = 2.0e-4
-    search_trials: int = 0  # > 0: a search of search_space against a schedule-only one, each this many trials
-    search_space: str = "distilled"
-
-
-@dataclass
-class CachingBenchConfig:
-    """``bench caching``: the step counts compared, the solver they run, the cache knobs tried at each."""
-
-    steps: list[int] = field(default_factory=lambda: [50, 20, 10, 5])
-    solver: str = "unipc"  # the best standard solver of the schedule benchmark (order 2)
-    intervals: list[int] = field(default_factory=lambda: [2, 3, 5])
-    depths: list[int] = field(default_factory=lambda: [1, 2])  # cut to each model's levels or blocks
-    warmups: list[int] = field(default_factory=lambda: [0, 3])
-    strengths: list[float] = field(default_factory=lambda: [0.3, 0.6, 0.9])  # first_block and mag thresholds
-    taylor_orders: list[int] = field(default_factory=lambda: [1])
-    methods: list[str] = field(default_factory=lambda: ["auto"])  # auto: every method the model takes
-    quality_ratio: float = 1.05  # the FID a cached plan may reach, as a multiple of the uncached one's
-    distilled_steps: int = 4  # a consistency student at this many steps, cached and not; 0 skips it
-    distilled_iterations: int = 2000
-    search_trials: int = 0  # > 0: a cached search against a steps-only one, this many trials each
-    search_space: str = "auto"  # the cached space searched (auto: cached, or flow_cached for flow models)
-
-
-@dataclass
-class BenchConfig:
-    """``bench schedules``: a search per NFE, then the winners re-scored on fresh seed sets."""
-
-    dir: str = "reports/bench"
-    nfes: list[int] = field(default_factory=lambda: [4, 6, 8, 10])
-    trials: int = 40
-    confirm_seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
-    optimizers: list[str] = field(default_factory=list)  # bench optimizers; empty = every registered backend
-    optimizer_seeds: int = 5
-    synthetic_evaluations: int = 200
-    slow_backend_evaluations: int = 60  # optuna_gp costs seconds per ask
-    model_evaluations: int = 30
-    model_seeds: int = 3
-    model_samples: int = 128
-    parts: list[str] = field(default_factory=lambda: ["a", "b", "c"])  # bench optimizers: the parts to (re)run
-    fidelity_trials: int = 40  # 0 skips the multi-fidelity comparison
-    fidelity_levels: list[int] = field(default_factory=lambda: [64, 512])
-    fidelity_seeds: int = 3  # optimizer seeds of the multi-fidelity comparison
-    fidelity_variants: list[str] = field(default_factory=list)  # rule:levels:z (paired:64-512:1), compared too
-    model_optimizers: list[str] = field(
-        default_factory=lambda: ["random", "optuna_nsga2", "optuna_tpe", "nevergrad_ngopt", "pymoo_nsga2"]
-    )
-    compression_steps: int = 10  # bench compression: the fixed sampler's step count, and the searches' warm starts
-    compression_trials: int = 60  # each of the compression (space=compressed) and the schedule-only search
-    compression_space: str = "compressed"  # the space the compression side searches
-    pruning_ratios: list[float] = field(default_factory=lambda: [0.0, 0.2, 0.4, 0.6])
-    recovery_steps: list[int] = field(default_factory=lambda: [0, 300])
-    weight_bits: list[int] = field(default_factory=lambda: [8, 6, 4, 3])
-    latency_batches: list[int] = field(default_factory=lambda: [16, 64, 256])
-    latency_repeats: int = 9
-    load_workers: int = 8  # bench workers: processes on one shared study
-    load_trials: int = 50  # trials per worker
-    load_work_ms: float = 20.0  # the stand-in evaluation time of each synthetic trial
-    distillation: DistillationBenchConfig = field(default_factory=DistillationBenchConfig)
-    caching: CachingBenchConfig = field(default_factory=CachingBenchConfig)
-
-
-@dataclass
 class AutoaccelConfig:
     target: TargetConfig = field(default_factory=TargetConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -186,9 +114,8 @@ class AutoaccelConfig:
     quality: QualityConfig = field(default_factory=QualityConfig)
     cost: CostConfig = field(default_factory=CostConfig)
     fidelity: FidelityConfig = field(default_factory=FidelityConfig)
-    bench: BenchConfig = field(default_factory=BenchConfig)
     liveness: LivenessConfig = field(default_factory=LivenessConfig)
-    space: str = "sampler"
+    space: str = "auto"  # the sampler space that fits the model
     objectives: list[str] = field(default_factory=lambda: ["fid", "latency_ms"])
     study_name: str | None = None
     storage: str | None = None

@@ -113,7 +113,7 @@ def deployment_kernels(pipeline, real_kernels: bool = True) -> Iterator[KernelCh
     """Swaps the pipeline's unet for what a deployment of its plan would run, for the duration of a timing:
     the activation fake-quant is off either way (it is a simulation, not a cost), and on CUDA with torchao the
     unet is a copy running real quantized kernels (unless ``real_kernels`` is False: the plan on float
-    kernels, which ``bench.kernels`` times beside it)."""
+    kernels, which ``bench kernels`` times beside it)."""
     unet = pipeline.denoiser
     plan = quantization_plan(unet)
     choice = kernel_choice(unet) if real_kernels else KernelChoice(f"{FLOAT} kernels", NOT_MEASURED)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import math
 from pathlib import Path
 
 import torch
@@ -245,7 +244,3 @@ def inception_features(model, images_uint8: torch.Tensor) -> torch.Tensor:
         images_uint8 = images_uint8.repeat(1, 3, 1, 1)
     with torch.no_grad():
         return torch.cat([model(chunk)[0] for chunk in images_uint8[:, :3].split(64)]).double()
-
-
-def finite_or_nan(value: float) -> float:
-    return value if math.isfinite(value) else float("nan")

@@ -146,33 +146,3 @@ def hash_weights(module: torch.nn.Module) -> str:
         digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
         digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-def target_from_unet(
-    unet: torch.nn.Module,
-    scheduler_config: dict,
-    null_class: int | None,
-    base_model: dict,
-    vae: torch.nn.Module | None = None,
-    conditions: Conditions | None = None,
-    scheduler_class: str = "DDPMScheduler",
-) -> Target:
-    """A Target around an already loaded denoiser, for re-applying a recipe's model techniques outside a run."""
-    from autoaccel.measure.features import GENERIC_EXTRACTOR
-
-    if conditions is None:
-        num_class_embeds = getattr(unet.config, "num_class_embeds", None)
-        num_classes = (num_class_embeds - (1 if null_class is not None else 0)) if num_class_embeds else None
-        kind = CLASS if num_classes else NONE
-        conditions = Conditions(kind, num_classes, null_class=null_class if num_classes else None)
-    return Target(
-        name=str(base_model.get("name", "model")),
-        path=Path(str(base_model.get("path", "."))),
-        denoiser=unet,
-        scheduler_config={key: value for key, value in scheduler_config.items() if not key.startswith("_")},
-        scheduler_class=scheduler_class,
-        content_hash=str(base_model.get("content_hash", "")),
-        quality=QualityReference(GENERIC_EXTRACTOR, "none", "not scored"),
-        conditions=conditions,
-        vae=vae,
-    )

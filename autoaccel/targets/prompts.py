@@ -34,8 +34,8 @@ class EncodedPrompts:
 
     ``embeds`` maps a denoiser ``forward`` keyword to a tensor with one row per prompt (P, ...), so a sampler passes
     ``{k: v[indices] for k, v in embeds.items()}``. ``null`` holds the same keywords for the negative (by default
-    empty) prompt with one row (1, ...), for classifier-free guidance; it is empty for pipelines whose default call
-    runs no unconditional branch (Flux). ``fixed`` holds keywords that are the same for every sample.
+    empty) prompt with one row (1, ...), for classifier-free guidance; it is empty for a pipeline whose default call
+    runs no unconditional branch. ``fixed`` holds keywords that are the same for every sample.
     """
 
     embeds: dict[str, torch.Tensor]
@@ -189,33 +189,10 @@ def _encode_stable_diffusion_3(pipeline, prompts, negative_prompt, device) -> En
     )
 
 
-def _encode_flux(pipeline, prompts, negative_prompt, device) -> EncodedPrompts:
-    """Flux's default call (true_cfg_scale=1) runs no unconditional branch: guidance is the transformer's
-    ``guidance`` embedding, so ``null`` is empty and `negative_prompt` is not used."""
-    options = {
-        "prompt_2": None,
-        "device": device,
-        "num_images_per_prompt": 1,
-        "max_sequence_length": _call_default(pipeline, "max_sequence_length"),
-    }
-    rows = []
-    text_ids = None
-    for chunk in _chunks(prompts):
-        hidden, pooled, text_ids = pipeline.encode_prompt(chunk, **options)
-        rows.append((hidden, pooled))
-    hidden, pooled = _concat(rows)
-    return EncodedPrompts(
-        embeds={"encoder_hidden_states": hidden, "pooled_projections": pooled},
-        null={},
-        fixed={"txt_ids": text_ids},
-    )
-
-
 # Checked in order with isinstance, so a subclass is encoded like its base pipeline.
 _ENCODERS: tuple[tuple[str, Callable[..., EncodedPrompts]], ...] = (
     ("StableDiffusionPipeline", _encode_stable_diffusion),
     ("PixArtAlphaPipeline", _encode_pixart),
     ("PixArtSigmaPipeline", _encode_pixart),
     ("StableDiffusion3Pipeline", _encode_stable_diffusion_3),
-    ("FluxPipeline", _encode_flux),
 )

@@ -43,6 +43,12 @@ def target_kind(name: str) -> TargetKind:
     return _KINDS[name]
 
 
+def registered_target_kinds() -> list[str]:
+    """The names ``target=`` takes, built-in kinds first."""
+    _load_builtin_kinds()
+    return list(_KINDS)
+
+
 def load_target(name: str, path: str | None, device: str, prompts: str | None = None) -> Target:
     """The target ``target=<name>`` names; ``prompts`` (target.prompts) for the kinds that take prompts."""
     kind = target_kind(name)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from autoaccel.bench import mean_std, score_on_seed_sets, search_front, seed_set_evaluators
 from autoaccel.space import load_space
+from benchmarks.common import mean_std, score_on_seed_sets, search_front, seed_set_evaluators
 
 STANDARD = {
     "ddim": {"solver.name": "ddim"},

@@ -1,4 +1,5 @@
-"""Tiny seeded random-weight diffusers pipeline folders of every supported class, built offline for the tests.
+"""Tiny seeded random-weight diffusers pipeline folders of every supported class, built offline (no download) for
+autoaccel's tests and for extensions that test themselves against the same pipelines.
 
 Each folder is written with `save_pretrained` and loads back with `DiffusionPipeline.from_pretrained`, so the tests
 take the same loading path as a real model folder. Tokenizers are built in code from a byte/character vocabulary
@@ -9,13 +10,14 @@ types) with hidden sizes of 16-32 and 1-2 layers, so one 4-step call at batch 4 
 
 from __future__ import annotations
 
+import json
 import string
 from pathlib import Path
 
 import torch
 
 TINY_KINDS = ("ddpm", "ddim", "dit", "sd", "pixart_alpha", "pixart_sigma", "sd3", "flux")
-PROMPT_KINDS = ("sd", "pixart_alpha", "pixart_sigma", "sd3", "flux")
+PROMPT_KINDS = ("sd", "pixart_alpha", "pixart_sigma", "sd3")  # the text-to-image classes autoaccel loads (not Flux yet)
 
 # Pixel size of the images every latent pipeline here makes: a 2-level VAE (scale factor 2) over 8x8 latents.
 IMAGE_SIZE = 16
@@ -39,6 +41,34 @@ def build_tiny_pipeline(kind: str, folder: Path, seed: int = 0) -> Path:
         raise ValueError(f"unknown tiny pipeline kind {kind!r}; choose one of {', '.join(TINY_KINDS)}")
     folder = Path(folder)
     builders[kind](seed).save_pretrained(folder)
+    return folder
+
+
+def build_tiny_pipeline_folder(
+    folder: Path, num_train_timesteps: int = 100, seed: int = 0, class_conditional: bool = True
+) -> Path:
+    """A tiny class-conditional DDPM pipeline (1x8x8 pixels, 3 classes and a null class in ``autoaccel.json``,
+    as the embedded digits model declares them) saved to ``folder``; ``class_conditional=False`` drops the labels."""
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+        attention_head_dim=8,
+        num_class_embeds=4 if class_conditional else None,
+    )
+    scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, timestep_spacing="leading", clip_sample=True)
+    folder = Path(folder)
+    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder)
+    if class_conditional:
+        (folder / "autoaccel.json").write_text(json.dumps({"num_classes": 3, "null_class": 3}))
     return folder
 
 

@@ -14,12 +14,12 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from autoaccel.bench import mean_std
 from autoaccel.candidate import Candidate
 from autoaccel.loop import standard_configurations
 from autoaccel.measure.reference import QualityJudge
 from autoaccel.resources import resource_dir
 from autoaccel.space import load_space
+from benchmarks.common import mean_std
 
 SOLVERS_AT_ONE_CALL_PER_STEP = ["ddim", "dpmsolver++", "dpmsolver_single", "unipc", "deis", "euler", "ddpm"]
 
@@ -40,9 +40,9 @@ def fixed_nfe_space(nfe: int, folder: Path) -> Path:
 
 def run_schedules_benchmark(config: DictConfig, log=print) -> Path:
     """The embedded digits model against its 1000-step sampler (this module); any other target against its
-    pipeline's default call (``autoaccel.bench.default_call``)."""
+    pipeline's default call (``benchmarks.default_call``)."""
     if str(config.target.name) != "digits":
-        from autoaccel.bench.default_call import run_default_call_benchmark
+        from benchmarks.default_call import run_default_call_benchmark
 
         return run_default_call_benchmark(config, log)
     from autoaccel.config import compose_config

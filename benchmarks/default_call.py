@@ -16,11 +16,11 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from autoaccel.bench import mean_std
 from autoaccel.candidate import Candidate
 from autoaccel.loop import standard_configurations
 from autoaccel.resources import resource_dir
 from autoaccel.techniques.base import target_limits
+from benchmarks.common import mean_std
 
 FID_RATIO = 1.25  # the quality budget of the fastest-plan search: times the default call's FID
 ADHERENCE_POINTS = 2.0  # how far below the default call's adherence a found plan may be, in percentage points

@@ -19,12 +19,12 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig
 
-from autoaccel.bench import mean_std, score_on_seed_sets, search_front, seed_set_evaluators
 from autoaccel.candidate import Candidate
 from autoaccel.space import load_space, parse_space
 from autoaccel.techniques.caching import cache_methods
 from autoaccel.techniques.caching.deep import depth_limit
 from autoaccel.techniques.caching.method import CACHE_METHODS
+from benchmarks.common import mean_std, score_on_seed_sets, search_front, seed_set_evaluators
 
 INERT_BELOW = 1.05  # a default-knob row faster than uncached by less than this saves nothing worth having
 BROKEN_ABOVE = 1.5  # and one whose FID is past this multiple of the uncached one's is broken

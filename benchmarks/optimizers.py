@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from autoaccel.bench.synthetic import SyntheticEvaluator, synthetic_space, true_front
 from autoaccel.errors import ConfigError
 from autoaccel.fidelity import FidelityLadder
 from autoaccel.ledger import Ledger, default_storage
@@ -30,6 +29,7 @@ from autoaccel.measure.evaluator import CostSettings, Measurement
 from autoaccel.objectives import objective_directions
 from autoaccel.optimizers.base import make_backend, registered_backends
 from autoaccel.pareto import hypervolume
+from autoaccel.testing.synthetic import SyntheticEvaluator, synthetic_space, true_front
 
 OBJECTIVES = ["fid", "nfe"]
 CHEAP_COST = CostSettings(batch_size=1, warmup=0, repeats=1)  # only (fid, nfe) are objectives here

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -33,10 +34,10 @@ OBJECTIVES = ["fid", "nfe"]
 
 def worker_main(storage: str, study_name: str, trials: int, seed: int, work_s: float) -> int:
     """One worker process: the real search loop on the synthetic problem, against the shared storage."""
-    from autoaccel.bench.synthetic import SyntheticEvaluator, synthetic_space
     from autoaccel.liveness import LivenessSettings
     from autoaccel.loop import LoopBudget, run_search
     from autoaccel.optimizers.base import make_backend
+    from autoaccel.testing.synthetic import SyntheticEvaluator, synthetic_space
 
     space = synthetic_space()
     ledger = Ledger(storage, study_name, DIRECTIONS)
@@ -74,18 +75,23 @@ def run_load(storage: str, workers: int, trials_each: int, work_s: float, seed: 
 
 
 def _start_worker(storage: str, study_name: str, total: int, seed: int, work_s: float) -> subprocess.Popen:
+    """One worker process running ``benchmarks.workers`` from this checkout (its root on the child's path)."""
+    checkout = str(Path(__file__).resolve().parents[1])
+    path = os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": checkout + (os.pathsep + path if path else "")}
     return subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "autoaccel.bench.workers",
+            "benchmarks.workers",
             "--worker",
             storage,
             study_name,
             str(total),
             str(seed),
             str(work_s),
-        ]
+        ],
+        env=env,
     )
 
 

@@ -26,12 +26,14 @@ import torch
 import yaml
 from omegaconf import DictConfig
 
-from autoaccel.bench import mean_std, search_front, seed_set_evaluators
 from autoaccel.candidate import Candidate
 from autoaccel.measure.evaluator import Evaluator
+from autoaccel.pareto import dominates as pareto_dominates
+from autoaccel.pareto import hypervolume
 from autoaccel.recipe import save_recipe, without_artifacts
 from autoaccel.space import load_space
 from autoaccel.techniques.base import unchanged_model_params
+from benchmarks.common import mean_std, search_front, seed_set_evaluators
 
 FIXED_SAMPLER = {
     "timesteps.family": "uniform_trailing",
@@ -181,8 +183,8 @@ def _copy_front_recipes(bench_dir: Path, front: list[tuple[int, dict]]) -> None:
 
 
 def dominates(a: dict, b: dict, metrics: list[str]) -> bool:
-    """``a`` is no worse than ``b`` in every metric (all minimised) and better in one."""
-    return all(a[m] <= b[m] for m in metrics) and any(a[m] < b[m] for m in metrics)
+    """Front point ``a`` dominates ``b`` in ``metrics`` (all minimised): autoaccel's own dominance test."""
+    return pareto_dominates([a[m] for m in metrics], [b[m] for m in metrics])
 
 
 def _front_table(entries: list[tuple[int, dict]], params_of: dict[int, dict]) -> list[str]:
@@ -234,16 +236,14 @@ def _summaries(rescored: dict) -> dict[str, list[dict]]:
 
 
 def _hypervolumes(summaries: dict[str, list[dict]], metrics: list[str]) -> dict[str, float]:
-    """pymoo's hypervolume of each front, both normalised by the same bounds (reference 1.1)."""
-    from pymoo.indicators.hv import HV
-
+    """The hypervolume of each front (autoaccel's, pymoo's indicator), both normalised by the same bounds
+    (reference 1.1)."""
     everything = np.array([[point[m] for m in metrics] for points in summaries.values() for point in points])
     low, high = everything.min(axis=0), everything.max(axis=0)
-    indicator = HV(ref_point=np.full(len(metrics), 1.1))
     result = {}
     for name, points in summaries.items():
         matrix = np.array([[point[m] for m in metrics] for point in points])
-        result[name] = float(indicator((matrix - low) / np.where(high > low, high - low, 1.0)))
+        result[name] = hypervolume((matrix - low) / np.where(high > low, high - low, 1.0), [1.1] * len(metrics))
     return result
 
 
@@ -329,7 +329,7 @@ def write_compression_table(config, bench_dir: Path, target, rows, unet_latency,
             f"GPU latencies of the compression front's plans with torchao's kernels: [kernels.md]({gpu.name})."
             if gpu.exists()
             else "No GPU was available for this run: quantized latencies are not measured. "
-            "Run `python -m autoaccel.bench.kernels` on a CUDA machine to add them."
+            "Run `python -m autoaccel bench kernels` on a CUDA machine to add them."
         ),
     ]
     bench_dir.mkdir(parents=True, exist_ok=True)
