@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from autoaccel.plan import Plan
 from autoaccel.techniques.base import get_technique
 
 
@@ -43,11 +44,11 @@ class Candidate:
         """Stable short hash: the same parameters give the same key in any process."""
         return hashlib.sha1(json.dumps(self.params, sort_keys=True).encode()).hexdigest()[:12]
 
-    def plan(self, techniques: tuple[str, ...]) -> list[tuple[Any, Any]]:
-        """(technique, config) pairs in the order the techniques apply."""
+    def plan(self, techniques: tuple[str, ...]) -> Plan:
+        """The plan these parameters decode to: each of ``techniques`` with its config."""
         params = self.as_dict
         chosen = sorted((get_technique(name) for name in techniques), key=lambda technique: technique.order)
-        return [(technique, technique.config_from_params(params)) for technique in chosen]
+        return Plan.of((technique, technique.config_from_params(params)) for technique in chosen)
 
 
 def plan_cost(plan: list[tuple[Any, Any]]) -> dict[str, dict[str, Any]]:

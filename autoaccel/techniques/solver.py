@@ -198,6 +198,7 @@ SOLVER = register(
         apply=apply_solver,
         params=SOLVER_PARAMS,
         cost_key=solver_cost,
+        decides=("scheduler",),
     )
 )
 
