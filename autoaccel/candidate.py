@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +51,7 @@ class Candidate:
         return Plan.of((technique, technique.config_from_params(params)) for technique in chosen)
 
 
-def plan_cost(plan: list[tuple[Any, Any]]) -> dict[str, dict[str, Any]]:
+def plan_cost(plan: Iterable[tuple[Any, Any]]) -> dict[str, dict[str, Any]]:
     """technique name -> the settings of its config that change deployment cost; a technique whose config
     leaves the deployment as it is (pruning ratio 0, quantization off) adds nothing, so such a plan shares the
     timing of the plain pipeline."""
@@ -59,7 +59,7 @@ def plan_cost(plan: list[tuple[Any, Any]]) -> dict[str, dict[str, Any]]:
     return {name: settings for name, settings in costs.items() if settings}
 
 
-def cost_key(measured: Mapping[str, Any], plan: list[tuple[Any, Any]]) -> str:
+def cost_key(measured: Mapping[str, Any], plan: Iterable[tuple[Any, Any]]) -> str:
     """The latency cache key: the measured structure (``measured``) and every applied technique's cost settings,
     as JSON with sorted keys, so the same plan gives the same key in any process."""
     return json.dumps(to_plain({**measured, "techniques": plan_cost(plan)}), sort_keys=True)
