@@ -1,5 +1,6 @@
-"""The one way a plan's technique configs are applied to a pipeline: the evaluator, the report, ``apply`` and
-``autoaccel.apply_recipe`` all come through here, so what is measured is what is deployed.
+"""The one way a plan becomes a pipeline (``build_pipeline``): the evaluator, the report, the identity probe, the
+reference call, ``apply`` and ``autoaccel.apply_recipe`` all come through here, so what is measured is what is
+deployed.
 
 Techniques apply in their declared order. A technique whose model comes with an artifact (weights it produced
 once, e.g. a pruned and recovered unet) is rebuilt from it without training; one without is applied, and with a
@@ -9,31 +10,57 @@ store its weights are stored for recipes to name.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from autoaccel.artifacts import ArtifactRef, ArtifactStore, read_artifact, relative_path
 from autoaccel.errors import RecipeError
+from autoaccel.plan import Plan
 from autoaccel.prescribed import apply_prescribed
 
-Plan = list[tuple[Any, Any]]
+# (pipeline, the plan's model steps) -> technique name -> sha256 of what was stored: applies the model steps its
+# own way (the evaluator's kept models and artifact index)
+ModelSteps = Callable[[Any, Plan], dict[str, str]]
 
 
-def in_order(plan: Plan) -> Plan:
-    """``plan`` in the order its techniques apply (a recipe's mapping may list them in any order)."""
-    return sorted(plan, key=lambda step: step[0].order)
+def build_pipeline(
+    target,
+    plan: Plan,
+    artifacts: Mapping[str, tuple[Path, str]] | None = None,
+    *,
+    store: ArtifactStore | None = None,
+    log: Callable[[str], None] | None = None,
+    model_steps: ModelSteps | None = None,
+):
+    """The target's pipeline with ``plan`` applied, recorded on ``pipeline.plan`` (its techniques, and the artifacts
+    stored for it): the one builder of what is measured and deployed.
+
+    ``artifacts``, ``store`` and ``log`` as for ``apply_plan``. ``model_steps`` applies the plan's model steps in
+    place of ``apply_plan`` (a model kept from an earlier trial, or loaded from the artifact index); the sampler
+    steps follow as always, then any prescription of the model.
+    """
+    pipeline = target.make_pipeline()
+    if model_steps is not None and plan.model_steps:
+        stored = model_steps(pipeline, plan.model_steps)
+        apply_plan(pipeline, plan.sampler_steps, target, log=log)
+    else:
+        stored = apply_plan(pipeline, plan, target, artifacts, store, log)
+    pipeline.plan.techniques = list(plan)  # the whole plan, also where the model came from elsewhere
+    pipeline.plan.artifacts = dict(stored)
+    return pipeline
 
 
 def apply_plan(
     pipeline,
-    plan: Plan,
+    plan: Plan | Iterable[tuple[Any, Any]],
     target,
     artifacts: Mapping[str, tuple[Path, str]] | None = None,
     store: ArtifactStore | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, str]:
-    """Applies each (technique, config) of ``plan`` in declared order and records it on ``pipeline.plan``.
+    """Applies each step of ``plan`` to ``pipeline`` in declared order and records it on ``pipeline.plan``
+    (``build_pipeline`` starts from the target's own pipeline; this continues one already configured).
 
     ``artifacts``: technique name -> (file, sha256) to rebuild that technique's model from instead of applying
     it; ``store``: where the weights of techniques applied here are kept. ``log`` hears of every technique that
@@ -42,7 +69,7 @@ def apply_plan(
     """
     artifacts = artifacts or {}
     stored: dict[str, str] = {}
-    for technique, config in in_order(plan):
+    for technique, config in Plan.of(plan):
         if technique.name in artifacts:
             restore(pipeline, technique, config, target, *artifacts[technique.name])
         else:

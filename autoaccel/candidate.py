@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from autoaccel.plan import Plan
 from autoaccel.techniques.base import get_technique
 
 
@@ -43,14 +44,14 @@ class Candidate:
         """Stable short hash: the same parameters give the same key in any process."""
         return hashlib.sha1(json.dumps(self.params, sort_keys=True).encode()).hexdigest()[:12]
 
-    def plan(self, techniques: tuple[str, ...]) -> list[tuple[Any, Any]]:
-        """(technique, config) pairs in the order the techniques apply."""
+    def plan(self, techniques: tuple[str, ...]) -> Plan:
+        """The plan these parameters decode to: each of ``techniques`` with its config."""
         params = self.as_dict
         chosen = sorted((get_technique(name) for name in techniques), key=lambda technique: technique.order)
-        return [(technique, technique.config_from_params(params)) for technique in chosen]
+        return Plan.of((technique, technique.config_from_params(params)) for technique in chosen)
 
 
-def plan_cost(plan: list[tuple[Any, Any]]) -> dict[str, dict[str, Any]]:
+def plan_cost(plan: Iterable[tuple[Any, Any]]) -> dict[str, dict[str, Any]]:
     """technique name -> the settings of its config that change deployment cost; a technique whose config
     leaves the deployment as it is (pruning ratio 0, quantization off) adds nothing, so such a plan shares the
     timing of the plain pipeline."""
@@ -58,7 +59,7 @@ def plan_cost(plan: list[tuple[Any, Any]]) -> dict[str, dict[str, Any]]:
     return {name: settings for name, settings in costs.items() if settings}
 
 
-def cost_key(measured: Mapping[str, Any], plan: list[tuple[Any, Any]]) -> str:
+def cost_key(measured: Mapping[str, Any], plan: Iterable[tuple[Any, Any]]) -> str:
     """The latency cache key: the measured structure (``measured``) and every applied technique's cost settings,
     as JSON with sorted keys, so the same plan gives the same key in any process."""
     return json.dumps(to_plain({**measured, "techniques": plan_cost(plan)}), sort_keys=True)

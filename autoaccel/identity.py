@@ -14,14 +14,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import asdict
 from types import SimpleNamespace
 from typing import Any
 
 import torch
 
-from autoaccel.apply import apply_plan
+from autoaccel.apply import build_pipeline
 from autoaccel.candidate import to_plain
+from autoaccel.plan import Plan
 from autoaccel.targets.conditions import CLASS, Conditions
 
 PROBE_SEED = 20261129
@@ -54,19 +56,19 @@ class ProbeDenoiser(torch.nn.Module):
         return SimpleNamespace(sample=torch.sin(hidden) * (1.0 + time))  # nonlinear, never saturating
 
 
-def plan_key(target, plan: list[tuple[Any, Any]]) -> str:
+def described(steps: Plan) -> list[tuple[str, int, Any]]:
+    """Each step's technique, version and config, as plain values."""
+    return [(technique.name, technique.version, to_plain(asdict(config))) for technique, config in steps]
+
+
+def plan_key(target, plan: Plan | Iterable[tuple[Any, Any]]) -> str:
     """A short hash that is equal for two plans exactly when they run the same computation on ``target``."""
-    model_part = [
-        (technique.name, technique.version, to_plain(asdict(config)))
-        for technique, config in plan
-        if technique.modifies_model
-    ]
-    if any(technique.prescribes(config) for technique, config in plan):
+    plan = Plan.of(plan)
+    if plan.prescribing:
         # a distilled model runs its own sampler: the probe cannot see it, so every technique's config is the plan
-        whole = [(technique.name, technique.version, to_plain(asdict(config))) for technique, config in plan]
-        return hashlib.sha1(json.dumps(whole, sort_keys=True).encode()).hexdigest()[:12]
-    pipeline = target.make_pipeline()
-    apply_plan(pipeline, [step for step in plan if not step[0].modifies_model], target)
+        return hashlib.sha1(json.dumps(described(plan), sort_keys=True).encode()).hexdigest()[:12]
+    model_part = described(plan.model_steps)
+    pipeline = build_pipeline(target, plan.sampler_steps)
     channels = target.sample_shape[0]
     # two conditions and, where the model has one, a null condition: guidance changes the probe's result
     # exactly when it would change the model's

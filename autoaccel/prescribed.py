@@ -4,7 +4,7 @@ trained for, whatever solver and timesteps the rest of a plan names.
 A model technique attaches a ``PrescribedSampler`` to the denoiser it produces (``prescribe``); ``apply_plan``
 and the evaluator call ``apply_prescribed`` after every sampler technique, so the prescription always wins. The
 prescription travels with the denoiser object, so a model reused from the evaluator's cache or rebuilt from an
-artifact brings it along, and the recipe records the scheduler and timesteps it set.
+artifact brings it along, and applying a recipe derives the scheduler and timesteps from it again.
 """
 
 from __future__ import annotations

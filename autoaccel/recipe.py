@@ -1,9 +1,11 @@
-"""Recipes: a versioned, plain-data deployment plan that reproduces what was measured.
+"""Recipes: a plan (``autoaccel.plan``) written down as versioned plain data, reproducing what was measured.
 
-A recipe names the base model (its weights' hash), every technique config with its version, the exact
-scheduler class and config, the timesteps, guidance, the seed policy, the figures and where they were
-measured. Loading one reads YAML with ``safe_load`` and resolves the scheduler class only from an allow-list:
-a recipe cannot make autoaccel import or run code it names.
+A recipe names the base model (its weights' hash), every technique config with its version, the seed policy, the
+figures and where they were measured. It also shows the scheduler class and config, the timesteps and the guidance
+the plan gives; applying derives those from the technique configs again, the one source of truth, and runs the
+written ones only for what no technique of the recipe decides (a hand-written recipe without a solver or
+timesteps technique). Loading one reads YAML with ``safe_load`` and resolves the scheduler class only from an
+allow-list: a recipe cannot make autoaccel import or run code it names.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from autoaccel.config.checks import MAX_SAMPLES, MAX_SEED
 from autoaccel.errors import RecipeError
 from autoaccel.files import write_atomically
 from autoaccel.measure.latency import MODEL_MEMORY_MEANING, describe_peak_memory
+from autoaccel.plan import Plan
 from autoaccel.sampling import SamplerPipeline, set_exact_timesteps
 from autoaccel.schedulers import (
     MAX_INFERENCE_STEPS,
@@ -70,7 +73,7 @@ def memory_meanings(measured_on: dict) -> dict[str, str]:
 
 def build_recipe(
     target,
-    plan: list,
+    plan: Plan,
     pipeline: SamplerPipeline,
     figures: dict,
     measured_on: dict,
@@ -395,8 +398,10 @@ def apply_recipe(
     >>> fast = autoaccel.apply_recipe(pipe, "reports/digits-sampler/recipes/trial-0042.yaml")
     >>> images = fast(noise, class_labels).images
 
-    Every technique the recipe names is applied, in declared order (``autoaccel.apply``); one with an artifact
-    is rebuilt from it (hash checked, never trained again). Artifact paths are relative to the recipe file's
+    The recipe's plan is built as the search built it (``autoaccel.apply.build_pipeline``): every technique it
+    names, in declared order; one with an artifact is rebuilt from it (hash checked, never trained again). The
+    scheduler, timesteps and guidance are what its techniques give; the written ones run only where no technique
+    decides them. Artifact paths are relative to the recipe file's
     folder, or to ``recipe_dir`` for a recipe given as a dict (default: the working directory). ``log`` (default:
     a warning) hears of a technique that trains again because its recipe has no artifact.
     The denoiser is shared, not copied, unless a technique changes it. With ``check_model`` the model's weights
@@ -418,16 +423,8 @@ def apply_recipe(
                 f"apply it to that model or pass check_model=False"
             )
     _check_null_class(recipe.get("null_class"), target)
-    applied = _apply_techniques(recipe, target, folder, log or _warn)
-    chosen = scheduler_class(recipe["scheduler"]["class"], "recipe scheduler.class", ALLOWED_SCHEDULERS, RecipeError)
-    scheduler = chosen.from_config(recipe["scheduler"]["config"])
-    fast = SamplerPipeline(denoiser=applied.denoiser, scheduler=scheduler, vae=target.vae, conditions=target.conditions)
-    fast.plan.timesteps = list(recipe["timesteps"])
-    fast.plan.sigmas = [float(sigma) for sigma in recipe.get("sigmas") or []]
-    fast.plan.guidance_scale = float(recipe["guidance_scale"])
+    fast = _build(recipe, target, folder, log or _warn)
     fast.plan.null_class = recipe.get("null_class")
-    fast.plan.techniques = list(applied.plan.techniques)
-    _check_consistent(recipe, applied, scheduler)
     return fast
 
 
@@ -480,8 +477,8 @@ def _check_null_class(null_class: int | None, target) -> None:
         raise RecipeError(f"recipe null_class={null_class} is not a class of this model's denoiser; valid: {valid}")
 
 
-def recipe_plan(recipe: dict[str, Any]) -> list[tuple[Any, Any]]:
-    """(technique, config) for every technique the recipe names, in declared order.
+def recipe_plan(recipe: dict[str, Any]) -> Plan:
+    """The plan the recipe is written down from: every technique it names with its config.
 
     Only registered technique names are looked up, and their configs are plain dataclass fields checked by the
     config's own validation: nothing named in the file is imported.
@@ -510,52 +507,35 @@ def recipe_plan(recipe: dict[str, Any]) -> list[tuple[Any, Any]]:
             steps.append((technique, technique.config_cls(**(config or {}))))
         except (TypeError, ConfigError) as error:
             raise RecipeError(f"recipe technique {name!r} has an invalid config: {error}") from None
-    return sorted(steps, key=lambda step: step[0].order)
+    return Plan.of(steps)
 
 
-def _apply_techniques(recipe: dict[str, Any], target, folder: Path, log: Callable[[str], None]) -> SamplerPipeline:
-    """The base model's pipeline with every technique of the recipe applied (``autoaccel.apply``)."""
+def _build(recipe: dict[str, Any], target, folder: Path, log: Callable[[str], None]) -> SamplerPipeline:
+    """The recipe's plan built on the base model (``autoaccel.apply.build_pipeline``), its sampler what the plan's
+    techniques give; the recipe's written scheduler, guidance and timesteps run only for what no technique of it
+    decides (``Plan.decides``: a hand-written recipe without a solver or timesteps technique)."""
     from dataclasses import replace
 
-    from autoaccel.apply import apply_plan, recipe_artifacts
+    from autoaccel.apply import build_pipeline, recipe_artifacts
     from autoaccel.errors import TechniqueError
 
     plan = recipe_plan(recipe)
     base_config = recipe["base_model"].get("scheduler_config") or recipe["scheduler"]["config"]
-    scheduler_class = recipe["base_model"].get("scheduler_class", target.scheduler_class)
-    base = replace(target, scheduler_config=dict(base_config), scheduler_class=scheduler_class)
-    pipeline = base.make_pipeline()
+    scheduler_class_name = recipe["base_model"].get("scheduler_class", target.scheduler_class)
+    base = replace(target, scheduler_config=dict(base_config), scheduler_class=scheduler_class_name)
     try:
-        apply_plan(pipeline, plan, base, artifacts=recipe_artifacts(recipe.get("techniques") or {}, folder), log=log)
+        pipeline = build_pipeline(base, plan, recipe_artifacts(recipe.get("techniques") or {}, folder), log=log)
     except TechniqueError as error:
         raise RecipeError(f"recipe technique cannot apply to this model: {error}") from None
+    if "scheduler" not in plan.decides:
+        written = recipe["scheduler"]["class"]
+        chosen = scheduler_class(written, "recipe scheduler.class", ALLOWED_SCHEDULERS, RecipeError)
+        pipeline.scheduler = chosen.from_config(recipe["scheduler"]["config"])
+        pipeline.plan.guidance_scale = float(recipe["guidance_scale"])
+    if "schedule" not in plan.decides:
+        pipeline.plan.timesteps = list(recipe["timesteps"])
+        pipeline.plan.sigmas = [float(sigma) for sigma in recipe.get("sigmas") or []]
     return pipeline
-
-
-def _check_consistent(recipe: dict[str, Any], applied: SamplerPipeline, scheduler) -> None:
-    """The recipe's scheduler, timesteps and guidance are what its solver and timesteps configs give: a recipe
-    edited in one place but not the other would run something no one measured."""
-    names = {technique.name for technique, _ in applied.plan.techniques}
-    found: dict[str, tuple[Any, Any]] = {}
-    if "solver" in names:
-        found["scheduler"] = (_scheduler_settings(applied.scheduler), _scheduler_settings(scheduler))
-        found["guidance_scale"] = (float(applied.plan.guidance_scale), float(recipe["guidance_scale"]))
-    if "timesteps" in names:
-        found["timesteps"] = ([int(step) for step in applied.plan.timesteps], list(recipe["timesteps"]))
-        found["sigmas"] = ([float(sigma) for sigma in applied.plan.sigmas], list(recipe.get("sigmas") or []))
-    for key, (configured, written) in found.items():
-        if configured != written:
-            owner = "solver" if key != "timesteps" else "timesteps"
-            raise RecipeError(
-                f"recipe {key} {_short(written)} is not what its techniques.{owner} config gives "
-                f"({_short(configured)}); edit both together, or remove techniques.{owner} to run {key} as written"
-            )
-
-
-def _scheduler_settings(scheduler) -> dict[str, Any]:
-    """A scheduler's class and every setting (defaults filled in), comparable however its config was written."""
-    config = {key: value for key, value in dict(scheduler.config).items() if not key.startswith("_")}
-    return {"class": type(scheduler).__name__, "config": to_plain(config)}
 
 
 def _short(value: Any) -> str:

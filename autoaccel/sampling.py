@@ -57,7 +57,7 @@ def _set_sigma_timesteps(scheduler, timesteps: list[int], device) -> None:
 
 
 @dataclass
-class SamplingPlan:
+class SamplerSettings:
     """What the sampling loop needs beyond the denoiser and the scheduler.
 
     The schedule is one of: ``timesteps`` (DDPM-family models: exact integer timesteps), ``sigmas`` (flow-matching
@@ -96,7 +96,7 @@ class SamplerPipeline(DiffusionPipeline):
     def __init__(self, denoiser, scheduler, vae=None, conditions: Conditions | None = None) -> None:
         super().__init__()
         self.register_modules(denoiser=denoiser, scheduler=scheduler, vae=vae)
-        self.plan = SamplingPlan()
+        self.plan = SamplerSettings()
         self.conditions = conditions or _class_conditions_of(denoiser)
         # denoiser evaluations in full-forward equivalents (the NFE: a cached call counts as its share of a full
         # one), and the calls themselves

@@ -69,35 +69,31 @@ def describe_reference(target: Target) -> str:
 
 def teacher_pipeline(target: Target):
     """The run's reference: the pipeline's default call unless ``target.reference`` names another."""
-    from autoaccel.apply import apply_plan
+    from autoaccel.apply import build_pipeline
+    from autoaccel.plan import Plan
     from autoaccel.techniques.solver import SOLVER, SolverConfig
     from autoaccel.techniques.timesteps import TIMESTEPS, TimestepsConfig
 
     spec = parse_reference(target.reference)
     guidance = target.reference_call.guidance_scale if target.conditions.guidable else 1.0
-    pipeline = target.make_pipeline()
     if spec.solver is None:
+        pipeline = target.make_pipeline()
         pipeline.plan.native_steps = target.reference_call.steps
         pipeline.plan.guidance_scale = guidance
         return pipeline
-    plan = [(SOLVER, SolverConfig(name=spec.solver, guidance=guidance)), (TIMESTEPS, TimestepsConfig(steps=spec.steps))]
-    apply_plan(pipeline, plan, target)
-    return pipeline
+    solver = SolverConfig(name=spec.solver, guidance=guidance)
+    return build_pipeline(target, Plan.of([(SOLVER, solver), (TIMESTEPS, TimestepsConfig(steps=spec.steps))]))
 
 
 def ode_reference_pipeline(target: Target):
     """A deterministic second-order solution over many steps at the reference's guidance: what a plan's images
     are compared with pair by pair (a stochastic default call cannot be matched image by image)."""
-    from autoaccel.apply import apply_plan
+    from autoaccel.apply import build_pipeline
+    from autoaccel.plan import Plan
     from autoaccel.techniques.solver import SOLVER, SolverConfig
     from autoaccel.techniques.timesteps import TIMESTEPS, TimestepsConfig
 
     guidance = target.reference_call.guidance_scale if target.conditions.guidable else 1.0
-    pipeline = target.make_pipeline()
     steps = min(target.ode_steps, target.num_train_timesteps)
-    plan = [
-        (SOLVER, SolverConfig(name="dpmsolver++", order=2, guidance=guidance)),
-        (TIMESTEPS, TimestepsConfig(steps=steps)),
-    ]
-    apply_plan(pipeline, plan, target)
-    return pipeline
+    solver = SolverConfig(name="dpmsolver++", order=2, guidance=guidance)
+    return build_pipeline(target, Plan.of([(SOLVER, solver), (TIMESTEPS, TimestepsConfig(steps=steps))]))

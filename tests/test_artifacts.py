@@ -81,7 +81,7 @@ def scored_recipe(context, params: dict) -> tuple[Path, torch.Tensor]:
 
 
 def _score_and_write(context, params: dict) -> tuple[Path, torch.Tensor]:
-    from autoaccel.apply import apply_plan
+    from autoaccel.apply import build_pipeline
     from autoaccel.report.build import trial_artifacts
 
     candidate = candidate_of(context, params)
@@ -91,8 +91,7 @@ def _score_and_write(context, params: dict) -> tuple[Path, torch.Tensor]:
         context.evaluator.configured_pipeline(candidate), context.judge.seeds, context.judge.chunk_size
     )
     plan = candidate.plan(context.space.techniques)
-    pipeline = context.target.make_pipeline()
-    apply_plan(pipeline, [step for step in plan if not step[0].modifies_model], context.target)
+    pipeline = build_pipeline(context.target, plan.sampler_steps)
     recipes = context.run_dir / "recipes"
     artifacts = trial_artifacts(context.run_dir, measurement.details.get("artifacts"), recipes)
     policy = {"seed": context.judge.seeds.seed, "samples": 16, "chunk_size": 16}

@@ -229,13 +229,27 @@ def test_applied_recipe_reproduces_the_plan(tiny_target, tmp_path):
     assert fast.unet_calls == 8  # guided: two unet evaluations per step
 
 
-def test_a_recipe_edited_in_one_place_but_not_the_other_is_refused(tiny_target, tmp_path):
+def test_a_recipe_runs_what_its_technique_configs_give_not_its_written_sampler(tiny_target, tmp_path):
     recipe = _real_recipe(tiny_target)
-    recipe["guidance_scale"] = 1.5  # techniques.solver still says 1.0: applying it would run what no one measured
-    with pytest.raises(RecipeError, match=r"guidance_scale 1.5 is not what its techniques.solver config gives"):
-        apply_recipe(tiny_target, _write(tmp_path, recipe))
-    del recipe["techniques"]["solver"]  # the scheduler fields alone: run as written
-    assert apply_recipe(tiny_target, _write(tmp_path, recipe)).plan.guidance_scale == 1.5
+    recipe["techniques"]["timesteps"] = {"version": 1, "config": {"steps": 4, "family": "uniform_trailing"}}
+    written = {key: recipe[key] for key in ("scheduler", "timesteps", "guidance_scale")}
+    as_configured = apply_recipe(tiny_target, _write(tmp_path, recipe, "configured.yaml"))
+    # the written sampler edited by hand (or by an old tool): the plan is the technique configs, not these fields
+    recipe["guidance_scale"] = 1.5
+    recipe["timesteps"] = [90, 45, 5]
+    recipe["scheduler"] = {"class": "DPMSolverMultistepScheduler", "config": {"num_train_timesteps": 100}}
+    edited = apply_recipe(tiny_target, _write(tmp_path, recipe, "edited.yaml"))
+    assert type(edited.scheduler).__name__ == "UniPCMultistepScheduler"
+    assert (edited.plan.timesteps, edited.plan.guidance_scale) == (as_configured.plan.timesteps, 1.0)
+    assert edited.plan.timesteps != [90, 45, 5]
+    noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    labels = torch.tensor([0, 2])
+    torch.testing.assert_close(edited(noise, labels).images, as_configured(noise, labels).images, atol=0, rtol=0)
+    del recipe["techniques"]["solver"], recipe["techniques"]["timesteps"]  # nothing decides the sampler: as written
+    by_hand = apply_recipe(tiny_target, _write(tmp_path, recipe, "by-hand.yaml"))
+    assert type(by_hand.scheduler).__name__ == "DPMSolverMultistepScheduler"
+    assert (by_hand.plan.timesteps, by_hand.plan.guidance_scale) == ([90, 45, 5], 1.5)
+    assert written["guidance_scale"] == 1.0
 
 
 def test_apply_recipe_needs_a_unet(tmp_path):

@@ -52,7 +52,7 @@ def test_recipe_reproduces_scored_images_bit_exactly(fast_overrides, tiny_pipeli
     from diffusers import DDPMPipeline
 
     from autoaccel import apply_recipe
-    from autoaccel.apply import apply_plan
+    from autoaccel.apply import build_pipeline
     from autoaccel.candidate import Candidate
     from autoaccel.run import prepare_run
     from autoaccel.seeds import sample_in_chunks
@@ -76,8 +76,7 @@ def test_recipe_reproduces_scored_images_bit_exactly(fast_overrides, tiny_pipeli
             searched.update({"solver.final_sigma": "sigma_min", "solver.lower_order_final": False})
         candidate = Candidate.from_params(context.space.complete(searched))
         plan = candidate.plan(context.space.techniques)
-        pipeline = context.target.make_pipeline()
-        apply_plan(pipeline, plan, context.target)
+        pipeline = build_pipeline(context.target, plan)
         scored = sample_in_chunks(pipeline, context.judge.seeds, context.judge.chunk_size)
 
         from autoaccel.recipe import build_recipe, save_recipe

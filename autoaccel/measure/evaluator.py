@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from autoaccel import artifact_index
-from autoaccel.apply import apply_plan, technique_records
+from autoaccel.apply import apply_plan, build_pipeline, technique_records
 from autoaccel.artifact_index import plan_prefix_key
 from autoaccel.artifacts import ArtifactStore
 from autoaccel.candidate import Candidate, cost_key
@@ -27,6 +27,7 @@ from autoaccel.measure.latency import CostMeasurement, measure_cost, structure_i
 from autoaccel.measure.measurement import COMPLETE, FAILED, Measurement, describe_failure
 from autoaccel.measure.reference import QualityJudge
 from autoaccel.measure.size import model_bytes
+from autoaccel.plan import Plan
 from autoaccel.progress import Progress
 from autoaccel.seeds import sample_in_chunks
 from autoaccel.space import SearchSpace
@@ -176,9 +177,9 @@ class Evaluator:
         if trained is not None:  # what producing this plan's model cost the search (not its deployment)
             details.update(train_minutes=round(float(trained), 3))
         kernels = kernel_choice(pipeline.denoiser)
-        plan = quantization_plan(pipeline.denoiser)
-        if plan is not None:
-            details.update(simulated=["quantization"], quantization=plan.describe())
+        bits = quantization_plan(pipeline.denoiser)  # the bit width of each quantized layer
+        if bits is not None:
+            details.update(simulated=["quantization"], quantization=bits.describe())
         if pipeline.plan.artifacts:
             details.update(artifacts=dict(pipeline.plan.artifacts))
         records = technique_records(pipeline)
@@ -220,27 +221,27 @@ class Evaluator:
         its weights are stored there too (``pipeline.plan.artifacts``): recipes name them and apply without
         training. ``train=False``: a model neither kept nor stored is refused (``NotStored``) instead of trained."""
         plan = candidate.plan(self.space.techniques)
-        model_steps = [(technique, config) for technique, config in plan if technique.modifies_model]
-        key = tuple((technique.name, technique.version, config) for technique, config in model_steps)
-        pipeline = self.target.make_pipeline()
-        stored: dict[str, str] = {}
-        if model_steps:
-            with self._models_lock:
-                cached = self._models.get(key)
-            if cached is None:
-                stored = self._apply_model_steps(pipeline, model_steps, train)
-                with self._models_lock:
-                    self._models[key] = (pipeline.denoiser, stored)
-                    while len(self._models) > MODELS_KEPT:
-                        self._models.popitem(last=False)
-            else:
-                pipeline.denoiser, stored = cached
-        apply_plan(pipeline, [step for step in plan if not step[0].modifies_model], self.target)
-        pipeline.plan.techniques = list(plan)  # the whole plan, also where the model came from the cache
-        pipeline.plan.artifacts = dict(stored)
-        return pipeline
+        return build_pipeline(
+            self.target, plan, model_steps=lambda pipeline, steps: self._kept_model(pipeline, steps, train)
+        )
 
-    def _apply_model_steps(self, pipeline, model_steps: list, train: bool = True) -> dict[str, str]:
+    def _kept_model(self, pipeline, model_steps: Plan, train: bool) -> dict[str, str]:
+        """Puts the model ``model_steps`` produce into ``pipeline``: one of the last few kept, else applied
+        (``_apply_model_steps``) and kept. Returns technique -> sha256 of its stored artifact."""
+        key = tuple((technique.name, technique.version, config) for technique, config in model_steps)
+        with self._models_lock:
+            cached = self._models.get(key)
+        if cached is not None:
+            pipeline.denoiser, stored = cached
+            return stored
+        stored = self._apply_model_steps(pipeline, model_steps, train)
+        with self._models_lock:
+            self._models[key] = (pipeline.denoiser, stored)
+            while len(self._models) > MODELS_KEPT:
+                self._models.popitem(last=False)
+        return stored
+
+    def _apply_model_steps(self, pipeline, model_steps: Plan, train: bool = True) -> dict[str, str]:
         """Applies the model techniques one by one; a model an earlier trial or process already stored (the
         artifact index) is loaded from its artifact instead of trained again. Returns technique -> sha256."""
         stored: dict[str, str] = {}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from autoaccel.apply import apply_plan
+from autoaccel.apply import build_pipeline
 from autoaccel.artifacts import ARTIFACTS_DIR, ArtifactRef
 from autoaccel.candidate import Candidate
 from autoaccel.errors import ConfigError
@@ -73,23 +73,22 @@ def seed_policy(context) -> dict:
 def write_front_recipe(context, row: pd.Series, recipes_dir: Path) -> Path:
     """The recipe of one front point, rebuilt from the exact parameters the ledger stored for its trial.
 
-    Only the sampler techniques are applied here (the recipe records their scheduler and timesteps); the model
-    techniques are named with the artifacts the evaluator stored, so nothing is pruned or trained again: a trial
-    whose stored artifact is missing is refused (``MissingArtifact``), never trained again in its place.
+    Only the steps that decide how the plan samples are applied here (the recipe shows the scheduler and timesteps
+    they give); the model techniques are named with the artifacts the evaluator stored, so nothing is pruned or
+    trained again: a trial whose stored artifact is missing is refused (``MissingArtifact``), never trained again in
+    its place.
     """
     frozen = context.ledger.trial(int(row["trial"]))
     candidate = Candidate.from_params(frozen.user_attrs["candidate"])
     plan = candidate.plan(context.space.techniques)
-    pipeline = context.target.make_pipeline()
     recorded = frozen.user_attrs.get(f"{DETAIL_PREFIX}artifacts")
     missing = missing_artifacts(context.run_dir, recorded)
     if missing:
         raise missing_artifact_error(int(row["trial"]), *next(iter(missing.items())), len(missing))
     artifacts = trial_artifacts(context.run_dir, recorded, recipes_dir)
-    # a distilled model prescribes the sampler the recipe records: it is loaded from its artifact
-    prescribing = [step for step in plan if step[0].prescribes(step[1])]
+    # what the recipe shows of its sampler (a distilled model prescribes it: it is loaded from its artifact)
     stored = {name: (Path(os.path.normpath(recipes_dir / ref.path)), ref.sha256) for name, ref in artifacts.items()}
-    apply_plan(pipeline, prescribing + [step for step in plan if not step[0].modifies_model], context.target, stored)
+    pipeline = build_pipeline(context.target, plan.sampling_part, stored)
     figures = {name: row.get(name) for name in [*METRIC_COLUMNS, "quality_samples"] if name in row}
     measured_on = {
         "device": row.get("device"),

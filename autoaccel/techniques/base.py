@@ -20,6 +20,7 @@ from typing import Any
 from autoaccel.errors import ConfigError
 
 PARAM_KINDS = ("int", "float", "bool", "choice")
+SAMPLER_PARTS = ("scheduler", "schedule")  # what of the sampler a technique may decide (``Technique.decides``)
 TRAIN_MINUTES = "train_minutes"  # set on a model a technique trained: the plan's search cost, recorded per trial
 
 
@@ -110,6 +111,9 @@ class Technique:
     version: int = 1
     modifies_model: bool = False  # replaces the pipeline's unet: a recipe must re-apply it to reproduce images
     simulated: bool = False  # scored by simulation (fake quantization): trials, reports and recipes say so
+    # what of the sampler applying it sets (SAMPLER_PARTS): ``scheduler`` (its class, settings and the guidance
+    # scale), ``schedule`` (the timesteps or sigmas); a recipe runs its written sampler only for what none decides
+    decides: tuple[str, ...] = ()
     group_params: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     # settings (without the ``name.`` prefix) that leave the model unchanged: what baselines use in a joint space
     unchanged_params: Mapping[str, Any] = field(default_factory=dict)

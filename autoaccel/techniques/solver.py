@@ -195,6 +195,7 @@ SOLVER = register(
         apply=apply_solver,
         params=SOLVER_PARAMS,
         cost_key=solver_cost,
+        decides=("scheduler",),
     )
 )
 

@@ -197,5 +197,6 @@ TIMESTEPS = register(
         group_params=_group_gaps,
         params=TIMESTEPS_PARAMS,
         cost_key=timesteps_cost,
+        decides=("schedule",),
     )
 )
