@@ -31,17 +31,18 @@ class PrescribedSampler:
 
 def read_prescription(stored: Any, num_train_timesteps: int, source: str) -> PrescribedSampler:
     """The prescription an artifact's metadata holds (``source`` names it), checked before anything is built from
-    it: a scheduler a plan may run (``autoaccel.schedulers``) with bounded settings, strictly decreasing timesteps
-    within the model's trained range, and a guidance scale in range; else a RecipeError naming the bad value."""
+    it: a scheduler a plan may run (``autoaccel.schedules.schedulers``) with bounded settings, strictly decreasing
+    timesteps within the model's trained range, and a guidance scale in range; else a RecipeError naming the bad
+    value."""
     from autoaccel.errors import RecipeError
-    from autoaccel.schedulers import (
+    from autoaccel.schedules.schedulers import (
         MAX_INFERENCE_STEPS,
         check_scheduler_settings,
         is_timestep_schedule,
         sampler_schedulers,
         scheduler_class,
     )
-    from autoaccel.techniques.solver import check_guidance_scale
+    from autoaccel.schedules.solvers import check_guidance_scale
 
     keys = ("scheduler_class", "timesteps", "guidance_scale", "settings")
     if not isinstance(stored, dict) or any(key not in stored for key in keys):
@@ -73,7 +74,7 @@ def prescription(denoiser) -> PrescribedSampler | None:
 
 def apply_prescribed(pipeline, target) -> None:
     """Sets the pipeline's scheduler, timesteps and guidance to its denoiser's prescription, if it has one."""
-    from autoaccel.techniques.solver_spec import scheduler_from_settings
+    from autoaccel.schedules.schedulers import scheduler_from_settings
 
     sampler = prescription(pipeline.denoiser)
     if sampler is None:

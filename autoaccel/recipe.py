@@ -31,7 +31,7 @@ from autoaccel.files import write_atomically
 from autoaccel.measure.latency import MODEL_MEMORY_MEANING, describe_peak_memory
 from autoaccel.plan import Plan
 from autoaccel.sampling import SamplerPipeline, set_exact_timesteps
-from autoaccel.schedulers import (
+from autoaccel.schedules.schedulers import (
     MAX_INFERENCE_STEPS,
     build_scheduler_from,
     check_scheduler_settings,
@@ -40,10 +40,10 @@ from autoaccel.schedulers import (
     sampler_schedulers,
     scheduler_class,
 )
-from autoaccel.techniques.solver import check_guidance_scale
+from autoaccel.schedules.solvers import check_guidance_scale
 
 RECIPE_FORMAT = 1
-ALLOWED_SCHEDULERS = sampler_schedulers()  # what a recipe's sampler may be (autoaccel.schedulers)
+ALLOWED_SCHEDULERS = sampler_schedulers()  # what a recipe's sampler may be (autoaccel.schedules.schedulers)
 REQUIRED_KEYS = ("autoaccel_recipe", "base_model", "scheduler", "timesteps", "guidance_scale")
 MAX_RECIPE_BYTES = 64 * 1024 * 1024  # a recipe holds at most 10000 prompts of 1000 characters, and its schedule
 
@@ -237,7 +237,7 @@ def validate_recipe(recipe: Any, source: str = "recipe") -> dict[str, Any]:
 
 def _check_base_scheduler(base: dict, source: str) -> None:
     """The model's own scheduler, which applying builds before any technique: a class a model may come with
-    (``autoaccel.schedulers``), its counts bounded, and settings diffusers accepts."""
+    (``autoaccel.schedules.schedulers``), its counts bounded, and settings diffusers accepts."""
     name, config = base.get("scheduler_class"), base.get("scheduler_config")
     where = f"{source}: base_model"
     if name is not None:
@@ -367,7 +367,7 @@ def _scheduler_failure(class_name: str, config: dict, timesteps: list) -> Except
     try:
         scheduler = scheduler_class(class_name, "scheduler", ALLOWED_SCHEDULERS).from_config(config)
         if timesteps and isinstance(timesteps[0], float):
-            from autoaccel.flow_matching import set_exact_sigmas
+            from autoaccel.schedules.exact import set_exact_sigmas
 
             set_exact_sigmas(scheduler, timesteps)
         else:

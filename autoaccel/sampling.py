@@ -21,9 +21,10 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from autoaccel.call_control import call_controller
 from autoaccel.errors import TechniqueError
 from autoaccel.interrupts import raise_if_cancelled
+from autoaccel.schedules.exact import set_exact_sigmas
+from autoaccel.schedules.schedulers import refuse_switched_settings
 from autoaccel.targets.conditions import CLASS, Conditions, concat_keywords
 from autoaccel.targets.denoisers import decode, predict
-from autoaccel.techniques.solver_spec import refuse_switched_settings
 
 
 def set_exact_timesteps(scheduler, timesteps: list[int], device: torch.device | str = "cpu") -> None:
@@ -154,8 +155,6 @@ class SamplerPipeline(DiffusionPipeline):
     def set_schedule(self, device) -> None:
         """Sets the scheduler to the plan's schedule."""
         if self.plan.sigmas:
-            from autoaccel.flow_matching import set_exact_sigmas
-
             set_exact_sigmas(self.scheduler, self.plan.sigmas, device=device)
         elif self.plan.timesteps:
             set_exact_timesteps(self.scheduler, self.plan.timesteps, device=device)

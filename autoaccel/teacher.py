@@ -34,7 +34,7 @@ class ReferenceSpec:
 
 def parse_reference(text: str | None) -> ReferenceSpec:
     """``default`` or ``<solver>-<steps>``; a one-line error naming what is valid otherwise."""
-    from autoaccel.techniques.solver import all_solver_names
+    from autoaccel.schedules.solvers import all_solver_names
 
     if text in (None, "", DEFAULT_REFERENCE):
         return ReferenceSpec(None, None)

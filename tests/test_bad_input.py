@@ -20,7 +20,7 @@ from autoaccel.cli import main
 from autoaccel.config import compose_config
 from autoaccel.config.checks import MAX_SAMPLES, POPULATION_BACKENDS, validate_config
 from autoaccel.errors import TargetError
-from autoaccel.schedulers import MAX_INFERENCE_STEPS, MAX_TRAIN_TIMESTEPS
+from autoaccel.schedules.schedulers import MAX_INFERENCE_STEPS, MAX_TRAIN_TIMESTEPS
 from autoaccel.seeds import make_seed_batch
 from autoaccel.targets.data_folder import MAX_IMAGE_PIXELS
 from autoaccel.targets.loader import MAX_SAMPLE_CHANNELS, MAX_SAMPLE_SIZE, check_device, load_pipeline_folder

@@ -18,15 +18,9 @@ import pytest
 import torch
 
 from autoaccel.errors import TechniqueError
-from autoaccel.flow_matching import (
-    FLOW_FAMILIES,
-    FLOW_SOLVERS,
-    build_flow_scheduler,
-    flow_sigmas,
-    model_calls,
-    set_exact_sigmas,
-    shift_sigmas,
-)
+from autoaccel.flow_matching import FLOW_FAMILIES, build_flow_scheduler, flow_sigmas, shift_sigmas
+from autoaccel.schedules.exact import model_calls, set_exact_sigmas
+from autoaccel.schedules.solvers import FLOW_SOLVERS
 from autoaccel.techniques.solver import SolverConfig
 from autoaccel.techniques.timesteps import TimestepsConfig
 

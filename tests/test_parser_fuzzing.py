@@ -135,7 +135,7 @@ SCHEDULER_SETTINGS = st.one_of(
 @settings(max_examples=200, deadline=None)
 @given(st.fixed_dictionaries({}, optional={"scheduler_class": SCHEDULER_NAMES, "scheduler_config": SCHEDULER_SETTINGS}))
 def test_recipe_base_model_scheduler_is_allowed_bounded_or_named(base):
-    from autoaccel.schedulers import model_schedulers
+    from autoaccel.schedules.schedulers import model_schedulers
 
     recipe = copy.deepcopy(_valid_recipe())
     recipe["base_model"].update(base)
@@ -164,7 +164,7 @@ def test_recipe_base_model_scheduler_is_allowed_bounded_or_named(base):
 )
 def test_an_artifacts_prescription_is_allowed_bounded_or_named(stored):
     from autoaccel.prescribed import read_prescription
-    from autoaccel.schedulers import sampler_schedulers
+    from autoaccel.schedules.schedulers import sampler_schedulers
 
     try:
         sampler = read_prescription(stored, 1000, "prescribed_sampler")

@@ -92,7 +92,7 @@ def test_bad_timesteps_are_refused(tmp_path, timesteps):
 
 def test_a_schedule_longer_than_any_sampler_runs_is_refused_unprobed(tmp_path, monkeypatch):
     import autoaccel.recipe
-    from autoaccel.schedulers import MAX_INFERENCE_STEPS
+    from autoaccel.schedules.schedulers import MAX_INFERENCE_STEPS
 
     def refuse(*args, **kwargs):
         raise AssertionError("a schedule of absurd length must be refused before the scheduler runs it")

@@ -64,7 +64,7 @@ def validate_config(config: DictConfig) -> None:
 
 def check_warm_start(steps: list) -> None:
     """``budget.warm_start_steps``: step counts a standard configuration can run (0 would be dropped unseen)."""
-    from autoaccel.schedulers import MAX_INFERENCE_STEPS
+    from autoaccel.schedules.schedulers import MAX_INFERENCE_STEPS
 
     for step_count in steps:
         if (

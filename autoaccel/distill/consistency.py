@@ -61,7 +61,7 @@ def lcm_settings(settings: ConsistencySettings) -> dict:
 
 
 def lcm_scheduler(target, settings: ConsistencySettings):
-    from autoaccel.techniques.solver_spec import scheduler_from_settings
+    from autoaccel.schedules.schedulers import scheduler_from_settings
 
     base = {key: value for key, value in target.scheduler_config.items() if not key.startswith("_")}
     return scheduler_from_settings("LCMScheduler", base, lcm_settings(settings), "consistency")

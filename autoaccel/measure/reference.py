@@ -50,10 +50,11 @@ from autoaccel.measure.quality import (
     tensor_digest,
 )
 from autoaccel.progress import Progress
+from autoaccel.schedules.solvers import SOLVERS
 from autoaccel.seeds import SeedBatch, make_seed_batch, sample_in_chunks
 from autoaccel.targets.base import Target
 from autoaccel.teacher import ODE_REFERENCE_STEPS, ode_reference_pipeline, parse_reference, teacher_pipeline
-from autoaccel.techniques.solver import SOLVERS, solver_spec
+from autoaccel.techniques.solver import solver_spec
 
 HELD_OUT_REFERENCE = "real images less the floor's held-out set"  # what real-data FID is scored against
 QUALITY_OPTIONS_KEY = "quality_options"  # target.metadata: the QualityOptions every judge of the target uses

@@ -121,9 +121,9 @@ class Target:
     def make_pipeline(self) -> SamplerPipeline:
         """A fresh pipeline around the target's denoiser and VAE (shared, not copied: sampler techniques leave
         them alone), running the model's own scheduler until a technique swaps it (a class a model may come
-        with: ``autoaccel.schedulers``)."""
+        with: ``autoaccel.schedules.schedulers``)."""
         from autoaccel.errors import TargetError
-        from autoaccel.schedulers import build_scheduler_from, model_schedulers
+        from autoaccel.schedules.schedulers import build_scheduler_from, model_schedulers
 
         where = f"model {self.name}'s scheduler"
         scheduler = build_scheduler_from(

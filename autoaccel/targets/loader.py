@@ -12,7 +12,7 @@ import torch
 
 from autoaccel.errors import TargetError
 from autoaccel.measure.features import GENERIC_EXTRACTOR
-from autoaccel.schedulers import MAX_INFERENCE_STEPS, build_scheduler_from, model_schedulers, scheduler_class
+from autoaccel.schedules.schedulers import MAX_INFERENCE_STEPS, build_scheduler_from, model_schedulers, scheduler_class
 from autoaccel.targets.base import DefaultCall, QualityReference, Target, hash_weights
 from autoaccel.targets.conditions import CLASS, PROMPT, Conditions
 from autoaccel.targets.layouts import LAYOUTS, VAE_SCALE, layout_of, pipeline_denoiser
@@ -120,7 +120,7 @@ def _folder_pipeline_class(folder: Path, path) -> str:
 
 def _check_folder_sizes(folder: Path) -> None:
     """What loading would build from the folder's JSON before any weight is read: the scheduler (a class a model may
-    come with, its tables bounded: ``autoaccel.schedulers``) and the denoiser's sample size and channels."""
+    come with, its tables bounded: ``autoaccel.schedules.schedulers``) and the denoiser's sample size and channels."""
     index_path = folder / "model_index.json"
     index = _read_json(index_path)
     entry = index.get("scheduler")

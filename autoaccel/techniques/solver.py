@@ -13,31 +13,12 @@ from dataclasses import asdict, dataclass
 import diffusers
 
 from autoaccel.errors import ConfigError, TechniqueError
+from autoaccel.schedules.schedulers import scheduler_from_settings
+from autoaccel.schedules.solvers import FLOW_SOLVERS, MAX_GUIDANCE, SOLVERS, SolverSpec, all_solver_names
 from autoaccel.targets.layouts import family_named
 from autoaccel.techniques.base import ParamSpec, Technique, register
-from autoaccel.techniques.solver_spec import SolverSpec, scheduler_from_settings
-
-SOLVERS: dict[str, SolverSpec] = {
-    "ddim": SolverSpec("DPMSolverMultistepScheduler", (1,), fixed={"algorithm_type": "dpmsolver++"}),
-    "dpmsolver++": SolverSpec(
-        "DPMSolverMultistepScheduler",
-        (1, 2, 3),
-        variants={"default": {"algorithm_type": "dpmsolver++"}, "sde": {"algorithm_type": "sde-dpmsolver++"}},
-    ),
-    "dpmsolver_single": SolverSpec("DPMSolverSinglestepScheduler", (1, 2, 3), fixed={"algorithm_type": "dpmsolver++"}),
-    "unipc": SolverSpec(
-        "UniPCMultistepScheduler",
-        (1, 2, 3),
-        variants={"default": {"solver_type": "bh2"}, "bh1": {"solver_type": "bh1"}},
-    ),
-    "deis": SolverSpec("DEISMultistepScheduler", (1, 2, 3)),
-    "euler": SolverSpec("EulerDiscreteScheduler", (1,)),
-    "heun": SolverSpec("HeunDiscreteScheduler", (2,)),
-    "ddpm": SolverSpec("DDPMScheduler", (1,), stochastic=True),
-}
 
 FINAL_SIGMAS = ("zero", "sigma_min")
-MAX_GUIDANCE = 100.0  # far beyond any useful classifier-free scale; larger ones only saturate the images
 
 # Settings that a checkpoint's saved scheduler config may carry and that would silently change the solver.
 NEUTRAL_OVERRIDES = {"clip_sample": False, "thresholding": False, "timestep_spacing": "trailing", "steps_offset": 0}
@@ -84,19 +65,13 @@ class SolverConfig:
 
 
 def flow_solvers() -> dict[str, SolverSpec]:
-    """Solvers for flow-matching models (autoaccel.flow_matching): same names where the method is the same."""
-    from autoaccel.flow_matching import FLOW_SOLVERS
-
+    """Solvers for flow-matching models: same names where the method is the same."""
     return FLOW_SOLVERS
 
 
 def solvers_for(family: str) -> dict[str, SolverSpec]:
     """The solvers a model of this schedule family (``ddpm`` or ``flow``) can run."""
     return flow_solvers() if family_named(family).places_sigmas else SOLVERS
-
-
-def all_solver_names() -> tuple[str, ...]:
-    return tuple(dict.fromkeys([*SOLVERS, *flow_solvers()]))
 
 
 def solver_spec(name: str, family: str | None = None) -> SolverSpec:
@@ -198,11 +173,3 @@ SOLVER = register(
         decides=("scheduler",),
     )
 )
-
-
-def check_guidance_scale(guidance, where: str, error: type[Exception]) -> float:
-    """A guidance scale read from a file: a number (not a bool) in [1, MAX_GUIDANCE]; else one line naming
-    ``where`` (e.g. ``recipe.yaml: guidance_scale``)."""
-    if isinstance(guidance, bool) or not isinstance(guidance, int | float) or not 1 <= guidance <= MAX_GUIDANCE:
-        raise error(f"{where}={guidance!r} must be a number in [1, {MAX_GUIDANCE:g}]")
-    return float(guidance)

@@ -10,9 +10,11 @@ up, so a file cannot make autoaccel build a model or reach a module. Every count
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any
 
-from autoaccel.errors import ConfigError
+from autoaccel.errors import ConfigError, TechniqueError
+from autoaccel.schedules.solvers import FLOW_SOLVERS, SOLVERS
 
 MAX_TRAIN_TIMESTEPS = 1_000_000  # schedulers allocate tables of this length; real models train on about 1000
 MAX_INFERENCE_STEPS = 10_000  # sampling steps a file may ask for: real default calls run at most a few thousand
@@ -37,9 +39,7 @@ NATIVE_SCHEDULERS = frozenset(
 @functools.cache
 def sampler_schedulers() -> frozenset[str]:
     """The schedulers a plan runs: every solver's class, DDPM and DDIM, and LCM (consistency-distilled students)."""
-    from autoaccel.techniques.solver import SOLVERS, flow_solvers
-
-    solvers = [*SOLVERS.values(), *flow_solvers().values()]
+    solvers = [*SOLVERS.values(), *FLOW_SOLVERS.values()]
     return frozenset(spec.scheduler_class for spec in solvers) | {"DDPMScheduler", "DDIMScheduler", "LCMScheduler"}
 
 
@@ -124,3 +124,38 @@ def _short(value: Any, limit: int = 80) -> str:
     except ValueError:  # an int with more digits than Python prints
         return f"<an int of about {value.bit_length() * 3 // 10} digits>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def scheduler_from_settings(class_name: str, base: dict, settings: dict, what: str = "solver"):
+    """A scheduler of ``class_name`` built from the model's ``base`` config overridden by ``settings``.
+
+    Some schedulers quietly rewrite a combination they do not support (DPM-Solver++ forces lower_order_final=True
+    with a zero final sigma); that would be a different plan than the one recorded, so it is refused.
+    """
+    chosen = scheduler_class(class_name, f"{what} scheduler", sampler_schedulers(), TechniqueError)
+    accepted = inspect.signature(chosen.__init__).parameters
+    base = {key: value for key, value in base.items() if key in accepted}  # the rest diffusers would drop, noisily
+    try:
+        scheduler = chosen.from_config({**base, **settings})
+    except (ValueError, NotImplementedError) as error:
+        raise TechniqueError(f"{class_name} refused {what} settings {settings}: {error}") from error
+    changed = {
+        key: (value, scheduler.config[key])
+        for key, value in settings.items()
+        if key in scheduler.config and scheduler.config[key] != value
+    }
+    if changed:
+        details = ", ".join(f"{key}={wanted!r} (it uses {used!r})" for key, (wanted, used) in changed.items())
+        raise TechniqueError(f"{class_name} does not support {details}")
+    return scheduler
+
+
+def refuse_switched_settings(scheduler, before: dict, steps: int) -> None:
+    """Raises TechniqueError when setting a schedule made ``scheduler`` rewrite a setting it cannot honour for it
+    (DPM-Solver singlestep forces lower_order_final=True): the plan would then not be what was recorded."""
+    changed = {
+        key: (value, scheduler.config.get(key)) for key, value in before.items() if scheduler.config.get(key) != value
+    }
+    if changed:
+        details = ", ".join(f"{key}={wanted!r} (it switched to {used!r})" for key, (wanted, used) in changed.items())
+        raise TechniqueError(f"{type(scheduler).__name__} does not support {details} with {steps} steps")
