@@ -184,7 +184,7 @@ class FeatureSets:
 
 def load_digits_vae():
     """The latent digits models' autoencoder (16x16 digits -> 4x4x4), if it is in the package."""
-    from autoaccel.targets.digits.model import WEIGHTS_DIR
+    from autoaccel.targets.digits.weights import WEIGHTS_DIR
 
     folder = WEIGHTS_DIR / "vae"
     if not (folder / "config.json").exists():
@@ -199,7 +199,7 @@ def digit_adherence(target):
     if target.metadata.get("adherence") is not None:
         return target.metadata["adherence"]
     from autoaccel.targets.digits.classifier import load_classifier
-    from autoaccel.targets.digits.model import classifier_weights_path
+    from autoaccel.targets.digits.weights import classifier_weights_path
 
     classifier = load_classifier(classifier_weights_path())
 

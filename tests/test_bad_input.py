@@ -765,7 +765,7 @@ def embedded_weights(monkeypatch):
     import autoaccel.targets.digits.classifier_training as classifier
     import autoaccel.targets.digits.latent.train as latent
     import autoaccel.targets.digits.teacher as teacher
-    from autoaccel.targets.digits.model import WEIGHTS_DIR
+    from autoaccel.targets.digits.weights import WEIGHTS_DIR
 
     def refuse(*args, **kwargs):
         raise AssertionError("a refused flag must stop the command before it trains")

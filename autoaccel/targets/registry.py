@@ -97,8 +97,8 @@ def _load_folder(path: str | None, device: str, prompts: str | None = None) -> T
 
 
 def _embedded_guidance(folder: str) -> float:
-    from autoaccel.space_choice import folder_summary
-    from autoaccel.targets.digits.model import WEIGHTS_DIR
+    from autoaccel.targets.digits.weights import WEIGHTS_DIR
+    from autoaccel.targets.summary import folder_summary
 
     return folder_summary(WEIGHTS_DIR / folder)[1]
 

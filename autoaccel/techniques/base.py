@@ -227,7 +227,6 @@ def register(technique: Technique) -> Technique:
 
 
 def get_technique(name: str) -> Technique:
-    _load_builtin_techniques()
     if name not in _REGISTRY:
         raise ConfigError(f"unknown technique {name!r}; known: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
@@ -235,7 +234,6 @@ def get_technique(name: str) -> Technique:
 
 def registered_techniques() -> list[Technique]:
     """All techniques, in the order they apply."""
-    _load_builtin_techniques()
     return sorted(_REGISTRY.values(), key=lambda technique: technique.order)
 
 
@@ -256,13 +254,3 @@ def target_limits(target) -> dict[str, int | tuple]:
         if technique.target_limits is not None:
             limits.update(technique.target_limits(target))
     return limits
-
-
-def _load_builtin_techniques() -> None:
-    import autoaccel.techniques.assignment  # noqa: F401
-    import autoaccel.techniques.caching  # noqa: F401
-    import autoaccel.techniques.distillation  # noqa: F401
-    import autoaccel.techniques.pruning  # noqa: F401
-    import autoaccel.techniques.quantization  # noqa: F401
-    import autoaccel.techniques.solver  # noqa: F401
-    import autoaccel.techniques.timesteps  # noqa: F401

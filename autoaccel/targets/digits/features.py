@@ -14,7 +14,7 @@ class DigitsClassifierFeatures(OneLayerFeatures):
     def __init__(self, name: str, features_list: list[str], **kwargs) -> None:
         super().__init__(name, features_list)
         from autoaccel.targets.digits.classifier import load_classifier
-        from autoaccel.targets.digits.model import classifier_weights_path
+        from autoaccel.targets.digits.weights import classifier_weights_path
 
         self.classifier = load_classifier(classifier_weights_path())
 

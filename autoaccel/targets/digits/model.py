@@ -6,16 +6,7 @@ from pathlib import Path
 
 from autoaccel.targets.base import QualityReference, Target
 from autoaccel.targets.digits.features import DIGITS16_EXTRACTOR, DIGITS_EXTRACTOR
-
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-
-
-def teacher_dir() -> Path:
-    return WEIGHTS_DIR / "teacher"
-
-
-def classifier_weights_path() -> Path:
-    return WEIGHTS_DIR / "classifier.safetensors"
+from autoaccel.targets.digits.weights import WEIGHTS_DIR, classifier_weights_path, teacher_dir
 
 
 def load_digits_target(device: str = "cpu") -> Target:

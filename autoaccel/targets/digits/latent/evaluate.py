@@ -26,7 +26,7 @@ SWEEP_GUIDANCE = (1.0, 2.0, 4.0, 7.5)
 @lru_cache(maxsize=1)
 def _classifier():
     from autoaccel.targets.digits.classifier import load_classifier
-    from autoaccel.targets.digits.model import classifier_weights_path
+    from autoaccel.targets.digits.weights import classifier_weights_path
 
     return load_classifier(classifier_weights_path())
 

@@ -34,7 +34,7 @@ DIFFUSERS_DEFAULT_GUIDANCE = 7.5  # StableDiffusionPipeline's own default, kept 
 
 
 def default_vae_dir() -> Path:
-    from autoaccel.targets.digits.model import WEIGHTS_DIR
+    from autoaccel.targets.digits.weights import WEIGHTS_DIR
 
     return WEIGHTS_DIR / "vae"
 

@@ -20,7 +20,7 @@ MODELS = ("vae", "t2i", "dit")
 
 
 def default_out_root() -> Path:
-    from autoaccel.targets.digits.model import WEIGHTS_DIR
+    from autoaccel.targets.digits.weights import WEIGHTS_DIR
 
     return WEIGHTS_DIR
 
