@@ -155,7 +155,7 @@ def run_search(
     started = time.monotonic()
     ran = 0
     evaluated = ledger.evaluated_candidates()
-    heartbeat = Heartbeat(ledger.study, liveness.interval_s) if liveness else None
+    heartbeat = Heartbeat(ledger, liveness.interval_s) if liveness else None
     last_sweep = -math.inf
 
     held: dict[int, optuna.Trial] = {}  # asked and not yet told: what an interrupt must mark and re-queue
