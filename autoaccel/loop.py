@@ -32,7 +32,7 @@ from autoaccel.measure.measurement import Measurement
 from autoaccel.optimizers.base import OptimizerBackend
 from autoaccel.optimizers.optuna_backend import suggest
 from autoaccel.space import SearchSpace
-from autoaccel.techniques.base import get_technique, unchanged_model_params
+from autoaccel.techniques.base import get_technique, setting_with, standard_settings, unchanged_model_params
 
 
 @dataclass(frozen=True)
@@ -51,33 +51,22 @@ def standard_configurations(
 ) -> list[tuple[str, dict[str, Any]]]:
     """The solvers users run by default, on the model's own uniform grid at each step count, at the guidance scale
     of the model's default call (where the space holds it; else none), as far as the space allows: the baselines
-    the report measures the search's gain against. DDPM-family models: DDIM, DPM-Solver++ 2M and UniPC (trailing
-    spacing); flow-matching models: Euler (what their pipelines run), DPM-Solver++ 2M and UniPC on flow sigmas."""
-    order_two = {"solver.order": 2, "solver.final_sigma": "zero", "solver.lower_order_final": True}
-    first = ("flow_euler", {"solver.name": "flow_euler"}) if family == "flow" else ("ddim", {"solver.name": "ddim"})
-    solvers = [
-        first,
-        ("dpmsolver++2m", {"solver.name": "dpmsolver++", "solver.variant": "default", **order_two}),
-        ("unipc", {"solver.name": "unipc", **order_two}),
-    ]
+    the report measures the search's gain against. Which solvers and grids, for a model of schedule ``family``,
+    the techniques say (``Technique.standard_settings``: DDIM or Euler for flow matching, DPM-Solver++ 2M, UniPC)."""
     # In a joint space the baselines are the unchanged model: each model technique says what leaves it as it is.
     unchanged_model = unchanged_model_params()
+    guidance_key = setting_with("guidance_param")
     configurations = []
     for step_count in steps:
-        for label, solver_params in solvers:
-            params = {
-                "timesteps.steps": step_count,
-                "timesteps.family": "uniform_trailing",
-                **solver_params,
-                **unchanged_model,
-            }
+        for names, settings in standard_settings(family, step_count):
+            params = {**settings, **unchanged_model}
             searched = None
             for scale in dict.fromkeys([float(guidance), 1.0]):
-                searched = _restrict_to_space(space, {**params, "solver.guidance": scale})
+                searched = _restrict_to_space(space, {**params, guidance_key: scale})
                 if searched is not None:
                     break
             if searched is not None:
-                configurations.append((f"{label}-{step_count}", searched))
+                configurations.append(("-".join([*names, str(step_count)]), searched))
     return configurations
 
 

@@ -6,21 +6,17 @@ from __future__ import annotations
 
 from autoaccel.errors import ConfigError
 from autoaccel.space import SearchSpace
+from autoaccel.techniques.base import family_choices
 
 FAMILY_WORDS = {"ddpm": "a DDPM-family model", "flow": "a flow-matching model"}
 FAMILY_SPACE = {"ddpm": "sampler (or guided_sampler)", "flow": "flow_sampler"}
 
 
 def check_space_fits(space: SearchSpace, target) -> None:
-    """Raises ConfigError when a solver or schedule family the space names cannot run on ``target``."""
-    from autoaccel.techniques.solver import solvers_for
-    from autoaccel.techniques.timesteps import DDPM_FAMILIES
-
+    """Raises ConfigError when a solver or schedule family the space names cannot run on ``target`` (each
+    technique says which of its values a schedule family takes: ``Technique.family_choices``)."""
     family = target.schedule_family
-    valid = {"solver.name": tuple(solvers_for(family))}
-    if family == "ddpm":
-        valid["timesteps.family"] = DDPM_FAMILIES
-    for key, allowed in valid.items():
+    for key, allowed in family_choices(family).items():
         named = _values(space, key)
         wrong = [value for value in named if value not in allowed]
         if wrong:

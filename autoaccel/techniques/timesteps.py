@@ -190,6 +190,14 @@ def timesteps_cost(config: TimestepsConfig) -> dict:
     return {"steps": int(config.steps)}
 
 
+def _family_choices(family: str) -> dict[str, tuple]:
+    """A DDPM-family model places its steps by any of the DDPM families; a flow-matching model's schedule is
+    checked where it is placed (``autoaccel.flow_matching``)."""
+    from autoaccel.targets.denoisers import FLOW_FAMILY
+
+    return {} if family == FLOW_FAMILY else {"family": DDPM_FAMILIES}
+
+
 TIMESTEPS = register(
     Technique(
         name="timesteps",
@@ -199,5 +207,10 @@ TIMESTEPS = register(
         group_params=_group_gaps,
         params=TIMESTEPS_PARAMS,
         cost_key=timesteps_cost,
+        label=lambda candidate: str(candidate.get("timesteps.family", "?")),
+        # the model's own uniform grid at each step count (trailing spacing)
+        standard_settings=lambda family, steps: [(None, {"steps": steps, "family": "uniform_trailing"})],
+        family_choices=_family_choices,
+        steps_param="steps",
     )
 )
