@@ -126,3 +126,13 @@ def test_measurement_imports_no_technique_module_but_the_interface(folder):
             for name in names:
                 if name.startswith("autoaccel.techniques"):
                     assert name == "autoaccel.techniques.base", f"{path.name} imports {name}"
+
+
+def test_a_technique_naming_plans_by_a_setting_labels_them_and_heads_the_failed_trials(monkeypatch):
+    from autoaccel.techniques.base import label_settings
+
+    assert label_settings() == ["solver.name", "timesteps.family"]
+    _register(monkeypatch, label_param="level")
+    assert label_settings() == ["solver.name", "timesteps.family", "probe.level"]
+    assert plan_label({"solver.name": "unipc", "timesteps.family": "power", "probe.level": 2}) == "unipc/power/2"
+    assert plan_label({"solver.name": "unipc"}) == "unipc/?/?"

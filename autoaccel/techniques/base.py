@@ -142,6 +142,9 @@ class Technique:
     # progress log, or None where it adds none. A technique that prescribes the sampler (``prescribes_sampler``)
     # names the whole plan when it gives words; otherwise the words of the others are joined with "/"
     label: Callable[[Mapping[str, Any]], str | None] | None = None
+    # the setting (without the prefix) whose value names this technique's part of every plan (the solver's name,
+    # the schedule family): its label where it has no ``label``, and a column of the report's failed trials
+    label_param: str | None = None
     # (schedule family, step count) -> this technique's settings (without the prefix) in the configurations users
     # run by default, each with its name (None: it adds no name): the baselines the report measures the search's
     # gain against. Every combination of the techniques' lists is one baseline; techniques without it stay as the
@@ -324,12 +327,24 @@ def _prefixed(name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
 def plan_label(candidate: Mapping[str, Any]) -> str:
     """A few words for a trial's plan in the progress log, from the techniques' ``label``s: the sampler's words
     (solver and schedule family), or those of a technique that prescribes its own sampler (a distilled model)."""
-    labelled = [technique for technique in registered_techniques() if technique.label is not None]
+    labelled = [technique for technique in registered_techniques() if technique.label or technique.label_param]
     for technique in labelled:
-        if technique.prescribes_sampler is not None and (words := technique.label(candidate)) is not None:
+        if technique.prescribes_sampler is not None and (words := _words(technique, candidate)) is not None:
             return words
-    words = (technique.label(candidate) for technique in labelled if technique.prescribes_sampler is None)
+    words = (_words(technique, candidate) for technique in labelled if technique.prescribes_sampler is None)
     return "/".join(word for word in words if word is not None)
+
+
+def _words(technique: Technique, candidate: Mapping[str, Any]) -> str | None:
+    if technique.label is not None:
+        return technique.label(candidate)
+    return str(candidate.get(f"{technique.name}.{technique.label_param}", "?"))
+
+
+def label_settings() -> list[str]:
+    """The settings (full names) whose values name every plan (``Technique.label_param``), in technique order."""
+    techniques = registered_techniques()
+    return [f"{technique.name}.{technique.label_param}" for technique in techniques if technique.label_param]
 
 
 def simulations(model: Any) -> dict[str, str]:

@@ -207,7 +207,7 @@ TIMESTEPS = register(
         group_params=_group_gaps,
         params=TIMESTEPS_PARAMS,
         cost_key=timesteps_cost,
-        label=lambda candidate: str(candidate.get("timesteps.family", "?")),
+        label_param="family",
         # the model's own uniform grid at each step count (trailing spacing)
         standard_settings=lambda family, steps: [(None, {"steps": steps, "family": "uniform_trailing"})],
         family_choices=_family_choices,
