@@ -203,3 +203,30 @@ def test_an_interrupted_claim_is_released_for_the_next_worker(ledger, tmp_path):
         settings,
     )
     assert did and ledger.study.user_attrs["row"] == 1
+
+
+def test_autoaccel_reaches_optuna_only_through_its_public_api():
+    """The study's ``_storage`` and a trial's ``_trial_id`` are optuna internals that may change in any release:
+    the ledger keeps the storage it opened the study on and asks it for trial ids."""
+    import re
+    from pathlib import Path
+
+    import autoaccel
+
+    private = re.compile(r"\.(_storage|_trial_id|_study_id)\b")
+    package = Path(autoaccel.__file__).parent
+    found = [
+        f"{path.relative_to(package)}:{number}"
+        for path in sorted(package.rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if private.search(line)
+    ]
+    assert found == []
+
+
+def test_a_trial_is_marked_through_the_ledger_whichever_worker_asked_it(ledger, tmp_path):
+    trial = _running_trial(ledger, 5)
+    other_worker = _worker_ledger(tmp_path)  # another process's view of the same study
+    other_worker.set_trial_attr(trial.number, "note", "seen")
+    assert ledger.trial(trial.number).user_attrs["note"] == "seen"
+    assert other_worker.trial_id(trial.number) == ledger.trial_id(trial.number)
