@@ -31,6 +31,7 @@ from autoaccel.progress import duration
 from autoaccel.targets.data_folder import image_shape
 from autoaccel.targets.denoisers import predict
 from autoaccel.teacher import teacher_pipeline
+from autoaccel.techniques.base import setting_with
 
 TRAINING_TECHNIQUES = ("distillation", "pruning", "quantization")  # trials whose model is made while they run
 SCORING_PROBE_VALUES = 64 * 3 * 64 * 64  # pixel values the feature extractors are timed on (64 small images)
@@ -144,19 +145,21 @@ def estimate_search(context, trials: int, warm_starts: list[dict[str, Any]]) -> 
 
 
 def _calls_per_image(params: dict[str, Any], guidable: bool) -> float:
-    guided = guidable and float(params.get("solver.guidance", 1.0)) != 1.0
-    return float(params.get("timesteps.steps", 10)) * (2 if guided else 1)
+    steps_key, guidance_key = setting_with("steps_param"), setting_with("guidance_param")
+    guided = guidable and float(params.get(guidance_key, 1.0)) != 1.0
+    return float(params.get(steps_key, 10)) * (2 if guided else 1)
 
 
 def _typical_calls_per_image(space, guidable: bool) -> float:
     """A trial the optimizer proposes: the middle of the space's step range (or its fixed steps), guided where
     the space searches or fixes a guidance scale on a model that takes one."""
-    steps = float(space.fixed.get("timesteps.steps", 10))
-    guided = guidable and float(space.fixed.get("solver.guidance", 1.0)) != 1.0
+    steps_key, guidance_key = setting_with("steps_param"), setting_with("guidance_param")
+    steps = float(space.fixed.get(steps_key, 10))
+    guided = guidable and float(space.fixed.get(guidance_key, 1.0)) != 1.0
     for dimension in space.dimensions:
-        if dimension.name == "timesteps.steps" and dimension.low is not None:
+        if dimension.name == steps_key and dimension.low is not None:
             steps = (float(dimension.low) + float(dimension.high)) / 2
-        guided = guided or (guidable and dimension.name == "solver.guidance")
+        guided = guided or (guidable and dimension.name == guidance_key)
     return steps * (2 if guided else 1)
 
 

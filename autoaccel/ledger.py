@@ -44,18 +44,22 @@ def not_a_result(failure: str | None) -> bool:
 
 
 def _create_or_load(storage: str, study_name: str, directions: list[str], sampler, attempts: int = 10):
-    """The study and whether this call created it. Workers starting together on a fresh database race to create
-    its tables and the study (as does any process that opens a fresh SQLite ledger at the same moment, e.g. a
-    report or a dashboard); the loser of such a race retries (and then loads what the winner created). The
-    storage's unique study name makes exactly one caller the creator."""
+    """The study, the storage it lives in and whether this call created it. Workers starting together on a fresh
+    database race to create its tables and the study (as does any process that opens a fresh SQLite ledger at the
+    same moment, e.g. a report or a dashboard); the loser of such a race retries (and then loads what the winner
+    created). The storage's unique study name makes exactly one caller the creator."""
     from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
     for attempt in range(attempts):
         try:
-            study = optuna.create_study(study_name=study_name, storage=storage, directions=directions, sampler=sampler)
-            return study, True
-        except optuna.exceptions.DuplicatedStudyError:
-            return optuna.load_study(study_name=study_name, storage=storage, sampler=sampler), False
+            backend = optuna.storages.RDBStorage(storage)  # creates the tables: part of the race
+            try:
+                study = optuna.create_study(
+                    study_name=study_name, storage=backend, directions=directions, sampler=sampler
+                )
+                return study, backend, True
+            except optuna.exceptions.DuplicatedStudyError:
+                return optuna.load_study(study_name=study_name, storage=backend, sampler=sampler), backend, False
         except (IntegrityError, ProgrammingError, OperationalError) as error:
             created_meanwhile = not isinstance(error, OperationalError) or "already exists" in str(error)
             if attempt == attempts - 1 or not created_meanwhile:
@@ -135,11 +139,10 @@ class Ledger:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         check_sqlite_file(storage)
         try:
-            self.study, self.created = _create_or_load(storage, study_name, directions, sampler)
+            self.study, backend, self.created = _create_or_load(storage, study_name, directions, sampler)
         except (ImportError, ValueError, SQLAlchemyError) as error:
             raise storage_error(storage, error) from None
-        self.study_name = study_name
-        self.storage = storage
+        self._attach(storage, study_name, backend)
         if [direction.name.lower() for direction in self.study.directions] != directions:
             stored = [direction.name.lower() for direction in self.study.directions]
             raise ConfigError(
@@ -153,11 +156,30 @@ class Ledger:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         check_sqlite_file(storage)
         try:
-            ledger.study = optuna.load_study(study_name=study_name, storage=storage)
+            backend = optuna.storages.RDBStorage(storage)
+            ledger.study = optuna.load_study(study_name=study_name, storage=backend)
         except (ImportError, ValueError, SQLAlchemyError) as error:
             raise storage_error(storage, error) from None
-        ledger.study_name, ledger.storage, ledger.created = study_name, storage, False
+        ledger._attach(storage, study_name, backend)
+        ledger.created = False
         return ledger
+
+    def _attach(self, storage: str, study_name: str, backend: optuna.storages.BaseStorage) -> None:
+        """Keeps the storage object the study was opened on: liveness writes to trials other than the ones this
+        process asked (a dead worker's) and to claim studies through it, by the storage's public methods."""
+        self.study_name = study_name
+        self.storage = storage  # the URL, as given
+        self.optuna_storage = backend
+        self.study_id = backend.get_study_id_from_name(study_name)
+
+    def trial_id(self, number: int) -> int:
+        """The storage's id of trial ``number``, which the storage's methods take."""
+        return self.optuna_storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+
+    def set_trial_attr(self, number: int, key: str, value: Any) -> None:
+        """Writes a user attribute on trial ``number``, whichever worker holds it (``Trial.set_user_attr`` only
+        writes to a trial this process asked)."""
+        self.optuna_storage.set_trial_user_attr(self.trial_id(number), key, value)
 
     def check_settings(self, fingerprint: Fingerprint) -> None:
         """Stores what the study's figures mean (``autoaccel.fingerprint``); refuses to resume it under other
@@ -181,7 +203,7 @@ class Ledger:
         """Trials left RUNNING by an interrupted run: marked failed with the reason, their params enqueued again."""
         count = 0
         for frozen in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            self.study._storage.set_trial_user_attr(frozen._trial_id, "failure", INTERRUPTED)
+            self.set_trial_attr(frozen.number, "failure", INTERRUPTED)
             self.study.tell(frozen.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
             if frozen.params:
                 self.requeue(frozen.params, frozen.user_attrs)

@@ -52,11 +52,11 @@ class LivenessSettings:
 class Heartbeat:
     """Stamps every trial this worker holds, now and every ``interval_s`` until it is told or released."""
 
-    def __init__(self, study: optuna.Study, interval_s: float) -> None:
-        self.study = study
+    def __init__(self, ledger, interval_s: float) -> None:
+        self.ledger = ledger
         self.interval_s = interval_s
         self.name = worker_name()
-        self._held: set[int] = set()
+        self._held: dict[int, int] = {}  # trial number -> the storage's trial id, which the beats write to
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="autoaccel-heartbeat", daemon=True)
@@ -70,29 +70,30 @@ class Heartbeat:
         self._thread.join(timeout=5)
 
     def hold(self, trial: optuna.Trial) -> None:
-        self.study._storage.set_trial_user_attr(trial._trial_id, WORKER, self.name)
-        self._beat(trial._trial_id)
+        trial_id = self.ledger.trial_id(trial.number)
+        self.ledger.optuna_storage.set_trial_user_attr(trial_id, WORKER, self.name)
+        self._beat(trial.number, trial_id)
         with self._lock:
-            self._held.add(trial._trial_id)
+            self._held[trial.number] = trial_id
 
     def release(self, trial: optuna.Trial) -> None:
         with self._lock:
-            self._held.discard(trial._trial_id)
+            self._held.pop(trial.number, None)
 
-    def _beat(self, trial_id: int) -> None:
+    def _beat(self, number: int, trial_id: int) -> None:
         try:
-            self.study._storage.set_trial_user_attr(trial_id, BEAT, time.time())
+            self.ledger.optuna_storage.set_trial_user_attr(trial_id, BEAT, time.time())
         except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
             with self._lock:  # finished meanwhile (told, or swept by another worker): nothing left to stamp
-                self._held.discard(trial_id)
+                self._held.pop(number, None)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             with self._lock:
-                held = list(self._held)
-            for trial_id in held:
+                held = list(self._held.items())
+            for number, trial_id in held:
                 try:
-                    self._beat(trial_id)
+                    self._beat(number, trial_id)
                 except Exception:  # a storage hiccup must not kill the beat; the next one retries
                     continue
 
@@ -104,7 +105,7 @@ def sweep_dead_workers(ledger, grace_s: float, now: float | None = None) -> list
     trial's start time.
     """
     now = time.time() if now is None else now
-    storage = ledger.study._storage
+    storage = ledger.optuna_storage
     swept = []
     for frozen in ledger.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         beat = frozen.user_attrs.get(BEAT)
@@ -112,9 +113,10 @@ def sweep_dead_workers(ledger, grace_s: float, now: float | None = None) -> list
             beat = frozen.datetime_start.timestamp()
         if beat is None or now - float(beat) <= grace_s:
             continue
+        trial_id = ledger.trial_id(frozen.number)
         try:
-            storage.set_trial_user_attr(frozen._trial_id, "failure", f"{DEAD_WORKER} ({frozen.user_attrs.get(WORKER)})")
-            claimed = storage.set_trial_state_values(frozen._trial_id, optuna.trial.TrialState.FAIL)
+            storage.set_trial_user_attr(trial_id, "failure", f"{DEAD_WORKER} ({frozen.user_attrs.get(WORKER)})")
+            claimed = storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another sweeper, or the worker itself, finished it first
         if claimed:
@@ -144,7 +146,7 @@ def claim_once(
     silent for ``grace_s`` belonged to a dead worker: it is removed by its id, so of two workers that take it
     over, one removes it and the other finds the new claim, and the work is claimed again.
     """
-    storage = ledger.study._storage
+    storage = ledger.optuna_storage
     name = f"{ledger.study_name}{CLAIM_SUFFIX}{what}"
     silent_since: dict[int, float] = {}  # claims seen without a beat yet: the grace counts from first sight
     told = False

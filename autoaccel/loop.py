@@ -13,7 +13,7 @@ import contextlib
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, fields
 from typing import Any
@@ -32,8 +32,7 @@ from autoaccel.measure.measurement import Measurement
 from autoaccel.optimizers.base import OptimizerBackend
 from autoaccel.optimizers.optuna_backend import suggest
 from autoaccel.space import SearchSpace
-from autoaccel.targets.layouts import family_named
-from autoaccel.techniques.base import get_technique, unchanged_model_params
+from autoaccel.techniques.base import get_technique, setting_with, standard_settings, unchanged_model_params
 
 
 @dataclass(frozen=True)
@@ -52,34 +51,22 @@ def standard_configurations(
 ) -> list[tuple[str, dict[str, Any]]]:
     """The solvers users run by default, on the model's own uniform grid at each step count, at the guidance scale
     of the model's default call (where the space holds it; else none), as far as the space allows: the baselines
-    the report measures the search's gain against. DDPM-family models: DDIM, DPM-Solver++ 2M and UniPC (trailing
-    spacing); flow-matching models: Euler (what their pipelines run), DPM-Solver++ 2M and UniPC on flow sigmas."""
-    order_two = {"solver.order": 2, "solver.final_sigma": "zero", "solver.lower_order_final": True}
-    baseline = family_named(family).baseline_solver
-    first = (baseline, {"solver.name": baseline})
-    solvers = [
-        first,
-        ("dpmsolver++2m", {"solver.name": "dpmsolver++", "solver.variant": "default", **order_two}),
-        ("unipc", {"solver.name": "unipc", **order_two}),
-    ]
+    the report measures the search's gain against. Which solvers and grids, for a model of schedule ``family``,
+    the techniques say (``Technique.standard_settings``: DDIM or Euler for flow matching, DPM-Solver++ 2M, UniPC)."""
     # In a joint space the baselines are the unchanged model: each model technique says what leaves it as it is.
     unchanged_model = unchanged_model_params()
+    guidance_key = setting_with("guidance_param")
     configurations = []
     for step_count in steps:
-        for label, solver_params in solvers:
-            params = {
-                "timesteps.steps": step_count,
-                "timesteps.family": "uniform_trailing",
-                **solver_params,
-                **unchanged_model,
-            }
+        for names, settings in standard_settings(family, step_count):
+            params = {**settings, **unchanged_model}
             searched = None
             for scale in dict.fromkeys([float(guidance), 1.0]):
-                searched = _restrict_to_space(space, {**params, "solver.guidance": scale})
+                searched = _restrict_to_space(space, {**params, guidance_key: scale})
                 if searched is not None:
                     break
             if searched is not None:
-                configurations.append((f"{label}-{step_count}", searched))
+                configurations.append(("-".join([*names, str(step_count)]), searched))
     return configurations
 
 
@@ -155,76 +142,26 @@ def run_search(
     evaluated twice at once: the later trial waits for the earlier one and reuses its measurement.
     """
     started = time.monotonic()
-    ran = 0
-    evaluated = ledger.evaluated_candidates()
-    heartbeat = Heartbeat(ledger.study, liveness.interval_s) if liveness else None
-    last_sweep = -math.inf
-
-    held: dict[int, optuna.Trial] = {}  # asked and not yet told: what an interrupt must mark and re-queue
-
-    def finish(trial, candidate: Candidate, searched: dict, plan: str, measurement: Measurement, per_level) -> None:
-        """Records a finished trial and tells the optimizer; only ever called from this thread."""
-        nonlocal ran
-        measurement.details[PLAN_KEY] = plan
-        if heartbeat is not None:
-            heartbeat.release(trial)
-        try:
-            with deferred_interrupts():  # a result is written whole, or not at all (then it is evaluated again)
-                frozen = ledger.record(
-                    trial, candidate, measurement, objectives, budget.limits, per_level, ladder.top if ladder else None
-                )
-        except optuna.exceptions.UpdateFinishedTrialError:
-            # swept as dead while this worker was stalled: its parameters are queued again already
-            log(f"trial {trial.number} was taken over by another worker's sweep; its result is not recorded")
-            held.pop(trial.number, None)
-            return
-        held.pop(trial.number, None)
-        evaluated.setdefault(candidate.key, frozen.number)
-        evaluated.setdefault(plan, frozen.number)
-        backend.observe(searched, list(frozen.values) if frozen.values else None)
-        ran += 1
-        if on_trial is not None:
-            on_trial(frozen, measurement, ledger.finished_count())
-
-    in_flight: dict[Future, tuple[optuna.Trial, Candidate, dict[str, Any], str]] = {}
-    stop = threading.Event()  # set on an interrupt: every evaluation in hand stops at its next pause point
-    pool = ThreadPoolExecutor(max_workers=budget.concurrent, thread_name_prefix="autoaccel-trial")
-    with pool, heartbeat or contextlib.nullcontext():
+    heartbeat = Heartbeat(ledger, liveness.interval_s) if liveness else None
+    trials = _TrialRecorder(ledger, backend, space, objectives, budget.limits, ladder, heartbeat, on_trial, log)
+    sweeper = _DeadWorkerSweeper(ledger, liveness, log) if liveness else None
+    evaluations = _Evaluations(budget.concurrent)
+    with evaluations, heartbeat or contextlib.nullcontext():
         try:
             while True:
-                if liveness is not None and time.monotonic() - last_sweep > liveness.interval_s:
-                    swept = sweep_dead_workers(ledger, liveness.grace_s)
-                    last_sweep = time.monotonic()
-                    if swept:
-                        log(f"trial(s) {swept} of dead workers are queued again")
+                if sweeper is not None:
+                    sweeper.sweep_if_due()
                 out_of_time = budget.max_minutes is not None and time.monotonic() - started > budget.max_minutes * 60
-                while (
-                    not out_of_time
-                    and len(in_flight) < budget.concurrent
-                    # re-queued trials (interrupted, or a dead worker's) are evaluated even past the budget;
-                    # queued warm starts are not: a budget below the warm start takes its first ones
-                    and (ledger.finished_count() + len(in_flight) < budget.trials or ledger.has_requeued())
-                ):
-                    with deferred_interrupts():  # a trial asked is a trial held: no interrupt in between
-                        trial, candidate, searched = _ask(ledger, backend, space, held)
-                        if heartbeat is not None:
-                            heartbeat.hold(trial)
-                    plan = _plan_identity(evaluator, candidate)
+                while not out_of_time and _room_for_another(ledger, budget, len(evaluations)):
+                    job = trials.ask(evaluator)
                     # optimizers re-propose points, and other parameters can run the same plan: same seeds, same
                     # result, measured once
-                    source = evaluated.get(candidate.key, evaluated.get(plan))
+                    source = trials.evaluated_source(job)
                     if source is not None:
-                        finish(trial, candidate, searched, plan, *_reused(ledger, source))
+                        trials.finish(job, *_reused(ledger, source))
                         continue
-                    twin = ledger.twin(trial, candidate.key) if liveness is not None else None
-                    work = (
-                        (_reuse_twin, ledger, twin, evaluator, candidate, ladder, liveness)
-                        if twin is not None
-                        else (evaluate_with_fidelity, evaluator, candidate, ladder)
-                    )
-                    job = pool.submit(cancellable, stop, *work)
-                    in_flight[job] = (trial, candidate, searched, plan)
-                if not in_flight:
+                    evaluations.submit(job, *_work_for(job, ledger, evaluator, ladder, liveness))
+                if not evaluations:
                     if liveness is None or out_of_time or not ledger.has_running():
                         break
                     # the study is full, but other workers still hold trials: if one of them died, its trial
@@ -234,39 +171,180 @@ def run_search(
                 # wake to sweep even while trials run, and at least every INTERRUPT_POLL_S: an interrupt that lands
                 # just before this thread blocks does not wake it, and is only seen once it runs again
                 pause = min(liveness.interval_s, INTERRUPT_POLL_S) if liveness else INTERRUPT_POLL_S
-                done, _ = wait(in_flight, return_when=FIRST_COMPLETED, timeout=pause)
-                for future in done:
-                    trial, candidate, searched, plan = in_flight[future]
-                    measurement, per_level = future.result()
-                    del in_flight[future]
-                    finish(trial, candidate, searched, plan, measurement, per_level)
+                for job, (measurement, per_level) in evaluations.finished(timeout=pause):
+                    trials.finish(job, measurement, per_level)
         except KeyboardInterrupt:  # every trial in hand is recorded, or marked and queued again
             with deferred_interrupts():  # a second Ctrl-C waits the few seconds the evaluations take to stop
-                stop.set()
-                if in_flight:
-                    log(f"interrupted: stopping {len(in_flight)} evaluation(s) at their next step")
-                done, _ = wait(in_flight)
-                for future in done:
-                    if not future.cancelled() and future.exception() is None:  # it finished meanwhile: kept
-                        trial, candidate, searched, plan = in_flight[future]
-                        finish(trial, candidate, searched, plan, *future.result())
-                _mark_interrupted(ledger, held, heartbeat)
+                for job, (measurement, per_level) in evaluations.stop(log):
+                    trials.finish(job, measurement, per_level)
+                trials.mark_interrupted()
             raise
-    return ran
+    return trials.ran
 
 
-def _mark_interrupted(ledger: Ledger, held: dict[int, optuna.Trial], heartbeat: Heartbeat | None) -> None:
-    """Marks every trial still in hand as interrupted and queues its candidate again."""
-    for trial in list(held.values()):
-        if heartbeat is not None:
-            heartbeat.release(trial)
+def _room_for_another(ledger: Ledger, budget: LoopBudget, in_flight: int) -> bool:
+    """Whether another trial may be asked now: a free evaluation slot, and the budget not reached. Re-queued
+    trials (interrupted, or a dead worker's) are evaluated even past the budget; queued warm starts are not: a
+    budget below the warm start takes its first ones."""
+    return in_flight < budget.concurrent and (
+        ledger.finished_count() + in_flight < budget.trials or ledger.has_requeued()
+    )
+
+
+@dataclass(frozen=True)
+class _Job:
+    """A trial in hand: the study's trial, the whole candidate it stands for, the part of it the optimizer
+    searched (what it is told about), and the plan the candidate runs (``autoaccel.identity``)."""
+
+    trial: optuna.Trial
+    candidate: Candidate
+    searched: dict[str, Any]
+    plan: str
+
+
+class _TrialRecorder:
+    """The study's side of the loop: asks trials, records their results and tells the optimizer. Only the loop's
+    thread calls it; it knows every trial in hand, so that an interrupt can mark them."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        backend: OptimizerBackend,
+        space: SearchSpace,
+        objectives: list[str],
+        limits: list[Limit],
+        ladder: FidelityLadder | None,
+        heartbeat: Heartbeat | None,
+        on_trial: Callable[[optuna.trial.FrozenTrial, Measurement, int], None] | None,
+        log: Callable[[str], None],
+    ) -> None:
+        self.ledger, self.backend, self.space = ledger, backend, space
+        self.objectives, self.limits, self.ladder = objectives, limits, ladder
+        self.heartbeat, self.on_trial, self.log = heartbeat, on_trial, log
+        self.held: dict[int, optuna.Trial] = {}  # asked and not yet told: what an interrupt must mark and re-queue
+        self.evaluated = ledger.evaluated_candidates()  # candidate and plan keys -> the trial that measured them
+        self.ran = 0
+
+    def ask(self, evaluator: Evaluator) -> _Job:
+        with deferred_interrupts():  # a trial asked is a trial held: no interrupt in between
+            trial, candidate, searched = _ask(self.ledger, self.backend, self.space, self.held)
+            if self.heartbeat is not None:
+                self.heartbeat.hold(trial)
+        return _Job(trial, candidate, searched, _plan_identity(evaluator, candidate))
+
+    def evaluated_source(self, job: _Job) -> int | None:
+        """The trial that already measured ``job``'s candidate or plan, if one did."""
+        return self.evaluated.get(job.candidate.key, self.evaluated.get(job.plan))
+
+    def finish(self, job: _Job, measurement: Measurement, per_level: dict[int, dict[str, float]]) -> None:
+        """Records a finished trial and tells the optimizer."""
+        trial = job.trial
+        measurement.details[PLAN_KEY] = job.plan
+        if self.heartbeat is not None:
+            self.heartbeat.release(trial)
+        top = self.ladder.top if self.ladder else None
         try:
-            trial.set_user_attr("failure", INTERRUPTED)
-            ledger.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
-            continue  # told before the interrupt landed, or swept and re-queued by another worker
-        if trial.user_attrs.get("candidate_key"):  # interrupted before it had one: nothing to redo
-            ledger.requeue(trial.params, trial.user_attrs)
+            with deferred_interrupts():  # a result is written whole, or not at all (then it is evaluated again)
+                frozen = self.ledger.record(
+                    trial, job.candidate, measurement, self.objectives, self.limits, per_level, top
+                )
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # swept as dead while this worker was stalled: its parameters are queued again already
+            self.log(f"trial {trial.number} was taken over by another worker's sweep; its result is not recorded")
+            self.held.pop(trial.number, None)
+            return
+        self.held.pop(trial.number, None)
+        self.evaluated.setdefault(job.candidate.key, frozen.number)
+        self.evaluated.setdefault(job.plan, frozen.number)
+        self.backend.observe(job.searched, list(frozen.values) if frozen.values else None)
+        self.ran += 1
+        if self.on_trial is not None:
+            self.on_trial(frozen, measurement, self.ledger.finished_count())
+
+    def mark_interrupted(self) -> None:
+        """Marks every trial still in hand as interrupted and queues its candidate again."""
+        for trial in list(self.held.values()):
+            if self.heartbeat is not None:
+                self.heartbeat.release(trial)
+            try:
+                trial.set_user_attr("failure", INTERRUPTED)
+                self.ledger.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+                continue  # told before the interrupt landed, or swept and re-queued by another worker
+            if trial.user_attrs.get("candidate_key"):  # interrupted before it had one: nothing to redo
+                self.ledger.requeue(trial.params, trial.user_attrs)
+
+
+class _DeadWorkerSweeper:
+    """Sweeps the trials of dead workers (``autoaccel.liveness``) at most once per heartbeat interval."""
+
+    def __init__(self, ledger: Ledger, liveness: LivenessSettings, log: Callable[[str], None]) -> None:
+        self.ledger, self.liveness, self.log = ledger, liveness, log
+        self.last_sweep = -math.inf
+
+    def sweep_if_due(self) -> None:
+        if time.monotonic() - self.last_sweep <= self.liveness.interval_s:
+            return
+        swept = sweep_dead_workers(self.ledger, self.liveness.grace_s)
+        self.last_sweep = time.monotonic()
+        if swept:
+            self.log(f"trial(s) {swept} of dead workers are queued again")
+
+
+EvaluationResult = tuple[Measurement, dict[int, dict[str, float]]]
+
+
+class _Evaluations:
+    """The evaluations running in threads; an interrupt sets ``stop_event``, and each stops at its next pause
+    point (``autoaccel.interrupts``)."""
+
+    def __init__(self, concurrent: int) -> None:
+        self.in_flight: dict[Future, _Job] = {}
+        self.stop_event = threading.Event()
+        self.pool = ThreadPoolExecutor(max_workers=concurrent, thread_name_prefix="autoaccel-trial")
+
+    def __enter__(self) -> _Evaluations:
+        self.pool.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pool.__exit__(*exc)
+
+    def __len__(self) -> int:
+        return len(self.in_flight)
+
+    def submit(self, job: _Job, work: Callable[..., EvaluationResult], *args: Any) -> None:
+        self.in_flight[self.pool.submit(cancellable, self.stop_event, work, *args)] = job
+
+    def finished(self, timeout: float) -> Iterator[tuple[_Job, EvaluationResult]]:
+        """The evaluations that end within ``timeout`` seconds, each taken out of those in flight."""
+        done, _ = wait(self.in_flight, return_when=FIRST_COMPLETED, timeout=timeout)
+        for future in done:
+            result = future.result()
+            yield self.in_flight.pop(future), result
+
+    def stop(self, log: Callable[[str], None]) -> list[tuple[_Job, EvaluationResult]]:
+        """Stops every evaluation in hand and waits for them; returns those that finished meanwhile (kept)."""
+        self.stop_event.set()
+        if self.in_flight:
+            log(f"interrupted: stopping {len(self.in_flight)} evaluation(s) at their next step")
+        done, _ = wait(self.in_flight)
+        return [
+            (self.in_flight[future], future.result())
+            for future in done
+            if not future.cancelled() and future.exception() is None
+        ]
+
+
+def _work_for(
+    job: _Job, ledger: Ledger, evaluator: Evaluator, ladder: FidelityLadder | None, liveness: LivenessSettings | None
+) -> tuple:
+    """What evaluates ``job``: on a shared study, waiting for a twin trial (another worker's, on the same
+    candidate) and reusing its result; else evaluating it here."""
+    twin = ledger.twin(job.trial, job.candidate.key) if liveness is not None else None
+    if twin is not None:
+        return (_reuse_twin, ledger, twin, evaluator, job.candidate, ladder, liveness)
+    return (evaluate_with_fidelity, evaluator, job.candidate, ladder)
 
 
 def _reuse_twin(

@@ -16,6 +16,7 @@ from autoaccel.measure.confirm import confirm_before_report
 from autoaccel.pareto import front_numbers
 from autoaccel.progress import StageLine, duration, reporting
 from autoaccel.run import ensure_teacher, make_ladder, prepare_run
+from autoaccel.techniques.base import plan_label
 
 
 def _progress(log, objectives: list[str], context, total: int, limits: list):
@@ -36,16 +37,6 @@ def _progress(log, objectives: list[str], context, total: int, limits: list):
         )
 
     return on_trial
-
-
-def plan_label(candidate: dict) -> str:
-    """A few words for a trial's plan in the progress log: the solver and schedule family, or the distillation
-    method and its steps (a distilled model runs its own sampler)."""
-    method = candidate.get("distillation.method", "none")
-    if method != "none":
-        teacher = candidate.get("assignment.teacher_steps", 0)
-        return f"{method}-{candidate.get('distillation.steps', '?')}" + (f"+teacher{teacher}" if teacher else "")
-    return f"{candidate.get('solver.name', '?')}/{candidate.get('timesteps.family', '?')}"
 
 
 def search(config: DictConfig, log=print) -> Path:

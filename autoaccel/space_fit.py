@@ -6,18 +6,14 @@ from __future__ import annotations
 
 from autoaccel.errors import ConfigError
 from autoaccel.space import SearchSpace
+from autoaccel.techniques.base import family_choices
 
 
 def check_space_fits(space: SearchSpace, target) -> None:
-    """Raises ConfigError when a solver or schedule family the space names cannot run on ``target``."""
-    from autoaccel.techniques.solver import solvers_for
-    from autoaccel.techniques.timesteps import DDPM_FAMILIES
-
-    family = target.schedule
-    valid = {"solver.name": tuple(solvers_for(family.name))}
-    if not family.places_sigmas:
-        valid["timesteps.family"] = DDPM_FAMILIES
-    for key, allowed in valid.items():
+    """Raises ConfigError when a solver or schedule family the space names cannot run on ``target`` (each
+    technique says which of its values a schedule family takes: ``Technique.family_choices``)."""
+    family = target.schedule_family
+    for key, allowed in family_choices(family).items():
         named = _values(space, key)
         wrong = [value for value in named if value not in allowed]
         if wrong:

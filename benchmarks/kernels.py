@@ -22,11 +22,12 @@ from pathlib import Path
 
 import torch
 
-from autoaccel.measure.kernels import deployment_kernels, torchao_available
+from autoaccel.measure.kernels import deployment_kernels
 from autoaccel.measure.latency import measure_cost
 from autoaccel.measure.size import model_bytes
 from autoaccel.seeds import make_seed_batch
 from autoaccel.techniques.quantization import quantization_plan
+from autoaccel.techniques.quantization_kernels import torchao_available
 
 
 def _time(pipeline, seeds, repeats: int) -> dict:

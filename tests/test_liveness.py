@@ -34,7 +34,7 @@ def _next_beat(ledger: Ledger, trial: optuna.Trial, after: float) -> float:
 
 def test_heartbeat_stamps_held_trials_until_released(ledger):
     trial, clock = _running_trial(ledger, 1), _running_trial(ledger, 2)  # ``clock`` stays held: it counts beats
-    with Heartbeat(ledger.study, interval_s=0.05) as heartbeat:
+    with Heartbeat(ledger, interval_s=0.05) as heartbeat:
         heartbeat.hold(trial)
         heartbeat.hold(clock)
         first = ledger.trial(trial.number).user_attrs[BEAT]
@@ -51,9 +51,8 @@ def test_heartbeat_stamps_held_trials_until_released(ledger):
 
 def test_sweep_requeues_only_silent_trials(ledger):
     silent, alive = _running_trial(ledger, 1), _running_trial(ledger, 2)
-    storage = ledger.study._storage
-    storage.set_trial_user_attr(silent._trial_id, BEAT, time.time() - 100)
-    storage.set_trial_user_attr(alive._trial_id, BEAT, time.time())
+    ledger.set_trial_attr(silent.number, BEAT, time.time() - 100)
+    ledger.set_trial_attr(alive.number, BEAT, time.time())
     assert sweep_dead_workers(ledger, grace_s=30) == [silent.number]
     swept = ledger.trial(silent.number)
     assert swept.state == optuna.trial.TrialState.FAIL and swept.user_attrs["failure"].startswith(DEAD_WORKER)
@@ -66,7 +65,7 @@ def test_sweep_requeues_only_silent_trials(ledger):
 
 def test_a_second_sweeper_does_not_requeue_again(ledger):
     silent = _running_trial(ledger, 3)
-    ledger.study._storage.set_trial_user_attr(silent._trial_id, BEAT, time.time() - 100)
+    ledger.set_trial_attr(silent.number, BEAT, time.time() - 100)
     stale_view = ledger.study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
     assert sweep_dead_workers(ledger, grace_s=30) == [silent.number]
     # another worker that read the trial as RUNNING a moment ago loses the row-locked claim
@@ -169,7 +168,7 @@ def test_work_once_per_study_is_done_by_one_worker_while_the_others_wait_for_it(
 def test_a_claim_whose_worker_went_silent_is_taken_over(ledger, tmp_path):
     from autoaccel.liveness import claim_once
 
-    storage = ledger.study._storage
+    storage = ledger.optuna_storage
     dead = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], "liveness.claim-row")
     storage.set_study_user_attr(dead, WORKER, "gone:1")
     storage.set_study_user_attr(dead, BEAT, time.time() - 60)  # its last beat, a minute ago
@@ -204,3 +203,30 @@ def test_an_interrupted_claim_is_released_for_the_next_worker(ledger, tmp_path):
         settings,
     )
     assert did and ledger.study.user_attrs["row"] == 1
+
+
+def test_autoaccel_reaches_optuna_only_through_its_public_api():
+    """The study's ``_storage`` and a trial's ``_trial_id`` are optuna internals that may change in any release:
+    the ledger keeps the storage it opened the study on and asks it for trial ids."""
+    import re
+    from pathlib import Path
+
+    import autoaccel
+
+    private = re.compile(r"\.(_storage|_trial_id|_study_id)\b")
+    package = Path(autoaccel.__file__).parent
+    found = [
+        f"{path.relative_to(package)}:{number}"
+        for path in sorted(package.rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if private.search(line)
+    ]
+    assert found == []
+
+
+def test_a_trial_is_marked_through_the_ledger_whichever_worker_asked_it(ledger, tmp_path):
+    trial = _running_trial(ledger, 5)
+    other_worker = _worker_ledger(tmp_path)  # another process's view of the same study
+    other_worker.set_trial_attr(trial.number, "note", "seen")
+    assert ledger.trial(trial.number).user_attrs["note"] == "seen"
+    assert other_worker.trial_id(trial.number) == ledger.trial_id(trial.number)

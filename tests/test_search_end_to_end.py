@@ -291,14 +291,16 @@ def test_a_shared_storage_leaves_other_workers_running_trials_alone(fast_overrid
 
     import optuna
 
+    from autoaccel.ledger import Ledger
     from autoaccel.liveness import Heartbeat
 
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     overrides = [*fast_overrides, f"storage={storage}", "study_name=shared", "liveness.interval_s=0.3"]
     search(compose_config([*overrides, "budget.trials=3", "liveness.grace_s=2"]), log=lambda message: None)
-    study = optuna.load_study(study_name="shared", storage=storage)
+    other_worker = Ledger.open_existing(storage, "shared")
+    study = other_worker.study
     other_worker_trial = study.ask()  # another process is evaluating this one right now, and beating
-    with Heartbeat(study, interval_s=0.2) as heartbeat:
+    with Heartbeat(other_worker, interval_s=0.2) as heartbeat:
         heartbeat.hold(other_worker_trial)
         # its worker ends it (FAIL keeps this foreign, candidate-less trial off the report's front)
         finishes = threading.Timer(6.0, lambda: study.tell(other_worker_trial, state=optuna.trial.TrialState.FAIL))

@@ -33,8 +33,7 @@ from autoaccel.seeds import sample_in_chunks
 from autoaccel.space import SearchSpace
 from autoaccel.targets.base import Target
 from autoaccel.teacher import teacher_pipeline
-from autoaccel.techniques.base import TRAIN_MINUTES
-from autoaccel.techniques.quantization import quantization_plan
+from autoaccel.techniques.base import TRAIN_MINUTES, simulations
 
 CHECKPOINTS_DIR = "checkpoints"  # under the run's artifacts folder: training runs an interrupt stopped
 MODELS_KEPT = 2  # pruned/quantized models kept for re-use (each a full copy of the denoiser)
@@ -177,9 +176,9 @@ class Evaluator:
         if trained is not None:  # what producing this plan's model cost the search (not its deployment)
             details.update(train_minutes=round(float(trained), 3))
         kernels = kernel_choice(pipeline.denoiser)
-        bits = quantization_plan(pipeline.denoiser)  # the bit width of each quantized layer
-        if bits is not None:
-            details.update(simulated=["quantization"], quantization=bits.describe())
+        simulated = simulations(pipeline.denoiser)  # technique -> what it simulates (a quantization plan)
+        if simulated:
+            details.update(simulated=list(simulated), **simulated)
         if pipeline.plan.artifacts:
             details.update(artifacts=dict(pipeline.plan.artifacts))
         records = technique_records(pipeline)

@@ -50,11 +50,10 @@ from autoaccel.measure.quality import (
     tensor_digest,
 )
 from autoaccel.progress import Progress
-from autoaccel.schedules.solvers import SOLVERS
 from autoaccel.seeds import SeedBatch, make_seed_batch, sample_in_chunks
 from autoaccel.targets.base import Target
 from autoaccel.teacher import ODE_REFERENCE_STEPS, ode_reference_pipeline, parse_reference, teacher_pipeline
-from autoaccel.techniques.solver import solver_spec
+from autoaccel.techniques.base import sampler_adds_noise
 
 HELD_OUT_REFERENCE = "real images less the floor's held-out set"  # what real-data FID is scored against
 QUALITY_OPTIONS_KEY = "quality_options"  # target.metadata: the QualityOptions every judge of the target uses
@@ -358,9 +357,7 @@ def reference_is_stochastic(target: Target) -> bool:
     """Whether the reference call adds fresh noise at every step (ancestral DDPM): a deterministic plan then cannot
     reproduce its images from the same initial noise, only approach its distribution."""
     spec = parse_reference(target.reference)
-    if spec.solver is not None:
-        return solver_spec(spec.solver).stochastic
-    return target.scheduler_class in {entry.scheduler_class for entry in SOLVERS.values() if entry.stochastic}
+    return sampler_adds_noise(spec.solver, target.scheduler_class)
 
 
 def held_out_split(

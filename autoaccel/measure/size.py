@@ -1,29 +1,21 @@
-"""The real storage size of a model: parameters at their dtype, quantized weights at their planned bits.
+"""The real storage size of a model: parameters at their dtype, except those a technique stores otherwise
+(quantized weights at their planned bits: ``Technique.stored_bytes``).
 
-A fake-quantized model holds float tensors, so ``element_size`` would report the float size; the byte count a
-deployment stores is ``bits / 8`` per weight plus one 16-bit scale per output channel.
+A fake-quantized model holds float tensors, so ``element_size`` would report the float size, not what a
+deployment stores.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from autoaccel.techniques.quantization import quantization_plan
-
-SCALE_BYTES = 2  # one fp16/bf16 scale per output channel, as int-N weight-only kernels store them
+from autoaccel.techniques.base import stored_bytes
 
 
 def model_bytes(unet: torch.nn.Module) -> int:
-    plan = quantization_plan(unet)
-    layer_bits = plan.layer_bits if plan is not None else {}
-    quantized = {f"{name}.weight": bits for name, bits in layer_bits.items()}
+    stored = stored_bytes(unet)
     total = 0
     for name, parameter in unet.named_parameters():
-        bits = quantized.get(name)
-        if bits is None:
-            total += parameter.numel() * parameter.element_size()
-        else:
-            total += math.ceil(parameter.numel() * bits / 8) + parameter.shape[0] * SCALE_BYTES
+        bytes_stored = stored.get(name)
+        total += parameter.numel() * parameter.element_size() if bytes_stored is None else bytes_stored
     return total

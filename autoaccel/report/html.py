@@ -15,6 +15,7 @@ from autoaccel.measure.bootstrap import Interval
 from autoaccel.measure.kernels import NOT_APPLICABLE
 from autoaccel.measure.latency import MEMORY_KIND_LABELS, SINGLE_CALL
 from autoaccel.report.recommend import Recommendation, ratio_goal
+from autoaccel.techniques.base import label_settings
 
 TEACHER_GRID = "grids/teacher.png"
 APPLY_IMAGES = 16  # images the suggested ``apply`` command writes
@@ -350,7 +351,7 @@ def write_html(
     memory_header = peak_memory_header(front, standards)
     teacher_table = _table(teacher_frame, FRONT_COLUMNS[1:-1], memory_header) if teacher else ""
     failure_html = (
-        _table(failures, ["trial", "param.solver.name", "param.timesteps.family", "failure"])
+        _table(failures, ["trial", *(f"param.{setting}" for setting in label_settings()), "failure"])
         if not failures.empty
         else "<p>No trial failed.</p>"
     )

@@ -14,8 +14,9 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Protocol
 
 from autoaccel.errors import ConfigError
 
@@ -145,6 +146,37 @@ class Technique:
     # target -> limits this technique reads off the model (``ParamSpec.target_limit`` names them): the cache
     # depths and methods a denoiser's layout takes
     target_limits: Callable[[Any], Mapping[str, int | tuple]] | None = None
+    # (a trial's candidate parameters, all techniques') -> a few words for this technique's part of the plan in the
+    # progress log, or None where it adds none. A technique that prescribes the sampler (``prescribes_sampler``)
+    # names the whole plan when it gives words; otherwise the words of the others are joined with "/"
+    label: Callable[[Mapping[str, Any]], str | None] | None = None
+    # the setting (without the prefix) whose value names this technique's part of every plan (the solver's name,
+    # the schedule family): its label where it has no ``label``, and a column of the report's failed trials
+    label_param: str | None = None
+    # (schedule family, step count) -> this technique's settings (without the prefix) in the configurations users
+    # run by default, each with its name (None: it adds no name): the baselines the report measures the search's
+    # gain against. Every combination of the techniques' lists is one baseline; techniques without it stay as the
+    # space leaves them
+    standard_settings: Callable[[str, int], list[tuple[str | None, dict[str, Any]]]] | None = None
+    # (schedule family) -> the values a setting (without the prefix) can take on a model of that family, for the
+    # settings where the family decides: a space naming others is refused when the run starts
+    family_choices: Callable[[str], Mapping[str, tuple]] | None = None
+    # the setting (without the prefix) holding the number of sampling steps, and the one holding the guidance
+    # scale: what a call's denoiser evaluations follow (estimates) and what baselines set
+    steps_param: str | None = None
+    guidance_param: str | None = None
+    # (model) -> what this technique simulates on the model, in words (a quantization plan), or None where it
+    # simulates nothing there; only for a ``simulated`` technique: trials record what was simulated
+    simulation: Callable[[Any], str | None] | None = None
+    # (model) -> parameter name -> the bytes a deployment stores for it, for the parameters this technique stores
+    # otherwise than at their dtype (quantized weights); the others count at their dtype
+    stored_bytes: Callable[[Any], Mapping[str, int]] | None = None
+    # (model) -> how this technique's model runs when deployed (``Deployment``), or None where it runs as it is:
+    # latency is timed on what a deployment runs, never on a simulation
+    deployment: Callable[[Any], Deployment | None] | None = None
+    # (a call's sampler name, or None for the model's own scheduler, and that scheduler's class name) -> whether
+    # the call adds fresh noise at every step (ancestral DDPM), for the techniques that know samplers
+    adds_noise: Callable[[str | None, str], bool] | None = None
 
     def prescribes(self, config: Any) -> bool:
         return self.prescribes_sampler is not None and bool(self.prescribes_sampler(config))
@@ -201,6 +233,19 @@ class Technique:
         return self.config_cls(**own)
 
 
+class Deployment(Protocol):
+    """What a technique that simulates on a model tells latency measurement (``autoaccel.measure.kernels``)."""
+
+    label: str  # the kernels a timing runs, for the trial's details
+    real_kernels: bool  # whether they are the deployment's own kernels (else its latency is "not measured")
+    key: str  # the part of a cost-cache key the kernels decide: empty where they are float kernels
+
+    def running(self, pipeline: Any, real_kernels: bool) -> AbstractContextManager[None]:
+        """The pipeline runs what a deployment would for the duration (the simulation off, real kernels where
+        ``real_kernels`` and the machine has them)."""
+        ...
+
+
 def require_types(config: Any, prefix: str, types: Mapping[str, type | tuple[type, ...]]) -> None:
     """Raises ConfigError naming ``prefix.field`` if a field is not of its type (bool never counts as a number,
     NaN and infinity never as a float): configs come from recipes users may edit."""
@@ -254,3 +299,105 @@ def target_limits(target) -> dict[str, int | tuple]:
         if technique.target_limits is not None:
             limits.update(technique.target_limits(target))
     return limits
+
+
+def setting_with(role: str) -> str | None:
+    """The full name (``technique.setting``) of the setting a technique declares for ``role``
+    (``steps_param``, ``guidance_param``), or None when no technique declares one."""
+    for technique in registered_techniques():
+        setting = getattr(technique, role)
+        if setting is not None:
+            return f"{technique.name}.{setting}"
+    return None
+
+
+def standard_settings(family: str, steps: int) -> list[tuple[list[str], dict[str, Any]]]:
+    """The configurations users run by default at ``steps`` steps on a model of schedule ``family``: every
+    combination of the techniques' ``standard_settings``, each as its names and its settings (full names)."""
+    combined: list[tuple[list[str], dict[str, Any]]] = [([], {})]
+    for technique in registered_techniques():
+        if technique.standard_settings is None:
+            continue
+        combined = [
+            ([*names, name] if name is not None else names, {**settings, **_prefixed(technique.name, own)})
+            for names, settings in combined
+            for name, own in technique.standard_settings(family, steps)
+        ]
+    return combined
+
+
+def family_choices(family: str) -> dict[str, tuple]:
+    """Setting (full name) -> the values it can take on a model of schedule ``family``, where the family decides."""
+    return {
+        f"{technique.name}.{setting}": allowed
+        for technique in registered_techniques()
+        if technique.family_choices is not None
+        for setting, allowed in technique.family_choices(family).items()
+    }
+
+
+def _prefixed(name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    return {f"{name}.{key}": value for key, value in settings.items()}
+
+
+def plan_label(candidate: Mapping[str, Any]) -> str:
+    """A few words for a trial's plan in the progress log, from the techniques' ``label``s: the sampler's words
+    (solver and schedule family), or those of a technique that prescribes its own sampler (a distilled model)."""
+    labelled = [technique for technique in registered_techniques() if technique.label or technique.label_param]
+    for technique in labelled:
+        if technique.prescribes_sampler is not None and (words := _words(technique, candidate)) is not None:
+            return words
+    words = (_words(technique, candidate) for technique in labelled if technique.prescribes_sampler is None)
+    return "/".join(word for word in words if word is not None)
+
+
+def _words(technique: Technique, candidate: Mapping[str, Any]) -> str | None:
+    if technique.label is not None:
+        return technique.label(candidate)
+    return str(candidate.get(f"{technique.name}.{technique.label_param}", "?"))
+
+
+def label_settings() -> list[str]:
+    """The settings (full names) whose values name every plan (``Technique.label_param``), in technique order."""
+    techniques = registered_techniques()
+    return [f"{technique.name}.{technique.label_param}" for technique in techniques if technique.label_param]
+
+
+def simulations(model: Any) -> dict[str, str]:
+    """Technique name -> what it simulates on ``model``, for the simulated techniques that simulate there."""
+    found = {}
+    for technique in registered_techniques():
+        if technique.simulated and technique.simulation is not None:
+            described = technique.simulation(model)
+            if described is not None:
+                found[technique.name] = described
+    return found
+
+
+def stored_bytes(model: Any) -> dict[str, int]:
+    """Parameter name -> bytes stored, for the parameters a technique stores otherwise than at their dtype."""
+    found: dict[str, int] = {}
+    for technique in registered_techniques():
+        if technique.stored_bytes is not None:
+            found.update(technique.stored_bytes(model))
+    return found
+
+
+def deployment(model: Any) -> Deployment | None:
+    """How ``model`` runs when deployed, where a technique runs it otherwise than as it is (None: as it is)."""
+    for technique in registered_techniques():
+        if technique.deployment is not None:
+            found = technique.deployment(model)
+            if found is not None:
+                return found
+    return None
+
+
+def sampler_adds_noise(sampler: str | None, scheduler_class: str) -> bool:
+    """Whether a call with ``sampler`` (None: the model's own scheduler, of class ``scheduler_class``) adds fresh
+    noise at every step, as the techniques that know samplers say (``Technique.adds_noise``)."""
+    return any(
+        technique.adds_noise(sampler, scheduler_class)
+        for technique in registered_techniques()
+        if technique.adds_noise is not None
+    )

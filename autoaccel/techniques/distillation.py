@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import torch
 
@@ -275,6 +277,16 @@ def recompute(config: DistillationConfig) -> str | None:
     return f"{config.method} distillation ({config.iterations} iterations)" if config.trains else None
 
 
+def distillation_label(candidate: Mapping[str, Any]) -> str | None:
+    """A distilled plan is named by its method and steps (its model runs its own sampler), and the teacher's
+    steps where ``assignment`` hands some to the teacher; None for a plan without distillation."""
+    method = candidate.get("distillation.method", "none")
+    if method == "none":
+        return None
+    teacher = candidate.get("assignment.teacher_steps", 0)
+    return f"{method}-{candidate.get('distillation.steps', '?')}" + (f"+teacher{teacher}" if teacher else "")
+
+
 DISTILLATION = register(
     Technique(
         name="distillation",
@@ -289,6 +301,7 @@ DISTILLATION = register(
         from_artifact=distillation_from_artifact,
         recompute=recompute,
         prescribes_sampler=lambda config: config.trains,
+        label=distillation_label,
         max_minutes_param="max_minutes",
         train_share_param="train_share",
     )

@@ -3,8 +3,9 @@
 Quality is scored by *simulated* quantization: weights are rounded onto their N-bit grid (symmetric, per output
 channel) and activations onto a calibrated per-tensor grid, with torch's own fake-quantize ops, while the
 arithmetic stays float. The plan says so: trials, reports and recipes carry ``simulated: [quantization]``, the
-model-size figure is the real byte count of the bit plan (``autoaccel.measure.size``), and latency is never a
-fake-quant time (``autoaccel.measure.kernels`` runs real kernels where a backend has them).
+model-size figure is the real byte count of the bit plan, and latency is never a fake-quant time: real kernels run
+where a backend has them (both in ``autoaccel.techniques.quantization_kernels``, which measurement asks through the
+technique's ``stored_bytes`` and ``deployment``).
 
 Timestep-aware, as in PTQ4DM and TFMQ-DM: calibration inputs are the exact calls the denoiser receives along
 the teacher's own sampling trajectory, over the whole schedule (``autoaccel.techniques.calibration``); the time,
@@ -33,6 +34,7 @@ from autoaccel.errors import ConfigError, TechniqueError
 from autoaccel.targets.layouts import layout_of
 from autoaccel.techniques.base import ParamSpec, Technique, register, require_types
 from autoaccel.techniques.calibration import CALIBRATION_STEPS, Call, cached, replay, trajectory_calls
+from autoaccel.techniques.quantization_kernels import QuantizedDeployment, quantized_bytes
 
 WEIGHT_BITS = range(2, 9)
 ACTIVATION_BITS = (None, 8, 16)
@@ -351,7 +353,7 @@ def quantization_cost(config: QuantizationConfig) -> dict:
 
     Calibration (samples, seed) only moves the grids; a plan that is off, or whose low bits are never used,
     says so rather than listing settings that change nothing. Which layers end up on which quantized kernel
-    is part of the measured structure (``autoaccel.measure.kernels.kernel_key``).
+    is part of the measured structure (``QuantizedDeployment.key``).
     """
     if not config.enabled:
         return {}
@@ -365,6 +367,12 @@ def quantization_plan(unet: torch.nn.Module) -> QuantizationPlan | None:
     """The plan this technique attached to ``unet``, or None for a float model: what size, kernels and pruning
     read to know a model is quantized."""
     return getattr(unet, "autoaccel_quantization", None)
+
+
+def _with_plan(unet: torch.nn.Module, use):
+    """``use(plan)`` for a quantized model; None for a float one."""
+    plan = quantization_plan(unet)
+    return use(plan) if plan is not None else None
 
 
 QUANTIZATION = register(
@@ -381,5 +389,8 @@ QUANTIZATION = register(
         artifact_state=quantized_weights,
         from_artifact=quantization_from_artifact,
         recompute=quantization_recompute,
+        simulation=lambda unet: _with_plan(unet, lambda plan: plan.describe()),
+        stored_bytes=lambda unet: _with_plan(unet, lambda plan: quantized_bytes(unet, plan)) or {},
+        deployment=lambda unet: _with_plan(unet, lambda plan: QuantizedDeployment(unet, plan)),
     )
 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import diffusers
 
@@ -162,6 +163,27 @@ def solver_cost(config: SolverConfig) -> dict:
     return {"scheduler": solver_spec(config.name).scheduler_class, "guided": guided}
 
 
+def adds_noise(solver: str | None, scheduler_class: str) -> bool:
+    """Whether a call with ``solver`` (None: the model's own scheduler, of ``scheduler_class``) adds fresh noise at
+    every step (ancestral DDPM)."""
+    if solver is not None:
+        return solver_spec(solver).stochastic
+    return scheduler_class in {entry.scheduler_class for entry in SOLVERS.values() if entry.stochastic}
+
+
+def standard_solvers(family: str, steps: int) -> list[tuple[str | None, dict[str, Any]]]:
+    """The solvers users run by default: DDPM-family models DDIM, DPM-Solver++ 2M and UniPC; flow-matching models
+    Euler (what their pipelines run), DPM-Solver++ 2M and UniPC on flow sigmas."""
+    order_two = {"order": 2, "final_sigma": "zero", "lower_order_final": True}
+    baseline = family_named(family).baseline_solver
+    first = (baseline, {"name": baseline})
+    return [
+        first,
+        ("dpmsolver++2m", {"name": "dpmsolver++", "variant": "default", **order_two}),
+        ("unipc", {"name": "unipc", **order_two}),
+    ]
+
+
 SOLVER = register(
     Technique(
         name="solver",
@@ -171,5 +193,10 @@ SOLVER = register(
         params=SOLVER_PARAMS,
         cost_key=solver_cost,
         decides=("scheduler",),
+        label_param="name",
+        standard_settings=standard_solvers,
+        family_choices=lambda family: {"name": tuple(solvers_for(family))},
+        guidance_param="guidance",
+        adds_noise=adds_noise,
     )
 )

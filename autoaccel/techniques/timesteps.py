@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from autoaccel.errors import ConfigError, TechniqueError
+from autoaccel.targets.layouts import family_named
 from autoaccel.techniques.base import ParamSpec, Technique, register
 
 DDPM_FAMILIES = ("uniform_trailing", "uniform_leading", "uniform_linspace", "power", "karras", "logsnr", "free")
@@ -188,6 +189,12 @@ def timesteps_cost(config: TimestepsConfig) -> dict:
     return {"steps": int(config.steps)}
 
 
+def _family_choices(family: str) -> dict[str, tuple]:
+    """A DDPM-family model places its steps by any of the DDPM families; a flow-matching model's schedule is
+    checked where it is placed (``autoaccel.flow_matching``)."""
+    return {} if family_named(family).places_sigmas else {"family": DDPM_FAMILIES}
+
+
 TIMESTEPS = register(
     Technique(
         name="timesteps",
@@ -198,5 +205,10 @@ TIMESTEPS = register(
         params=TIMESTEPS_PARAMS,
         cost_key=timesteps_cost,
         decides=("schedule",),
+        label_param="family",
+        # the model's own uniform grid at each step count (trailing spacing)
+        standard_settings=lambda family, steps: [(None, {"steps": steps, "family": "uniform_trailing"})],
+        family_choices=_family_choices,
+        steps_param="steps",
     )
 )

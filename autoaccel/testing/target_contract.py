@@ -37,7 +37,7 @@ def check_loaded_target(target: Target, tmp_path: Path) -> None:
     if target.real_images is not None:
         assert target.real_images.dtype == torch.uint8 and target.real_images.shape[1:] != ()
     pipeline = target.make_pipeline()
-    assert pipeline.unet is target.denoiser  # a plan starts from the target's own model
+    assert pipeline.denoiser is target.denoiser  # a plan starts from the target's own model
     params = {**unchanged_model_params(), "timesteps.steps": SAMPLING_STEPS}
     first, _ = configured(target, params, tmp_path)
     again, _ = configured(target, params, tmp_path)

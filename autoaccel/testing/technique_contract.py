@@ -122,7 +122,7 @@ def check_applying_it_twice_gives_bit_identical_images_and_cost_keys(
     params = plan_params(technique, example)
     first, first_evaluator = configured(target, params, tmp_path)
     second, second_evaluator = configured(target, params, tmp_path)
-    assert second.unet is not first.unet or not technique.modifies_model  # really applied twice
+    assert second.denoiser is not first.denoiser or not technique.modifies_model  # really applied twice
     assert torch.equal(images(first, target), images(second, target))
     assert first_evaluator.structure_key(first) == second_evaluator.structure_key(second)
 
@@ -162,7 +162,7 @@ def check_a_model_reused_from_the_evaluators_cache_keeps_its_cost_key(
     evaluator = fresh_evaluator(target, tmp_path)
     candidate = Candidate.from_params(plan_params(technique, example))
     first, again = evaluator.configured_pipeline(candidate), evaluator.configured_pipeline(candidate)
-    assert again.unet is first.unet  # not modified a second time
+    assert again.denoiser is first.denoiser  # not modified a second time
     assert [step[0].name for step in again.plan.techniques] == [step[0].name for step in first.plan.techniques]
     images(first, target)
     images(again, target)

@@ -1,0 +1,125 @@
+"""What a quantized model runs when deployed, and what it stores: never a fake-quant time presented as a
+quantized speed-up, never a float byte count for quantized weights.
+
+A simulated quantization plan is timed with real quantized kernels where a backend has them (torchao on CUDA:
+int8 weight-only, or int8 dynamic activations with int8 weights; Linear layers, which is what torchao's CUDA
+kernels cover: most of a transformer denoiser, the attention and feed-forward layers of a UNet). Elsewhere it is
+timed with float kernels and its activation fake-quant switched off, and the trial records its quantized latency
+as "not measured" (``autoaccel.measure.kernels`` asks the technique through ``Technique.deployment``).
+
+A fake-quantized model holds float tensors, so ``element_size`` would report the float size; the byte count a
+deployment stores is ``bits / 8`` per weight plus one 16-bit scale per output channel (``Technique.stored_bytes``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import math
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from autoaccel.techniques.quantization import QuantizationPlan
+
+SCALE_BYTES = 2  # one fp16/bf16 scale per output channel, as int-N weight-only kernels store them
+# torch._int_mm, under torchao's int8 x int8 kernel, takes widths in multiples of 8; any other width (a pruned
+# feed-forward's, say) falls back to a path hundreds of times slower than float (H200: 139 ms against 0.06 ms)
+INT_MM_MULTIPLE = 8
+
+
+def torchao_available() -> bool:
+    try:
+        import torchao  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def torchao_configs(unet: torch.nn.Module, plan: QuantizationPlan) -> OrderedDict:
+    """Fully qualified Linear name -> torchao config, following the plan's bit widths.
+
+    Plans of 5-8 weight bits map to int8 kernels (so a 6-bit plan runs int8: its size is still the plan's).
+    Plans below 5 bits have no CUDA kernel here and stay float, as do Conv2d layers. Activations go int8 where
+    the plan quantizes them to 8 bits and the layer's widths suit the int8 matmul; elsewhere weights alone do.
+    """
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig
+
+    modules = dict(unet.named_modules())
+    configs: OrderedDict = OrderedDict()
+    for name, bits in plan.layer_bits.items():
+        if not isinstance(modules[name], torch.nn.Linear) or bits < 5:
+            continue
+        if plan.activation_bits == 8 and name in plan.activation_ranges and _int_mm_fits(modules[name]):
+            configs[name] = Int8DynamicActivationInt8WeightConfig()
+        else:
+            configs[name] = Int8WeightOnlyConfig()
+    return configs
+
+
+def _int_mm_fits(layer: torch.nn.Linear) -> bool:
+    return layer.in_features % INT_MM_MULTIPLE == 0 and layer.out_features % INT_MM_MULTIPLE == 0
+
+
+def real_quantized_copy(unet: torch.nn.Module, plan: QuantizationPlan) -> torch.nn.Module:
+    """A copy of ``unet`` with torchao's quantized kernels on the layers the plan quantizes (CUDA).
+
+    The copy shares the original's activation fake-quant hooks (a deep copy keeps the same hook functions): the
+    caller switches them off through the original plan's ``activations_enabled`` while timing.
+    """
+    from torchao.quantization import FqnToConfig, quantize_
+
+    configs = torchao_configs(unet, plan)
+    deployed = copy.deepcopy(unet)
+    if configs:
+        quantize_(deployed, FqnToConfig(configs), filter_fn=None)
+    return deployed
+
+
+class QuantizedDeployment:
+    """What timing a quantized model runs (``autoaccel.techniques.base.Deployment``)."""
+
+    def __init__(self, unet: torch.nn.Module, plan: QuantizationPlan) -> None:
+        self.unet, self.plan = unet, plan
+        self.real_kernels = str(unet.device).startswith("cuda") and torchao_available()
+
+    @property
+    def label(self) -> str:
+        if self.real_kernels:
+            return f"torchao int8 on {len(torchao_configs(self.unet, self.plan))} Linear layers, float elsewhere"
+        return f"float (no quantized kernels on {self.unet.device})"
+
+    @property
+    def key(self) -> str:
+        if not self.real_kernels:
+            return ""
+        configs = torchao_configs(self.unet, self.plan)
+        layers = ",".join(f"{name}:{type(config).__name__}" for name, config in configs.items())
+        return f"|torchao|{hashlib.sha1(layers.encode()).hexdigest()[:12]}"
+
+    @contextlib.contextmanager
+    def running(self, pipeline: Any, real_kernels: bool) -> Iterator[None]:
+        """The activation fake-quant is off either way (it is a simulation, not a cost), and with
+        ``real_kernels`` on CUDA with torchao the unet is a copy running real quantized kernels."""
+        self.plan.activations_enabled = False
+        if real_kernels and self.real_kernels:
+            pipeline.unet = real_quantized_copy(self.unet, self.plan)
+        try:
+            yield
+        finally:
+            pipeline.unet = self.unet
+            self.plan.activations_enabled = True
+
+
+def quantized_bytes(unet: torch.nn.Module, plan: QuantizationPlan) -> dict[str, int]:
+    """Weight name -> the bytes a deployment stores for it, for the weights ``plan`` quantizes."""
+    parameters = dict(unet.named_parameters())
+    stored = {}
+    for name, bits in plan.layer_bits.items():
+        weight = parameters[f"{name}.weight"]
+        stored[f"{name}.weight"] = math.ceil(weight.numel() * bits / 8) + weight.shape[0] * SCALE_BYTES
+    return stored
