@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from autoaccel.config.checks import MAX_SAMPLES, check_flag_range, check_folder, check_seed_flag
+from autoaccel.config.values import MAX_SAMPLES, check_flag_range, check_folder, check_seed_flag
 from autoaccel.errors import ConfigError, RecipeError
 from autoaccel.imaging import save_grid, to_pil_images
 from autoaccel.recipe import apply_recipe, load_recipe

@@ -244,7 +244,7 @@ def cmd_train_teacher(args: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="folder (default: the embedded teacher's, replaced)")
     options = parser.parse_args(args)
-    from autoaccel.config.checks import check_flag_range, check_folder, check_seed_flag
+    from autoaccel.config.values import check_flag_range, check_folder, check_seed_flag
     from autoaccel.targets.digits.weights import teacher_dir
 
     check_flag_range("--steps", options.steps, 1, MAX_TRAIN_STEPS)
@@ -263,7 +263,7 @@ def cmd_train_classifier(args: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="weights file (default: the embedded one, replaced)")
     options = parser.parse_args(args)
-    from autoaccel.config.checks import check_file_destination, check_flag_range, check_seed_flag
+    from autoaccel.config.values import check_file_destination, check_flag_range, check_seed_flag
     from autoaccel.targets.digits.weights import classifier_weights_path
 
     check_flag_range("--epochs", options.epochs, 1, MAX_EPOCHS)

@@ -25,7 +25,7 @@ import yaml
 from autoaccel.apply import technique_records
 from autoaccel.artifacts import ArtifactRef
 from autoaccel.candidate import to_plain
-from autoaccel.config.checks import MAX_SAMPLES, MAX_SEED
+from autoaccel.config.values import MAX_SAMPLES, MAX_SEED
 from autoaccel.errors import RecipeError
 from autoaccel.files import write_atomically
 from autoaccel.measure.latency import MODEL_MEMORY_MEANING, describe_peak_memory

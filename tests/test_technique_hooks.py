@@ -100,7 +100,7 @@ class _ProbeDeployment:
 
 def test_a_technique_with_a_deployment_decides_what_a_timing_runs(monkeypatch):
     model = torch.nn.Linear(4, 4)
-    pipeline = type("Pipeline", (), {"unet": model})()
+    pipeline = type("Pipeline", (), {"denoiser": model})()
     assert kernel_choice(model).quantized_latency == NOT_APPLICABLE and kernel_key(model) == ""
     deployed = _ProbeDeployment()
     _register(monkeypatch, deployment=lambda unet: deployed if unet is model else None)

@@ -83,35 +83,35 @@ def real_quantized_copy(unet: torch.nn.Module, plan: QuantizationPlan) -> torch.
 class QuantizedDeployment:
     """What timing a quantized model runs (``autoaccel.techniques.base.Deployment``)."""
 
-    def __init__(self, unet: torch.nn.Module, plan: QuantizationPlan) -> None:
-        self.unet, self.plan = unet, plan
-        self.real_kernels = str(unet.device).startswith("cuda") and torchao_available()
+    def __init__(self, denoiser: torch.nn.Module, plan: QuantizationPlan) -> None:
+        self.denoiser, self.plan = denoiser, plan
+        self.real_kernels = str(denoiser.device).startswith("cuda") and torchao_available()
 
     @property
     def label(self) -> str:
         if self.real_kernels:
-            return f"torchao int8 on {len(torchao_configs(self.unet, self.plan))} Linear layers, float elsewhere"
-        return f"float (no quantized kernels on {self.unet.device})"
+            return f"torchao int8 on {len(torchao_configs(self.denoiser, self.plan))} Linear layers, float elsewhere"
+        return f"float (no quantized kernels on {self.denoiser.device})"
 
     @property
     def key(self) -> str:
         if not self.real_kernels:
             return ""
-        configs = torchao_configs(self.unet, self.plan)
+        configs = torchao_configs(self.denoiser, self.plan)
         layers = ",".join(f"{name}:{type(config).__name__}" for name, config in configs.items())
         return f"|torchao|{hashlib.sha1(layers.encode()).hexdigest()[:12]}"
 
     @contextlib.contextmanager
     def running(self, pipeline: Any, real_kernels: bool) -> Iterator[None]:
         """The activation fake-quant is off either way (it is a simulation, not a cost), and with
-        ``real_kernels`` on CUDA with torchao the unet is a copy running real quantized kernels."""
+        ``real_kernels`` on CUDA with torchao the denoiser is a copy running real quantized kernels."""
         self.plan.activations_enabled = False
         if real_kernels and self.real_kernels:
-            pipeline.unet = real_quantized_copy(self.unet, self.plan)
+            pipeline.denoiser = real_quantized_copy(self.denoiser, self.plan)
         try:
             yield
         finally:
-            pipeline.unet = self.unet
+            pipeline.denoiser = self.denoiser
             self.plan.activations_enabled = True
 
 

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from autoaccel.config.checks import check_folder, check_seed_flag
+from autoaccel.config.values import check_folder, check_seed_flag
 
 MODELS = ("vae", "t2i", "dit")
 
