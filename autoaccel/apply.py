@@ -18,6 +18,7 @@ from autoaccel.artifacts import ArtifactRef, ArtifactStore, read_artifact, relat
 from autoaccel.errors import RecipeError
 from autoaccel.plan import Plan
 from autoaccel.prescribed import apply_prescribed
+from autoaccel.sampling import sampler_pipeline
 
 # (pipeline, the plan's model steps) -> technique name -> sha256 of what was stored: applies the model steps its
 # own way (the evaluator's kept models and artifact index)
@@ -40,7 +41,7 @@ def build_pipeline(
     place of ``apply_plan`` (a model kept from an earlier trial, or loaded from the artifact index); the sampler
     steps follow as always, then any prescription of the model.
     """
-    pipeline = target.make_pipeline()
+    pipeline = sampler_pipeline(target)
     if model_steps is not None and plan.model_steps:
         stored = model_steps(pipeline, plan.model_steps)
         apply_plan(pipeline, plan.sampler_steps, target, log=log)

@@ -88,3 +88,30 @@ def objective_directions(names: list[str]) -> list[str]:
     if len(names) < 2 or len(set(names)) != len(names):
         raise ConfigError(f"objectives={names} is not valid; give two or more distinct metrics, e.g. [fid, latency_ms]")
     return [DIRECTIONS[name] for name in names]
+
+
+# --- what the memory figures measured --------------------------------------------------------------------------
+
+CUDA_ALLOCATED = "cuda-allocated"
+CPU_RSS = "cpu-rss"
+# What peak_memory_mb is, per memory_kind: for table headers and recipes
+MEMORY_KIND_LABELS = {
+    CUDA_ALLOCATED: "CUDA allocator peak",
+    CPU_RSS: "process RSS",
+}
+
+
+MODEL_MEMORY_MEANING = (
+    "the unet's parameter and buffer bytes plus the peak activation bytes of one unet call at "
+    "the deployment batch size (CUDA allocator peak on a GPU, live tensors tracked per operator on a CPU)"
+)
+
+
+def describe_peak_memory(memory_kind: str | None) -> str:
+    """One phrase saying what ``peak_memory_mb`` measured, for a reader of a table or a recipe."""
+    label = MEMORY_KIND_LABELS.get(str(memory_kind), "")
+    if memory_kind == CPU_RSS:
+        return f"{label}: the whole process's resident peak during the timed calls, not the model's alone"
+    if memory_kind == CUDA_ALLOCATED:
+        return f"{label}: tensors allocated on the GPU during the timed calls"
+    return "not recorded"

@@ -28,7 +28,7 @@ from autoaccel.candidate import to_plain
 from autoaccel.config.values import MAX_SAMPLES, MAX_SEED
 from autoaccel.errors import RecipeError
 from autoaccel.files import write_atomically
-from autoaccel.measure.latency import MODEL_MEMORY_MEANING, describe_peak_memory
+from autoaccel.objectives import MODEL_MEMORY_MEANING, describe_peak_memory
 from autoaccel.plan import Plan
 from autoaccel.sampling import SamplerPipeline, set_exact_timesteps
 from autoaccel.schedules.schedulers import (

@@ -19,10 +19,10 @@ from diffusers import DiffusionPipeline
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
 from autoaccel.call_control import call_controller
-from autoaccel.errors import TechniqueError
+from autoaccel.errors import TargetError, TechniqueError
 from autoaccel.interrupts import raise_if_cancelled
 from autoaccel.schedules.exact import set_exact_sigmas
-from autoaccel.schedules.schedulers import refuse_switched_settings
+from autoaccel.schedules.schedulers import build_scheduler_from, model_schedulers, refuse_switched_settings
 from autoaccel.targets.conditions import CLASS, Conditions, concat_keywords
 from autoaccel.targets.denoisers import decode, predict
 
@@ -270,3 +270,18 @@ class StageTimer:
 
     def finish(self) -> dict[str, float]:
         return dict(self.ms)
+
+
+def sampler_pipeline(target) -> SamplerPipeline:
+    """A fresh pipeline around ``target``'s denoiser and VAE (shared, not copied: sampler techniques leave them
+    alone), running the model's own scheduler until a technique swaps it (a class a model may come with:
+    ``autoaccel.schedules.schedulers``)."""
+    where = f"model {target.name}'s scheduler"
+    scheduler = build_scheduler_from(
+        target.scheduler_class, target.scheduler_config, where, f"{where} config", model_schedulers(), TargetError
+    )
+    pipeline = SamplerPipeline(
+        denoiser=target.denoiser, scheduler=scheduler, vae=target.vae, conditions=target.conditions
+    )
+    pipeline.plan.null_class = target.null_class
+    return pipeline

@@ -13,7 +13,10 @@ import re
 from dataclasses import dataclass
 
 from autoaccel.errors import ConfigError
+from autoaccel.sampling import sampler_pipeline
 from autoaccel.targets.base import Target
+from autoaccel.techniques.solver import SOLVER, SolverConfig
+from autoaccel.techniques.timesteps import TIMESTEPS, TimestepsConfig
 
 ODE_REFERENCE_STEPS = 200
 DEFAULT_REFERENCE = "default"
@@ -69,31 +72,31 @@ def describe_reference(target: Target) -> str:
 
 def teacher_pipeline(target: Target):
     """The run's reference: the pipeline's default call unless ``target.reference`` names another."""
-    from autoaccel.apply import build_pipeline
-    from autoaccel.plan import Plan
-    from autoaccel.techniques.solver import SOLVER, SolverConfig
-    from autoaccel.techniques.timesteps import TIMESTEPS, TimestepsConfig
-
     spec = parse_reference(target.reference)
     guidance = target.reference_call.guidance_scale if target.conditions.guidable else 1.0
     if spec.solver is None:
-        pipeline = target.make_pipeline()
+        pipeline = sampler_pipeline(target)
         pipeline.plan.native_steps = target.reference_call.steps
         pipeline.plan.guidance_scale = guidance
         return pipeline
-    solver = SolverConfig(name=spec.solver, guidance=guidance)
-    return build_pipeline(target, Plan.of([(SOLVER, solver), (TIMESTEPS, TimestepsConfig(steps=spec.steps))]))
+    return _solver_pipeline(target, SolverConfig(name=spec.solver, guidance=guidance), spec.steps)
 
 
 def ode_reference_pipeline(target: Target):
     """A deterministic second-order solution over many steps at the reference's guidance: what a plan's images
     are compared with pair by pair (a stochastic default call cannot be matched image by image)."""
-    from autoaccel.apply import build_pipeline
-    from autoaccel.plan import Plan
-    from autoaccel.techniques.solver import SOLVER, SolverConfig
-    from autoaccel.techniques.timesteps import TIMESTEPS, TimestepsConfig
-
     guidance = target.reference_call.guidance_scale if target.conditions.guidable else 1.0
     steps = min(target.ode_steps, target.num_train_timesteps)
-    solver = SolverConfig(name="dpmsolver++", order=2, guidance=guidance)
-    return build_pipeline(target, Plan.of([(SOLVER, solver), (TIMESTEPS, TimestepsConfig(steps=steps))]))
+    return _solver_pipeline(target, SolverConfig(name="dpmsolver++", order=2, guidance=guidance), steps)
+
+
+def _solver_pipeline(target: Target, solver: SolverConfig, steps: int):
+    """The target's own model on ``solver`` over ``steps`` evenly spaced steps: the sampler techniques applied in
+    their declared order and recorded, as a plan of those two steps is (the reference is a sampler setting, so it
+    needs nothing of the plan builder, which sits above the techniques that calibrate on it)."""
+    pipeline = sampler_pipeline(target)
+    steps_config = TimestepsConfig(steps=steps)
+    for technique, config in sorted(((SOLVER, solver), (TIMESTEPS, steps_config)), key=lambda step: step[0].order):
+        technique.apply(pipeline, config, target)
+        pipeline.plan.techniques.append((technique, config))
+    return pipeline

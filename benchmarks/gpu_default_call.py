@@ -13,6 +13,7 @@ import torch
 
 from autoaccel.apply import apply_plan
 from autoaccel.measure.latency import measure_cost
+from autoaccel.sampling import sampler_pipeline
 from autoaccel.seeds import make_seed_batch
 from autoaccel.teacher import teacher_pipeline
 from autoaccel.techniques.solver import SOLVER, SolverConfig
@@ -49,7 +50,7 @@ def write_table(out: Path) -> None:
         for batch in (1, 8):
             seeds = make_seed_batch(target.sample_shape, batch, 0, target.condition_count)
             reference = teacher_pipeline(target)
-            plan = target.make_pipeline()
+            plan = sampler_pipeline(target)
             steps = [(SOLVER, SolverConfig(name="unipc", order=2, guidance=guidance))]
             apply_plan(plan, [*steps, (TIMESTEPS, TimestepsConfig(steps=PLAN_STEPS))], target)
             with torch.autocast("cuda", dtype=torch.bfloat16):

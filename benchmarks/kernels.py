@@ -25,6 +25,7 @@ import torch
 from autoaccel.measure.kernels import deployment_kernels
 from autoaccel.measure.latency import measure_cost
 from autoaccel.measure.size import model_bytes
+from autoaccel.sampling import sampler_pipeline
 from autoaccel.seeds import make_seed_batch
 from autoaccel.techniques.quantization import quantization_plan
 from autoaccel.techniques.quantization_kernels import torchao_available
@@ -40,7 +41,7 @@ def time_recipe(recipe_path: Path, target, batch_sizes: list[int], repeats: int)
     from autoaccel.recipe import apply_recipe
 
     pipeline = apply_recipe(target, recipe_path)
-    baseline = target.make_pipeline()  # the unchanged float model on the recipe's sampler
+    baseline = sampler_pipeline(target)  # the unchanged float model on the recipe's sampler
     baseline.scheduler, baseline.plan = pipeline.scheduler, copy.copy(pipeline.plan)
     plan = quantization_plan(pipeline.unet)
     rows = []

@@ -9,6 +9,7 @@ import torch
 
 from autoaccel.call_control import call_controller
 from autoaccel.errors import ConfigError, TechniqueError
+from autoaccel.sampling import sampler_pipeline
 from autoaccel.seeds import make_seed_batch
 from autoaccel.targets.denoisers import predict
 from autoaccel.targets.loader import load_pipeline_folder
@@ -29,7 +30,7 @@ def targets(tmp_path_factory):
 
 def _cached_pipeline(target, config: CachingConfig | None, steps: int = STEPS):
     """``target``'s pipeline at ``steps`` and its default guidance, cached by ``config`` (None: uncached)."""
-    pipeline = target.make_pipeline()
+    pipeline = sampler_pipeline(target)
     if config is not None:
         apply_caching(pipeline, config, target)
     pipeline.plan.native_steps = steps
@@ -87,7 +88,7 @@ def test_cached_calls_skip_the_deep_blocks_and_count_as_their_share(targets, kin
     per_call = 2 if pipeline.guided else 1
     assert pipeline.model_calls == steps * per_call
     assert pipeline.denoiser_calls == pytest.approx(per_call * (full + (steps - full) * share))
-    uncached = target.make_pipeline()
+    uncached = sampler_pipeline(target)
     uncached.plan.native_steps, uncached.plan.guidance_scale = STEPS, pipeline.plan.guidance_scale
     assert torch.isfinite(images).all() and not torch.equal(images, _sample(uncached, target))
     assert torch.equal(images, _sample(pipeline, target))  # a second run starts afresh: the same images
@@ -130,7 +131,7 @@ def test_bad_settings_and_models_it_cannot_cache_are_refused(targets):
         _cached_pipeline(targets["dit"], CachingConfig("deep", depth=1))
     with pytest.raises(TechniqueError, match="return the hidden states"):
         _cached_pipeline(targets["sd3"], CachingConfig("deep", depth=0))
-    untouched = targets["ddpm"].make_pipeline()
+    untouched = sampler_pipeline(targets["ddpm"])
     apply_caching(untouched, CachingConfig("deep", interval=1), targets["ddpm"])  # every call full: nothing to do
     assert call_controller(untouched.denoiser) is None
 

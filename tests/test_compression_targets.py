@@ -13,6 +13,7 @@ import torch
 from autoaccel.artifacts import ArtifactStore, read_artifact
 from autoaccel.distill import recovery
 from autoaccel.errors import TechniqueError
+from autoaccel.sampling import sampler_pipeline
 from autoaccel.seeds import make_seed_batch
 from autoaccel.targets.base import hash_weights
 from autoaccel.targets.layouts import layout_of
@@ -83,7 +84,7 @@ def _parameters(module) -> int:
 
 def _images(target, denoiser, steps: int = 2) -> torch.Tensor:
     """A whole sampling call of the target's pipeline around ``denoiser`` (guided where the model is)."""
-    pipeline = target.make_pipeline()
+    pipeline = sampler_pipeline(target)
     pipeline.denoiser = denoiser
     pipeline.plan.native_steps = steps
     pipeline.plan.guidance_scale = target.reference_call.guidance_scale
@@ -238,7 +239,7 @@ def test_artifacts_rebuild_the_same_pruned_and_quantized_models(targets, kind, t
         raise AssertionError("a rebuild from an artifact measures nothing")
 
     monkeypatch.setattr(pruning, "block_importance", measured)
-    pipeline = target.make_pipeline()
+    pipeline = sampler_pipeline(target)
     pruning_from_artifact(pipeline, prune_config, target, read_artifact(store.path_of(pruned_sha), pruned_sha))
     calls = trajectory_calls(target, 2, 0, steps=3)
     assert torch.equal(replay(pipeline.denoiser, calls), replay(pruned, calls))

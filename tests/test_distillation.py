@@ -14,6 +14,7 @@ import torch
 
 from autoaccel.config import compose_config
 from autoaccel.errors import ConfigError, TechniqueError
+from autoaccel.sampling import sampler_pipeline
 
 QUICK = dict(iterations=6, batch_size=16, data_samples=32)
 
@@ -51,7 +52,7 @@ def test_each_method_trains_prescribes_its_sampler_and_reapplies_from_its_artifa
     config = DistillationConfig(method=method, steps=2, start_steps=8, **QUICK)
     store = ArtifactStore(tmp_path / "artifacts")
     plan = [(DISTILLATION, config), (SOLVER, SolverConfig(name="unipc"))]
-    trained = tiny_target.make_pipeline()
+    trained = sampler_pipeline(tiny_target)
     # the solver a plan names is overridden by the student's own sampler
     stored = apply_plan(
         trained, [(DISTILLATION, config), (SOLVER, SolverConfig(name="unipc"))], tiny_target, store=store
@@ -69,7 +70,7 @@ def test_each_method_trains_prescribes_its_sampler_and_reapplies_from_its_artifa
     import autoaccel.distill.students as students
 
     monkeypatch.setattr(students, "kept_student", lambda *args: pytest.fail("applying an artifact must not train"))
-    restored = tiny_target.make_pipeline()
+    restored = sampler_pipeline(tiny_target)
     artifact = {"distillation": (store.path_of(stored["distillation"]), stored["distillation"])}
     apply_plan(restored, plan, tiny_target, artifact)
     assert restored.plan.timesteps == trained.plan.timesteps
@@ -91,9 +92,9 @@ def test_a_progressive_student_continues_from_the_rounds_already_trained(tiny_ta
         lambda target, teacher, steps, *rest: rounds.append(steps) or train_round(target, teacher, steps, *rest),
     )
     config = DistillationConfig(method="progressive", steps=4, start_steps=16, **QUICK)
-    distilled_model(tiny_target.make_pipeline(), config, tiny_target)
+    distilled_model(sampler_pipeline(tiny_target), config, tiny_target)
     assert rounds == [8, 4]
-    distilled_model(tiny_target.make_pipeline(), DistillationConfig(**{**config.__dict__, "steps": 2}), tiny_target)
+    distilled_model(sampler_pipeline(tiny_target), DistillationConfig(**{**config.__dict__, "steps": 2}), tiny_target)
     assert rounds == [8, 4, 2]  # the 2-step student started from the kept 4-step one
 
 
@@ -102,9 +103,9 @@ def test_training_is_deterministic_for_its_seed(tiny_target):
     from autoaccel.techniques.distillation import DistillationConfig, distilled_model
 
     config = DistillationConfig(method="consistency", steps=1, **QUICK)
-    first, _ = distilled_model(tiny_target.make_pipeline(), config, tiny_target)
+    first, _ = distilled_model(sampler_pipeline(tiny_target), config, tiny_target)
     forget_students()
-    second, _ = distilled_model(tiny_target.make_pipeline(), config, tiny_target)
+    second, _ = distilled_model(sampler_pipeline(tiny_target), config, tiny_target)
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
 
 
@@ -132,7 +133,7 @@ def test_a_flow_matching_target_is_refused_with_the_reason(tmp_path):
 
     target = load_pipeline_folder(build_tiny_pipeline("sd3", tmp_path / "sd3"))
     with pytest.raises(TechniqueError, match="flow-matching"):
-        distilled_model(target.make_pipeline(), DistillationConfig(method="consistency", **QUICK), target)
+        distilled_model(sampler_pipeline(target), DistillationConfig(method="consistency", **QUICK), target)
 
 
 def test_a_training_run_past_its_time_cap_fails_with_the_reason(tiny_target):
@@ -142,7 +143,7 @@ def test_a_training_run_past_its_time_cap_fails_with_the_reason(tiny_target):
     forget_students()
     config = DistillationConfig(method="consistency", steps=1, max_minutes=1e-9, **QUICK)
     with pytest.raises(TechniqueError, match="max_train_minutes"):
-        distilled_model(tiny_target.make_pipeline(), config, tiny_target)
+        distilled_model(sampler_pipeline(tiny_target), config, tiny_target)
 
 
 SMALL_DISTILLED_SPACE = """
@@ -234,7 +235,7 @@ def test_assigned_teacher_steps_answer_in_the_students_parameterization_and_coun
     from autoaccel.techniques.distillation import DISTILLATION, DistillationConfig
 
     student = DistillationConfig(method="progressive", steps=2, start_steps=8, **QUICK)
-    alone, mixed = tiny_target.make_pipeline(), tiny_target.make_pipeline()
+    alone, mixed = sampler_pipeline(tiny_target), sampler_pipeline(tiny_target)
     apply_plan(alone, [(DISTILLATION, student)], tiny_target)
     apply_plan(mixed, [(DISTILLATION, student), (ASSIGNMENT, AssignmentConfig(teacher_steps=1))], tiny_target)
     assert mixed.plan.timesteps == alone.plan.timesteps  # the student's own schedule, its first step the teacher's
@@ -254,7 +255,7 @@ def test_assignment_without_a_student_is_refused_with_the_reason(tiny_target):
     from autoaccel.techniques.assignment import ASSIGNMENT, AssignmentConfig
 
     with pytest.raises(TechniqueError, match="needs a distilled student"):
-        apply_plan(tiny_target.make_pipeline(), [(ASSIGNMENT, AssignmentConfig(teacher_steps=1))], tiny_target)
+        apply_plan(sampler_pipeline(tiny_target), [(ASSIGNMENT, AssignmentConfig(teacher_steps=1))], tiny_target)
 
 
 @pytest.mark.parametrize("method", ["consistency", "progressive"])
@@ -274,12 +275,12 @@ def test_a_student_trained_in_shares_continues_from_its_checkpoint_to_the_uninte
     monkeypatch.setattr(module, "resume", lambda *args: starts.append(resume(*args)) or starts[-1])
     config = DistillationConfig(method=method, steps=2, start_steps=8, **{**QUICK, "iterations": 8})
     forget_students()
-    half, half_minutes = distilled_model(tiny_target.make_pipeline(), replace(config, train_share=0.25), tiny_target)
-    continued, minutes = distilled_model(tiny_target.make_pipeline(), config, tiny_target)
+    half, half_minutes = distilled_model(sampler_pipeline(tiny_target), replace(config, train_share=0.25), tiny_target)
+    continued, minutes = distilled_model(sampler_pipeline(tiny_target), config, tiny_target)
     assert starts[-2][0] == 0 and starts[-1][0] == 2  # the full run started where the half run stopped
     assert minutes > half_minutes > 0  # the continued student's cost includes its checkpoint's
     forget_students()
-    direct, _ = distilled_model(tiny_target.make_pipeline(), config, tiny_target)
+    direct, _ = distilled_model(sampler_pipeline(tiny_target), config, tiny_target)
     assert starts[-1][0] == 0
     assert all(torch.equal(a, b) for a, b in zip(continued.state_dict().values(), direct.state_dict().values()))
     assert not all(torch.equal(a, b) for a, b in zip(half.state_dict().values(), direct.state_dict().values()))
@@ -405,7 +406,7 @@ def test_taylor_pruning_of_a_student_is_refused_with_the_reason(tiny_target):
     from autoaccel.techniques.distillation import DistillationConfig, apply_distillation
     from autoaccel.techniques.pruning import PruningConfig, prune_unet
 
-    pipeline = tiny_target.make_pipeline()
+    pipeline = sampler_pipeline(tiny_target)
     apply_distillation(pipeline, DistillationConfig(method="consistency", **QUICK), tiny_target)
     student = pipeline.denoiser
     with pytest.raises(TechniqueError, match="importance='taylor'"):
@@ -430,12 +431,12 @@ def test_students_of_prompt_and_class_conditioned_latent_models_run_one_branch_a
     assert target.conditions.guidable and target.vae is not None
     store = ArtifactStore(tmp_path / "artifacts")
     plan = [(DISTILLATION, DistillationConfig(method="consistency", steps=2, **{**QUICK, "data_samples": 8}))]
-    trained = target.make_pipeline()
+    trained = sampler_pipeline(target)
     stored = apply_plan(trained, plan, target, store=store)
     seeds = make_seed_batch(target.sample_shape, 4, 5, target.condition_count)
     images = sample_in_chunks(trained, seeds, 4)
     assert trained.denoiser_calls == 2 and torch.isfinite(images).all()
-    restored = target.make_pipeline()
+    restored = sampler_pipeline(target)
     artifact = {"distillation": (store.path_of(stored["distillation"]), stored["distillation"])}
     apply_plan(restored, plan, target, artifact)
     assert torch.equal(sample_in_chunks(restored, seeds, 4), images)
@@ -470,7 +471,7 @@ def _train_in_a_fresh_process(method: str, config, tiny_target):
     forget_students()
     if method == "recovery":
         return prune_unet(tiny_target.denoiser, config, tiny_target)
-    return distilled_model(tiny_target.make_pipeline(), config, tiny_target)[0]
+    return distilled_model(sampler_pipeline(tiny_target), config, tiny_target)[0]
 
 
 @pytest.mark.parametrize("method", ["consistency", "progressive", "recovery"])

@@ -14,7 +14,7 @@ import torch
 from autoaccel.measure.energy import EnergyMeter
 from autoaccel.measure.kernels import FLOAT, NOT_MEASURED, deployment_kernels, kernel_choice, kernel_key
 from autoaccel.measure.latency import measure_cost
-from autoaccel.sampling import SamplerPipeline
+from autoaccel.sampling import SamplerPipeline, sampler_pipeline
 from autoaccel.seeds import make_seed_batch
 from autoaccel.targets.base import Target
 from autoaccel.targets.loader import load_pipeline_folder
@@ -26,7 +26,7 @@ BATCH = 4
 
 
 def _pipeline(target: Target, steps: int = 4) -> SamplerPipeline:
-    pipeline = target.make_pipeline()
+    pipeline = sampler_pipeline(target)
     pipeline.plan.timesteps = build_timesteps(TimestepsConfig(steps=steps), pipeline.scheduler.alphas_cumprod)
     return pipeline
 

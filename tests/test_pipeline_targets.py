@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from autoaccel.sampling import sampler_pipeline
 from autoaccel.testing.pipelines import build_tiny_pipeline
 
 # (kind, pipeline class, conditioning, schedule family)
@@ -231,7 +232,7 @@ def test_pixart_alpha_1024_size_conditioning_matches_the_pipelines_own_call(tmp_
         use_additional_conditions=True,
     ).eval()
     target = target_from_pipeline(pipeline, "pixart1024", tmp_path, {}, prompts=["a red cube", "a blue ball"])
-    fast = target.make_pipeline()
+    fast = sampler_pipeline(target)
     fast.plan.native_steps, fast.plan.guidance_scale = 2, 4.5
     seeds = make_seed_batch(target.sample_shape, 2, 3, target.condition_count)
     ours = fast(seeds.noise, seeds.class_labels).images

@@ -21,6 +21,7 @@ from autoaccel.objectives import (
     objective_directions,
     resolve_objectives,
 )
+from autoaccel.sampling import sampler_pipeline
 
 
 def _blobs(count: int, seed: int, size: int = 8) -> torch.Tensor:
@@ -371,7 +372,7 @@ def test_default_objectives_rank_four_step_ddim_below_ten_step_unipc_on_digits(t
         judge = QualityJudge(target, samples=128, seed=0, cache_dir=tmp_path)
         scores = {}
         for label, plan in plans.items():
-            pipeline = target.make_pipeline()
+            pipeline = sampler_pipeline(target)
             apply_plan(pipeline, plan, target)
             scores[label] = judge.score(sample_in_chunks(pipeline, judge.seeds, 128))[metric]
         assert DIRECTIONS[metric] == "minimize" and scores["unipc-10"] < scores["ddim-4"], (metric, scores)

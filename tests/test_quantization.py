@@ -12,6 +12,7 @@ import yaml
 from autoaccel.config import compose_config
 from autoaccel.errors import ConfigError, TechniqueError
 from autoaccel.measure.size import model_bytes
+from autoaccel.sampling import sampler_pipeline
 from autoaccel.targets.base import hash_weights
 from autoaccel.targets.loader import load_pipeline_folder
 from autoaccel.techniques.calibration import replay
@@ -135,7 +136,7 @@ def test_activation_quantization_is_calibrated_and_switched_off_for_float_timing
     assert plan.activation_ranges and all(low <= high for low, high in plan.activation_ranges.values())
     assert not any(name.startswith("time_embedding") for name in plan.activation_ranges)
     assert not torch.equal(replay(weights_only, inputs), replay(with_activations, inputs))
-    pipeline = tiny_target.make_pipeline()
+    pipeline = sampler_pipeline(tiny_target)
     pipeline.unet = with_activations
     with deployment_kernels(pipeline) as kernels:
         assert kernels.quantized_latency == NOT_MEASURED and kernels.label.startswith("float")

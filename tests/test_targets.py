@@ -12,6 +12,7 @@ import torch
 from autoaccel.errors import TargetError
 from autoaccel.measure.features import EXTRACTORS, GENERIC_EXTRACTOR, ensure_registered
 from autoaccel.measure.quality import distribution_metrics
+from autoaccel.sampling import sampler_pipeline
 from autoaccel.targets.base import hash_weights
 from autoaccel.targets.digits.features import DIGITS_EXTRACTOR
 from autoaccel.targets.loader import SUPPORTED, default_device, load_pipeline_folder
@@ -132,7 +133,7 @@ def test_tiny_class_conditional_folder(tiny_folder):
     assert target.real_images is None
     assert not target.denoiser.training
     assert not any(parameter.requires_grad for parameter in target.denoiser.parameters())
-    pipeline = target.make_pipeline()
+    pipeline = sampler_pipeline(target)
     assert pipeline.unet is target.denoiser
     assert type(pipeline.scheduler).__name__ == "DDPMScheduler"
     assert pipeline.plan.null_class == 3
@@ -197,7 +198,7 @@ def test_digits_target(digits):
 
 
 def test_digits_target_samples_on_its_own_scheduler(digits):
-    pipeline = digits.make_pipeline()
+    pipeline = sampler_pipeline(digits)
     pipeline.plan.timesteps = [999, 500, 100]
     from autoaccel.techniques.solver import SolverConfig, build_scheduler
 

@@ -24,6 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from autoaccel.measure.energy import EnergyMeter
+from autoaccel.objectives import CPU_RSS, CUDA_ALLOCATED
 from autoaccel.seeds import SeedBatch
 
 
@@ -118,30 +119,7 @@ def structure_id(key: str) -> str:
     return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
-CUDA_ALLOCATED = "cuda-allocated"
-CPU_RSS = "cpu-rss"
 SINGLE_CALL = "single call"  # the latency method of a reference call hundreds of steps long: timed once
-# What peak_memory_mb is, per memory_kind: for table headers and recipes
-MEMORY_KIND_LABELS = {
-    CUDA_ALLOCATED: "CUDA allocator peak",
-    CPU_RSS: "process RSS",
-}
-
-
-MODEL_MEMORY_MEANING = (
-    "the unet's parameter and buffer bytes plus the peak activation bytes of one unet call at "
-    "the deployment batch size (CUDA allocator peak on a GPU, live tensors tracked per operator on a CPU)"
-)
-
-
-def describe_peak_memory(memory_kind: str | None) -> str:
-    """One phrase saying what ``peak_memory_mb`` measured, for a reader of a table or a recipe."""
-    label = MEMORY_KIND_LABELS.get(str(memory_kind), "")
-    if memory_kind == CPU_RSS:
-        return f"{label}: the whole process's resident peak during the timed calls, not the model's alone"
-    if memory_kind == CUDA_ALLOCATED:
-        return f"{label}: tensors allocated on the GPU during the timed calls"
-    return "not recorded"
 
 
 class _LiveTensorPeak(TorchDispatchMode):

@@ -13,7 +13,8 @@ import pandas as pd
 
 from autoaccel.measure.bootstrap import Interval
 from autoaccel.measure.kernels import NOT_APPLICABLE
-from autoaccel.measure.latency import MEMORY_KIND_LABELS, SINGLE_CALL
+from autoaccel.measure.latency import SINGLE_CALL
+from autoaccel.objectives import MEMORY_KIND_LABELS
 from autoaccel.report.recommend import Recommendation, ratio_goal
 from autoaccel.techniques.base import label_settings
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import torch
 
-from autoaccel.sampling import SamplerPipeline
 from autoaccel.targets.conditions import CLASS, NONE, Conditions
 from autoaccel.targets.denoisers import sample_shape
 from autoaccel.targets.layouts import ScheduleFamily, schedule_family_of
@@ -43,7 +42,8 @@ class DefaultCall:
 
 @dataclass
 class Target:
-    """A diffusion model ready to be accelerated; techniques apply to pipelines made by ``make_pipeline``.
+    """A diffusion model ready to be accelerated; techniques apply to the pipelines
+    ``autoaccel.sampling.sampler_pipeline`` makes around it.
 
     ``denoiser`` is the network every step calls (a UNet or a transformer), ``vae`` decodes its latents (None
     for a pixel-space model), ``conditions`` what each image is conditioned on, ``schedule_family`` the time
@@ -117,23 +117,6 @@ class Target:
     def reference_call(self) -> DefaultCall:
         """The default call, or for a model without one the full trained schedule of its own scheduler."""
         return self.default_call or DefaultCall(self.num_train_timesteps, 1.0)
-
-    def make_pipeline(self) -> SamplerPipeline:
-        """A fresh pipeline around the target's denoiser and VAE (shared, not copied: sampler techniques leave
-        them alone), running the model's own scheduler until a technique swaps it (a class a model may come
-        with: ``autoaccel.schedules.schedulers``)."""
-        from autoaccel.errors import TargetError
-        from autoaccel.schedules.schedulers import build_scheduler_from, model_schedulers
-
-        where = f"model {self.name}'s scheduler"
-        scheduler = build_scheduler_from(
-            self.scheduler_class, self.scheduler_config, where, f"{where} config", model_schedulers(), TargetError
-        )
-        pipeline = SamplerPipeline(
-            denoiser=self.denoiser, scheduler=scheduler, vae=self.vae, conditions=self.conditions
-        )
-        pipeline.plan.null_class = self.null_class
-        return pipeline
 
 
 def hash_weights(module: torch.nn.Module) -> str:

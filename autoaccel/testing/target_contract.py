@@ -15,6 +15,7 @@ import torch
 
 from autoaccel.errors import TargetError
 from autoaccel.measure.features import EXTRACTORS
+from autoaccel.sampling import sampler_pipeline
 from autoaccel.targets.base import Target
 from autoaccel.targets.loader import modules_hash
 from autoaccel.targets.registry import TargetKind, load_target, target_kind
@@ -36,7 +37,7 @@ def check_loaded_target(target: Target, tmp_path: Path) -> None:
     assert target.quality.extractor in EXTRACTORS, f"unregistered feature extractor {target.quality.extractor!r}"
     if target.real_images is not None:
         assert target.real_images.dtype == torch.uint8 and target.real_images.shape[1:] != ()
-    pipeline = target.make_pipeline()
+    pipeline = sampler_pipeline(target)
     assert pipeline.denoiser is target.denoiser  # a plan starts from the target's own model
     params = {**unchanged_model_params(), "timesteps.steps": SAMPLING_STEPS}
     first, _ = configured(target, params, tmp_path)
