@@ -183,6 +183,7 @@ def test_removing_blocks_is_for_transformers(targets):
     assert "\n" not in str(raised.value)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("kind", ["pixart_alpha", "sd3"])
 def test_taylor_importance_and_recovery_follow_the_models_own_training_target(targets, kind):
     """PixArt: DDPM-family with a learned variance and fixed call arguments; SD3: flow matching."""

@@ -3,6 +3,8 @@ front against a schedule-only search's, with the verdict at each NFE bound."""
 
 from __future__ import annotations
 
+import pytest
+
 from autoaccel.config import compose_config
 
 TINY_DISTILLED_SPACE = """
@@ -20,6 +22,7 @@ dimensions:
 """
 
 
+@pytest.mark.integration
 def test_distillation_bench_writes_its_rows_and_both_searched_fronts(fast_overrides, tmp_path):
     from autoaccel.bench.distillation import run_distillation_benchmark
 

@@ -72,6 +72,7 @@ def _search_overrides(folder, tmp_path, cache_dir) -> list[str]:
     ]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("kind", "pipeline_class", "conditioning", "family"), SEARCHED)
 def test_each_pipeline_class_is_searched_and_its_recipe_reproduces_with_plain_diffusers(
     folders, tmp_path, kind, pipeline_class, conditioning, family
