@@ -25,6 +25,7 @@ dimensions:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_compression_bench_writes_its_table_and_front_recipes(fast_overrides, tiny_pipeline_dir, tmp_path):
     from diffusers import DDPMPipeline

@@ -183,6 +183,7 @@ def test_removing_blocks_is_for_transformers(targets):
     assert "\n" not in str(raised.value)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.parametrize("kind", ["pixart_alpha", "sd3"])
 def test_taylor_importance_and_recovery_follow_the_models_own_training_target(targets, kind):

@@ -22,6 +22,7 @@ dimensions:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_distillation_bench_writes_its_rows_and_both_searched_fronts(fast_overrides, tmp_path):
     from autoaccel.bench.distillation import run_distillation_benchmark

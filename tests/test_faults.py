@@ -141,6 +141,7 @@ def _evaluations(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.Fr
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_four_workers_one_killed_nothing_lost_nothing_duplicated(postgres_url, fast_overrides, tmp_path, processes):
     study_name = f"faults-{uuid.uuid4().hex[:8]}"
@@ -195,6 +196,7 @@ def _signal_before_the_wait(signum: int) -> None:
     _thread.interrupt_main(signum)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.parametrize("deliver", [_signal, _signal_before_the_wait], ids=["signal", "signal-before-the-wait"])
 def test_an_interrupt_mid_trial_marks_it_and_the_same_command_resumes_it(
@@ -241,6 +243,7 @@ def test_an_interrupt_mid_trial_marks_it_and_the_same_command_resumes_it(
     assert any(trial.params == interrupted[0].params for trial in _evaluations(trials))
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_sigterm_from_outside_stops_the_process_cleanly_and_the_same_command_resumes(
     fast_overrides, tmp_path, processes
@@ -276,6 +279,7 @@ def test_sigterm_from_outside_stops_the_process_cleanly_and_the_same_command_res
     assert all(any(trial.params == params for trial in _evaluations(trials)) for params in interrupted)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_out_of_memory_in_a_trial_is_recorded_and_the_search_goes_on(fast_overrides, monkeypatch):
     import autoaccel.measure.evaluator as evaluator_module
@@ -298,6 +302,7 @@ def test_out_of_memory_in_a_trial_is_recorded_and_the_search_goes_on(fast_overri
     assert (trials["state"] == "COMPLETE").sum() >= 3 and len(trials) == 7
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_workers_command_runs_n_workers_on_one_study_then_one_report(postgres_url, fast_overrides, capsys):
     from autoaccel.cli import main
@@ -336,6 +341,7 @@ dimensions:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_ctrl_c_stops_a_long_training_trial_at_its_next_iteration_and_the_resume_continues_it(
     fast_overrides, monkeypatch, tmp_path, ctrl_c

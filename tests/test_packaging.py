@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_INPUTS = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "autoaccel", "conf", "search_spaces")
 RESOURCE_DIRS = ("conf", "search_spaces")
-pytestmark = pytest.mark.integration  # every test here installs the wheel a subprocess builds
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # every test here installs the wheel a subprocess builds
 
 
 @pytest.fixture(scope="module")

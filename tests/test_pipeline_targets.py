@@ -22,14 +22,6 @@ SUPPORTED = [
 ]
 
 
-# A whole search per class costs tens of seconds on 2 cores: the default suite searches one UNet text-to-image,
-# one class-conditional transformer and the flow-matching pipeline; the other classes with -m slow.
-SEARCHED = [
-    pytest.param(*case, marks=pytest.mark.slow) if case[0] in ("ddim", "pixart_alpha", "pixart_sigma") else case
-    for case in SUPPORTED
-]
-
-
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipelines")
@@ -72,8 +64,9 @@ def _search_overrides(folder, tmp_path, cache_dir) -> list[str]:
     ]
 
 
+@pytest.mark.slow  # a whole search per class: tens of seconds each on 2 cores
 @pytest.mark.integration
-@pytest.mark.parametrize(("kind", "pipeline_class", "conditioning", "family"), SEARCHED)
+@pytest.mark.parametrize(("kind", "pipeline_class", "conditioning", "family"), SUPPORTED)
 def test_each_pipeline_class_is_searched_and_its_recipe_reproduces_with_plain_diffusers(
     folders, tmp_path, kind, pipeline_class, conditioning, family
 ):

@@ -90,6 +90,7 @@ def test_bundled_pruned_sampler_space_loads():
     assert space.techniques[0] == "pruning" and "pruning.recovery_steps" in space.names
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_search_with_pruning_records_sizes_and_recipes_reproduce_pruned_images(
     fast_overrides, tiny_pipeline_dir, tmp_path

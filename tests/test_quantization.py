@@ -203,6 +203,7 @@ dimensions:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_joint_search_records_sizes_labels_simulation_and_recipes_reproduce(
     fast_overrides, tiny_pipeline_dir, tmp_path

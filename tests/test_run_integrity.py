@@ -70,6 +70,7 @@ def _expected_front(trials: pd.DataFrame, max_nfe: float) -> set[int]:
     return front
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_a_limit_set_or_removed_on_resume_gives_the_front_of_the_limits_in_force(fast_overrides, finished_run, capsys):
     open_front = pd.read_csv(finished_run / "pareto.csv")
@@ -100,6 +101,7 @@ def test_a_limit_set_or_removed_on_resume_gives_the_front_of_the_limits_in_force
     assert set(pd.read_csv(finished_run / "pareto.csv")["trial"]) == set(open_front["trial"])
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_a_command_that_fails_to_start_leaves_nothing_behind(fast_overrides, capsys):
     run_dir = _run_dir(fast_overrides)
@@ -122,6 +124,7 @@ def test_a_study_with_other_objectives_is_refused_in_one_line(fast_overrides, ca
     assert _snapshot(run_dir) == before
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.parametrize("damage", ["empty", "garbage", "truncated"])
 def test_a_damaged_ledger_is_one_error_and_nothing_in_the_run_folder_changes(
@@ -159,6 +162,7 @@ def _hold_study_lock(run_dir: Path, processes, seconds: float = 600) -> subproce
     return holder
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_a_second_process_on_a_sqlite_study_is_refused_until_the_first_is_gone(
     finished_run, fast_overrides, capsys, processes
@@ -174,6 +178,7 @@ def test_a_second_process_on_a_sqlite_study_is_refused_until_the_first_is_gone(
     assert len(pd.read_csv(finished_run / "trials.csv")) == 8
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_the_budget_caps_the_warm_start_and_a_full_study_says_how_to_continue(fast_overrides):
     messages: list[str] = []
@@ -194,6 +199,7 @@ def test_the_budget_caps_the_warm_start_and_a_full_study_says_how_to_continue(fa
     assert trials["warm_start"].fillna("").tolist()[:3] == ["ddim-4", "dpmsolver++2m-4", "unipc-4"]
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_a_study_where_nothing_completed_reports_why(fast_overrides, monkeypatch):
     from autoaccel.measure.evaluator import Evaluator
@@ -261,6 +267,7 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_three_workers_enqueue_the_warm_start_once_and_keep_the_budget(
     postgres_url, fast_overrides, tmp_path, processes

@@ -19,6 +19,7 @@ def run_dir_of(overrides, study="pipeline-sampler"):
     return Path(folder) / study
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_search_writes_report_front_and_recipes(fast_overrides):
     index = search(compose_config([*fast_overrides, "budget.trials=10"]), log=lambda message: None)
@@ -49,6 +50,7 @@ def test_search_writes_report_front_and_recipes(fast_overrides):
     assert (run_dir / "grids" / "teacher.png").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_recipe_reproduces_scored_images_bit_exactly(fast_overrides, tiny_pipeline_dir):
     from diffusers import DDPMPipeline
@@ -93,6 +95,7 @@ def test_recipe_reproduces_scored_images_bit_exactly(fast_overrides, tiny_pipeli
         assert torch.equal(scored, reproduced)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_resume_continues_the_study_without_losing_trials(fast_overrides):
     first = search(compose_config([*fast_overrides, "budget.trials=5"]), log=lambda message: None)
@@ -109,6 +112,7 @@ def test_resume_continues_the_study_without_losing_trials(fast_overrides):
     assert after["warm_start"].fillna("").str.len().gt(0).sum() == 3  # warm starts were not enqueued twice
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_resume_refuses_changed_settings(fast_overrides):
     search(compose_config([*fast_overrides, "budget.trials=3"]), log=lambda message: None)
@@ -118,6 +122,7 @@ def test_resume_refuses_changed_settings(fast_overrides):
         search(compose_config([*fast_overrides, "budget.trials=4", "quality.samples=40"]), log=lambda message: None)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_interrupted_trial_is_queued_again_on_resume(fast_overrides, monkeypatch):
     from autoaccel.measure import evaluator as evaluator_module
@@ -143,6 +148,7 @@ def test_interrupted_trial_is_queued_again_on_resume(fast_overrides, monkeypatch
     assert (trials[trials["warm_start"] == "unipc-4"]["state"] == "COMPLETE").any()
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_failing_trials_are_recorded_and_the_search_goes_on(fast_overrides, tmp_path):
     space = tmp_path / "broken.yaml"
@@ -165,6 +171,7 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(fast_overrides, tmp_
     assert (trials["state"] == "COMPLETE").any()
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_nan_images_fail_the_trial_with_the_reason(fast_overrides):
     from autoaccel.candidate import Candidate
@@ -181,6 +188,7 @@ def test_nan_images_fail_the_trial_with_the_reason(fast_overrides):
     assert "NaN" in measurement.failure
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_cli_plan_apply_and_errors(fast_overrides, tmp_path, capsys):
     assert main(["search", *fast_overrides, "budget.trials=6"]) == 0
@@ -200,6 +208,7 @@ def test_cli_plan_apply_and_errors(fast_overrides, tmp_path, capsys):
     assert main(["frobnicate"]) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_limits_keep_infeasible_plans_off_the_front(fast_overrides):
     index = search(
@@ -212,6 +221,7 @@ def test_limits_keep_infeasible_plans_off_the_front(fast_overrides):
     assert not front.empty and (front["nfe"] <= 5).all()
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.parametrize("optimizer", ["pymoo_nsga2", "nevergrad_ngopt"])
 def test_proposing_backends_search_and_resume_through_the_ledger(fast_overrides, optimizer):
@@ -222,6 +232,7 @@ def test_proposing_backends_search_and_resume_through_the_ledger(fast_overrides,
     assert len(trials) == 10 and (trials["state"] == "COMPLETE").sum() >= 5
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_multi_fidelity_promotes_some_and_keeps_only_full_fidelity_plans_on_the_front(fast_overrides):
     overrides = [*fast_overrides, "fidelity.levels=[16,48]", "study_name=fidelity", "seed=2"]
@@ -245,6 +256,7 @@ def test_fidelity_levels_must_end_at_the_quality_sample_count(fast_overrides):
         search(compose_config([*fast_overrides, "fidelity.levels=[16,32]"]), log=lambda message: None)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_concurrent_trials_fill_the_ledger_like_sequential_ones(fast_overrides):
     overrides = [
@@ -297,6 +309,7 @@ def test_measurement_gate_keeps_cost_measurement_alone():
     assert events[cost_start + 1] == ("end", "cost")  # nothing else ran while cost was measured
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_a_shared_storage_leaves_other_workers_running_trials_alone(fast_overrides, tmp_path):
     """A live worker's trial (it keeps beating) is neither swept nor re-queued; this worker waits for it to end

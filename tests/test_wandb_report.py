@@ -12,6 +12,7 @@ from autoaccel.search import search
 from tests.wandb_records import history_rows, read_records
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_search_writes_an_offline_wandb_run(fast_overrides, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
