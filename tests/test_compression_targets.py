@@ -154,6 +154,7 @@ def _make_identity(block) -> None:
                 module.bias.zero_()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", TRANSFORMERS)
 def test_blocks_go_whole_least_important_first(targets, kind):
     base = targets[f"{kind}-deep"]
@@ -222,6 +223,7 @@ def test_quantization_groups_follow_the_blocks_and_images_stay_close(targets, ki
     assert 0 < error < 0.25 * between_seeds
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_artifacts_rebuild_the_same_pruned_and_quantized_models(targets, kind, tmp_path, monkeypatch):
     target = targets[f"{kind}-deep" if kind in TRANSFORMERS else kind]

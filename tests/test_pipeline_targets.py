@@ -198,6 +198,7 @@ def test_a_hub_id_is_handed_to_diffusers_and_a_failure_is_one_line(tmp_path, mon
         load_pipeline_folder("someone/some-model")
 
 
+@pytest.mark.slow
 def test_pixart_alpha_1024_size_conditioning_matches_the_pipelines_own_call(tmp_path):
     """PixArt-alpha at 1024 px takes the image size and aspect ratio: the sampling loop passes them as
     PixArtAlphaPipeline does, so the default call gives the pipeline's own images."""

@@ -38,6 +38,7 @@ def test_pruning_removes_channels_and_leaves_the_original_alone(tiny_target, imp
     assert hash_weights(tiny_target.unet) == before
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_pruning_is_deterministic(tiny_target):
     config = PruningConfig(ratio=0.4, importance="taylor", recovery_steps=5)
@@ -46,6 +47,7 @@ def test_pruning_is_deterministic(tiny_target):
     assert hash_weights(first) == hash_weights(second)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_recovery_pulls_the_pruned_model_towards_the_teacher(tiny_target):
     sample, timestep, labels = _inputs(tiny_target.unet)

@@ -234,6 +234,7 @@ def test_a_storage_that_cannot_be_opened_is_one_line_and_hides_the_password(fast
     assert not _run_dir(fast_overrides).exists()
 
 
+@pytest.mark.slow
 def test_workers_on_an_unreachable_database_say_so_once(fast_overrides, tmp_path, processes):
     result = processes.run(
         [sys.executable, "-m", "autoaccel", "workers", "3", *fast_overrides, "storage=postgresql://u:p@127.0.0.1:1/db"],

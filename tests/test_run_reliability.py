@@ -316,6 +316,7 @@ def test_training_reports_its_iterations(monkeypatch):
     assert lines[-1].startswith("consistency distillation: 40 iterations in")
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_train_classifier_reports_its_epochs(monkeypatch, tmp_path, capsys):
     import autoaccel.progress as progress

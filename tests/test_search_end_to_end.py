@@ -274,6 +274,7 @@ def test_concurrent_trials_fill_the_ledger_like_sequential_ones(fast_overrides):
     assert not pd.read_csv(index.parent / "pareto.csv").empty
 
 
+@pytest.mark.slow
 def test_measurement_gate_keeps_cost_measurement_alone():
     import threading
     import time
