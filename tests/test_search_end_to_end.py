@@ -50,8 +50,7 @@ def test_search_writes_report_front_and_recipes(fast_overrides):
     assert (run_dir / "grids" / "teacher.png").exists()
 
 
-@pytest.mark.slow
-@pytest.mark.integration
+@pytest.mark.slow  # samples the reference first: about 5 s on its own
 def test_recipe_reproduces_scored_images_bit_exactly(fast_overrides, tiny_pipeline_dir):
     from diffusers import DDPMPipeline
 
@@ -171,8 +170,7 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(fast_overrides, tmp_
     assert (trials["state"] == "COMPLETE").any()
 
 
-@pytest.mark.slow
-@pytest.mark.integration
+@pytest.mark.slow  # samples the reference first: about 5 s on its own
 def test_nan_images_fail_the_trial_with_the_reason(fast_overrides):
     from autoaccel.candidate import Candidate
     from autoaccel.run import prepare_run
