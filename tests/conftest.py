@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-pytest_plugins = ["tests.processes"]  # the ``processes`` fixture: every test that starts processes ends them
+# the ``processes`` fixture (every test that starts processes ends them); markers given by the fixtures a test uses
+pytest_plugins = ["tests.processes", "tests.markers"]
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("WANDB_MODE", "disabled")

@@ -125,6 +125,7 @@ def fresh_model(tiny_pipeline_dir):
     return DDPMPipeline.from_pretrained(tiny_pipeline_dir)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("params", [PRUNED, PRUNED_AND_QUANTIZED], ids=["pruned", "pruned+quantized"])
 def test_a_copied_recipe_applies_from_its_artifacts_without_training(
     params, context, tiny_pipeline_dir, tmp_path, request
@@ -142,6 +143,7 @@ def test_a_copied_recipe_applies_from_its_artifacts_without_training(
     assert torch.equal(sample_in_chunks(fast, context.judge.seeds, context.judge.chunk_size), scored)
 
 
+@pytest.mark.slow
 def test_apply_writes_images_from_a_copied_recipe_without_training(
     context, tiny_pipeline_dir, tmp_path, no_training, capsys
 ):
@@ -153,6 +155,7 @@ def test_apply_writes_images_from_a_copied_recipe_without_training(
     assert len(paths) == 5 and "re-runs" not in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["tampered", "missing"])
 def test_a_changed_or_missing_artifact_is_refused_in_one_line(
     damage, context, tiny_pipeline_dir, tmp_path, no_training
@@ -174,6 +177,7 @@ def test_a_changed_or_missing_artifact_is_refused_in_one_line(
     assert ("does not exist" if damage == "missing" else "hashes to") in message
 
 
+@pytest.mark.slow
 def test_a_recipe_without_an_artifact_says_it_re_runs_recovery(context, tiny_pipeline_dir, tmp_path):
     recipe, scored = scored_recipe(context, PRUNED)
     written = yaml.safe_load(recipe.read_text())

@@ -106,6 +106,8 @@ dimensions:
 """
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_a_search_over_hook_caches_gives_recipes_that_reapply_bit_exactly(fast_overrides, targets, tmp_path):
     import pandas as pd
     from diffusers import DiTPipeline

@@ -157,6 +157,8 @@ dimensions:
 """
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_a_cached_search_measures_cached_plans_and_their_recipes_reapply_bit_exactly(
     fast_overrides, tiny_pipeline_dir, tmp_path
 ):
@@ -192,6 +194,8 @@ def test_a_cached_search_measures_cached_plans_and_their_recipes_reapply_bit_exa
         assert torch.equal(sample_in_chunks(fast, seeds, 48), sample_in_chunks(scored, seeds, 48))
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_the_caching_bench_calibrates_on_the_search_seed_and_writes_its_verdicts(fast_overrides, tmp_path):
     from benchmarks.caching import run_caching_benchmark
     from benchmarks.config import compose_benchmark_config as compose_config

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks.config import compose_benchmark_config as compose_config
 
 # the compressed space without its recovery dimension: recovery has tests of its own, and training it in every
@@ -23,6 +25,8 @@ dimensions:
 """
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_compression_bench_writes_its_table_and_front_recipes(fast_overrides, tiny_pipeline_dir, tmp_path):
     from diffusers import DDPMPipeline
 

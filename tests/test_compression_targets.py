@@ -155,6 +155,7 @@ def _make_identity(block) -> None:
                 module.bias.zero_()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", TRANSFORMERS)
 def test_blocks_go_whole_least_important_first(targets, kind):
     base = targets[f"{kind}-deep"]
@@ -184,6 +185,8 @@ def test_removing_blocks_is_for_transformers(targets):
     assert "\n" not in str(raised.value)
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("kind", ["pixart_alpha", "sd3"])
 def test_taylor_importance_and_recovery_follow_the_models_own_training_target(targets, kind):
     """PixArt: DDPM-family with a learned variance and fixed call arguments; SD3: flow matching."""
@@ -221,6 +224,7 @@ def test_quantization_groups_follow_the_blocks_and_images_stay_close(targets, ki
     assert 0 < error < 0.25 * between_seeds
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_artifacts_rebuild_the_same_pruned_and_quantized_models(targets, kind, tmp_path, monkeypatch):
     target = targets[f"{kind}-deep" if kind in TRANSFORMERS else kind]

@@ -33,6 +33,8 @@ def _images(pipeline, target, count: int = 6):
     return sample_in_chunks(pipeline, seeds, count)
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("method", "scheduler", "changes_weights"),
     [
@@ -78,6 +80,8 @@ def test_each_method_trains_prescribes_its_sampler_and_reapplies_from_its_artifa
     assert tiny_target.denoiser is not restored.denoiser  # the target's own model is never changed
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_a_progressive_student_continues_from_the_rounds_already_trained(tiny_target, monkeypatch):
     import autoaccel.distill.progressive as progressive
     from autoaccel.distill.students import forget_students
@@ -98,6 +102,8 @@ def test_a_progressive_student_continues_from_the_rounds_already_trained(tiny_ta
     assert rounds == [8, 4, 2]  # the 2-step student started from the kept 4-step one
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_training_is_deterministic_for_its_seed(tiny_target):
     from autoaccel.distill.students import forget_students
     from autoaccel.techniques.distillation import DistillationConfig, distilled_model
@@ -136,6 +142,7 @@ def test_a_flow_matching_target_is_refused_with_the_reason(tmp_path):
         distilled_model(sampler_pipeline(target), DistillationConfig(method="consistency", **QUICK), target)
 
 
+@pytest.mark.integration
 def test_a_training_run_past_its_time_cap_fails_with_the_reason(tiny_target):
     from autoaccel.distill.students import forget_students
     from autoaccel.techniques.distillation import DistillationConfig, distilled_model
@@ -165,6 +172,8 @@ dimensions:
 """
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_a_distillation_search_scores_students_and_schedules_on_one_front_and_its_recipes_apply(
     fast_overrides, tiny_pipeline_dir, tmp_path
 ):
@@ -209,6 +218,8 @@ def _recipe_of(context, trial: int):
     return write_front_recipe(context, pd.Series({**row.to_dict(), "trial": trial}), context.run_dir / "recipes-all")
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_budget_max_train_minutes_fails_long_training_trials_with_the_reason_and_the_search_goes_on(
     fast_overrides, tmp_path
 ):
@@ -227,6 +238,8 @@ def test_budget_max_train_minutes_fails_long_training_trials_with_the_reason_and
     assert (trials[trials["param.distillation.method"] == "none"]["state"] == "COMPLETE").any()
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_assigned_teacher_steps_answer_in_the_students_parameterization_and_count_their_calls(tiny_target):
     from autoaccel.apply import apply_plan
     from autoaccel.distill.data import Teacher
@@ -258,6 +271,8 @@ def test_assignment_without_a_student_is_refused_with_the_reason(tiny_target):
         apply_plan(sampler_pipeline(tiny_target), [(ASSIGNMENT, AssignmentConfig(teacher_steps=1))], tiny_target)
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("method", ["consistency", "progressive"])
 def test_a_student_trained_in_shares_continues_from_its_checkpoint_to_the_uninterrupted_weights(
     tiny_target, method, monkeypatch
@@ -286,6 +301,8 @@ def test_a_student_trained_in_shares_continues_from_its_checkpoint_to_the_uninte
     assert not all(torch.equal(a, b) for a, b in zip(half.state_dict().values(), direct.state_dict().values()))
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_a_multi_fidelity_search_trains_low_levels_on_a_share_and_front_trials_in_full(
     fast_overrides, tiny_pipeline_dir, tmp_path
 ):
@@ -358,6 +375,8 @@ dimensions:
 """
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_a_joint_search_prunes_and_quantizes_students_and_every_recipe_reapplies_bit_exactly(
     fast_overrides, tiny_pipeline_dir, tmp_path
 ):
@@ -402,6 +421,8 @@ def test_the_joint_space_drops_distillation_on_a_flow_matching_target_and_keeps_
     assert "distillation.method" in space.for_target({"guidance", "distillation"}).names
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_taylor_pruning_of_a_student_is_refused_with_the_reason(tiny_target):
     from autoaccel.techniques.distillation import DistillationConfig, apply_distillation
     from autoaccel.techniques.pruning import PruningConfig, prune_unet
@@ -416,6 +437,8 @@ def test_taylor_pruning_of_a_student_is_refused_with_the_reason(tiny_target):
     assert pruned.train_minutes > student.train_minutes  # recovery's minutes are added to the student's
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("kind", ["sd", "dit"])
 def test_students_of_prompt_and_class_conditioned_latent_models_run_one_branch_and_reapply_bit_exactly(tmp_path, kind):
     """Guidance trained into the student: a guided text-to-image or class-conditioned latent model distils to a
@@ -474,6 +497,8 @@ def _train_in_a_fresh_process(method: str, config, tiny_target):
     return distilled_model(sampler_pipeline(tiny_target), config, tiny_target)[0]
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("method", ["consistency", "progressive", "recovery"])
 def test_an_interrupted_training_run_keeps_a_checkpoint_and_the_next_process_continues_to_the_same_weights(
     tiny_target, method, monkeypatch, tmp_path
@@ -518,6 +543,8 @@ dimensions:
 """
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_a_model_already_stored_is_loaded_from_its_artifact_not_trained_again(fast_overrides, tmp_path, monkeypatch):
     """A resumed search (or a trial whose model an earlier one trained and memory no longer holds) finds the
     stored artifact by its plan and loads it: the same images, the same training cost, no training."""

@@ -3,6 +3,8 @@ front against a schedule-only search's, with the verdict at each NFE bound."""
 
 from __future__ import annotations
 
+import pytest
+
 from benchmarks.config import compose_benchmark_config as compose_config
 
 TINY_DISTILLED_SPACE = """
@@ -20,6 +22,8 @@ dimensions:
 """
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_distillation_bench_writes_its_rows_and_both_searched_fronts(fast_overrides, tmp_path):
     from benchmarks.distillation import run_distillation_benchmark
 

@@ -141,6 +141,8 @@ def _evaluations(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.Fr
     ]
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_four_workers_one_killed_nothing_lost_nothing_duplicated(postgres_url, fast_overrides, tmp_path, processes):
     study_name = f"faults-{uuid.uuid4().hex[:8]}"
     overrides = [
@@ -194,6 +196,8 @@ def _signal_before_the_wait(signum: int) -> None:
     _thread.interrupt_main(signum)
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("deliver", [_signal, _signal_before_the_wait], ids=["signal", "signal-before-the-wait"])
 def test_an_interrupt_mid_trial_marks_it_and_the_same_command_resumes_it(
     fast_overrides, monkeypatch, capsys, ctrl_c, deliver
@@ -239,6 +243,8 @@ def test_an_interrupt_mid_trial_marks_it_and_the_same_command_resumes_it(
     assert any(trial.params == interrupted[0].params for trial in _evaluations(trials))
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_sigterm_from_outside_stops_the_process_cleanly_and_the_same_command_resumes(
     fast_overrides, tmp_path, processes
 ):
@@ -273,6 +279,8 @@ def test_sigterm_from_outside_stops_the_process_cleanly_and_the_same_command_res
     assert all(any(trial.params == params for trial in _evaluations(trials)) for params in interrupted)
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_out_of_memory_in_a_trial_is_recorded_and_the_search_goes_on(fast_overrides, monkeypatch):
     import autoaccel.measure.evaluator as evaluator_module
     from autoaccel.search import search
@@ -294,6 +302,8 @@ def test_out_of_memory_in_a_trial_is_recorded_and_the_search_goes_on(fast_overri
     assert (trials["state"] == "COMPLETE").sum() >= 3 and len(trials) == 7
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_workers_command_runs_n_workers_on_one_study_then_one_report(postgres_url, fast_overrides, capsys):
     from autoaccel.cli import main
 
@@ -331,6 +341,8 @@ dimensions:
 """
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_ctrl_c_stops_a_long_training_trial_at_its_next_iteration_and_the_resume_continues_it(
     fast_overrides, monkeypatch, tmp_path, ctrl_c
 ):
@@ -416,6 +428,7 @@ def test_the_worker_bound_follows_gpus_cores_and_free_connections():
     assert worker_bound(cpus=64, gpus=0, free_connections=3, concurrent=1)[0] == 0
 
 
+@pytest.mark.integration
 def test_ctrl_c_while_workers_start_stops_and_reaps_every_one_started(
     postgres_url, fast_overrides, monkeypatch, ctrl_c
 ):

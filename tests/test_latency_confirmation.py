@@ -55,6 +55,8 @@ def _best_plan_scheduler(fast_overrides) -> str:
     return str(trials.loc[trials["fid"].idxmin(), "scheduler_class"])
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_a_plan_slowed_while_it_was_timed_is_confirmed_at_its_true_latency_and_the_front_follows(
     fast_overrides, monkeypatch
 ):
@@ -92,6 +94,8 @@ def test_a_plan_slowed_while_it_was_timed_is_confirmed_at_its_true_latency_and_t
     assert pd.read_csv(run_dir / "pareto.csv").equals(front)
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_the_confirmation_times_for_real_and_undoes_a_slowdown_during_the_search(fast_overrides, monkeypatch):
     slowed = _best_plan_scheduler(fast_overrides)
     _slowed_while_timed(monkeypatch, slowed, factor=1000)
@@ -103,6 +107,8 @@ def test_the_confirmation_times_for_real_and_undoes_a_slowdown_during_the_search
     assert bool(best["timing_exclusive"])
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_a_reference_the_search_timed_with_one_call_is_confirmed_with_one_call(fast_overrides, monkeypatch):
     """A reference hundreds of steps long is timed once by the search, with progress lines; the confirmation
     times it once too (not warm-up plus a call per round), in the middle round, and the estimate counts that call."""

@@ -65,6 +65,7 @@ def _folder_bytes(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
 
+@pytest.mark.slow
 def test_committed_pipelines_run_with_plain_diffusers(tmp_path, processes):
     report = _run_plain_diffusers(processes, WEIGHTS / "t2i", WEIGHTS / "dit", cwd=tmp_path)
     assert report["autoaccel_imported"] is False
@@ -144,6 +145,8 @@ def test_images_16_pool_back_to_the_exact_digits_and_score_as_real():
     assert noise["fid"] > 50 and noise["adherence"] < 0.5
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_tiny_training_run_writes_folders_plain_diffusers_loads(tmp_path):
     from autoaccel.targets.digits.latent.dit import train_dit
     from autoaccel.targets.digits.latent.t2i import train_t2i
@@ -199,6 +202,8 @@ def _weights_digest(folder: Path) -> str:
     return hashlib.sha1(b"".join(weights[name].numpy().tobytes() for name in sorted(weights))).hexdigest()
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_training_is_deterministic_for_its_seed(tmp_path):
     """Two runs of each training script with one seed write the same weights, bit for bit (a gather whose
     backward accumulated in thread order once made the text-to-image model differ between runs)."""

@@ -215,6 +215,8 @@ def test_kept_features_that_do_not_give_the_recorded_figure_are_not_used(tmp_pat
 # --- whole runs --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_an_ancestral_reference_gap_is_reported_as_a_gap_and_deterministic_plans_are_compared_paired(fast_overrides):
     """The tiny pipeline's default call is 100-step ancestral DDPM: no deterministic plan reproduces its images, so
     every plan's FID carries the ODE-vs-ancestral distance. The report says so (no floor presented as noise), and
@@ -246,6 +248,8 @@ def test_an_ancestral_reference_gap_is_reported_as_a_gap_and_deterministic_plans
     assert front["fid_ratio"].isna().all()  # no ratio to a reference FID that is 0 by construction
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_a_digits_search_shows_intervals_and_plan_ties_exactly_where_they_cover_the_bound(capsys, tmp_path):
     """The embedded digits model at 64 samples: the report shows the paired intervals, and ``plan --max-fid-ratio
     1.25`` calls its choice a tie exactly when the chosen plan's ratio interval in pareto.csv covers 1.25."""

@@ -25,6 +25,7 @@ BUILD_INPUTS = (
     "search_spaces",
 )
 RESOURCE_DIRS = ("conf", "search_spaces")
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # every test here installs the wheel a subprocess builds
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import copy
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -59,6 +60,7 @@ SPACES = st.fixed_dictionaries(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(SPACES)
 def test_space_parser_accepts_or_names_the_problem(document):
@@ -181,6 +183,7 @@ def _config_fields(config_cls) -> st.SearchStrategy:
     return st.dictionaries(st.sampled_from(names), VALUES, max_size=4)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.data())
 def test_model_technique_configs_accept_or_name_the_bad_value(data):
@@ -258,6 +261,7 @@ def size_bombs(draw) -> str:
     return head + f"fixed: {{timesteps.gaps: {'[' * depth}0.5{']' * depth}}}\n"
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.one_of(alias_bombs(), size_bombs()))
 def test_bomb_space_files_load_or_name_the_problem_within_memory_and_time(tmp_path, text):

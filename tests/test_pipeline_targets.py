@@ -23,14 +23,6 @@ SUPPORTED = [
 ]
 
 
-# A whole search per class costs tens of seconds on 2 cores: the default suite searches one UNet text-to-image,
-# one class-conditional transformer and the flow-matching pipeline; the other classes with -m slow.
-SEARCHED = [
-    pytest.param(*case, marks=pytest.mark.slow) if case[0] in ("ddim", "pixart_alpha", "pixart_sigma") else case
-    for case in SUPPORTED
-]
-
-
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipelines")
@@ -73,7 +65,9 @@ def _search_overrides(folder, tmp_path, cache_dir) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize(("kind", "pipeline_class", "conditioning", "family"), SEARCHED)
+@pytest.mark.slow  # a whole search per class: tens of seconds each on 2 cores
+@pytest.mark.integration
+@pytest.mark.parametrize(("kind", "pipeline_class", "conditioning", "family"), SUPPORTED)
 def test_each_pipeline_class_is_searched_and_its_recipe_reproduces_with_plain_diffusers(
     folders, tmp_path, kind, pipeline_class, conditioning, family
 ):
@@ -205,6 +199,7 @@ def test_a_hub_id_is_handed_to_diffusers_and_a_failure_is_one_line(tmp_path, mon
         load_pipeline_folder("someone/some-model")
 
 
+@pytest.mark.slow
 def test_pixart_alpha_1024_size_conditioning_matches_the_pipelines_own_call(tmp_path):
     """PixArt-alpha at 1024 px takes the image size and aspect ratio: the sampling loop passes them as
     PixArtAlphaPipeline does, so the default call gives the pipeline's own images."""

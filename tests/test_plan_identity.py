@@ -46,6 +46,8 @@ def test_anything_that_changes_the_computation_changes_the_plan(target):
     assert plan_key(target, pruned) != plan_key(target, pruned[1:])
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_a_search_measures_one_plan_once_and_shows_it_once(fast_overrides, tmp_path):
     from autoaccel.loop import LoopBudget, run_search
     from autoaccel.pareto import front_frame

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,6 +23,7 @@ def _running(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_a_child_and_its_own_child_are_gone_after_ctrl_c_in_the_test_that_started_them(tmp_path, processes):
     child_file, grandchild_file = tmp_path / "child.pid", tmp_path / "grandchild.pid"
     inner = tmp_path / "test_inner.py"

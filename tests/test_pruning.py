@@ -38,6 +38,8 @@ def test_pruning_removes_channels_and_leaves_the_original_alone(tiny_target, imp
     assert hash_weights(tiny_target.denoiser) == before
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_pruning_is_deterministic(tiny_target):
     config = PruningConfig(ratio=0.4, importance="taylor", recovery_steps=5)
     first = prune_unet(tiny_target.denoiser, config, tiny_target)
@@ -45,6 +47,8 @@ def test_pruning_is_deterministic(tiny_target):
     assert hash_weights(first) == hash_weights(second)
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_recovery_pulls_the_pruned_model_towards_the_teacher(tiny_target):
     sample, timestep, labels = _inputs(tiny_target.denoiser)
     wanted = tiny_target.denoiser(sample, timestep, class_labels=labels).sample
@@ -88,6 +92,8 @@ def test_bundled_pruned_sampler_space_loads():
     assert space.techniques[0] == "pruning" and "pruning.recovery_steps" in space.names
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_search_with_pruning_records_sizes_and_recipes_reproduce_pruned_images(
     fast_overrides, tiny_pipeline_dir, tmp_path
 ):

@@ -30,6 +30,8 @@ def measured(fast_overrides):
     return overrides, _run_dir(fast_overrides)
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_quality_limits_in_a_search_shape_the_front_without_measuring_again(measured):
     overrides, run_dir = measured
     trials = pd.read_csv(run_dir / "trials.csv")
@@ -46,6 +48,8 @@ def test_quality_limits_in_a_search_shape_the_front_without_measuring_again(meas
     assert f"fid &lt;= {max_fid:.4g}" in html and f"psnr_vs_ode &gt;= {min_psnr:.4g}" in html
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_plan_gives_the_fastest_front_plan_within_a_quality_limit(measured, capsys):
     _, run_dir = measured
     front = pd.read_csv(run_dir / "pareto.csv")
@@ -79,6 +83,8 @@ def test_a_ratio_to_a_teacher_scored_against_itself_is_refused_before_anything_r
     assert not _run_dir(fast_overrides).exists()
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_plan_refuses_a_ratio_where_the_teacher_is_the_reference(measured, capsys):
     _, run_dir = measured
     assert main(["plan", str(run_dir), "--max-fid-ratio", "1.25"]) == 2

@@ -52,6 +52,7 @@ def test_held_out_split_takes_classes_as_often_as_the_seed_batch():
     assert torch.bincount(labels[held_out]).tolist() == [30, 50]
 
 
+@pytest.mark.slow
 def test_floor_is_the_held_out_set_against_the_others_and_shrinks_with_more_samples():
     real = _blobs(500, seed=3)
     features = image_features(real, GENERIC_EXTRACTOR).float()
@@ -69,6 +70,7 @@ def test_floor_is_the_held_out_set_against_the_others_and_shrinks_with_more_samp
     assert floors[200]["fid"] < floors[30]["fid"]
 
 
+@pytest.mark.slow
 def test_real_data_floor_is_measured_like_the_figures_it_bounds(tiny_pipeline_dir, tmp_path):
     """The floor's held-out real images, scored as a plan's images are, give the floor: the same reference set (the
     real images less the held-out ones) and the same set sizes."""
@@ -326,6 +328,7 @@ def test_every_new_metric_has_a_direction():
     assert objective_directions(["feature_dist_vs_ode", "fid_inception"]) == ["minimize"] * 2
 
 
+@pytest.mark.slow
 def test_judge_scores_paired_figures_ensemble_fid_and_adherence(tiny_pipeline_dir, tmp_path):
     from autoaccel.measure.reference import QualityJudge
     from autoaccel.targets.loader import load_pipeline_folder

@@ -96,6 +96,7 @@ def test_model_bytes_are_the_plans_bits_plus_scales(tiny_target):
     assert model_bytes(quantized) < model_bytes(unet) / 3
 
 
+@pytest.mark.slow
 def test_the_sensitivity_pass_sends_the_least_sensitive_groups_low(digits_target):
     config = QuantizationConfig(weight_bits=8, low_bits=2, low_fraction=0.5, calibration_samples=16)
     plan = quantize_unet(digits_target.denoiser, config, digits_target).autoaccel_quantization
@@ -118,6 +119,7 @@ def test_the_sensitivity_pass_sends_the_least_sensitive_groups_low(digits_target
     assert _error(chosen, reference, inputs) < _error(reversed_plan, reference, inputs)
 
 
+@pytest.mark.slow
 def test_low_fraction_extremes(tiny_target):
     none_low = quantize_unet(tiny_target.denoiser, QuantizationConfig(6, low_bits=3, low_fraction=0.0), tiny_target)
     assert set(none_low.autoaccel_quantization.group_bits.values()) <= {6, 8}
@@ -204,6 +206,8 @@ dimensions:
 """
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_joint_search_records_sizes_labels_simulation_and_recipes_reproduce(
     fast_overrides, tiny_pipeline_dir, tmp_path
 ):

@@ -109,6 +109,8 @@ def test_model_memory_counts_weights_and_grows_with_the_batch(tiny_pipeline_dir)
     assert large - weights > 4 * (small - weights)  # activations scale with the batch
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_report_opens_with_the_recommended_plans(fast_overrides):
     from PIL import Image
 

@@ -70,6 +70,8 @@ def _expected_front(trials: pd.DataFrame, max_nfe: float) -> set[int]:
     return front
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_a_limit_set_or_removed_on_resume_gives_the_front_of_the_limits_in_force(fast_overrides, finished_run, capsys):
     open_front = pd.read_csv(finished_run / "pareto.csv")
     assert set(open_front["nfe"]) == {4, 10}, "the test needs a front with a 4-step and a 10-step plan"
@@ -99,6 +101,8 @@ def test_a_limit_set_or_removed_on_resume_gives_the_front_of_the_limits_in_force
     assert set(pd.read_csv(finished_run / "pareto.csv")["trial"]) == set(open_front["trial"])
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_a_command_that_fails_to_start_leaves_nothing_behind(fast_overrides, capsys):
     run_dir = _run_dir(fast_overrides)
     assert main(["search", *fast_overrides, "objectives=[fid,latency_ms,nfe]", "optimizer.name=adam"]) == 2
@@ -120,6 +124,8 @@ def test_a_study_with_other_objectives_is_refused_in_one_line(fast_overrides, ca
     assert _snapshot(run_dir) == before
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("damage", ["empty", "garbage", "truncated"])
 def test_a_damaged_ledger_is_one_error_and_nothing_in_the_run_folder_changes(
     finished_run, fast_overrides, capsys, damage
@@ -156,6 +162,8 @@ def _hold_study_lock(run_dir: Path, processes, seconds: float = 600) -> subproce
     return holder
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_a_second_process_on_a_sqlite_study_is_refused_until_the_first_is_gone(
     finished_run, fast_overrides, capsys, processes
 ):
@@ -170,6 +178,8 @@ def test_a_second_process_on_a_sqlite_study_is_refused_until_the_first_is_gone(
     assert len(pd.read_csv(finished_run / "trials.csv")) == 8
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_the_budget_caps_the_warm_start_and_a_full_study_says_how_to_continue(fast_overrides):
     messages: list[str] = []
     search(compose_config([*fast_overrides, "budget.trials=1"]), log=messages.append)
@@ -189,6 +199,8 @@ def test_the_budget_caps_the_warm_start_and_a_full_study_says_how_to_continue(fa
     assert trials["warm_start"].fillna("").tolist()[:3] == ["ddim-4", "dpmsolver++2m-4", "unipc-4"]
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_a_study_where_nothing_completed_reports_why(fast_overrides, monkeypatch):
     from autoaccel.measure.evaluator import Evaluator
     from autoaccel.measure.measurement import Measurement
@@ -222,6 +234,7 @@ def test_a_storage_that_cannot_be_opened_is_one_line_and_hides_the_password(fast
     assert not _run_dir(fast_overrides).exists()
 
 
+@pytest.mark.slow
 def test_workers_on_an_unreachable_database_say_so_once(fast_overrides, tmp_path, processes):
     result = processes.run(
         [sys.executable, "-m", "autoaccel", "workers", "3", *fast_overrides, "storage=postgresql://u:p@127.0.0.1:1/db"],
@@ -255,6 +268,8 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_three_workers_enqueue_the_warm_start_once_and_keep_the_budget(
     postgres_url, fast_overrides, tmp_path, processes
 ):

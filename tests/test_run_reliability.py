@@ -38,6 +38,8 @@ def finished(fast_overrides, capsys):
     return _run_dir(fast_overrides)
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_a_resume_under_settings_that_change_what_a_figure_means_is_refused(finished, fast_overrides, capsys, tmp_path):
     noise = _noise_images(tmp_path / "noise")
     before = _snapshot(finished)
@@ -54,6 +56,8 @@ def test_a_resume_under_settings_that_change_what_a_figure_means_is_refused(fini
     assert main(["search", *fast_overrides, "budget.trials=3"]) == 0  # the study's own settings still resume
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_a_study_recorded_before_a_setting_was_fingerprinted_is_judged_by_its_stored_configuration(
     finished, fast_overrides, capsys, tmp_path
 ):
@@ -72,6 +76,8 @@ def test_a_study_recorded_before_a_setting_was_fingerprinted_is_judged_by_its_st
     _one_line_error(capsys, "target.data: study has None", str(noise))
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_a_resumed_warm_start_continues_the_standard_configurations_where_it_stopped(fast_overrides):
     steps = ["budget.warm_start_steps=[4,6]"]
     assert main(["search", *fast_overrides, *steps, "budget.trials=1"]) == 0
@@ -96,6 +102,8 @@ dimensions:
 """
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_report_refuses_a_missing_artifact_in_one_line_and_never_trains_it_again(fast_overrides, tmp_path, capsys):
     space = tmp_path / "pruned.yaml"
     space.write_text(PRUNED_SPACE)
@@ -128,6 +136,8 @@ def test_report_refuses_a_missing_artifact_in_one_line_and_never_trains_it_again
     assert "plans without a recipe here" in (run / "index.html").read_text()
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_report_under_a_running_search_is_refused_or_waits_for_it(finished, capsys, processes):
     holder = _hold_study_lock(finished, processes)
     try:
@@ -149,6 +159,8 @@ def test_report_under_a_running_search_is_refused_or_waits_for_it(finished, caps
         holder.wait()
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_a_second_search_on_a_held_study_is_refused_before_the_model_loads(
     finished, fast_overrides, capsys, monkeypatch, processes
 ):
@@ -249,6 +261,8 @@ def test_the_digits_model_reads_its_images_as_digits():
     assert target_adherence(target, noise, labels) < 0.5
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_min_adherence_limits_a_search_on_the_digits_model(tmp_path, capsys):
     assert main(["search", *_small_digits(tmp_path), "budget.min_adherence=0.5"]) == 0
     run = tmp_path / "reports" / "digits-sampler"
@@ -302,6 +316,8 @@ def test_training_reports_its_iterations(monkeypatch):
     assert lines[-1].startswith("consistency distillation: 40 iterations in")
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_train_classifier_reports_its_epochs(monkeypatch, tmp_path, capsys):
     import autoaccel.progress as progress
     from autoaccel.cli import main
@@ -313,6 +329,8 @@ def test_train_classifier_reports_its_epochs(monkeypatch, tmp_path, capsys):
     assert any(line.startswith("classifier training: 2 epochs in") for line in lines)
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_a_search_reports_each_long_stage_step_by_step_and_its_estimate(fast_overrides, monkeypatch, capsys, tmp_path):
     import autoaccel.progress as progress
 

@@ -19,6 +19,8 @@ def run_dir_of(overrides, study="pipeline-sampler"):
     return Path(folder) / study
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_search_writes_report_front_and_recipes(fast_overrides):
     index = search(compose_config([*fast_overrides, "budget.trials=10"]), log=lambda message: None)
     run_dir = index.parent
@@ -48,6 +50,7 @@ def test_search_writes_report_front_and_recipes(fast_overrides):
     assert (run_dir / "grids" / "teacher.png").exists()
 
 
+@pytest.mark.slow  # samples the reference first: about 5 s on its own
 def test_recipe_reproduces_scored_images_bit_exactly(fast_overrides, tiny_pipeline_dir):
     from diffusers import DDPMPipeline
 
@@ -90,6 +93,8 @@ def test_recipe_reproduces_scored_images_bit_exactly(fast_overrides, tiny_pipeli
         assert torch.equal(scored, reproduced)
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_resume_continues_the_study_without_losing_trials(fast_overrides):
     first = search(compose_config([*fast_overrides, "budget.trials=5"]), log=lambda message: None)
     before = pd.read_csv(first.parent / "trials.csv")
@@ -105,6 +110,8 @@ def test_resume_continues_the_study_without_losing_trials(fast_overrides):
     assert after["warm_start"].fillna("").str.len().gt(0).sum() == 3  # warm starts were not enqueued twice
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_resume_refuses_changed_settings(fast_overrides):
     search(compose_config([*fast_overrides, "budget.trials=3"]), log=lambda message: None)
     from autoaccel.errors import ConfigError
@@ -113,6 +120,8 @@ def test_resume_refuses_changed_settings(fast_overrides):
         search(compose_config([*fast_overrides, "budget.trials=4", "quality.samples=40"]), log=lambda message: None)
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_interrupted_trial_is_queued_again_on_resume(fast_overrides, monkeypatch):
     from autoaccel.measure import evaluator as evaluator_module
 
@@ -137,6 +146,8 @@ def test_interrupted_trial_is_queued_again_on_resume(fast_overrides, monkeypatch
     assert (trials[trials["warm_start"] == "unipc-4"]["state"] == "COMPLETE").any()
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_failing_trials_are_recorded_and_the_search_goes_on(fast_overrides, tmp_path):
     space = tmp_path / "broken.yaml"
     space.write_text(
@@ -158,6 +169,7 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(fast_overrides, tmp_
     assert (trials["state"] == "COMPLETE").any()
 
 
+@pytest.mark.slow  # samples the reference first: about 5 s on its own
 def test_nan_images_fail_the_trial_with_the_reason(fast_overrides):
     from autoaccel.candidate import Candidate
     from autoaccel.run import prepare_run
@@ -173,6 +185,8 @@ def test_nan_images_fail_the_trial_with_the_reason(fast_overrides):
     assert "NaN" in measurement.failure
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_cli_plan_apply_and_errors(fast_overrides, tmp_path, capsys):
     assert main(["search", *fast_overrides, "budget.trials=6"]) == 0
     run_dir = run_dir_of(fast_overrides)
@@ -191,6 +205,8 @@ def test_cli_plan_apply_and_errors(fast_overrides, tmp_path, capsys):
     assert main(["frobnicate"]) == 2
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_limits_keep_infeasible_plans_off_the_front(fast_overrides):
     index = search(
         compose_config([*fast_overrides, "budget.trials=10", "budget.max_nfe=5", "seed=1"]), log=lambda message: None
@@ -202,6 +218,8 @@ def test_limits_keep_infeasible_plans_off_the_front(fast_overrides):
     assert not front.empty and (front["nfe"] <= 5).all()
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("optimizer", ["pymoo_nsga2", "nevergrad_ngopt"])
 def test_proposing_backends_search_and_resume_through_the_ledger(fast_overrides, optimizer):
     overrides = [*fast_overrides, f"optimizer={optimizer}", "optimizer.population_size=4", "study_name=proposing"]
@@ -211,6 +229,8 @@ def test_proposing_backends_search_and_resume_through_the_ledger(fast_overrides,
     assert len(trials) == 10 and (trials["state"] == "COMPLETE").sum() >= 5
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_multi_fidelity_promotes_some_and_keeps_only_full_fidelity_plans_on_the_front(fast_overrides):
     overrides = [*fast_overrides, "fidelity.levels=[16,48]", "study_name=fidelity", "seed=2"]
     search(compose_config([*overrides, "budget.trials=10"]), log=lambda message: None)
@@ -233,6 +253,8 @@ def test_fidelity_levels_must_end_at_the_quality_sample_count(fast_overrides):
         search(compose_config([*fast_overrides, "fidelity.levels=[16,32]"]), log=lambda message: None)
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_concurrent_trials_fill_the_ledger_like_sequential_ones(fast_overrides):
     overrides = [
         *fast_overrides,
@@ -249,6 +271,7 @@ def test_concurrent_trials_fill_the_ledger_like_sequential_ones(fast_overrides):
     assert not pd.read_csv(index.parent / "pareto.csv").empty
 
 
+@pytest.mark.slow
 def test_measurement_gate_keeps_cost_measurement_alone():
     import threading
     import time
@@ -284,6 +307,8 @@ def test_measurement_gate_keeps_cost_measurement_alone():
     assert events[cost_start + 1] == ("end", "cost")  # nothing else ran while cost was measured
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_a_shared_storage_leaves_other_workers_running_trials_alone(fast_overrides, tmp_path):
     """A live worker's trial (it keeps beating) is neither swept nor re-queued; this worker waits for it to end
     before it stops, so that a trial whose worker died would still be caught and evaluated again."""

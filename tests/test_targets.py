@@ -212,6 +212,7 @@ def test_digits_target_samples_on_its_own_scheduler(digits):
 # --- features and FID ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_fid_separates_real_digits_from_noise(digits, tmp_path):
     extractor, cache = DIGITS_EXTRACTOR, tmp_path / "cache"
     real = digits.real_images

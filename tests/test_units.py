@@ -295,6 +295,8 @@ def test_a_failed_trial_keeps_its_reason_and_never_reaches_the_front(ledger):
 # ---------------------------------------------------------------- a report from the ledger alone
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_report_command_rebuilds_the_report_from_the_ledger_alone(fast_overrides):
     from autoaccel.cli import main
     from autoaccel.recipe import load_recipe

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from autoaccel.config import compose_config
 from autoaccel.search import search
 from tests.wandb_records import history_rows, read_records
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_search_writes_an_offline_wandb_run(fast_overrides, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")

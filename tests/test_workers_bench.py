@@ -3,9 +3,13 @@ running, no candidate is evaluated twice, and the table says so."""
 
 from __future__ import annotations
 
+import pytest
+
 from benchmarks.workers import consistency, run_load, write_workers_table
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_load_test_ledger_stays_consistent(postgres_url, tmp_path):
     single = run_load(postgres_url, workers=1, trials_each=4, work_s=0.0, seed=0)
     many = run_load(postgres_url, workers=3, trials_each=4, work_s=0.01, seed=0)
