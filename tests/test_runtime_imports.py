@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 OFF_THE_RUNTIME_PATH = (
     "autoaccel.targets.digits.teacher",
     "autoaccel.targets.digits.classifier_training",
@@ -18,6 +20,8 @@ OFF_THE_RUNTIME_PATH = (
 TRAINERS = ("train_teacher", "train_classifier", "train_latent_models", "train_vae", "train_t2i", "train_dit")
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_a_search_and_the_embedded_targets_import_no_trainer_benchmark_or_test_kit(fast_overrides):
     """A whole search (the tiny pipeline), then the three embedded targets loaded as a search loads them (their
     classifier included): none of it brings in training code, a benchmark or autoaccel.testing."""
