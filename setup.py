@@ -2,7 +2,7 @@
 
 ``conf/`` and ``search_spaces/`` live at the top of the repository (Hydra's config folder, the bundled spaces), not
 inside ``autoaccel/``; a wheel carries them as ``autoaccel/conf`` and ``autoaccel/search_spaces``, which is where
-``autoaccel.resources.resource_dir`` finds them in an installed package. They are copied when the wheel is built,
+``autoaccel.util.resources.resource_dir`` finds them in an installed package. They are copied when the wheel is built,
 so the top-level folders stay the one copy that is edited. Everything else is in ``pyproject.toml``.
 """
 

@@ -1,6 +1,6 @@
-"""``python -m autoaccel COMMAND``: see ``autoaccel.cli``."""
+"""``python -m autoaccel COMMAND``: see ``autoaccel.cli.main``."""
 
-from autoaccel.cli import main
+from autoaccel.cli.main import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

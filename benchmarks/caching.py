@@ -19,8 +19,8 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig
 
-from autoaccel.candidate import Candidate
-from autoaccel.space import load_space, parse_space
+from autoaccel.plan.candidate import Candidate
+from autoaccel.space.spaces import load_space, parse_space
 from autoaccel.techniques.caching import cache_methods
 from autoaccel.techniques.caching.deep import depth_limit
 from autoaccel.techniques.caching.method import CACHE_METHODS
@@ -136,7 +136,7 @@ def calibrate(config: DictConfig, evaluator, base: dict, grids: dict[str, list[d
 
 
 def run_caching_benchmark(config: DictConfig, log=print) -> Path:
-    from autoaccel.run import evaluator_from_config, load_target
+    from autoaccel.search.run import evaluator_from_config, load_target
 
     bench_dir = Path(config.bench.dir)
     target = load_target(config)

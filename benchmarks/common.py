@@ -14,7 +14,7 @@ def score_on_seed_sets(evaluators: list, params: dict | None) -> dict:
     """One plan (``params``; None: the reference call) scored by each seed set's evaluator: FID, precision,
     recall and adherence per set, with the reasons of the sets that failed; latency, NFE, denoiser calls,
     training minutes and timesteps from the first set that scored it (shared structures are timed once)."""
-    from autoaccel.candidate import Candidate
+    from autoaccel.plan.candidate import Candidate
 
     entry: dict = {"fid": [], "precision": [], "recall": [], "adherence": [], "failures": [], "params": params}
     for evaluator in evaluators:
@@ -38,7 +38,7 @@ def score_on_seed_sets(evaluators: list, params: dict | None) -> dict:
 def seed_set_evaluators(config, target, space) -> list:
     """One evaluator per ``bench.confirm_seeds`` seed set, sharing the first one's model and latency caches: every
     row is re-scored on fresh seeds while each model is built, and each structure timed, once."""
-    from autoaccel.run import evaluator_from_config
+    from autoaccel.search.run import evaluator_from_config
 
     evaluators = []
     for seed in config.bench.confirm_seeds:
@@ -56,11 +56,11 @@ def search_front(
     optimizer settings; its feasible front's (trial, complete parameters)."""
     from pathlib import Path
 
+    from autoaccel.cli.search_command import search
     from autoaccel.config import compose_config
-    from autoaccel.limits import limits_in_force
-    from autoaccel.pareto import front_numbers
-    from autoaccel.run import open_run
-    from autoaccel.search import search
+    from autoaccel.front.limits import limits_in_force
+    from autoaccel.front.pareto import front_numbers
+    from autoaccel.search.run import open_run
     from autoaccel.techniques.base import unchanged_model_params
 
     runs_dir = Path(bench_dir) / "runs"

@@ -26,12 +26,12 @@ import torch
 import yaml
 from omegaconf import DictConfig
 
-from autoaccel.candidate import Candidate
+from autoaccel.front.pareto import dominates as pareto_dominates
+from autoaccel.front.pareto import hypervolume
 from autoaccel.measure.evaluator import Evaluator
-from autoaccel.pareto import dominates as pareto_dominates
-from autoaccel.pareto import hypervolume
-from autoaccel.recipe import save_recipe, without_artifacts
-from autoaccel.space import load_space
+from autoaccel.plan.candidate import Candidate
+from autoaccel.plan.recipe import save_recipe, without_artifacts
+from autoaccel.space.spaces import load_space
 from autoaccel.techniques.base import unchanged_model_params
 from benchmarks.common import mean_std, search_front, seed_set_evaluators
 
@@ -128,7 +128,7 @@ def _rescore(evaluators: list[Evaluator], params: dict) -> dict:
 
 
 def run_compression_benchmark(config: DictConfig, log=print) -> Path:
-    from autoaccel.run import load_target
+    from autoaccel.search.run import load_target
 
     bench_dir = Path(config.bench.dir)
     target = load_target(config)

@@ -16,10 +16,10 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from autoaccel.candidate import Candidate
-from autoaccel.loop import standard_configurations
-from autoaccel.resources import resource_dir
+from autoaccel.plan.candidate import Candidate
+from autoaccel.search.loop import standard_configurations
 from autoaccel.techniques.base import target_limits
+from autoaccel.util.resources import resource_dir
 from benchmarks.common import mean_std
 
 FID_RATIO = 1.25  # the quality budget of the fastest-plan search: times the default call's FID
@@ -43,8 +43,8 @@ def pinned_space(space_name: str, steps: int, folder: Path) -> Path:
 
 
 def _search(config: DictConfig, runs_dir: Path, study: str, space: Path, extra: list[str], log) -> Path:
+    from autoaccel.cli.search_command import search
     from autoaccel.config import compose_config
-    from autoaccel.search import search
 
     run_config = compose_config(
         [
@@ -73,9 +73,9 @@ def _search(config: DictConfig, runs_dir: Path, study: str, space: Path, extra: 
 
 def _best(run_dir: Path, limits: bool) -> tuple[int, dict] | None:
     """The found plan of a run: the best FID (fixed-NFE runs), or the fastest within the run's limits."""
-    from autoaccel.limits import limits_in_force
-    from autoaccel.pareto import choose_within, front_frame, front_numbers
-    from autoaccel.run import open_run
+    from autoaccel.front.limits import limits_in_force
+    from autoaccel.front.pareto import choose_within, front_frame, front_numbers
+    from autoaccel.search.run import open_run
 
     context = open_run(run_dir)
     budget_limits = limits_in_force(context.config.budget, context.ledger.study.user_attrs.get("teacher"))
@@ -94,9 +94,9 @@ def _best(run_dir: Path, limits: bool) -> tuple[int, dict] | None:
 
 
 def run_default_call_benchmark(config: DictConfig, log=print) -> Path:
-    from autoaccel.run import describe_reference, evaluator_from_config, load_target
-    from autoaccel.space import load_space
-    from autoaccel.space_choice import resolve_space_name
+    from autoaccel.search.run import describe_reference, evaluator_from_config, load_target
+    from autoaccel.space.choice import resolve_space_name
+    from autoaccel.space.spaces import load_space
 
     target = load_target(config)
     space_name = resolve_space_name(config)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from autoaccel.space import load_space
+from autoaccel.space.spaces import load_space
 from benchmarks.common import mean_std, score_on_seed_sets, search_front, seed_set_evaluators
 
 STANDARD = {
@@ -73,7 +73,7 @@ def method_rows(config: DictConfig, nfe: int) -> list[tuple[str, dict]]:
 
 
 def run_distillation_benchmark(config: DictConfig, log=print) -> Path:
-    from autoaccel.run import load_target
+    from autoaccel.search.run import load_target
 
     bench_dir = Path(config.bench.dir)
     target = load_target(config)
@@ -138,7 +138,7 @@ def write_distillation_table(config, bench_dir: Path, target, teacher: dict, row
     settings = config.bench.distillation
     teacher_fid, teacher_spread = mean_std(teacher["fid"])
     teacher_recall, _ = mean_std(teacher["recall"])
-    from autoaccel.run import describe_reference
+    from autoaccel.search.run import describe_reference
 
     reference = describe_reference(target) if target.name != "digits" else "DDPM, all steps"
     command = "python -m autoaccel bench distillation" + (f" target={target.name}" if target.name != "digits" else "")

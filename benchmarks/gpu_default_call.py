@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
-from autoaccel.apply import apply_plan
 from autoaccel.measure.latency import measure_cost
-from autoaccel.sampling import sampler_pipeline
-from autoaccel.seeds import make_seed_batch
-from autoaccel.teacher import teacher_pipeline
+from autoaccel.pipeline.sampling import sampler_pipeline
+from autoaccel.pipeline.seeds import make_seed_batch
+from autoaccel.plan.apply import apply_plan
+from autoaccel.reference.teacher import teacher_pipeline
 from autoaccel.techniques.solver import SOLVER, SolverConfig
 from autoaccel.techniques.timesteps import TIMESTEPS, TimestepsConfig
 

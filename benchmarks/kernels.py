@@ -25,8 +25,8 @@ import torch
 from autoaccel.measure.kernels import deployment_kernels
 from autoaccel.measure.latency import measure_cost
 from autoaccel.measure.size import model_bytes
-from autoaccel.sampling import sampler_pipeline
-from autoaccel.seeds import make_seed_batch
+from autoaccel.pipeline.sampling import sampler_pipeline
+from autoaccel.pipeline.seeds import make_seed_batch
 from autoaccel.techniques.quantization import quantization_plan
 from autoaccel.techniques.quantization_kernels import torchao_available
 
@@ -38,7 +38,7 @@ def _time(pipeline, seeds, repeats: int) -> dict:
 
 def time_recipe(recipe_path: Path, target, batch_sizes: list[int], repeats: int) -> list[dict]:
     """Float baseline, float-kernel plan and real-kernel plan for one recipe, at each batch size."""
-    from autoaccel.recipe import apply_recipe
+    from autoaccel.plan.recipe import apply_recipe
 
     pipeline = apply_recipe(target, recipe_path)
     baseline = sampler_pipeline(target)  # the unchanged float model on the recipe's sampler

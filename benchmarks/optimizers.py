@@ -22,13 +22,13 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from autoaccel.errors import ConfigError
-from autoaccel.fidelity import FidelityLadder
-from autoaccel.ledger import Ledger, default_storage
-from autoaccel.loop import LoopBudget, run_search
+from autoaccel.front.objectives import objective_directions
+from autoaccel.front.pareto import hypervolume
 from autoaccel.measure.evaluator import CostSettings, Measurement
-from autoaccel.objectives import objective_directions
 from autoaccel.optimizers.base import make_backend, registered_backends
-from autoaccel.pareto import hypervolume
+from autoaccel.search.fidelity import FidelityLadder
+from autoaccel.search.ledger import Ledger, default_storage
+from autoaccel.search.loop import LoopBudget, run_search
 from autoaccel.testing.synthetic import SyntheticEvaluator, synthetic_space, true_front
 
 OBJECTIVES = ["fid", "nfe"]
@@ -217,8 +217,8 @@ def _synthetic_section(config: DictConfig, names: list[str], seeds: list[int], l
 
 
 def _model_section(config: DictConfig, names: list[str], seeds: list[int], log, bench_dir: Path) -> list[str]:
-    from autoaccel.run import evaluator_from_config, load_target
-    from autoaccel.space import load_space
+    from autoaccel.search.run import evaluator_from_config, load_target
+    from autoaccel.space.spaces import load_space
 
     target = load_target(config)
     space = load_space("sampler").for_target(target.capabilities)
@@ -331,7 +331,7 @@ class ArmResult:
 def _fidelity_run(config: DictConfig, evaluator: ChargedEvaluator, space, arm: FidelityArm, seed: int) -> ArmResult:
     """One NSGA-II search as ``search`` runs it (warm starts first), scored as ``arm`` says."""
     from autoaccel.config import compose_config
-    from autoaccel.loop import standard_configurations
+    from autoaccel.search.loop import standard_configurations
 
     directions = objective_directions(OBJECTIVES)
     options = OmegaConf.to_container(compose_config(["optimizer=optuna_nsga2", f"seed={seed}"]).optimizer)
@@ -365,8 +365,8 @@ def _fidelity_arms(config: DictConfig) -> list[FidelityArm]:
 def _fidelity_section(config: DictConfig, log) -> list[str]:
     """The same NSGA-II search on the embedded model, every candidate scored at full fidelity or up a fidelity
     ladder, over several optimizer seeds; compares evaluation time, images and the final front's hypervolume."""
-    from autoaccel.run import evaluator_from_config, load_target
-    from autoaccel.space import load_space
+    from autoaccel.search.run import evaluator_from_config, load_target
+    from autoaccel.space.spaces import load_space
 
     arms = _fidelity_arms(config)
     top = arms[0].levels[-1]
@@ -388,8 +388,8 @@ def _fidelity_section(config: DictConfig, log) -> list[str]:
 def _warm_up(evaluator, space, levels: list[int], config: DictConfig) -> None:
     """Makes each level's one-off references (ODE solutions, feature caches) before anything is timed, so no
     run pays for them."""
-    from autoaccel.candidate import Candidate
-    from autoaccel.loop import standard_configurations
+    from autoaccel.plan.candidate import Candidate
+    from autoaccel.search.loop import standard_configurations
 
     _, params = standard_configurations(space, list(config.budget.warm_start_steps))[0]
     for level in levels:

@@ -8,7 +8,7 @@ images: FID against the reference's samples with the generic random-CNN extracto
 random extractors, and with a digits autoencoder's features), FID against the deterministic ODE solution's images,
 and the paired figures against that solution (PSNR, SSIM, feature distance). Each figure's Spearman rank
 correlation with the ground truth says how well it would steer a search; ``reports/bench/quality.md`` holds the
-table, and ``autoaccel.objectives.NO_DATA_QUALITY`` names the winner by the judge's name (``JUDGE_FIGURES``).
+table, and ``autoaccel.front.objectives.NO_DATA_QUALITY`` names the winner by the judge's name (``JUDGE_FIGURES``).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from autoaccel.candidate import Candidate
-from autoaccel.measure.features import ENSEMBLE_SIZE
+from autoaccel.metrics.features import ENSEMBLE_SIZE
+from autoaccel.plan.candidate import Candidate
 from benchmarks.config import compose_benchmark_config
 
 STUDY_PLANS = 40
@@ -78,7 +78,7 @@ JUDGE_FIGURES = {
 def random_plans(space, count: int, seed: int) -> list[tuple[str, dict[str, Any]]]:
     """``count`` random points of ``space``: uniform (log-uniform where the dimension says so); a share of them
     draws a guidance scale, the others keep the reference's 1.0."""
-    from autoaccel.space import active_params
+    from autoaccel.space.spaces import active_params
 
     rng = np.random.default_rng(seed)
     plans = []
@@ -102,7 +102,7 @@ def random_plans(space, count: int, seed: int) -> list[tuple[str, dict[str, Any]
 
 def study_plans(space, count: int = STUDY_PLANS, seed: int = PLAN_SEED) -> list[tuple[str, dict[str, Any]]]:
     """The nine standard configurations (DDIM, DPM-Solver++ 2M, UniPC at 4, 6 and 10 steps) and random points."""
-    from autoaccel.loop import standard_configurations
+    from autoaccel.search.loop import standard_configurations
 
     standard = [(label, space.complete(params)) for label, params in standard_configurations(space, [4, 6, 10])]
     return standard + random_plans(space, max(0, count - len(standard)), seed)
@@ -172,8 +172,8 @@ class FeatureSets:
         self.vae = vae
 
     def of(self, images_uint8: torch.Tensor) -> dict[str, torch.Tensor]:
-        from autoaccel.measure.features import vae_encoder_features
-        from autoaccel.measure.quality import image_features
+        from autoaccel.metrics.features import vae_encoder_features
+        from autoaccel.metrics.quality import image_features
 
         features = {name: image_features(images_uint8, name) for name in self.extractors}
         if self.vae is not None:
@@ -212,14 +212,14 @@ def digit_adherence(target):
 
 def evaluate_plans(config, log=print, count: int = STUDY_PLANS, samples: int = STUDY_SAMPLES, seed: int = STUDY_SEED):
     """Samples every plan once on the judge's seeds and computes all candidate figures and the ground truth."""
-    from autoaccel.imaging import to_uint8
-    from autoaccel.measure.adherence import adherence_share
-    from autoaccel.measure.features import GENERIC_EXTRACTOR, seeded_random_extractor
-    from autoaccel.measure.quality import frechet_distance, image_features, paired_feature_distance, psnr, ssim
-    from autoaccel.run import describe_reference, evaluator_from_config, load_target
-    from autoaccel.seeds import sample_in_chunks
-    from autoaccel.space import load_space
-    from autoaccel.teacher import ode_reference_pipeline
+    from autoaccel.metrics.adherence import adherence_share
+    from autoaccel.metrics.features import GENERIC_EXTRACTOR, seeded_random_extractor
+    from autoaccel.metrics.quality import frechet_distance, image_features, paired_feature_distance, psnr, ssim
+    from autoaccel.pipeline.seeds import sample_in_chunks
+    from autoaccel.reference.teacher import ode_reference_pipeline
+    from autoaccel.search.run import describe_reference, evaluator_from_config, load_target
+    from autoaccel.space.spaces import load_space
+    from autoaccel.util.imaging import to_uint8
 
     target = load_target(config)
     if target.real_images is None:
@@ -393,7 +393,7 @@ def write_report(results: list[PlanResult], context: dict, path: Path) -> Path:
             f"| `{name}`: {description} | {needs} | {cell(row, 'all')} | {cell(row, 'aligned')} | "
             f"{cell(row, 'truncated')} | {cell(row, 'better half')} |"
         )
-    from autoaccel.objectives import NO_DATA_QUALITY
+    from autoaccel.front.objectives import NO_DATA_QUALITY
 
     best_half = max(no_data, key=lambda name: table[name].get("better half", (-2.0,))[0])
     lines += [
@@ -408,7 +408,7 @@ def write_report(results: list[PlanResult], context: dict, path: Path) -> Path:
         f"Best figure that needs no data and no classifier, over all plans: `{best}` (rho "
         f"{table[best]['all'][0]:.3f}); among the better half: `{best_half}` (rho "
         f"{table[best_half]['better half'][0]:.3f}). The default quality of a model without data "
-        f"(`autoaccel.objectives.NO_DATA_QUALITY`) is `{NO_DATA_QUALITY}`, the judge's name for "
+        f"(`autoaccel.front.objectives.NO_DATA_QUALITY`) is `{NO_DATA_QUALITY}`, the judge's name for "
         f"`{JUDGE_FIGURES.get(NO_DATA_QUALITY, NO_DATA_QUALITY)}` on a model without data.",
         "",
         "## Per plan",

@@ -12,8 +12,8 @@ import importlib
 from dataclasses import dataclass
 from types import SimpleNamespace
 
+from autoaccel.cli.usage import key_table
 from autoaccel.errors import ConfigError
-from autoaccel.usage import key_table
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ def run(name: str, args: list[str], make_log=lambda quiet: print) -> int:
     benchmark = BENCHMARKS[name]
     if benchmark.takes == "command":
         return int(benchmark.load()(args) or 0)
-    from autoaccel.config.checks import validate_config
+    from autoaccel.search.checks import validate_config
     from benchmarks.config import compose_benchmark_config
 
     config = compose_benchmark_config(args)

@@ -14,11 +14,11 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from autoaccel.candidate import Candidate
-from autoaccel.loop import standard_configurations
 from autoaccel.measure.reference import QualityJudge
-from autoaccel.resources import resource_dir
-from autoaccel.space import load_space
+from autoaccel.plan.candidate import Candidate
+from autoaccel.search.loop import standard_configurations
+from autoaccel.space.spaces import load_space
+from autoaccel.util.resources import resource_dir
 from benchmarks.common import mean_std
 
 SOLVERS_AT_ONE_CALL_PER_STEP = ["ddim", "dpmsolver++", "dpmsolver_single", "unipc", "deis", "euler", "ddpm"]
@@ -45,9 +45,9 @@ def run_schedules_benchmark(config: DictConfig, log=print) -> Path:
         from benchmarks.default_call import run_default_call_benchmark
 
         return run_default_call_benchmark(config, log)
+    from autoaccel.cli.search_command import search
     from autoaccel.config import compose_config
-    from autoaccel.run import evaluator_from_config, load_target
-    from autoaccel.search import search
+    from autoaccel.search.run import evaluator_from_config, load_target
 
     bench_dir = Path(config.bench.dir)
     runs_dir = bench_dir / "runs"
@@ -72,7 +72,7 @@ def run_schedules_benchmark(config: DictConfig, log=print) -> Path:
         )
         log(f"== NFE {nfe}: searching ({config.bench.trials} trials on seed {config.quality.seed})")
         search(run_config, log=log)
-        from autoaccel.run import open_run
+        from autoaccel.search.run import open_run
 
         context = open_run(runs_dir / f"bench-schedules-nfe{nfe}")
         trials = context.ledger.trials_frame()

@@ -23,10 +23,10 @@ from pathlib import Path
 import optuna
 from omegaconf import DictConfig
 
+from autoaccel.cli.workers_command import require_shared_storage, stop_processes
 from autoaccel.errors import ConfigError
-from autoaccel.interrupts import deferred_interrupts
-from autoaccel.ledger import Ledger
-from autoaccel.workers import require_shared_storage, stop_processes
+from autoaccel.search.ledger import Ledger
+from autoaccel.util.interrupts import deferred_interrupts
 
 DIRECTIONS = ["minimize", "minimize"]
 OBJECTIVES = ["fid", "nfe"]
@@ -34,9 +34,9 @@ OBJECTIVES = ["fid", "nfe"]
 
 def worker_main(storage: str, study_name: str, trials: int, seed: int, work_s: float) -> int:
     """One worker process: the real search loop on the synthetic problem, against the shared storage."""
-    from autoaccel.liveness import LivenessSettings
-    from autoaccel.loop import LoopBudget, run_search
     from autoaccel.optimizers.base import make_backend
+    from autoaccel.search.liveness import LivenessSettings
+    from autoaccel.search.loop import LoopBudget, run_search
     from autoaccel.testing.synthetic import SyntheticEvaluator, synthetic_space
 
     space = synthetic_space()
@@ -97,8 +97,8 @@ def _start_worker(storage: str, study_name: str, total: int, seed: int, work_s: 
 
 def consistency(storage: str, study_name: str, budget: int) -> dict:
     """What the ledger holds after the workers stopped: counts a user checks to trust a shared study."""
-    from autoaccel.ledger import not_a_result
-    from autoaccel.liveness import DEAD_WORKER
+    from autoaccel.search.ledger import not_a_result
+    from autoaccel.search.liveness import DEAD_WORKER
 
     trials = optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False)
     states = Counter(trial.state.name for trial in trials)

@@ -11,12 +11,12 @@ import pytest
 import torch
 import yaml
 
-from autoaccel.artifacts import ARTIFACTS_DIR
-from autoaccel.candidate import Candidate
 from autoaccel.config import compose_config
 from autoaccel.errors import RecipeError
-from autoaccel.recipe import apply_recipe, build_recipe, save_recipe
-from autoaccel.seeds import sample_in_chunks
+from autoaccel.pipeline.seeds import sample_in_chunks
+from autoaccel.plan.candidate import Candidate
+from autoaccel.plan.recipe import apply_recipe, build_recipe, save_recipe
+from autoaccel.techniques.artifacts import ARTIFACTS_DIR
 
 SPACE = """
 techniques: [pruning, quantization, solver, timesteps]
@@ -42,7 +42,7 @@ PRUNED_AND_QUANTIZED = {
 
 @pytest.fixture(scope="module")
 def context(tiny_pipeline_dir, shared_cache_dir, tmp_path_factory):
-    from autoaccel.run import prepare_run
+    from autoaccel.search.run import prepare_run
 
     folder = tmp_path_factory.mktemp("artifacts-run")
     space = folder / "space.yaml"
@@ -81,7 +81,7 @@ def scored_recipe(context, params: dict) -> tuple[Path, torch.Tensor]:
 
 
 def _score_and_write(context, params: dict) -> tuple[Path, torch.Tensor]:
-    from autoaccel.apply import build_pipeline
+    from autoaccel.plan.apply import build_pipeline
     from autoaccel.report.build import trial_artifacts
 
     candidate = candidate_of(context, params)
@@ -147,7 +147,7 @@ def test_a_copied_recipe_applies_from_its_artifacts_without_training(
 def test_apply_writes_images_from_a_copied_recipe_without_training(
     context, tiny_pipeline_dir, tmp_path, no_training, capsys
 ):
-    from autoaccel.applying import write_images
+    from autoaccel.cli.apply_command import write_images
 
     recipe, _ = scored_recipe(context, PRUNED)  # the evaluator's cached model: nothing is trained here
     copied = fresh_checkout(context.run_dir, recipe, tmp_path / "elsewhere")
@@ -205,8 +205,8 @@ def _student_recipe(tiny_pipeline_dir: Path, run: Path, sampler: dict) -> Path:
     prescribes ``sampler``: what anyone can write and hash themself. Returns the recipe file in ``run/recipes``."""
     import json
 
-    from autoaccel.artifacts import Artifact, ArtifactStore
     from autoaccel.targets.loader import load_pipeline_folder
+    from autoaccel.techniques.artifacts import Artifact, ArtifactStore
     from autoaccel.techniques.distillation import DISTILLATION
 
     target = load_pipeline_folder(tiny_pipeline_dir, device="cpu")
@@ -235,7 +235,7 @@ def _student_recipe(tiny_pipeline_dir: Path, run: Path, sampler: dict) -> Path:
 
 
 def _apply_refused(capsys, recipe: Path, out: Path, *fragments: str) -> str:
-    from autoaccel.cli import main
+    from autoaccel.cli.main import main
 
     assert main(["apply", str(recipe), "--out", str(out), "--n", "2"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
@@ -250,7 +250,7 @@ STUDENT_SAMPLER = {"scheduler_class": "LCMScheduler", "timesteps": [99, 49], "gu
 
 
 def test_a_student_artifact_prescribing_an_allowed_sampler_applies(capsys, tiny_pipeline_dir, tmp_path):
-    from autoaccel.cli import main
+    from autoaccel.cli.main import main
 
     recipe = _student_recipe(tiny_pipeline_dir, tmp_path / "run", STUDENT_SAMPLER)
     assert main(["apply", str(recipe), "--out", str(tmp_path / "out"), "--n", "2"]) == 0
@@ -319,7 +319,7 @@ def test_an_artifact_that_is_not_a_regular_file_is_refused_unopened(capsys, tiny
 def test_an_artifact_is_hashed_before_it_is_read_whole(tmp_path):
     import tracemalloc
 
-    from autoaccel.artifacts import read_artifact
+    from autoaccel.techniques.artifacts import read_artifact
 
     large = tmp_path / f"{'0' * 64}.safetensors"
     with large.open("wb") as file:

@@ -1,6 +1,6 @@
 """Bad input on the command line: one line naming the value and what is valid, exit code 2, nothing written.
 
-Every case runs the real CLI (``autoaccel.cli.main``). Most fail before any model is loaded.
+Every case runs the real CLI (``autoaccel.cli.main.main``). Most fail before any model is loaded.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import torch
 import yaml
 from PIL import Image
 
-from autoaccel.cli import main
+from autoaccel.cli.main import main
 from autoaccel.config import compose_config
-from autoaccel.config.checks import MAX_SAMPLES, POPULATION_BACKENDS, validate_config
 from autoaccel.errors import TargetError
+from autoaccel.pipeline.seeds import make_seed_batch
 from autoaccel.schedules.schedulers import MAX_INFERENCE_STEPS, MAX_TRAIN_TIMESTEPS
-from autoaccel.seeds import make_seed_batch
+from autoaccel.search.checks import MAX_SAMPLES, POPULATION_BACKENDS, validate_config
 from autoaccel.targets.data_folder import MAX_IMAGE_PIXELS
 from autoaccel.targets.loader import MAX_SAMPLE_CHANNELS, MAX_SAMPLE_SIZE, check_device, load_pipeline_folder
 from autoaccel.techniques.solver import MAX_GUIDANCE, SolverConfig, build_scheduler
@@ -118,23 +118,23 @@ def test_study_name_that_is_not_one_folder(capsys, tmp_path, name):
     ],
 )
 def test_bad_run_settings_stop_before_anything_loads(capsys, monkeypatch, reports, overrides, fragments):
-    import autoaccel.run
+    import autoaccel.search.run
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model must not load before the settings are checked")
 
-    monkeypatch.setattr(autoaccel.run, "load_target", refuse)
+    monkeypatch.setattr(autoaccel.search.run, "load_target", refuse)
     refused(capsys, ["search", *overrides, f"report.dir={reports}"], *fragments)
     assert snapshot(reports) is None
 
 
 def test_cache_dir_that_is_a_file(capsys, monkeypatch, tmp_path, reports):
-    import autoaccel.run
+    import autoaccel.search.run
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model must not load before the cache folder is checked")
 
-    monkeypatch.setattr(autoaccel.run, "load_target", refuse)
+    monkeypatch.setattr(autoaccel.search.run, "load_target", refuse)
     file = tmp_path / "cache"
     file.write_text("mine")
     refused(capsys, ["search", f"cache_dir={file}", f"report.dir={reports}"], f"cache_dir={str(file)!r}", "is a file")
@@ -474,12 +474,12 @@ def test_space_whose_every_progressive_trial_would_fail(capsys, tmp_path, report
     ],
 )
 def test_recipe_that_would_train_without_end_on_apply(capsys, monkeypatch, tmp_path, tiny_recipe, config, fragments):
-    import autoaccel.applying
+    import autoaccel.cli.apply_command
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model must not load before the recipe is checked")
 
-    monkeypatch.setattr(autoaccel.applying, "load_base_model", refuse)
+    monkeypatch.setattr(autoaccel.cli.apply_command, "load_base_model", refuse)
     techniques = {**tiny_recipe["techniques"], "distillation": {"version": 1, "config": config}}
     out = tmp_path / "images"
     refused(
@@ -524,12 +524,12 @@ def _can_create_in(folder: Path) -> bool:
 
 
 def test_apply_out_that_cannot_be_written_is_refused_before_sampling(capsys, monkeypatch, tmp_path, tiny_recipe):
-    import autoaccel.applying
+    import autoaccel.cli.apply_command
 
     def refuse(*args, **kwargs):
         raise AssertionError("the recipe must not be read before --out is checked")
 
-    monkeypatch.setattr(autoaccel.applying, "load_recipe", refuse)
+    monkeypatch.setattr(autoaccel.cli.apply_command, "load_recipe", refuse)
     out = unwritable_folder(tmp_path) / "images"
     recipe = str(write_recipe(tmp_path, tiny_recipe))
     refused(capsys, ["apply", recipe, "--out", str(out)], f"--out={str(out)!r} cannot be written", "you can write to")
@@ -570,7 +570,7 @@ def test_apply_count_out_of_range(capsys, tmp_path, tiny_recipe, count):
 
 
 def test_apply_one_image_samples_one_chunk_and_matches_the_full_batch(monkeypatch, tmp_path, tiny_recipe):
-    import autoaccel.applying as applying
+    import autoaccel.cli.apply_command as applying
 
     sampled = []
 

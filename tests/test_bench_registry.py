@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from autoaccel.cli import main
+from autoaccel.cli.main import main
 from autoaccel.config import compose_config
 from autoaccel.errors import ConfigError
 from benchmarks.config import compose_benchmark_config

@@ -8,8 +8,8 @@ import pytest
 import torch
 import yaml
 
-from autoaccel.call_control import call_controller
 from autoaccel.errors import ConfigError, TechniqueError
+from autoaccel.pipeline.call_control import call_controller
 from autoaccel.targets.loader import load_pipeline_folder
 from autoaccel.techniques.base import target_limits
 from autoaccel.techniques.caching import CachingConfig, cache_methods
@@ -74,7 +74,7 @@ def test_thresholds_come_from_the_calibration_run_at_the_plans_schedule(targets,
 
 
 def test_models_the_hook_caches_cannot_run_are_refused_and_spaces_narrow_to_what_each_takes(targets, tmp_path):
-    from autoaccel.space import load_space
+    from autoaccel.space.spaces import load_space
 
     ddpm = load_pipeline_folder(build_tiny_pipeline("ddpm", tmp_path / "ddpm"))
     with pytest.raises(TechniqueError, match=r"caching\.method=mag .* not a transformer \(use caching\.method deep"):
@@ -113,10 +113,10 @@ def test_a_search_over_hook_caches_gives_recipes_that_reapply_bit_exactly(fast_o
     from diffusers import DiTPipeline
 
     from autoaccel import apply_recipe
+    from autoaccel.cli.search_command import search
     from autoaccel.config import compose_config
-    from autoaccel.run import open_run
-    from autoaccel.search import search
-    from autoaccel.seeds import sample_in_chunks
+    from autoaccel.pipeline.seeds import sample_in_chunks
+    from autoaccel.search.run import open_run
     from tests.test_distillation import _candidate, _recipe_of
 
     folder = build_tiny_pipeline("dit", tmp_path / "dit")

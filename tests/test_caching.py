@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autoaccel.call_control import call_controller
 from autoaccel.errors import ConfigError, TechniqueError
-from autoaccel.sampling import sampler_pipeline
-from autoaccel.seeds import make_seed_batch
+from autoaccel.pipeline.call_control import call_controller
+from autoaccel.pipeline.sampling import sampler_pipeline
+from autoaccel.pipeline.seeds import make_seed_batch
 from autoaccel.targets.denoisers import predict
 from autoaccel.targets.loader import load_pipeline_folder
 from autoaccel.techniques.base import target_limits
@@ -137,7 +137,7 @@ def test_bad_settings_and_models_it_cannot_cache_are_refused(targets):
 
 
 def test_a_shared_space_narrows_caching_depth_to_each_model(targets):
-    from autoaccel.space import load_space
+    from autoaccel.space.spaces import load_space
 
     space = load_space("cached")
     assert space.dimension("caching.depth").high == 3
@@ -168,10 +168,10 @@ def test_a_cached_search_measures_cached_plans_and_their_recipes_reapply_bit_exa
     from diffusers import DDPMPipeline
 
     from autoaccel import apply_recipe
+    from autoaccel.cli.search_command import search
     from autoaccel.config import compose_config
-    from autoaccel.run import open_run
-    from autoaccel.search import search
-    from autoaccel.seeds import sample_in_chunks
+    from autoaccel.pipeline.seeds import sample_in_chunks
+    from autoaccel.search.run import open_run
     from tests.test_distillation import _candidate, _recipe_of
 
     space_file = tmp_path / "cached.yaml"
@@ -221,7 +221,7 @@ def test_the_caching_bench_calibrates_on_the_search_seed_and_writes_its_verdicts
 def test_the_caching_bench_compares_a_cached_front_with_the_same_space_held_uncached(tmp_path):
     """The steps-only baseline is the cached space without its caching dimensions; the verdict counts the
     steps-only points some cached point is at least as good as on both FID and latency."""
-    from autoaccel.space import load_space
+    from autoaccel.space.spaces import load_space
     from benchmarks.caching import _front_section, steps_only_space
     from benchmarks.config import compose_benchmark_config as compose_config
 

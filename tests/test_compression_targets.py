@@ -10,16 +10,16 @@ from dataclasses import replace
 import pytest
 import torch
 
-from autoaccel.artifacts import ArtifactStore, read_artifact
 from autoaccel.distill import recovery
 from autoaccel.errors import TechniqueError
-from autoaccel.sampling import sampler_pipeline
-from autoaccel.seeds import make_seed_batch
+from autoaccel.pipeline.sampling import sampler_pipeline
+from autoaccel.pipeline.seeds import make_seed_batch
+from autoaccel.reference.calibration import replay, trajectory_calls
 from autoaccel.targets.base import hash_weights
 from autoaccel.targets.layouts import layout_of
 from autoaccel.targets.loader import load_pipeline_folder
 from autoaccel.techniques import pruning
-from autoaccel.techniques.calibration import replay, trajectory_calls
+from autoaccel.techniques.artifacts import ArtifactStore, read_artifact
 from autoaccel.techniques.pruning import (
     PruningConfig,
     _attentions,

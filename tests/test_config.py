@@ -1,4 +1,4 @@
-"""Configuration (autoaccel/config/compose.py) and objectives (autoaccel/objectives.py)."""
+"""Configuration (autoaccel/config/compose.py) and objectives (autoaccel/front/objectives.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from autoaccel.config import compose_config
 from autoaccel.errors import ConfigError
-from autoaccel.objectives import DIRECTIONS, objective_directions
+from autoaccel.front.objectives import DIRECTIONS, objective_directions
 
 
 def test_defaults():

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from autoaccel.interrupts import Cancelled, cancellable, pause_point
 from autoaccel.measure.gate import LOCK_DIR_ENV, MeasurementGate
+from autoaccel.util.interrupts import Cancelled, cancellable, pause_point
 
 REPO = Path(__file__).resolve().parents[1]
 

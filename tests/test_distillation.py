@@ -14,7 +14,7 @@ import torch
 
 from autoaccel.config import compose_config
 from autoaccel.errors import ConfigError, TechniqueError
-from autoaccel.sampling import sampler_pipeline
+from autoaccel.pipeline.sampling import sampler_pipeline
 
 QUICK = dict(iterations=6, batch_size=16, data_samples=32)
 
@@ -27,7 +27,7 @@ def tiny_target(tiny_pipeline_dir):
 
 
 def _images(pipeline, target, count: int = 6):
-    from autoaccel.seeds import make_seed_batch, sample_in_chunks
+    from autoaccel.pipeline.seeds import make_seed_batch, sample_in_chunks
 
     seeds = make_seed_batch(target.sample_shape, count, 5, target.condition_count)
     return sample_in_chunks(pipeline, seeds, count)
@@ -46,8 +46,8 @@ def _images(pipeline, target, count: int = 6):
 def test_each_method_trains_prescribes_its_sampler_and_reapplies_from_its_artifact_bit_exactly(
     tiny_target, tmp_path, method, scheduler, changes_weights, monkeypatch
 ):
-    from autoaccel.apply import apply_plan
-    from autoaccel.artifacts import ArtifactStore
+    from autoaccel.plan.apply import apply_plan
+    from autoaccel.techniques.artifacts import ArtifactStore
     from autoaccel.techniques.distillation import DISTILLATION, DistillationConfig
     from autoaccel.techniques.solver import SOLVER, SolverConfig
 
@@ -180,9 +180,9 @@ def test_a_distillation_search_scores_students_and_schedules_on_one_front_and_it
     from diffusers import DDPMPipeline
 
     from autoaccel import apply_recipe
-    from autoaccel.run import open_run
-    from autoaccel.search import search
-    from autoaccel.seeds import sample_in_chunks
+    from autoaccel.cli.search_command import search
+    from autoaccel.pipeline.seeds import sample_in_chunks
+    from autoaccel.search.run import open_run
 
     space_file = tmp_path / "distilled.yaml"
     space_file.write_text(SMALL_DISTILLED_SPACE)
@@ -205,7 +205,7 @@ def test_a_distillation_search_scores_students_and_schedules_on_one_front_and_it
 
 
 def _candidate(context, trial: int):
-    from autoaccel.candidate import Candidate
+    from autoaccel.plan.candidate import Candidate
 
     return Candidate.from_params(context.ledger.trial(trial).user_attrs["candidate"])
 
@@ -223,8 +223,8 @@ def _recipe_of(context, trial: int):
 def test_budget_max_train_minutes_fails_long_training_trials_with_the_reason_and_the_search_goes_on(
     fast_overrides, tmp_path
 ):
+    from autoaccel.cli.search_command import search
     from autoaccel.distill.students import forget_students
-    from autoaccel.search import search
 
     forget_students()
     space_file = tmp_path / "distilled.yaml"
@@ -241,9 +241,9 @@ def test_budget_max_train_minutes_fails_long_training_trials_with_the_reason_and
 @pytest.mark.slow
 @pytest.mark.integration
 def test_assigned_teacher_steps_answer_in_the_students_parameterization_and_count_their_calls(tiny_target):
-    from autoaccel.apply import apply_plan
     from autoaccel.distill.data import Teacher
     from autoaccel.distill.diffusion import alpha_sigma, prediction_to_x0
+    from autoaccel.plan.apply import apply_plan
     from autoaccel.techniques.assignment import ASSIGNMENT, AssignmentConfig
     from autoaccel.techniques.distillation import DISTILLATION, DistillationConfig
 
@@ -264,7 +264,7 @@ def test_assigned_teacher_steps_answer_in_the_students_parameterization_and_coun
 
 
 def test_assignment_without_a_student_is_refused_with_the_reason(tiny_target):
-    from autoaccel.apply import apply_plan
+    from autoaccel.plan.apply import apply_plan
     from autoaccel.techniques.assignment import ASSIGNMENT, AssignmentConfig
 
     with pytest.raises(TechniqueError, match="needs a distilled student"):
@@ -309,10 +309,10 @@ def test_a_multi_fidelity_search_trains_low_levels_on_a_share_and_front_trials_i
     from diffusers import DDPMPipeline
 
     from autoaccel import apply_recipe
+    from autoaccel.cli.search_command import search
     from autoaccel.distill.students import forget_students
-    from autoaccel.run import open_run
-    from autoaccel.search import search
-    from autoaccel.seeds import sample_in_chunks
+    from autoaccel.pipeline.seeds import sample_in_chunks
+    from autoaccel.search.run import open_run
 
     forget_students()
     space_file = tmp_path / "distilled.yaml"
@@ -344,7 +344,7 @@ def test_a_multi_fidelity_search_trains_low_levels_on_a_share_and_front_trials_i
 
 @pytest.mark.parametrize("shares", [[0.5], [0.5, 0.25], [0.25, 0.5], [0.0, 1.0], [True, 1.0]])
 def test_bad_train_shares_are_named(fast_overrides, shares):
-    from autoaccel.config.checks import validate_config
+    from autoaccel.search.checks import validate_config
 
     overrides = [*fast_overrides, "fidelity.levels=[16,48]", f"fidelity.train_shares={shares}".replace(" ", "")]
     with pytest.raises(ConfigError, match="fidelity.train_shares="):
@@ -385,10 +385,10 @@ def test_a_joint_search_prunes_and_quantizes_students_and_every_recipe_reapplies
     from diffusers import DDPMPipeline
 
     from autoaccel import apply_recipe
+    from autoaccel.cli.search_command import search
     from autoaccel.distill.students import forget_students
-    from autoaccel.run import open_run
-    from autoaccel.search import search
-    from autoaccel.seeds import sample_in_chunks
+    from autoaccel.pipeline.seeds import sample_in_chunks
+    from autoaccel.search.run import open_run
 
     space_file = tmp_path / "joint.yaml"
     space_file.write_text(SMALL_JOINT_SPACE)
@@ -412,7 +412,7 @@ def test_a_joint_search_prunes_and_quantizes_students_and_every_recipe_reapplies
 
 
 def test_the_joint_space_drops_distillation_on_a_flow_matching_target_and_keeps_the_rest():
-    from autoaccel.space import load_space
+    from autoaccel.space.spaces import load_space
 
     space = load_space("joint")
     flow = space.for_target({"guidance"})
@@ -443,10 +443,10 @@ def test_taylor_pruning_of_a_student_is_refused_with_the_reason(tiny_target):
 def test_students_of_prompt_and_class_conditioned_latent_models_run_one_branch_and_reapply_bit_exactly(tmp_path, kind):
     """Guidance trained into the student: a guided text-to-image or class-conditioned latent model distils to a
     student that runs one denoiser call per step, through its VAE, rebuilt from its artifact."""
-    from autoaccel.apply import apply_plan
-    from autoaccel.artifacts import ArtifactStore
-    from autoaccel.seeds import make_seed_batch, sample_in_chunks
+    from autoaccel.pipeline.seeds import make_seed_batch, sample_in_chunks
+    from autoaccel.plan.apply import apply_plan
     from autoaccel.targets.loader import load_pipeline_folder
+    from autoaccel.techniques.artifacts import ArtifactStore
     from autoaccel.techniques.distillation import DISTILLATION, DistillationConfig
     from autoaccel.testing.pipelines import build_tiny_pipeline
 
@@ -506,9 +506,9 @@ def test_an_interrupted_training_run_keeps_a_checkpoint_and_the_next_process_con
     """Ctrl-C stops training at the top of its next iteration with a checkpoint on disk; the next process (the
     resumed search) continues from it, and the weights are the uninterrupted run's, bit for bit."""
     from autoaccel.distill.training import persisted_checkpoints
-    from autoaccel.interrupts import Cancelled, cancellable
     from autoaccel.techniques.distillation import DistillationConfig
     from autoaccel.techniques.pruning import PruningConfig
+    from autoaccel.util.interrupts import Cancelled, cancellable
 
     if method == "recovery":
         config = PruningConfig(ratio=0.5, recovery_steps=8)
@@ -549,9 +549,9 @@ def test_a_model_already_stored_is_loaded_from_its_artifact_not_trained_again(fa
     """A resumed search (or a trial whose model an earlier one trained and memory no longer holds) finds the
     stored artifact by its plan and loads it: the same images, the same training cost, no training."""
     import autoaccel.distill.consistency as consistency
+    from autoaccel.cli.search_command import search
     from autoaccel.distill.students import forget_students
-    from autoaccel.run import open_run
-    from autoaccel.search import search
+    from autoaccel.search.run import open_run
 
     space_file = tmp_path / "distilled.yaml"
     space_file.write_text(CONSISTENCY_SPACE)

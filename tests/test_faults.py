@@ -23,9 +23,9 @@ import pytest
 from optuna.trial import TrialState
 
 from autoaccel.config import compose_config
-from autoaccel.interrupts import cancellation
-from autoaccel.ledger import INTERRUPTED, Ledger, not_a_result
-from autoaccel.liveness import DEAD_WORKER, WORKER
+from autoaccel.search.ledger import INTERRUPTED, Ledger, not_a_result
+from autoaccel.search.liveness import DEAD_WORKER, WORKER
+from autoaccel.util.interrupts import cancellation
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -177,7 +177,7 @@ def test_four_workers_one_killed_nothing_lost_nothing_duplicated(postgres_url, f
     assert ledger.finished_count() >= 10
 
     # the report and plans come from the shared ledger alone, on any machine that reaches the database
-    from autoaccel.cli import main
+    from autoaccel.cli.main import main
 
     elsewhere = tmp_path / "elsewhere"
     assert main(["report", str(elsewhere), "--storage", postgres_url, "--study", study_name]) == 0
@@ -207,7 +207,7 @@ def test_an_interrupt_mid_trial_marks_it_and_the_same_command_resumes_it(
     evaluates it on resume. The trial waits for the main thread to see the signal (an event, not a sleep), also
     when the signal lands just before the main thread blocks waiting for trials."""
     import autoaccel.measure.evaluator as evaluator_module
-    from autoaccel.cli import main
+    from autoaccel.cli.main import main
 
     real = evaluator_module.sample_in_chunks
     calls = {"count": 0}
@@ -283,7 +283,7 @@ def test_sigterm_from_outside_stops_the_process_cleanly_and_the_same_command_res
 @pytest.mark.integration
 def test_out_of_memory_in_a_trial_is_recorded_and_the_search_goes_on(fast_overrides, monkeypatch):
     import autoaccel.measure.evaluator as evaluator_module
-    from autoaccel.search import search
+    from autoaccel.cli.search_command import search
 
     real = evaluator_module.sample_in_chunks
     calls = {"count": 0}
@@ -305,7 +305,7 @@ def test_out_of_memory_in_a_trial_is_recorded_and_the_search_goes_on(fast_overri
 @pytest.mark.slow
 @pytest.mark.integration
 def test_workers_command_runs_n_workers_on_one_study_then_one_report(postgres_url, fast_overrides, capsys):
-    from autoaccel.cli import main
+    from autoaccel.cli.main import main
 
     study_name = f"workers-cmd-{uuid.uuid4().hex[:8]}"
     overrides = [*fast_overrides, f"storage={postgres_url}", f"study_name={study_name}", "budget.trials=6"]
@@ -319,7 +319,7 @@ def test_workers_command_runs_n_workers_on_one_study_then_one_report(postgres_ur
 
 
 def test_each_worker_gets_its_own_optimizer_seed():
-    from autoaccel.workers import worker_commands
+    from autoaccel.cli.workers_command import worker_commands
 
     commands = worker_commands(3, ["storage=postgresql://h/db"], seed=7)
     seeds = [command[-1] for command in commands]
@@ -351,7 +351,7 @@ def test_ctrl_c_stops_a_long_training_trial_at_its_next_iteration_and_the_resume
     instead of training the student from scratch."""
     import autoaccel.distill.consistency as consistency
     import autoaccel.distill.training as training
-    from autoaccel.cli import main
+    from autoaccel.cli.main import main
     from autoaccel.distill.students import forget_students
 
     real_pause = training.pause_point
@@ -404,8 +404,8 @@ def test_ctrl_c_stops_a_long_training_trial_at_its_next_iteration_and_the_resume
 def test_a_worker_count_beyond_the_machine_or_the_database_is_refused_before_any_starts(
     postgres_url, fast_overrides, capsys, monkeypatch
 ):
-    import autoaccel.workers as workers
-    from autoaccel.cli import main
+    import autoaccel.cli.workers_command as workers
+    from autoaccel.cli.main import main
 
     monkeypatch.setattr(workers.subprocess, "Popen", lambda *args, **kwargs: pytest.fail("a worker was started"))
     overrides = [*fast_overrides, f"storage={postgres_url}", f"study_name=bound-{uuid.uuid4().hex[:8]}"]
@@ -417,7 +417,7 @@ def test_a_worker_count_beyond_the_machine_or_the_database_is_refused_before_any
 
 
 def test_the_worker_bound_follows_gpus_cores_and_free_connections():
-    from autoaccel.workers import worker_bound
+    from autoaccel.cli.workers_command import worker_bound
 
     assert worker_bound(cpus=2, gpus=0, free_connections=None, concurrent=1)[0] == 4  # the tests' 3 workers fit
     assert worker_bound(cpus=64, gpus=0, free_connections=None, concurrent=1)[0] == 64
@@ -434,7 +434,7 @@ def test_ctrl_c_while_workers_start_stops_and_reaps_every_one_started(
 ):
     """An interrupt that lands while workers are being started: no further one starts, and every one already
     started is stopped and reaped (stand-in workers that would otherwise run for ten minutes)."""
-    import autoaccel.workers as workers
+    import autoaccel.cli.workers_command as workers
 
     sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
     monkeypatch.setattr(workers, "worker_commands", lambda count, overrides, seed: [sleeper] * count)

@@ -7,11 +7,11 @@ import math
 
 import pytest
 
-from autoaccel.candidate import Candidate
 from autoaccel.errors import ConfigError
-from autoaccel.fidelity import MIN_CLIMBS, FidelityLadder
-from autoaccel.loop import evaluate_with_fidelity
 from autoaccel.measure.measurement import COMPLETE, Measurement
+from autoaccel.plan.candidate import Candidate
+from autoaccel.search.fidelity import MIN_CLIMBS, FidelityLadder
+from autoaccel.search.loop import evaluate_with_fidelity
 
 OBJECTIVES = ["fid", "nfe"]
 

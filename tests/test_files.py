@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from autoaccel.files import write_atomically
+from autoaccel.util.files import write_atomically
 
 
 def test_two_writers_of_one_file_at_once_both_succeed_and_it_ends_whole(tmp_path):

@@ -1,4 +1,4 @@
-"""Flow-matching schedules and solvers (autoaccel/flow_matching.py).
+"""Flow-matching schedules and solvers (autoaccel/techniques/flow_matching.py).
 
 Key properties: ``set_exact_sigmas`` on a scheduler's own native sigmas reproduces that scheduler's native run
 bit for bit; ``uniform_trailing`` is the model's own FlowMatchEuler schedule; and on a flow whose exact solution
@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from autoaccel.errors import TechniqueError
-from autoaccel.flow_matching import FLOW_FAMILIES, build_flow_scheduler, flow_sigmas, shift_sigmas
 from autoaccel.schedules.exact import model_calls, set_exact_sigmas
 from autoaccel.schedules.solvers import FLOW_SOLVERS
+from autoaccel.techniques.flow_matching import FLOW_FAMILIES, build_flow_scheduler, flow_sigmas, shift_sigmas
 from autoaccel.techniques.solver import SolverConfig
 from autoaccel.techniques.timesteps import TimestepsConfig
 

@@ -14,8 +14,8 @@ import torch
 from autoaccel.measure.energy import EnergyMeter
 from autoaccel.measure.kernels import FLOAT, NOT_MEASURED, deployment_kernels, kernel_choice, kernel_key
 from autoaccel.measure.latency import measure_cost
-from autoaccel.sampling import SamplerPipeline, sampler_pipeline
-from autoaccel.seeds import make_seed_batch
+from autoaccel.pipeline.sampling import SamplerPipeline, sampler_pipeline
+from autoaccel.pipeline.seeds import make_seed_batch
 from autoaccel.targets.base import Target
 from autoaccel.targets.loader import load_pipeline_folder
 from autoaccel.techniques.quantization import QuantizationConfig, quantize_unet

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 
 import autoaccel.measure.evaluator as evaluator_module
-from autoaccel.cli import main
+from autoaccel.cli.main import main
+from autoaccel.cli.search_command import search
 from autoaccel.config import compose_config
-from autoaccel.ledger import CONFIRMATION, Ledger
 from autoaccel.measure import latency
-from autoaccel.search import search
+from autoaccel.search.ledger import CONFIRMATION, Ledger
 
 MS_PER_CALL = 10.0  # the noiseless machine of these tests: a call takes 10 ms per denoiser call
 
@@ -112,9 +112,9 @@ def test_the_confirmation_times_for_real_and_undoes_a_slowdown_during_the_search
 def test_a_reference_the_search_timed_with_one_call_is_confirmed_with_one_call(fast_overrides, monkeypatch):
     """A reference hundreds of steps long is timed once by the search, with progress lines; the confirmation
     times it once too (not warm-up plus a call per round), in the middle round, and the estimate counts that call."""
-    import autoaccel.estimate as estimate_module
-    import autoaccel.measure.confirm as confirm_module
-    import autoaccel.progress as progress
+    import autoaccel.search.confirm as confirm_module
+    import autoaccel.search.estimate as estimate_module
+    import autoaccel.util.progress as progress
 
     _noiseless_machine(monkeypatch)
     monkeypatch.setattr(progress, "INTERVAL_S", 0.0)  # every step of the reference's one timed call is "long"

@@ -9,8 +9,8 @@ import optuna
 import pytest
 
 from autoaccel.errors import ConfigError
-from autoaccel.ledger import Ledger, not_a_result
-from autoaccel.liveness import BEAT, DEAD_WORKER, WORKER, Heartbeat, LivenessSettings, sweep_dead_workers
+from autoaccel.search.ledger import Ledger, not_a_result
+from autoaccel.search.liveness import BEAT, DEAD_WORKER, WORKER, Heartbeat, LivenessSettings, sweep_dead_workers
 
 
 @pytest.fixture
@@ -108,7 +108,7 @@ def test_a_trial_reuses_a_finished_twin_first_then_waits_for_an_earlier_running_
 def test_a_resumed_optimizer_is_not_told_that_cut_short_trials_failed(ledger):
     """An interrupted or dead worker's trial is re-queued, not a failure of its candidate: it stays out of the
     history a resumed optimizer is rebuilt from, as it stays out of the finished count."""
-    from autoaccel.ledger import INTERRUPTED
+    from autoaccel.search.ledger import INTERRUPTED
 
     done = _running_trial(ledger, 1)
     ledger.study.tell(done, [1.0, 2.0])
@@ -133,7 +133,7 @@ def test_work_once_per_study_is_done_by_one_worker_while_the_others_wait_for_it(
     and does not measure it again."""
     import threading
 
-    from autoaccel.liveness import claim_once
+    from autoaccel.search.liveness import claim_once
 
     settings = LivenessSettings(interval_s=0.05, grace_s=30)
     other = _worker_ledger(tmp_path)
@@ -166,7 +166,7 @@ def test_work_once_per_study_is_done_by_one_worker_while_the_others_wait_for_it(
 
 
 def test_a_claim_whose_worker_went_silent_is_taken_over(ledger, tmp_path):
-    from autoaccel.liveness import claim_once
+    from autoaccel.search.liveness import claim_once
 
     storage = ledger.optuna_storage
     dead = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], "liveness.claim-row")
@@ -186,7 +186,7 @@ def test_a_claim_whose_worker_went_silent_is_taken_over(ledger, tmp_path):
 
 
 def test_an_interrupted_claim_is_released_for_the_next_worker(ledger, tmp_path):
-    from autoaccel.liveness import claim_once
+    from autoaccel.search.liveness import claim_once
 
     settings = LivenessSettings(interval_s=0.05, grace_s=30)
 

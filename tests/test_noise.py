@@ -1,5 +1,5 @@
 """Noise the report cannot resolve does not decide what it recommends: the paired bootstrap over seeds
-(autoaccel/measure/bootstrap.py), the run folder's kept features (measure/feature_store.py) and the ties they make
+(autoaccel/metrics/bootstrap.py), the run folder's kept features (measure/feature_store.py) and the ties they make
 in ``plan``, the report's recommendations and the report itself (report/noise.py)."""
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import pandas as pd
 import pytest
 import torch
 
-from autoaccel.cli import main
-from autoaccel.measure.bootstrap import PairedBootstrap, fid
+from autoaccel.cli.main import main
+from autoaccel.cli.plan_command import explain_plan
 from autoaccel.measure.feature_store import REFERENCE_CALL, REFERENCE_SET, FeatureStore, kind_set, plan_set
-from autoaccel.measure.quality import frechet_distance
-from autoaccel.planning import explain_plan
+from autoaccel.metrics.bootstrap import PairedBootstrap, fid
+from autoaccel.metrics.quality import frechet_distance
 from autoaccel.report.noise import run_noise
 from autoaccel.report.recommend import recommended_plans
 
@@ -73,7 +73,7 @@ def test_pairing_on_the_seeds_resolves_what_each_figures_own_interval_cannot():
 def test_the_ratio_interval_is_fiellers_and_unbounded_where_the_reference_fid_cannot_be_told_from_0():
     """The ratios r whose paired interval of FID(plan) - r * FID(reference) covers 0: at each end that interval
     touches 0. A reference FID whose own interval covers 0 bounds no ratio from above."""
-    from autoaccel.measure.bootstrap import centred_interval
+    from autoaccel.metrics.bootstrap import centred_interval
 
     sets = {"call": _seeds_images(2.0, 0.3, 11), "plan": _seeds_images(2.3, 0.3, 12)}
     bootstrap = PairedBootstrap(sets, _reference_set(), reference_paired=False)
@@ -221,8 +221,8 @@ def test_an_ancestral_reference_gap_is_reported_as_a_gap_and_deterministic_plans
     """The tiny pipeline's default call is 100-step ancestral DDPM: no deterministic plan reproduces its images, so
     every plan's FID carries the ODE-vs-ancestral distance. The report says so (no floor presented as noise), and
     two deterministic plans that agree differ by a paired interval far narrower than either figure's own."""
+    from autoaccel.cli.search_command import search
     from autoaccel.config import compose_config
-    from autoaccel.search import search
 
     index = search(compose_config([*fast_overrides, "budget.trials=4"]), log=lambda message: None)
     run = index.parent

@@ -1,5 +1,5 @@
 """The optimizer backend contract (``autoaccel.testing.optimizer_contract``) for every registered backend: driven
-the way ``autoaccel.loop.run_search`` drives it, on a mixed, conditional space with a cheap synthetic
+the way ``autoaccel.search.loop.run_search`` drives it, on a mixed, conditional space with a cheap synthetic
 two-objective function. No models are run."""
 
 from __future__ import annotations

@@ -59,8 +59,8 @@ def test_an_installed_wheel_composes_its_config_and_loads_its_spaces(wheel, tmp_
     installed = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(installed)
     script = (
-        "import autoaccel, autoaccel.resources as r; "
-        "from autoaccel.config import compose_config; from autoaccel.space import bundled_spaces, load_space; "
+        "import autoaccel, autoaccel.util.resources as r; "
+        "from autoaccel.config import compose_config; from autoaccel.space.spaces import bundled_spaces, load_space; "
         "config = compose_config(['budget.trials=2']); "
         "print(autoaccel.__file__); print(r.resource_dir('conf')); print(r.resource_dir('search_spaces')); "
         "print(config.budget.trials, load_space('sampler').name, len(bundled_spaces()))"

@@ -1,4 +1,5 @@
-"""Choices on the Pareto front (autoaccel/pareto.py) and the ``plan`` command's message (autoaccel/planning.py)."""
+"""Choices on the Pareto front (autoaccel/front/pareto.py) and the ``plan`` command's message
+(autoaccel/cli/plan_command.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import json
 import pandas as pd
 import pytest
 
+from autoaccel.cli.plan_command import explain_plan, read_front
 from autoaccel.errors import ConfigError
-from autoaccel.limits import resolve_limits
-from autoaccel.pareto import choose_within, front_frame, front_numbers, knee_point
-from autoaccel.planning import explain_plan, read_front
+from autoaccel.front.limits import resolve_limits
+from autoaccel.front.pareto import choose_within, front_frame, front_numbers, knee_point
 
 
 @pytest.fixture

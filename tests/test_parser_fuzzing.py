@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from autoaccel.errors import ConfigError, RecipeError
-from autoaccel.recipe import load_recipe, validate_recipe
-from autoaccel.space import active_params, parse_space
+from autoaccel.plan.recipe import load_recipe, validate_recipe
+from autoaccel.space.spaces import active_params, parse_space
 
 SCALARS = st.one_of(
     st.none(),
@@ -165,7 +165,7 @@ def test_recipe_base_model_scheduler_is_allowed_bounded_or_named(base):
     )
 )
 def test_an_artifacts_prescription_is_allowed_bounded_or_named(stored):
-    from autoaccel.prescribed import read_prescription
+    from autoaccel.pipeline.prescribed import read_prescription
     from autoaccel.schedules.schedulers import sampler_schedulers
 
     try:

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from autoaccel.sampling import sampler_pipeline
+from autoaccel.pipeline.sampling import sampler_pipeline
 from autoaccel.testing.pipelines import build_tiny_pipeline
 
 # (kind, pipeline class, conditioning, schedule family)
@@ -74,10 +74,10 @@ def test_each_pipeline_class_is_searched_and_its_recipe_reproduces_with_plain_di
     import diffusers
 
     import autoaccel
-    from autoaccel.candidate import Candidate
-    from autoaccel.cli import main
-    from autoaccel.run import open_run
-    from autoaccel.seeds import sample_in_chunks
+    from autoaccel.cli.main import main
+    from autoaccel.pipeline.seeds import sample_in_chunks
+    from autoaccel.plan.candidate import Candidate
+    from autoaccel.search.run import open_run
 
     folder = folders[kind]
     assert main(["search", *_search_overrides(folder, tmp_path, tmp_path / "cache")]) == 0
@@ -112,7 +112,7 @@ def test_each_pipeline_class_is_searched_and_its_recipe_reproduces_with_plain_di
 
 
 def test_a_space_for_the_other_schedule_family_is_one_line_naming_what_to_use(folders, tmp_path, capsys):
-    from autoaccel.cli import main
+    from autoaccel.cli.main import main
 
     overrides = _search_overrides(folders["sd3"], tmp_path, tmp_path / "cache")
     assert main(["search", *overrides, "space=sampler"]) == 2
@@ -126,7 +126,7 @@ def test_a_space_for_the_other_schedule_family_is_one_line_naming_what_to_use(fo
 def test_prompts_for_a_folder_that_takes_none_are_refused_in_one_line(folders, tmp_path, capsys, kind):
     """A class-conditional or unconditional pipeline has no prompts to search on: a prompt file given for it is
     an error, not silently ignored."""
-    from autoaccel.cli import main
+    from autoaccel.cli.main import main
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red cube\n")
@@ -140,8 +140,8 @@ def test_prompts_for_a_folder_that_takes_none_are_refused_in_one_line(folders, t
 
 def test_space_auto_picks_the_space_that_fits_the_model(folders):
     from autoaccel.config import compose_config
-    from autoaccel.run import study_name_for
-    from autoaccel.space_choice import resolve_space_name
+    from autoaccel.search.run import study_name_for
+    from autoaccel.space.choice import resolve_space_name
 
     expected = {"ddim": "sampler", "sd": "guided_sampler", "dit": "guided_sampler", "sd3": "flow_sampler"}
     for kind, space in expected.items():
@@ -155,7 +155,7 @@ def test_space_auto_picks_the_space_that_fits_the_model(folders):
     [("ddim", "SOLVER-STEPS"), ("warp-10", "SOLVER-STEPS"), ("ddpm-0", "STEPS in [1, 1000]"), ("ddim-5000", "1000")],
 )
 def test_a_bad_reference_is_refused_before_anything_loads(tmp_path, capsys, reference, message):
-    from autoaccel.cli import main
+    from autoaccel.cli.main import main
 
     assert main(["search", f"target.reference={reference}", f"report.dir={tmp_path}"]) == 2
     error = capsys.readouterr().err.strip()
@@ -163,8 +163,8 @@ def test_a_bad_reference_is_refused_before_anything_loads(tmp_path, capsys, refe
 
 
 def test_a_named_reference_replaces_the_default_call(folders):
+    from autoaccel.reference.teacher import teacher_pipeline
     from autoaccel.targets.loader import load_pipeline_folder
-    from autoaccel.teacher import teacher_pipeline
 
     target = load_pipeline_folder(folders["sd"])
     default = teacher_pipeline(target)
@@ -205,7 +205,7 @@ def test_pixart_alpha_1024_size_conditioning_matches_the_pipelines_own_call(tmp_
     PixArtAlphaPipeline does, so the default call gives the pipeline's own images."""
     from diffusers import PixArtAlphaPipeline, PixArtTransformer2DModel
 
-    from autoaccel.seeds import make_seed_batch
+    from autoaccel.pipeline.seeds import make_seed_batch
     from autoaccel.targets.loader import target_from_pipeline
     from autoaccel.testing.pipelines import build_tiny_pipeline
 

@@ -1,12 +1,12 @@
-"""A plan (autoaccel/plan.py) and its one builder (autoaccel.apply.build_pipeline)."""
+"""A plan (autoaccel/plan/steps.py) and its one builder (autoaccel.plan.apply.build_pipeline)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from autoaccel.apply import build_pipeline
-from autoaccel.plan import Plan, Step
+from autoaccel.plan.apply import build_pipeline
+from autoaccel.plan.steps import Plan, Step
 from autoaccel.targets.loader import load_pipeline_folder
 from autoaccel.techniques.distillation import DISTILLATION, DistillationConfig
 from autoaccel.techniques.pruning import PRUNING, PruningConfig

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from autoaccel.config import compose_config
-from autoaccel.identity import plan_key
+from autoaccel.plan.identity import plan_key
 from autoaccel.techniques.base import get_technique
 
 SOLVER, TIMESTEPS = get_technique("solver"), get_technique("timesteps")
@@ -49,9 +49,9 @@ def test_anything_that_changes_the_computation_changes_the_plan(target):
 @pytest.mark.slow
 @pytest.mark.integration
 def test_a_search_measures_one_plan_once_and_shows_it_once(fast_overrides, tmp_path):
-    from autoaccel.loop import LoopBudget, run_search
-    from autoaccel.pareto import front_frame
-    from autoaccel.run import ensure_teacher, prepare_run
+    from autoaccel.front.pareto import front_frame
+    from autoaccel.search.loop import LoopBudget, run_search
+    from autoaccel.search.run import ensure_teacher, prepare_run
 
     space = tmp_path / "orders.yaml"
     space.write_text(

@@ -86,7 +86,7 @@ dimensions:
 
 
 def test_bundled_pruned_sampler_space_loads():
-    from autoaccel.space import load_space
+    from autoaccel.space.spaces import load_space
 
     space = load_space("pruned_sampler")
     assert space.techniques[0] == "pruning" and "pruning.recovery_steps" in space.names
@@ -100,9 +100,9 @@ def test_search_with_pruning_records_sizes_and_recipes_reproduce_pruned_images(
     from diffusers import DDPMPipeline
 
     from autoaccel import apply_recipe
-    from autoaccel.run import open_run
-    from autoaccel.search import search
-    from autoaccel.seeds import sample_in_chunks
+    from autoaccel.cli.search_command import search
+    from autoaccel.pipeline.seeds import sample_in_chunks
+    from autoaccel.search.run import open_run
 
     space_file = tmp_path / "pruned.yaml"
     space_file.write_text(SMALL_PRUNED_SPACE)

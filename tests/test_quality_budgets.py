@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from autoaccel.cli import main
+from autoaccel.cli.main import main
+from autoaccel.cli.search_command import search
 from autoaccel.config import compose_config
-from autoaccel.search import search
 
 QUIET = {"log": lambda message: None}
 

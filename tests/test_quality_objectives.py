@@ -10,10 +10,7 @@ import pytest
 import torch
 
 from autoaccel.errors import ConfigError
-from autoaccel.measure.features import GENERIC_EXTRACTOR, seeded_random_extractor
-from autoaccel.measure.quality import frechet_distance, image_features, paired_feature_distance, ssim, ssim_per_image
-from autoaccel.measure.reference import held_out_floor, held_out_split
-from autoaccel.objectives import (
+from autoaccel.front.objectives import (
     DIRECTIONS,
     NO_DATA_QUALITY,
     QUALITY,
@@ -21,7 +18,10 @@ from autoaccel.objectives import (
     objective_directions,
     resolve_objectives,
 )
-from autoaccel.sampling import sampler_pipeline
+from autoaccel.measure.reference import held_out_floor, held_out_split
+from autoaccel.metrics.features import GENERIC_EXTRACTOR, seeded_random_extractor
+from autoaccel.metrics.quality import frechet_distance, image_features, paired_feature_distance, ssim, ssim_per_image
+from autoaccel.pipeline.sampling import sampler_pipeline
 
 
 def _blobs(count: int, seed: int, size: int = 8) -> torch.Tensor:
@@ -74,8 +74,8 @@ def test_floor_is_the_held_out_set_against_the_others_and_shrinks_with_more_samp
 def test_real_data_floor_is_measured_like_the_figures_it_bounds(tiny_pipeline_dir, tmp_path):
     """The floor's held-out real images, scored as a plan's images are, give the floor: the same reference set (the
     real images less the held-out ones) and the same set sizes."""
-    from autoaccel.measure.features import to_unit_range
     from autoaccel.measure.reference import QualityJudge
+    from autoaccel.metrics.features import to_unit_range
     from autoaccel.targets.data_folder import with_real_data
     from autoaccel.targets.loader import load_pipeline_folder
 
@@ -197,7 +197,7 @@ def test_seeded_random_extractors_differ():
 
 
 def test_adherence_counts_images_read_as_the_requested_class():
-    from autoaccel.measure.adherence import adherence_share, target_adherence
+    from autoaccel.metrics.adherence import adherence_share, target_adherence
 
     # the fake classifier reads each image's mean brightness bucket as its class
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
@@ -252,7 +252,7 @@ def _tiny_clip_folder(folder: Path) -> Path:
 
 
 def test_clip_score_with_a_tiny_local_clip(tmp_path):
-    from autoaccel.measure.clip_score import load_clip_scorer, prompt_clip_score
+    from autoaccel.metrics.clip_score import load_clip_scorer, prompt_clip_score
 
     scorer = load_clip_scorer(_tiny_clip_folder(tmp_path / "clip"))
     prompts = ["a handwritten seven", "a cat"]
@@ -275,8 +275,8 @@ def test_clip_score_with_a_tiny_local_clip(tmp_path):
 
 
 def test_clip_and_inception_paths_that_hold_nothing_are_one_line_errors(tmp_path):
-    from autoaccel.measure.clip_score import load_clip_scorer
-    from autoaccel.measure.quality import load_inception
+    from autoaccel.metrics.clip_score import load_clip_scorer
+    from autoaccel.metrics.quality import load_inception
 
     with pytest.raises(ConfigError, match="quality.clip_model=.*nowhere is not a folder"):
         load_clip_scorer(tmp_path / "nowhere")
@@ -352,10 +352,10 @@ def test_judge_scores_paired_figures_ensemble_fid_and_adherence(tiny_pipeline_di
 @pytest.mark.slow
 def test_default_objectives_rank_four_step_ddim_below_ten_step_unipc_on_digits(tmp_path):
     """With its real digits, and as if it had none (then against a 100-step DDPM reference's samples)."""
-    from autoaccel.apply import apply_plan
-    from autoaccel.measure.features import GENERIC_EXTRACTOR
     from autoaccel.measure.reference import QualityJudge
-    from autoaccel.seeds import sample_in_chunks
+    from autoaccel.metrics.features import GENERIC_EXTRACTOR
+    from autoaccel.pipeline.seeds import sample_in_chunks
+    from autoaccel.plan.apply import apply_plan
     from autoaccel.targets.base import QualityReference
     from autoaccel.targets.registry import load_target
     from autoaccel.techniques.solver import SOLVER, SolverConfig

@@ -12,10 +12,10 @@ import yaml
 from autoaccel.config import compose_config
 from autoaccel.errors import ConfigError, TechniqueError
 from autoaccel.measure.size import model_bytes
-from autoaccel.sampling import sampler_pipeline
+from autoaccel.pipeline.sampling import sampler_pipeline
+from autoaccel.reference.calibration import replay
 from autoaccel.targets.base import hash_weights
 from autoaccel.targets.loader import load_pipeline_folder
-from autoaccel.techniques.calibration import replay
 from autoaccel.techniques.quantization import (
     TIME_GROUP,
     QuantizationConfig,
@@ -180,8 +180,8 @@ def test_bad_quantization_configs_are_named(changes, message):
 def test_bundled_spaces_apply_distillation_then_pruning_then_quantization_then_caching(name, order):
     """A student is compressed, not a compressed model distilled; the teacher's steps go to the compressed one,
     and the cache is built on the model all of them leave."""
-    from autoaccel.candidate import Candidate
-    from autoaccel.space import active_params, load_space
+    from autoaccel.plan.candidate import Candidate
+    from autoaccel.space.spaces import active_params, load_space
 
     space = load_space(name)
     assert set(space.techniques) == set(order)
@@ -214,9 +214,9 @@ def test_joint_search_records_sizes_labels_simulation_and_recipes_reproduce(
     from diffusers import DDPMPipeline
 
     from autoaccel import apply_recipe
-    from autoaccel.run import open_run
-    from autoaccel.search import search
-    from autoaccel.seeds import sample_in_chunks
+    from autoaccel.cli.search_command import search
+    from autoaccel.pipeline.seeds import sample_in_chunks
+    from autoaccel.search.run import open_run
 
     space_file = tmp_path / "joint.yaml"
     space_file.write_text(SMALL_JOINT_SPACE)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from autoaccel.cli import main
+from autoaccel.cli.main import main
 
 FIXTURES = Path(__file__).parent / "fixtures" / "recipes"
 MANIFEST = yaml.safe_load((FIXTURES / "manifest.yaml").read_text())

@@ -1,4 +1,4 @@
-"""Recipe loading and applying (autoaccel/recipe.py): every bad recipe is a RecipeError, nothing is executed."""
+"""Recipe loading and applying (autoaccel/plan/recipe.py): every bad recipe is a RecipeError, nothing is executed."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from autoaccel.errors import RecipeError
-from autoaccel.recipe import ALLOWED_SCHEDULERS, REQUIRED_KEYS, apply_recipe, load_recipe
-from autoaccel.sampling import SamplerPipeline
+from autoaccel.pipeline.sampling import SamplerPipeline
+from autoaccel.plan.recipe import ALLOWED_SCHEDULERS, REQUIRED_KEYS, apply_recipe, load_recipe
 from autoaccel.targets.loader import load_pipeline_folder
 from autoaccel.techniques.solver import SolverConfig, build_scheduler
 from autoaccel.testing.pipelines import build_tiny_pipeline_folder
@@ -91,13 +91,13 @@ def test_bad_timesteps_are_refused(tmp_path, timesteps):
 
 
 def test_a_schedule_longer_than_any_sampler_runs_is_refused_unprobed(tmp_path, monkeypatch):
-    import autoaccel.recipe
+    import autoaccel.plan.recipe
     from autoaccel.schedules.schedulers import MAX_INFERENCE_STEPS
 
     def refuse(*args, **kwargs):
         raise AssertionError("a schedule of absurd length must be refused before the scheduler runs it")
 
-    monkeypatch.setattr(autoaccel.recipe, "_probe_scheduler", refuse)
+    monkeypatch.setattr(autoaccel.plan.recipe, "_probe_scheduler", refuse)
     timesteps = list(range(MAX_INFERENCE_STEPS, -1, -1))  # one more step than any file may ask for
     recipe = _recipe(scheduler_config={"num_train_timesteps": 100_000}, timesteps=timesteps)
     with pytest.raises(

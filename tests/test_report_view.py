@@ -9,9 +9,9 @@ import pytest
 import torch
 import yaml
 
+from autoaccel.cli.search_command import search
 from autoaccel.config import compose_config
 from autoaccel.report.recommend import recommended_plans
-from autoaccel.search import search
 
 
 def _front() -> pd.DataFrame:
@@ -74,7 +74,7 @@ def test_no_ratio_applies_when_the_teacher_is_the_fid_reference():
 def test_grids_are_enlarged_with_nearest_neighbour_pixels(tmp_path):
     from PIL import Image
 
-    from autoaccel.imaging import save_grid
+    from autoaccel.util.imaging import save_grid
 
     images = torch.rand(16, 1, 8, 8) * 2 - 1
     grid = Image.open(save_grid(images, tmp_path / "grid.png", columns=8))
@@ -96,8 +96,8 @@ def test_model_memory_counts_weights_and_grows_with_the_batch(tiny_pipeline_dir)
     from diffusers import DDPMPipeline, DDPMScheduler
 
     from autoaccel.measure.latency import model_memory_bytes, weight_bytes
-    from autoaccel.sampling import SamplerPipeline
-    from autoaccel.seeds import make_seed_batch
+    from autoaccel.pipeline.sampling import SamplerPipeline
+    from autoaccel.pipeline.seeds import make_seed_batch
 
     unet = DDPMPipeline.from_pretrained(tiny_pipeline_dir).unet
     pipeline = SamplerPipeline(unet, DDPMScheduler(num_train_timesteps=100))

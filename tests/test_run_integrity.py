@@ -16,9 +16,9 @@ import optuna
 import pandas as pd
 import pytest
 
-from autoaccel.cli import main
+from autoaccel.cli.main import main
+from autoaccel.cli.search_command import search
 from autoaccel.config import compose_config
-from autoaccel.search import search
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = {"log": lambda message: None}
@@ -150,7 +150,7 @@ def _hold_study_lock(run_dir: Path, processes, seconds: float = 600) -> subproce
     code = textwrap.dedent(
         f"""
         import time
-        from autoaccel.study_lock import StudyLock
+        from autoaccel.search.study_lock import StudyLock
         lock = StudyLock({str(run_dir)!r}, "pipeline-sampler")
         lock.acquire()
         print("held", flush=True)
@@ -249,7 +249,7 @@ def test_workers_on_an_unreachable_database_say_so_once(fast_overrides, tmp_path
 SLOW_DATABASE_WORKER = """
 import os, pathlib, sys, time
 import optuna
-from autoaccel.cli import main
+from autoaccel.cli.main import main
 
 enqueue = optuna.Study.enqueue_trial
 

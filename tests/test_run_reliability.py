@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from autoaccel.cli import main
+from autoaccel.cli.main import main
 from tests.test_run_integrity import _hold_study_lock, _one_line_error, _run_dir, _snapshot
 
 
@@ -164,12 +164,12 @@ def test_report_under_a_running_search_is_refused_or_waits_for_it(finished, caps
 def test_a_second_search_on_a_held_study_is_refused_before_the_model_loads(
     finished, fast_overrides, capsys, monkeypatch, processes
 ):
-    import autoaccel.run
+    import autoaccel.search.run
 
     def refuse(config):
         raise AssertionError("the model was loaded before the study's lock was tried")
 
-    monkeypatch.setattr(autoaccel.run, "load_target", refuse)
+    monkeypatch.setattr(autoaccel.search.run, "load_target", refuse)
     holder = _hold_study_lock(finished, processes)
     try:
         assert main(["search", *fast_overrides, "budget.trials=5"]) == 2
@@ -226,7 +226,7 @@ def test_a_bad_prompt_file_for_digits_t2i_is_refused_in_one_line(kind, tmp_path,
 
 def test_a_prompt_file_for_digits_t2i_sets_the_prompts_searched_on(tmp_path):
     from autoaccel.config import compose_config
-    from autoaccel.run import prepare_run
+    from autoaccel.search.run import prepare_run
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a handwritten seven\nthe digit 3\n")
@@ -250,7 +250,7 @@ def test_prompts_for_a_model_that_takes_none_are_refused(tmp_path, capsys):
 
 
 def test_the_digits_model_reads_its_images_as_digits():
-    from autoaccel.measure.adherence import target_adherence
+    from autoaccel.metrics.adherence import target_adherence
     from autoaccel.targets.digits.data import load_digits_tensors
     from autoaccel.targets.registry import load_target
 
@@ -276,8 +276,8 @@ def test_min_adherence_limits_a_search_on_the_digits_model(tmp_path, capsys):
 
 
 def test_progress_lines_are_throttled_and_say_how_much_is_done_and_left(monkeypatch):
-    import autoaccel.progress as progress
-    from autoaccel.progress import Progress, StageLine, reporting
+    import autoaccel.util.progress as progress
+    from autoaccel.util.progress import Progress, StageLine, reporting
 
     clock = [100.0]
     monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
@@ -302,9 +302,9 @@ def test_progress_lines_are_throttled_and_say_how_much_is_done_and_left(monkeypa
 
 
 def test_training_reports_its_iterations(monkeypatch):
-    import autoaccel.progress as progress
+    import autoaccel.util.progress as progress
     from autoaccel.distill.training import Clock
-    from autoaccel.progress import reporting
+    from autoaccel.util.progress import reporting
 
     monkeypatch.setattr(progress, "INTERVAL_S", 0.0)
     lines: list[str] = []
@@ -319,8 +319,8 @@ def test_training_reports_its_iterations(monkeypatch):
 @pytest.mark.slow
 @pytest.mark.integration
 def test_train_classifier_reports_its_epochs(monkeypatch, tmp_path, capsys):
-    import autoaccel.progress as progress
-    from autoaccel.cli import main
+    import autoaccel.util.progress as progress
+    from autoaccel.cli.main import main
 
     monkeypatch.setattr(progress, "INTERVAL_S", 0.0)
     assert main(["train-classifier", "--epochs", "2", "--out", str(tmp_path / "classifier.safetensors")]) == 0
@@ -332,7 +332,7 @@ def test_train_classifier_reports_its_epochs(monkeypatch, tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.integration
 def test_a_search_reports_each_long_stage_step_by_step_and_its_estimate(fast_overrides, monkeypatch, capsys, tmp_path):
-    import autoaccel.progress as progress
+    import autoaccel.util.progress as progress
 
     monkeypatch.setattr(progress, "INTERVAL_S", 0.0)  # every step of every stage is "long" here
     # a cache of its own: the reference is sampled here, not found in the session's cache
@@ -360,7 +360,7 @@ def test_a_search_reports_each_long_stage_step_by_step_and_its_estimate(fast_ove
 def test_an_entry_an_older_study_lacks_is_judged_by_what_it_had_then():
     """A fingerprinted value without a setting behind it (what real-data FID is scored against) is compared with
     what a study recorded before the entry existed had: the same is compatible, another is refused."""
-    from autoaccel.fingerprint import Entry, Fingerprint
+    from autoaccel.search.fingerprint import Entry, Fingerprint
 
     changed = Fingerprint({"fid_reference": Entry("held-out", before="all real images")}, {})
     assert changed.differences({}, {}) == [("fid_reference", "all real images", "held-out")]

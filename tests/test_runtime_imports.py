@@ -27,7 +27,7 @@ def test_a_search_and_the_embedded_targets_import_no_trainer_benchmark_or_test_k
     classifier included): none of it brings in training code, a benchmark or autoaccel.testing."""
     script = (
         "import json, sys\n"
-        "from autoaccel.cli import main\n"
+        "from autoaccel.cli.main import main\n"
         "from autoaccel.targets.digits.model import load_digits_dit_target, load_digits_t2i_target, "
         "load_digits_target\n"
         f"code = main(['search', *{fast_overrides!r}, 'budget.trials=1'])\n"

@@ -7,9 +7,9 @@ import pytest
 import torch
 import yaml
 
-from autoaccel.cli import main
+from autoaccel.cli.main import main
+from autoaccel.cli.search_command import search
 from autoaccel.config import compose_config
-from autoaccel.search import search
 
 
 def run_dir_of(overrides, study="pipeline-sampler"):
@@ -55,10 +55,10 @@ def test_recipe_reproduces_scored_images_bit_exactly(fast_overrides, tiny_pipeli
     from diffusers import DDPMPipeline
 
     from autoaccel import apply_recipe
-    from autoaccel.apply import build_pipeline
-    from autoaccel.candidate import Candidate
-    from autoaccel.run import prepare_run
-    from autoaccel.seeds import sample_in_chunks
+    from autoaccel.pipeline.seeds import sample_in_chunks
+    from autoaccel.plan.apply import build_pipeline
+    from autoaccel.plan.candidate import Candidate
+    from autoaccel.search.run import prepare_run
 
     context = prepare_run(compose_config([*fast_overrides, "budget.trials=4"]))
     for params in (
@@ -82,7 +82,7 @@ def test_recipe_reproduces_scored_images_bit_exactly(fast_overrides, tiny_pipeli
         pipeline = build_pipeline(context.target, plan)
         scored = sample_in_chunks(pipeline, context.judge.seeds, context.judge.chunk_size)
 
-        from autoaccel.recipe import build_recipe, save_recipe
+        from autoaccel.plan.recipe import build_recipe, save_recipe
 
         recipe_path = save_recipe(
             build_recipe(context.target, plan, pipeline, {}, {}, {"seed": 0}, {}),
@@ -171,8 +171,8 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(fast_overrides, tmp_
 
 @pytest.mark.slow  # samples the reference first: about 5 s on its own
 def test_nan_images_fail_the_trial_with_the_reason(fast_overrides):
-    from autoaccel.candidate import Candidate
-    from autoaccel.run import prepare_run
+    from autoaccel.plan.candidate import Candidate
+    from autoaccel.search.run import prepare_run
 
     context = prepare_run(compose_config([*fast_overrides, "budget.trials=1"]))
     with torch.no_grad():
@@ -316,8 +316,8 @@ def test_a_shared_storage_leaves_other_workers_running_trials_alone(fast_overrid
 
     import optuna
 
-    from autoaccel.ledger import Ledger
-    from autoaccel.liveness import Heartbeat
+    from autoaccel.search.ledger import Ledger
+    from autoaccel.search.liveness import Heartbeat
 
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     overrides = [*fast_overrides, f"storage={storage}", "study_name=shared", "liveness.interval_s=0.3"]

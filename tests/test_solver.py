@@ -1,4 +1,4 @@
-"""Solvers (autoaccel/techniques/solver.py) and the sampling loop (autoaccel/sampling.py) on a tiny unet.
+"""Solvers (autoaccel/techniques/solver.py) and the sampling loop (autoaccel/pipeline/sampling.py) on a tiny unet.
 
 The key property: ``set_exact_timesteps`` makes a scheduler run exactly the steps it is given, so running our
 loop on a scheduler's own native timesteps reproduces that scheduler's native output.
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from autoaccel.errors import ConfigError, TechniqueError
-from autoaccel.sampling import SamplerPipeline, set_exact_timesteps
+from autoaccel.pipeline.sampling import SamplerPipeline, set_exact_timesteps
 from autoaccel.targets.loader import load_pipeline_folder
 from autoaccel.techniques.solver import SOLVERS, SolverConfig, build_scheduler, scheduler_settings
 from autoaccel.testing.pipelines import build_tiny_pipeline_folder

@@ -1,4 +1,4 @@
-"""Search spaces (autoaccel/space.py): the bundled files, schedule expansion, and errors on bad space files."""
+"""Search spaces (autoaccel/space/spaces.py): the bundled files, schedule expansion, and errors on bad space files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from autoaccel.errors import ConfigError
-from autoaccel.space import load_space, parse_space
+from autoaccel.space.spaces import load_space, parse_space
 
 BUNDLED = ("sampler", "timesteps", "solver")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from autoaccel.errors import ConfigError
-from autoaccel.space import MAX_CHOICES, MAX_FILE_BYTES, MAX_TEXT, MAX_TOTAL_CHOICES, load_space, parse_space
+from autoaccel.space.spaces import MAX_CHOICES, MAX_FILE_BYTES, MAX_TEXT, MAX_TOTAL_CHOICES, load_space, parse_space
 from autoaccel.techniques.base import registered_techniques
 
 CHILD_MEMORY_MB = 768  # address space a child may add to what it inherits: far below what a bomb needs
@@ -214,9 +214,9 @@ def test_long_strings_are_refused(tmp_path):
 
 
 def test_dimension_limit_is_checked_before_a_schedule_expands(tmp_path, monkeypatch):
-    import autoaccel.space
+    import autoaccel.space.spaces
 
-    monkeypatch.setattr(autoaccel.space, "MAX_DIMENSIONS", 8)
+    monkeypatch.setattr(autoaccel.space.spaces, "MAX_DIMENSIONS", 8)
     text = (
         "techniques: [timesteps]\ndimensions:\n  timesteps.steps: {type: int, low: 3, high: 10}\n"
         "  timesteps.gap: {type: schedule, count_from: timesteps.steps, low: 0.1, high: 1.0}\n"
@@ -482,7 +482,7 @@ def test_fixed_step_count_beyond_the_trained_timesteps(tmp_path):
 
 def test_a_run_refuses_more_steps_than_its_model_was_trained_with(fast_overrides, tmp_path):
     from autoaccel.config import compose_config
-    from autoaccel.run import prepare_run
+    from autoaccel.search.run import prepare_run
 
     path = _steps_space(tmp_path, "{type: int, low: 3, high: 101}")  # the tiny model has 100 timesteps
     config = compose_config([*fast_overrides, f"space={path}", "study_name=too-many-steps"])

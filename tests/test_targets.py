@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from autoaccel.errors import TargetError
-from autoaccel.measure.features import EXTRACTORS, GENERIC_EXTRACTOR, ensure_registered
-from autoaccel.measure.quality import distribution_metrics
-from autoaccel.sampling import sampler_pipeline
+from autoaccel.metrics.features import EXTRACTORS, GENERIC_EXTRACTOR, ensure_registered
+from autoaccel.metrics.quality import distribution_metrics
+from autoaccel.pipeline.sampling import sampler_pipeline
 from autoaccel.targets.base import hash_weights
 from autoaccel.targets.digits.features import DIGITS_EXTRACTOR
 from autoaccel.targets.loader import SUPPORTED, default_device, load_pipeline_folder
@@ -262,7 +262,7 @@ def test_feature_extractors_are_deterministic(extractor):
 
 
 def test_corrupt_weights_file_is_one_clear_error_and_nothing_is_written(tiny_folder, tmp_path, capsys):
-    from autoaccel.cli import main
+    from autoaccel.cli.main import main
 
     broken = tmp_path / "broken"
     shutil.copytree(tiny_folder, broken)

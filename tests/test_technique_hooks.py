@@ -10,11 +10,11 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from autoaccel.loop import standard_configurations
+from autoaccel.cli.search_command import plan_label
 from autoaccel.measure.kernels import NOT_APPLICABLE, NOT_MEASURED, deployment_kernels, kernel_choice, kernel_key
 from autoaccel.measure.size import model_bytes
-from autoaccel.search import plan_label
-from autoaccel.space import load_space
+from autoaccel.search.loop import standard_configurations
+from autoaccel.space.spaces import load_space
 from autoaccel.techniques import base
 from autoaccel.techniques.base import Technique, simulations
 

@@ -12,15 +12,15 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from autoaccel.candidate import Candidate, cost_key
 from autoaccel.errors import ConfigError
-from autoaccel.fidelity import FidelityLadder
-from autoaccel.ledger import Ledger
-from autoaccel.limits import resolve_limits
-from autoaccel.loop import evaluate_with_fidelity, standard_configurations
+from autoaccel.front.limits import resolve_limits
+from autoaccel.front.pareto import front_numbers, hypervolume_history
 from autoaccel.measure.measurement import COMPLETE, FAILED, Measurement
-from autoaccel.pareto import front_numbers, hypervolume_history
-from autoaccel.space import bundled_spaces, load_space
+from autoaccel.plan.candidate import Candidate, cost_key
+from autoaccel.search.fidelity import FidelityLadder
+from autoaccel.search.ledger import Ledger
+from autoaccel.search.loop import evaluate_with_fidelity, standard_configurations
+from autoaccel.space.spaces import bundled_spaces, load_space
 from autoaccel.techniques.base import Technique, get_technique
 
 # ---------------------------------------------------------------- the latency cache key
@@ -298,8 +298,8 @@ def test_a_failed_trial_keeps_its_reason_and_never_reaches_the_front(ledger):
 @pytest.mark.slow
 @pytest.mark.integration
 def test_report_command_rebuilds_the_report_from_the_ledger_alone(fast_overrides):
-    from autoaccel.cli import main
-    from autoaccel.recipe import load_recipe
+    from autoaccel.cli.main import main
+    from autoaccel.plan.recipe import load_recipe
 
     report_dir = Path(next(option.split("=", 1)[1] for option in fast_overrides if option.startswith("report.dir=")))
     run_dir = report_dir / "ledger-only"

@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
+from autoaccel.cli.search_command import search
 from autoaccel.config import compose_config
-from autoaccel.search import search
 from tests.wandb_records import history_rows, read_records
 
 

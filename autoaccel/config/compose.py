@@ -31,7 +31,7 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from autoaccel.resources import resource_dir
+    from autoaccel.util.resources import resource_dir
 
     _register_schema()
     try:

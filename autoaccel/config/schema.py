@@ -40,7 +40,7 @@ class BudgetConfig:
     concurrent: int = 1  # candidates evaluated at once on this machine (cost is always measured alone)
     max_minutes: float | None = None
     max_train_minutes: float | None = None  # one candidate's training (distillation, recovery): longer fails
-    # limits a plan must meet (autoaccel.limits): deployment cost, then quality
+    # limits a plan must meet (autoaccel.front.limits): deployment cost, then quality
     max_latency_ms: float | None = None
     max_nfe: int | None = None
     max_memory_mb: float | None = None
@@ -69,7 +69,7 @@ class QualityConfig:
 class FidelityConfig:
     """Multi-fidelity scoring: sample counts per level, ascending, the last equal to quality.samples
     (empty = every candidate on quality.samples); ``z`` scales the paired error a candidate may be behind a
-    point scored at its level and still be promoted (autoaccel.fidelity)."""
+    point scored at its level and still be promoted (autoaccel.search.fidelity)."""
 
     levels: list[int] = field(default_factory=list)
     z: float = 0.0

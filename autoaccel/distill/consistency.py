@@ -32,7 +32,7 @@ from autoaccel.distill.training import (
     student_copy,
 )
 from autoaccel.targets.denoisers import predict
-from autoaccel.training import clipped_step, ema_update
+from autoaccel.util.training import clipped_step, ema_update
 
 LOSSES = ("l2", "huber")
 

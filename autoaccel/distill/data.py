@@ -1,7 +1,7 @@
 """What the teacher gives a distillation: its guided prediction at any noised sample, its own clean samples, and
 its ODE end points from known noise. No external data: a user's model is distilled from itself.
 
-Clean samples are the deterministic ODE reference's (``autoaccel.techniques.calibration``), on seeds of their
+Clean samples are the deterministic ODE reference's (``autoaccel.reference.calibration``), on seeds of their
 own, away from the seeds candidates are scored on; they are generated once per target and reused.
 """
 
@@ -66,7 +66,7 @@ def guided_output(denoiser, conditions, sample, timestep, labels, guidance: floa
 
 def clean_samples(target, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``count`` clean teacher samples (latents under a VAE) and their condition indices, cached per target."""
-    from autoaccel.techniques.calibration import clean_samples as reference_samples
+    from autoaccel.reference.calibration import clean_samples as reference_samples
 
     return reference_samples(target, count, DATA_SEED_OFFSET + seed)
 
@@ -78,8 +78,8 @@ def ode_endpoints(target, count: int, seed: int) -> tuple[torch.Tensor, torch.Te
     with _LOCK:
         if key in _ENDPOINTS:
             return _ENDPOINTS[key]
-    from autoaccel.seeds import make_seed_batch
-    from autoaccel.teacher import ode_reference_pipeline
+    from autoaccel.pipeline.seeds import make_seed_batch
+    from autoaccel.reference.teacher import ode_reference_pipeline
 
     seeds = make_seed_batch(target.sample_shape, count, DATA_SEED_OFFSET + seed, target.condition_count)
     pipeline = ode_reference_pipeline(target)

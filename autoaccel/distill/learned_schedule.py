@@ -16,7 +16,7 @@ import torch
 from autoaccel.distill.data import Teacher, ode_endpoints
 from autoaccel.distill.diffusion import CLEAN, alpha_sigma, ddim_step, trailing_grid
 from autoaccel.distill.training import Clock, TrainSettings, draw
-from autoaccel.interrupts import pause_point
+from autoaccel.util.interrupts import pause_point
 
 CHECK_EVERY = 5  # iterations between evaluations of the schedule on all the data
 

@@ -2,7 +2,7 @@
 
 Built from the distillation machinery, on the teacher's own data only:
 
-- half the batches are the teacher's trajectory calls (``autoaccel.techniques.calibration.trajectory_calls``):
+- half the batches are the teacher's trajectory calls (``autoaccel.reference.calibration.trajectory_calls``):
   the inputs the sampling loop really feeds the denoiser, guided branches included where the default call guides;
 - the other half are its clean ODE samples noised afresh every step at every noise level, so the rest of the time
   axis (and samplers other than the reference's) is covered too;
@@ -35,10 +35,10 @@ from autoaccel.distill.training import (
     resume,
     weights_digest,
 )
-from autoaccel.interrupts import pause_point
+from autoaccel.reference.calibration import call_output, call_rows, join_calls, noised, to_device, trajectory_calls
 from autoaccel.targets.denoisers import predict
-from autoaccel.techniques.calibration import call_output, call_rows, join_calls, noised, to_device, trajectory_calls
-from autoaccel.training import clipped_step
+from autoaccel.util.interrupts import pause_point
+from autoaccel.util.training import clipped_step
 
 TRAJECTORY_SAMPLES = 64  # seeds of the teacher's trajectory whose calls are half the batches
 TRAJECTORY_STEPS = 20

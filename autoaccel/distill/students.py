@@ -10,7 +10,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from autoaccel.interrupts import pause_point
+from autoaccel.util.interrupts import pause_point
 
 KEPT = 16
 WAIT_S = 0.05  # how often a trial waiting for another's training of the same student checks for an interrupt

@@ -1,7 +1,7 @@
 """What the distillation loops share: seeded batches of teacher data, the optimizer, an EMA copy, the per-trial
 time cap, and checkpoints a longer run of the same settings continues from.
 
-An interrupted run (Ctrl-C, SIGTERM: ``autoaccel.interrupts``) stops at the top of its next iteration and keeps
+An interrupted run (Ctrl-C, SIGTERM: ``autoaccel.util.interrupts``) stops at the top of its next iteration and keeps
 a checkpoint there, also on disk where the search asked for it (``persisted_checkpoints``: the run folder's
 ``artifacts/checkpoints/``), so the trial, queued again and evaluated by the next process, continues from that
 iteration to the weights an uninterrupted run gives.
@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from autoaccel.errors import TechniqueError
-from autoaccel.files import write_atomically
-from autoaccel.interrupts import Cancelled, pause_point
-from autoaccel.progress import Progress
+from autoaccel.util.files import write_atomically
+from autoaccel.util.interrupts import Cancelled, pause_point
+from autoaccel.util.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def frozen_copy(denoiser: torch.nn.Module) -> torch.nn.Module:
 class Clock:
     """Raises TechniqueError once ``max_minutes`` have passed (``already``: minutes spent on the checkpoint the
     run continues from count too): the trial is recorded as failed, with the reason. With ``total`` (the run's
-    iterations), a long run reports its progress (``autoaccel.progress``) at each check."""
+    iterations), a long run reports its progress (``autoaccel.util.progress``) at each check."""
 
     def __init__(self, max_minutes: float | None, what: str, already: float = 0.0, total: int | None = None) -> None:
         self.started = time.perf_counter()

@@ -14,11 +14,6 @@ from typing import Any
 
 import torch
 
-from autoaccel import artifact_index
-from autoaccel.apply import apply_plan, build_pipeline, technique_records
-from autoaccel.artifact_index import plan_prefix_key
-from autoaccel.artifacts import ArtifactStore
-from autoaccel.candidate import Candidate, cost_key
 from autoaccel.distill.training import persisted_checkpoints
 from autoaccel.measure.feature_store import REFERENCE_CALL, FeatureStore, kind_set, plan_set
 from autoaccel.measure.gate import MeasurementGate
@@ -27,13 +22,18 @@ from autoaccel.measure.latency import CostMeasurement, measure_cost, structure_i
 from autoaccel.measure.measurement import COMPLETE, FAILED, Measurement, describe_failure
 from autoaccel.measure.reference import QualityJudge
 from autoaccel.measure.size import model_bytes
-from autoaccel.plan import Plan
-from autoaccel.progress import Progress
-from autoaccel.seeds import sample_in_chunks
-from autoaccel.space import SearchSpace
+from autoaccel.pipeline.seeds import sample_in_chunks
+from autoaccel.plan import artifact_index
+from autoaccel.plan.apply import apply_plan, build_pipeline, technique_records
+from autoaccel.plan.artifact_index import plan_prefix_key
+from autoaccel.plan.candidate import Candidate, cost_key
+from autoaccel.plan.steps import Plan
+from autoaccel.reference.teacher import teacher_pipeline
+from autoaccel.space.spaces import SearchSpace
 from autoaccel.targets.base import Target
-from autoaccel.teacher import teacher_pipeline
+from autoaccel.techniques.artifacts import ArtifactStore
 from autoaccel.techniques.base import TRAIN_MINUTES, simulations
+from autoaccel.util.progress import Progress
 
 CHECKPOINTS_DIR = "checkpoints"  # under the run's artifacts folder: training runs an interrupt stopped
 MODELS_KEPT = 2  # pruned/quantized models kept for re-use (each a full copy of the denoiser)
@@ -268,8 +268,8 @@ class Evaluator:
 
     def plan_identity(self, candidate: Candidate) -> str:
         """Which plan ``candidate`` runs: equal for candidates whose parameters differ but whose computation does
-        not (autoaccel.identity). A plan that cannot even be built is its own; evaluating it records why."""
-        from autoaccel.identity import plan_key
+        not (autoaccel.plan.identity). A plan that cannot even be built is its own; evaluating it records why."""
+        from autoaccel.plan.identity import plan_key
 
         try:
             return plan_key(self.target, candidate.plan(self.space.techniques))

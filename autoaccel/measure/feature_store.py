@@ -1,5 +1,5 @@
 """The FID features of every image set a run scored, kept in its folder (``<run>/features/``), one per-image row
-in seed order: what a paired bootstrap over the seeds (``autoaccel.measure.bootstrap``) needs to say how sure the
+in seed order: what a paired bootstrap over the seeds (``autoaccel.metrics.bootstrap``) needs to say how sure the
 report's and ``plan``'s comparisons are, long after the images are gone.
 
 Each set is a safetensors file (tensors and string metadata only: reading one never runs code) written atomically:
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from autoaccel.files import write_atomically
+from autoaccel.util.files import write_atomically
 
 FEATURES_DIR = "features"
 SUFFIX = ".safetensors"

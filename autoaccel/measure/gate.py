@@ -6,7 +6,7 @@ A reader-writer lock on two lock files per device, in a folder every process of 
 on: ``$AUTOACCEL_LOCK_DIR``, by default ``<temp dir>/autoaccel-<uid>/locks`` (``lock_folder``). Sharing takes the
 turnstile file for a moment and then a shared ``flock`` on the lock file; timing takes the turnstile, then an
 exclusive ``flock`` on the lock file, so a waiting timer stops new sharers at the turnstile and is never starved.
-Long shared work (training, sampling) steps aside at every pause point (``autoaccel.interrupts.pause_point``)
+Long shared work (training, sampling) steps aside at every pause point (``autoaccel.util.interrupts.pause_point``)
 while a timer waits, so a timer waits for one training iteration or sampling step, not for a whole training run.
 The operating system drops a dead process's locks. Waiting polls (a few milliseconds apart), so that an
 interrupted evaluation stops waiting at once.
@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from autoaccel.interrupts import paused_with, raise_if_cancelled
+from autoaccel.util.interrupts import paused_with, raise_if_cancelled
 
 LOCK_DIR_ENV = "AUTOACCEL_LOCK_DIR"
 POLL_S = 0.02  # the longest wait between two tries of a busy lock

@@ -23,9 +23,9 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from autoaccel.front.objectives import CPU_RSS, CUDA_ALLOCATED
 from autoaccel.measure.energy import EnergyMeter
-from autoaccel.objectives import CPU_RSS, CUDA_ALLOCATED
-from autoaccel.seeds import SeedBatch
+from autoaccel.pipeline.seeds import SeedBatch
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from autoaccel.errors import ConfigError
-from autoaccel.space import Dimension, SearchSpace, active_params
+from autoaccel.space.spaces import Dimension, SearchSpace, active_params
 
 DIRECTIONS = ("minimize", "maximize")
 FAILURE_LOSS = 1e6  # a failed trial's loss on every objective (or 10x the worst seen, if larger)

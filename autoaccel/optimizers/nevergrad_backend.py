@@ -11,7 +11,7 @@ import nevergrad as ng
 import numpy as np
 
 from autoaccel.optimizers.base import History, ProposingBackend, register_backend
-from autoaccel.space import Dimension, SearchSpace
+from autoaccel.space.spaces import Dimension, SearchSpace
 
 
 class NevergradBackend(ProposingBackend):

@@ -8,7 +8,7 @@ from typing import Any
 import optuna
 
 from autoaccel.optimizers.base import OptimizerBackend, register_backend
-from autoaccel.space import Dimension, SearchSpace, active_params
+from autoaccel.space.spaces import Dimension, SearchSpace, active_params
 
 
 class OptunaNSGA2(OptimizerBackend):

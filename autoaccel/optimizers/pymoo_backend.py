@@ -25,7 +25,7 @@ from pymoo.problems.static import StaticProblem
 from pymoo.util.ref_dirs import get_reference_directions
 
 from autoaccel.optimizers.base import FAILURE_LOSS, History, ProposingBackend, register_backend
-from autoaccel.space import Dimension, SearchSpace
+from autoaccel.space.spaces import Dimension, SearchSpace
 
 
 class PymooBackend(ProposingBackend):

@@ -2,7 +2,7 @@
 
 Front points are turned into recipes, and their image grids are sampled through ``apply_recipe``: what the
 report shows is what a user who applies the recipe gets. Neither trains nor calibrates again: a recipe names the
-artifacts the evaluator stored for its trial (``autoaccel.artifacts``) and applying loads them.
+artifacts the evaluator stored for its trial (``autoaccel.techniques.artifacts``) and applying loads them.
 """
 
 from __future__ import annotations
@@ -14,21 +14,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from autoaccel.apply import build_pipeline
-from autoaccel.artifacts import ARTIFACTS_DIR, ArtifactRef
-from autoaccel.candidate import Candidate
 from autoaccel.errors import ConfigError
-from autoaccel.files import write_atomically
-from autoaccel.imaging import save_grid
-from autoaccel.ledger import CONFIRMATION, DETAIL_PREFIX
-from autoaccel.limits import describe_limits, limits_in_force
-from autoaccel.measure.confirm import confirmation_sentence, shared_load_sentence
+from autoaccel.front.limits import describe_limits, limits_in_force
+from autoaccel.front.objectives import METRIC_COLUMNS
+from autoaccel.front.pareto import front_frame, front_numbers, hypervolume_history, knee_point
 from autoaccel.measure.feature_store import FEATURES_DIR, FeatureStore
 from autoaccel.measure.reference import reference_is_stochastic
-from autoaccel.objectives import METRIC_COLUMNS
-from autoaccel.pareto import front_frame, front_numbers, hypervolume_history, knee_point
-from autoaccel.planning import TEACHER_FILE
-from autoaccel.recipe import apply_recipe, build_recipe, save_recipe
+from autoaccel.pipeline.seeds import sample_in_chunks
+from autoaccel.plan.apply import build_pipeline
+from autoaccel.plan.candidate import Candidate
+from autoaccel.plan.recipe import apply_recipe, build_recipe, save_recipe
 from autoaccel.report.html import TEACHER_GRID, figure_text, write_html
 from autoaccel.report.noise import (
     INTERVAL_COLUMNS,
@@ -39,7 +34,13 @@ from autoaccel.report.noise import (
 )
 from autoaccel.report.plots import hypervolume_plot, pareto_plot
 from autoaccel.report.recommend import recommendation_ties, recommended_plans
-from autoaccel.seeds import sample_in_chunks
+from autoaccel.search.confirm import confirmation_sentence, shared_load_sentence
+from autoaccel.search.ledger import CONFIRMATION, DETAIL_PREFIX
+from autoaccel.techniques.artifacts import ARTIFACTS_DIR, ArtifactRef
+from autoaccel.util.files import write_atomically
+from autoaccel.util.imaging import save_grid
+
+TEACHER_FILE = "teacher.json"  # the teacher's figures, written by the report beside pareto.csv
 
 SKIP_MISSING_FLAG = "--skip-missing-artifacts"
 PARETO_COLUMNS = [
@@ -66,7 +67,7 @@ def seed_policy(context) -> dict:
         "noise": "torch.randn((samples, C, H, W), generator=torch.Generator().manual_seed(seed)), on the CPU",
         "class_labels": "(arange(samples) % num_classes)[randperm(samples)] with the same generator, after the noise",
         "stochastic_steps": "torch.Generator seeded seed * 100003 + chunk start, per chunk of chunk_size",
-        "code": "autoaccel.seeds.make_seed_batch and sample_in_chunks",
+        "code": "autoaccel.pipeline.seeds.make_seed_batch and sample_in_chunks",
     }
 
 

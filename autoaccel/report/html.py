@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from autoaccel.measure.bootstrap import Interval
+from autoaccel.front.objectives import MEMORY_KIND_LABELS
 from autoaccel.measure.kernels import NOT_APPLICABLE
 from autoaccel.measure.latency import SINGLE_CALL
-from autoaccel.objectives import MEMORY_KIND_LABELS
+from autoaccel.metrics.bootstrap import Interval
 from autoaccel.report.recommend import Recommendation, ratio_goal
 from autoaccel.techniques.base import label_settings
 

@@ -2,7 +2,7 @@
 
 Every comparison they make is between figures scored on the same seeds: a plan's FID against a bound, against the
 reference call's (a ratio), against a standard configuration's or another plan's (a difference). Their noise is
-the paired bootstrap of ``autoaccel.measure.bootstrap`` over the per-image features the run kept in its folder
+the paired bootstrap of ``autoaccel.metrics.bootstrap`` over the per-image features the run kept in its folder
 (``autoaccel.measure.feature_store``); a difference whose interval covers 0, or a figure whose interval covers its
 bound, is a tie, and a tie goes to the faster plan. Where a plan's features are not in the folder (a run from before
 they were kept, a shared study's trial measured on another machine) its figures are compared as measured, and the
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from autoaccel.limits import Limit
-from autoaccel.measure.bootstrap import LEVEL, Interval, PairedBootstrap, fid
+from autoaccel.front.limits import Limit
+from autoaccel.front.pareto import BudgetChoice, choose_within
 from autoaccel.measure.feature_store import (
     FEATURES_DIR,
     HELD_OUT,
@@ -33,7 +33,7 @@ from autoaccel.measure.feature_store import (
     kind_set,
     plan_set,
 )
-from autoaccel.pareto import BudgetChoice, choose_within
+from autoaccel.metrics.bootstrap import LEVEL, Interval, PairedBootstrap, fid
 
 TEACHER_SAMPLES = "teacher-samples"  # a target whose FID reference is the reference call's own samples
 REPRODUCED = 1e-3  # a kept feature set whose FID differs from the recorded figure by more (relative) is another's

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from autoaccel.limits import Limit
-from autoaccel.measure.bootstrap import Interval
+from autoaccel.front.limits import Limit
+from autoaccel.metrics.bootstrap import Interval
 from autoaccel.report.noise import TEACHER_SAMPLES, Noise, choose_with_noise
 
 FID_RATIOS = (1.1, 1.25, 1.5)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from autoaccel.objectives import METRIC_COLUMNS
+from autoaccel.front.objectives import METRIC_COLUMNS
 
 TABLE_COLUMNS = ["trial", "state", "warm_start", *METRIC_COLUMNS, "timesteps", "failure"]
 

@@ -43,7 +43,7 @@ class DefaultCall:
 @dataclass
 class Target:
     """A diffusion model ready to be accelerated; techniques apply to the pipelines
-    ``autoaccel.sampling.sampler_pipeline`` makes around it.
+    ``autoaccel.pipeline.sampling.sampler_pipeline`` makes around it.
 
     ``denoiser`` is the network every step calls (a UNet or a transformer), ``vae`` decodes its latents (None
     for a pixel-space model), ``conditions`` what each image is conditioned on, ``schedule_family`` the time
@@ -61,7 +61,7 @@ class Target:
     vae: torch.nn.Module | None = None
     default_call: DefaultCall | None = None
     pipeline_class: str = "DDPMPipeline"
-    reference: str = "default"  # target.reference: the call plans are compared with (autoaccel.teacher)
+    reference: str = "default"  # target.reference: the call plans are compared with (autoaccel.reference.teacher)
     ode_steps: int = 200  # quality.ode_steps: the deterministic solution paired measures compare with
     real_images: torch.Tensor | None = None  # uint8 (N, C, H, W) when the target ships its data
     real_labels: torch.Tensor | None = None  # the class of each real image, where known

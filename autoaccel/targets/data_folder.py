@@ -124,7 +124,7 @@ def load_target_data(target: Target, folder: str | Path, max_images: int = DEFAU
 
     FID compares feature covariances: the real images' is full rank only with more images than the extractor has
     features (one image gives none at all), so a folder with fewer is refused before any image is read."""
-    from autoaccel.measure.quality import image_features
+    from autoaccel.metrics.quality import image_features
 
     shape = image_shape(target)
     extractor = target.quality.extractor

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from autoaccel.errors import ConfigError, TechniqueError
-from autoaccel.prescribed import PRESCRIBED, prescription
+from autoaccel.pipeline.prescribed import PRESCRIBED, prescription
 from autoaccel.techniques.base import ParamSpec, Technique, register, require_types
 
 PLACES = ("first", "last")

@@ -135,7 +135,7 @@ class Technique:
     # (a cache's calibration at the plan's schedule), or None
     recipe_record: Callable[[Any, Any], dict[str, Any] | None] | None = None
     # config -> whether the model it produces must be sampled its own way (a distilled student): its prescribed
-    # scheduler, timesteps and guidance override the sampler techniques' (autoaccel.prescribed)
+    # scheduler, timesteps and guidance override the sampler techniques' (autoaccel.pipeline.prescribed)
     prescribes_sampler: Callable[[Any], bool] | None = None
     # the setting (without the ``name.`` prefix) capping this technique's training in minutes, for a technique
     # that trains: ``budget.max_train_minutes`` fills it where a space leaves it free

@@ -10,10 +10,11 @@
   teacher's (``autoaccel.distill.learned_schedule``);
 - ``none``: the model as it is (the schedule-only baseline of a distillation space).
 
-A distilled model prescribes its own sampler (``autoaccel.prescribed``): the solver and timesteps techniques of a
-plan are overridden by it. Guidance is trained into students (they run one branch); a learned schedule runs the
-teacher's default guidance. Students and schedules go through the artifact store: a recipe names them with their
-hash and applying loads them, never training. Training minutes are recorded per trial as the plan's search cost.
+A distilled model prescribes its own sampler (``autoaccel.pipeline.prescribed``): the solver and timesteps
+techniques of a plan are overridden by it. Guidance is trained into students (they run one branch); a learned
+schedule runs the teacher's default guidance. Students and schedules go through the artifact store: a recipe
+names them with their hash and applying loads them, never training. Training minutes are recorded per trial as
+the plan's search cost.
 DDPM-family models (epsilon or v prediction) only: a flow-matching target is refused with the reason.
 
 Iterations are a fidelity (``fidelity.train_shares``): at a lower level a consistency student, or a progressive
@@ -32,7 +33,7 @@ from typing import Any
 import torch
 
 from autoaccel.errors import ConfigError, TechniqueError
-from autoaccel.prescribed import PrescribedSampler, prescribe, prescription, read_prescription
+from autoaccel.pipeline.prescribed import PrescribedSampler, prescribe, prescription, read_prescription
 from autoaccel.techniques.base import TRAIN_MINUTES, ParamSpec, Technique, register, require_types
 
 METHODS = ("none", "progressive", "consistency", "learned_schedule")
@@ -240,7 +241,7 @@ def apply_distillation(pipeline, config: DistillationConfig, target) -> None:
 
 def distilled_weights(denoiser, config: DistillationConfig):
     """The artifact: a student's weights (none for a learned schedule) and its prescribed sampler as metadata."""
-    from autoaccel.artifacts import Artifact
+    from autoaccel.techniques.artifacts import Artifact
 
     sampler = prescription(denoiser)
     if not config.trains or sampler is None:

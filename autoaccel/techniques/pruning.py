@@ -20,8 +20,8 @@ samples (no external data); its minutes are recorded as the trial's training cos
 denoiser on one call the sampling loop really makes, so every architecture gets its own keyword arguments.
 
 The pruned model is a copy: the target's denoiser is never touched. Its weights are stored as an artifact
-(``autoaccel.artifacts``), with the removed blocks named in its metadata: a recipe rebuilds the pruned structure
-(only the shapes matter, so no recovery, no measurement and no teacher) and loads them, never training again.
+(``autoaccel.techniques.artifacts``), with the removed blocks named in its metadata: a recipe rebuilds the pruned
+structure (only the shapes matter, so no recovery, no measurement and no teacher) and loads them, never training again.
 Everything is seeded, so without an artifact (a recipe written without a store) applying the same config to the
 same model gives the same weights on the same machine.
 """
@@ -38,11 +38,11 @@ import torch.nn.functional as F
 
 from autoaccel.distill.recovery import RecoverySettings, recover
 from autoaccel.errors import ConfigError, TechniqueError
-from autoaccel.prescribed import prescription
+from autoaccel.pipeline.prescribed import prescription
+from autoaccel.reference.calibration import noised_batch, replay, to_device, trajectory_calls
 from autoaccel.targets.denoisers import predict
 from autoaccel.targets.layouts import STAGES, DenoiserLayout, layout_of
 from autoaccel.techniques.base import TRAIN_MINUTES, ParamSpec, Technique, register, require_types
-from autoaccel.techniques.calibration import noised_batch, replay, to_device, trajectory_calls
 
 IMPORTANCES = ("magnitude", "taylor", "random")
 CALIBRATION_SAMPLES = 64  # noised teacher samples the Taylor importance is taken on
@@ -126,7 +126,7 @@ def _example_call(target, seed: int, device):
 
 def _teacher_batch(target, count: int, generator: torch.Generator, device=None):
     """Noised teacher samples with the model's own training target: calibration and recovery data without any
-    dataset (``autoaccel.techniques.calibration.noised_batch``)."""
+    dataset (``autoaccel.reference.calibration.noised_batch``)."""
     return noised_batch(target, count, generator, device)
 
 
@@ -385,7 +385,7 @@ def apply_pruning(pipeline, config: PruningConfig, target) -> None:
 
 def pruned_weights(unet, config: PruningConfig):
     """The pruned (and recovered) denoiser's weights, and which blocks went; nothing where nothing was pruned."""
-    from autoaccel.artifacts import Artifact
+    from autoaccel.techniques.artifacts import Artifact
 
     if not config.prunes:
         return None

@@ -8,7 +8,7 @@ where a backend has them (both in ``autoaccel.techniques.quantization_kernels``,
 technique's ``stored_bytes`` and ``deployment``).
 
 Timestep-aware, as in PTQ4DM and TFMQ-DM: calibration inputs are the exact calls the denoiser receives along
-the teacher's own sampling trajectory, over the whole schedule (``autoaccel.techniques.calibration``); the time,
+the teacher's own sampling trajectory, over the whole schedule (``autoaccel.reference.calibration``); the time,
 label and text-projection embeddings are a group of their own with their own bit width, and their activations
 stay float (they depend on t and the condition alone, so a deployment computes them once per step).
 
@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 import torch
 
 from autoaccel.errors import ConfigError, TechniqueError
+from autoaccel.reference.calibration import CALIBRATION_STEPS, Call, cached, replay, trajectory_calls
 from autoaccel.targets.layouts import layout_of
 from autoaccel.techniques.base import ParamSpec, Technique, register, require_types
-from autoaccel.techniques.calibration import CALIBRATION_STEPS, Call, cached, replay, trajectory_calls
 from autoaccel.techniques.quantization_kernels import QuantizedDeployment, quantized_bytes
 
 WEIGHT_BITS = range(2, 9)
@@ -309,7 +309,7 @@ def apply_quantization(pipeline, config: QuantizationConfig, target) -> None:
 
 def quantized_weights(unet, config: QuantizationConfig):
     """The calibrated model: its weights on their grids, and its plan (bits, activation ranges) as metadata."""
-    from autoaccel.artifacts import Artifact
+    from autoaccel.techniques.artifacts import Artifact
 
     plan = getattr(unet, "autoaccel_quantization", None)
     if not config.enabled or plan is None:

@@ -1,6 +1,6 @@
 """Technique ``solver``: which diffusers scheduler integrates the sampling ODE/SDE, with its order and variants.
 
-Every solver here runs an exact custom timestep list (see ``autoaccel.sampling.set_exact_timesteps``), so the
+Every solver here runs an exact custom timestep list (see ``autoaccel.pipeline.sampling.set_exact_timesteps``), so the
 ``timesteps`` technique can hand any schedule to any solver. DDIM is DPM-Solver++ of order 1 without
 clipping (the same update); diffusers' DDIMScheduler only knows evenly spaced steps.
 """
@@ -114,7 +114,7 @@ def scheduler_settings(config: SolverConfig) -> tuple[str, dict]:
 def build_scheduler(config: SolverConfig, base_scheduler_config: dict, family: str = "ddpm"):
     """A fresh scheduler of the solver's class, starting from the model's own scheduler config."""
     if family_named(family).places_sigmas:
-        from autoaccel.flow_matching import build_flow_scheduler
+        from autoaccel.techniques.flow_matching import build_flow_scheduler
 
         return build_flow_scheduler(config, base_scheduler_config)
     class_name, settings = scheduler_settings(config)

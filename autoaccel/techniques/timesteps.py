@@ -4,7 +4,7 @@ Parametric families (uniform with diffusers' three spacings, power, Karras, logS
 shift where it applies) and a free per-step schedule whose gaps are search dimensions (AutoDiffusion style).
 For DDPM-family models every schedule comes out as strictly decreasing integer timesteps inside
 [0, num_train_timesteps - 1]; for flow-matching models as strictly decreasing sigmas in (0, 1], the same
-families placed in the flow time variable (``autoaccel.flow_matching``), plus a logit-normal family.
+families placed in the flow time variable (``autoaccel.techniques.flow_matching``), plus a logit-normal family.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from autoaccel.targets.layouts import family_named
 from autoaccel.techniques.base import ParamSpec, Technique, register
 
 DDPM_FAMILIES = ("uniform_trailing", "uniform_leading", "uniform_linspace", "power", "karras", "logsnr", "free")
-FAMILIES = (*DDPM_FAMILIES, "logit_normal")  # logit_normal: flow-matching models (autoaccel.flow_matching)
+FAMILIES = (*DDPM_FAMILIES, "logit_normal")  # logit_normal: flow-matching models (autoaccel.techniques.flow_matching)
 UNIFORM_FAMILIES = FAMILIES[:3]
 MAX_STEPS = 1000  # what a space may search or fix; a model's own trained timesteps may bound it lower
 
@@ -154,7 +154,7 @@ def model_shift(target) -> float:
     dynamic one diffusers derives from the image's token count): what the uniform families reproduce."""
     import math
 
-    from autoaccel.sampling import dynamic_shift_mu
+    from autoaccel.pipeline.sampling import dynamic_shift_mu
 
     config = target.scheduler_config
     if config.get("use_dynamic_shifting"):
@@ -166,7 +166,7 @@ def model_shift(target) -> float:
 def apply_timesteps(pipeline, config: TimestepsConfig, target) -> None:
     """Places the plan's steps in the model's own time variable: integer timesteps, or flow-matching sigmas."""
     if target.schedule.places_sigmas:
-        from autoaccel.flow_matching import flow_sigmas
+        from autoaccel.techniques.flow_matching import flow_sigmas
 
         sigmas = flow_sigmas(
             config,
@@ -191,7 +191,7 @@ def timesteps_cost(config: TimestepsConfig) -> dict:
 
 def _family_choices(family: str) -> dict[str, tuple]:
     """A DDPM-family model places its steps by any of the DDPM families; a flow-matching model's schedule is
-    checked where it is placed (``autoaccel.flow_matching``)."""
+    checked where it is placed (``autoaccel.techniques.flow_matching``)."""
     return {} if family_named(family).places_sigmas else {"family": DDPM_FAMILIES}
 
 

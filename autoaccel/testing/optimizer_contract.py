@@ -1,7 +1,7 @@
 """The contract every optimizer backend keeps, as checks an extension can run on its own backend once it is
 registered (``autoaccel.optimizers.base.register_backend``). Each drives the backend the way
-``autoaccel.loop.run_search`` does: propose -> enqueue -> ask -> suggest -> evaluate -> tell -> observe, on a mixed,
-conditional space with a cheap two-objective function (fewer steps: faster but worse). No models are run::
+``autoaccel.search.loop.run_search`` does: propose -> enqueue -> ask -> suggest -> evaluate -> tell -> observe, on a
+mixed, conditional space with a cheap two-objective function (fewer steps: faster but worse). No models are run::
 
     from autoaccel.testing.optimizer_contract import check_backend
 
@@ -15,7 +15,7 @@ import optuna
 
 from autoaccel.optimizers.base import ProposingBackend, make_backend
 from autoaccel.optimizers.optuna_backend import suggest
-from autoaccel.space import active_params, parse_space
+from autoaccel.space.spaces import active_params, parse_space
 
 SPACE = parse_space(
     {

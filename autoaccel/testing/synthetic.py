@@ -12,9 +12,9 @@ import time
 
 import numpy as np
 
-from autoaccel.candidate import Candidate
 from autoaccel.measure.measurement import COMPLETE, Measurement
-from autoaccel.space import SearchSpace, parse_space
+from autoaccel.plan.candidate import Candidate
+from autoaccel.space.spaces import SearchSpace, parse_space
 
 STEPS = (3, 10)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from autoaccel.errors import TargetError
-from autoaccel.measure.features import EXTRACTORS
-from autoaccel.sampling import sampler_pipeline
+from autoaccel.metrics.features import EXTRACTORS
+from autoaccel.pipeline.sampling import sampler_pipeline
 from autoaccel.targets.base import Target
 from autoaccel.targets.loader import modules_hash
 from autoaccel.targets.registry import TargetKind, load_target, target_kind

@@ -22,13 +22,13 @@ from typing import Any
 
 import torch
 
-from autoaccel.candidate import Candidate, to_plain
 from autoaccel.measure.evaluator import CostSettings, Evaluator
 from autoaccel.measure.reference import QualityJudge
-from autoaccel.recipe import apply_recipe, build_recipe, load_recipe, save_recipe
-from autoaccel.sampling import SamplerPipeline
-from autoaccel.seeds import make_seed_batch, sample_in_chunks
-from autoaccel.space import parse_space
+from autoaccel.pipeline.sampling import SamplerPipeline
+from autoaccel.pipeline.seeds import make_seed_batch, sample_in_chunks
+from autoaccel.plan.candidate import Candidate, to_plain
+from autoaccel.plan.recipe import apply_recipe, build_recipe, load_recipe, save_recipe
+from autoaccel.space.spaces import parse_space
 from autoaccel.targets.base import Target, hash_weights
 from autoaccel.techniques.base import Technique, registered_techniques, unchanged_model_params
 

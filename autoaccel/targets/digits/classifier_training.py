@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from autoaccel.progress import Progress
 from autoaccel.targets.digits.classifier import DigitClassifier
 from autoaccel.targets.digits.data import load_digits_tensors, split_indices
+from autoaccel.util.progress import Progress
 
 
 def train_classifier(

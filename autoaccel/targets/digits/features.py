@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from autoaccel.measure.features import OneLayerFeatures, register_extractor, to_unit_range
+from autoaccel.metrics.features import OneLayerFeatures, register_extractor, to_unit_range
 
 DIGITS_EXTRACTOR = "autoaccel-digits-classifier-v1"  # change the suffix when the classifier is retrained
 

@@ -13,9 +13,9 @@ def load_digits_target(device: str = "cpu") -> Target:
     """The digits teacher, scored against the 1,797 real digits (less those held out for the FID floor) with the
     classifier's features."""
     from autoaccel.errors import TargetError
-    from autoaccel.imaging import to_uint8
     from autoaccel.targets.digits.data import load_digits_tensors
     from autoaccel.targets.loader import load_pipeline_folder
+    from autoaccel.util.imaging import to_uint8
 
     if not (teacher_dir() / "model_index.json").exists():
         raise TargetError(f"the embedded model is missing from {teacher_dir()}; run python -m autoaccel train-teacher")
@@ -72,8 +72,8 @@ def _score_against_digits(target: Target, classes: list[int | None]) -> None:
     """FID/KID against the 1,797 real digits (16x16; less those held out for the FID floor) with the classifier's
     features, and adherence: the share of images the classifier reads as the digit their class or prompt asks
     for."""
-    from autoaccel.imaging import to_uint8
     from autoaccel.targets.digits.latent.images import load_digits_16, to_classifier_resolution
+    from autoaccel.util.imaging import to_uint8
 
     real_images, real_labels = load_digits_16()
     target.real_images, target.real_labels = to_uint8(real_images), real_labels
@@ -91,7 +91,7 @@ def _read_digits(target: Target, classes: list[int | None], resize=None) -> None
     compared with ``classes``: the digit each condition index asks for (None: a condition that asks for none)."""
     import torch
 
-    from autoaccel.measure.adherence import ADHERENCE_KEY, CONDITION_CLASSES_KEY
+    from autoaccel.metrics.adherence import ADHERENCE_KEY, CONDITION_CLASSES_KEY
     from autoaccel.targets.digits.classifier import load_classifier
 
     classifier = load_classifier(classifier_weights_path())

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from autoaccel.targets.digits.data import IMAGE_SIZE, NUM_CLASSES, load_digits_tensors
-from autoaccel.training import clipped_step, ema_update
+from autoaccel.util.training import clipped_step, ema_update
 
 NULL_CLASS = NUM_CLASSES  # the extra class a label is dropped to, for classifier-free guidance
 

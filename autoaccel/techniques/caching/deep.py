@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from autoaccel.call_control import call_controller
 from autoaccel.errors import TechniqueError
+from autoaccel.pipeline.call_control import call_controller
 from autoaccel.targets.denoisers import predict
 from autoaccel.targets.layouts import layout_of
 from autoaccel.techniques.caching.method import (

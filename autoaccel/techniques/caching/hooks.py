@@ -291,7 +291,7 @@ class HookCache:
                 self.calibrations[_schedule_key(pipeline)] = self._calibrate(pipeline)
 
     def _calibrate(self, pipeline) -> Calibration:
-        from autoaccel.seeds import make_seed_batch
+        from autoaccel.pipeline.seeds import make_seed_batch
 
         target = self.target
         seeds = make_seed_batch(target.sample_shape, CALIBRATION_SAMPLES, CALIBRATION_SEED, target.condition_count)

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from autoaccel.call_control import CallController
 from autoaccel.errors import ConfigError, TechniqueError
+from autoaccel.pipeline.call_control import CallController
 from autoaccel.techniques.base import require_types
 
 NONE = "none"

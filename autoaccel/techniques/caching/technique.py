@@ -2,7 +2,7 @@
 methods (``autoaccel.techniques.caching.method``).
 
 The cached model is a shallow copy of the model whose forward is its method's per-call controller
-(``autoaccel.call_control``): the sampling loop asks it to ``prepare`` for a schedule (calibrate), to mark each
+(``autoaccel.pipeline.call_control``): the sampling loop asks it to ``prepare`` for a schedule (calibrate), to mark each
 ``running`` sampling run, and what the ``last_call_share`` of a full forward was. The model itself is never
 changed, so the teacher other plans run stays intact.
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from autoaccel.call_control import attach_controller, call_controller
 from autoaccel.errors import TechniqueError
+from autoaccel.pipeline.call_control import attach_controller, call_controller
 from autoaccel.techniques.base import ParamSpec, Technique, register
 from autoaccel.techniques.caching.deep import depth_limit
 from autoaccel.techniques.caching.hooks import HookCache

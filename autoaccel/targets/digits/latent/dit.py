@@ -30,7 +30,7 @@ from autoaccel.targets.digits.latent.training import (
     warmup_cosine,
 )
 from autoaccel.targets.digits.latent.vae import LATENT_CHANNELS, LATENT_SIZE, encode_digits, load_vae
-from autoaccel.training import clipped_step, ema_update
+from autoaccel.util.training import clipped_step, ema_update
 
 NULL_CLASS = 1000  # hard-coded in DiTPipeline.__call__
 DIFFUSERS_DEFAULT_GUIDANCE = 4.0  # DiTPipeline's own default, kept when no sweep is run

@@ -28,7 +28,7 @@ from autoaccel.targets.digits.latent.training import (
     warmup_cosine,
 )
 from autoaccel.targets.digits.latent.vae import LATENT_CHANNELS, LATENT_SIZE, encode_digits, load_vae
-from autoaccel.training import clipped_step, ema_update
+from autoaccel.util.training import clipped_step, ema_update
 
 DIFFUSERS_DEFAULT_GUIDANCE = 7.5  # StableDiffusionPipeline's own default, kept when no sweep is run
 

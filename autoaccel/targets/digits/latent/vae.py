@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from autoaccel.targets.digits.latent.images import LATENT_IMAGE_SIZE, load_digits_16
 from autoaccel.targets.digits.latent.training import seconds_since, warmup_cosine
-from autoaccel.training import clipped_step, ema_update
+from autoaccel.util.training import clipped_step, ema_update
 
 LATENT_CHANNELS = 4
 LATENT_SIZE = 4  # 16x16 -> 4x4: three blocks, two downsamplings

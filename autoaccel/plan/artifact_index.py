@@ -1,0 +1,49 @@
+"""Which model each stored artifact is: the artifact store is addressed by content (``<sha256>.safetensors``), so a
+process that did not produce a model cannot find it by the plan that makes it. This index can: one small JSON
+file per plan prefix (the model techniques up to and including one, with their versions and configs, on one
+target), in ``artifacts/index/``, naming the artifact's sha256 and the training minutes it cost.
+
+A resumed search, or a trial whose model was trained by an earlier trial no longer kept in memory, loads the
+model from its artifact instead of training it again (``Evaluator.configured_pipeline``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from autoaccel.plan.candidate import to_plain
+from autoaccel.techniques.artifacts import SHA256, ArtifactStore
+from autoaccel.util.files import write_atomically
+
+INDEX_DIR = "index"
+
+
+def plan_prefix_key(target_hash: str, steps: list[tuple[Any, Any]]) -> str:
+    """The identity of the model ``steps`` (model techniques in order) produce from the target's weights."""
+    described = [[technique.name, technique.version, to_plain(asdict(config))] for technique, config in steps]
+    text = json.dumps([target_hash, described], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def remember(store: ArtifactStore, key: str, technique: str, sha: str, train_minutes: float | None) -> None:
+    entry = {"technique": technique, "sha256": sha, "train_minutes": train_minutes}
+    path = store.folder / INDEX_DIR / f"{key}.json"
+    write_atomically(path, lambda temporary: temporary.write_text(json.dumps(entry)))
+
+
+def lookup(store: ArtifactStore, key: str) -> tuple[Path, str, float | None] | None:
+    """(file, sha256, training minutes) of the artifact stored under ``key``, if its file is there (its hash is
+    checked when it is loaded)."""
+    path = store.folder / INDEX_DIR / f"{key}.json"
+    with contextlib.suppress(OSError, ValueError):
+        entry = json.loads(path.read_text())
+        sha = entry.get("sha256")
+        if isinstance(sha, str) and SHA256.fullmatch(sha) and store.path_of(sha).is_file():
+            minutes = entry.get("train_minutes")
+            return store.path_of(sha), sha, float(minutes) if isinstance(minutes, int | float) else None
+    return None
