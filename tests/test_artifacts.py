@@ -16,7 +16,7 @@ from autoaccel.errors import RecipeError
 from autoaccel.pipeline.seeds import sample_in_chunks
 from autoaccel.plan.candidate import Candidate
 from autoaccel.plan.recipe import apply_recipe, build_recipe, save_recipe
-from autoaccel.techniques.artifacts import ARTIFACTS_DIR
+from autoaccel.util.artifacts import ARTIFACTS_DIR
 
 SPACE = """
 techniques: [pruning, quantization, solver, timesteps]
@@ -206,8 +206,8 @@ def _student_recipe(tiny_pipeline_dir: Path, run: Path, sampler: dict) -> Path:
     import json
 
     from autoaccel.targets.loader import load_pipeline_folder
-    from autoaccel.techniques.artifacts import Artifact, ArtifactStore
     from autoaccel.techniques.distillation import DISTILLATION
+    from autoaccel.util.artifacts import Artifact, ArtifactStore
 
     target = load_pipeline_folder(tiny_pipeline_dir, device="cpu")
     artifact = Artifact(dict(target.denoiser.state_dict()), {"prescribed_sampler": json.dumps(sampler)})
@@ -319,7 +319,7 @@ def test_an_artifact_that_is_not_a_regular_file_is_refused_unopened(capsys, tiny
 def test_an_artifact_is_hashed_before_it_is_read_whole(tmp_path):
     import tracemalloc
 
-    from autoaccel.techniques.artifacts import read_artifact
+    from autoaccel.util.artifacts import read_artifact
 
     large = tmp_path / f"{'0' * 64}.safetensors"
     with large.open("wb") as file:

@@ -19,7 +19,6 @@ from autoaccel.targets.base import hash_weights
 from autoaccel.targets.layouts import layout_of
 from autoaccel.targets.loader import load_pipeline_folder
 from autoaccel.techniques import pruning
-from autoaccel.techniques.artifacts import ArtifactStore, read_artifact
 from autoaccel.techniques.pruning import (
     PruningConfig,
     _attentions,
@@ -38,6 +37,7 @@ from autoaccel.techniques.quantization import (
     quantized_weights,
 )
 from autoaccel.testing.pipelines import IMAGE_SIZE, build_tiny_pipeline
+from autoaccel.util.artifacts import ArtifactStore, read_artifact
 
 KINDS = ("sd", "dit", "pixart_alpha", "sd3")
 TRANSFORMERS = ("dit", "pixart_alpha", "sd3")

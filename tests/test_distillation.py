@@ -47,9 +47,9 @@ def test_each_method_trains_prescribes_its_sampler_and_reapplies_from_its_artifa
     tiny_target, tmp_path, method, scheduler, changes_weights, monkeypatch
 ):
     from autoaccel.plan.apply import apply_plan
-    from autoaccel.techniques.artifacts import ArtifactStore
     from autoaccel.techniques.distillation import DISTILLATION, DistillationConfig
     from autoaccel.techniques.solver import SOLVER, SolverConfig
+    from autoaccel.util.artifacts import ArtifactStore
 
     config = DistillationConfig(method=method, steps=2, start_steps=8, **QUICK)
     store = ArtifactStore(tmp_path / "artifacts")
@@ -446,9 +446,9 @@ def test_students_of_prompt_and_class_conditioned_latent_models_run_one_branch_a
     from autoaccel.pipeline.seeds import make_seed_batch, sample_in_chunks
     from autoaccel.plan.apply import apply_plan
     from autoaccel.targets.loader import load_pipeline_folder
-    from autoaccel.techniques.artifacts import ArtifactStore
     from autoaccel.techniques.distillation import DISTILLATION, DistillationConfig
     from autoaccel.testing.pipelines import build_tiny_pipeline
+    from autoaccel.util.artifacts import ArtifactStore
 
     target = load_pipeline_folder(build_tiny_pipeline(kind, tmp_path / kind))
     assert target.conditions.guidable and target.vae is not None

@@ -53,7 +53,7 @@ def test_the_builder_records_the_whole_plan_and_lets_the_model_come_from_elsewhe
     plan = Plan.of([*SAMPLER, (PRUNING, PruningConfig(ratio=0.5))])
     built = build_pipeline(tiny_target, plan)
     assert built.plan.techniques == list(plan)
-    assert built.unet is not tiny_target.unet  # pruned
+    assert built.denoiser is not tiny_target.denoiser  # pruned
 
     handed = []
 
@@ -64,7 +64,7 @@ def test_the_builder_records_the_whole_plan_and_lets_the_model_come_from_elsewhe
 
     again = build_pipeline(tiny_target, plan, model_steps=kept_model)
     assert handed == [plan.model_steps]
-    assert again.unet is built.unet and again.plan.artifacts == {"pruning": "0" * 64}
+    assert again.denoiser is built.denoiser and again.plan.artifacts == {"pruning": "0" * 64}
     assert again.plan.techniques == list(plan)
     noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     labels = torch.tensor([0, 1])

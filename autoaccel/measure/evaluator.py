@@ -31,8 +31,8 @@ from autoaccel.plan.steps import Plan
 from autoaccel.reference.teacher import teacher_pipeline
 from autoaccel.space.spaces import SearchSpace
 from autoaccel.targets.base import Target
-from autoaccel.techniques.artifacts import ArtifactStore
 from autoaccel.techniques.base import TRAIN_MINUTES, simulations
+from autoaccel.util.artifacts import ArtifactStore
 from autoaccel.util.progress import Progress
 
 CHECKPOINTS_DIR = "checkpoints"  # under the run's artifacts folder: training runs an interrupt stopped

@@ -18,7 +18,7 @@ from autoaccel.errors import RecipeError
 from autoaccel.pipeline.prescribed import apply_prescribed
 from autoaccel.pipeline.sampling import sampler_pipeline
 from autoaccel.plan.steps import Plan
-from autoaccel.techniques.artifacts import ArtifactRef, ArtifactStore, read_artifact, relative_path
+from autoaccel.util.artifacts import ArtifactRef, ArtifactStore, read_artifact, relative_path
 
 # (pipeline, the plan's model steps) -> technique name -> sha256 of what was stored: applies the model steps its
 # own way (the evaluator's kept models and artifact index)

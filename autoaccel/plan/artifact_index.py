@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from autoaccel.plan.candidate import to_plain
-from autoaccel.techniques.artifacts import SHA256, ArtifactStore
+from autoaccel.util.artifacts import SHA256, ArtifactStore
 from autoaccel.util.files import write_atomically
 
 INDEX_DIR = "index"

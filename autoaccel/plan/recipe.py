@@ -39,7 +39,7 @@ from autoaccel.schedules.schedulers import (
     scheduler_class,
 )
 from autoaccel.schedules.solvers import check_guidance_scale
-from autoaccel.techniques.artifacts import ArtifactRef
+from autoaccel.util.artifacts import ArtifactRef
 from autoaccel.util.files import write_atomically
 
 RECIPE_FORMAT = 1

@@ -2,7 +2,7 @@
 
 Front points are turned into recipes, and their image grids are sampled through ``apply_recipe``: what the
 report shows is what a user who applies the recipe gets. Neither trains nor calibrates again: a recipe names the
-artifacts the evaluator stored for its trial (``autoaccel.techniques.artifacts``) and applying loads them.
+artifacts the evaluator stored for its trial (``autoaccel.util.artifacts``) and applying loads them.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from autoaccel.report.plots import hypervolume_plot, pareto_plot
 from autoaccel.report.recommend import recommendation_ties, recommended_plans
 from autoaccel.search.confirm import confirmation_sentence, shared_load_sentence
 from autoaccel.search.ledger import CONFIRMATION, DETAIL_PREFIX
-from autoaccel.techniques.artifacts import ARTIFACTS_DIR, ArtifactRef
+from autoaccel.util.artifacts import ARTIFACTS_DIR, ArtifactRef
 from autoaccel.util.files import write_atomically
 from autoaccel.util.imaging import save_grid
 

@@ -34,8 +34,8 @@ from autoaccel.space.fit import check_space_fits
 from autoaccel.space.spaces import SearchSpace, load_space
 from autoaccel.targets.base import Target
 from autoaccel.targets.registry import target_kind
-from autoaccel.techniques.artifacts import ARTIFACTS_DIR, ArtifactStore
 from autoaccel.techniques.base import target_limits
+from autoaccel.util.artifacts import ARTIFACTS_DIR, ArtifactStore
 from autoaccel.util.progress import duration
 
 CONFIG_FILE = "config.yaml"

@@ -12,8 +12,8 @@ from autoaccel.techniques.base import family_choices
 def check_space_fits(space: SearchSpace, target) -> None:
     """Raises ConfigError when a solver or schedule family the space names cannot run on ``target`` (each
     technique says which of its values a schedule family takes: ``Technique.family_choices``)."""
-    family = target.schedule_family
-    for key, allowed in family_choices(family).items():
+    family = target.schedule
+    for key, allowed in family_choices(family.name).items():
         named = _values(space, key)
         wrong = [value for value in named if value not in allowed]
         if wrong:

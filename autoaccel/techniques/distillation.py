@@ -241,7 +241,7 @@ def apply_distillation(pipeline, config: DistillationConfig, target) -> None:
 
 def distilled_weights(denoiser, config: DistillationConfig):
     """The artifact: a student's weights (none for a learned schedule) and its prescribed sampler as metadata."""
-    from autoaccel.techniques.artifacts import Artifact
+    from autoaccel.util.artifacts import Artifact
 
     sampler = prescription(denoiser)
     if not config.trains or sampler is None:

@@ -20,7 +20,7 @@ samples (no external data); its minutes are recorded as the trial's training cos
 denoiser on one call the sampling loop really makes, so every architecture gets its own keyword arguments.
 
 The pruned model is a copy: the target's denoiser is never touched. Its weights are stored as an artifact
-(``autoaccel.techniques.artifacts``), with the removed blocks named in its metadata: a recipe rebuilds the pruned
+(``autoaccel.util.artifacts``), with the removed blocks named in its metadata: a recipe rebuilds the pruned
 structure (only the shapes matter, so no recovery, no measurement and no teacher) and loads them, never training again.
 Everything is seeded, so without an artifact (a recipe written without a store) applying the same config to the
 same model gives the same weights on the same machine.
@@ -385,7 +385,7 @@ def apply_pruning(pipeline, config: PruningConfig, target) -> None:
 
 def pruned_weights(unet, config: PruningConfig):
     """The pruned (and recovered) denoiser's weights, and which blocks went; nothing where nothing was pruned."""
-    from autoaccel.techniques.artifacts import Artifact
+    from autoaccel.util.artifacts import Artifact
 
     if not config.prunes:
         return None

@@ -309,7 +309,7 @@ def apply_quantization(pipeline, config: QuantizationConfig, target) -> None:
 
 def quantized_weights(unet, config: QuantizationConfig):
     """The calibrated model: its weights on their grids, and its plan (bits, activation ranges) as metadata."""
-    from autoaccel.techniques.artifacts import Artifact
+    from autoaccel.util.artifacts import Artifact
 
     plan = getattr(unet, "autoaccel_quantization", None)
     if not config.enabled or plan is None:
