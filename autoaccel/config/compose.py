@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
+from autoaccel.config.schema import AutoaccelConfig
 from autoaccel.errors import ConfigError
+from autoaccel.util.resources import resource_dir
 
 _SCHEMA_REGISTERED = False
 
@@ -19,8 +21,6 @@ def _register_schema() -> None:
         return
     from hydra.core.config_store import ConfigStore
 
-    from autoaccel.config.schema import AutoaccelConfig
-
     ConfigStore.instance().store(name="autoaccel_schema", node=AutoaccelConfig)
     _SCHEMA_REGISTERED = True
 
@@ -30,8 +30,6 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
-
-    from autoaccel.util.resources import resource_dir
 
     _register_schema()
     try:

@@ -31,6 +31,7 @@ from autoaccel.distill.training import (
     run_settings,
     student_copy,
 )
+from autoaccel.schedules.schedulers import scheduler_from_settings
 from autoaccel.targets.denoisers import predict
 from autoaccel.util.training import clipped_step, ema_update
 
@@ -61,7 +62,6 @@ def lcm_settings(settings: ConsistencySettings) -> dict:
 
 
 def lcm_scheduler(target, settings: ConsistencySettings):
-    from autoaccel.schedules.schedulers import scheduler_from_settings
 
     base = {key: value for key, value in target.scheduler_config.items() if not key.startswith("_")}
     return scheduler_from_settings("LCMScheduler", base, lcm_settings(settings), "consistency")

@@ -12,6 +12,8 @@ import threading
 import torch
 
 from autoaccel.distill.diffusion import alpha_sigma, alphas_cumprod, prediction_to_x0
+from autoaccel.pipeline.seeds import make_seed_batch
+from autoaccel.reference.calibration import clean_samples as reference_samples
 from autoaccel.targets.conditions import concat_keywords
 from autoaccel.targets.denoisers import predict
 
@@ -66,7 +68,6 @@ def guided_output(denoiser, conditions, sample, timestep, labels, guidance: floa
 
 def clean_samples(target, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``count`` clean teacher samples (latents under a VAE) and their condition indices, cached per target."""
-    from autoaccel.reference.calibration import clean_samples as reference_samples
 
     return reference_samples(target, count, DATA_SEED_OFFSET + seed)
 
@@ -78,7 +79,6 @@ def ode_endpoints(target, count: int, seed: int) -> tuple[torch.Tensor, torch.Te
     with _LOCK:
         if key in _ENDPOINTS:
             return _ENDPOINTS[key]
-    from autoaccel.pipeline.seeds import make_seed_batch
     from autoaccel.reference.teacher import ode_reference_pipeline
 
     seeds = make_seed_batch(target.sample_shape, count, DATA_SEED_OFFSET + seed, target.condition_count)

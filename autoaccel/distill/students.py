@@ -10,6 +10,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
+from autoaccel.distill.training import forget_checkpoints
 from autoaccel.util.interrupts import pause_point
 
 KEPT = 16
@@ -57,7 +58,6 @@ def kept_student(key: Hashable, train: Callable[[], Any]) -> tuple[Any, float]:
 
 def forget_students() -> None:
     """Empties the store and the training checkpoints (tests that count training runs start from nothing)."""
-    from autoaccel.distill.training import forget_checkpoints
 
     with _LOCK:
         _STUDENTS.clear()

@@ -27,6 +27,7 @@ from autoaccel.plan import artifact_index
 from autoaccel.plan.apply import apply_plan, build_pipeline, technique_records
 from autoaccel.plan.artifact_index import plan_prefix_key
 from autoaccel.plan.candidate import Candidate, cost_key
+from autoaccel.plan.identity import plan_key
 from autoaccel.plan.steps import Plan
 from autoaccel.reference.teacher import teacher_pipeline
 from autoaccel.space.spaces import SearchSpace
@@ -269,7 +270,6 @@ class Evaluator:
     def plan_identity(self, candidate: Candidate) -> str:
         """Which plan ``candidate`` runs: equal for candidates whose parameters differ but whose computation does
         not (autoaccel.plan.identity). A plan that cannot even be built is its own; evaluating it records why."""
-        from autoaccel.plan.identity import plan_key
 
         try:
             return plan_key(self.target, candidate.plan(self.space.techniques))

@@ -39,10 +39,14 @@ from autoaccel.measure.feature_store import (
 )
 from autoaccel.metrics.adherence import target_adherence
 from autoaccel.metrics.bootstrap import PairedBootstrap
+from autoaccel.metrics.clip_score import load_clip_scorer, prompt_clip_score
+from autoaccel.metrics.features import ensemble_extractors
 from autoaccel.metrics.quality import (
     distribution_metrics,
     frechet_distance,
     image_features,
+    inception_features,
+    load_inception,
     paired_feature_distance,
     psnr,
     ssim,
@@ -53,6 +57,7 @@ from autoaccel.reference.teacher import ODE_REFERENCE_STEPS, ode_reference_pipel
 from autoaccel.targets.base import Target
 from autoaccel.techniques.base import sampler_adds_noise
 from autoaccel.util.files import write_atomically
+from autoaccel.util.imaging import to_uint8
 from autoaccel.util.progress import Progress
 
 HELD_OUT_REFERENCE = "real images less the floor's held-out set"  # what real-data FID is scored against
@@ -76,13 +81,9 @@ def configure_quality(target: Target, clip_model: str | None = None, inception_w
     hold what it should is a one-line ConfigError naming it. The figures mean something only with real weights."""
     options = QualityOptions()
     if clip_model:
-        from autoaccel.metrics.clip_score import load_clip_scorer
-
         options.clip = load_clip_scorer(clip_model)
         options.clip.model.to(next(target.denoiser.parameters()).device)
     if inception_weights:
-        from autoaccel.metrics.quality import load_inception
-
         options.inception = load_inception(str(inception_weights))
         options.inception_weights = str(inception_weights)
     target.metadata[QUALITY_OPTIONS_KEY] = options
@@ -171,7 +172,6 @@ class QualityJudge:
     def reference_images(self) -> tuple[torch.Tensor, str]:
         """uint8 reference images for FID and a cache key naming them: the real images less those held out for
         the floor, all of them where there are fewer than twice the judge's samples, or the reference call's."""
-        from autoaccel.util.imaging import to_uint8
 
         real = self.target.real_images
         if real is not None:
@@ -210,7 +210,6 @@ class QualityJudge:
     def set_features(self, kind: str) -> torch.Tensor | None:
         """Features of one of the fixed image sets (``feature_store.REFERENCE_SET``, ``HELD_OUT``,
         ``REFERENCE_CALL``, ``ODE``), computed once; None for a held-out set this target does not have."""
-        from autoaccel.util.imaging import to_uint8
 
         with self._lock:
             if kind not in self._set_features:
@@ -257,7 +256,6 @@ class QualityJudge:
             return self._score(images)
 
     def _score(self, images: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
-        from autoaccel.util.imaging import to_uint8
 
         reference, reference_key = self.reference_images()
         extractor = self.target.quality.extractor
@@ -283,14 +281,10 @@ class QualityJudge:
             metrics["adherence"] = adherence
         options = quality_options(self.target)
         if options.clip is not None:
-            from autoaccel.metrics.clip_score import prompt_clip_score
-
             clip = prompt_clip_score(options.clip, self.target, images, self.seeds.class_labels)
             if clip is not None:
                 metrics["clip_score"] = clip
         if options.inception is not None:
-            from autoaccel.metrics.quality import inception_features
-
             if self._inception_reference is None:
                 self._inception_reference = inception_features(options.inception, reference)
             inception = inception_features(options.inception, to_uint8(images))
@@ -301,7 +295,6 @@ class QualityJudge:
         """FID against the same reference images as ``fid``, averaged over ``ENSEMBLE_SIZE`` seeded random CNNs: a
         second opinion that does not hang on one random feature space (it ranked plans as well as ``fid`` in
         reports/bench/quality.md, within the intervals)."""
-        from autoaccel.metrics.features import ensemble_extractors
 
         extractors = ensemble_extractors()
         if reference_key not in self._ensemble_reference:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from autoaccel.errors import ConfigError
 from autoaccel.metrics.features import ensure_registered
 from autoaccel.util.imaging import to_uint8
 
@@ -219,8 +220,6 @@ def load_inception(weights_path: str):
     (``weights-inception-2015-12-05-6726825d.pth``; its ``feature_extractor_weights_path`` option). The file is
     first read as plain tensors, so a file that is not a state dict fails here rather than running its pickle."""
     from torch_fidelity.utils import create_feature_extractor
-
-    from autoaccel.errors import ConfigError
 
     path = Path(weights_path).expanduser()
     expected = "torch-fidelity's inception-v3-compat weights (weights-inception-2015-12-05-6726825d.pth)"

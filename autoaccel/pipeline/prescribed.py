@@ -15,6 +15,17 @@ from typing import Any
 
 import torch
 
+from autoaccel.errors import RecipeError
+from autoaccel.schedules.schedulers import (
+    MAX_INFERENCE_STEPS,
+    check_scheduler_settings,
+    is_timestep_schedule,
+    sampler_schedulers,
+    scheduler_class,
+    scheduler_from_settings,
+)
+from autoaccel.schedules.solvers import check_guidance_scale
+
 PRESCRIBED = "prescribed_sampler"  # the attribute a prescribing denoiser carries
 
 
@@ -34,15 +45,6 @@ def read_prescription(stored: Any, num_train_timesteps: int, source: str) -> Pre
     it: a scheduler a plan may run (``autoaccel.schedules.schedulers``) with bounded settings, strictly decreasing
     timesteps within the model's trained range, and a guidance scale in range; else a RecipeError naming the bad
     value."""
-    from autoaccel.errors import RecipeError
-    from autoaccel.schedules.schedulers import (
-        MAX_INFERENCE_STEPS,
-        check_scheduler_settings,
-        is_timestep_schedule,
-        sampler_schedulers,
-        scheduler_class,
-    )
-    from autoaccel.schedules.solvers import check_guidance_scale
 
     keys = ("scheduler_class", "timesteps", "guidance_scale", "settings")
     if not isinstance(stored, dict) or any(key not in stored for key in keys):
@@ -74,7 +76,6 @@ def prescription(denoiser) -> PrescribedSampler | None:
 
 def apply_prescribed(pipeline, target) -> None:
     """Sets the pipeline's scheduler, timesteps and guidance to its denoiser's prescription, if it has one."""
-    from autoaccel.schedules.schedulers import scheduler_from_settings
 
     sampler = prescription(pipeline.denoiser)
     if sampler is None:

@@ -23,7 +23,8 @@ from autoaccel.pipeline.call_control import call_controller
 from autoaccel.schedules.exact import set_exact_sigmas
 from autoaccel.schedules.schedulers import build_scheduler_from, model_schedulers, refuse_switched_settings
 from autoaccel.targets.conditions import CLASS, Conditions, concat_keywords
-from autoaccel.targets.denoisers import decode, predict
+from autoaccel.targets.denoisers import decode, predict, sample_shape
+from autoaccel.util.imaging import to_pil_images
 from autoaccel.util.interrupts import raise_if_cancelled
 
 
@@ -215,7 +216,6 @@ class SamplerPipeline(DiffusionPipeline):
         images = images.cpu()
         if output_type == "pt":
             return ImagePipelineOutput(images=images)
-        from autoaccel.util.imaging import to_pil_images
 
         return ImagePipelineOutput(images=to_pil_images(images))
 
@@ -241,7 +241,6 @@ def set_native_steps(scheduler, steps: int | None, denoiser, device) -> None:
 def dynamic_shift_mu(config, denoiser) -> float:
     """diffusers' resolution-dependent shift: linear in the image's token count between the scheduler's
     (base_image_seq_len, base_shift) and (max_image_seq_len, max_shift)."""
-    from autoaccel.targets.denoisers import sample_shape
 
     _, height, width = sample_shape(denoiser)
     patch = getattr(denoiser.config, "patch_size", 1) or 1

@@ -17,6 +17,7 @@ from typing import Any
 from autoaccel.errors import RecipeError
 from autoaccel.pipeline.prescribed import apply_prescribed
 from autoaccel.pipeline.sampling import sampler_pipeline
+from autoaccel.plan.candidate import to_plain
 from autoaccel.plan.steps import Plan
 from autoaccel.util.artifacts import ArtifactRef, ArtifactStore, read_artifact, relative_path
 
@@ -88,7 +89,6 @@ def apply_plan(
 def technique_records(pipeline) -> dict[str, dict[str, Any]]:
     """technique name -> what applying it computed from the pipeline that a recipe records (a cache's
     calibration), for the techniques of the pipeline's plan that record something."""
-    from autoaccel.plan.candidate import to_plain
 
     records = {}
     for technique, config in pipeline.plan.techniques:

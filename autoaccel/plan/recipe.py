@@ -23,12 +23,13 @@ import torch
 import yaml
 
 from autoaccel.config.values import MAX_SAMPLES, MAX_SEED
-from autoaccel.errors import RecipeError
+from autoaccel.errors import ConfigError, RecipeError, TechniqueError
 from autoaccel.front.objectives import MODEL_MEMORY_MEANING, describe_peak_memory
 from autoaccel.pipeline.sampling import SamplerPipeline, set_exact_timesteps
-from autoaccel.plan.apply import technique_records
+from autoaccel.plan.apply import build_pipeline, recipe_artifacts, technique_records
 from autoaccel.plan.candidate import to_plain
 from autoaccel.plan.steps import Plan
+from autoaccel.schedules.exact import set_exact_sigmas
 from autoaccel.schedules.schedulers import (
     MAX_INFERENCE_STEPS,
     build_scheduler_from,
@@ -39,6 +40,11 @@ from autoaccel.schedules.schedulers import (
     scheduler_class,
 )
 from autoaccel.schedules.solvers import check_guidance_scale
+from autoaccel.targets.base import Target
+from autoaccel.targets.layouts import has_denoiser
+from autoaccel.targets.loader import modules_hash, target_from_pipeline
+from autoaccel.targets.prompts import MAX_PROMPT_CHARS, MAX_PROMPTS
+from autoaccel.techniques.base import get_technique
 from autoaccel.util.artifacts import ArtifactRef
 from autoaccel.util.files import write_atomically
 
@@ -267,7 +273,6 @@ def _check_sigmas(sigmas: Any, timesteps: Any, source: str) -> None:
 
 
 def _check_prompts(prompts: Any, source: str) -> None:
-    from autoaccel.targets.prompts import MAX_PROMPT_CHARS, MAX_PROMPTS
 
     if prompts is None:
         return
@@ -367,8 +372,6 @@ def _scheduler_failure(class_name: str, config: dict, timesteps: list) -> Except
     try:
         scheduler = scheduler_class(class_name, "scheduler", ALLOWED_SCHEDULERS).from_config(config)
         if timesteps and isinstance(timesteps[0], float):
-            from autoaccel.schedules.exact import set_exact_sigmas
-
             set_exact_sigmas(scheduler, timesteps)
         else:
             set_exact_timesteps(scheduler, timesteps)
@@ -431,9 +434,6 @@ def apply_recipe(
 def _as_target(pipeline, recipe: dict[str, Any]):
     """A Target around what the user passed: a Target as it is, or a loaded diffusers pipeline of a supported
     class (its modules shared), conditioned as the recipe was (its null class, its prompts)."""
-    from autoaccel.targets.base import Target
-    from autoaccel.targets.layouts import has_denoiser
-    from autoaccel.targets.loader import target_from_pipeline
 
     if isinstance(pipeline, Target):
         return pipeline
@@ -450,7 +450,6 @@ def _as_target(pipeline, recipe: dict[str, Any]):
 
 def current_hash(target) -> str:
     """The weights hash of the target's modules as they are now (``autoaccel.targets.loader.model_hash``)."""
-    from autoaccel.targets.loader import modules_hash
 
     return modules_hash(target.denoiser, target.modules)
 
@@ -483,8 +482,6 @@ def recipe_plan(recipe: dict[str, Any]) -> Plan:
     Only registered technique names are looked up, and their configs are plain dataclass fields checked by the
     config's own validation: nothing named in the file is imported.
     """
-    from autoaccel.errors import ConfigError
-    from autoaccel.techniques.base import get_technique
 
     techniques = recipe.get("techniques") or {}
     if not isinstance(techniques, dict):
@@ -515,9 +512,6 @@ def _build(recipe: dict[str, Any], target, folder: Path, log: Callable[[str], No
     techniques give; the recipe's written scheduler, guidance and timesteps run only for what no technique of it
     decides (``Plan.decides``: a hand-written recipe without a solver or timesteps technique)."""
     from dataclasses import replace
-
-    from autoaccel.errors import TechniqueError
-    from autoaccel.plan.apply import build_pipeline, recipe_artifacts
 
     plan = recipe_plan(recipe)
     base_config = recipe["base_model"].get("scheduler_config") or recipe["scheduler"]["config"]

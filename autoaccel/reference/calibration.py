@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from autoaccel.pipeline.seeds import make_seed_batch
 from autoaccel.util.interrupts import raise_if_cancelled
 from autoaccel.util.progress import Progress
 
@@ -71,7 +72,6 @@ def trajectory_calls(target, samples: int, seed: int, steps: int = CALIBRATION_S
 
 
 def _capture_trajectory(target, samples: int, seed: int, steps: int) -> list[Call]:
-    from autoaccel.pipeline.seeds import make_seed_batch
     from autoaccel.reference.teacher import ode_reference_pipeline
     from autoaccel.techniques.timesteps import TimestepsConfig, apply_timesteps
 
@@ -285,7 +285,6 @@ def clean_samples(target, count: int, seed: int) -> tuple[torch.Tensor, torch.Te
 
 def _clean(target, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The ODE reference's final samples (before decoding) on ``count`` seeds, with their condition indices."""
-    from autoaccel.pipeline.seeds import make_seed_batch
     from autoaccel.reference.teacher import ode_reference_pipeline
 
     seeds = make_seed_batch(target.sample_shape, count, seed, target.condition_count)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from autoaccel.errors import ConfigError
 from autoaccel.pipeline.sampling import sampler_pipeline
+from autoaccel.schedules.solvers import all_solver_names
 from autoaccel.targets.base import Target
 from autoaccel.techniques.solver import SOLVER, SolverConfig
 from autoaccel.techniques.timesteps import TIMESTEPS, TimestepsConfig
@@ -37,7 +38,6 @@ class ReferenceSpec:
 
 def parse_reference(text: str | None) -> ReferenceSpec:
     """``default`` or ``<solver>-<steps>``; a one-line error naming what is valid otherwise."""
-    from autoaccel.schedules.solvers import all_solver_names
 
     if text in (None, "", DEFAULT_REFERENCE):
         return ReferenceSpec(None, None)

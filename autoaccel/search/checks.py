@@ -12,7 +12,11 @@ from omegaconf import DictConfig, OmegaConf
 from autoaccel.config.values import MAX_SAMPLES, MAX_SEED, check_folder
 from autoaccel.errors import ConfigError
 from autoaccel.front.limits import LIMIT_OPTIONS, check_limit_value
+from autoaccel.reference.teacher import parse_reference
+from autoaccel.schedules.schedulers import MAX_INFERENCE_STEPS
 from autoaccel.search.liveness import LivenessSettings
+from autoaccel.targets.loader import check_device
+from autoaccel.targets.registry import target_kind
 
 # Backends that breed generations of ``optimizer.population_size`` individuals (optuna needs at least 2).
 POPULATION_BACKENDS = ("optuna_nsga2", "optuna_nsga3", "pymoo_nsga2", "pymoo_nsga3", "pymoo_smsemoa")
@@ -62,7 +66,6 @@ def validate_config(config: DictConfig) -> None:
 
 def check_warm_start(steps: list) -> None:
     """``budget.warm_start_steps``: step counts a standard configuration can run (0 would be dropped unseen)."""
-    from autoaccel.schedules.schedulers import MAX_INFERENCE_STEPS
 
     for step_count in steps:
         if (
@@ -112,8 +115,6 @@ def check_population(config: DictConfig) -> None:
 
 def check_target(config: DictConfig) -> None:
     """A folder given to the embedded model would be ignored without a word; a missing GPU blamed on weights."""
-    from autoaccel.targets.loader import check_device
-    from autoaccel.targets.registry import target_kind
 
     if not target_kind(str(config.target.name)).takes_path and config.target.get("path"):
         raise ConfigError(
@@ -121,7 +122,6 @@ def check_target(config: DictConfig) -> None:
             f"is the embedded model); add target=pipeline to search that folder, or drop target.path"
         )
     check_device(str(config.target.device))
-    from autoaccel.reference.teacher import parse_reference
 
     parse_reference(str(config.target.get("reference") or "default"))
     data = config.target.get("data")

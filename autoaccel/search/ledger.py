@@ -21,6 +21,7 @@ from autoaccel.front.limits import Limit, within_limits
 from autoaccel.front.objectives import METRIC_COLUMNS
 from autoaccel.measure.measurement import Measurement
 from autoaccel.plan.candidate import Candidate
+from autoaccel.search.liveness import DEAD_WORKER
 
 if TYPE_CHECKING:
     from autoaccel.search.fingerprint import Fingerprint
@@ -38,7 +39,6 @@ CONFIRMATION = "latency_confirmation"  # study attribute: front latencies re-tim
 
 def not_a_result(failure: str | None) -> bool:
     """A failure that says nothing about the candidate (the run stopped, or its worker died): it is re-queued."""
-    from autoaccel.search.liveness import DEAD_WORKER
 
     return failure is not None and (failure == INTERRUPTED or failure.startswith(DEAD_WORKER))
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import optuna
 
+from autoaccel.errors import ConfigError
+
 BEAT = "liveness.beat"
 WORKER = "liveness.worker"
 DEAD_WORKER = "its worker stopped sending heartbeats (killed or lost); evaluated again"
@@ -40,7 +42,6 @@ class LivenessSettings:
     grace_s: float = 60.0
 
     def __post_init__(self) -> None:
-        from autoaccel.errors import ConfigError
 
         if not 0 < self.interval_s < self.grace_s:
             raise ConfigError(

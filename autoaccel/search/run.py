@@ -20,21 +20,26 @@ from autoaccel.front.limits import check_teacher_ratios
 from autoaccel.front.objectives import objective_directions, resolve_objectives
 from autoaccel.measure.evaluator import CostSettings, Evaluator
 from autoaccel.measure.feature_store import FEATURES_DIR, FeatureStore
-from autoaccel.measure.reference import QualityJudge
-from autoaccel.optimizers.base import OptimizerBackend
+from autoaccel.measure.reference import QualityJudge, configure_quality
+from autoaccel.metrics.adherence import adherence_reader
+from autoaccel.optimizers.base import OptimizerBackend, make_backend
 from autoaccel.reference.teacher import describe_reference, reference_steps
 from autoaccel.search.checks import validate_config
 from autoaccel.search.estimate import SearchEstimate, chunk_count, reference_calls_per_image, time_calls
 from autoaccel.search.fidelity import FidelityLadder
 from autoaccel.search.fingerprint import settings_fingerprint
 from autoaccel.search.ledger import LEDGER_FILE, Ledger, default_storage, shown_url
+from autoaccel.search.liveness import LivenessSettings, claim_once
 from autoaccel.search.study_lock import StudyLock
 from autoaccel.space.choice import resolve_space_name
 from autoaccel.space.fit import check_space_fits
 from autoaccel.space.spaces import SearchSpace, load_space
 from autoaccel.targets.base import Target
+from autoaccel.targets.data_folder import load_target_data
+from autoaccel.targets.loader import default_device
+from autoaccel.targets.registry import load_target as load_kind
 from autoaccel.targets.registry import target_kind
-from autoaccel.techniques.base import target_limits
+from autoaccel.techniques.base import get_technique, target_limits
 from autoaccel.util.artifacts import ARTIFACTS_DIR, ArtifactStore
 from autoaccel.util.progress import duration
 
@@ -57,8 +62,6 @@ class RunContext:
 
 
 def load_target(config: DictConfig) -> Target:
-    from autoaccel.targets.loader import default_device
-    from autoaccel.targets.registry import load_target as load_kind
 
     path = None if OmegaConf.is_missing(config.target, "path") else config.target.path
     prompts = config.target.get("prompts")
@@ -66,10 +69,7 @@ def load_target(config: DictConfig) -> Target:
     target.reference = str(config.target.get("reference") or "default")
     target.ode_steps = int(config.quality.get("ode_steps", 200))
     if config.target.get("data"):
-        from autoaccel.targets.data_folder import load_target_data
-
         load_target_data(target, str(config.target.data))
-    from autoaccel.measure.reference import configure_quality
 
     configure_quality(target, config.quality.get("clip_model"), config.quality.get("inception_weights"))
     return target
@@ -129,7 +129,6 @@ def prepare_run(
 def _prepare(
     config: DictConfig, run_dir: Path, storage: str, study_name: str, for_search: bool, lock: StudyLock | None
 ) -> RunContext:
-    from autoaccel.optimizers.base import make_backend
 
     target = load_target(config)
     objectives = resolve_objectives(list(config.objectives), target)
@@ -243,7 +242,6 @@ def open_run(run_dir: Path, hold: bool = False, wait: Callable[[str], None] | No
 
 def check_adherence_limit(budget, target: Target) -> None:
     """``budget.min_adherence`` needs a target whose images a classifier reads (the embedded digit models)."""
-    from autoaccel.metrics.adherence import adherence_reader
 
     if budget.get("min_adherence") is not None and adherence_reader(target) is None:
         raise ConfigError(
@@ -257,8 +255,6 @@ def with_training_cap(space: SearchSpace, minutes: float | None) -> SearchSpace:
     where the space does not set one itself: a trial that trains longer fails with the reason, and the search
     goes on."""
     from dataclasses import replace
-
-    from autoaccel.techniques.base import get_technique
 
     if minutes is None:
         return space
@@ -281,7 +277,6 @@ def ensure_teacher(context: RunContext, log) -> dict:
         return stored
     if not context.config.storage:  # the run folder's own ledger: this process holds it alone
         return _measure_teacher(context, log)
-    from autoaccel.search.liveness import LivenessSettings, claim_once
 
     liveness = LivenessSettings(float(context.config.liveness.interval_s), float(context.config.liveness.grace_s))
 

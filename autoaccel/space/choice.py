@@ -13,6 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from autoaccel.targets.layouts import family_named
+from autoaccel.targets.registry import target_kind
 from autoaccel.targets.summary import folder_summary
 
 AUTO = "auto"
@@ -24,7 +25,6 @@ def resolve_space_name(config: DictConfig) -> str:
     name = str(config.space)
     if name != AUTO:
         return name
-    from autoaccel.targets.registry import target_kind
 
     kind = target_kind(str(config.target.name))
     if kind.summary is not None:

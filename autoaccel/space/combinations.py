@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from autoaccel.errors import ConfigError
+from autoaccel.techniques.base import get_technique
 
 if TYPE_CHECKING:
     from autoaccel.space.spaces import Dimension
@@ -30,7 +31,6 @@ def check_combinations(
     techniques: tuple[str, ...], dimensions: tuple[Dimension, ...], fixed: Mapping[str, Any], source: str
 ) -> None:
     """Raises ConfigError naming the first combination of a technique's settings its config refuses."""
-    from autoaccel.techniques.base import get_technique
 
     for name in techniques:
         technique = get_technique(name)

@@ -23,6 +23,8 @@ import yaml
 
 from autoaccel.errors import ConfigError
 from autoaccel.space.combinations import check_combinations
+from autoaccel.techniques.base import get_technique, registered_techniques
+from autoaccel.util.resources import resource_dir
 
 if TYPE_CHECKING:
     from autoaccel.techniques.base import ParamSpec, Technique
@@ -172,7 +174,6 @@ def describe(dimension: Dimension) -> str:
 
 def spaces_dir() -> Path:
     """The bundled space files: ``search_spaces/`` at the top of a checkout, or inside the installed package."""
-    from autoaccel.util.resources import resource_dir
 
     return resource_dir("search_spaces")
 
@@ -268,7 +269,6 @@ def parse_space(document: Any, source: str = "<memory>") -> SearchSpace:
 
 
 def _parse_techniques(raw: Any, source: str) -> tuple[str, ...]:
-    from autoaccel.techniques.base import get_technique, registered_techniques
 
     if not isinstance(raw, list) or not raw:
         raise ConfigError(f"{source}: 'techniques' must be a non-empty list of technique names")
@@ -294,7 +294,6 @@ def _parse_text(value: Any, where: str) -> str:
 
 
 def _technique_of(key: Any, techniques: tuple[str, ...], source: str) -> Technique:
-    from autoaccel.techniques.base import get_technique
 
     prefix, dot, setting = key.partition(".") if isinstance(key, str) else ("", "", "")
     if not dot or not setting or prefix not in techniques:
@@ -336,7 +335,6 @@ def _narrowed(dimension: Dimension, target_limits: Mapping[str, int | tuple]) ->
 
 def _declared_spec(key: str) -> ParamSpec | None:
     """The spec a technique declares for ``key``, or None (an unknown technique or setting)."""
-    from autoaccel.techniques.base import get_technique
 
     prefix, _, setting = key.partition(".")
     try:
@@ -502,7 +500,6 @@ def _parse_when(raw: Any, earlier: list[Dimension], where: str) -> tuple[tuple[s
 
 def _schedule_setting(name: str, techniques: tuple[str, ...], where: str, source: str) -> tuple[str, ParamSpec]:
     """The list setting a schedule dimension searches (``timesteps.gap`` -> ``timesteps.gaps``) and its spec."""
-    from autoaccel.techniques.base import get_technique
 
     technique = _technique_of(name, techniques, source)
     found = technique.list_spec(name.split(".", 1)[1])

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from autoaccel.errors import ConfigError
+from autoaccel.metrics.quality import image_features
 from autoaccel.targets.base import QualityReference, Target
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -124,7 +125,6 @@ def load_target_data(target: Target, folder: str | Path, max_images: int = DEFAU
 
     FID compares feature covariances: the real images' is full rank only with more images than the extractor has
     features (one image gives none at all), so a folder with fewer is refused before any image is read."""
-    from autoaccel.metrics.quality import image_features
 
     shape = image_shape(target)
     extractor = target.quality.extractor

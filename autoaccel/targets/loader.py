@@ -16,6 +16,8 @@ from autoaccel.schedules.schedulers import MAX_INFERENCE_STEPS, build_scheduler_
 from autoaccel.targets.base import DefaultCall, QualityReference, Target, hash_weights
 from autoaccel.targets.conditions import CLASS, PROMPT, Conditions
 from autoaccel.targets.layouts import LAYOUTS, VAE_SCALE, layout_of, pipeline_denoiser
+from autoaccel.targets.prompt_sets import resolve_prompts
+from autoaccel.targets.prompts import encode_prompts
 
 SUPPORTED_PIPELINES = {
     # pipeline class -> how its images are conditioned (autoaccel.targets.conditions)
@@ -338,8 +340,6 @@ def _dit_labels(pipeline, count: int) -> list[str]:
 def prompt_conditions(pipeline, prompts: str | list[str] | None, extra_path: Path) -> Conditions:
     """The prompt set encoded once by the pipeline's own text encoder(s), with the empty negative prompt for
     guidance; the encoder is kept so latency can time encoding as a deployment does it."""
-    from autoaccel.targets.prompt_sets import resolve_prompts
-    from autoaccel.targets.prompts import encode_prompts
 
     texts = resolve_prompts(prompts, extra_path.parent if extra_path.name == "autoaccel.json" else None)
     device = pipeline_denoiser(pipeline).device

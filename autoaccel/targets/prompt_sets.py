@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from autoaccel.errors import TargetError
+from autoaccel.targets.digits.latent.prompts import PROMPTS as DIGIT_PROMPTS
+from autoaccel.targets.prompts import load_prompts
 
 # Short, varied prompts for a model of any domain: enough distinct conditions to see prompt adherence change,
 # few enough that each is sampled several times at the default sample count.
@@ -31,7 +33,6 @@ GENERAL_PROMPTS = (
 
 
 def bundled_sets() -> dict[str, list[str]]:
-    from autoaccel.targets.digits.latent.prompts import PROMPTS as DIGIT_PROMPTS  # (prompt, digit) pairs
 
     return {"general": list(GENERAL_PROMPTS), "digits": [prompt for prompt, _ in DIGIT_PROMPTS]}
 
@@ -39,7 +40,6 @@ def bundled_sets() -> dict[str, list[str]]:
 def resolve_prompts(prompts: str | list[str] | None, folder: Path | None = None) -> list[str]:
     """The prompt list ``prompts`` names (a file, or a bundled set; a list is taken as it is), or the default
     for ``folder``."""
-    from autoaccel.targets.prompts import load_prompts
 
     if isinstance(prompts, list | tuple):
         return [str(prompt) for prompt in prompts]

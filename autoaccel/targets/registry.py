@@ -11,6 +11,10 @@ from dataclasses import dataclass
 
 from autoaccel.errors import ConfigError, TargetError
 from autoaccel.targets.base import Target
+from autoaccel.targets.digits.model import load_digits_dit_target, load_digits_t2i_target, load_digits_target
+from autoaccel.targets.digits.weights import WEIGHTS_DIR
+from autoaccel.targets.loader import load_pipeline_folder
+from autoaccel.targets.summary import folder_summary
 
 
 @dataclass(frozen=True)
@@ -73,32 +77,26 @@ def embedded_kind(name: str | None) -> TargetKind | None:
 
 
 def _load_digits(path: str | None, device: str) -> Target:
-    from autoaccel.targets.digits.model import load_digits_target
 
     return load_digits_target(device)
 
 
 def _load_digits_t2i(path: str | None, device: str, prompts: str | None = None) -> Target:
-    from autoaccel.targets.digits.model import load_digits_t2i_target
 
     return load_digits_t2i_target(device, prompts)
 
 
 def _load_digits_dit(path: str | None, device: str) -> Target:
-    from autoaccel.targets.digits.model import load_digits_dit_target
 
     return load_digits_dit_target(device)
 
 
 def _load_folder(path: str | None, device: str, prompts: str | None = None) -> Target:
-    from autoaccel.targets.loader import load_pipeline_folder
 
     return load_pipeline_folder(str(path), device=device, prompts=prompts)
 
 
 def _embedded_guidance(folder: str) -> float:
-    from autoaccel.targets.digits.weights import WEIGHTS_DIR
-    from autoaccel.targets.summary import folder_summary
 
     return folder_summary(WEIGHTS_DIR / folder)[1]
 

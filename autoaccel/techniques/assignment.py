@@ -15,8 +15,13 @@ from dataclasses import dataclass
 
 import torch
 
+from autoaccel.distill.data import guidance_of
+from autoaccel.distill.diffusion import alpha_sigma, alphas_cumprod, prediction_to_x0
 from autoaccel.errors import ConfigError, TechniqueError
 from autoaccel.pipeline.prescribed import PRESCRIBED, prescription
+from autoaccel.targets.conditions import concat_keywords
+from autoaccel.targets.denoisers import predict
+from autoaccel.targets.layouts import layout_of
 from autoaccel.techniques.base import ParamSpec, Technique, register, require_types
 
 PLACES = ("first", "last")
@@ -47,7 +52,6 @@ class StepAssigned(torch.nn.Module):
 
     def __init__(self, student, teacher, target, teacher_timesteps: set[int], guidance: float) -> None:
         super().__init__()
-        from autoaccel.distill.diffusion import alphas_cumprod
 
         self.student = student
         self.teacher = teacher
@@ -80,10 +84,6 @@ class StepAssigned(torch.nn.Module):
         return 2 if self.runs_teacher(timestep) and guided else 1
 
     def forward(self, sample, timestep, **keywords):
-        from autoaccel.distill.diffusion import alpha_sigma, prediction_to_x0
-        from autoaccel.targets.conditions import concat_keywords
-        from autoaccel.targets.denoisers import predict
-        from autoaccel.targets.layouts import layout_of
 
         if not self.runs_teacher(timestep):
             return self.student(sample, timestep=timestep, **layout_of(self.student).fixed, **keywords)
@@ -118,7 +118,6 @@ def _null_keywords(conditions, keywords: dict, rows: int) -> dict:
 def apply_assignment(pipeline, config: AssignmentConfig, target) -> None:
     if config.teacher_steps == 0:
         return
-    from autoaccel.distill.data import guidance_of
 
     sampler = prescription(pipeline.denoiser)
     if sampler is None or pipeline.denoiser is target.denoiser:

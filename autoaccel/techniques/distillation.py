@@ -32,9 +32,18 @@ from typing import Any
 
 import torch
 
+from autoaccel.distill.consistency import ConsistencySettings, consistency_student, lcm_scheduler, lcm_settings
+from autoaccel.distill.data import guidance_of
+from autoaccel.distill.diffusion import SCHEDULER_PREDICTION, alphas_cumprod, trailing_grid
+from autoaccel.distill.learned_schedule import learned_timesteps
+from autoaccel.distill.progressive import ProgressiveSettings, progressive_student
+from autoaccel.distill.students import kept_student
+from autoaccel.distill.training import TrainSettings, share_of
 from autoaccel.errors import ConfigError, TechniqueError
 from autoaccel.pipeline.prescribed import PrescribedSampler, prescribe, prescription, read_prescription
 from autoaccel.techniques.base import TRAIN_MINUTES, ParamSpec, Technique, register, require_types
+from autoaccel.techniques.solver import NEUTRAL_OVERRIDES
+from autoaccel.util.artifacts import Artifact
 
 METHODS = ("none", "progressive", "consistency", "learned_schedule")
 # Optimizer steps of one training: the bundled spaces train a few hundred, a large model's distillation some
@@ -162,7 +171,6 @@ DISTILLATION_PARAMS = {
 
 
 def _train_settings(config: DistillationConfig):
-    from autoaccel.distill.training import TrainSettings
 
     rate = config.schedule_learning_rate if config.method == "learned_schedule" else config.learning_rate
     return TrainSettings(
@@ -178,7 +186,6 @@ def _train_settings(config: DistillationConfig):
 
 def _ddim_sampler(timesteps: list[int], prediction: str, guidance: float) -> PrescribedSampler:
     """Deterministic DDIM (DPM-Solver++ of order 1, to a zero final sigma) on exact timesteps."""
-    from autoaccel.techniques.solver import NEUTRAL_OVERRIDES
 
     settings = {
         **NEUTRAL_OVERRIDES,
@@ -193,9 +200,6 @@ def _ddim_sampler(timesteps: list[int], prediction: str, guidance: float) -> Pre
 
 def distilled_model(pipeline, config: DistillationConfig, target, log=None) -> tuple[torch.nn.Module, float]:
     """The denoiser this config produces, carrying its prescribed sampler, and the training minutes it took."""
-    from autoaccel.distill.data import guidance_of
-    from autoaccel.distill.diffusion import SCHEDULER_PREDICTION, alphas_cumprod, trailing_grid
-    from autoaccel.distill.training import share_of
 
     if pipeline.denoiser is not target.denoiser:
         raise TechniqueError("distillation runs on the target's own model; it cannot follow pruning or quantization")
@@ -203,15 +207,11 @@ def distilled_model(pipeline, config: DistillationConfig, target, log=None) -> t
     train = _train_settings(config)
     prediction = SCHEDULER_PREDICTION[config.student_target]
     if config.method == "progressive":
-        from autoaccel.distill.progressive import ProgressiveSettings, progressive_student
-
         settings = ProgressiveSettings(config.start_steps, config.student_target, config.weighting)
         student, minutes = progressive_student(target, config.steps, settings, train, log, config.train_share)
         grid = trailing_grid(config.steps, target.num_train_timesteps)
         return prescribe(copy.copy(student), _ddim_sampler(grid, prediction, 1.0)), minutes
     if config.method == "consistency":
-        from autoaccel.distill.consistency import ConsistencySettings, consistency_student, lcm_scheduler, lcm_settings
-
         settings = ConsistencySettings(
             config.original_steps, config.loss, float(config.huber_c), float(config.target_ema), config.student_target
         )
@@ -222,8 +222,6 @@ def distilled_model(pipeline, config: DistillationConfig, target, log=None) -> t
         timesteps = tuple(int(step) for step in scheduler.timesteps)
         sampler = PrescribedSampler("LCMScheduler", timesteps, 1.0, lcm_settings(settings))
         return prescribe(copy.copy(student), sampler), minutes
-    from autoaccel.distill.learned_schedule import learned_timesteps
-    from autoaccel.distill.students import kept_student
 
     key = ("learned_schedule", target.content_hash, config.steps, train)
     (timesteps, _), minutes = kept_student(key, lambda: learned_timesteps(target, config.steps, train, log))
@@ -241,7 +239,6 @@ def apply_distillation(pipeline, config: DistillationConfig, target) -> None:
 
 def distilled_weights(denoiser, config: DistillationConfig):
     """The artifact: a student's weights (none for a learned schedule) and its prescribed sampler as metadata."""
-    from autoaccel.util.artifacts import Artifact
 
     sampler = prescription(denoiser)
     if not config.trains or sampler is None:

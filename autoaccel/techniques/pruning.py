@@ -43,6 +43,8 @@ from autoaccel.reference.calibration import noised_batch, replay, to_device, tra
 from autoaccel.targets.denoisers import predict
 from autoaccel.targets.layouts import STAGES, DenoiserLayout, layout_of
 from autoaccel.techniques.base import TRAIN_MINUTES, ParamSpec, Technique, register, require_types
+from autoaccel.techniques.quantization import quantization_plan
+from autoaccel.util.artifacts import Artifact
 
 IMPORTANCES = ("magnitude", "taylor", "random")
 CALIBRATION_SAMPLES = 64  # noised teacher samples the Taylor importance is taken on
@@ -340,7 +342,6 @@ def prune_unet(unet, config: PruningConfig, target=None, removed_blocks: list[in
     ``removed_blocks``: remove exactly these blocks instead of measuring which matter least (a rebuild from an
     artifact). The copy carries the removed blocks' indices as ``removed_blocks``.
     """
-    from autoaccel.techniques.quantization import quantization_plan
 
     if quantization_plan(unet) is not None:
         raise TechniqueError(
@@ -385,7 +386,6 @@ def apply_pruning(pipeline, config: PruningConfig, target) -> None:
 
 def pruned_weights(unet, config: PruningConfig):
     """The pruned (and recovered) denoiser's weights, and which blocks went; nothing where nothing was pruned."""
-    from autoaccel.util.artifacts import Artifact
 
     if not config.prunes:
         return None

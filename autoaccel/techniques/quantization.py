@@ -32,9 +32,11 @@ import torch
 
 from autoaccel.errors import ConfigError, TechniqueError
 from autoaccel.reference.calibration import CALIBRATION_STEPS, Call, cached, replay, trajectory_calls
+from autoaccel.targets.base import hash_weights
 from autoaccel.targets.layouts import layout_of
 from autoaccel.techniques.base import ParamSpec, Technique, register, require_types
 from autoaccel.techniques.quantization_kernels import QuantizedDeployment, quantized_bytes
+from autoaccel.util.artifacts import Artifact
 
 WEIGHT_BITS = range(2, 9)
 ACTIVATION_BITS = (None, 8, 16)
@@ -273,7 +275,6 @@ def _calibrate_activations(denoiser, calls: list[Call], names: list[str]) -> dic
 def quantize_unet(unet, config: QuantizationConfig, target) -> torch.nn.Module:
     """A copy of ``unet`` (any supported denoiser) with the plan's weights on their grids and activation
     fake-quant hooks attached."""
-    from autoaccel.targets.base import hash_weights
 
     if target is None:
         raise TechniqueError("quantization needs the target's teacher trajectory for calibration")
@@ -309,7 +310,6 @@ def apply_quantization(pipeline, config: QuantizationConfig, target) -> None:
 
 def quantized_weights(unet, config: QuantizationConfig):
     """The calibrated model: its weights on their grids, and its plan (bits, activation ranges) as metadata."""
-    from autoaccel.util.artifacts import Artifact
 
     plan = getattr(unet, "autoaccel_quantization", None)
     if not config.enabled or plan is None:

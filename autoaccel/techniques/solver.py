@@ -18,6 +18,7 @@ from autoaccel.schedules.schedulers import scheduler_from_settings
 from autoaccel.schedules.solvers import FLOW_SOLVERS, MAX_GUIDANCE, SOLVERS, SolverSpec, all_solver_names
 from autoaccel.targets.layouts import family_named
 from autoaccel.techniques.base import ParamSpec, Technique, register
+from autoaccel.techniques.flow_matching import build_flow_scheduler
 
 FINAL_SIGMAS = ("zero", "sigma_min")
 
@@ -114,8 +115,6 @@ def scheduler_settings(config: SolverConfig) -> tuple[str, dict]:
 def build_scheduler(config: SolverConfig, base_scheduler_config: dict, family: str = "ddpm"):
     """A fresh scheduler of the solver's class, starting from the model's own scheduler config."""
     if family_named(family).places_sigmas:
-        from autoaccel.techniques.flow_matching import build_flow_scheduler
-
         return build_flow_scheduler(config, base_scheduler_config)
     class_name, settings = scheduler_settings(config)
     base = {key: value for key, value in base_scheduler_config.items() if not key.startswith("_")}

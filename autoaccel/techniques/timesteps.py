@@ -17,8 +17,10 @@ import numpy as np
 import torch
 
 from autoaccel.errors import ConfigError, TechniqueError
+from autoaccel.pipeline.sampling import dynamic_shift_mu
 from autoaccel.targets.layouts import family_named
 from autoaccel.techniques.base import ParamSpec, Technique, register
+from autoaccel.techniques.flow_matching import flow_sigmas
 
 DDPM_FAMILIES = ("uniform_trailing", "uniform_leading", "uniform_linspace", "power", "karras", "logsnr", "free")
 FAMILIES = (*DDPM_FAMILIES, "logit_normal")  # logit_normal: flow-matching models (autoaccel.techniques.flow_matching)
@@ -154,8 +156,6 @@ def model_shift(target) -> float:
     dynamic one diffusers derives from the image's token count): what the uniform families reproduce."""
     import math
 
-    from autoaccel.pipeline.sampling import dynamic_shift_mu
-
     config = target.scheduler_config
     if config.get("use_dynamic_shifting"):
         mu = dynamic_shift_mu(SimpleNamespace(**config), target.denoiser)
@@ -166,8 +166,6 @@ def model_shift(target) -> float:
 def apply_timesteps(pipeline, config: TimestepsConfig, target) -> None:
     """Places the plan's steps in the model's own time variable: integer timesteps, or flow-matching sigmas."""
     if target.schedule.places_sigmas:
-        from autoaccel.techniques.flow_matching import flow_sigmas
-
         sigmas = flow_sigmas(
             config,
             shift=model_shift(target),

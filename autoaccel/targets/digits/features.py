@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 
 from autoaccel.metrics.features import OneLayerFeatures, register_extractor, to_unit_range
+from autoaccel.targets.digits.classifier import load_classifier
+from autoaccel.targets.digits.weights import classifier_weights_path
 
 DIGITS_EXTRACTOR = "autoaccel-digits-classifier-v1"  # change the suffix when the classifier is retrained
 
@@ -13,8 +15,6 @@ DIGITS_EXTRACTOR = "autoaccel-digits-classifier-v1"  # change the suffix when th
 class DigitsClassifierFeatures(OneLayerFeatures):
     def __init__(self, name: str, features_list: list[str], **kwargs) -> None:
         super().__init__(name, features_list)
-        from autoaccel.targets.digits.classifier import load_classifier
-        from autoaccel.targets.digits.weights import classifier_weights_path
 
         self.classifier = load_classifier(classifier_weights_path())
 

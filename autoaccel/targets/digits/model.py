@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from autoaccel.errors import TargetError
+from autoaccel.metrics.adherence import ADHERENCE_KEY, CONDITION_CLASSES_KEY
 from autoaccel.targets.base import QualityReference, Target
+from autoaccel.targets.digits.classifier import load_classifier
+from autoaccel.targets.digits.data import load_digits_tensors
 from autoaccel.targets.digits.features import DIGITS16_EXTRACTOR, DIGITS_EXTRACTOR
+from autoaccel.targets.digits.latent.images import load_digits_16, to_classifier_resolution
+from autoaccel.targets.digits.latent.prompts import PROMPTS
 from autoaccel.targets.digits.weights import WEIGHTS_DIR, classifier_weights_path, teacher_dir
+from autoaccel.targets.loader import load_pipeline_folder
+from autoaccel.util.imaging import to_uint8
 
 
 def load_digits_target(device: str = "cpu") -> Target:
     """The digits teacher, scored against the 1,797 real digits (less those held out for the FID floor) with the
     classifier's features."""
-    from autoaccel.errors import TargetError
-    from autoaccel.targets.digits.data import load_digits_tensors
-    from autoaccel.targets.loader import load_pipeline_folder
-    from autoaccel.util.imaging import to_uint8
 
     if not (teacher_dir() / "model_index.json").exists():
         raise TargetError(f"the embedded model is missing from {teacher_dir()}; run python -m autoaccel train-teacher")
@@ -43,7 +47,6 @@ def dit_dir() -> Path:
 def load_digits_t2i_target(device: str = "cpu", prompts: str | None = None) -> Target:
     """The embedded latent text-to-image digits model (a StableDiffusionPipeline folder) on its bundled prompts,
     scored against the real digits with the classifier's features, and by prompt adherence."""
-    from autoaccel.targets.digits.latent.prompts import PROMPTS
 
     target = _load_latent(t2i_dir(), "digits_t2i", device, prompts or "digits", "train-latent-models")
     digit_of = {prompt: digit for prompt, digit in PROMPTS}
@@ -60,8 +63,6 @@ def load_digits_dit_target(device: str = "cpu") -> Target:
 
 
 def _load_latent(folder: Path, name: str, device: str, prompts: str | None, command: str) -> Target:
-    from autoaccel.errors import TargetError
-    from autoaccel.targets.loader import load_pipeline_folder
 
     if not (folder / "model_index.json").exists():
         raise TargetError(f"the embedded model {name} is missing from {folder}; run python -m autoaccel {command}")
@@ -72,8 +73,6 @@ def _score_against_digits(target: Target, classes: list[int | None]) -> None:
     """FID/KID against the 1,797 real digits (16x16; less those held out for the FID floor) with the classifier's
     features, and adherence: the share of images the classifier reads as the digit their class or prompt asks
     for."""
-    from autoaccel.targets.digits.latent.images import load_digits_16, to_classifier_resolution
-    from autoaccel.util.imaging import to_uint8
 
     real_images, real_labels = load_digits_16()
     target.real_images, target.real_labels = to_uint8(real_images), real_labels
@@ -90,9 +89,6 @@ def _read_digits(target: Target, classes: list[int | None], resize=None) -> None
     """Adherence for a digits model: the classifier reads each image (``resize``d to its 8x8 input) as a digit,
     compared with ``classes``: the digit each condition index asks for (None: a condition that asks for none)."""
     import torch
-
-    from autoaccel.metrics.adherence import ADHERENCE_KEY, CONDITION_CLASSES_KEY
-    from autoaccel.targets.digits.classifier import load_classifier
 
     classifier = load_classifier(classifier_weights_path())
 

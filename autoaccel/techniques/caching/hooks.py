@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from autoaccel.errors import TechniqueError
+from autoaccel.pipeline.seeds import make_seed_batch
 from autoaccel.targets.denoisers import predict
 from autoaccel.targets.layouts import layout_of
 from autoaccel.techniques.caching.method import CacheMethod, CachingConfig, hidden_argument, probe_inputs
@@ -291,7 +292,6 @@ class HookCache:
                 self.calibrations[_schedule_key(pipeline)] = self._calibrate(pipeline)
 
     def _calibrate(self, pipeline) -> Calibration:
-        from autoaccel.pipeline.seeds import make_seed_batch
 
         target = self.target
         seeds = make_seed_batch(target.sample_shape, CALIBRATION_SAMPLES, CALIBRATION_SEED, target.condition_count)

@@ -21,8 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from autoaccel.targets.digits.data import NUM_CLASSES
+from autoaccel.targets.digits.latent.evaluate import best_guidance, guidance_sweep
 from autoaccel.targets.digits.latent.images import load_digits_16
 from autoaccel.targets.digits.latent.prompts import DIGIT_WORDS
+from autoaccel.targets.digits.latent.t2i import default_vae_dir
 from autoaccel.targets.digits.latent.training import (
     add_noise,
     build_sampling_scheduler,
@@ -84,9 +86,6 @@ def train_dit(
     """Trains on the VAE's latents of all digits, labels dropped to the null class ``label_drop`` of the time,
     saves a DiTPipeline folder, then (``evaluate``) sweeps the guidance scale and stores the best."""
     from diffusers import DiTPipeline
-
-    from autoaccel.targets.digits.latent.evaluate import best_guidance, guidance_sweep
-    from autoaccel.targets.digits.latent.t2i import default_vae_dir
 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)

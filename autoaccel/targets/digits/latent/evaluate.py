@@ -16,24 +16,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autoaccel.targets.digits.data import NUM_CLASSES
-from autoaccel.targets.digits.latent.images import to_classifier_resolution
+from autoaccel.targets.digits.classifier import load_classifier
+from autoaccel.targets.digits.data import NUM_CLASSES, load_digits_tensors, split_indices
+from autoaccel.targets.digits.latent.images import to_classifier_resolution, upsample_to_16
 from autoaccel.targets.digits.latent.prompts import prompts_for_digits
+from autoaccel.targets.digits.weights import classifier_weights_path
 
 SWEEP_GUIDANCE = (1.0, 2.0, 4.0, 7.5)
 
 
 @lru_cache(maxsize=1)
 def _classifier():
-    from autoaccel.targets.digits.classifier import load_classifier
-    from autoaccel.targets.digits.weights import classifier_weights_path
 
     return load_classifier(classifier_weights_path())
 
 
 @lru_cache(maxsize=1)
 def real_feature_statistics() -> tuple[np.ndarray, np.ndarray]:
-    from autoaccel.targets.digits.data import load_digits_tensors
 
     images8, _ = load_digits_tensors()
     return _statistics(_classifier().features(images8))
@@ -70,8 +69,6 @@ def score_images(images16: torch.Tensor, requested: torch.Tensor) -> dict:
 def round_trip_accuracy() -> dict:
     """The classifier's accuracy on its own held-out digits, direct and after 16x16 and back: equal, since
     pooling inverts the nearest-neighbour upsampling exactly."""
-    from autoaccel.targets.digits.data import load_digits_tensors, split_indices
-    from autoaccel.targets.digits.latent.images import upsample_to_16
 
     images8, labels = load_digits_tensors()
     _, held_out = split_indices(len(images8), held_out_fraction=0.2, seed=0)

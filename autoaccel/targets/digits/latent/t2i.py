@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from autoaccel.targets.digits.latent.evaluate import best_guidance, guidance_sweep
 from autoaccel.targets.digits.latent.images import load_digits_16
 from autoaccel.targets.digits.latent.prompts import EMPTY_PROMPT, MODEL_MAX_LENGTH, PROMPTS, build_tokenizer
 from autoaccel.targets.digits.latent.training import (
@@ -28,13 +29,13 @@ from autoaccel.targets.digits.latent.training import (
     warmup_cosine,
 )
 from autoaccel.targets.digits.latent.vae import LATENT_CHANNELS, LATENT_SIZE, encode_digits, load_vae
+from autoaccel.targets.digits.weights import WEIGHTS_DIR
 from autoaccel.util.training import clipped_step, ema_update
 
 DIFFUSERS_DEFAULT_GUIDANCE = 7.5  # StableDiffusionPipeline's own default, kept when no sweep is run
 
 
 def default_vae_dir() -> Path:
-    from autoaccel.targets.digits.weights import WEIGHTS_DIR
 
     return WEIGHTS_DIR / "vae"
 
@@ -107,8 +108,6 @@ def train_t2i(
     prompt ``prompt_drop`` of the time), saves a StableDiffusionPipeline folder, then (``evaluate``) sweeps the
     guidance scale and stores the best in ``autoaccel.json``."""
     from diffusers import StableDiffusionPipeline
-
-    from autoaccel.targets.digits.latent.evaluate import best_guidance, guidance_sweep
 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)

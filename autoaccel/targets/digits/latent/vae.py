@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from autoaccel.targets.digits.data import split_indices
+from autoaccel.targets.digits.latent.evaluate import round_trip_accuracy, score_images
 from autoaccel.targets.digits.latent.images import LATENT_IMAGE_SIZE, load_digits_16
 from autoaccel.targets.digits.latent.training import seconds_since, warmup_cosine
 from autoaccel.util.training import clipped_step, ema_update
@@ -77,8 +79,6 @@ def train_vae(
     """Trains on all 1,797 digits (mean squared error + ``kl_weight`` x KL per latent element) and saves the
     EMA weights with ``save_pretrained``; the info dict (also ``out_dir/autoaccel.json``) holds how well the
     classifier still reads reconstructed digits and their FID, the floor for both diffusion models."""
-    from autoaccel.targets.digits.data import split_indices
-    from autoaccel.targets.digits.latent.evaluate import round_trip_accuracy, score_images
 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
