@@ -27,7 +27,7 @@ from autoaccel.measure.feature_store import FEATURES_DIR, FeatureStore
 from autoaccel.measure.reference import reference_is_stochastic
 from autoaccel.objectives import METRIC_COLUMNS
 from autoaccel.pareto import front_frame, front_numbers, hypervolume_history, knee_point
-from autoaccel.planning import TEACHER_FILE
+from autoaccel.planning import TEACHER_FILE, recipe_name
 from autoaccel.recipe import apply_recipe, build_recipe, save_recipe
 from autoaccel.report.html import TEACHER_GRID, figure_text, write_html
 from autoaccel.report.noise import (
@@ -105,7 +105,7 @@ def write_front_recipe(context, row: pd.Series, recipes_dir: Path) -> Path:
     recipe = build_recipe(
         context.target, plan, pipeline, figures, measured_on, seed_policy(context), source, artifacts, records
     )
-    return save_recipe(recipe, recipes_dir / f"trial-{int(row['trial']):04d}.yaml")
+    return save_recipe(recipe, recipes_dir / recipe_name(row["trial"]))
 
 
 def trial_artifacts(run_dir: Path, stored: dict | None, recipes_dir: Path) -> dict[str, ArtifactRef]:
