@@ -64,6 +64,7 @@ class RecordedRun:
     front: pd.DataFrame  # the Pareto front under the run's budget limits, cheapest first
     standards: pd.DataFrame  # the standard configurations that completed (trials with a warm-start tag)
     teacher: dict | None  # the reference's figures and what FID is measured against; None before it was measured
+    quality_reference: str | None  # what FID is measured against: real-data or teacher-samples
 
 
 def read_run(run_dir: Path, storage: str | None = None, study_name: str | None = None) -> RecordedRun:
@@ -89,7 +90,7 @@ def read_run(run_dir: Path, storage: str | None = None, study_name: str | None =
         standards = pd.DataFrame()
     else:
         standards = trials[(trials["state"] == "COMPLETE") & (trials["warm_start"].fillna("") != "")]
-    return RecordedRun(Path(run_dir), name, front, standards, teacher or None)
+    return RecordedRun(Path(run_dir), name, front, standards, teacher or None, facts.get("quality_reference"))
 
 
 def _numbers_column(column: pd.Series) -> bool:
@@ -150,10 +151,12 @@ def check_limit_flags(values: dict[str, float | None]) -> None:
             check_limit_value(LIMIT_OPTIONS[name], value, as_flag=True)
 
 
-def plan_limits(values: dict[str, float | None], teacher: dict | None, study_name: str = "") -> list[Limit]:
+def plan_limits(
+    values: dict[str, float | None], teacher: dict | None, study_name: str = "", quality_reference: str | None = None
+) -> list[Limit]:
     """The flags' limits, checked like the search's (``--max-fid-ratio`` needs the run's teacher)."""
     check_limit_flags(values)
-    check_teacher_ratios(values, (teacher or {}).get("quality_reference"), flag=True)
+    check_teacher_ratios(values, quality_reference or (teacher or {}).get("quality_reference"), flag=True)
     ratio = values.get("max_fid_ratio")
     if ratio is not None and not teacher:
         raise ConfigError(
@@ -229,7 +232,7 @@ def explain_plan(
     check_limit_flags(values)
     run = read_run(run_dir, storage, study_name)
     teacher, name = run.teacher, run.study_name
-    limits = plan_limits(values, teacher, name)
+    limits = plan_limits(values, teacher, name, run.quality_reference)
     goal = goal or default_goal(values, quality)
     front = run.front
     used = ["trial", "nfe", "latency_ms", "fid", quality, goal, *(limit.metric for limit in limits)]
@@ -239,7 +242,7 @@ def explain_plan(
     _check_metric(front, "--quality", quality, name)
     _check_metric(front, "--minimize", goal, name)
     standards = _standards_with(run.standards, list(dict.fromkeys(used)), name)
-    noise = run_noise(run_dir, [front, standards], teacher, (teacher or {}).get("quality_reference"))
+    noise = run_noise(run_dir, [front, standards], teacher, run.quality_reference)
     choice = choose_with_noise(front, limits, goal, noise)
     wanted = f"{_goal_words(goal)} within {describe_limits(limits)}"
     if choice.row is None:

@@ -101,6 +101,12 @@ def test_plan_reads_the_ledger_so_deleted_or_stale_report_files_do_not_change_it
         (run_dir / name).unlink()
     assert main(argv) == 0
     assert capsys.readouterr().out == before
+    # the same study named by its storage, planned from another folder (a shared study's report folder)
+    storage = ["--storage", default_storage(run_dir), "--study", "pipeline-sampler"]
+    assert main(["plan", str(run_dir.parent / "elsewhere"), "--max-fid", str(max_fid), *storage]) == 0
+    assert capsys.readouterr().out.splitlines()[:2] == before.splitlines()[:2]
+    refused = main([*argv, "--storage", default_storage(run_dir)])
+    assert refused == 2 and "--storage and --study go together" in capsys.readouterr().err
 
     # a trial the (deleted) report never saw: as good as the best front plan, and twice as fast as the fastest
     ledger = Ledger.open_existing(default_storage(run_dir), "pipeline-sampler")
