@@ -4,6 +4,7 @@ within this quality" from the run folder alone."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -101,9 +102,11 @@ def test_plan_reads_the_ledger_so_deleted_or_stale_report_files_do_not_change_it
         (run_dir / name).unlink()
     assert main(argv) == 0
     assert capsys.readouterr().out == before
-    # the same study named by its storage, planned from another folder (a shared study's report folder)
+    # the same study named by its storage, planned from another folder holding the image features its report kept
+    elsewhere = run_dir.parent / "elsewhere"
+    shutil.copytree(run_dir / "features", elsewhere / "features")
     storage = ["--storage", default_storage(run_dir), "--study", "pipeline-sampler"]
-    assert main(["plan", str(run_dir.parent / "elsewhere"), "--max-fid", str(max_fid), *storage]) == 0
+    assert main(["plan", str(elsewhere), "--max-fid", str(max_fid), *storage]) == 0
     assert capsys.readouterr().out.splitlines()[:2] == before.splitlines()[:2]
     refused = main([*argv, "--storage", default_storage(run_dir)])
     assert refused == 2 and "--storage and --study go together" in capsys.readouterr().err
