@@ -25,6 +25,7 @@ from autoaccel.search.checks import MAX_SAMPLES, POPULATION_BACKENDS, validate_c
 from autoaccel.targets.data_folder import MAX_IMAGE_PIXELS
 from autoaccel.targets.loader import MAX_SAMPLE_CHANNELS, MAX_SAMPLE_SIZE, check_device, load_pipeline_folder
 from autoaccel.techniques.solver import MAX_GUIDANCE, SolverConfig, build_scheduler
+from tests.plan_ledgers import STUDY, write_ledger_run
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]] | None:
@@ -603,19 +604,37 @@ def test_seed_batch_prefix_is_bit_identical(shape, num_classes):
 # --- plan ------------------------------------------------------------------------------------------------------
 
 
+def _not_a_run(folder: Path, what: str) -> Path:
+    """A folder ``plan`` cannot read a study from: ``what`` it lacks or holds instead."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if what == "no config":
+        (folder / "pareto.csv").write_text("trial,nfe,latency_ms,recipe,fid\n1,4,1.0,r.yaml,3.0\n")
+        return folder
+    write_ledger_run(folder / "run", {0: {"nfe": 4, "fid": 3.0, "latency_ms": 1.0}})
+    shutil.copy(folder / "run" / "config.yaml", folder / "config.yaml")
+    if what == "not sqlite":
+        (folder / "ledger.db").write_text("trial,nfe\n")
+    elif what == "another study":
+        shutil.copy(folder / "run" / "ledger.db", folder / "ledger.db")
+        (folder / "config.yaml").write_text((folder / "config.yaml").read_text().replace(STUDY, "other-study"))
+    shutil.rmtree(folder / "run")
+    return folder
+
+
 @pytest.mark.parametrize(
-    ("content", "fragments"),
+    ("what", "fragments"),
     [
-        ("", ["pareto.csv is empty", "autoaccel report"]),
-        ("name,score\nalpha,1\n", ["lacks the column(s) trial, nfe, latency_ms, recipe, fid", "autoaccel report"]),
-        ("trial,nfe,latency_ms,recipe,fid\nseven,4,1.0,r.yaml,3.0\n", ["column(s) trial hold non-numbers"]),
+        ("no config", ["is not an autoaccel run folder: it has no config.yaml"]),
+        ("no ledger", ["has no ledger.db: nothing was recorded there"]),
+        ("not sqlite", ["ledger.db is not a SQLite database"]),
+        ("another study", ["has no study named 'other-study'"]),
     ],
 )
-def test_plan_on_a_front_autoaccel_did_not_write(capsys, tmp_path, content, fragments):
-    (tmp_path / "pareto.csv").write_text(content)
-    before = snapshot(tmp_path)
-    refused(capsys, ["plan", str(tmp_path)], *fragments)
-    assert snapshot(tmp_path) == before
+def test_plan_on_a_folder_without_the_runs_study(capsys, tmp_path, what, fragments):
+    folder = _not_a_run(tmp_path / "run", what)
+    before = snapshot(folder)
+    refused(capsys, ["plan", str(folder)], *fragments)
+    assert snapshot(folder) == before
 
 
 @pytest.mark.parametrize(
@@ -630,22 +649,18 @@ def test_plan_on_a_front_autoaccel_did_not_write(capsys, tmp_path, content, frag
     ],
 )
 def test_plan_budget_out_of_range(capsys, tmp_path, flag, value):
-    (tmp_path / "pareto.csv").write_text("trial,nfe,latency_ms,recipe,fid\n1,4,1.0,r.yaml,3.0\n")
+    _plan_run(tmp_path)
     before = snapshot(tmp_path)
     refused(capsys, ["plan", str(tmp_path), f"{flag}={value}"], f"{flag} {float(value)}", "finite number > 0")
     assert snapshot(tmp_path) == before
 
 
-def _plan_run(folder: Path, pareto: str = "", teacher: dict | None = None) -> Path:
-    """A run folder as ``report`` writes it for ``plan``: pareto.csv, trials.csv (a standard configuration without an
-    adherence column) and teacher.json."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "pareto.csv").write_text(
-        pareto or "trial,nfe,fid,latency_ms,adherence,recipe\n11,4,12.0,5.0,,recipes/trial-0011.yaml\n"
-    )
-    (folder / "trials.csv").write_text("trial,state,warm_start,nfe,fid,latency_ms\n1,COMPLETE,ddim-4,4,30.0,11.0\n")
-    (folder / "teacher.json").write_text(json.dumps(teacher or {"fid": 8.0, "latency_ms": 600.0}))
-    return folder
+def _plan_run(folder: Path, front: dict | None = None, teacher: dict | None = None) -> Path:
+    """A run folder as a search leaves it for ``plan``: its ledger with one front plan (trial 11, its adherence not
+    measured, or ``front``'s figures) and a standard configuration without an adherence figure, and ``teacher``."""
+    front = front or {"nfe": 4, "fid": 12.0, "latency_ms": 5.0, "adherence": None}
+    standard = {"warm_start": "ddim-4", "nfe": 4, "fid": 30.0, "latency_ms": 11.0}
+    return write_ledger_run(folder, {1: standard, 11: front}, teacher or {"fid": 8.0, "latency_ms": 600.0})
 
 
 @pytest.mark.parametrize("flag", ["--quality", "--minimize"])
@@ -669,53 +684,52 @@ def test_plan_limit_values_that_start_with_a_dash_or_are_not_numbers(capsys, tmp
 
 
 @pytest.mark.parametrize(
-    ("pareto", "fragments"),
+    ("front", "fragments"),
     [
         (
-            "trial,nfe,fid,latency_ms,recipe\n11,4,12.0,-5.0,r.yaml\n22,8,9.0,10.0,r.yaml\n",
-            ["pareto.csv: row 1 (trial 11) has latency_ms=-5.0", "valid: a finite number >= 0"],
+            {"nfe": 4, "fid": 12.0, "latency_ms": -5.0},
+            ["study 'plan-test': trial 11 has latency_ms=-5.0", "valid: a finite number >= 0"],
         ),
-        ("trial,nfe,fid,latency_ms,recipe\n11,4,True,5.0,r.yaml\n", ["column(s) fid hold non-numbers"]),
-        ("trial,nfe,fid,latency_ms,recipe\n11,inf,12.0,5.0,r.yaml\n", ["has nfe=inf", "valid: a finite number >= 0"]),
-        ("trial,nfe,fid,latency_ms,recipe\n11.5,4,12.0,5.0,r.yaml\n", ["has trial=11.5", "a whole number >= 0"]),
-        ("trial,nfe,fid,latency_ms,recipe\n11,4,-2.0,5.0,r.yaml\n", ["has fid=-2.0", "a finite number >= 0"]),
+        ({"nfe": None, "fid": 12.0, "latency_ms": 5.0}, ["trial 11 has nfe=nan", "valid: a finite number >= 0"]),
+        ({"nfe": 4, "fid": -2.0, "latency_ms": 5.0}, ["trial 11 has fid=-2.0", "a finite number >= 0"]),
     ],
 )
-def test_plan_refuses_hand_edited_front_figures(capsys, tmp_path, pareto, fragments):
-    run = _plan_run(tmp_path / "run", pareto=pareto)
+def test_plan_refuses_figures_out_of_range(capsys, tmp_path, front, fragments):
+    run = _plan_run(tmp_path / "run", front=front)
     refused(capsys, ["plan", str(run), "--max-latency-ms", "100"], *fragments)
 
 
 @pytest.mark.parametrize(
     ("teacher", "argv", "fragments"),
     [
-        ({"fid": True, "latency_ms": 600.0}, [], ["teacher.json: fid=true is not valid", "a finite number >= 0"]),
-        ({"fid": 8.0, "latency_ms": -1}, [], ["teacher.json: latency_ms=-1 is not valid"]),
-        ({"fid": 8.0, "quality_reference": "mine"}, [], ['quality_reference="mine"', "real-data, teacher-samples"]),
+        ({"fid": True, "latency_ms": 600.0}, [], ["the reference's fid=true is not valid", "a finite number >= 0"]),
+        ({"fid": 8.0, "latency_ms": -1}, [], ["the reference's latency_ms=-1 is not valid"]),
         ({"fid": 0.0, "latency_ms": 600.0}, ["--max-fid-ratio", "1.25"], ["needs the reference's FID > 0", "fid=0.0"]),
     ],
 )
-def test_plan_refuses_hand_edited_reference_figures(capsys, tmp_path, teacher, argv, fragments):
+def test_plan_refuses_reference_figures_out_of_range(capsys, tmp_path, teacher, argv, fragments):
     run = _plan_run(tmp_path / "run", teacher=teacher)
     refused(capsys, ["plan", str(run), "--max-latency-ms", "100", *argv], *fragments)
 
 
 def test_plan_quotes_the_paths_in_the_command_it_prints(capsys, tmp_path):
-    """A recipe cell or a folder name with shell syntax or spaces is printed so that pasting the command runs
-    apply on that path and nothing else."""
+    """A folder name with shell syntax or spaces is printed so that pasting the command runs apply on that path and
+    nothing else."""
     import shlex
 
-    cell = "$(touch pwned)"
-    run = _plan_run(tmp_path / "my runs", pareto=f"trial,nfe,fid,latency_ms,recipe\n11,4,12.0,5.0,{cell}\n")
+    run = _plan_run(tmp_path / "my runs $(touch pwned)")
+    recipe_file = run / "recipes" / "trial-0011.yaml"
+    recipe_file.parent.mkdir()
+    recipe_file.write_text("recipe\n")
     assert main(["plan", str(run), "--max-latency-ms", "100"]) == 0
     lines = capsys.readouterr().out.splitlines()
     command = next(line for line in lines if line.strip().startswith("apply:")).split("apply:", 1)[1]
     assert shlex.split(command) == [
-        "python", "-m", "autoaccel", "apply", str(run / cell), "--out", "samples", "--n", "16"
+        "python", "-m", "autoaccel", "apply", str(recipe_file), "--out", "samples", "--n", "16"
     ]  # fmt: skip
     recipe = next(line for line in lines if line.strip().startswith("recipe:")).split("recipe:", 1)[1]
-    assert shlex.split(recipe) == [str(run / cell)]
-    assert not (tmp_path / "pwned").exists()
+    assert shlex.split(recipe) == [str(recipe_file)]
+    assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
 
 
 # --- help ------------------------------------------------------------------------------------------------------
@@ -746,7 +760,7 @@ def test_bench_help_lists_the_benchmarks(capsys, argv):
 
 @pytest.mark.parametrize("value", ["1.5", "-0.1", "nan"])
 def test_plan_min_adherence_outside_zero_to_one(capsys, tmp_path, value):
-    (tmp_path / "pareto.csv").write_text("trial,nfe,latency_ms,recipe,fid\n1,4,1.0,r.yaml,3.0\n")
+    _plan_run(tmp_path)
     refused(capsys, ["plan", str(tmp_path), f"--min-adherence={value}"], "--min-adherence", "a number in [0, 1]")
 
 

@@ -15,12 +15,13 @@ import pytest
 import torch
 
 from autoaccel.cli.main import main
-from autoaccel.cli.plan_command import explain_plan
+from autoaccel.cli.plan_command import explain_plan, read_run
 from autoaccel.measure.feature_store import REFERENCE_CALL, REFERENCE_SET, FeatureStore, kind_set, plan_set
 from autoaccel.metrics.bootstrap import PairedBootstrap, fid
 from autoaccel.metrics.quality import frechet_distance
 from autoaccel.report.noise import run_noise
 from autoaccel.report.recommend import recommended_plans
+from tests.plan_ledgers import write_ledger_run
 
 DIMS, SAMPLES = 16, 64
 EXTRACTOR = "test-extractor"
@@ -95,39 +96,32 @@ PLANS = {  # trial -> (candidate key, shift, own noise, latency ms, standard con
     2: ("aaaaaaaaaaa2", 2.3, 0.3, 10.0, ""),  # FID ratio 1.29 [1.17, 1.44]: a tie with 1.25
     3: ("aaaaaaaaaaa3", 1.8, 0.3, 30.0, ""),  # ratio 0.91: meets 1.25 by its figure
 }
-STANDARD = (7, "aaaaaaaaaaa7", 1.81, 0.3, 31.0, "dpmsolver++2m-10")  # nearly plan 3: a tie with it
+STANDARD = (7, "aaaaaaaaaaa7", 1.87, 0.3, 31.0, "dpmsolver++2m-10")  # nearly plan 3 (a tie), dominated by it
 
 
 def _write_run(folder: Path, plans: dict = PLANS, standard: tuple = STANDARD) -> Path:
-    """pareto.csv, trials.csv, teacher.json and features/ as a report writes them, with figures the kept features
-    reproduce (a real-data run: FID against a reference set of its own)."""
+    """A run folder as a search and its report leave it: the trials in the study's ledger and their image features
+    in features/, with figures the kept features reproduce (a real-data run: FID against a reference set of its
+    own). Each plan is on the front the figures make; the standard configuration is dominated."""
     store = FeatureStore(folder / "features")
     reference = _reference_set()
     store.put(kind_set(REFERENCE_SET, SAMPLES), torch.from_numpy(reference), EXTRACTOR, 0)
     call = _seeds_images(2.0, 0.3, 11)
     store.put(kind_set(REFERENCE_CALL, SAMPLES), torch.from_numpy(call), EXTRACTOR, 0)
-    rows = []
+    trials = {}
     for trial, (key, shift, noise, latency, tag) in {**plans, standard[0]: standard[1:]}.items():
         features = _seeds_images(shift, noise, trial)
         store.put(plan_set(key, SAMPLES), torch.from_numpy(features), EXTRACTOR, 0)
         # the figure as the search recorded it: from the features as kept (float32)
         kept = store.get(plan_set(key, SAMPLES)).features.double().numpy()
-        rows.append(
-            {
-                "trial": trial,
-                "state": "COMPLETE",
-                "warm_start": tag,
-                "nfe": 4 * trial,
-                "fid": fid(kept, store.get(kind_set(REFERENCE_SET, SAMPLES)).features.double().numpy()),
-                "latency_ms": latency,
-                "recipe": f"recipes/trial-{trial:04d}.yaml",
-                "candidate_key": key,
-                "quality_samples": float(SAMPLES),
-            }
-        )
-    frame = pd.DataFrame(rows)
-    frame.to_csv(folder / "trials.csv", index=False)
-    frame[frame["trial"].isin(list(plans))].drop(columns=["state"]).to_csv(folder / "pareto.csv", index=False)
+        trials[trial] = {
+            "warm_start": tag,
+            "nfe": 4 * trial,
+            "fid": fid(kept, store.get(kind_set(REFERENCE_SET, SAMPLES)).features.double().numpy()),
+            "latency_ms": latency,
+            "candidate_key": key,
+            "quality_samples": float(SAMPLES),
+        }
     kept_call = store.get(kind_set(REFERENCE_CALL, SAMPLES)).features.double().numpy()
     teacher = {
         "fid": fid(kept_call, store.get(kind_set(REFERENCE_SET, SAMPLES)).features.double().numpy()),
@@ -135,15 +129,16 @@ def _write_run(folder: Path, plans: dict = PLANS, standard: tuple = STANDARD) ->
         "nfe": 50,
         "quality_samples": float(SAMPLES),
         "timesteps": 50,
-        "quality_reference": "real-data",
     }
-    (folder / "teacher.json").write_text(json.dumps(teacher))
+    write_ledger_run(folder, trials, teacher, quality_reference="real-data")
+    assert set(read_run(folder).front["trial"]) == set(plans), "the constructed front"
     return folder
 
 
 def test_plan_calls_a_plan_whose_ratio_interval_covers_the_bound_a_tie_and_prefers_it_as_the_faster(capsys, tmp_path):
     run = _write_run(tmp_path)
-    noise = run_noise(run, [pd.read_csv(run / "pareto.csv")], json.loads((run / "teacher.json").read_text()), None)
+    recorded = read_run(run)
+    noise = run_noise(run, [recorded.front], recorded.teacher, None)
     tied, meets = ({"trial": trial} for trial in (2, 3))
     ratio = noise.ratio(tied)
     assert ratio.value > 1.25 and ratio.covers(1.25)  # the constructed case
@@ -180,9 +175,8 @@ def test_the_faster_of_two_plans_whose_fids_tie_is_the_lowest_fid_plan(tmp_path)
 
 def test_recommendations_say_tie_where_the_interval_covers_the_bound(tmp_path):
     run = _write_run(tmp_path)
-    front, trials = pd.read_csv(run / "pareto.csv"), pd.read_csv(run / "trials.csv")
-    standards = trials[trials["warm_start"].fillna("") != ""]
-    teacher = json.loads((run / "teacher.json").read_text())
+    recorded = read_run(run)
+    front, standards, teacher = recorded.front, recorded.standards, recorded.teacher
     noise = run_noise(run, [front, standards], teacher, "real-data")
     within, knee = recommended_plans(front, standards, teacher, knee=2, ratios=(1.25,), noise=noise)
     assert within.trial == 2 and within.ties and within.ties[0].startswith("tie: its FID ratio")
@@ -194,21 +188,22 @@ def test_recommendations_say_tie_where_the_interval_covers_the_bound(tmp_path):
 
 
 def test_a_front_entirely_inside_the_noise_says_so(capsys, tmp_path):
-    same = {  # three plans drawn alike, each with noise of its own
-        trial: (f"bbbbbbbbbbb{trial}", 2.0, 0.3, 10.0 * trial, "") for trial in (1, 2, 3)
+    same = {  # three plans drawn alike, each with noise of its own (their FIDs happen to fall as they slow down)
+        trial: (f"bbbbbbbbbbb{trial}", 2.0, 0.3, 10.0 * (4 - trial), "") for trial in (1, 2, 3)
     }
-    run = _write_run(tmp_path, plans=same)
+    run = _write_run(tmp_path, plans=same, standard=(7, "bbbbbbbbbbb7", 2.5, 0.3, 31.0, "ddim-10"))
     assert main(["plan", str(run), "--max-latency-ms", "100"]) == 0
     output = capsys.readouterr().out
     assert "at 64 samples this search cannot tell these plans apart: raise `quality.samples`" in output
-    assert "trial 1:" in output.splitlines()[1]  # the lowest FID's tie goes to the fastest
+    assert "trial 3:" in output.splitlines()[1]  # the lowest FID's (trial 1's) tie goes to the fastest
 
 
 def test_kept_features_that_do_not_give_the_recorded_figure_are_not_used(tmp_path):
     run = _write_run(tmp_path)
-    front = pd.read_csv(run / "pareto.csv")
+    recorded = read_run(run)
+    front = recorded.front
     front.loc[front["trial"] == 2, "fid"] += 1.0  # measured against another reference set, or edited
-    noise = run_noise(run, [front], json.loads((run / "teacher.json").read_text()), "real-data")
+    noise = run_noise(run, [front], recorded.teacher, "real-data")
     assert noise.missing == [2] and noise.fid({"trial": 2}) is None and noise.fid({"trial": 3}) is not None
 
 

@@ -3,15 +3,17 @@
 
 from __future__ import annotations
 
-import json
+import shutil
 
+import optuna
 import pandas as pd
 import pytest
 
-from autoaccel.cli.plan_command import explain_plan, read_front
+from autoaccel.cli.plan_command import explain_plan
 from autoaccel.errors import ConfigError
 from autoaccel.front.limits import resolve_limits
 from autoaccel.front.pareto import choose_within, front_frame, front_numbers, knee_point
+from tests.plan_ledgers import STUDY, write_ledger_run
 
 
 @pytest.fixture
@@ -157,24 +159,41 @@ def test_choose_within_on_empty_front():
 # --- explain_plan ----------------------------------------------------------------------------------------------
 
 
+FRONT = {  # trial -> figures: cheapest first, quality improves with cost
+    11: {"nfe": 2, "fid": 40.0, "latency_ms": 5.0, "psnr_vs_ode": 10.0, "adherence": 0.7},
+    22: {"nfe": 4, "fid": 20.0, "latency_ms": 10.0, "psnr_vs_ode": 18.0, "adherence": 0.96},
+    33: {"nfe": 6, "fid": 12.0, "latency_ms": 15.0, "psnr_vs_ode": 24.0, "adherence": 0.95},
+    44: {"nfe": 10, "fid": 9.0, "latency_ms": 25.0, "psnr_vs_ode": 30.0, "adherence": 0.99},
+}
+STANDARDS = {  # standard configurations, both dominated by the front
+    1: {"warm_start": "ddim-10", "nfe": 10, "fid": 11.0, "latency_ms": 30.0},
+    2: {"warm_start": "ddim-4", "nfe": 4, "fid": 30.0, "latency_ms": 11.0},
+}
+TEACHER = {"fid": 8.0, "latency_ms": 600.0, "timesteps": "all 1000"}
+
+
+@pytest.fixture(scope="module")
+def recorded_run(tmp_path_factory):
+    """The front above and two standard configurations, recorded in a study's ledger (built once per module)."""
+    plans = {
+        trial: {**row, "fid_std": 0.5, "scheduler_class": "DPMSolverMultistepScheduler"} for trial, row in FRONT.items()
+    }
+    return write_ledger_run(tmp_path_factory.mktemp("plan") / "run", {**plans, **STANDARDS}, TEACHER)
+
+
 @pytest.fixture
-def run_dir(tmp_path, front):
-    front.assign(fid_std=0.5, scheduler_class="DPMSolverMultistepScheduler").to_csv(
-        tmp_path / "pareto.csv", index=False
-    )
-    standards = pd.DataFrame(
-        {
-            "trial": [1, 2],
-            "state": ["COMPLETE", "COMPLETE"],
-            "warm_start": ["ddim-10", "ddim-4"],
-            "nfe": [10, 4],
-            "fid": [11.0, 30.0],
-            "latency_ms": [30.0, 11.0],
-        }
-    )
-    standards.to_csv(tmp_path / "trials.csv", index=False)
-    (tmp_path / "teacher.json").write_text(json.dumps({"fid": 8.0, "latency_ms": 600.0, "timesteps": "all 1000"}))
-    return tmp_path
+def run_dir(tmp_path, recorded_run):
+    """A copy of the recorded run folder, with the recipes the report wrote for the front."""
+    folder = tmp_path / "run"
+    shutil.copytree(recorded_run, folder)
+    (folder / "recipes").mkdir()
+    for trial in FRONT:
+        (folder / "recipes" / f"trial-{trial:04d}.yaml").write_text("recipe\n")
+    return folder
+
+
+def _study(run_dir) -> optuna.Study:
+    return optuna.load_study(study_name=STUDY, storage=f"sqlite:///{run_dir / 'ledger.db'}")
 
 
 def test_the_fastest_plan_within_1_25x_of_the_teacher(run_dir):
@@ -222,18 +241,40 @@ def test_explain_plan_without_limits(run_dir):
 
 
 def test_a_fid_ratio_without_the_teacher_is_a_config_error(run_dir):
-    (run_dir / "teacher.json").unlink()
+    _study(run_dir).set_user_attr("teacher", None)
     with pytest.raises(ConfigError, match="teacher"):
         explain_plan(run_dir, {"max_fid_ratio": 1.25})
 
 
-def test_explain_plan_without_pareto_csv_is_a_config_error(tmp_path):
+def test_explain_plan_outside_a_run_folder_is_a_config_error(tmp_path, run_dir):
     with pytest.raises(ConfigError) as info:
         explain_plan(tmp_path, {"max_latency_ms": 10.0})
-    assert str(tmp_path) in str(info.value)
-    assert "pareto.csv" in str(info.value) and "report" in str(info.value)
-    with pytest.raises(ConfigError):
-        read_front(tmp_path)
+    assert str(tmp_path) in str(info.value) and "config.yaml" in str(info.value)
+    (run_dir / "ledger.db").unlink()
+    with pytest.raises(ConfigError, match="ledger.db"):
+        explain_plan(run_dir, {"max_latency_ms": 10.0})
+
+
+def test_plan_reads_the_ledger_not_the_reports_files(run_dir):
+    """Stale or hand-made report files do not change the plan: the trials and the reference come from the ledger."""
+    before, _ = explain_plan(run_dir, {"max_fid_ratio": 1.6})
+    (run_dir / "pareto.csv").write_text("trial,nfe,fid,latency_ms,recipe\n99,1,0.1,0.1,recipes/trial-0099.yaml\n")
+    (run_dir / "teacher.json").write_text('{"fid": 100.0, "latency_ms": 1.0}')
+    assert explain_plan(run_dir, {"max_fid_ratio": 1.6})[0] == before
+
+
+def test_a_front_plan_whose_recipe_the_report_has_not_written_says_how_to_write_it(run_dir):
+    (run_dir / "recipes" / "trial-0033.yaml").unlink()
+    message, found = explain_plan(run_dir, {"max_fid_ratio": 1.6})
+    assert found and "trial 33" in message
+    assert f"recipe: not written yet ({run_dir / 'recipes' / 'trial-0033.yaml'})" in message
+    assert f"python -m autoaccel report {run_dir}" in message and "autoaccel apply" not in message
+
+
+def test_a_study_recorded_before_plan_read_the_ledger_asks_for_the_report_once(run_dir):
+    _study(run_dir).set_user_attr("target", None)
+    with pytest.raises(ConfigError, match=f"older autoaccel.*python -m autoaccel report {run_dir}"):
+        explain_plan(run_dir, {"max_latency_ms": 10.0})
 
 
 def test_explain_plan_rejects_unknown_metrics(run_dir):
@@ -245,7 +286,7 @@ def test_explain_plan_rejects_unknown_metrics(run_dir):
 
 
 def test_explain_plan_on_an_empty_front(tmp_path):
-    (tmp_path / "pareto.csv").write_text("trial,nfe,fid,latency_ms,recipe\n")
+    write_ledger_run(tmp_path, {0: {"state": "FAIL"}})
     message, found = explain_plan(tmp_path, {"max_latency_ms": 10.0})
     assert found is False
     assert "front is empty" in message
@@ -284,7 +325,8 @@ def test_front_numbers_leave_out_infeasible_and_failed_trials_whose_place_others
 def test_a_reference_scored_against_its_own_samples_is_compared_by_difference_not_ratio(run_dir):
     """Where FID is against the reference call's own images its FID is 0 (to rounding): a ratio to it is
     meaningless, so the change is shown as a difference."""
-    teacher = {"fid": 1e-9, "latency_ms": 600.0, "quality_reference": "teacher-samples"}
-    (run_dir / "teacher.json").write_text(json.dumps(teacher))
+    study = _study(run_dir)
+    study.set_user_attr("teacher", {"fid": 1e-9, "latency_ms": 600.0})
+    study.set_user_attr("target", {"objectives": ["fid", "latency_ms"], "quality_reference": "teacher-samples"})
     message, _ = explain_plan(run_dir, {"max_latency_ms": 16.0})
     assert "vs the reference (? steps): 40.00x faster, fid 1e-09 -> 12 (+12)" in message

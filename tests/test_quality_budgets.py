@@ -4,6 +4,7 @@ within this quality" from the run folder alone."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +13,8 @@ import pytest
 from autoaccel.cli.main import main
 from autoaccel.cli.search_command import search
 from autoaccel.config import compose_config
+from autoaccel.search.ledger import Ledger, default_storage
+from tests.plan_ledgers import record_trial
 
 QUIET = {"log": lambda message: None}
 
@@ -90,3 +93,40 @@ def test_plan_refuses_a_ratio_where_the_teacher_is_the_reference(measured, capsy
     assert main(["plan", str(run_dir), "--max-fid-ratio", "1.25"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--max-fid-ratio" in err and "--min-psnr" in err
+
+
+def test_plan_reads_the_ledger_so_deleted_or_stale_report_files_do_not_change_it(measured, capsys):
+    """plan's trials, figures and reference come from the study's ledger: it gives the same answer once the report's
+    CSV files are deleted, and a trial recorded after the report was built (its files now stale) is planned on."""
+    _, run_dir = measured
+    max_fid = float(pd.read_csv(run_dir / "pareto.csv")["fid"].median())
+    argv = ["plan", str(run_dir), "--max-fid", str(max_fid)]
+    capsys.readouterr()
+    assert main(argv) == 0
+    before = capsys.readouterr().out
+    for name in ("pareto.csv", "trials.csv", "teacher.json"):
+        (run_dir / name).unlink()
+    assert main(argv) == 0
+    assert capsys.readouterr().out == before
+    # the same study named by its storage, planned from another folder holding the image features its report kept
+    elsewhere = run_dir.parent / "elsewhere"
+    shutil.copytree(run_dir / "features", elsewhere / "features")
+    storage = ["--storage", default_storage(run_dir), "--study", "pipeline-sampler"]
+    assert main(["plan", str(elsewhere), "--max-fid", str(max_fid), *storage]) == 0
+    assert capsys.readouterr().out.splitlines()[:2] == before.splitlines()[:2]
+    refused = main([*argv, "--storage", default_storage(run_dir)])
+    assert refused == 2 and "--storage and --study go together" in capsys.readouterr().err
+
+    # a trial the (deleted) report never saw: as good as the best front plan, and twice as fast as the fastest
+    ledger = Ledger.open_existing(default_storage(run_dir), "pipeline-sampler")
+    trials = ledger.trials_frame()
+    complete = trials[trials["state"] == "COMPLETE"]
+    best = complete.sort_values("fid").iloc[0]
+    figures = {name: float(best[name]) for name in ("nfe", "fid", "psnr_vs_ode", "quality_samples")}
+    number = len(trials)
+    row = {**figures, "latency_ms": float(complete["latency_ms"].min()) / 2, "candidate_key": "0123456789ab"}
+    record_trial(ledger, number, row, ["fid", "latency_ms"])
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[1].startswith(f"  trial {number}:"), out
+    assert f"recipe: not written yet ({run_dir / 'recipes' / f'trial-{number:04d}.yaml'})" in out

@@ -3,7 +3,8 @@
 search [key=value ...]                  run (or resume) a search; writes reports/<run>/
 workers N storage=URL [key=value ...]   N search processes on one shared study (one per GPU), then its report
 report RUN [--wait] [--storage URL --study S]   rebuild a run's report from its ledger (or a shared study's)
-plan RUN [--max-fid-ratio R] [--max-latency-ms X] ...   the plan you ask for, e.g. the fastest within 1.25x FID
+plan RUN [--max-fid-ratio R] [--max-latency-ms X] ... [--storage URL --study S]   the plan you ask for, from the
+                                        run's ledger (or a shared study's), e.g. the fastest within 1.25x FID
 apply RECIPE --out DIR [--n N] [--overwrite]   write N images with a recipe's plan
 bench schedules [key=value ...]         the schedule benchmark -> reports/bench/schedules.md (from a source checkout)
 bench NAME | bench --help               the other benchmarks (optimizers, compression, ...) -> reports/bench/*.md
@@ -144,11 +145,16 @@ def cmd_plan(args: list[str]) -> int:
         "latency_ms when a quality limit is given, else --quality",
     )
     parser.add_argument("--quality", default="fid", help="the quality metric shown and ranked by (default fid)")
+    parser.add_argument("--storage", help="a shared study's storage URL: plan on that study (RUN: its report's folder)")
+    parser.add_argument("--study", help="the study name in --storage")
     options = parser.parse_args(_values_joined(args, {option.flag for option in LIMIT_OPTIONS.values()}))
     from autoaccel.cli.plan_command import explain_plan
 
+    if bool(options.storage) != bool(options.study):
+        raise AutoaccelError("plan --storage and --study go together (a shared study's URL and name)")
     values = {name: _number_or_text(getattr(options, name)) for name in LIMIT_OPTIONS}
-    message, found = explain_plan(options.run, values, options.minimize, options.quality)
+    shared = (options.storage, options.study)
+    message, found = explain_plan(options.run, values, options.minimize, options.quality, *shared)
     print(message)
     return 0 if found else 3
 

@@ -1,11 +1,15 @@
 """``python -m autoaccel plan RUN``: the plan a user asks for (the fastest within 1.25x of the teacher's FID, the best
-under 50 ms, ...), chosen on the front the report wrote (pareto.csv), compared with the teacher and the standard
-configurations, with its recipe and the command that applies it.
+under 50 ms, ...), chosen on the run's front, compared with the teacher and the standard configurations, with its
+recipe and the command that applies it.
 
-Where the run kept its images' features, every FID comparison carries its paired interval (``report.noise``): a plan
-whose interval covers a bound meets it, a tie goes to the faster plan, and the message says so. What ``plan`` reads
-(pareto.csv, trials.csv, teacher.json) may have been edited by hand: each figure it uses is range-checked first, and
-a bad one is a one-line error naming the file, the row or key and the value.
+The trials, their figures and states, and the reference's figures come from the study's ledger (the run folder's,
+or a shared storage's with ``--storage/--study``), never from the report's CSV files, which may be stale or gone:
+the front is built here as the report builds it (``autoaccel.front.pareto``, under the limits of the run's budget). What
+only the report computes is read where it keeps it: the recipes it wrote (``recipes/``) and the image features
+behind the paired intervals (``features/``). Where the run kept its images' features, every FID comparison carries
+its paired interval (``report.noise``): a plan whose interval covers a bound meets it, a tie goes to the faster
+plan, and the message says so. Each figure used is range-checked first; a bad one is a one-line error naming the
+study, the trial or key and the value.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import json
 import math
 import numbers
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -28,43 +33,53 @@ from autoaccel.front.limits import (
     resolve_limits,
 )
 from autoaccel.front.objectives import DIRECTIONS
-from autoaccel.report.build import TEACHER_FILE
+from autoaccel.front.pareto import front_frame, front_numbers
+from autoaccel.report.build import recipe_path
 from autoaccel.report.noise import TEACHER_SAMPLES, Noise, cannot_tell_sentence, choose_with_noise, run_noise
 from autoaccel.report.recommend import REFERENCE_FID, speedup
+from autoaccel.search.ledger import target_facts, trials_in_force
+from autoaccel.search.run import recorded_study
 
-FRONT_COLUMNS = ("trial", "nfe", "latency_ms", "recipe")  # what a plan reads besides the quality metric
 SHARES = {"adherence", "precision", "recall"}  # figures that are shares of images, in [0, 1]
 SIGNED = {"kid", "psnr_vs_ode", "ssim_vs_ode", "clip_score"}  # figures that may be negative (KID is unbiased)
 
 
-def _rebuild(run_dir: Path) -> str:
-    return f"rebuild it with `python -m autoaccel report {shlex.quote(str(run_dir))}`"
+@dataclass
+class RecordedRun:
+    """What ``plan`` reads of a run: its study's front and standard configurations, and the reference's figures."""
+
+    run_dir: Path
+    study_name: str
+    front: pd.DataFrame  # the Pareto front under the run's budget limits, cheapest first
+    standards: pd.DataFrame  # the standard configurations that completed (trials with a warm-start tag)
+    teacher: dict | None  # the reference's figures and what FID is measured against; None before it was measured
+    quality_reference: str | None  # what FID is measured against: real-data or teacher-samples
 
 
-def read_front(run_dir: Path, quality: str = "fid") -> pd.DataFrame:
-    """The run's pareto.csv as ``report`` wrote it; anything else (empty, another tool's table) is refused."""
-    path = Path(run_dir) / "pareto.csv"
-    rebuild = _rebuild(run_dir)
-    if not path.is_file():
-        raise ConfigError(
-            f"{run_dir} has no pareto.csv; run `python -m autoaccel report {shlex.quote(str(run_dir))}` first"
+def read_run(run_dir: Path, storage: str | None = None, study_name: str | None = None) -> RecordedRun:
+    """The run's front, standard configurations and reference, from its ledger alone (see the module's doc)."""
+    config, ledger = recorded_study(run_dir, storage, study_name)
+    name = ledger.study_name
+    facts = target_facts(ledger.study)
+    if facts is None:
+        rebuild = f"python -m autoaccel report {shlex.quote(str(run_dir))}" + (
+            f" --storage {shlex.quote(storage)} --study {shlex.quote(name)}" if storage else ""
         )
-    try:
-        front = pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        raise ConfigError(f"{path} is empty (no header, no rows); {rebuild}") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
-        raise ConfigError(f"{path} is not a readable CSV ({' '.join(str(error).split())}); {rebuild}") from None
-    missing = [column for column in (*FRONT_COLUMNS, quality) if column not in front.columns]
-    if missing:
         raise ConfigError(
-            f"{path} lacks the column(s) {', '.join(missing)}, so autoaccel report did not write it; {rebuild}"
+            f"study {name!r} was recorded by an older autoaccel, which did not store the objectives and the quality "
+            f"reference plan needs; run `{rebuild}` once to store them"
         )
-    numeric = ("trial", "nfe", "latency_ms", quality)
-    wrong = [column for column in numeric if not front.empty and not _numbers_column(front[column])]
-    if wrong:
-        raise ConfigError(f"{path}: column(s) {', '.join(wrong)} hold non-numbers; {rebuild}")
-    return front
+    teacher = ledger.study.user_attrs.get("teacher")
+    if teacher:
+        teacher = {**_checked_teacher(teacher, name), "quality_reference": facts.get("quality_reference")}
+    trials = trials_in_force(ledger, config.budget)
+    numbers_ = front_numbers(trials, list(facts["objectives"]))
+    front = front_frame(trials, numbers_) if numbers_ else pd.DataFrame(columns=["trial", "nfe", "latency_ms"])
+    if trials.empty or "warm_start" not in trials:
+        standards = pd.DataFrame()
+    else:
+        standards = trials[(trials["state"] == "COMPLETE") & (trials["warm_start"].fillna("") != "")]
+    return RecordedRun(Path(run_dir), name, front, standards, teacher or None, facts.get("quality_reference"))
 
 
 def _numbers_column(column: pd.Series) -> bool:
@@ -74,22 +89,22 @@ def _numbers_column(column: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(column) or column.isna().all()
 
 
-def check_figures(frame: pd.DataFrame, columns: list[str], path: Path, run_dir: Path) -> None:
+def check_figures(frame: pd.DataFrame, columns: list[str], study_name: str) -> None:
     """Each figure ``plan`` uses is a number in its range: trial numbers whole and >= 0, costs, NFE and FIDs finite
     and >= 0, shares in [0, 1], others finite; an empty cell is a figure not measured."""
     for column in dict.fromkeys(columns):
         if column not in frame or frame.empty:
             continue
         if not _numbers_column(frame[column]):
-            raise ConfigError(f"{path}: column {column} holds non-numbers; {_rebuild(run_dir)}")
+            raise ConfigError(f"study {study_name!r}: {column} holds non-numbers; valid: {_valid_range(column)}")
         valid = _valid_range(column)
         for index, value in frame[column].items():
             if pd.isna(value) and column not in ("trial", "nfe", "latency_ms"):
                 continue
             if not _in_range(column, float(value)):
                 trial = frame.at[index, "trial"] if "trial" in frame and column != "trial" else None
-                where = f"row {index + 1}" + (f" (trial {trial:g})" if _finite(trial) else "")
-                raise ConfigError(f"{path}: {where} has {column}={value}; valid: {valid}; {_rebuild(run_dir)}")
+                where = f"trial {trial:g}" if _finite(trial) else f"row {index + 1}"
+                raise ConfigError(f"study {study_name!r}: {where} has {column}={value}; valid: {valid}")
 
 
 def _valid_range(column: str) -> str:
@@ -118,23 +133,30 @@ def _finite(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def plan_limits(values: dict[str, float | None], teacher: dict | None) -> list[Limit]:
-    """The flags' limits, checked like the search's (``--max-fid-ratio`` needs the run's teacher)."""
+def check_limit_flags(values: dict[str, float | None]) -> None:
+    """Each limit flag's value is in range (checked before the run is opened)."""
     for name, value in values.items():
         if value is not None:
             check_limit_value(LIMIT_OPTIONS[name], value, as_flag=True)
-    check_teacher_ratios(values, (teacher or {}).get("quality_reference"), flag=True)
+
+
+def plan_limits(
+    values: dict[str, float | None], teacher: dict | None, study_name: str = "", quality_reference: str | None = None
+) -> list[Limit]:
+    """The flags' limits, checked like the search's (``--max-fid-ratio`` needs the run's teacher)."""
+    check_limit_flags(values)
+    check_teacher_ratios(values, quality_reference or (teacher or {}).get("quality_reference"), flag=True)
     ratio = values.get("max_fid_ratio")
     if ratio is not None and not teacher:
         raise ConfigError(
-            "--max-fid-ratio needs the reference's FID, which this run folder does not have (teacher.json); rebuild "
-            "the report with `python -m autoaccel report RUN` after the search has measured the reference"
+            f"--max-fid-ratio needs the reference's FID, which study {study_name!r} has not recorded (a search "
+            "measures the teacher before its first trial); resume the search, or limit the absolute FID with --max-fid"
         )
     if ratio is not None and not (_finite(teacher.get("fid")) and teacher["fid"] > REFERENCE_FID):
         raise ConfigError(
-            f"--max-fid-ratio {ratio:g} needs the reference's FID > 0, but teacher.json has fid={teacher.get('fid')} "
-            "(0 where FID is measured against the reference's own samples); limit the absolute FID with --max-fid, "
-            "or the fidelity to the reference with --min-psnr"
+            f"--max-fid-ratio {ratio:g} needs the reference's FID > 0, but study {study_name!r} records "
+            f"fid={teacher.get('fid')} for it (0 where FID is measured against the reference's own samples); limit "
+            "the absolute FID with --max-fid, or the fidelity to the reference with --min-psnr"
         )
     return resolve_limits(values, teacher)
 
@@ -148,82 +170,68 @@ def default_goal(values: dict[str, float | None], quality: str) -> str:
 TEACHER_NUMBERS = ("fid", "fid_std", "latency_ms", "nfe", "quality_samples", "psnr_vs_ode", "adherence")
 
 
-def read_teacher(run_dir: Path) -> dict | None:
-    """teacher.json as ``report`` wrote it: its figures numbers in range (or null), its kind text; else refused."""
-    path = Path(run_dir) / TEACHER_FILE
-    if not path.is_file():
-        return None
-    try:
-        teacher = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError):
-        raise ConfigError(f"{path} is not valid JSON; {_rebuild(run_dir)}") from None
+def _checked_teacher(teacher: dict, study_name: str) -> dict:
+    """The study's reference row, its figures numbers in range (or null); else refused."""
     if not isinstance(teacher, dict):
-        raise ConfigError(f"{path} holds {type(teacher).__name__}, not the reference's figures; {_rebuild(run_dir)}")
+        raise ConfigError(f"study {study_name!r}: its reference row holds {type(teacher).__name__}, not figures")
     for key in TEACHER_NUMBERS:
         value = teacher.get(key)
         if value is None:
             continue
         if not _finite(value) or not _in_range(key, float(value)):
             raise ConfigError(
-                f"{path}: {key}={json.dumps(value)} is not valid; valid: {_valid_range(key)} or null; "
-                f"{_rebuild(run_dir)}"
+                f"study {study_name!r}: the reference's {key}={json.dumps(value)} is not valid; valid: "
+                f"{_valid_range(key)} or null"
             )
-    kind = teacher.get("quality_reference")
-    if kind is not None and kind not in ("real-data", TEACHER_SAMPLES):
-        raise ConfigError(
-            f"{path}: quality_reference={json.dumps(kind)} is not valid; valid: real-data, {TEACHER_SAMPLES} or null"
-        )
     return teacher
 
 
-def read_standards(run_dir: Path, columns: list[str]) -> pd.DataFrame:
-    """The standard configurations the study measured (trials.csv rows with a warm-start tag) that have every one of
-    ``columns`` (figures checked like pareto.csv's), or nothing."""
-    path = Path(run_dir) / "trials.csv"
-    try:
-        trials = pd.read_csv(path)
-    except (OSError, ValueError):
+def _standards_with(standards: pd.DataFrame, columns: list[str], study_name: str) -> pd.DataFrame:
+    """The standard configurations, where they have every one of ``columns`` (figures checked), or nothing."""
+    if standards.empty or any(column not in standards for column in columns):
         return pd.DataFrame()
-    if "warm_start" not in trials or "state" not in trials or any(column not in trials for column in columns):
-        return pd.DataFrame()
-    tagged = trials["warm_start"].fillna("").astype(str) != ""
-    standards = trials[tagged & (trials["state"] == "COMPLETE")]
-    check_figures(standards, ["trial", *columns], path, run_dir)
+    check_figures(standards, ["trial", *columns], study_name)
     return standards
 
 
-def _check_metric(front: pd.DataFrame, flag: str, metric: str, path: Path) -> None:
+def _check_metric(front: pd.DataFrame, flag: str, metric: str, study_name: str) -> None:
     """A metric to rank by must have been measured for some front plan."""
     if metric in front and front[metric].notna().any():
         return
     measured = [name for name in DIRECTIONS if name in front and front[name].notna().any()]
     raise ConfigError(
-        f"{flag} {metric}: no plan in {path} has a measured {metric}; valid here: {', '.join(measured) or 'none'}"
+        f"{flag} {metric}: no plan on the front of study {study_name!r} has a measured {metric}; valid here: "
+        f"{', '.join(measured) or 'none'}"
     )
 
 
 def explain_plan(
-    run_dir: Path, values: dict[str, float | None], goal: str | None = None, quality: str = "fid"
+    run_dir: Path,
+    values: dict[str, float | None],
+    goal: str | None = None,
+    quality: str = "fid",
+    storage: str | None = None,
+    study_name: str | None = None,
 ) -> tuple[str, bool]:
-    """What ``plan`` prints, and whether a plan fits. ``values``: limit option -> value (None = no limit)."""
+    """What ``plan`` prints, and whether a plan fits. ``values``: limit option -> value (None = no limit);
+    ``storage``/``study_name``: a shared study (``run_dir`` then holds what its report wrote)."""
     for name, metric in (("--minimize", goal), ("--quality", quality)):
         if metric is not None and metric not in DIRECTIONS:
             raise ConfigError(f"{name} {metric!r} is not a measured metric; valid: {', '.join(DIRECTIONS)}")
-    teacher = read_teacher(run_dir)
-    limits = plan_limits(values, teacher)
+    check_limit_flags(values)
+    run = read_run(run_dir, storage, study_name)
+    teacher, name = run.teacher, run.study_name
+    limits = plan_limits(values, teacher, name, run.quality_reference)
     goal = goal or default_goal(values, quality)
-    front = read_front(run_dir, quality)
-    path = Path(run_dir) / "pareto.csv"
-    if goal not in front:
-        raise ConfigError(f"--minimize {goal}: {path} has no {goal} column")
+    front = run.front
     used = ["trial", "nfe", "latency_ms", "fid", quality, goal, *(limit.metric for limit in limits)]
-    check_figures(front, used, path, run_dir)
+    check_figures(front, used, name)
     if front.empty:
         return f"{run_dir}: the front is empty (no trial completed within the study's limits)", False
-    _check_metric(front, "--quality", quality, path)
-    _check_metric(front, "--minimize", goal, path)
-    standards = read_standards(run_dir, list(dict.fromkeys(used)))
-    noise = run_noise(run_dir, [front, standards], teacher, (teacher or {}).get("quality_reference"))
+    _check_metric(front, "--quality", quality, name)
+    _check_metric(front, "--minimize", goal, name)
+    standards = _standards_with(run.standards, list(dict.fromkeys(used)), name)
+    noise = run_noise(run_dir, [front, standards], teacher, run.quality_reference)
     choice = choose_with_noise(front, limits, goal, noise)
     wanted = f"{_goal_words(goal)} within {describe_limits(limits)}"
     if choice.row is None:
@@ -278,7 +286,7 @@ def _describe_row(
     row: pd.Series, run_dir: Path, quality: str, teacher: dict | None, noise: Noise | None = None
 ) -> list[str]:
     """The plan's figures with their intervals, how it compares with the teacher, and how to use it."""
-    recipe = Path(run_dir) / str(row["recipe"])
+    recipe = recipe_path(run_dir, int(row["trial"]))
     lines = [
         f"  trial {int(row['trial'])}{f' ({_tag(row)})' if _tag(row) else ''}: {row.get('scheduler_class', '?')}, "
         f"timesteps {row.get('timesteps', '?')}",
@@ -288,7 +296,13 @@ def _describe_row(
         steps = teacher.get("timesteps", "?")
         lines.append(f"  vs the reference ({steps} steps): {_comparison(row, teacher, quality, noise)}")
     quoted = shlex.quote(str(recipe))
-    lines += [f"  recipe: {quoted}", f"  apply:  python -m autoaccel apply {quoted} --out samples --n 16"]
+    if recipe.is_file():
+        lines += [f"  recipe: {quoted}", f"  apply:  python -m autoaccel apply {quoted} --out samples --n 16"]
+    else:  # on the front since the report was built, or its artifacts are on another machine
+        lines.append(
+            f"  recipe: not written yet ({quoted}); write it with "
+            f"`python -m autoaccel report {shlex.quote(str(run_dir))}`"
+        )
     return lines
 
 

@@ -41,6 +41,18 @@ from autoaccel.util.files import write_atomically
 from autoaccel.util.imaging import save_grid
 
 TEACHER_FILE = "teacher.json"  # the teacher's figures, written by the report beside pareto.csv
+RECIPES_DIR = "recipes"  # the front plans' recipes
+
+
+def recipe_name(trial: int) -> str:
+    """The file name the report gives a front plan's recipe."""
+    return f"trial-{int(trial):04d}.yaml"
+
+
+def recipe_path(run_dir: Path, trial: int) -> Path:
+    """Where the report writes a front plan's recipe."""
+    return Path(run_dir) / RECIPES_DIR / recipe_name(trial)
+
 
 SKIP_MISSING_FLAG = "--skip-missing-artifacts"
 PARETO_COLUMNS = [
@@ -106,7 +118,7 @@ def write_front_recipe(context, row: pd.Series, recipes_dir: Path) -> Path:
     recipe = build_recipe(
         context.target, plan, pipeline, figures, measured_on, seed_policy(context), source, artifacts, records
     )
-    return save_recipe(recipe, recipes_dir / f"trial-{int(row['trial']):04d}.yaml")
+    return save_recipe(recipe, recipes_dir / recipe_name(row["trial"]))
 
 
 def trial_artifacts(run_dir: Path, stored: dict | None, recipes_dir: Path) -> dict[str, ArtifactRef]:

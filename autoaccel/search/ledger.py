@@ -17,7 +17,7 @@ import pandas as pd
 from sqlalchemy.exc import SQLAlchemyError
 
 from autoaccel.errors import ConfigError
-from autoaccel.front.limits import Limit, within_limits
+from autoaccel.front.limits import Limit, limits_in_force, within_limits
 from autoaccel.front.objectives import METRIC_COLUMNS
 from autoaccel.measure.measurement import Measurement
 from autoaccel.plan.candidate import Candidate
@@ -427,3 +427,27 @@ def reached_full_fidelity(frozen: optuna.trial.FrozenTrial) -> bool:
 
 def _json_number(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
+
+
+TARGET_FACTS = "target"  # study attribute: what only the loaded model knows, so ``plan`` never loads it
+
+
+def record_target_facts(study: optuna.Study, objectives: list[str], quality_reference: str) -> None:
+    """Stores the objectives as resolved for the target (``quality`` -> its metric) and what its FID is measured
+    against (``real-data`` or ``teacher-samples``): ``plan`` builds the front and compares with the reference from
+    the ledger alone, without loading the model."""
+    facts = {"objectives": list(objectives), "quality_reference": quality_reference}
+    if study.user_attrs.get(TARGET_FACTS) != facts:
+        study.set_user_attr(TARGET_FACTS, facts)
+
+
+def target_facts(study: optuna.Study) -> dict[str, Any] | None:
+    """What ``record_target_facts`` stored, or None for a study recorded before autoaccel stored it."""
+    return study.user_attrs.get(TARGET_FACTS)
+
+
+def trials_in_force(ledger: Ledger, budget: Any) -> pd.DataFrame:
+    """Every trial of the study, feasible under the limits ``budget`` sets (a configuration's budget section) with
+    the study's reference figures: the trials the report builds its front from, read from the ledger alone."""
+    limits = limits_in_force(budget, ledger.study.user_attrs.get("teacher"))
+    return ledger.trials_frame(limits)

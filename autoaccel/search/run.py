@@ -28,7 +28,7 @@ from autoaccel.search.checks import validate_config
 from autoaccel.search.estimate import SearchEstimate, chunk_count, reference_calls_per_image, time_calls
 from autoaccel.search.fidelity import FidelityLadder
 from autoaccel.search.fingerprint import settings_fingerprint
-from autoaccel.search.ledger import LEDGER_FILE, Ledger, default_storage, shown_url
+from autoaccel.search.ledger import LEDGER_FILE, Ledger, default_storage, record_target_facts, shown_url
 from autoaccel.search.liveness import LivenessSettings, claim_once
 from autoaccel.search.study_lock import StudyLock
 from autoaccel.space.choice import resolve_space_name
@@ -148,6 +148,7 @@ def _prepare(
         options["seed"] = int(options["seed"]) + ledger.finished_count()
         backend = make_backend(str(config.optimizer.name), space, options, len(objectives))
     ledger.study.sampler = backend.sampler()
+    record_target_facts(ledger.study, objectives, target.quality.kind)  # for plan, which never loads the model
     if for_search:
         (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(config))
         # any machine can rebuild the report from the storage, with the limits of the latest run
@@ -227,6 +228,29 @@ def open_shared_run(storage: str, study_name: str, run_dir: Path) -> RunContext:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(config))
     return prepare_run(config, run_dir=run_dir, for_search=False)
+
+
+def recorded_study(
+    run_dir: Path, storage: str | None = None, study_name: str | None = None
+) -> tuple[DictConfig, Ledger]:
+    """The configuration and the ledger of a run folder (its ``config.yaml`` names the study and where it is), or
+    of ``study_name`` in a shared ``storage`` (its first worker stored the configuration there); nothing is loaded
+    but the ledger, and nothing is written: what ``plan`` reads."""
+    if storage is not None:
+        ledger = _existing(storage, str(study_name))
+        stored = ledger.study.user_attrs.get("config")
+        if stored is None:
+            raise ConfigError(f"study {study_name!r} has no stored configuration (it was not started by autoaccel)")
+        return OmegaConf.create(stored), ledger
+    run_dir = Path(run_dir)
+    config_path = run_dir / CONFIG_FILE
+    if not config_path.is_file():
+        raise ConfigError(f"{run_dir} is not an autoaccel run folder: it has no {CONFIG_FILE}")
+    config = OmegaConf.load(config_path)
+    storage = str(config.storage) if config.get("storage") else default_storage(run_dir)
+    if not config.get("storage") and not (run_dir / LEDGER_FILE).is_file():
+        raise ConfigError(f"{run_dir} has no {LEDGER_FILE}: nothing was recorded there")
+    return config, _existing(storage, study_name_for(config))
 
 
 def open_run(run_dir: Path, hold: bool = False, wait: Callable[[str], None] | None = None) -> RunContext:
