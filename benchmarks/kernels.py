@@ -27,7 +27,7 @@ from autoaccel.measure.latency import measure_cost
 from autoaccel.measure.size import model_bytes
 from autoaccel.pipeline.sampling import sampler_pipeline
 from autoaccel.pipeline.seeds import make_seed_batch
-from autoaccel.techniques.quantization import quantization_plan
+from autoaccel.techniques.quantization import bit_assignment
 from autoaccel.techniques.quantization_kernels import torchao_available
 
 
@@ -43,7 +43,7 @@ def time_recipe(recipe_path: Path, target, batch_sizes: list[int], repeats: int)
     pipeline = apply_recipe(target, recipe_path)
     baseline = sampler_pipeline(target)  # the unchanged float model on the recipe's sampler
     baseline.scheduler, baseline.plan = pipeline.scheduler, copy.copy(pipeline.plan)
-    plan = quantization_plan(pipeline.unet)
+    plan = bit_assignment(pipeline.unet)
     rows = []
     for batch in batch_sizes:
         seeds = make_seed_batch(target.sample_shape, batch, 0, target.condition_count)

@@ -43,7 +43,7 @@ from autoaccel.reference.calibration import noised_batch, replay, to_device, tra
 from autoaccel.targets.denoisers import predict
 from autoaccel.targets.layouts import STAGES, DenoiserLayout, layout_of
 from autoaccel.techniques.base import TRAIN_MINUTES, ParamSpec, Technique, register, require_types
-from autoaccel.techniques.quantization import quantization_plan
+from autoaccel.techniques.quantization import bit_assignment
 from autoaccel.util.artifacts import Artifact
 
 IMPORTANCES = ("magnitude", "taylor", "random")
@@ -343,7 +343,7 @@ def prune_unet(unet, config: PruningConfig, target=None, removed_blocks: list[in
     artifact). The copy carries the removed blocks' indices as ``removed_blocks``.
     """
 
-    if quantization_plan(unet) is not None:
+    if bit_assignment(unet) is not None:
         raise TechniqueError(
             "pruning must apply before quantization (quantization is calibrated on the pruned model); "
             "this denoiser is already quantized"

@@ -2,8 +2,8 @@
 
 Quality is scored by *simulated* quantization: weights are rounded onto their N-bit grid (symmetric, per output
 channel) and activations onto a calibrated per-tensor grid, with torch's own fake-quantize ops, while the
-arithmetic stays float. The plan says so: trials, reports and recipes carry ``simulated: [quantization]``, the
-model-size figure is the real byte count of the bit plan, and latency is never a fake-quant time: real kernels run
+arithmetic stays float. Every figure says so: trials, reports and recipes carry ``simulated: [quantization]``, the
+model-size figure is the real byte count of the bit assignment, and latency is never a fake-quant time: real kernels run
 where a backend has them (both in ``autoaccel.techniques.quantization_kernels``, which measurement asks through the
 technique's ``stored_bytes`` and ``deployment``).
 
@@ -16,7 +16,7 @@ Layers are grouped by the denoiser's blocks (``DenoiserLayout.block_names``): a 
 resnets, attentions and samplers each form a group (``down_blocks.0.resnets``, ``mid_block.attentions``), a
 transformer block is one group (a sequence layout's blocks are grouped whole), and each top-level module is one
 (``conv_in``, ``pos_embed``, ``proj_out``). A cheap sensitivity pass (the prediction error with one group at
-``low_bits``) orders the groups; the plan puts the least sensitive share ``low_fraction`` of the weights at
+``low_bits``) orders the groups; the assignment puts the least sensitive share ``low_fraction`` of the weights at
 ``low_bits`` and the rest at ``weight_bits``: a three-number search over any denoiser, instead of one dimension
 per layer.
 """
@@ -110,7 +110,7 @@ QUANTIZATION_PARAMS = {
 
 
 @dataclass
-class QuantizationPlan:
+class BitAssignment:
     """What was quantized how; attached to the denoiser as ``autoaccel_quantization`` for measurement and
     kernels."""
 
@@ -176,11 +176,11 @@ def _activation_grid(low: float, high: float, bits: int) -> tuple[float, int, in
     return scale, zero_point, top
 
 
-def _activation_hook(plan: QuantizationPlan, low: float, high: float, bits: int):
+def _activation_hook(assignment: BitAssignment, low: float, high: float, bits: int):
     scale, zero_point, top = _activation_grid(low, high, bits)
 
     def hook(module, args):
-        if not plan.activations_enabled:
+        if not assignment.activations_enabled:
             return None
         return (torch.fake_quantize_per_tensor_affine(args[0], scale, zero_point, 0, top), *args[1:])
 
@@ -291,15 +291,15 @@ def quantize_unet(unet, config: QuantizationConfig, target) -> torch.nn.Module:
         sensitivity = group_sensitivity(quantized, calls, config.low_bits, key)
     group_bits = assign_group_bits(groups, sizes, sensitivity, config)
     layer_bits = {name: group_bits[group] for group, names in groups.items() for name in names}
-    plan = QuantizationPlan(layer_bits, group_bits, config.activation_bits, sensitivity=sensitivity)
+    assignment = BitAssignment(layer_bits, group_bits, config.activation_bits, sensitivity=sensitivity)
     if config.activation_bits is not None:
         quantized_inputs = [name for group, names in groups.items() if group != TIME_GROUP for name in names]
-        plan.activation_ranges = _calibrate_activations(quantized, calls, quantized_inputs)
+        assignment.activation_ranges = _calibrate_activations(quantized, calls, quantized_inputs)
     for name, bits in layer_bits.items():
         modules[name].weight.data = fake_quantize_weight(modules[name].weight.data, bits)
-    for name, (low, high) in plan.activation_ranges.items():
-        modules[name].register_forward_pre_hook(_activation_hook(plan, low, high, config.activation_bits))
-    quantized.autoaccel_quantization = plan
+    for name, (low, high) in assignment.activation_ranges.items():
+        modules[name].register_forward_pre_hook(_activation_hook(assignment, low, high, config.activation_bits))
+    quantized.autoaccel_quantization = assignment
     return quantized
 
 
@@ -311,15 +311,15 @@ def apply_quantization(pipeline, config: QuantizationConfig, target) -> None:
 def quantized_weights(unet, config: QuantizationConfig):
     """The calibrated model: its weights on their grids, and its plan (bits, activation ranges) as metadata."""
 
-    plan = getattr(unet, "autoaccel_quantization", None)
-    if not config.enabled or plan is None:
+    assignment = getattr(unet, "autoaccel_quantization", None)
+    if not config.enabled or assignment is None:
         return None
     stored = {
-        "layer_bits": plan.layer_bits,
-        "group_bits": plan.group_bits,
-        "activation_bits": plan.activation_bits,
-        "activation_ranges": {name: list(bounds) for name, bounds in plan.activation_ranges.items()},
-        "sensitivity": plan.sensitivity,
+        "layer_bits": assignment.layer_bits,
+        "group_bits": assignment.group_bits,
+        "activation_bits": assignment.activation_bits,
+        "activation_ranges": {name: list(bounds) for name, bounds in assignment.activation_ranges.items()},
+        "sensitivity": assignment.sensitivity,
     }
     return Artifact(dict(unet.state_dict()), {"technique": "quantization", "plan": json.dumps(stored)})
 
@@ -334,13 +334,13 @@ def quantization_from_artifact(pipeline, config: QuantizationConfig, target, art
     quantized = copy.deepcopy(pipeline.denoiser).float().eval().requires_grad_(False)
     quantized.load_state_dict(artifact.tensors, strict=True)
     ranges = {name: (float(low), float(high)) for name, (low, high) in stored["activation_ranges"].items()}
-    plan = QuantizationPlan(
+    assignment = BitAssignment(
         stored["layer_bits"], stored["group_bits"], stored["activation_bits"], ranges, stored["sensitivity"]
     )
     modules = dict(quantized.named_modules())
     for name, (low, high) in ranges.items():
-        modules[name].register_forward_pre_hook(_activation_hook(plan, low, high, config.activation_bits))
-    quantized.autoaccel_quantization = plan
+        modules[name].register_forward_pre_hook(_activation_hook(assignment, low, high, config.activation_bits))
+    quantized.autoaccel_quantization = assignment
     pipeline.denoiser = quantized
 
 
@@ -351,7 +351,7 @@ def quantization_recompute(config: QuantizationConfig) -> str | None:
 def quantization_cost(config: QuantizationConfig) -> dict:
     """The bit widths a deployment's kernels run: weight, low-group and time-embedding bits, and activation bits.
 
-    Calibration (samples, seed) only moves the grids; a plan that is off, or whose low bits are never used,
+    Calibration (samples, seed) only moves the grids; a assignment that is off, or whose low bits are never used,
     says so rather than listing settings that change nothing. Which layers end up on which quantized kernel
     is part of the measured structure (``QuantizedDeployment.key``).
     """
@@ -363,16 +363,16 @@ def quantization_cost(config: QuantizationConfig) -> dict:
     return cost
 
 
-def quantization_plan(unet: torch.nn.Module) -> QuantizationPlan | None:
+def bit_assignment(unet: torch.nn.Module) -> BitAssignment | None:
     """The plan this technique attached to ``unet``, or None for a float model: what size, kernels and pruning
     read to know a model is quantized."""
     return getattr(unet, "autoaccel_quantization", None)
 
 
-def _with_plan(unet: torch.nn.Module, use):
-    """``use(plan)`` for a quantized model; None for a float one."""
-    plan = quantization_plan(unet)
-    return use(plan) if plan is not None else None
+def _with_assignment(unet: torch.nn.Module, use):
+    """``use(assignment)`` for a quantized model; None for a float one."""
+    assignment = bit_assignment(unet)
+    return use(assignment) if assignment is not None else None
 
 
 QUANTIZATION = register(
@@ -389,8 +389,8 @@ QUANTIZATION = register(
         artifact_state=quantized_weights,
         from_artifact=quantization_from_artifact,
         recompute=quantization_recompute,
-        simulation=lambda unet: _with_plan(unet, lambda plan: plan.describe()),
-        stored_bytes=lambda unet: _with_plan(unet, lambda plan: quantized_bytes(unet, plan)) or {},
-        deployment=lambda unet: _with_plan(unet, lambda plan: QuantizedDeployment(unet, plan)),
+        simulation=lambda unet: _with_assignment(unet, lambda assignment: assignment.describe()),
+        stored_bytes=lambda unet: _with_assignment(unet, lambda assignment: quantized_bytes(unet, assignment)) or {},
+        deployment=lambda unet: _with_assignment(unet, lambda assignment: QuantizedDeployment(unet, assignment)),
     )
 )

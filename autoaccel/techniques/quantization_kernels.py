@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from autoaccel.techniques.quantization import QuantizationPlan
+    from autoaccel.techniques.quantization import BitAssignment
 
 SCALE_BYTES = 2  # one fp16/bf16 scale per output channel, as int-N weight-only kernels store them
 # torch._int_mm, under torchao's int8 x int8 kernel, takes widths in multiples of 8; any other width (a pruned
@@ -40,7 +40,7 @@ def torchao_available() -> bool:
     return True
 
 
-def torchao_configs(unet: torch.nn.Module, plan: QuantizationPlan) -> OrderedDict:
+def torchao_configs(unet: torch.nn.Module, assignment: BitAssignment) -> OrderedDict:
     """Fully qualified Linear name -> torchao config, following the plan's bit widths.
 
     Plans of 5-8 weight bits map to int8 kernels (so a 6-bit plan runs int8: its size is still the plan's).
@@ -51,10 +51,10 @@ def torchao_configs(unet: torch.nn.Module, plan: QuantizationPlan) -> OrderedDic
 
     modules = dict(unet.named_modules())
     configs: OrderedDict = OrderedDict()
-    for name, bits in plan.layer_bits.items():
+    for name, bits in assignment.layer_bits.items():
         if not isinstance(modules[name], torch.nn.Linear) or bits < 5:
             continue
-        if plan.activation_bits == 8 and name in plan.activation_ranges and _int_mm_fits(modules[name]):
+        if assignment.activation_bits == 8 and name in assignment.activation_ranges and _int_mm_fits(modules[name]):
             configs[name] = Int8DynamicActivationInt8WeightConfig()
         else:
             configs[name] = Int8WeightOnlyConfig()
@@ -65,7 +65,7 @@ def _int_mm_fits(layer: torch.nn.Linear) -> bool:
     return layer.in_features % INT_MM_MULTIPLE == 0 and layer.out_features % INT_MM_MULTIPLE == 0
 
 
-def real_quantized_copy(unet: torch.nn.Module, plan: QuantizationPlan) -> torch.nn.Module:
+def real_quantized_copy(unet: torch.nn.Module, assignment: BitAssignment) -> torch.nn.Module:
     """A copy of ``unet`` with torchao's quantized kernels on the layers the plan quantizes (CUDA).
 
     The copy shares the original's activation fake-quant hooks (a deep copy keeps the same hook functions): the
@@ -73,7 +73,7 @@ def real_quantized_copy(unet: torch.nn.Module, plan: QuantizationPlan) -> torch.
     """
     from torchao.quantization import FqnToConfig, quantize_
 
-    configs = torchao_configs(unet, plan)
+    configs = torchao_configs(unet, assignment)
     deployed = copy.deepcopy(unet)
     if configs:
         quantize_(deployed, FqnToConfig(configs), filter_fn=None)
@@ -83,21 +83,23 @@ def real_quantized_copy(unet: torch.nn.Module, plan: QuantizationPlan) -> torch.
 class QuantizedDeployment:
     """What timing a quantized model runs (``autoaccel.techniques.base.Deployment``)."""
 
-    def __init__(self, denoiser: torch.nn.Module, plan: QuantizationPlan) -> None:
-        self.denoiser, self.plan = denoiser, plan
+    def __init__(self, denoiser: torch.nn.Module, assignment: BitAssignment) -> None:
+        self.denoiser, self.assignment = denoiser, assignment
         self.real_kernels = str(denoiser.device).startswith("cuda") and torchao_available()
 
     @property
     def label(self) -> str:
         if self.real_kernels:
-            return f"torchao int8 on {len(torchao_configs(self.denoiser, self.plan))} Linear layers, float elsewhere"
+            return (
+                f"torchao int8 on {len(torchao_configs(self.denoiser, self.assignment))} Linear layers, float elsewhere"
+            )
         return f"float (no quantized kernels on {self.denoiser.device})"
 
     @property
     def key(self) -> str:
         if not self.real_kernels:
             return ""
-        configs = torchao_configs(self.denoiser, self.plan)
+        configs = torchao_configs(self.denoiser, self.assignment)
         layers = ",".join(f"{name}:{type(config).__name__}" for name, config in configs.items())
         return f"|torchao|{hashlib.sha1(layers.encode()).hexdigest()[:12]}"
 
@@ -105,21 +107,21 @@ class QuantizedDeployment:
     def running(self, pipeline: Any, real_kernels: bool) -> Iterator[None]:
         """The activation fake-quant is off either way (it is a simulation, not a cost), and with
         ``real_kernels`` on CUDA with torchao the denoiser is a copy running real quantized kernels."""
-        self.plan.activations_enabled = False
+        self.assignment.activations_enabled = False
         if real_kernels and self.real_kernels:
-            pipeline.denoiser = real_quantized_copy(self.denoiser, self.plan)
+            pipeline.denoiser = real_quantized_copy(self.denoiser, self.assignment)
         try:
             yield
         finally:
             pipeline.denoiser = self.denoiser
-            self.plan.activations_enabled = True
+            self.assignment.activations_enabled = True
 
 
-def quantized_bytes(unet: torch.nn.Module, plan: QuantizationPlan) -> dict[str, int]:
-    """Weight name -> the bytes a deployment stores for it, for the weights ``plan`` quantizes."""
+def quantized_bytes(unet: torch.nn.Module, assignment: BitAssignment) -> dict[str, int]:
+    """Weight name -> the bytes a deployment stores for it, for the weights ``assignment`` quantizes."""
     parameters = dict(unet.named_parameters())
     stored = {}
-    for name, bits in plan.layer_bits.items():
+    for name, bits in assignment.layer_bits.items():
         weight = parameters[f"{name}.weight"]
         stored[f"{name}.weight"] = math.ceil(weight.numel() * bits / 8) + weight.shape[0] * SCALE_BYTES
     return stored
