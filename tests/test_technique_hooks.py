@@ -136,3 +136,28 @@ def test_a_technique_naming_plans_by_a_setting_labels_them_and_heads_the_failed_
     assert label_settings() == ["solver.name", "timesteps.family", "probe.level"]
     assert plan_label({"solver.name": "unipc", "timesteps.family": "power", "probe.level": 2}) == "unipc/power/2"
     assert plan_label({"solver.name": "unipc"}) == "unipc/?/?"
+
+
+def test_no_module_outside_the_techniques_names_a_techniques_setting():
+    """The search, the space, measurement, plans and reports learn what they need of a technique from its
+    declarations: a setting name (``solver.name``, ``caching.method``) written anywhere else would be knowledge of
+    one technique leaking out (the techniques' own modules, their training code in ``distill/`` and the test kit's
+    examples may name them)."""
+    import re
+    from pathlib import Path
+
+    import autoaccel
+    from autoaccel.techniques.base import registered_techniques
+
+    settings = [f"{technique.name}.{setting}" for technique in registered_techniques() for setting in technique.params]
+    pattern = re.compile(r"(?<![\w.])(" + "|".join(map(re.escape, settings)) + r")(?![\w])")
+    package = Path(autoaccel.__file__).parent
+    named = [
+        f"{path.relative_to(package)}:{number}: {found.group(1)}"
+        for path in sorted(package.rglob("*.py"))
+        if not path.relative_to(package).as_posix().startswith(("techniques/", "distill/", "testing/"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        for found in [pattern.search(line)]
+        if found
+    ]
+    assert named == []

@@ -499,7 +499,7 @@ def _parse_when(raw: Any, earlier: list[Dimension], where: str) -> tuple[tuple[s
 
 
 def _schedule_setting(name: str, techniques: tuple[str, ...], where: str, source: str) -> tuple[str, ParamSpec]:
-    """The list setting a schedule dimension searches (``timesteps.gap`` -> ``timesteps.gaps``) and its spec."""
+    """The list setting a schedule dimension searches (a ``gap`` dimension fills the ``gaps`` list) and its spec."""
 
     technique = _technique_of(name, techniques, source)
     found = technique.list_spec(name.split(".", 1)[1])
