@@ -102,7 +102,7 @@ MEMORY_KIND_LABELS = {
 
 
 MODEL_MEMORY_MEANING = (
-    "the unet's parameter and buffer bytes plus the peak activation bytes of one unet call at "
+    "the denoiser's parameter and buffer bytes plus the peak activation bytes of one denoiser call at "
     "the deployment batch size (CUDA allocator peak on a GPU, live tensors tracked per operator on a CPU)"
 )
 

@@ -366,7 +366,7 @@ def write_html(
 <h2>Pareto front</h2>
 <p>Every figure was measured: quality on the same seeds for every candidate, latency as the median of repeated
 calls at the deployment batch size. FIDs are comparable only at the same sample count and seeds. Model memory is
-the unet's weights plus the peak activations of one call at that batch size; peak memory is what the whole run
+the denoiser's weights plus the peak activations of one call at that batch size; peak memory is what the whole run
 held (on a CPU, the process's resident peak). A row whose <em>simulated</em> column names quantization was scored
 with fake quantization: its quality and model bytes are the plan's, and its latency is that of the kernels named
 in trials.csv (float kernels where no real quantized backend ran: its quantized latency is <em>not measured</em>).
