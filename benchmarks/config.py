@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from autoaccel.config import compose_config
-from autoaccel.errors import ConfigError
+from autoaccel.config.compose import compose_from
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 GROUP = "bench"
@@ -114,20 +114,8 @@ def is_bench_override(override: str) -> bool:
 def compose_bench(overrides: list[str] | None = None) -> DictConfig:
     """The ``bench`` group alone (``benchmarks/conf/bench/default.yaml`` checked against ``BenchConfig``) with
     ``overrides`` (``bench.*`` keys); a bad key or value is one ConfigError line naming it."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     _register_schema()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            config = compose(config_name="benchmarks", overrides=list(overrides or []))
-        OmegaConf.resolve(config)
-    except (HydraException, OmegaConfBaseException) as error:
-        lines = str(error).strip().splitlines()
-        if error.__cause__ is not None:
-            lines += str(error.__cause__).strip().splitlines()
-        raise ConfigError(" ".join(line.strip() for line in lines if line.strip())) from None
+    config = compose_from(CONF_DIR, "benchmarks", overrides)
     return config.bench
 
 

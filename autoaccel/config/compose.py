@@ -6,6 +6,8 @@ command line is ``python -m autoaccel search key=value ...`` and errors come bac
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import DictConfig, OmegaConf
 
 from autoaccel.config.schema import AutoaccelConfig
@@ -27,14 +29,20 @@ def _register_schema() -> None:
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
     """The full configuration for ``overrides`` (``["budget.trials=10", "target=pipeline", ...]``)."""
+    _register_schema()
+    return compose_from(resource_dir("conf"), "config", overrides)
+
+
+def compose_from(config_dir: Path | str, config_name: str, overrides: list[str] | None = None) -> DictConfig:
+    """``config_name`` of ``config_dir`` composed with ``overrides`` and resolved; a bad key or value is one
+    ConfigError line naming it (Hydra's message and its cause, joined)."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    _register_schema()
     try:
-        with initialize_config_dir(config_dir=str(resource_dir("conf")), version_base="1.3"):
-            config = compose(config_name="config", overrides=list(overrides or []))
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            config = compose(config_name=config_name, overrides=list(overrides or []))
         OmegaConf.resolve(config)
     except (HydraException, OmegaConfBaseException) as error:
         lines = str(error).strip().splitlines()
