@@ -95,6 +95,8 @@ def test_plan_refuses_a_ratio_where_the_teacher_is_the_reference(measured, capsy
     assert len(err.splitlines()) == 1 and "--max-fid-ratio" in err and "--min-psnr" in err
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_plan_reads_the_ledger_so_deleted_or_stale_report_files_do_not_change_it(measured, capsys):
     """plan's trials, figures and reference come from the study's ledger: it gives the same answer once the report's
     CSV files are deleted, and a trial recorded after the report was built (its files now stale) is planned on."""
