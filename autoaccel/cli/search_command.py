@@ -73,7 +73,7 @@ def _run(context, config: DictConfig, log) -> Path:
     )
     trials = int(config.budget.trials)
     target = context.target
-    guidance = target.reference_call.guidance_scale if target.conditions.guidable else 1.0
+    guidance = target.reference_guidance
     standards = standard_configurations(
         context.space, list(config.budget.warm_start_steps), guidance, target.schedule_family
     )

@@ -22,11 +22,6 @@ _ENDPOINTS: dict[tuple, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] 
 _LOCK = threading.Lock()
 
 
-def guidance_of(target) -> float:
-    """The guidance scale the teacher runs at: its default call's, 1.0 for a model without a null condition."""
-    return float(target.reference_call.guidance_scale) if target.conditions.guidable else 1.0
-
-
 class Teacher:
     """A denoiser as a function of (sample, per-row timestep, condition) -> its clean estimate, guided at
     ``guidance``: the target's model at its default guidance (``of_target``), or an earlier student (unguided:
@@ -42,7 +37,7 @@ class Teacher:
     @classmethod
     def of_target(cls, target) -> Teacher:
         prediction = target.scheduler_config.get("prediction_type", "epsilon")
-        return cls(target, target.denoiser, prediction, guidance_of(target))
+        return cls(target, target.denoiser, prediction, target.reference_guidance)
 
     def x0(self, sample: torch.Tensor, timestep: torch.Tensor, labels, grad: bool = False) -> torch.Tensor:
         """The clean estimate; ``grad`` keeps the graph (a learned schedule's gradient flows through it)."""
@@ -68,7 +63,6 @@ def guided_output(denoiser, conditions, sample, timestep, labels, guidance: floa
 
 def clean_samples(target, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``count`` clean teacher samples (latents under a VAE) and their condition indices, cached per target."""
-
     return reference_samples(target, count, DATA_SEED_OFFSET + seed)
 
 

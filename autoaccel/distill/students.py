@@ -58,7 +58,6 @@ def kept_student(key: Hashable, train: Callable[[], Any]) -> tuple[Any, float]:
 
 def forget_students() -> None:
     """Empties the store and the training checkpoints (tests that count training runs start from nothing)."""
-
     with _LOCK:
         _STUDENTS.clear()
     forget_checkpoints()

@@ -270,7 +270,6 @@ class Evaluator:
     def plan_identity(self, candidate: Candidate) -> str:
         """Which plan ``candidate`` runs: equal for candidates whose parameters differ but whose computation does
         not (autoaccel.plan.identity). A plan that cannot even be built is its own; evaluating it records why."""
-
         try:
             return plan_key(self.target, candidate.plan(self.space.techniques))
         except Exception:  # a technique refusing this candidate: the evaluation says so

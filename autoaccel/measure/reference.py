@@ -172,7 +172,6 @@ class QualityJudge:
     def reference_images(self) -> tuple[torch.Tensor, str]:
         """uint8 reference images for FID and a cache key naming them: the real images less those held out for
         the floor, all of them where there are fewer than twice the judge's samples, or the reference call's."""
-
         real = self.target.real_images
         if real is not None:
             held_out = self.held_out_indices()
@@ -210,7 +209,6 @@ class QualityJudge:
     def set_features(self, kind: str) -> torch.Tensor | None:
         """Features of one of the fixed image sets (``feature_store.REFERENCE_SET``, ``HELD_OUT``,
         ``REFERENCE_CALL``, ``ODE``), computed once; None for a held-out set this target does not have."""
-
         with self._lock:
             if kind not in self._set_features:
                 if kind == REFERENCE_SET:
@@ -295,7 +293,6 @@ class QualityJudge:
         """FID against the same reference images as ``fid``, averaged over ``ENSEMBLE_SIZE`` seeded random CNNs: a
         second opinion that does not hang on one random feature space (it ranked plans as well as ``fid`` in
         reports/bench/quality.md, within the intervals)."""
-
         extractors = ensemble_extractors()
         if reference_key not in self._ensemble_reference:
             self._ensemble_reference = {reference_key: [image_features(reference, name) for name in extractors]}

@@ -45,7 +45,6 @@ def read_prescription(stored: Any, num_train_timesteps: int, source: str) -> Pre
     it: a scheduler a plan may run (``autoaccel.schedules.schedulers``) with bounded settings, strictly decreasing
     timesteps within the model's trained range, and a guidance scale in range; else a RecipeError naming the bad
     value."""
-
     keys = ("scheduler_class", "timesteps", "guidance_scale", "settings")
     if not isinstance(stored, dict) or any(key not in stored for key in keys):
         raise RecipeError(f"{source} must be a mapping with {', '.join(keys)}")
@@ -76,7 +75,6 @@ def prescription(denoiser) -> PrescribedSampler | None:
 
 def apply_prescribed(pipeline, target) -> None:
     """Sets the pipeline's scheduler, timesteps and guidance to its denoiser's prescription, if it has one."""
-
     sampler = prescription(pipeline.denoiser)
     if sampler is None:
         return

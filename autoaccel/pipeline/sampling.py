@@ -241,7 +241,6 @@ def set_native_steps(scheduler, steps: int | None, denoiser, device) -> None:
 def dynamic_shift_mu(config, denoiser) -> float:
     """diffusers' resolution-dependent shift: linear in the image's token count between the scheduler's
     (base_image_seq_len, base_shift) and (max_image_seq_len, max_shift)."""
-
     _, height, width = sample_shape(denoiser)
     patch = getattr(denoiser.config, "patch_size", 1) or 1
     tokens = (height // patch) * (width // patch)

@@ -89,7 +89,6 @@ def apply_plan(
 def technique_records(pipeline) -> dict[str, dict[str, Any]]:
     """technique name -> what applying it computed from the pipeline that a recipe records (a cache's
     calibration), for the techniques of the pipeline's plan that record something."""
-
     records = {}
     for technique, config in pipeline.plan.techniques:
         record = technique.recipe_record(pipeline, config) if technique.recipe_record is not None else None

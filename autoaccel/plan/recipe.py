@@ -146,7 +146,6 @@ def _technique_section(technique, config, artifacts: dict[str, ArtifactRef], rec
 
 def without_artifacts(recipe: dict[str, Any]) -> dict[str, Any]:
     """``recipe`` for a place its artifacts do not go: each technique that named one says it re-runs instead."""
-
     copied = dict(recipe)
     copied["techniques"] = {}
     for name, section in (recipe.get("techniques") or {}).items():
@@ -434,7 +433,6 @@ def apply_recipe(
 def _as_target(pipeline, recipe: dict[str, Any]):
     """A Target around what the user passed: a Target as it is, or a loaded diffusers pipeline of a supported
     class (its modules shared), conditioned as the recipe was (its null class, its prompts)."""
-
     if isinstance(pipeline, Target):
         return pipeline
     if not has_denoiser(pipeline):
@@ -450,7 +448,6 @@ def _as_target(pipeline, recipe: dict[str, Any]):
 
 def current_hash(target) -> str:
     """The weights hash of the target's modules as they are now (``autoaccel.targets.loader.model_hash``)."""
-
     return modules_hash(target.denoiser, target.modules)
 
 
@@ -482,7 +479,6 @@ def recipe_plan(recipe: dict[str, Any]) -> Plan:
     Only registered technique names are looked up, and their configs are plain dataclass fields checked by the
     config's own validation: nothing named in the file is imported.
     """
-
     techniques = recipe.get("techniques") or {}
     if not isinstance(techniques, dict):
         raise RecipeError("recipe techniques must be a mapping of technique name to {version, config}")

@@ -38,7 +38,6 @@ class ReferenceSpec:
 
 def parse_reference(text: str | None) -> ReferenceSpec:
     """``default`` or ``<solver>-<steps>``; a one-line error naming what is valid otherwise."""
-
     if text in (None, "", DEFAULT_REFERENCE):
         return ReferenceSpec(None, None)
     matched = re.fullmatch(r"(.+)-(\d+)", str(text))
@@ -63,7 +62,7 @@ def reference_steps(target: Target, spec: ReferenceSpec | None = None) -> int:
 def describe_reference(target: Target) -> str:
     """What the reference call runs, in words: ``default call: PNDMScheduler, 50 steps, guidance 7.5``."""
     spec = parse_reference(target.reference)
-    guidance = target.reference_call.guidance_scale if target.conditions.guidable else 1.0
+    guidance = target.reference_guidance
     shown = f", guidance {guidance:g}" if guidance != 1.0 else ""
     if spec.solver is None:
         return f"default call: {target.scheduler_class}, {target.reference_call.steps} steps{shown}"
@@ -73,7 +72,7 @@ def describe_reference(target: Target) -> str:
 def teacher_pipeline(target: Target):
     """The run's reference: the pipeline's default call unless ``target.reference`` names another."""
     spec = parse_reference(target.reference)
-    guidance = target.reference_call.guidance_scale if target.conditions.guidable else 1.0
+    guidance = target.reference_guidance
     if spec.solver is None:
         pipeline = sampler_pipeline(target)
         pipeline.plan.native_steps = target.reference_call.steps
@@ -85,7 +84,7 @@ def teacher_pipeline(target: Target):
 def ode_reference_pipeline(target: Target):
     """A deterministic second-order solution over many steps at the reference's guidance: what a plan's images
     are compared with pair by pair (a stochastic default call cannot be matched image by image)."""
-    guidance = target.reference_call.guidance_scale if target.conditions.guidable else 1.0
+    guidance = target.reference_guidance
     steps = min(target.ode_steps, target.num_train_timesteps)
     return _solver_pipeline(target, SolverConfig(name="dpmsolver++", order=2, guidance=guidance), steps)
 

@@ -66,7 +66,6 @@ def validate_config(config: DictConfig) -> None:
 
 def check_warm_start(steps: list) -> None:
     """``budget.warm_start_steps``: step counts a standard configuration can run (0 would be dropped unseen)."""
-
     for step_count in steps:
         if (
             isinstance(step_count, bool)
@@ -115,7 +114,6 @@ def check_population(config: DictConfig) -> None:
 
 def check_target(config: DictConfig) -> None:
     """A folder given to the embedded model would be ignored without a word; a missing GPU blamed on weights."""
-
     if not target_kind(str(config.target.name)).takes_path and config.target.get("path"):
         raise ConfigError(
             f"target.path={config.target.path!r} is only read by target=pipeline (target={config.target.name} "

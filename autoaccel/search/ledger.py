@@ -39,7 +39,6 @@ CONFIRMATION = "latency_confirmation"  # study attribute: front latencies re-tim
 
 def not_a_result(failure: str | None) -> bool:
     """A failure that says nothing about the candidate (the run stopped, or its worker died): it is re-queued."""
-
     return failure is not None and (failure == INTERRUPTED or failure.startswith(DEAD_WORKER))
 
 

@@ -266,7 +266,6 @@ def open_run(run_dir: Path, hold: bool = False, wait: Callable[[str], None] | No
 
 def check_adherence_limit(budget, target: Target) -> None:
     """``budget.min_adherence`` needs a target whose images a classifier reads (the embedded digit models)."""
-
     if budget.get("min_adherence") is not None and adherence_reader(target) is None:
         raise ConfigError(
             f"budget.min_adherence={budget.min_adherence} needs a model whose images autoaccel can classify "

@@ -31,7 +31,6 @@ def check_combinations(
     techniques: tuple[str, ...], dimensions: tuple[Dimension, ...], fixed: Mapping[str, Any], source: str
 ) -> None:
     """Raises ConfigError naming the first combination of a technique's settings its config refuses."""
-
     for name in techniques:
         technique = get_technique(name)
         prefix = f"{name}."

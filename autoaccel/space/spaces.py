@@ -17,17 +17,14 @@ import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from autoaccel.errors import ConfigError
 from autoaccel.space.combinations import check_combinations
-from autoaccel.techniques.base import get_technique, registered_techniques
+from autoaccel.techniques.base import ParamSpec, Technique, get_technique, registered_techniques
 from autoaccel.util.resources import resource_dir
-
-if TYPE_CHECKING:
-    from autoaccel.techniques.base import ParamSpec, Technique
 
 DIMENSION_TYPES = ("int", "float", "categorical", "schedule")
 TARGET_CAPABILITIES = ("guidance", "distillation")  # what Target.capabilities may hold
@@ -174,7 +171,6 @@ def describe(dimension: Dimension) -> str:
 
 def spaces_dir() -> Path:
     """The bundled space files: ``search_spaces/`` at the top of a checkout, or inside the installed package."""
-
     return resource_dir("search_spaces")
 
 
@@ -335,7 +331,6 @@ def _narrowed(dimension: Dimension, target_limits: Mapping[str, int | tuple]) ->
 
 def _declared_spec(key: str) -> ParamSpec | None:
     """The spec a technique declares for ``key``, or None (an unknown technique or setting)."""
-
     prefix, _, setting = key.partition(".")
     try:
         return get_technique(prefix).param_spec(setting)
@@ -500,7 +495,6 @@ def _parse_when(raw: Any, earlier: list[Dimension], where: str) -> tuple[tuple[s
 
 def _schedule_setting(name: str, techniques: tuple[str, ...], where: str, source: str) -> tuple[str, ParamSpec]:
     """The list setting a schedule dimension searches (a ``gap`` dimension fills the ``gaps`` list) and its spec."""
-
     technique = _technique_of(name, techniques, source)
     found = technique.list_spec(name.split(".", 1)[1])
     if found is None:

@@ -118,6 +118,12 @@ class Target:
         """The default call, or for a model without one the full trained schedule of its own scheduler."""
         return self.default_call or DefaultCall(self.num_train_timesteps, 1.0)
 
+    @property
+    def reference_guidance(self) -> float:
+        """The guidance scale the reference call (and a teacher) runs at: the default call's, 1.0 for a model that
+        takes no guidance."""
+        return float(self.reference_call.guidance_scale) if self.conditions.guidable else 1.0
+
 
 def hash_weights(module: torch.nn.Module) -> str:
     """sha256 over a module's tensors (names, shapes, dtypes, bytes): the identity a recipe is checked against.

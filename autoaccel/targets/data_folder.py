@@ -125,7 +125,6 @@ def load_target_data(target: Target, folder: str | Path, max_images: int = DEFAU
 
     FID compares feature covariances: the real images' is full rank only with more images than the extractor has
     features (one image gives none at all), so a folder with fewer is refused before any image is read."""
-
     shape = image_shape(target)
     extractor = target.quality.extractor
     features = image_features(torch.zeros((1, *shape), dtype=torch.uint8), extractor).shape[1]

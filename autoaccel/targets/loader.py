@@ -340,7 +340,6 @@ def _dit_labels(pipeline, count: int) -> list[str]:
 def prompt_conditions(pipeline, prompts: str | list[str] | None, extra_path: Path) -> Conditions:
     """The prompt set encoded once by the pipeline's own text encoder(s), with the empty negative prompt for
     guidance; the encoder is kept so latency can time encoding as a deployment does it."""
-
     texts = resolve_prompts(prompts, extra_path.parent if extra_path.name == "autoaccel.json" else None)
     device = pipeline_denoiser(pipeline).device
     encoded = encode_prompts(pipeline, texts, device=device)

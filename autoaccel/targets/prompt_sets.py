@@ -40,7 +40,6 @@ def bundled_sets() -> dict[str, list[str]]:
 def resolve_prompts(prompts: str | list[str] | None, folder: Path | None = None) -> list[str]:
     """The prompt list ``prompts`` names (a file, or a bundled set; a list is taken as it is), or the default
     for ``folder``."""
-
     if isinstance(prompts, list | tuple):
         return [str(prompt) for prompt in prompts]
     if prompts is None:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import torch
 
-from autoaccel.distill.data import guidance_of
 from autoaccel.distill.diffusion import alpha_sigma, alphas_cumprod, prediction_to_x0
 from autoaccel.errors import ConfigError, TechniqueError
 from autoaccel.pipeline.prescribed import PRESCRIBED, prescription
@@ -134,7 +133,7 @@ def apply_assignment(pipeline, config: AssignmentConfig, target) -> None:
         )
     steps = list(sampler.timesteps)
     chosen = steps[: config.teacher_steps] if config.where == "first" else steps[-config.teacher_steps :]
-    pipeline.denoiser = StepAssigned(pipeline.denoiser, target.denoiser, target, set(chosen), guidance_of(target))
+    pipeline.denoiser = StepAssigned(pipeline.denoiser, target.denoiser, target, set(chosen), target.reference_guidance)
 
 
 def assignment_cost(config: AssignmentConfig) -> dict:

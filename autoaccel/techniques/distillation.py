@@ -33,7 +33,6 @@ from typing import Any
 import torch
 
 from autoaccel.distill.consistency import ConsistencySettings, consistency_student, lcm_scheduler, lcm_settings
-from autoaccel.distill.data import guidance_of
 from autoaccel.distill.diffusion import SCHEDULER_PREDICTION, alphas_cumprod, trailing_grid
 from autoaccel.distill.learned_schedule import learned_timesteps
 from autoaccel.distill.progressive import ProgressiveSettings, progressive_student
@@ -186,7 +185,6 @@ def _train_settings(config: DistillationConfig):
 
 def _ddim_sampler(timesteps: list[int], prediction: str, guidance: float) -> PrescribedSampler:
     """Deterministic DDIM (DPM-Solver++ of order 1, to a zero final sigma) on exact timesteps."""
-
     settings = {
         **NEUTRAL_OVERRIDES,
         "algorithm_type": "dpmsolver++",
@@ -200,7 +198,6 @@ def _ddim_sampler(timesteps: list[int], prediction: str, guidance: float) -> Pre
 
 def distilled_model(pipeline, config: DistillationConfig, target, log=None) -> tuple[torch.nn.Module, float]:
     """The denoiser this config produces, carrying its prescribed sampler, and the training minutes it took."""
-
     if pipeline.denoiser is not target.denoiser:
         raise TechniqueError("distillation runs on the target's own model; it cannot follow pruning or quantization")
     alphas_cumprod(target)  # refuses a flow-matching target with the reason
@@ -225,7 +222,9 @@ def distilled_model(pipeline, config: DistillationConfig, target, log=None) -> t
 
     key = ("learned_schedule", target.content_hash, config.steps, train)
     (timesteps, _), minutes = kept_student(key, lambda: learned_timesteps(target, config.steps, train, log))
-    sampler = _ddim_sampler(timesteps, target.scheduler_config.get("prediction_type", "epsilon"), guidance_of(target))
+    sampler = _ddim_sampler(
+        timesteps, target.scheduler_config.get("prediction_type", "epsilon"), target.reference_guidance
+    )
     return prescribe(target.denoiser, sampler, share=True), minutes
 
 
@@ -239,7 +238,6 @@ def apply_distillation(pipeline, config: DistillationConfig, target) -> None:
 
 def distilled_weights(denoiser, config: DistillationConfig):
     """The artifact: a student's weights (none for a learned schedule) and its prescribed sampler as metadata."""
-
     sampler = prescription(denoiser)
     if not config.trains or sampler is None:
         return None

@@ -342,7 +342,6 @@ def prune_unet(unet, config: PruningConfig, target=None, removed_blocks: list[in
     ``removed_blocks``: remove exactly these blocks instead of measuring which matter least (a rebuild from an
     artifact). The copy carries the removed blocks' indices as ``removed_blocks``.
     """
-
     if bit_assignment(unet) is not None:
         raise TechniqueError(
             "pruning must apply before quantization (quantization is calibrated on the pruned model); "
@@ -386,7 +385,6 @@ def apply_pruning(pipeline, config: PruningConfig, target) -> None:
 
 def pruned_weights(unet, config: PruningConfig):
     """The pruned (and recovered) denoiser's weights, and which blocks went; nothing where nothing was pruned."""
-
     if not config.prunes:
         return None
     metadata = {"technique": "pruning", "config": repr(config)}

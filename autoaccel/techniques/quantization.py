@@ -275,7 +275,6 @@ def _calibrate_activations(denoiser, calls: list[Call], names: list[str]) -> dic
 def quantize_unet(unet, config: QuantizationConfig, target) -> torch.nn.Module:
     """A copy of ``unet`` (any supported denoiser) with the plan's weights on their grids and activation
     fake-quant hooks attached."""
-
     if target is None:
         raise TechniqueError("quantization needs the target's teacher trajectory for calibration")
     quantized = copy.deepcopy(unet).float().eval().requires_grad_(False)
@@ -310,7 +309,6 @@ def apply_quantization(pipeline, config: QuantizationConfig, target) -> None:
 
 def quantized_weights(unet, config: QuantizationConfig):
     """The calibrated model: its weights on their grids, and its plan (bits, activation ranges) as metadata."""
-
     assignment = getattr(unet, "autoaccel_quantization", None)
     if not config.enabled or assignment is None:
         return None

@@ -20,7 +20,6 @@ from autoaccel.util.imaging import to_uint8
 def load_digits_target(device: str = "cpu") -> Target:
     """The digits teacher, scored against the 1,797 real digits (less those held out for the FID floor) with the
     classifier's features."""
-
     if not (teacher_dir() / "model_index.json").exists():
         raise TargetError(f"the embedded model is missing from {teacher_dir()}; run python -m autoaccel train-teacher")
     target = load_pipeline_folder(teacher_dir(), device=device, name="digits")
@@ -47,7 +46,6 @@ def dit_dir() -> Path:
 def load_digits_t2i_target(device: str = "cpu", prompts: str | None = None) -> Target:
     """The embedded latent text-to-image digits model (a StableDiffusionPipeline folder) on its bundled prompts,
     scored against the real digits with the classifier's features, and by prompt adherence."""
-
     target = _load_latent(t2i_dir(), "digits_t2i", device, prompts or "digits", "train-latent-models")
     digit_of = {prompt: digit for prompt, digit in PROMPTS}
     classes = [digit_of.get(prompt) for prompt in target.conditions.names]
@@ -73,7 +71,6 @@ def _score_against_digits(target: Target, classes: list[int | None]) -> None:
     """FID/KID against the 1,797 real digits (16x16; less those held out for the FID floor) with the classifier's
     features, and adherence: the share of images the classifier reads as the digit their class or prompt asks
     for."""
-
     real_images, real_labels = load_digits_16()
     target.real_images, target.real_labels = to_uint8(real_images), real_labels
     target.quality = QualityReference(

@@ -69,7 +69,6 @@ def score_images(images16: torch.Tensor, requested: torch.Tensor) -> dict:
 def round_trip_accuracy() -> dict:
     """The classifier's accuracy on its own held-out digits, direct and after 16x16 and back: equal, since
     pooling inverts the nearest-neighbour upsampling exactly."""
-
     images8, labels = load_digits_tensors()
     _, held_out = split_indices(len(images8), held_out_fraction=0.2, seed=0)
     with torch.no_grad():

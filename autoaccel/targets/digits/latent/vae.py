@@ -79,7 +79,6 @@ def train_vae(
     """Trains on all 1,797 digits (mean squared error + ``kl_weight`` x KL per latent element) and saves the
     EMA weights with ``save_pretrained``; the info dict (also ``out_dir/autoaccel.json``) holds how well the
     classifier still reads reconstructed digits and their FID, the floor for both diffusion models."""
-
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     images, labels = load_digits_16()
