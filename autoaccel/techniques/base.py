@@ -11,6 +11,7 @@ Adding a technique is one new module that calls ``register``; nothing else chang
 
 from __future__ import annotations
 
+import importlib
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -262,6 +263,12 @@ def require_types(config: Any, prefix: str, types: Mapping[str, type | tuple[typ
 
 
 _REGISTRY: dict[str, Technique] = {}
+# The built-in techniques, imported by name the first time the registry is read (as the optimizer backends are):
+# this module depends on none of them, and importing one technique does not import the others.
+BUILTIN_MODULES = tuple(
+    f"autoaccel.techniques.{name}"
+    for name in ("assignment", "caching", "distillation", "pruning", "quantization", "solver", "timesteps")
+)
 
 
 def register(technique: Technique) -> Technique:
@@ -272,6 +279,7 @@ def register(technique: Technique) -> Technique:
 
 
 def get_technique(name: str) -> Technique:
+    _load_builtin_techniques()
     if name not in _REGISTRY:
         raise ConfigError(f"unknown technique {name!r}; known: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
@@ -279,6 +287,7 @@ def get_technique(name: str) -> Technique:
 
 def registered_techniques() -> list[Technique]:
     """All techniques, in the order they apply."""
+    _load_builtin_techniques()
     return sorted(_REGISTRY.values(), key=lambda technique: technique.order)
 
 
@@ -401,3 +410,8 @@ def sampler_adds_noise(sampler: str | None, scheduler_class: str) -> bool:
         for technique in registered_techniques()
         if technique.adds_noise is not None
     )
+
+
+def _load_builtin_techniques() -> None:
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
