@@ -34,11 +34,11 @@ from autoaccel.front.limits import (
 )
 from autoaccel.front.objectives import DIRECTIONS
 from autoaccel.front.pareto import front_frame, front_numbers
-from autoaccel.report.build import recipe_path
+from autoaccel.report.files import recipe_path
 from autoaccel.report.noise import TEACHER_SAMPLES, Noise, cannot_tell_sentence, choose_with_noise, run_noise
 from autoaccel.report.recommend import REFERENCE_FID, speedup
 from autoaccel.search.ledger import target_facts, trials_in_force
-from autoaccel.search.run import recorded_study
+from autoaccel.search.run_folder import recorded_study
 
 SHARES = {"adherence", "precision", "recall"}  # figures that are shares of images, in [0, 1]
 SIGNED = {"kid", "psnr_vs_ode", "ssim_vs_ode", "clip_score"}  # figures that may be negative (KID is unbiased)

@@ -24,6 +24,7 @@ from autoaccel.pipeline.seeds import sample_in_chunks
 from autoaccel.plan.apply import build_pipeline
 from autoaccel.plan.candidate import Candidate
 from autoaccel.plan.recipe import apply_recipe, build_recipe, save_recipe
+from autoaccel.report.files import TEACHER_FILE, recipe_name
 from autoaccel.report.html import TEACHER_GRID, figure_text, write_html
 from autoaccel.report.noise import (
     INTERVAL_COLUMNS,
@@ -39,20 +40,6 @@ from autoaccel.search.ledger import CONFIRMATION, DETAIL_PREFIX
 from autoaccel.util.artifacts import ARTIFACTS_DIR, ArtifactRef
 from autoaccel.util.files import write_atomically
 from autoaccel.util.imaging import save_grid
-
-TEACHER_FILE = "teacher.json"  # the teacher's figures, written by the report beside pareto.csv
-RECIPES_DIR = "recipes"  # the front plans' recipes
-
-
-def recipe_name(trial: int) -> str:
-    """The file name the report gives a front plan's recipe."""
-    return f"trial-{int(trial):04d}.yaml"
-
-
-def recipe_path(run_dir: Path, trial: int) -> Path:
-    """Where the report writes a front plan's recipe."""
-    return Path(run_dir) / RECIPES_DIR / recipe_name(trial)
-
 
 SKIP_MISSING_FLAG = "--skip-missing-artifacts"
 PARETO_COLUMNS = [

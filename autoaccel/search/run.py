@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 import shutil
 import time
 from collections.abc import Callable
@@ -28,8 +27,9 @@ from autoaccel.search.checks import validate_config
 from autoaccel.search.estimate import SearchEstimate, chunk_count, reference_calls_per_image, time_calls
 from autoaccel.search.fidelity import FidelityLadder
 from autoaccel.search.fingerprint import settings_fingerprint
-from autoaccel.search.ledger import LEDGER_FILE, Ledger, default_storage, record_target_facts, shown_url
+from autoaccel.search.ledger import LEDGER_FILE, Ledger, default_storage, record_target_facts
 from autoaccel.search.liveness import LivenessSettings, claim_once
+from autoaccel.search.run_folder import CONFIG_FILE, open_recorded, study_name_for
 from autoaccel.search.study_lock import StudyLock
 from autoaccel.space.choice import resolve_space_name
 from autoaccel.space.fit import check_space_fits
@@ -38,12 +38,9 @@ from autoaccel.targets.base import Target
 from autoaccel.targets.data_folder import load_target_data
 from autoaccel.targets.loader import default_device
 from autoaccel.targets.registry import load_target as load_kind
-from autoaccel.targets.registry import target_kind
 from autoaccel.techniques.base import get_technique, target_limits
 from autoaccel.util.artifacts import ARTIFACTS_DIR, ArtifactStore
 from autoaccel.util.progress import duration
-
-CONFIG_FILE = "config.yaml"
 
 
 @dataclass
@@ -73,24 +70,6 @@ def load_target(config: DictConfig) -> Target:
 
     configure_quality(target, config.quality.get("clip_model"), config.quality.get("inception_weights"))
     return target
-
-
-def study_name_for(config: DictConfig) -> str:
-    """``<target>-<space>``; for a folder the folder's own name stands for the target, so two folders never
-    share a study by accident (and one whose weights differ from the study's is refused)."""
-    if config.study_name:
-        return str(config.study_name)
-    space = Path(resolve_space_name(config)).stem
-    path = None if OmegaConf.is_missing(config.target, "path") else config.target.get("path")
-    if path and target_kind(str(config.target.name)).takes_path:
-        return f"{_safe_name(Path(str(path).rstrip('/')).name or 'model')}-{space}"
-    return f"{config.target.name}-{space}"
-
-
-def _safe_name(text: str) -> str:
-    """A folder or hub name as a study name: letters, digits, ``.``, ``_`` and ``-`` only."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
-    return cleaned or "model"
 
 
 def prepare_run(
@@ -140,7 +119,7 @@ def _prepare(
     space = with_training_cap(space, config.budget.get("max_train_minutes"))
     options = {**OmegaConf.to_container(config.optimizer), "directions": directions}
     backend = make_backend(str(config.optimizer.name), space, options, len(objectives))
-    ledger = Ledger(storage, study_name, directions) if for_search else _existing(storage, study_name)
+    ledger = Ledger(storage, study_name, directions) if for_search else open_recorded(storage, study_name)
     if for_search:
         ledger.check_settings(settings_fingerprint(config, target, space))
     if options.get("seed") is not None and ledger.finished_count():
@@ -196,13 +175,6 @@ def _removed_if_failed(run_dir: Path):
         raise
 
 
-def _existing(storage: str, study_name: str) -> Ledger:
-    try:
-        return Ledger.open_existing(storage, study_name)
-    except KeyError:
-        raise ConfigError(f"storage {shown_url(storage)!r} has no study named {study_name!r}") from None
-
-
 def make_ladder(config: DictConfig, objectives: list[str], ledger: Ledger) -> FidelityLadder | None:
     """The fidelity ladder for multi-fidelity runs, with the levels already scored in this study."""
     if not config.fidelity.levels:
@@ -218,7 +190,7 @@ def make_ladder(config: DictConfig, objectives: list[str], ledger: Ledger) -> Fi
 def open_shared_run(storage: str, study_name: str, run_dir: Path) -> RunContext:
     """The context of a study in a shared storage, from the configuration its first worker stored there: the
     report and plans of a multi-machine search, on any machine that reaches the database."""
-    ledger = _existing(storage, study_name)
+    ledger = open_recorded(storage, study_name)
     stored = ledger.study.user_attrs.get("config")
     if stored is None:
         raise ConfigError(f"study {study_name!r} has no stored configuration (it was not started by autoaccel)")
@@ -228,29 +200,6 @@ def open_shared_run(storage: str, study_name: str, run_dir: Path) -> RunContext:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(config))
     return prepare_run(config, run_dir=run_dir, for_search=False)
-
-
-def recorded_study(
-    run_dir: Path, storage: str | None = None, study_name: str | None = None
-) -> tuple[DictConfig, Ledger]:
-    """The configuration and the ledger of a run folder (its ``config.yaml`` names the study and where it is), or
-    of ``study_name`` in a shared ``storage`` (its first worker stored the configuration there); nothing is loaded
-    but the ledger, and nothing is written: what ``plan`` reads."""
-    if storage is not None:
-        ledger = _existing(storage, str(study_name))
-        stored = ledger.study.user_attrs.get("config")
-        if stored is None:
-            raise ConfigError(f"study {study_name!r} has no stored configuration (it was not started by autoaccel)")
-        return OmegaConf.create(stored), ledger
-    run_dir = Path(run_dir)
-    config_path = run_dir / CONFIG_FILE
-    if not config_path.is_file():
-        raise ConfigError(f"{run_dir} is not an autoaccel run folder: it has no {CONFIG_FILE}")
-    config = OmegaConf.load(config_path)
-    storage = str(config.storage) if config.get("storage") else default_storage(run_dir)
-    if not config.get("storage") and not (run_dir / LEDGER_FILE).is_file():
-        raise ConfigError(f"{run_dir} has no {LEDGER_FILE}: nothing was recorded there")
-    return config, _existing(storage, study_name_for(config))
 
 
 def open_run(run_dir: Path, hold: bool = False, wait: Callable[[str], None] | None = None) -> RunContext:
