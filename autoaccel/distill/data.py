@@ -14,6 +14,7 @@ import torch
 from autoaccel.distill.diffusion import alpha_sigma, alphas_cumprod, prediction_to_x0
 from autoaccel.pipeline.seeds import make_seed_batch
 from autoaccel.reference.calibration import clean_samples as reference_samples
+from autoaccel.reference.teacher import ode_reference_pipeline
 from autoaccel.targets.conditions import concat_keywords
 from autoaccel.targets.denoisers import predict
 
@@ -73,7 +74,6 @@ def ode_endpoints(target, count: int, seed: int) -> tuple[torch.Tensor, torch.Te
     with _LOCK:
         if key in _ENDPOINTS:
             return _ENDPOINTS[key]
-    from autoaccel.reference.teacher import ode_reference_pipeline
 
     seeds = make_seed_batch(target.sample_shape, count, DATA_SEED_OFFSET + seed, target.condition_count)
     pipeline = ode_reference_pipeline(target)

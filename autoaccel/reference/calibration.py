@@ -26,6 +26,8 @@ from typing import Any
 import torch
 
 from autoaccel.pipeline.seeds import make_seed_batch
+from autoaccel.reference.teacher import ode_reference_pipeline
+from autoaccel.techniques.timesteps import TimestepsConfig, apply_timesteps
 from autoaccel.util.interrupts import raise_if_cancelled
 from autoaccel.util.progress import Progress
 
@@ -72,9 +74,6 @@ def trajectory_calls(target, samples: int, seed: int, steps: int = CALIBRATION_S
 
 
 def _capture_trajectory(target, samples: int, seed: int, steps: int) -> list[Call]:
-    from autoaccel.reference.teacher import ode_reference_pipeline
-    from autoaccel.techniques.timesteps import TimestepsConfig, apply_timesteps
-
     pipeline = ode_reference_pipeline(target)
     apply_timesteps(pipeline, TimestepsConfig(steps=steps), target)
     pipeline.vae = None  # the calls are what is wanted, not the decoded images
@@ -273,8 +272,6 @@ def noised(target, clean: torch.Tensor, labels, generator: torch.Generator) -> N
 
 def _alphas_cumprod(target) -> torch.Tensor:
     """The reference sampler's ``alphas_cumprod``, built once per target: recovery noises a batch every step."""
-    from autoaccel.reference.teacher import ode_reference_pipeline
-
     return cached(_ALPHAS, (target.content_hash,), lambda: ode_reference_pipeline(target).scheduler.alphas_cumprod)
 
 
@@ -285,8 +282,6 @@ def clean_samples(target, count: int, seed: int) -> tuple[torch.Tensor, torch.Te
 
 def _clean(target, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The ODE reference's final samples (before decoding) on ``count`` seeds, with their condition indices."""
-    from autoaccel.reference.teacher import ode_reference_pipeline
-
     seeds = make_seed_batch(target.sample_shape, count, seed, target.condition_count)
     pipeline = ode_reference_pipeline(target)
     pipeline.vae = None
