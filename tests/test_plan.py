@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from autoaccel.plan.apply import build_pipeline
 from autoaccel.plan.steps import Plan, Step
+from autoaccel.targets.base import DefaultCall
 from autoaccel.targets.loader import load_pipeline_folder
 from autoaccel.techniques.distillation import DISTILLATION, DistillationConfig
 from autoaccel.techniques.pruning import PRUNING, PruningConfig
@@ -69,3 +72,18 @@ def test_the_builder_records_the_whole_plan_and_lets_the_model_come_from_elsewhe
     noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     labels = torch.tensor([0, 1])
     torch.testing.assert_close(again(noise, labels).images, built(noise, labels).images, atol=0, rtol=0)
+
+
+def test_what_no_technique_decides_runs_the_models_default_call(tiny_target):
+    """A plan deciding no schedule (only pruning) samples at the default call's steps, one deciding no scheduler
+    runs the model's own at the default call's guidance; what a technique decides wins."""
+    target = replace(tiny_target, default_call=DefaultCall(steps=6, guidance_scale=2.0))
+    pruned = build_pipeline(target, Plan.of([(PRUNING, PruningConfig(ratio=0.3, recovery_steps=0))]))
+    assert type(pruned.scheduler).__name__ == target.scheduler_class
+    assert (pruned.plan.native_steps, pruned.plan.guidance_scale) == (6, 2.0)
+    pruned(torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1]))
+    assert pruned.model_calls == 12  # six steps, guided
+    scheduled = build_pipeline(target, Plan.of([(TIMESTEPS, TimestepsConfig(steps=4))]))
+    assert (len(scheduled.plan.schedule()), scheduled.plan.guidance_scale) == (4, 2.0)
+    solved = build_pipeline(target, Plan.of(SAMPLER))
+    assert (len(solved.plan.schedule()), solved.plan.guidance_scale) == (4, 1.0)

@@ -43,6 +43,7 @@ def build_pipeline(
     steps follow as always, then any prescription of the model.
     """
     pipeline = sampler_pipeline(target)
+    run_default_call(pipeline, target)  # what no technique of the plan decides stays the model's default call
     if model_steps is not None and plan.model_steps:
         stored = model_steps(pipeline, plan.model_steps)
         apply_plan(pipeline, plan.sampler_steps, target, log=log)
@@ -51,6 +52,15 @@ def build_pipeline(
     pipeline.plan.techniques = list(plan)  # the whole plan, also where the model came from elsewhere
     pipeline.plan.artifacts = dict(stored)
     return pipeline
+
+
+def run_default_call(pipeline, target) -> None:
+    """Sets ``pipeline`` (the model's own scheduler) to the model's default call: its step count and guidance scale.
+    A plan's techniques then set what they decide (``Plan.decides``): a plan deciding no schedule (only pruning,
+    say) runs the default call's steps, one deciding no scheduler the model's own scheduler at the default guidance.
+    """
+    pipeline.plan.native_steps = target.reference_call.steps
+    pipeline.plan.guidance_scale = target.reference_guidance
 
 
 def apply_plan(

@@ -114,7 +114,7 @@ class Technique:
     modifies_model: bool = False  # replaces the pipeline's unet: a recipe must re-apply it to reproduce images
     simulated: bool = False  # scored by simulation (fake quantization): trials, reports and recipes say so
     # what of the sampler applying it sets (SAMPLER_PARTS): ``scheduler`` (its class, settings and the guidance
-    # scale), ``schedule`` (the timesteps or sigmas); a recipe runs its written sampler only for what none decides
+    # scale), ``schedule`` (the timesteps or sigmas); what none decides is the model's default call (build_pipeline)
     decides: tuple[str, ...] = ()
     group_params: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     # settings (without the ``name.`` prefix) that leave the model unchanged: what baselines use in a joint space
