@@ -331,7 +331,8 @@ def test_data_folder_with_too_few_images_for_fid(capsys, tmp_path, reports, fast
 
 @pytest.fixture(scope="module")
 def tiny_recipe(tiny_pipeline_dir) -> dict:
-    """A valid recipe for the tiny pipeline: UniPC on four steps, its weights' hash, a two-chunk seed policy."""
+    """A valid recipe for the tiny pipeline: UniPC on four steps, its weights' hash, a two-chunk seed policy.
+    Written by hand in format 1 (its sampler beside its techniques), which autoaccel still applies."""
     target = load_pipeline_folder(tiny_pipeline_dir, device="cpu")
     scheduler = build_scheduler(SolverConfig(name="unipc", order=2), target.scheduler_config)
     config = {key: value for key, value in dict(scheduler.config).items() if not key.startswith("_")}
@@ -369,6 +370,11 @@ def write_recipe(tmp_path: Path, recipe: dict, **changes) -> Path:
         ({"seed_policy": "all of them"}, ["seed_policy='all of them'", "mapping"]),
         ({"guidance_scale": 1e308}, ["guidance_scale=1e+308", f"[1, {MAX_GUIDANCE:g}]"]),
         ({"guidance_scale": float("inf")}, ["guidance_scale=inf", f"[1, {MAX_GUIDANCE:g}]"]),
+        ({"autoaccel_recipe": 3}, ["format 3 is not supported", "reads formats 1 and 2"]),
+        (
+            {"autoaccel_recipe": 2},  # format 1's written sampler in a format-2 recipe: its techniques decide
+            ["top-level scheduler is not a field of a format-2 recipe", "name the solver technique"],
+        ),
     ],
 )
 def test_bad_recipe_values(capsys, tmp_path, tiny_recipe, changes, fragments):

@@ -40,7 +40,7 @@ def test_search_writes_report_front_and_recipes(fast_overrides):
         dominated = complete[(complete["fid"] < point["fid"]) & (complete["latency_ms"] < point["latency_ms"])]
         assert dominated.empty
         recipe = yaml.safe_load((run_dir / point["recipe"]).read_text())
-        assert recipe["timesteps"] == yaml.safe_load(str(point["timesteps"]))
+        assert recipe["derived"]["timesteps"] == yaml.safe_load(str(point["timesteps"]))  # what was measured
         assert recipe["figures"]["fid"] == pytest.approx(point["fid"])
     html = (run_dir / "index.html").read_text()
     assert "Pareto front" in html and "pareto.png" in html and "teacher" in html

@@ -315,4 +315,5 @@ def test_report_command_rebuilds_the_report_from_the_ledger_alone(fast_overrides
     assert len(front) >= 1 and len(recipes) == len(front)
     assert sorted(front["recipe"]) == [str(path.relative_to(run_dir)) for path in recipes]
     for path in recipes:  # budget.warm_start_steps=[4]: the front is made of 4-step standard configurations
-        assert len(load_recipe(path)["timesteps"]) == 4
+        recipe = load_recipe(path)
+        assert recipe["techniques"]["timesteps"]["config"]["steps"] == len(recipe["derived"]["timesteps"]) == 4

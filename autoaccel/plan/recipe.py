@@ -1,10 +1,12 @@
 """Recipes: a plan (``autoaccel.plan.steps``) written down as versioned plain data, reproducing what was measured.
 
 A recipe names the base model (its weights' hash), every technique config with its version, the seed policy, the
-figures and where they were measured. It also shows the scheduler class and config, the timesteps and the guidance
-the plan gives; applying derives those from the technique configs again, the one source of truth, and runs the
-written ones only for what no technique of the recipe decides (a hand-written recipe without a solver or
-timesteps technique). Loading one reads YAML with ``safe_load`` and resolves the scheduler class only from an
+figures and where they were measured. Its sampler (scheduler, schedule, guidance) has one source: the technique
+configs. Applying builds the plan as the search did (``build_pipeline``), so what no technique decides is the base
+model's own default call. Format 2 (what autoaccel writes) shows what the techniques give under ``derived``, for
+reading only: applying never reads it. Format 1 (written before) holds the same as top-level ``scheduler``,
+``timesteps``, ``sigmas`` and ``guidance_scale`` fields, and applying it runs them where no technique of the recipe
+decides them, as it always did. Loading one reads YAML with ``safe_load`` and resolves scheduler classes only from an
 allow-list: a recipe cannot make autoaccel import or run code it names.
 """
 
@@ -14,7 +16,7 @@ import functools
 import inspect
 import platform
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -48,9 +50,19 @@ from autoaccel.techniques.base import get_technique
 from autoaccel.util.artifacts import ArtifactRef
 from autoaccel.util.files import write_atomically
 
-RECIPE_FORMAT = 1
+RECIPE_FORMAT = 2  # what this autoaccel writes
+READ_FORMATS = (1, 2)  # what it applies
 ALLOWED_SCHEDULERS = sampler_schedulers()  # what a recipe's sampler may be (autoaccel.schedules.schedulers)
-REQUIRED_KEYS = ("autoaccel_recipe", "base_model", "scheduler", "timesteps", "guidance_scale")
+REQUIRED_KEYS = ("autoaccel_recipe", "base_model")
+# format 1 wrote its sampler beside its techniques, and applying runs it where no technique decides it
+FORMAT_1_KEYS = (*REQUIRED_KEYS, "scheduler", "timesteps", "guidance_scale")
+FORMAT_1_SAMPLER = ("scheduler", "timesteps", "sigmas", "guidance_scale")
+DERIVED = "derived"
+DERIVED_NOTE = "what the techniques give on this model, for reading; applying derives it again and never reads this"
+SAMPLER_FROM_TECHNIQUES = (
+    "a recipe's sampler comes from its techniques: name the solver technique for the scheduler and guidance, the "
+    "timesteps technique for the schedule (without them the model's default call runs)"
+)
 MAX_RECIPE_BYTES = 64 * 1024 * 1024  # a recipe holds at most 10000 prompts of 1000 characters, and its schedule
 
 
@@ -98,7 +110,6 @@ def build_recipe(
     """
     artifacts = artifacts or {}
     records = technique_records(pipeline) if records is None else records
-    scheduler_config = {key: value for key, value in dict(pipeline.scheduler.config).items() if not key.startswith("_")}
     return {
         "autoaccel_recipe": RECIPE_FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -118,16 +129,28 @@ def build_recipe(
         # scored by simulation (fake quantization): the figures are what the simulated model gives, and its
         # latency is a float-kernel time unless measured_on.kernels names a real quantized backend
         "simulated": [technique.name for technique, _ in plan if technique.simulated],
-        "scheduler": {"class": type(pipeline.scheduler).__name__, "config": to_plain(scheduler_config)},
-        "timesteps": [int(step) for step in pipeline.plan.timesteps],
-        **({"sigmas": [float(sigma) for sigma in pipeline.plan.sigmas]} if pipeline.plan.sigmas else {}),
-        "guidance_scale": float(pipeline.plan.guidance_scale),
+        DERIVED: derived_sampler(pipeline),
         "null_class": pipeline.plan.null_class,
         **({"prompts": list(target.conditions.names)} if target.conditions.kind == "prompt" else {}),
         "seed_policy": seed_policy,
         "figures": {key: to_plain(value) for key, value in figures.items()},
         "measured_on": {**measured_on, **memory_meanings(measured_on), **environment()},
         "source": source,
+    }
+
+
+def derived_sampler(pipeline: SamplerPipeline) -> dict[str, Any]:
+    """What ``pipeline``'s plan samples with (scheduler class and config, schedule, guidance), as a recipe shows it
+    for reading (``derived``): the sigmas of a flow-matching plan, the step count of a default-call schedule."""
+    settings = pipeline.plan
+    config = {key: value for key, value in dict(pipeline.scheduler.config).items() if not key.startswith("_")}
+    return {
+        "note": DERIVED_NOTE,
+        "scheduler": {"class": type(pipeline.scheduler).__name__, "config": to_plain(config)},
+        "timesteps": [int(step) for step in settings.timesteps],
+        **({"sigmas": [float(sigma) for sigma in settings.sigmas]} if settings.sigmas else {}),
+        **({"native_steps": int(settings.native_steps)} if not settings.schedule() and settings.native_steps else {}),
+        "guidance_scale": float(settings.guidance_scale),
     }
 
 
@@ -193,20 +216,56 @@ def _example_recipe(folder: Path) -> Path:
 
 
 def validate_recipe(recipe: Any, source: str = "recipe") -> dict[str, Any]:
-    """Checks a recipe's structure and values; returns it unchanged or raises RecipeError naming the bad value."""
+    """Checks a recipe's structure and values; returns it unchanged or raises RecipeError naming the bad value.
+
+    Format 2 has no sampler fields of its own: a top-level ``scheduler``, ``timesteps``, ``sigmas`` or
+    ``guidance_scale`` is refused (its techniques decide), and ``derived`` is not checked at all, since applying
+    never reads it. Format 1's written sampler is checked as it always was (an allowed class, settings it accepts,
+    a schedule it runs), since applying runs it where no technique decides.
+    """
     if not isinstance(recipe, dict):
-        raise RecipeError(f"{source} must be a mapping with keys {', '.join(REQUIRED_KEYS)}")
-    missing = [key for key in REQUIRED_KEYS if key not in recipe]
+        raise RecipeError(f"{source} must be a mapping with keys {', '.join(REQUIRED_KEYS)} and techniques")
+    if "autoaccel_recipe" not in recipe:
+        raise RecipeError(f"{source} lacks autoaccel_recipe")
+    version = recipe["autoaccel_recipe"]
+    if not _is_int(version) or version not in READ_FORMATS:
+        raise RecipeError(
+            f"{source}: format {version!r} is not supported; this autoaccel reads formats "
+            f"{' and '.join(str(known) for known in READ_FORMATS)}"
+        )
+    missing = [key for key in (FORMAT_1_KEYS if version == 1 else REQUIRED_KEYS) if key not in recipe]
     if missing:
         raise RecipeError(f"{source} lacks {', '.join(missing)}")
-    if recipe["autoaccel_recipe"] != RECIPE_FORMAT:
-        raise RecipeError(
-            f"{source}: format {recipe['autoaccel_recipe']!r} is not supported; "
-            f"this autoaccel reads format {RECIPE_FORMAT}"
-        )
     if not isinstance(recipe["base_model"], dict):
         raise RecipeError(f"{source}: base_model must be a mapping with name, path and content_hash")
     _check_base_scheduler(recipe["base_model"], source)
+    written = _check_written_sampler(recipe, source) if version == 1 else _refuse_written_sampler(recipe, source)
+    null_class = recipe.get("null_class")
+    if null_class is not None and (not _is_int(null_class) or null_class < 0):
+        raise RecipeError(f"{source}: null_class={null_class!r} must be an int >= 0 or null")
+    check_seed_policy(recipe.get("seed_policy"), source)
+    _check_prompts(recipe.get("prompts"), source)
+    recipe_plan(recipe)  # every technique config, bounded: one whose artifact is not named trains again on apply
+    for technique, section in (recipe.get("techniques") or {}).items():
+        if isinstance(section, dict) and "artifact" in section:
+            ArtifactRef.from_dict(section["artifact"], f"{source}: techniques.{technique}.artifact")
+    if written is not None:
+        _probe_scheduler(*written, source)
+    return recipe
+
+
+def _refuse_written_sampler(recipe: dict, source: str) -> None:
+    """A format-2 recipe with format 1's sampler fields: editing them would change nothing, so they are refused."""
+    written = [key for key in FORMAT_1_SAMPLER if key in recipe]
+    if written:
+        raise RecipeError(
+            f"{source}: top-level {written[0]} is not a field of a format-2 recipe; {SAMPLER_FROM_TECHNIQUES}"
+        )
+
+
+def _check_written_sampler(recipe: dict, source: str) -> tuple[str, dict, list]:
+    """A format-1 recipe's written sampler, checked before its scheduler is probed; returns the probe's arguments
+    (scheduler class, config, schedule)."""
     scheduler = recipe["scheduler"]
     name = scheduler.get("class") if isinstance(scheduler, dict) else scheduler
     if not isinstance(scheduler, dict) or not isinstance(name, str) or name not in ALLOWED_SCHEDULERS:
@@ -227,17 +286,7 @@ def validate_recipe(recipe: Any, source: str = "recipe") -> dict[str, Any]:
             f"[0, {trained - 1}], at most {MAX_INFERENCE_STEPS} of them"
         )
     check_guidance_scale(recipe["guidance_scale"], f"{source}: guidance_scale", RecipeError)
-    null_class = recipe.get("null_class")
-    if null_class is not None and (not _is_int(null_class) or null_class < 0):
-        raise RecipeError(f"{source}: null_class={null_class!r} must be an int >= 0 or null")
-    check_seed_policy(recipe.get("seed_policy"), source)
-    _check_prompts(recipe.get("prompts"), source)
-    recipe_plan(recipe)  # every technique config, bounded: one whose artifact is not named trains again on apply
-    for technique, section in (recipe.get("techniques") or {}).items():
-        if isinstance(section, dict) and "artifact" in section:
-            ArtifactRef.from_dict(section["artifact"], f"{source}: techniques.{technique}.artifact")
-    _probe_scheduler(name, scheduler["config"], recipe.get("sigmas") or timesteps, source)
-    return recipe
+    return name, scheduler["config"], recipe.get("sigmas") or timesteps
 
 
 def _check_base_scheduler(base: dict, source: str) -> None:
@@ -402,8 +451,8 @@ def apply_recipe(
 
     The recipe's plan is built as the search built it (``autoaccel.plan.apply.build_pipeline``): every technique it
     names, in declared order; one with an artifact is rebuilt from it (hash checked, never trained again). The
-    scheduler, timesteps and guidance are what its techniques give; the written ones run only where no technique
-    decides them. Artifact paths are relative to the recipe file's
+    scheduler, timesteps and guidance are what its techniques give, and the model's default call where none
+    decides them (a format-1 recipe runs its written ones there). Artifact paths are relative to the recipe file's
     folder, or to ``recipe_dir`` for a recipe given as a dict (default: the working directory). ``log`` (default:
     a warning) hears of a technique that trains again because its recipe has no artifact.
     The denoiser is shared, not copied, unless a technique changes it. With ``check_model`` the model's weights
@@ -504,19 +553,30 @@ def recipe_plan(recipe: dict[str, Any]) -> Plan:
 
 
 def _build(recipe: dict[str, Any], target, folder: Path, log: Callable[[str], None]) -> SamplerPipeline:
-    """The recipe's plan built on the base model (``autoaccel.plan.apply.build_pipeline``), its sampler what the plan's
-    techniques give; the recipe's written scheduler, guidance and timesteps run only for what no technique of it
-    decides (``Plan.decides``: a hand-written recipe without a solver or timesteps technique)."""
-    from dataclasses import replace
-
+    """The recipe's plan built on the base model (``autoaccel.plan.apply.build_pipeline``): its sampler is what the
+    plan's techniques give, and the model's default call for what none of them decides (``Plan.decides``). A
+    format-1 recipe runs its written scheduler, guidance and schedule for what none decides, as it always did."""
     plan = recipe_plan(recipe)
-    base_config = recipe["base_model"].get("scheduler_config") or recipe["scheduler"]["config"]
-    scheduler_class_name = recipe["base_model"].get("scheduler_class", target.scheduler_class)
-    base = replace(target, scheduler_config=dict(base_config), scheduler_class=scheduler_class_name)
+    written = recipe if recipe["autoaccel_recipe"] == 1 else None
+    model = recipe["base_model"]
+    base_config = model.get("scheduler_config") or (written["scheduler"]["config"] if written else None)
+    base = replace(
+        target,
+        scheduler_config=dict(base_config or target.scheduler_config),
+        scheduler_class=model.get("scheduler_class", target.scheduler_class),
+    )
     try:
         pipeline = build_pipeline(base, plan, recipe_artifacts(recipe.get("techniques") or {}, folder), log=log)
     except TechniqueError as error:
         raise RecipeError(f"recipe technique cannot apply to this model: {error}") from None
+    if written is not None:
+        _run_written_sampler(pipeline, written, plan)
+    return pipeline
+
+
+def _run_written_sampler(pipeline: SamplerPipeline, recipe: dict[str, Any], plan: Plan) -> None:
+    """Format 1: the written scheduler and guidance where no technique decides the scheduler, the written
+    timesteps or sigmas where none decides the schedule."""
     if "scheduler" not in plan.decides:
         written = recipe["scheduler"]["class"]
         chosen = scheduler_class(written, "recipe scheduler.class", ALLOWED_SCHEDULERS, RecipeError)
@@ -525,7 +585,6 @@ def _build(recipe: dict[str, Any], target, folder: Path, log: Callable[[str], No
     if "schedule" not in plan.decides:
         pipeline.plan.timesteps = list(recipe["timesteps"])
         pipeline.plan.sigmas = [float(sigma) for sigma in recipe.get("sigmas") or []]
-    return pipeline
 
 
 def _short(value: Any) -> str:
