@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -28,12 +29,18 @@ def shared_cache_dir(tmp_path_factory):
 @pytest.fixture
 def fast_overrides(tiny_pipeline_dir, shared_cache_dir, tmp_path):
     """Overrides that take the tiny pipeline through a whole search in seconds."""
+    return fast_overrides_for(tiny_pipeline_dir, shared_cache_dir, tmp_path / "reports")
+
+
+def fast_overrides_for(tiny_pipeline_dir: Path, cache_dir: Path, reports_dir: Path) -> list[str]:
+    """``fast_overrides`` writing its run folders under ``reports_dir``: for a run that a module's tests share
+    (a module-scoped fixture has no ``tmp_path``)."""
     return [
         "target=pipeline",
         f"target.path={tiny_pipeline_dir}",
         "target.device=cpu",
-        f"report.dir={tmp_path / 'reports'}",
-        f"cache_dir={shared_cache_dir}",
+        f"report.dir={reports_dir}",
+        f"cache_dir={cache_dir}",
         "quality.samples=48",
         "quality.chunk_size=48",
         "quality.fid_std_rounds=4",
