@@ -120,6 +120,7 @@ def _resampled_fid(features: np.ndarray, reference: np.ndarray, summaries: dict)
     return _fid(_statistics(features), summaries["statistics"])
 
 
+@threadpool_limits.wrap(limits=1, user_api="blas")  # as in the bootstrap: small matrices, contending BLAS threads
 def fid(features: np.ndarray, reference: np.ndarray) -> float:
     """FID between two feature sets (float64), as the bootstrap computes it."""
     mu, sigma = _statistics(np.asarray(features, dtype=np.float64))
