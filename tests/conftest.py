@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +13,22 @@ pytest_plugins = ["tests.processes", "tests.markers"]
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("WANDB_MODE", "disabled")
+
+MEMORY_FOLDER = Path("/dev/shm")
+MEMORY_NEEDED = 4 * 1024**3  # free bytes the memory file system must have (the whole suite writes a few hundred MB)
+
+
+def _temporary_folders_in_memory() -> None:
+    """Puts the tests' temporary folders (``tmp_path``: run folders, ledgers, caches) on the memory file system
+    where there is one with room, unless ``PYTEST_DEBUG_TEMPROOT`` already says where: a tiny search records tens of
+    SQLite commits per trial, each an fsync that takes 5-30 ms on a disk and nothing in memory."""
+    if os.environ.get("PYTEST_DEBUG_TEMPROOT") or not os.access(MEMORY_FOLDER, os.W_OK):
+        return
+    if shutil.disk_usage(MEMORY_FOLDER).free >= MEMORY_NEEDED:
+        os.environ["PYTEST_DEBUG_TEMPROOT"] = str(MEMORY_FOLDER)
+
+
+_temporary_folders_in_memory()
 
 
 @pytest.fixture(scope="session")
@@ -28,12 +46,18 @@ def shared_cache_dir(tmp_path_factory):
 @pytest.fixture
 def fast_overrides(tiny_pipeline_dir, shared_cache_dir, tmp_path):
     """Overrides that take the tiny pipeline through a whole search in seconds."""
+    return fast_overrides_for(tiny_pipeline_dir, shared_cache_dir, tmp_path / "reports")
+
+
+def fast_overrides_for(tiny_pipeline_dir: Path, cache_dir: Path, reports_dir: Path) -> list[str]:
+    """``fast_overrides`` writing its run folders under ``reports_dir``: for a run that a module's tests share
+    (a module-scoped fixture has no ``tmp_path``)."""
     return [
         "target=pipeline",
         f"target.path={tiny_pipeline_dir}",
         "target.device=cpu",
-        f"report.dir={tmp_path / 'reports'}",
-        f"cache_dir={shared_cache_dir}",
+        f"report.dir={reports_dir}",
+        f"cache_dir={cache_dir}",
         "quality.samples=48",
         "quality.chunk_size=48",
         "quality.fid_std_rounds=4",

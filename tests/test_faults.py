@@ -222,7 +222,7 @@ def test_an_interrupt_mid_trial_marks_it_and_the_same_command_resumes_it(
 
     monkeypatch.setattr(evaluator_module, "sample_in_chunks", interrupted_on_the_fifth_call)
     study_name = "interrupted"
-    overrides = [*fast_overrides, f"study_name={study_name}", "budget.trials=8", "budget.warm_start_steps=[]"]
+    overrides = [*fast_overrides, f"study_name={study_name}", "budget.trials=6", "budget.warm_start_steps=[]"]
     storage = f"sqlite:///{_report_dir(fast_overrides) / study_name / 'ledger.db'}"
     previous_sigterm = signal.getsignal(signal.SIGTERM)
     try:
@@ -239,7 +239,7 @@ def test_an_interrupt_mid_trial_marks_it_and_the_same_command_resumes_it(
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
     trials = optuna.load_study(study_name=study_name, storage=_opened(storage)).get_trials()
-    assert sum(trial.state.is_finished() and not not_a_result(trial.user_attrs.get("failure")) for trial in trials) == 8
+    assert sum(trial.state.is_finished() and not not_a_result(trial.user_attrs.get("failure")) for trial in trials) == 6
     assert any(trial.params == interrupted[0].params for trial in _evaluations(trials))
 
 
@@ -251,7 +251,7 @@ def test_sigterm_from_outside_stops_the_process_cleanly_and_the_same_command_res
     """A scheduler's SIGTERM, sent to a real process: exit code 130, no trial left RUNNING, whatever was in hand
     queued again, and the same command finishes the budget (the in-process test pins down which trial)."""
     study_name = "sigterm"
-    overrides = [*fast_overrides, f"study_name={study_name}", "budget.trials=8"]
+    overrides = [*fast_overrides, f"study_name={study_name}", "budget.trials=6"]
     storage = f"sqlite:///{_report_dir(fast_overrides) / study_name / 'ledger.db'}"
     worker = _start(processes, overrides, tmp_path / "run.log")
     _wait_for_running(
@@ -275,7 +275,7 @@ def test_sigterm_from_outside_stops_the_process_cleanly_and_the_same_command_res
     resumed = _start(processes, overrides, tmp_path / "resume.log")
     assert resumed.wait(timeout=600) == 0, (tmp_path / "resume.log").read_text()[-3000:]
     trials = optuna.load_study(study_name=study_name, storage=_opened(storage)).get_trials()
-    assert sum(trial.state.is_finished() and not not_a_result(trial.user_attrs.get("failure")) for trial in trials) == 8
+    assert sum(trial.state.is_finished() and not not_a_result(trial.user_attrs.get("failure")) for trial in trials) == 6
     assert all(any(trial.params == params for trial in _evaluations(trials)) for params in interrupted)
 
 

@@ -14,6 +14,7 @@ from autoaccel.cli.main import main
 from autoaccel.cli.search_command import search
 from autoaccel.config import compose_config
 from autoaccel.search.ledger import Ledger, default_storage
+from tests.conftest import fast_overrides_for
 from tests.plan_ledgers import record_trial
 
 QUIET = {"log": lambda message: None}
@@ -25,12 +26,23 @@ def _run_dir(overrides: list[str]) -> Path:
     )
 
 
+MEASURED = ["budget.trials=8", "budget.warm_start_steps=[4,10]"]
+
+
+@pytest.fixture(scope="module")
+def measured_original(tiny_pipeline_dir, shared_cache_dir, tmp_path_factory):
+    """Eight measured trials (standard configurations at 4 and 10 steps, then searched ones), searched once for the
+    module, and their run folder."""
+    overrides = fast_overrides_for(tiny_pipeline_dir, shared_cache_dir, tmp_path_factory.mktemp("measured") / "reports")
+    search(compose_config([*overrides, *MEASURED]), **QUIET)
+    return _run_dir(overrides)
+
+
 @pytest.fixture
-def measured(fast_overrides):
-    """Eight measured trials (standard configurations at 4 and 10 steps, then searched ones) and their run folder."""
-    overrides = [*fast_overrides, "budget.trials=8", "budget.warm_start_steps=[4,10]"]
-    search(compose_config(overrides), **QUIET)
-    return overrides, _run_dir(fast_overrides)
+def measured(measured_original, fast_overrides):
+    """The measured study's overrides and a copy of its run folder (the tests resume it or delete its files)."""
+    shutil.copytree(measured_original, _run_dir(fast_overrides))
+    return [*fast_overrides, *MEASURED], _run_dir(fast_overrides)
 
 
 @pytest.mark.slow

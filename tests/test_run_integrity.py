@@ -5,6 +5,7 @@ warm start, a study where nothing completed, a storage that cannot be opened, ma
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -19,6 +20,7 @@ import pytest
 from autoaccel.cli.main import main
 from autoaccel.cli.search_command import search
 from autoaccel.config import compose_config
+from tests.conftest import fast_overrides_for
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = {"log": lambda message: None}
@@ -45,14 +47,24 @@ def _one_line_error(capsys, *needles: str) -> str:
     return err
 
 
-@pytest.fixture
-def finished_run(fast_overrides):
-    """A complete study of 6 trials (the standard configurations at 4 and 10 steps), no limits, and its run folder.
+@pytest.fixture(scope="module")
+def finished_original(tiny_pipeline_dir, shared_cache_dir, tmp_path_factory):
+    """A complete study of 6 trials (the standard configurations at 4 and 10 steps), no limits, and its run folder,
+    searched once for the module: each test gets a copy (``finished_run``).
 
     Fidelity to the ODE solution against NFE: both deterministic on one machine, so the front is the same every run.
     """
-    search(compose_config([*fast_overrides, *FIXED_FRONT, "budget.trials=6"]), **QUIET)
-    return _run_dir(fast_overrides)
+    overrides = fast_overrides_for(tiny_pipeline_dir, shared_cache_dir, tmp_path_factory.mktemp("finished") / "reports")
+    search(compose_config([*overrides, *FIXED_FRONT, "budget.trials=6"]), **QUIET)
+    return _run_dir(overrides)
+
+
+@pytest.fixture
+def finished_run(finished_original, fast_overrides):
+    """A copy of the finished study's run folder where ``fast_overrides`` puts it: the test may resume or damage it."""
+    run_dir = _run_dir(fast_overrides)
+    shutil.copytree(finished_original, run_dir)
+    return run_dir
 
 
 FIXED_FRONT = ["budget.warm_start_steps=[4,10]", "objectives=[psnr_vs_ode,nfe]"]
@@ -108,9 +120,9 @@ def test_a_command_that_fails_to_start_leaves_nothing_behind(fast_overrides, cap
     assert main(["search", *fast_overrides, "objectives=[fid,latency_ms,nfe]", "optimizer.name=adam"]) == 2
     _one_line_error(capsys, "adam")
     assert not run_dir.exists()
-    search(compose_config([*fast_overrides, "budget.trials=3"]), **QUIET)
+    search(compose_config([*fast_overrides, "budget.trials=1"]), **QUIET)  # the same folder then searches as usual
     trials = pd.read_csv(run_dir / "trials.csv")
-    assert (trials["state"] == "COMPLETE").all() and len(trials) == 3
+    assert (trials["state"] == "COMPLETE").all() and len(trials) == 1
 
 
 def test_a_study_with_other_objectives_is_refused_in_one_line(fast_overrides, capsys):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 import optuna
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 from autoaccel.cli.main import main
+from tests.conftest import fast_overrides_for
 from tests.test_run_integrity import _hold_study_lock, _one_line_error, _run_dir, _snapshot
 
 
@@ -30,12 +32,20 @@ def _noise_images(folder: Path, count: int = 200) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def finished_original(tiny_pipeline_dir, shared_cache_dir, tmp_path_factory):
+    """A complete 3-trial study on the tiny pipeline, and its run folder, searched once for the module."""
+    overrides = fast_overrides_for(tiny_pipeline_dir, shared_cache_dir, tmp_path_factory.mktemp("finished") / "reports")
+    assert main(["search", *overrides, "budget.trials=3"]) == 0
+    return _run_dir(overrides)
+
+
 @pytest.fixture
-def finished(fast_overrides, capsys):
-    """A complete 3-trial study on the tiny pipeline, and its run folder."""
-    assert main(["search", *fast_overrides, "budget.trials=3"]) == 0
-    capsys.readouterr()
-    return _run_dir(fast_overrides)
+def finished(finished_original, fast_overrides):
+    """A copy of the complete 3-trial study's run folder where ``fast_overrides`` puts it: the test may change it."""
+    run_dir = _run_dir(fast_overrides)
+    shutil.copytree(finished_original, run_dir)
+    return run_dir
 
 
 @pytest.mark.slow

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from types import SimpleNamespace
+
 import pandas as pd
 import pytest
 import torch
@@ -10,6 +13,7 @@ import yaml
 from autoaccel.cli.main import main
 from autoaccel.cli.search_command import search
 from autoaccel.config import compose_config
+from tests.conftest import fast_overrides_for
 
 
 def run_dir_of(overrides, study="pipeline-sampler"):
@@ -19,13 +23,25 @@ def run_dir_of(overrides, study="pipeline-sampler"):
     return Path(folder) / study
 
 
+@pytest.fixture(scope="module")
+def resumed_run(tiny_pipeline_dir, shared_cache_dir, tmp_path_factory):
+    """One study the tests of this module share: searched through the command line for 5 trials, then resumed to 8.
+    Its trials before and after the resume, and its run folder (read only; a test that writes copies it)."""
+    overrides = fast_overrides_for(tiny_pipeline_dir, shared_cache_dir, tmp_path_factory.mktemp("resumed") / "reports")
+    assert main(["search", *overrides, "budget.trials=5"]) == 0
+    run_dir = run_dir_of(overrides)
+    before = pd.read_csv(run_dir / "trials.csv")
+    index = search(compose_config([*overrides, "budget.trials=8"]), log=lambda message: None)
+    assert index.parent == run_dir
+    return SimpleNamespace(run_dir=run_dir, before=before, after=pd.read_csv(run_dir / "trials.csv"))
+
+
 @pytest.mark.slow
 @pytest.mark.integration
-def test_search_writes_report_front_and_recipes(fast_overrides):
-    index = search(compose_config([*fast_overrides, "budget.trials=10"]), log=lambda message: None)
-    run_dir = index.parent
+def test_search_writes_report_front_and_recipes(resumed_run):
+    run_dir = resumed_run.run_dir
     trials = pd.read_csv(run_dir / "trials.csv")
-    assert len(trials) == 10
+    assert len(trials) == 8
     assert {"fid", "kid", "kid_std", "precision", "recall", "psnr_vs_ode", "nfe", "latency_ms", "state"} <= set(
         trials.columns
     )
@@ -95,12 +111,9 @@ def test_recipe_reproduces_scored_images_bit_exactly(fast_overrides, tiny_pipeli
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_resume_continues_the_study_without_losing_trials(fast_overrides):
-    first = search(compose_config([*fast_overrides, "budget.trials=5"]), log=lambda message: None)
-    before = pd.read_csv(first.parent / "trials.csv")
-    search(compose_config([*fast_overrides, "budget.trials=8"]), log=lambda message: None)
-    after = pd.read_csv(first.parent / "trials.csv")
-    assert len(after) == 8
+def test_resume_continues_the_study_without_losing_trials(resumed_run):
+    before, after = resumed_run.before.copy(), resumed_run.after.copy()
+    assert len(before) == 5 and len(after) == 8
     # what each trial measured stays; the latency confirmed before each report is a figure of that report's
     # side-by-side timing (the search's own figure is then in search_latency_ms)
     for frame in (before, after):
@@ -112,12 +125,12 @@ def test_resume_continues_the_study_without_losing_trials(fast_overrides):
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_resume_refuses_changed_settings(fast_overrides):
-    search(compose_config([*fast_overrides, "budget.trials=3"]), log=lambda message: None)
+def test_resume_refuses_changed_settings(resumed_run, fast_overrides):
+    shutil.copytree(resumed_run.run_dir, run_dir_of(fast_overrides))
     from autoaccel.errors import ConfigError
 
     with pytest.raises(ConfigError, match="quality.samples"):
-        search(compose_config([*fast_overrides, "budget.trials=4", "quality.samples=40"]), log=lambda message: None)
+        search(compose_config([*fast_overrides, "budget.trials=9", "quality.samples=40"]), log=lambda message: None)
 
 
 @pytest.mark.slow
@@ -187,9 +200,9 @@ def test_nan_images_fail_the_trial_with_the_reason(fast_overrides):
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_cli_plan_apply_and_errors(fast_overrides, tmp_path, capsys):
-    assert main(["search", *fast_overrides, "budget.trials=6"]) == 0
-    run_dir = run_dir_of(fast_overrides)
+def test_cli_plan_apply_and_errors(resumed_run, tmp_path, capsys):
+    # the search command itself ran the shared study's first 5 trials (and returned 0)
+    run_dir = resumed_run.run_dir
     assert main(["plan", str(run_dir), "--max-nfe", "100"]) == 0
     assert "the plan with the lowest fid within nfe <= 100:" in capsys.readouterr().out
     assert main(["plan", str(run_dir), "--max-latency-ms", "0.000001"]) == 3

@@ -12,7 +12,11 @@ FID is torch-fidelity's (mean and ``numpy.cov`` covariance of the features; the 
 as the sum of the square roots of the eigenvalues of ``sigma1 @ sigma2``). A bootstrap evaluates it thousands of
 times, so the trace term is computed from the same eigenvalues in their symmetric form,
 ``sqrt(sigma2) @ sigma1 @ sqrt(sigma2)`` (one ``eigh`` of the reference per round, one ``eigvalsh`` per plan):
-five times faster on 192-d features, equal to torch-fidelity's figure to rounding.
+five times faster on 192-d features, equal to torch-fidelity's figure to rounding. Where a round's set and
+reference set both have fewer rows than features (tens of seeds, 192-d features), their covariances have rank below
+the dimension and the same eigenvalues are those of the small cross-Gram matrix of their centred rows: the trace
+term is its nuclear norm (``_centred_fid``), twenty times faster and without the square roots of rounding-error
+eigenvalues the dimension-sized form adds.
 """
 
 from __future__ import annotations
@@ -84,6 +88,39 @@ def _fid(statistics: tuple[np.ndarray, np.ndarray], reference: tuple[np.ndarray,
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_covmean)
 
 
+Centred = tuple[np.ndarray, np.ndarray, float]
+
+
+def _centred(features: np.ndarray) -> Centred:
+    """The mean, the centred rows scaled so that ``rows.T @ rows`` is ``numpy.cov``'s covariance, and its trace."""
+    mu = features.mean(axis=0)
+    rows = (features - mu) / math.sqrt(len(features) - 1)
+    return mu, rows, float(np.einsum("ij,ij->", rows, rows))
+
+
+def _centred_fid(centred: Centred, reference: Centred) -> float:
+    """FID from centred rows: the eigenvalues of ``sigma1 @ sigma2`` other than 0 are the squared singular values
+    of ``rows1 @ rows2.T``, so the trace of the matrix square root is that matrix's nuclear norm."""
+    (mu1, rows1, trace1), (mu2, rows2, trace2) = centred, reference
+    diff = mu1 - mu2
+    trace_covmean = np.linalg.svd(rows1 @ rows2.T, compute_uv=False).sum()
+    return float(diff @ diff + trace1 + trace2 - 2.0 * trace_covmean)
+
+
+def _resampled_fid(features: np.ndarray, reference: np.ndarray, summaries: dict) -> float:
+    """FID of a round's resampled set against the round's reference set, whose summaries ``summaries`` keeps for
+    the round's other sets: from centred rows where both have fewer rows than features, else from covariances."""
+    if max(len(features), len(reference)) < features.shape[1]:
+        if "centred" not in summaries:
+            summaries["centred"] = _centred(reference)
+        return _centred_fid(_centred(features), summaries["centred"])
+    if "statistics" not in summaries:
+        mu, sigma = _statistics(reference)
+        summaries["statistics"] = (mu, sigma, _root(sigma))
+    return _fid(_statistics(features), summaries["statistics"])
+
+
+@threadpool_limits.wrap(limits=1, user_api="blas")  # as in the bootstrap: small matrices, contending BLAS threads
 def fid(features: np.ndarray, reference: np.ndarray) -> float:
     """FID between two feature sets (float64), as the bootstrap computes it."""
     mu, sigma = _statistics(np.asarray(features, dtype=np.float64))
@@ -154,13 +191,12 @@ class PairedBootstrap:
         for round_ in range(self.rounds):
             seeds = generator.integers(0, self.samples, self.samples)
             rows = seeds if self.reference_paired else generator.integers(0, len(self.reference), len(self.reference))
-            mu, sigma = _statistics(self.reference[rows])
-            reference = (mu, sigma, _root(sigma))
+            reference, summaries = self.reference[rows], {}
             for name, values in self.paired.items():
-                draws[name][round_] = _fid(_statistics(values[seeds]), reference)
+                draws[name][round_] = _resampled_fid(values[seeds], reference, summaries)
             for name, values in self.unpaired.items():
                 picked = own[name].integers(0, len(values), len(values))
-                draws[name][round_] = _fid(_statistics(values[picked]), reference)
+                draws[name][round_] = _resampled_fid(values[picked], reference, summaries)
         return draws
 
     def __contains__(self, name: str) -> bool:

@@ -14,6 +14,7 @@ import hashlib
 from pathlib import Path
 
 import torch
+from threadpoolctl import threadpool_limits
 from torch.utils.data import Dataset
 
 from autoaccel.errors import ConfigError
@@ -34,10 +35,16 @@ class ImageTensorDataset(Dataset):
         return self.images[index]
 
 
+# FID's eigenvalue problems are small (192-d features): spread over BLAS threads, which contend with the threads that
+# sample and train, they take several times longer (ten times on a busy machine) for the same figures
+one_blas_thread = threadpool_limits.wrap(limits=1, user_api="blas")
+
+
 def tensor_digest(tensor: torch.Tensor) -> str:
     return hashlib.sha256(tensor.contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
+@one_blas_thread
 def distribution_metrics(
     images: torch.Tensor,
     reference_uint8: torch.Tensor,
@@ -109,6 +116,7 @@ def image_features(images_uint8: torch.Tensor, extractor: str) -> torch.Tensor:
 _features = image_features
 
 
+@one_blas_thread
 def frechet_distance(features: torch.Tensor, reference_features: torch.Tensor) -> float:
     """FID between two feature sets (torch-fidelity's formula), for features computed outside torch-fidelity."""
     from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
@@ -129,6 +137,7 @@ def kernel_distance(features: torch.Tensor, reference_features: torch.Tensor, su
     return float(metric["kernel_inception_distance_mean"])
 
 
+@one_blas_thread
 def fid_bootstrap_std(
     images: torch.Tensor, reference_uint8: torch.Tensor, extractor: str, reference_key: str, rounds: int = 20
 ) -> float:
