@@ -117,7 +117,7 @@ def build_recipe(
         },
         # scored by simulation (fake quantization): the figures are what the simulated model gives, and its
         # latency is a float-kernel time unless measured_on.kernels names a real quantized backend
-        "simulated": [technique.name for technique, _ in plan if technique.simulated],
+        "simulated": [technique.name for technique, config in plan if technique.simulated_by(config)],
         "scheduler": {"class": type(pipeline.scheduler).__name__, "config": to_plain(scheduler_config)},
         "timesteps": [int(step) for step in pipeline.plan.timesteps],
         **({"sigmas": [float(sigma) for sigma in pipeline.plan.sigmas]} if pipeline.plan.sigmas else {}),
@@ -135,7 +135,7 @@ def _technique_section(technique, config, artifacts: dict[str, ArtifactRef], rec
     section: dict[str, Any] = {"version": technique.version, "config": to_plain(asdict(config))}
     if record:
         section.update(record)
-    if technique.simulated:
+    if technique.simulated_by(config):
         section["simulated"] = True
     if technique.name in artifacts:
         section["artifact"] = artifacts[technique.name].as_dict()
