@@ -74,6 +74,13 @@ BENCHMARKS = {
             takes="command",
         ),
         Benchmark(
+            "quant_kernels",
+            "CPU: torchao and optimum-quanto quantized kernels vs float32/bfloat16 on the digits denoisers "
+            "([--compile] [--out FILE])",
+            "quant_kernels:main",
+            takes="command",
+        ),
+        Benchmark(
             "gpu_default_call",
             "CUDA: the default call vs a 5-step plan on the embedded latent models and a tiny SD (OUT.md)",
             "gpu_default_call:main",

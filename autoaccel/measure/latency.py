@@ -25,6 +25,7 @@ from torch.utils._pytree import tree_leaves
 
 from autoaccel.front.objectives import CPU_RSS, CUDA_ALLOCATED
 from autoaccel.measure.energy import EnergyMeter
+from autoaccel.measure.size import plain_tensors, tensor_bytes
 from autoaccel.pipeline.seeds import SeedBatch
 
 
@@ -156,20 +157,12 @@ class _LiveTensorPeak(TorchDispatchMode):
         self.live_bytes += storage.nbytes()
 
 
-def _tensor_bytes(tensor: torch.Tensor) -> int:
-    """Bytes a tensor holds; a wrapper subclass (torchao's quantized weights) is the sum of its inner tensors."""
-    if hasattr(tensor, "__tensor_flatten__") and type(tensor) is not torch.nn.Parameter:
-        names, _ = tensor.__tensor_flatten__()
-        return sum(_tensor_bytes(getattr(tensor, name)) for name in names)
-    return tensor.numel() * tensor.element_size()
-
-
 def weight_bytes(unet: torch.nn.Module) -> int:
     """Parameter and buffer bytes of the module as it runs (a tensor shared by two names counted once)."""
     seen: dict[int, int] = {}
     for tensor in [*unet.parameters(), *unet.buffers()]:
-        data = tensor.data if isinstance(tensor, torch.nn.Parameter) else tensor
-        seen.setdefault(id(data) if data.is_meta else data.data_ptr(), _tensor_bytes(data))
+        for data in plain_tensors(tensor.data if isinstance(tensor, torch.nn.Parameter) else tensor):
+            seen.setdefault(id(data) if data.is_meta else data.data_ptr(), tensor_bytes(data))
     return sum(seen.values())
 
 
@@ -218,7 +211,8 @@ def model_memory_bytes(pipeline, seeds: SeedBatch) -> int:
         activations = torch.cuda.max_memory_allocated() - before
     else:
         inputs = [tensor for tensor in tree_leaves((args, kwargs)) if isinstance(tensor, torch.Tensor)]
-        known = {tensor.untyped_storage().data_ptr() for tensor in [*unet.parameters(), *unet.buffers(), *inputs]}
+        held = [plain for tensor in [*unet.parameters(), *unet.buffers()] for plain in plain_tensors(tensor)]
+        known = {tensor.untyped_storage().data_ptr() for tensor in [*held, *inputs]}
         with torch.no_grad(), _LiveTensorPeak(known) as tracker:
             unet(*args, **kwargs)
         activations = tracker.peak_bytes

@@ -128,7 +128,7 @@ def build_recipe(
         },
         # scored by simulation (fake quantization): the figures are what the simulated model gives, and its
         # latency is a float-kernel time unless measured_on.kernels names a real quantized backend
-        "simulated": [technique.name for technique, _ in plan if technique.simulated],
+        "simulated": [technique.name for technique, config in plan if technique.simulated_by(config)],
         DERIVED: derived_sampler(pipeline),
         "null_class": pipeline.plan.null_class,
         **({"prompts": list(target.conditions.names)} if target.conditions.kind == "prompt" else {}),
@@ -158,7 +158,7 @@ def _technique_section(technique, config, artifacts: dict[str, ArtifactRef], rec
     section: dict[str, Any] = {"version": technique.version, "config": to_plain(asdict(config))}
     if record:
         section.update(record)
-    if technique.simulated:
+    if technique.simulated_by(config):
         section["simulated"] = True
     if technique.name in artifacts:
         section["artifact"] = artifacts[technique.name].as_dict()

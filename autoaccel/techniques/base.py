@@ -113,6 +113,9 @@ class Technique:
     version: int = 1
     modifies_model: bool = False  # replaces the pipeline's unet: a recipe must re-apply it to reproduce images
     simulated: bool = False  # scored by simulation (fake quantization): trials, reports and recipes say so
+    # config -> whether that config is simulated, for a ``simulated`` technique whose configs may run for real
+    # (quantization on a backend's kernels); None: every config of a ``simulated`` technique is
+    simulates: Callable[[Any], bool] | None = None
     # what of the sampler applying it sets (SAMPLER_PARTS): ``scheduler`` (its class, settings and the guidance
     # scale), ``schedule`` (the timesteps or sigmas); what none decides is the model's default call (build_pipeline)
     decides: tuple[str, ...] = ()
@@ -178,6 +181,10 @@ class Technique:
     # (a call's sampler name, or None for the model's own scheduler, and that scheduler's class name) -> whether
     # the call adds fresh noise at every step (ancestral DDPM), for the techniques that know samplers
     adds_noise: Callable[[str | None, str], bool] | None = None
+
+    def simulated_by(self, config: Any) -> bool:
+        """Whether ``config`` is scored by simulation: what its recipe section and the recipe's list say."""
+        return self.simulated and (self.simulates is None or bool(self.simulates(config)))
 
     def prescribes(self, config: Any) -> bool:
         return self.prescribes_sampler is not None and bool(self.prescribes_sampler(config))

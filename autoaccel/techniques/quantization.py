@@ -19,6 +19,12 @@ transformer block is one group (a sequence layout's blocks are grouped whole), a
 ``low_bits``) orders the groups; the assignment puts the least sensitive share ``low_fraction`` of the weights at
 ``low_bits`` and the rest at ``weight_bits``: a three-number search over any denoiser, instead of one dimension
 per layer.
+
+``backend: torchao`` runs the plan on real kernels where torchao has one for every bit width it sets (8-bit
+weights, with activations float or 8-bit: ``quantization_kernels.REAL_KERNELS``): the layer groups' bit widths
+map onto one torchao config per Linear module and ``torchao.quantization.quantize_`` applies them, Conv2d layers
+stay float, and nothing is simulated (no calibration either: int8 activations are quantized per token as each call
+runs). A setting without a kernel (weights below 8 bits, 16-bit activations) stays simulated, labelled so.
 """
 
 from __future__ import annotations
@@ -35,7 +41,15 @@ from autoaccel.reference.calibration import CALIBRATION_STEPS, Call, cached, rep
 from autoaccel.targets.base import hash_weights
 from autoaccel.targets.layouts import layout_of
 from autoaccel.techniques.base import ParamSpec, Technique, register, require_types
-from autoaccel.techniques.quantization_kernels import QuantizedDeployment, quantized_bytes
+from autoaccel.techniques.quantization_kernels import (
+    QuantizedDeployment,
+    RealKernels,
+    quantized_bytes,
+    real_kernel_name,
+    real_layer_configs,
+    real_quantized_model,
+    torchao_call,
+)
 from autoaccel.util.artifacts import Artifact
 
 WEIGHT_BITS = range(2, 9)
@@ -58,6 +72,8 @@ TIME_MODULES = frozenset(
     }
 )
 QUANTIZED_LAYERS = (torch.nn.Conv2d, torch.nn.Linear)
+SIMULATED = "simulated"
+BACKENDS = (SIMULATED, "torchao")  # torchao: real kernels where it has them for the plan's bit widths
 
 
 @dataclass(frozen=True)
@@ -76,9 +92,12 @@ class QuantizationConfig:
     calibration_samples: int = 32
     seed: int = 0
     enabled: bool = True  # False keeps the float model: lets a joint search choose not to quantize
+    backend: str = SIMULATED
 
     def __post_init__(self) -> None:
         require_types(self, "quantization", {"enabled": bool, "low_fraction": (int, float), "seed": int})
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"quantization.backend={self.backend!r} is not valid; valid: {', '.join(BACKENDS)}")
         for name in ("weight_bits", "low_bits", "time_bits"):
             bits = getattr(self, name)
             if isinstance(bits, bool) or bits not in WEIGHT_BITS:
@@ -94,6 +113,27 @@ class QuantizationConfig:
         if self.calibration_samples < 4:
             raise ConfigError(f"quantization.calibration_samples={self.calibration_samples} must be >= 4")
 
+    @property
+    def used_bits(self) -> set[int]:
+        """The weight bit widths some group can get: the low bits only where some weights go low."""
+        low = {self.low_bits} if self.low_fraction > 0.0 and self.low_bits < self.weight_bits else set()
+        return {self.weight_bits, self.time_bits, *low}
+
+    @property
+    def simulated(self) -> bool:
+        """Whether this plan is scored by simulation (fake quantization): quantized, without real kernels."""
+        return self.enabled and not self.real
+
+    @property
+    def real(self) -> bool:
+        """Whether this plan runs real kernels: its backend has a kernel for every bit width it sets."""
+        return (
+            self.enabled
+            and self.backend != SIMULATED
+            and all(real_kernel_name(bits, self.activation_bits) is not None for bits in self.used_bits)
+            and real_kernel_name(self.time_bits, None) is not None
+        )
+
 
 _BITS = ParamSpec("int", low=min(WEIGHT_BITS), high=max(WEIGHT_BITS))
 # What a space may set; every value is checked again by QuantizationConfig per candidate.
@@ -106,6 +146,7 @@ QUANTIZATION_PARAMS = {
     "calibration_samples": ParamSpec("int", low=4),
     "seed": ParamSpec("int", low=0, high=2**32 - 1),
     "enabled": ParamSpec("bool"),
+    "backend": ParamSpec("choice", choices=BACKENDS),
 }
 
 
@@ -121,10 +162,12 @@ class BitAssignment:
     sensitivity: dict[str, float] = field(default_factory=dict)
     simulated: bool = True
     activations_enabled: bool = True  # off while timing float kernels: fake-quant overhead is not a cost
+    kernels: dict[str, str] = field(default_factory=dict)  # real plans: module name -> the torchao config it runs
 
     def describe(self) -> dict:
         return {
             "simulated": self.simulated,
+            **({"kernels": torchao_call(self.kernels)} if self.kernels else {}),
             "group_bits": dict(self.group_bits),
             "activation_bits": self.activation_bits,
             "sensitivity": {group: round(value, 6) for group, value in self.sensitivity.items()},
@@ -272,26 +315,49 @@ def _calibrate_activations(denoiser, calls: list[Call], names: list[str]) -> dic
     return {name: (low, high) for name, (low, high) in ranges.items()}
 
 
+def _assign_bits(model, config: QuantizationConfig, target) -> BitAssignment:
+    """The plan's bits per group and per layer of ``model``, the least sensitive groups low (the sensitivity
+    pass runs on the target's trajectory only where some weights go low)."""
+    groups = layer_groups(model)
+    if not groups:
+        raise TechniqueError(f"quantization found no Conv2d or Linear layer in {type(model).__name__}")
+    modules = dict(model.named_modules())
+    sizes = {group: sum(modules[name].weight.numel() for name in names) for group, names in groups.items()}
+    sensitivity: dict[str, float] = {}
+    if config.low_fraction > 0.0 and config.low_bits < config.weight_bits:
+        if target is None:
+            raise TechniqueError("quantization needs the target's teacher trajectory for its sensitivity pass")
+        calls = trajectory_inputs(target, config.calibration_samples, config.seed)
+        key = (hash_weights(model), config.low_bits, config.calibration_samples, config.seed)
+        sensitivity = group_sensitivity(model, calls, config.low_bits, key)
+    group_bits = assign_group_bits(groups, sizes, sensitivity, config)
+    layer_bits = {name: group_bits[group] for group, names in groups.items() for name in names}
+    return BitAssignment(layer_bits, group_bits, config.activation_bits, sensitivity=sensitivity)
+
+
+def quantize_real(unet, config: QuantizationConfig, target) -> torch.nn.Module:
+    """A copy of ``unet`` whose Linear layers run torchao's kernels for the plan's bits (one config per module),
+    Conv2d layers float: the model a deployment runs, with nothing simulated."""
+    assignment = _assign_bits(unet, config, target)
+    float_inputs = set(layer_groups(unet).get(TIME_GROUP, []))
+    assignment.kernels = real_layer_configs(unet, assignment.layer_bits, float_inputs, config.activation_bits)
+    assignment.layer_bits = {name: assignment.layer_bits[name] for name in assignment.kernels}
+    assignment.simulated = False
+    quantized = real_quantized_model(unet, assignment.kernels)
+    quantized.autoaccel_quantization = assignment
+    return quantized
+
+
 def quantize_unet(unet, config: QuantizationConfig, target) -> torch.nn.Module:
     """A copy of ``unet`` (any supported denoiser) with the plan's weights on their grids and activation
     fake-quant hooks attached."""
     if target is None:
         raise TechniqueError("quantization needs the target's teacher trajectory for calibration")
     quantized = copy.deepcopy(unet).float().eval().requires_grad_(False)
-    groups = layer_groups(quantized)
-    if not groups:
-        raise TechniqueError(f"quantization found no Conv2d or Linear layer in {type(unet).__name__}")
-    modules = dict(quantized.named_modules())
-    sizes = {group: sum(modules[name].weight.numel() for name in names) for group, names in groups.items()}
-    calls = trajectory_inputs(target, config.calibration_samples, config.seed)
-    sensitivity: dict[str, float] = {}
-    if config.low_fraction > 0.0 and config.low_bits < config.weight_bits:
-        key = (hash_weights(quantized), config.low_bits, config.calibration_samples, config.seed)
-        sensitivity = group_sensitivity(quantized, calls, config.low_bits, key)
-    group_bits = assign_group_bits(groups, sizes, sensitivity, config)
-    layer_bits = {name: group_bits[group] for group, names in groups.items() for name in names}
-    assignment = BitAssignment(layer_bits, group_bits, config.activation_bits, sensitivity=sensitivity)
+    assignment = _assign_bits(quantized, config, target)
+    groups, modules, layer_bits = layer_groups(quantized), dict(quantized.named_modules()), assignment.layer_bits
     if config.activation_bits is not None:
+        calls = trajectory_inputs(target, config.calibration_samples, config.seed)
         quantized_inputs = [name for group, names in groups.items() if group != TIME_GROUP for name in names]
         assignment.activation_ranges = _calibrate_activations(quantized, calls, quantized_inputs)
     for name, bits in layer_bits.items():
@@ -303,15 +369,17 @@ def quantize_unet(unet, config: QuantizationConfig, target) -> torch.nn.Module:
 
 
 def apply_quantization(pipeline, config: QuantizationConfig, target) -> None:
-    if config.enabled:
+    if config.real:
+        pipeline.denoiser = quantize_real(pipeline.denoiser, config, target)
+    elif config.enabled:
         pipeline.denoiser = quantize_unet(pipeline.denoiser, config, target)
 
 
 def quantized_weights(unet, config: QuantizationConfig):
     """The calibrated model: its weights on their grids, and its plan (bits, activation ranges) as metadata."""
     assignment = getattr(unet, "autoaccel_quantization", None)
-    if not config.enabled or assignment is None:
-        return None
+    if not config.enabled or assignment is None or not assignment.simulated:
+        return None  # a real-kernel plan is rebuilt from the base weights by torchao in a moment: nothing to store
     stored = {
         "layer_bits": assignment.layer_bits,
         "group_bits": assignment.group_bits,
@@ -343,7 +411,13 @@ def quantization_from_artifact(pipeline, config: QuantizationConfig, target, art
 
 
 def quantization_recompute(config: QuantizationConfig) -> str | None:
-    return f"quantization calibration ({config.calibration_samples} samples)" if config.enabled else None
+    return f"quantization calibration ({config.calibration_samples} samples)" if config.simulated else None
+
+
+def quantization_record(pipeline, config: QuantizationConfig) -> dict | None:
+    """A real-kernel plan's torchao call and each module's config, beside its settings in the recipe."""
+    assignment = bit_assignment(pipeline.denoiser)
+    return {"kernels": torchao_call(assignment.kernels)} if assignment is not None and assignment.kernels else None
 
 
 def quantization_cost(config: QuantizationConfig) -> dict:
@@ -356,6 +430,8 @@ def quantization_cost(config: QuantizationConfig) -> dict:
     if not config.enabled:
         return {}
     cost = {"weight_bits": config.weight_bits, "time_bits": config.time_bits, "activation_bits": config.activation_bits}
+    if config.real:
+        cost["backend"] = config.backend
     if config.low_bits < config.weight_bits and config.low_fraction > 0.0:
         cost.update(low_bits=config.low_bits, low_fraction=float(config.low_fraction))
     return cost
@@ -373,6 +449,19 @@ def _with_assignment(unet: torch.nn.Module, use):
     return use(assignment) if assignment is not None else None
 
 
+def _simulation(assignment: BitAssignment) -> dict | None:
+    return assignment.describe() if assignment.simulated else None
+
+
+def _stored_bytes(unet, assignment: BitAssignment) -> dict[str, int]:
+    """A simulated plan's planned bytes; a real one holds its quantized tensors, counted as they are."""
+    return quantized_bytes(unet, assignment) if assignment.simulated else {}
+
+
+def _deployment(unet, assignment: BitAssignment):
+    return QuantizedDeployment(unet, assignment) if assignment.simulated else RealKernels(unet, assignment)
+
+
 QUANTIZATION = register(
     Technique(
         name="quantization",
@@ -381,14 +470,16 @@ QUANTIZATION = register(
         apply=apply_quantization,
         modifies_model=True,
         simulated=True,
+        simulates=lambda config: config.simulated,
         unchanged_params={"enabled": False},
         params=QUANTIZATION_PARAMS,
         cost_key=quantization_cost,
         artifact_state=quantized_weights,
         from_artifact=quantization_from_artifact,
         recompute=quantization_recompute,
-        simulation=lambda unet: _with_assignment(unet, lambda assignment: assignment.describe()),
-        stored_bytes=lambda unet: _with_assignment(unet, lambda assignment: quantized_bytes(unet, assignment)) or {},
-        deployment=lambda unet: _with_assignment(unet, lambda assignment: QuantizedDeployment(unet, assignment)),
+        recipe_record=quantization_record,
+        simulation=lambda unet: _with_assignment(unet, _simulation),
+        stored_bytes=lambda unet: _with_assignment(unet, lambda assignment: _stored_bytes(unet, assignment)) or {},
+        deployment=lambda unet: _with_assignment(unet, lambda assignment: _deployment(unet, assignment)),
     )
 )

@@ -1,6 +1,12 @@
 """What a quantized model runs when deployed, and what it stores: never a fake-quant time presented as a
 quantized speed-up, never a float byte count for quantized weights.
 
+A plan with ``backend: torchao`` whose every bit width has a torchao kernel is not simulated at all: its Linear
+layers are quantized by ``torchao.quantization.quantize_`` with one config per module (``REAL_KERNELS``), its
+images, size and latency are those of the real kernels, on CUDA and on a CPU alike (``real_quantized_model``).
+torchao 0.18 has no Conv2d kernel (those layers stay float) and no CPU int4 kernel (int4 weight-only needs the
+mslk package or CUDA's tinygemm): ``reports/bench/quantization-kernels-cpu.md`` measures what runs on a CPU.
+
 A simulated quantization plan is timed with real quantized kernels where a backend has them (torchao on CUDA:
 int8 weight-only, or int8 dynamic activations with int8 weights; Linear layers, which is what torchao's CUDA
 kernels cover: most of a transformer denoiser, the attention and feed-forward layers of a UNet). Elsewhere it is
@@ -19,9 +25,12 @@ import hashlib
 import math
 from collections import OrderedDict
 from collections.abc import Iterator
+from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from autoaccel.errors import TechniqueError
 
 if TYPE_CHECKING:
     from autoaccel.techniques.quantization import BitAssignment
@@ -78,6 +87,87 @@ def real_quantized_copy(unet: torch.nn.Module, assignment: BitAssignment) -> tor
     if configs:
         quantize_(deployed, FqnToConfig(configs), filter_fn=None)
     return deployed
+
+
+# (weight bits, activation bits) -> the torchao config whose kernels run it on a Linear layer, where there is one
+# on every device (CPU and CUDA): int8 weights alone, or int8 weights with int8 activations quantized per token
+# as each call runs (dynamic: no calibrated range). Every other pair has no kernel: such a plan stays simulated.
+REAL_KERNELS = {
+    (8, None): "Int8WeightOnlyConfig",
+    (8, 8): "Int8DynamicActivationInt8WeightConfig",
+}
+
+
+def real_kernel_name(weight_bits: int, activation_bits: int | None) -> str | None:
+    """The torchao config that runs ``weight_bits`` weights with ``activation_bits`` activations, or None."""
+    return REAL_KERNELS.get((weight_bits, activation_bits))
+
+
+def real_layer_configs(unet: torch.nn.Module, layer_bits: dict[str, int], float_inputs: set[str], activation_bits):
+    """Linear name -> torchao config name, following the plan's bits per layer; layers in ``float_inputs`` (the
+    time-embedding group, whose inputs stay float) run weight-only. Conv2d layers have no torchao kernel."""
+    modules = dict(unet.named_modules())
+    configs: OrderedDict[str, str] = OrderedDict()
+    for name, bits in layer_bits.items():
+        if isinstance(modules[name], torch.nn.Linear):
+            configs[name] = real_kernel_name(bits, None if name in float_inputs else activation_bits)
+    return configs
+
+
+def real_quantized_model(unet: torch.nn.Module, configs: dict[str, str]) -> torch.nn.Module:
+    """A copy of ``unet`` whose listed Linear layers run torchao's kernels: ``quantize_`` with one config per
+    module, as a user would call it. A model torchao cannot quantize (a float64 one) is a TechniqueError saying
+    why."""
+    import torchao.quantization as torchao_quantization
+
+    quantized = copy.deepcopy(unet).eval().requires_grad_(False)
+    per_module = {name: getattr(torchao_quantization, config)() for name, config in configs.items()}
+    try:
+        torchao_quantization.quantize_(quantized, torchao_quantization.FqnToConfig(per_module), filter_fn=None)
+    except Exception as error:  # torchao refuses this model: the trial fails with torchao's reason
+        raise TechniqueError(
+            f"torchao {version('torchao')} could not quantize {type(unet).__name__} ({next(unet.parameters()).dtype}):"
+            f" {type(error).__name__}: {error}"
+        ) from error
+    return quantized
+
+
+def torchao_call(configs: dict[str, str]) -> dict[str, Any]:
+    """How a user reproduces the model with torchao itself, for the recipe: the call and each module's config."""
+    kinds = sorted(set(configs.values()))
+    return {
+        "library": f"torchao {version('torchao')}",
+        "call": "torchao.quantization.quantize_(denoiser, FqnToConfig({name: config() for name, config in "
+        "modules.items()}), filter_fn=None)",
+        "configs": kinds,
+        "modules": dict(configs),
+    }
+
+
+class RealKernels:
+    """The deployment of a plan quantized with real kernels: it already runs what a deployment runs."""
+
+    real_kernels = True
+
+    def __init__(self, denoiser: torch.nn.Module, assignment: BitAssignment) -> None:
+        self.denoiser, self.assignment = denoiser, assignment
+
+    @property
+    def label(self) -> str:
+        counts: dict[str, int] = {}
+        for config in self.assignment.kernels.values():
+            counts[config] = counts.get(config, 0) + 1
+        kernels = ", ".join(f"{config} on {count} Linear layers" for config, count in sorted(counts.items()))
+        return f"torchao {kernels}; float elsewhere"
+
+    @property
+    def key(self) -> str:
+        layers = ",".join(f"{name}:{config}" for name, config in self.assignment.kernels.items())
+        return f"|torchao-real|{hashlib.sha1(layers.encode()).hexdigest()[:12]}"
+
+    @contextlib.contextmanager
+    def running(self, pipeline: Any, real_kernels: bool) -> Iterator[None]:
+        yield
 
 
 class QuantizedDeployment:
