@@ -24,6 +24,8 @@ from autoaccel.errors import ConfigError
 PARAM_KINDS = ("int", "float", "bool", "choice")
 SAMPLER_PARTS = ("scheduler", "schedule")  # what of the sampler a technique may decide (``Technique.decides``)
 TRAIN_MINUTES = "train_minutes"  # set on a model a technique trained: the plan's search cost, recorded per trial
+# set on a model that torch.compile compiles (0.0 before its first call): seconds spent compiling, search cost too
+COMPILE_SECONDS = "compile_seconds"
 
 
 @dataclass(frozen=True)
