@@ -48,9 +48,6 @@ def build_pipeline(
         apply_plan(pipeline, plan.sampler_steps, target, log=log)
     else:
         stored = apply_plan(pipeline, plan, target, artifacts, store, log)
-    if not pipeline.plan.scheduled:  # no step of the plan samples otherwise: the model's default call's sampler
-        pipeline.plan.native_steps = target.reference_call.steps
-        pipeline.plan.guidance_scale = target.reference_guidance
     pipeline.plan.techniques = list(plan)  # the whole plan, also where the model came from elsewhere
     pipeline.plan.artifacts = dict(stored)
     return pipeline
