@@ -224,7 +224,9 @@ def model_memory_bytes(pipeline, seeds: SeedBatch) -> int:
         inputs = [tensor for tensor in tree_leaves((args, kwargs)) if isinstance(tensor, torch.Tensor)]
         known = {tensor.untyped_storage().data_ptr() for tensor in [*unet.parameters(), *unet.buffers(), *inputs]}
         # a compiled model's operators are not seen one by one: its eager form is tracked (an upper bound)
-        with torch.no_grad(), torch.compiler.set_stance("force_eager"), _LiveTensorPeak(known) as tracker:
+        compiled = getattr(unet, COMPILE_SECONDS, None) is not None
+        eager = torch.compiler.set_stance("force_eager") if compiled else contextlib.nullcontext()
+        with torch.no_grad(), eager, _LiveTensorPeak(known) as tracker:
             unet(*args, **kwargs)
         activations = tracker.peak_bytes
     return weight_bytes(unet) + activations
