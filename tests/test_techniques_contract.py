@@ -49,6 +49,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     },
     "assignment": {"teacher_steps": 1, "where": "last"},
     "caching": {"method": "deep", "depth": 1, "interval": 2, "warmup": 1, "tail": 1},
+    "runtime": {"dtype": "bfloat16", "attention": "math"},
 }
 # What a technique that acts on another's model needs of that one (settings with their technique's prefix).
 PARTNERS: dict[str, dict[str, Any]] = {
@@ -70,6 +71,7 @@ COST_CHANGES: dict[str, dict[str, Any]] = {
     "distillation": {"steps": 1},
     "assignment": {"teacher_steps": 0},
     "caching": {"interval": 3},
+    "runtime": {"channels_last": True},
 }
 # Changes that leave the cost as it is, where a technique has some: such plans share one latency measurement.
 SAME_COST_CHANGES: dict[str, dict[str, Any]] = {

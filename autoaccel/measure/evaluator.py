@@ -32,7 +32,7 @@ from autoaccel.plan.steps import Plan
 from autoaccel.reference.teacher import teacher_pipeline
 from autoaccel.space.spaces import SearchSpace
 from autoaccel.targets.base import Target
-from autoaccel.techniques.base import TRAIN_MINUTES, simulations
+from autoaccel.techniques.base import COMPILE_SECONDS, TRAIN_MINUTES, simulations
 from autoaccel.util.artifacts import ArtifactStore
 from autoaccel.util.progress import Progress
 
@@ -176,6 +176,9 @@ class Evaluator:
         trained = getattr(pipeline.denoiser, TRAIN_MINUTES, None)
         if trained is not None:  # what producing this plan's model cost the search (not its deployment)
             details.update(train_minutes=round(float(trained), 3))
+        compiled = getattr(pipeline.denoiser, COMPILE_SECONDS, None)
+        if compiled is not None:  # what compiling this plan's model cost the search, its timing's warm-up included
+            details.update(compile_seconds=round(float(compiled), 3))
         kernels = kernel_choice(pipeline.denoiser)
         simulated = simulations(pipeline.denoiser)  # technique -> what it simulates (a quantization plan)
         if simulated:
@@ -231,12 +234,12 @@ class Evaluator:
         key = tuple((technique.name, technique.version, config) for technique, config in model_steps)
         with self._models_lock:
             cached = self._models.get(key)
-        if cached is not None:
-            pipeline.denoiser, stored = cached
+        if cached is not None:  # a model step may change the VAE and the conditions too (the runtime's precision)
+            pipeline.denoiser, pipeline.vae, pipeline.conditions, stored = cached
             return stored
         stored = self._apply_model_steps(pipeline, model_steps, train)
         with self._models_lock:
-            self._models[key] = (pipeline.denoiser, stored)
+            self._models[key] = (pipeline.denoiser, pipeline.vae, pipeline.conditions, stored)
             while len(self._models) > MODELS_KEPT:
                 self._models.popitem(last=False)
         return stored

@@ -10,11 +10,13 @@ The process's peak includes the interpreter, the libraries and everything else t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import statistics
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,10 +25,12 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from autoaccel.errors import TechniqueError
 from autoaccel.front.objectives import CPU_RSS, CUDA_ALLOCATED
 from autoaccel.measure.energy import EnergyMeter
 from autoaccel.measure.size import plain_tensors, tensor_bytes
 from autoaccel.pipeline.seeds import SeedBatch
+from autoaccel.techniques.base import COMPILE_SECONDS
 
 
 @dataclass(frozen=True)
@@ -213,7 +217,10 @@ def model_memory_bytes(pipeline, seeds: SeedBatch) -> int:
         inputs = [tensor for tensor in tree_leaves((args, kwargs)) if isinstance(tensor, torch.Tensor)]
         held = [plain for tensor in [*unet.parameters(), *unet.buffers()] for plain in plain_tensors(tensor)]
         known = {tensor.untyped_storage().data_ptr() for tensor in [*held, *inputs]}
-        with torch.no_grad(), _LiveTensorPeak(known) as tracker:
+        # a compiled model's operators are not seen one by one: its eager form is tracked (an upper bound)
+        compiled = getattr(unet, COMPILE_SECONDS, None) is not None
+        eager = torch.compiler.set_stance("force_eager") if compiled else contextlib.nullcontext()
+        with torch.no_grad(), eager, _LiveTensorPeak(known) as tracker:
             unet(*args, **kwargs)
         activations = tracker.peak_bytes
     return weight_bytes(unet) + activations
@@ -240,15 +247,40 @@ def _stage_medians(stages: list[dict[str, float]]) -> dict[str, float]:
     return {name: statistics.median(stage.get(name, 0.0) for stage in stages) for name in names}
 
 
+class RecompiledWhileTimed(TechniqueError):
+    """A compiled model compiled again during its timed calls: their time would include a compile."""
+
+
+@contextlib.contextmanager
+def no_compiling(compiled: bool) -> Iterator[None]:
+    """Fails (``RecompiledWhileTimed``) where a compiled model would compile during the block, instead of timing
+    the compile: torch's ``fail_on_recompile`` stance, for a model torch.compile runs."""
+    if not compiled:
+        yield
+        return
+    try:
+        with torch.compiler.set_stance("fail_on_recompile"):
+            yield
+    except RuntimeError as error:
+        if "fail_on_recompile" not in str(error):
+            raise
+        reason = " ".join(str(error).split())
+        raise RecompiledWhileTimed(
+            f"the compiled model compiled again during its timed calls (a measurement error, not a latency): {reason}"
+        ) from None
+
+
 def measure_cost(pipeline, seeds: SeedBatch, warmup: int = 2, repeats: int = 5, **options) -> CostMeasurement:
     """Times ``repeats`` calls on ``seeds`` (the deployment batch) after ``warmup`` untimed ones; ``options`` go
-    to each timed call (``timed_call``)."""
+    to each timed call (``timed_call``). A compiled model gets at least one warm-up call (it compiles there for
+    the deployment batch), and a compile during the timed calls fails the measurement (``no_compiling``)."""
     if repeats < 1:
         raise ValueError(f"repeats={repeats} is not valid; it must be >= 1")
     device = str(pipeline.denoiser.device)
     on_cuda = device.startswith("cuda")
+    compiled = getattr(pipeline.denoiser, COMPILE_SECONDS, None) is not None
     model_memory_mb = model_memory_bytes(pipeline, seeds) / 2**20
-    for _ in range(warmup):
+    for _ in range(max(warmup, 1) if compiled else warmup):
         timed_call(pipeline, seeds, on_cuda)
     energy = EnergyMeter(device)
     stages: list[dict[str, float]] = []
@@ -262,11 +294,11 @@ def measure_cost(pipeline, seeds: SeedBatch, warmup: int = 2, repeats: int = 5, 
     if on_cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        with energy:
+        with energy, no_compiling(compiled):
             times = [timed() for _ in range(repeats)]
         peak_mb, memory_kind = torch.cuda.max_memory_allocated() / 2**20, CUDA_ALLOCATED
     else:
-        with _RssPeakSampler() as sampler, energy, OtherLoad() as load:
+        with _RssPeakSampler() as sampler, energy, OtherLoad() as load, no_compiling(compiled):
             times = [timed() for _ in range(repeats)]
         peak_mb, memory_kind, background = sampler.peak_bytes / 2**20, CPU_RSS, load.cores
     quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3

@@ -134,9 +134,15 @@ class SamplerPipeline(DiffusionPipeline):
         return self.plan.guidance_scale != 1.0 and self.active_conditions.guidable
 
     def _predict(self, sample: torch.Tensor, timestep: torch.Tensor, labels: torch.Tensor | None, encoded):
+        """The denoiser's prediction in float32, whatever the model's dtype: its input and conditioning are cast to
+        the model's dtype (a plan's runtime precision), the latents and the scheduler's arithmetic stay float32."""
+        prediction = self._predict_in_model_dtype(sample.to(self.denoiser.dtype), timestep, labels, encoded)
+        return prediction.to(sample.dtype)
+
+    def _predict_in_model_dtype(self, sample: torch.Tensor, timestep: torch.Tensor, labels, encoded):
         device = sample.device
         conditions = self.active_conditions
-        keywords = conditions.keywords(labels, False, device, encoded)
+        keywords = _cast_floats(conditions.keywords(labels, False, device, encoded), sample.dtype)
         controller = call_controller(self.denoiser)
         share = controller.last_call_share if controller is not None else (lambda: 1.0)  # a cached call: a share
         if not self.guided or labels is None:
@@ -146,7 +152,7 @@ class SamplerPipeline(DiffusionPipeline):
             self.denoiser_calls += evaluations(timestep) if evaluations is not None else share()
             self.model_calls += 1
             return prediction
-        null = conditions.keywords(labels, True, device, encoded)
+        null = _cast_floats(conditions.keywords(labels, True, device, encoded), sample.dtype)
         both = predict(self.denoiser, torch.cat([sample, sample]), timestep, concat_keywords(keywords, null))
         self.denoiser_calls += 2 * share()
         self.model_calls += 2
@@ -194,9 +200,7 @@ class SamplerPipeline(DiffusionPipeline):
             self.set_schedule(device)
             takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
             # flow-matching schedulers start from unscaled noise and take unscaled inputs
-            sample = noise.to(device=device, dtype=self.denoiser.dtype) * getattr(
-                self.scheduler, "init_noise_sigma", 1.0
-            )
+            sample = noise.to(device=device, dtype=torch.float32) * getattr(self.scheduler, "init_noise_sigma", 1.0)
             scale_input = getattr(self.scheduler, "scale_model_input", None)
             self.denoiser_calls, self.model_calls = 0, 0
             # which calls reuse features is decided per call of this run
@@ -218,6 +222,14 @@ class SamplerPipeline(DiffusionPipeline):
             return ImagePipelineOutput(images=images)
 
         return ImagePipelineOutput(images=to_pil_images(images))
+
+
+def _cast_floats(keywords: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
+    """The denoiser's keyword arguments with their floating-point tensors (prompt embeddings) in ``dtype``."""
+    return {
+        key: value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+        for key, value in keywords.items()
+    }
 
 
 def _class_conditions_of(denoiser) -> Conditions:

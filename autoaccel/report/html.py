@@ -47,6 +47,7 @@ FRONT_COLUMNS = [
     "simulated",
     "quantized_latency",
     "train_minutes",
+    "compile_seconds",
     "recipe",
 ]
 # shown only where some row has them: quantized plans, a text encoder or a VAE, an adherence classifier
@@ -61,6 +62,7 @@ OPTIONAL_COLUMNS = {
     "adherence",
     "clip_score",
     "train_minutes",
+    "compile_seconds",
 }
 HEADERS = {
     "fid_interval": "FID 95% interval",

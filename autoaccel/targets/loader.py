@@ -17,7 +17,7 @@ from autoaccel.targets.base import DefaultCall, QualityReference, Target, hash_w
 from autoaccel.targets.conditions import CLASS, PROMPT, Conditions
 from autoaccel.targets.layouts import LAYOUTS, VAE_SCALE, layout_of, pipeline_denoiser
 from autoaccel.targets.prompt_sets import resolve_prompts
-from autoaccel.targets.prompts import encode_prompts
+from autoaccel.targets.prompts import PromptEncoder
 
 SUPPORTED_PIPELINES = {
     # pipeline class -> how its images are conditioned (autoaccel.targets.conditions)
@@ -342,11 +342,8 @@ def prompt_conditions(pipeline, prompts: str | list[str] | None, extra_path: Pat
     guidance; the encoder is kept so latency can time encoding as a deployment does it."""
     texts = resolve_prompts(prompts, extra_path.parent if extra_path.name == "autoaccel.json" else None)
     device = pipeline_denoiser(pipeline).device
-    encoded = encode_prompts(pipeline, texts, device=device)
-
-    def encoder(batch: list[str]):
-        return encode_prompts(pipeline, batch, device=device)
-
+    encoder = PromptEncoder(pipeline, device)
+    encoded = encoder(texts)
     return Conditions(
         PROMPT,
         len(texts),

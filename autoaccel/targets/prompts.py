@@ -8,6 +8,7 @@ its denoiser; text encoding is never re-implemented here.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import itertools
 from collections.abc import Callable, Iterator, Sequence
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from autoaccel.errors import TargetError
+from autoaccel.util.precision import cast_module
 
 MAX_PROMPTS = 10_000
 MAX_PROMPT_CHARS = 1_000
@@ -112,6 +114,26 @@ def encode_prompts(
     encode = _encoder_for(pipeline)
     with torch.no_grad():
         return encode(pipeline, prompts, negative_prompt, torch.device(device))
+
+
+@dataclass(frozen=True)
+class PromptEncoder:
+    """Encodes prompts with a pipeline's own text encoder(s) on ``device``, as a deployment does on every call."""
+
+    pipeline: Any
+    device: str | torch.device = "cpu"
+
+    def __call__(self, prompts: list[str]) -> EncodedPrompts:
+        return encode_prompts(self.pipeline, prompts, device=self.device)
+
+    def cast(self, dtype: torch.dtype) -> PromptEncoder:
+        """The same encoding on copies of the text encoders cast to ``dtype`` (a plan's runtime precision); the
+        pipeline's own encoders stay as they are, since the reference and the other plans run them."""
+        pipeline = copy.copy(self.pipeline)
+        for name, module in self.pipeline.components.items():
+            if name.startswith("text_encoder") and isinstance(module, torch.nn.Module):
+                object.__setattr__(pipeline, name, cast_module(copy.deepcopy(module), dtype))
+        return PromptEncoder(pipeline, self.device)
 
 
 def _encoder_for(pipeline) -> Callable[..., EncodedPrompts]:

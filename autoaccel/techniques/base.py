@@ -24,6 +24,8 @@ from autoaccel.errors import ConfigError
 PARAM_KINDS = ("int", "float", "bool", "choice")
 SAMPLER_PARTS = ("scheduler", "schedule")  # what of the sampler a technique may decide (``Technique.decides``)
 TRAIN_MINUTES = "train_minutes"  # set on a model a technique trained: the plan's search cost, recorded per trial
+# set on a model that torch.compile compiles (0.0 before its first call): seconds spent compiling, search cost too
+COMPILE_SECONDS = "compile_seconds"
 
 
 @dataclass(frozen=True)
@@ -274,7 +276,7 @@ _REGISTRY: dict[str, Technique] = {}
 # this module depends on none of them, and importing one technique does not import the others.
 BUILTIN_MODULES = tuple(
     f"autoaccel.techniques.{name}"
-    for name in ("assignment", "caching", "distillation", "pruning", "quantization", "solver", "timesteps")
+    for name in ("assignment", "caching", "distillation", "pruning", "quantization", "runtime", "solver", "timesteps")
 )
 
 

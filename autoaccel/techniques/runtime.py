@@ -1,0 +1,287 @@
+"""Technique ``runtime``: how the plan's model runs when deployed: its precision, torch.compile, the attention
+kernels, fused QKV projections and channels-last memory.
+
+It applies last, to the model every other technique produced. The denoiser (with the VAE and text encoders where
+there are) is copied and cast to ``runtime.dtype``; the sampling loop keeps the latents and the scheduler's
+arithmetic in float32 and casts the denoiser's input and output (``autoaccel.pipeline.sampling``). A compiled model
+compiles on its first calls (the search's untimed sampling and the latency warm-up: search cost, recorded per
+trial as ``compile_seconds``); a compile during timed calls fails the trial (``autoaccel.measure.latency``). The
+attention backend is torch's SDPA selection (``torch.nn.attention.sdpa_kernel``) around every denoiser call: every
+diffusers attention processor of the supported classes ends in ``F.scaled_dot_product_attention``, whereas
+diffusers' attention dispatcher reaches only the processors written for it. A recipe records the torch and diffusers
+versions and whether the graph compiled whole; applying it compiles again (no compiled artifact is shipped).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import threading
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import diffusers
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from autoaccel.errors import ConfigError, TechniqueError
+from autoaccel.pipeline.call_control import call_controller
+from autoaccel.targets.layouts import layout_of
+from autoaccel.techniques.base import COMPILE_SECONDS, ParamSpec, Technique, register, require_types
+from autoaccel.util.precision import cast_module
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+COMPILE_MODES = ("none", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
+CUDA_ONLY_MODES = ("reduce-overhead",)  # CUDA graphs
+ATTENTION_BACKENDS = {
+    "default": None,  # torch chooses per call
+    "math": SDPBackend.MATH,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+}
+RUNTIME = "autoaccel_runtime"  # the attribute a runtime model carries its call (``RuntimeCall``) under
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """The deployment's runtime; the defaults are the model as loaded (float32, eager, torch's SDPA choice)."""
+
+    dtype: str = "float32"
+    compile: str = "none"
+    attention: str = "default"
+    fuse_qkv: bool = False
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        require_types(self, "runtime", {"fuse_qkv": bool, "channels_last": bool})
+        for name, valid in (("dtype", DTYPES), ("compile", COMPILE_MODES), ("attention", ATTENTION_BACKENDS)):
+            if getattr(self, name) not in valid:
+                raise ConfigError(f"runtime.{name}={getattr(self, name)!r} is not valid; valid: {', '.join(valid)}")
+
+    @property
+    def active(self) -> bool:
+        return self != RuntimeConfig()
+
+    @property
+    def changes_weights(self) -> bool:
+        """Whether the model's tensors change (cast, fused, re-laid out): the model is copied, not shared."""
+        return self.dtype != "float32" or self.fuse_qkv or self.channels_last
+
+
+RUNTIME_PARAMS = {
+    "dtype": ParamSpec("choice", choices=tuple(DTYPES)),
+    "compile": ParamSpec("choice", choices=COMPILE_MODES),
+    "attention": ParamSpec("choice", choices=tuple(ATTENTION_BACKENDS)),
+    "fuse_qkv": ParamSpec("bool"),
+    "channels_last": ParamSpec("bool"),
+}
+
+
+class _CompileClock:
+    """Seconds torch.compile spent compiling in each thread, from dynamo's compile start/end callbacks (dynamo
+    compiles in the calling thread, so a model's calls see their own compiles, not another trial's)."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._registered = False
+        self._lock = threading.Lock()
+
+    def register(self) -> None:
+        with self._lock:
+            if self._registered:
+                return
+            # torch._dynamo takes 1.7 s to import: only a plan that compiles pays for it
+            from torch._dynamo.callback import callback_handler
+
+            callback_handler.register_start_callback(self._start)
+            callback_handler.register_end_callback(self._end)
+            self._registered = True
+
+    def _start(self, args: Any) -> None:
+        self._local.started = getattr(self._local, "started", {})
+        self._local.started[str(args.compile_id)] = time.perf_counter()
+
+    def _end(self, args: Any) -> None:
+        started = getattr(self._local, "started", {}).pop(str(args.compile_id), None)
+        if started is not None:
+            self._local.seconds = self.seconds() + time.perf_counter() - started
+
+    def seconds(self) -> float:
+        return getattr(self._local, "seconds", 0.0)
+
+
+_CLOCK = _CompileClock()
+
+
+class RuntimeCall:
+    """The denoiser's forward as deployed: under the plan's SDPA backend and, where the plan compiles, through
+    torch.compile (whole graph where it holds, else with graph breaks: ``fullgraph`` says which). The seconds its
+    calls spent compiling are the model's ``compile_seconds``."""
+
+    def __init__(self, model: torch.nn.Module, config: RuntimeConfig) -> None:
+        self.model = model
+        self.eager = model.forward  # the class's forward, or the one another technique installed
+        self.config = config
+        self.fullgraph: bool | None = None  # unknown until the first compile
+        self._compiled = None
+        if config.compile != "none":
+            _CLOCK.register()
+            object.__setattr__(model, COMPILE_SECONDS, 0.0)
+
+    def _attention(self):
+        backend = ATTENTION_BACKENDS[self.config.attention]
+        return sdpa_kernel([backend]) if backend is not None else contextlib.nullcontext()
+
+    def _compile(self, fullgraph: bool):
+        mode = None if self.config.compile == "default" else self.config.compile
+        return torch.compile(self.eager, fullgraph=fullgraph, mode=mode)
+
+    def __call__(self, *args, **kwargs):
+        with self._attention():
+            if self.config.compile == "none":
+                return self.eager(*args, **kwargs)
+            started = _CLOCK.seconds()
+            try:
+                return self._compiled_call(args, kwargs)
+            finally:
+                spent = _CLOCK.seconds() - started
+                object.__setattr__(self.model, COMPILE_SECONDS, getattr(self.model, COMPILE_SECONDS) + spent)
+
+    def _compiled_call(self, args: tuple, kwargs: dict):
+        if self._compiled is None:
+            import torch._dynamo.exc  # loaded by torch.compile already; named here for its exception
+
+            try:
+                compiled = self._compile(fullgraph=True)
+                result = compiled(*args, **kwargs)
+                self._compiled, self.fullgraph = compiled, True
+                return result
+            except torch._dynamo.exc.Unsupported:  # a graph break: compiled in pieces instead
+                self._compiled, self.fullgraph = self._compile(fullgraph=False), False
+        return self._compiled(*args, **kwargs)
+
+
+def runtime_call(model: torch.nn.Module) -> RuntimeCall | None:
+    return getattr(model, RUNTIME, None)
+
+
+def _refusal(config: RuntimeConfig, model: torch.nn.Module, device: torch.device) -> str | None:
+    """Why ``config`` cannot run ``model`` on ``device``, or None."""
+    cuda = device.type == "cuda"
+    if config.compile in CUDA_ONLY_MODES and not cuda:
+        return f"runtime.compile={config.compile!r} records CUDA graphs: CUDA only, and the model runs on {device}"
+    if config.compile != "none" and call_controller(model) is not None:
+        return (
+            f"runtime.compile={config.compile!r} does not apply to a cached model: its per-call controller changes "
+            "Python state every step, which would recompile the graph; use runtime.compile none with caching"
+        )
+    if config.fuse_qkv and not hasattr(model, "fuse_qkv_projections"):
+        return f"runtime.fuse_qkv: {type(model).__name__} has no fuse_qkv_projections()"
+    if config.channels_last and layout_of(model).sequence:
+        return (
+            f"runtime.channels_last is for UNets (4-D convolution activations); {type(model).__name__} is a transformer"
+        )
+    backend = ATTENTION_BACKENDS[config.attention]
+    if backend is not None:
+        probe = torch.zeros(1, 1, 8, 64, device=device, dtype=DTYPES[config.dtype])
+        try:
+            with sdpa_kernel([backend]):
+                torch.nn.functional.scaled_dot_product_attention(probe, probe, probe)
+        except RuntimeError as error:
+            reason = str(error).splitlines()[0]
+            kernel = f"runtime.attention={config.attention!r}: torch has no such kernel for {config.dtype} on {device}"
+            return f"{kernel}: {reason}"
+    return None
+
+
+def apply_runtime(pipeline, config: RuntimeConfig, target) -> None:
+    """Runs the plan's model (and its VAE and text encoders) the way ``config`` deploys it; the target's own
+    modules are copied, never changed, since the reference and the other plans run them."""
+    if not config.active:
+        return
+    model = pipeline.denoiser
+    reason = _refusal(config, model, model.device)
+    if reason is not None:
+        raise TechniqueError(reason)
+    if runtime_call(model) is not None:
+        raise TechniqueError("runtime applies once per plan")
+    dtype = DTYPES[config.dtype]
+    if config.changes_weights:
+        model = copy.deepcopy(model)
+        if config.fuse_qkv:
+            try:
+                model.fuse_qkv_projections()
+            except ValueError as error:  # diffusers refuses models with added KV projections (joint attention)
+                raise TechniqueError(f"runtime.fuse_qkv: {type(model).__name__}: {error}") from None
+        cast_module(model, dtype)
+        if config.channels_last:
+            model.to(memory_format=torch.channels_last)
+    else:
+        model = copy.copy(model)  # its own forward; weights shared
+    call = RuntimeCall(model, config)
+    model.forward = call
+    object.__setattr__(model, RUNTIME, call)
+    pipeline.denoiser = model
+    if dtype != torch.float32:
+        if pipeline.vae is not None:
+            pipeline.vae = cast_module(copy.deepcopy(pipeline.vae), dtype)
+        pipeline.conditions = _cast_conditions(pipeline.conditions, dtype)
+
+
+def _cast_conditions(conditions, dtype: torch.dtype):
+    """Prompt conditions encoded by text encoders cast to ``dtype``: the cached embeddings the quality images use
+    and the encoder latency times both come from the cast encoders, as a deployment's would."""
+    cast = getattr(conditions.encoder, "cast", None)
+    if cast is None:
+        return conditions
+    encoder = cast(dtype)
+    encoded = encoder(conditions.names)
+    return replace(conditions, embeds=encoded.embeds, null=encoded.null, fixed=encoded.fixed, encoder=encoder)
+
+
+def runtime_cost(config: RuntimeConfig) -> dict[str, Any]:
+    """Every setting changes what a call costs; the model as loaded costs what it costs without the technique."""
+    return asdict(config) if config.active else {}
+
+
+def runtime_record(pipeline, config: RuntimeConfig) -> dict[str, Any] | None:
+    """What a recipe records beside a compiled or cast plan: the versions it ran on and whether the graph compiled
+    whole (applying the recipe compiles again on the machine it runs on)."""
+    if not config.active:
+        return None
+    record: dict[str, Any] = {"torch": str(torch.__version__), "diffusers": str(diffusers.__version__)}
+    call = runtime_call(pipeline.denoiser)
+    if call is not None and config.compile != "none" and call.fullgraph is not None:
+        record["fullgraph"] = call.fullgraph
+    return record
+
+
+def runtime_label(candidate: dict[str, Any]) -> str | None:
+    """A few words: ``bfloat16 compiled``; None for the model as loaded."""
+    own = {key.removeprefix("runtime."): value for key, value in candidate.items() if key.startswith("runtime.")}
+    settings = {**asdict(RuntimeConfig()), **own}
+    words = [str(settings["dtype"])] if settings["dtype"] != "float32" else []
+    words += ["compiled"] if settings["compile"] != "none" else []
+    words += [f"{settings['attention']} attention"] if settings["attention"] != "default" else []
+    words += ["fused qkv"] if settings["fuse_qkv"] else []
+    words += ["channels-last"] if settings["channels_last"] else []
+    return " ".join(words) or None
+
+
+RUNTIME_TECHNIQUE = register(
+    Technique(
+        name="runtime",
+        order=30,  # last: on the model every other technique produced, with the sampler already set
+        config_cls=RuntimeConfig,
+        apply=apply_runtime,
+        # a new model (cast, compiled): plan identity and the evaluator's kept models must see it
+        modifies_model=True,
+        unchanged_params=asdict(RuntimeConfig()),  # the baselines run the model as loaded: float32, eager
+        params=RUNTIME_PARAMS,
+        cost_key=runtime_cost,
+        recipe_record=runtime_record,
+        label=runtime_label,
+    )
+)
