@@ -170,8 +170,7 @@ def test_a_compile_during_the_timed_calls_fails_the_measurement(targets, tmp_pat
 
 SMALL_RUNTIME_SPACE = """
 name: small_runtime
-techniques: [runtime, solver, timesteps]
-fixed: {solver.name: ddim, timesteps.steps: 4}
+techniques: [runtime]
 dimensions:
   runtime.dtype: {type: categorical, choices: [float32, bfloat16]}
   runtime.compile: {type: categorical, choices: [none, default]}
@@ -180,7 +179,10 @@ dimensions:
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_a_runtime_search_through_the_cli_records_compile_time_and_writes_recipes(fast_overrides, tmp_path):
+def test_a_runtime_search_through_the_cli_records_compile_time_and_writes_recipes(
+    fast_overrides, tiny_pipeline_dir, tmp_path
+):
+    """A space of runtime settings alone measures them at the model's default call, as deployed."""
     from autoaccel.cli.main import main
 
     space = tmp_path / "runtime.yaml"
@@ -191,6 +193,8 @@ def test_a_runtime_search_through_the_cli_records_compile_time_and_writes_recipe
     trials = pd.read_csv(next(reports.rglob("trials.csv")))
     complete = trials[trials["state"] == "COMPLETE"]
     assert len(complete) == len(trials), trials[["state", "failure"]].to_string()
+    default_steps = load_pipeline_folder(str(tiny_pipeline_dir), device="cpu").reference_call.steps
+    assert set(complete["nfe"]) == {default_steps}
     compiled = complete[complete["param.runtime.compile"] == "default"]
     assert not compiled.empty and (compiled["compile_seconds"] >= 0).all() and (compiled["compile_seconds"] > 0).any()
     assert list(next(reports.rglob("recipes")).glob("*.yaml"))

@@ -135,7 +135,7 @@ def test_a_technique_naming_plans_by_a_setting_labels_them_and_heads_the_failed_
     _register(monkeypatch, label_param="level")
     assert label_settings() == ["solver.name", "timesteps.family", "probe.level"]
     assert plan_label({"solver.name": "unipc", "timesteps.family": "power", "probe.level": 2}) == "unipc/power/2"
-    assert plan_label({"solver.name": "unipc"}) == "unipc/?/?"
+    assert plan_label({"solver.name": "unipc"}) == "unipc"  # what the plan does not name is not shown
 
 
 def test_no_module_outside_the_techniques_names_a_techniques_setting():
@@ -161,3 +161,9 @@ def test_no_module_outside_the_techniques_names_a_techniques_setting():
         if found
     ]
     assert named == []
+
+
+def test_a_plan_that_names_no_sampler_is_labelled_by_what_it_changes_or_as_the_default_call():
+    assert plan_label({"runtime.dtype": "bfloat16", "runtime.compile": "default"}) == "bfloat16 compiled"
+    assert plan_label({"runtime.dtype": "float32"}) == "default call"
+    assert plan_label({"solver.name": "ddim", "runtime.dtype": "bfloat16"}) == "ddim/bfloat16"

@@ -183,6 +183,14 @@ def test_standard_configurations_are_valid_unchanged_model_baselines_of_each_spa
     space = load_space(name).for_target(capabilities, num_train_timesteps=100)
     family = "flow" if name in FIRST_OF else "ddpm"
     configurations = standard_configurations(space, [3, 6], family=family)
+    if "solver" not in space.techniques:  # deployment settings alone: the model's default call, once
+        assert [tag for tag, _ in configurations] == ["default-call"]
+        plan = Candidate.from_params(space.complete(configurations[0][1])).plan(space.techniques)
+        assert all(
+            {key: getattr(config, key) for key in tech.unchanged_params} == dict(tech.unchanged_params)
+            for tech, config in plan
+        )
+        return
     solvers = [FIRST_OF.get(name, "ddim"), "dpmsolver++2m", "unipc"]
     expected = [f"{label}-{steps}" for steps in (3, 6) for label in BASELINES_OF.get(name, solvers)]
     assert [tag for tag, _ in configurations] == expected

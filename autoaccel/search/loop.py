@@ -56,7 +56,7 @@ def standard_configurations(
     # In a joint space the baselines are the unchanged model: each model technique says what leaves it as it is.
     unchanged_model = unchanged_model_params()
     guidance_key = setting_with("guidance_param")
-    configurations = []
+    configurations: dict[str, tuple[str, dict[str, Any]]] = {}
     for step_count in steps:
         for names, settings in standard_settings(family, step_count):
             params = {**settings, **unchanged_model}
@@ -65,9 +65,13 @@ def standard_configurations(
                 searched = _restrict_to_space(space, {**params, guidance_key: scale})
                 if searched is not None:
                     break
-            if searched is not None:
-                configurations.append(("-".join([*names, str(step_count)]), searched))
-    return configurations
+            if searched is None:
+                continue
+            # a space without the sampler's techniques runs the model's default call: one baseline, not one per solver
+            samples = any(key.partition(".")[0] in space.techniques for key in settings)
+            name = "-".join([*names, str(step_count)]) if samples else "default-call"
+            configurations.setdefault(repr(sorted(searched.items())), (name, searched))
+    return list(configurations.values())
 
 
 def _restrict_to_space(space: SearchSpace, params: dict[str, Any]) -> dict[str, Any] | None:

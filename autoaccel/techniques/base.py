@@ -360,19 +360,23 @@ def _prefixed(name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
 
 def plan_label(candidate: Mapping[str, Any]) -> str:
     """A few words for a trial's plan in the progress log, from the techniques' ``label``s: the sampler's words
-    (solver and schedule family), or those of a technique that prescribes its own sampler (a distilled model)."""
+    (solver and schedule family), or those of a technique that prescribes its own sampler (a distilled model);
+    ``default call`` for a plan that changes nothing the labels name."""
     labelled = [technique for technique in registered_techniques() if technique.label or technique.label_param]
     for technique in labelled:
         if technique.prescribes_sampler is not None and (words := _words(technique, candidate)) is not None:
             return words
     words = (_words(technique, candidate) for technique in labelled if technique.prescribes_sampler is None)
-    return "/".join(word for word in words if word is not None)
+    return "/".join(word for word in words if word is not None) or "default call"
 
 
 def _words(technique: Technique, candidate: Mapping[str, Any]) -> str | None:
+    """The technique's words for the plan; None where the candidate does not name it (a plan without a solver
+    runs the model's default call's)."""
     if technique.label is not None:
         return technique.label(candidate)
-    return str(candidate.get(f"{technique.name}.{technique.label_param}", "?"))
+    value = candidate.get(f"{technique.name}.{technique.label_param}")
+    return None if value is None else str(value)
 
 
 def label_settings() -> list[str]:
