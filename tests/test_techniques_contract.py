@@ -14,6 +14,7 @@ from autoaccel.targets.base import Target
 from autoaccel.targets.loader import load_pipeline_folder
 from autoaccel.techniques.base import Technique, registered_techniques
 from autoaccel.testing import technique_contract as contract
+from autoaccel.testing.pipelines import build_tiny_pipeline
 from autoaccel.testing.technique_contract import TechniqueExample
 
 TECHNIQUES = registered_techniques()
@@ -50,7 +51,10 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "assignment": {"teacher_steps": 1, "where": "last"},
     "caching": {"method": "deep", "depth": 1, "interval": 2, "warmup": 1, "tail": 1},
     "runtime": {"dtype": "bfloat16", "attention": "math"},
+    "decoder": {"kind": "tiny", "iterations": 3, "data_samples": 8, "batch_size": 4, "width": 8, "slicing": True},
 }
+# Techniques that need a latent model (a VAE): checked on a tiny Stable Diffusion pipeline instead.
+LATENT_ONLY = {"decoder"}
 # What a technique that acts on another's model needs of that one (settings with their technique's prefix).
 PARTNERS: dict[str, dict[str, Any]] = {
     "assignment": {
@@ -72,6 +76,7 @@ COST_CHANGES: dict[str, dict[str, Any]] = {
     "assignment": {"teacher_steps": 0},
     "caching": {"interval": 3},
     "runtime": {"channels_last": True},
+    "decoder": {"width": 4},
 }
 # Changes that leave the cost as it is, where a technique has some: such plans share one latency measurement.
 SAME_COST_CHANGES: dict[str, dict[str, Any]] = {
@@ -81,6 +86,7 @@ SAME_COST_CHANGES: dict[str, dict[str, Any]] = {
     "timesteps": {"family": "karras", "rho": 7.0, "gaps": []},
     "distillation": {"seed": 2, "iterations": 3},
     "assignment": {"where": "first"},
+    "decoder": {"seed": 1, "iterations": 2},
 }
 
 
@@ -89,8 +95,21 @@ def by_name(technique: Technique) -> str:
 
 
 @pytest.fixture(scope="module")
-def target(tiny_pipeline_dir) -> Target:
+def pixel_target(tiny_pipeline_dir) -> Target:
     return load_pipeline_folder(tiny_pipeline_dir)
+
+
+@pytest.fixture(scope="module")
+def latent_target(tmp_path_factory) -> Target:
+    return load_pipeline_folder(build_tiny_pipeline("sd", tmp_path_factory.mktemp("contract") / "sd"))
+
+
+@pytest.fixture
+def target(request) -> Target:
+    """The tiny pixel pipeline, or a tiny latent one for the techniques that need a VAE."""
+    technique = getattr(request.node, "callspec", None) and request.node.callspec.params.get("technique")
+    latent = technique is not None and technique.name in LATENT_ONLY
+    return request.getfixturevalue("latent_target" if latent else "pixel_target")
 
 
 def example(name: str) -> TechniqueExample:

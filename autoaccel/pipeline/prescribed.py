@@ -5,6 +5,9 @@ A model technique attaches a ``PrescribedSampler`` to the denoiser it produces (
 and the evaluator call ``apply_prescribed`` after every sampler technique, so the prescription always wins. The
 prescription travels with the denoiser object, so a model reused from the evaluator's cache or rebuilt from an
 artifact brings it along, and applying a recipe derives the scheduler and timesteps from it again.
+
+A model may carry its own decoder the same way (``carry_decoder``: a tiny autoencoder distilled from the model's
+VAE): ``apply_prescribed`` makes it the pipeline's ``vae``, so a model reused or restored decodes as it was built.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from autoaccel.schedules.schedulers import (
 from autoaccel.schedules.solvers import check_guidance_scale
 
 PRESCRIBED = "prescribed_sampler"  # the attribute a prescribing denoiser carries
+DECODER = "carried_decoder"  # the attribute of a denoiser that brings its own decoder (not a submodule)
 
 
 @dataclass(frozen=True)
@@ -73,8 +77,30 @@ def prescription(denoiser) -> PrescribedSampler | None:
     return getattr(denoiser, PRESCRIBED, None)
 
 
+def carry_decoder(denoiser: torch.nn.Module, decoder: torch.nn.Module) -> torch.nn.Module:
+    """A shallow copy of ``denoiser`` (its weights shared, the module itself untouched) carrying ``decoder``."""
+    carrier = copy.copy(denoiser)
+    object.__setattr__(carrier, DECODER, decoder)
+    return carrier
+
+
+def carried_decoder(denoiser) -> torch.nn.Module | None:
+    return getattr(denoiser, DECODER, None)
+
+
+def replace_carried_decoder(denoiser: torch.nn.Module, decoder: torch.nn.Module) -> None:
+    """Makes ``denoiser`` (a copy its caller owns, e.g. the runtime's cast model) carry ``decoder`` instead, where
+    it carries one: what ``apply_prescribed`` then decodes with."""
+    if carried_decoder(denoiser) is not None:
+        object.__setattr__(denoiser, DECODER, decoder)
+
+
 def apply_prescribed(pipeline, target) -> None:
-    """Sets the pipeline's scheduler, timesteps and guidance to its denoiser's prescription, if it has one."""
+    """Sets the pipeline's decoder to the one its denoiser carries, and its scheduler, timesteps and guidance to
+    its denoiser's prescription, where it has them."""
+    decoder = carried_decoder(pipeline.denoiser)
+    if decoder is not None:
+        pipeline.vae = decoder
     sampler = prescription(pipeline.denoiser)
     if sampler is None:
         return

@@ -276,7 +276,17 @@ _REGISTRY: dict[str, Technique] = {}
 # this module depends on none of them, and importing one technique does not import the others.
 BUILTIN_MODULES = tuple(
     f"autoaccel.techniques.{name}"
-    for name in ("assignment", "caching", "distillation", "pruning", "quantization", "runtime", "solver", "timesteps")
+    for name in (
+        "assignment",
+        "caching",
+        "decoder",
+        "distillation",
+        "pruning",
+        "quantization",
+        "runtime",
+        "solver",
+        "timesteps",
+    )
 )
 
 

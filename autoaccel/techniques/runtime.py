@@ -27,6 +27,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from autoaccel.errors import ConfigError, TechniqueError
 from autoaccel.pipeline.call_control import call_controller
+from autoaccel.pipeline.prescribed import replace_carried_decoder
 from autoaccel.targets.layouts import layout_of
 from autoaccel.techniques.base import COMPILE_SECONDS, ParamSpec, Technique, register, require_types
 from autoaccel.util.precision import cast_module
@@ -227,6 +228,7 @@ def apply_runtime(pipeline, config: RuntimeConfig, target) -> None:
     if dtype != torch.float32:
         if pipeline.vae is not None:
             pipeline.vae = cast_module(copy.deepcopy(pipeline.vae), dtype)
+            replace_carried_decoder(model, pipeline.vae)  # a decoder the model brings (a tiny one) is cast too
         pipeline.conditions = _cast_conditions(pipeline.conditions, dtype)
 
 

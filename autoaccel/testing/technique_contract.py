@@ -30,6 +30,7 @@ from autoaccel.plan.candidate import Candidate, to_plain
 from autoaccel.plan.recipe import apply_recipe, build_recipe, load_recipe, save_recipe
 from autoaccel.space.spaces import parse_space
 from autoaccel.targets.base import Target, hash_weights
+from autoaccel.targets.loader import modules_hash
 from autoaccel.techniques.base import Technique, registered_techniques, unchanged_model_params
 
 SAMPLING_STEPS = 4
@@ -173,22 +174,30 @@ def _hook_count(module: torch.nn.Module) -> int:
     return sum(len(child._forward_pre_hooks) + len(child._forward_hooks) for child in module.modules())
 
 
+def _decode_modes(vae: torch.nn.Module) -> tuple:
+    return getattr(vae, "use_tiling", None), getattr(vae, "use_slicing", None)
+
+
 def check_it_leaves_the_targets_own_model_untouched(
     technique: Technique, example: TechniqueExample, target: Target, tmp_path: Path
 ) -> None:
-    unet = target.denoiser
+    unet, vae = target.denoiser, target.vae
     weights = {name: tensor.clone() for name, tensor in unet.state_dict().items()}
     weights_hash, hooks = hash_weights(unet), _hook_count(unet)
+    vae_state = (hash_weights(vae), _hook_count(vae), _decode_modes(vae)) if vae is not None else None
     scheduler_config = dict(target.scheduler_config)
 
     pipeline, _ = configured(target, plan_params(technique, example), tmp_path)
     images(pipeline, target)
 
-    assert target.denoiser is unet
+    assert target.denoiser is unet and target.vae is vae
     assert unet.state_dict().keys() == weights.keys()
     assert all(torch.equal(unet.state_dict()[name], tensor) for name, tensor in weights.items())
-    assert hash_weights(unet) == weights_hash == target.content_hash
+    assert hash_weights(unet) == weights_hash
+    assert modules_hash(unet, target.modules) == target.content_hash  # the VAE and text encoders too
     assert _hook_count(unet) == hooks
+    if vae is not None:  # its weights, hooks and decode modes (tiling, slicing)
+        assert (hash_weights(vae), _hook_count(vae), _decode_modes(vae)) == vae_state
     assert not hasattr(unet, "autoaccel_quantization")
     assert dict(target.scheduler_config) == scheduler_config
 
