@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from autoaccel.cli.search_command import plan_label
 from autoaccel.measure.kernels import NOT_APPLICABLE, NOT_MEASURED, deployment_kernels, kernel_choice, kernel_key
 from autoaccel.measure.size import model_bytes
 from autoaccel.search.loop import standard_configurations
-from autoaccel.space.spaces import load_space
+from autoaccel.space.spaces import load_space, parse_space
 from autoaccel.techniques import base
 from autoaccel.techniques.base import Technique, simulations
 
@@ -54,9 +56,22 @@ def test_a_technique_with_standard_settings_multiplies_the_baselines(monkeypatch
     space = load_space("sampler")
     plain = [tag for tag, _ in standard_configurations(space, [4])]
     assert plain == ["ddim-4", "dpmsolver++2m-4", "unipc-4"]
-    _register(monkeypatch, standard_settings=lambda family, steps: [("low", {"level": 1}), ("high", {"level": 2})])
-    tags = [tag for tag, _ in standard_configurations(space, [4])]
+    _register(
+        monkeypatch,
+        standard_settings=lambda family, steps: [("low", {"level": 1}), ("high", {"level": 2})],
+        params={"level": base.ParamSpec("choice", choices=(0, 1, 2))},
+    )
+    document = yaml.safe_load(Path(space.source).read_text())
+    document["techniques"] = [*document["techniques"], "probe"]
+    document["dimensions"]["probe.level"] = {"type": "categorical", "choices": [0, 1, 2]}
+    configurations = standard_configurations(parse_space(document), [4])
+    tags = [tag for tag, _ in configurations]
     assert tags == [f"{solver}-{level}-4" for solver in ("ddim", "dpmsolver++2m", "unipc") for level in ("low", "high")]
+    assert [searched["probe.level"] for _, searched in configurations] == [1, 2] * 3
+    # a space without the technique runs it unchanged: each solver's baseline once, not once per level
+    assert len(standard_configurations(space, [4])) == 3
+        f"{s}-low-4" for s in ("ddim", "dpmsolver++2m", "unipc")
+    ]
 
 
 def test_the_flow_family_baselines_start_from_euler():
