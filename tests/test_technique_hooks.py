@@ -70,8 +70,6 @@ def test_a_technique_with_standard_settings_multiplies_the_baselines(monkeypatch
     assert [searched["probe.level"] for _, searched in configurations] == [1, 2] * 3
     # a space without the technique runs it unchanged: each solver's baseline once, not once per level
     assert len(standard_configurations(space, [4])) == 3
-        f"{s}-low-4" for s in ("ddim", "dpmsolver++2m", "unipc")
-    ]
 
 
 def test_the_flow_family_baselines_start_from_euler():
