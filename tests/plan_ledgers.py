@@ -12,7 +12,7 @@ from autoaccel.config import compose_config
 from autoaccel.front.objectives import objective_directions
 from autoaccel.measure.measurement import COMPLETE, FAILED, Measurement
 from autoaccel.plan.candidate import Candidate
-from autoaccel.search.ledger import Ledger, default_storage, record_target_facts
+from autoaccel.search.ledger import Ledger, default_storage, record_reference_row, record_target_facts
 from autoaccel.search.run import CONFIG_FILE
 
 STUDY = "plan-test"
@@ -22,21 +22,22 @@ DETAILS = ("scheduler_class", "timesteps", "guidance_scale", "candidate_key")  #
 def write_ledger_run(
     folder: Path,
     trials: dict[int, dict],
-    teacher: dict | None = None,
+    reference: dict | None = None,
     objectives: tuple[str, ...] = ("fid", "latency_ms"),
     quality_reference: str = "real-data",
     overrides: tuple[str, ...] = (),
 ) -> Path:
     """``folder`` as a search leaves it: config.yaml and ledger.db. ``trials``: trial number -> its figures (metric
     -> value), what it ran (``DETAILS``), and ``warm_start`` (a standard configuration's tag) or ``state`` FAIL;
-    numbers in between are failed trials, so each trial has the number the test gives it."""
+    numbers in between are failed trials, so each trial has the number the test gives it; ``reference``: the
+    reference call's figures."""
     folder.mkdir(parents=True, exist_ok=True)
     config = compose_config([f"study_name={STUDY}", f"report.dir={folder.parent}", *overrides])
     (folder / CONFIG_FILE).write_text(OmegaConf.to_yaml(config))
     ledger = Ledger(default_storage(folder), STUDY, objective_directions(list(objectives)))
     record_target_facts(ledger.study, list(objectives), quality_reference)
-    if teacher is not None:
-        ledger.study.set_user_attr("teacher", teacher)
+    if reference is not None:
+        record_reference_row(ledger.study, reference)
     for number in range(max(trials, default=-1) + 1):
         row = dict(trials.get(number, {"state": "FAIL"}))
         record_trial(ledger, number, row, list(objectives))
@@ -55,3 +56,4 @@ def record_trial(ledger: Ledger, number: int, row: dict, objectives: list[str]) 
     metrics = {key: math.nan if value is None else float(value) for key, value in row.items()}
     measurement = Measurement(FAILED if failed else COMPLETE, metrics, details, "failed on purpose" if failed else None)
     ledger.record(trial, Candidate.from_params({"test.trial": number}), measurement, objectives, [])
+

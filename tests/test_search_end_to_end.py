@@ -43,11 +43,11 @@ def test_search_writes_report_front_and_recipes(fast_overrides):
         assert recipe["timesteps"] == yaml.safe_load(str(point["timesteps"]))
         assert recipe["figures"]["fid"] == pytest.approx(point["fid"])
     html = (run_dir / "index.html").read_text()
-    assert "Pareto front" in html and "pareto.png" in html and "teacher" in html
+    assert "Pareto front" in html and "pareto.png" in html and "grids/reference.png" in html
     # FID is against the reference call's own images: no floor, paired intervals instead
     assert "FID floor" in html and "no floor" in html and "paired bootstrap rounds over the 48 seeds" in html
     assert (run_dir / "pareto.png").stat().st_size > 1000
-    assert (run_dir / "grids" / "teacher.png").exists()
+    assert (run_dir / "grids" / "reference.png").exists()
 
 
 @pytest.mark.slow  # samples the reference first: about 5 s on its own
