@@ -4,6 +4,7 @@ through ``autoaccel.search.ledger.Ledger`` as a search records them, with the fi
 from __future__ import annotations
 
 import math
+import sqlite3
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -12,6 +13,8 @@ from autoaccel.config import compose_config
 from autoaccel.front.objectives import objective_directions
 from autoaccel.measure.measurement import COMPLETE, FAILED, Measurement
 from autoaccel.plan.candidate import Candidate
+from autoaccel.report.files import REFERENCE_FILE
+from autoaccel.report.html import REFERENCE_GRID
 from autoaccel.search.ledger import Ledger, default_storage, record_reference_row, record_target_facts
 from autoaccel.search.run import CONFIG_FILE
 
@@ -57,3 +60,18 @@ def record_trial(ledger: Ledger, number: int, row: dict, objectives: list[str]) 
     measurement = Measurement(FAILED if failed else COMPLETE, metrics, details, "failed on purpose" if failed else None)
     ledger.record(trial, Candidate.from_params({"test.trial": number}), measurement, objectives, [])
 
+
+def written_before_the_reference_was_renamed(folder: Path) -> None:
+    """``folder`` (a run folder with its SQLite ledger) as autoaccel left it before the reference call got its own
+    name in stored data: the study's reference row under the attribute ``teacher``, FID against the reference call's
+    samples recorded as ``teacher-samples``, and the report's ``teacher.json`` and ``grids/teacher.png``."""
+    with sqlite3.connect(folder / "ledger.db") as database:
+        database.execute("UPDATE study_user_attributes SET key = 'teacher' WHERE key = 'reference'")
+        database.execute(
+            "UPDATE study_user_attributes SET value_json = replace(value_json, '\"reference-samples\"', "
+            "'\"teacher-samples\"') WHERE key = 'target'"
+        )
+    database.close()
+    for new, old in ((REFERENCE_FILE, "teacher.json"), (REFERENCE_GRID, "grids/teacher.png")):
+        if (folder / new).exists():
+            (folder / new).rename(folder / old)

@@ -13,7 +13,7 @@ from autoaccel.cli.plan_command import explain_plan
 from autoaccel.errors import ConfigError
 from autoaccel.front.limits import resolve_limits
 from autoaccel.front.pareto import choose_within, front_frame, front_numbers, knee_point
-from tests.plan_ledgers import STUDY, write_ledger_run
+from tests.plan_ledgers import STUDY, write_ledger_run, written_before_the_reference_was_renamed
 
 
 @pytest.fixture
@@ -261,6 +261,28 @@ def test_plan_reads_the_ledger_not_the_reports_files(run_dir):
     (run_dir / "pareto.csv").write_text("trial,nfe,fid,latency_ms,recipe\n99,1,0.1,0.1,recipes/trial-0099.yaml\n")
     (run_dir / "reference.json").write_text('{"fid": 100.0, "latency_ms": 1.0}')
     assert explain_plan(run_dir, {"max_fid_ratio": 1.6})[0] == before
+
+
+def test_plan_reads_a_study_written_before_the_reference_was_renamed(run_dir):
+    """A study that holds the reference row under its old name ``teacher`` gives the same plan, compared with the
+    same reference; a row recorded since under ``reference`` is the one read."""
+    before, found = explain_plan(run_dir, {"max_fid_ratio": 1.6})
+    assert found and "vs the reference (all 1000 steps): 40.00x faster" in before
+    written_before_the_reference_was_renamed(run_dir)
+    assert "reference" not in _study(run_dir).user_attrs and _study(run_dir).user_attrs["teacher"] == REFERENCE
+    assert explain_plan(run_dir, {"max_fid_ratio": 1.6})[0] == before
+    _study(run_dir).set_user_attr("reference", {**REFERENCE, "fid": 16.0})  # recorded since: fid <= 1.6 * 16
+    assert "trial 22" in explain_plan(run_dir, {"max_fid_ratio": 1.6})[0]
+
+
+def test_plan_reads_the_old_name_of_fid_against_the_reference_calls_samples(run_dir):
+    """``teacher-samples``, what older studies recorded for FID against the reference call's samples, refuses a
+    ratio to the reference's FID as ``reference-samples`` does."""
+    study = _study(run_dir)
+    for kind in ("reference-samples", "teacher-samples"):
+        study.set_user_attr("target", {"objectives": ["fid", "latency_ms"], "quality_reference": kind})
+        with pytest.raises(ConfigError, match="fid is measured against the reference's own samples"):
+            explain_plan(run_dir, {"max_fid_ratio": 1.6})
 
 
 def test_a_front_plan_whose_recipe_the_report_has_not_written_says_how_to_write_it(run_dir):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import optuna
 import pandas as pd
 import pytest
 import torch
@@ -10,6 +13,7 @@ import yaml
 from autoaccel.cli.main import main
 from autoaccel.cli.search_command import search
 from autoaccel.config import compose_config
+from tests.plan_ledgers import written_before_the_reference_was_renamed
 
 
 def run_dir_of(overrides, study="pipeline-sampler"):
@@ -108,6 +112,43 @@ def test_resume_continues_the_study_without_losing_trials(fast_overrides):
     columns = ["trial", "state", "fid", "measured_latency_ms"]
     pd.testing.assert_frame_equal(before[columns], after[columns].head(5))
     assert after["warm_start"].fillna("").str.len().gt(0).sum() == 3  # warm starts were not enqueued twice
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_plan_report_and_resume_work_on_a_run_folder_written_before_the_reference_was_renamed(fast_overrides, capsys):
+    """A run folder from before the reference call's stored names changed (the study's ``teacher`` row,
+    ``teacher-samples``, ``teacher.json``): ``plan`` answers as before, ``report`` writes ``reference.json`` in place
+    of ``teacher.json``, and a resumed search keeps the measured reference and records it under its new name."""
+    assert main(["search", *fast_overrides, "budget.trials=5"]) == 0
+    run_dir = run_dir_of(fast_overrides)
+    capsys.readouterr()
+    assert main(["plan", str(run_dir), "--max-nfe", "100"]) == 0
+    current = capsys.readouterr().out
+    assert "vs the reference" in current
+    written_before_the_reference_was_renamed(run_dir)
+    old = json.loads((run_dir / "teacher.json").read_text())
+    assert not (run_dir / "reference.json").exists() and old["quality_reference"] == "reference-samples"
+
+    assert main(["plan", str(run_dir), "--max-nfe", "100"]) == 0
+    assert capsys.readouterr().out == current
+    assert main(["plan", str(run_dir), "--max-fid-ratio", "1.25"]) == 2  # FID is against the reference's samples
+    assert "fid is measured against the reference's own samples" in capsys.readouterr().err
+
+    assert main(["report", str(run_dir)]) == 0
+    written = json.loads((run_dir / "reference.json").read_text())
+    figures = ("fid", "nfe", "latency_ms")
+    assert {key: written[key] for key in figures} == {key: old[key] for key in figures}
+    assert written["quality_reference"] == "reference-samples"
+    assert not (run_dir / "teacher.json").exists() and not (run_dir / "grids" / "teacher.png").exists()
+    assert "grids/reference.png" in (run_dir / "index.html").read_text()
+
+    lines: list[str] = []
+    search(compose_config([*fast_overrides, "budget.trials=7", "cost.confirm=false"]), log=lines.append)
+    assert not [line for line in lines if "measuring the reference" in line], "the recorded reference is kept"
+    assert len(pd.read_csv(run_dir / "trials.csv")) == 7
+    attrs = optuna.load_study(study_name=run_dir.name, storage=f"sqlite:///{run_dir / 'ledger.db'}").user_attrs
+    assert attrs["reference"]["fid"] == old["fid"] and attrs["target"]["quality_reference"] == "reference-samples"
 
 
 @pytest.mark.slow
