@@ -19,7 +19,7 @@ def score_on_seed_sets(evaluators: list, params: dict | None) -> dict:
     entry: dict = {"fid": [], "precision": [], "recall": [], "adherence": [], "failures": [], "params": params}
     for evaluator in evaluators:
         measurement = (
-            evaluator.evaluate_teacher() if params is None else evaluator.evaluate(Candidate.from_params(params))
+            evaluator.evaluate_reference() if params is None else evaluator.evaluate(Candidate.from_params(params))
         )
         if not measurement.ok:
             entry["failures"].append(measurement.failure)
@@ -60,6 +60,7 @@ def search_front(
     from autoaccel.config import compose_config
     from autoaccel.front.limits import limits_in_force
     from autoaccel.front.pareto import front_numbers
+    from autoaccel.search.ledger import reference_row
     from autoaccel.search.run import open_run
     from autoaccel.techniques.base import unchanged_model_params
 
@@ -91,8 +92,7 @@ def search_front(
     log(f"   searching space={space_name} ({trials} trials)")
     search(run_config, log=log)
     context = open_run(runs_dir / study_name)
-    teacher = context.ledger.study.user_attrs.get("teacher")
-    frame = context.ledger.trials_frame(limits_in_force(run_config.budget, teacher))
+    frame = context.ledger.trials_frame(limits_in_force(run_config.budget, reference_row(context.ledger.study)))
     front = []
     for number in front_numbers(frame, context.objectives):
         params = {**unchanged_model_params(), **context.ledger.trial(number).user_attrs["candidate"]}

@@ -75,10 +75,11 @@ def _best(run_dir: Path, limits: bool) -> tuple[int, dict] | None:
     """The found plan of a run: the best FID (fixed-NFE runs), or the fastest within the run's limits."""
     from autoaccel.front.limits import limits_in_force
     from autoaccel.front.pareto import choose_within, front_frame, front_numbers
+    from autoaccel.search.ledger import reference_row
     from autoaccel.search.run import open_run
 
     context = open_run(run_dir)
-    budget_limits = limits_in_force(context.config.budget, context.ledger.study.user_attrs.get("teacher"))
+    budget_limits = limits_in_force(context.config.budget, reference_row(context.ledger.study))
     trials = context.ledger.trials_frame(budget_limits)
     complete = trials[trials["state"] == "COMPLETE"]
     if complete.empty:
@@ -135,7 +136,7 @@ def run_default_call_benchmark(config: DictConfig, log=print) -> Path:
         evaluator = evaluator_from_config(config, target, space, seed=int(seed))
         evaluator.cost_cache = cost_cache  # latencies side by side: each structure timed once in this process
         log(f"== confirming on seed set {seed}")
-        reference = evaluator.evaluate_teacher()
+        reference = evaluator.evaluate_reference()
         rows["default call"]["metrics"].append({**reference.metrics, "device": reference.details.get("device")})
         for label, params in plans:
             measurement = evaluator.evaluate(Candidate.from_params(params))

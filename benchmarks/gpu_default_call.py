@@ -15,7 +15,7 @@ from autoaccel.measure.latency import measure_cost
 from autoaccel.pipeline.sampling import sampler_pipeline
 from autoaccel.pipeline.seeds import make_seed_batch
 from autoaccel.plan.apply import apply_plan
-from autoaccel.reference.teacher import teacher_pipeline
+from autoaccel.reference.sampling import reference_pipeline
 from autoaccel.techniques.solver import SOLVER, SolverConfig
 from autoaccel.techniques.timesteps import TIMESTEPS, TimestepsConfig
 
@@ -49,7 +49,7 @@ def write_table(out: Path) -> None:
         guidance = target.reference_call.guidance_scale if target.conditions.guidable else 1.0
         for batch in (1, 8):
             seeds = make_seed_batch(target.sample_shape, batch, 0, target.condition_count)
-            reference = teacher_pipeline(target)
+            reference = reference_pipeline(target)
             plan = sampler_pipeline(target)
             steps = [(SOLVER, SolverConfig(name="unipc", order=2, guidance=guidance))]
             apply_plan(plan, [*steps, (TIMESTEPS, TimestepsConfig(steps=PLAN_STEPS))], target)

@@ -216,7 +216,7 @@ def evaluate_plans(config, log=print, count: int = STUDY_PLANS, samples: int = S
     from autoaccel.metrics.features import GENERIC_EXTRACTOR, seeded_random_extractor
     from autoaccel.metrics.quality import frechet_distance, image_features, paired_feature_distance, psnr, ssim
     from autoaccel.pipeline.seeds import sample_in_chunks
-    from autoaccel.reference.teacher import ode_reference_pipeline
+    from autoaccel.reference.sampling import ode_reference_pipeline
     from autoaccel.search.run import describe_reference, evaluator_from_config, load_target
     from autoaccel.space.spaces import load_space
     from autoaccel.util.imaging import to_uint8
@@ -281,7 +281,7 @@ def evaluate_plans(config, log=print, count: int = STUDY_PLANS, samples: int = S
             f"({result.seconds:.0f}s)"
         )
     log(f"the reference images ({target.reference}) on {samples} seeds (cached in {judge.cache_dir})")
-    reference_uint8 = to_uint8(judge.teacher_images())
+    reference_uint8 = to_uint8(judge.reference_call_images())
     reference_features = feature_sets.of(reference_uint8)
     yardsticks = {
         "reference": frechet_distance(image_features(reference_uint8, truth_extractor), real_features),

@@ -33,7 +33,7 @@ BENCHMARKS = {
     for benchmark in (
         Benchmark(
             "schedules",
-            "found plans vs standard solvers vs the teacher, per NFE -> reports/bench/schedules.md",
+            "found plans vs standard solvers vs the reference, per NFE -> reports/bench/schedules.md",
             "schedules:run_schedules_benchmark",
         ),
         Benchmark(

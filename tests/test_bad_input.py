@@ -661,12 +661,13 @@ def test_plan_budget_out_of_range(capsys, tmp_path, flag, value):
     assert snapshot(tmp_path) == before
 
 
-def _plan_run(folder: Path, front: dict | None = None, teacher: dict | None = None) -> Path:
+def _plan_run(folder: Path, front: dict | None = None, reference: dict | None = None) -> Path:
     """A run folder as a search leaves it for ``plan``: its ledger with one front plan (trial 11, its adherence not
-    measured, or ``front``'s figures) and a standard configuration without an adherence figure, and ``teacher``."""
+    measured, or ``front``'s figures) and a standard configuration without an adherence figure, and ``reference`` (the
+    reference call's figures)."""
     front = front or {"nfe": 4, "fid": 12.0, "latency_ms": 5.0, "adherence": None}
     standard = {"warm_start": "ddim-4", "nfe": 4, "fid": 30.0, "latency_ms": 11.0}
-    return write_ledger_run(folder, {1: standard, 11: front}, teacher or {"fid": 8.0, "latency_ms": 600.0})
+    return write_ledger_run(folder, {1: standard, 11: front}, reference or {"fid": 8.0, "latency_ms": 600.0})
 
 
 @pytest.mark.parametrize("flag", ["--quality", "--minimize"])
@@ -706,15 +707,15 @@ def test_plan_refuses_figures_out_of_range(capsys, tmp_path, front, fragments):
 
 
 @pytest.mark.parametrize(
-    ("teacher", "argv", "fragments"),
+    ("reference", "argv", "fragments"),
     [
         ({"fid": True, "latency_ms": 600.0}, [], ["the reference's fid=true is not valid", "a finite number >= 0"]),
         ({"fid": 8.0, "latency_ms": -1}, [], ["the reference's latency_ms=-1 is not valid"]),
         ({"fid": 0.0, "latency_ms": 600.0}, ["--max-fid-ratio", "1.25"], ["needs the reference's FID > 0", "fid=0.0"]),
     ],
 )
-def test_plan_refuses_reference_figures_out_of_range(capsys, tmp_path, teacher, argv, fragments):
-    run = _plan_run(tmp_path / "run", teacher=teacher)
+def test_plan_refuses_reference_figures_out_of_range(capsys, tmp_path, reference, argv, fragments):
+    run = _plan_run(tmp_path / "run", reference=reference)
     refused(capsys, ["plan", str(run), "--max-latency-ms", "100", *argv], *fragments)
 
 

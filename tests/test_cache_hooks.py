@@ -1,6 +1,6 @@
 """diffusers' transformer caches driven by autoaccel's loop, on tiny transformers: they skip work and count it,
 their thresholds come from a calibration run at the plan's schedule (so none is inert), runs are reproducible,
-the teacher stays unhooked, and a search over them gives recipes that re-apply bit for bit."""
+the uncached model stays unhooked, and a search over them gives recipes that re-apply bit for bit."""
 
 from __future__ import annotations
 
@@ -35,15 +35,15 @@ def targets(tmp_path_factory):
 @pytest.mark.parametrize("method", HOOK_METHODS)
 def test_a_hook_cache_skips_work_counts_it_and_repeats_its_images(targets, kind, method):
     target = targets[kind]
-    teacher = _sample(_cached_pipeline(target, None, STEPS), target)
+    uncached = _sample(_cached_pipeline(target, None, STEPS), target)
     pipeline = _cached_pipeline(target, CachingConfig(method, **SETTINGS[method]), STEPS)
     images = _sample(pipeline, target)
     calls = pipeline.model_calls
     assert 0 < pipeline.denoiser_calls < calls  # some calls ran only part of the model: their share counts
-    assert torch.isfinite(images).all() and not torch.equal(images, teacher)
+    assert torch.isfinite(images).all() and not torch.equal(images, uncached)
     assert torch.equal(_sample(pipeline, target), images)  # each run starts from fresh hook state
-    # the teacher's blocks carry no hooks
-    assert torch.equal(_sample(_cached_pipeline(target, None, STEPS), target), teacher)
+    # the model's own blocks carry no hooks
+    assert torch.equal(_sample(_cached_pipeline(target, None, STEPS), target), uncached)
     assert not any(hasattr(module, "_diffusers_hook") for module in target.denoiser.modules())
 
 

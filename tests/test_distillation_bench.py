@@ -64,9 +64,9 @@ def test_the_summary_judges_each_nfe_bound_by_measured_nfe_not_by_sampling_steps
         return {"fid": [fid], "recall": [0.8], "nfe": nfe}
 
     rows = [(4, "ddim-4", entry(1.0, 8)), (2, "consistency", entry(1.2, 2)), (4, "consistency", entry(1.6, 4))]
-    verdict = _verdict(4, rows, teacher_fid=1.0, teacher_recall=0.8)
+    verdict = _verdict(4, rows, reference_fid=1.0, reference_recall=0.8)
     assert verdict.startswith("- NFE <= 4: best consistency at 2 steps (NFE 2), FID 1.20 = 1.20x")
     assert "no schedule-only row" in verdict and "NOT met" in verdict  # 1.2x > the 1.1x target
-    assert _verdict(2, rows, teacher_fid=1.0, teacher_recall=0.8).endswith(
+    assert _verdict(2, rows, reference_fid=1.0, reference_recall=0.8).endswith(
         "(target <= 1.5x with recall at most 0.05 below: met)."
     )

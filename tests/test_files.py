@@ -8,7 +8,7 @@ from autoaccel.util.files import write_atomically
 
 
 def test_two_writers_of_one_file_at_once_both_succeed_and_it_ends_whole(tmp_path):
-    path = tmp_path / "samples" / "teacher.pt"
+    path = tmp_path / "samples" / "reference.pt"
     both_writing = threading.Barrier(2, timeout=10)
     errors: list[BaseException] = []
 
@@ -30,7 +30,7 @@ def test_two_writers_of_one_file_at_once_both_succeed_and_it_ends_whole(tmp_path
         thread.join()
     assert not errors
     assert path.read_text() in ("a" * 1000, "b" * 1000)
-    assert [entry.name for entry in path.parent.iterdir()] == ["teacher.pt"]  # no temporary file left behind
+    assert [entry.name for entry in path.parent.iterdir()] == ["reference.pt"]  # no temporary file left behind
 
 
 def test_a_failed_write_leaves_neither_the_file_nor_a_temporary(tmp_path):

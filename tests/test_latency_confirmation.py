@@ -85,8 +85,8 @@ def test_a_plan_slowed_while_it_was_timed_is_confirmed_at_its_true_latency_and_t
     assert confirmation["left_front"] == [second] and confirmation["moved_median_pct"] == 45.0  # 90% and 0%
     html = index.read_text()
     assert "1 plan left the front" in html and "45% (median)" in html and "latency at search (ms)" in html
-    teacher = json.loads((run_dir / "teacher.json").read_text())
-    assert teacher["latency_ms"] == confirmation["reference"]["latency_ms"] == MS_PER_CALL * teacher["nfe"]
+    reference = json.loads((run_dir / "reference.json").read_text())
+    assert reference["latency_ms"] == confirmation["reference"]["latency_ms"] == MS_PER_CALL * reference["nfe"]
 
     # the report rebuilt later reads the stored confirmation; it never times anything again
     monkeypatch.setattr(latency, "timed_call", lambda *args: pytest.fail("a rebuilt report must not time plans"))
@@ -142,8 +142,8 @@ def test_a_reference_the_search_timed_with_one_call_is_confirmed_with_one_call(f
     index = search(compose_config(overrides), log=lines.append)
     assert calls.count(long_reference) == 1 and len(calls) > 1  # the plans: warm-up and three rounds each
     assert calls.index(long_reference) > len(calls) // 3  # inside the rounds, not before them
-    teacher = json.loads((index.parent / "teacher.json").read_text())
-    assert teacher["latency_method"] == "single call" and teacher["latency_ms"] == MS_PER_CALL * long_reference
+    reference = json.loads((index.parent / "reference.json").read_text())
+    assert reference["latency_method"] == "single call" and reference["latency_ms"] == MS_PER_CALL * long_reference
     assert any(line.startswith("estimate: ") and "latency confirmation" in line for line in lines)
     # the search's one timed reference call says how far it got while it runs, and closes with a line
     timing = [line for line in lines if line.startswith("reference timing (one call): ")]

@@ -123,14 +123,14 @@ def _write_run(folder: Path, plans: dict = PLANS, standard: tuple = STANDARD) ->
             "quality_samples": float(SAMPLES),
         }
     kept_call = store.get(kind_set(REFERENCE_CALL, SAMPLES)).features.double().numpy()
-    teacher = {
+    reference = {
         "fid": fid(kept_call, store.get(kind_set(REFERENCE_SET, SAMPLES)).features.double().numpy()),
         "latency_ms": 400.0,
         "nfe": 50,
         "quality_samples": float(SAMPLES),
         "timesteps": 50,
     }
-    write_ledger_run(folder, trials, teacher, quality_reference="real-data")
+    write_ledger_run(folder, trials, reference, quality_reference="real-data")
     assert set(read_run(folder).front["trial"]) == set(plans), "the constructed front"
     return folder
 
@@ -138,7 +138,7 @@ def _write_run(folder: Path, plans: dict = PLANS, standard: tuple = STANDARD) ->
 def test_plan_calls_a_plan_whose_ratio_interval_covers_the_bound_a_tie_and_prefers_it_as_the_faster(capsys, tmp_path):
     run = _write_run(tmp_path)
     recorded = read_run(run)
-    noise = run_noise(run, [recorded.front], recorded.teacher, None)
+    noise = run_noise(run, [recorded.front], recorded.reference, None)
     tied, meets = ({"trial": trial} for trial in (2, 3))
     ratio = noise.ratio(tied)
     assert ratio.value > 1.25 and ratio.covers(1.25)  # the constructed case
@@ -176,12 +176,12 @@ def test_the_faster_of_two_plans_whose_fids_tie_is_the_lowest_fid_plan(tmp_path)
 def test_recommendations_say_tie_where_the_interval_covers_the_bound(tmp_path):
     run = _write_run(tmp_path)
     recorded = read_run(run)
-    front, standards, teacher = recorded.front, recorded.standards, recorded.teacher
-    noise = run_noise(run, [front, standards], teacher, "real-data")
-    within, knee = recommended_plans(front, standards, teacher, knee=2, ratios=(1.25,), noise=noise)
+    front, standards, reference = recorded.front, recorded.standards, recorded.reference
+    noise = run_noise(run, [front, standards], reference, "real-data")
+    within, knee = recommended_plans(front, standards, reference, knee=2, ratios=(1.25,), noise=noise)
     assert within.trial == 2 and within.ties and within.ties[0].startswith("tie: its FID ratio")
     assert within.ratio_interval is not None and within.ratio_interval.covers(1.25)
-    plain = recommended_plans(front, standards, teacher, knee=2, ratios=(1.25,))[0]
+    plain = recommended_plans(front, standards, reference, knee=2, ratios=(1.25,))[0]
     assert plain.trial == 3 and not plain.ties  # without intervals the figure alone decides
     assert knee.trial == 3 and knee.standard["warm_start"] == "dpmsolver++2m-10"
     assert knee.versus_standard.covers(0.0)  # plan 3 and the standard configuration cannot be told apart
@@ -203,7 +203,7 @@ def test_kept_features_that_do_not_give_the_recorded_figure_are_not_used(tmp_pat
     recorded = read_run(run)
     front = recorded.front
     front.loc[front["trial"] == 2, "fid"] += 1.0  # measured against another reference set, or edited
-    noise = run_noise(run, [front], recorded.teacher, "real-data")
+    noise = run_noise(run, [front], recorded.reference, "real-data")
     assert noise.missing == [2] and noise.fid({"trial": 2}) is None and noise.fid({"trial": 3}) is not None
 
 
@@ -222,8 +222,8 @@ def test_an_ancestral_reference_gap_is_reported_as_a_gap_and_deterministic_plans
     index = search(compose_config([*fast_overrides, "budget.trials=4"]), log=lambda message: None)
     run = index.parent
     html = index.read_text()
-    teacher = json.loads((run / "teacher.json").read_text())
-    assert teacher["fid_floor"] is None and "no floor" in teacher["fid_floor_note"]
+    reference = json.loads((run / "reference.json").read_text())
+    assert reference["fid_floor"] is None and "no floor" in reference["fid_floor_note"]
     assert "adds fresh noise at every step" in html and "not sampling noise" in html
     assert "FID below" not in html  # the old floor sentence, which called the gap noise
     trials = pd.read_csv(run / "trials.csv")
@@ -231,7 +231,7 @@ def test_an_ancestral_reference_gap_is_reported_as_a_gap_and_deterministic_plans
     store = FeatureStore(run / "features")
     for key in complete["candidate_key"]:
         assert store.get(plan_set(key, 48)).features.shape[0] == 48
-    noise = run_noise(run, [complete], teacher, teacher["quality_reference"])
+    noise = run_noise(run, [complete], reference, reference["quality_reference"])
     assert noise.missing == [] and noise.paired_reference and noise.ode_gap() is not None
     standard = {tag: row for _, row in complete.iterrows() if (tag := row["warm_start"])}
     dpm, unipc = standard["dpmsolver++2m-4"], standard["unipc-4"]
@@ -277,8 +277,8 @@ def test_a_digits_search_shows_intervals_and_plan_ties_exactly_where_they_cover_
         chosen = eligible.iloc[0]
         covers = chosen["fid_ratio_lo"] <= 1.25 <= chosen["fid_ratio_hi"]
         assert ("cannot be told from 1.25 at 64 samples" in html) == covers
-    teacher = json.loads((run / "teacher.json").read_text())
-    assert teacher["fid_floor"]["samples"] == 64 and teacher["fid_floor"]["reference_count"] == 1797 - 64
+    reference = json.loads((run / "reference.json").read_text())
+    assert reference["fid_floor"]["samples"] == 64 and reference["fid_floor"]["reference_count"] == 1797 - 64
     capsys.readouterr()
     code = main(["plan", str(run), "--max-fid-ratio", "1.25"])
     output = capsys.readouterr().out

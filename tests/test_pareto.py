@@ -13,7 +13,7 @@ from autoaccel.cli.plan_command import explain_plan
 from autoaccel.errors import ConfigError
 from autoaccel.front.limits import resolve_limits
 from autoaccel.front.pareto import choose_within, front_frame, front_numbers, knee_point
-from tests.plan_ledgers import STUDY, write_ledger_run
+from tests.plan_ledgers import STUDY, write_ledger_run, written_before_the_reference_was_renamed
 
 
 @pytest.fixture
@@ -99,7 +99,7 @@ def test_choose_within_maximizes_a_maximized_quality(front):
 @pytest.mark.parametrize(
     ("limits", "trial"),
     [
-        ({"max_fid_ratio": 1.5}, 33),  # fid <= 12 (1.5x the teacher's 8): the fastest is trial 33
+        ({"max_fid_ratio": 1.5}, 33),  # fid <= 12 (1.5x the reference's 8): the fastest is trial 33
         ({"max_fid_ratio": 2.5}, 22),  # fid <= 20
         ({"max_fid": 9.0}, 44),
         ({"min_psnr": 18.0}, 22),  # psnr is a lower bound
@@ -113,7 +113,7 @@ def test_the_fastest_plan_within_a_quality_limit(front, limits, trial):
     assert int(choice.row["trial"]) == trial
 
 
-def test_a_fid_ratio_before_the_teacher_is_measured_fits_nothing(front):
+def test_a_fid_ratio_before_the_reference_is_measured_fits_nothing(front):
     limits = resolve_limits({"max_fid_ratio": 1.25}, None)
     assert "not measured" in limits[0].describe()
     assert choose_within(front, limits, "latency_ms").row is None
@@ -169,7 +169,7 @@ STANDARDS = {  # standard configurations, both dominated by the front
     1: {"warm_start": "ddim-10", "nfe": 10, "fid": 11.0, "latency_ms": 30.0},
     2: {"warm_start": "ddim-4", "nfe": 4, "fid": 30.0, "latency_ms": 11.0},
 }
-TEACHER = {"fid": 8.0, "latency_ms": 600.0, "timesteps": "all 1000"}
+REFERENCE = {"fid": 8.0, "latency_ms": 600.0, "timesteps": "all 1000"}
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +178,7 @@ def recorded_run(tmp_path_factory):
     plans = {
         trial: {**row, "fid_std": 0.5, "scheduler_class": "DPMSolverMultistepScheduler"} for trial, row in FRONT.items()
     }
-    return write_ledger_run(tmp_path_factory.mktemp("plan") / "run", {**plans, **STANDARDS}, TEACHER)
+    return write_ledger_run(tmp_path_factory.mktemp("plan") / "run", {**plans, **STANDARDS}, REFERENCE)
 
 
 @pytest.fixture
@@ -196,7 +196,7 @@ def _study(run_dir) -> optuna.Study:
     return optuna.load_study(study_name=STUDY, storage=f"sqlite:///{run_dir / 'ledger.db'}")
 
 
-def test_the_fastest_plan_within_1_25x_of_the_teacher(run_dir):
+def test_the_fastest_plan_within_1_25x_of_the_reference(run_dir):
     message, found = explain_plan(run_dir, {"max_fid_ratio": 1.6})
     assert found is True
     lines = message.splitlines()
@@ -240,9 +240,9 @@ def test_explain_plan_without_limits(run_dir):
     assert "within none" in message and "trial 44" in message
 
 
-def test_a_fid_ratio_without_the_teacher_is_a_config_error(run_dir):
-    _study(run_dir).set_user_attr("teacher", None)
-    with pytest.raises(ConfigError, match="teacher"):
+def test_a_fid_ratio_without_the_reference_is_a_config_error(run_dir):
+    _study(run_dir).set_user_attr("reference", None)
+    with pytest.raises(ConfigError, match="needs the reference's FID, which study 'plan-test' has not recorded"):
         explain_plan(run_dir, {"max_fid_ratio": 1.25})
 
 
@@ -259,8 +259,30 @@ def test_plan_reads_the_ledger_not_the_reports_files(run_dir):
     """Stale or hand-made report files do not change the plan: the trials and the reference come from the ledger."""
     before, _ = explain_plan(run_dir, {"max_fid_ratio": 1.6})
     (run_dir / "pareto.csv").write_text("trial,nfe,fid,latency_ms,recipe\n99,1,0.1,0.1,recipes/trial-0099.yaml\n")
-    (run_dir / "teacher.json").write_text('{"fid": 100.0, "latency_ms": 1.0}')
+    (run_dir / "reference.json").write_text('{"fid": 100.0, "latency_ms": 1.0}')
     assert explain_plan(run_dir, {"max_fid_ratio": 1.6})[0] == before
+
+
+def test_plan_reads_a_study_written_before_the_reference_was_renamed(run_dir):
+    """A study that holds the reference row under its old name ``teacher`` gives the same plan, compared with the
+    same reference; a row recorded since under ``reference`` is the one read."""
+    before, found = explain_plan(run_dir, {"max_fid_ratio": 1.6})
+    assert found and "vs the reference (all 1000 steps): 40.00x faster" in before
+    written_before_the_reference_was_renamed(run_dir)
+    assert "reference" not in _study(run_dir).user_attrs and _study(run_dir).user_attrs["teacher"] == REFERENCE
+    assert explain_plan(run_dir, {"max_fid_ratio": 1.6})[0] == before
+    _study(run_dir).set_user_attr("reference", {**REFERENCE, "fid": 16.0})  # recorded since: fid <= 1.6 * 16
+    assert "trial 22" in explain_plan(run_dir, {"max_fid_ratio": 1.6})[0]
+
+
+def test_plan_reads_the_old_name_of_fid_against_the_reference_calls_samples(run_dir):
+    """``teacher-samples``, what older studies recorded for FID against the reference call's samples, refuses a
+    ratio to the reference's FID as ``reference-samples`` does."""
+    study = _study(run_dir)
+    for kind in ("reference-samples", "teacher-samples"):
+        study.set_user_attr("target", {"objectives": ["fid", "latency_ms"], "quality_reference": kind})
+        with pytest.raises(ConfigError, match="fid is measured against the reference's own samples"):
+            explain_plan(run_dir, {"max_fid_ratio": 1.6})
 
 
 def test_a_front_plan_whose_recipe_the_report_has_not_written_says_how_to_write_it(run_dir):
@@ -326,7 +348,7 @@ def test_a_reference_scored_against_its_own_samples_is_compared_by_difference_no
     """Where FID is against the reference call's own images its FID is 0 (to rounding): a ratio to it is
     meaningless, so the change is shown as a difference."""
     study = _study(run_dir)
-    study.set_user_attr("teacher", {"fid": 1e-9, "latency_ms": 600.0})
-    study.set_user_attr("target", {"objectives": ["fid", "latency_ms"], "quality_reference": "teacher-samples"})
+    study.set_user_attr("reference", {"fid": 1e-9, "latency_ms": 600.0})
+    study.set_user_attr("target", {"objectives": ["fid", "latency_ms"], "quality_reference": "reference-samples"})
     message, _ = explain_plan(run_dir, {"max_latency_ms": 16.0})
     assert "vs the reference (? steps): 40.00x faster, fid 1e-09 -> 12 (+12)" in message

@@ -92,10 +92,10 @@ def test_each_pipeline_class_is_searched_and_its_recipe_reproduces_with_plain_di
         assert set(complete["param.solver.name"]) <= {"flow_euler", "flow_heun", "unipc", "dpmsolver++"}
     recipes = sorted((runs[0] / "recipes").glob("trial-*.yaml"))
     assert recipes and (runs[0] / "index.html").exists()
-    teacher = json.loads((runs[0] / "teacher.json").read_text())
-    assert teacher["reference"].startswith("default call")
+    reference = json.loads((runs[0] / "reference.json").read_text())
+    assert reference["reference"].startswith("default call")
     # without real data there is no floor (a plan identical to the reference call scores 0): paired intervals instead
-    assert teacher["fid_floor"] is None and "no floor" in teacher["fid_floor_note"]
+    assert reference["fid_floor"] is None and "no floor" in reference["fid_floor_note"]
     assert "paired bootstrap rounds over the 4 seeds" in (runs[0] / "index.html").read_text()
 
     # the recipe on the pipeline as plain diffusers loads it, with nothing of autoaccel's loading code
@@ -163,14 +163,14 @@ def test_a_bad_reference_is_refused_before_anything_loads(tmp_path, capsys, refe
 
 
 def test_a_named_reference_replaces_the_default_call(folders):
-    from autoaccel.reference.teacher import teacher_pipeline
+    from autoaccel.reference.sampling import reference_pipeline
     from autoaccel.targets.loader import load_pipeline_folder
 
     target = load_pipeline_folder(folders["sd"])
-    default = teacher_pipeline(target)
+    default = reference_pipeline(target)
     assert default.plan.native_steps == target.reference_call.steps and default.guided
     target.reference = "dpmsolver++-7"
-    named = teacher_pipeline(target)
+    named = reference_pipeline(target)
     assert len(named.plan.timesteps) == 7 and type(named.scheduler).__name__ == "DPMSolverMultistepScheduler"
     assert named.plan.guidance_scale == target.reference_call.guidance_scale  # the default call's guidance
 

@@ -51,7 +51,7 @@ def test_anything_that_changes_the_computation_changes_the_plan(target):
 def test_a_search_measures_one_plan_once_and_shows_it_once(fast_overrides, tmp_path):
     from autoaccel.front.pareto import front_frame
     from autoaccel.search.loop import LoopBudget, run_search
-    from autoaccel.search.run import ensure_teacher, prepare_run
+    from autoaccel.search.run import ensure_reference, prepare_run
 
     space = tmp_path / "orders.yaml"
     space.write_text(
@@ -69,7 +69,7 @@ def test_a_search_measures_one_plan_once_and_shows_it_once(fast_overrides, tmp_p
     )
     context = prepare_run(compose_config([*fast_overrides, f"space={space}", "budget.warm_start_steps=[]"]))
     try:
-        ensure_teacher(context, lambda message: None)
+        ensure_reference(context, lambda message: None)
         for order in (2, 3):
             context.ledger.study.enqueue_trial({"solver.order": order})
         budget = LoopBudget(trials=2, max_minutes=None, limits=[])

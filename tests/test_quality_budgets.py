@@ -82,8 +82,8 @@ def test_plan_gives_the_fastest_front_plan_within_a_quality_limit(measured, caps
     assert ("chosen as the faster" in out) == (chosen["fid"] > max_fid)
     assert "vs the reference" in out and "faster" in out
     assert f"recipes/trial-{expected:04d}.yaml --out samples" in out
-    teacher = json.loads((run_dir / "teacher.json").read_text())
-    assert teacher["quality_reference"] == "teacher-samples" and teacher["latency_ms"] > 0
+    reference = json.loads((run_dir / "reference.json").read_text())
+    assert reference["quality_reference"] == "reference-samples" and reference["latency_ms"] > 0
 
     # nothing fits: exit 3, the closest plan and by how much it misses
     assert main(["plan", str(run_dir), "--max-fid", str(float(front["fid"].min()) / 10)]) == 3
@@ -91,7 +91,7 @@ def test_plan_gives_the_fastest_front_plan_within_a_quality_limit(measured, caps
     assert out.startswith("no front plan is the fastest plan within") and "misses --max-fid by" in out
 
 
-def test_a_ratio_to_a_teacher_scored_against_itself_is_refused_before_anything_runs(fast_overrides, capsys):
+def test_a_ratio_to_a_reference_scored_against_itself_is_refused_before_anything_runs(fast_overrides, capsys):
     assert main(["search", *fast_overrides, "budget.max_fid_ratio=1.25"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "budget.max_fid_ratio=1.25" in err and "budget.max_fid" in err
@@ -100,7 +100,7 @@ def test_a_ratio_to_a_teacher_scored_against_itself_is_refused_before_anything_r
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_plan_refuses_a_ratio_where_the_teacher_is_the_reference(measured, capsys):
+def test_plan_refuses_a_ratio_where_the_reference_call_is_the_fid_reference(measured, capsys):
     _, run_dir = measured
     assert main(["plan", str(run_dir), "--max-fid-ratio", "1.25"]) == 2
     err = capsys.readouterr().err.strip()
@@ -118,7 +118,7 @@ def test_plan_reads_the_ledger_so_deleted_or_stale_report_files_do_not_change_it
     capsys.readouterr()
     assert main(argv) == 0
     before = capsys.readouterr().out
-    for name in ("pareto.csv", "trials.csv", "teacher.json"):
+    for name in ("pareto.csv", "trials.csv", "reference.json"):
         (run_dir / name).unlink()
     assert main(argv) == 0
     assert capsys.readouterr().out == before

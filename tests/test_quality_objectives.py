@@ -151,7 +151,7 @@ def test_with_real_data_makes_fid_against_them_the_quality(tiny_pipeline_dir, tm
     from autoaccel.targets.loader import load_pipeline_folder
 
     target = load_pipeline_folder(tiny_pipeline_dir, device="cpu")
-    assert target.quality.kind == "teacher-samples" and default_quality(target) == NO_DATA_QUALITY
+    assert target.quality.kind == "reference-samples" and default_quality(target) == NO_DATA_QUALITY
     _write_images(tmp_path / "data", 200, mode="L")  # more than the generic extractor's 192 features
     load_target_data(target, tmp_path / "data")
     assert image_shape(target) == (1, 8, 8)
@@ -364,7 +364,7 @@ def test_default_objectives_rank_four_step_ddim_below_ten_step_unipc_on_digits(t
     with_data = load_target("digits", None, "cpu")
     without_data = load_target("digits", None, "cpu")
     without_data.real_images = None
-    without_data.quality = QualityReference(GENERIC_EXTRACTOR, "teacher-samples", "as a folder without data")
+    without_data.quality = QualityReference(GENERIC_EXTRACTOR, "reference-samples", "as a folder without data")
     without_data.reference = "ddpm-100"
     plans = {
         "ddim-4": [(SOLVER, SolverConfig(name="ddim")), (TIMESTEPS, TimestepsConfig(steps=4))],

@@ -39,14 +39,14 @@ def _standards() -> pd.DataFrame:
     )
 
 
-TEACHER = {"fid": 10.0, "latency_ms": 1000.0, "nfe": 1000}
+REFERENCE = {"fid": 10.0, "latency_ms": 1000.0, "nfe": 1000}
 
 
 def test_recommendations_are_the_fastest_plans_within_each_fid_ratio():
-    within_11, within_125, within_15, knee = recommended_plans(_front(), _standards(), TEACHER, knee=1)
-    assert within_11.trial == 3 and within_11.speedup_vs_teacher == pytest.approx(1000 / 40)
+    within_11, within_125, within_15, knee = recommended_plans(_front(), _standards(), REFERENCE, knee=1)
+    assert within_11.trial == 3 and within_11.speedup_vs_reference == pytest.approx(1000 / 40)
     assert within_11.standard is None and "no standard configuration" in within_11.note
-    assert within_125.trial == 5 and within_125.speedup_vs_teacher == pytest.approx(50)
+    assert within_125.trial == 5 and within_125.speedup_vs_reference == pytest.approx(50)
     # the fastest standard configuration within 12.5 is unipc-10 (26 ms), not the better dpmsolver++2m-10
     assert within_125.standard["warm_start"] == "unipc-10"
     assert within_125.speedup_vs_standard == pytest.approx(26 / 20)
@@ -56,15 +56,15 @@ def test_recommendations_are_the_fastest_plans_within_each_fid_ratio():
 
 
 def test_a_ratio_no_plan_meets_says_so():
-    tight = recommended_plans(_front(), _standards(), {**TEACHER, "fid": 5.0}, knee=0)
+    tight = recommended_plans(_front(), _standards(), {**REFERENCE, "fid": 5.0}, knee=0)
     assert [item.plan is None for item in tight] == [True, True, True, False]
     assert "no front plan reaches FID <= 5.5" in tight[0].note and "10.5" in tight[0].note
-    assert tight[0].speedup_vs_teacher is None and tight[0].speedup_vs_standard is None
+    assert tight[0].speedup_vs_reference is None and tight[0].speedup_vs_standard is None
 
 
-def test_no_ratio_applies_when_the_teacher_is_the_fid_reference():
-    for teacher, reference in (({**TEACHER, "fid": -1e-8}, None), (TEACHER, "teacher-samples")):
-        recommendations = recommended_plans(_front(), _standards(), teacher, knee=2, quality_reference=reference)
+def test_no_ratio_applies_when_the_reference_call_is_the_fid_reference():
+    for reference, kind in (({**REFERENCE, "fid": -1e-8}, None), (REFERENCE, "reference-samples")):
+        recommendations = recommended_plans(_front(), _standards(), reference, knee=2, quality_reference=kind)
         assert all(item.plan is None and "reference's own samples" in item.note for item in recommendations[:3])
         assert recommendations[3].trial == 3
     empty = recommended_plans(_front().iloc[0:0], _standards().iloc[0:0], None)
@@ -131,5 +131,5 @@ def test_report_opens_with_the_recommended_plans(fast_overrides):
     assert recipe["measured_on"]["quantized_latency"] == "n/a"
     assert recipe["measured_on"]["peak_memory_mb"].startswith("process RSS")
     assert recipe["figures"]["model_memory_mb"] > 0
-    teacher_grid = Image.open(run_dir / "grids" / "teacher.png")
-    assert teacher_grid.height >= 64 and html.count("grids/teacher.png") == len(front)  # beside every plan
+    reference_grid = Image.open(run_dir / "grids" / "reference.png")
+    assert reference_grid.height >= 64 and html.count("grids/reference.png") == len(front)  # beside every plan

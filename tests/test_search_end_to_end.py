@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from types import SimpleNamespace
 
+import optuna
 import pandas as pd
 import pytest
 import torch
@@ -14,6 +16,7 @@ from autoaccel.cli.main import main
 from autoaccel.cli.search_command import search
 from autoaccel.config import compose_config
 from tests.conftest import fast_overrides_for
+from tests.plan_ledgers import written_before_the_reference_was_renamed
 
 
 def run_dir_of(overrides, study="pipeline-sampler"):
@@ -59,11 +62,11 @@ def test_search_writes_report_front_and_recipes(resumed_run):
         assert recipe["derived"]["timesteps"] == yaml.safe_load(str(point["timesteps"]))  # what was measured
         assert recipe["figures"]["fid"] == pytest.approx(point["fid"])
     html = (run_dir / "index.html").read_text()
-    assert "Pareto front" in html and "pareto.png" in html and "teacher" in html
+    assert "Pareto front" in html and "pareto.png" in html and "grids/reference.png" in html
     # FID is against the reference call's own images: no floor, paired intervals instead
     assert "FID floor" in html and "no floor" in html and "paired bootstrap rounds over the 48 seeds" in html
     assert (run_dir / "pareto.png").stat().st_size > 1000
-    assert (run_dir / "grids" / "teacher.png").exists()
+    assert (run_dir / "grids" / "reference.png").exists()
 
 
 @pytest.mark.slow  # samples the reference first: about 5 s on its own
@@ -125,6 +128,43 @@ def test_resume_continues_the_study_without_losing_trials(resumed_run):
 
 @pytest.mark.slow
 @pytest.mark.integration
+def test_plan_report_and_resume_work_on_a_run_folder_written_before_the_reference_was_renamed(
+    resumed_run, fast_overrides, capsys
+):
+    """A run folder from before the reference call's stored names changed (the study's ``teacher`` row,
+    ``teacher-samples``, ``teacher.json``): ``plan`` answers as before, ``report`` writes ``reference.json`` in place
+    of ``teacher.json``, and a resumed search keeps the measured reference and records it under its new name."""
+    run_dir = run_dir_of(fast_overrides)
+    shutil.copytree(resumed_run.run_dir, run_dir)  # the module's finished study, 8 trials
+    capsys.readouterr()
+    assert main(["plan", str(run_dir), "--max-nfe", "100"]) == 0
+    current = capsys.readouterr().out
+    assert "vs the reference" in current
+    written_before_the_reference_was_renamed(run_dir)
+    old = json.loads((run_dir / "teacher.json").read_text())
+    assert not (run_dir / "reference.json").exists() and old["quality_reference"] == "reference-samples"
+
+    assert main(["plan", str(run_dir), "--max-nfe", "100"]) == 0
+    assert capsys.readouterr().out == current
+    assert main(["plan", str(run_dir), "--max-fid-ratio", "1.25"]) == 2  # FID is against the reference's samples
+    assert "fid is measured against the reference's own samples" in capsys.readouterr().err
+
+    assert main(["report", str(run_dir)]) == 0
+    written = json.loads((run_dir / "reference.json").read_text())
+    figures = ("fid", "nfe", "latency_ms")
+    assert {key: written[key] for key in figures} == {key: old[key] for key in figures}
+    assert written["quality_reference"] == "reference-samples"
+    assert not (run_dir / "teacher.json").exists() and not (run_dir / "grids" / "teacher.png").exists()
+    assert "grids/reference.png" in (run_dir / "index.html").read_text()
+
+    lines: list[str] = []
+    search(compose_config([*fast_overrides, "budget.trials=10", "cost.confirm=false"]), log=lines.append)
+    assert not [line for line in lines if "measuring the reference" in line], "the recorded reference is kept"
+    assert len(pd.read_csv(run_dir / "trials.csv")) == 10
+    attrs = optuna.load_study(study_name=run_dir.name, storage=f"sqlite:///{run_dir / 'ledger.db'}").user_attrs
+    assert attrs["reference"]["fid"] == old["fid"] and attrs["target"]["quality_reference"] == "reference-samples"
+
+
 def test_resume_refuses_changed_settings(resumed_run, fast_overrides):
     shutil.copytree(resumed_run.run_dir, run_dir_of(fast_overrides))
     from autoaccel.errors import ConfigError

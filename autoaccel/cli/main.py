@@ -132,7 +132,7 @@ def cmd_plan(args: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="autoaccel plan",
         description="The plan you ask for, chosen on a run's front: e.g. --max-fid-ratio 1.25 for the fastest plan "
-        "within 1.25x of the teacher's FID. Exit code 3 when no plan fits (the closest is printed).",
+        "within 1.25x of the reference's FID. Exit code 3 when no plan fits (the closest is printed).",
     )
     parser.add_argument("run", type=Path, help="the run folder, e.g. reports/digits-sampler")
     for option in LIMIT_OPTIONS.values():

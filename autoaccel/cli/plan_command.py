@@ -1,5 +1,5 @@
-"""``python -m autoaccel plan RUN``: the plan a user asks for (the fastest within 1.25x of the teacher's FID, the best
-under 50 ms, ...), chosen on the run's front, compared with the teacher and the standard configurations, with its
+"""``python -m autoaccel plan RUN``: the plan a user asks for (the fastest within 1.25x of the reference's FID, the
+best under 50 ms, ...), chosen on the run's front, compared with the reference and the standard configurations, with its
 recipe and the command that applies it.
 
 The trials, their figures and states, and the reference's figures come from the study's ledger (the run folder's,
@@ -26,18 +26,19 @@ import pandas as pd
 from autoaccel.errors import ConfigError
 from autoaccel.front.limits import (
     LIMIT_OPTIONS,
+    REFERENCE_SAMPLES,
     Limit,
     check_limit_value,
-    check_teacher_ratios,
+    check_reference_ratios,
     describe_limits,
     resolve_limits,
 )
 from autoaccel.front.objectives import DIRECTIONS
 from autoaccel.front.pareto import front_frame, front_numbers
 from autoaccel.report.files import recipe_path
-from autoaccel.report.noise import TEACHER_SAMPLES, Noise, cannot_tell_sentence, choose_with_noise, run_noise
+from autoaccel.report.noise import Noise, cannot_tell_sentence, choose_with_noise, run_noise
 from autoaccel.report.recommend import REFERENCE_FID, speedup
-from autoaccel.search.ledger import target_facts, trials_in_force
+from autoaccel.search.ledger import reference_row, target_facts, trials_in_force
 from autoaccel.search.run_folder import recorded_study
 
 SHARES = {"adherence", "precision", "recall"}  # figures that are shares of images, in [0, 1]
@@ -52,8 +53,8 @@ class RecordedRun:
     study_name: str
     front: pd.DataFrame  # the Pareto front under the run's budget limits, cheapest first
     standards: pd.DataFrame  # the standard configurations that completed (trials with a warm-start tag)
-    teacher: dict | None  # the reference's figures and what FID is measured against; None before it was measured
-    quality_reference: str | None  # what FID is measured against: real-data or teacher-samples
+    reference: dict | None  # the reference's figures and what FID is measured against; None before it was measured
+    quality_reference: str | None  # what FID is measured against: real-data or reference-samples
 
 
 def read_run(run_dir: Path, storage: str | None = None, study_name: str | None = None) -> RecordedRun:
@@ -69,9 +70,9 @@ def read_run(run_dir: Path, storage: str | None = None, study_name: str | None =
             f"study {name!r} was recorded by an older autoaccel, which did not store the objectives and the quality "
             f"reference plan needs; run `{rebuild}` once to store them"
         )
-    teacher = ledger.study.user_attrs.get("teacher")
-    if teacher:
-        teacher = {**_checked_teacher(teacher, name), "quality_reference": facts.get("quality_reference")}
+    reference = reference_row(ledger.study)
+    if reference:
+        reference = {**_checked_reference(reference, name), "quality_reference": facts.get("quality_reference")}
     trials = trials_in_force(ledger, config.budget)
     numbers_ = front_numbers(trials, list(facts["objectives"]))
     front = front_frame(trials, numbers_) if numbers_ else pd.DataFrame(columns=["trial", "nfe", "latency_ms"])
@@ -79,7 +80,7 @@ def read_run(run_dir: Path, storage: str | None = None, study_name: str | None =
         standards = pd.DataFrame()
     else:
         standards = trials[(trials["state"] == "COMPLETE") & (trials["warm_start"].fillna("") != "")]
-    return RecordedRun(Path(run_dir), name, front, standards, teacher or None, facts.get("quality_reference"))
+    return RecordedRun(Path(run_dir), name, front, standards, reference or None, facts.get("quality_reference"))
 
 
 def _numbers_column(column: pd.Series) -> bool:
@@ -141,24 +142,25 @@ def check_limit_flags(values: dict[str, float | None]) -> None:
 
 
 def plan_limits(
-    values: dict[str, float | None], teacher: dict | None, study_name: str = "", quality_reference: str | None = None
+    values: dict[str, float | None], reference: dict | None, study_name: str = "", quality_reference: str | None = None
 ) -> list[Limit]:
-    """The flags' limits, checked like the search's (``--max-fid-ratio`` needs the run's teacher)."""
+    """The flags' limits, checked like the search's (``--max-fid-ratio`` needs the run's reference row)."""
     check_limit_flags(values)
-    check_teacher_ratios(values, quality_reference or (teacher or {}).get("quality_reference"), flag=True)
+    check_reference_ratios(values, quality_reference or (reference or {}).get("quality_reference"), flag=True)
     ratio = values.get("max_fid_ratio")
-    if ratio is not None and not teacher:
+    if ratio is not None and not reference:
         raise ConfigError(
             f"--max-fid-ratio needs the reference's FID, which study {study_name!r} has not recorded (a search "
-            "measures the teacher before its first trial); resume the search, or limit the absolute FID with --max-fid"
+            "measures the reference before its first trial); resume the search, or limit the absolute FID with "
+            "--max-fid"
         )
-    if ratio is not None and not (_finite(teacher.get("fid")) and teacher["fid"] > REFERENCE_FID):
+    if ratio is not None and not (_finite(reference.get("fid")) and reference["fid"] > REFERENCE_FID):
         raise ConfigError(
             f"--max-fid-ratio {ratio:g} needs the reference's FID > 0, but study {study_name!r} records "
-            f"fid={teacher.get('fid')} for it (0 where FID is measured against the reference's own samples); limit "
+            f"fid={reference.get('fid')} for it (0 where FID is measured against the reference's own samples); limit "
             "the absolute FID with --max-fid, or the fidelity to the reference with --min-psnr"
         )
-    return resolve_limits(values, teacher)
+    return resolve_limits(values, reference)
 
 
 def default_goal(values: dict[str, float | None], quality: str) -> str:
@@ -167,15 +169,15 @@ def default_goal(values: dict[str, float | None], quality: str) -> str:
     return "latency_ms" if asks_quality else quality
 
 
-TEACHER_NUMBERS = ("fid", "fid_std", "latency_ms", "nfe", "quality_samples", "psnr_vs_ode", "adherence")
+REFERENCE_NUMBERS = ("fid", "fid_std", "latency_ms", "nfe", "quality_samples", "psnr_vs_ode", "adherence")
 
 
-def _checked_teacher(teacher: dict, study_name: str) -> dict:
+def _checked_reference(reference: dict, study_name: str) -> dict:
     """The study's reference row, its figures numbers in range (or null); else refused."""
-    if not isinstance(teacher, dict):
-        raise ConfigError(f"study {study_name!r}: its reference row holds {type(teacher).__name__}, not figures")
-    for key in TEACHER_NUMBERS:
-        value = teacher.get(key)
+    if not isinstance(reference, dict):
+        raise ConfigError(f"study {study_name!r}: its reference row holds {type(reference).__name__}, not figures")
+    for key in REFERENCE_NUMBERS:
+        value = reference.get(key)
         if value is None:
             continue
         if not _finite(value) or not _in_range(key, float(value)):
@@ -183,7 +185,7 @@ def _checked_teacher(teacher: dict, study_name: str) -> dict:
                 f"study {study_name!r}: the reference's {key}={json.dumps(value)} is not valid; valid: "
                 f"{_valid_range(key)} or null"
             )
-    return teacher
+    return reference
 
 
 def _standards_with(standards: pd.DataFrame, columns: list[str], study_name: str) -> pd.DataFrame:
@@ -220,8 +222,8 @@ def explain_plan(
             raise ConfigError(f"{name} {metric!r} is not a measured metric; valid: {', '.join(DIRECTIONS)}")
     check_limit_flags(values)
     run = read_run(run_dir, storage, study_name)
-    teacher, name = run.teacher, run.study_name
-    limits = plan_limits(values, teacher, name, run.quality_reference)
+    reference, name = run.reference, run.study_name
+    limits = plan_limits(values, reference, name, run.quality_reference)
     goal = goal or default_goal(values, quality)
     front = run.front
     used = ["trial", "nfe", "latency_ms", "fid", quality, goal, *(limit.metric for limit in limits)]
@@ -231,15 +233,15 @@ def explain_plan(
     _check_metric(front, "--quality", quality, name)
     _check_metric(front, "--minimize", goal, name)
     standards = _standards_with(run.standards, list(dict.fromkeys(used)), name)
-    noise = run_noise(run_dir, [front, standards], teacher, run.quality_reference)
+    noise = run_noise(run_dir, [front, standards], reference, run.quality_reference)
     choice = choose_with_noise(front, limits, goal, noise)
     wanted = f"{_goal_words(goal)} within {describe_limits(limits)}"
     if choice.row is None:
         misses = ", ".join(f"{LIMIT_OPTIONS[option].flag} by {excess:.4g}" for option, excess in choice.misses.items())
         lines = [f"no front plan is {wanted}; the closest misses {misses}:"]
-        lines += _describe_row(choice.closest, run_dir, quality, teacher, noise)
-        return "\n".join(lines + _noise_lines(front, noise, teacher)), False
-    lines = [f"{wanted}:"] + _describe_row(choice.row, run_dir, quality, teacher, noise)
+        lines += _describe_row(choice.closest, run_dir, quality, reference, noise)
+        return "\n".join(lines + _noise_lines(front, noise, reference)), False
+    lines = [f"{wanted}:"] + _describe_row(choice.row, run_dir, quality, reference, noise)
     lines += [f"  {tie}" for tie in choice.ties]
     standard = choose_with_noise(standards, limits, goal, noise).row
     if _tag(choice.row):
@@ -251,10 +253,10 @@ def explain_plan(
             f"  vs the best standard configuration within them ({standard['warm_start']}): "
             f"{_comparison(choice.row, standard, quality, noise)}"
         )
-    return "\n".join(lines + _noise_lines(front, noise, teacher)), True
+    return "\n".join(lines + _noise_lines(front, noise, reference)), True
 
 
-def _noise_lines(front: pd.DataFrame, noise: Noise | None, teacher: dict | None) -> list[str]:
+def _noise_lines(front: pd.DataFrame, noise: Noise | None, reference: dict | None) -> list[str]:
     """What the intervals say about the whole front, and where there are none."""
     if noise is None:
         return []
@@ -265,7 +267,7 @@ def _noise_lines(front: pd.DataFrame, noise: Noise | None, teacher: dict | None)
         trials = ", ".join(str(number) for number in noise.missing)
         lines.append(f"  (no paired interval for trial(s) {trials}: their image features are not in this run folder)")
     if noise.cannot_tell_apart(front):
-        real_data = (teacher or {}).get("quality_reference") != TEACHER_SAMPLES
+        real_data = (reference or {}).get("quality_reference") != REFERENCE_SAMPLES
         lines.append(cannot_tell_sentence(noise.samples, real_data))
     return lines
 
@@ -283,18 +285,18 @@ def _goal_words(goal: str) -> str:
 
 
 def _describe_row(
-    row: pd.Series, run_dir: Path, quality: str, teacher: dict | None, noise: Noise | None = None
+    row: pd.Series, run_dir: Path, quality: str, reference: dict | None, noise: Noise | None = None
 ) -> list[str]:
-    """The plan's figures with their intervals, how it compares with the teacher, and how to use it."""
+    """The plan's figures with their intervals, how it compares with the reference, and how to use it."""
     recipe = recipe_path(run_dir, int(row["trial"]))
     lines = [
         f"  trial {int(row['trial'])}{f' ({_tag(row)})' if _tag(row) else ''}: {row.get('scheduler_class', '?')}, "
         f"timesteps {row.get('timesteps', '?')}",
         "  " + "   ".join(figure for figure in _figures(row, quality, noise) if figure),
     ]
-    if teacher:
-        steps = teacher.get("timesteps", "?")
-        lines.append(f"  vs the reference ({steps} steps): {_comparison(row, teacher, quality, noise)}")
+    if reference:
+        steps = reference.get("timesteps", "?")
+        lines.append(f"  vs the reference ({steps} steps): {_comparison(row, reference, quality, noise)}")
     quoted = shlex.quote(str(recipe))
     if recipe.is_file():
         lines += [f"  recipe: {quoted}", f"  apply:  python -m autoaccel apply {quoted} --out samples --n 16"]
@@ -330,7 +332,7 @@ def _figures(row: pd.Series, quality: str, noise: Noise | None) -> list[str]:
 
 
 def _comparison(row: pd.Series, other, quality: str, noise: Noise | None = None) -> str:
-    """Speed-up and quality of ``row`` against ``other`` (the teacher, a standard configuration): a ratio of the
+    """Speed-up and quality of ``row`` against ``other`` (the reference, a standard configuration): a ratio of the
     quality figures where the other's is positive, else their difference (a reference scored against its own
     samples has FID 0); with intervals, the paired interval and whether it is a tie."""
     parts = []
@@ -341,11 +343,11 @@ def _comparison(row: pd.Series, other, quality: str, noise: Noise | None = None)
     if not (_finite(value) and _finite(other_value)):
         return ", ".join(parts) or "no comparable figures"
     change = f"{quality} {float(other_value):.4g} -> {float(value):.4g}"
-    teacher = "trial" not in other
+    against_reference = "trial" not in other
     interval = None
     if noise is not None and quality == "fid":
-        interval = noise.ratio(row) if teacher else noise.difference(row, other)
-    if interval is not None and teacher:
+        interval = noise.ratio(row) if against_reference else noise.difference(row, other)
+    if interval is not None and against_reference:
         tie = f", a tie with 1 at {noise.samples} samples" if interval.covers(1.0) else ""
         parts.append(f"{change} ({interval.value:.2f}x {interval.bounds()}{tie})")
     elif interval is not None:

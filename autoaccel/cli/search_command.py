@@ -12,9 +12,10 @@ from autoaccel.front.limits import describe_limits, limits_in_force
 from autoaccel.front.pareto import front_numbers
 from autoaccel.search.confirm import confirm_before_report
 from autoaccel.search.estimate import estimate_search
+from autoaccel.search.ledger import reference_row
 from autoaccel.search.liveness import LivenessSettings
 from autoaccel.search.loop import LoopBudget, run_search, standard_configurations
-from autoaccel.search.run import ensure_teacher, make_ladder, prepare_run
+from autoaccel.search.run import ensure_reference, make_ladder, prepare_run
 from autoaccel.techniques.base import plan_label
 from autoaccel.util.progress import StageLine, duration, reporting
 
@@ -98,8 +99,8 @@ def _run(context, config: DictConfig, log) -> Path:
         context.estimate = estimate_search(context, max(0, trials - done), warm_starts)
         shared = " for the study's remaining trials, all workers together" if config.storage else ""
         log(f"estimate{shared}: {context.estimate.describe()}")
-        ensure_teacher(context, log)
-    limits = limits_in_force(config.budget, context.ledger.study.user_attrs.get("teacher"))
+        ensure_reference(context, log)
+    limits = limits_in_force(config.budget, reference_row(context.ledger.study))
     budget = LoopBudget(
         trials=trials, max_minutes=config.budget.max_minutes, limits=limits, concurrent=int(config.budget.concurrent)
     )

@@ -14,7 +14,7 @@ MAIN_KEYS = (
     ("budget.max_minutes, budget.max_latency_ms, budget.max_nfe", None, "time budget and deployment limits"),
     ("budget.max_train_minutes", None, "cap on one candidate's training (distillation, recovery); longer fails it"),
     ("budget.max_memory_mb, budget.max_bytes", None, "more deployment limits"),
-    ("budget.max_fid, budget.max_fid_ratio, budget.min_psnr", None, "quality limits (ratio: times the teacher's FID)"),
+    ("budget.max_fid, budget.max_fid_ratio, budget.min_psnr", None, "quality limits (ratio: to the reference's FID)"),
     ("budget.min_adherence", None, "share (0-1) of images read as their requested class (embedded digit models)"),
     ("quality.samples, quality.seed", None, "images per candidate and the seed fixing their noise and labels"),
     ("fidelity.levels, fidelity.z", None, "multi-fidelity sample counts (ascending) and promotion optimism"),
@@ -24,7 +24,7 @@ MAIN_KEYS = (
     ("study_name, storage", "<target>-<space>, SQLite in the run folder", "the ledger; the same name resumes"),
     ("report.dir, report.grid_images", None, "where runs go (<report.dir>/<study_name>/), images per grid"),
     ("report.wandb", None, "also log the run to W&B"),
-    ("cache_dir", "$AUTOACCEL_CACHE_DIR or ~/.cache/autoaccel", "cached teacher samples and reference statistics"),
+    ("cache_dir", "$AUTOACCEL_CACHE_DIR or ~/.cache/autoaccel", "cached reference samples and FID statistics"),
 )
 
 

@@ -83,6 +83,7 @@ def run_workers(count: int, overrides: list[str], log=print) -> int:
     from autoaccel.front.limits import limits_in_force
     from autoaccel.report.build import build_report
     from autoaccel.search.confirm import confirm_before_report
+    from autoaccel.search.ledger import reference_row
     from autoaccel.search.run import open_run, study_name_for
 
     config = compose_config(overrides)
@@ -114,7 +115,7 @@ def run_workers(count: int, overrides: list[str], log=print) -> int:
     if len(failed) == count:
         raise ConfigError(f"all {count} workers exited with an error (codes {failed}); see their messages above")
     context = open_run(Path(config.report.dir) / study_name_for(config))
-    limits = limits_in_force(context.config.budget, context.ledger.study.user_attrs.get("teacher"))
+    limits = limits_in_force(context.config.budget, reference_row(context.ledger.study))
     confirm_before_report(context, limits, log)  # every worker has stopped: the front is timed side by side alone
     index = build_report(context, log)
     log(f"report: {index}")

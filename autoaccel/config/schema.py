@@ -46,8 +46,8 @@ class BudgetConfig:
     max_memory_mb: float | None = None
     max_bytes: float | None = None
     max_fid: float | None = None
-    max_fid_ratio: float | None = None  # times the teacher's FID, measured in the same run on the same seeds
-    min_psnr: float | None = None  # dB against the teacher's ODE solution from the same noise
+    max_fid_ratio: float | None = None  # times the reference's FID, measured in the same run on the same seeds
+    min_psnr: float | None = None  # dB against the reference's ODE solution from the same noise
     min_adherence: float | None = None  # share of images read as their requested class (embedded digit models)
     warm_start_steps: list[int] = field(default_factory=lambda: [4, 6, 10])
 

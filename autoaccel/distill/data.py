@@ -14,7 +14,7 @@ import torch
 from autoaccel.distill.diffusion import alpha_sigma, alphas_cumprod, prediction_to_x0
 from autoaccel.pipeline.seeds import make_seed_batch
 from autoaccel.reference.calibration import clean_samples as reference_samples
-from autoaccel.reference.teacher import ode_reference_pipeline
+from autoaccel.reference.sampling import ode_reference_pipeline
 from autoaccel.targets.conditions import concat_keywords
 from autoaccel.targets.denoisers import predict
 

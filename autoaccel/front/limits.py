@@ -1,6 +1,6 @@
-"""Limits: the question a user asks of a front ("the fastest plan whose FID is within 1.25x of the teacher's,
+"""Limits: the question a user asks of a front ("the fastest plan whose FID is within 1.25x of the reference's,
 under 100 ms"). Deployment limits (latency, NFE, memory, bytes) and quality limits (FID, FID relative to the
-teacher, fidelity to the teacher's ODE solution) are one kind of thing: a bound on a measured figure.
+reference, fidelity to the reference's ODE solution) are one kind of thing: a bound on a measured figure.
 
 Limits are part of the question, not of the measurement: every front is built from the measured figures with
 the limits in force when it is built, so setting, changing or removing one never needs a new measurement.
@@ -16,6 +16,8 @@ from typing import Any
 
 from autoaccel.errors import ConfigError
 
+REFERENCE_SAMPLES = "reference-samples"  # a target whose FID reference is the reference call's own samples
+
 
 @dataclass(frozen=True)
 class LimitOption:
@@ -26,7 +28,7 @@ class LimitOption:
     upper: bool  # the metric must be at most the bound (else at least)
     meaning: str
     quality: bool = False  # a quality limit: ``plan`` then looks for the fastest plan that meets it
-    teacher_ratio: bool = False  # the value is a multiple of the teacher's figure, measured in the same run
+    reference_ratio: bool = False  # the value is a multiple of the reference's figure, measured in the same run
 
     @property
     def flag(self) -> str:
@@ -41,8 +43,8 @@ LIMIT_OPTIONS: dict[str, LimitOption] = {
         LimitOption("max_memory_mb", "peak_memory_mb", True, "peak memory, MB"),
         LimitOption("max_bytes", "model_bytes", True, "the model's bytes"),
         LimitOption("max_fid", "fid", True, "FID", quality=True),
-        LimitOption("max_fid_ratio", "fid", True, "FID as a multiple of the teacher's", True, True),
-        LimitOption("min_psnr", "psnr_vs_ode", False, "PSNR against the teacher's ODE solution, dB", quality=True),
+        LimitOption("max_fid_ratio", "fid", True, "FID as a multiple of the reference's", True, True),
+        LimitOption("min_psnr", "psnr_vs_ode", False, "PSNR against the reference's ODE solution, dB", quality=True),
         LimitOption(
             "min_adherence", "adherence", False, "share of images read as their requested class, 0-1", quality=True
         ),
@@ -58,8 +60,8 @@ class Limit:
     metric: str
     bound: float
     upper: bool = True
-    stated: str = ""  # how the user stated it, when that differs from the bound (a ratio to the teacher)
-    ratio: float | None = None  # the multiple of the teacher's figure, for a limit stated as one
+    stated: str = ""  # how the user stated it, when that differs from the bound (a ratio to the reference)
+    ratio: float | None = None  # the multiple of the reference's figure, for a limit stated as one
 
     def fits(self, value: Any) -> bool:
         """A figure that was not measured (None, NaN) fits no limit."""
@@ -84,11 +86,11 @@ class Limit:
         return f"{text} ({self.stated})" if self.stated else text
 
 
-def resolve_limits(values: Mapping[str, Any], teacher: Mapping[str, Any] | None) -> list[Limit]:
+def resolve_limits(values: Mapping[str, Any], reference: Mapping[str, Any] | None) -> list[Limit]:
     """The limits stated in ``values`` (option name -> value or None), in ``LIMIT_OPTIONS`` order.
 
-    A ratio to the teacher becomes an absolute bound through the teacher's figure; before the teacher is measured
-    that bound is NaN, which nothing fits.
+    A ratio to the reference becomes an absolute bound through the reference's figure (``reference``: the reference
+    call's figures); before the reference is measured that bound is NaN, which nothing fits.
     """
     unknown = sorted(set(values) - set(LIMIT_OPTIONS))
     if unknown:
@@ -101,20 +103,20 @@ def resolve_limits(values: Mapping[str, Any], teacher: Mapping[str, Any] | None)
         check_limit_value(option, value)
         stated = ""
         bound = float(value)
-        ratio = float(value) if option.teacher_ratio else None
-        if option.teacher_ratio:
-            reference = (teacher or {}).get(option.metric)
-            known = isinstance(reference, numbers.Real) and math.isfinite(reference)
-            bound = bound * reference if known else math.nan
-            teacher_figure = f"{reference:.4g}" if known else "not measured yet"
-            stated = f"{value:g}x the reference's {option.metric} {teacher_figure}"
+        ratio = float(value) if option.reference_ratio else None
+        if option.reference_ratio:
+            figure = (reference or {}).get(option.metric)
+            known = isinstance(figure, numbers.Real) and math.isfinite(figure)
+            bound = bound * figure if known else math.nan
+            shown = f"{figure:.4g}" if known else "not measured yet"
+            stated = f"{value:g}x the reference's {option.metric} {shown}"
         limits.append(Limit(name, option.metric, bound, option.upper, stated, ratio))
     return limits
 
 
-def limits_in_force(budget: Mapping[str, Any], teacher: Mapping[str, Any] | None) -> list[Limit]:
+def limits_in_force(budget: Mapping[str, Any], reference: Mapping[str, Any] | None) -> list[Limit]:
     """The limits a configuration's ``budget`` section sets."""
-    return resolve_limits({name: budget.get(name) for name in LIMIT_OPTIONS}, teacher)
+    return resolve_limits({name: budget.get(name) for name in LIMIT_OPTIONS}, reference)
 
 
 def check_limit_value(option: LimitOption, value: Any, as_flag: bool = False) -> None:
@@ -127,12 +129,12 @@ def check_limit_value(option: LimitOption, value: Any, as_flag: bool = False) ->
         raise ConfigError(f"{stated} is not valid; it must be {valid} ({option.meaning}), or {unset} for no limit")
 
 
-def check_teacher_ratios(values: Mapping[str, Any], quality_reference: str | None, flag: bool = False) -> None:
-    """A ratio to the teacher's FID needs FID measured against independent data: where the reference images are the
-    teacher's own samples (``teacher-samples``), the teacher's FID is 0 by construction and no ratio selects a
-    plan."""
+def check_reference_ratios(values: Mapping[str, Any], quality_reference: str | None, flag: bool = False) -> None:
+    """A ratio to the reference's FID needs FID measured against independent data: where the reference images are
+    the reference call's own samples (``reference-samples``), the reference's FID is 0 by construction and no
+    ratio selects a plan."""
     for name, option in LIMIT_OPTIONS.items():
-        if option.teacher_ratio and values.get(name) is not None and quality_reference == "teacher-samples":
+        if option.reference_ratio and values.get(name) is not None and quality_reference == REFERENCE_SAMPLES:
             stated = option.flag if flag else f"budget.{name}"
             raise ConfigError(
                 f"{stated}={values[name]} compares with the reference's {option.metric}, but this model's "

@@ -29,7 +29,7 @@ from autoaccel.plan.artifact_index import plan_prefix_key
 from autoaccel.plan.candidate import Candidate, cost_key
 from autoaccel.plan.identity import plan_key
 from autoaccel.plan.steps import Plan
-from autoaccel.reference.teacher import teacher_pipeline
+from autoaccel.reference.sampling import reference_pipeline
 from autoaccel.space.spaces import SearchSpace
 from autoaccel.targets.base import Target
 from autoaccel.techniques.base import COMPILE_SECONDS, TRAIN_MINUTES, simulations
@@ -106,7 +106,7 @@ class Evaluator:
             )
         return self.judges[samples]
 
-    def structure_key(self, pipeline, teacher: bool = False) -> str:
+    def structure_key(self, pipeline, reference_call: bool = False) -> str:
         """What cost depends on: the unet's size, the scheduler class, unet calls per image, the batch size, the
         quantized kernels a plan runs (none on CPU), and what each applied technique says changes cost
         (``Technique.cost_key``), so a technique that changes cost but not size or calls is timed on its own."""
@@ -117,24 +117,24 @@ class Evaluator:
             "batch": self.cost_settings.batch_size,
             "kernels": kernel_key(pipeline.denoiser),
         }
-        if teacher:  # the reference call runs its scheduler natively: timed on its own
+        if reference_call:  # the reference call runs its scheduler natively: timed on its own
             measured["reference"] = self.target.reference
         return cost_key(measured, pipeline.plan.techniques)
 
-    def _cost(self, pipeline, teacher: bool = False) -> tuple[CostMeasurement, bool]:
-        key = self.structure_key(pipeline, teacher)
+    def _cost(self, pipeline, reference_call: bool = False) -> tuple[CostMeasurement, bool]:
+        key = self.structure_key(pipeline, reference_call)
         if key in self.cost_cache:
             return self.cost_cache[key], True
         with self.gate.exclusive():
             if key in self.cost_cache:  # measured by a concurrent trial while this one waited
                 return self.cost_cache[key], True
-            return self._measure_cost(pipeline, key, teacher), False
+            return self._measure_cost(pipeline, key, reference_call), False
 
-    def _measure_cost(self, pipeline, key: str, teacher: bool) -> CostMeasurement:
+    def _measure_cost(self, pipeline, key: str, reference_call: bool) -> CostMeasurement:
         seeds = self.judge.deployment_seeds(self.cost_settings.batch_size)
         warmup, repeats = self.cost_settings.warmup, self.cost_settings.repeats
         options, progress = {}, None
-        if teacher and pipeline.denoiser_calls > LONG_CALL_STEPS:
+        if reference_call and pipeline.denoiser_calls > LONG_CALL_STEPS:
             # one call is already hundreds of steps long: timed once, without warm-up (the report says so), with
             # a line every few seconds on how far it got
             warmup, repeats = 0, 1
@@ -151,7 +151,7 @@ class Evaluator:
         return cost
 
     def _measure_pipeline(
-        self, pipeline, images: torch.Tensor, details: dict, judge: QualityJudge, teacher: bool = False
+        self, pipeline, images: torch.Tensor, details: dict, judge: QualityJudge, reference_call: bool = False
     ) -> Measurement:
         if not torch.isfinite(images).all():
             bad = int((~torch.isfinite(images)).flatten(1).any(dim=1).sum())
@@ -159,8 +159,8 @@ class Evaluator:
         nfe = pipeline.denoiser_calls
         with self.gate.shared():
             metrics, features = judge.score_with_features(images)
-        self._keep_features(details["candidate_key"], judge, features, teacher)
-        cost, reused = self._cost(pipeline, teacher)
+        self._keep_features(details["candidate_key"], judge, features, reference_call)
+        cost, reused = self._cost(pipeline, reference_call)
         metrics.update(
             nfe=float(nfe),
             latency_ms=cost.latency_ms,
@@ -194,7 +194,7 @@ class Evaluator:
             denoiser_calls=int(getattr(pipeline, "model_calls", 0)) or None,  # beside nfe, which counts cached calls
             guidance_scale=pipeline.plan.guidance_scale,
             cost_reused=reused,
-            cost_key=structure_id(self.structure_key(pipeline, teacher)),
+            cost_key=structure_id(self.structure_key(pipeline, reference_call)),
             timing_exclusive=cost.exclusive,
             background_cores=cost.background_cores,
             memory_kind=cost.memory_kind,
@@ -208,12 +208,14 @@ class Evaluator:
         )
         return Measurement(COMPLETE, metrics=metrics, details=details)
 
-    def _keep_features(self, candidate_key: str, judge: QualityJudge, features: torch.Tensor, teacher: bool) -> None:
+    def _keep_features(
+        self, candidate_key: str, judge: QualityJudge, features: torch.Tensor, reference_call: bool
+    ) -> None:
         """The images' FID features in the run folder, for the paired intervals of the report and ``plan``; a
         folder that cannot take them costs those intervals (the report says so), not the trial."""
         if self.features is None:
             return
-        name = kind_set(REFERENCE_CALL, judge.samples) if teacher else plan_set(candidate_key, judge.samples)
+        name = kind_set(REFERENCE_CALL, judge.samples) if reference_call else plan_set(candidate_key, judge.samples)
         with contextlib.suppress(OSError):
             self.features.put(name, features, self.target.quality.extractor, judge.seeds.seed)
 
@@ -302,17 +304,17 @@ class Evaluator:
         measurement.details["seconds"] = round(time.perf_counter() - started, 3)
         return measurement
 
-    def evaluate_teacher(self) -> Measurement:
+    def evaluate_reference(self) -> Measurement:
         """The reference call (the pipeline's default call, or ``target.reference``) on the same seeds: the
         report's reference row."""
         started = time.perf_counter()
-        pipeline = teacher_pipeline(self.target)
+        pipeline = reference_pipeline(self.target)
         with self.gate.shared():
-            images = self.judge.teacher_images()
+            images = self.judge.reference_call_images()
         pipeline.set_schedule(pipeline.denoiser.device)
         calls_per_step = 2 if pipeline.guided else 1
         pipeline.denoiser_calls = reference_calls(pipeline) * calls_per_step
-        details = {"candidate_key": "teacher", "reference": self.target.reference}
-        measurement = self._measure_pipeline(pipeline, images, details, self.judge, teacher=True)
+        details = {"candidate_key": "reference", "reference": self.target.reference}
+        measurement = self._measure_pipeline(pipeline, images, details, self.judge, reference_call=True)
         measurement.details["seconds"] = round(time.perf_counter() - started, 3)
         return measurement

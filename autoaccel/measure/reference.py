@@ -53,7 +53,12 @@ from autoaccel.metrics.quality import (
     tensor_digest,
 )
 from autoaccel.pipeline.seeds import SeedBatch, make_seed_batch, sample_in_chunks
-from autoaccel.reference.teacher import ODE_REFERENCE_STEPS, ode_reference_pipeline, parse_reference, teacher_pipeline
+from autoaccel.reference.sampling import (
+    ODE_REFERENCE_STEPS,
+    ode_reference_pipeline,
+    parse_reference,
+    reference_pipeline,
+)
 from autoaccel.targets.base import Target
 from autoaccel.techniques.base import sampler_adds_noise
 from autoaccel.util.files import write_atomically
@@ -111,7 +116,7 @@ class QualityJudge:
         self.cache_dir = Path(cache_dir)
         self.chunk_size = chunk_size
         self.seeds = make_seed_batch(target.sample_shape, samples, seed, target.condition_count)
-        self._teacher_images: torch.Tensor | None = None
+        self._reference_call_images: torch.Tensor | None = None
         self._ode_images: torch.Tensor | None = None
         self._ode_features: torch.Tensor | None = None
         self._inception_reference: torch.Tensor | None = None
@@ -141,19 +146,19 @@ class QualityJudge:
         write_atomically(path, lambda temporary: torch.save(images, temporary))
         return images
 
-    def teacher_images(self) -> torch.Tensor:
+    def reference_call_images(self) -> torch.Tensor:
         with self._lock:
-            return self._teacher()
+            return self._reference_call()
 
-    def _teacher(self) -> torch.Tensor:
-        if self._teacher_images is None:
-            self._teacher_images = self._cached(
+    def _reference_call(self) -> torch.Tensor:
+        if self._reference_call_images is None:
+            self._reference_call_images = self._cached(
                 f"reference-{self.target.reference}",
                 lambda: sample_in_chunks(
-                    teacher_pipeline(self.target), self.seeds, self.chunk_size, self._progress("reference")
+                    reference_pipeline(self.target), self.seeds, self.chunk_size, self._progress("reference")
                 ),
             )
-        return self._teacher_images
+        return self._reference_call_images
 
     def ode_images(self) -> torch.Tensor:
         with self._lock:
@@ -180,8 +185,8 @@ class QualityJudge:
             keep = torch.ones(len(real), dtype=torch.bool)
             keep[held_out] = False
             return real[keep], f"real-{tensor_digest(real)}-less-{tensor_digest(held_out)}"
-        teacher = to_uint8(self.teacher_images())
-        return teacher, f"teacher-{tensor_digest(teacher)}"
+        call = to_uint8(self.reference_call_images())
+        return call, f"reference-call-{tensor_digest(call)}"
 
     def held_out_indices(self) -> torch.Tensor | None:
         """Indices of the real images held out for the floor (see ``held_out_split``); None without real data or
@@ -219,7 +224,7 @@ class QualityJudge:
                         return None
                     images = self.target.real_images[held_out]
                 elif kind == REFERENCE_CALL:
-                    images = to_uint8(self._teacher())
+                    images = to_uint8(self._reference_call())
                 elif kind == ODE:
                     images = to_uint8(self._ode())
                 else:

@@ -1,6 +1,6 @@
 """Quality of a candidate's images: FID, KID (with its std), precision/recall through torch-fidelity, and
-per-sample fidelity (PSNR, SSIM, feature distance) to the teacher's deterministic many-step solution from the
-same noise.
+per-sample fidelity (PSNR, SSIM, feature distance) to the reference's deterministic many-step solution from
+the same noise.
 
 FID at a small sample count is biased and rewards samples that lost diversity; precision/recall make such a
 point visible, and FIDs are only ever compared at the same sample count on the same seeds. Paired measures need

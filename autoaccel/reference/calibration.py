@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from autoaccel.pipeline.seeds import make_seed_batch
-from autoaccel.reference.teacher import ode_reference_pipeline
+from autoaccel.reference.sampling import ode_reference_pipeline
 from autoaccel.techniques.timesteps import TimestepsConfig, apply_timesteps
 from autoaccel.util.interrupts import raise_if_cancelled
 from autoaccel.util.progress import Progress

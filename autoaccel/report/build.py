@@ -24,8 +24,8 @@ from autoaccel.pipeline.seeds import sample_in_chunks
 from autoaccel.plan.apply import build_pipeline
 from autoaccel.plan.candidate import Candidate
 from autoaccel.plan.recipe import apply_recipe, build_recipe, save_recipe
-from autoaccel.report.files import TEACHER_FILE, recipe_name
-from autoaccel.report.html import TEACHER_GRID, figure_text, write_html
+from autoaccel.report.files import REFERENCE_FILE, recipe_name
+from autoaccel.report.html import REFERENCE_GRID, figure_text, write_html
 from autoaccel.report.noise import (
     INTERVAL_COLUMNS,
     cannot_tell_sentence,
@@ -36,12 +36,14 @@ from autoaccel.report.noise import (
 from autoaccel.report.plots import hypervolume_plot, pareto_plot
 from autoaccel.report.recommend import recommendation_ties, recommended_plans
 from autoaccel.search.confirm import confirmation_sentence, shared_load_sentence
-from autoaccel.search.ledger import CONFIRMATION, DETAIL_PREFIX
+from autoaccel.search.ledger import CONFIRMATION, DETAIL_PREFIX, reference_row
 from autoaccel.util.artifacts import ARTIFACTS_DIR, ArtifactRef
 from autoaccel.util.files import write_atomically
 from autoaccel.util.imaging import save_grid
 
 SKIP_MISSING_FLAG = "--skip-missing-artifacts"
+# the reference's file and grid under the names reports wrote before reference.json: a report written now replaces them
+OLD_REPORT_FILES = ("teacher.json", "grids/teacher.png")
 PARETO_COLUMNS = [
     "trial",
     *METRIC_COLUMNS,
@@ -172,8 +174,8 @@ def build_report(context, log=print, skip_missing_artifacts: bool | None = None)
     study in a shared storage, whose workers keep their artifacts on their own machines): then that plan keeps its
     row but gets no recipe and no grid, and the log and the page say so. Nothing is trained again."""
     run_dir = context.run_dir
-    teacher = context.ledger.study.user_attrs.get("teacher")
-    limits = limits_in_force(context.config.budget, teacher)
+    reference = reference_row(context.ledger.study)
+    limits = limits_in_force(context.config.budget, reference)
     trials = context.ledger.trials_frame(limits)
     numbers = front_numbers(trials, context.objectives)
     front = front_frame(trials, numbers) if numbers else pd.DataFrame(columns=PARETO_COLUMNS)
@@ -183,10 +185,10 @@ def build_report(context, log=print, skip_missing_artifacts: bool | None = None)
     grid_count = min(int(context.config.report.grid_images), context.judge.samples)
     grid_seeds = context.judge.seeds.head(grid_count)
     grids: dict[str, str] = {}
-    if teacher:
-        save_grid(context.judge.teacher_images()[:grid_count], run_dir / TEACHER_GRID)
-        grids[f"reference ({teacher.get('timesteps')} steps), fid {figure_text(teacher.get('fid', math.nan))}"] = (
-            TEACHER_GRID
+    if reference:
+        save_grid(context.judge.reference_call_images()[:grid_count], run_dir / REFERENCE_GRID)
+        grids[f"reference ({reference.get('timesteps')} steps), fid {figure_text(reference.get('fid', math.nan))}"] = (
+            REFERENCE_GRID
         )
     recipe_paths = []
     for _, row in front.iterrows():
@@ -209,27 +211,29 @@ def build_report(context, log=print, skip_missing_artifacts: bool | None = None)
     standards = complete[complete["warm_start"] != ""] if not complete.empty else complete
     floor = context.judge.fid_floor() if not complete.empty else None
     if not complete.empty:  # the fixed sets' features, beside the plans' the search kept, for plan's intervals
-        context.judge.keep_features(FeatureStore(run_dir / FEATURES_DIR), reference_call=bool(teacher))
-    noise = run_noise(run_dir, [front, standards], teacher, context.target.quality.kind)
+        context.judge.keep_features(FeatureStore(run_dir / FEATURES_DIR), reference_call=bool(reference))
+    noise = run_noise(run_dir, [front, standards], reference, context.target.quality.kind)
     front, standards = with_intervals(front, noise), with_intervals(standards, noise)
     trials = _with_trial_intervals(trials, pd.concat([front, standards]))
     trials.to_csv(run_dir / "trials.csv", index=False)
     front.reindex(columns=PARETO_COLUMNS).to_csv(run_dir / "pareto.csv", index=False)
     floor_note = "" if floor or complete.empty else context.judge.floor_absence()
-    reference_interval = noise.fid({}) if noise and teacher else None  # the reference call's own FID interval
+    reference_interval = noise.fid({}) if noise and reference else None  # the reference call's own FID interval
     if reference_interval is not None:
-        teacher = {**teacher, "fid_lo": reference_interval.lo, "fid_hi": reference_interval.hi}
-    teacher_file = {
-        **(teacher or {}),
+        reference = {**reference, "fid_lo": reference_interval.lo, "fid_hi": reference_interval.hi}
+    reference_file = {
+        **(reference or {}),
         "quality_reference": context.target.quality.kind,
         "fid_floor": floor,
         "fid_floor_note": floor_note,
     }
-    write_atomically(run_dir / TEACHER_FILE, lambda path: path.write_text(json.dumps(teacher_file, indent=1)))
+    write_atomically(run_dir / REFERENCE_FILE, lambda path: path.write_text(json.dumps(reference_file, indent=1)))
+    for old in OLD_REPORT_FILES:
+        (run_dir / old).unlink(missing_ok=True)
     pareto_plot(
         trials,
         front,
-        teacher,
+        reference,
         run_dir / "pareto.png",
         title=f"{context.ledger.study_name}",
         floor=None if floor is None else floor["fid"],
@@ -240,12 +244,12 @@ def build_report(context, log=print, skip_missing_artifacts: bool | None = None)
     failures = trials[trials["state"] == "FAIL"] if not trials.empty else trials
     if complete.empty:
         log(f"no trial of study {context.ledger.study_name!r} completed; {_failure_summary(failures)}")
-    recommendations = recommended_plans(front, standards, teacher, knee, context.target.quality.kind, noise=noise)
+    recommendations = recommended_plans(front, standards, reference, knee, context.target.quality.kind, noise=noise)
     real_data = context.target.real_images is not None
     notes = [
         cannot_tell_sentence(noise.samples, real_data) if noise and noise.cannot_tell_apart(front) else "",
         reference_gap_sentence(
-            noise, reference_is_stochastic(context.target), str((teacher or {}).get("reference") or "the reference")
+            noise, reference_is_stochastic(context.target), str((reference or {}).get("reference") or "the reference")
         ),
         *recommendation_ties(recommendations, noise),
     ]
@@ -279,7 +283,7 @@ def build_report(context, log=print, skip_missing_artifacts: bool | None = None)
         summary,
         front,
         standards,
-        teacher,
+        reference,
         grids,
         failures,
         recommendations,
@@ -296,7 +300,7 @@ def build_report(context, log=print, skip_missing_artifacts: bool | None = None)
             OmegaConf.to_container(context.config),
             trials,
             front,
-            teacher,
+            reference,
             hypervolumes,
             grids,
             project=str(context.config.report.wandb_project),

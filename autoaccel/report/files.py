@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-TEACHER_FILE = "teacher.json"  # the teacher's figures, written by the report beside pareto.csv
+REFERENCE_FILE = "reference.json"  # the reference call's figures, written by the report beside pareto.csv
 RECIPES_DIR = "recipes"  # the front plans' recipes
 
 

@@ -18,7 +18,7 @@ from autoaccel.metrics.bootstrap import Interval
 from autoaccel.report.recommend import Recommendation, ratio_goal
 from autoaccel.techniques.base import label_settings
 
-TEACHER_GRID = "grids/teacher.png"
+REFERENCE_GRID = "grids/reference.png"
 APPLY_IMAGES = 16  # images the suggested ``apply`` command writes
 
 # The columns a reader needs to choose a plan; every other figure is in pareto.csv and trials.csv
@@ -103,7 +103,7 @@ img.grid { image-rendering: pixelated; }
 
 
 COUNT_COLUMNS = {"trial", "nfe", "params", "model_bytes"}
-ROUNDING_ZERO = 1e-6  # a teacher's FID against its own samples comes out as -1e-8 or so: it is 0
+ROUNDING_ZERO = 1e-6  # a reference's FID against its own samples comes out as -1e-8 or so: it is 0
 
 
 def figure_text(value, count: bool = False) -> str:
@@ -219,12 +219,12 @@ def _recommendation_rows(recommendation: Recommendation, run_dir: Path) -> str:
     ties = "".join(f'<br><span class="tie">{html.escape(tie)}</span>' for tie in recommendation.ties)
     recipe = str(plan.get("recipe", "") or "")
     recipe_link = f'<a href="{html.escape(recipe)}">{html.escape(Path(recipe).name)}</a>' if recipe else ""
-    vs_teacher = _speedup(recommendation.speedup_vs_teacher, "")
+    vs_reference = _speedup(recommendation.speedup_vs_reference, "")
     cells = [
         goal + ties,
         f'<a href="#trial-{trial}">trial {trial}</a>',
         f"fid {fid}<br>nfe {figure_text(float(plan['nfe']), count=True)}, {float(plan['latency_ms']):.4g} ms",
-        f"<b>{vs_teacher}</b>" if vs_teacher else "",
+        f"<b>{vs_reference}</b>" if vs_reference else "",
         _standard_text(recommendation),
         recipe_link,
     ]
@@ -237,7 +237,7 @@ def _recommendation_rows(recommendation: Recommendation, run_dir: Path) -> str:
 
 
 def _merged(recommendations: list[Recommendation]) -> list[Recommendation]:
-    """FID ratios that no plan can meet for one reason (no usable teacher FID), as one row: said once."""
+    """FID ratios that no plan can meet for one reason (no usable reference FID), as one row: said once."""
     unmet = [item for item in recommendations if item.ratio is not None and item.plan is None and item.standard is None]
     if len(unmet) < 2 or len({item.note for item in unmet}) > 1 or "FID <=" in unmet[0].goal:
         return recommendations  # bounds were computed: each row says how far its own bound is
@@ -246,16 +246,16 @@ def _merged(recommendations: list[Recommendation]) -> list[Recommendation]:
 
 
 def _recommended_section(
-    recommendations: list[Recommendation], teacher: dict | None, run_dir: Path, notes: list[str]
+    recommendations: list[Recommendation], reference: dict | None, run_dir: Path, notes: list[str]
 ) -> str:
     if not recommendations:
         return ""
-    teacher = teacher or {}
-    teacher_text = (
-        f"reference ({teacher.get('timesteps', '')} steps): fid {figure_text(_float(teacher.get('fid')))}, "
-        f"nfe {figure_text(_float(teacher.get('nfe')), count=True)}, "
-        f"{figure_text(_float(teacher.get('latency_ms')))} ms"
-        if teacher
+    reference = reference or {}
+    reference_text = (
+        f"reference ({reference.get('timesteps', '')} steps): fid {figure_text(_float(reference.get('fid')))}, "
+        f"nfe {figure_text(_float(reference.get('nfe')), count=True)}, "
+        f"{figure_text(_float(reference.get('latency_ms')))} ms"
+        if reference
         else "the reference was not measured"
     )
     head = "<tr><th>goal</th><th>plan</th><th>figures</th><th>speed-up vs reference</th>"
@@ -263,7 +263,7 @@ def _recommended_section(
     rows = "".join(_recommendation_rows(recommendation, run_dir) for recommendation in _merged(recommendations))
     listed = "".join(f"<li>{html.escape(note)}</li>" for note in notes)
     return f"""<h2>Recommended plans</h2>
-<p>Measured on this run's seeds, {html.escape(teacher_text)}. Speed-ups are latency ratios at the deployment batch
+<p>Measured on this run's seeds, {html.escape(reference_text)}. Speed-ups are latency ratios at the deployment batch
 size. FID figures carry their 95% paired-bootstrap interval where the run kept the images' features; a plan whose
 interval covers a goal's bound, or whose FID cannot be told from another's, is a tie, and a tie goes to the faster
 plan. Apply a plan with the command under it, or in Python with <code>autoaccel.apply_recipe</code>.</p>
@@ -299,8 +299,8 @@ def _float(value) -> float:
 
 def _grid_pairs(grids: dict[str, str]) -> str:
     """Each plan's grid beside the reference's (the same seeds, so the same digit in the same place)."""
-    teacher = [(label, src) for label, src in grids.items() if src == TEACHER_GRID]
-    plans = [(label, src) for label, src in grids.items() if src != TEACHER_GRID]
+    reference = [(label, src) for label, src in grids.items() if src == REFERENCE_GRID]
+    plans = [(label, src) for label, src in grids.items() if src != REFERENCE_GRID]
 
     def figure(label: str, src: str) -> str:
         return (
@@ -309,24 +309,26 @@ def _grid_pairs(grids: dict[str, str]) -> str:
         )
 
     if not plans:
-        return "".join(f'<div class="pair">{figure(label, src)}</div>' for label, src in teacher)
+        return "".join(f'<div class="pair">{figure(label, src)}</div>' for label, src in reference)
     pairs = []
     for label, src in plans:
         anchor = Path(src).stem.removeprefix("trial-").lstrip("0") or "0"
         pairs.append(
             f'<div class="pair" id="trial-{anchor}">{figure(label, src)}'
-            + "".join(figure(teacher_label, teacher_src) for teacher_label, teacher_src in teacher)
+            + "".join(figure(reference_label, reference_src) for reference_label, reference_src in reference)
             + "</div>"
         )
     return "".join(pairs)
 
 
-def _reference_text(teacher: dict | None) -> str:
+def _reference_text(reference: dict | None) -> str:
     """What the reference row is and how its latency was taken (a long call is timed once, not as a median)."""
-    if not teacher:
+    if not reference:
         return "<p>The reference was not measured.</p>"
-    what = html.escape(str(teacher.get("reference") or f"the model's own sampler, {teacher.get('timesteps')} steps"))
-    method = str(teacher.get("latency_method") or "median")
+    what = html.escape(
+        str(reference.get("reference") or f"the model's own sampler, {reference.get('timesteps')} steps")
+    )
+    method = str(reference.get("latency_method") or "median")
     timing = (
         "Its latency is a single timed call (it is hundreds of steps long), not a median of repeats."
         if method == SINGLE_CALL
@@ -341,7 +343,7 @@ def write_html(
     summary: dict[str, str],
     front: pd.DataFrame,
     standards: pd.DataFrame,
-    teacher: dict | None,
+    reference: dict | None,
     grids: dict[str, str],
     failures: pd.DataFrame,
     recommendations: list[Recommendation] | None = None,
@@ -350,9 +352,9 @@ def write_html(
     """``notes``: what the noise says about the whole front (plans it cannot tell apart, the reference's gap)."""
     front, standards = _with_interval_text(front), _with_interval_text(standards)
     summary_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in summary.items())
-    teacher_frame = _with_interval_text(pd.DataFrame([teacher])) if teacher else pd.DataFrame()
+    reference_frame = _with_interval_text(pd.DataFrame([reference])) if reference else pd.DataFrame()
     memory_header = peak_memory_header(front, standards)
-    teacher_table = _table(teacher_frame, FRONT_COLUMNS[1:-1], memory_header) if teacher else ""
+    reference_table = _table(reference_frame, FRONT_COLUMNS[1:-1], memory_header) if reference else ""
     failure_html = (
         _table(failures, ["trial", *(f"param.{setting}" for setting in label_settings()), "failure"])
         if not failures.empty
@@ -362,7 +364,7 @@ def write_html(
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{STYLE}</style></head><body>
 <h1>{html.escape(title)}</h1>
-{_recommended_section(recommendations or [], teacher, path.parent, notes or [])}
+{_recommended_section(recommendations or [], reference, path.parent, notes or [])}
 <h2>Run</h2>
 <table>{summary_rows}</table>
 <h2>Pareto front</h2>
@@ -377,8 +379,8 @@ All columns: <a href="pareto.csv">pareto.csv</a> (the front), <a href="trials.cs
 <div class="plots"><img src="pareto.png" alt="Pareto plot">
 <img src="hypervolume.png" alt="hypervolume over trials"></div>
 <h2>Reference</h2>
-{_reference_text(teacher)}
-{teacher_table}
+{_reference_text(reference)}
+{reference_table}
 <h2>Standard configurations</h2>
 {_table(standards, ["warm_start", *FRONT_COLUMNS[:-1]], memory_header)}
 <h2>Images (the same seeds: each front plan beside the reference)</h2>

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from autoaccel.front.limits import Limit
+from autoaccel.front.limits import REFERENCE_SAMPLES, Limit
 from autoaccel.front.pareto import BudgetChoice, choose_within
 from autoaccel.measure.feature_store import (
     FEATURES_DIR,
@@ -35,7 +35,6 @@ from autoaccel.measure.feature_store import (
 )
 from autoaccel.metrics.bootstrap import LEVEL, Interval, PairedBootstrap, fid
 
-TEACHER_SAMPLES = "teacher-samples"  # a target whose FID reference is the reference call's own samples
 REPRODUCED = 1e-3  # a kept feature set whose FID differs from the recorded figure by more (relative) is another's
 
 
@@ -147,18 +146,19 @@ def cannot_tell_sentence(samples: int, real_data: bool) -> str:
 def run_noise(
     run_dir: Path,
     rows: Iterable[pd.DataFrame],
-    teacher: Mapping | None,
+    reference_row: Mapping | None,
     quality_reference: str | None,
     quality: str = "fid",
 ) -> Noise | None:
-    """The paired bootstrap of the trials in ``rows`` (front, standard configurations) and the reference call, from
-    the features in ``run_dir``; None where quality is not FID (no interval applies)."""
+    """The paired bootstrap of the trials in ``rows`` (front, standard configurations) and the reference call
+    (``reference_row``: its figures), from the features in ``run_dir``; None where quality is not FID (no interval
+    applies)."""
     if quality != "fid":
         return None
-    teacher = teacher or {}
+    reference_row = reference_row or {}
     frames = [frame for frame in rows if not frame.empty]
-    samples = _run_samples(teacher, frames)
-    paired_reference = quality_reference == TEACHER_SAMPLES
+    samples = _run_samples(reference_row, frames)
+    paired_reference = quality_reference == REFERENCE_SAMPLES
     if samples is None:
         return Noise(0, None, paired_reference=paired_reference, reason="no trial was scored")
     store = FeatureStore(Path(run_dir) / FEATURES_DIR)
@@ -176,7 +176,7 @@ def run_noise(
     paired: dict[str, np.ndarray] = {}
     sets: dict[int, str] = {}
     base = call or reference
-    if not paired_reference and call is not None and _reproduces(call, reference, teacher.get("fid"), base):
+    if not paired_reference and call is not None and _reproduces(call, reference, reference_row.get("fid"), base):
         paired[REFERENCE_CALL] = call.features.numpy()
     for frame in frames:
         for _, row in frame.iterrows():
@@ -200,9 +200,9 @@ def run_noise(
     return Noise(samples, bootstrap, sets, missing, paired_reference, len(reference.features))
 
 
-def _run_samples(teacher: Mapping, frames: list[pd.DataFrame]) -> int | None:
+def _run_samples(reference_row: Mapping, frames: list[pd.DataFrame]) -> int | None:
     """The run's full sample count: the reference call's, else the most any compared trial was scored on."""
-    counted = _number(teacher.get("quality_samples"))
+    counted = _number(reference_row.get("quality_samples"))
     if counted is not None:
         return int(counted)
     counts = [

@@ -32,7 +32,7 @@ def save_figure(figure, path: Path, dpi: int = 110) -> Path:
 def pareto_plot(
     trials: pd.DataFrame,
     front: pd.DataFrame,
-    teacher: dict | None,
+    reference: dict | None,
     path: Path,
     quality: str = "fid",
     cost: str = "latency_ms",
@@ -78,15 +78,15 @@ def pareto_plot(
                     xytext=(-10, -10),
                     textcoords="offset points",
                 )
-    if teacher and cost in teacher and quality in teacher:
+    if reference and cost in reference and quality in reference:
         axes.scatter(
-            [teacher[cost]],
-            [teacher[quality]],
+            [reference[cost]],
+            [reference[quality]],
             s=120,
             marker="*",
             c="gold",
             edgecolors="k",
-            label=f"reference ({figure_text(teacher.get('nfe', 0), count=True)} NFE)",
+            label=f"reference ({figure_text(reference.get('nfe', 0), count=True)} NFE)",
             zorder=4,
         )
     if floor is not None and quality == "fid" and floor > 0:

@@ -1,7 +1,7 @@
 """The answer a report opens with: which front plan to deploy for a given loss of quality.
 
-For each bound (FID within 1.1x, 1.25x and 1.5x of the teacher's) the fastest front plan that meets it, and the
-knee point; each compared with the teacher and with the best standard configuration (the solvers a user would
+For each bound (FID within 1.1x, 1.25x and 1.5x of the reference's) the fastest front plan that meets it, and the
+knee point; each compared with the reference and with the best standard configuration (the solvers a user would
 try first), so the speed-up shown is what the search gained, not only what fewer steps gave. With the run's
 paired intervals (``autoaccel.report.noise``) a plan whose FID ratio cannot be told from a bound meets it, a tie
 goes to the faster plan, and every comparison says whether it is a tie.
@@ -14,25 +14,25 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from autoaccel.front.limits import Limit
+from autoaccel.front.limits import REFERENCE_SAMPLES, Limit
 from autoaccel.metrics.bootstrap import Interval
-from autoaccel.report.noise import TEACHER_SAMPLES, Noise, choose_with_noise
+from autoaccel.report.noise import Noise, choose_with_noise
 
 FID_RATIOS = (1.1, 1.25, 1.5)
-REFERENCE_FID = 1e-6  # a teacher FID at most this is the teacher scored against its own samples
+REFERENCE_FID = 1e-6  # a reference FID at most this is the reference scored against its own samples
 
 
 @dataclass(frozen=True)
 class Recommendation:
     """One recommended plan, or (``plan`` None) why there is none for this goal."""
 
-    goal: str  # what was asked, e.g. "fastest with FID within 1.25x of the teacher's (FID <= 12.5)"
+    goal: str  # what was asked, e.g. "fastest with FID within 1.25x of the reference's (FID <= 12.5)"
     plan: pd.Series | None  # the front row
     standard: pd.Series | None  # the standard configuration it is compared with
-    speedup_vs_teacher: float | None
+    speedup_vs_reference: float | None
     speedup_vs_standard: float | None
     note: str = ""  # why plan or standard is missing
-    ratio: float | None = None  # the FID ratio to the teacher this goal allows; None for the knee point
+    ratio: float | None = None  # the FID ratio to the reference this goal allows; None for the knee point
     ties: tuple[str, ...] = ()  # where the data could not tell the plan from the bound or a better plan
     fid_interval: Interval | None = None  # the plan's FID with its paired interval
     ratio_interval: Interval | None = None  # the plan's FID over the reference's, with its interval
@@ -84,11 +84,11 @@ def ratio_goal(ratios: list[float]) -> str:
     return f"fastest with FID within {', '.join(f'{ratio:g}x' for ratio in ratios)} of the reference's"
 
 
-def _no_ratio_reason(teacher_fid: float | None, quality_reference: str | None) -> str:
-    """Why no plan can be within a ratio of the teacher's FID, or "" when one can."""
-    if teacher_fid is None:
+def _no_ratio_reason(reference_fid: float | None, quality_reference: str | None) -> str:
+    """Why no plan can be within a ratio of the reference's FID, or "" when one can."""
+    if reference_fid is None:
         return "the reference's FID was not measured"
-    if quality_reference == TEACHER_SAMPLES or teacher_fid <= REFERENCE_FID:
+    if quality_reference == REFERENCE_SAMPLES or reference_fid <= REFERENCE_FID:
         return (
             "FID is measured against the reference's own samples here (the reference's is 0 by construction), so no "
             "ratio to it selects a plan; compare the front's FIDs and psnr_vs_ode in trials.csv instead"
@@ -99,12 +99,12 @@ def _no_ratio_reason(teacher_fid: float | None, quality_reference: str | None) -
 def _within_ratio(
     front: pd.DataFrame,
     standards: pd.DataFrame,
-    teacher: dict,
+    reference: dict,
     ratio: float,
-    teacher_fid: float,
+    reference_fid: float,
     noise: Noise | None,
 ) -> Recommendation:
-    max_fid = ratio * teacher_fid
+    max_fid = ratio * reference_fid
     goal = f"{ratio_goal([ratio])} (FID <= {max_fid:.4g})"
     limits = [Limit("max_fid_ratio", "fid", max_fid, ratio=ratio)]
     choice = choose_with_noise(front, limits, "latency_ms", noise)
@@ -121,7 +121,7 @@ def _within_ratio(
         goal,
         plan,
         standard,
-        None if plan is None else speedup(teacher.get("latency_ms"), plan["latency_ms"]),
+        None if plan is None else speedup(reference.get("latency_ms"), plan["latency_ms"]),
         None if plan is None or standard is None else speedup(standard["latency_ms"], plan["latency_ms"]),
         "; ".join(notes),
         ratio,
@@ -131,7 +131,7 @@ def _within_ratio(
 
 
 def _knee(
-    front: pd.DataFrame, standards: pd.DataFrame, teacher: dict, knee: int | None, noise: Noise | None
+    front: pd.DataFrame, standards: pd.DataFrame, reference: dict, knee: int | None, noise: Noise | None
 ) -> Recommendation:
     goal = "knee point: the balanced plan, closest to the ideal of every objective"
     if knee is None or front.empty:
@@ -142,7 +142,7 @@ def _knee(
         goal,
         plan,
         standard,
-        speedup(teacher.get("latency_ms"), plan["latency_ms"]),
+        speedup(reference.get("latency_ms"), plan["latency_ms"]),
         None if standard is None else speedup(standard["latency_ms"], plan["latency_ms"]),
         "" if standard is not None else "no standard configuration was measured",
         **_intervals(plan, standard, noise),
@@ -152,28 +152,28 @@ def _knee(
 def recommended_plans(
     front: pd.DataFrame,
     standards: pd.DataFrame,
-    teacher: dict | None,
+    reference: dict | None,
     knee: int | None = None,
     quality_reference: str | None = None,
     ratios: tuple[float, ...] = FID_RATIOS,
     noise: Noise | None = None,
 ) -> list[Recommendation]:
-    """One recommendation per FID ratio to the teacher (the fastest front plan within it, compared with the
+    """One recommendation per FID ratio to the reference (the fastest front plan within it, compared with the
     fastest standard configuration within it), then the knee point (row ``knee`` of ``front``, compared with
     the standard configuration of best FID). ``standards`` are the complete standard-configuration trials;
-    ``quality_reference`` is the target's reference kind (no ratio applies where it is the teacher's samples);
+    ``quality_reference`` is the target's reference kind (no ratio applies where it is the reference call's samples);
     ``noise``: the run's paired intervals, which make differences inside them ties."""
-    teacher = teacher or {}
-    teacher_fid = _number(teacher.get("fid"))
+    reference = reference or {}
+    reference_fid = _number(reference.get("fid"))
     recommendations = []
     for ratio in ratios:
-        missing = _no_ratio_reason(teacher_fid, quality_reference)
+        missing = _no_ratio_reason(reference_fid, quality_reference)
         if missing:
             goal = ratio_goal([ratio])
             recommendations.append(Recommendation(goal, None, None, None, None, missing, ratio))
         else:
-            recommendations.append(_within_ratio(front, standards, teacher, ratio, teacher_fid, noise))
-    recommendations.append(_knee(front, standards, teacher, knee, noise))
+            recommendations.append(_within_ratio(front, standards, reference, ratio, reference_fid, noise))
+    recommendations.append(_knee(front, standards, reference, knee, noise))
     return recommendations
 
 

@@ -48,7 +48,7 @@ def log_run(
     config: dict,
     trials: pd.DataFrame,
     front: pd.DataFrame,
-    teacher: dict | None,
+    reference: dict | None,
     hypervolumes: list[float],
     grids: dict[str, str],
     project: str = "autoaccel",
@@ -87,9 +87,9 @@ def log_run(
         run.summary["front_size"] = len(front)
         run.summary["trials"] = len(trials)
         run.summary["final_hypervolume"] = hypervolumes[-1] if hypervolumes else 0.0
-        if teacher:
+        if reference:
             run.summary.update(
-                {f"teacher/{key}": value for key, value in teacher.items() if isinstance(value, int | float)}
+                {f"reference/{key}": value for key, value in reference.items() if isinstance(value, int | float)}
             )
         recipes_dir = run_dir / "recipes"
         if recipes_dir.is_dir() and any(recipes_dir.iterdir()):

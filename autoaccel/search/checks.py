@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from autoaccel.config.values import MAX_SAMPLES, MAX_SEED, check_folder
 from autoaccel.errors import ConfigError
 from autoaccel.front.limits import LIMIT_OPTIONS, check_limit_value
-from autoaccel.reference.teacher import parse_reference
+from autoaccel.reference.sampling import parse_reference
 from autoaccel.schedules.schedulers import MAX_INFERENCE_STEPS
 from autoaccel.search.liveness import LivenessSettings
 from autoaccel.targets.loader import check_device
@@ -79,7 +79,7 @@ def check_warm_start(steps: list) -> None:
 
 
 def check_fidelity(config: DictConfig) -> None:
-    """The ladder's levels and optimism, at start-up rather than after the teacher has been measured."""
+    """The ladder's levels and optimism, at start-up rather than after the reference has been measured."""
     levels = list(config.fidelity.levels)
     valid = "give strictly increasing sample counts >= 2, the last equal to quality.samples"
     if any(isinstance(level, bool) or not isinstance(level, int) or level < 2 for level in levels):

@@ -33,8 +33,8 @@ from autoaccel.measure.evaluator import NotStored
 from autoaccel.measure.kernels import deployment_kernels
 from autoaccel.measure.measurement import describe_failure
 from autoaccel.plan.candidate import Candidate
-from autoaccel.reference.teacher import teacher_pipeline
-from autoaccel.search.ledger import CONFIRMATION
+from autoaccel.reference.sampling import reference_pipeline
+from autoaccel.search.ledger import CONFIRMATION, record_reference_row, reference_row
 
 MAX_PASSES = 3
 REFERENCE = "reference"
@@ -104,7 +104,7 @@ def confirm_front_latencies(context, limits: list, log: Callable[[str], None]) -
     }
     ledger.study.set_user_attr(CONFIRMATION, confirmation)
     if reference is not None:
-        _confirm_teacher_row(ledger, reference)
+        _confirm_reference_row(ledger, reference)
     log(f"latency confirmation: {confirmation_sentence(confirmation)}")
     return confirmation
 
@@ -192,13 +192,13 @@ def _time_side_by_side(
             not_confirmed[key] = str(reason)
         except Exception as error:  # e.g. a damaged artifact: this plan keeps its search figure
             not_confirmed[key] = f"its pipeline could not be rebuilt: {describe_failure(error)}"
-    reference = teacher_pipeline(context.target)
+    reference = reference_pipeline(context.target)
     reference.set_schedule(reference.denoiser.device)
     pipelines[REFERENCE] = reference
     seeds = evaluator.judge.deployment_seeds(int(context.config.cost.batch_size))
     on_cuda = str(reference.denoiser.device).startswith("cuda")
-    teacher = context.ledger.study.user_attrs.get("teacher") or {}
-    single = {REFERENCE} if teacher.get("latency_method") == latency.SINGLE_CALL else set()
+    recorded = reference_row(context.ledger.study) or {}
+    single = {REFERENCE} if recorded.get("latency_method") == latency.SINGLE_CALL else set()
     times: dict[str, list[float]] = {key: [] for key in pipelines}
     with evaluator.gate.exclusive():
         for key, pipeline in pipelines.items():
@@ -212,7 +212,9 @@ def _time_side_by_side(
     figures = {}
     for key, values in times.items():
         quartiles = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
-        before = teacher.get("search_latency_ms", teacher.get("latency_ms")) if key == REFERENCE else search[plans[key]]
+        before = (
+            recorded.get("search_latency_ms", recorded.get("latency_ms")) if key == REFERENCE else search[plans[key]]
+        )
         figures[key] = {
             "latency_ms": statistics.median(values),
             "latency_iqr_ms": quartiles[2] - quartiles[0],
@@ -227,11 +229,11 @@ def _call(pipeline, seeds, on_cuda: bool) -> float:
         return latency.timed_call(pipeline, seeds, on_cuda)
 
 
-def _confirm_teacher_row(ledger, reference: dict) -> None:
+def _confirm_reference_row(ledger, reference: dict) -> None:
     """The reference row's latency, confirmed beside the plans: every speed-up the report states uses it."""
-    teacher = dict(ledger.study.user_attrs.get("teacher") or {})
-    if not teacher:
+    row = dict(reference_row(ledger.study) or {})
+    if not row:
         return
-    teacher.setdefault("search_latency_ms", teacher.get("latency_ms"))
-    teacher["latency_ms"] = reference["latency_ms"]
-    ledger.study.set_user_attr("teacher", teacher)
+    row.setdefault("search_latency_ms", row.get("latency_ms"))
+    row["latency_ms"] = reference["latency_ms"]
+    record_reference_row(ledger.study, row)

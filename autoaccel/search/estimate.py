@@ -27,7 +27,8 @@ import torch
 from autoaccel.measure.evaluator import LONG_CALL_STEPS
 from autoaccel.metrics.features import ensemble_extractors
 from autoaccel.metrics.quality import image_features
-from autoaccel.reference.teacher import teacher_pipeline
+from autoaccel.reference.sampling import reference_pipeline
+from autoaccel.search.ledger import reference_row
 from autoaccel.targets.data_folder import image_shape
 from autoaccel.targets.denoisers import predict
 from autoaccel.techniques.base import setting_with
@@ -63,7 +64,7 @@ class CallTimes:
 
 
 def time_calls(context) -> CallTimes:
-    pipeline = teacher_pipeline(context.target)
+    pipeline = reference_pipeline(context.target)
     pipeline.set_schedule(context.target.denoiser.device)
     judge = context.judge
     chunk = _seconds_per_call(pipeline, judge.seeds.head(min(judge.chunk_size, judge.samples)))
@@ -91,7 +92,7 @@ def _seconds_per_call(pipeline, seeds) -> float:
 
 def reference_calls_per_image(target) -> int:
     """Denoiser calls of the reference call for one image (a guided step counts two)."""
-    pipeline = teacher_pipeline(target)
+    pipeline = reference_pipeline(target)
     pipeline.set_schedule(target.denoiser.device)
     return len(pipeline.scheduler.timesteps) * (2 if pipeline.guided else 1)
 
@@ -107,9 +108,9 @@ def estimate_search(context, trials: int, warm_starts: list[dict[str, Any]]) -> 
     times = time_calls(context)
     chunks = chunk_count(judge)
     per_image = reference_calls_per_image(target)
-    guided = 2 if teacher_pipeline(target).guided else 1
+    guided = 2 if reference_pipeline(target).guided else 1
     estimate = SearchEstimate()
-    measured = bool(context.ledger.study.user_attrs.get("teacher"))
+    measured = bool(reference_row(context.ledger.study))
     scoring = scoring_seconds(context)  # one trial's images
     if not measured:
         estimate.stages["reference"] = times.chunk * per_image * chunks

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from autoaccel.config.schema import AutoaccelConfig
 from autoaccel.measure.reference import HELD_OUT_REFERENCE
-from autoaccel.reference.teacher import describe_reference
+from autoaccel.reference.sampling import describe_reference
 from autoaccel.targets.conditions import PROMPT
 
 

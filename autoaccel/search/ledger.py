@@ -17,7 +17,7 @@ import pandas as pd
 from sqlalchemy.exc import SQLAlchemyError
 
 from autoaccel.errors import ConfigError
-from autoaccel.front.limits import Limit, limits_in_force, within_limits
+from autoaccel.front.limits import REFERENCE_SAMPLES, Limit, limits_in_force, within_limits
 from autoaccel.front.objectives import METRIC_COLUMNS
 from autoaccel.measure.measurement import Measurement
 from autoaccel.plan.candidate import Candidate
@@ -429,24 +429,44 @@ def _json_number(value: float) -> float | None:
 
 
 TARGET_FACTS = "target"  # study attribute: what only the loaded model knows, so ``plan`` never loads it
+REFERENCE_ROW = "reference"  # study attribute: the reference call's figures, measured once per study
+OLD_REFERENCE_ROW = "teacher"  # the same row in a study written before it was renamed
+OLD_QUALITY_REFERENCES = {"teacher-samples": REFERENCE_SAMPLES}  # stored kinds renamed since
+
+
+def reference_row(study: optuna.Study) -> dict | None:
+    """The reference call's figures recorded for the study (None before it was measured); a study written before
+    the row was renamed holds it as ``teacher``, and a row written since under the new name wins."""
+    attrs = study.user_attrs
+    return attrs[REFERENCE_ROW] if REFERENCE_ROW in attrs else attrs.get(OLD_REFERENCE_ROW)
+
+
+def record_reference_row(study: optuna.Study, row: dict) -> None:
+    """Stores the reference call's figures under the current name (an older study's ``teacher`` row stays, read
+    no more)."""
+    study.set_user_attr(REFERENCE_ROW, row)
 
 
 def record_target_facts(study: optuna.Study, objectives: list[str], quality_reference: str) -> None:
     """Stores the objectives as resolved for the target (``quality`` -> its metric) and what its FID is measured
-    against (``real-data`` or ``teacher-samples``): ``plan`` builds the front and compares with the reference from
-    the ledger alone, without loading the model."""
+    against (``real-data`` or ``reference-samples``): ``plan`` builds the front and compares with the reference
+    from the ledger alone, without loading the model."""
     facts = {"objectives": list(objectives), "quality_reference": quality_reference}
     if study.user_attrs.get(TARGET_FACTS) != facts:
         study.set_user_attr(TARGET_FACTS, facts)
 
 
 def target_facts(study: optuna.Study) -> dict[str, Any] | None:
-    """What ``record_target_facts`` stored, or None for a study recorded before autoaccel stored it."""
-    return study.user_attrs.get(TARGET_FACTS)
+    """What ``record_target_facts`` stored, or None for a study recorded before autoaccel stored it; a kind stored
+    under its older name (``teacher-samples``) is read as the current one."""
+    facts = study.user_attrs.get(TARGET_FACTS)
+    if isinstance(facts, dict) and facts.get("quality_reference") in OLD_QUALITY_REFERENCES:
+        facts = {**facts, "quality_reference": OLD_QUALITY_REFERENCES[facts["quality_reference"]]}
+    return facts
 
 
 def trials_in_force(ledger: Ledger, budget: Any) -> pd.DataFrame:
     """Every trial of the study, feasible under the limits ``budget`` sets (a configuration's budget section) with
     the study's reference figures: the trials the report builds its front from, read from the ledger alone."""
-    limits = limits_in_force(budget, ledger.study.user_attrs.get("teacher"))
+    limits = limits_in_force(budget, reference_row(ledger.study))
     return ledger.trials_frame(limits)

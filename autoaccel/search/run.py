@@ -15,19 +15,27 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from autoaccel.errors import ConfigError
-from autoaccel.front.limits import check_teacher_ratios
+from autoaccel.front.limits import check_reference_ratios
 from autoaccel.front.objectives import objective_directions, resolve_objectives
 from autoaccel.measure.evaluator import CostSettings, Evaluator
 from autoaccel.measure.feature_store import FEATURES_DIR, FeatureStore
 from autoaccel.measure.reference import QualityJudge, configure_quality
 from autoaccel.metrics.adherence import adherence_reader
 from autoaccel.optimizers.base import OptimizerBackend, make_backend
-from autoaccel.reference.teacher import describe_reference, reference_steps
+from autoaccel.reference.sampling import describe_reference, reference_steps
 from autoaccel.search.checks import validate_config
 from autoaccel.search.estimate import SearchEstimate, chunk_count, reference_calls_per_image, time_calls
 from autoaccel.search.fidelity import FidelityLadder
 from autoaccel.search.fingerprint import settings_fingerprint
-from autoaccel.search.ledger import LEDGER_FILE, Ledger, default_storage, record_target_facts
+from autoaccel.search.ledger import (
+    LEDGER_FILE,
+    REFERENCE_ROW,
+    Ledger,
+    default_storage,
+    record_reference_row,
+    record_target_facts,
+    reference_row,
+)
 from autoaccel.search.liveness import LivenessSettings, claim_once
 from autoaccel.search.run_folder import CONFIG_FILE, open_recorded, study_name_for
 from autoaccel.search.study_lock import StudyLock
@@ -112,7 +120,7 @@ def _prepare(
     target = load_target(config)
     objectives = resolve_objectives(list(config.objectives), target)
     directions = objective_directions(objectives)
-    check_teacher_ratios(config.budget, target.quality.kind)
+    check_reference_ratios(config.budget, target.quality.kind)
     check_adherence_limit(config.budget, target)
     space = load_space(resolve_space_name(config)).for_target(target.capabilities, **target_limits(target))
     check_space_fits(space, target)
@@ -240,40 +248,42 @@ def with_training_cap(space: SearchSpace, minutes: float | None) -> SearchSpace:
     return replace(space, fixed=fixed)
 
 
-def ensure_teacher(context: RunContext, log) -> dict:
+def ensure_reference(context: RunContext, log) -> dict:
     """The reference row (the pipeline's default call, or ``target.reference``, on the same seeds), measured once
     per study; what it will cost is said before it starts. Workers of a shared study measure it once between
     them: one claims it through the storage, the others wait for its row (``autoaccel.search.liveness.claim_once``)."""
-    stored = context.ledger.study.user_attrs.get("teacher")
+    stored = reference_row(context.ledger.study)
     if stored:
+        if REFERENCE_ROW not in context.ledger.study.user_attrs:  # read under its older name: recorded anew
+            record_reference_row(context.ledger.study, stored)
         return stored
     if not context.config.storage:  # the run folder's own ledger: this process holds it alone
-        return _measure_teacher(context, log)
+        return _measure_reference(context, log)
 
     liveness = LivenessSettings(float(context.config.liveness.interval_s), float(context.config.liveness.grace_s))
 
     def stored_row() -> dict | None:
-        return context.ledger.study.user_attrs.get("teacher")
+        return reference_row(context.ledger.study)
 
     claim_once(
-        context.ledger, "reference", lambda: bool(stored_row()), lambda: _measure_teacher(context, log), liveness, log
+        context.ledger, "reference", lambda: bool(stored_row()), lambda: _measure_reference(context, log), liveness, log
     )
     return stored_row()
 
 
-def _measure_teacher(context: RunContext, log) -> dict:
+def _measure_reference(context: RunContext, log) -> dict:
     started = time.perf_counter()
     log(f"measuring the reference once for this study: {describe_reference_cost(context)} ...")
     context.judge.log = log
     try:
-        measurement = context.evaluator.evaluate_teacher()
+        measurement = context.evaluator.evaluate_reference()
     finally:
         context.judge.log = None
     row = {key: (value if math.isfinite(value) else None) for key, value in measurement.metrics.items()}
     row["timesteps"] = reference_steps(context.target)
     row["reference"] = describe_reference(context.target)
     row["latency_method"] = measurement.details.get("latency_method", "median")
-    context.ledger.study.set_user_attr("teacher", row)
+    record_reference_row(context.ledger.study, row)
     log(
         f"reference: fid {row['fid']:.3f}  nfe {row['nfe']:.0f}  latency {row['latency_ms']:.0f} ms "
         f"({row['latency_method']}; {time.perf_counter() - started:.0f}s)"

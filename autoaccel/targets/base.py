@@ -18,8 +18,8 @@ from autoaccel.targets.layouts import ScheduleFamily, schedule_family_of
 class QualityReference:
     """How candidates' images are scored: a feature extractor and where the reference images come from.
 
-    ``kind`` is ``real-data`` (the training data ships with the target) or ``teacher-samples`` (the model's own
-    full-step sampler on the same seeds, generated once and cached).
+    ``kind`` is ``real-data`` (the training data ships with the target) or ``reference-samples`` (the reference
+    call's own samples on the same seeds, generated once and cached).
     """
 
     extractor: str
@@ -61,7 +61,7 @@ class Target:
     vae: torch.nn.Module | None = None
     default_call: DefaultCall | None = None
     pipeline_class: str = "DDPMPipeline"
-    reference: str = "default"  # target.reference: the call plans are compared with (autoaccel.reference.teacher)
+    reference: str = "default"  # target.reference: the call plans are compared with (autoaccel.reference.sampling)
     ode_steps: int = 200  # quality.ode_steps: the deterministic solution paired measures compare with
     real_images: torch.Tensor | None = None  # uint8 (N, C, H, W) when the target ships its data
     real_labels: torch.Tensor | None = None  # the class of each real image, where known

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from autoaccel.errors import TargetError
+from autoaccel.front.limits import REFERENCE_SAMPLES
 from autoaccel.metrics.features import GENERIC_EXTRACTOR
 from autoaccel.schedules.schedulers import MAX_INFERENCE_STEPS, build_scheduler_from, model_schedulers, scheduler_class
 from autoaccel.targets.base import DefaultCall, QualityReference, Target, hash_weights
@@ -242,7 +243,7 @@ def target_from_pipeline(
         modules=other_modules(pipeline),
         quality=QualityReference(
             extractor=GENERIC_EXTRACTOR,
-            kind="teacher-samples",
+            kind=REFERENCE_SAMPLES,
             description=(
                 "FID/KID against the model's own default call on the same seeds, with a seeded random-CNN "
                 "feature extractor (values not comparable with Inception FID)"

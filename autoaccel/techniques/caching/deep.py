@@ -12,8 +12,8 @@ starts and how many calls it makes), so a plan is deterministic and its recipe r
 
 The cached model is a shallow copy of the model (same class, weights, attributes and parameter names) whose
 forward dispatches each call to one of two views sharing those weights: the full view (records what later steps
-reuse) and the cached view (stubs in place of the skipped blocks). The model itself is never changed, so the
-teacher other plans run stays intact. A cached call's cost in full-forward equivalents (its FLOPs over a full
+reuse) and the cached view (stubs in place of the skipped blocks). The model itself is never changed, so other
+plans and the reference run it intact. A cached call's cost in full-forward equivalents (its FLOPs over a full
 call's, counted by ``torch.utils.flop_counter`` once at apply) is what the plan's NFE counts for it.
 """
 

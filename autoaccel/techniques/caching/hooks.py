@@ -3,7 +3,7 @@ what the methods ``first_block``, ``mag``, ``taylorseer`` and ``pab`` (one modul
 
 diffusers applies each as hooks on a model's blocks or
 attention modules, keyed by the cache context a pipeline sets around each call; autoaccel applies them to a copy of
-the model's module tree (sharing its weights, so the teacher other plans run stays unhooked) and sets the context
+the model's module tree (sharing its weights, so the model other plans run stays unhooked) and sets the context
 around every call of its own sampling loop.
 
 Calibration, per model and schedule: before the first run at a schedule, the plan's own pipeline runs it once

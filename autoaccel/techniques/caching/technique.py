@@ -4,7 +4,7 @@ methods (``autoaccel.techniques.caching.method``).
 The cached model is a shallow copy of the model whose forward is its method's per-call controller
 (``autoaccel.pipeline.call_control``): the sampling loop asks it to ``prepare`` for a schedule (calibrate), to mark each
 ``running`` sampling run, and what the ``last_call_share`` of a full forward was. The model itself is never
-changed, so the teacher other plans run stays intact.
+changed, so other plans and the reference run it intact.
 """
 
 from __future__ import annotations

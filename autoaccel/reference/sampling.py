@@ -69,7 +69,7 @@ def describe_reference(target: Target) -> str:
     return f"{spec.name}: {spec.solver} on {spec.steps} evenly spaced steps{shown}"
 
 
-def teacher_pipeline(target: Target):
+def reference_pipeline(target: Target):
     """The run's reference: the pipeline's default call unless ``target.reference`` names another."""
     spec = parse_reference(target.reference)
     guidance = target.reference_guidance
