@@ -182,3 +182,15 @@ def test_module_level_imports_have_no_import_time_cycle():
                 if ancestor in modules and ancestor != importer and not importer.startswith(ancestor + "."):
                     graph.add_edge(importer, ancestor)
     assert networkx.is_directed_acyclic_graph(graph), next(iter(networkx.simple_cycles(graph)))
+
+
+def test_plan_and_a_folder_target_import_no_feature_extractor():
+    """``plan RUN`` and loading a folder target never run an extractor: they must not pay for importing torchvision
+    and torch-fidelity (seconds); the embedded models' module is imported when one of them is loaded."""
+    code = (
+        "import sys, autoaccel.cli.plan_command, autoaccel.targets.registry as r; r.registered_target_kinds(); "
+        "heavy = ('torchvision', 'torch_fidelity', 'autoaccel.targets.digits.model'); "
+        "print(sorted(name for name in heavy if name in sys.modules))"
+    )
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "[]"

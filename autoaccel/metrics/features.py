@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
-GENERIC_EXTRACTOR = "autoaccel-random-cnn-v1"
+from autoaccel.metrics.extractor_names import GENERIC_EXTRACTOR
 
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch
 
 from autoaccel.errors import TargetError
 from autoaccel.front.limits import REFERENCE_SAMPLES
-from autoaccel.metrics.features import GENERIC_EXTRACTOR
+from autoaccel.metrics.extractor_names import GENERIC_EXTRACTOR
 from autoaccel.schedules.schedulers import MAX_INFERENCE_STEPS, build_scheduler_from, model_schedulers, scheduler_class
 from autoaccel.targets.base import DefaultCall, QualityReference, Target, hash_weights
 from autoaccel.targets.conditions import CLASS, PROMPT, Conditions

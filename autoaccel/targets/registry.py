@@ -6,12 +6,12 @@ output, or a hub id where the user has network). Adding a kind is one module tha
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from autoaccel.errors import ConfigError, TargetError
 from autoaccel.targets.base import Target
-from autoaccel.targets.digits.model import load_digits_dit_target, load_digits_t2i_target, load_digits_target
 from autoaccel.targets.digits.weights import WEIGHTS_DIR
 from autoaccel.targets.loader import load_pipeline_folder
 from autoaccel.targets.summary import folder_summary
@@ -76,28 +76,32 @@ def embedded_kind(name: str | None) -> TargetKind | None:
     return kind if kind is not None and not kind.takes_path else None
 
 
-def _load_digits(path: str | None, device: str) -> Target:
+# the embedded models' module, imported by name when one is loaded: its feature extractor imports torchvision and
+# torch-fidelity (seconds), which ``plan``, a summary and a folder target never need
+DIGITS_MODULE = "autoaccel.targets.digits.model"
 
-    return load_digits_target(device)
+
+def _digits_loader(name: str) -> Callable[..., Target]:
+    return getattr(importlib.import_module(DIGITS_MODULE), name)
+
+
+def _load_digits(path: str | None, device: str) -> Target:
+    return _digits_loader("load_digits_target")(device)
 
 
 def _load_digits_t2i(path: str | None, device: str, prompts: str | None = None) -> Target:
-
-    return load_digits_t2i_target(device, prompts)
+    return _digits_loader("load_digits_t2i_target")(device, prompts)
 
 
 def _load_digits_dit(path: str | None, device: str) -> Target:
-
-    return load_digits_dit_target(device)
+    return _digits_loader("load_digits_dit_target")(device)
 
 
 def _load_folder(path: str | None, device: str, prompts: str | None = None) -> Target:
-
     return load_pipeline_folder(str(path), device=device, prompts=prompts)
 
 
 def _embedded_guidance(folder: str) -> float:
-
     return folder_summary(WEIGHTS_DIR / folder)[1]
 
 
