@@ -755,6 +755,19 @@ def test_search_and_workers_help(capsys, argv):
         assert fragment in captured.out
 
 
+def test_help_read_only_in_part_ends_quietly():
+    """``search --help | head -1`` (or ``| grep -q``): the reader leaves early; no traceback, exit 0, and none of
+    the version chatter torch and diffusers log when torchao is imported."""
+    import subprocess
+    import sys
+
+    command = f"set -o pipefail; {sys.executable} -m autoaccel search --help | head -1"
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: python -m autoaccel search")
+    assert done.stderr == ""
+
+
 @pytest.mark.parametrize("argv", [["bench", "--help"], ["bench", "-h"], ["bench", "schedules", "--help"]])
 def test_bench_help_lists_the_benchmarks(capsys, argv):
     assert main(argv) == 0

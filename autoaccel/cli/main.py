@@ -16,6 +16,7 @@ COMMAND --help                          what a command takes (search, workers: t
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -26,6 +27,13 @@ from autoaccel.cli.usage import search_help
 from autoaccel.errors import AutoaccelError
 from autoaccel.util.progress import StageLine, reporting
 from autoaccel.util.resources import CHECKOUT_MARKER, PACKAGE_DIR
+
+# Importing diffusers imports torchao (a dependency: real quantized kernels), and both log version chatter on every
+# command that a user can do nothing about: torch's pytree deprecation of torchao's enum registrations, and
+# diffusers' note that torchao 0.18 no longer has the tensor classes its old checkpoint loader looked for.
+QUIETED_LOGGERS = ("torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer")
+for _name in QUIETED_LOGGERS:
+    logging.getLogger(_name).setLevel(logging.ERROR)
 
 COMMANDS = (
     "search",
@@ -324,3 +332,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    except BrokenPipeError:  # the reader of stdout left (``| head``, ``| grep -q``): nothing more to say to it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the interpreter's final flush is quiet
+        return 0
