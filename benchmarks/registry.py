@@ -92,6 +92,13 @@ BENCHMARKS = {
             "gpu_default_call:main",
             takes="command",
         ),
+        Benchmark(
+            "gpu_runtime",
+            "CUDA: precision, compile (CUDA graphs too), flash/cuDNN attention, int8/float8 kernels on the default "
+            "call of the embedded latent models at batch 1 and 8 ([--out FILE] [--budget-seconds S])",
+            "gpu_runtime:main",
+            takes="command",
+        ),
     )
 }
 

@@ -8,12 +8,15 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from autoaccel.cli.main import main
 from autoaccel.errors import ConfigError
 from autoaccel.testing.pipelines import build_tiny_pipeline
 from benchmarks.config import compose_benchmark_config
+from benchmarks.gpu_runtime import ROWS
+from benchmarks.gpu_runtime import main as gpu_runtime
 from benchmarks.runtime import CPU_SETTINGS, combine_greedily, run_runtime_benchmark
 
 
@@ -203,3 +206,14 @@ def test_a_target_scored_against_its_own_reference_is_refused_before_any_row(lat
     with pytest.raises(ConfigError, match="the reference scores 0\\): give it real images, target.data=DIR"):
         run_runtime_benchmark(compose_benchmark_config(overrides), log=lambda message: None)
     assert not (tmp_path / "bench").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_gpu_runtime_bench_writes_its_table_within_a_tiny_budget(tmp_path):
+    out = tmp_path / "runtime-gpu.md"
+    assert gpu_runtime(["--out", str(out), "--targets", "tiny-sd", "--batches", "1", "--budget-seconds", "30"]) == 0
+    table = out.read_text()
+    assert "| tiny-sd | 1 | float32 eager | " in table and "1.00x" in table
+    for row in ROWS[1:]:  # every row measured, refused with its reason, or listed as past the budget
+        assert f"| {row} | " in table or f"tiny-sd {row}" in table, row
