@@ -91,25 +91,32 @@ def schedule_of(evaluator, params: dict) -> list[float]:
     return [float(step) for step in pipeline.scheduler.timesteps]
 
 
-def side_by_side(evaluator, entries: list[dict], repeats: int) -> None:
+def side_by_side(evaluator, entries: list[dict], repeats: int, build=None) -> None:
     """Sets each scored entry's ``latency_ms`` to the median of ``repeats`` deployment calls, the plans timed in
-    turn within every repeat (after one warm-up call each), so that machine drift hits them all alike."""
+    turn within every repeat (after one warm-up call each), so that machine drift hits them all alike; the calls'
+    times stay as ``latency_samples`` (paired across entries by repeat) and their median per stage as ``stage_ms``.
+    ``build``: an entry's pipeline, where not ``evaluator``'s of the entry's ``params`` (entries of two spaces)."""
     import statistics
 
     from autoaccel.measure.latency import timed_call
 
     scored = [entry for entry in entries if entry["fid"]]
-    pipelines = [evaluator.configured_pipeline(Candidate.from_params(entry["params"])) for entry in scored]
+    build = build or (lambda entry: evaluator.configured_pipeline(Candidate.from_params(entry["params"])))
+    pipelines = [build(entry) for entry in scored]
     seeds = evaluator.judge.deployment_seeds(evaluator.cost_settings.batch_size)
     on_cuda = str(evaluator.target.denoiser.device).startswith("cuda")
     times: list[list[float]] = [[] for _ in pipelines]
+    stages: list[list[dict]] = [[] for _ in pipelines]
     for repeat in range(repeats + 1):
         for index, pipeline in enumerate(pipelines):
             elapsed = timed_call(pipeline, seeds, on_cuda)
             if repeat:
                 times[index].append(elapsed)
-    for entry, measured in zip(scored, times):
+                stages[index].append(dict(pipeline.stage_ms))
+    for entry, measured, staged in zip(scored, times, stages):
         entry["latency_ms"] = statistics.median(measured)
+        entry["latency_samples"] = measured
+        entry["stage_ms"] = {name: statistics.median(stage.get(name, 0.0) for stage in staged) for name in staged[0]}
 
 
 def calibrate(config: DictConfig, evaluator, base: dict, grids: dict[str, list[dict]], log) -> tuple[dict, list]:

@@ -13,7 +13,8 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def score_on_seed_sets(evaluators: list, params: dict | None) -> dict:
     """One plan (``params``; None: the reference call) scored by each seed set's evaluator: FID, precision,
     recall and adherence per set, with the reasons of the sets that failed; latency, NFE, denoiser calls,
-    training minutes and timesteps from the first set that scored it (shared structures are timed once)."""
+    training minutes and timesteps from the first set that scored it (shared structures are timed once), and the
+    seconds that set's model spent compiling."""
     from autoaccel.plan.candidate import Candidate
 
     entry: dict = {"fid": [], "precision": [], "recall": [], "adherence": [], "failures": [], "params": params}
@@ -32,6 +33,7 @@ def score_on_seed_sets(evaluators: list, params: dict | None) -> dict:
         entry.setdefault("calls", measurement.details.get("denoiser_calls"))
         entry.setdefault("train_minutes", measurement.details.get("train_minutes"))
         entry.setdefault("timesteps", measurement.details.get("timesteps"))
+        entry.setdefault("compile_seconds", measurement.details.get("compile_seconds"))
     return entry
 
 

@@ -55,6 +55,24 @@ class CachingBenchConfig:
 
 
 @dataclass
+class RuntimeBenchConfig:
+    """``bench runtime``: the runtime settings compared at the default call, and the sampler plans they go on."""
+
+    targets: list[str] = field(default_factory=lambda: ["digits_t2i", "digits_dit"])  # []: the run's target
+    seed_sets: list[int] = field(default_factory=lambda: [1, 2])  # this benchmark's bench.confirm_seeds
+    samples: int = 256  # images per seed set (this benchmark's quality.samples)
+    settings: list[str] = field(default_factory=lambda: ["auto"])  # auto: every setting a CPU may run
+    quality_ratio: float = 1.02  # a runtime-only plan's FID bound, as a multiple of the reference's
+    plan_ratios: list[float] = field(default_factory=lambda: [1.1, 1.25])  # the whole plans' FID bounds
+    solvers: list[str] = field(default_factory=lambda: ["dpmsolver++", "unipc"])  # order 2, uniform trailing
+    steps: list[int] = field(default_factory=lambda: [4, 6, 8, 10])
+    student_iterations: int = 0  # > 0: a consistency student at student_steps, trained this many iterations
+    student_steps: list[int] = field(default_factory=lambda: [1, 2, 4])
+    decoder_iterations: int = 1000  # the tiny decoder's training
+    decoder_data_samples: int = 512
+
+
+@dataclass
 class BenchConfig:
     """``bench schedules``: a search per NFE, then the winners re-scored on fresh seed sets."""
 
@@ -90,6 +108,7 @@ class BenchConfig:
     load_work_ms: float = 20.0  # the stand-in evaluation time of each synthetic trial
     distillation: DistillationBenchConfig = field(default_factory=DistillationBenchConfig)
     caching: CachingBenchConfig = field(default_factory=CachingBenchConfig)
+    runtime: RuntimeBenchConfig = field(default_factory=RuntimeBenchConfig)
 
 
 _SCHEMA_REGISTERED = False

@@ -57,6 +57,12 @@ BENCHMARKS = {
             "caching:run_caching_benchmark",
         ),
         Benchmark(
+            "runtime",
+            "precision, torch.compile, attention kernels, tiny decoder, int8 kernels: each alone, combined, and on "
+            "sampler plans, against the default call -> reports/bench/runtime.md",
+            "runtime:run_runtime_benchmark",
+        ),
+        Benchmark(
             "workers",
             "many workers on one shared study (needs storage=postgresql://...): throughput, consistency",
             "workers:run_workers_benchmark",
@@ -84,6 +90,13 @@ BENCHMARKS = {
             "gpu_default_call",
             "CUDA: the default call vs a 5-step plan on the embedded latent models and a tiny SD (OUT.md)",
             "gpu_default_call:main",
+            takes="command",
+        ),
+        Benchmark(
+            "gpu_runtime",
+            "CUDA: precision, compile (CUDA graphs too), flash/cuDNN attention, int8/float8 kernels on the default "
+            "call of the embedded latent models at batch 1 and 8 ([--out FILE] [--budget-seconds S])",
+            "gpu_runtime:main",
             takes="command",
         ),
     )
@@ -114,6 +127,17 @@ BENCH_KEYS = (
         "caching: step counts, the methods compared, and the cache knobs tried at each",
     ),
     ("bench.caching.distilled_steps", None, "caching: a consistency student's steps, cached and not (0 skips)"),
+    (
+        "bench.runtime.targets, bench.runtime.seed_sets, bench.runtime.samples, bench.runtime.settings",
+        None,
+        "runtime: targets (one section each), seed sets, images per set, the setting rows ([auto]: a CPU's)",
+    ),
+    (
+        "bench.runtime.quality_ratio, bench.runtime.plan_ratios, bench.runtime.solvers, bench.runtime.steps, "
+        "bench.runtime.student_iterations",
+        None,
+        "runtime: FID bounds of the combination and the whole plans, their sampler plans, a student (0 skips)",
+    ),
     ("bench.pruning_ratios, bench.weight_bits", None, "compression: ratios and bit-widths compared"),
     ("bench.load_workers, bench.load_trials", None, "workers: processes and trials per process"),
 )
