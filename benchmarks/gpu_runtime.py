@@ -22,7 +22,7 @@ from autoaccel.measure.latency import measure_cost
 from autoaccel.pipeline.seeds import make_seed_batch
 from autoaccel.plan.apply import build_pipeline
 from autoaccel.plan.steps import Plan
-from autoaccel.reference.teacher import describe_reference
+from autoaccel.reference.sampling import describe_reference
 from autoaccel.techniques.base import COMPILE_SECONDS, get_technique, unchanged_model_params
 from benchmarks.runtime import SETTINGS
 

@@ -32,7 +32,7 @@ from omegaconf import DictConfig, open_dict
 from autoaccel.config import compose_config
 from autoaccel.errors import ConfigError
 from autoaccel.plan.candidate import Candidate
-from autoaccel.reference.teacher import parse_reference
+from autoaccel.reference.sampling import parse_reference
 from autoaccel.schedules.solvers import all_solver_names
 from autoaccel.search.run import load_target
 from autoaccel.space.spaces import parse_space

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from autoaccel.reference.teacher import describe_reference
+from autoaccel.reference.sampling import describe_reference
 from benchmarks.common import mean_std
 from benchmarks.config import RuntimeBenchConfig
 from benchmarks.quality import machine
