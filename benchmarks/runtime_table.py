@@ -88,6 +88,11 @@ def _number(value, digits: int) -> str:
     return "" if value is None else f"{float(value):.{digits}f}"
 
 
+def _minutes(value) -> str:
+    """Training minutes to three significant figures: a small model's seconds of training show, not as 0.00."""
+    return "" if value is None else f"{float(value):.3g}"
+
+
 def why(changes: dict, entry: dict, timing: dict | None, reference: dict, ratio: float, flags: set[str] | None) -> str:
     """Why a row is refused, tied, slower or outside the bound, from what was measured; "passes" otherwise."""
     if timing is None:
@@ -131,7 +136,7 @@ def _setting_lines(section: dict, ratio: float, flags) -> list[str]:
         lines.append(
             f"| {row['label']} | {changes} | {_fid(entry)} | {_ratio(entry, reference)} | {_speed(timing)} | "
             f"{timing['latency_ms']:.1f} | {_number(entry.get('compile_seconds'), 1)} | "
-            f"{_number(entry.get('train_minutes'), 2)} | {reason} |"
+            f"{_minutes(entry.get('train_minutes'))} | {reason} |"
         )
     return lines
 
@@ -162,7 +167,7 @@ def _combination_lines(section: dict, ratio: float) -> list[str]:
         lines.append(
             f"| {step['label']} | {_fid(entry)} | {_ratio(entry, reference)} | {_speed(timing)} | "
             f"{_speed(step.get('best_timing'))} | {_number(entry.get('compile_seconds'), 1)} | "
-            f"{_number(entry.get('train_minutes'), 2)} | {step['decision']} |"
+            f"{_minutes(entry.get('train_minutes'))} | {step['decision']} |"
         )
     kept = [step for step in steps if step["kept"]]
     best = kept[-1]
@@ -198,7 +203,7 @@ def _plan_lines(section: dict) -> list[str]:
             lines.append(
                 f"| {plan['label']} | {words} | {_fid(entry)} | {_ratio(entry, reference)} | {_speed(timing)} | "
                 f"{timing['latency_ms']:.1f} | {_number(entry.get('compile_seconds'), 1)} | "
-                f"{_number(entry.get('train_minutes'), 2)} |"
+                f"{_minutes(entry.get('train_minutes'))} |"
             )
     lines.append("")
     for bound, best in section["best"].items():

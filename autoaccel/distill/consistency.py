@@ -10,6 +10,7 @@ the student is trained on exactly what its scheduler computes. L2 or pseudo-Hube
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -76,6 +77,7 @@ def consistency_student(
 
 
 def _train(target, settings: ConsistencySettings, train: TrainSettings, log) -> Continued:
+    entered = time.perf_counter()
     device = target.denoiser.device
     teacher = Teacher.of_target(target)
     scheduler = lcm_scheduler(target, settings)
@@ -94,7 +96,9 @@ def _train(target, settings: ConsistencySettings, train: TrainSettings, log) -> 
     parts.update({"ema": kept} if kept is not None else {})
     run = ("consistency", target.content_hash, settings, run_settings(train))
     first, earlier = resume(run, train.iterations, parts, generator)
-    clock = Clock(train.max_minutes, "consistency distillation", already=earlier, total=train.iterations)
+    clock = Clock(
+        train.max_minutes, "consistency distillation", already=earlier, total=train.iterations, started=entered
+    )
 
     def consistent(network, sample, timestep, batch_labels):
         keywords = target.conditions.keywords(batch_labels, False, device)

@@ -10,6 +10,7 @@ settings instead of training the rounds again.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -83,6 +84,7 @@ def progressive_student(
 
 
 def _train_round(target, teacher: Teacher, steps: int, settings, train: TrainSettings, log) -> Continued:
+    entered = time.perf_counter()
     clean, labels = clean_samples(target, train.data_samples, train.seed)
     device = target.denoiser.device
     clean = clean.to(device).float()
@@ -100,7 +102,11 @@ def _train_round(target, teacher: Teacher, steps: int, settings, train: TrainSet
     run = ("progressive", target.content_hash, settings, run_settings(train), steps)
     first, earlier = resume(run, train.iterations, parts, generator)
     clock = Clock(
-        train.max_minutes, f"progressive distillation to {steps} steps", already=earlier, total=train.iterations
+        train.max_minutes,
+        f"progressive distillation to {steps} steps",
+        already=earlier,
+        total=train.iterations,
+        started=entered,
     )
     for iteration in range(first, train.iterations):
         pause_training(run, iteration, clock, parts, generator)

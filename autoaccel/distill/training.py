@@ -60,8 +60,17 @@ class Clock:
     run continues from count too): the trial is recorded as failed, with the reason. With ``total`` (the run's
     iterations), a long run reports its progress (``autoaccel.util.progress``) at each check."""
 
-    def __init__(self, max_minutes: float | None, what: str, already: float = 0.0, total: int | None = None) -> None:
-        self.started = time.perf_counter()
+    def __init__(
+        self,
+        max_minutes: float | None,
+        what: str,
+        already: float = 0.0,
+        total: int | None = None,
+        started: float | None = None,
+    ) -> None:
+        # ``started``: when the run began (``time.perf_counter()``), so its set-up (the training data, the copies)
+        # counts as a checkpoint's cost as it counts for a run that is never interrupted
+        self.started = time.perf_counter() if started is None else started
         self.max_minutes = max_minutes
         self.what = what
         self.already = already
