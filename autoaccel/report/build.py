@@ -50,6 +50,7 @@ PARETO_COLUMNS = [
     *INTERVAL_COLUMNS,
     "latency_iqr_ms",
     "search_latency_ms",
+    "algorithmic_latency_ms",  # a runtime plan timed without its runtime settings, beside it
     "quality_samples",
     "warm_start",
     "scheduler_class",
@@ -244,7 +245,10 @@ def build_report(context, log=print, skip_missing_artifacts: bool | None = None)
     failures = trials[trials["state"] == "FAIL"] if not trials.empty else trials
     if complete.empty:
         log(f"no trial of study {context.ledger.study_name!r} completed; {_failure_summary(failures)}")
-    recommendations = recommended_plans(front, standards, reference, knee, context.target.quality.kind, noise=noise)
+    confirmation = context.ledger.study.user_attrs.get(CONFIRMATION)
+    recommendations = recommended_plans(
+        front, standards, reference, knee, context.target.quality.kind, noise=noise, confirmation=confirmation
+    )
     real_data = context.target.real_images is not None
     notes = [
         cannot_tell_sentence(noise.samples, real_data) if noise and noise.cannot_tell_apart(front) else "",
@@ -270,7 +274,7 @@ def build_report(context, log=print, skip_missing_artifacts: bool | None = None)
         + ("" if not complete.empty else f"; no trial completed: {_failure_summary(failures)}"),
         "latency": f"median of {context.config.cost.repeats} calls at batch {context.config.cost.batch_size} "
         f"after {context.config.cost.warmup} warm-up calls",
-        "latency confirmation": confirmation_sentence(context.ledger.study.user_attrs.get(CONFIRMATION))
+        "latency confirmation": confirmation_sentence(confirmation)
         if context.config.cost.get("confirm", True)
         else "off (cost.confirm=false): each plan's latency is the one timed when its first trial ran",
     }

@@ -10,13 +10,14 @@ goes to the faster plan, and every comparison says whether it is a tie.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 
 from autoaccel.front.limits import REFERENCE_SAMPLES, Limit
 from autoaccel.metrics.bootstrap import Interval
 from autoaccel.report.noise import Noise, choose_with_noise
+from autoaccel.report.speedup import SpeedUp, plan_speedup
 
 FID_RATIOS = (1.1, 1.25, 1.5)
 REFERENCE_FID = 1e-6  # a reference FID at most this is the reference scored against its own samples
@@ -37,6 +38,7 @@ class Recommendation:
     fid_interval: Interval | None = None  # the plan's FID with its paired interval
     ratio_interval: Interval | None = None  # the plan's FID over the reference's, with its interval
     versus_standard: Interval | None = None  # the plan's FID minus the standard configuration's, paired
+    speedup: SpeedUp | None = None  # the speed-up over the reference with its rounds' interval and its split
 
     @property
     def trial(self) -> int | None:
@@ -157,12 +159,14 @@ def recommended_plans(
     quality_reference: str | None = None,
     ratios: tuple[float, ...] = FID_RATIOS,
     noise: Noise | None = None,
+    confirmation: dict | None = None,
 ) -> list[Recommendation]:
     """One recommendation per FID ratio to the reference (the fastest front plan within it, compared with the
     fastest standard configuration within it), then the knee point (row ``knee`` of ``front``, compared with
     the standard configuration of best FID). ``standards`` are the complete standard-configuration trials;
     ``quality_reference`` is the target's reference kind (no ratio applies where it is the reference call's samples);
-    ``noise``: the run's paired intervals, which make differences inside them ties."""
+    ``noise``: the run's paired intervals, which make differences inside them ties; ``confirmation``: the
+    front's latencies timed side by side, which give each speed-up its interval and its runtime split."""
     reference = reference or {}
     reference_fid = _number(reference.get("fid"))
     recommendations = []
@@ -174,7 +178,10 @@ def recommended_plans(
         else:
             recommendations.append(_within_ratio(front, standards, reference, ratio, reference_fid, noise))
     recommendations.append(_knee(front, standards, reference, knee, noise))
-    return recommendations
+    return [
+        replace(item, speedup=plan_speedup(item.plan, reference, confirmation)) if item.plan is not None else item
+        for item in recommendations
+    ]
 
 
 def recommendation_ties(recommendations: list[Recommendation], noise: Noise | None) -> list[str]:

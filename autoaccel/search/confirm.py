@@ -5,10 +5,13 @@ changes, two plans' figures can differ by the load more than by the plans. Befor
 front and the reference are therefore timed again together: ``cost.warmup`` untimed calls of each, then
 ``cost.repeats`` rounds in which each plan (and the reference) is called once in turn (A B C ... A B C ...),
 all under the exclusive device lock (``autoaccel.measure.gate``), so a slow spell hits every plan alike. The
-median of a plan's rounds is its confirmed latency. The reference is timed once per round like the plans, unless
-the search timed it with a single call (a call hundreds of steps long, ``LONG_CALL_STEPS``): then it is called
-once, without warm-up, in the middle round, as the search did, so confirming costs one such call, not
-``warmup + repeats`` of them.
+median of a plan's rounds is its confirmed latency; each round's figure is kept, so a plan's speed-up over the
+reference has the interval of its per-round ratios (``autoaccel.report.speedup``). A plan with runtime settings
+(``runtime_only`` techniques: precision, compilation, kernels) is timed a second time without them, in the same
+rounds: its algorithmic part alone, which splits its speed-up into an algorithmic and a runtime factor. The
+reference is timed once per round like the plans, unless the search timed it with a single call (a call hundreds
+of steps long, ``LONG_CALL_STEPS``): then it is called once, without warm-up, in the middle round, as the search
+did, so confirming costs one such call, not ``warmup + repeats`` of them.
 
 A plan's pipeline is built the way the evaluator built it, from its stored artifacts (``train=False``): a plan
 whose model is stored on another machine of a shared study keeps its search figure, and the report says so.
@@ -35,9 +38,11 @@ from autoaccel.measure.measurement import describe_failure
 from autoaccel.plan.candidate import Candidate
 from autoaccel.reference.sampling import reference_pipeline
 from autoaccel.search.ledger import CONFIRMATION, record_reference_row, reference_row
+from autoaccel.techniques.base import without_runtime
 
 MAX_PASSES = 3
 REFERENCE = "reference"
+ALGORITHMIC = "algorithmic:"  # a runtime plan timed without its runtime settings, under this prefix
 SHARED_LOAD_CORES = 0.5  # other processes' CPU use beyond this while a plan was timed: shared load
 
 
@@ -184,14 +189,25 @@ def _time_side_by_side(
     exclusive device lock; returns structure (or ``REFERENCE``) -> figures."""
     evaluator = context.evaluator
     pipelines = {}
+    algorithmic: dict[str, str] = {}  # a runtime plan's structure -> the key its algorithmic part is timed under
+    not_split: dict[str, str] = {}  # a runtime plan's structure -> why its algorithmic part could not be built
     for key, trial in plans.items():
-        candidate = Candidate.from_params(context.ledger.trial(trial).user_attrs["candidate"])
+        params = context.ledger.trial(trial).user_attrs["candidate"]
         try:
-            pipelines[key] = evaluator.configured_pipeline(candidate, train=False)
+            pipelines[key] = evaluator.configured_pipeline(Candidate.from_params(params), train=False)
         except NotStored as reason:
             not_confirmed[key] = str(reason)
+            continue
         except Exception as error:  # e.g. a damaged artifact: this plan keeps its search figure
             not_confirmed[key] = f"its pipeline could not be rebuilt: {describe_failure(error)}"
+            continue
+        plain = without_runtime(params, evaluator.space.techniques)
+        if plain is not None:
+            try:
+                pipelines[ALGORITHMIC + key] = evaluator.configured_pipeline(Candidate.from_params(plain), train=False)
+                algorithmic[key] = ALGORITHMIC + key
+            except Exception as error:  # the plan is confirmed; only its speed-up is not split
+                not_split[key] = describe_failure(error)
     reference = reference_pipeline(context.target)
     reference.set_schedule(reference.denoiser.device)
     pipelines[REFERENCE] = reference
@@ -211,6 +227,8 @@ def _time_side_by_side(
     search = searched.set_index("trial")["latency_ms"]
     figures = {}
     for key, values in times.items():
+        if key.startswith(ALGORITHMIC):
+            continue
         quartiles = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
         before = (
             recorded.get("search_latency_ms", recorded.get("latency_ms")) if key == REFERENCE else search[plans[key]]
@@ -220,7 +238,12 @@ def _time_side_by_side(
             "latency_iqr_ms": quartiles[2] - quartiles[0],
             "search_latency_ms": float(before) if before is not None else math.nan,
             "trial": plans.get(key),
+            "latency_samples": [round(value, 4) for value in values],  # one per round: paired speed-ups
         }
+        if key in algorithmic:
+            figures[key]["algorithmic_latency_ms"] = statistics.median(times[algorithmic[key]])
+        elif key in not_split:
+            figures[key]["algorithmic_not_timed"] = not_split[key]
     return figures
 
 

@@ -399,6 +399,8 @@ class Ledger:
             if figure is not None and "latency_ms" in row:
                 row.update(search_latency_ms=row["latency_ms"], latency_ms=figure["latency_ms"])
                 row["latency_iqr_ms"] = figure.get("latency_iqr_ms", row.get("latency_iqr_ms"))
+                if "algorithmic_latency_ms" in figure:  # the plan without its runtime settings, timed beside it
+                    row["algorithmic_latency_ms"] = figure["algorithmic_latency_ms"]
             row["warm_start"] = frozen.user_attrs.get("warm_start", "")
             row["feasible"] = reached_full_fidelity(frozen) and within_limits(row, limits or [])
             row["failure"] = frozen.user_attrs.get("failure", "")

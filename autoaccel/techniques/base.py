@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Protocol
@@ -115,6 +115,9 @@ class Technique:
     version: int = 1
     modifies_model: bool = False  # replaces the pipeline's unet: a recipe must re-apply it to reproduce images
     simulated: bool = False  # scored by simulation (fake quantization): trials, reports and recipes say so
+    # changes how the plan's model runs (precision, compiler, kernels), not what the plan computes: the report
+    # splits a plan's speed-up into this part and the algorithmic rest, timing the plan without it
+    runtime_only: bool = False
     # config -> whether that config is simulated, for a ``simulated`` technique whose configs may run for real
     # (quantization on a backend's kernels); None: every config of a ``simulated`` technique is
     simulates: Callable[[Any], bool] | None = None
@@ -317,6 +320,20 @@ def unchanged_model_params() -> dict[str, Any]:
         for technique in registered_techniques()
         for key, value in technique.unchanged_params.items()
     }
+
+
+def without_runtime(params: Mapping[str, Any], techniques: Iterable[str]) -> dict[str, Any] | None:
+    """``params`` with the settings of every ``runtime_only`` technique among ``techniques`` put back to the
+    model as loaded: the plan's algorithmic part alone. None where no runtime setting changes the plan."""
+    plain, changed = dict(params), False
+    for name in techniques:
+        technique = get_technique(name)
+        if not technique.runtime_only:
+            continue
+        unchanged = {f"{name}.{key}": value for key, value in technique.unchanged_params.items()}
+        changed |= technique.config_from_params(plain) != technique.config_from_params(unchanged)
+        plain.update(unchanged)
+    return plain if changed else None
 
 
 def target_limits(target) -> dict[str, int | tuple]:

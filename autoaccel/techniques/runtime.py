@@ -280,6 +280,7 @@ RUNTIME_TECHNIQUE = register(
         apply=apply_runtime,
         # a new model (cast, compiled): plan identity and the evaluator's kept models must see it
         modifies_model=True,
+        runtime_only=True,  # the report splits a plan's speed-up into this part and the algorithmic rest
         unchanged_params=asdict(RuntimeConfig()),  # the baselines run the model as loaded: float32, eager
         params=RUNTIME_PARAMS,
         cost_key=runtime_cost,
