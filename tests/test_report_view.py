@@ -133,3 +133,14 @@ def test_report_opens_with_the_recommended_plans(fast_overrides):
     assert recipe["figures"]["model_memory_mb"] > 0
     reference_grid = Image.open(run_dir / "grids" / "reference.png")
     assert reference_grid.height >= 64 and html.count("grids/reference.png") == len(front)  # beside every plan
+
+
+def test_a_long_schedule_shows_its_ends_and_its_count():
+    """A default call's 100 timesteps would fill the front table's row; its row shows the ends and the count."""
+    from autoaccel.report.html import timesteps_text
+
+    long = str(list(range(990, -1, -10)))
+    text = timesteps_text(long)
+    assert text.startswith("[990, 980,") and text.endswith("10, 0] (100 steps)") and "… 89 more …" in text
+    assert len(text) < 80
+    assert timesteps_text("[999, 749, 499, 249]") == "[999, 749, 499, 249]"  # a short one as it is

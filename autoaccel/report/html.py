@@ -4,6 +4,7 @@ them), then what was searched, the front, the plots, and each plan's images besi
 from __future__ import annotations
 
 import html
+import json
 import math
 import numbers
 import shlex
@@ -51,6 +52,7 @@ FRONT_COLUMNS = [
     "compile_seconds",
     "recipe",
 ]
+TIMESTEPS_SHOWN = 12  # a schedule longer than this shows its ends and its count
 # shown only where some row has them: quantized plans, a text encoder or a VAE, an adherence classifier
 OPTIONAL_COLUMNS = {
     "fid_interval",
@@ -125,7 +127,23 @@ def _is_number(value) -> bool:
 
 
 def _cell(value, column: str = "") -> str:
+    if column == "timesteps":
+        return html.escape(timesteps_text(value))
     return html.escape(figure_text(value, count=column in COUNT_COLUMNS))
+
+
+def timesteps_text(value, shown: int = TIMESTEPS_SHOWN) -> str:
+    """A plan's timesteps as its row shows them: a long schedule (a default call of 50 or 100 steps) as its first
+    and last few with the count between (trials.csv keeps every one)."""
+    try:
+        steps = json.loads(str(value))
+    except ValueError:
+        return figure_text(value)
+    if not isinstance(steps, list) or len(steps) <= shown:
+        return figure_text(value)
+    head, tail = steps[: shown - 3], steps[-2:]
+    hidden = len(steps) - len(head) - len(tail)
+    return f"[{', '.join(map(str, head))}, … {hidden} more …, {', '.join(map(str, tail))}] ({len(steps)} steps)"
 
 
 def _is_empty(value) -> bool:
