@@ -11,6 +11,7 @@ import yaml
 
 from autoaccel.cli.search_command import search
 from autoaccel.config import compose_config
+from autoaccel.report.html import timesteps_text
 from autoaccel.report.recommend import recommended_plans
 
 
@@ -137,8 +138,6 @@ def test_report_opens_with_the_recommended_plans(fast_overrides):
 
 def test_a_long_schedule_shows_its_ends_and_its_count():
     """A default call's 100 timesteps would fill the front table's row; its row shows the ends and the count."""
-    from autoaccel.report.html import timesteps_text
-
     long = str(list(range(990, -1, -10)))
     text = timesteps_text(long)
     assert text.startswith("[990, 980,") and text.endswith("10, 0] (100 steps)") and "… 89 more …" in text
