@@ -8,6 +8,7 @@ import math
 
 import pandas as pd
 import pytest
+import torch
 
 from autoaccel.report.speedup import plan_speedup
 from autoaccel.techniques.base import without_runtime
@@ -15,19 +16,33 @@ from autoaccel.techniques.base import without_runtime
 SAMPLER = {"timesteps.steps": 4, "solver.name": "ddim"}
 
 
+class Loaded:
+    """A target's loaded model, as far as the runtime's unchanged settings depend on it: its precision."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.denoiser = torch.nn.Linear(2, 2).to(dtype)
+
+
+FLOAT32, BFLOAT16 = Loaded(torch.float32), Loaded(torch.bfloat16)
+TECHNIQUES = ["solver", "timesteps", "runtime"]
+
+
 def test_a_plan_without_runtime_settings_has_no_algorithmic_twin():
-    assert without_runtime(SAMPLER, ["solver", "timesteps", "runtime"]) is None
+    assert without_runtime(SAMPLER, TECHNIQUES, FLOAT32) is None
     float32 = {**SAMPLER, "runtime.dtype": "float32", "runtime.compile": "none"}
-    assert without_runtime(float32, ["solver", "timesteps", "runtime"]) is None
+    assert without_runtime(float32, TECHNIQUES, FLOAT32) is None  # float32 is how this model was loaded
+    bfloat16 = {**SAMPLER, "runtime.dtype": "bfloat16"}
+    assert without_runtime(bfloat16, TECHNIQUES, BFLOAT16) is None
+    assert without_runtime(float32, TECHNIQUES, BFLOAT16) is not None  # a bfloat16 target run in float32
 
 
 def test_the_algorithmic_twin_keeps_the_plan_and_runs_the_model_as_loaded():
     params = {**SAMPLER, "runtime.dtype": "bfloat16", "runtime.compile": "default"}
-    twin = without_runtime(params, ["solver", "timesteps", "runtime"])
+    twin = without_runtime(params, TECHNIQUES, FLOAT32)
     assert twin is not None
     assert {key: twin[key] for key in SAMPLER} == SAMPLER
-    assert twin["runtime.dtype"] == "float32" and twin["runtime.compile"] == "none"
-    assert without_runtime(params, ["solver", "timesteps"]) is None  # a space without the technique: nothing to split
+    assert twin["runtime.dtype"] is None and twin["runtime.compile"] == "none"  # None: the precision it was loaded in
+    assert without_runtime(params, ["solver", "timesteps"], FLOAT32) is None  # no runtime technique: no split
 
 
 def confirmation(reference: list[float], plan: list[float], algorithmic: float | None = None) -> dict:

@@ -17,18 +17,21 @@ WRITTEN_NAME = re.compile(r"\d{5}\.png|grid\.png")  # the files an apply writes,
 
 
 def load_base_model(recipe: dict, model: str | None, device: str):
-    """The recipe's base model: an embedded model by its name, else its folder (or ``model``)."""
+    """The recipe's base model: an embedded model by its name, else its folder (or ``model``), in the precision
+    it was measured in (``base_model.dtype``; a recipe from before it was recorded: float32)."""
     from autoaccel.targets.loader import check_device, load_pipeline_folder
+    from autoaccel.targets.precision import load_in_dtype
     from autoaccel.targets.registry import embedded_kind
 
     device = check_device(device, "--device")
+    dtype = str(recipe["base_model"].get("dtype") or "float32")
     embedded = embedded_kind(recipe["base_model"].get("name"))
     if model is None and embedded is not None:
-        return embedded.load(None, device)
+        return load_in_dtype(embedded.load(None, device), dtype)
     folder = model or recipe["base_model"].get("path")
     if not folder:
         raise RecipeError("the recipe names no base model path; pass --model DIR")
-    return load_pipeline_folder(folder, device=device)
+    return load_in_dtype(load_pipeline_folder(folder, device=device), dtype)
 
 
 def check_apply_options(out_dir: Path, count: int, seed: int | None, overwrite: bool) -> None:

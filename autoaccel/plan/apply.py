@@ -14,11 +14,12 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from autoaccel.errors import RecipeError
+from autoaccel.errors import RecipeError, TechniqueError
 from autoaccel.pipeline.prescribed import apply_prescribed
 from autoaccel.pipeline.sampling import sampler_pipeline
 from autoaccel.plan.candidate import to_plain
 from autoaccel.plan.steps import Plan
+from autoaccel.targets.precision import target_dtype
 from autoaccel.util.artifacts import ArtifactRef, ArtifactStore, read_artifact, relative_path
 
 # (pipeline, the plan's model steps) -> technique name -> sha256 of what was stored: applies the model steps its
@@ -82,6 +83,7 @@ def apply_plan(
     artifacts = artifacts or {}
     stored: dict[str, str] = {}
     for technique, config in Plan.of(plan):
+        refuse_training_off_float32(technique, config, target)
         if technique.name in artifacts:
             restore(pipeline, technique, config, target, *artifacts[technique.name])
         else:
@@ -94,6 +96,20 @@ def apply_plan(
         pipeline.plan.techniques.append((technique, config))
     apply_prescribed(pipeline, target)  # a distilled model's own sampler wins over the sampler techniques'
     return stored
+
+
+def refuse_training_off_float32(technique, config, target) -> None:
+    """A technique that trains or calibrates a copy of the model (``recompute``: a student, a recovered pruned
+    model, a quantization calibration, a tiny decoder) does so in float32, on a float32 target; on a target
+    loaded in another precision (``target.dtype``) it is refused with the way to get the same plan."""
+    what = technique.recompute(config) if technique.recompute is not None else None
+    loaded = target_dtype(target)
+    if what and loaded != "float32":
+        raise TechniqueError(
+            f"{technique.name}: {what} runs on a float32 copy of the model, and this target was loaded in {loaded} "
+            f"(target.dtype={loaded}); load it in float32 and add runtime.dtype={loaded} to the space to deploy "
+            "the plan in that precision"
+        )
 
 
 def technique_records(pipeline) -> dict[str, dict[str, Any]]:

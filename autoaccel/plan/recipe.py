@@ -45,10 +45,12 @@ from autoaccel.schedules.solvers import check_guidance_scale
 from autoaccel.targets.base import Target
 from autoaccel.targets.layouts import has_denoiser
 from autoaccel.targets.loader import modules_hash, target_from_pipeline
+from autoaccel.targets.precision import target_dtype
 from autoaccel.targets.prompts import MAX_PROMPT_CHARS, MAX_PROMPTS
 from autoaccel.techniques.base import get_technique
 from autoaccel.util.artifacts import ArtifactRef
 from autoaccel.util.files import write_atomically
+from autoaccel.util.precision import DTYPES
 
 RECIPE_FORMAT = 2  # what this autoaccel writes
 READ_FORMATS = (1, 2)  # what it applies
@@ -117,6 +119,7 @@ def build_recipe(
             "name": target.name,
             "path": str(target.path),
             "content_hash": target.content_hash,
+            "dtype": target_dtype(target),  # the precision it was loaded in (target.dtype): the hash is of that
             "pipeline_class": target.pipeline_class,
             "scheduler_class": target.scheduler_class,
             **({"num_classes": target.num_classes} if target.num_classes else {}),
@@ -239,6 +242,9 @@ def validate_recipe(recipe: Any, source: str = "recipe") -> dict[str, Any]:
     if not isinstance(recipe["base_model"], dict):
         raise RecipeError(f"{source}: base_model must be a mapping with name, path and content_hash")
     _check_base_scheduler(recipe["base_model"], source)
+    dtype = recipe["base_model"].get("dtype")
+    if dtype is not None and dtype not in DTYPES:
+        raise RecipeError(f"{source}: base_model.dtype={dtype!r} is not valid; valid: {', '.join(DTYPES)}")
     written = _check_written_sampler(recipe, source) if version == 1 else _refuse_written_sampler(recipe, source)
     null_class = recipe.get("null_class")
     if null_class is not None and (not _is_int(null_class) or null_class < 0):
@@ -468,9 +474,16 @@ def apply_recipe(
         expected = recipe["base_model"].get("content_hash")
         actual = current_hash(target)
         if expected != actual:
+            measured_in, loaded_in = recipe["base_model"].get("dtype"), target_dtype(target)
+            precision = (
+                f" (it was measured on the model loaded in {measured_in}, and this one is in {loaded_in}: load it "
+                f"with torch_dtype=torch.{measured_in}, or target.dtype={measured_in})"
+                if measured_in and measured_in != loaded_in
+                else ""
+            )
             raise RecipeError(
                 f"this recipe was measured on model {recipe['base_model'].get('name')!r} with weights hash "
-                f"{str(expected)[:16]}..., but the pipeline's weights hash to {actual[:16]}...; "
+                f"{str(expected)[:16]}..., but the pipeline's weights hash to {actual[:16]}...{precision}; "
                 f"apply it to that model or pass check_model=False"
             )
     _check_null_class(recipe.get("null_class"), target)

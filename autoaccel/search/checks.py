@@ -17,6 +17,7 @@ from autoaccel.schedules.schedulers import MAX_INFERENCE_STEPS
 from autoaccel.search.liveness import LivenessSettings
 from autoaccel.targets.loader import check_device
 from autoaccel.targets.registry import target_kind
+from autoaccel.util.precision import dtype_named
 
 # Backends that breed generations of ``optimizer.population_size`` individuals (optuna needs at least 2).
 POPULATION_BACKENDS = ("optuna_nsga2", "optuna_nsga3", "pymoo_nsga2", "pymoo_nsga3", "pymoo_smsemoa")
@@ -120,6 +121,7 @@ def check_target(config: DictConfig) -> None:
             f"is the embedded model); add target=pipeline to search that folder, or drop target.path"
         )
     check_device(str(config.target.device))
+    dtype_named(str(config.target.get("dtype") or "float32"), "target.dtype")
 
     parse_reference(str(config.target.get("reference") or "default"))
     data = config.target.get("data")

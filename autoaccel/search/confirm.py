@@ -201,7 +201,7 @@ def _time_side_by_side(
         except Exception as error:  # e.g. a damaged artifact: this plan keeps its search figure
             not_confirmed[key] = f"its pipeline could not be rebuilt: {describe_failure(error)}"
             continue
-        plain = without_runtime(params, evaluator.space.techniques)
+        plain = without_runtime(params, evaluator.space.techniques, context.target)
         if plain is not None:
             try:
                 pipelines[ALGORITHMIC + key] = evaluator.configured_pipeline(Candidate.from_params(plain), train=False)

@@ -45,6 +45,7 @@ from autoaccel.space.spaces import SearchSpace, load_space
 from autoaccel.targets.base import Target
 from autoaccel.targets.data_folder import load_target_data
 from autoaccel.targets.loader import default_device
+from autoaccel.targets.precision import load_in_dtype
 from autoaccel.targets.registry import load_target as load_kind
 from autoaccel.techniques.base import get_technique, target_limits
 from autoaccel.util.artifacts import ARTIFACTS_DIR, ArtifactStore
@@ -71,6 +72,7 @@ def load_target(config: DictConfig) -> Target:
     path = None if OmegaConf.is_missing(config.target, "path") else config.target.path
     prompts = config.target.get("prompts")
     target = load_kind(str(config.target.name), path, default_device(str(config.target.device)), prompts)
+    load_in_dtype(target, str(config.target.get("dtype") or "float32"))
     target.reference = str(config.target.get("reference") or "default")
     target.ode_steps = int(config.quality.get("ode_steps", 200))
     if config.target.get("data"):

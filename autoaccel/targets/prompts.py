@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from autoaccel.errors import TargetError
-from autoaccel.util.precision import cast_module
+from autoaccel.util.precision import cast_module, module_dtype
 
 MAX_PROMPTS = 10_000
 MAX_PROMPT_CHARS = 1_000
@@ -125,6 +125,14 @@ class PromptEncoder:
 
     def __call__(self, prompts: list[str]) -> EncodedPrompts:
         return encode_prompts(self.pipeline, prompts, device=self.device)
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The precision of the pipeline's first text encoder (None: it has none)."""
+        for name, module in sorted(self.pipeline.components.items()):
+            if name.startswith("text_encoder") and isinstance(module, torch.nn.Module):
+                return module_dtype(module)
+        return None
 
     def cast(self, dtype: torch.dtype) -> PromptEncoder:
         """The same encoding on copies of the text encoders cast to ``dtype`` (a plan's runtime precision); the

@@ -118,6 +118,9 @@ class Technique:
     # changes how the plan's model runs (precision, compiler, kernels), not what the plan computes: the report
     # splits a plan's speed-up into this part and the algorithmic rest, timing the plan without it
     runtime_only: bool = False
+    # (config, target) -> whether the config runs the target's model as loaded, for a ``runtime_only`` technique
+    # whose unchanged settings depend on the target (its loaded precision); None: its ``unchanged_params``
+    runs_as_loaded: Callable[[Any, Any], bool] | None = None
     # config -> whether that config is simulated, for a ``simulated`` technique whose configs may run for real
     # (quantization on a backend's kernels); None: every config of a ``simulated`` technique is
     simulates: Callable[[Any], bool] | None = None
@@ -322,16 +325,20 @@ def unchanged_model_params() -> dict[str, Any]:
     }
 
 
-def without_runtime(params: Mapping[str, Any], techniques: Iterable[str]) -> dict[str, Any] | None:
+def without_runtime(params: Mapping[str, Any], techniques: Iterable[str], target: Any) -> dict[str, Any] | None:
     """``params`` with the settings of every ``runtime_only`` technique among ``techniques`` put back to the
-    model as loaded: the plan's algorithmic part alone. None where no runtime setting changes the plan."""
+    model as loaded: the plan's algorithmic part alone. None where no runtime setting changes ``target``'s plan."""
     plain, changed = dict(params), False
     for name in techniques:
         technique = get_technique(name)
         if not technique.runtime_only:
             continue
         unchanged = {f"{name}.{key}": value for key, value in technique.unchanged_params.items()}
-        changed |= technique.config_from_params(plain) != technique.config_from_params(unchanged)
+        config = technique.config_from_params(plain)
+        if technique.runs_as_loaded is not None:
+            changed |= not technique.runs_as_loaded(config, target)
+        else:
+            changed |= config != technique.config_from_params(unchanged)
         plain.update(unchanged)
     return plain if changed else None
 

@@ -356,9 +356,9 @@ def prune_unet(unet, config: PruningConfig, target=None, removed_blocks: list[in
         raise TechniqueError(
             f"pruning.blocks={config.blocks} applies to transformer denoisers; this {type(unet).__name__} takes 0"
         )
-    pruned = copy.deepcopy(unet).float()
     if not config.prunes:
-        return pruned
+        return copy.deepcopy(unet)  # in the precision it was loaded in
+    pruned = copy.deepcopy(unet).float()
     if target is None:
         raise TechniqueError("pruning needs the target: it traces the denoiser on a call of its own sampling loop")
     generator = torch.Generator().manual_seed(config.seed)

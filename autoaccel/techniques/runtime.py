@@ -30,9 +30,8 @@ from autoaccel.pipeline.call_control import call_controller
 from autoaccel.pipeline.prescribed import replace_carried_decoder
 from autoaccel.targets.layouts import layout_of
 from autoaccel.techniques.base import COMPILE_SECONDS, ParamSpec, Technique, register, require_types
-from autoaccel.util.precision import cast_module
+from autoaccel.util.precision import DTYPES, cast_module, module_dtype
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 COMPILE_MODES = ("none", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
 CUDA_ONLY_MODES = ("reduce-overhead",)  # CUDA graphs
 ATTENTION_BACKENDS = {
@@ -47,9 +46,10 @@ RUNTIME = "autoaccel_runtime"  # the attribute a runtime model carries its call 
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    """The deployment's runtime; the defaults are the model as loaded (float32, eager, torch's SDPA choice)."""
+    """The deployment's runtime; the defaults are the model as loaded (in its loaded precision, ``target.dtype``,
+    eager, torch's SDPA choice)."""
 
-    dtype: str = "float32"
+    dtype: str | None = None  # None: the precision the target was loaded in
     compile: str = "none"
     attention: str = "default"
     fuse_qkv: bool = False
@@ -58,17 +58,25 @@ class RuntimeConfig:
     def __post_init__(self) -> None:
         require_types(self, "runtime", {"fuse_qkv": bool, "channels_last": bool})
         for name, valid in (("dtype", DTYPES), ("compile", COMPILE_MODES), ("attention", ATTENTION_BACKENDS)):
-            if getattr(self, name) not in valid:
+            if getattr(self, name) not in valid and not (name == "dtype" and self.dtype is None):
                 raise ConfigError(f"runtime.{name}={getattr(self, name)!r} is not valid; valid: {', '.join(valid)}")
 
     @property
     def active(self) -> bool:
         return self != RuntimeConfig()
 
-    @property
-    def changes_weights(self) -> bool:
+    def dtype_for(self, model: torch.nn.Module) -> torch.dtype:
+        """The precision the plan runs ``model`` in: ``dtype``, or the model's own where it is None (the precision
+        its target was loaded in: the techniques that train in float32 deploy in that)."""
+        return DTYPES[self.dtype] if self.dtype is not None else module_dtype(model)
+
+    def runs_as_loaded(self, model: torch.nn.Module) -> bool:
+        """Whether ``model`` runs as it is: no setting beyond a ``dtype`` that is already the model's."""
+        return replace(self, dtype=None) == RuntimeConfig() and self.dtype_for(model) == module_dtype(model)
+
+    def changes_weights(self, model: torch.nn.Module) -> bool:
         """Whether the model's tensors change (cast, fused, re-laid out): the model is copied, not shared."""
-        return self.dtype != "float32" or self.fuse_qkv or self.channels_last
+        return self.dtype_for(model) != module_dtype(model) or self.fuse_qkv or self.channels_last
 
 
 RUNTIME_PARAMS = {
@@ -186,13 +194,14 @@ def _refusal(config: RuntimeConfig, model: torch.nn.Module, device: torch.device
         )
     backend = ATTENTION_BACKENDS[config.attention]
     if backend is not None:
-        probe = torch.zeros(1, 1, 8, 64, device=device, dtype=DTYPES[config.dtype])
+        probe = torch.zeros(1, 1, 8, 64, device=device, dtype=config.dtype_for(model))
         try:
             with sdpa_kernel([backend]):
                 torch.nn.functional.scaled_dot_product_attention(probe, probe, probe)
         except RuntimeError as error:
             reason = str(error).splitlines()[0]
-            kernel = f"runtime.attention={config.attention!r}: torch has no such kernel for {config.dtype} on {device}"
+            precision = str(config.dtype_for(model)).removeprefix("torch.")
+            kernel = f"runtime.attention={config.attention!r}: torch has no such kernel for {precision} on {device}"
             return f"{kernel}: {reason}"
     return None
 
@@ -200,16 +209,16 @@ def _refusal(config: RuntimeConfig, model: torch.nn.Module, device: torch.device
 def apply_runtime(pipeline, config: RuntimeConfig, target) -> None:
     """Runs the plan's model (and its VAE and text encoders) the way ``config`` deploys it; the target's own
     modules are copied, never changed, since the reference and the other plans run them."""
-    if not config.active:
-        return
     model = pipeline.denoiser
+    if config.runs_as_loaded(model):
+        return
     reason = _refusal(config, model, model.device)
     if reason is not None:
         raise TechniqueError(reason)
     if runtime_call(model) is not None:
         raise TechniqueError("runtime applies once per plan")
-    dtype = DTYPES[config.dtype]
-    if config.changes_weights:
+    dtype = config.dtype_for(model)
+    if config.changes_weights(model):
         model = copy.deepcopy(model)
         if config.fuse_qkv:
             try:
@@ -225,11 +234,16 @@ def apply_runtime(pipeline, config: RuntimeConfig, target) -> None:
     model.forward = call
     object.__setattr__(model, RUNTIME, call)
     pipeline.denoiser = model
-    if dtype != torch.float32:
-        if pipeline.vae is not None:
-            pipeline.vae = cast_module(copy.deepcopy(pipeline.vae), dtype)
-            replace_carried_decoder(model, pipeline.vae)  # a decoder the model brings (a tiny one) is cast too
+    if pipeline.vae is not None and module_dtype(pipeline.vae) != dtype:
+        pipeline.vae = cast_module(copy.deepcopy(pipeline.vae), dtype)
+        replace_carried_decoder(model, pipeline.vae)  # a decoder the model brings (a tiny one) is cast too
+    if encoder_dtype(pipeline.conditions) not in (None, dtype):
         pipeline.conditions = _cast_conditions(pipeline.conditions, dtype)
+
+
+def encoder_dtype(conditions) -> torch.dtype | None:
+    """The precision of the text encoders that encode ``conditions`` (None: no encoder a plan can cast)."""
+    return getattr(conditions.encoder, "dtype", None) if getattr(conditions.encoder, "cast", None) else None
 
 
 def _cast_conditions(conditions, dtype: torch.dtype):
@@ -264,7 +278,7 @@ def runtime_label(candidate: dict[str, Any]) -> str | None:
     """A few words: ``bfloat16 compiled``; None for the model as loaded."""
     own = {key.removeprefix("runtime."): value for key, value in candidate.items() if key.startswith("runtime.")}
     settings = {**asdict(RuntimeConfig()), **own}
-    words = [str(settings["dtype"])] if settings["dtype"] != "float32" else []
+    words = [str(settings["dtype"])] if settings["dtype"] not in (None, "float32") else []
     words += ["compiled"] if settings["compile"] != "none" else []
     words += [f"{settings['attention']} attention"] if settings["attention"] != "default" else []
     words += ["fused qkv"] if settings["fuse_qkv"] else []
@@ -281,6 +295,7 @@ RUNTIME_TECHNIQUE = register(
         # a new model (cast, compiled): plan identity and the evaluator's kept models must see it
         modifies_model=True,
         runtime_only=True,  # the report splits a plan's speed-up into this part and the algorithmic rest
+        runs_as_loaded=lambda config, target: config.runs_as_loaded(target.denoiser),
         unchanged_params=asdict(RuntimeConfig()),  # the baselines run the model as loaded: float32, eager
         params=RUNTIME_PARAMS,
         cost_key=runtime_cost,

@@ -4,6 +4,27 @@ from __future__ import annotations
 
 import torch
 
+from autoaccel.errors import ConfigError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # by their names
+
+
+def dtype_named(name: str, setting: str) -> torch.dtype:
+    """The dtype ``name`` names; a ConfigError naming ``setting`` and the valid names otherwise."""
+    if name not in DTYPES:
+        raise ConfigError(f"{setting}={name!r} is not valid; valid: {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def module_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The precision of ``module``'s first floating-point parameter (float32 for a module without one)."""
+    return next((parameter.dtype for parameter in module.parameters() if parameter.is_floating_point()), torch.float32)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``bfloat16``."""
+    return str(dtype).removeprefix("torch.")
+
 
 def cast_module(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     """``module`` (in place) with its floating-point weights in ``dtype``, except the submodules its class keeps
