@@ -20,6 +20,7 @@ from autoaccel.pipeline.sampling import sampler_pipeline
 from autoaccel.plan.candidate import to_plain
 from autoaccel.plan.steps import Plan
 from autoaccel.targets.precision import target_dtype
+from autoaccel.techniques.base import registered_techniques
 from autoaccel.util.artifacts import ArtifactRef, ArtifactStore, read_artifact, relative_path
 
 # (pipeline, the plan's model steps) -> technique name -> sha256 of what was stored: applies the model steps its
@@ -105,9 +106,10 @@ def refuse_training_off_float32(technique, config, target) -> None:
     what = technique.recompute(config) if technique.recompute is not None else None
     loaded = target_dtype(target)
     if what and loaded != "float32":
+        precision = next(f"{other.name}.dtype" for other in registered_techniques() if "dtype" in other.params)
         raise TechniqueError(
             f"{technique.name}: {what} runs on a float32 copy of the model, and this target was loaded in {loaded} "
-            f"(target.dtype={loaded}); load it in float32 and add runtime.dtype={loaded} to the space to deploy "
+            f"(target.dtype={loaded}); load it in float32 and add {precision}={loaded} to the space to deploy "
             "the plan in that precision"
         )
 
