@@ -11,6 +11,7 @@ import torch
 from autoaccel.errors import TechniqueError
 from autoaccel.measure.latency import RecompiledWhileTimed, measure_cost
 from autoaccel.measure.measurement import FAILED
+from autoaccel.pipeline.call_control import call_controller
 from autoaccel.pipeline.sampling import sampler_pipeline
 from autoaccel.pipeline.seeds import make_seed_batch
 from autoaccel.plan.candidate import Candidate
@@ -20,6 +21,7 @@ from autoaccel.techniques.base import COMPILE_SECONDS, get_technique
 from autoaccel.techniques.runtime import RuntimeConfig
 from autoaccel.testing.pipelines import build_tiny_pipeline
 from autoaccel.testing.technique_contract import TechniqueExample, configured, fresh_evaluator, images, plan_params
+from autoaccel.util.precision import module_dtype
 
 RUNTIME = get_technique("runtime")
 CLASSES = ("ddpm", "ddim", "dit", "sd", "pixart_alpha", "pixart_sigma", "sd3")  # the classes autoaccel loads
@@ -122,6 +124,29 @@ def test_compile_is_refused_on_a_cached_model(targets, tmp_path):
     settings = {**params(compile="default"), "caching.method": "deep", "caching.depth": 1, "caching.interval": 2}
     with pytest.raises(TechniqueError, match="does not apply to a cached model"):
         configured(targets["ddpm"], settings, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("kind", "cache"),
+    [
+        ("sd", {"caching.method": "deep", "caching.depth": 1, "caching.interval": 2}),
+        ("dit", {"caching.method": "first_block", "caching.strength": 0.5}),  # calibrated when it first runs
+    ],
+)
+def test_a_cached_model_runs_in_lower_precision_with_its_cache_built_again_around_the_cast_model(
+    targets, tmp_path, kind, cache
+):
+    """A cached model shares its weights with the model it was built from and cannot be copied: the runtime
+    builds the same cache around a cast copy of that model, and the target's own modules stay float32."""
+    target = targets[kind]
+    cached, _ = configured(target, {**params(), **cache}, tmp_path)
+    lower, _ = configured(target, {**params(dtype="bfloat16"), **cache}, tmp_path)
+    assert call_controller(lower.denoiser) is not None and call_controller(lower.denoiser) is not call_controller(
+        cached.denoiser
+    )
+    assert module_dtype(lower.denoiser) == torch.bfloat16 and module_dtype(target.denoiser) == torch.float32
+    first, second = images(cached, target), images(lower, target)
+    assert not torch.equal(first, second) and close(second, first, 0.1)
 
 
 def test_the_default_config_leaves_the_model_as_it_is(targets):

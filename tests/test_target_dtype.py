@@ -99,3 +99,11 @@ def test_a_dtype_no_model_loads_in_is_one_line(folder, tmp_path, capsys):
     assert main(["search", *overrides]) == 2
     assert "target.dtype='int8' is not valid; valid: float32, bfloat16, float16" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before a run folder was made
+
+
+def test_a_calibrated_cache_runs_on_a_bfloat16_target(tmp_path_factory, tmp_path):
+    """Caching calibrates on the model as it runs, not on a float32 copy: it is not refused."""
+    target = load_in_dtype(load_pipeline_folder(build_tiny_pipeline("dit", tmp_path_factory.mktemp("dit"))), "bfloat16")
+    cache = {"method": "first_block", "strength": 0.5}
+    pipeline, _ = configured(target, plan_params(get_technique("caching"), TechniqueExample(cache, {})), tmp_path)
+    assert module_dtype(pipeline.denoiser) == torch.bfloat16 and torch.isfinite(images(pipeline, target)).all()

@@ -76,7 +76,7 @@ def _run(context, config: DictConfig, log) -> Path:
     target = context.target
     guidance = target.reference_guidance
     standards = standard_configurations(
-        context.space, list(config.budget.warm_start_steps), guidance, target.schedule_family
+        context.space, list(config.budget.warm_start_steps), guidance, target.schedule_family, target
     )
     # the standard configurations come first, as many as the budget has room for; a resumed study with a larger
     # budget continues the list where the last run stopped

@@ -31,7 +31,13 @@ from autoaccel.search.fidelity import FidelityLadder
 from autoaccel.search.ledger import INTERRUPTED, PLAN_KEY, Ledger, not_a_result
 from autoaccel.search.liveness import Heartbeat, LivenessSettings, sweep_dead_workers
 from autoaccel.space.spaces import SearchSpace
-from autoaccel.techniques.base import get_technique, setting_with, standard_settings, unchanged_model_params
+from autoaccel.techniques.base import (
+    get_technique,
+    loaded_model_params,
+    setting_with,
+    standard_settings,
+    unchanged_model_params,
+)
 from autoaccel.util.interrupts import INTERRUPT_POLL_S, cancellable, deferred_interrupts, pause_point
 
 
@@ -47,14 +53,17 @@ class LoopBudget:
 
 
 def standard_configurations(
-    space: SearchSpace, steps: list[int], guidance: float = 1.0, family: str = "ddpm"
+    space: SearchSpace, steps: list[int], guidance: float = 1.0, family: str = "ddpm", target: Any = None
 ) -> list[tuple[str, dict[str, Any]]]:
     """The solvers users run by default, on the model's own uniform grid at each step count, at the guidance scale
     of the model's default call (where the space holds it; else none), as far as the space allows: the baselines
-    the report measures the search's gain against. Which solvers and grids, for a model of schedule ``family``,
-    the techniques say (``Technique.standard_settings``: DDIM or Euler for flow matching, DPM-Solver++ 2M, UniPC)."""
+    the report measures the search's gain against, on ``target``'s model as loaded (None: a float32 model). Which
+    solvers and grids, for a model of schedule ``family``, the techniques say (``Technique.standard_settings``:
+    DDIM or Euler for flow matching, DPM-Solver++ 2M, UniPC)."""
     # In a joint space the baselines are the unchanged model: each model technique says what leaves it as it is.
     unchanged_model = unchanged_model_params()
+    # a setting whose unchanged value (the model as loaded) is no choice of the space: the loaded model's own
+    unchanged_model.update({key: value for key, value in loaded_model_params(target).items() if key in space.names})
     guidance_key = setting_with("guidance_param")
     configurations: dict[str, tuple[str, dict[str, Any]]] = {}
     for step_count in steps:

@@ -121,6 +121,9 @@ class Technique:
     # (config, target) -> whether the config runs the target's model as loaded, for a ``runtime_only`` technique
     # whose unchanged settings depend on the target (its loaded precision); None: its ``unchanged_params``
     runs_as_loaded: Callable[[Any, Any], bool] | None = None
+    # (target, or None for a float32 model) -> settings (without the prefix) naming the model as loaded where the
+    # unchanged value (None: as loaded) is no choice a space offers: a baseline takes them where a space searches them
+    loaded_params: Callable[[Any], Mapping[str, Any]] | None = None
     # config -> whether that config is simulated, for a ``simulated`` technique whose configs may run for real
     # (quantization on a backend's kernels); None: every config of a ``simulated`` technique is
     simulates: Callable[[Any], bool] | None = None
@@ -143,6 +146,9 @@ class Technique:
     # config -> what applying it without its artifact runs again, in words ("pruning with 200 recovery steps"),
     # or None when that costs nothing worth saying
     recompute: Callable[[Any], str | None] | None = None
+    # what ``recompute`` names runs on a float32 copy of the model (training, calibration): refused on a target
+    # loaded in another precision (``target.dtype``), with the way to the same plan
+    float32_copy: bool = False
     # (pipeline, config) -> what applying computed from the pipeline that its recipe records beside the config
     # (a cache's calibration at the plan's schedule), or None
     recipe_record: Callable[[Any, Any], dict[str, Any] | None] | None = None
@@ -322,6 +328,17 @@ def unchanged_model_params() -> dict[str, Any]:
         f"{technique.name}.{key}": value
         for technique in registered_techniques()
         for key, value in technique.unchanged_params.items()
+    }
+
+
+def loaded_model_params(target: Any = None) -> dict[str, Any]:
+    """The settings that name ``target``'s model as loaded (None: a float32 model), for the techniques whose
+    unchanged value is no choice of a space (``Technique.loaded_params``)."""
+    return {
+        f"{technique.name}.{key}": value
+        for technique in registered_techniques()
+        if technique.loaded_params is not None
+        for key, value in technique.loaded_params(target).items()
     }
 
 

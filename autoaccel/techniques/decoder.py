@@ -353,6 +353,7 @@ DECODER = register(
         artifact_state=decoder_weights,
         from_artifact=decoder_from_artifact,
         recompute=recompute,
+        float32_copy=True,  # trained or calibrated on a float32 copy
         label=decoder_label,
         max_minutes_param="max_minutes",
         target_limits=decoder_limits,

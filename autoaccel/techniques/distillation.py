@@ -296,6 +296,7 @@ DISTILLATION = register(
         artifact_state=distilled_weights,
         from_artifact=distillation_from_artifact,
         recompute=recompute,
+        float32_copy=True,  # trained or calibrated on a float32 copy
         prescribes_sampler=lambda config: config.trains,
         label=distillation_label,
         max_minutes_param="max_minutes",

@@ -450,6 +450,7 @@ PRUNING = register(
         artifact_state=pruned_weights,
         from_artifact=pruning_from_artifact,
         recompute=pruning_recompute,
+        float32_copy=True,  # trained or calibrated on a float32 copy
         version=2,
         max_minutes_param="recovery_max_minutes",
     )

@@ -477,6 +477,7 @@ QUANTIZATION = register(
         artifact_state=quantized_weights,
         from_artifact=quantization_from_artifact,
         recompute=quantization_recompute,
+        float32_copy=True,  # trained or calibrated on a float32 copy
         recipe_record=quantization_record,
         simulation=lambda unet: _with_assignment(unet, _simulation),
         stored_bytes=lambda unet: _with_assignment(unet, lambda assignment: _stored_bytes(unet, assignment)) or {},

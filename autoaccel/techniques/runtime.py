@@ -26,11 +26,11 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from autoaccel.errors import ConfigError, TechniqueError
-from autoaccel.pipeline.call_control import call_controller
+from autoaccel.pipeline.call_control import call_controller, rebuilt_around
 from autoaccel.pipeline.prescribed import replace_carried_decoder
 from autoaccel.targets.layouts import layout_of
 from autoaccel.techniques.base import COMPILE_SECONDS, ParamSpec, Technique, register, require_types
-from autoaccel.util.precision import DTYPES, cast_module, module_dtype
+from autoaccel.util.precision import DTYPES, cast_module, dtype_name, module_dtype
 
 COMPILE_MODES = ("none", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
 CUDA_ONLY_MODES = ("reduce-overhead",)  # CUDA graphs
@@ -219,15 +219,12 @@ def apply_runtime(pipeline, config: RuntimeConfig, target) -> None:
         raise TechniqueError("runtime applies once per plan")
     dtype = config.dtype_for(model)
     if config.changes_weights(model):
-        model = copy.deepcopy(model)
-        if config.fuse_qkv:
-            try:
-                model.fuse_qkv_projections()
-            except ValueError as error:  # diffusers refuses models with added KV projections (joint attention)
-                raise TechniqueError(f"runtime.fuse_qkv: {type(model).__name__}: {error}") from None
-        cast_module(model, dtype)
-        if config.channels_last:
-            model.to(memory_format=torch.channels_last)
+
+        def changed(source: torch.nn.Module) -> torch.nn.Module:
+            return _changed_copy(source, config, dtype)
+
+        # a cached model is built again around the changed model, its cache calibrated on it when it runs
+        model = changed(model) if call_controller(model) is None else rebuilt_around(model, changed)
     else:
         model = copy.copy(model)  # its own forward; weights shared
     call = RuntimeCall(model, config)
@@ -239,6 +236,26 @@ def apply_runtime(pipeline, config: RuntimeConfig, target) -> None:
         replace_carried_decoder(model, pipeline.vae)  # a decoder the model brings (a tiny one) is cast too
     if encoder_dtype(pipeline.conditions) not in (None, dtype):
         pipeline.conditions = _cast_conditions(pipeline.conditions, dtype)
+
+
+def _changed_copy(model: torch.nn.Module, config: RuntimeConfig, dtype: torch.dtype) -> torch.nn.Module:
+    """A copy of ``model`` with its QKV projections fused, cast to ``dtype`` and in channels-last memory, as
+    ``config`` says; ``model`` stays as it was."""
+    model = copy.deepcopy(model)
+    if config.fuse_qkv:
+        try:
+            model.fuse_qkv_projections()
+        except ValueError as error:  # diffusers refuses models with added KV projections (joint attention)
+            raise TechniqueError(f"runtime.fuse_qkv: {type(model).__name__}: {error}") from None
+    cast_module(model, dtype)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def loaded_dtype(target) -> str:
+    """The precision ``target`` was loaded in, by name (``target.dtype``)."""
+    return dtype_name(module_dtype(target.denoiser))
 
 
 def encoder_dtype(conditions) -> torch.dtype | None:
@@ -296,6 +313,7 @@ RUNTIME_TECHNIQUE = register(
         modifies_model=True,
         runtime_only=True,  # the report splits a plan's speed-up into this part and the algorithmic rest
         runs_as_loaded=lambda config, target: config.runs_as_loaded(target.denoiser),
+        loaded_params=lambda target: {"dtype": "float32" if target is None else loaded_dtype(target)},
         unchanged_params=asdict(RuntimeConfig()),  # the baselines run the model as loaded: float32, eager
         params=RUNTIME_PARAMS,
         cost_key=runtime_cost,

@@ -178,7 +178,10 @@ def probe_inputs(model: torch.nn.Module, target) -> tuple[torch.Tensor, torch.Te
     parameter = next(model.parameters())
     sample = torch.zeros((1, *target.sample_shape), device=parameter.device, dtype=parameter.dtype)
     labels = torch.zeros(1, dtype=torch.long) if target.condition_count is not None else None
-    keywords = target.conditions.keywords(labels, False, parameter.device)
+    keywords = {  # prompt embeddings in the model's precision, as the sampling loop passes them
+        key: value.to(parameter.dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+        for key, value in target.conditions.keywords(labels, False, parameter.device).items()
+    }
     timestep = torch.tensor([target.num_train_timesteps // 2], device=parameter.device)
     return sample, timestep, keywords
 

@@ -49,13 +49,18 @@ def apply_caching(pipeline, config: CachingConfig, target) -> None:
             "caching does not apply to a plan that hands steps between two models (assignment.teacher_steps > 0); "
             "use assignment.teacher_steps 0 with caching"
         )
+    pipeline.denoiser = cached_model(model, config, target)
+
+
+def cached_model(model: torch.nn.Module, config: CachingConfig, target) -> torch.nn.Module:
+    """A shallow copy of ``model`` whose forward is its cache method's controller; ``model`` stays as it was."""
     method = config.cache_method
     controller = method.install(model, config, target)
     cached = clone(model)
     cached.forward = controller.forward
-    attach_controller(cached, controller)
+    attach_controller(cached, controller, rebuild=lambda change: cached_model(change(model), config, target))
     method.measure(cached, target)
-    pipeline.denoiser = cached
+    return cached
 
 
 def caching_cost(config: CachingConfig) -> dict:
