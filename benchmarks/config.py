@@ -70,6 +70,7 @@ class RuntimeBenchConfig:
     student_steps: list[int] = field(default_factory=lambda: [1, 2, 4])
     decoder_iterations: int = 1000  # the tiny decoder's training
     decoder_data_samples: int = 512
+    file: str = "runtime.md"  # the table's name in bench.dir
 
 
 @dataclass

@@ -180,6 +180,42 @@ def _combination_lines(section: dict, ratio: float) -> list[str]:
     return lines
 
 
+def _own_combination_lines(section: dict) -> list[str]:
+    """The fastest eager plans' own greedy runtime combinations, step by step."""
+    reference = section["reference"]
+    lines = []
+    for result in section.get("own", []):
+        lines += [
+            f"#### {result['plan']}'s own runtime combination (the fastest plan in float32 eager within "
+            f"{result['bound']}x the reference's FID)",
+            "",
+            "Settings within the runtime bound alone and not slower alone, fastest first; each combination timed "
+            "side by side with the reference and the combination so far; kept when the plan stays within "
+            f"{result['bound']}x and gets faster.",
+            "",
+            "| combination | FID | FID / reference | speed-up (IQR) | so far | compile s | train min | decision |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for step in result["steps"]:
+            entry, timing = step["entry"], step["timing"]
+            if entry is None or timing is None:
+                lines.append(f"| {step['label']} | | | | | | | {step['decision']} |")
+                continue
+            lines.append(
+                f"| {step['label']} | {_fid(entry)} | {_ratio(entry, reference)} | {_speed(timing)} | "
+                f"{_speed(step.get('best_timing'))} | {_number(entry.get('compile_seconds'), 1)} | "
+                f"{_minutes(entry.get('train_minutes'))} | {step['decision']} |"
+            )
+        if result["final_timing"] is not None:
+            lines += [
+                "",
+                f"Timed once more beside the plan in float32 eager: {_speed(result['eager_timing'])} eager, "
+                f"{_speed(result['final_timing'])} under its own combination.",
+            ]
+        lines.append("")
+    return lines
+
+
 def _plan_lines(section: dict) -> list[str]:
     reference = section["reference"]
     combination = ", ".join(f"{key}={value}" for key, value in section["best_changes"].items()) or "none"
@@ -206,11 +242,18 @@ def _plan_lines(section: dict) -> list[str]:
                 f"{_minutes(entry.get('train_minutes'))} |"
             )
     lines.append("")
+    lines += _own_combination_lines(section)
     for bound, best in section["best"].items():
         if best is None:
             lines.append(f"- Best whole plan within {bound}x the reference's FID: none stays within it.")
             continue
-        form = "float32 eager" if best["form"] == "eager" else "under the combination"
+        form = {
+            "eager": "float32 eager",
+            "runtime": "under the combination",
+            "own": "under its own combination ("
+            + ", ".join(f"{key}={value}" for key, value in best.get("changes", {}).items())
+            + ")",
+        }[best["form"]]
         lines.append(
             f"- Best whole plan within {bound}x the reference's FID: **{best['label']}, {form}**, "
             f"{best['timing']['speedup']:.2f}x = {best['algorithmic']:.2f}x algorithmic (reference / the plan in "
@@ -263,7 +306,7 @@ def write_runtime_table(config: DictConfig, sections: list[dict], pending: list[
         lines += section_lines(section, flags)
     if pending:
         lines += [f"Not yet measured (the run stopped or is still going): {', '.join(pending)}.", ""]
-    path = Path(config.bench.dir) / "runtime.md"
+    path = Path(config.bench.dir) / str(settings.get("file") or "runtime.md")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path

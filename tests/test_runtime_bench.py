@@ -5,10 +5,12 @@ real images; the greedy rule itself on scripted measurements; bad settings refus
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 from autoaccel.cli.main import main
@@ -17,7 +19,14 @@ from autoaccel.testing.pipelines import build_tiny_pipeline
 from benchmarks.config import compose_benchmark_config
 from benchmarks.gpu_runtime import ROWS
 from benchmarks.gpu_runtime import main as gpu_runtime
-from benchmarks.runtime import CPU_SETTINGS, combine_greedily, run_runtime_benchmark
+from benchmarks.runtime import (
+    CPU_SETTINGS,
+    best_of,
+    combine_greedily,
+    plan_combinations,
+    run_runtime_benchmark,
+    sampler_plans,
+)
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +128,7 @@ def test_the_runtime_bench_writes_every_row_the_combination_and_the_whole_plans(
     whole = tables[WHOLE]
     for solver in ("dpmsolver++", "unipc"):
         assert whole[f"{solver} 2 steps"]
+    assert "own runtime combination (the fastest plan in float32 eager within 1000.0x" in table
     assert "Best whole plan within 1000.0x the reference's FID: **" in table
     assert "x algorithmic (reference / the plan in float32 eager) x " in table
 
@@ -191,6 +201,7 @@ def test_the_greedy_combination_keeps_what_stays_within_the_bound_and_is_faster(
         ("bench.runtime.settings=[bfloat16,turbo]", "bench.runtime.settings=['bfloat16', 'turbo'] is not valid"),
         ("bench.runtime.solvers=[unipc,warp]", "bench.runtime.solvers names ['warp']"),
         ("bench.runtime.steps=[]", "bench.runtime.steps=[] is not valid"),
+        ("bench.runtime.file=../runtime.txt", "bench.runtime.file='../runtime.txt' is not valid"),
     ],
 )
 def test_bad_runtime_bench_settings_are_one_line_before_any_model_loads(override, fragment, capsys, tmp_path):
@@ -217,3 +228,83 @@ def test_the_gpu_runtime_bench_writes_its_table_within_a_tiny_budget(tmp_path):
     assert "| tiny-sd | 1 | float32 eager | " in table and "1.00x" in table
     for row in ROWS[1:]:  # every row measured, refused with its reason, or listed as past the budget
         assert f"| {row} | " in table or f"tiny-sd {row}" in table, row
+
+
+class ScriptedBench:
+    """What ``plan_combinations`` asks of a target's bench, with scripted scores and side-by-side timings."""
+
+    def __init__(self, latencies: dict[str, float]) -> None:
+        self.target = SimpleNamespace(name="scripted", capabilities=set())
+        self.reference = {"fid": [10.0], "failures": []}
+        self.latencies = latencies  # label of what a plan changes -> its latency (the reference's: 1000 ms)
+        self.scored: list[dict] = []
+
+    def log(self, message: str) -> None:
+        pass
+
+    def score(self, params: dict, sampler: bool = False) -> dict:
+        self.scored.append(params)
+        return {"fid": [10.1], "failures": [], "params": params}
+
+    def time(self, entries: list[dict]) -> list[dict]:
+        timings = []
+        for entry in entries:
+            kind = entry["params"].get("decoder.kind", "vae") if entry.get("params") else "vae"
+            latency = self.latencies[kind]
+            timings.append({"speedup": 1000 / latency, "latency_ms": latency, "low": 0.9, "high": 1.1})
+        return timings
+
+
+def test_the_fastest_plan_gets_its_own_combination_where_a_setting_that_ties_at_the_default_call_pays():
+    """A tiny decoder ties at the default call (the decode is small beside 50 steps) but pays on a one-step plan:
+    the plan's own combination keeps it, and the best whole plan is split into its algorithmic and runtime part."""
+    config = OmegaConf.create(
+        {
+            "bench": {
+                "runtime": {
+                    "solvers": ["unipc"],
+                    "steps": [2],
+                    "student_iterations": 0,
+                    "quality_ratio": 1.02,
+                    "plan_ratios": [1.25],
+                }
+            }
+        }
+    )
+    bench = ScriptedBench({"vae": 25.0, "tiny": 20.0})
+    eager = {"fid": [10.5], "failures": [], "params": dict(sampler_plans(config, bench.target))["unipc 2 steps"]}
+    plans = [{"label": "unipc 2 steps", "eager": eager, "eager_timing": {"speedup": 40.0, "latency_ms": 25.0}}]
+    tie = {"speedup": 1.0, "latency_ms": 1000.0, "low": 0.98, "high": 1.02}
+    rows = [
+        {
+            "label": "decoder-tiny",
+            "changes": {"decoder.kind": "tiny"},
+            "entry": {"fid": [10.0], "failures": []},
+            "timing": tie,
+        },
+        {  # outside the runtime bound alone: no candidate
+            "label": "bfloat16",
+            "changes": {"runtime.dtype": "bfloat16"},
+            "entry": {"fid": [10.5], "failures": []},
+            "timing": {**tie, "high": 1.3},
+        },
+        {  # clearly slower alone: no candidate
+            "label": "float16",
+            "changes": {"runtime.dtype": "float16"},
+            "entry": {"fid": [10.0], "failures": []},
+            "timing": {**tie, "low": 0.2, "high": 0.3},
+        },
+    ]
+    own = plan_combinations(bench, config, rows, plans)
+    assert len(own) == 1 and own[0]["plan"] == "unipc 2 steps"
+    decisions = {step["label"]: step["decision"] for step in own[0]["steps"]}
+    assert decisions == {
+        "unipc 2 steps": "start: the plan in float32 eager",
+        "unipc 2 steps + decoder-tiny": "kept",
+    }
+    assert own[0]["final"]["changes"] == {"decoder.kind": "tiny"}
+    best = best_of(None, own, bench.reference, 1.25)
+    assert best["form"] == "own" and best["timing"]["speedup"] == pytest.approx(50.0)
+    assert best["algorithmic"] == pytest.approx(40.0) and best["runtime"] == pytest.approx(1.25)
+    slower = {"label": "x", "form": "runtime", "timing": {"speedup": 60.0}}
+    assert best_of(slower, own, bench.reference, 1.25) is slower  # a faster plan under the default's combination
