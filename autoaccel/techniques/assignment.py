@@ -11,6 +11,7 @@ counts them. Only plans with a distilled model can take it (the space's validati
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,7 @@ from autoaccel.targets.conditions import concat_keywords
 from autoaccel.targets.denoisers import predict
 from autoaccel.targets.layouts import layout_of
 from autoaccel.techniques.base import ParamSpec, Technique, register, require_types
+from autoaccel.util.precision import cast_module, module_dtype
 
 PLACES = ("first", "last")
 MAX_TEACHER_STEPS = 8
@@ -107,11 +109,16 @@ class StepAssigned(torch.nn.Module):
 
 
 def _null_keywords(conditions, keywords: dict, rows: int) -> dict:
-    """The keyword arguments of the unconditional branch for a batch conditioned by ``keywords``."""
+    """The keyword arguments of the unconditional branch for a batch conditioned by ``keywords`` (in their dtype:
+    the model's precision)."""
     if conditions.kind == "class":
         return {**keywords, conditions.keyword: torch.full_like(keywords[conditions.keyword], conditions.null_class)}
     index = torch.zeros(rows, dtype=torch.long)
-    return {**keywords, **{key: value[index.to(value.device)] for key, value in conditions.null.items()}}
+    null = {key: value[index.to(value.device)] for key, value in conditions.null.items()}
+    return {
+        **keywords,
+        **{key: value.to(keywords[key].dtype) if key in keywords else value for key, value in null.items()},
+    }
 
 
 def apply_assignment(pipeline, config: AssignmentConfig, target) -> None:
@@ -133,7 +140,10 @@ def apply_assignment(pipeline, config: AssignmentConfig, target) -> None:
         )
     steps = list(sampler.timesteps)
     chosen = steps[: config.teacher_steps] if config.where == "first" else steps[-config.teacher_steps :]
-    pipeline.denoiser = StepAssigned(pipeline.denoiser, target.denoiser, target, set(chosen), target.reference_guidance)
+    teacher = target.denoiser
+    if module_dtype(teacher) != module_dtype(pipeline.denoiser):  # the student runs in a plan's runtime precision
+        teacher = cast_module(copy.deepcopy(teacher), module_dtype(pipeline.denoiser))
+    pipeline.denoiser = StepAssigned(pipeline.denoiser, teacher, target, set(chosen), target.reference_guidance)
 
 
 def assignment_cost(config: AssignmentConfig) -> dict:

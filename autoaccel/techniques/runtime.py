@@ -26,7 +26,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from autoaccel.errors import ConfigError, TechniqueError
-from autoaccel.pipeline.call_control import call_controller, rebuilt_around
+from autoaccel.pipeline.call_control import call_controller, rebuilds, rebuilt_around
 from autoaccel.pipeline.prescribed import replace_carried_decoder
 from autoaccel.targets.layouts import layout_of
 from autoaccel.techniques.base import COMPILE_SECONDS, ParamSpec, Technique, register, require_types
@@ -223,8 +223,9 @@ def apply_runtime(pipeline, config: RuntimeConfig, target) -> None:
         def changed(source: torch.nn.Module) -> torch.nn.Module:
             return _changed_copy(source, config, dtype)
 
-        # a cached model is built again around the changed model, its cache calibrated on it when it runs
-        model = changed(model) if call_controller(model) is None else rebuilt_around(model, changed)
+        # a cached or step-assigned model is built again around the changed models (a cache is calibrated on the
+        # changed model when it runs)
+        model = rebuilt_around(model, changed) if rebuilds(model) else changed(model)
     else:
         model = copy.copy(model)  # its own forward; weights shared
     call = RuntimeCall(model, config)
