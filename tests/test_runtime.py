@@ -149,6 +149,24 @@ def test_a_cached_model_runs_in_lower_precision_with_its_cache_built_again_aroun
     assert not torch.equal(first, second) and close(second, first, 0.1)
 
 
+def test_a_student_handing_a_step_to_its_teacher_runs_both_in_the_plans_precision(targets, tmp_path):
+    """The teacher answers the first step with the prompt's unconditional branch: both models and that branch's
+    embeddings in bfloat16, the target's own teacher left as it was."""
+    target = targets["sd"]
+    student = {
+        "distillation.method": "consistency",
+        "distillation.iterations": 3,
+        "distillation.steps": 2,
+        "distillation.batch_size": 4,
+        "distillation.data_samples": 8,
+        "assignment.teacher_steps": 1,
+    }
+    pipeline, _ = configured(target, {**params(dtype="bfloat16"), **student}, tmp_path)
+    assert module_dtype(pipeline.denoiser.student) == module_dtype(pipeline.denoiser.teacher) == torch.bfloat16
+    assert module_dtype(target.denoiser) == torch.float32
+    assert torch.isfinite(images(pipeline, target)).all()
+
+
 def test_the_default_config_leaves_the_model_as_it_is(targets):
     target = targets["ddpm"]
     pipeline = sampler_pipeline(target)
