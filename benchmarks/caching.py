@@ -199,12 +199,27 @@ def steps_only_space(space_name: str, folder: Path) -> str:
     document["description"] = f"{space_name} with caching held at none: steps, schedules and solvers alone"
     document["fixed"] = {**(document.get("fixed") or {}), "caching.method": "none"}
     document["dimensions"] = {
-        name: spec for name, spec in document["dimensions"].items() if not name.startswith("caching.")
+        name: _held_uncached(spec)
+        for name, spec in document["dimensions"].items()
+        if not name.startswith("caching.") and _active_uncached(spec)
     }
     path = Path(folder) / f"{document['name']}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return str(path)
+
+
+def _active_uncached(spec: dict) -> bool:
+    """Whether a dimension stays active with caching held at none (its ``when`` on caching allows none)."""
+    when = spec.get("when") or {}
+    return all("none" in values for name, values in when.items() if name == "caching.method")
+
+
+def _held_uncached(spec: dict) -> dict:
+    """A dimension's spec without the conditions on caching, which hold once caching is none."""
+    when = {name: values for name, values in (spec.get("when") or {}).items() if not name.startswith("caching.")}
+    held = {key: value for key, value in spec.items() if key != "when"}
+    return {**held, "when": when} if when else held
 
 
 def _search_fronts(config: DictConfig, bench_dir: Path, target, evaluators, log) -> dict[str, list]:

@@ -173,13 +173,16 @@ def test_bad_quantization_configs_are_named(changes, message):
 @pytest.mark.parametrize(
     ("name", "order"),
     [
-        ("compressed", ["pruning", "quantization", "solver", "timesteps"]),
-        ("joint", ["distillation", "pruning", "quantization", "assignment", "caching", "solver", "timesteps"]),
+        ("compressed", ["pruning", "quantization", "solver", "timesteps", "runtime"]),
+        (
+            "joint",
+            ["distillation", "pruning", "quantization", "assignment", "caching", "solver", "timesteps", "runtime"],
+        ),
     ],
 )
 def test_bundled_spaces_apply_distillation_then_pruning_then_quantization_then_caching(name, order):
     """A student is compressed, not a compressed model distilled; the teacher's steps go to the compressed one,
-    and the cache is built on the model all of them leave."""
+    the cache is built on the model all of them leave, and the runtime runs what they made."""
     from autoaccel.plan.candidate import Candidate
     from autoaccel.space.spaces import active_params, load_space
 
