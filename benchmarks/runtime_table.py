@@ -158,17 +158,8 @@ def _combination_lines(section: dict, ratio: float) -> list[str]:
         "",
         "| combination | FID | FID / reference | speed-up (IQR) | so far | compile s | decoder train min | decision |",
         "|---|---|---|---|---|---|---|---|",
+        *_step_rows(steps, reference),
     ]
-    for step in steps:
-        entry, timing = step["entry"], step["timing"]
-        if entry is None or timing is None:
-            lines.append(f"| {step['label']} | | | | | | | {step['decision']} |")
-            continue
-        lines.append(
-            f"| {step['label']} | {_fid(entry)} | {_ratio(entry, reference)} | {_speed(timing)} | "
-            f"{_speed(step.get('best_timing'))} | {_number(entry.get('compile_seconds'), 1)} | "
-            f"{_minutes(entry.get('train_minutes'))} | {step['decision']} |"
-        )
     kept = [step for step in steps if step["kept"]]
     best = kept[-1]
     lines += [
@@ -178,6 +169,23 @@ def _combination_lines(section: dict, ratio: float) -> list[str]:
         "",
     ]
     return lines
+
+
+def _step_rows(steps: list[dict], reference: dict) -> list[str]:
+    """One row per step of a greedy combination: its figures, its speed-up beside the combination so far, and
+    the decision."""
+    rows = []
+    for step in steps:
+        entry, timing = step["entry"], step["timing"]
+        if entry is None or timing is None:
+            rows.append(f"| {step['label']} | | | | | | | {step['decision']} |")
+            continue
+        rows.append(
+            f"| {step['label']} | {_fid(entry)} | {_ratio(entry, reference)} | {_speed(timing)} | "
+            f"{_speed(step.get('best_timing'))} | {_number(entry.get('compile_seconds'), 1)} | "
+            f"{_minutes(entry.get('train_minutes'))} | {step['decision']} |"
+        )
+    return rows
 
 
 def _own_combination_lines(section: dict) -> list[str]:
@@ -195,17 +203,8 @@ def _own_combination_lines(section: dict) -> list[str]:
             "",
             "| combination | FID | FID / reference | speed-up (IQR) | so far | compile s | train min | decision |",
             "|---|---|---|---|---|---|---|---|",
+            *_step_rows(result["steps"], reference),
         ]
-        for step in result["steps"]:
-            entry, timing = step["entry"], step["timing"]
-            if entry is None or timing is None:
-                lines.append(f"| {step['label']} | | | | | | | {step['decision']} |")
-                continue
-            lines.append(
-                f"| {step['label']} | {_fid(entry)} | {_ratio(entry, reference)} | {_speed(timing)} | "
-                f"{_speed(step.get('best_timing'))} | {_number(entry.get('compile_seconds'), 1)} | "
-                f"{_minutes(entry.get('train_minutes'))} | {step['decision']} |"
-            )
         if result["final_timing"] is not None:
             lines += [
                 "",
