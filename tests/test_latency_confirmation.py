@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 import autoaccel.measure.evaluator as evaluator_module
+import autoaccel.search.confirm as confirm
 from autoaccel.cli.main import main
 from autoaccel.cli.search_command import search
 from autoaccel.config import compose_config
@@ -82,7 +83,11 @@ def test_a_plan_slowed_while_it_was_timed_is_confirmed_at_its_true_latency_and_t
         CONFIRMATION
     ]
     assert confirmation["search_front"] == sorted([best, second]) and confirmation["front"] == [best]
-    assert confirmation["left_front"] == [second] and confirmation["moved_median_pct"] == 45.0  # 90% and 0%
+    # the standard configurations the report compares with are confirmed too: all three plans here
+    assert set(trials["cost_key"]) == set(confirmation["structures"])  # plans of one structure share its timing
+    assert trials["search_latency_ms"].notna().all()
+    # 90% and 0%: the other two standard configurations share one structure (the same calls)
+    assert confirmation["left_front"] == [second] and confirmation["moved_median_pct"] == 45.0
     html = index.read_text()
     assert "1 plan left the front" in html and "45% (median)" in html and "latency at search (ms)" in html
     reference = json.loads((run_dir / "reference.json").read_text())
@@ -150,3 +155,20 @@ def test_a_reference_the_search_timed_with_one_call_is_confirmed_with_one_call(f
     half = f"reference timing (one call): {long_reference // 2}/{long_reference} denoiser calls (50%)"
     assert any(line.startswith(half) for line in timing), timing  # one line a step, each step one call
     assert timing[-1].startswith(f"reference timing (one call): {long_reference} denoiser calls in")
+
+
+@pytest.mark.integration
+def test_the_standard_configurations_off_the_front_are_confirmed_beside_it(fast_overrides, monkeypatch):
+    """The report compares each recommended plan with a standard configuration: both latencies are taken in the
+    same interleaved rounds, even where the standard configuration is not on the front."""
+    _noiseless_machine(monkeypatch)
+    overrides = [*fast_overrides, "budget.trials=3", "study_name=standards"]
+    index = search(compose_config([*overrides, "cost.confirm=false"]), log=lambda m: None)
+    trials = pd.read_csv(index.parent / "trials.csv")
+    counts = trials["cost_key"].value_counts()
+    alone = int(trials.loc[trials["cost_key"].map(counts) == 1, "trial"].iloc[0])  # a structure of its own
+    off_front = set(trials.loc[trials["trial"] != alone, "cost_key"])
+    monkeypatch.setattr(confirm, "front_numbers", lambda frame, objectives: [alone])  # the front: that plan alone
+    search(compose_config(overrides), log=lambda m: None)  # the study is complete: it reports, confirming first
+    stored = Ledger.open_existing(f"sqlite:///{index.parent / 'ledger.db'}", "standards").study.user_attrs
+    assert off_front and off_front <= set(stored[CONFIRMATION]["structures"])

@@ -2,16 +2,17 @@
 
 Each cost structure is timed once, when its first trial runs; minutes or hours apart, on a machine whose load
 changes, two plans' figures can differ by the load more than by the plans. Before the report, the plans on the
-front and the reference are therefore timed again together: ``cost.warmup`` untimed calls of each, then
-``cost.repeats`` rounds in which each plan (and the reference) is called once in turn (A B C ... A B C ...),
-all under the exclusive device lock (``autoaccel.measure.gate``), so a slow spell hits every plan alike. The
-median of a plan's rounds is its confirmed latency; each round's figure is kept, so a plan's speed-up over the
-reference has the interval of its per-round ratios (``autoaccel.report.speedup``). A plan with runtime settings
-(``runtime_only`` techniques: precision, compilation, kernels) is timed a second time without them, in the same
-rounds: its algorithmic part alone, which splits its speed-up into an algorithmic and a runtime factor. The
-reference is timed once per round like the plans, unless the search timed it with a single call (a call hundreds
-of steps long, ``LONG_CALL_STEPS``): then it is called once, without warm-up, in the middle round, as the search
-did, so confirming costs one such call, not ``warmup + repeats`` of them.
+front, the standard configurations the report compares them with, and the reference are therefore timed again
+together: ``cost.warmup`` untimed calls of each, then ``cost.repeats`` rounds in which each plan (and the reference)
+is called once in turn (A B C ... A B C ...), all under the exclusive device lock (``autoaccel.measure.gate``), so a
+slow spell hits every plan alike. The median of a plan's rounds is its confirmed latency; each round's figure is
+kept, so a plan's speed-up over the reference has the interval of its per-round ratios
+(``autoaccel.report.speedup``). A plan with runtime settings (``runtime_only`` techniques: precision, compilation,
+kernels) is timed a second time without them, in the same rounds: its algorithmic part alone, which splits its
+speed-up into an algorithmic and a runtime factor. The reference is timed once per round like the plans, unless the
+search timed it with a single call (a call hundreds of steps long, ``LONG_CALL_STEPS``): then it is called once,
+without warm-up, in the middle round, as the search did, so confirming costs one such call, not ``warmup + repeats``
+of them.
 
 A plan's pipeline is built the way the evaluator built it, from its stored artifacts (``train=False``): a plan
 whose model is stored on another machine of a shared study keeps its search figure, and the report says so.
@@ -79,7 +80,7 @@ def confirm_front_latencies(context, limits: list, log: Callable[[str], None]) -
     passes = 0
     while passes < MAX_PASSES:
         front = front_numbers(_with(searched, timed), objectives)
-        plans = _plans(searched, front, not_confirmed)
+        plans = _plans(searched, [*front, *_standards(searched)], not_confirmed)
         if passes and set(plans) <= set(timed):
             break
         passes += 1
@@ -170,6 +171,15 @@ def _with(searched: pd.DataFrame, timed: dict[str, dict]) -> pd.DataFrame:
     confirmed = frame["cost_key"].map(lambda key: timed.get(key, {}).get("latency_ms", math.nan))
     frame["latency_ms"] = confirmed.where(confirmed.notna(), frame["latency_ms"])
     return frame
+
+
+def _standards(searched: pd.DataFrame) -> list[int]:
+    """The standard configurations that completed: the report compares the recommended plans with them, so their
+    latencies are confirmed beside the front's."""
+    if "warm_start" not in searched:
+        return []
+    done = searched[(searched["state"] == "COMPLETE") & (searched["warm_start"].fillna("").astype(str) != "")]
+    return [int(number) for number in done["trial"]]
 
 
 def _plans(searched: pd.DataFrame, front: list[int], not_confirmed: dict[str, str]) -> dict[str, int]:
