@@ -18,7 +18,7 @@ from autoaccel.plan.candidate import Candidate
 from autoaccel.plan.recipe import apply_recipe, build_recipe, save_recipe
 from autoaccel.targets.loader import load_pipeline_folder
 from autoaccel.techniques.base import COMPILE_SECONDS, get_technique
-from autoaccel.techniques.runtime import RuntimeConfig
+from autoaccel.techniques.runtime import RuntimeCall, RuntimeConfig
 from autoaccel.testing.pipelines import build_tiny_pipeline
 from autoaccel.testing.technique_contract import TechniqueExample, configured, fresh_evaluator, images, plan_params
 from autoaccel.util.precision import module_dtype
@@ -253,3 +253,15 @@ def test_cuda_only_settings_run_on_cuda(tmp_path, settings):
     pipeline, _ = run(target, tmp_path, **settings)
     eager = images(run(target, tmp_path)[0], target)
     assert close(images(pipeline, target), eager, 0.02)
+
+
+@pytest.mark.slow
+def test_a_process_compiles_more_plan_structures_than_dynamos_default_keeps():
+    """A search compiles one variant of the denoiser's forward per plan structure; past dynamo's default of 8 a
+    whole-graph compile would fail (or a partial one run eagerly, unannounced)."""
+    torch._dynamo.reset()
+    for depth in range(1, 12):  # 11 structures of one forward
+        model = torch.nn.Sequential(*(torch.nn.Linear(4, 4) for _ in range(depth)))
+        call = RuntimeCall(model, RuntimeConfig(compile="default"))
+        assert call(torch.ones(2, 4)).shape == (2, 4)
+        assert call.fullgraph is True

@@ -122,6 +122,16 @@ class _CompileClock:
 
 
 _CLOCK = _CompileClock()
+RECOMPILE_LIMIT = 256  # compiled variants of one forward a process keeps (dynamo's accumulated limit by default)
+
+
+def _keep_compiled_variants() -> None:
+    """Dynamo keeps 8 compiled variants of a forward by default; past that it refuses a whole-graph compile and
+    runs a partial one eagerly, unannounced. A search compiles a variant per plan structure (pruned widths,
+    precisions, memory layouts, batch shapes), so the process keeps up to ``RECOMPILE_LIMIT``."""
+    import torch._dynamo.config  # loaded by torch.compile already
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
 
 
 class RuntimeCall:
@@ -137,6 +147,7 @@ class RuntimeCall:
         self._compiled = None
         if config.compile != "none":
             _CLOCK.register()
+            _keep_compiled_variants()
             object.__setattr__(model, COMPILE_SECONDS, 0.0)
 
     def _attention(self):
