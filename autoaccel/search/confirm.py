@@ -84,7 +84,10 @@ def confirm_front_latencies(context, limits: list, log: Callable[[str], None]) -
         if passes and set(plans) <= set(timed):
             break
         passes += 1
-        log(f"confirming the latency of {len(plans)} front plan(s) and the reference: {rounds} interleaved rounds")
+        log(
+            f"confirming the latency of {len(plans)} plan(s) (the front and the standard configurations) and the "
+            f"reference: {rounds} interleaved rounds"
+        )
         figures = _time_side_by_side(context, plans, searched, not_confirmed, rounds)
         reference = figures.pop(REFERENCE, reference)
         timed = {**timed, **figures}  # the latest side-by-side figures win
@@ -150,7 +153,8 @@ def confirmation_sentence(confirmation: dict | None) -> str:
     moved = confirmation.get("moved_median_pct")
     left, joined = len(confirmation.get("left_front", [])), len(confirmation.get("joined_front", []))
     sentence = (
-        f"the front's plans and the reference were timed again side by side in {confirmation['rounds']} interleaved "
+        f"the front's plans, the standard configurations and the reference were timed again side by side in "
+        f"{confirmation['rounds']} interleaved "
         f"rounds: confirmation moved latencies by {'n/a' if moved is None else f'{moved:g}%'} (median), "
         f"{left} plan{'s' if left != 1 else ''} left the front" + (f", {joined} joined it" if joined else "")
     )
