@@ -13,7 +13,6 @@ from autoaccel.errors import ConfigError
 from autoaccel.space.spaces import load_space, parse_space
 
 BUNDLED = ("sampler", "timesteps", "solver")
-AS_LOADED = {"runtime.dtype": "float32", "runtime.compile": "none"}  # the sampler space's runtime, unchanged
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +33,7 @@ def _write(tmp_path, text: str, name: str = "space.yaml"):
 def test_bundled_space_loads(name):
     space = load_space(name)
     assert space.name == name
-    # the sampler space searches how its plans run as deployed too; the others hold the model as loaded
-    assert set(space.techniques) == (
-        {"solver", "timesteps", "runtime"} if name == "sampler" else {"solver", "timesteps"}
-    )
+    assert set(space.techniques) == {"solver", "timesteps"}
     assert "timesteps.steps" in space.names
     assert space.source.endswith(f"{name}.yaml")
     # every fixed value and dimension belongs to a listed technique
@@ -211,7 +207,6 @@ def _free_candidate(steps: int) -> dict:
         "timesteps.end": 0.0,
         "timesteps.shift": 1.0,
         "solver.name": "ddim",
-        **AS_LOADED,
     }
     candidate.update({f"timesteps.gap_{index}": 0.5 for index in range(steps - 1)})
     return candidate
@@ -234,7 +229,7 @@ def test_complete_rejects_missing_active_parameter(sampler):
 
 
 def test_complete_does_not_need_inactive_parameters(sampler):
-    candidate = {"timesteps.steps": 4, "timesteps.family": "uniform_trailing", "solver.name": "ddim", **AS_LOADED}
+    candidate = {"timesteps.steps": 4, "timesteps.family": "uniform_trailing", "solver.name": "ddim"}
     params = sampler.for_target(set()).complete(candidate)
     assert params["timesteps.family"] == "uniform_trailing"
     assert not any(key.startswith("timesteps.gap") for key in params)
