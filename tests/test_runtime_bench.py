@@ -136,6 +136,8 @@ def test_the_runtime_bench_writes_every_row_the_combination_and_the_whole_plans(
 @pytest.mark.slow
 @pytest.mark.integration
 def test_compiled_rows_report_their_compile_seconds(latent_folder, tmp_path):
+    """As in a fresh process: dynamo reuses what earlier tests compiled for the same model (0 s, truly)."""
+    torch._dynamo.reset()
     settings = ["compile-default", "compile-max-autotune-no-cudagraphs"]
     _, tables = _run(latent_folder, tmp_path, settings, "bench.runtime.solvers=[unipc]")
     for name in settings:

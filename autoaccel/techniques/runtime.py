@@ -94,19 +94,18 @@ class _CompileClock:
 
     def __init__(self) -> None:
         self._local = threading.local()
-        self._registered = False
         self._lock = threading.Lock()
 
     def register(self) -> None:
+        """Registers the callbacks, again where ``torch._dynamo.reset()`` cleared them since."""
         with self._lock:
-            if self._registered:
-                return
             # torch._dynamo takes 1.7 s to import: only a plan that compiles pays for it
             from torch._dynamo.callback import callback_handler
 
-            callback_handler.register_start_callback(self._start)
-            callback_handler.register_end_callback(self._end)
-            self._registered = True
+            if self._start not in callback_handler.start_callbacks:
+                callback_handler.register_start_callback(self._start)
+            if self._end not in callback_handler.end_callbacks:
+                callback_handler.register_end_callback(self._end)
 
     def _start(self, args: Any) -> None:
         self._local.started = getattr(self._local, "started", {})
