@@ -8,8 +8,7 @@ what the plan's NFE counts for it).
 
 A controlled model shares its weights with the model it was built from, and its controller holds views of that
 model, so it cannot be copied; ``rebuilt_around`` builds the same control again around a changed copy of that
-model (the same model in another precision: a plan's runtime). Any model that wraps others (a step assignment
-between a student and its teacher) can say how to be built again the same way (``attach_rebuild``).
+model (the same model in another precision: a plan's runtime).
 """
 
 from __future__ import annotations
@@ -47,21 +46,11 @@ def attach_controller(
     """Sets ``controller`` on ``model`` (not as a child module: its state is not the model's weights), with how
     to build the same control around a changed copy of the model it was built from (``rebuilt_around``)."""
     object.__setattr__(model, CONTROLLER, controller)
-    attach_rebuild(model, rebuild)
-
-
-def attach_rebuild(model: torch.nn.Module, rebuild: Callable[[Change], torch.nn.Module]) -> None:
-    """Sets on ``model`` (one that wraps or shares other models) how to build it again around changed copies."""
     object.__setattr__(model, REBUILD, rebuild)
 
 
-def rebuilds(denoiser: torch.nn.Module) -> bool:
-    """Whether ``denoiser`` is built around other models and must be built again, not copied, to change them."""
-    return getattr(denoiser, REBUILD, None) is not None
-
-
 def rebuilt_around(denoiser: torch.nn.Module, change: Change) -> torch.nn.Module:
-    """``denoiser`` built again the same way (a cache, calibrated again when it runs; a step assignment) around
-    ``change`` applied to each model it was built from; ``change`` returns a new model and leaves its argument as
+    """A controlled ``denoiser`` built again the same way (a cache, calibrated again when it runs) around
+    ``change`` applied to the model it was built from; ``change`` returns a new model and leaves its argument as
     it was."""
     return getattr(denoiser, REBUILD)(change)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from autoaccel.targets.base import Target
+from autoaccel.targets.conditions import Conditions
 from autoaccel.targets.loader import modules_hash
 from autoaccel.util.precision import cast_module, dtype_name, dtype_named, module_dtype
 
@@ -27,12 +28,17 @@ def load_in_dtype(target: Target, name: str) -> Target:
         id(module): module for module in [target.vae, *target.modules.values()] if module is not None
     }.values():
         cast_module(module, dtype)
-    conditions = target.conditions
-    if conditions.encoder is not None and conditions.names:
-        encoded = conditions.encoder(conditions.names)
-        target.conditions = replace(conditions, embeds=encoded.embeds, null=encoded.null, fixed=encoded.fixed)
+    if target.conditions.encoder is not None and target.conditions.names:
+        target.conditions = encoded_again(target.conditions, target.conditions.encoder)
     target.content_hash = modules_hash(target.denoiser, target.modules)
     return target
+
+
+def encoded_again(conditions: Conditions, encoder) -> Conditions:
+    """``conditions`` with their prompts encoded again by ``encoder`` (text encoders in another precision), which
+    encodes them from then on, as a deployment does on every call."""
+    encoded = encoder(conditions.names)
+    return replace(conditions, embeds=encoded.embeds, null=encoded.null, fixed=encoded.fixed, encoder=encoder)
 
 
 def target_dtype(target: Target) -> str:

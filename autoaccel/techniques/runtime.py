@@ -26,9 +26,10 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from autoaccel.errors import ConfigError, TechniqueError
-from autoaccel.pipeline.call_control import call_controller, rebuilds, rebuilt_around
+from autoaccel.pipeline.call_control import call_controller, rebuilt_around
 from autoaccel.pipeline.prescribed import replace_carried_decoder
 from autoaccel.targets.layouts import layout_of
+from autoaccel.targets.precision import encoded_again, target_dtype
 from autoaccel.techniques.base import COMPILE_SECONDS, ParamSpec, Technique, register, require_types
 from autoaccel.util.precision import DTYPES, cast_module, dtype_name, module_dtype
 
@@ -210,7 +211,7 @@ def _refusal(config: RuntimeConfig, model: torch.nn.Module, device: torch.device
                 torch.nn.functional.scaled_dot_product_attention(probe, probe, probe)
         except RuntimeError as error:
             reason = str(error).splitlines()[0]
-            precision = str(config.dtype_for(model)).removeprefix("torch.")
+            precision = dtype_name(config.dtype_for(model))
             kernel = f"runtime.attention={config.attention!r}: torch has no such kernel for {precision} on {device}"
             return f"{kernel}: {reason}"
     return None
@@ -233,9 +234,8 @@ def apply_runtime(pipeline, config: RuntimeConfig, target) -> None:
         def changed(source: torch.nn.Module) -> torch.nn.Module:
             return _changed_copy(source, config, dtype)
 
-        # a cached or step-assigned model is built again around the changed models (a cache is calibrated on the
-        # changed model when it runs)
-        model = rebuilt_around(model, changed) if rebuilds(model) else changed(model)
+        # a cached model is built again around the changed model (its cache calibrated on it when it runs)
+        model = rebuilt_around(model, changed) if call_controller(model) is not None else changed(model)
     else:
         model = copy.copy(model)  # its own forward; weights shared
     call = RuntimeCall(model, config)
@@ -264,11 +264,6 @@ def _changed_copy(model: torch.nn.Module, config: RuntimeConfig, dtype: torch.dt
     return model
 
 
-def loaded_dtype(target) -> str:
-    """The precision ``target`` was loaded in, by name (``target.dtype``)."""
-    return dtype_name(module_dtype(target.denoiser))
-
-
 def encoder_dtype(conditions) -> torch.dtype | None:
     """The precision of the text encoders that encode ``conditions`` (None: no encoder a plan can cast)."""
     return getattr(conditions.encoder, "dtype", None) if getattr(conditions.encoder, "cast", None) else None
@@ -278,11 +273,7 @@ def _cast_conditions(conditions, dtype: torch.dtype):
     """Prompt conditions encoded by text encoders cast to ``dtype``: the cached embeddings the quality images use
     and the encoder latency times both come from the cast encoders, as a deployment's would."""
     cast = getattr(conditions.encoder, "cast", None)
-    if cast is None:
-        return conditions
-    encoder = cast(dtype)
-    encoded = encoder(conditions.names)
-    return replace(conditions, embeds=encoded.embeds, null=encoded.null, fixed=encoded.fixed, encoder=encoder)
+    return conditions if cast is None else encoded_again(conditions, cast(dtype))
 
 
 def runtime_cost(config: RuntimeConfig) -> dict[str, Any]:
@@ -324,8 +315,8 @@ RUNTIME_TECHNIQUE = register(
         modifies_model=True,
         runtime_only=True,  # the report splits a plan's speed-up into this part and the algorithmic rest
         runs_as_loaded=lambda config, target: config.runs_as_loaded(target.denoiser),
-        loaded_params=lambda target: {"dtype": "float32" if target is None else loaded_dtype(target)},
-        unchanged_params=asdict(RuntimeConfig()),  # the baselines run the model as loaded: float32, eager
+        loaded_params=lambda target: {"dtype": "float32" if target is None else target_dtype(target)},
+        unchanged_params=asdict(RuntimeConfig()),  # the baselines run the model as loaded, eager
         params=RUNTIME_PARAMS,
         cost_key=runtime_cost,
         recipe_record=runtime_record,
