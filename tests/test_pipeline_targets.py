@@ -20,6 +20,9 @@ SUPPORTED = [
     ("pixart_alpha", "PixArtAlphaPipeline", "prompt", "ddpm"),
     ("pixart_sigma", "PixArtSigmaPipeline", "prompt", "ddpm"),
     ("sd3", "StableDiffusion3Pipeline", "prompt", "flow"),
+    ("sdxl", "StableDiffusionXLPipeline", "prompt", "ddpm"),
+    ("flux", "FluxPipeline", "prompt", "flow"),
+    ("flux_schnell", "FluxPipeline", "prompt", "flow"),
 ]
 
 
@@ -40,8 +43,9 @@ def test_each_pipeline_class_loads_with_its_own_description(folders, kind, pipel
     assert (target.vae is None) == (kind == "ddim")
     # the default call is what the pipeline's __call__ runs by default (or its trained steps, if fewer)
     assert target.reference_call.steps >= 1
-    if conditioning == "prompt":
+    if conditioning == "prompt" and kind != "flux_schnell":  # schnell is guidance-distilled: it takes no scale
         assert target.conditions.guidable and target.reference_call.guidance_scale > 1.0
+    if conditioning == "prompt":
         assert target.conditions.count == len(target.conditions.names) > 1
 
 
@@ -143,7 +147,14 @@ def test_space_auto_picks_the_space_that_fits_the_model(folders):
     from autoaccel.search.run import study_name_for
     from autoaccel.space.choice import resolve_space_name
 
-    expected = {"ddim": "sampler", "sd": "guided_sampler", "dit": "guided_sampler", "sd3": "flow_sampler"}
+    expected = {
+        "ddim": "sampler",
+        "sd": "guided_sampler",
+        "dit": "guided_sampler",
+        "sd3": "flow_sampler",
+        "sdxl": "guided_sampler",
+        "flux": "flow_sampler",
+    }
     for kind, space in expected.items():
         config = compose_config(["target=pipeline", f"target.path={folders[kind]}"])
         assert resolve_space_name(config) == space
@@ -240,3 +251,44 @@ def test_pixart_alpha_1024_size_conditioning_matches_the_pipelines_own_call(tmp_
         output_type="pt",
     ).images
     torch.testing.assert_close(ours.clamp(-1, 1), theirs * 2 - 1, rtol=0, atol=1e-4)  # the pipeline clamps
+
+
+# (kind, what its __call__ needs besides the prompts and latents to make the tiny folder's size)
+DEFAULT_CALLS = [("sdxl", {}), ("flux", {"height": 16, "width": 16}), ("flux_schnell", {"height": 16, "width": 16})]
+
+
+@pytest.mark.parametrize(("kind", "size"), DEFAULT_CALLS, ids=[kind for kind, _ in DEFAULT_CALLS])
+def test_the_default_call_is_the_pipelines_own_call_image_for_image(folders, kind, size):
+    """SDXL (two encoders, pooled embeddings, size ids, zeroed negative prompt), FLUX.1-dev (packed latents, position
+    ids, guidance as an input, resolution-dependent shift of FluxPipeline's own sigmas) and FLUX.1-schnell (4 steps,
+    no guidance): autoaccel's loop on the default call gives the very images ``pipe(...)`` makes."""
+    import diffusers
+
+    from autoaccel.pipeline.seeds import make_seed_batch
+    from autoaccel.reference.sampling import reference_pipeline
+    from autoaccel.targets.loader import load_pipeline_folder
+
+    target = load_pipeline_folder(folders[kind])
+    ours_pipeline = reference_pipeline(target)
+    call = target.reference_call
+    assert ours_pipeline.plan.native_steps == call.steps
+    seeds = make_seed_batch(target.sample_shape, 3, 3, target.condition_count)
+    ours = ours_pipeline(seeds.noise, seeds.class_labels).images
+    pipeline = diffusers.DiffusionPipeline.from_pretrained(folders[kind])
+    pipeline.set_progress_bar_config(disable=True)
+    latents = seeds.noise
+    if kind.startswith("flux"):  # FluxPipeline takes its latents packed
+        latents = pipeline._pack_latents(latents, len(latents), *target.sample_shape)
+    theirs = pipeline(
+        prompt=[target.conditions.names[int(index)] for index in seeds.class_labels],
+        latents=latents,
+        num_inference_steps=call.steps,
+        guidance_scale=call.guidance_scale,
+        output_type="pt",
+        **size,
+    ).images
+    assert ours.shape == theirs.shape == (3, 3, 16, 16)
+    torch.testing.assert_close(ours.clamp(-1, 1), theirs * 2 - 1, rtol=0, atol=1e-4)  # the pipeline clamps
+    if kind == "flux":  # the guidance scale reaches the model as an input: another scale, other images
+        ours_pipeline.plan.guidance_scale = 1.5
+        assert (ours_pipeline(seeds.noise, seeds.class_labels).images - ours).abs().max() > 1e-4

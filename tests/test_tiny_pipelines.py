@@ -8,6 +8,7 @@ import torch
 
 from autoaccel.errors import TargetError
 from autoaccel.targets import prompts as prompts_module
+from autoaccel.targets.denoisers import nested
 from autoaccel.targets.prompts import MAX_PROMPT_CHARS, MAX_PROMPTS, EncodedPrompts, encode_prompts, load_prompts
 from autoaccel.testing.pipelines import IMAGE_SIZE, PROMPT_KINDS, TINY_KINDS, build_tiny_pipeline
 
@@ -19,7 +20,9 @@ PIPELINE_CLASSES = {
     "pixart_alpha": "PixArtAlphaPipeline",
     "pixart_sigma": "PixArtSigmaPipeline",
     "sd3": "StableDiffusion3Pipeline",
+    "sdxl": "StableDiffusionXLPipeline",
     "flux": "FluxPipeline",
+    "flux_schnell": "FluxPipeline",
 }
 PROMPTS = ["a red cat on a sofa", "a blue dog in the snow", "a red cat on a sofa"]
 
@@ -47,7 +50,7 @@ def _call_options(kind: str) -> dict:
     options = {"prompt": PROMPTS[:2]}
     if kind.startswith("pixart"):
         options["use_resolution_binning"] = False  # the tiny sample size has no resolution bins
-    if kind == "flux":
+    if kind.startswith("flux"):
         options.update(height=IMAGE_SIZE, width=IMAGE_SIZE)  # Flux defaults to 128 latent pixels
     return options
 
@@ -74,8 +77,8 @@ def test_building_twice_with_one_seed_gives_the_same_weights(tmp_path):
 
 
 def test_unknown_kind_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="sdxl"):
-        build_tiny_pipeline("sdxl", tmp_path / "x")
+    with pytest.raises(ValueError, match="unknown tiny pipeline kind 'sdxl_refiner'; choose one of .*flux_schnell"):
+        build_tiny_pipeline("sdxl_refiner", tmp_path / "x")
 
 
 @pytest.mark.parametrize("kind", PROMPT_KINDS)
@@ -88,13 +91,16 @@ def test_encoded_rows_follow_their_prompts(kind, pipelines):
     assert not torch.equal(encoded.embeds["encoder_hidden_states"][0], encoded.embeds["encoder_hidden_states"][1])
     if "pooled_projections" in encoded.embeds:
         assert not torch.equal(encoded.embeds["pooled_projections"][0], encoded.embeds["pooled_projections"][1])
+    if kind.startswith("flux"):  # Flux's default call has no unconditional branch, so no null row
+        assert encoded.null == {} and encoded.fixed["txt_ids"].shape[-1] == 3
+        return
     assert encoded.null.keys() == encoded.embeds.keys()
     for keyword, null in encoded.null.items():
         assert null.shape == (1, *encoded.embeds[keyword].shape[1:]), keyword
     assert not torch.equal(encoded.null["encoder_hidden_states"][0], encoded.embeds["encoder_hidden_states"][0])
 
 
-@pytest.mark.parametrize("kind", ["sd", "pixart_sigma", "sd3"])
+@pytest.mark.parametrize("kind", ["sd", "pixart_sigma", "sd3", "sdxl"])
 def test_negative_prompt_changes_only_the_null_rows(kind, pipelines):
     plain = encode_prompts(pipelines[kind], PROMPTS[:2])
     negative = encode_prompts(pipelines[kind], PROMPTS[:2], negative_prompt="blurry, low quality")
@@ -129,10 +135,11 @@ def _denoise_once(pipeline, encoded: EncodedPrompts, indices: torch.Tensor) -> t
             image_ids = pipeline._prepare_latent_image_ids(
                 batch, latent_size // 2, latent_size // 2, "cpu", torch.float32
             )
+            guidance = torch.full((batch,), 3.5) if pipeline.transformer.config.guidance_embeds else None
             output = pipeline.transformer(
                 hidden_states=packed,
                 timestep=torch.full((batch,), 0.5),
-                guidance=torch.full((batch,), 3.5),
+                guidance=guidance,
                 img_ids=image_ids,
                 **conditioning,
                 **encoded.fixed,
@@ -147,8 +154,8 @@ def _denoise_once(pipeline, encoded: EncodedPrompts, indices: torch.Tensor) -> t
             output = denoiser(latents, timestep=timestep, added_cond_kwargs=no_micro_conditions, **conditioning)
         elif isinstance(pipeline, StableDiffusion3Pipeline):
             output = denoiser(hidden_states=latents, timestep=torch.full((batch,), 500.0), **conditioning)
-        else:
-            output = denoiser(latents, torch.tensor(500), **conditioning)
+        else:  # SDXL's added conditioning goes in as added_cond_kwargs, the way its loop passes it
+            output = denoiser(latents, torch.tensor(500), **nested(conditioning))
         return latents, output.sample
 
 
@@ -180,8 +187,13 @@ def test_encoded_rows_reproduce_the_pipeline_call(kind, pipelines):
     embeds = encoded.embeds
     null = {key: value.expand(len(prompts), *value.shape[1:]) for key, value in encoded.null.items()}
     given = {"prompt_embeds": embeds["encoder_hidden_states"]}
-    if kind in ("sd", "pixart_alpha", "pixart_sigma", "sd3"):
+    if kind in ("sd", "pixart_alpha", "pixart_sigma", "sd3", "sdxl"):
         given["negative_prompt_embeds"] = null["encoder_hidden_states"]
+    if kind == "sdxl":
+        given["pooled_prompt_embeds"] = embeds["added_cond_kwargs.text_embeds"]
+        given["negative_pooled_prompt_embeds"] = null["added_cond_kwargs.text_embeds"]
+    if kind.startswith("flux"):
+        given["pooled_prompt_embeds"] = embeds["pooled_projections"]
     if kind.startswith("pixart"):
         given["prompt_attention_mask"] = embeds["encoder_attention_mask"]
         given["negative_prompt_attention_mask"] = null["encoder_attention_mask"]
@@ -197,10 +209,15 @@ def test_pipelines_without_text_are_refused(pipelines):
         encode_prompts(pipelines["ddpm"], ["a cat"])
 
 
-def test_flux_is_refused_until_autoaccel_loads_it(pipelines):
-    """Flux is built (the tiny kit has it) but no Flux target loads, so its prompts have no encoding either."""
-    with pytest.raises(TargetError, match="FluxPipeline has no supported prompt encoding"):
-        encode_prompts(pipelines["flux"], ["a cat"])
+def test_sdxl_negative_row_is_zeros_as_its_default_call_makes_it(pipelines):
+    """SDXL base forces the empty negative prompt to zeros (``force_zeros_for_empty_prompt``): the null row is what
+    ``pipeline(prompt)`` pairs each sample with, not the encoded empty string."""
+    encoded = encode_prompts(pipelines["sdxl"], PROMPTS[:1])
+    assert pipelines["sdxl"].config.force_zeros_for_empty_prompt
+    assert not encoded.null["encoder_hidden_states"].any() and not encoded.null["added_cond_kwargs.text_embeds"].any()
+    # the size conditioning of the default call: original size, crop (0, 0), target size, in pixels
+    size = [IMAGE_SIZE, IMAGE_SIZE]
+    assert encoded.embeds["added_cond_kwargs.time_ids"].tolist() == [[*size, 0, 0, *size]]
 
 
 def test_an_empty_prompt_list_is_refused(pipelines):

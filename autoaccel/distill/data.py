@@ -52,7 +52,7 @@ def guided_output(denoiser, conditions, sample, timestep, labels, guidance: floa
     """The denoiser's output, classifier-free guided at ``guidance`` where that is not 1 and there are labels."""
     device = sample.device
     keywords = conditions.keywords(labels, False, device)
-    if guidance == 1.0 or labels is None or not conditions.guidable:
+    if guidance == 1.0 or labels is None or not conditions.paired_guidance:
         return predict(denoiser, sample, timestep, keywords)
     null = conditions.keywords(labels, True, device)
     both = predict(

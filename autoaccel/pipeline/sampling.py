@@ -24,6 +24,7 @@ from autoaccel.schedules.exact import set_exact_sigmas
 from autoaccel.schedules.schedulers import build_scheduler_from, model_schedulers, refuse_switched_settings
 from autoaccel.targets.conditions import CLASS, Conditions, concat_keywords
 from autoaccel.targets.denoisers import decode, predict, sample_shape
+from autoaccel.targets.layouts import layout_of
 from autoaccel.util.imaging import to_pil_images
 from autoaccel.util.interrupts import raise_if_cancelled
 
@@ -124,14 +125,17 @@ class SamplerPipeline(DiffusionPipeline):
 
     @property
     def active_conditions(self) -> Conditions:
-        """The conditions, with the plan's null class where a plan or recipe names one."""
+        """The conditions, with the plan's null class where a plan or recipe names one, and the plan's guidance
+        scale where the model takes it as an input."""
         if self.conditions.kind == CLASS and self.plan.null_class is not None:
             return replace(self.conditions, null_class=self.plan.null_class)
+        if self.conditions.guidance_keyword is not None:
+            return replace(self.conditions, embedded_guidance=self.plan.guidance_scale)
         return self.conditions
 
     @property
     def guided(self) -> bool:
-        return self.plan.guidance_scale != 1.0 and self.active_conditions.guidable
+        return self.plan.guidance_scale != 1.0 and self.active_conditions.paired_guidance
 
     def _predict(self, sample: torch.Tensor, timestep: torch.Tensor, labels: torch.Tensor | None, encoded):
         """The denoiser's prediction in float32, whatever the model's dtype: its input and conditioning are cast to
@@ -247,14 +251,18 @@ def set_native_steps(scheduler, steps: int | None, denoiser, device) -> None:
     extra = {}
     if getattr(scheduler.config, "use_dynamic_shifting", False):
         extra["mu"] = dynamic_shift_mu(scheduler.config, denoiser)
-    scheduler.set_timesteps(steps, device=device, **extra)
+    native_sigmas = layout_of(denoiser).native_sigmas
+    if native_sigmas is not None and not getattr(scheduler.config, "use_flow_sigmas", False):
+        scheduler.set_timesteps(sigmas=native_sigmas(steps), device=device, **extra)  # as FluxPipeline passes them
+    else:
+        scheduler.set_timesteps(steps, device=device, **extra)
 
 
 def dynamic_shift_mu(config, denoiser) -> float:
     """diffusers' resolution-dependent shift: linear in the image's token count between the scheduler's
     (base_image_seq_len, base_shift) and (max_image_seq_len, max_shift)."""
     _, height, width = sample_shape(denoiser)
-    patch = getattr(denoiser.config, "patch_size", 1) or 1
+    patch = (getattr(denoiser.config, "patch_size", 1) or 1) * layout_of(denoiser).packing
     tokens = (height // patch) * (width // patch)
     base_len, max_len = config.base_image_seq_len, config.max_image_seq_len
     slope = (config.max_shift - config.base_shift) / (max_len - base_len)

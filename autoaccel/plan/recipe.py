@@ -123,6 +123,8 @@ def build_recipe(
             "pipeline_class": target.pipeline_class,
             "scheduler_class": target.scheduler_class,
             **({"num_classes": target.num_classes} if target.num_classes else {}),
+            # the default call as the model's autoaccel.json named it (steps, guidance, image size), if it did
+            **({"default_call": target.metadata["default_call"]} if "default_call" in target.metadata else {}),
             "scheduler_config": to_plain({k: v for k, v in target.scheduler_config.items() if not k.startswith("_")}),
         },
         "techniques": {
@@ -503,6 +505,8 @@ def _as_target(pipeline, recipe: dict[str, Any]):
     extra = {key: recipe[key] for key in ("null_class",) if recipe.get(key) is not None}
     if base.get("num_classes"):
         extra["num_classes"] = base["num_classes"]
+    if base.get("default_call") is not None:  # checked as autoaccel.json's is
+        extra["default_call"] = base["default_call"]
     return target_from_pipeline(
         pipeline, str(base.get("name", "model")), Path(str(base.get("path", "."))), extra, prompts=recipe.get("prompts")
     )

@@ -124,7 +124,7 @@ def estimate_search(context, trials: int, warm_starts: list[dict[str, Any]]) -> 
         estimate.stages["reference timing"] = timed_calls * per_image * times.batch
         ode_steps = min(target.ode_steps, target.num_train_timesteps)
         estimate.stages["ODE reference"] = times.chunk * ode_steps * guided * chunks
-    guidable = target.conditions.guidable
+    guidable = target.conditions.paired_guidance
     planned = [_calls_per_image(params, guidable) for params in warm_starts[:trials]]
     planned += [_typical_calls_per_image(context.space, guidable)] * (trials - len(planned))
     if planned:

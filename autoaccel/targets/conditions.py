@@ -25,7 +25,9 @@ class Conditions:
     denoiser's argument for labels. Prompt kind: ``embeds`` maps the denoiser's keyword arguments to one row per
     prompt, ``null`` to the negative prompt's single row (empty: the model takes no guidance), ``fixed`` holds
     arguments shared by every sample, and ``encoder`` re-encodes prompts the way a deployment does on each call
-    (what latency measures).
+    (what latency measures). ``guidance_keyword``: the denoiser argument a guidance-distilled model (FLUX.1-dev)
+    takes its guidance scale in, one value per sample, in place of a second, unconditional branch;
+    ``embedded_guidance`` is the scale it is given (the default call's, or a plan's).
     """
 
     kind: str = NONE
@@ -37,6 +39,8 @@ class Conditions:
     null: dict[str, torch.Tensor] = field(default_factory=dict)
     fixed: dict[str, Any] = field(default_factory=dict)
     encoder: Callable[[list[str]], Any] | None = None
+    guidance_keyword: str | None = None
+    embedded_guidance: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -44,7 +48,13 @@ class Conditions:
 
     @property
     def guidable(self) -> bool:
-        """Whether classifier-free guidance has an unconditional branch to pair each sample with."""
+        """Whether a guidance scale changes the images: classifier-free guidance has an unconditional branch to
+        pair each sample with, or the model takes the scale as an input."""
+        return self.paired_guidance or self.guidance_keyword is not None
+
+    @property
+    def paired_guidance(self) -> bool:
+        """Whether guidance runs each sample beside its null condition (classifier-free guidance: two branches)."""
         if self.kind == CLASS:
             return self.null_class is not None
         return self.kind == PROMPT and bool(self.null)
@@ -54,6 +64,8 @@ class Conditions:
             guidance = f", null class {self.null_class}" if self.null_class is not None else ", no null class"
             return f"{self.count} classes{guidance}"
         if self.kind == PROMPT:
+            if self.guidance_keyword is not None:
+                return f"{self.count} prompts (guidance as a model input)"
             return f"{self.count} prompts" + ("" if self.null else " (no negative prompt: no guidance)")
         return "unconditional"
 
@@ -72,9 +84,13 @@ class Conditions:
             source, rows = (encoded.null, torch.zeros_like(labels)) if null else (encoded.embeds, None)
         else:
             source, rows = (self.null, torch.zeros_like(labels)) if null else (self.embeds, labels)
+        guidance = {}
+        if self.guidance_keyword is not None:  # float32, as diffusers' pipelines pass it
+            guidance[self.guidance_keyword] = torch.full((len(labels),), self.embedded_guidance, device=device)
         return {
             **self.fixed,
             **{key: value.to(device) if rows is None else value.to(device)[rows] for key, value in source.items()},
+            **guidance,
         }
 
     def encode(self, labels: torch.Tensor | None) -> Any:

@@ -17,24 +17,48 @@ from autoaccel.targets.layouts import layout_of, schedule_family_of
 
 
 def predict(denoiser: torch.nn.Module, sample: torch.Tensor, timestep, keywords: dict[str, Any]) -> torch.Tensor:
-    """One denoiser call on a batch: the model output in its scheduler's convention (noise, v or velocity)."""
+    """One denoiser call on a batch: the model output in its scheduler's convention (noise, v or velocity).
+
+    ``keywords`` named ``outer.inner`` are passed nested (``added_cond_kwargs={"text_embeds": ...}`` for SDXL), so
+    conditioning stays a flat mapping of per-sample tensors that can be indexed, joined and cast."""
+    layout = layout_of(denoiser)
     timesteps = torch.as_tensor(timestep, device=sample.device).reshape(-1)
     if len(timesteps) == 1:
         timesteps = timesteps.expand(len(sample))
-    output = denoiser(sample, timestep=timesteps, **layout_of(denoiser).call_arguments(denoiser, sample), **keywords)
-    output = output.sample if hasattr(output, "sample") else output[0]
+    if layout.timestep_divisor != 1.0:
+        timesteps = timesteps / layout.timestep_divisor
+    arguments = {**layout.call_arguments(denoiser, sample), **nested(keywords)}
+    output = denoiser(layout.pack(sample), timestep=timesteps, **arguments)
+    output = layout.unpack(output.sample if hasattr(output, "sample") else output[0], sample)
     channels = sample.shape[1]
     if output.shape[1] == 2 * channels:  # a learned variance: its pipeline keeps only the mean prediction
         output = output[:, :channels]
     return output
 
 
+def nested(keywords: dict[str, Any]) -> dict[str, Any]:
+    """``{"a.b": x, "c": y}`` -> ``{"a": {"b": x}, "c": y}``: the form a denoiser's ``forward`` takes."""
+    result: dict[str, Any] = {}
+    for key, value in keywords.items():
+        outer, dot, inner = key.partition(".")
+        if dot:
+            result.setdefault(outer, {})[inner] = value
+        else:
+            result[key] = value
+    return result
+
+
+SAMPLE_SIZE = "autoaccel_sample_size"  # (height, width) of the latents a loader set on a denoiser: its call's size
+
+
 def sample_shape(denoiser: torch.nn.Module) -> tuple[int, int, int]:
-    """(channels, height, width) of one sample the denoiser works on (pixels, or latents under a VAE)."""
+    """(channels, height, width) of one sample the denoiser works on (pixels, or latents under a VAE): the size
+    its pipeline's default call makes (set by the loader where the config has none, as for Flux, or where
+    ``autoaccel.json`` names another), else the config's ``sample_size``; channels before any packing."""
     config = denoiser.config
-    size = config.sample_size
+    size = getattr(denoiser, SAMPLE_SIZE, None) or config.sample_size
     height, width = (size, size) if isinstance(size, int) else tuple(size)
-    return (int(config.in_channels), int(height), int(width))
+    return (int(config.in_channels) // layout_of(denoiser).packing ** 2, int(height), int(width))
 
 
 def decode(vae: torch.nn.Module | None, latents: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 LEVELS, SEQUENCE = "levels", "sequence"  # a UNet's down/mid/up levels; a transformer's sequence of blocks
@@ -46,8 +47,13 @@ class DenoiserLayout:
     ``sequence`` (a transformer: residual blocks in a row, the residual width fixed by the patch embedding).
     ``label_keyword``: the argument its class labels take; ``fixed``: arguments its pipeline always passes;
     ``per_batch``: (denoiser, sample) -> arguments that depend on the batch (PixArt-alpha 1024's size
-    conditioning). Latents are never packed by the supported classes (a class that packs them, as Flux does,
-    needs ``pack``/``unpack`` added here first).
+    conditioning, Flux's image position ids). ``packing``: a class that takes its latents packed into tokens of
+    ``packing`` x ``packing`` patches (Flux: 2) gets them packed on each call and returns them unpacked, so the
+    sampling loop, the scheduler and every technique see the (channels, height, width) latents the VAE decodes.
+    ``timestep_divisor``: what its pipeline divides the scheduler's timestep by (Flux: 1000, it takes sigmas).
+    ``native_sigmas``: the sigmas its pipeline hands ``set_timesteps`` for n steps (None: the count alone).
+    ``guidance_keyword``: the argument a guidance-distilled model takes its guidance scale in, where its config
+    has ``guidance_embeds`` (FLUX.1-dev).
     """
 
     class_name: str
@@ -56,6 +62,31 @@ class DenoiserLayout:
     label_keyword: str = "class_labels"
     fixed: dict[str, Any] = field(default_factory=dict)
     per_batch: Callable[[torch.nn.Module, torch.Tensor], dict[str, Any]] | None = None
+    packing: int = 1
+    timestep_divisor: float = 1.0
+    native_sigmas: Callable[[int], np.ndarray] | None = None
+    guidance_keyword: str | None = None
+
+    def embedded_guidance(self, denoiser: torch.nn.Module) -> str | None:
+        """The argument ``denoiser`` takes a guidance scale in (None: it takes none, guidance is a second branch)."""
+        return self.guidance_keyword if getattr(denoiser.config, "guidance_embeds", False) else None
+
+    def pack(self, sample: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) latents as the denoiser takes them: unchanged, or packed into (B, H*W/p^2, C*p^2) tokens."""
+        if self.packing == 1:
+            return sample
+        from diffusers import FluxPipeline  # the one packing diffusers' pipelines use
+
+        batch, channels, height, width = sample.shape
+        return FluxPipeline._pack_latents(sample, batch, channels, height, width)
+
+    def unpack(self, output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """The denoiser's output in the shape of ``sample`` (its packed tokens unpacked)."""
+        if self.packing == 1:
+            return output
+        from diffusers import FluxPipeline
+
+        return FluxPipeline._unpack_latents(output, sample.shape[-2], sample.shape[-1], 1)
 
     @property
     def sequence(self) -> bool:
@@ -148,6 +179,19 @@ def pixart_size_conditioning(denoiser: torch.nn.Module, sample: torch.Tensor) ->
     return {"added_cond_kwargs": {"resolution": resolution, "aspect_ratio": aspect_ratio}}
 
 
+def flux_image_ids(denoiser: torch.nn.Module, sample: torch.Tensor) -> dict[str, Any]:
+    """Flux's rotary position ids of the packed latent tokens, as FluxPipeline makes them."""
+    from diffusers import FluxPipeline
+
+    height, width = sample.shape[-2] // 2, sample.shape[-1] // 2
+    return {"img_ids": FluxPipeline._prepare_latent_image_ids(len(sample), height, width, sample.device, sample.dtype)}
+
+
+def flux_sigmas(steps: int) -> np.ndarray:
+    """The sigmas FluxPipeline runs for ``steps`` steps (shifted by the scheduler afterwards)."""
+    return np.linspace(1.0, 1 / steps, steps)
+
+
 TRANSFORMER_GROUPS = (BlockGroup("transformer_blocks"),)
 LAYOUTS: dict[str, DenoiserLayout] = {}
 
@@ -171,6 +215,17 @@ for _layout in (
         per_batch=pixart_size_conditioning,
     ),
     DenoiserLayout("SD3Transformer2DModel", (BlockGroup("transformer_blocks", stream="joint"),), SEQUENCE),
+    DenoiserLayout(
+        "FluxTransformer2DModel",
+        (BlockGroup("transformer_blocks", stream="joint"), BlockGroup("single_transformer_blocks", stream="single")),
+        SEQUENCE,
+        fixed={"joint_attention_kwargs": None},
+        per_batch=flux_image_ids,
+        packing=2,
+        timestep_divisor=1000.0,
+        native_sigmas=flux_sigmas,
+        guidance_keyword="guidance",
+    ),
 ):
     register_layout(_layout)
 

@@ -16,6 +16,7 @@ from autoaccel.metrics.extractor_names import GENERIC_EXTRACTOR
 from autoaccel.schedules.schedulers import MAX_INFERENCE_STEPS, build_scheduler_from, model_schedulers, scheduler_class
 from autoaccel.targets.base import DefaultCall, QualityReference, Target, hash_weights
 from autoaccel.targets.conditions import CLASS, PROMPT, Conditions
+from autoaccel.targets.denoisers import SAMPLE_SIZE
 from autoaccel.targets.layouts import LAYOUTS, VAE_SCALE, layout_of, pipeline_denoiser
 from autoaccel.targets.prompt_sets import resolve_prompts
 from autoaccel.targets.prompts import PromptEncoder
@@ -29,6 +30,8 @@ SUPPORTED_PIPELINES = {
     "PixArtAlphaPipeline": PROMPT,
     "PixArtSigmaPipeline": PROMPT,
     "StableDiffusion3Pipeline": PROMPT,
+    "StableDiffusionXLPipeline": PROMPT,
+    "FluxPipeline": PROMPT,
 }
 SUPPORTED = "supported: a diffusers save_pretrained folder (or, with network, a hub id) of " + ", ".join(
     SUPPORTED_PIPELINES
@@ -143,7 +146,8 @@ def _check_folder_sizes(folder: Path) -> None:
     denoiser_path = folder / role / "config.json"
     if denoiser_path.exists():
         denoiser = _read_json(denoiser_path)
-        check_sample_shape(denoiser.get("sample_size"), denoiser.get("in_channels"), str(denoiser_path))
+        if "sample_size" in denoiser:  # Flux's has none: its pipeline's default size is checked once loaded
+            check_sample_shape(denoiser.get("sample_size"), denoiser.get("in_channels"), str(denoiser_path))
 
 
 def check_sample_shape(size, channels, source: str) -> None:
@@ -212,7 +216,11 @@ def target_from_pipeline(
     extra_path = extra_path or Path("autoaccel.json")
     pipeline_class = type(pipeline).__name__
     denoiser = pipeline_denoiser(pipeline)
-    check_sample_shape(denoiser.config.sample_size, denoiser.config.in_channels, f"{name}'s {type(denoiser).__name__}")
+    size = call_size(pipeline, extra, extra_path)
+    shown = f"{name}'s {type(denoiser).__name__}"
+    check_sample_shape(size or getattr(denoiser.config, "sample_size", None), denoiser.config.in_channels, shown)
+    if size is not None:
+        object.__setattr__(denoiser, SAMPLE_SIZE, size)
     denoiser.eval().requires_grad_(False)
     if getattr(denoiser, "use_additional_conditions", False) and hasattr(pipeline, "vae_scale_factor"):
         # PixArt-alpha 1024 is conditioned on the image size in pixels: its VAE's scale gives it
@@ -232,6 +240,9 @@ def target_from_pipeline(
         )
     else:
         conditions = class_conditions(pipeline, extra, extra_path)
+    default_call = read_default_call(pipeline, extra, extra_path)
+    conditions.guidance_keyword = layout_of(denoiser).embedded_guidance(denoiser)
+    conditions.embedded_guidance = default_call.guidance_scale
     scheduler_config = {key: value for key, value in dict(pipeline.scheduler.config).items() if key != "_class_name"}
     return Target(
         name=name,
@@ -251,10 +262,39 @@ def target_from_pipeline(
         ),
         conditions=conditions,
         vae=vae,
-        default_call=read_default_call(pipeline, extra, extra_path),
+        default_call=default_call,
         pipeline_class=pipeline_class,
         metadata=extra,
     )
+
+
+def call_size(pipeline, extra: dict, extra_path: Path) -> list[int] | None:
+    """The latents' [height, width] of the default call where the denoiser's config does not say it: the
+    ``height``/``width`` in pixels ``autoaccel.json``'s ``default_call`` names, else the pipeline's own default
+    (``default_sample_size`` times the VAE's scale) for a denoiser without ``sample_size`` (Flux). None: the
+    config's ``sample_size`` is the size."""
+    given = extra.get("default_call", {})
+    given = given if isinstance(given, dict) else {}
+    denoiser = pipeline_denoiser(pipeline)
+    scale = int(getattr(pipeline, "vae_scale_factor", 1) or 1) if getattr(pipeline, "vae", None) is not None else 1
+    step = scale * layout_of(denoiser).packing
+    if "height" not in given and "width" not in given:
+        if getattr(denoiser.config, "sample_size", None) is not None:
+            return None
+        default = getattr(pipeline, "default_sample_size", None)
+        if not _is_int(default):
+            raise TargetError(f"{type(pipeline).__name__} names no image size; give default_call.height and width")
+        pixels = [default * scale] * 2
+    else:
+        pixels = [given.get("height"), given.get("width")]
+        limit = MAX_SAMPLE_SIZE * scale
+        for key, value in zip(("height", "width"), pixels):
+            if not _is_int(value) or not step <= value <= limit or value % step:
+                raise TargetError(
+                    f"{extra_path}: default_call.{key}={value!r} is not valid; give both height and width in pixels, "
+                    f"multiples of {step} in [{step}, {limit}]"
+                )
+    return [side // step * layout_of(denoiser).packing for side in pixels]
 
 
 def other_modules(pipeline) -> dict[str, torch.nn.Module]:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from autoaccel.errors import TargetError
+from autoaccel.targets.denoisers import sample_shape
 from autoaccel.util.precision import cast_module, module_dtype
 
 MAX_PROMPTS = 10_000
@@ -219,10 +220,62 @@ def _encode_stable_diffusion_3(pipeline, prompts, negative_prompt, device) -> En
     )
 
 
+def _encode_stable_diffusion_xl(pipeline, prompts, negative_prompt, device) -> EncodedPrompts:
+    """Both CLIP encoders' hidden states, the second's pooled embedding and the size conditioning
+    (``add_time_ids``: original size, crop, target size) of the default call, through the pipeline's own methods.
+    The empty negative prompt is the default call's: zeros where the model's ``force_zeros_for_empty_prompt``
+    says so (SDXL base), else the encoded empty string."""
+    options = {"prompt_2": None, "device": device, "num_images_per_prompt": 1}
+    rows = []
+    for chunk in _chunks(prompts):
+        hidden, _, pooled, _ = pipeline.encode_prompt(chunk, do_classifier_free_guidance=False, **options)
+        rows.append((hidden, pooled))
+    hidden, pooled = _concat(rows)
+    negative = None if negative_prompt == "" else [negative_prompt]
+    _, null_hidden, _, null_pooled = pipeline.encode_prompt(
+        [""] if negative is None else negative, do_classifier_free_guidance=True, negative_prompt=negative, **options
+    )
+    _, height, width = sample_shape(pipeline.unet)
+    size = (height * pipeline.vae_scale_factor, width * pipeline.vae_scale_factor)
+    encoder_2 = pipeline.text_encoder_2
+    projection = int(pooled.shape[-1]) if encoder_2 is None else encoder_2.config.projection_dim
+    time_ids = pipeline._get_add_time_ids(size, (0, 0), size, hidden.dtype, text_encoder_projection_dim=projection)
+    time_ids = time_ids.to(device)
+    return EncodedPrompts(
+        embeds={
+            "encoder_hidden_states": hidden,
+            "added_cond_kwargs.text_embeds": pooled,
+            "added_cond_kwargs.time_ids": time_ids.repeat(len(prompts), 1),
+        },
+        null={
+            "encoder_hidden_states": null_hidden,
+            "added_cond_kwargs.text_embeds": null_pooled,
+            "added_cond_kwargs.time_ids": time_ids,
+        },
+    )
+
+
+def _encode_flux(pipeline, prompts, negative_prompt, device) -> EncodedPrompts:
+    """T5 hidden states and the CLIP pooled embedding; the text position ids are the same for every prompt. No
+    null row: Flux's default call runs no unconditional branch (guidance is an input of FLUX.1-dev's model)."""
+    options = {"prompt_2": None, "device": device, "num_images_per_prompt": 1}
+    options["max_sequence_length"] = _call_default(pipeline, "max_sequence_length")
+    rows, text_ids = [], None
+    for chunk in _chunks(prompts):
+        hidden, pooled, text_ids = pipeline.encode_prompt(chunk, **options)
+        rows.append((hidden, pooled))
+    hidden, pooled = _concat(rows)
+    return EncodedPrompts(
+        embeds={"encoder_hidden_states": hidden, "pooled_projections": pooled}, null={}, fixed={"txt_ids": text_ids}
+    )
+
+
 # Checked in order with isinstance, so a subclass is encoded like its base pipeline.
 _ENCODERS: tuple[tuple[str, Callable[..., EncodedPrompts]], ...] = (
     ("StableDiffusionPipeline", _encode_stable_diffusion),
     ("PixArtAlphaPipeline", _encode_pixart),
     ("PixArtSigmaPipeline", _encode_pixart),
     ("StableDiffusion3Pipeline", _encode_stable_diffusion_3),
+    ("StableDiffusionXLPipeline", _encode_stable_diffusion_xl),
+    ("FluxPipeline", _encode_flux),
 )

@@ -81,7 +81,7 @@ class StepAssigned(torch.nn.Module):
 
     def evaluations(self, timestep) -> int:
         """Denoiser evaluations one call at ``timestep`` makes: two on a guided teacher step."""
-        guided = self.guidance != 1.0 and self.conditions.guidable
+        guided = self.guidance != 1.0 and self.conditions.paired_guidance
         return 2 if self.runs_teacher(timestep) and guided else 1
 
     def forward(self, sample, timestep, **keywords):

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-TINY_KINDS = ("ddpm", "ddim", "dit", "sd", "pixart_alpha", "pixart_sigma", "sd3", "flux")
-PROMPT_KINDS = ("sd", "pixart_alpha", "pixart_sigma", "sd3")  # the text-to-image classes autoaccel loads (not Flux yet)
+TINY_KINDS = ("ddpm", "ddim", "dit", "sd", "pixart_alpha", "pixart_sigma", "sd3", "sdxl", "flux", "flux_schnell")
+PROMPT_KINDS = ("sd", "pixart_alpha", "pixart_sigma", "sd3", "sdxl", "flux", "flux_schnell")  # text-to-image
 
 # Pixel size of the images every latent pipeline here makes: a 2-level VAE (scale factor 2) over 8x8 latents.
 IMAGE_SIZE = 16
@@ -35,13 +35,25 @@ def build_tiny_pipeline(kind: str, folder: Path, seed: int = 0) -> Path:
         "pixart_alpha": _pixart_alpha,
         "pixart_sigma": _pixart_sigma,
         "sd3": _stable_diffusion_3,
+        "sdxl": _stable_diffusion_xl,
         "flux": _flux,
+        "flux_schnell": _flux_schnell,
     }
     if kind not in builders:
         raise ValueError(f"unknown tiny pipeline kind {kind!r}; choose one of {', '.join(TINY_KINDS)}")
     folder = Path(folder)
     builders[kind](seed).save_pretrained(folder)
+    if kind in AUTOACCEL_JSON:
+        (folder / "autoaccel.json").write_text(json.dumps(AUTOACCEL_JSON[kind]))
     return folder
+
+
+# What a Flux folder's autoaccel.json says: FluxPipeline makes 128 x VAE-scale pixels unless told a size (here 16),
+# and a timestep-distilled Flux (FLUX.1-schnell) is run at 4 steps rather than its pipeline's 28.
+AUTOACCEL_JSON = {
+    "flux": {"default_call": {"height": IMAGE_SIZE, "width": IMAGE_SIZE}},
+    "flux_schnell": {"default_call": {"height": IMAGE_SIZE, "width": IMAGE_SIZE, "num_inference_steps": 4}},
+}
 
 
 def build_tiny_pipeline_folder(
@@ -344,7 +356,54 @@ def _stable_diffusion_3(seed: int):
     )
 
 
-def _flux(seed: int):
+def _stable_diffusion_xl(seed: int):
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    # SDXL's layout: two CLIP encoders whose hidden states concatenate (16 + 16 = the cross-attention width), the
+    # second's pooled projection and six size ids (original size, crop, target size) as added conditioning.
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=LATENT_SIZE,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        cross_attention_dim=32,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 16,
+        norm_num_groups=8,
+    ).eval()
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(_clip_config(hidden_size=16)).eval()
+    torch.manual_seed(seed + 1)
+    text_encoder_2 = CLIPTextModelWithProjection(_clip_config(hidden_size=16)).eval()
+    # SDXL base's scheduler: Euler on the scaled-linear betas, leading spacing with offset 1
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    return StableDiffusionXLPipeline(
+        vae=_vae(seed, latent_channels=4, scaling_factor=0.13025, shift_factor=None, quant_conv=True),
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=_clip_tokenizer(),
+        tokenizer_2=_clip_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+    )
+
+
+def _flux(seed: int, guidance_embeds: bool = True):
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel
 
@@ -359,7 +418,7 @@ def _flux(seed: int):
         num_attention_heads=2,
         joint_attention_dim=32,
         pooled_projection_dim=32,
-        guidance_embeds=True,
+        guidance_embeds=guidance_embeds,
         axes_dims_rope=(4, 4, 8),
     ).eval()
     torch.manual_seed(seed)
@@ -373,6 +432,8 @@ def _flux(seed: int):
         base_image_seq_len=256,
         max_image_seq_len=4096,
     )
+    if not guidance_embeds:  # FLUX.1-schnell's scheduler: no shift at all
+        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False)
     return FluxPipeline(
         transformer=transformer,
         scheduler=scheduler,
@@ -382,3 +443,8 @@ def _flux(seed: int):
         text_encoder_2=_t5_encoder(seed + 1),
         tokenizer_2=_t5_tokenizer(),
     )
+
+
+def _flux_schnell(seed: int):
+    """FLUX.1-schnell's layout: timestep-distilled, no guidance input, run at 4 steps (its ``autoaccel.json``)."""
+    return _flux(seed, guidance_embeds=False)
