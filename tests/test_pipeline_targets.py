@@ -292,3 +292,17 @@ def test_the_default_call_is_the_pipelines_own_call_image_for_image(folders, kin
     if kind == "flux":  # the guidance scale reaches the model as an input: another scale, other images
         ours_pipeline.plan.guidance_scale = 1.5
         assert (ours_pipeline(seeds.noise, seeds.class_labels).images - ours).abs().max() > 1e-4
+
+
+def test_the_readme_lists_exactly_the_pipelines_the_loader_accepts():
+    """The README's table is generated from the loader's list (``python -m autoaccel.targets.supported``)."""
+    from pathlib import Path
+
+    from autoaccel.targets.loader import SUPPORTED_PIPELINES
+    from autoaccel.targets.supported import README_END, README_START, markdown_table
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    shown = readme[readme.index(README_START) + len(README_START) : readme.index(README_END)]
+    lines = [line.strip() for line in shown.strip().splitlines()]
+    assert lines == markdown_table().splitlines(), "regenerate it: python -m autoaccel.targets.supported"
+    assert [line.split("`")[1] for line in lines[2:]] == list(SUPPORTED_PIPELINES)
