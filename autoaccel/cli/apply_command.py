@@ -31,7 +31,7 @@ def load_base_model(recipe: dict, model: str | None, device: str):
     folder = model or recipe["base_model"].get("path")
     if not folder:
         raise RecipeError("the recipe names no base model path; pass --model DIR")
-    return load_in_dtype(load_pipeline_folder(folder, device=device), dtype)
+    return load_in_dtype(load_pipeline_folder(folder, device=device, dtype=dtype), dtype)
 
 
 def check_apply_options(out_dir: Path, count: int, seed: int | None, overwrite: bool) -> None:

@@ -16,6 +16,7 @@ from autoaccel.search.ledger import reference_row
 from autoaccel.search.liveness import LivenessSettings
 from autoaccel.search.loop import LoopBudget, run_search, standard_configurations
 from autoaccel.search.run import ensure_reference, make_ladder, prepare_run
+from autoaccel.targets.denoisers import execution_device
 from autoaccel.techniques.base import plan_label
 from autoaccel.util.progress import StageLine, duration, reporting
 
@@ -70,7 +71,8 @@ def _run(context, config: DictConfig, log) -> Path:
     log(
         f"study {context.ledger.study_name!r} in {context.run_dir} ({done} trials already finished); "
         f"space {context.space.name} ({len(context.space.dimensions)} dimensions), "
-        f"optimizer {config.optimizer.name}, target {context.target.name} on {context.target.denoiser.device}"
+        f"optimizer {config.optimizer.name}, target {context.target.name} "
+        f"on {execution_device(context.target.denoiser)}"
     )
     trials = int(config.budget.trials)
     target = context.target

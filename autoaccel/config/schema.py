@@ -16,6 +16,7 @@ class TargetConfig:
     path: str | None = None
     device: str = "auto"
     dtype: str = "float32"  # the precision the model is loaded in (float32, bfloat16, float16)
+    offload: str = "none"  # none, model (one module on the GPU at a time) or sequential (one layer at a time)
     prompts: str | None = None  # text-to-image: a prompt file (one per line) or a bundled set (general, digits)
     reference: str = "default"  # what plans are compared with: default (the pipeline's own call) or SOLVER-STEPS
     data: str | None = None  # a folder of real images of the model's domain: FID/KID against them

@@ -32,6 +32,7 @@ from autoaccel.plan.steps import Plan
 from autoaccel.reference.sampling import reference_pipeline
 from autoaccel.space.spaces import SearchSpace
 from autoaccel.targets.base import Target
+from autoaccel.targets.denoisers import execution_device
 from autoaccel.techniques.base import COMPILE_SECONDS, TRAIN_MINUTES, simulations
 from autoaccel.util.artifacts import ArtifactStore
 from autoaccel.util.progress import Progress
@@ -76,7 +77,7 @@ class Evaluator:
         self.judges = {judge.samples: judge}
         self.cost_settings = cost
         self.cost_cache: dict[str, CostMeasurement] = {}
-        self.gate = MeasurementGate(str(target.denoiser.device))  # shared with every worker on this device
+        self.gate = MeasurementGate(str(execution_device(target.denoiser)))  # shared with every worker on this device
         self.features: FeatureStore | None = None  # a run's: each scored plan's per-image FID features, kept there
         self._judges_lock = threading.Lock()
         self._models: OrderedDict[tuple, Any] = OrderedDict()
@@ -311,7 +312,7 @@ class Evaluator:
         pipeline = reference_pipeline(self.target)
         with self.gate.shared():
             images = self.judge.reference_call_images()
-        pipeline.set_schedule(pipeline.denoiser.device)
+        pipeline.set_schedule(execution_device(pipeline.denoiser))
         calls_per_step = 2 if pipeline.guided else 1
         pipeline.denoiser_calls = reference_calls(pipeline) * calls_per_step
         details = {"candidate_key": "reference", "reference": self.target.reference}

@@ -30,6 +30,7 @@ from autoaccel.front.objectives import CPU_RSS, CUDA_ALLOCATED
 from autoaccel.measure.energy import EnergyMeter
 from autoaccel.measure.size import plain_tensors, tensor_bytes
 from autoaccel.pipeline.seeds import SeedBatch
+from autoaccel.targets.denoisers import execution_device, offloaded
 from autoaccel.techniques.base import COMPILE_SECONDS
 
 
@@ -229,7 +230,7 @@ def model_memory_bytes(pipeline, seeds: SeedBatch) -> int:
 def timed_call(pipeline, seeds: SeedBatch, on_cuda: bool, **options) -> float:
     """One whole deployment call: prompts encoded by the text encoder(s), every step, the VAE decode.
     ``options``: passed to the call (``on_step``: the progress of a call hundreds of steps long)."""
-    generator = torch.Generator(device=pipeline.denoiser.device).manual_seed(seeds.seed)
+    generator = torch.Generator(device=execution_device(pipeline.denoiser)).manual_seed(seeds.seed)
     if on_cuda:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -276,8 +277,10 @@ def measure_cost(pipeline, seeds: SeedBatch, warmup: int = 2, repeats: int = 5, 
     the deployment batch), and a compile during the timed calls fails the measurement (``no_compiling``)."""
     if repeats < 1:
         raise ValueError(f"repeats={repeats} is not valid; it must be >= 1")
-    device = str(pipeline.denoiser.device)
+    device = str(execution_device(pipeline.denoiser))
     on_cuda = device.startswith("cuda")
+    # an offloaded model's times include moving its weights to the device: the device it is shown on says so
+    shown = f"{device}, offloaded" if offloaded(pipeline.denoiser) else device
     compiled = getattr(pipeline.denoiser, COMPILE_SECONDS, None) is not None
     model_memory_mb = model_memory_bytes(pipeline, seeds) / 2**20
     for _ in range(max(warmup, 1) if compiled else warmup):
@@ -311,7 +314,7 @@ def measure_cost(pipeline, seeds: SeedBatch, warmup: int = 2, repeats: int = 5, 
         energy_j=energy.joules / repeats,
         batch_size=seeds.count,
         repeats=repeats,
-        device=device,
+        device=shown,
         threads=torch.get_num_threads(),
         stage_ms=_stage_medians(stages),
         method="median" if repeats > 1 else SINGLE_CALL,

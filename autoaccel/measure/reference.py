@@ -60,6 +60,7 @@ from autoaccel.reference.sampling import (
     reference_pipeline,
 )
 from autoaccel.targets.base import Target
+from autoaccel.targets.denoisers import execution_device
 from autoaccel.techniques.base import sampler_adds_noise
 from autoaccel.util.files import write_atomically
 from autoaccel.util.imaging import to_uint8
@@ -268,7 +269,7 @@ class QualityJudge:
             extractor,
             self.cache_dir,
             reference_key,
-            cuda=str(self.target.denoiser.device).startswith("cuda"),
+            cuda=str(execution_device(self.target.denoiser)).startswith("cuda"),
             fid_std_rounds=self.fid_std_rounds,
         )
         metrics["fid_ensemble"] = self._ensemble_fid(to_uint8(images), reference, reference_key)

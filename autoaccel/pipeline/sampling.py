@@ -23,7 +23,7 @@ from autoaccel.pipeline.call_control import call_controller
 from autoaccel.schedules.exact import set_exact_sigmas
 from autoaccel.schedules.schedulers import build_scheduler_from, model_schedulers, refuse_switched_settings
 from autoaccel.targets.conditions import CLASS, Conditions, concat_keywords
-from autoaccel.targets.denoisers import decode, predict, sample_shape
+from autoaccel.targets.denoisers import decode, execution_device, predict, sample_shape
 from autoaccel.targets.layouts import layout_of
 from autoaccel.util.imaging import to_pil_images
 from autoaccel.util.interrupts import raise_if_cancelled
@@ -191,7 +191,7 @@ class SamplerPipeline(DiffusionPipeline):
         """
         if not self.plan.scheduled:
             raise TechniqueError("the pipeline has no schedule: apply a plan or recipe first")
-        device = self.denoiser.device
+        device = execution_device(self.denoiser)
         controller = call_controller(self.denoiser)
         if controller is not None:  # e.g. a cache calibrated per schedule runs its calibration pass first, untimed
             self.set_schedule(device)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from autoaccel.targets.denoisers import execution_device
 from autoaccel.util.progress import Progress
 
 
@@ -83,7 +84,9 @@ def sample_in_chunks(
     outputs = []
     with progress:
         for start in range(0, seeds.count, chunk_size):
-            generator = torch.Generator(device=pipeline.denoiser.device).manual_seed(seeds.seed * 100_003 + start)
+            generator = torch.Generator(device=execution_device(pipeline.denoiser)).manual_seed(
+                seeds.seed * 100_003 + start
+            )
             labels = None if seeds.class_labels is None else seeds.class_labels[start : start + chunk_size]
             noise = seeds.noise[start : start + chunk_size]
             on_step = progress.steps(start, len(noise))

@@ -85,6 +85,7 @@ def apply_plan(
     stored: dict[str, str] = {}
     for technique, config in Plan.of(plan):
         refuse_training_off_float32(technique, config, target)
+        refuse_model_change_under_offload(technique, config, target)
         if technique.name in artifacts:
             restore(pipeline, technique, config, target, *artifacts[technique.name])
         else:
@@ -111,6 +112,19 @@ def refuse_training_off_float32(technique, config, target) -> None:
             f"{technique.name}: {what} runs on a float32 copy of the model, and this target was loaded in {loaded} "
             f"(target.dtype={loaded}); load it in float32 and add {precision}={loaded} to the space to deploy "
             "the plan in that precision"
+        )
+
+
+def refuse_model_change_under_offload(technique, config, target) -> None:
+    """A technique that replaces the model (a student, a pruned or quantized copy, a cache around it) would need
+    offload hooks of its own; on an offloaded target it is refused, and the sampler techniques are searched."""
+    unchanged = technique.unchanged_params
+    changes = not unchanged or any(getattr(config, key, value) != value for key, value in unchanged.items())
+    if target.offload != "none" and technique.modifies_model and changes:
+        raise TechniqueError(
+            f"{technique.name}: the target is offloaded (target.offload={target.offload}) and this setting makes a "
+            "new model, which offloading does not cover; search the sampler (solver, timesteps) or load the model "
+            "with target.offload=none"
         )
 
 

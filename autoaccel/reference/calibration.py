@@ -27,6 +27,7 @@ import torch
 
 from autoaccel.pipeline.seeds import make_seed_batch
 from autoaccel.reference.sampling import ode_reference_pipeline
+from autoaccel.targets.denoisers import execution_device
 from autoaccel.techniques.timesteps import TimestepsConfig, apply_timesteps
 from autoaccel.util.interrupts import raise_if_cancelled
 from autoaccel.util.progress import Progress
@@ -240,7 +241,7 @@ def noised_batch(target, count: int, generator: torch.Generator, device=None) ->
     time variable: DDPM-family ``sqrt(abar) x0 + sqrt(1 - abar) noise`` at an integer timestep, flow
     ``(1 - s) x0 + s noise`` at timestep ``s * num_train_timesteps``. Conditioned on each sample's own condition
     (no guidance branch: the conditional prediction is what is trained)."""
-    device = device if device is not None else target.denoiser.device
+    device = device if device is not None else execution_device(target.denoiser)
     clean, labels = clean_samples(target, count, NOISED_SEED_OFFSET + int(generator.initial_seed()))
     return noised(target, clean.to(device), labels, generator)
 

@@ -39,6 +39,7 @@ from autoaccel.measure.measurement import describe_failure
 from autoaccel.plan.candidate import Candidate
 from autoaccel.reference.sampling import reference_pipeline
 from autoaccel.search.ledger import CONFIRMATION, record_reference_row, reference_row
+from autoaccel.targets.denoisers import execution_device
 from autoaccel.techniques.base import without_runtime
 
 MAX_PASSES = 3
@@ -223,10 +224,10 @@ def _time_side_by_side(
             except Exception as error:  # the plan is confirmed; only its speed-up is not split
                 not_split[key] = describe_failure(error)
     reference = reference_pipeline(context.target)
-    reference.set_schedule(reference.denoiser.device)
+    reference.set_schedule(execution_device(reference.denoiser))
     pipelines[REFERENCE] = reference
     seeds = evaluator.judge.deployment_seeds(int(context.config.cost.batch_size))
-    on_cuda = str(reference.denoiser.device).startswith("cuda")
+    on_cuda = str(execution_device(reference.denoiser)).startswith("cuda")
     recorded = reference_row(context.ledger.study) or {}
     single = {REFERENCE} if recorded.get("latency_method") == latency.SINGLE_CALL else set()
     times: dict[str, list[float]] = {key: [] for key in pipelines}

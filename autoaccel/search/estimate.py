@@ -30,7 +30,7 @@ from autoaccel.metrics.quality import image_features
 from autoaccel.reference.sampling import reference_pipeline
 from autoaccel.search.ledger import reference_row
 from autoaccel.targets.data_folder import image_shape
-from autoaccel.targets.denoisers import predict
+from autoaccel.targets.denoisers import execution_device, predict
 from autoaccel.techniques.base import setting_with
 from autoaccel.util.progress import duration
 
@@ -65,7 +65,7 @@ class CallTimes:
 
 def time_calls(context) -> CallTimes:
     pipeline = reference_pipeline(context.target)
-    pipeline.set_schedule(context.target.denoiser.device)
+    pipeline.set_schedule(execution_device(context.target.denoiser))
     judge = context.judge
     chunk = _seconds_per_call(pipeline, judge.seeds.head(min(judge.chunk_size, judge.samples)))
     batch = _seconds_per_call(pipeline, judge.deployment_seeds(int(context.config.cost.batch_size)))
@@ -75,7 +75,7 @@ def time_calls(context) -> CallTimes:
 def _seconds_per_call(pipeline, seeds) -> float:
     """One denoiser call on ``seeds``, timed after an untimed one that pays one-time costs (unless that one was
     already long enough for them not to matter)."""
-    batch = seeds.noise.to(pipeline.denoiser.device, pipeline.denoiser.dtype)
+    batch = seeds.noise.to(execution_device(pipeline.denoiser), pipeline.denoiser.dtype)
     keywords = pipeline.conditions.keywords(seeds.class_labels, False, batch.device)
     timestep = pipeline.scheduler.timesteps[0]
     cuda = batch.device.type == "cuda"  # kernels run asynchronously: wait for them before reading the clock
@@ -93,7 +93,7 @@ def _seconds_per_call(pipeline, seeds) -> float:
 def reference_calls_per_image(target) -> int:
     """Denoiser calls of the reference call for one image (a guided step counts two)."""
     pipeline = reference_pipeline(target)
-    pipeline.set_schedule(target.denoiser.device)
+    pipeline.set_schedule(execution_device(target.denoiser))
     return len(pipeline.scheduler.timesteps) * (2 if pipeline.guided else 1)
 
 

@@ -26,6 +26,7 @@ from autoaccel.config.schema import AutoaccelConfig
 from autoaccel.measure.reference import HELD_OUT_REFERENCE
 from autoaccel.reference.sampling import describe_reference
 from autoaccel.targets.conditions import PROMPT
+from autoaccel.targets.denoisers import execution_device
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def settings_fingerprint(config: DictConfig, target, space) -> Fingerprint:
         "target.reference": Entry(describe_reference(target), "target.reference"),
         "target.data": Entry(real_data_description(target), "target.data"),
         "target.prompts": Entry(prompts_description(target), "target.prompts"),
-        "device": Entry(torch.device(target.denoiser.device).type, "target.device"),
+        "device": Entry(torch.device(execution_device(target.denoiser)).type, "target.device"),
         # real-data FID is against the real images less those held out for the floor (before: all of them)
         **(
             {"fid_reference": Entry(HELD_OUT_REFERENCE, before="all real images")}

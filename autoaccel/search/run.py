@@ -44,6 +44,7 @@ from autoaccel.space.fit import check_space_fits
 from autoaccel.space.spaces import SearchSpace, load_space
 from autoaccel.targets.base import Target
 from autoaccel.targets.data_folder import load_target_data
+from autoaccel.targets.denoisers import execution_device
 from autoaccel.targets.loader import default_device
 from autoaccel.targets.precision import load_in_dtype
 from autoaccel.targets.registry import load_target as load_kind
@@ -71,8 +72,10 @@ def load_target(config: DictConfig) -> Target:
 
     path = None if OmegaConf.is_missing(config.target, "path") else config.target.path
     prompts = config.target.get("prompts")
-    target = load_kind(str(config.target.name), path, default_device(str(config.target.device)), prompts)
-    load_in_dtype(target, str(config.target.get("dtype") or "float32"))
+    dtype, offload = str(config.target.get("dtype") or "float32"), str(config.target.get("offload") or "none")
+    device = default_device(str(config.target.device))
+    target = load_kind(str(config.target.name), path, device, prompts, dtype, offload)
+    load_in_dtype(target, dtype)  # a kind that does not read its weights in a precision is cast
     target.reference = str(config.target.get("reference") or "default")
     target.ode_steps = int(config.quality.get("ode_steps", 200))
     if config.target.get("data"):
@@ -304,5 +307,5 @@ def describe_reference_cost(context: RunContext) -> str:
     cached = " (cached images are reused if present)"
     return (
         f"{describe_reference(target)}; {judge.samples} images x {per_image} denoiser calls, "
-        f"about {duration(seconds)} on {target.denoiser.device}{cached}"
+        f"about {duration(seconds)} on {execution_device(target.denoiser)}{cached}"
     )

@@ -68,6 +68,7 @@ class Target:
     # the pipeline's other modules (VAE, text encoders), by name: they shape the images, so the hash covers them
     modules: dict[str, torch.nn.Module] = field(default_factory=dict)
     metadata: dict = field(default_factory=dict)
+    offload: str = "none"  # target.offload: its modules live in CPU memory and run on the GPU (loader.OFFLOADS)
 
     @property
     def num_classes(self) -> int | None:

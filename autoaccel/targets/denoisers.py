@@ -48,6 +48,21 @@ def nested(keywords: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def execution_device(module: torch.nn.Module) -> torch.device:
+    """Where ``module`` computes: the device of an offload hook (accelerate's, as diffusers' offloading installs
+    on the module or, sequential, on its layers), else where its weights are."""
+    for part in module.modules():
+        device = getattr(getattr(part, "_hf_hook", None), "execution_device", None)
+        if device is not None:
+            return torch.device(device)
+    return next((parameter.device for parameter in module.parameters()), torch.device("cpu"))
+
+
+def offloaded(module: torch.nn.Module) -> bool:
+    """Whether ``module`` runs under offload hooks (its weights move to the device on each call)."""
+    return any(hasattr(part, "_hf_hook") for part in module.modules())
+
+
 SAMPLE_SIZE = "autoaccel_sample_size"  # (height, width) of the latents a loader set on a denoiser: its call's size
 
 

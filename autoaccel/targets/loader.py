@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from autoaccel.errors import TargetError
+from autoaccel.errors import ConfigError, TargetError
 from autoaccel.front.limits import REFERENCE_SAMPLES
 from autoaccel.metrics.extractor_names import GENERIC_EXTRACTOR
 from autoaccel.schedules.schedulers import MAX_INFERENCE_STEPS, build_scheduler_from, model_schedulers, scheduler_class
@@ -20,6 +20,7 @@ from autoaccel.targets.denoisers import SAMPLE_SIZE
 from autoaccel.targets.layouts import LAYOUTS, VAE_SCALE, layout_of, pipeline_denoiser
 from autoaccel.targets.prompt_sets import resolve_prompts
 from autoaccel.targets.prompts import PromptEncoder
+from autoaccel.util.precision import dtype_named
 
 SUPPORTED_PIPELINES = {
     # pipeline class -> how its images are conditioned (autoaccel.targets.conditions)
@@ -56,7 +57,12 @@ def _read_json(path: Path) -> dict:
 
 
 def load_pipeline_folder(
-    path: str | Path, device: str = "cpu", name: str | None = None, prompts: str | None = None
+    path: str | Path,
+    device: str = "cpu",
+    name: str | None = None,
+    prompts: str | None = None,
+    dtype: str | None = None,
+    offload: str = "none",
 ) -> Target:
     """A supported diffusers pipeline (a ``save_pretrained`` folder, or a hub id where there is network) as a Target.
 
@@ -65,9 +71,13 @@ def load_pipeline_folder(
     ``autoaccel.json`` in the folder may name a ``null_class`` (DDPM/DDIM: the label trained for guidance),
     ``num_classes`` (how many classes to sample from), ``name`` and ``default_call``. ``prompts``: a prompt file or
     bundled prompt set for text-to-image pipelines (default: the folder's own set, else the bundled one).
+    ``dtype``: the precision the weights are read in (``from_pretrained(torch_dtype=...)``, one module at a time
+    with ``low_cpu_mem_usage``: a model is never held in float32 first); ``offload``: ``OFFLOADS``.
     """
     folder = Path(path).expanduser()
     check_device(device)
+    torch_dtype = dtype_named(dtype, "target.dtype") if dtype is not None else None
+    check_offload(offload, device)
     if folder.is_dir():
         pipeline_class = _folder_pipeline_class(folder, path)
         _check_folder_sizes(folder)
@@ -81,19 +91,23 @@ def load_pipeline_folder(
     extra_name = extra.get("name")
     if extra_name is not None and not (isinstance(extra_name, str) and extra_name.strip()):
         raise TargetError(f"{extra_path}: name={extra_name!r} is not valid; give a non-empty string, or leave it out")
-    pipeline = _load_pipeline(source, pipeline_class, path)
+    pipeline = _load_pipeline(source, pipeline_class, path, torch_dtype)
     pipeline_class = type(pipeline).__name__
     if pipeline_class not in SUPPORTED_PIPELINES:
         raise TargetError(f"target.path={str(path)!r} holds a {pipeline_class}, which is not supported; {SUPPORTED}")
-    pipeline.to(device)
-    return target_from_pipeline(
+    weights_hash = model_hash(pipeline)  # before offloading: sequential offload leaves no weights on the modules
+    place(pipeline, device, offload)
+    target = target_from_pipeline(
         pipeline,
         name=name or extra_name or shown_name.replace("/", "--"),
         path=folder.resolve() if folder.is_dir() else Path(str(path)),
         extra=extra,
         extra_path=extra_path,
         prompts=prompts,
+        content_hash=weights_hash,
     )
+    target.offload = offload
+    return target
 
 
 def _looks_like_hub_id(text: str) -> bool:
@@ -165,11 +179,47 @@ def check_sample_shape(size, channels, source: str) -> None:
         )
 
 
-def _load_pipeline(source, pipeline_class: str | None, path):
+OFFLOADS = {
+    "none": "every module on target.device",
+    "model": "diffusers' enable_model_cpu_offload: each model moves to the GPU when it runs",
+    "sequential": "diffusers' enable_sequential_cpu_offload: each layer moves to the GPU when it runs",
+}
+
+
+def check_offload(offload: str, device: str) -> None:
+    """``target.offload``: one of OFFLOADS, and other than ``none`` only where there is an accelerator to
+    offload from."""
+    if offload not in OFFLOADS:
+        raise ConfigError(f"target.offload={offload!r} is not valid; valid: {', '.join(OFFLOADS)}")
+    if offload != "none" and not default_device(device).startswith("cuda"):
+        raise ConfigError(
+            f"target.offload={offload} moves modules between CPU memory and a GPU; target.device={device} has no "
+            "GPU, so only none is valid"
+        )
+
+
+def place(pipeline, device: str, offload: str) -> None:
+    """Puts the pipeline's modules on ``device``, or installs diffusers' offload hooks for it (accelerate's): a
+    module then lives in CPU memory and runs on ``device``, and every call pays for the moves, so every latency
+    includes them."""
+    if offload == "model":
+        pipeline.enable_model_cpu_offload(device=device)
+    elif offload == "sequential":
+        pipeline.enable_sequential_cpu_offload(device=device)
+    else:
+        pipeline.to(device)
+
+
+def _load_pipeline(source, pipeline_class: str | None, path, torch_dtype: torch.dtype | None = None):
     import diffusers
 
     loader = getattr(diffusers, pipeline_class) if pipeline_class else diffusers.DiffusionPipeline
     options = {"safety_checker": None} if pipeline_class == "StableDiffusionPipeline" else {}
+    options["low_cpu_mem_usage"] = True  # accelerate's loading: weights are read into place, module by module
+    if torch_dtype is not None:  # diffusers 0.42 renamed torch_dtype to dtype (and warns on the old name)
+        from diffusers.pipelines import pipeline_utils
+
+        options["dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype"] = torch_dtype
     try:
         with _quiet_loading():
             return loader.from_pretrained(source, **options)
@@ -210,8 +260,10 @@ def target_from_pipeline(
     extra: dict | None = None,
     extra_path: Path | None = None,
     prompts: str | list[str] | None = None,
+    content_hash: str | None = None,
 ) -> Target:
-    """A Target around a loaded diffusers pipeline of a supported class (its modules shared, not copied)."""
+    """A Target around a loaded diffusers pipeline of a supported class (its modules shared, not copied);
+    ``content_hash``: its weights' hash where it was taken before the modules were offloaded."""
     extra = extra or {}
     extra_path = extra_path or Path("autoaccel.json")
     pipeline_class = type(pipeline).__name__
@@ -250,7 +302,7 @@ def target_from_pipeline(
         denoiser=denoiser,
         scheduler_config=scheduler_config,
         scheduler_class=type(pipeline.scheduler).__name__,
-        content_hash=model_hash(pipeline),
+        content_hash=content_hash or model_hash(pipeline),
         modules=other_modules(pipeline),
         quality=QualityReference(
             extractor=GENERIC_EXTRACTOR,

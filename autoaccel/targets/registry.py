@@ -26,6 +26,9 @@ class TargetKind:
     # embedded kinds: () -> (schedule family, default guidance scale), for space=auto without loading the model
     summary: Callable[[], tuple[str, float]] | None = None
     takes_prompts: bool = False  # load takes prompts= (target.prompts: a prompt file or a bundled set)
+    # load takes dtype= and offload= (target.dtype, target.offload): the weights are read in that precision and
+    # placed as offload says; other kinds are loaded in float32 and cast
+    takes_placement: bool = False
 
 
 _KINDS: dict[str, TargetKind] = {}
@@ -53,8 +56,17 @@ def registered_target_kinds() -> list[str]:
     return list(_KINDS)
 
 
-def load_target(name: str, path: str | None, device: str, prompts: str | None = None) -> Target:
-    """The target ``target=<name>`` names; ``prompts`` (target.prompts) for the kinds that take prompts."""
+def load_target(
+    name: str,
+    path: str | None,
+    device: str,
+    prompts: str | None = None,
+    dtype: str | None = None,
+    offload: str = "none",
+) -> Target:
+    """The target ``target=<name>`` names; ``prompts`` (target.prompts) for the kinds that take prompts, ``dtype``
+    and ``offload`` (target.dtype, target.offload) for those that read their weights in a precision and place them
+    (a folder); an embedded model is small, loads in float32 and is not offloaded."""
     kind = target_kind(name)
     if kind.takes_path and not path:
         raise TargetError(
@@ -66,6 +78,10 @@ def load_target(name: str, path: str | None, device: str, prompts: str | None = 
             takers = ", ".join(f"target={other.name}" for other in _KINDS.values() if other.takes_prompts)
             raise ConfigError(f"target.prompts={prompts}: target={name} takes no prompts; valid for {takers}")
         options["prompts"] = prompts
+    if kind.takes_placement:
+        options.update(dtype=dtype, offload=offload)
+    elif offload != "none":
+        raise ConfigError(f"target.offload={offload}: target={name} is small and is never offloaded; valid: none")
     return kind.load(path, device, **options)
 
 
@@ -97,8 +113,10 @@ def _load_digits_dit(path: str | None, device: str) -> Target:
     return _digits_loader("load_digits_dit_target")(device)
 
 
-def _load_folder(path: str | None, device: str, prompts: str | None = None) -> Target:
-    return load_pipeline_folder(str(path), device=device, prompts=prompts)
+def _load_folder(
+    path: str | None, device: str, prompts: str | None = None, dtype: str | None = None, offload: str = "none"
+) -> Target:
+    return load_pipeline_folder(str(path), device=device, prompts=prompts, dtype=dtype, offload=offload)
 
 
 def _embedded_guidance(folder: str) -> float:
@@ -131,5 +149,12 @@ def _load_builtin_kinds() -> None:
         )
     )
     register_target_kind(
-        TargetKind("pipeline", _load_folder, True, "a diffusers pipeline folder at target.path", takes_prompts=True)
+        TargetKind(
+            "pipeline",
+            _load_folder,
+            True,
+            "a diffusers pipeline folder at target.path",
+            takes_prompts=True,
+            takes_placement=True,
+        )
     )

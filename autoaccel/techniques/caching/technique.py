@@ -13,6 +13,7 @@ import torch
 
 from autoaccel.errors import TechniqueError
 from autoaccel.pipeline.call_control import attach_controller, call_controller
+from autoaccel.targets.denoisers import execution_device
 from autoaccel.techniques.base import ParamSpec, Technique, register
 from autoaccel.techniques.caching.deep import depth_limit
 from autoaccel.techniques.caching.hooks import HookCache
@@ -83,9 +84,9 @@ def caching_record(pipeline, config: CachingConfig) -> dict | None:
     cache = call_controller(pipeline.denoiser)
     if not isinstance(cache, HookCache):
         return None
-    pipeline.set_schedule(pipeline.denoiser.device)
+    pipeline.set_schedule(execution_device(pipeline.denoiser))
     cache.prepare(pipeline)
-    pipeline.set_schedule(pipeline.denoiser.device)
+    pipeline.set_schedule(execution_device(pipeline.denoiser))
     return {"calibration": cache.describe(pipeline)}
 
 
