@@ -268,6 +268,32 @@ def test_a_search_offline_falls_back_from_a_hub_pickscore_and_says_so(fast_overr
     assert "objective pickscore falls back to fid" in page and "needs network" in page
     # the run's configuration says what it optimised: a resume or the report reads the fallen-back objectives
     assert "- fid" in (run / "config.yaml").read_text()
+    assert main(["search", *overrides]) == 0  # offline again: the same fallback, the study resumes
+    capsys.readouterr()
+
+
+def test_a_study_that_fell_back_offline_refuses_a_resume_that_would_measure_the_figure(
+    fast_overrides, stand_in, monkeypatch, capsys
+):
+    from transformers import CLIPModel, CLIPProcessor
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    overrides = [*_t2i_overrides(fast_overrides), f"quality.clip_model={CLIP_HUB_ID}", "budget.trials=1"]
+    assert main(["search", *overrides]) == 0
+    before = pd.read_csv(_run_folder(overrides) / "trials.csv")
+    capsys.readouterr()
+    # now with network: the hub gives the model (the stand-in, through transformers' own loaders)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    model_load, processor_load = CLIPModel.from_pretrained.__func__, CLIPProcessor.from_pretrained.__func__
+    monkeypatch.setattr(CLIPModel, "from_pretrained", classmethod(lambda cls, source, **_: model_load(cls, stand_in)))
+    monkeypatch.setattr(
+        CLIPProcessor, "from_pretrained", classmethod(lambda cls, source, **_: processor_load(cls, stand_in))
+    )
+    assert main(["search", *overrides]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("autoaccel search: error:")]
+    # its trials have no clip_score: trials with one would not be comparable with them
+    assert len(errors) == 1 and "quality_figures: study has [], now ['clip_score']" in errors[0], errors
+    assert pd.read_csv(_run_folder(overrides) / "trials.csv").equals(before)
 
 
 def test_an_objective_or_limit_on_a_figure_without_its_model_is_refused(fast_overrides, capsys):
