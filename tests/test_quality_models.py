@@ -199,6 +199,46 @@ def test_figures_of_the_bundled_random_cnn_are_plumbing_only_and_inception_is_me
     )
 
 
+def _random_inception_file(path: Path, monkeypatch) -> Path:
+    """torch-fidelity's Inception-v3 with its initial random weights, saved as a weights file (offline: nothing is
+    downloaded)."""
+    import torch_fidelity.feature_extractor_inceptionv3 as inception
+
+    with monkeypatch.context() as patched:
+        patched.setattr(inception, "load_state_dict_from_url", lambda *args, **kwargs: {})
+        patched.setattr(inception.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *args, **kwargs: None)
+        model = inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_a_judge_scores_every_optional_figure_with_its_interval(stand_in, tmp_path, monkeypatch):
+    from autoaccel.measure.reference import QualityJudge
+    from autoaccel.metrics.quality import frechet_distance, inception_features
+    from autoaccel.util.imaging import to_uint8
+
+    weights = _random_inception_file(tmp_path / "inception.pth", monkeypatch)
+    target = SimpleNamespace(**vars(_prompt_target()), sample_shape=(3, 16, 16), condition_count=2, real_images=None)
+    options = configure_quality(
+        target, clip_model=str(stand_in), inception_weights=str(weights), preference_model=str(stand_in)
+    )
+    assert options.measured() == ["clip_score", "fid_inception", "pickscore"] and not options.unavailable
+    judge = QualityJudge(target, samples=16, seed=0, cache_dir=tmp_path, fid_std_rounds=4)
+    generator = torch.Generator().manual_seed(2)
+    images = torch.rand(16, 3, 16, 16, generator=generator) * 2 - 1
+    reference = to_uint8(torch.rand(16, 3, 16, 16, generator=generator) * 2 - 1)
+    figures = judge._optional_figures(images, reference)
+    for name in ("clip_score", "pickscore", "fid_inception"):
+        assert figures[f"{name}_lo"] <= figures[name] <= figures[f"{name}_hi"], name
+    assert figures["fid_inception_hi"] > figures["fid_inception_lo"]
+    expected = frechet_distance(
+        inception_features(options.inception, to_uint8(images)), inception_features(options.inception, reference)
+    )
+    assert figures["fid_inception"] == pytest.approx(expected, rel=1e-3)
+    clip = options.clip.score_interval(images, judge.seeds.class_labels, PROMPTS)
+    assert figures["clip_score"] == pytest.approx(clip.value)
+
+
 def _t2i_overrides(fast_overrides: list[str]) -> list[str]:
     """The fast search settings on the embedded text-to-image digits model, with a short reference."""
     kept = [item for item in fast_overrides if not item.startswith(("target=", "target.path="))]
@@ -210,7 +250,7 @@ def _run_folder(overrides: list[str]) -> Path:
     return next(folder for folder in reports.iterdir() if folder.is_dir())
 
 
-def test_a_search_optimises_and_limits_pickscore_from_stand_in_folders(fast_overrides, stand_in):
+def test_a_search_optimises_and_limits_pickscore_from_stand_in_folders(fast_overrides, stand_in, capsys):
     overrides = [
         *_t2i_overrides(fast_overrides),
         f"quality.clip_model={stand_in}",
@@ -243,6 +283,12 @@ def test_a_search_optimises_and_limits_pickscore_from_stand_in_folders(fast_over
     assert "<h2>Quality figures</h2>" in page and "PickScore 95% interval" in page
     assert "<li>pickscore: plumbing-only (its config marks it as a random-weight stand-in)" in page
     assert "The rule: meaningful: figures from trained weights" in page
+    # plan answers the same question from the ledger: the fastest plan whose PickScore is at least the bound
+    capsys.readouterr()
+    assert main(["plan", str(run), f"--min-pickscore={float(complete['pickscore'].min()) - 1}"]) == 0
+    assert "the fastest plan within pickscore >= " in capsys.readouterr().out
+    assert main(["plan", str(run), f"--min-pickscore={float(complete['pickscore'].max()) + 1}"]) == 0
+    assert "No front plan is the fastest plan within pickscore >= " in capsys.readouterr().out
 
 
 def test_a_search_offline_falls_back_from_a_hub_pickscore_and_says_so(fast_overrides, monkeypatch, capsys):

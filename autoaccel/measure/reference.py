@@ -385,7 +385,11 @@ class QualityJudge:
                 self._inception_reference = inception_features(options.inception, reference)
             inception = inception_features(options.inception, to_uint8(images))
             paired = self.target.real_images is None  # against the reference call's own images on the same seeds
-            bootstrap = PairedBootstrap({"plan": inception.numpy()}, self._inception_reference.numpy(), paired)
+            # 2048-d features make each round costly (seconds, minutes at thousands of samples): the rounds are
+            # quality.fid_std_rounds, as for fid_std, not the report's 500
+            bootstrap = PairedBootstrap(
+                {"plan": inception.numpy()}, self._inception_reference.numpy(), paired, rounds=self.fid_std_rounds
+            )
             intervals["fid_inception"] = bootstrap.interval("plan")
         figures = {}
         for name, interval in intervals.items():
