@@ -349,3 +349,33 @@ def test_an_objective_or_limit_on_a_figure_without_its_model_is_refused(fast_ove
     assert error.count("\n") == 0 and "objective pickscore needs quality.preference_model" in error
     assert main(["search", *overrides, "budget.min_pickscore=20"]) == 2
     assert "budget.min_pickscore=20 (a limit on pickscore) needs quality.preference_model" in capsys.readouterr().err
+
+
+def test_an_unmeasurable_objective_falls_back_to_the_default_quality_once():
+    from autoaccel.front.objectives import fall_back
+
+    target = SimpleNamespace(real_images=None)
+    unmeasured = {"pickscore": "quality.preference_model=... needs network"}
+    assert fall_back(["pickscore", "latency_ms"], unmeasured, target)[0] == ["fid", "latency_ms"]  # in its place
+    kept, lines = fall_back(["fid", "pickscore", "latency_ms"], unmeasured, target)
+    assert kept == ["fid", "latency_ms"] and lines == [
+        "objective pickscore falls back to fid, which needs no model: pickscore is not measured"
+    ]
+    with pytest.raises(ConfigError, match=r"which leaves \['fid'\]; give two or more measurable metrics"):
+        fall_back(["pickscore", "fid"], unmeasured, target)
+
+
+def test_plan_reads_negative_pickscores_of_random_weights():
+    from autoaccel.cli.plan_command import _in_range
+
+    assert _in_range("pickscore", -2.5) and not _in_range("fid", -2.5)
+
+
+def test_a_preference_model_on_a_class_conditional_target_is_refused_in_one_line(stand_in, tmp_path, capsys):
+    reports = tmp_path / "reports"
+    argv = ["search", "target=digits", "target.device=cpu", f"report.dir={reports}"]
+    assert main([*argv, f"quality.preference_model={stand_in}"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("autoaccel search: error: quality.preference_model=")
+    assert "digits is conditioned on class labels, not prompts" in error
+    assert not reports.exists() or not any(reports.iterdir())
