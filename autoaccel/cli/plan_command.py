@@ -42,7 +42,7 @@ from autoaccel.search.ledger import reference_row, target_facts, trials_in_force
 from autoaccel.search.run_folder import recorded_study
 
 SHARES = {"adherence", "precision", "recall"}  # figures that are shares of images, in [0, 1]
-SIGNED = {"kid", "psnr_vs_ode", "ssim_vs_ode", "clip_score"}  # figures that may be negative (KID is unbiased)
+SIGNED = {"kid", "psnr_vs_ode", "ssim_vs_ode", "clip_score", "pickscore"}  # may be negative (KID is unbiased)
 
 
 @dataclass

@@ -46,6 +46,8 @@ def search(config: DictConfig, log=print) -> Path:
     their progress to ``log`` as they run (``autoaccel.util.progress``)."""
     with reporting(log):
         context = prepare_run(config)
+        for note in context.notes:  # optional figures this run cannot measure, and what it does instead: kept by quiet
+            log(StageLine(note))
         try:
             return _run(context, config, log)
         finally:

@@ -51,6 +51,7 @@ class BudgetConfig:
     max_fid_ratio: float | None = None  # times the reference's FID, measured in the same run on the same seeds
     min_psnr: float | None = None  # dB against the reference's ODE solution from the same noise
     min_adherence: float | None = None  # share of images read as their requested class (embedded digit models)
+    min_pickscore: float | None = None  # PickScore of the images for their prompts (quality.preference_model)
     warm_start_steps: list[int] = field(default_factory=lambda: [4, 6, 10])
 
 
@@ -63,8 +64,10 @@ class QualityConfig:
     chunk_size: int = 512
     ode_steps: int = 200  # steps of the deterministic reference paired measures compare with (psnr_vs_ode)
     fid_std_rounds: int = 20  # bootstrap resamples behind fid_std (promotion margins, the report's intervals)
-    clip_model: str | None = None  # a local transformers CLIPModel folder: clip_score (prompt adherence)
-    inception_weights: str | None = None  # torch-fidelity's Inception weights file: fid_inception
+    clip_model: str | None = None  # a CLIPModel (hub id or local folder): clip_score (prompt adherence)
+    inception_weights: str | None = None  # auto (torch-fidelity downloads them) or its weights file: fid_inception
+    preference_model: str | None = None  # PickScore (hub id or local folder): pickscore, human preference
+    preference_processor: str | None = None  # its processor where the model has none (null: known, else its own)
 
 
 @dataclass

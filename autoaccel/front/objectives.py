@@ -28,6 +28,7 @@ DIRECTIONS: dict[str, str] = {
     "feature_dist_vs_ode": "minimize",
     "adherence": "maximize",
     "clip_score": "maximize",
+    "pickscore": "maximize",
     "fid_inception": "minimize",
     "precision": "maximize",
     "recall": "maximize",
@@ -48,7 +49,14 @@ METRIC_COLUMNS = [
     "feature_dist_vs_ode",
     "adherence",
     "clip_score",
+    "clip_score_lo",
+    "clip_score_hi",
+    "pickscore",
+    "pickscore_lo",
+    "pickscore_hi",
     "fid_inception",
+    "fid_inception_lo",
+    "fid_inception_hi",
     "latency_ms",
     "encode_ms",
     "denoise_ms",
@@ -71,6 +79,28 @@ def default_quality(target) -> str:
 def resolve_objectives(objectives: list[str], target) -> list[str]:
     """``objectives`` with ``quality`` replaced by the target's default quality metric; other names unchanged."""
     return [default_quality(target) if name == QUALITY else str(name) for name in objectives]
+
+
+def fall_back(objectives: list[str], unmeasured: dict[str, str], target) -> tuple[list[str], list[str]]:
+    """``objectives`` (resolved) with each figure this run cannot measure (``unmeasured``: figure -> why) replaced by
+    the target's default quality metric, which needs nothing (dropped where it is already there), and one line per
+    replacement. Two objectives must remain."""
+    kept, lines = [], []
+    for name in objectives:
+        if name not in unmeasured:
+            kept.append(name)
+            continue
+        default = default_quality(target)
+        lines.append(f"objective {name} falls back to {default}, which needs no model: {name} is not measured")
+        if default not in objectives and default not in kept:
+            kept.append(default)
+    if len(kept) < 2:
+        raise ConfigError(
+            f"objectives={objectives}: {', '.join(name for name in objectives if name in unmeasured)} cannot be "
+            f"measured in this run ({'; '.join(unmeasured.values())}), which leaves {kept}; give two or more "
+            "measurable metrics, e.g. [fid, latency_ms]"
+        )
+    return kept, lines
 
 
 def objective_directions(names: list[str]) -> list[str]:

@@ -14,8 +14,11 @@
   to say: the paired intervals of ``autoaccel.metrics.bootstrap`` say that, from the per-image features each
   scoring returns (``score_with_features``).
 
-Optional figures (``configure_quality``): CLIP score with a local CLIP model, Inception FID with local weights;
-adherence wherever the target carries a classifier of its domain.
+Optional figures (``configure_quality``): CLIP score and a preference score (PickScore) with models named by hub id
+or local folder, Inception FID with torch-fidelity's weights (downloaded, or a local file); each carries its bootstrap
+interval (``<figure>_lo``, ``<figure>_hi``). A model that needs network this run lacks is left out in one line
+(``QualityOptions.unavailable``) and the search falls back to the figures that need nothing. Adherence wherever the
+target carries a classifier of its domain.
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from autoaccel.errors import ConfigError
 from autoaccel.measure.feature_store import (
     HELD_OUT,
     ODE,
@@ -37,15 +41,19 @@ from autoaccel.measure.feature_store import (
     FeatureStore,
     kind_set,
 )
-from autoaccel.metrics.adherence import target_adherence
-from autoaccel.metrics.bootstrap import PairedBootstrap
-from autoaccel.metrics.clip_score import load_clip_scorer, prompt_clip_score
+from autoaccel.metrics.adherence import adherence_reader, target_adherence
+from autoaccel.metrics.bootstrap import Interval, PairedBootstrap
+from autoaccel.metrics.clip_score import load_clip_scorer, prompt_clip_interval
+from autoaccel.metrics.extractor_names import GENERIC_EXTRACTOR
 from autoaccel.metrics.features import ensemble_extractors
+from autoaccel.metrics.model_source import MEANINGFUL, PLUMBING, FigureSource, FigureUnavailable
+from autoaccel.metrics.preference import PREFERENCE, load_preference_scorer, prompt_preference
 from autoaccel.metrics.quality import (
     distribution_metrics,
     frechet_distance,
     image_features,
     inception_features,
+    inception_grade,
     load_inception,
     paired_feature_distance,
     psnr,
@@ -60,6 +68,7 @@ from autoaccel.reference.sampling import (
     reference_pipeline,
 )
 from autoaccel.targets.base import Target
+from autoaccel.targets.conditions import CLASS, PROMPT
 from autoaccel.targets.denoisers import execution_device
 from autoaccel.techniques.base import sampler_adds_noise
 from autoaccel.util.files import write_atomically
@@ -70,33 +79,110 @@ HELD_OUT_REFERENCE = "real images less the floor's held-out set"  # what real-da
 QUALITY_OPTIONS_KEY = "quality_options"  # target.metadata: the QualityOptions every judge of the target uses
 
 
+OPTIONAL_FIGURES = {  # figure -> the option that names its model
+    "clip_score": "quality.clip_model",
+    "fid_inception": "quality.inception_weights",
+    PREFERENCE: "quality.preference_model",
+}
+
+
 @dataclass
 class QualityOptions:
-    """Figures beyond the default ones, each needing local weights: ``clip`` (a ``ClipScorer``) gives
-    ``clip_score`` on text-to-image targets, ``inception`` (torch-fidelity's Inception-v3) gives ``fid_inception``
-    against the same reference images as ``fid``."""
+    """Figures beyond the default ones, each needing weights: ``clip`` (a ``ClipScorer``) gives ``clip_score`` on
+    text-to-image targets, ``preference`` (a ``PreferenceScorer``) gives ``pickscore`` on them, ``inception``
+    (torch-fidelity's Inception-v3) gives ``fid_inception`` against the same reference images as ``fid``.
+    ``unavailable``: figure -> the one line saying why it is not measured (its model needs network)."""
 
     clip: object | None = None
     inception: object | None = None
     inception_weights: str | None = None
+    preference: object | None = None
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+    def measured(self) -> list[str]:
+        """The optional figures this run scores."""
+        loaded = {"clip_score": self.clip, "fid_inception": self.inception, PREFERENCE: self.preference}
+        return [figure for figure, model in loaded.items() if model is not None]
+
+    def sources(self) -> list[FigureSource]:
+        """Where each optional figure this run scores comes from, and whether it is meaningful."""
+        found = [scorer.grade for scorer in (self.clip, self.preference) if scorer is not None and scorer.grade]
+        if self.inception is not None:
+            found.insert(1 if self.clip is not None else 0, inception_grade(str(self.inception_weights)))
+        return found
 
 
-def configure_quality(target: Target, clip_model: str | None = None, inception_weights: str | None = None) -> None:
-    """Loads the optional scorers ``quality.clip_model`` and ``quality.inception_weights`` name (None: not used)
-    and attaches them to ``target``, so every judge of it, at any sample count, scores them. A path that does not
-    hold what it should is a one-line ConfigError naming it. The figures mean something only with real weights."""
+def configure_quality(
+    target: Target,
+    clip_model: str | None = None,
+    inception_weights: str | None = None,
+    preference_model: str | None = None,
+    preference_processor: str | None = None,
+) -> QualityOptions:
+    """Loads the optional scorers the ``quality.*`` options name (None: not used) and attaches them to ``target``,
+    so every judge of it, at any sample count, scores them. A path that does not hold what it should is a one-line
+    ConfigError naming it; a hub id or ``auto`` that needs network this run lacks is recorded in ``unavailable``
+    (one line each) and its figure is not scored. A preference score on a target without prompts is refused."""
     options = QualityOptions()
-    if clip_model:
-        options.clip = load_clip_scorer(clip_model)
-        options.clip.model.to(next(target.denoiser.parameters()).device)
-    if inception_weights:
-        options.inception = load_inception(str(inception_weights))
-        options.inception_weights = str(inception_weights)
+    device = next(target.denoiser.parameters()).device
+    if preference_model and (target.conditions.kind != PROMPT or not target.conditions.names):
+        conditioned = "class labels" if target.conditions.kind == CLASS else "nothing"
+        raise ConfigError(
+            f"quality.preference_model={preference_model} rates images for their prompts; {target.name} is "
+            f"conditioned on {conditioned}, not prompts: give a text-to-image model (e.g. target=digits_t2i) or null"
+        )
+    loaders = {
+        "clip_score": (clip_model, lambda: load_clip_scorer(clip_model)),
+        PREFERENCE: (preference_model, lambda: load_preference_scorer(preference_model, preference_processor)),
+        "fid_inception": (inception_weights, lambda: load_inception(str(inception_weights))),
+    }
+    for figure, (named, load) in loaders.items():
+        if not named:
+            continue
+        try:
+            loaded = load()
+        except FigureUnavailable as error:
+            options.unavailable[figure] = str(error)
+            continue
+        if figure == "fid_inception":
+            options.inception, options.inception_weights = loaded, str(inception_weights)
+        else:
+            loaded.model.to(device)
+            setattr(options, "clip" if figure == "clip_score" else "preference", loaded)
     target.metadata[QUALITY_OPTIONS_KEY] = options
+    return options
 
 
 def quality_options(target: Target) -> QualityOptions:
     return target.metadata.get(QUALITY_OPTIONS_KEY) or QualityOptions()
+
+
+def default_figure_sources(target: Target) -> list[FigureSource]:
+    """Where the figures every run measures come from, and whether they are meaningful (``model_source``: the
+    rule): the FID extractor's figures, the random-CNN ensemble's, the pixel figures and adherence."""
+    extractor = target.quality.extractor
+    extractor_figures = ("fid", "kid", "precision", "recall", "feature_dist_vs_ode")
+    if extractor.startswith(GENERIC_EXTRACTOR):
+        grade = FigureSource(
+            extractor_figures, f"autoaccel's bundled random CNN ({extractor})", PLUMBING, "random features"
+        )
+    else:
+        grade = FigureSource(
+            extractor_figures,
+            f"the model's own feature extractor {extractor}",
+            MEANINGFUL,
+            "trained on this model's domain; not comparable with Inception FIDs",
+        )
+    sources = [
+        grade,
+        FigureSource(("fid_ensemble",), f"{GENERIC_EXTRACTOR} and its redraws", PLUMBING, "random features"),
+        FigureSource(
+            ("psnr_vs_ode", "ssim_vs_ode"), "pixels, against the many-step ODE solution", MEANINGFUL, "no model"
+        ),
+    ]
+    if adherence_reader(target) is not None:
+        sources.append(FigureSource(("adherence",), "the model's own classifier", MEANINGFUL, "trained on its domain"))
+    return sources
 
 
 class QualityJudge:
@@ -283,17 +369,34 @@ class QualityJudge:
         adherence = target_adherence(self.target, images, self.seeds.class_labels)
         if adherence is not None:
             metrics["adherence"] = adherence
+        metrics.update(self._optional_figures(images, reference))
+        return metrics, features
+
+    def _optional_figures(self, images: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+        """CLIP score, the preference score and Inception FID where configured, each with its interval."""
         options = quality_options(self.target)
+        labels = self.seeds.class_labels
+        intervals: dict[str, Interval | None] = {}
         if options.clip is not None:
-            clip = prompt_clip_score(options.clip, self.target, images, self.seeds.class_labels)
-            if clip is not None:
-                metrics["clip_score"] = clip
+            intervals["clip_score"] = prompt_clip_interval(options.clip, self.target, images, labels)
+        if options.preference is not None:
+            intervals[PREFERENCE] = prompt_preference(options.preference, self.target, images, labels)
         if options.inception is not None:
             if self._inception_reference is None:
                 self._inception_reference = inception_features(options.inception, reference)
             inception = inception_features(options.inception, to_uint8(images))
-            metrics["fid_inception"] = frechet_distance(inception, self._inception_reference)
-        return metrics, features
+            paired = self.target.real_images is None  # against the reference call's own images on the same seeds
+            # 2048-d features make each round costly (seconds, minutes at thousands of samples): the rounds are
+            # quality.fid_std_rounds, as for fid_std, not the report's 500
+            bootstrap = PairedBootstrap(
+                {"plan": inception.numpy()}, self._inception_reference.numpy(), paired, rounds=self.fid_std_rounds
+            )
+            intervals["fid_inception"] = bootstrap.interval("plan")
+        figures = {}
+        for name, interval in intervals.items():
+            if interval is not None:
+                figures.update({name: interval.value, f"{name}_lo": interval.lo, f"{name}_hi": interval.hi})
+        return figures
 
     def _ensemble_fid(self, images_uint8: torch.Tensor, reference: torch.Tensor, reference_key: str) -> float:
         """FID against the same reference images as ``fid``, averaged over ``ENSEMBLE_SIZE`` seeded random CNNs: a

@@ -138,6 +138,22 @@ def centred_interval(point: float, rounds: np.ndarray, level: float = LEVEL) -> 
     return float(point + lo - middle), float(point + hi - middle)
 
 
+def mean_interval(
+    values: np.ndarray, floor: float | None = None, rounds: int = ROUNDS, seed: int = SEED, level: float = LEVEL
+) -> Interval:
+    """The mean of per-seed figures (a CLIP or preference score per image) with the percentile interval of its
+    bootstrap over the seeds; ``floor`` bounds the mean from below, round by round (CLIP score's floor at 0)."""
+    values = np.asarray(values, dtype=np.float64)
+    generator = np.random.default_rng(seed)
+    means = np.array([values[generator.integers(0, len(values), len(values))].mean() for _ in range(rounds)])
+    point = float(values.mean())
+    if floor is not None:
+        point, means = max(point, floor), np.maximum(means, floor)
+    tail = (1.0 - level) / 2 * 100
+    lo, hi = np.percentile(means, [tail, 100 - tail])
+    return Interval(point, float(min(lo, point)), float(max(hi, point)))
+
+
 class PairedBootstrap:
     """FIDs of feature sets against one reference set, over the same bootstrap rounds.
 

@@ -1,9 +1,10 @@
-"""CLIP score of a text-to-image plan's images against the prompts they were made for, with a local CLIP.
+"""CLIP score of a text-to-image plan's images against the prompts they were made for.
 
-``quality.clip_model=PATH`` names a folder holding a transformers ``CLIPModel`` with its processor (image
-processor and tokenizer), as ``save_pretrained`` writes them; nothing is downloaded. The score is the standard
-one (Hessel et al. 2021 with torchmetrics' weight): 100 x the cosine similarity of the image and prompt
-embeddings, averaged over images and floored at 0. Higher is better. Only real CLIP weights make the number
+``quality.clip_model`` names a transformers ``CLIPModel`` with its processor (image processor and tokenizer): a hub
+id (``openai/clip-vit-large-patch14``, downloaded by transformers on first use) or a local folder as
+``save_pretrained`` writes them (``autoaccel.metrics.model_source``). The score is the standard one (Hessel et al.
+2021 with torchmetrics' weight): 100 x the cosine similarity of the image and prompt embeddings, averaged over images
+and floored at 0, with a bootstrap interval over the seeds. Higher is better. Only real CLIP weights make the number
 meaningful: a randomly initialised CLIP gives a figure that measures nothing.
 """
 
@@ -13,8 +14,11 @@ from pathlib import Path
 
 import torch
 
-from autoaccel.errors import ConfigError
+from autoaccel.metrics.bootstrap import Interval, mean_interval
+from autoaccel.metrics.model_source import FigureSource, model_grade, pretrained
 from autoaccel.util.imaging import to_uint8
+
+CLIP_EXAMPLE = "openai/clip-vit-large-patch14"
 
 
 def _embedding(output) -> torch.Tensor:
@@ -27,10 +31,11 @@ def _embedding(output) -> torch.Tensor:
 class ClipScorer:
     """A loaded CLIP model and processor; prompt embeddings are computed once per prompt list."""
 
-    def __init__(self, model, processor, source: str = "<memory>") -> None:
+    def __init__(self, model, processor, source: str = "<memory>", grade: FigureSource | None = None) -> None:
         self.model = model.eval().requires_grad_(False)
         self.processor = processor
         self.source = source
+        self.grade = grade  # where the model came from and whether its figures are meaningful
         self._prompts: tuple[str, ...] = ()
         self._prompt_embeddings: torch.Tensor | None = None
 
@@ -69,33 +74,59 @@ class ClipScorer:
             rows.append(torch.nn.functional.normalize(_embedding(features).float(), dim=-1).cpu())
         return torch.cat(rows)
 
+    def cosines(self, images: torch.Tensor, labels: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """cos(image, its prompt) per image, in seed order."""
+        text = self.prompt_embeddings(prompts).cpu()[labels.long().cpu()]
+        return (self.image_embeddings(images) * text).sum(dim=-1)
+
     def score(self, images: torch.Tensor, labels: torch.Tensor, prompts: list[str]) -> float:
         """Mean of 100 x cos(image, its prompt), floored at 0 (torchmetrics' CLIPScore)."""
-        text = self.prompt_embeddings(prompts).cpu()[labels.long().cpu()]
-        cosine = (self.image_embeddings(images) * text).sum(dim=-1)
-        return float(torch.clamp(100 * cosine.mean(), min=0.0))
+        return self.score_interval(images, labels, prompts).value
+
+    def score_interval(self, images: torch.Tensor, labels: torch.Tensor, prompts: list[str]) -> Interval:
+        """The CLIP score with its bootstrap interval over the seeds (the mean floored at 0, round by round)."""
+        return mean_interval(100 * self.cosines(images, labels, prompts).double().numpy(), floor=0.0)
 
 
-def load_clip_scorer(path: str | Path) -> ClipScorer:
-    """The CLIP model and processor saved in ``path``; a one-line error naming the path when they are not there."""
+def load_clip_model(
+    option: str, model_source: str, processor_source: str | None = None, figures: tuple[str, ...] = ("clip_score",)
+) -> ClipScorer:
+    """A ``CLIPModel`` and its ``CLIPProcessor`` from a hub id or a local folder each (the processor from the
+    model's own place unless ``processor_source`` names another), through ``model_source.pretrained``: one line
+    naming ``option`` when they are not there, ``FigureUnavailable`` when a hub id needs network this run lacks."""
     from transformers import CLIPModel, CLIPProcessor
 
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        raise ConfigError(f"quality.clip_model={path} is not a folder; give a CLIPModel saved with save_pretrained")
-    try:
-        model = CLIPModel.from_pretrained(folder)
-        processor = CLIPProcessor.from_pretrained(folder)
-    except Exception as error:  # transformers raises many kinds; the user needs the path and the reason
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(
-            f"quality.clip_model={path} does not hold a CLIPModel with its processor and tokenizer: {reason}"
-        ) from None
-    return ClipScorer(model, processor, str(folder))
+    holds = "a CLIPModel with its processor and tokenizer"
+    model = pretrained(option, model_source, CLIPModel.from_pretrained, holds, CLIP_EXAMPLE)
+    processor_option = option if processor_source is None else option.replace("_model", "_processor")
+    processor = pretrained(
+        processor_option, processor_source or model_source, CLIPProcessor.from_pretrained, holds, CLIP_EXAMPLE
+    )
+    grade = model_grade(figures, option, str(model_source), model.config)
+    return ClipScorer(model, processor, str(model_source), grade)
+
+
+def load_clip_scorer(source: str | Path) -> ClipScorer:
+    """``quality.clip_model``: a CLIP model by hub id or local folder (``load_clip_model``)."""
+    return load_clip_model("quality.clip_model", str(source))
+
+
+def prompt_labels(target, labels: torch.Tensor | None) -> list[str] | None:
+    """The target's prompts where ``labels`` index them (a text-to-image target), else None."""
+    if labels is None or target.conditions.kind != "prompt" or not target.conditions.names:
+        return None
+    return list(target.conditions.names)
 
 
 def prompt_clip_score(scorer: ClipScorer, target, images: torch.Tensor, labels: torch.Tensor | None) -> float | None:
     """CLIP score of ``images`` against their prompts on a text-to-image target; None for other targets."""
-    if labels is None or target.conditions.kind != "prompt" or not target.conditions.names:
-        return None
-    return scorer.score(images, labels, list(target.conditions.names))
+    interval = prompt_clip_interval(scorer, target, images, labels)
+    return None if interval is None else interval.value
+
+
+def prompt_clip_interval(
+    scorer: ClipScorer, target, images: torch.Tensor, labels: torch.Tensor | None
+) -> Interval | None:
+    """``prompt_clip_score`` with its bootstrap interval over the seeds."""
+    prompts = prompt_labels(target, labels)
+    return None if prompts is None else scorer.score_interval(images, labels, prompts)

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from autoaccel.errors import ConfigError
 from autoaccel.metrics.features import ensure_registered
+from autoaccel.metrics.model_source import MEANINGFUL, FigureSource, FigureUnavailable, first_line, hub_offline
 from autoaccel.util.imaging import to_uint8
 
 
@@ -221,19 +222,49 @@ def paired_feature_distance(features: torch.Tensor, reference_features: torch.Te
 
 
 INCEPTION_EXTRACTOR = "inception-v3-compat"
+INCEPTION_AUTO = "auto"  # quality.inception_weights=auto: torch-fidelity downloads its weights on first use
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+
+
+def load_inception(weights: str):
+    """torch-fidelity's Inception-v3 (the network of published FIDs): ``auto`` lets torch-fidelity download its
+    weights on first use (into torch's hub cache, read from there afterwards), as it does by default; else a local
+    weights file (``weights-inception-2015-12-05-6726825d.pth``). Without network and not in the cache, ``auto``
+    raises ``FigureUnavailable`` in one line."""
+    if str(weights) != INCEPTION_AUTO:
+        return load_inception_file(str(weights))
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+    if cached.is_file():
+        return load_inception_file(str(cached))
+    return _download_inception()
 
 
 @functools.cache
-def load_inception(weights_path: str):
-    """torch-fidelity's Inception-v3 (the network of published FIDs) from a local weights file
-    (``weights-inception-2015-12-05-6726825d.pth``; its ``feature_extractor_weights_path`` option). The file is
-    first read as plain tensors, so a file that is not a state dict fails here rather than running its pickle."""
+def _download_inception():
+    from torch_fidelity.utils import create_feature_extractor
+
+    needs = "quality.inception_weights=auto needs network to download torch-fidelity's Inception weights"
+    if hub_offline():
+        raise FigureUnavailable(f"{needs} (HF_HUB_OFFLINE is set), or a local file: give its path ({INCEPTION_FILE})")
+    try:
+        return create_feature_extractor(INCEPTION_EXTRACTOR, ["2048"], cuda=False, verbose=False)
+    except Exception as error:  # urllib's, torch.hub's and the file system's errors: the download failed
+        raise FigureUnavailable(f"{needs}, or a local file ({INCEPTION_FILE}): {first_line(error)}") from None
+
+
+@functools.cache
+def load_inception_file(weights_path: str):
+    """torch-fidelity's Inception-v3 from a local weights file (its ``feature_extractor_weights_path`` option). The
+    file is first read as plain tensors, so a file that is not a state dict fails here rather than running its
+    pickle."""
     from torch_fidelity.utils import create_feature_extractor
 
     path = Path(weights_path).expanduser()
-    expected = "torch-fidelity's inception-v3-compat weights (weights-inception-2015-12-05-6726825d.pth)"
+    expected = f"torch-fidelity's inception-v3-compat weights ({INCEPTION_FILE})"
     if not path.is_file():
-        raise ConfigError(f"quality.inception_weights={weights_path} is not a file; give {expected}")
+        raise ConfigError(
+            f"quality.inception_weights={weights_path} is not a file; give {expected}, or auto to download them"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict):
@@ -242,8 +273,15 @@ def load_inception(weights_path: str):
             INCEPTION_EXTRACTOR, ["2048"], cuda=False, verbose=False, feature_extractor_weights_path=str(path)
         )
     except Exception as error:
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ConfigError(f"quality.inception_weights={weights_path} is not {expected}: {reason}") from None
+        raise ConfigError(f"quality.inception_weights={weights_path} is not {expected}: {first_line(error)}") from None
+
+
+def inception_grade(weights: str) -> FigureSource:
+    """Inception FID is meaningful: torch-fidelity's Inception, the network of published FIDs (module
+    ``model_source``: the rule)."""
+    where = "downloaded by torch-fidelity" if str(weights) == INCEPTION_AUTO else f"from {weights}"
+    source = f"torch-fidelity's Inception-v3 weights, {where}"
+    return FigureSource(("fid_inception",), source, MEANINGFUL, "the network of published FIDs")
 
 
 def inception_features(model, images_uint8: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from autoaccel.front.limits import describe_limits, limits_in_force
 from autoaccel.front.objectives import METRIC_COLUMNS
 from autoaccel.front.pareto import front_frame, front_numbers, hypervolume_history, knee_point
 from autoaccel.measure.feature_store import FEATURES_DIR, FeatureStore
-from autoaccel.measure.reference import reference_is_stochastic
+from autoaccel.measure.reference import quality_options, reference_is_stochastic
 from autoaccel.pipeline.seeds import sample_in_chunks
 from autoaccel.plan.apply import build_pipeline
 from autoaccel.plan.candidate import Candidate
@@ -37,6 +37,7 @@ from autoaccel.report.plots import hypervolume_plot, pareto_plot
 from autoaccel.report.recommend import recommendation_ties, recommended_plans
 from autoaccel.search.confirm import confirmation_sentence, shared_load_sentence
 from autoaccel.search.ledger import CONFIRMATION, DETAIL_PREFIX, reference_row
+from autoaccel.search.quality_figures import figure_record, recorded_figures
 from autoaccel.util.artifacts import ARTIFACTS_DIR, ArtifactRef
 from autoaccel.util.files import write_atomically
 from autoaccel.util.imaging import save_grid
@@ -222,11 +223,15 @@ def build_report(context, log=print, skip_missing_artifacts: bool | None = None)
     reference_interval = noise.fid({}) if noise and reference else None  # the reference call's own FID interval
     if reference_interval is not None:
         reference = {**reference, "fid_lo": reference_interval.lo, "fid_hi": reference_interval.hi}
+    figures = recorded_figures(context.ledger.study) or figure_record(
+        context.target, quality_options(context.target), context.notes
+    )
     reference_file = {
         **(reference or {}),
         "quality_reference": context.target.quality.kind,
         "fid_floor": floor,
         "fid_floor_note": floor_note,
+        "quality_figures": figures,
     }
     write_atomically(run_dir / REFERENCE_FILE, lambda path: path.write_text(json.dumps(reference_file, indent=1)))
     for old in OLD_REPORT_FILES:
@@ -292,6 +297,7 @@ def build_report(context, log=print, skip_missing_artifacts: bool | None = None)
         failures,
         recommendations,
         notes=[note for note in notes if note],
+        quality_figures=figures,
     )
     if context.config.report.wandb:
         from omegaconf import OmegaConf

@@ -35,6 +35,11 @@ FRONT_COLUMNS = [
     "psnr_vs_ode",
     "adherence",
     "clip_score",
+    "clip_score_interval",
+    "pickscore",
+    "pickscore_interval",
+    "fid_inception",
+    "fid_inception_interval",
     "latency_ms",
     "search_latency_ms",
     "algorithmic_latency_ms",
@@ -65,12 +70,21 @@ OPTIONAL_COLUMNS = {
     "decode_ms",
     "adherence",
     "clip_score",
+    "clip_score_interval",
+    "pickscore",
+    "pickscore_interval",
+    "fid_inception",
+    "fid_inception_interval",
     "train_minutes",
     "compile_seconds",
 }
 HEADERS = {
     "fid_interval": "FID 95% interval",
     "fid_ratio_interval": "FID / reference's [95%]",
+    "clip_score_interval": "CLIP score 95% interval",
+    "pickscore_interval": "PickScore 95% interval",
+    "fid_inception": "Inception FID",
+    "fid_inception_interval": "Inception FID 95% interval",
     "latency_ms": "latency (ms)",
     "search_latency_ms": "latency at search (ms)",
     "algorithmic_latency_ms": "latency without its runtime settings (ms)",
@@ -92,7 +106,8 @@ td.number { white-space: nowrap; text-align: right; }
 td a, td code { white-space: nowrap; }
 th { background: #f4f4f4; }
 td.timesteps { max-width: 22em; }
-td.fid_interval, td.fid_ratio_interval { white-space: nowrap; }
+td.fid_interval, td.fid_ratio_interval, td.clip_score_interval, td.pickscore_interval,
+td.fid_inception_interval { white-space: nowrap; }
 .scroll { overflow-x: auto; max-width: 100%; }
 .recommended td.command { border-top: none; padding-bottom: 8px; }
 .recommended tr.plan td { border-bottom: none; }
@@ -306,9 +321,19 @@ plan. Apply a plan with the command under it, or in Python with <code>autoaccel.
 {f'<ul class="noise">{listed}</ul>' if listed else ""}"""
 
 
+INTERVAL_FIGURES = ("clip_score", "pickscore", "fid_inception")  # measured with their intervals (``<figure>_lo``)
+
+
 def _with_interval_text(frame: pd.DataFrame) -> pd.DataFrame:
-    """The FID interval columns as the tables show them (``[0.31, 0.58]``; the ratio as ``1.19 [0.4, ∞]``); the
+    """The interval columns as the tables show them (``[0.31, 0.58]``; the FID ratio as ``1.19 [0.4, ∞]``); the
     unpaired ``fid_std`` only where no row has a paired interval."""
+    frame = frame.copy()
+    for figure in INTERVAL_FIGURES:
+        if f"{figure}_lo" in frame and f"{figure}_hi" in frame:
+            frame[f"{figure}_interval"] = [
+                "" if _is_empty(low) or _is_empty(high) else Interval(math.nan, float(low), float(high)).bounds()
+                for low, high in zip(frame[f"{figure}_lo"], frame[f"{figure}_hi"])
+            ]
     if "fid_lo" not in frame or frame["fid_lo"].isna().all():
         return frame
     frame = frame.drop(columns=["fid_std"], errors="ignore")
@@ -372,6 +397,19 @@ def _reference_text(reference: dict | None) -> str:
     return f"<p>Every plan is compared with the reference: {what}, on the same seeds. {timing}</p>"
 
 
+def quality_section(figures: dict | None) -> str:
+    """One line per figure's source: where it came from and whether it is meaningful (and the rule), then the
+    figures this run could not measure and what the search did instead."""
+    if not figures:
+        return ""
+    lines = "".join(f"<li>{html.escape(line)}</li>" for line in figures.get("sources", []))
+    missing = [*figures.get("fallback", [])]
+    fallback = "".join(f'<li class="none">{html.escape(line)}</li>' for line in missing)
+    return f"""<h2>Quality figures</h2>
+<p>What each figure was measured with. The rule: {html.escape(str(figures.get("rule", "")))}.</p>
+<ul class="figures">{lines}{fallback}</ul>"""
+
+
 def write_html(
     path: Path,
     title: str,
@@ -383,8 +421,10 @@ def write_html(
     failures: pd.DataFrame,
     recommendations: list[Recommendation] | None = None,
     notes: list[str] | None = None,
+    quality_figures: dict | None = None,
 ) -> Path:
-    """``notes``: what the noise says about the whole front (plans it cannot tell apart, the reference's gap)."""
+    """``notes``: what the noise says about the whole front (plans it cannot tell apart, the reference's gap);
+    ``quality_figures``: what each figure was measured with (``autoaccel.search.quality_figures``)."""
     front, standards = _with_interval_text(front), _with_interval_text(standards)
     summary_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in summary.items())
     reference_frame = _with_interval_text(pd.DataFrame([reference])) if reference else pd.DataFrame()
@@ -402,6 +442,7 @@ def write_html(
 {_recommended_section(recommendations or [], reference, path.parent, notes or [])}
 <h2>Run</h2>
 <table>{summary_rows}</table>
+{quality_section(quality_figures)}
 <h2>Pareto front</h2>
 <p>Every figure was measured: quality on the same seeds for every candidate, latency as the median of repeated
 calls at the deployment batch size. FIDs are comparable only at the same sample count and seeds. Model memory is

@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from autoaccel.config.schema import AutoaccelConfig
-from autoaccel.measure.reference import HELD_OUT_REFERENCE
+from autoaccel.measure.reference import HELD_OUT_REFERENCE, quality_options
 from autoaccel.reference.sampling import describe_reference
 from autoaccel.targets.conditions import PROMPT
 from autoaccel.targets.denoisers import execution_device
@@ -84,6 +84,8 @@ def settings_fingerprint(config: DictConfig, target, space) -> Fingerprint:
         "target.data": Entry(real_data_description(target), "target.data"),
         "target.prompts": Entry(prompts_description(target), "target.prompts"),
         "device": Entry(torch.device(execution_device(target.denoiser)).type, "target.device"),
+        # the optional figures measured: a model that needed network a run lacked changes them (and the objectives)
+        "quality_figures": Entry(sorted(quality_options(target).measured())),
         # real-data FID is against the real images less those held out for the floor (before: all of them)
         **(
             {"fid_reference": Entry(HELD_OUT_REFERENCE, before="all real images")}
@@ -100,6 +102,8 @@ def settings_fingerprint(config: DictConfig, target, space) -> Fingerprint:
                 "quality.fid_std_rounds",
                 "quality.clip_model",
                 "quality.inception_weights",
+                "quality.preference_model",
+                "quality.preference_processor",
                 "cost.batch_size",
                 "fidelity.levels",
                 "fidelity.train_shares",

@@ -9,7 +9,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -19,7 +19,7 @@ from autoaccel.front.limits import check_reference_ratios
 from autoaccel.front.objectives import objective_directions, resolve_objectives
 from autoaccel.measure.evaluator import CostSettings, Evaluator
 from autoaccel.measure.feature_store import FEATURES_DIR, FeatureStore
-from autoaccel.measure.reference import QualityJudge, configure_quality
+from autoaccel.measure.reference import QualityJudge, configure_quality, quality_options
 from autoaccel.metrics.adherence import adherence_reader
 from autoaccel.optimizers.base import OptimizerBackend, make_backend
 from autoaccel.reference.sampling import describe_reference, reference_steps
@@ -37,6 +37,7 @@ from autoaccel.search.ledger import (
     reference_row,
 )
 from autoaccel.search.liveness import LivenessSettings, claim_once
+from autoaccel.search.quality_figures import apply_fallback, check_figures_named, figure_record, record_figures
 from autoaccel.search.run_folder import CONFIG_FILE, open_recorded, study_name_for
 from autoaccel.search.study_lock import StudyLock
 from autoaccel.space.choice import resolve_space_name
@@ -66,6 +67,7 @@ class RunContext:
     backend: OptimizerBackend
     lock: StudyLock | None = None  # held while a search (or a report) runs on the run folder's SQLite ledger
     estimate: SearchEstimate | None = None  # what the search said it would take, when it started
+    notes: list[str] = field(default_factory=list)  # optional figures not measured, and the fallback (one line each)
 
 
 def load_target(config: DictConfig) -> Target:
@@ -81,7 +83,13 @@ def load_target(config: DictConfig) -> Target:
     if config.target.get("data"):
         load_target_data(target, str(config.target.data))
 
-    configure_quality(target, config.quality.get("clip_model"), config.quality.get("inception_weights"))
+    configure_quality(
+        target,
+        config.quality.get("clip_model"),
+        config.quality.get("inception_weights"),
+        config.quality.get("preference_model"),
+        config.quality.get("preference_processor"),
+    )
     return target
 
 
@@ -124,6 +132,10 @@ def _prepare(
 
     target = load_target(config)
     objectives = resolve_objectives(list(config.objectives), target)
+    check_figures_named(config, objectives, target)
+    figures = quality_options(target)
+    fallback = apply_fallback(config, objectives, figures, target)
+    objectives = resolve_objectives(list(config.objectives), target)
     directions = objective_directions(objectives)
     check_reference_ratios(config.budget, target.quality.kind)
     check_adherence_limit(config.budget, target)
@@ -142,12 +154,15 @@ def _prepare(
     ledger.study.sampler = backend.sampler()
     record_target_facts(ledger.study, objectives, target.quality.kind)  # for plan, which never loads the model
     if for_search:
+        record_figures(ledger.study, figure_record(target, figures, fallback))
         (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(config))
         # any machine can rebuild the report from the storage, with the limits of the latest run
         ledger.study.set_user_attr("config", OmegaConf.to_container(config, resolve=True))
     evaluator = evaluator_from_config(config, target, space, artifacts=ArtifactStore(run_dir / ARTIFACTS_DIR))
     evaluator.features = FeatureStore(run_dir / FEATURES_DIR)
-    return RunContext(config, run_dir, target, space, objectives, ledger, evaluator.judge, evaluator, backend, lock)
+    context = RunContext(config, run_dir, target, space, objectives, ledger, evaluator.judge, evaluator, backend, lock)
+    context.notes = fallback
+    return context
 
 
 def evaluator_from_config(
