@@ -27,7 +27,7 @@ from autoaccel.techniques.base import ParamSpec, Technique, get_technique, regis
 from autoaccel.util.resources import resource_dir
 
 DIMENSION_TYPES = ("int", "float", "categorical", "schedule")
-TARGET_CAPABILITIES = ("guidance", "distillation")  # what Target.capabilities may hold
+TARGET_CAPABILITIES = ("guidance", "distillation", "lora")  # what Target.capabilities may hold
 SCALAR_TYPES = (str, int, float, bool, type(None))
 
 # Generous for real spaces (the bundled ones are about 3 KB with at most 33 dimensions), small enough that no
