@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -14,7 +15,7 @@ import torch
 
 from autoaccel.config import compose_config
 from autoaccel.distill import adapters
-from autoaccel.errors import ConfigError
+from autoaccel.errors import ConfigError, RecipeError
 from autoaccel.pipeline.sampling import sampler_pipeline
 from autoaccel.plan.apply import apply_plan, run_default_call
 from autoaccel.targets import base as target_base
@@ -113,10 +114,20 @@ def test_a_lora_student_is_an_adapter_sized_artifact_that_reapplies_bit_for_bit_
     assert "prescribed_sampler" in metadata and '"rank": 2' in metadata[adapters.ADAPTER_METADATA]
 
     _no_training(monkeypatch)
+    artifact = {"distillation": (path, stored["distillation"])}
     restored = sampler_pipeline(tiny_target)
-    apply_plan(restored, [(DISTILLATION, config)], tiny_target, {"distillation": (path, stored["distillation"])})
+    apply_plan(restored, [(DISTILLATION, config)], tiny_target, artifact)
     assert restored.plan.timesteps == trained.plan.timesteps
     assert torch.equal(_images(restored, tiny_target), images)
+    # a recipe edited to another rank or to whole weights does not fit the adapter it names
+    for edited, trains in (
+        (replace(config, lora_rank=4), "a rank-4 attention_mlp LoRA adapter"),
+        (replace(config, adapter="full"), "whole weights"),
+    ):
+        with pytest.raises(
+            RecipeError, match=f"it holds a rank-2 attention_mlp LoRA adapter, and this config trains {trains}"
+        ):
+            apply_plan(sampler_pipeline(tiny_target), [(DISTILLATION, edited)], tiny_target, artifact)
 
 
 @pytest.mark.slow
@@ -147,7 +158,6 @@ def test_lora_recovery_after_pruning_is_an_adapter_sized_artifact_that_reapplies
 
 
 def test_a_lora_recovery_artifact_on_another_model_is_refused_with_the_reason(tmp_path, quick_recovery):
-    from autoaccel.errors import RecipeError
     from autoaccel.testing.pipelines import build_tiny_pipeline_folder
 
     first = load_pipeline_folder(build_tiny_pipeline_folder(tmp_path / "first", seed=0))
@@ -172,7 +182,7 @@ def test_a_lora_student_trains_on_a_bfloat16_target_where_a_whole_weight_student
     store = ArtifactStore(tmp_path / "artifacts")
     stored = apply_plan(trained, [(DISTILLATION, config)], target, store=store)
     assert trained.denoiser.dtype == torch.bfloat16 and torch.isfinite(_images(trained, target)).all()
-    adapter = adapters.trained_adapter(trained.denoiser)
+    adapter = adapters.trained_adapter(trained.denoiser, "distillation")
     assert all(tensor.dtype == torch.float32 for tensor in adapter.weights.values())  # trained in float32
     restored = sampler_pipeline(target)
     path = store.path_of(stored["distillation"])
@@ -271,8 +281,9 @@ def test_adapted_layers_come_from_the_layout_and_a_stored_adapter_merges_to_the_
     with torch.no_grad():
         for parameter in adapters.adapter_parameters(student).values():
             parameter.add_(0.01 * torch.randn_like(parameter))
-    merged = adapters.merged_model(student, settings)
-    reloaded = adapters.with_adapter(copy.deepcopy(unet), settings, adapters.trained_adapter(merged).weights)
+    merged = adapters.merged_model(student, settings, "distillation")
+    weights = adapters.trained_adapter(merged, "distillation").weights
+    reloaded = adapters.with_adapter(copy.deepcopy(unet), settings, weights, "distillation")
     assert not adapters.is_adapted(merged) and not adapters.is_adapted(reloaded)
     assert all(torch.equal(a, b) for a, b in zip(merged.state_dict().values(), reloaded.state_dict().values()))
     assert any(not torch.equal(a, b) for a, b in zip(merged.state_dict().values(), unet.state_dict().values()))
@@ -385,3 +396,21 @@ def test_a_search_over_lora_students_and_recovery_writes_recipes_that_reapply_bi
     for trial, recipe in recipes.items():
         fast = apply_recipe(DDPMPipeline.from_pretrained(tiny_pipeline_dir), recipe)
         assert torch.equal(sample_in_chunks(fast, seeds, 48), scored[trial])
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_pruning_a_lora_student_stores_the_pruned_weights_and_reapplies_bit_for_bit(tiny_target, tmp_path, monkeypatch):
+    """The pruned copy of a LoRA student does not pass the student's adapter off as its own artifact."""
+    student = DistillationConfig(method="consistency", steps=2, **QUICK, **LORA)
+    pruned = PruningConfig(ratio=0.25)
+    store = ArtifactStore(tmp_path / "artifacts")
+    trained = sampler_pipeline(tiny_target)
+    stored = apply_plan(trained, [(DISTILLATION, student), (PRUNING, pruned)], tiny_target, store=store)
+    _, names, _ = _stored(store, stored["pruning"])
+    assert set(names) == set(trained.denoiser.state_dict())  # the pruned weights, not the student's adapter
+    _no_training(monkeypatch)
+    artifacts = {name: (store.path_of(sha), sha) for name, sha in stored.items()}
+    restored = sampler_pipeline(tiny_target)
+    apply_plan(restored, [(DISTILLATION, student), (PRUNING, pruned)], tiny_target, artifacts)
+    assert torch.equal(_images(restored, tiny_target), _images(trained, tiny_target))

@@ -10,7 +10,8 @@ or ``attention_mlp`` (and both linears of every feed-forward).
 
 Trained, the adapter is merged into a copy of the weights (``merged_model``; peft's own merge, which diffusers'
 ``fuse_lora`` runs too), so what is measured and deployed runs at the base model's cost; the model carries its
-adapter (``LORA_ADAPTER``) for its artifact, which holds the adapter weights alone, in diffusers' LoRA format.
+adapter (``LORA_ADAPTERS``, by the technique that trained it) for its artifact, which holds the adapter weights
+alone, in diffusers' LoRA format.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ from autoaccel.targets.layouts import DenoiserLayout, layout_of
 ADAPTERS = ("full", "lora", "auto")  # what a training produces: whole weights, a LoRA adapter, or by model size
 LORA_MODULES = ("attention", "attention_mlp")
 MAX_RANK = 1024
-LORA_ADAPTER = "lora_adapter"  # the attribute a merged model carries: its adapter, for the artifact
+# the attribute a merged model carries: technique name -> the adapter it merged, for that technique's artifact (a
+# pruned copy of a LoRA student inherits the student's, which stays the distillation's, never the pruning's)
+LORA_ADAPTERS = "lora_adapters"
 ADAPTER_METADATA = "autoaccel_lora"  # the artifact's metadata key: rank and modules, as JSON
 ADAPTER_NAME = "default"
 FLOAT32_BYTES = 4
@@ -168,9 +171,9 @@ def checkpointed(module: torch.nn.Module):
     return AdapterWeights(module) if is_adapted(module) else module
 
 
-def _merge_in_place(adapted: torch.nn.Module, settings: AdapterSettings) -> torch.nn.Module:
+def _merge_in_place(adapted: torch.nn.Module, settings: AdapterSettings, owner: str) -> torch.nn.Module:
     """Merges every adapted layer's update into its own weights and puts the plain layer back (peft's merge, as
-    diffusers' ``fuse_lora`` runs it); the model carries the adapter it merged."""
+    diffusers' ``fuse_lora`` runs it); the model carries the adapter it merged, as technique ``owner``'s."""
     weights = {name: tensor.detach().clone() for name, tensor in get_peft_model_state_dict(adapted).items()}
     for name, module in list(adapted.named_modules()):
         if isinstance(module, BaseTunerLayer):
@@ -181,26 +184,30 @@ def _merge_in_place(adapted: torch.nn.Module, settings: AdapterSettings) -> torc
         adapted.disable_gradient_checkpointing()
     adapted.__dict__.pop("peft_config", None)  # no adapter is left: a later one (recovery of a student) starts anew
     adapted.eval().requires_grad_(False)
-    object.__setattr__(adapted, LORA_ADAPTER, TrainedAdapter(settings, weights))
+    carried = {**getattr(adapted, LORA_ADAPTERS, {}), owner: TrainedAdapter(settings, weights)}
+    object.__setattr__(adapted, LORA_ADAPTERS, carried)
     return adapted
 
 
-def merged_model(adapted: torch.nn.Module, settings: AdapterSettings) -> torch.nn.Module:
+def merged_model(adapted: torch.nn.Module, settings: AdapterSettings, owner: str) -> torch.nn.Module:
     """The deployed model of a trained adapted one: a copy with weights of its own (the adapted model's base is
     shared with the model it was trained from), the adapter merged into them."""
-    return _merge_in_place(copy.deepcopy(adapted), settings)
+    return _merge_in_place(copy.deepcopy(adapted), settings, owner)
 
 
-def merge_adapter(adapted: torch.nn.Module, settings: AdapterSettings) -> torch.nn.Module:
+def merge_adapter(adapted: torch.nn.Module, settings: AdapterSettings, owner: str) -> torch.nn.Module:
     """``merged_model`` in place, for an adapted model whose weights are its own (a pruned copy)."""
-    return _merge_in_place(adapted, settings)
+    return _merge_in_place(adapted, settings, owner)
 
 
-def trained_adapter(model: torch.nn.Module) -> TrainedAdapter | None:
-    return getattr(model, LORA_ADAPTER, None)
+def trained_adapter(model: torch.nn.Module, owner: str) -> TrainedAdapter | None:
+    """The adapter technique ``owner`` merged into ``model`` (or into the model it is a copy of)."""
+    return getattr(model, LORA_ADAPTERS, {}).get(owner)
 
 
-def with_adapter(denoiser: torch.nn.Module, settings: AdapterSettings, weights: Mapping[str, torch.Tensor]):
+def with_adapter(
+    denoiser: torch.nn.Module, settings: AdapterSettings, weights: Mapping[str, torch.Tensor], owner: str
+) -> torch.nn.Module:
     """``denoiser`` (changed in place: pass a copy) with an adapter of ``settings`` loaded from ``weights`` (peft's
     names) and merged, never trained; a missing or extra adapter weight is an error."""
     with torch.random.fork_rng(devices=[]):  # the initialisation is overwritten; the global random state is kept
@@ -210,7 +217,7 @@ def with_adapter(denoiser: torch.nn.Module, settings: AdapterSettings, weights: 
     if missing or result.unexpected_keys:
         wrong = (missing or result.unexpected_keys)[0]
         raise ValueError(f"its adapter does not fit this model (first differing weight: {wrong})")
-    return _merge_in_place(denoiser, settings)
+    return _merge_in_place(denoiser, settings, owner)
 
 
 # ----------------------------------------------------------------------------------------------- the artifact

@@ -272,7 +272,7 @@ def distilled_model(pipeline, config: DistillationConfig, target, log=None) -> t
 def _deployed(student, train: TrainSettings):
     """What a trained student deploys as: a LoRA student's adapter merged into a copy of the weights (carrying the
     adapter for its artifact), a whole-weight student itself (a shallow copy: the kept student is not changed)."""
-    return merged_model(student, train.adapter) if is_adapted(student) else copy.copy(student)
+    return merged_model(student, train.adapter, "distillation") if is_adapted(student) else copy.copy(student)
 
 
 def apply_distillation(pipeline, config: DistillationConfig, target) -> None:
@@ -291,7 +291,7 @@ def distilled_weights(denoiser, config: DistillationConfig):
     metadata = {"prescribed_sampler": json.dumps(asdict(sampler))}
     if config.method == "learned_schedule":
         return Artifact({"timesteps": torch.tensor(sampler.timesteps)}, metadata)
-    adapter = trained_adapter(denoiser)
+    adapter = trained_adapter(denoiser, "distillation")
     if adapter is not None:  # the adapter alone, named as diffusers' load_lora_weights reads it
         tensors, described = adapter_tensors(denoiser, adapter)
         return Artifact(tensors, {**metadata, **described})
@@ -313,7 +313,7 @@ def distillation_from_artifact(pipeline, config: DistillationConfig, target, art
     stored = stored_adapter(target.denoiser, artifact.tensors, artifact.metadata)
     check_stored_kind(config.adapter, student_adapter(config, target.denoiser), None if stored is None else stored[0])
     if stored is not None:
-        student = with_adapter(copy.deepcopy(target.denoiser), *stored)
+        student = with_adapter(copy.deepcopy(target.denoiser), *stored, "distillation")
         pipeline.denoiser = prescribe(student, sampler)
         return
     student = copy.deepcopy(target.denoiser).float().eval().requires_grad_(False)
@@ -329,7 +329,7 @@ LORA_DEPLOYMENT = (
 
 def distillation_record(pipeline, config: DistillationConfig) -> dict | None:
     """A LoRA student's recipe says what its adapter is and how diffusers loads it without autoaccel."""
-    adapter = trained_adapter(pipeline.denoiser) if config.trains else None
+    adapter = trained_adapter(pipeline.denoiser, "distillation") if config.trains else None
     if adapter is None:
         return None
     return {"lora": {"rank": adapter.settings.rank, "modules": adapter.settings.modules, "deploy": LORA_DEPLOYMENT}}

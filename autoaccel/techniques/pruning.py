@@ -418,7 +418,7 @@ def prune_unet(unet, config: PruningConfig, target=None, removed_blocks: list[in
         )
         minutes = recover(pruned, unet, target, settings)
         if adapter is not None:
-            pruned = merge_adapter(pruned, adapter)
+            pruned = merge_adapter(pruned, adapter, "pruning")
             setattr(pruned, PRUNED_BASE, base)
         object.__setattr__(pruned, TRAIN_MINUTES, getattr(unet, TRAIN_MINUTES, 0.0) + minutes)
     pruned = pruned.eval().requires_grad_(False)
@@ -451,7 +451,7 @@ def pruned_weights(unet, config: PruningConfig):
     metadata = {"technique": "pruning", "config": repr(config)}
     if config.blocks:
         metadata[REMOVED_BLOCKS] = json.dumps(getattr(unet, REMOVED_BLOCKS, []))
-    adapter = trained_adapter(unet)
+    adapter = trained_adapter(unet, "pruning")
     if adapter is not None:  # the recovery adapter alone: applying prunes the loaded model again
         tensors, described = adapter_tensors(unet, adapter)
         return Artifact(tensors, {**metadata, **described, PRUNED_BASE: getattr(unet, PRUNED_BASE)})
@@ -488,7 +488,7 @@ def _recovered_with_adapter(denoiser, config: PruningConfig, target, removed, ar
             "pruning this model again gave other weights than the ones its recovery adapter was trained on "
             "(another model, or another machine's arithmetic); apply it to the model it was searched on"
         )
-    recovered = with_adapter(pruned, *stored).eval().requires_grad_(False)
+    recovered = with_adapter(pruned, *stored, "pruning").eval().requires_grad_(False)
     setattr(recovered, REMOVED_BLOCKS, list(removed))
     setattr(recovered, PRUNED_BASE, artifact.metadata[PRUNED_BASE])
     return recovered
