@@ -414,3 +414,36 @@ def test_pruning_a_lora_student_stores_the_pruned_weights_and_reapplies_bit_for_
     restored = sampler_pipeline(tiny_target)
     apply_plan(restored, [(DISTILLATION, student), (PRUNING, pruned)], tiny_target, artifacts)
     assert torch.equal(_images(restored, tiny_target), _images(trained, tiny_target))
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.parametrize("method", ["consistency", "progressive"])
+def test_a_lora_student_trained_in_shares_continues_from_its_checkpoint_to_the_uninterrupted_adapter(
+    tiny_target, method, monkeypatch
+):
+    """A checkpoint keeps the adapter (not the shared base): the promoted student's adapter is a single run's."""
+    import autoaccel.distill.consistency as consistency
+    import autoaccel.distill.progressive as progressive
+    from autoaccel.distill.students import forget_students
+    from autoaccel.techniques.distillation import distilled_model
+
+    module = consistency if method == "consistency" else progressive
+    starts = []
+    resume = module.resume
+    monkeypatch.setattr(module, "resume", lambda *args: starts.append(resume(*args)) or starts[-1])
+    config = DistillationConfig(method=method, steps=2, start_steps=8, **{**QUICK, "iterations": 8}, **LORA)
+    forget_students()
+    half, _ = distilled_model(sampler_pipeline(tiny_target), replace(config, train_share=0.25), tiny_target)
+    continued, _ = distilled_model(sampler_pipeline(tiny_target), config, tiny_target)
+    assert starts[-2][0] == 0 and starts[-1][0] == 2  # the full run started where the half run stopped
+    forget_students()
+    direct, _ = distilled_model(sampler_pipeline(tiny_target), config, tiny_target)
+    assert starts[-1][0] == 0
+
+    def adapter(model):
+        return adapters.trained_adapter(model, "distillation").weights
+
+    assert adapter(continued).keys() == adapter(direct).keys()
+    assert all(torch.equal(adapter(continued)[name], adapter(direct)[name]) for name in adapter(direct))
+    assert not all(torch.equal(adapter(half)[name], adapter(direct)[name]) for name in adapter(direct))
