@@ -392,6 +392,8 @@ def test_a_search_over_lora_students_and_recovery_writes_recipes_that_reapply_bi
     }
     artifacts = list((context.run_dir / "artifacts").glob("*.safetensors"))
     assert artifacts and all(path.stat().st_size < 0.2 * _float32_bytes(context.target.denoiser) for path in artifacts)
+    students = set(complete[complete["param.distillation.method"] != "none"]["trial"].astype(int))
+    assert students and all("pipe.load_lora_weights" in recipes[trial].read_text() for trial in students)
     _no_training(monkeypatch)
     for trial, recipe in recipes.items():
         fast = apply_recipe(DDPMPipeline.from_pretrained(tiny_pipeline_dir), recipe)
