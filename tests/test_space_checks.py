@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 
 from autoaccel.errors import ConfigError
-from autoaccel.space.spaces import MAX_CHOICES, MAX_FILE_BYTES, MAX_TEXT, MAX_TOTAL_CHOICES, load_space, parse_space
+from autoaccel.space.spaces import (
+    MAX_CHOICES,
+    MAX_FILE_BYTES,
+    MAX_TEXT,
+    MAX_TOTAL_CHOICES,
+    TARGET_CAPABILITIES,
+    load_space,
+    parse_space,
+)
 from autoaccel.techniques.base import registered_techniques
 
 CHILD_MEMORY_MB = 768  # address space a child may add to what it inherits: far below what a bomb needs
@@ -417,7 +425,7 @@ def test_good_values_of_every_kind_load(tmp_path):
 def test_every_bundled_space_passes_the_checks(name):
     space = load_space(name)
     assert space.names
-    capable = space.for_target({"guidance", "distillation"}, num_train_timesteps=1000)
+    capable = space.for_target(set(TARGET_CAPABILITIES), num_train_timesteps=1000)
     assert capable.names == space.names
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from autoaccel.distill.adapters import checkpointed, trainable, training_precision
 from autoaccel.distill.data import Teacher, clean_samples
 from autoaccel.distill.diffusion import SCHEDULER_PREDICTION, alpha_sigma, ddim_step, prediction_to_x0
 from autoaccel.distill.students import Continued, kept_student
@@ -87,13 +88,13 @@ def _train(target, settings: ConsistencySettings, train: TrainSettings, log) -> 
     grid = torch.arange(1, settings.original_steps + 1, device=device) * skip - 1  # LCMScheduler's own grid
     generator = torch.Generator().manual_seed(train.seed * 1_000 + 7)
     torch.manual_seed(train.seed * 1_000 + 7)
-    student = student_copy(target.denoiser)
-    target_network = frozen_copy(target.denoiser)
-    optimizer = torch.optim.Adam(student.parameters(), lr=train.learning_rate)
-    kept = frozen_copy(target.denoiser) if train.ema > 0 else None
+    student = student_copy(target.denoiser, train.adapter)
+    target_network = frozen_copy(student)
+    optimizer = torch.optim.Adam(trainable(student), lr=train.learning_rate)
+    kept = frozen_copy(student) if train.ema > 0 else None
     prediction = SCHEDULER_PREDICTION[settings.student_target]
-    parts = {"student": student, "target_network": target_network, "optimizer": optimizer}
-    parts.update({"ema": kept} if kept is not None else {})
+    parts = {"student": checkpointed(student), "target_network": checkpointed(target_network), "optimizer": optimizer}
+    parts.update({"ema": checkpointed(kept)} if kept is not None else {})
     run = ("consistency", target.content_hash, settings, run_settings(train))
     first, earlier = resume(run, train.iterations, parts, generator)
     clock = Clock(
@@ -119,10 +120,11 @@ def _train(target, settings: ConsistencySettings, train: TrainSettings, log) -> 
         alpha, sigma = alpha_sigma(teacher.abar, start)
         alpha_end, sigma_end = alpha_sigma(teacher.abar, end)
         sample = alpha * clean[rows] + sigma * noise
-        with torch.no_grad():
-            stepped = ddim_step(sample, teacher.x0(sample, start, batch_labels), alpha, sigma, alpha_end, sigma_end)
-            wanted = consistent(target_network, stepped, end, batch_labels)
-        difference = consistent(student, sample, start, batch_labels) - wanted
+        with training_precision(student):  # autocast where a LoRA student's base is bfloat16/float16
+            with torch.no_grad():
+                stepped = ddim_step(sample, teacher.x0(sample, start, batch_labels), alpha, sigma, alpha_end, sigma_end)
+                wanted = consistent(target_network, stepped, end, batch_labels)
+            difference = consistent(student, sample, start, batch_labels) - wanted
         if settings.loss == "huber":
             loss = (torch.sqrt(difference**2 + settings.huber_c**2) - settings.huber_c).mean()
         else:

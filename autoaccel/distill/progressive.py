@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from autoaccel.distill.adapters import checkpointed, trainable, training_precision
 from autoaccel.distill.data import Teacher, clean_samples
 from autoaccel.distill.diffusion import (
     CLEAN,
@@ -94,11 +95,12 @@ def _train_round(target, teacher: Teacher, steps: int, settings, train: TrainSet
     starts = torch.tensor(grid[0:-1:2], device=device)
     middles = torch.tensor(grid[1:-1:2], device=device)
     ends = torch.tensor(grid[2::2], device=device)
-    student = student_copy(teacher.denoiser)
-    kept = frozen_copy(teacher.denoiser) if train.ema > 0 else None
-    optimizer = torch.optim.Adam(student.parameters(), lr=train.learning_rate)
+    student = student_copy(teacher.denoiser, train.adapter)
+    kept = frozen_copy(student) if train.ema > 0 else None
+    optimizer = torch.optim.Adam(trainable(student), lr=train.learning_rate)
     prediction = SCHEDULER_PREDICTION[settings.student_target]
-    parts = {"student": student, "optimizer": optimizer, **({"ema": kept} if kept is not None else {})}
+    parts = {"student": checkpointed(student), "optimizer": optimizer}
+    parts.update({"ema": checkpointed(kept)} if kept is not None else {})
     run = ("progressive", target.content_hash, settings, run_settings(train), steps)
     first, earlier = resume(run, train.iterations, parts, generator)
     clock = Clock(
@@ -119,13 +121,14 @@ def _train_round(target, teacher: Teacher, steps: int, settings, train: TrainSet
         alpha_mid, sigma_mid = alpha_sigma(teacher.abar, middle)
         alpha_end, sigma_end = alpha_sigma(teacher.abar, end)
         sample = alpha * clean[rows] + sigma * noise
-        halfway = ddim_step(sample, teacher.x0(sample, start, batch_labels), alpha, sigma, alpha_mid, sigma_mid)
-        landed = ddim_step(
-            halfway, teacher.x0(halfway, middle, batch_labels), alpha_mid, sigma_mid, alpha_end, sigma_end
-        )
-        wanted = x0_reaching(sample, landed, alpha, sigma, alpha_end, sigma_end)
-        keywords = target.conditions.keywords(batch_labels, False, device)
-        output = predict(student, sample, start, keywords).float()
+        with training_precision(student):  # autocast where a LoRA student's base is bfloat16/float16
+            halfway = ddim_step(sample, teacher.x0(sample, start, batch_labels), alpha, sigma, alpha_mid, sigma_mid)
+            landed = ddim_step(
+                halfway, teacher.x0(halfway, middle, batch_labels), alpha_mid, sigma_mid, alpha_end, sigma_end
+            )
+            wanted = x0_reaching(sample, landed, alpha, sigma, alpha_end, sigma_end)
+            keywords = target.conditions.keywords(batch_labels, False, device)
+            output = predict(student, sample, start, keywords).float()
         estimate = prediction_to_x0(output, sample, alpha, sigma, prediction)
         weight = (alpha**2 / sigma**2).clamp_min(1.0) if settings.weighting == "snr_trunc" else torch.ones_like(alpha)
         loss = (weight * (estimate - wanted) ** 2).mean()

@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
+from autoaccel.distill.adapters import AdapterSettings, checkpointed, is_adapted, trainable
 from autoaccel.distill.data import clean_samples
 from autoaccel.distill.training import (
     Clock,
@@ -49,13 +50,15 @@ RECOVERY_SEED_OFFSET = 40_000  # recovery's trajectory seeds: apart from scoring
 @dataclass(frozen=True)
 class RecoverySettings:
     """``steps`` optimizer steps of ``batch_size`` rows at a peak ``learning_rate``; ``max_minutes`` caps the run
-    (a trial that trains longer fails with the reason)."""
+    (a trial that trains longer fails with the reason); ``adapter``: the LoRA adapter the student carries and
+    trains (None: its whole weights train)."""
 
     steps: int
     learning_rate: float = 1e-3
     batch_size: int = 64
     seed: int = 0
     max_minutes: float | None = None
+    adapter: AdapterSettings | None = None
 
 
 def recover(
@@ -65,8 +68,9 @@ def recover(
     settings: RecoverySettings,
     log: Callable[[str], None] | None = None,
 ) -> float:
-    """Trains ``student`` in place towards ``teacher``'s outputs; returns the minutes it took (with those of
-    the checkpoint an interrupted earlier run kept, which it continues from)."""
+    """Trains ``student`` in place towards ``teacher``'s outputs (its adapter only, where it carries one:
+    ``autoaccel.distill.adapters.inject``); returns the minutes it took (with those of the checkpoint an
+    interrupted earlier run kept, which it continues from)."""
     device = next(student.parameters()).device
     generator = torch.Generator().manual_seed(settings.seed)
     calls = trajectory_calls(target, TRAJECTORY_SAMPLES, RECOVERY_SEED_OFFSET + settings.seed, TRAJECTORY_STEPS)
@@ -74,16 +78,18 @@ def recover(
     pool_size = len(pool[0][0])
     clean, labels = clean_samples(target, DATA_SAMPLES, settings.seed)
     clean = clean.to(device).float()
-    optimizer = torch.optim.Adam(student.parameters(), lr=settings.learning_rate)
+    if not is_adapted(student):
+        student.requires_grad_(True)
+    optimizer = torch.optim.Adam(trainable(student), lr=settings.learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, settings.steps))
-    parts = {"student": student, "optimizer": optimizer, "schedule": schedule}
+    parts = {"student": checkpointed(student), "optimizer": optimizer, "schedule": schedule}
     # the run is its settings and the weights it starts from (a pruned copy of whichever model was pruned)
     run = ("recovery", replace(settings, max_minutes=None), weights_digest(student)) if persisting() else None
     first, earlier = resume(run, settings.steps, parts, generator) if run is not None else (0, 0.0)
     clock = Clock(
         settings.max_minutes, f"recovery distillation ({settings.steps} steps)", already=earlier, total=settings.steps
     )
-    student.train().requires_grad_(True)
+    student.train()
     with torch.enable_grad():
         for step in range(first, settings.steps):
             if run is not None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from autoaccel.distill.adapters import AdapterSettings, adapted_copy, is_adapted
 from autoaccel.errors import TechniqueError
 from autoaccel.util.files import write_atomically
 from autoaccel.util.interrupts import Cancelled, pause_point
@@ -32,7 +33,8 @@ from autoaccel.util.progress import Progress
 class TrainSettings:
     """``iterations`` optimizer steps at ``learning_rate`` on batches of ``batch_size`` drawn from ``data_samples``
     teacher samples; ``ema``: the decay of the weights kept (0 keeps the last ones); ``max_minutes`` caps the
-    wall-clock time of one training run (None: no cap), so a candidate cannot eat the search's budget."""
+    wall-clock time of one training run (None: no cap), so a candidate cannot eat the search's budget;
+    ``adapter``: train a LoRA adapter of these settings on the frozen base (None: the whole weights)."""
 
     iterations: int
     learning_rate: float
@@ -41,17 +43,23 @@ class TrainSettings:
     seed: int = 0
     data_samples: int = 512
     max_minutes: float | None = None
+    adapter: AdapterSettings | None = None
 
 
-def student_copy(denoiser: torch.nn.Module) -> torch.nn.Module:
-    """A trainable float32 copy on the denoiser's device (the target's own module is never touched)."""
+def student_copy(denoiser: torch.nn.Module, adapter: AdapterSettings | None = None) -> torch.nn.Module:
+    """A trainable float32 copy on the denoiser's device (the target's own module is never touched); with
+    ``adapter`` (or a denoiser that is a student with one), a copy sharing its frozen base weights whose LoRA
+    adapter trains (``autoaccel.distill.adapters``)."""
+    if adapter is not None or is_adapted(denoiser):
+        return adapted_copy(denoiser, adapter or AdapterSettings())
     student = copy.deepcopy(denoiser).float()
     student.train()
     return student.requires_grad_(True)
 
 
 def frozen_copy(denoiser: torch.nn.Module) -> torch.nn.Module:
-    """A float32 copy that only follows another's weights (an EMA, a consistency target network)."""
+    """A copy of a student that only follows its weights (an EMA, a consistency target network): float32, or
+    for an adapted student its adapter on the shared base."""
     return student_copy(denoiser).requires_grad_(False)
 
 

@@ -103,8 +103,11 @@ def apply_plan(
 def refuse_training_off_float32(technique, config, target) -> None:
     """A technique that trains or calibrates a float32 copy of the model (``float32_copy``: a student, a recovered
     pruned model, a quantization calibration, a tiny decoder) does so on a float32 target; on a target loaded in
-    another precision (``target.dtype``) it is refused with the way to get the same plan."""
-    what = technique.recompute(config) if technique.float32_copy and technique.recompute is not None else None
+    another precision (``target.dtype``) it is refused with the way to get the same plan. ``float32_copy`` may
+    depend on the config (a LoRA student trains an adapter on the model as loaded, a whole-weight one a copy)."""
+    copies = technique.float32_copy
+    copies = copies(config, target) if callable(copies) else copies
+    what = technique.recompute(config) if copies and technique.recompute is not None else None
     loaded = target_dtype(target)
     if what and loaded != "float32":
         precision = next(f"{other.name}.dtype" for other in registered_techniques() if "dtype" in other.params)

@@ -3,7 +3,8 @@
 A space names the techniques it searches, values it holds fixed, and ordered dimensions: ``int``, ``float``
 (optionally ``log``), ``categorical``, and ``schedule`` (a per-step vector that expands into one float
 dimension per step gap). A dimension may be conditional (``when: {other.param: [values]}``; the other
-parameter must come earlier) and may need a capability of the target (``requires: guidance``). Optimizer
+parameter must come earlier) and may need a capability of the target (``requires: guidance``; ``distillation``,
+``lora``: ``Target.capabilities``). Optimizer
 adapters translate these dimensions to their library; nothing here knows any optimizer.
 
 Every key and value is checked when the file loads, against what each technique declares (``Technique.params``),
@@ -27,7 +28,7 @@ from autoaccel.techniques.base import ParamSpec, Technique, get_technique, regis
 from autoaccel.util.resources import resource_dir
 
 DIMENSION_TYPES = ("int", "float", "categorical", "schedule")
-TARGET_CAPABILITIES = ("guidance", "distillation")  # what Target.capabilities may hold
+TARGET_CAPABILITIES = ("guidance", "distillation", "lora")  # what Target.capabilities may hold
 SCALAR_TYPES = (str, int, float, bool, type(None))
 
 # Generous for real spaces (the bundled ones are about 3 KB with at most 33 dimensions), small enough that no

@@ -13,6 +13,11 @@ from autoaccel.targets.conditions import CLASS, NONE, Conditions
 from autoaccel.targets.denoisers import sample_shape
 from autoaccel.targets.layouts import ScheduleFamily, schedule_family_of
 
+# A denoiser of more parameters than this trains its students and recovery as LoRA adapters where the setting is
+# ``auto`` (``autoaccel.distill.adapters``): below it a float32 copy is under 800 MB (the embedded models), above it
+# (an SD 1.x UNet has 860M, SDXL's 2.6B, Flux's transformer 12B) every student would be gigabytes
+LORA_PARAMETERS = 200_000_000
+
 
 @dataclass
 class QualityReference:
@@ -110,8 +115,10 @@ class Target:
 
     @property
     def capabilities(self) -> set[str]:
-        """What dimensions may ``require``: ``guidance`` (a null condition), ``distillation`` (DDPM family)."""
+        """What dimensions may ``require``: ``guidance`` (a null condition), ``distillation`` (DDPM family),
+        ``lora`` (a denoiser of more than ``LORA_PARAMETERS``: its students train LoRA adapters by default)."""
         found = {"guidance"} if self.conditions.guidable else set()
+        found |= {"lora"} if sum(p.numel() for p in self.denoiser.parameters()) > LORA_PARAMETERS else set()
         return found | ({"distillation"} if self.schedule.distillable else set())
 
     @property

@@ -147,8 +147,9 @@ class Technique:
     # or None when that costs nothing worth saying
     recompute: Callable[[Any], str | None] | None = None
     # what ``recompute`` names runs on a float32 copy of the model (training, calibration): refused on a target
-    # loaded in another precision (``target.dtype``), with the way to the same plan
-    float32_copy: bool = False
+    # loaded in another precision (``target.dtype``), with the way to the same plan; or (config, target) -> whether
+    # that config does (a LoRA student trains an adapter on the model as loaded)
+    float32_copy: bool | Callable[[Any, Any], bool] = False
     # (pipeline, config) -> what applying computed from the pipeline that its recipe records beside the config
     # (a cache's calibration at the plan's schedule), or None
     recipe_record: Callable[[Any, Any], dict[str, Any] | None] | None = None

@@ -17,6 +17,13 @@ names them with their hash and applying loads them, never training. Training min
 the plan's search cost.
 DDPM-family models (epsilon or v prediction) only: a flow-matching target is refused with the reason.
 
+A student trains either its whole weights (a float32 copy of the model) or a LoRA adapter on the frozen base
+(``adapter``: ``full``, ``lora``, or ``auto``: LoRA for a denoiser above 200M parameters,
+``autoaccel.distill.adapters``), of rank ``lora_rank`` on the layers ``lora_modules`` names. A LoRA student's
+adapter is merged into the deployed model (it runs at the base model's cost), and its artifact holds the adapter
+alone, in diffusers' LoRA format (``pipe.load_lora_weights(file)``); it trains on a bfloat16 or float16 target as
+loaded, which a whole-weight student is refused (``float32_copy``).
+
 Iterations are a fidelity (``fidelity.train_shares``): at a lower level a consistency student, or a progressive
 student's last round, trains ``train_share`` of its iterations and keeps a checkpoint; promoted, it continues from
 there instead of restarting, to the weights an uninterrupted run gives. A learned schedule trains in full.
@@ -32,6 +39,19 @@ from typing import Any
 
 import torch
 
+from autoaccel.distill.adapters import (
+    ADAPTERS,
+    LORA_MODULES,
+    MAX_RANK,
+    adapter_tensors,
+    check_stored_kind,
+    is_adapted,
+    merged_model,
+    resolved_adapter,
+    stored_adapter,
+    trained_adapter,
+    with_adapter,
+)
 from autoaccel.distill.consistency import ConsistencySettings, consistency_student, lcm_scheduler, lcm_settings
 from autoaccel.distill.diffusion import SCHEDULER_PREDICTION, alphas_cumprod, trailing_grid
 from autoaccel.distill.learned_schedule import learned_timesteps
@@ -76,6 +96,9 @@ class DistillationConfig:
     target_ema: float = 0.95
     max_minutes: float | None = None
     train_share: float = 1.0  # the share of the training done (a lower fidelity level: fidelity.train_shares)
+    adapter: str = "auto"  # full weights, a LoRA adapter, or auto: LoRA above 200M parameters
+    lora_rank: int = 16
+    lora_modules: str = "attention_mlp"
 
     def __post_init__(self) -> None:
         number = (int, float)
@@ -100,6 +123,9 @@ class DistillationConfig:
                 "huber_c": number,
                 "target_ema": number,
                 "train_share": number,
+                "adapter": str,
+                "lora_rank": int,
+                "lora_modules": str,
             },
         )
         for name, valid in (
@@ -107,10 +133,13 @@ class DistillationConfig:
             ("student_target", STUDENT_TARGETS),
             ("weighting", WEIGHTINGS),
             ("loss", LOSSES),
+            ("adapter", ADAPTERS),
+            ("lora_modules", LORA_MODULES),
         ):
             if getattr(self, name) not in valid:
                 raise ConfigError(f"distillation.{name}={getattr(self, name)!r} is not valid; valid: {list(valid)}")
-        for name in ("steps", "iterations", "batch_size", "data_samples", "seed", "start_steps", "original_steps"):
+        integers = ("steps", "iterations", "batch_size", "data_samples", "seed", "start_steps", "original_steps")
+        for name in (*integers, "lora_rank"):
             spec = DISTILLATION_PARAMS[name]
             if not spec.accepts(getattr(self, name)):  # a recipe trains again without an artifact: bounded too
                 raise ConfigError(
@@ -166,13 +195,25 @@ DISTILLATION_PARAMS = {
     "target_ema": ParamSpec("float", low=0.0, high=1.0, high_open=True),
     "max_minutes": ParamSpec("float", low=0.0, low_open=True),
     "train_share": ParamSpec("float", low=0.0, low_open=True, high=1.0),
+    "adapter": ParamSpec("choice", choices=ADAPTERS),
+    "lora_rank": ParamSpec("int", low=1, high=MAX_RANK),
+    "lora_modules": ParamSpec("choice", choices=LORA_MODULES),
 }
 
 
-def _train_settings(config: DistillationConfig):
+def student_adapter(config: DistillationConfig, denoiser):
+    """The LoRA adapter a student of ``config`` trains on ``denoiser``; None for whole weights (and for a learned
+    schedule, which trains no weights)."""
+    if config.method in ("none", "learned_schedule"):
+        return None
+    return resolved_adapter(config.adapter, config.lora_rank, config.lora_modules, denoiser)
+
+
+def _train_settings(config: DistillationConfig, denoiser):
 
     rate = config.schedule_learning_rate if config.method == "learned_schedule" else config.learning_rate
     return TrainSettings(
+        adapter=student_adapter(config, denoiser),
         iterations=config.iterations,
         learning_rate=float(rate),
         batch_size=config.batch_size,
@@ -201,13 +242,13 @@ def distilled_model(pipeline, config: DistillationConfig, target, log=None) -> t
     if pipeline.denoiser is not target.denoiser:
         raise TechniqueError("distillation runs on the target's own model; it cannot follow pruning or quantization")
     alphas_cumprod(target)  # refuses a flow-matching target with the reason
-    train = _train_settings(config)
+    train = _train_settings(config, target.denoiser)
     prediction = SCHEDULER_PREDICTION[config.student_target]
     if config.method == "progressive":
         settings = ProgressiveSettings(config.start_steps, config.student_target, config.weighting)
         student, minutes = progressive_student(target, config.steps, settings, train, log, config.train_share)
         grid = trailing_grid(config.steps, target.num_train_timesteps)
-        return prescribe(copy.copy(student), _ddim_sampler(grid, prediction, 1.0)), minutes
+        return prescribe(_deployed(student, train), _ddim_sampler(grid, prediction, 1.0)), minutes
     if config.method == "consistency":
         settings = ConsistencySettings(
             config.original_steps, config.loss, float(config.huber_c), float(config.target_ema), config.student_target
@@ -218,7 +259,7 @@ def distilled_model(pipeline, config: DistillationConfig, target, log=None) -> t
         scheduler.set_timesteps(config.steps)
         timesteps = tuple(int(step) for step in scheduler.timesteps)
         sampler = PrescribedSampler("LCMScheduler", timesteps, 1.0, lcm_settings(settings))
-        return prescribe(copy.copy(student), sampler), minutes
+        return prescribe(_deployed(student, train), sampler), minutes
 
     key = ("learned_schedule", target.content_hash, config.steps, train)
     (timesteps, _), minutes = kept_student(key, lambda: learned_timesteps(target, config.steps, train, log))
@@ -226,6 +267,12 @@ def distilled_model(pipeline, config: DistillationConfig, target, log=None) -> t
         timesteps, target.scheduler_config.get("prediction_type", "epsilon"), target.reference_guidance
     )
     return prescribe(target.denoiser, sampler, share=True), minutes
+
+
+def _deployed(student, train: TrainSettings):
+    """What a trained student deploys as: a LoRA student's adapter merged into a copy of the weights (carrying the
+    adapter for its artifact), a whole-weight student itself (a shallow copy: the kept student is not changed)."""
+    return merged_model(student, train.adapter, "distillation") if is_adapted(student) else copy.copy(student)
 
 
 def apply_distillation(pipeline, config: DistillationConfig, target) -> None:
@@ -244,6 +291,10 @@ def distilled_weights(denoiser, config: DistillationConfig):
     metadata = {"prescribed_sampler": json.dumps(asdict(sampler))}
     if config.method == "learned_schedule":
         return Artifact({"timesteps": torch.tensor(sampler.timesteps)}, metadata)
+    adapter = trained_adapter(denoiser, "distillation")
+    if adapter is not None:  # the adapter alone, named as diffusers' load_lora_weights reads it
+        tensors, described = adapter_tensors(denoiser, adapter)
+        return Artifact(tensors, {**metadata, **described})
     return Artifact(dict(denoiser.state_dict()), metadata)
 
 
@@ -259,9 +310,29 @@ def distillation_from_artifact(pipeline, config: DistillationConfig, target, art
             raise ValueError("the artifact's timesteps disagree with its prescribed sampler")
         pipeline.denoiser = prescribe(pipeline.denoiser, sampler, share=True)
         return
+    stored = stored_adapter(target.denoiser, artifact.tensors, artifact.metadata)
+    check_stored_kind(config.adapter, student_adapter(config, target.denoiser), None if stored is None else stored[0])
+    if stored is not None:
+        student = with_adapter(copy.deepcopy(target.denoiser), *stored, "distillation")
+        pipeline.denoiser = prescribe(student, sampler)
+        return
     student = copy.deepcopy(target.denoiser).float().eval().requires_grad_(False)
     student.load_state_dict(artifact.tensors, strict=True)
     pipeline.denoiser = prescribe(student, sampler)
+
+
+LORA_DEPLOYMENT = (
+    "the artifact is a diffusers LoRA file: pipe.load_lora_weights(path to the artifact), then pipe.fuse_lora() "
+    "for the base model's speed, and sample with the scheduler, timesteps and guidance under derived"
+)
+
+
+def distillation_record(pipeline, config: DistillationConfig) -> dict | None:
+    """A LoRA student's recipe says what its adapter is and how diffusers loads it without autoaccel."""
+    adapter = trained_adapter(pipeline.denoiser, "distillation") if config.trains else None
+    if adapter is None:
+        return None
+    return {"lora": {"rank": adapter.settings.rank, "modules": adapter.settings.modules, "deploy": LORA_DEPLOYMENT}}
 
 
 def distillation_cost(config: DistillationConfig) -> dict:
@@ -296,7 +367,9 @@ DISTILLATION = register(
         artifact_state=distilled_weights,
         from_artifact=distillation_from_artifact,
         recompute=recompute,
-        float32_copy=True,  # trained or calibrated on a float32 copy
+        recipe_record=distillation_record,
+        # a whole-weight student and a learned schedule train through a float32 copy; a LoRA student on the base
+        float32_copy=lambda config, target: student_adapter(config, target.denoiser) is None,
         prescribes_sampler=lambda config: config.trains,
         label=distillation_label,
         max_minutes_param="max_minutes",

@@ -16,7 +16,11 @@ dimensions (thinner heads made CPU attention slower).
 
 Training-free unless ``recovery_steps`` > 0: then recovery distillation (``autoaccel.distill.recovery``) pulls
 the pruned model's predictions towards the model it was cut from, on that model's own trajectory calls and noised
-samples (no external data); its minutes are recorded as the trial's training cost. torch-pruning traces the
+samples (no external data); its minutes are recorded as the trial's training cost. Recovery trains the pruned
+model's whole weights or a LoRA adapter on them (``recovery_adapter``: ``full``, ``lora``, or ``auto``: LoRA for a
+denoiser above 200M parameters; ``recovery_lora_rank``, ``recovery_lora_modules``), merged into the pruned model
+once trained; its artifact then holds the adapter alone, and applying prunes the loaded model again (pruning is
+deterministic: the pruned weights' digest is checked) before merging it. torch-pruning traces the
 denoiser on one call the sampling loop really makes, so every architecture gets its own keyword arguments.
 
 The pruned model is a copy: the target's denoiser is never touched. Its weights are stored as an artifact
@@ -36,7 +40,21 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
+from autoaccel.distill.adapters import (
+    ADAPTERS,
+    LORA_MODULES,
+    MAX_RANK,
+    adapter_tensors,
+    check_stored_kind,
+    inject,
+    merge_adapter,
+    resolved_adapter,
+    stored_adapter,
+    trained_adapter,
+    with_adapter,
+)
 from autoaccel.distill.recovery import RecoverySettings, recover
+from autoaccel.distill.training import weights_digest
 from autoaccel.errors import ConfigError, TechniqueError
 from autoaccel.pipeline.prescribed import prescription
 from autoaccel.reference.calibration import noised_batch, replay, to_device, trajectory_calls
@@ -51,6 +69,7 @@ CALIBRATION_SAMPLES = 64  # noised teacher samples the Taylor importance is take
 BLOCK_CALIBRATION_SAMPLES = 8  # seeds of the trajectory calls whole blocks are judged on
 MAX_BLOCKS = 0.5
 REMOVED_BLOCKS = "removed_blocks"  # the artifact metadata key, and the attribute a pruned denoiser carries
+PRUNED_BASE = "pruned_base"  # the same for the digest of a LoRA-recovered model's pruned weights before recovery
 
 
 @dataclass(frozen=True)
@@ -69,11 +88,15 @@ class PruningConfig:
     blocks: float = 0.0
     recovery_lr: float = 1e-3
     recovery_max_minutes: float | None = None
+    recovery_adapter: str = "auto"  # full weights, a LoRA adapter, or auto: LoRA above 200M parameters
+    recovery_lora_rank: int = 16
+    recovery_lora_modules: str = "attention_mlp"
 
     def __post_init__(self) -> None:
         number = (int, float)
         types = {"ratio": number, "down": number, "mid": number, "up": number, "importance": str, "blocks": number}
         types["recovery_lr"] = number
+        types.update(recovery_adapter=str, recovery_lora_rank=int, recovery_lora_modules=str)
         require_types(self, "pruning", {**types, "prune_heads": bool, "recovery_steps": int, "seed": int})
         if not 0.0 <= self.ratio < 0.9:
             raise ConfigError(f"pruning.ratio={self.ratio} is not valid; it must be in [0, 0.9)")
@@ -81,8 +104,18 @@ class PruningConfig:
             scale = getattr(self, stage)
             if not 0.0 <= scale * self.ratio < 0.95 or scale < 0:
                 raise ConfigError(f"pruning.{stage}={scale} is not valid; need 0 <= {stage} * ratio < 0.95")
-        if self.importance not in IMPORTANCES:
-            raise ConfigError(f"pruning.importance={self.importance!r} is not valid; valid: {list(IMPORTANCES)}")
+        for name, valid in (
+            ("importance", IMPORTANCES),
+            ("recovery_adapter", ADAPTERS),
+            ("recovery_lora_modules", LORA_MODULES),
+        ):
+            if getattr(self, name) not in valid:
+                raise ConfigError(f"pruning.{name}={getattr(self, name)!r} is not valid; valid: {list(valid)}")
+        if not PRUNING_PARAMS["recovery_lora_rank"].accepts(self.recovery_lora_rank):
+            raise ConfigError(
+                f"pruning.recovery_lora_rank={self.recovery_lora_rank} is not valid; it must be "
+                + PRUNING_PARAMS["recovery_lora_rank"].describe()
+            )
         if isinstance(self.recovery_steps, bool) or not isinstance(self.recovery_steps, int) or self.recovery_steps < 0:
             raise ConfigError(f"pruning.recovery_steps={self.recovery_steps!r} is not valid; it must be an int >= 0")
         if not self.recovery_lr > 0:
@@ -114,7 +147,17 @@ PRUNING_PARAMS = {
     "blocks": ParamSpec("float", low=0.0, high=MAX_BLOCKS),
     "recovery_lr": ParamSpec("float", low=0.0, low_open=True, high=1.0),
     "recovery_max_minutes": ParamSpec("float", low=0.0, low_open=True),
+    "recovery_adapter": ParamSpec("choice", choices=ADAPTERS),
+    "recovery_lora_rank": ParamSpec("int", low=1, high=MAX_RANK),
+    "recovery_lora_modules": ParamSpec("choice", choices=LORA_MODULES),
 }
+
+
+def recovery_adapter(config: PruningConfig, denoiser):
+    """The LoRA adapter recovery trains on the pruned ``denoiser``; None for whole weights or no recovery."""
+    if not config.recovery_steps or not config.prunes:
+        return None
+    return resolved_adapter(config.recovery_adapter, config.recovery_lora_rank, config.recovery_lora_modules, denoiser)
 
 
 # ---------------------------------------------------------------------------------------------- calibration data
@@ -358,9 +401,35 @@ def prune_unet(unet, config: PruningConfig, target=None, removed_blocks: list[in
         )
     if not config.prunes:
         return copy.deepcopy(unet)  # in the precision it was loaded in
-    pruned = copy.deepcopy(unet).float()
     if target is None:
         raise TechniqueError("pruning needs the target: it traces the denoiser on a call of its own sampling loop")
+    pruned, removed_blocks = _pruned_copy(unet, config, target, removed_blocks)
+    if config.recovery_steps:
+        adapter = recovery_adapter(config, unet)
+        base = weights_digest(pruned) if adapter is not None else None
+        if adapter is not None:
+            inject(pruned, adapter)
+        settings = RecoverySettings(
+            config.recovery_steps,
+            float(config.recovery_lr),
+            seed=config.seed,
+            max_minutes=config.recovery_max_minutes,
+            adapter=adapter,
+        )
+        minutes = recover(pruned, unet, target, settings)
+        if adapter is not None:
+            pruned = merge_adapter(pruned, adapter, "pruning")
+            setattr(pruned, PRUNED_BASE, base)
+        object.__setattr__(pruned, TRAIN_MINUTES, getattr(unet, TRAIN_MINUTES, 0.0) + minutes)
+    pruned = pruned.eval().requires_grad_(False)
+    setattr(pruned, REMOVED_BLOCKS, list(removed_blocks))
+    return pruned
+
+
+def _pruned_copy(unet, config: PruningConfig, target, removed_blocks: list[int] | None):
+    """A float32 copy of ``unet`` with ``config``'s blocks and channels removed (seeded, no recovery), and the
+    blocks removed."""
+    pruned = copy.deepcopy(unet).float()
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     if removed_blocks is None:
@@ -368,15 +437,7 @@ def prune_unet(unet, config: PruningConfig, target=None, removed_blocks: list[in
     remove_blocks(pruned, removed_blocks)
     if config.ratio:
         _prune_channels(pruned, config, target, _example_call(target, config.seed, pruned.device), generator)
-    if config.recovery_steps:
-        settings = RecoverySettings(
-            config.recovery_steps, float(config.recovery_lr), seed=config.seed, max_minutes=config.recovery_max_minutes
-        )
-        minutes = recover(pruned, unet, target, settings)
-        object.__setattr__(pruned, TRAIN_MINUTES, getattr(unet, TRAIN_MINUTES, 0.0) + minutes)
-    pruned = pruned.eval().requires_grad_(False)
-    setattr(pruned, REMOVED_BLOCKS, list(removed_blocks))
-    return pruned
+    return pruned, removed_blocks
 
 
 def apply_pruning(pipeline, config: PruningConfig, target) -> None:
@@ -390,6 +451,10 @@ def pruned_weights(unet, config: PruningConfig):
     metadata = {"technique": "pruning", "config": repr(config)}
     if config.blocks:
         metadata[REMOVED_BLOCKS] = json.dumps(getattr(unet, REMOVED_BLOCKS, []))
+    adapter = trained_adapter(unet, "pruning")
+    if adapter is not None:  # the recovery adapter alone: applying prunes the loaded model again
+        tensors, described = adapter_tensors(unet, adapter)
+        return Artifact(tensors, {**metadata, **described, PRUNED_BASE: getattr(unet, PRUNED_BASE)})
     return Artifact(dict(unet.state_dict()), metadata)
 
 
@@ -400,10 +465,33 @@ def pruning_from_artifact(pipeline, config: PruningConfig, target, artifact) -> 
     removed = json.loads(artifact.metadata.get(REMOVED_BLOCKS, "[]")) if config.blocks else []
     if config.blocks and REMOVED_BLOCKS not in artifact.metadata:
         raise ValueError(f"it does not say which blocks pruning.blocks={config.blocks} removed")
+    stored = stored_adapter(pipeline.denoiser, artifact.tensors, artifact.metadata)
+    wanted = recovery_adapter(config, pipeline.denoiser)
+    check_stored_kind(config.recovery_adapter, wanted, None if stored is None else stored[0])
+    if stored is not None:
+        pipeline.denoiser = _recovered_with_adapter(pipeline.denoiser, config, target, removed, artifact, stored)
+        return
     settings = replace(config, importance="magnitude", recovery_steps=0)
     structure = prune_unet(pipeline.denoiser, settings, target, removed)
     structure.load_state_dict(artifact.tensors, strict=True)
     pipeline.denoiser = structure.eval().requires_grad_(False)
+
+
+def _recovered_with_adapter(denoiser, config: PruningConfig, target, removed, artifact, stored):
+    """The pruned model rebuilt as the search pruned it (its own importance and seed: which channels went
+    matters, since the adapter is on them), checked against the stored digest, with the adapter merged."""
+    if PRUNED_BASE not in artifact.metadata:
+        raise ValueError("it holds a recovery adapter but not the digest of the pruned weights it was trained on")
+    pruned, _ = _pruned_copy(denoiser, config, target, removed)
+    if weights_digest(pruned) != artifact.metadata[PRUNED_BASE]:
+        raise ValueError(
+            "pruning this model again gave other weights than the ones its recovery adapter was trained on "
+            "(another model, or another machine's arithmetic); apply it to the model it was searched on"
+        )
+    recovered = with_adapter(pruned, *stored, "pruning").eval().requires_grad_(False)
+    setattr(recovered, REMOVED_BLOCKS, list(removed))
+    setattr(recovered, PRUNED_BASE, artifact.metadata[PRUNED_BASE])
+    return recovered
 
 
 def pruning_recompute(config: PruningConfig) -> str | None:

@@ -23,4 +23,5 @@ def ema_update(ema_module: torch.nn.Module, module: torch.nn.Module, decay: floa
     if step is not None:
         decay = min(decay, (1 + step) / (10 + step))
     for ema_param, param in zip(ema_module.parameters(), module.parameters()):
-        ema_param.lerp_(param, 1 - decay)
+        if ema_param is not param:  # a frozen base shared by a LoRA student and its copies stays as it is
+            ema_param.lerp_(param, 1 - decay)
