@@ -17,7 +17,7 @@ MAIN_KEYS = (
     ("budget.max_fid, budget.max_fid_ratio, budget.min_psnr", None, "quality limits (ratio: to the reference's FID)"),
     ("budget.min_adherence", None, "share (0-1) of images read as their requested class (embedded digit models)"),
     ("quality.samples, quality.seed", None, "images per candidate and the seed fixing their noise and labels"),
-    ("fidelity.levels, fidelity.z", None, "multi-fidelity sample counts (ascending) and promotion optimism"),
+    ("fidelity.levels, fidelity.z", None, "multi-fidelity sample counts (null: a ladder past an hour; [] one level)"),
     ("fidelity.train_shares", None, "share of each candidate's training done per level; promoted ones continue"),
     ("cost.batch_size, cost.warmup, cost.repeats", None, "how latency is measured"),
     ("cost.confirm", None, "time the front's plans again side by side before the report"),
