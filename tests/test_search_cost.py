@@ -233,3 +233,39 @@ def test_a_latent_transformer_counts_its_decodes_its_cache_calibration_and_a_kep
     released(decoded)
     kept = estimate_search(decoded, 10, [], timings=timings)
     assert kept.stages[ONCE_PER_MODEL] > 0 and not kept.stages.get("training")
+
+
+def test_the_timed_training_pass_leaves_the_model_as_it_was(fast_overrides, monkeypatch, released):
+    """The pass computes every parameter's gradient on the target's own denoiser, then drops them and puts each
+    parameter's requires_grad back; where it does not fit in memory the estimate assumes backward ~ 2x forward."""
+    import torch
+
+    context = prepare_run(compose_config([*fast_overrides, "fidelity.levels=[]"]))
+    released(context)
+    parameters = list(context.target.denoiser.parameters())
+    parameters[0].requires_grad_(True)  # one the caller had on: it stays on
+    before = [parameter.requires_grad for parameter in parameters]
+    weights = [parameter.detach().clone() for parameter in parameters]
+    assert estimate_module.trained_ratio(context) >= 1.0
+    assert [parameter.requires_grad for parameter in parameters] == before
+    assert all(parameter.grad is None for parameter in parameters)
+    assert all(torch.equal(parameter, kept) for parameter, kept in zip(parameters, weights))
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(estimate_module, "predict", out_of_memory)
+    assert estimate_module.trained_ratio(context) == estimate_module.ASSUMED_TRAINED_RATIO
+    assert [parameter.requires_grad for parameter in parameters] == before
+
+
+def test_work_made_once_per_model_is_counted_by_the_chance_a_trial_makes_it():
+    """Shared work (a quantization sensitivity pass per bit width, a kept decoder) is counted once, weighted by
+    the chance that the run's trials make it at all."""
+    from autoaccel.search.estimate import TypicalWork
+    from autoaccel.techniques.base import SearchWork
+
+    typical = TypicalWork([SearchWork()], {"pass": SearchWork(calibration=100.0)}, {"pass": 0.25})
+    assert typical.made_by("pass", 1) == pytest.approx(0.25)
+    assert typical.made_by("pass", 40) == pytest.approx(1 - 0.75**40)
+    assert typical.made_by("pass", 0) == 0.0

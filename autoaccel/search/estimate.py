@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 
+from autoaccel.errors import ConfigError
 from autoaccel.measure.evaluator import LONG_CALL_STEPS
 from autoaccel.metrics.features import ensemble_extractors
 from autoaccel.metrics.quality import image_features
@@ -220,11 +221,15 @@ def trained_ratio(context) -> float:
                     torch.cuda.synchronize(batch.device)
                 seconds.append(time.perf_counter() - started)
     except torch.OutOfMemoryError:
-        return ASSUMED_TRAINED_RATIO
+        seconds = []
     finally:
         for parameter, before in zip(parameters, wanted):
             parameter.grad = None
             parameter.requires_grad_(before)
+    if not seconds:  # the pass did not fit: what it held is given back before the search starts
+        if cuda:
+            torch.cuda.empty_cache()
+        return ASSUMED_TRAINED_RATIO
     plain = _seconds_per_call(pipeline, seeds)
     return max(1.0, seconds[-1] / plain) if plain > 0 else ASSUMED_TRAINED_RATIO
 
@@ -314,7 +319,9 @@ def estimate_search(
         estimate.stages[f"{trials} trials"] = run_trials * (sampling + timing + scoring_per_image * images)
         estimate.stages["training"] = run_trials * training
         estimate.stages["calibration"] = run_trials * calibration
-        estimate.stages[ONCE_PER_MODEL] = sum(sum(timings.work_seconds(work)) for work in draws.shared.values())
+        estimate.stages[ONCE_PER_MODEL] = sum(
+            sum(timings.work_seconds(work)) * draws.made_by(name, run_trials) for name, work in draws.shared.items()
+        )
         if share < 1.0:
             estimate.notes.append(
                 f"budget.max_minutes={config.budget.max_minutes:g} stops starting trials after "
@@ -391,11 +398,16 @@ def _budget_share(config, candidate_seconds: float, trials: int) -> float:
 @dataclass(frozen=True)
 class TypicalWork:
     """What the candidates drawn from the space train and calibrate, on average: ``per_level``, one candidate's
-    own work when scored at each fidelity level (its training at that level's share), and ``shared``, the data
-    made once per model that the drawn candidates use."""
+    own work when scored at each fidelity level (its training at that level's share), ``shared``, the data and
+    models made once per model that the drawn candidates use, and ``used``, the share of draws that use each."""
 
     per_level: list[SearchWork]
     shared: dict[str, SearchWork]
+    used: dict[str, float] = field(default_factory=dict)
+
+    def made_by(self, name: str, trials: float) -> float:
+        """The chance that ``trials`` trials proposed like the draws make the shared work ``name`` at least once."""
+        return 1.0 - (1.0 - self.used.get(name, 1.0)) ** trials
 
     def expected(self, reached: list[float]) -> SearchWork:
         """A trial's own work when it reaches each level with the share ``reached``: a promoted candidate's training
@@ -421,15 +433,25 @@ def typical_work(space: SearchSpace, target, config, levels: list[int]) -> Typic
     generator = random.Random(WORK_SEED)
     sums = [SearchWork() for _ in shares]
     shared: dict[str, SearchWork] = {}
+    users: dict[str, int] = {}
+    drawn = 0
     for _ in range(WORK_DRAWS):
-        params = space.complete(active_params(space, lambda dimension: _draw(dimension, generator)))
+        try:
+            params = space.complete(active_params(space, lambda dimension: _draw(dimension, generator)))
+        except ConfigError:  # a point the space refuses: the optimizer's trial would fail before it trains
+            continue
+        drawn += 1
         candidate, calls = Candidate.from_params(params), _calls_per_image(params, guidable)
+        names: set[str] = set()
         for index, share in enumerate(shares):
             work = candidate_work(with_train_share(candidate, share).as_dict, space.techniques, target, calls)
             sums[index] = sums[index] + work.scaled(1.0)
             shared.update(work.shared)
-    mean = [work.scaled(1 / WORK_DRAWS) for work in sums]
-    return TypicalWork(mean, shared)
+            names.update(work.shared)
+        for name in names:
+            users[name] = users.get(name, 0) + 1
+    mean = [work.scaled(1 / max(drawn, 1)) for work in sums]
+    return TypicalWork(mean, shared, {name: count / max(drawn, 1) for name, count in users.items()})
 
 
 def _draw(dimension, generator: random.Random) -> Any:
