@@ -269,3 +269,20 @@ def test_work_made_once_per_model_is_counted_by_the_chance_a_trial_makes_it():
     assert typical.made_by("pass", 1) == pytest.approx(0.25)
     assert typical.made_by("pass", 40) == pytest.approx(1 - 0.75**40)
     assert typical.made_by("pass", 0) == 0.0
+
+
+def test_a_study_stored_before_levels_were_decided_at_start_resumes_on_one_level(fast_overrides):
+    """A study whose fingerprint and stored configuration predate fidelity.levels (its default was one level then)
+    resumes with the levels unset: one level, not a refusal."""
+    first = prepare_run(compose_config(fast_overrides))
+    first.lock.release()
+    settings = dict(first.ledger.study.user_attrs["settings"])
+    settings.pop("fidelity.levels")
+    stored = dict(first.ledger.study.user_attrs["config"])
+    stored.pop("fidelity")
+    first.ledger.study.set_user_attr("settings", settings)
+    first.ledger.study.set_user_attr("config", stored)
+    resumed = prepare_run(compose_config(fast_overrides))
+    resumed.lock.release()
+    assert list(resumed.config.fidelity.levels) == []
+    assert resumed.ledger.study.user_attrs["settings"]["fidelity.levels"] == []
