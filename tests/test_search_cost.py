@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 
 import autoaccel.search.estimate as estimate_module
+import autoaccel.search.levels as levels_module
 from autoaccel.cli.main import main
 from autoaccel.config.compose import compose_config
 from autoaccel.report.search_cost import COST_FILE, search_cost
-from autoaccel.search.estimate import ONCE_PER_MODEL, SearchTimings, default_levels, estimate_search, reach_shares
+from autoaccel.search.estimate import ONCE_PER_MODEL, SearchTimings, estimate_search, reach_shares
+from autoaccel.search.levels import default_levels
 from autoaccel.search.run import prepare_run
 from autoaccel.techniques.base import get_technique
 
@@ -141,25 +143,25 @@ def test_a_long_search_gets_a_ladder_unless_levels_were_set_and_keeps_it_on_resu
     decided before its fingerprint is recorded; resumed (now under the threshold), it keeps that ladder; an
     explicit fidelity.levels=[] keeps one level however long the search."""
     overrides = [*fast_overrides, "quality.samples=128", "quality.chunk_size=128"]
-    monkeypatch.setattr(estimate_module, "LADDER_THRESHOLD_S", 0.0)
+    monkeypatch.setattr(levels_module, "LADDER_THRESHOLD_S", 0.0)
     first = prepare_run(compose_config([*overrides, "study_name=long"]))
     first.lock.release()
     assert list(first.config.fidelity.levels) == [64, 128] and _settings(first)["fidelity.levels"] == [64, 128]
     assert first.levels_note.startswith("fidelity.levels defaults to [64, 128]: on one level this search is estimated")
 
-    monkeypatch.setattr(estimate_module, "LADDER_THRESHOLD_S", math.inf)
+    monkeypatch.setattr(levels_module, "LADDER_THRESHOLD_S", math.inf)
     resumed = prepare_run(compose_config([*overrides, "study_name=long", "budget.trials=60"]))
     released(resumed)
     assert list(resumed.config.fidelity.levels) == [64, 128]
     assert "as this study started with" in resumed.levels_note
 
-    monkeypatch.setattr(estimate_module, "LADDER_THRESHOLD_S", 0.0)
+    monkeypatch.setattr(levels_module, "LADDER_THRESHOLD_S", 0.0)
     explicit = prepare_run(compose_config([*overrides, "study_name=explicit", "fidelity.levels=[]"]))
     released(explicit)
     assert list(explicit.config.fidelity.levels) == [] and _settings(explicit)["fidelity.levels"] == []
     assert explicit.levels_note == ""
 
-    monkeypatch.setattr(estimate_module, "LADDER_THRESHOLD_S", math.inf)
+    monkeypatch.setattr(levels_module, "LADDER_THRESHOLD_S", math.inf)
     short = prepare_run(compose_config([*overrides, "study_name=short"]))
     released(short)
     assert list(short.config.fidelity.levels) == [] and short.levels_note == ""

@@ -70,7 +70,7 @@ class QualityConfig:
 class FidelityConfig:
     """Multi-fidelity scoring: sample counts per level, ascending, the last equal to quality.samples
     (empty = every candidate on quality.samples; None = decided when a study starts: a ladder where the search is
-    estimated past an hour, autoaccel.search.estimate); ``z`` scales the paired error a candidate may be behind a
+    estimated past an hour, autoaccel.search.levels); ``z`` scales the paired error a candidate may be behind a
     point scored at its level and still be promoted (autoaccel.search.fidelity)."""
 
     levels: list[int] | None = None

@@ -27,8 +27,8 @@ the run shorter), a pruned or quantized model's calls counted at the full model'
 precision the model is loaded in (students train a float32 copy), and building the report (seconds: its bootstrap
 is bounded, ``autoaccel.metrics.bootstrap``).
 
-The estimate also decides the default fidelity ladder: a new study whose user left ``fidelity.levels`` unset, and
-whose estimate on one level passes ``LADDER_THRESHOLD_S``, scores on ``default_levels`` (``search.run``).
+A new study whose user left ``fidelity.levels`` unset scores on a ladder where this estimate on one level passes
+an hour (``autoaccel.search.levels``).
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ from autoaccel.plan.candidate import Candidate
 from autoaccel.reference.sampling import reference_pipeline
 from autoaccel.search.fidelity import MIN_CLIMBS, with_train_share
 from autoaccel.search.ledger import reference_row
-from autoaccel.search.loop import standard_configurations
 from autoaccel.space.spaces import SearchSpace, active_params
 from autoaccel.targets.data_folder import image_shape
 from autoaccel.targets.denoisers import decode, predict
@@ -68,9 +67,6 @@ WORK_SEED = 0
 PROMOTED_SHARE = 0.3  # candidates reaching a level above the first at fidelity.z=0 (bench: 12 of 40)
 PROMOTED_SHARE_OPTIMISTIC = 0.6  # at fidelity.z > 0 (bench, z=1: 24 of 40)
 ONCE_PER_MODEL = "made once per model"  # the stage of shared work: teacher data, calibration passes, kept models
-LADDER_THRESHOLD_S = 3600.0  # a run estimated past this on one level gets a fidelity ladder by default
-LADDER_DIVISOR = 8  # the default ladder's first level: quality.samples / 8 ...
-MIN_LADDER_LEVEL = 64  # ... but never fewer images (the low level the bench measured with the front kept)
 
 
 @dataclass
@@ -245,14 +241,6 @@ def chunk_count(judge) -> int:
     return -(-judge.samples // judge.chunk_size)
 
 
-def default_levels(samples: int) -> list[int]:
-    """The ladder a long search gets when its user left ``fidelity.levels`` unset: ``samples / LADDER_DIVISOR``
-    images first, never fewer than ``MIN_LADDER_LEVEL``, then all of them; one level (``[]``) where that first
-    level would not be at least half as small as the top."""
-    low = max(samples // LADDER_DIVISOR, MIN_LADDER_LEVEL)
-    return [low, samples] if 2 * low <= samples else []
-
-
 def reach_shares(levels: list[int], trials: int, z: float) -> list[float]:
     """The expected share of ``trials`` candidates scored at each level: all at the first; above it, every
     candidate until ``MIN_CLIMBS`` have climbed, then ``PROMOTED_SHARE`` of them (more with a promotion margin)."""
@@ -338,52 +326,6 @@ def estimate_search(
         estimate.stages["latency confirmation"] = (reference_calls * per_image + front) * timings.batch
     estimate.timings = timings
     return estimate
-
-
-def settle_fidelity_levels(context) -> str:
-    """``fidelity.levels`` for a search whose user left it unset (null), decided before the study's fingerprint is
-    checked and recorded: the levels the study recorded (a resumed study keeps the ladder it started with), else,
-    for a new study, ``default_levels`` where the estimate on one level passes ``LADDER_THRESHOLD_S`` and one level
-    otherwise. Returns the line the search prints about it ("" where nothing was decided for the user)."""
-    config = context.config
-    if config.fidelity.levels is not None:
-        return ""
-    recorded = recorded_levels(context.ledger)
-    if recorded is not None:
-        config.fidelity.levels = recorded
-        return f"fidelity.levels={recorded}, as this study started with" if recorded else ""
-    ladder = default_levels(int(config.quality.samples))
-    config.fidelity.levels = []
-    if not ladder:
-        return ""
-    standards = standard_configurations(
-        context.space,
-        list(config.budget.warm_start_steps),
-        context.target.reference_guidance,
-        context.target.schedule_family,
-        context.target,
-    )
-    one_level = estimate_search(context, int(config.budget.trials), [params for _, params in standards], levels=[])
-    context.timings = one_level.timings
-    if one_level.seconds <= LADDER_THRESHOLD_S:
-        return ""
-    config.fidelity.levels = ladder
-    return (
-        f"fidelity.levels defaults to {ladder}: on one level this search is estimated at "
-        f"{duration(one_level.seconds)}, past {duration(LADDER_THRESHOLD_S)} (fidelity.levels=[] keeps one level)"
-    )
-
-
-def recorded_levels(ledger) -> list[int] | None:
-    """The fidelity levels a study recorded when it started (its fingerprint, or the configuration a study from
-    before that stored); None for a new study."""
-    settings = ledger.study.user_attrs.get("settings")
-    if settings is None:
-        return None
-    if "fidelity.levels" in settings:
-        return [int(level) for level in settings["fidelity.levels"] or []]
-    stored = (ledger.study.user_attrs.get("config") or {}).get("fidelity") or {}
-    return [int(level) for level in stored.get("levels") or []]
 
 
 def _budget_share(config, candidate_seconds: float, trials: int) -> float:

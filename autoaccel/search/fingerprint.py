@@ -138,7 +138,7 @@ def setting_value(config: dict | None, key: str) -> Any:
 
 
 # settings whose default changed, with the default a study stored before then ran with: fidelity.levels is null
-# now (decided when a study starts, ``autoaccel.search.estimate.settle_fidelity_levels``), and was one level
+# now (decided when a study starts, ``autoaccel.search.levels``), and was one level
 EARLIER_DEFAULTS: dict[str, Any] = {"fidelity.levels": []}
 
 

@@ -29,7 +29,6 @@ from autoaccel.search.estimate import (
     SearchTimings,
     chunk_count,
     reference_calls_per_image,
-    settle_fidelity_levels,
     time_calls,
 )
 from autoaccel.search.fidelity import FidelityLadder
@@ -43,6 +42,7 @@ from autoaccel.search.ledger import (
     record_target_facts,
     reference_row,
 )
+from autoaccel.search.levels import settle_fidelity_levels
 from autoaccel.search.liveness import LivenessSettings, claim_once
 from autoaccel.search.run_folder import CONFIG_FILE, open_recorded, study_name_for
 from autoaccel.search.study_lock import StudyLock
