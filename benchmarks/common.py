@@ -88,6 +88,7 @@ def search_front(
             f"optimizer={config.optimizer.name}",
             f"cache_dir={config.cache_dir}",
             "quiet=true",
+            *one_level_unless(extra),
             *extra,
         ]
     )
@@ -100,3 +101,9 @@ def search_front(
         params = {**unchanged_model_params(), **context.ledger.trial(number).user_attrs["candidate"]}
         front.append((number, params))
     return front
+
+
+def one_level_unless(overrides: list[str]) -> list[str]:
+    """``fidelity.levels=[]`` unless ``overrides`` set the levels: a benchmark's searches score every candidate on
+    all their images, never on a ladder a search would pick from how long this machine says it takes."""
+    return [] if any(item.startswith("fidelity.levels=") for item in overrides) else ["fidelity.levels=[]"]

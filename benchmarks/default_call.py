@@ -20,7 +20,7 @@ from autoaccel.plan.candidate import Candidate
 from autoaccel.search.loop import standard_configurations
 from autoaccel.techniques.base import target_limits
 from autoaccel.util.resources import resource_dir
-from benchmarks.common import mean_std
+from benchmarks.common import mean_std, one_level_unless
 
 FID_RATIO = 1.25  # the quality budget of the fastest-plan search: times the default call's FID
 ADHERENCE_POINTS = 2.0  # how far below the default call's adherence a found plan may be, in percentage points
@@ -64,6 +64,7 @@ def _search(config: DictConfig, runs_dir: Path, study: str, space: Path, extra: 
             f"optimizer={config.optimizer.name}",
             f"cache_dir={config.cache_dir}",
             "quiet=true",
+            *one_level_unless(extra),
             *extra,
         ]
     )

@@ -100,8 +100,9 @@ def _search_fronts(config: DictConfig, bench_dir: Path, evaluators, log) -> dict
     trials = int(config.bench.distillation.search_trials)
     if trials <= 0:
         return {}
+    levels = config.fidelity.levels or []  # unset: one level, both searches alike (no ladder decided per search)
     fidelity = [
-        f"fidelity.levels=[{','.join(str(level) for level in config.fidelity.levels)}]",
+        f"fidelity.levels=[{','.join(str(level) for level in levels)}]",
         f"fidelity.train_shares=[{','.join(str(share) for share in config.fidelity.train_shares)}]",
         f"fidelity.z={config.fidelity.z}",
     ]
@@ -218,7 +219,7 @@ def _front_section(config, fronts: dict, reference: dict) -> list[str]:
     settings = config.bench.distillation
     lines = [
         f"## Distilled search vs schedule-only search ({settings.search_trials} trials each, "
-        f"{config.optimizer.name}, seed {config.seed}, fidelity levels {list(config.fidelity.levels)}, "
+        f"{config.optimizer.name}, seed {config.seed}, fidelity levels {list(config.fidelity.levels or [])}, "
         f"training shares {list(config.fidelity.train_shares)})",
         "",
         "Both fronts (objectives fid, latency_ms) re-scored on the seed sets above.",

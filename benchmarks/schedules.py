@@ -19,7 +19,7 @@ from autoaccel.plan.candidate import Candidate
 from autoaccel.search.loop import standard_configurations
 from autoaccel.space.spaces import load_space
 from autoaccel.util.resources import resource_dir
-from benchmarks.common import mean_std
+from benchmarks.common import mean_std, one_level_unless
 
 SOLVERS_AT_ONE_CALL_PER_STEP = ["ddim", "dpmsolver++", "dpmsolver_single", "unipc", "deis", "euler", "ddpm"]
 
@@ -68,6 +68,7 @@ def run_schedules_benchmark(config: DictConfig, log=print) -> Path:
                 f"cost.batch_size={config.cost.batch_size}",
                 f"seed={config.seed}",
                 f"optimizer={config.optimizer.name}",
+                *one_level_unless([]),
             ]
         )
         log(f"== NFE {nfe}: searching ({config.bench.trials} trials on seed {config.quality.seed})")

@@ -173,3 +173,8 @@ def test_an_extension_runs_the_whole_contract_with_one_call(target, tmp_path):
     unsound = TechniqueExample(EXAMPLES["timesteps"], SAME_COST_CHANGES["timesteps"])
     with pytest.raises(AssertionError):
         contract.check_technique(timesteps, unsound, target, tmp_path / "unsound")
+
+
+@pytest.mark.parametrize("technique", TECHNIQUES, ids=by_name)
+def test_a_technique_that_trains_declares_its_work(technique, target, tmp_path):
+    contract.check_a_technique_that_trains_declares_its_work(technique, example(technique.name), target, tmp_path)

@@ -6,18 +6,20 @@ import math
 import time
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig
 
 from autoaccel.front.limits import describe_limits, limits_in_force
 from autoaccel.front.pareto import front_numbers
 from autoaccel.search.confirm import confirm_before_report
 from autoaccel.search.estimate import estimate_search
-from autoaccel.search.ledger import reference_row
+from autoaccel.search.ledger import record_search_run, reference_row
 from autoaccel.search.liveness import LivenessSettings
 from autoaccel.search.loop import LoopBudget, run_search, standard_configurations
 from autoaccel.search.run import ensure_reference, make_ladder, prepare_run
 from autoaccel.targets.denoisers import execution_device
 from autoaccel.techniques.base import plan_label
+from autoaccel.util.interrupts import deferred_interrupts
 from autoaccel.util.progress import StageLine, duration, reporting
 
 
@@ -44,18 +46,19 @@ def _progress(log, objectives: list[str], context, total: int, limits: list):
 def search(config: DictConfig, log=print) -> Path:
     """Runs or resumes the study the configuration names; returns the report's index.html. Long stages report
     their progress to ``log`` as they run (``autoaccel.util.progress``)."""
+    started = time.perf_counter()  # the device is this process's from here: its time is the search's cost
     with reporting(log):
         context = prepare_run(config)
         for note in context.notes:  # optional figures this run cannot measure, and what it does instead: kept by quiet
             log(StageLine(note))
         try:
-            return _run(context, config, log)
+            return _run(context, config, log, started)
         finally:
             if context.lock is not None:
                 context.lock.release()
 
 
-def _run(context, config: DictConfig, log) -> Path:
+def _run(context, config: DictConfig, log, process_started: float) -> Path:
     from autoaccel.report.build import build_report
 
     liveness = None
@@ -92,6 +95,8 @@ def _run(context, config: DictConfig, log) -> Path:
         )
     complete = done >= trials and not context.ledger.has_requeued()
     started = time.perf_counter()
+    spent: dict[str, float] = {}  # seconds of this run's stages, recorded with the study as its search cost
+    ran = 0
     if complete:
         log(
             f"study {context.ledger.study_name!r} is complete: {done} trials for budget.trials={trials}; to continue "
@@ -100,16 +105,19 @@ def _run(context, config: DictConfig, log) -> Path:
     else:
         queued = dict(standards)
         warm_starts = [queued[tag] for tag in context.ledger.queued_warm_starts() if tag in queued]
-        context.estimate = estimate_search(context, max(0, trials - done), warm_starts)
+        context.estimate = estimate_search(context, max(0, trials - done), warm_starts, timings=context.timings)
         shared = " for the study's remaining trials, all workers together" if config.storage else ""
         log(f"estimate{shared}: {context.estimate.describe()}")
+        if context.levels_note:
+            log(context.levels_note)
+        reference_started = time.perf_counter()
         ensure_reference(context, log)
+        spent["reference"] = time.perf_counter() - reference_started
     limits = limits_in_force(config.budget, reference_row(context.ledger.study))
     budget = LoopBudget(
         trials=trials, max_minutes=config.budget.max_minutes, limits=limits, concurrent=int(config.budget.concurrent)
     )
     try:
-        ran = 0
         if not complete:
             ran = run_search(
                 context.ledger,
@@ -124,8 +132,18 @@ def _run(context, config: DictConfig, log) -> Path:
                 log=log,
             )
         if config.report.build:  # the process that writes the report confirms the latencies it shows
+            confirmation_started = time.perf_counter()
             confirm_before_report(context, limits, log, ran)
+            spent["confirmation"] = time.perf_counter() - confirmation_started
     finally:
+        with deferred_interrupts():  # what this run held the device for is written whole
+            record_search_run(
+                context.ledger.study,
+                device=torch.device(context.target.denoiser.device).type,
+                seconds=time.perf_counter() - process_started,
+                trials=ran,
+                stages=spent,
+            )
         index = context.run_dir / "index.html"
         if config.report.build:
             index = build_report(context, log)

@@ -20,7 +20,7 @@ MAIN_KEYS = (
     ("quality.clip_model, quality.preference_model", None, "CLIP and PickScore models: hub ids or local folders"),
     ("quality.inception_weights", None, "auto (downloaded by torch-fidelity) or a weights file: fid_inception"),
     ("quality.samples, quality.seed", None, "images per candidate and the seed fixing their noise and labels"),
-    ("fidelity.levels, fidelity.z", None, "multi-fidelity sample counts (ascending) and promotion optimism"),
+    ("fidelity.levels, fidelity.z", None, "multi-fidelity sample counts (null: a ladder past an hour; [] one level)"),
     ("fidelity.train_shares", None, "share of each candidate's training done per level; promoted ones continue"),
     ("cost.batch_size, cost.warmup, cost.repeats", None, "how latency is measured"),
     ("cost.confirm", None, "time the front's plans again side by side before the report"),

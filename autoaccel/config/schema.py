@@ -73,10 +73,11 @@ class QualityConfig:
 @dataclass
 class FidelityConfig:
     """Multi-fidelity scoring: sample counts per level, ascending, the last equal to quality.samples
-    (empty = every candidate on quality.samples); ``z`` scales the paired error a candidate may be behind a
+    (empty = every candidate on quality.samples; None = decided when a study starts: a ladder where the search is
+    estimated past an hour, autoaccel.search.levels); ``z`` scales the paired error a candidate may be behind a
     point scored at its level and still be promoted (autoaccel.search.fidelity)."""
 
-    levels: list[int] = field(default_factory=list)
+    levels: list[int] | None = None
     z: float = 0.0
     # one per level, the last 1.0: the share of a candidate's training (distillation iterations) done at that
     # level; a promoted candidate continues from its checkpoint. Empty: every level trains in full

@@ -28,6 +28,7 @@ import torch
 from autoaccel.pipeline.seeds import make_seed_batch
 from autoaccel.reference.sampling import ode_reference_pipeline
 from autoaccel.targets.denoisers import execution_device
+from autoaccel.techniques.base import SearchWork, guided_rows
 from autoaccel.techniques.timesteps import TimestepsConfig, apply_timesteps
 from autoaccel.util.interrupts import raise_if_cancelled
 from autoaccel.util.progress import Progress
@@ -274,6 +275,24 @@ def noised(target, clean: torch.Tensor, labels, generator: torch.Generator) -> N
 def _alphas_cumprod(target) -> torch.Tensor:
     """The reference sampler's ``alphas_cumprod``, built once per target: recovery noises a batch every step."""
     return cached(_ALPHAS, (target.content_hash,), lambda: ode_reference_pipeline(target).scheduler.alphas_cumprod)
+
+
+def trajectory_work(target, samples: int, seed: int, steps: int = CALIBRATION_STEPS) -> SearchWork:
+    """What ``trajectory_calls`` computes, once per model and settings: the ODE reference's calls on ``samples``
+    seeds at ``steps`` steps, both branches where it guides (``SearchWork.shared``)."""
+    rows = samples * steps * guided_rows(target)
+    return SearchWork(
+        shared={f"teacher trajectories ({samples}, {steps} steps, seed {seed})": SearchWork(teacher=rows)}
+    )
+
+
+def clean_sample_work(target, count: int, seed: int) -> SearchWork:
+    """What ``clean_samples`` computes, once per model and settings: ``count`` ODE-reference samples at about
+    ``CLEAN_SAMPLE_STEPS`` of the reference's ODE steps."""
+    ode_steps = min(int(getattr(target, "ode_steps", 200)), int(target.num_train_timesteps))
+    steps = len(range(0, ode_steps, max(1, ode_steps // CLEAN_SAMPLE_STEPS)))
+    rows = count * steps * guided_rows(target)
+    return SearchWork(shared={f"teacher samples ({count}, seed {seed})": SearchWork(teacher=rows)})
 
 
 def clean_samples(target, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:

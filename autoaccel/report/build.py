@@ -35,8 +35,9 @@ from autoaccel.report.noise import (
 )
 from autoaccel.report.plots import hypervolume_plot, pareto_plot
 from autoaccel.report.recommend import recommendation_ties, recommended_plans
+from autoaccel.report.search_cost import COST_FILE, best_speedup, cost_beside_speedup, search_cost
 from autoaccel.search.confirm import confirmation_sentence, shared_load_sentence
-from autoaccel.search.ledger import CONFIRMATION, DETAIL_PREFIX, reference_row
+from autoaccel.search.ledger import CONFIRMATION, DETAIL_PREFIX, reference_row, search_runs
 from autoaccel.search.quality_figures import figure_record, recorded_figures
 from autoaccel.util.artifacts import ARTIFACTS_DIR, ArtifactRef
 from autoaccel.util.files import write_atomically
@@ -254,6 +255,10 @@ def build_report(context, log=print, skip_missing_artifacts: bool | None = None)
     recommendations = recommended_plans(
         front, standards, reference, knee, context.target.quality.kind, noise=noise, confirmation=confirmation
     )
+    cost = search_cost(search_runs(context.ledger.study), trials, torch_device_type(context.target))
+    speedup = best_speedup(recommendations)
+    cost_file = {**cost.as_dict(), "best_speedup_vs_reference": speedup}
+    write_atomically(run_dir / COST_FILE, lambda path: path.write_text(json.dumps(cost_file, indent=1)))
     real_data = context.target.real_images is not None
     notes = [
         cannot_tell_sentence(noise.samples, real_data) if noise and noise.cannot_tell_apart(front) else "",
@@ -273,6 +278,7 @@ def build_report(context, log=print, skip_missing_artifacts: bool | None = None)
         "FID floor": floor["sentence"] if floor else floor_note or "not measured (no trial completed)",
         "noise": noise.method() if noise else "no FID figures to compare",
         "limits applied": describe_limits(limits),
+        "search cost": cost.sentence() + (f"; best speed-up found {speedup:.2f}x" if speedup else ""),
         **({"plans without a recipe here": _without_recipe(without_artifacts, run_dir)} if without_artifacts else {}),
         "front": f"{len(front)} plans"
         + (f"; knee point: trial {int(front.iloc[knee]['trial'])}" if knee is not None else "")
@@ -298,6 +304,7 @@ def build_report(context, log=print, skip_missing_artifacts: bool | None = None)
         recommendations,
         notes=[note for note in notes if note],
         quality_figures=figures,
+        cost=cost_beside_speedup(cost, speedup),
     )
     if context.config.report.wandb:
         from omegaconf import OmegaConf
@@ -320,6 +327,11 @@ def build_report(context, log=print, skip_missing_artifacts: bool | None = None)
             + ("; upload it with `wandb sync`" if mode == "offline" else "")
         )
     return run_dir / "index.html"
+
+
+def torch_device_type(target) -> str:
+    """The device type the target's denoiser runs on (``cuda``, ``cpu``)."""
+    return str(getattr(target.denoiser.device, "type", target.denoiser.device)).split(":")[0]
 
 
 def _with_trial_intervals(trials: pd.DataFrame, compared: pd.DataFrame) -> pd.DataFrame:

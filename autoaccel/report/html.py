@@ -296,10 +296,10 @@ def _merged(recommendations: list[Recommendation]) -> list[Recommendation]:
 
 
 def _recommended_section(
-    recommendations: list[Recommendation], reference: dict | None, run_dir: Path, notes: list[str]
+    recommendations: list[Recommendation], reference: dict | None, run_dir: Path, notes: list[str], cost: str = ""
 ) -> str:
     if not recommendations:
-        return ""
+        return f'<p class="cost">{html.escape(cost)}</p>' if cost else ""
     reference = reference or {}
     reference_text = (
         f"reference ({reference.get('timesteps', '')} steps): fid {figure_text(_float(reference.get('fid')))}, "
@@ -312,7 +312,9 @@ def _recommended_section(
     head += "<th>speed-up vs best standard configuration within the same goal</th><th>recipe</th></tr>"
     rows = "".join(_recommendation_rows(recommendation, run_dir) for recommendation in _merged(recommendations))
     listed = "".join(f"<li>{html.escape(note)}</li>" for note in notes)
+    cost_line = f'<p class="cost">{html.escape(cost)}</p>' if cost else ""
     return f"""<h2>Recommended plans</h2>
+{cost_line}
 <p>Measured on this run's seeds, {html.escape(reference_text)}. Speed-ups are latency ratios at the deployment batch
 size. FID figures carry their 95% paired-bootstrap interval where the run kept the images' features; a plan whose
 interval covers a goal's bound, or whose FID cannot be told from another's, is a tie, and a tie goes to the faster
@@ -422,9 +424,11 @@ def write_html(
     recommendations: list[Recommendation] | None = None,
     notes: list[str] | None = None,
     quality_figures: dict | None = None,
+    cost: str = "",
 ) -> Path:
     """``notes``: what the noise says about the whole front (plans it cannot tell apart, the reference's gap);
-    ``quality_figures``: what each figure was measured with (``autoaccel.search.quality_figures``)."""
+    ``quality_figures``: what each figure was measured with (``autoaccel.search.quality_figures``); ``cost``: what
+    the search spent, beside the speed-up it found (``autoaccel.report.search_cost``)."""
     front, standards = _with_interval_text(front), _with_interval_text(standards)
     summary_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in summary.items())
     reference_frame = _with_interval_text(pd.DataFrame([reference])) if reference else pd.DataFrame()
@@ -439,7 +443,7 @@ def write_html(
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{STYLE}</style></head><body>
 <h1>{html.escape(title)}</h1>
-{_recommended_section(recommendations or [], reference, path.parent, notes or [])}
+{_recommended_section(recommendations or [], reference, path.parent, notes or [], cost)}
 <h2>Run</h2>
 <table>{summary_rows}</table>
 {quality_section(quality_figures)}

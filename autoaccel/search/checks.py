@@ -81,7 +81,7 @@ def check_warm_start(steps: list) -> None:
 
 def check_fidelity(config: DictConfig) -> None:
     """The ladder's levels and optimism, at start-up rather than after the reference has been measured."""
-    levels = list(config.fidelity.levels)
+    levels = list(config.fidelity.levels or [])  # null: decided when the study starts (search.run)
     valid = "give strictly increasing sample counts >= 2, the last equal to quality.samples"
     if any(isinstance(level, bool) or not isinstance(level, int) or level < 2 for level in levels):
         raise ConfigError(f"fidelity.levels={levels} is not valid; {valid}")
@@ -95,6 +95,11 @@ def check_fidelity(config: DictConfig) -> None:
     if not (math.isfinite(z) and z >= 0):
         raise ConfigError(f"fidelity.z={z} is not valid; it must be a finite number >= 0 (0 = no optimism)")
     shares = list(config.fidelity.train_shares)
+    if shares and config.fidelity.levels is None:
+        raise ConfigError(
+            f"fidelity.train_shares={shares} needs fidelity.levels set (one share per level), e.g. "
+            f"fidelity.levels=[{max(int(config.quality.samples) // 8, 2)},{config.quality.samples}]"
+        )
     if shares:
         valid = f"give one share in (0, 1] per level of fidelity.levels={levels}, non-decreasing, the last 1.0"
         numbers = all(not isinstance(share, bool) and isinstance(share, int | float) for share in shares)

@@ -142,6 +142,13 @@ def setting_value(config: dict | None, key: str) -> Any:
     return node
 
 
+# settings whose default changed, with the default a study stored before then ran with: fidelity.levels is null
+# now (decided when a study starts, ``autoaccel.search.levels``), and was one level
+EARLIER_DEFAULTS: dict[str, Any] = {"fidelity.levels": []}
+
+
 def _default(key: str) -> Any:
+    if key in EARLIER_DEFAULTS:
+        return EARLIER_DEFAULTS[key]
     value = OmegaConf.select(OmegaConf.structured(AutoaccelConfig), key)
     return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value

@@ -9,6 +9,7 @@ import contextlib
 import json
 import math
 import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,7 @@ REQUEUED = "requeued"
 PLAN_KEY = "plan_key"  # which plan a trial ran (autoaccel.plan.identity): candidates running the same one are one plan
 FIDELITY_CONSTRAINT = "fidelity"
 CONFIRMATION = "latency_confirmation"  # study attribute: front latencies re-timed side by side before the report
+SEARCH_RUN_PREFIX = "search_run."  # study attributes: one per search process, what it cost (record_search_run)
 
 
 def not_a_result(failure: str | None) -> bool:
@@ -447,6 +449,26 @@ def record_reference_row(study: optuna.Study, row: dict) -> None:
     """Stores the reference call's figures under the current name (an older study's ``teacher`` row stays, read
     no more)."""
     study.set_user_attr(REFERENCE_ROW, row)
+
+
+def record_search_run(study: optuna.Study, device: str, seconds: float, trials: int, stages: dict[str, float]) -> None:
+    """What one search process cost: the device type it ran on, the seconds it held it (from the start of the
+    command to the report), the trials it evaluated and the seconds of its stages outside the trials (reference,
+    confirmation). Under a key of its own, so that workers of a shared study never overwrite each other's."""
+    record = {
+        "device": device,
+        "seconds": round(float(seconds), 3),
+        "trials": int(trials),
+        "stages": {stage: round(float(value), 3) for stage, value in stages.items()},
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    study.set_user_attr(f"{SEARCH_RUN_PREFIX}{uuid.uuid4().hex[:16]}", record)
+
+
+def search_runs(study: optuna.Study) -> list[dict[str, Any]]:
+    """Every search process's cost record (``record_search_run``), in the order they finished."""
+    runs = [value for key, value in study.user_attrs.items() if key.startswith(SEARCH_RUN_PREFIX)]
+    return sorted(runs, key=lambda record: str(record.get("finished", "")))
 
 
 def record_target_facts(study: optuna.Study, objectives: list[str], quality_reference: str) -> None:

@@ -24,7 +24,13 @@ from autoaccel.metrics.adherence import adherence_reader
 from autoaccel.optimizers.base import OptimizerBackend, make_backend
 from autoaccel.reference.sampling import describe_reference, reference_steps
 from autoaccel.search.checks import validate_config
-from autoaccel.search.estimate import SearchEstimate, chunk_count, reference_calls_per_image, time_calls
+from autoaccel.search.estimate import (
+    SearchEstimate,
+    SearchTimings,
+    chunk_count,
+    reference_calls_per_image,
+    time_calls,
+)
 from autoaccel.search.fidelity import FidelityLadder
 from autoaccel.search.fingerprint import settings_fingerprint
 from autoaccel.search.ledger import (
@@ -36,6 +42,7 @@ from autoaccel.search.ledger import (
     record_target_facts,
     reference_row,
 )
+from autoaccel.search.levels import settle_fidelity_levels
 from autoaccel.search.liveness import LivenessSettings, claim_once
 from autoaccel.search.quality_figures import apply_fallback, check_figures_named, figure_record, record_figures
 from autoaccel.search.run_folder import CONFIG_FILE, open_recorded, study_name_for
@@ -68,6 +75,8 @@ class RunContext:
     lock: StudyLock | None = None  # held while a search (or a report) runs on the run folder's SQLite ledger
     estimate: SearchEstimate | None = None  # what the search said it would take, when it started
     notes: list[str] = field(default_factory=list)  # optional figures not measured, and the fallback (one line each)
+    timings: SearchTimings | None = None  # the timed calls an estimate multiplied, for the next one
+    levels_note: str = ""  # how fidelity.levels was decided where the user left it unset
 
 
 def load_target(config: DictConfig) -> Target:
@@ -145,12 +154,18 @@ def _prepare(
     options = {**OmegaConf.to_container(config.optimizer), "directions": directions}
     backend = make_backend(str(config.optimizer.name), space, options, len(objectives))
     ledger = Ledger(storage, study_name, directions) if for_search else open_recorded(storage, study_name)
+    evaluator = evaluator_from_config(config, target, space, artifacts=ArtifactStore(run_dir / ARTIFACTS_DIR))
+    evaluator.features = FeatureStore(run_dir / FEATURES_DIR)
+    context = RunContext(config, run_dir, target, space, objectives, ledger, evaluator.judge, evaluator, backend, lock)
+    context.notes = fallback
     if for_search:
+        context.levels_note = settle_fidelity_levels(context)  # part of what the fingerprint records
         ledger.check_settings(settings_fingerprint(config, target, space))
     if options.get("seed") is not None and ledger.finished_count():
         # A resumed run must not replay the random stream of the first one: it would re-propose the same points.
         options["seed"] = int(options["seed"]) + ledger.finished_count()
         backend = make_backend(str(config.optimizer.name), space, options, len(objectives))
+        context.backend = backend
     ledger.study.sampler = backend.sampler()
     record_target_facts(ledger.study, objectives, target.quality.kind)  # for plan, which never loads the model
     if for_search:
@@ -158,10 +173,6 @@ def _prepare(
         (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(config))
         # any machine can rebuild the report from the storage, with the limits of the latest run
         ledger.study.set_user_attr("config", OmegaConf.to_container(config, resolve=True))
-    evaluator = evaluator_from_config(config, target, space, artifacts=ArtifactStore(run_dir / ARTIFACTS_DIR))
-    evaluator.features = FeatureStore(run_dir / FEATURES_DIR)
-    context = RunContext(config, run_dir, target, space, objectives, ledger, evaluator.judge, evaluator, backend, lock)
-    context.notes = fallback
     return context
 
 

@@ -105,6 +105,47 @@ def _finite(number: int | float) -> bool:
 
 
 @dataclass(frozen=True)
+class SearchWork:
+    """What applying a config computes while its trial runs, besides sampling and scoring the plan's images, in
+    rows (a row: one sample through a network once; a guided call of the denoiser is two rows): what the search's
+    estimate multiplies by a timed call (``autoaccel.search.estimate``).
+
+    ``trained``: denoiser rows with a backward pass (a student's training step, a rollout a schedule is fitted
+    through); ``teacher``: denoiser rows without one that training runs (the teacher's targets, its samples);
+    ``calibration``: denoiser rows without one that calibration runs (replays, an uncached pass); ``decoded``:
+    rows through the model's VAE decoder (a tiny decoder's targets); ``shared``: what is made once per model and
+    kept for every trial that uses it (teacher samples, trajectories, a kept decoder), by a name saying what it
+    is, counted once per search."""
+
+    trained: float = 0.0
+    teacher: float = 0.0
+    calibration: float = 0.0
+    decoded: float = 0.0
+    shared: Mapping[str, SearchWork] = field(default_factory=dict)
+
+    def __add__(self, other: SearchWork) -> SearchWork:
+        return SearchWork(
+            self.trained + other.trained,
+            self.teacher + other.teacher,
+            self.calibration + other.calibration,
+            self.decoded + other.decoded,
+            {**self.shared, **other.shared},
+        )
+
+    def scaled(self, factor: float) -> SearchWork:
+        """This trial's own work times ``factor`` (its shared work left out)."""
+        return SearchWork(
+            self.trained * factor, self.teacher * factor, self.calibration * factor, self.decoded * factor
+        )
+
+
+def guided_rows(target: Any) -> int:
+    """Rows of one call of ``target``'s teacher at its default guidance: 2 where it guides (both branches)."""
+    guides = float(getattr(target, "reference_guidance", 1.0)) != 1.0 and target.conditions.guidable
+    return 2 if guides else 1
+
+
+@dataclass(frozen=True)
 class Technique:
     """A named way to change a pipeline; ``order`` fixes where it applies when several are stacked."""
 
@@ -196,6 +237,9 @@ class Technique:
     # (a call's sampler name, or None for the model's own scheduler, and that scheduler's class name) -> whether
     # the call adds fresh noise at every step (ancestral DDPM), for the techniques that know samplers
     adds_noise: Callable[[str | None, str], bool] | None = None
+    # (config, target, denoiser calls per image of the plan's sampling) -> what applying the config trains and
+    # calibrates (``SearchWork``), for a technique that does either: what the search's estimate counts for it
+    search_work: Callable[[Any, Any, float], SearchWork] | None = None
 
     def simulated_by(self, config: Any) -> bool:
         """Whether ``config`` is scored by simulation: what its recipe section and the recipe's list say."""
@@ -369,6 +413,24 @@ def target_limits(target) -> dict[str, int | tuple]:
         if technique.target_limits is not None:
             limits.update(technique.target_limits(target))
     return limits
+
+
+def candidate_work(
+    params: Mapping[str, Any], techniques: Iterable[str], target: Any, calls_per_image: float
+) -> SearchWork:
+    """What a candidate's techniques train and calibrate while its trial runs (``Technique.search_work``); a
+    technique that refuses the candidate's settings adds nothing (the trial fails before it trains)."""
+    total = SearchWork()
+    for name in techniques:
+        technique = get_technique(name)
+        if technique.search_work is None:
+            continue
+        try:
+            config = technique.config_from_params(params)
+        except ConfigError:
+            continue
+        total = total + technique.search_work(config, target, calls_per_image)
+    return total
 
 
 def setting_with(role: str) -> str | None:

@@ -36,8 +36,8 @@ from autoaccel.distill.students import kept_student
 from autoaccel.distill.training import Clock
 from autoaccel.errors import ConfigError, RecipeError, TechniqueError
 from autoaccel.pipeline.prescribed import carried_decoder, carry_decoder
-from autoaccel.reference.calibration import clean_samples
-from autoaccel.techniques.base import TRAIN_MINUTES, ParamSpec, Technique, register, require_types
+from autoaccel.reference.calibration import clean_sample_work, clean_samples
+from autoaccel.techniques.base import TRAIN_MINUTES, ParamSpec, SearchWork, Technique, register, require_types
 from autoaccel.util.artifacts import Artifact
 from autoaccel.util.interrupts import pause_point
 from autoaccel.util.training import clipped_step
@@ -326,6 +326,17 @@ def recompute(config: DecoderConfig) -> str | None:
     return f"tiny decoder training ({config.iterations} iterations)" if config.kind == "tiny" else None
 
 
+def decoder_work(config: DecoderConfig, target, calls_per_image: float) -> SearchWork:
+    """A tiny decoder's training, made once per model and training settings (``SearchWork.shared``): a batch of
+    the VAE's decodes per iteration (the tiny decoder's own step is small beside it), on the teacher's samples."""
+    if config.kind != "tiny" or target.vae is None:
+        return SearchWork()
+    training = {key: value for key, value in asdict(config).items() if key not in ("tiling", "slicing", "max_minutes")}
+    name = f"tiny decoder ({', '.join(f'{key} {value}' for key, value in sorted(training.items()))})"
+    data = clean_sample_work(target, config.data_samples, DATA_SEED_OFFSET + config.seed)
+    return data + SearchWork(shared={name: SearchWork(decoded=config.iterations * config.batch_size)})
+
+
 def decoder_label(candidate: Mapping[str, Any]) -> str | None:
     """The decode's words ("tiny decoder", "tiled decode"); None for the model's own VAE as it is."""
     words = ["tiny decoder"] if candidate.get("decoder.kind", "vae") == "tiny" else []
@@ -356,6 +367,7 @@ DECODER = register(
         float32_copy=True,  # trained or calibrated on a float32 copy
         label=decoder_label,
         max_minutes_param="max_minutes",
+        search_work=decoder_work,
         target_limits=decoder_limits,
     )
 )

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -53,14 +54,24 @@ from autoaccel.distill.adapters import (
     with_adapter,
 )
 from autoaccel.distill.consistency import ConsistencySettings, consistency_student, lcm_scheduler, lcm_settings
+from autoaccel.distill.data import DATA_SEED_OFFSET
 from autoaccel.distill.diffusion import SCHEDULER_PREDICTION, alphas_cumprod, trailing_grid
-from autoaccel.distill.learned_schedule import learned_timesteps
+from autoaccel.distill.learned_schedule import CHECK_EVERY, learned_timesteps
 from autoaccel.distill.progressive import ProgressiveSettings, progressive_student
 from autoaccel.distill.students import kept_student
 from autoaccel.distill.training import TrainSettings, share_of
 from autoaccel.errors import ConfigError, TechniqueError
 from autoaccel.pipeline.prescribed import PrescribedSampler, prescribe, prescription, read_prescription
-from autoaccel.techniques.base import TRAIN_MINUTES, ParamSpec, Technique, register, require_types
+from autoaccel.reference.calibration import clean_sample_work
+from autoaccel.techniques.base import (
+    TRAIN_MINUTES,
+    ParamSpec,
+    SearchWork,
+    Technique,
+    guided_rows,
+    register,
+    require_types,
+)
 from autoaccel.techniques.solver import NEUTRAL_OVERRIDES
 from autoaccel.util.artifacts import Artifact
 
@@ -344,6 +355,36 @@ def recompute(config: DistillationConfig) -> str | None:
     return f"{config.method} distillation ({config.iterations} iterations)" if config.trains else None
 
 
+def distillation_work(config: DistillationConfig, target, calls_per_image: float) -> SearchWork:
+    """What training this config runs, in denoiser rows (``SearchWork``): per iteration, a batch through the
+    student with a backward pass and the teacher's calls that make its targets (a progressive round: two teacher
+    steps, guided in the first round; a consistency student: the guided teacher's step and the target network's
+    call); a learned schedule back-propagates through a rollout of ``steps`` guided calls and checks its schedule
+    on all the data every ``CHECK_EVERY`` iterations. Rounds and iterations as ``train_share`` leaves them."""
+    if not config.trains:
+        return SearchWork()
+    rows, batch = guided_rows(target), config.batch_size
+    if config.method == "learned_schedule":
+        ode_steps = min(int(getattr(target, "ode_steps", 200)), int(target.num_train_timesteps))
+        end_points = config.data_samples * ode_steps * rows
+        return SearchWork(
+            trained=config.iterations * batch * config.steps * rows,
+            teacher=math.ceil(config.iterations / CHECK_EVERY) * config.data_samples * config.steps * rows,
+            shared={f"ODE end points ({config.data_samples}, seed {config.seed})": SearchWork(teacher=end_points)},
+        )
+    data = clean_sample_work(target, config.data_samples, DATA_SEED_OFFSET + config.seed)
+    last = share_of(config.iterations, config.train_share)
+    if config.method == "consistency":
+        return data + SearchWork(trained=last * batch, teacher=last * batch * (rows + 1))
+    rounds = max(1, round(math.log2(config.start_steps / config.steps)))
+    trained = teacher = 0.0
+    for index in range(rounds):
+        iterations = last if index == rounds - 1 else config.iterations
+        trained += iterations * batch
+        teacher += iterations * batch * 2 * (rows if index == 0 else 1)
+    return data + SearchWork(trained=trained, teacher=teacher)
+
+
 def distillation_label(candidate: Mapping[str, Any]) -> str | None:
     """A distilled plan is named by its method and steps (its model runs its own sampler), and the teacher's
     steps where ``assignment`` hands some to the teacher; None for a plan without distillation."""
@@ -374,5 +415,6 @@ DISTILLATION = register(
         label=distillation_label,
         max_minutes_param="max_minutes",
         train_share_param="train_share",
+        search_work=distillation_work,
     )
 )

@@ -53,14 +53,38 @@ from autoaccel.distill.adapters import (
     trained_adapter,
     with_adapter,
 )
-from autoaccel.distill.recovery import RecoverySettings, recover
+from autoaccel.distill.data import DATA_SEED_OFFSET
+from autoaccel.distill.recovery import (
+    DATA_SAMPLES,
+    RECOVERY_SEED_OFFSET,
+    TRAJECTORY_SAMPLES,
+    TRAJECTORY_STEPS,
+    RecoverySettings,
+    recover,
+)
 from autoaccel.distill.training import weights_digest
 from autoaccel.errors import ConfigError, TechniqueError
 from autoaccel.pipeline.prescribed import prescription
-from autoaccel.reference.calibration import noised_batch, replay, to_device, trajectory_calls
+from autoaccel.reference.calibration import (
+    CALIBRATION_STEPS,
+    clean_sample_work,
+    noised_batch,
+    replay,
+    to_device,
+    trajectory_calls,
+    trajectory_work,
+)
 from autoaccel.targets.denoisers import predict
 from autoaccel.targets.layouts import STAGES, DenoiserLayout, layout_of
-from autoaccel.techniques.base import TRAIN_MINUTES, ParamSpec, Technique, register, require_types
+from autoaccel.techniques.base import (
+    TRAIN_MINUTES,
+    ParamSpec,
+    SearchWork,
+    Technique,
+    guided_rows,
+    register,
+    require_types,
+)
 from autoaccel.techniques.quantization import bit_assignment
 from autoaccel.util.artifacts import Artifact
 
@@ -502,6 +526,28 @@ def pruning_recompute(config: PruningConfig) -> str | None:
     return "pruning from the base model"
 
 
+def pruning_work(config: PruningConfig, target, calls_per_image: float) -> SearchWork:
+    """What pruning calibrates and trains, in denoiser rows (``SearchWork``): a replay of the block calibration
+    trajectory per block it could remove (``blocks``), and the recovery distillation's steps: a batch through the
+    student with a backward pass and through the teacher, on the teacher's trajectories and clean samples."""
+    if not config.prunes:
+        return SearchWork()
+    work = SearchWork()
+    if config.blocks and layout_of(target.denoiser).sequence:
+        trajectory = BLOCK_CALIBRATION_SAMPLES * CALIBRATION_STEPS * guided_rows(target)
+        replays = len(_block_list(target.denoiser)) - 1  # the whole model once, then every block but the ends
+        work = trajectory_work(target, BLOCK_CALIBRATION_SAMPLES, config.seed) + SearchWork(
+            calibration=replays * trajectory
+        )
+    if config.recovery_steps:
+        batch = RecoverySettings(config.recovery_steps).batch_size
+        data = trajectory_work(target, TRAJECTORY_SAMPLES, RECOVERY_SEED_OFFSET + config.seed, TRAJECTORY_STEPS)
+        data = data + clean_sample_work(target, DATA_SAMPLES, DATA_SEED_OFFSET + config.seed)
+        steps = config.recovery_steps
+        work = work + data + SearchWork(trained=steps * batch, teacher=steps * batch)
+    return work
+
+
 def pruning_cost(config: PruningConfig) -> dict:
     """The ratios, whether whole heads go and the share of blocks removed: they fix the shapes left.
 
@@ -541,5 +587,6 @@ PRUNING = register(
         float32_copy=True,  # trained or calibrated on a float32 copy
         version=2,
         max_minutes_param="recovery_max_minutes",
+        search_work=pruning_work,
     )
 )

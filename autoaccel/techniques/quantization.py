@@ -37,10 +37,17 @@ from dataclasses import dataclass, field
 import torch
 
 from autoaccel.errors import ConfigError, TechniqueError
-from autoaccel.reference.calibration import CALIBRATION_STEPS, Call, cached, replay, trajectory_calls
+from autoaccel.reference.calibration import (
+    CALIBRATION_STEPS,
+    Call,
+    cached,
+    replay,
+    trajectory_calls,
+    trajectory_work,
+)
 from autoaccel.targets.base import hash_weights
 from autoaccel.targets.layouts import layout_of
-from autoaccel.techniques.base import ParamSpec, Technique, register, require_types
+from autoaccel.techniques.base import ParamSpec, SearchWork, Technique, guided_rows, register, require_types
 from autoaccel.techniques.quantization_kernels import (
     QuantizedDeployment,
     RealKernels,
@@ -462,6 +469,25 @@ def _deployment(unet, assignment: BitAssignment):
     return QuantizedDeployment(unet, assignment) if assignment.simulated else RealKernels(unet, assignment)
 
 
+def quantization_work(config: QuantizationConfig, target, calls_per_image: float) -> SearchWork:
+    """What quantization calibrates, in denoiser rows (``SearchWork``): the teacher's trajectory, a replay of it
+    per layer group for the sensitivity pass where some weights go low (kept per model and low bit width: counted
+    once for the target's own model), and one replay for the activation ranges."""
+    if not config.enabled:
+        return SearchWork()
+    trajectory = config.calibration_samples * CALIBRATION_STEPS * guided_rows(target)
+    work = SearchWork()
+    if config.low_fraction > 0.0 and config.low_bits < config.weight_bits:
+        groups = len([group for group in layer_groups(target.denoiser) if group != TIME_GROUP])
+        sensitivity = f"quantization sensitivity ({config.low_bits} bits, seed {config.seed})"
+        work = work + SearchWork(shared={sensitivity: SearchWork(calibration=(groups + 1) * trajectory)})
+    if config.simulated and config.activation_bits is not None:
+        work = work + SearchWork(calibration=trajectory)
+    if work == SearchWork():
+        return work
+    return work + trajectory_work(target, config.calibration_samples, config.seed)
+
+
 QUANTIZATION = register(
     Technique(
         name="quantization",
@@ -482,5 +508,6 @@ QUANTIZATION = register(
         simulation=lambda unet: _with_assignment(unet, _simulation),
         stored_bytes=lambda unet: _with_assignment(unet, lambda assignment: _stored_bytes(unet, assignment)) or {},
         deployment=lambda unet: _with_assignment(unet, lambda assignment: _deployment(unet, assignment)),
+        search_work=quantization_work,
     )
 )

@@ -1,6 +1,6 @@
 """The contract every technique keeps, as checks an extension can run on its own technique: its config survives a
 recipe, applying it is deterministic, it says what of its config changes deployment cost (so latency is cached
-correctly), and it never touches the target's own model.
+correctly), it never touches the target's own model, and one that trains tells the search's estimate how much.
 
 A technique is described to the checks by a ``TechniqueExample`` (a valid non-default config and a change of it
 that changes the cost); the target is any loaded ``Target`` (``autoaccel.testing.pipelines`` builds tiny ones).
@@ -31,7 +31,7 @@ from autoaccel.plan.recipe import apply_recipe, build_recipe, load_recipe, save_
 from autoaccel.space.spaces import parse_space
 from autoaccel.targets.base import Target, hash_weights
 from autoaccel.targets.loader import modules_hash
-from autoaccel.techniques.base import Technique, registered_techniques, unchanged_model_params
+from autoaccel.techniques.base import SearchWork, Technique, registered_techniques, unchanged_model_params
 
 SAMPLING_STEPS = 4
 IMAGES = 4
@@ -202,6 +202,23 @@ def check_it_leaves_the_targets_own_model_untouched(
     assert dict(target.scheduler_config) == scheduler_config
 
 
+def check_a_technique_that_trains_declares_its_work(
+    technique: Technique, example: TechniqueExample, target: Target, tmp_path: Path
+) -> None:
+    """A technique that trains (it declares a training cap, ``max_minutes_param``) tells the search's estimate what
+    its trials train (``search_work``); what it declares is non-negative rows, its shared parts named."""
+    if technique.max_minutes_param is None and technique.search_work is None:
+        return
+    assert technique.search_work is not None, f"{technique.name} trains but declares no search_work"
+    config = technique.config_from_params(plan_params(technique, example))
+    work = technique.search_work(config, target, float(SAMPLING_STEPS))
+    parts = [work, *work.shared.values()]
+    assert all(isinstance(part, SearchWork) for part in parts)
+    assert all(part.shared == {} or part is work for part in parts)  # shared work is made once: nothing nested
+    values = [getattr(part, name) for part in parts for name in ("trained", "teacher", "calibration", "decoded")]
+    assert all(value >= 0 for value in values), f"{technique.name} declares negative work"
+
+
 TARGET_CHECKS = (
     check_config_round_trips_through_a_recipe_file,
     check_its_recipe_reproduces_the_measured_images,
@@ -210,6 +227,7 @@ TARGET_CHECKS = (
     check_settings_that_leave_the_cost_alone_share_one_timing,
     check_a_model_reused_from_the_evaluators_cache_keeps_its_cost_key,
     check_it_leaves_the_targets_own_model_untouched,
+    check_a_technique_that_trains_declares_its_work,
 )
 
 

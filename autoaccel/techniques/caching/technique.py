@@ -14,9 +14,9 @@ import torch
 from autoaccel.errors import TechniqueError
 from autoaccel.pipeline.call_control import attach_controller, call_controller
 from autoaccel.targets.denoisers import execution_device
-from autoaccel.techniques.base import ParamSpec, Technique, register
+from autoaccel.techniques.base import ParamSpec, SearchWork, Technique, register
 from autoaccel.techniques.caching.deep import depth_limit
-from autoaccel.techniques.caching.hooks import HookCache
+from autoaccel.techniques.caching.hooks import CALIBRATION_SAMPLES, HookCache
 from autoaccel.techniques.caching.method import (
     MAX_FULL_STEPS,
     MAX_INTERVAL,
@@ -78,6 +78,13 @@ def caching_recompute(config: CachingConfig) -> str | None:
     return "the cache calibration (one uncached run of its calibration seeds at the plan's schedule)"
 
 
+def caching_work(config: CachingConfig, target, calls_per_image: float) -> SearchWork:
+    """A calibrated cache's uncached run of its calibration seeds at the plan's schedule, per trial (``SearchWork``)."""
+    if not config.active or not config.cache_method.calibrates:
+        return SearchWork()
+    return SearchWork(calibration=CALIBRATION_SAMPLES * calls_per_image)
+
+
 def caching_record(pipeline, config: CachingConfig) -> dict | None:
     """A calibrated cache's calibration at the pipeline's schedule (computed now if no run has yet), and the
     thresholds it gave: what a recipe records beside the config."""
@@ -120,5 +127,6 @@ CACHING = register(
         recompute=caching_recompute,
         recipe_record=caching_record,
         target_limits=caching_limits,
+        search_work=caching_work,
     )
 )
