@@ -99,6 +99,13 @@ BENCHMARKS = {
             "gpu_runtime:main",
             takes="command",
         ),
+        Benchmark(
+            "gpu_models",
+            "CUDA: SDXL- and Flux-shaped models at real size in bfloat16 (random weights): the default call vs "
+            "searched-shape plans and model offload, latency and peak memory ([--tiny --device cpu] [--out FILE])",
+            "gpu_models:main",
+            takes="command",
+        ),
     )
 }
 
