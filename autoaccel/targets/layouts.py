@@ -171,6 +171,8 @@ for _layout in (
         per_batch=pixart_size_conditioning,
     ),
     DenoiserLayout("SD3Transformer2DModel", (BlockGroup("transformer_blocks", stream="joint"),), SEQUENCE),
+    # Sana: linear self-attention and cross-attention per block, GLUMBConv (convolutional) feed-forwards
+    DenoiserLayout("SanaTransformer2DModel", TRANSFORMER_GROUPS, SEQUENCE),
 ):
     register_layout(_layout)
 

@@ -29,6 +29,7 @@ SUPPORTED_PIPELINES = {
     "PixArtAlphaPipeline": PROMPT,
     "PixArtSigmaPipeline": PROMPT,
     "StableDiffusion3Pipeline": PROMPT,
+    "SanaPipeline": PROMPT,
 }
 SUPPORTED = "supported: a diffusers save_pretrained folder (or, with network, a hub id) of " + ", ".join(
     SUPPORTED_PIPELINES
@@ -161,6 +162,17 @@ def check_sample_shape(size, channels, source: str) -> None:
         )
 
 
+def check_timestep_scale(denoiser: torch.nn.Module, source: str) -> None:
+    """A denoiser whose pipeline scales every timestep (a Sana ``timestep_scale``) is refused unless the scale is 1:
+    the sampling loop passes the scheduler's timesteps as they are, and would not give that pipeline's images."""
+    scale = getattr(denoiser.config, "timestep_scale", 1.0)
+    if scale != 1.0:
+        raise TargetError(
+            f"{source}: timestep_scale={scale!r} is not supported; supported: 1.0 (timesteps as the "
+            "scheduler gives them)"
+        )
+
+
 def _load_pipeline(source, pipeline_class: str | None, path):
     import diffusers
 
@@ -213,6 +225,7 @@ def target_from_pipeline(
     pipeline_class = type(pipeline).__name__
     denoiser = pipeline_denoiser(pipeline)
     check_sample_shape(denoiser.config.sample_size, denoiser.config.in_channels, f"{name}'s {type(denoiser).__name__}")
+    check_timestep_scale(denoiser, f"{name}'s {type(denoiser).__name__}")
     denoiser.eval().requires_grad_(False)
     if getattr(denoiser, "use_additional_conditions", False) and hasattr(pipeline, "vae_scale_factor"):
         # PixArt-alpha 1024 is conditioned on the image size in pixels: its VAE's scale gives it
