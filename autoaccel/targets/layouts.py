@@ -47,7 +47,10 @@ class DenoiserLayout:
     ``label_keyword``: the argument its class labels take; ``fixed``: arguments its pipeline always passes;
     ``per_batch``: (denoiser, sample) -> arguments that depend on the batch (PixArt-alpha 1024's size
     conditioning). Latents are never packed by the supported classes (a class that packs them, as Flux does,
-    needs ``pack``/``unpack`` added here first).
+    needs ``pack``/``unpack`` added here first). ``block_outputs``: where a block's return value holds its hidden
+    states (and its text stream's, or None), for a block class diffusers' ``TransformerBlockRegistry`` does not know
+    (its FirstBlockCache and MagCache hooks need it); ``fuses_qkv``: whether the class's ``fuse_qkv_projections()``
+    switches its attention to processors that read the fused projections.
     """
 
     class_name: str
@@ -56,6 +59,8 @@ class DenoiserLayout:
     label_keyword: str = "class_labels"
     fixed: dict[str, Any] = field(default_factory=dict)
     per_batch: Callable[[torch.nn.Module, torch.Tensor], dict[str, Any]] | None = None
+    block_outputs: tuple[int, int | None] | None = None
+    fuses_qkv: bool = True
 
     @property
     def sequence(self) -> bool:
@@ -109,6 +114,20 @@ class DenoiserLayout:
         if down is None or up is None or not hasattr(denoiser, down) or not hasattr(denoiser, up):
             return None
         return down, mid if mid is not None and getattr(denoiser, mid, None) is not None else None, up
+
+    def describe_blocks_to_diffusers(self, denoiser: torch.nn.Module) -> None:
+        """Registers ``block_outputs`` with diffusers' ``TransformerBlockRegistry`` for the block classes of
+        ``denoiser`` it does not know, so that diffusers' block caches can read their outputs."""
+        if self.block_outputs is None:
+            return
+        from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
+
+        hidden, encoder = self.block_outputs
+        for block_class in {type(block) for block in self.blocks(denoiser)}:
+            try:
+                TransformerBlockRegistry.get(block_class)
+            except ValueError:  # unknown to diffusers
+                TransformerBlockRegistry.register(block_class, TransformerBlockMetadata(hidden, encoder))
 
     def attentions(self, denoiser: torch.nn.Module) -> list[torch.nn.Module]:
         """Attention modules (anything with query/key/value projections and a head count): what head pruning
@@ -171,8 +190,9 @@ for _layout in (
         per_batch=pixart_size_conditioning,
     ),
     DenoiserLayout("SD3Transformer2DModel", (BlockGroup("transformer_blocks", stream="joint"),), SEQUENCE),
-    # Sana: linear self-attention and cross-attention per block, GLUMBConv (convolutional) feed-forwards
-    DenoiserLayout("SanaTransformer2DModel", TRANSFORMER_GROUPS, SEQUENCE),
+    # Sana: linear self-attention and cross-attention per block, GLUMBConv (convolutional) feed-forwards; a block
+    # returns its hidden states alone; its processors read the separate query, key and value projections
+    DenoiserLayout("SanaTransformer2DModel", TRANSFORMER_GROUPS, SEQUENCE, block_outputs=(0, None), fuses_qkv=False),
 ):
     register_layout(_layout)
 
