@@ -28,6 +28,7 @@ PROMPT_KINDS = (
 # Pixel size of the images every latent pipeline here makes: a 2-level VAE (scale factor 2) over 8x8 latents.
 IMAGE_SIZE = 16
 LATENT_SIZE = 8
+SANA_IMAGE_SIZE = 32  # SanaPipeline takes only sides divisible by 32: its 8x8 latents under a scale-4 autoencoder
 CLIP_MAX_LENGTH = 77
 
 
@@ -203,8 +204,8 @@ def _gemma2_encoder(seed: int, hidden_size: int = 32):
 
 
 def _dc_vae(seed: int, latent_channels: int = 32):
-    """A 3-level deep-compression autoencoder (scale factor 4: SanaPipeline takes only image sides divisible by 32,
-    so its 8x8 latents make 32x32 images) with Sana's 32 latent channels and scaling factor."""
+    """A 3-level deep-compression autoencoder (scale factor 4: 8x8 latents make SANA_IMAGE_SIZE images) with
+    Sana's 32 latent channels and scaling factor."""
     from diffusers import AutoencoderDC
 
     torch.manual_seed(seed)
