@@ -150,6 +150,13 @@ class DenoiserLayout:
 
         return [module for module in denoiser.modules() if isinstance(module, FeedForward)]
 
+    def conv_feed_forwards(self, denoiser: torch.nn.Module) -> list[torch.nn.Module]:
+        """Gated convolutional feed-forwards (Sana's GLUMBConv: ``conv_inverted`` makes values and their gates, a
+        depthwise ``conv_depth`` mixes neighbours, ``conv_point`` projects the gated values back)."""
+        from diffusers.models.transformers.sana_transformer import GLUMBConv
+
+        return [module for module in denoiser.modules() if isinstance(module, GLUMBConv)]
+
 
 VAE_SCALE = "autoaccel_vae_scale"  # set on a PixArt denoiser by the loader: its pipeline's vae_scale_factor
 
