@@ -17,15 +17,11 @@ from pathlib import Path
 import torch
 
 TINY_KINDS = ("ddpm", "ddim", "dit", "sd", "pixart_alpha", "pixart_sigma", "sd3", "flux", "sana")
-PROMPT_KINDS = (
-    "sd",
-    "pixart_alpha",
-    "pixart_sigma",
-    "sd3",
-    "sana",
-)  # the text-to-image classes autoaccel loads (not Flux yet)
+# the text-to-image classes autoaccel loads (not Flux yet)
+PROMPT_KINDS = ("sd", "pixart_alpha", "pixart_sigma", "sd3", "sana")
 
-# Pixel size of the images every latent pipeline here makes: a 2-level VAE (scale factor 2) over 8x8 latents.
+# Pixel size of the images every latent pipeline here but Sana's makes: a 2-level VAE (scale factor 2) over 8x8
+# latents.
 IMAGE_SIZE = 16
 LATENT_SIZE = 8
 SANA_IMAGE_SIZE = 32  # SanaPipeline takes only sides divisible by 32: its 8x8 latents under a scale-4 autoencoder
