@@ -19,6 +19,7 @@ from autoaccel.testing.pipelines import build_tiny_pipeline
 from tests.test_caching import _cached_pipeline, _sample
 
 HOOK_METHODS = tuple(method.name for method in ordered_methods() if isinstance(method, HookMethod))
+HOOK_KINDS = ("dit", "pixart_alpha", "sana")  # Sana: block outputs described to diffusers by its layout
 
 STEPS = 12
 SETTINGS = {"first_block": {}, "mag": {"interval": 3, "warmup": 2}, "taylorseer": {"interval": 3, "warmup": 0}}
@@ -28,10 +29,10 @@ SETTINGS["pab"] = {"interval": 2, "warmup": 0}  # the first call runs in full al
 @pytest.fixture(scope="module")
 def targets(tmp_path_factory):
     root = tmp_path_factory.mktemp("hook_targets")
-    return {kind: load_pipeline_folder(build_tiny_pipeline(kind, root / kind)) for kind in ("dit", "pixart_alpha")}
+    return {kind: load_pipeline_folder(build_tiny_pipeline(kind, root / kind)) for kind in HOOK_KINDS}
 
 
-@pytest.mark.parametrize("kind", ["dit", "pixart_alpha"])
+@pytest.mark.parametrize("kind", HOOK_KINDS)
 @pytest.mark.parametrize("method", HOOK_METHODS)
 def test_a_hook_cache_skips_work_counts_it_and_repeats_its_images(targets, kind, method):
     target = targets[kind]
@@ -85,6 +86,8 @@ def test_models_the_hook_caches_cannot_run_are_refused_and_spaces_narrow_to_what
         CachingConfig("first_block", threshold=-0.1)
     assert cache_methods(ddpm.denoiser) == ("none", "deep")
     assert cache_methods(targets["dit"].denoiser) == ("none", "deep", *HOOK_METHODS)
+    # Sana's blocks are unknown to diffusers' block registry: its layout describes their outputs
+    assert cache_methods(targets["sana"].denoiser) == ("none", "deep", *HOOK_METHODS)
     space = load_space("cached")
     methods = space.for_target(set(), **target_limits(ddpm)).dimension("caching.method").choices
     assert methods == ("none", "deep")

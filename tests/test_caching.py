@@ -18,7 +18,7 @@ from autoaccel.techniques.caching import CachingConfig, apply_caching
 from autoaccel.techniques.caching.deep import full_steps
 from autoaccel.testing.pipelines import build_tiny_pipeline
 
-KINDS = ("ddpm", "sd", "dit", "pixart_alpha")
+KINDS = ("ddpm", "sd", "dit", "pixart_alpha", "sana")
 STEPS = 6
 
 

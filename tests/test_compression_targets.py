@@ -36,11 +36,11 @@ from autoaccel.techniques.quantization import (
     quantize_unet,
     quantized_weights,
 )
-from autoaccel.testing.pipelines import IMAGE_SIZE, build_tiny_pipeline
+from autoaccel.testing.pipelines import IMAGE_SIZE, SANA_IMAGE_SIZE, build_tiny_pipeline
 from autoaccel.util.artifacts import ArtifactStore, read_artifact
 
-KINDS = ("sd", "dit", "pixart_alpha", "sd3")
-TRANSFORMERS = ("dit", "pixart_alpha", "sd3")
+KINDS = ("sd", "dit", "pixart_alpha", "sd3", "sana")
+TRANSFORMERS = ("dit", "pixart_alpha", "sd3", "sana")
 DEEP_LAYERS = 4  # the tiny transformers have 2 blocks, the first and last of which never go
 
 
@@ -111,7 +111,8 @@ def test_pruning_removes_whole_heads_and_the_pruned_denoiser_samples(targets, ki
             assert attention.to_out[0].in_features == attention.to_v.out_features
             assert 1 <= attention.heads < heads[name]
     images = _images(target, pruned)
-    assert images.shape == (3, 3, IMAGE_SIZE, IMAGE_SIZE) and torch.isfinite(images).all()
+    side = SANA_IMAGE_SIZE if target.pipeline_class == "SanaPipeline" else IMAGE_SIZE
+    assert images.shape == (3, 3, side, side) and torch.isfinite(images).all()
     assert hash_weights(target.denoiser) == before
 
 
@@ -124,14 +125,26 @@ def _with_dead_heads_and_channels(target):
             width = attention.to_q.out_features // attention.heads
             for projection in _projections(attention):
                 projection.weight[:width] = 0
-                projection.bias[:width] = 0
+                if projection.bias is not None:  # Sana's self-attention has none
+                    projection.bias[:width] = 0
             for output in (attention.to_out[0], getattr(attention, "to_add_out", None)):
                 if output is not None:
                     output.weight[:, :width] = 0
         for layer in _feed_forward_inputs(denoiser):
             layer.weight[: layer.out_features // 2] = 0
             layer.bias[: layer.out_features // 2] = 0
+        for feed_forward in _conv_feed_forwards(denoiser):  # values, their gates and what reads them
+            hidden = feed_forward.conv_point.in_channels
+            for convolution in (feed_forward.conv_inverted, feed_forward.conv_depth):
+                for start in (0, hidden):
+                    convolution.weight[start : start + hidden // 2] = 0
+                    convolution.bias[start : start + hidden // 2] = 0
+            feed_forward.conv_point.weight[:, : hidden // 2] = 0
     return replace(target, denoiser=denoiser, content_hash=f"dead-{target.content_hash}")
+
+
+def _conv_feed_forwards(denoiser) -> list[torch.nn.Module]:
+    return layout_of(denoiser).conv_feed_forwards(denoiser)
 
 
 @pytest.mark.parametrize("kind", TRANSFORMERS)
@@ -143,6 +156,10 @@ def test_transformer_pruning_removes_heads_across_all_projections_and_keeps_the_
     assert all(attention.heads == 1 for attention in _attentions(pruned))
     widths = zip(_feed_forward_inputs(pruned), _feed_forward_inputs(target.denoiser))
     assert all(layer.out_features < full.out_features for layer, full in widths)
+    for narrow, full in zip(_conv_feed_forwards(pruned), _conv_feed_forwards(target.denoiser), strict=True):
+        hidden = full.conv_point.in_channels  # 0.3 of the hidden channels went, each value with its gate
+        assert narrow.conv_point.in_channels == hidden - round(0.3 * hidden)
+        assert narrow.conv_inverted.out_channels == narrow.conv_depth.groups == 2 * narrow.conv_point.in_channels
     torch.testing.assert_close(replay(pruned, calls), replay(target.denoiser, calls), atol=1e-5, rtol=1e-5)
 
 
@@ -150,9 +167,10 @@ def _make_identity(block) -> None:
     """Zeroes what ``block`` adds to its residual streams, so that skipping it changes nothing."""
     with torch.no_grad():
         for name, module in block.named_modules():
-            if name.endswith(("to_out.0", "to_add_out", "net.2")):
+            if name.endswith(("to_out.0", "to_add_out", "net.2", "ff.conv_point")):
                 module.weight.zero_()
-                module.bias.zero_()
+                if module.bias is not None:  # Sana's conv_point has none
+                    module.bias.zero_()
 
 
 @pytest.mark.slow
@@ -176,7 +194,8 @@ def test_blocks_go_whole_least_important_first(targets, kind):
     both = prune_unet(denoiser, PruningConfig(ratio=0.3, blocks=0.25), target)
     assert _parameters(both) < _parameters(pruned)
     images = _images(target, both)
-    assert images.shape == (3, 3, IMAGE_SIZE, IMAGE_SIZE) and torch.isfinite(images).all()
+    side = SANA_IMAGE_SIZE if target.pipeline_class == "SanaPipeline" else IMAGE_SIZE
+    assert images.shape == (3, 3, side, side) and torch.isfinite(images).all()
 
 
 def test_removing_blocks_is_for_transformers(targets):
@@ -187,9 +206,10 @@ def test_removing_blocks_is_for_transformers(targets):
 
 @pytest.mark.slow
 @pytest.mark.integration
-@pytest.mark.parametrize("kind", ["pixart_alpha", "sd3"])
+@pytest.mark.parametrize("kind", ["pixart_alpha", "sd3", "sana"])
 def test_taylor_importance_and_recovery_follow_the_models_own_training_target(targets, kind):
-    """PixArt: DDPM-family with a learned variance and fixed call arguments; SD3: flow matching."""
+    """PixArt: DDPM-family with a learned variance and fixed call arguments; SD3: flow matching; Sana: flow
+    matching, its convolutional feed-forwards scored by their own gradients."""
     target = targets[kind]
     calls = trajectory_calls(target, 2, 0, steps=3)
     wanted = replay(target.denoiser, calls)

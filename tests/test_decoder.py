@@ -205,3 +205,18 @@ def test_a_search_with_the_decoder_as_a_dimension(tmp_path, shared_cache_dir):
             assert "artifact" in recipe["techniques"]["decoder"]
     out = tmp_path / "images"
     assert main(["apply", str(sorted((run / "recipes").glob("*.yaml"))[0]), "--out", str(out), "--n", "2"]) == 0
+
+
+def test_a_tiny_decoder_is_sized_for_sanas_deep_compression_autoencoder(tmp_path):
+    """AutoencoderDC names its image channels ``in_channels`` and its levels ``decoder_block_out_channels``: the tiny
+    decoder takes its 32-channel latents at its scale and learns its images."""
+    target = load_pipeline_folder(build_tiny_pipeline("sana", tmp_path / "sana"))
+    vae = target.vae
+    config = DecoderConfig(**{**TINY, "iterations": 30})
+    untrained = build_tiny_decoder(tiny_decoder_config(vae, config), config.seed, vae).eval()
+    latents = torch.randn(2, *target.sample_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert untrained.decode(latents).sample.shape == vae.decode(latents).sample.shape
+    trained = train_tiny_decoder(target, config)
+    assert trained.config.latent_channels == vae.config.latent_channels == target.sample_shape[0]
+    assert held_out_error(target, trained) < held_out_error(target, untrained)

@@ -23,6 +23,7 @@ SUPPORTED = [
     ("sdxl", "StableDiffusionXLPipeline", "prompt", "ddpm"),
     ("flux", "FluxPipeline", "prompt", "flow"),
     ("flux_schnell", "FluxPipeline", "prompt", "flow"),
+    ("sana", "SanaPipeline", "prompt", "flow"),
 ]
 
 
@@ -154,6 +155,7 @@ def test_space_auto_picks_the_space_that_fits_the_model(folders):
         "sd3": "flow_sampler",
         "sdxl": "guided_sampler",
         "flux": "flow_sampler",
+        "sana": "flow_sampler",
     }
     for kind, space in expected.items():
         config = compose_config(["target=pipeline", f"target.path={folders[kind]}"])
@@ -306,3 +308,48 @@ def test_the_readme_lists_exactly_the_pipelines_the_loader_accepts():
     lines = [line.strip() for line in shown.strip().splitlines()]
     assert lines == markdown_table().splitlines(), "regenerate it: python -m autoaccel.targets.supported"
     assert [line.split("`")[1] for line in lines[2:]] == list(SUPPORTED_PIPELINES)
+
+
+def test_sana_default_call_matches_the_pipelines_own_call(folders):
+    """Sana's default call (DPM-Solver++ on flow sigmas, 20 steps, guidance 4.5, each prompt behind the complex
+    human instruction, the empty negative prompt without it): the reference sampling gives SanaPipeline's own
+    images from the same latents and prompts."""
+    from diffusers import SanaPipeline
+
+    from autoaccel.pipeline.seeds import make_seed_batch
+    from autoaccel.reference.sampling import reference_pipeline
+    from autoaccel.targets.loader import load_pipeline_folder
+
+    target = load_pipeline_folder(folders["sana"])
+    reference = reference_pipeline(target)
+    assert (reference.plan.native_steps, reference.plan.guidance_scale) == (20, 4.5)
+    seeds = make_seed_batch(target.sample_shape, 3, 3, target.condition_count)
+    ours = reference(seeds.noise, seeds.class_labels).images
+    pipeline = SanaPipeline.from_pretrained(folders["sana"])
+    pipeline.set_progress_bar_config(disable=True)
+    side = target.sample_shape[-1] * pipeline.vae_scale_factor
+    theirs = pipeline(
+        prompt=[target.conditions.names[int(index)] for index in seeds.class_labels],
+        latents=seeds.noise.clone(),
+        height=side,
+        width=side,
+        use_resolution_binning=False,  # binning maps a square image to the same square size; the tiny size has no bin
+        output_type="pt",
+    ).images
+    torch.testing.assert_close(ours.clamp(-1, 1), theirs * 2 - 1, rtol=0, atol=1e-4)  # the pipeline clamps
+
+
+def test_a_sana_transformer_that_scales_its_timesteps_is_refused_in_one_line(folders, tmp_path):
+    """A Sana transformer with ``timestep_scale`` other than 1 is called by its pipeline with scaled timesteps, which
+    the sampling loop does not do: loading it is refused rather than giving other images than the pipeline's."""
+    from autoaccel.errors import TargetError
+    from autoaccel.targets.loader import load_pipeline_folder
+
+    folder = tmp_path / "sana"
+    build_tiny_pipeline("sana", folder)
+    config_path = folder / "transformer" / "config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "timestep_scale": 1000.0}))
+    with pytest.raises(TargetError, match=r"timestep_scale=1000.0 is not supported; supported: 1.0") as raised:
+        load_pipeline_folder(folder)
+    assert len(str(raised.value).splitlines()) == 1

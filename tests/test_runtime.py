@@ -16,6 +16,7 @@ from autoaccel.pipeline.sampling import sampler_pipeline
 from autoaccel.pipeline.seeds import make_seed_batch
 from autoaccel.plan.candidate import Candidate
 from autoaccel.plan.recipe import apply_recipe, build_recipe, save_recipe
+from autoaccel.targets.layouts import layout_of
 from autoaccel.targets.loader import load_pipeline_folder
 from autoaccel.techniques.base import COMPILE_SECONDS, get_technique
 from autoaccel.techniques.runtime import RuntimeCall, RuntimeConfig
@@ -24,7 +25,7 @@ from autoaccel.testing.technique_contract import TechniqueExample, configured, f
 from autoaccel.util.precision import module_dtype
 
 RUNTIME = get_technique("runtime")
-CLASSES = ("ddpm", "ddim", "dit", "sd", "pixart_alpha", "pixart_sigma", "sd3")  # the classes autoaccel loads
+CLASSES = ("ddpm", "ddim", "dit", "sd", "pixart_alpha", "pixart_sigma", "sd3", "sana")  # the classes autoaccel loads
 UNETS = ("ddpm", "ddim", "sd")
 
 
@@ -95,6 +96,10 @@ def test_fuse_qkv_applies_where_the_class_has_it_and_is_refused_otherwise(target
     model = target.denoiser
     if not hasattr(model, "fuse_qkv_projections"):
         with pytest.raises(TechniqueError, match="has no fuse_qkv_projections"):
+            run(target, tmp_path, fuse_qkv=True)
+        return
+    if not layout_of(model).fuses_qkv:  # Sana: its processors would go on reading the separate projections
+        with pytest.raises(TechniqueError, match="read the separate query, key and value projections"):
             run(target, tmp_path, fuse_qkv=True)
         return
     pipeline, _ = run(target, tmp_path, fuse_qkv=True)

@@ -10,7 +10,7 @@ from autoaccel.errors import TargetError
 from autoaccel.targets import prompts as prompts_module
 from autoaccel.targets.denoisers import nested
 from autoaccel.targets.prompts import MAX_PROMPT_CHARS, MAX_PROMPTS, EncodedPrompts, encode_prompts, load_prompts
-from autoaccel.testing.pipelines import IMAGE_SIZE, PROMPT_KINDS, TINY_KINDS, build_tiny_pipeline
+from autoaccel.testing.pipelines import IMAGE_SIZE, PROMPT_KINDS, SANA_IMAGE_SIZE, TINY_KINDS, build_tiny_pipeline
 
 PIPELINE_CLASSES = {
     "ddpm": "DDPMPipeline",
@@ -23,6 +23,7 @@ PIPELINE_CLASSES = {
     "sdxl": "StableDiffusionXLPipeline",
     "flux": "FluxPipeline",
     "flux_schnell": "FluxPipeline",
+    "sana": "SanaPipeline",
 }
 PROMPTS = ["a red cat on a sofa", "a blue dog in the snow", "a red cat on a sofa"]
 
@@ -42,14 +43,16 @@ def pipelines(tmp_path_factory):
 
 
 def _call_options(kind: str) -> dict:
-    """Call options that keep each tiny pipeline at its 16x16 (DDPM/DDIM: 8x8) size."""
+    """Call options that keep each tiny pipeline at its 16x16 (DDPM/DDIM: 8x8, Sana: 32x32) size."""
     if kind in ("ddpm", "ddim"):
         return {"batch_size": 2}
     if kind == "dit":
         return {"class_labels": [1, 7]}
     options = {"prompt": PROMPTS[:2]}
-    if kind.startswith("pixart"):
+    if kind.startswith("pixart") or kind == "sana":
         options["use_resolution_binning"] = False  # the tiny sample size has no resolution bins
+    if kind == "sana":
+        options.update(height=SANA_IMAGE_SIZE, width=SANA_IMAGE_SIZE)  # Sana defaults to 1024 pixels
     if kind.startswith("flux"):
         options.update(height=IMAGE_SIZE, width=IMAGE_SIZE)  # Flux defaults to 128 latent pixels
     return options
@@ -61,7 +64,7 @@ def test_folder_loads_as_its_class_and_makes_finite_images(kind, pipelines):
     assert type(pipeline).__name__ == PIPELINE_CLASSES[kind]
     generator = torch.Generator().manual_seed(0)
     images = pipeline(num_inference_steps=2, output_type="pt", generator=generator, **_call_options(kind)).images
-    size = 8 if kind in ("ddpm", "ddim") else IMAGE_SIZE
+    size = 8 if kind in ("ddpm", "ddim") else SANA_IMAGE_SIZE if kind == "sana" else IMAGE_SIZE
     assert tuple(images.shape) == (2, 3, size, size)
     assert torch.isfinite(images).all()
     assert images.std() > 0
@@ -100,7 +103,7 @@ def test_encoded_rows_follow_their_prompts(kind, pipelines):
     assert not torch.equal(encoded.null["encoder_hidden_states"][0], encoded.embeds["encoder_hidden_states"][0])
 
 
-@pytest.mark.parametrize("kind", ["sd", "pixart_sigma", "sd3", "sdxl"])
+@pytest.mark.parametrize("kind", ["sd", "pixart_sigma", "sd3", "sdxl", "sana"])
 def test_negative_prompt_changes_only_the_null_rows(kind, pipelines):
     plain = encode_prompts(pipelines[kind], PROMPTS[:2])
     negative = encode_prompts(pipelines[kind], PROMPTS[:2], negative_prompt="blurry, low quality")
@@ -121,7 +124,7 @@ def test_chunked_encoding_matches_one_batch(kind, pipelines, monkeypatch):
 
 def _denoise_once(pipeline, encoded: EncodedPrompts, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One denoiser call on the same latent for every row, with the keywords the pipeline's own loop passes."""
-    from diffusers import FluxPipeline, PixArtAlphaPipeline, PixArtSigmaPipeline, StableDiffusion3Pipeline
+    from diffusers import FluxPipeline, PixArtAlphaPipeline, PixArtSigmaPipeline, SanaPipeline, StableDiffusion3Pipeline
 
     batch = len(indices)
     conditioning = {keyword: rows[indices] for keyword, rows in encoded.embeds.items()}
@@ -152,6 +155,8 @@ def _denoise_once(pipeline, encoded: EncodedPrompts, indices: torch.Tensor) -> t
             no_micro_conditions = {"resolution": None, "aspect_ratio": None}
             timestep = torch.full((batch,), 500, dtype=torch.long)
             output = denoiser(latents, timestep=timestep, added_cond_kwargs=no_micro_conditions, **conditioning)
+        elif isinstance(pipeline, SanaPipeline):
+            output = denoiser(latents, timestep=torch.full((batch,), 500.0), **conditioning)
         elif isinstance(pipeline, StableDiffusion3Pipeline):
             output = denoiser(hidden_states=latents, timestep=torch.full((batch,), 500.0), **conditioning)
         else:  # SDXL's added conditioning goes in as added_cond_kwargs, the way its loop passes it
@@ -187,14 +192,14 @@ def test_encoded_rows_reproduce_the_pipeline_call(kind, pipelines):
     embeds = encoded.embeds
     null = {key: value.expand(len(prompts), *value.shape[1:]) for key, value in encoded.null.items()}
     given = {"prompt_embeds": embeds["encoder_hidden_states"]}
-    if kind in ("sd", "pixart_alpha", "pixart_sigma", "sd3", "sdxl"):
+    if kind in ("sd", "pixart_alpha", "pixart_sigma", "sd3", "sdxl", "sana"):
         given["negative_prompt_embeds"] = null["encoder_hidden_states"]
     if kind == "sdxl":
         given["pooled_prompt_embeds"] = embeds["added_cond_kwargs.text_embeds"]
         given["negative_pooled_prompt_embeds"] = null["added_cond_kwargs.text_embeds"]
     if kind.startswith("flux"):
         given["pooled_prompt_embeds"] = embeds["pooled_projections"]
-    if kind.startswith("pixart"):
+    if kind.startswith("pixart") or kind == "sana":
         given["prompt_attention_mask"] = embeds["encoder_attention_mask"]
         given["negative_prompt_attention_mask"] = null["encoder_attention_mask"]
         given["negative_prompt"] = None  # PixArt's call defaults it to "", which may not come with embeddings

@@ -54,6 +54,10 @@ class DenoiserLayout:
     ``native_sigmas``: the sigmas its pipeline hands ``set_timesteps`` for n steps (None: the count alone).
     ``guidance_keyword``: the argument a guidance-distilled model takes its guidance scale in, where its config
     has ``guidance_embeds`` (FLUX.1-dev).
+    ``block_outputs``: where a block's return value holds its hidden states (and its text stream's, or None), for a
+    block class diffusers' ``TransformerBlockRegistry`` does not know (its FirstBlockCache and MagCache hooks need
+    it); ``fuses_qkv``: whether the class's ``fuse_qkv_projections()`` switches its attention to processors that
+    read the fused projections.
     """
 
     class_name: str
@@ -62,6 +66,8 @@ class DenoiserLayout:
     label_keyword: str = "class_labels"
     fixed: dict[str, Any] = field(default_factory=dict)
     per_batch: Callable[[torch.nn.Module, torch.Tensor], dict[str, Any]] | None = None
+    block_outputs: tuple[int, int | None] | None = None
+    fuses_qkv: bool = True
     packing: int = 1
     timestep_divisor: float = 1.0
     native_sigmas: Callable[[int], np.ndarray] | None = None
@@ -141,6 +147,20 @@ class DenoiserLayout:
             return None
         return down, mid if mid is not None and getattr(denoiser, mid, None) is not None else None, up
 
+    def describe_blocks_to_diffusers(self, denoiser: torch.nn.Module) -> None:
+        """Registers ``block_outputs`` with diffusers' ``TransformerBlockRegistry`` for the block classes of
+        ``denoiser`` it does not know, so that diffusers' block caches can read their outputs."""
+        if self.block_outputs is None:
+            return
+        from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
+
+        hidden, encoder = self.block_outputs
+        for block_class in {type(block) for block in self.blocks(denoiser)}:
+            try:
+                TransformerBlockRegistry.get(block_class)
+            except ValueError:  # unknown to diffusers
+                TransformerBlockRegistry.register(block_class, TransformerBlockMetadata(hidden, encoder))
+
     def attentions(self, denoiser: torch.nn.Module) -> list[torch.nn.Module]:
         """Attention modules (anything with query/key/value projections and a head count): what head pruning
         removes heads from."""
@@ -161,6 +181,13 @@ class DenoiserLayout:
         from diffusers.models.attention import FeedForward
 
         return [module for module in denoiser.modules() if isinstance(module, FeedForward)]
+
+    def conv_feed_forwards(self, denoiser: torch.nn.Module) -> list[torch.nn.Module]:
+        """Gated convolutional feed-forwards (Sana's GLUMBConv: ``conv_inverted`` makes values and their gates, a
+        depthwise ``conv_depth`` mixes neighbours, ``conv_point`` projects the gated values back)."""
+        from diffusers.models.transformers.sana_transformer import GLUMBConv
+
+        return [module for module in denoiser.modules() if isinstance(module, GLUMBConv)]
 
 
 VAE_SCALE = "autoaccel_vae_scale"  # set on a PixArt denoiser by the loader: its pipeline's vae_scale_factor
@@ -226,6 +253,9 @@ for _layout in (
         native_sigmas=flux_sigmas,
         guidance_keyword="guidance",
     ),
+    # Sana: linear self-attention and cross-attention per block, GLUMBConv (convolutional) feed-forwards; a block
+    # returns its hidden states alone; its processors read the separate query, key and value projections
+    DenoiserLayout("SanaTransformer2DModel", TRANSFORMER_GROUPS, SEQUENCE, block_outputs=(0, None), fuses_qkv=False),
 ):
     register_layout(_layout)
 

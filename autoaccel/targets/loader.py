@@ -33,6 +33,7 @@ SUPPORTED_PIPELINES = {
     "StableDiffusion3Pipeline": PROMPT,
     "StableDiffusionXLPipeline": PROMPT,
     "FluxPipeline": PROMPT,
+    "SanaPipeline": PROMPT,
 }
 SUPPORTED = "supported: a diffusers save_pretrained folder (or, with network, a hub id) of " + ", ".join(
     SUPPORTED_PIPELINES
@@ -210,6 +211,17 @@ def place(pipeline, device: str, offload: str) -> None:
         pipeline.to(device)
 
 
+def check_timestep_scale(denoiser: torch.nn.Module, source: str) -> None:
+    """A denoiser whose pipeline scales every timestep (a Sana ``timestep_scale``) is refused unless the scale is 1:
+    the sampling loop passes the scheduler's timesteps as they are, and would not give that pipeline's images."""
+    scale = getattr(denoiser.config, "timestep_scale", 1.0)
+    if scale != 1.0:
+        raise TargetError(
+            f"{source}: timestep_scale={scale!r} is not supported; supported: 1.0 (timesteps as the "
+            "scheduler gives them)"
+        )
+
+
 def _load_pipeline(source, pipeline_class: str | None, path, torch_dtype: torch.dtype | None = None):
     import diffusers
 
@@ -273,6 +285,7 @@ def target_from_pipeline(
     check_sample_shape(size or getattr(denoiser.config, "sample_size", None), denoiser.config.in_channels, shown)
     if size is not None:
         object.__setattr__(denoiser, SAMPLE_SIZE, size)
+    check_timestep_scale(denoiser, shown)
     denoiser.eval().requires_grad_(False)
     if getattr(denoiser, "use_additional_conditions", False) and hasattr(pipeline, "vae_scale_factor"):
         # PixArt-alpha 1024 is conditioned on the image size in pixels: its VAE's scale gives it

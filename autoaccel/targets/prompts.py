@@ -270,6 +270,30 @@ def _encode_flux(pipeline, prompts, negative_prompt, device) -> EncodedPrompts:
     )
 
 
+def _encode_sana(pipeline, prompts, negative_prompt, device) -> EncodedPrompts:
+    from diffusers.utils import is_bs4_available, is_ftfy_available
+
+    # SanaPipeline.__call__ prefixes each prompt (not the negative one) with its complex human instruction and keeps
+    # the first token and the last max_sequence_length - 1; encode_prompt does both when given the same defaults.
+    options = {
+        "device": device,
+        "num_images_per_prompt": 1,
+        "clean_caption": bool(_call_default(pipeline, "clean_caption")) and is_bs4_available() and is_ftfy_available(),
+        "max_sequence_length": _call_default(pipeline, "max_sequence_length"),
+        "complex_human_instruction": _call_default(pipeline, "complex_human_instruction"),
+    }
+    hidden, mask = _concat(
+        [pipeline.encode_prompt(chunk, do_classifier_free_guidance=False, **options)[:2] for chunk in _chunks(prompts)]
+    )
+    _, _, null_hidden, null_mask = pipeline.encode_prompt(
+        [negative_prompt], do_classifier_free_guidance=True, negative_prompt=negative_prompt, **options
+    )
+    return EncodedPrompts(
+        embeds={"encoder_hidden_states": hidden, "encoder_attention_mask": mask},
+        null={"encoder_hidden_states": null_hidden, "encoder_attention_mask": null_mask},
+    )
+
+
 # Checked in order with isinstance, so a subclass is encoded like its base pipeline.
 _ENCODERS: tuple[tuple[str, Callable[..., EncodedPrompts]], ...] = (
     ("StableDiffusionPipeline", _encode_stable_diffusion),
@@ -278,4 +302,5 @@ _ENCODERS: tuple[tuple[str, Callable[..., EncodedPrompts]], ...] = (
     ("StableDiffusion3Pipeline", _encode_stable_diffusion_3),
     ("StableDiffusionXLPipeline", _encode_stable_diffusion_xl),
     ("FluxPipeline", _encode_flux),
+    ("SanaPipeline", _encode_sana),
 )

@@ -127,21 +127,27 @@ def _latent_model(target, what: str):
 def tiny_decoder_config(vae, config: DecoderConfig) -> dict[str, Any]:
     """The ``AutoencoderTiny`` config of a tiny decoder for ``vae``: its latent and image channels, one upsampling
     per factor of two of its scale (``2 ** (len(block_out_channels) - 1)``, as diffusers' pipelines reckon it), and
-    its scaling and shift, so the tiny decoder takes what the VAE's decode takes."""
+    its scaling and shift, so the tiny decoder takes what the VAE's decode takes. A deep-compression autoencoder
+    (Sana's AutoencoderDC) names its image channels ``in_channels`` and its levels ``decoder_block_out_channels``."""
     vae_config = vae.config
-    missing = [key for key in ("latent_channels", "out_channels", "block_out_channels") if key not in vae_config]
+    sizes = {
+        "latent_channels": vae_config.get("latent_channels"),
+        "out_channels": vae_config.get("out_channels", vae_config.get("in_channels")),
+        "block_out_channels": vae_config.get("block_out_channels", vae_config.get("decoder_block_out_channels")),
+    }
+    missing = [key for key, value in sizes.items() if value is None]
     if missing:
         raise TechniqueError(
             f"decoder.kind='tiny' cannot size a decoder for {type(vae).__name__}: "
             f"its config has no {', '.join(missing)}"
         )
-    stages = len(vae_config.block_out_channels)
+    stages = len(sizes["block_out_channels"])
     return {
-        "in_channels": int(vae_config.out_channels),
-        "out_channels": int(vae_config.out_channels),
+        "in_channels": int(sizes["out_channels"]),
+        "out_channels": int(sizes["out_channels"]),
         "encoder_block_out_channels": (1,),
         "decoder_block_out_channels": (config.width,) * stages,
-        "latent_channels": int(vae_config.latent_channels),
+        "latent_channels": int(sizes["latent_channels"]),
         "num_encoder_blocks": (1,),
         "num_decoder_blocks": (config.blocks,) * (stages - 1) + (1,),
         "scaling_factor": float(vae_config.scaling_factor),

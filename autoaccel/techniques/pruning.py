@@ -8,9 +8,11 @@ dimensions (thinner heads made CPU attention slower).
 - UNets: every channel torch-pruning can trace may go except the output convolution's; the stages are the down
   blocks, the mid block and the up blocks.
 - Transformers: attention heads (query, key and value projections together, both streams of a joint attention)
-  and the hidden width of each feed-forward; the residual width, the patch embedding, the time and text
-  embeddings, the adaptive norms and the output projection keep their shapes. The stages are the first, middle
-  and last third of the blocks, as the layout tags them (block ``i`` of ``n`` is in third ``int(3 * (i + 0.5) / n)``).
+  and the hidden width of each feed-forward (a gated convolutional one, Sana's, by the same ratio and importance
+  outside torch-pruning, which cannot trace the split after its depthwise convolution); the residual width, the
+  patch embedding, the time and text embeddings, the adaptive norms and the output projection keep their shapes.
+  The stages are the first, middle and last third of the blocks, as the layout tags them (block ``i`` of ``n``
+  is in third ``int(3 * (i + 0.5) / n)``).
   ``blocks`` removes that share of whole blocks first, the least important first: the ones whose skipping
   changes the denoiser's output least on calls along the teacher's trajectory (the first and last block stay).
 
@@ -308,6 +310,57 @@ def _head_ratios(denoiser, ratios: dict[torch.nn.Module, float], config: Pruning
     return head_ratios
 
 
+def _conv_channel_importance(feed_forward, importance: str, generator: torch.Generator) -> torch.Tensor:
+    """One score per hidden channel of a gated convolutional feed-forward: its value and gate rows of the first
+    and depthwise convolutions and its column of the last, by weight magnitude or Taylor (weight times gradient,
+    as torch-pruning scores the other layers), or random."""
+    hidden = feed_forward.conv_point.in_channels
+    if importance == "random":
+        return torch.rand(hidden, generator=generator)
+    score = torch.zeros(hidden)
+    first, depth, last = feed_forward.conv_inverted, feed_forward.conv_depth, feed_forward.conv_point
+    parameters = [first.weight, first.bias, depth.weight, depth.bias, last.weight]  # not the last one's bias
+    for parameter in (parameter for parameter in parameters if parameter is not None):
+        if importance == "taylor" and parameter.grad is None:
+            continue
+        values = parameter.detach() * parameter.grad if importance == "taylor" else parameter.detach()
+        if parameter is last.weight:
+            rows = values.transpose(0, 1).reshape(hidden, -1)  # the input channels of the last convolution
+        else:
+            rows = values.reshape(2, hidden, -1).transpose(0, 1).reshape(hidden, -1)  # a value and its gate
+        score += rows.float().pow(2).sum(dim=1).cpu()
+    return score.sqrt()
+
+
+def _keep_hidden_channels(feed_forward, kept: torch.Tensor) -> None:
+    """Narrows a gated convolutional feed-forward to the hidden channels ``kept`` (each value with its gate)."""
+    hidden = feed_forward.conv_point.in_channels
+    both = torch.cat([kept, kept + hidden]).to(feed_forward.conv_inverted.weight.device)
+    for convolution in (feed_forward.conv_inverted, feed_forward.conv_depth):
+        convolution.weight = torch.nn.Parameter(convolution.weight.detach()[both].clone())
+        if convolution.bias is not None:
+            convolution.bias = torch.nn.Parameter(convolution.bias.detach()[both].clone())
+        convolution.out_channels = len(both)
+    depth = feed_forward.conv_depth
+    depth.in_channels = depth.groups = len(both)  # depthwise: one group per channel
+    point = feed_forward.conv_point
+    point.weight = torch.nn.Parameter(point.weight.detach()[:, both[: len(kept)]].clone())
+    point.in_channels = len(kept)
+
+
+def _narrow_conv_feed_forwards(denoiser, config: PruningConfig, ratios: dict, generator: torch.Generator) -> None:
+    """Removes ``round(ratio * hidden)`` hidden channels of every gated convolutional feed-forward at its block's
+    ratio (at least one stays), the least important first: the count depends on the config alone, so an
+    artifact's shapes are rebuilt without the importance."""
+    ratio_of = {module: ratio for block, ratio in ratios.items() for module in block.modules()}
+    for feed_forward in layout_of(denoiser).conv_feed_forwards(denoiser):
+        hidden = feed_forward.conv_point.in_channels
+        keep = max(1, hidden - round(ratio_of.get(feed_forward, config.ratio) * hidden))
+        if keep < hidden:
+            scores = _conv_channel_importance(feed_forward, config.importance, generator)
+            _keep_hidden_channels(feed_forward, scores.topk(keep).indices.sort().values)
+
+
 def _output_layer(denoiser, call) -> torch.nn.Module:
     """The last Conv2d or Linear layer a call runs: the one producing the output, whose shape must stay."""
     ran: list[torch.nn.Module] = []
@@ -376,6 +429,7 @@ def _prune_channels(pruned, config: PruningConfig, target, call, generator: torc
         except (RuntimeError, ValueError, AssertionError, IndexError) as error:
             what = f"this {type(pruned).__name__} at ratio {config.ratio}"
             raise TechniqueError(f"torch-pruning could not prune {what}: {error}") from error
+        _narrow_conv_feed_forwards(pruned, config, ratios, generator)  # before the Taylor gradients go
     pruned.zero_grad(set_to_none=True)
     for attention in attentions:
         attention.heads = pruner.num_heads.get(attention.to_q, attention.heads)

@@ -199,6 +199,11 @@ def _refusal(config: RuntimeConfig, model: torch.nn.Module, device: torch.device
         )
     if config.fuse_qkv and not hasattr(model, "fuse_qkv_projections"):
         return f"runtime.fuse_qkv: {type(model).__name__} has no fuse_qkv_projections()"
+    if config.fuse_qkv and not layout_of(model).fuses_qkv:
+        return (
+            f"runtime.fuse_qkv: {type(model).__name__}'s attention processors read the separate query, key and value "
+            "projections, so fusing them saves nothing"
+        )
     if config.channels_last and layout_of(model).sequence:
         return (
             f"runtime.channels_last is for UNets (4-D convolution activations); {type(model).__name__} is a transformer"

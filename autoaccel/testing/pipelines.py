@@ -16,12 +16,27 @@ from pathlib import Path
 
 import torch
 
-TINY_KINDS = ("ddpm", "ddim", "dit", "sd", "pixart_alpha", "pixart_sigma", "sd3", "sdxl", "flux", "flux_schnell")
-PROMPT_KINDS = ("sd", "pixart_alpha", "pixart_sigma", "sd3", "sdxl", "flux", "flux_schnell")  # text-to-image
+TINY_KINDS = (
+    "ddpm",
+    "ddim",
+    "dit",
+    "sd",
+    "pixart_alpha",
+    "pixart_sigma",
+    "sd3",
+    "sdxl",
+    "flux",
+    "flux_schnell",
+    "sana",
+)
+# the text-to-image classes autoaccel loads
+PROMPT_KINDS = ("sd", "pixart_alpha", "pixart_sigma", "sd3", "sdxl", "flux", "flux_schnell", "sana")
 
-# Pixel size of the images every latent pipeline here makes: a 2-level VAE (scale factor 2) over 8x8 latents.
+# Pixel size of the images every latent pipeline here but Sana's makes: a 2-level VAE (scale factor 2) over 8x8
+# latents.
 IMAGE_SIZE = 16
 LATENT_SIZE = 8
+SANA_IMAGE_SIZE = 32  # SanaPipeline takes only sides divisible by 32: its 8x8 latents under a scale-4 autoencoder
 CLIP_MAX_LENGTH = 77
 
 
@@ -38,6 +53,7 @@ def build_tiny_pipeline(kind: str, folder: Path, seed: int = 0) -> Path:
         "sdxl": _stable_diffusion_xl,
         "flux": _flux,
         "flux_schnell": _flux_schnell,
+        "sana": _sana,
     }
     if kind not in builders:
         raise ValueError(f"unknown tiny pipeline kind {kind!r}; choose one of {', '.join(TINY_KINDS)}")
@@ -171,6 +187,64 @@ def _vae(seed: int, latent_channels: int, scaling_factor: float, shift_factor: f
 def _sd_vae(seed: int):
     """The 4-channel KL VAE layout of SD 1.x, PixArt and DiT (scaling 0.18215, no shift)."""
     return _vae(seed, latent_channels=4, scaling_factor=0.18215, shift_factor=None, quant_conv=True)
+
+
+def _gemma_tokenizer():
+    """A Gemma BPE tokenizer without merges over printable ASCII characters, with Gemma's byte fallback (any other
+    character becomes its UTF-8 bytes) and its ``<bos>`` first, as Sana's Gemma-2 tokenizer encodes."""
+    from transformers import GemmaTokenizer
+
+    characters = [char for char in string.printable if not char.isspace()] + ["\u2581", "\n"]
+    pieces = ["<pad>", "<eos>", "<bos>", "<unk>", *(f"<0x{byte:02X}>" for byte in range(256)), *characters]
+    vocab = {piece: index for index, piece in enumerate(pieces)}
+    return GemmaTokenizer(vocab=vocab, merges=[], add_bos_token=True)
+
+
+def _gemma2_encoder(seed: int, hidden_size: int = 32):
+    """A 2-layer Gemma-2 decoder (its hidden states are Sana's text features); positions cover Sana's complex human
+    instruction (about 1,100 characters here) plus its 300 prompt tokens."""
+    from transformers import Gemma2Config, Gemma2Model
+
+    torch.manual_seed(seed)
+    config = Gemma2Config(
+        vocab_size=len(_gemma_tokenizer()),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        max_position_embeddings=2048,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+        attn_implementation="eager",
+    )
+    return Gemma2Model(config).eval()
+
+
+def _dc_vae(seed: int, latent_channels: int = 32):
+    """A 3-level deep-compression autoencoder (scale factor 4: 8x8 latents make SANA_IMAGE_SIZE images) with
+    Sana's 32 latent channels and scaling factor."""
+    from diffusers import AutoencoderDC
+
+    torch.manual_seed(seed)
+    return AutoencoderDC(
+        in_channels=3,
+        latent_channels=latent_channels,
+        attention_head_dim=4,
+        encoder_block_types=("ResBlock", "ResBlock", "EfficientViTBlock"),
+        decoder_block_types=("ResBlock", "ResBlock", "EfficientViTBlock"),
+        encoder_block_out_channels=(8, 16, 32),
+        decoder_block_out_channels=(8, 16, 32),
+        encoder_layers_per_block=(1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1),
+        encoder_qkv_multiscales=((), (), (5,)),
+        decoder_qkv_multiscales=((), (), (5,)),
+        downsample_block_type="conv",
+        upsample_block_type="interpolate",
+        scaling_factor=0.41407,
+    ).eval()
 
 
 # Pixel-space pipelines -------------------------------------------------------------------------------------------
@@ -448,3 +522,40 @@ def _flux(seed: int, guidance_embeds: bool = True):
 def _flux_schnell(seed: int):
     """FLUX.1-schnell's layout: timestep-distilled, no guidance input, run at 4 steps (its ``autoaccel.json``)."""
     return _flux(seed, guidance_embeds=False)
+
+
+def _sana(seed: int):
+    from diffusers import DPMSolverMultistepScheduler, SanaPipeline, SanaTransformer2DModel
+
+    # Sana 1.0 layout: linear self-attention, cross-attention on Gemma-2 features, GLUMBConv feed-forwards
+    # (mlp_ratio 2.5), patch size 1 over 32 latent channels; sample_size 8 is not one of Sana's binned sizes
+    # (16/32/64/128), so pipeline calls pass use_resolution_binning=False.
+    torch.manual_seed(seed)
+    transformer = SanaTransformer2DModel(
+        in_channels=32,
+        out_channels=32,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        num_layers=2,
+        num_cross_attention_heads=2,
+        cross_attention_head_dim=8,
+        cross_attention_dim=16,
+        caption_channels=32,
+        mlp_ratio=2.5,
+        sample_size=LATENT_SIZE,
+        patch_size=1,
+    ).eval()
+    # The scheduler Sana's 1024 px checkpoints ship: DPM-Solver++ on flow-matching sigmas shifted by 3.
+    scheduler = DPMSolverMultistepScheduler(
+        num_train_timesteps=1000,
+        prediction_type="flow_prediction",
+        use_flow_sigmas=True,
+        flow_shift=3.0,
+    )
+    return SanaPipeline(
+        tokenizer=_gemma_tokenizer(),
+        text_encoder=_gemma2_encoder(seed),
+        vae=_dc_vae(seed),
+        transformer=transformer,
+        scheduler=scheduler,
+    )

@@ -176,6 +176,7 @@ class ThresholdMethod(HookMethod):
     def check_blocks(self, model: torch.nn.Module, blocks: list[torch.nn.Module]) -> None:
         from diffusers.hooks._helpers import TransformerBlockRegistry
 
+        layout_of(model).describe_blocks_to_diffusers(model)
         if len(blocks) < 2:
             raise TechniqueError(
                 f"caching.method={self.name} needs at least two transformer blocks; found {len(blocks)}"
