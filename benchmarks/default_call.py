@@ -163,6 +163,19 @@ def _cell(summary: tuple[float, float] | None, scale: float = 1.0, digits: int =
     return f"{summary[0] * scale:.{digits}f} ± {summary[1] * scale:.{digits}f}"
 
 
+def _plumbing_note(target) -> list[str]:
+    """A model whose ``autoaccel.json`` says its weights are random (the test kit's tiny pipelines): its table shows
+    that the benchmark runs on that pipeline class, and nothing about what a plan does to a trained model."""
+    if not target.metadata.get("random_weights"):
+        return []
+    return [
+        "",
+        f"**Plumbing only:** `{target.name}` has random weights (its autoaccel.json says so), so these figures "
+        "show that every step of the benchmark runs on this pipeline class; they say nothing of how a plan changes "
+        "a trained model's images.",
+    ]
+
+
 def write_table(config, bench_dir: Path, target, reference: str, rows: dict, found: dict) -> Path:
     reference_rows = rows["default call"]["metrics"]
     reference_fid = statistics.fmean(row["fid"] for row in reference_rows)
@@ -179,6 +192,7 @@ def write_table(config, bench_dir: Path, target, reference: str, rows: dict, fou
         f"encoding, denoising, VAE decode), median of {config.cost.repeats} calls at batch {config.cost.batch_size} "
         f"on {reference_rows[0].get('device', 'this machine') if reference_rows else 'this machine'}, every plan "
         "timed side by side in one process; speed-up = the default call's latency / the plan's.",
+        *_plumbing_note(target),
         "",
         "| plan | NFE | FID | adherence (%) | speed-up vs default call | steps | solver | guidance |",
         "|---|---|---|---|---|---|---|---|",

@@ -102,6 +102,9 @@ def test_each_pipeline_class_is_searched_and_its_recipe_reproduces_with_plain_di
     # without real data there is no floor (a plan identical to the reference call scores 0): paired intervals instead
     assert reference["fid_floor"] is None and "no floor" in reference["fid_floor_note"]
     assert "paired bootstrap rounds over the 4 seeds" in (runs[0] / "index.html").read_text()
+    # the tiny folder says its weights are random: the report says every figure is plumbing only
+    assert "random weights" in reference["quality_figures"]["model"]
+    assert "<strong>Plumbing only:</strong>" in (runs[0] / "index.html").read_text()
 
     # the recipe on the pipeline as plain diffusers loads it, with nothing of autoaccel's loading code
     plain = getattr(diffusers, pipeline_class).from_pretrained(folder)

@@ -6,6 +6,7 @@ from __future__ import annotations
 # The main overrides of ``search`` and ``workers`` (every key: conf/config.yaml); defaults come from the schema.
 MAIN_KEYS = (
     ("target, target.path, target.device", None, "digits (embedded) or pipeline (a diffusers folder); auto/cpu/cuda"),
+    ("target.dtype, target.offload", None, "precision the weights are read in; none, model or sequential offload"),
     ("space", "auto", "a bundled space (sampler, guided_sampler, flow_sampler, timesteps, ...) or a YAML path"),
     ("optimizer, optimizer.population_size", None, "a backend of conf/optimizer/; the population of NSGA/SMS-EMOA"),
     ("objectives", None, "metrics to optimise; the first is the quality axis"),

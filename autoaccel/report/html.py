@@ -407,7 +407,9 @@ def quality_section(figures: dict | None) -> str:
     lines = "".join(f"<li>{html.escape(line)}</li>" for line in figures.get("sources", []))
     missing = [*figures.get("fallback", [])]
     fallback = "".join(f'<li class="none">{html.escape(line)}</li>' for line in missing)
-    return f"""<h2>Quality figures</h2>
+    model = figures.get("model")
+    warning = f"<p><strong>Plumbing only:</strong> {html.escape(str(model))}.</p>" if model else ""
+    return f"""<h2>Quality figures</h2>{warning}
 <p>What each figure was measured with. The rule: {html.escape(str(figures.get("rule", "")))}.</p>
 <ul class="figures">{lines}{fallback}</ul>"""
 

@@ -75,6 +75,12 @@ def apply_fallback(config: DictConfig, objectives: list[str], options: QualityOp
     return lines + replaced
 
 
+RANDOM_MODEL = (
+    "the model itself has random weights (its autoaccel.json says random_weights): every figure here is "
+    "plumbing-only, whatever measured it"
+)
+
+
 def figure_record(target: Target, options: QualityOptions, fallback: list[str]) -> dict[str, Any]:
     """What the study keeps for the report: the rule, one line per figure (where it came from, whether it is
     meaningful), the figures not measured and the fallback."""
@@ -86,6 +92,7 @@ def figure_record(target: Target, options: QualityOptions, fallback: list[str]) 
         "figures": figures,
         "unmeasured": dict(options.unavailable),
         "fallback": list(fallback),
+        "model": RANDOM_MODEL if target.metadata.get("random_weights") else None,
     }
 
 

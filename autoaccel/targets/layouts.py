@@ -72,6 +72,7 @@ class DenoiserLayout:
     timestep_divisor: float = 1.0
     native_sigmas: Callable[[int], np.ndarray] | None = None
     guidance_keyword: str | None = None
+    rotary_heads: bool = False  # its rotary position embedding fixes each head's width (heads go whole or not)
 
     def embedded_guidance(self, denoiser: torch.nn.Module) -> str | None:
         """The argument ``denoiser`` takes a guidance scale in (None: it takes none, guidance is a second branch)."""
@@ -252,6 +253,7 @@ for _layout in (
         timestep_divisor=1000.0,
         native_sigmas=flux_sigmas,
         guidance_keyword="guidance",
+        rotary_heads=True,
     ),
     # Sana: linear self-attention and cross-attention per block, GLUMBConv (convolutional) feed-forwards; a block
     # returns its hidden states alone; its processors read the separate query, key and value projections

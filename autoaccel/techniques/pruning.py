@@ -449,7 +449,8 @@ def _resync_diffusers_attributes(denoiser) -> None:
         attention.inner_dim = attention.to_q.out_features
         attention.inner_kv_dim = attention.to_k.out_features
         attention.query_dim = attention.to_q.in_features
-        attention.out_dim = attention.to_out[0].out_features
+        if getattr(attention, "to_out", None) is not None:  # a pre-only attention (Flux's single blocks) has none
+            attention.out_dim = attention.to_out[0].out_features
         if getattr(attention, "group_norm", None) is not None:
             attention.group_norm.num_channels = attention.to_q.in_features
 
@@ -476,6 +477,11 @@ def prune_unet(unet, config: PruningConfig, target=None, removed_blocks: list[in
     if config.blocks and not layout_of(unet).sequence:
         raise TechniqueError(
             f"pruning.blocks={config.blocks} applies to transformer denoisers; this {type(unet).__name__} takes 0"
+        )
+    if config.ratio and not config.prune_heads and layout_of(unet).rotary_heads:
+        raise TechniqueError(
+            f"pruning.prune_heads=false narrows every attention head, and {type(unet).__name__}'s rotary position "
+            "embedding fixes its head width; use pruning.prune_heads true (whole heads and feed-forward widths)"
         )
     if not config.prunes:
         return copy.deepcopy(unet)  # in the precision it was loaded in
