@@ -103,7 +103,7 @@ def run_default_call_benchmark(config: DictConfig, log=print) -> Path:
     target = load_target(config)
     space_name = resolve_space_name(config)
     guidance = target.reference_call.guidance_scale if target.conditions.guidable else 1.0
-    calls = 2 if guidance != 1.0 else 1
+    calls = 2 if guidance != 1.0 and target.conditions.paired_guidance else 1  # FLUX.1-dev: guidance is an input
     bench_dir = Path(config.bench.dir)
     runs_dir = bench_dir / "runs" / target.name
     found: dict[str, tuple[int | None, dict]] = {}
@@ -161,6 +161,14 @@ def _cell(summary: tuple[float, float] | None, scale: float = 1.0, digits: int =
     if summary is None:
         return ""
     return f"{summary[0] * scale:.{digits}f} ± {summary[1] * scale:.{digits}f}"
+
+
+MIN_FID = 1e-6  # below this a figure is 0 (a plan identical to what it is scored against): no ratio to it
+
+
+def _times(value: float, reference: float) -> str:
+    """``value / reference`` as "1.23x", or why there is no ratio where the reference figure is 0."""
+    return f"{value / reference:.2f}x" if reference > MIN_FID else "(no ratio: the reference's figure is 0)"
 
 
 def _plumbing_note(target) -> list[str]:
@@ -228,7 +236,7 @@ def write_table(config, bench_dir: Path, target, reference: str, rows: dict, fou
         nfe = int(statistics.median(row["nfe"] for row in metrics))
         speedup = reference_latency / statistics.median(row["latency_ms"] for row in metrics)
         adherence = _summary(metrics, "adherence")
-        line = f"- {label} (search trial {trial}): FID {fid:.2f} = {fid / reference_fid:.2f}x the default call's"
+        line = f"- {label} (search trial {trial}): FID {fid:.2f} = {_times(fid, reference_fid)} the default call's"
         line += f", {speedup:.1f}x faster"
         if adherence and reference_adherence:
             line += f", adherence {100 * (adherence[0] - reference_adherence[0]):+.1f} points"
@@ -240,7 +248,7 @@ def write_table(config, bench_dir: Path, target, reference: str, rows: dict, fou
                 f" (target: >= {SPEEDUP_TARGET:g}x, FID <= {FID_RATIO}x, adherence within {ADHERENCE_POINTS:g} "
                 f"points: {'met' if met else 'NOT met'})"
             )
-        elif nfe in best_standard:
+        elif nfe in best_standard and best_standard[nfe] > MIN_FID:
             ratio = fid / best_standard[nfe]
             line += f"; {ratio:.2f}x the best standard configuration at NFE {nfe}"
             if nfe <= 8:

@@ -160,7 +160,7 @@ def test_a_search_over_every_family_writes_recipes_that_reapply_to_a_fresh_load_
     for trial in complete["trial"]:
         forget_students()
         row = context.ledger.trials_frame().set_index("trial").loc[int(trial)]
-        recipe = write_front_recipe(context, pd.Series({**row.to_dict(), "trial": int(trial)}), tmp_path / "recipes")
+        recipe = write_front_recipe(context, pd.Series({**row.to_dict(), "trial": int(trial)}), context.run_dir / "all")
         fresh = diffusers.DiffusionPipeline.from_pretrained(folder)
         fast = apply_recipe(fresh, recipe)
         candidate = Candidate.from_params(context.ledger.trial(int(trial)).user_attrs["candidate"])
