@@ -13,10 +13,16 @@ from autoaccel.config import compose_config
 from autoaccel.errors import AutoaccelError
 from autoaccel.testing.pipelines import build_tiny_pipeline
 
+QUICK_DECODER = {"decoder.iterations": 20, "decoder.batch_size": 8, "decoder.data_samples": 16}
 # (kind, family, settings, None where it runs, else what its one-line refusal says)
 FAMILIES = [
     ("sdxl", "solver", {"solver.name": "dpmsolver++"}, None),
-    ("sdxl", "distillation", {"distillation.method": "consistency", "distillation.iterations": 2}, None),
+    (
+        "sdxl",
+        "distillation",
+        {"distillation.method": "consistency", "distillation.iterations": 2, "distillation.data_samples": 8},
+        None,
+    ),
     ("sdxl", "pruning heads", {"pruning.ratio": 0.5}, None),
     ("sdxl", "pruning widths", {"pruning.ratio": 0.5, "pruning.prune_heads": False}, None),
     ("sdxl", "pruning recovery", {"pruning.ratio": 0.5, "pruning.recovery_steps": 2}, None),
@@ -24,7 +30,7 @@ FAMILIES = [
     ("sdxl", "quantization", {"quantization.enabled": True, "quantization.weight_bits": 8}, None),
     ("sdxl", "deep cache", {"caching.method": "deep"}, None),
     ("sdxl", "first-block cache", {"caching.method": "first_block"}, "UNet2DConditionModel is not a transformer"),
-    ("sdxl", "tiny decoder", {"decoder.kind": "tiny"}, None),
+    ("sdxl", "tiny decoder", {"decoder.kind": "tiny", **QUICK_DECODER}, None),
     ("sdxl", "bfloat16", {"runtime.dtype": "bfloat16"}, None),
     ("sdxl", "fused QKV", {"runtime.fuse_qkv": True}, None),
     ("sdxl", "channels-last", {"runtime.channels_last": True}, None),
@@ -39,7 +45,7 @@ FAMILIES = [
     ("flux", "MagCache", {"caching.method": "mag"}, None),
     ("flux", "TaylorSeer", {"caching.method": "taylorseer"}, None),
     ("flux", "pyramid attention broadcast", {"caching.method": "pab"}, None),
-    ("flux", "tiny decoder", {"decoder.kind": "tiny"}, None),
+    ("flux", "tiny decoder", {"decoder.kind": "tiny", **QUICK_DECODER}, None),
     ("flux", "bfloat16", {"runtime.dtype": "bfloat16"}, None),
     ("flux", "fused QKV", {"runtime.fuse_qkv": True}, None),
     ("flux", "channels-last", {"runtime.channels_last": True}, "is for UNets"),
@@ -56,10 +62,15 @@ def targets(tmp_path_factory):
 
 @pytest.mark.slow  # trains a student, a recovered model and a tiny decoder: a minute or two in all
 @pytest.mark.parametrize(("kind", "family", "settings", "refusal"), FAMILIES, ids=[f"{k}-{f}" for k, f, *_ in FAMILIES])
-def test_every_technique_family_runs_or_is_refused_with_its_reason(targets, tmp_path, kind, family, settings, refusal):
+def test_every_technique_family_runs_or_is_refused_with_its_reason(
+    targets, tmp_path, monkeypatch, kind, family, settings, refusal
+):
+    import autoaccel.distill.recovery as recovery
     from autoaccel.techniques.base import unchanged_model_params
     from autoaccel.testing.technique_contract import configured, images
 
+    monkeypatch.setattr(recovery, "TRAJECTORY_SAMPLES", 2)  # recovery's data: a few samples prove the plumbing
+    monkeypatch.setattr(recovery, "DATA_SAMPLES", 4)
     target = targets[kind]
     solver = "flow_euler" if target.schedule_family == "flow" else "euler"
     params = {**unchanged_model_params(), "solver.name": solver, "timesteps.steps": 3, **settings}
@@ -80,6 +91,8 @@ techniques: [distillation, pruning, quantization, caching, solver, timesteps]
 fixed:
   distillation.iterations: 4
   distillation.steps: 2
+  distillation.data_samples: 8
+  distillation.batch_size: 4
   pruning.prune_heads: true
 dimensions:
   distillation.method: {type: categorical, choices: [none, consistency]}

@@ -63,7 +63,7 @@ def test_folder_without_model_index(tmp_path):
     assert SUPPORTED in str(info.value)
 
 
-@pytest.mark.parametrize("class_name", ["StableDiffusionXLPipeline", "KandinskyPipeline", None])
+@pytest.mark.parametrize("class_name", ["QwenImagePipeline", "KandinskyPipeline", None])
 def test_unsupported_pipeline_class(tiny_folder, tmp_path, class_name):
     folder = _copy(tiny_folder, tmp_path)
     index = json.loads((folder / "model_index.json").read_text())
