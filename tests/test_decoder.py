@@ -62,6 +62,7 @@ def test_training_is_deterministic_for_its_seed(latent_target):
         first.encode(torch.zeros(1, 3, 16, 16))
 
 
+@pytest.mark.slow  # seconds of searching, training or scoring: kept out of the quick subset
 def test_the_tiny_decoder_takes_what_the_vae_decode_takes_and_learns_its_images(latent_target):
     """Same scaling and shift in its config (one ``decode`` serves both), and after a short training its images
     are far closer to the VAE's on held-out latents than an untrained decoder's."""
@@ -207,6 +208,7 @@ def test_a_search_with_the_decoder_as_a_dimension(tmp_path, shared_cache_dir):
     assert main(["apply", str(sorted((run / "recipes").glob("*.yaml"))[0]), "--out", str(out), "--n", "2"]) == 0
 
 
+@pytest.mark.slow  # seconds of searching, training or scoring: kept out of the quick subset
 def test_a_tiny_decoder_is_sized_for_sanas_deep_compression_autoencoder(tmp_path):
     """AutoencoderDC names its image channels ``in_channels`` and its levels ``decoder_block_out_channels``: the tiny
     decoder takes its 32-channel latents at its scale and learns its images."""

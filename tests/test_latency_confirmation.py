@@ -157,6 +157,7 @@ def test_a_reference_the_search_timed_with_one_call_is_confirmed_with_one_call(f
     assert timing[-1].startswith(f"reference timing (one call): {long_reference} denoiser calls in")
 
 
+@pytest.mark.slow  # seconds of searching, training or scoring: kept out of the quick subset
 @pytest.mark.integration
 def test_the_standard_configurations_off_the_front_are_confirmed_beside_it(fast_overrides, monkeypatch):
     """The report compares each recommended plan with a standard configuration: both latencies are taken in the

@@ -67,6 +67,7 @@ def test_an_embedded_model_is_never_offloaded(tmp_path, capsys):
     assert "target.offload=model: target=digits is small and is never offloaded; valid: none" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # seconds of searching, training or scoring: kept out of the quick subset
 def test_model_offload_runs_the_same_images_and_its_latency_says_offloaded(sdxl_folder, tmp_path):
     """diffusers' enable_model_cpu_offload hooks (accelerate's), installed as target.offload=model installs them,
     run under autoaccel's own loop: the images are the unoffloaded ones, the device read is the hooks' execution

@@ -212,6 +212,7 @@ def _random_inception_file(path: Path, monkeypatch) -> Path:
     return path
 
 
+@pytest.mark.slow  # seconds of searching, training or scoring: kept out of the quick subset
 def test_a_judge_scores_every_optional_figure_with_its_interval(stand_in, tmp_path, monkeypatch):
     from autoaccel.measure.reference import QualityJudge
     from autoaccel.metrics.quality import frechet_distance, inception_features
@@ -250,6 +251,7 @@ def _run_folder(overrides: list[str]) -> Path:
     return next(folder for folder in reports.iterdir() if folder.is_dir())
 
 
+@pytest.mark.slow  # seconds of searching, training or scoring: kept out of the quick subset
 def test_a_search_optimises_and_limits_pickscore_from_stand_in_folders(fast_overrides, stand_in, capsys):
     overrides = [
         *_t2i_overrides(fast_overrides),
@@ -291,6 +293,7 @@ def test_a_search_optimises_and_limits_pickscore_from_stand_in_folders(fast_over
     assert "no front plan is the fastest plan within pickscore >= " in capsys.readouterr().out.lower()
 
 
+@pytest.mark.slow  # seconds of searching, training or scoring: kept out of the quick subset
 def test_a_search_offline_falls_back_from_a_hub_pickscore_and_says_so(fast_overrides, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     overrides = [
@@ -318,6 +321,7 @@ def test_a_search_offline_falls_back_from_a_hub_pickscore_and_says_so(fast_overr
     capsys.readouterr()
 
 
+@pytest.mark.slow  # seconds of searching, training or scoring: kept out of the quick subset
 def test_a_study_that_fell_back_offline_refuses_a_resume_that_would_measure_the_figure(
     fast_overrides, stand_in, monkeypatch, capsys
 ):

@@ -165,6 +165,7 @@ def test_plan_report_and_resume_work_on_a_run_folder_written_before_the_referenc
     assert attrs["reference"]["fid"] == old["fid"] and attrs["target"]["quality_reference"] == "reference-samples"
 
 
+@pytest.mark.slow  # seconds of searching, training or scoring: kept out of the quick subset
 def test_resume_refuses_changed_settings(resumed_run, fast_overrides):
     shutil.copytree(resumed_run.run_dir, run_dir_of(fast_overrides))
     from autoaccel.errors import ConfigError

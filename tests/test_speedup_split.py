@@ -93,6 +93,7 @@ dimensions:
 """
 
 
+@pytest.mark.slow  # seconds of searching, training or scoring: kept out of the quick subset
 @pytest.mark.integration
 def test_a_runtime_plans_report_splits_its_speed_up(fast_overrides, tmp_path):
     """Every front plan of a bfloat16 space is timed beside its float32 twin: trials.csv holds that latency and
