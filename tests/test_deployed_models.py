@@ -157,7 +157,7 @@ def test_a_search_over_every_family_writes_recipes_that_reapply_to_a_fresh_load_
         "cost.warmup=0",
         "cost.repeats=1",
         "cost.confirm=false",
-        "budget.trials=10",
+        "budget.trials=7",
         "budget.warm_start_steps=[]",
         "seed=3",
         "quiet=true",
