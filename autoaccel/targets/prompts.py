@@ -176,15 +176,19 @@ def _encode_stable_diffusion(pipeline, prompts, negative_prompt, device) -> Enco
     return EncodedPrompts(embeds={"encoder_hidden_states": hidden}, null={"encoder_hidden_states": null_hidden})
 
 
-def _encode_pixart(pipeline, prompts, negative_prompt, device) -> EncodedPrompts:
+def _encode_masked(pipeline, prompts, negative_prompt, device) -> EncodedPrompts:
+    """PixArt and Sana: T5 or Gemma-2 hidden states with their attention masks, encoded with the defaults of the
+    pipeline's ``__call__``: captions cleaned (encode_prompt falls back to lower-casing when bs4/ftfy are missing),
+    its sequence length, and Sana's complex human instruction, which ``encode_prompt`` puts before each prompt (not
+    the negative one), keeping the first token and the last ``max_sequence_length - 1``."""
     from diffusers.utils import is_bs4_available, is_ftfy_available
 
-    # __call__ cleans captions by default, and encode_prompt falls back to lower-casing when bs4/ftfy are missing.
+    called = inspect.signature(type(pipeline).__call__).parameters
     options = {
         "device": device,
         "num_images_per_prompt": 1,
         "clean_caption": bool(_call_default(pipeline, "clean_caption")) and is_bs4_available() and is_ftfy_available(),
-        "max_sequence_length": _call_default(pipeline, "max_sequence_length"),
+        **{name: _call_default(pipeline, name) for name in CALL_DEFAULTS if name in called},
     }
     hidden, mask = _concat(
         [pipeline.encode_prompt(chunk, do_classifier_free_guidance=False, **options)[:2] for chunk in _chunks(prompts)]
@@ -196,6 +200,10 @@ def _encode_pixart(pipeline, prompts, negative_prompt, device) -> EncodedPrompts
         embeds={"encoder_hidden_states": hidden, "encoder_attention_mask": mask},
         null={"encoder_hidden_states": null_hidden, "encoder_attention_mask": null_mask},
     )
+
+
+# __call__ defaults the masked encoders pass on to encode_prompt, where the pipeline's __call__ has them
+CALL_DEFAULTS = ("max_sequence_length", "complex_human_instruction")
 
 
 def _encode_stable_diffusion_3(pipeline, prompts, negative_prompt, device) -> EncodedPrompts:
@@ -270,37 +278,13 @@ def _encode_flux(pipeline, prompts, negative_prompt, device) -> EncodedPrompts:
     )
 
 
-def _encode_sana(pipeline, prompts, negative_prompt, device) -> EncodedPrompts:
-    from diffusers.utils import is_bs4_available, is_ftfy_available
-
-    # SanaPipeline.__call__ prefixes each prompt (not the negative one) with its complex human instruction and keeps
-    # the first token and the last max_sequence_length - 1; encode_prompt does both when given the same defaults.
-    options = {
-        "device": device,
-        "num_images_per_prompt": 1,
-        "clean_caption": bool(_call_default(pipeline, "clean_caption")) and is_bs4_available() and is_ftfy_available(),
-        "max_sequence_length": _call_default(pipeline, "max_sequence_length"),
-        "complex_human_instruction": _call_default(pipeline, "complex_human_instruction"),
-    }
-    hidden, mask = _concat(
-        [pipeline.encode_prompt(chunk, do_classifier_free_guidance=False, **options)[:2] for chunk in _chunks(prompts)]
-    )
-    _, _, null_hidden, null_mask = pipeline.encode_prompt(
-        [negative_prompt], do_classifier_free_guidance=True, negative_prompt=negative_prompt, **options
-    )
-    return EncodedPrompts(
-        embeds={"encoder_hidden_states": hidden, "encoder_attention_mask": mask},
-        null={"encoder_hidden_states": null_hidden, "encoder_attention_mask": null_mask},
-    )
-
-
 # Checked in order with isinstance, so a subclass is encoded like its base pipeline.
 _ENCODERS: tuple[tuple[str, Callable[..., EncodedPrompts]], ...] = (
     ("StableDiffusionPipeline", _encode_stable_diffusion),
-    ("PixArtAlphaPipeline", _encode_pixart),
-    ("PixArtSigmaPipeline", _encode_pixart),
+    ("PixArtAlphaPipeline", _encode_masked),
+    ("PixArtSigmaPipeline", _encode_masked),
     ("StableDiffusion3Pipeline", _encode_stable_diffusion_3),
     ("StableDiffusionXLPipeline", _encode_stable_diffusion_xl),
     ("FluxPipeline", _encode_flux),
-    ("SanaPipeline", _encode_sana),
+    ("SanaPipeline", _encode_masked),
 )
