@@ -71,6 +71,32 @@ def fast_overrides_for(tiny_pipeline_dir: Path, cache_dir: Path, reports_dir: Pa
 
 
 @pytest.fixture
+def forbid_training(monkeypatch):
+    """Call it once a model is trained: from then on any student training, recovery or kept-student lookup fails
+    the test, so applying an artifact is shown to rebuild the model without training it again."""
+    import autoaccel.distill.consistency as consistency
+    import autoaccel.distill.progressive as progressive
+    import autoaccel.distill.recovery as recovery
+    import autoaccel.distill.students as students
+    import autoaccel.techniques.pruning as pruning
+
+    def fail(*args, **kwargs):
+        pytest.fail("applying an artifact must not train")
+
+    def forbid() -> None:
+        for module, name in (
+            (students, "kept_student"),
+            (consistency, "_train"),
+            (progressive, "_train_round"),
+            (recovery, "recover"),
+            (pruning, "recover"),
+        ):
+            monkeypatch.setattr(module, name, fail)
+
+    return forbid
+
+
+@pytest.fixture
 def refuse_large_unets(monkeypatch):
     """UNet2DModel.from_config fails for a config with 4096 channels (what the crafted files of the hardening tests
     name), so code that would build one from a file fails at once instead of allocating gigabytes; tiny models

@@ -181,24 +181,6 @@ def test_a_search_over_every_family_writes_recipes_that_reapply_to_a_fresh_load_
         assert torch.equal(sample_in_chunks(fast, seeds, 4), sample_in_chunks(scored, seeds, 4)), f"trial {trial}"
 
 
-def _no_training(monkeypatch):
-    import autoaccel.distill.consistency as consistency
-    import autoaccel.distill.recovery as recovery
-    import autoaccel.distill.students as students
-    import autoaccel.techniques.pruning as pruning
-
-    def fail(*args, **kwargs):
-        pytest.fail("applying an artifact must not train")
-
-    for module, name in (
-        (students, "kept_student"),
-        (consistency, "_train"),
-        (recovery, "recover"),
-        (pruning, "recover"),
-    ):
-        monkeypatch.setattr(module, name, fail)
-
-
 # (kind, the technique and its LoRA-trained config) on the SDXL- and Flux-shaped models: a consistency student on
 # SDXL's UNet (distillation needs a DDPM-family model), recovery after pruning on Flux's transformer
 LORA_PLANS = [
@@ -223,7 +205,7 @@ LORA_PLANS = [
 @pytest.mark.integration
 @pytest.mark.parametrize(("kind", "name", "settings"), LORA_PLANS, ids=[kind for kind, *_ in LORA_PLANS])
 def test_a_lora_adapter_trains_is_stored_by_hash_and_reapplies_bit_for_bit_without_training(
-    targets, tmp_path, monkeypatch, kind, name, settings
+    targets, tmp_path, monkeypatch, kind, name, settings, forbid_training
 ):
     import hashlib
 
@@ -255,7 +237,7 @@ def test_a_lora_adapter_trains_is_stored_by_hash_and_reapplies_bit_for_bit_witho
     whole = sum(parameter.numel() * 4 for parameter in target.denoiser.parameters())
     assert path.stat().st_size < 0.25 * whole  # the adapter alone, not the model
 
-    _no_training(monkeypatch)
+    forbid_training()
     restored = pipeline()
     apply_plan(restored, [(technique, config)], target, {name: (path, stored[name])})
     assert torch.equal(sample_in_chunks(restored, seeds, 3), images)

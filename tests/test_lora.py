@@ -70,31 +70,11 @@ def _stored(store: ArtifactStore, sha: str):
         return path, list(file.keys()), file.metadata()
 
 
-def _no_training(monkeypatch):
-    import autoaccel.distill.consistency as consistency
-    import autoaccel.distill.progressive as progressive
-    import autoaccel.distill.recovery as recovery
-    import autoaccel.distill.students as students
-    import autoaccel.techniques.pruning as pruning
-
-    def fail(*args, **kwargs):
-        pytest.fail("applying an artifact must not train")
-
-    for module, name in (
-        (students, "kept_student"),
-        (consistency, "_train"),
-        (progressive, "_train_round"),
-        (recovery, "recover"),
-        (pruning, "recover"),
-    ):
-        monkeypatch.setattr(module, name, fail)
-
-
 @pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.parametrize("method", ["consistency", "progressive"])
 def test_a_lora_student_is_an_adapter_sized_artifact_that_reapplies_bit_for_bit_without_training(
-    tiny_target, tmp_path, monkeypatch, method
+    tiny_target, tmp_path, forbid_training, method
 ):
     config = DistillationConfig(method=method, steps=2, start_steps=8, **QUICK, **LORA)
     store = ArtifactStore(tmp_path / "artifacts")
@@ -113,7 +93,7 @@ def test_a_lora_student_is_an_adapter_sized_artifact_that_reapplies_bit_for_bit_
     assert path.stat().st_size < 0.15 * _float32_bytes(tiny_target.denoiser)  # a whole student: 100%
     assert "prescribed_sampler" in metadata and '"rank": 2' in metadata[adapters.ADAPTER_METADATA]
 
-    _no_training(monkeypatch)
+    forbid_training()
     artifact = {"distillation": (path, stored["distillation"])}
     restored = sampler_pipeline(tiny_target)
     apply_plan(restored, [(DISTILLATION, config)], tiny_target, artifact)
@@ -133,7 +113,7 @@ def test_a_lora_student_is_an_adapter_sized_artifact_that_reapplies_bit_for_bit_
 @pytest.mark.slow
 @pytest.mark.integration
 def test_lora_recovery_after_pruning_is_an_adapter_sized_artifact_that_reapplies_bit_for_bit(
-    tiny_target, tmp_path, monkeypatch, quick_recovery
+    tiny_target, tmp_path, forbid_training, quick_recovery
 ):
     config = PruningConfig(ratio=0.25, recovery_steps=4, recovery_adapter="lora", recovery_lora_rank=2)
     store = ArtifactStore(tmp_path / "artifacts")
@@ -151,7 +131,7 @@ def test_lora_recovery_after_pruning_is_an_adapter_sized_artifact_that_reapplies
     whole_stored = apply_plan(whole, [(PRUNING, PruningConfig(ratio=0.25, recovery_steps=4))], tiny_target, store=store)
     assert store.path_of(whole_stored["pruning"]).stat().st_size > 5 * path.stat().st_size
 
-    _no_training(monkeypatch)
+    forbid_training()
     restored = _pipeline(tiny_target)
     apply_plan(restored, [(PRUNING, config)], tiny_target, {"pruning": (path, stored["pruning"])})
     assert torch.equal(_images(restored, tiny_target), _images(trained, tiny_target))
@@ -365,7 +345,7 @@ dimensions:
 @pytest.mark.slow
 @pytest.mark.integration
 def test_a_search_over_lora_students_and_recovery_writes_recipes_that_reapply_bit_for_bit(
-    fast_overrides, tiny_pipeline_dir, tmp_path, monkeypatch, quick_recovery
+    fast_overrides, tiny_pipeline_dir, tmp_path, forbid_training, quick_recovery
 ):
     from diffusers import DDPMPipeline
 
@@ -394,7 +374,7 @@ def test_a_search_over_lora_students_and_recovery_writes_recipes_that_reapply_bi
     assert artifacts and all(path.stat().st_size < 0.2 * _float32_bytes(context.target.denoiser) for path in artifacts)
     students = set(complete[complete["param.distillation.method"] != "none"]["trial"].astype(int))
     assert students and all("pipe.load_lora_weights" in recipes[trial].read_text() for trial in students)
-    _no_training(monkeypatch)
+    forbid_training()
     for trial, recipe in recipes.items():
         fast = apply_recipe(DDPMPipeline.from_pretrained(tiny_pipeline_dir), recipe)
         assert torch.equal(sample_in_chunks(fast, seeds, 48), scored[trial])
@@ -402,7 +382,9 @@ def test_a_search_over_lora_students_and_recovery_writes_recipes_that_reapply_bi
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_pruning_a_lora_student_stores_the_pruned_weights_and_reapplies_bit_for_bit(tiny_target, tmp_path, monkeypatch):
+def test_pruning_a_lora_student_stores_the_pruned_weights_and_reapplies_bit_for_bit(
+    tiny_target, tmp_path, forbid_training
+):
     """The pruned copy of a LoRA student does not pass the student's adapter off as its own artifact."""
     student = DistillationConfig(method="consistency", steps=2, **QUICK, **LORA)
     pruned = PruningConfig(ratio=0.25)
@@ -411,7 +393,7 @@ def test_pruning_a_lora_student_stores_the_pruned_weights_and_reapplies_bit_for_
     stored = apply_plan(trained, [(DISTILLATION, student), (PRUNING, pruned)], tiny_target, store=store)
     _, names, _ = _stored(store, stored["pruning"])
     assert set(names) == set(trained.denoiser.state_dict())  # the pruned weights, not the student's adapter
-    _no_training(monkeypatch)
+    forbid_training()
     artifacts = {name: (store.path_of(sha), sha) for name, sha in stored.items()}
     restored = sampler_pipeline(tiny_target)
     apply_plan(restored, [(DISTILLATION, student), (PRUNING, pruned)], tiny_target, artifacts)
