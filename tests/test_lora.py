@@ -23,7 +23,7 @@ from autoaccel.targets.loader import load_pipeline_folder
 from autoaccel.targets.precision import load_in_dtype
 from autoaccel.techniques.distillation import DISTILLATION, DistillationConfig
 from autoaccel.techniques.pruning import PRUNING, PruningConfig
-from autoaccel.testing.pipelines import build_tiny_pipeline
+from autoaccel.testing.pipelines import build_tiny_pipeline, tiny_sdxl_unet
 from autoaccel.util.artifacts import ArtifactStore
 
 QUICK = dict(iterations=4, batch_size=8, data_samples=16)
@@ -219,33 +219,8 @@ def test_a_bad_rank_in_a_search_is_refused_before_the_run_starts(fast_overrides,
     assert len(error) == 1 and "distillation.lora_rank" in error[0] and "[1, 1024]" in error[0]
 
 
-def _sdxl_shaped_unet():
-    """A tiny UNet2DConditionModel shaped like SDXL's: text-time added conditioning, linear projections,
-    several transformer layers at the deepest level."""
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(0)
-    return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        transformer_layers_per_block=(1, 2),
-        cross_attention_dim=24,
-        attention_head_dim=(2, 4),
-        norm_num_groups=8,
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=24 + 6 * 8,
-    ).eval()
-
-
 def test_adapted_layers_come_from_the_layout_and_a_stored_adapter_merges_to_the_trained_weights():
-    unet = _sdxl_shaped_unet()
+    unet = tiny_sdxl_unet()
     attention = adapters.adapted_layers(unet, "attention")
     both = adapters.adapted_layers(unet, "attention_mlp")
     assert {name.split(".attn")[-1].split(".", 1)[1] for name in attention} == {"to_q", "to_k", "to_v", "to_out.0"}

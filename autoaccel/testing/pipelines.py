@@ -430,14 +430,13 @@ def _stable_diffusion_3(seed: int):
     )
 
 
-def _stable_diffusion_xl(seed: int):
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+def tiny_sdxl_unet(seed: int = 0):
+    """SDXL's UNet layout at a tiny width: text-time added conditioning (the second encoder's pooled projection
+    and six size ids), linear projections, more transformer layers at the deeper level."""
+    from diffusers import UNet2DConditionModel
 
-    # SDXL's layout: two CLIP encoders whose hidden states concatenate (16 + 16 = the cross-attention width), the
-    # second's pooled projection and six size ids (original size, crop, target size) as added conditioning.
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
+    return UNet2DConditionModel(
         sample_size=LATENT_SIZE,
         in_channels=4,
         out_channels=4,
@@ -454,6 +453,15 @@ def _stable_diffusion_xl(seed: int):
         projection_class_embeddings_input_dim=6 * 8 + 16,
         norm_num_groups=8,
     ).eval()
+
+
+def _stable_diffusion_xl(seed: int):
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    # SDXL's layout: two CLIP encoders whose hidden states concatenate (16 + 16 = the cross-attention width), the
+    # second's pooled projection and six size ids (original size, crop, target size) as added conditioning.
+    unet = tiny_sdxl_unet(seed)
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(_clip_config(hidden_size=16)).eval()
     torch.manual_seed(seed + 1)
