@@ -106,45 +106,20 @@ def rows_for(kind: str) -> list[Row]:
 
 
 def _clip(hidden: int, projection: bool):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    """A CLIP text encoder of a real width (CLIP-L 768, OpenCLIP-G 1280), two layers deep, and its tokenizer."""
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from autoaccel.testing.pipelines import CLIP_MAX_LENGTH, _clip_tokenizer
+    from autoaccel.testing.pipelines import _clip_config, _clip_tokenizer
 
-    tokenizer = _clip_tokenizer()
-    config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=4 * hidden,
-        projection_dim=hidden,
-        num_hidden_layers=2,
-        num_attention_heads=hidden // 64,
-        max_position_embeddings=CLIP_MAX_LENGTH,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval(), tokenizer
+    config = _clip_config(hidden, heads=hidden // 64, intermediate_size=4 * hidden)
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval(), _clip_tokenizer()
 
 
 def _t5():
-    from transformers import T5Config, T5EncoderModel
+    """T5-XXL's widths, two layers deep, and its tokenizer."""
+    from autoaccel.testing.pipelines import _t5_encoder, _t5_tokenizer
 
-    from autoaccel.testing.pipelines import _t5_tokenizer
-
-    tokenizer = _t5_tokenizer()
-    config = T5Config(
-        vocab_size=len(tokenizer),
-        d_model=4096,
-        d_kv=64,
-        d_ff=10240,
-        num_layers=2,
-        num_heads=64,
-        feed_forward_proj="gated-gelu",
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
-    return T5EncoderModel(config).eval(), tokenizer
+    return _t5_encoder(0, d_model=4096, d_kv=64, d_ff=10240), _t5_tokenizer()
 
 
 def real_size_pipeline(kind: str, device: str):

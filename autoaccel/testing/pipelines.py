@@ -114,17 +114,18 @@ def _clip_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=CLIP_MAX_LENGTH)
 
 
-def _clip_config(hidden_size: int, projection_dim: int | None = None):
+def _clip_config(hidden_size: int, projection_dim: int | None = None, heads: int = 2, intermediate_size: int = 0):
+    """Two CLIP text layers of ``hidden_size`` (the tests' widths, or a real encoder's width for a benchmark)."""
     from transformers import CLIPTextConfig
 
     tokenizer = _clip_tokenizer()
     return CLIPTextConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
+        intermediate_size=intermediate_size or 2 * hidden_size,
         projection_dim=projection_dim or hidden_size,
         num_hidden_layers=2,
-        num_attention_heads=2,
+        num_attention_heads=heads,
         max_position_embeddings=CLIP_MAX_LENGTH,
         hidden_act="gelu",
         bos_token_id=tokenizer.bos_token_id,
@@ -143,17 +144,18 @@ def _t5_tokenizer():
     return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
 
 
-def _t5_encoder(seed: int, d_model: int = 32):
+def _t5_encoder(seed: int, d_model: int = 32, d_kv: int = 8, d_ff: int = 0):
+    """Two T5 encoder layers of ``d_model`` in heads of ``d_kv`` (a benchmark passes T5-XXL's widths)."""
     from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
     config = T5Config(
         vocab_size=len(_t5_tokenizer()),
         d_model=d_model,
-        d_kv=8,
-        d_ff=2 * d_model,
+        d_kv=d_kv,
+        d_ff=d_ff or 2 * d_model,
         num_layers=2,
-        num_heads=d_model // 8,
+        num_heads=d_model // d_kv,
         relative_attention_num_buckets=8,
         feed_forward_proj="gated-gelu",
         pad_token_id=0,
