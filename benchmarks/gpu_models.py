@@ -196,17 +196,16 @@ def target_of(pipeline, kind: str, tiny: bool):
 
 
 def row_pipeline(target, row: Row):
+    """The default call, or the row's plan over the model as it is (every other model technique unchanged)."""
     if not row.params:
         return reference_pipeline(target)
     params = {**unchanged_model_params(), **row.params}
-    techniques = [
+    named = [
         technique
         for technique in registered_techniques()
-        if any(key.startswith(f"{technique.name}.") for key in row.params)
-    ] + [technique for technique in registered_techniques() if technique.modifies_model]
-    unique = {technique.name: technique for technique in techniques}.values()
-    plan = Plan.of((technique, technique.config_from_params(params)) for technique in unique)
-    return build_pipeline(target, plan)
+        if any(key.startswith(f"{technique.name}.") for key in params)
+    ]
+    return build_pipeline(target, Plan.of((technique, technique.config_from_params(params)) for technique in named))
 
 
 def _refusal(error: Exception) -> str:
