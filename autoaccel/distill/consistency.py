@@ -69,6 +69,16 @@ def lcm_scheduler(target, settings: ConsistencySettings):
     return scheduler_from_settings("LCMScheduler", base, lcm_settings(settings), "consistency")
 
 
+def boundary_output(network, conditions, scheduler, abar, prediction: str, sample, timestep, labels) -> torch.Tensor:
+    """What ``LCMScheduler`` makes of the network's output at ``timestep``: its clean estimate under the
+    scheduler's boundary condition (``c_skip * sample + c_out * x0``). Students sampled with it train on this."""
+    keywords = conditions.keywords(labels, False, sample.device)
+    alpha, sigma = alpha_sigma(abar, timestep)
+    estimate = prediction_to_x0(predict(network, sample, timestep, keywords).float(), sample, alpha, sigma, prediction)
+    c_skip, c_out = scheduler.get_scalings_for_boundary_condition_discrete(timestep)
+    return c_skip.view(-1, 1, 1, 1) * sample + c_out.view(-1, 1, 1, 1) * estimate
+
+
 def consistency_student(
     target, settings: ConsistencySettings, train: TrainSettings, log: Callable[[str], None] | None = None
 ) -> tuple[torch.nn.Module, float]:
@@ -102,13 +112,9 @@ def _train(target, settings: ConsistencySettings, train: TrainSettings, log) -> 
     )
 
     def consistent(network, sample, timestep, batch_labels):
-        keywords = target.conditions.keywords(batch_labels, False, device)
-        alpha, sigma = alpha_sigma(teacher.abar, timestep)
-        estimate = prediction_to_x0(
-            predict(network, sample, timestep, keywords).float(), sample, alpha, sigma, prediction
+        return boundary_output(
+            network, target.conditions, scheduler, teacher.abar, prediction, sample, timestep, batch_labels
         )
-        c_skip, c_out = scheduler.get_scalings_for_boundary_condition_discrete(timestep)
-        return c_skip.view(-1, 1, 1, 1) * sample + c_out.view(-1, 1, 1, 1) * estimate
 
     for iteration in range(first, train.iterations):
         pause_training(run, iteration, clock, parts, generator)
