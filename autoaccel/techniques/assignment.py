@@ -22,7 +22,7 @@ from autoaccel.pipeline.prescribed import PRESCRIBED, prescription
 from autoaccel.targets.conditions import concat_keywords
 from autoaccel.targets.denoisers import predict
 from autoaccel.targets.layouts import layout_of
-from autoaccel.techniques.base import ParamSpec, Technique, register, require_types
+from autoaccel.techniques.base import TRAIN_MINUTES, ParamSpec, Technique, register, require_types
 from autoaccel.util.precision import cast_module, module_dtype
 
 PLACES = ("first", "last")
@@ -63,6 +63,8 @@ class StepAssigned(torch.nn.Module):
         self.student_prediction = prescription(student).settings.get("prediction_type", "epsilon")
         self.register_buffer("abar", alphas_cumprod(target).float(), persistent=False)
         object.__setattr__(self, PRESCRIBED, prescription(student))
+        if hasattr(student, TRAIN_MINUTES):  # the student's training stays the plan's search cost
+            object.__setattr__(self, TRAIN_MINUTES, getattr(student, TRAIN_MINUTES))
 
     @property
     def config(self):
@@ -129,7 +131,7 @@ def apply_assignment(pipeline, config: AssignmentConfig, target) -> None:
     if sampler is None or pipeline.denoiser is target.denoiser:
         raise TechniqueError(
             "assignment.teacher_steps > 0 needs a distilled student to hand steps to (distillation.method "
-            "progressive or consistency); this plan has none"
+            "progressive, consistency or dmd); this plan has none"
         )
     if getattr(pipeline.denoiser, "student", None) is not None:
         raise TechniqueError("assignment applies once per plan")

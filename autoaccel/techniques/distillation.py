@@ -8,6 +8,10 @@
   ``LCMScheduler`` at ``steps`` steps;
 - ``learned_schedule``: ``steps`` DDIM timesteps fitted to the teacher's ODE end points; the weights are the
   teacher's (``autoaccel.distill.learned_schedule``);
+- ``dmd``: a DMD2-style distribution matching student (``autoaccel.distill.dmd``): a fake score tracks the
+  student's distribution (``fake_updates`` per student update), the teacher's score pulls it towards the data,
+  with a GAN term on real images (``gan_weight``) and DMD1's regression (``regression_weight``); multi-step
+  students train with backward simulation and sample with diffusers' ``LCMScheduler``;
 - ``none``: the model as it is (the schedule-only baseline of a distillation space).
 
 A distilled model prescribes its own sampler (``autoaccel.pipeline.prescribed``): the solver and timesteps
@@ -56,6 +60,15 @@ from autoaccel.distill.adapters import (
 from autoaccel.distill.consistency import ConsistencySettings, consistency_student, lcm_scheduler, lcm_settings
 from autoaccel.distill.data import DATA_SEED_OFFSET
 from autoaccel.distill.diffusion import SCHEDULER_PREDICTION, alphas_cumprod, trailing_grid
+from autoaccel.distill.dmd import (
+    REAL_IMAGES,
+    TEACHER_SAMPLES,
+    DMDSettings,
+    dmd_scheduler,
+    dmd_student,
+    gan_data_source,
+    lcm_equivalent,
+)
 from autoaccel.distill.learned_schedule import CHECK_EVERY, learned_timesteps
 from autoaccel.distill.progressive import ProgressiveSettings, progressive_student
 from autoaccel.distill.students import kept_student
@@ -75,7 +88,8 @@ from autoaccel.techniques.base import (
 from autoaccel.techniques.solver import NEUTRAL_OVERRIDES
 from autoaccel.util.artifacts import Artifact
 
-METHODS = ("none", "progressive", "consistency", "learned_schedule")
+METHODS = ("none", "progressive", "consistency", "learned_schedule", "dmd")
+MAX_FAKE_UPDATES = 50
 # Optimizer steps of one training: the bundled spaces train a few hundred, a large model's distillation some
 # thousands; a training without end (a typo, a crafted recipe whose applying trains again) is refused.
 MAX_ITERATIONS = 100_000
@@ -110,6 +124,9 @@ class DistillationConfig:
     adapter: str = "auto"  # full weights, a LoRA adapter, or auto: LoRA above 200M parameters
     lora_rank: int = 16
     lora_modules: str = "attention_mlp"
+    fake_updates: int = 5  # dmd: fake score updates per student update (two time scales)
+    gan_weight: float = 0.0  # dmd: the GAN term's weight (0: none)
+    regression_weight: float = 0.0  # dmd: DMD1's regression onto the teacher's ODE end points (0: none)
 
     def __post_init__(self) -> None:
         number = (int, float)
@@ -137,6 +154,9 @@ class DistillationConfig:
                 "adapter": str,
                 "lora_rank": int,
                 "lora_modules": str,
+                "fake_updates": int,
+                "gan_weight": number,
+                "regression_weight": number,
             },
         )
         for name, valid in (
@@ -150,7 +170,7 @@ class DistillationConfig:
             if getattr(self, name) not in valid:
                 raise ConfigError(f"distillation.{name}={getattr(self, name)!r} is not valid; valid: {list(valid)}")
         integers = ("steps", "iterations", "batch_size", "data_samples", "seed", "start_steps", "original_steps")
-        for name in (*integers, "lora_rank"):
+        for name in (*integers, "lora_rank", "fake_updates", "gan_weight", "regression_weight"):
             spec = DISTILLATION_PARAMS[name]
             if not spec.accepts(getattr(self, name)):  # a recipe trains again without an artifact: bounded too
                 raise ConfigError(
@@ -171,9 +191,9 @@ class DistillationConfig:
                     "distillation halves the step count, so start_steps must be steps times a power of two >= 2 "
                     f"(e.g. {self.steps * 16})"
                 )
-        if self.method == "consistency" and not 1 <= self.steps <= self.original_steps:
+        if self.method in ("consistency", "dmd") and not 1 <= self.steps <= self.original_steps:
             raise ConfigError(
-                f"distillation.steps={self.steps} is not valid for consistency sampling over "
+                f"distillation.steps={self.steps} is not valid for {self.method} sampling over "
                 f"original_steps={self.original_steps}; it must be in [1, {self.original_steps}]"
             )
         if not 0 < self.train_share <= 1:
@@ -209,6 +229,9 @@ DISTILLATION_PARAMS = {
     "adapter": ParamSpec("choice", choices=ADAPTERS),
     "lora_rank": ParamSpec("int", low=1, high=MAX_RANK),
     "lora_modules": ParamSpec("choice", choices=LORA_MODULES),
+    "fake_updates": ParamSpec("int", low=1, high=MAX_FAKE_UPDATES),
+    "gan_weight": ParamSpec("float", low=0.0, high=100.0),
+    "regression_weight": ParamSpec("float", low=0.0, high=100.0),
 }
 
 
@@ -271,6 +294,17 @@ def distilled_model(pipeline, config: DistillationConfig, target, log=None) -> t
         timesteps = tuple(int(step) for step in scheduler.timesteps)
         sampler = PrescribedSampler("LCMScheduler", timesteps, 1.0, lcm_settings(settings))
         return prescribe(_deployed(student, train), sampler), minutes
+    if config.method == "dmd":
+        settings = dmd_settings(config)
+        shared = replace(train, iterations=share_of(train.iterations, config.train_share))
+        student, minutes = dmd_student(target, config.steps, settings, shared, log)
+        scheduler = dmd_scheduler(target, settings)
+        scheduler.set_timesteps(config.steps)
+        timesteps = tuple(int(step) for step in scheduler.timesteps)
+        sampler = PrescribedSampler("LCMScheduler", timesteps, 1.0, lcm_settings(lcm_equivalent(settings)))
+        deployed = prescribe(_deployed(student, train), sampler)
+        object.__setattr__(deployed, GAN_DATA, gan_data_source(target, settings))
+        return deployed, minutes
 
     key = ("learned_schedule", target.content_hash, config.steps, train)
     (timesteps, _), minutes = kept_student(key, lambda: learned_timesteps(target, config.steps, train, log))
@@ -278,6 +312,19 @@ def distilled_model(pipeline, config: DistillationConfig, target, log=None) -> t
         timesteps, target.scheduler_config.get("prediction_type", "epsilon"), target.reference_guidance
     )
     return prescribe(target.denoiser, sampler, share=True), minutes
+
+
+GAN_DATA = "dmd_gan_data"  # on a DMD student: what its GAN term trained against (None: no GAN term)
+
+
+def dmd_settings(config: DistillationConfig) -> DMDSettings:
+    return DMDSettings(
+        fake_updates=config.fake_updates,
+        gan_weight=float(config.gan_weight),
+        regression_weight=float(config.regression_weight),
+        original_steps=config.original_steps,
+        student_target=config.student_target,
+    )
 
 
 def _deployed(student, train: TrainSettings):
@@ -300,6 +347,8 @@ def distilled_weights(denoiser, config: DistillationConfig):
     if not config.trains or sampler is None:
         return None
     metadata = {"prescribed_sampler": json.dumps(asdict(sampler))}
+    if getattr(denoiser, GAN_DATA, None):
+        metadata[GAN_DATA] = getattr(denoiser, GAN_DATA)
     if config.method == "learned_schedule":
         return Artifact({"timesteps": torch.tensor(sampler.timesteps)}, metadata)
     adapter = trained_adapter(denoiser, "distillation")
@@ -325,11 +374,12 @@ def distillation_from_artifact(pipeline, config: DistillationConfig, target, art
     check_stored_kind(config.adapter, student_adapter(config, target.denoiser), None if stored is None else stored[0])
     if stored is not None:
         student = with_adapter(copy.deepcopy(target.denoiser), *stored, "distillation")
-        pipeline.denoiser = prescribe(student, sampler)
-        return
-    student = copy.deepcopy(target.denoiser).float().eval().requires_grad_(False)
-    student.load_state_dict(artifact.tensors, strict=True)
+    else:
+        student = copy.deepcopy(target.denoiser).float().eval().requires_grad_(False)
+        student.load_state_dict(artifact.tensors, strict=True)
     pipeline.denoiser = prescribe(student, sampler)
+    if artifact.metadata.get(GAN_DATA) in (REAL_IMAGES, TEACHER_SAMPLES):
+        object.__setattr__(pipeline.denoiser, GAN_DATA, artifact.metadata[GAN_DATA])
 
 
 LORA_DEPLOYMENT = (
@@ -339,11 +389,16 @@ LORA_DEPLOYMENT = (
 
 
 def distillation_record(pipeline, config: DistillationConfig) -> dict | None:
-    """A LoRA student's recipe says what its adapter is and how diffusers loads it without autoaccel."""
+    """A LoRA student's recipe says what its adapter is and how diffusers loads it without autoaccel; a DMD
+    student's with a GAN term what that term trained against (the target's real images or the teacher's samples)."""
+    record = {}
     adapter = trained_adapter(pipeline.denoiser, "distillation") if config.trains else None
-    if adapter is None:
-        return None
-    return {"lora": {"rank": adapter.settings.rank, "modules": adapter.settings.modules, "deploy": LORA_DEPLOYMENT}}
+    if adapter is not None:
+        settings = adapter.settings
+        record["lora"] = {"rank": settings.rank, "modules": settings.modules, "deploy": LORA_DEPLOYMENT}
+    if config.method == "dmd" and getattr(pipeline.denoiser, GAN_DATA, None):
+        record["dmd"] = {"gan_data": getattr(pipeline.denoiser, GAN_DATA)}
+    return record or None
 
 
 def distillation_cost(config: DistillationConfig) -> dict:
@@ -376,6 +431,8 @@ def distillation_work(config: DistillationConfig, target, calls_per_image: float
     last = share_of(config.iterations, config.train_share)
     if config.method == "consistency":
         return data + SearchWork(trained=last * batch, teacher=last * batch * (rows + 1))
+    if config.method == "dmd":
+        return data + _dmd_work(config, target, last, rows)
     rounds = max(1, round(math.log2(config.start_steps / config.steps)))
     trained = teacher = 0.0
     for index in range(rounds):
@@ -383,6 +440,25 @@ def distillation_work(config: DistillationConfig, target, calls_per_image: float
         trained += iterations * batch
         teacher += iterations * batch * 2 * (rows if index == 0 else 1)
     return data + SearchWork(trained=trained, teacher=teacher)
+
+
+def _dmd_work(config: DistillationConfig, target, iterations: int, rows: int) -> SearchWork:
+    """A DMD iteration: the student's step with a backward pass after (on average) half its earlier steps without
+    one (backward simulation), the guided real score and the fake score at the noised sample; then each fake score
+    update: a fresh student sample and the fake score's step. The GAN term adds the head's passes through the fake
+    score (one with the student's step, two per fake update), the regression a second student step on the ODE
+    reference's pairs (whose end points are made once)."""
+    batch, simulated = config.batch_size, (config.steps - 1) / 2
+    gan = 1 if config.gan_weight > 0 else 0
+    regression = 1 if config.regression_weight > 0 else 0
+    trained = batch * (1 + gan + regression + config.fake_updates * (1 + 2 * gan))
+    teacher = batch * (simulated + rows + 1 + config.fake_updates * (simulated + 1))
+    work = SearchWork(trained=iterations * trained, teacher=iterations * teacher)
+    if regression:
+        ode_steps = min(int(getattr(target, "ode_steps", 200)), int(target.num_train_timesteps))
+        end_points = SearchWork(teacher=config.data_samples * ode_steps * rows)
+        work = work + SearchWork(shared={f"ODE end points ({config.data_samples}, seed {config.seed})": end_points})
+    return work
 
 
 def distillation_label(candidate: Mapping[str, Any]) -> str | None:
