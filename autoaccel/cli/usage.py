@@ -17,6 +17,7 @@ MAIN_KEYS = (
     ("budget.max_memory_mb, budget.max_bytes", None, "more deployment limits"),
     ("budget.max_fid, budget.max_fid_ratio, budget.min_psnr", None, "quality limits (ratio: to the reference's FID)"),
     ("budget.min_adherence", None, "share (0-1) of images read as their requested class (embedded digit models)"),
+    ("budget.min_recall", None, "recall of the images against the real ones, 0-1: the diversity a plan keeps"),
     ("budget.min_pickscore", None, "PickScore of the images for their prompts (needs quality.preference_model)"),
     ("quality.clip_model, quality.preference_model", None, "CLIP and PickScore models: hub ids or local folders"),
     ("quality.inception_weights", None, "auto (downloaded by torch-fidelity) or a weights file: fid_inception"),

@@ -51,6 +51,7 @@ class BudgetConfig:
     max_fid_ratio: float | None = None  # times the reference's FID, measured in the same run on the same seeds
     min_psnr: float | None = None  # dB against the reference's ODE solution from the same noise
     min_adherence: float | None = None  # share of images read as their requested class (embedded digit models)
+    min_recall: float | None = None  # recall against the real images: the diversity a student keeps (0-1)
     min_pickscore: float | None = None  # PickScore of the images for their prompts (quality.preference_model)
     warm_start_steps: list[int] = field(default_factory=lambda: [4, 6, 10])
 

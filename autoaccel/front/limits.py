@@ -48,6 +48,9 @@ LIMIT_OPTIONS: dict[str, LimitOption] = {
         LimitOption(
             "min_adherence", "adherence", False, "share of images read as their requested class, 0-1", quality=True
         ),
+        LimitOption(
+            "min_recall", "recall", False, "recall against the real images, 0-1 (the diversity kept)", quality=True
+        ),
         LimitOption("min_pickscore", "pickscore", False, "PickScore: human preference for the prompt", quality=True),
     )
 }

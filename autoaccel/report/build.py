@@ -24,6 +24,7 @@ from autoaccel.pipeline.seeds import sample_in_chunks
 from autoaccel.plan.apply import build_pipeline
 from autoaccel.plan.candidate import Candidate
 from autoaccel.plan.recipe import apply_recipe, build_recipe, save_recipe
+from autoaccel.report.diversity import diversity_sentence
 from autoaccel.report.files import REFERENCE_FILE, recipe_name
 from autoaccel.report.html import REFERENCE_GRID, figure_text, write_html
 from autoaccel.report.noise import (
@@ -266,6 +267,7 @@ def build_report(context, log=print, skip_missing_artifacts: bool | None = None)
             noise, reference_is_stochastic(context.target), str((reference or {}).get("reference") or "the reference")
         ),
         *recommendation_ties(recommendations, noise),
+        diversity_sentence(front, reference),
     ]
     summary = {
         "model": f"{context.target.name} ({context.target.path}), weights hash {context.target.content_hash[:16]}",
