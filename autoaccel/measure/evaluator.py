@@ -256,22 +256,29 @@ class Evaluator:
                 apply_plan(pipeline, [(technique, config)], self.target)
                 continue
             key = plan_prefix_key(self.target.content_hash, model_steps[:count])
-            found = artifact_index.lookup(self.artifacts, key)
-            if found is None and not train and technique.recompute is not None and technique.recompute(config):
-                raise NotStored(f"its {technique.name} model is not stored in {self.artifacts.folder}")
-            if found is not None:
-                path, sha, minutes = found
-                apply_plan(pipeline, [(technique, config)], self.target, artifacts={technique.name: (path, sha)})
-                if minutes is not None and pipeline.denoiser is not self.target.denoiser:  # its search cost, as trained
-                    object.__setattr__(pipeline.denoiser, TRAIN_MINUTES, minutes)
-                stored[technique.name] = sha
-                continue
-            made = apply_plan(pipeline, [(technique, config)], self.target, store=self.artifacts)
-            if technique.name in made:
-                minutes = getattr(pipeline.denoiser, TRAIN_MINUTES, None)
-                artifact_index.remember(self.artifacts, key, technique.name, made[technique.name], minutes)
-            stored.update(made)
+            trains = technique.recompute is not None and bool(technique.recompute(config))
+            # a model that trains is claimed first: a second worker waits for it and loads it, not trains it again
+            with artifact_index.claimed(self.artifacts, key) if trains else contextlib.nullcontext():
+                stored.update(self._stored_or_made(pipeline, technique, config, key, train or not trains))
         return stored
+
+    def _stored_or_made(self, pipeline, technique, config, key: str, may_make: bool) -> dict[str, str]:
+        """One model step: loaded from the artifact stored under ``key`` if there is one, else applied (and its
+        artifact stored and indexed); ``may_make`` False refuses a model that would train (``NotStored``)."""
+        found = artifact_index.lookup(self.artifacts, key)
+        if found is None and not may_make:
+            raise NotStored(f"its {technique.name} model is not stored in {self.artifacts.folder}")
+        if found is not None:
+            path, sha, minutes = found
+            apply_plan(pipeline, [(technique, config)], self.target, artifacts={technique.name: (path, sha)})
+            if minutes is not None and pipeline.denoiser is not self.target.denoiser:  # its search cost, as trained
+                object.__setattr__(pipeline.denoiser, TRAIN_MINUTES, minutes)
+            return {technique.name: sha}
+        made = apply_plan(pipeline, [(technique, config)], self.target, store=self.artifacts)
+        if technique.name in made:
+            minutes = getattr(pipeline.denoiser, TRAIN_MINUTES, None)
+            artifact_index.remember(self.artifacts, key, technique.name, made[technique.name], minutes)
+        return made
 
     def plan_identity(self, candidate: Candidate) -> str:
         """Which plan ``candidate`` runs: equal for candidates whose parameters differ but whose computation does

@@ -4,7 +4,9 @@ file per plan prefix (the model techniques up to and including one, with their v
 target), in ``artifacts/index/``, naming the artifact's sha256 and the training minutes it cost.
 
 A resumed search, or a trial whose model was trained by an earlier trial no longer kept in memory, loads the
-model from its artifact instead of training it again (``Evaluator.configured_pipeline``).
+model from its artifact instead of training it again (``Evaluator.configured_pipeline``). Workers sharing a run
+folder claim a model before making it (``claimed``, a file lock beside its index entry): a second worker wanting
+a student another is training waits for it and loads it, instead of training it twice.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -19,8 +23,15 @@ from typing import Any
 from autoaccel.plan.candidate import to_plain
 from autoaccel.util.artifacts import SHA256, ArtifactStore
 from autoaccel.util.files import write_atomically
+from autoaccel.util.interrupts import pause_point
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no claim, a worker may make a model another is making
+    fcntl = None
 
 INDEX_DIR = "index"
+WAIT_S = 0.2  # how often a worker waiting for another's model checks the lock (and for an interrupt)
 
 
 def plan_prefix_key(target_hash: str, steps: list[tuple[Any, Any]]) -> str:
@@ -47,3 +58,27 @@ def lookup(store: ArtifactStore, key: str) -> tuple[Path, str, float | None] | N
             minutes = entry.get("train_minutes")
             return store.path_of(sha), sha, float(minutes) if isinstance(minutes, int | float) else None
     return None
+
+
+@contextlib.contextmanager
+def claimed(store: ArtifactStore, key: str) -> Iterator[None]:
+    """Holds the exclusive lock of ``key`` (``index/<key>.lock``) inside the block: one process makes that model
+    while the others wait (interruptibly), then find it with ``lookup``. The lock goes with the process holding
+    it, so a killed worker never leaves a model claimed."""
+    if fcntl is None:
+        yield
+        return
+    path = store.folder / INDEX_DIR / f"{key}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                pause_point()
+                time.sleep(WAIT_S)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
