@@ -31,6 +31,15 @@ class DistillationBenchConfig:
     schedule_iterations: int = 100
     batch_size: int = 64
     learning_rate: float = 2.0e-4
+    methods: list[str] = field(
+        default_factory=lambda: ["progressive", "consistency", "learned_schedule", "dmd", "dmd_gan"]
+    )
+    dmd_iterations: int = 2000
+    dmd_learning_rate: float = 3.0e-4
+    dmd_ema: float = 0.99
+    dmd_fake_updates: int = 2
+    dmd_gan_weight: float = 0.01
+    dmd_curve: list[int] = field(default_factory=lambda: [250, 500, 1000])  # 1-step DMD rows at fewer iterations
     search_trials: int = 0  # > 0: a search of search_space against a schedule-only one, each this many trials
     search_space: str = "distilled"
 

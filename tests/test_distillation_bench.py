@@ -1,4 +1,5 @@
-"""``bench distillation`` end to end on the tiny pipeline: a row per method at each NFE, and a distilled search's
+"""``bench distillation`` end to end on the tiny pipeline: a row per method at each NFE (DMD with and without its
+GAN term, and its training curve), and a distilled search's
 front against a schedule-only search's, with the verdict at each NFE bound."""
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ def test_distillation_bench_writes_its_rows_and_both_searched_fronts(fast_overri
             "bench.distillation.consistency_iterations=3",
             "bench.distillation.schedule_iterations=2",
             "bench.distillation.batch_size=16",
+            "bench.distillation.dmd_iterations=3",
+            "bench.distillation.dmd_fake_updates=1",
+            "bench.distillation.dmd_curve=[2]",
             "bench.distillation.search_trials=4",
             f"bench.distillation.search_space={space_file}",
             "fidelity.levels=[16,48]",
@@ -47,7 +51,8 @@ def test_distillation_bench_writes_its_rows_and_both_searched_fronts(fast_overri
         ]
     )
     table = run_distillation_benchmark(config, log=lambda message: None).read_text()
-    for row in ("| 1 | 1 | ddim-1 |", "| progressive |", "| consistency |", "| learned schedule |"):
+    rows = ("| 1 | 1 | ddim-1 |", "| progressive |", "| consistency |", "| learned schedule |", "| dmd |")
+    for row in (*rows, "| dmd + GAN |", "| dmd, 2 iterations |"):
         assert row in table
     assert "### Schedule-only front (space=sampler)" in table and "### Distilled front" in table
     front_rows = table.split("### Schedule-only front")[1].split("### At each NFE bound")[0]
@@ -68,5 +73,14 @@ def test_the_summary_judges_each_nfe_bound_by_measured_nfe_not_by_sampling_steps
     assert verdict.startswith("- NFE <= 4: best consistency at 2 steps (NFE 2), FID 1.20 = 1.20x")
     assert "no schedule-only row" in verdict and "NOT met" in verdict  # 1.2x > the 1.1x target
     assert _verdict(2, rows, reference_fid=1.0, reference_recall=0.8).endswith(
-        "(target <= 1.5x with recall at most 0.05 below: met)."
+        "(target <= 1.25x with recall at most 0.05 below, under 60 min: met)."
     )
+
+
+def test_an_unknown_bench_method_is_named(fast_overrides, tmp_path):
+    from autoaccel.errors import ConfigError
+    from benchmarks.distillation import method_rows
+
+    config = compose_config([*fast_overrides, "bench.distillation.methods=[dmd,dmm]"])
+    with pytest.raises(ConfigError, match=r"bench.distillation.methods: \['dmm'\] are not valid"):
+        method_rows(config, 1)
