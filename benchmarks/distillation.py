@@ -114,7 +114,10 @@ def run_distillation_benchmark(config: DictConfig, log=print) -> Path:
             log(f"   NFE {nfe} {label}: fid {entry['fid']} minutes {entry.get('train_minutes')} {entry['failures']}")
             rows[int(nfe)].append((label, entry))
     fronts = _search_fronts(config, bench_dir, evaluators, log)
-    return write_distillation_table(config, bench_dir, target, reference, rows, fronts)
+    judge = evaluators[0].judge
+    floor = judge.fid_floor()
+    floor_line = f"FID floor: {floor['sentence']}" if floor else judge.floor_absence()
+    return write_distillation_table(config, bench_dir, target, reference, rows, fronts, floor_line)
 
 
 def _search_fronts(config: DictConfig, bench_dir: Path, evaluators, log) -> dict[str, list[tuple[int, dict]]]:
@@ -160,7 +163,9 @@ def _cells(entry: dict, reference: dict) -> list[str]:
     ]
 
 
-def write_distillation_table(config, bench_dir: Path, target, reference: dict, rows, fronts=None) -> Path:
+def write_distillation_table(
+    config, bench_dir: Path, target, reference: dict, rows, fronts=None, floor_line: str = ""
+) -> Path:
     settings = config.bench.distillation
     reference_fid, reference_spread = mean_std(reference["fid"])
     reference_recall, _ = mean_std(reference["recall"])
@@ -188,6 +193,7 @@ def write_distillation_table(config, bench_dir: Path, target, reference: dict, r
         + "); minutes are wall-clock "
         "on this 2-core machine (shared with other jobs), the whole cost of producing that row's model.",
         "",
+        *([floor_line, ""] if floor_line else []),
         "| steps | NFE | plan | FID | FID / reference | precision | recall | adherence (%) | latency / reference "
         "| training minutes |",
         "|---|---|---|---|---|---|---|---|---|---|",
