@@ -94,6 +94,7 @@ def dmd_params(settings, gan: bool) -> dict:
         "distillation.ema": float(settings.dmd_ema),
         "distillation.fake_updates": int(settings.dmd_fake_updates),
         "distillation.gan_weight": float(settings.dmd_gan_weight) if gan else 0.0,
+        "distillation.regression_weight": float(settings.dmd_regression_weight),
     }
 
 
@@ -187,7 +188,8 @@ def write_distillation_table(
         f"consistency {settings.consistency_iterations} iterations; learned schedule {settings.schedule_iterations} "
         f"iterations; batch {settings.batch_size}, learning rate {settings.learning_rate}; DMD (distribution "
         f"matching, DMD2-style) {settings.dmd_iterations} iterations at learning rate {settings.dmd_learning_rate}, "
-        f"EMA {settings.dmd_ema}, {settings.dmd_fake_updates} fake score updates per student update, GAN weight "
+        f"EMA {settings.dmd_ema}, {settings.dmd_fake_updates} fake score updates per student update, regression "
+        f"weight {settings.dmd_regression_weight}, GAN weight "
         f"{settings.dmd_gan_weight} in the + GAN rows (against "
         + ("the target's real images" if target.real_images is not None else "the teacher's samples")
         + "); minutes are wall-clock "
