@@ -182,14 +182,19 @@ dimensions:
 @pytest.mark.slow
 @pytest.mark.integration
 def test_a_second_worker_loads_the_dmd_student_another_trained_on_the_shared_study(
-    postgres_url, fast_overrides, tmp_path, monkeypatch
+    postgres_url, fast_overrides, tiny_pipeline_dir, tmp_path, monkeypatch
 ):
     """Worker one (its own process) trains the student in a PostgreSQL study; a second process evaluating a plan
     that only changes the sampler part finds the student by the hash of its training settings and the base
-    weights, with training patched to fail."""
+    weights, with training patched to fail; the first worker's recipe applies to a fresh load without training."""
+    from diffusers import DDPMPipeline
+
     import autoaccel.distill.dmd as dmd
+    from autoaccel import apply_recipe
     from autoaccel.distill.students import forget_students
+    from autoaccel.pipeline.seeds import sample_in_chunks
     from autoaccel.plan.candidate import Candidate
+    from autoaccel.report.build import write_front_recipe
     from autoaccel.search.run import open_run
 
     space = tmp_path / "dmd.yaml"
@@ -213,3 +218,16 @@ def test_a_second_worker_loads_the_dmd_student_another_trained_on_the_shared_stu
     assert measured.ok, measured.failure
     assert measured.details["artifacts"]["distillation"] == json.loads(first["artifacts"])["distillation"]
     assert measured.details["train_minutes"] == first["train_minutes"]
+
+    # the first worker's recipe applies to a fresh diffusers load, bit for bit, with training still patched to fail
+    row = trials.set_index("trial").loc[int(first["trial"])]
+    recipe = write_front_recipe(
+        context, pd.Series({**row.to_dict(), "trial": int(first["trial"])}), run_dir / "recipes-all"
+    )
+    fast = apply_recipe(DDPMPipeline.from_pretrained(tiny_pipeline_dir), recipe)
+    assert type(fast.scheduler).__name__ == "LCMScheduler" and len(fast.plan.timesteps) == 2
+    seeds = context.judge.seeds.head(4)
+    scored = context.evaluator.configured_pipeline(
+        Candidate.from_params(context.ledger.trial(int(first["trial"])).user_attrs["candidate"])
+    )
+    assert torch.equal(sample_in_chunks(fast, seeds, 4), sample_in_chunks(scored, seeds, 4))
