@@ -9,13 +9,15 @@ of that row (progressive students share their earlier rounds: the minutes are al
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from autoaccel.errors import ConfigError
 from autoaccel.space.spaces import load_space
 from benchmarks.common import mean_std, score_on_seed_sets, search_front, seed_set_evaluators
+from benchmarks.config import DistillationBenchConfig
 
 STANDARD = {
     "ddim": {"solver.name": "ddim"},
@@ -58,15 +60,16 @@ def method_rows(config: DictConfig, nfe: int) -> list[tuple[str, dict]]:
         "dmd + GAN": dmd_params(settings, gan=True),
     }
     chosen = {METHOD_ROWS[method] for method in settings.methods}
-    rows += [(label, {**common, **params}) for label, params in students.items() if label in chosen]
-    if nfe == 1 and "dmd" in chosen:  # the training curve: the same student at fewer iterations (continued runs)
-        rows += [
-            (
-                f"dmd, {count} iterations",
-                {**common, **dmd_params(settings, gan=False), "distillation.iterations": count},
-            )
-            for count in settings.dmd_curve
-        ]
+    for label, params in students.items():
+        if label not in chosen:
+            continue
+        if label == "dmd" and nfe == 1:  # the training curve first: each shorter run continues the one before
+            rows += [
+                (f"dmd, {count} iterations", {**common, **params, "distillation.iterations": int(count)})
+                for count in sorted(settings.dmd_curve)
+                if count < int(settings.dmd_iterations)
+            ]
+        rows.append((label, {**common, **params}))
     if nfe >= 2:  # the teacher takes the first of the student's steps (its NFE counts that call)
         rows += [
             (f"{label} + teacher first", {**params, "assignment.teacher_steps": 1})
@@ -174,6 +177,7 @@ def write_distillation_table(
 
     described = describe_reference(target) if target.name != "digits" else "DDPM, all steps"
     command = "python -m autoaccel bench distillation" + (f" target={target.name}" if target.name != "digits" else "")
+    command += "".join(f" {override}" for override in changed_settings(settings))
     lines = [
         "# Distillation benchmark: students and learned schedules vs schedules alone vs the reference",
         "",
@@ -220,10 +224,25 @@ def write_distillation_table(
         "FID here uses autoaccel's digit-classifier features at a fixed "
         "sample count: compare rows with each other, not with Inception FIDs published elsewhere."
     )
-    path = bench_dir / ("distillation.md" if target.name == "digits" else f"distillation-{target.name}.md")
+    default = "distillation.md" if target.name == "digits" else f"distillation-{target.name}.md"
+    path = bench_dir / (settings.table or default)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def changed_settings(settings) -> list[str]:
+    """``bench.distillation.KEY=VALUE`` for each setting that differs from its default: the command that wrote a
+    table names them."""
+    defaults = asdict(DistillationBenchConfig())
+    changed = []
+    for key, default in defaults.items():
+        value = settings.get(key, default)
+        value = list(value) if isinstance(value, ListConfig) else value
+        if value != default:
+            shown = f"[{','.join(str(item) for item in value)}]" if isinstance(value, list) else value
+            changed.append(f"bench.distillation.{key}={shown}")
+    return changed
 
 
 TARGET_RATIO = {1: 1.5, 2: 1.25, 4: 1.1}
