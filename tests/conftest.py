@@ -38,6 +38,14 @@ def tiny_pipeline_dir(tmp_path_factory):
     return build_tiny_pipeline_folder(tmp_path_factory.mktemp("tiny") / "pipeline")
 
 
+@pytest.fixture(scope="module")
+def tiny_target(tiny_pipeline_dir):
+    """The tiny pipeline loaded once per module (a test module whose tests change it defines its own)."""
+    from autoaccel.targets.loader import load_pipeline_folder
+
+    return load_pipeline_folder(tiny_pipeline_dir)
+
+
 @pytest.fixture(scope="session")
 def shared_cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")

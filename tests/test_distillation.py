@@ -15,22 +15,9 @@ import torch
 from autoaccel.config import compose_config
 from autoaccel.errors import ConfigError, TechniqueError
 from autoaccel.pipeline.sampling import sampler_pipeline
+from autoaccel.testing.pipelines import plan_images
 
 QUICK = dict(iterations=6, batch_size=16, data_samples=32)
-
-
-@pytest.fixture(scope="module")
-def tiny_target(tiny_pipeline_dir):
-    from autoaccel.targets.loader import load_pipeline_folder
-
-    return load_pipeline_folder(tiny_pipeline_dir)
-
-
-def _images(pipeline, target, count: int = 6):
-    from autoaccel.pipeline.seeds import make_seed_batch, sample_in_chunks
-
-    seeds = make_seed_batch(target.sample_shape, count, 5, target.condition_count)
-    return sample_in_chunks(pipeline, seeds, count)
 
 
 @pytest.mark.slow
@@ -60,7 +47,7 @@ def test_each_method_trains_prescribes_its_sampler_and_reapplies_from_its_artifa
         trained, [(DISTILLATION, config), (SOLVER, SolverConfig(name="unipc"))], tiny_target, store=store
     )
     assert type(trained.scheduler).__name__ == scheduler and len(trained.plan.timesteps) == 2
-    images = _images(trained, tiny_target)
+    images = plan_images(trained, tiny_target)
     assert trained.denoiser_calls == 2 and torch.isfinite(images).all()
     teacher_weights = dict(tiny_target.denoiser.state_dict())
     differs = any(
@@ -76,7 +63,7 @@ def test_each_method_trains_prescribes_its_sampler_and_reapplies_from_its_artifa
     artifact = {"distillation": (store.path_of(stored["distillation"]), stored["distillation"])}
     apply_plan(restored, plan, tiny_target, artifact)
     assert restored.plan.timesteps == trained.plan.timesteps
-    assert torch.equal(_images(restored, tiny_target), images)
+    assert torch.equal(plan_images(restored, tiny_target), images)
     assert tiny_target.denoiser is not restored.denoiser  # the target's own model is never changed
 
 
@@ -259,7 +246,7 @@ def test_assigned_teacher_steps_answer_in_the_students_parameterization_and_coun
     alpha, sigma = alpha_sigma(Teacher.of_target(tiny_target).abar, first)
     wanted = Teacher.of_target(tiny_target).x0(sample, first, labels)
     torch.testing.assert_close(prediction_to_x0(output, sample, alpha, sigma, "v_prediction"), wanted)
-    mixed_images, alone_images = _images(mixed, tiny_target), _images(alone, tiny_target)
+    mixed_images, alone_images = plan_images(mixed, tiny_target), plan_images(alone, tiny_target)
     assert mixed.denoiser_calls == 2 and not torch.equal(mixed_images, alone_images)
 
 

@@ -19,22 +19,9 @@ import torch
 
 from autoaccel.errors import ConfigError
 from autoaccel.pipeline.sampling import sampler_pipeline
+from autoaccel.testing.pipelines import plan_images
 
 QUICK = dict(iterations=3, batch_size=8, data_samples=16, fake_updates=1)
-
-
-@pytest.fixture(scope="module")
-def tiny_target(tiny_pipeline_dir):
-    from autoaccel.targets.loader import load_pipeline_folder
-
-    return load_pipeline_folder(tiny_pipeline_dir)
-
-
-def _images(pipeline, target, count: int = 4):
-    from autoaccel.pipeline.seeds import make_seed_batch, sample_in_chunks
-
-    seeds = make_seed_batch(target.sample_shape, count, 5, target.condition_count)
-    return sample_in_chunks(pipeline, seeds, count)
 
 
 @pytest.mark.slow
@@ -58,7 +45,7 @@ def test_a_dmd_student_trains_records_its_gan_data_and_reapplies_bit_for_bit_wit
     trained = sampler_pipeline(target)
     stored = apply_plan(trained, [(DISTILLATION, config)], target, store=store)
     assert type(trained.scheduler).__name__ == "LCMScheduler" and len(trained.plan.timesteps) == 2
-    images = _images(trained, target)
+    images = plan_images(trained, target, 4)
     assert trained.denoiser_calls == 2 and torch.isfinite(images).all()
     teacher = dict(target.denoiser.state_dict())
     assert any(not torch.equal(value, teacher[name]) for name, value in trained.denoiser.state_dict().items())
@@ -76,7 +63,7 @@ def test_a_dmd_student_trains_records_its_gan_data_and_reapplies_bit_for_bit_wit
         {"distillation": (store.path_of(stored["distillation"]), stored["distillation"])},
     )
     assert restored.plan.timesteps == trained.plan.timesteps
-    assert torch.equal(_images(restored, target), images)
+    assert torch.equal(plan_images(restored, target, 4), images)
     assert technique_records(restored)["distillation"] == {"dmd": {"gan_data": wanted}}
 
 

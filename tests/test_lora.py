@@ -23,16 +23,11 @@ from autoaccel.targets.loader import load_pipeline_folder
 from autoaccel.targets.precision import load_in_dtype
 from autoaccel.techniques.distillation import DISTILLATION, DistillationConfig
 from autoaccel.techniques.pruning import PRUNING, PruningConfig
-from autoaccel.testing.pipelines import build_tiny_pipeline, tiny_sdxl_unet
+from autoaccel.testing.pipelines import build_tiny_pipeline, plan_images, tiny_sdxl_unet
 from autoaccel.util.artifacts import ArtifactStore
 
 QUICK = dict(iterations=4, batch_size=8, data_samples=16)
 LORA = dict(adapter="lora", lora_rank=2)
-
-
-@pytest.fixture(scope="module")
-def tiny_target(tiny_pipeline_dir):
-    return load_pipeline_folder(tiny_pipeline_dir)
 
 
 @pytest.fixture
@@ -47,13 +42,6 @@ def _pipeline(target):
     pipeline = sampler_pipeline(target)
     run_default_call(pipeline, target)
     return pipeline
-
-
-def _images(pipeline, target, count: int = 6):
-    from autoaccel.pipeline.seeds import make_seed_batch, sample_in_chunks
-
-    seeds = make_seed_batch(target.sample_shape, count, 5, target.condition_count)
-    return sample_in_chunks(pipeline, seeds, count)
 
 
 def _float32_bytes(module) -> int:
@@ -81,7 +69,7 @@ def test_a_lora_student_is_an_adapter_sized_artifact_that_reapplies_bit_for_bit_
     teacher_weights = copy.deepcopy(tiny_target.denoiser.state_dict())
     trained = sampler_pipeline(tiny_target)
     stored = apply_plan(trained, [(DISTILLATION, config)], tiny_target, store=store)
-    images = _images(trained, tiny_target)
+    images = plan_images(trained, tiny_target)
     assert torch.isfinite(images).all() and trained.denoiser.train_minutes > 0
     assert trained.denoiser_calls == 2  # its own 2-step sampler, one branch
     # the target's own model was frozen and shared, never written
@@ -98,7 +86,7 @@ def test_a_lora_student_is_an_adapter_sized_artifact_that_reapplies_bit_for_bit_
     restored = sampler_pipeline(tiny_target)
     apply_plan(restored, [(DISTILLATION, config)], tiny_target, artifact)
     assert restored.plan.timesteps == trained.plan.timesteps
-    assert torch.equal(_images(restored, tiny_target), images)
+    assert torch.equal(plan_images(restored, tiny_target), images)
     # a recipe edited to another rank or to whole weights does not fit the adapter it names
     for edited, trains in (
         (replace(config, lora_rank=4), "a rank-4 attention_mlp LoRA adapter"),
@@ -122,7 +110,9 @@ def test_lora_recovery_after_pruning_is_an_adapter_sized_artifact_that_reapplies
     untrained = _pipeline(tiny_target)
     apply_plan(untrained, [(PRUNING, PruningConfig(ratio=0.25))], tiny_target)
     assert trained.denoiser.train_minutes > 0
-    assert not torch.equal(_images(trained, tiny_target), _images(untrained, tiny_target))  # recovery changed it
+    assert not torch.equal(
+        plan_images(trained, tiny_target), plan_images(untrained, tiny_target)
+    )  # recovery changed it
 
     path, names, metadata = _stored(store, stored["pruning"])
     assert names and all(".lora_" in name for name in names)
@@ -134,7 +124,7 @@ def test_lora_recovery_after_pruning_is_an_adapter_sized_artifact_that_reapplies
     forbid_training()
     restored = _pipeline(tiny_target)
     apply_plan(restored, [(PRUNING, config)], tiny_target, {"pruning": (path, stored["pruning"])})
-    assert torch.equal(_images(restored, tiny_target), _images(trained, tiny_target))
+    assert torch.equal(plan_images(restored, tiny_target), plan_images(trained, tiny_target))
 
 
 def test_a_lora_recovery_artifact_on_another_model_is_refused_with_the_reason(tmp_path, quick_recovery):
@@ -161,13 +151,13 @@ def test_a_lora_student_trains_on_a_bfloat16_target_where_a_whole_weight_student
     trained = sampler_pipeline(target)
     store = ArtifactStore(tmp_path / "artifacts")
     stored = apply_plan(trained, [(DISTILLATION, config)], target, store=store)
-    assert trained.denoiser.dtype == torch.bfloat16 and torch.isfinite(_images(trained, target)).all()
+    assert trained.denoiser.dtype == torch.bfloat16 and torch.isfinite(plan_images(trained, target)).all()
     adapter = adapters.trained_adapter(trained.denoiser, "distillation")
     assert all(tensor.dtype == torch.float32 for tensor in adapter.weights.values())  # trained in float32
     restored = sampler_pipeline(target)
     path = store.path_of(stored["distillation"])
     apply_plan(restored, [(DISTILLATION, config)], target, {"distillation": (path, stored["distillation"])})
-    assert torch.equal(_images(restored, target), _images(trained, target))
+    assert torch.equal(plan_images(restored, target), plan_images(trained, target))
     with pytest.raises(TechniqueError, match="runs on a float32 copy of the model"):
         apply_plan(sampler_pipeline(target), [(DISTILLATION, DistillationConfig(method="consistency"))], target)
 
@@ -372,7 +362,7 @@ def test_pruning_a_lora_student_stores_the_pruned_weights_and_reapplies_bit_for_
     artifacts = {name: (store.path_of(sha), sha) for name, sha in stored.items()}
     restored = sampler_pipeline(tiny_target)
     apply_plan(restored, [(DISTILLATION, student), (PRUNING, pruned)], tiny_target, artifacts)
-    assert torch.equal(_images(restored, tiny_target), _images(trained, tiny_target))
+    assert torch.equal(plan_images(restored, tiny_target), plan_images(trained, tiny_target))
 
 
 @pytest.mark.slow

@@ -569,3 +569,12 @@ def _sana(seed: int):
         transformer=transformer,
         scheduler=scheduler,
     )
+
+
+def plan_images(pipeline, target, count: int = 6, seed: int = 5):
+    """``count`` images of ``pipeline`` (a plan applied to ``target``) on fixed seeds: what a test compares
+    between a plan as trained and as re-applied from its artifact or recipe."""
+    from autoaccel.pipeline.seeds import make_seed_batch, sample_in_chunks
+
+    seeds = make_seed_batch(target.sample_shape, count, seed, target.condition_count)
+    return sample_in_chunks(pipeline, seeds, count)
