@@ -34,7 +34,7 @@ def diversity_sentence(front: pd.DataFrame, reference: Mapping | None) -> str:
     listed = ", ".join(f"trial {trial} (recall {float(recalls[trial]):.3f})" for trial in marked)
     return (
         f"lost diversity: {listed}: recall more than {RECALL_DROP} below the reference's "
-        f"({float(reference['recall']):.3f}); such a plan covers fewer of the real images' modes than its FID "
+        f"({float(reference['recall']):.3f}); such a plan covers fewer of the reference images' modes than its FID "
         "suggests (set budget.min_recall to keep it off the front)"
     )
 
