@@ -60,6 +60,8 @@ NOISE_RANGE = (0.02, 0.98)  # the share of the schedule the matching gradient an
 DISCRIMINATOR_WEIGHT = 0.01  # the GAN head's loss beside the fake score's denoising loss (DMD2's classifier weight)
 REAL_IMAGES = "real images"
 TEACHER_SAMPLES = "teacher samples"
+MAX_REAL = 10_000  # real images the GAN term keeps in the model's space (float32 samples or latents)
+DATA_SEED = 40_000  # the draw of real images for the GAN term: apart from every other seed
 
 
 @dataclass(frozen=True)
@@ -101,25 +103,28 @@ def gan_data_source(target, settings: DMDSettings) -> str | None:
 
 
 def real_samples(target, count: int, seed: int) -> torch.Tensor:
-    """The GAN's real side in the model's sample space: the target's real images in [-1, 1] (their VAE latents
-    under a latent model), else ``count`` clean teacher samples."""
+    """The GAN's real side in the model's sample space: the target's real images (at most ``MAX_REAL``, drawn
+    with ``seed``) in [-1, 1], their VAE latents under a latent model; without real images, ``count`` clean
+    teacher samples. Converted a chunk at a time, so a large ``target.data`` folder is never held as floats
+    whole."""
     if target.real_images is None:
         return clean_samples(target, count, seed)[0].float()
-    images = target.real_images.float() / 127.5 - 1.0
-    if target.vae is None:
-        return images
+    real = target.real_images
+    rows = torch.randperm(len(real), generator=torch.Generator().manual_seed(DATA_SEED + seed))[:MAX_REAL]
+    return torch.cat([_model_space(target, real[chunk]) for chunk in rows.sort().values.split(256)])
+
+
+def _model_space(target, images_uint8: torch.Tensor) -> torch.Tensor:
+    images = images_uint8.float() / 127.5 - 1.0
     vae = target.vae
+    if vae is None:
+        return images
     channels = int(vae.config.in_channels)
     if images.shape[1] != channels:
         images = images.mean(dim=1, keepdim=True).repeat(1, channels, 1, 1)
     parameter = next(vae.parameters())
     with torch.no_grad():
-        means = torch.cat(
-            [
-                vae.encode(chunk.to(device=parameter.device, dtype=parameter.dtype)).latent_dist.mean.float()
-                for chunk in images.split(256)
-            ]
-        )
+        means = vae.encode(images.to(device=parameter.device, dtype=parameter.dtype)).latent_dist.mean.float()
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     return ((means - shift) * vae.config.scaling_factor).cpu()
 
