@@ -218,3 +218,28 @@ def test_a_second_worker_loads_the_dmd_student_another_trained_on_the_shared_stu
         Candidate.from_params(context.ledger.trial(int(first["trial"])).user_attrs["candidate"])
     )
     assert torch.equal(sample_in_chunks(fast, seeds, 4), sample_in_chunks(scored, seeds, 4))
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.parametrize(("kind", "real_data"), [("dit", False), ("sd", True)])
+def test_the_gan_term_reads_a_transformers_tokens_and_a_latent_models_encoded_real_images(kind, real_data, tmp_path):
+    """The discriminator sits on a DiT's middle transformer block (tokens) as on a UNet's middle block; a latent
+    model's real images reach it as VAE latents."""
+    from autoaccel.distill.dmd import REAL_IMAGES, TEACHER_SAMPLES
+    from autoaccel.plan.apply import apply_plan, technique_records
+    from autoaccel.targets.loader import load_pipeline_folder
+    from autoaccel.techniques.distillation import DISTILLATION, DistillationConfig
+    from autoaccel.testing.pipelines import build_tiny_pipeline
+
+    target = load_pipeline_folder(build_tiny_pipeline(kind, tmp_path / kind))
+    if real_data:
+        size = target.sample_shape[-1] * 2 ** (len(target.vae.config.block_out_channels) - 1)
+        images = torch.randint(0, 256, (6, 3, size, size), generator=torch.Generator().manual_seed(1))
+        target = dataclasses.replace(target, real_images=images.to(torch.uint8))
+    config = DistillationConfig(method="dmd", steps=1, gan_weight=0.05, **{**QUICK, "iterations": 2})
+    pipeline = sampler_pipeline(target)
+    apply_plan(pipeline, [(DISTILLATION, config)], target)
+    assert torch.isfinite(plan_images(pipeline, target, 2)).all()
+    wanted = REAL_IMAGES if real_data else TEACHER_SAMPLES
+    assert technique_records(pipeline)["distillation"] == {"dmd": {"gan_data": wanted}}
