@@ -54,6 +54,7 @@ from autoaccel.distill.training import (
 )
 from autoaccel.errors import TechniqueError
 from autoaccel.targets.denoisers import predict
+from autoaccel.targets.layouts import layout_of
 from autoaccel.util.training import clipped_step, ema_update
 
 NOISE_RANGE = (0.02, 0.98)  # the share of the schedule the matching gradient and the fake score train over (DMD2)
@@ -133,16 +134,18 @@ def _model_space(target, images_uint8: torch.Tensor) -> torch.Tensor:
 
 
 def feature_module(network: torch.nn.Module) -> torch.nn.Module:
-    """The layer whose output the discriminator reads: a UNet's middle block, a transformer's middle block."""
-    middle = getattr(network, "mid_block", None)
-    if middle is not None:
-        return middle
-    blocks = getattr(network, "transformer_blocks", None)
-    if blocks is not None and len(blocks):
+    """The layer whose output the discriminator reads, found through the model's layout: a UNet's middle block,
+    or the middle block of a transformer's row of blocks."""
+    layout = layout_of(network)
+    levels = layout.levels(network)
+    if levels is not None and levels[1] is not None:
+        return getattr(network, levels[1])
+    if layout.sequence and len(layout.sequence_blocks(network)):
+        blocks = layout.sequence_blocks(network)
         return blocks[len(blocks) // 2]
     raise TechniqueError(
-        f"distillation.gan_weight > 0 needs a denoiser with a mid_block or transformer_blocks; "
-        f"{type(network).__name__} has neither (set gan_weight 0)"
+        f"distillation.gan_weight > 0 needs a denoiser with a middle block; {type(network).__name__} has none "
+        "(set gan_weight 0)"
     )
 
 
