@@ -36,8 +36,8 @@ import torch.nn.functional as F
 
 from autoaccel.distill.adapters import checkpointed, trainable, training_precision
 from autoaccel.distill.consistency import ConsistencySettings, boundary_output, lcm_scheduler
-from autoaccel.distill.data import Teacher, clean_samples, guided_output, ode_endpoints
-from autoaccel.distill.diffusion import SCHEDULER_PREDICTION, alpha_sigma, prediction_to_x0
+from autoaccel.distill.data import Teacher, clean_samples, ode_endpoints
+from autoaccel.distill.diffusion import SCHEDULER_PREDICTION, alpha_sigma
 from autoaccel.distill.students import Continued, kept_student
 from autoaccel.distill.training import (
     Clock,
@@ -53,6 +53,7 @@ from autoaccel.distill.training import (
     student_copy,
 )
 from autoaccel.errors import TechniqueError
+from autoaccel.metrics.features import posterior_means, to_unit_range
 from autoaccel.targets.denoisers import predict
 from autoaccel.targets.layouts import layout_of
 from autoaccel.util.training import clipped_step, ema_update
@@ -91,9 +92,13 @@ def dmd_student(
     target, steps: int, settings: DMDSettings, train: TrainSettings, log: Callable[[str], None] | None = None
 ) -> tuple[torch.nn.Module, float]:
     """The ``steps``-step DMD student of these settings (trained once per process) and the minutes it took."""
-    real = None if target.real_images is None else tuple(target.real_images.shape)  # the GAN's data is part of it
-    key = ("dmd", target.content_hash, real, steps, settings, train)
+    key = ("dmd", target.content_hash, _real_data(target), steps, settings, train)
     return kept_student(key, lambda: _train(target, steps, settings, train, log))
+
+
+def _real_data(target) -> tuple[int, ...] | None:
+    """The real images' shape: part of a student's identity, as the GAN term's data."""
+    return None if target.real_images is None else tuple(target.real_images.shape)
 
 
 def gan_data_source(target, settings: DMDSettings) -> str | None:
@@ -116,18 +121,13 @@ def real_samples(target, count: int, seed: int) -> torch.Tensor:
 
 
 def _model_space(target, images_uint8: torch.Tensor) -> torch.Tensor:
-    images = images_uint8.float() / 127.5 - 1.0
+    """Real images where the model samples: pixels in [-1, 1], or latents under its VAE's scaling (and shift), as
+    ``autoaccel.targets.denoisers.decode`` undoes them."""
     vae = target.vae
     if vae is None:
-        return images
-    channels = int(vae.config.in_channels)
-    if images.shape[1] != channels:
-        images = images.mean(dim=1, keepdim=True).repeat(1, channels, 1, 1)
-    parameter = next(vae.parameters())
-    with torch.no_grad():
-        means = vae.encode(images.to(device=parameter.device, dtype=parameter.dtype)).latent_dist.mean.float()
+        return to_unit_range(images_uint8)
     shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return ((means - shift) * vae.config.scaling_factor).cpu()
+    return ((posterior_means(vae, images_uint8) - shift) * vae.config.scaling_factor).cpu()
 
 
 # ------------------------------------------------------------------------------------------------ GAN head
@@ -220,6 +220,7 @@ class _Run:
         torch.manual_seed(train.seed * 1_000 + 13)
         self.student = student_copy(target.denoiser, train.adapter)
         self.fake = student_copy(target.denoiser, train.adapter)
+        self.fake_score = Teacher(target, self.fake, self.own_prediction, 1.0)  # conditional, unguided
         self.kept = frozen_copy(self.student) if train.ema > 0 else None
         self.low, self.high = (round(share * (target.num_train_timesteps - 1)) for share in NOISE_RANGE)
         self.features = Features(self.fake) if gan_data_source(target, settings) else None
@@ -298,9 +299,7 @@ class _Run:
             noisy, timestep, _ = self.noised(made.detach())
             with torch.no_grad():
                 real_x0 = self.teacher.x0(noisy, timestep, labels)
-                output = guided_output(self.fake, self.target.conditions, noisy, timestep, labels, 1.0).float()
-                alpha, sigma = alpha_sigma(self.teacher.abar, timestep)
-                fake_x0 = prediction_to_x0(output, noisy, alpha, sigma, self.own_prediction)
+                fake_x0 = self.fake_score.x0(noisy, timestep, labels)
                 scale = (made - real_x0).abs().mean(dim=tuple(range(1, made.dim())), keepdim=True)
                 gradient = torch.nan_to_num((fake_x0 - real_x0) / scale.clamp_min(1e-8))
             loss = 0.5 * F.mse_loss(made, (made - gradient).detach())
@@ -342,8 +341,7 @@ def _train(target, steps: int, settings: DMDSettings, train: TrainSettings, log)
     entered = time.perf_counter()
     state = _Run(target, steps, settings, train)
     parts = state.parts()
-    real = None if target.real_images is None else tuple(target.real_images.shape)
-    run = ("dmd", target.content_hash, real, steps, settings, run_settings(train))
+    run = ("dmd", target.content_hash, _real_data(target), steps, settings, run_settings(train))
     first, earlier = resume(run, train.iterations, parts, state.generator)
     clock = Clock(train.max_minutes, f"DMD distillation to {steps} steps", earlier, train.iterations, entered)
     for iteration in range(first, train.iterations):

@@ -126,16 +126,21 @@ def vae_encoder_features(vae, images_uint8: torch.Tensor, pooled_size: int = 4, 
 
     Images are uint8 (N, C, H, W) at the VAE's resolution; channels are matched to the encoder's input.
     """
-    encoder_channels = int(vae.config.in_channels)
-    device = next(vae.parameters()).device
-    dtype = next(vae.parameters()).dtype
     chunks = []
-    with torch.no_grad():
-        for chunk in images_uint8.split(batch_size):
-            x = to_unit_range(chunk)
-            if x.shape[1] != encoder_channels:
-                x = x.mean(dim=1, keepdim=True).repeat(1, encoder_channels, 1, 1)
-            means = vae.encode(x.to(device=device, dtype=dtype)).latent_dist.mean.float()
-            size = min(pooled_size, means.shape[-1], means.shape[-2])
-            chunks.append(F.adaptive_avg_pool2d(means, size).flatten(1).cpu())
+    for chunk in images_uint8.split(batch_size):
+        means = posterior_means(vae, chunk)
+        size = min(pooled_size, means.shape[-1], means.shape[-2])
+        chunks.append(F.adaptive_avg_pool2d(means, size).flatten(1).cpu())
     return torch.cat(chunks).double()
+
+
+def posterior_means(vae, images_uint8: torch.Tensor) -> torch.Tensor:
+    """The VAE's posterior means (float32, on its device) of uint8 images (N, C, H, W) at its resolution, their
+    channels matched to the encoder's input: what its features and a model's latents of real images start from."""
+    channels = int(vae.config.in_channels)
+    parameter = next(vae.parameters())
+    x = to_unit_range(images_uint8)
+    if x.shape[1] != channels:
+        x = x.mean(dim=1, keepdim=True).repeat(1, channels, 1, 1)
+    with torch.no_grad():
+        return vae.encode(x.to(device=parameter.device, dtype=parameter.dtype)).latent_dist.mean.float()

@@ -420,12 +420,9 @@ def distillation_work(config: DistillationConfig, target, calls_per_image: float
         return SearchWork()
     rows, batch = guided_rows(target), config.batch_size
     if config.method == "learned_schedule":
-        ode_steps = min(int(getattr(target, "ode_steps", 200)), int(target.num_train_timesteps))
-        end_points = config.data_samples * ode_steps * rows
-        return SearchWork(
+        return _ode_end_points_work(config, target, rows) + SearchWork(
             trained=config.iterations * batch * config.steps * rows,
             teacher=math.ceil(config.iterations / CHECK_EVERY) * config.data_samples * config.steps * rows,
-            shared={f"ODE end points ({config.data_samples}, seed {config.seed})": SearchWork(teacher=end_points)},
         )
     data = clean_sample_work(target, config.data_samples, DATA_SEED_OFFSET + config.seed)
     last = share_of(config.iterations, config.train_share)
@@ -454,11 +451,15 @@ def _dmd_work(config: DistillationConfig, target, iterations: int, rows: int) ->
     trained = batch * (1 + gan + regression + config.fake_updates * (1 + 2 * gan))
     teacher = batch * (simulated + rows + 1 + config.fake_updates * (simulated + 1))
     work = SearchWork(trained=iterations * trained, teacher=iterations * teacher)
-    if regression:
-        ode_steps = min(int(getattr(target, "ode_steps", 200)), int(target.num_train_timesteps))
-        end_points = SearchWork(teacher=config.data_samples * ode_steps * rows)
-        work = work + SearchWork(shared={f"ODE end points ({config.data_samples}, seed {config.seed})": end_points})
-    return work
+    return work + _ode_end_points_work(config, target, rows) if regression else work
+
+
+def _ode_end_points_work(config: DistillationConfig, target, rows: int) -> SearchWork:
+    """The teacher's ODE end points a learned schedule is fitted to and DMD's regression trains on: made once per
+    data count and seed (``autoaccel.distill.data.ode_endpoints``), so shared by every trial that uses them."""
+    ode_steps = min(int(getattr(target, "ode_steps", 200)), int(target.num_train_timesteps))
+    end_points = SearchWork(teacher=config.data_samples * ode_steps * rows)
+    return SearchWork(shared={f"ODE end points ({config.data_samples}, seed {config.seed})": end_points})
 
 
 def distillation_label(candidate: Mapping[str, Any]) -> str | None:
