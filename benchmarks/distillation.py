@@ -63,7 +63,7 @@ def method_rows(config: DictConfig, nfe: int) -> list[tuple[str, dict]]:
     for label, params in students.items():
         if label not in chosen:
             continue
-        if label == "dmd" and nfe == 1:  # the training curve first: each shorter run continues the one before
+        if label == "dmd":  # the training curve first: each longer run continues the one before
             rows += [
                 (f"dmd, {count} iterations", {**common, **params, "distillation.iterations": int(count)})
                 for count in sorted(settings.dmd_curve)
@@ -264,15 +264,15 @@ def _verdict(bound: int, rows: list[tuple[int, str, dict]], reference_fid: float
         f"FID {fid:.2f} = "
         f"{fid / reference_fid:.2f}x the reference's, recall {recall:.3f}"
     )
+    minutes = entry.get("train_minutes")
+    text += "" if minutes is None else f", trained in {minutes:.1f} min"
     text += f"; best schedule-only {min(schedule_only):.2f}" if schedule_only else "; no schedule-only row"
     if bound in TARGET_RATIO:
         # diversity lost is what the recall condition guards against: a higher recall than the reference's is fine
-        minutes = entry.get("train_minutes")
         met = fid <= TARGET_RATIO[bound] * reference_fid and recall >= reference_recall - 0.05
         met = met and (minutes is None or minutes < MAX_TRAIN_MINUTES)
-        trained = "" if minutes is None else f", trained in {minutes:.1f} min"
         text += (
-            f"{trained} (target <= {TARGET_RATIO[bound]}x with recall at most 0.05 below, under "
+            f" (target <= {TARGET_RATIO[bound]}x with recall at most 0.05 below, under "
             f"{MAX_TRAIN_MINUTES} min: {'met' if met else 'NOT met'})"
         )
     return text + "."

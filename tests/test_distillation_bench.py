@@ -85,3 +85,27 @@ def test_an_unknown_bench_method_is_named(fast_overrides, tmp_path):
     config = compose_config([*fast_overrides, "bench.distillation.methods=[dmd,dmm]"])
     with pytest.raises(ConfigError, match=r"bench.distillation.methods: \['dmm'\] are not valid"):
         method_rows(config, 1)
+
+
+def test_the_dmd_training_curve_is_shown_at_every_nfe(fast_overrides):
+    """Each NFE target is judged on a curve (FID against iterations), so its rows come at every NFE, before the
+    full run they continue into."""
+    from benchmarks.distillation import method_rows
+
+    config = compose_config(
+        [*fast_overrides, "bench.distillation.methods=[dmd]", "bench.distillation.dmd_curve=[250,500]"]
+    )
+    for nfe in (1, 2, 4):
+        labels = [label for label, _ in method_rows(config, nfe)]
+        assert labels.index("dmd, 250 iterations") < labels.index("dmd, 500 iterations") < labels.index("dmd")
+
+
+def test_the_summary_gives_the_students_minutes_before_the_schedule_only_figure():
+    from benchmarks.distillation import _verdict
+
+    rows = [
+        (1, "ddim-1", {"fid": [60.0], "recall": [0.5], "nfe": 1}),
+        (1, "dmd", {"fid": [1.0], "recall": [0.8], "nfe": 1, "train_minutes": 8.04}),
+    ]
+    verdict = _verdict(1, rows, reference_fid=1.0, reference_recall=0.8)
+    assert "recall 0.800, trained in 8.0 min; best schedule-only 60.00 (target" in verdict
