@@ -40,6 +40,7 @@ class DistillationBenchConfig:
     dmd_fake_updates: int = 2
     dmd_gan_weight: float = 0.01
     dmd_regression_weight: float = 0.25  # DMD1's regression onto the teacher's ODE end points, in every DMD row
+    dmd_real_guidance: float | None = None  # the real score's guidance (None: the default call's)
     dmd_curve: list[int] = field(default_factory=lambda: [250, 500])  # DMD rows at fewer iterations, every NFE
     table: str | None = None  # the file under bench.dir (None: distillation.md, distillation-<target>.md)
     search_trials: int = 0  # > 0: a search of search_space against a schedule-only one, each this many trials

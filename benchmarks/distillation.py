@@ -98,6 +98,7 @@ def dmd_params(settings, gan: bool) -> dict:
         "distillation.fake_updates": int(settings.dmd_fake_updates),
         "distillation.gan_weight": float(settings.dmd_gan_weight) if gan else 0.0,
         "distillation.regression_weight": float(settings.dmd_regression_weight),
+        "distillation.real_guidance": settings.dmd_real_guidance,
     }
 
 
@@ -193,7 +194,9 @@ def write_distillation_table(
         f"iterations; batch {settings.batch_size}, learning rate {settings.learning_rate}; DMD (distribution "
         f"matching, DMD2-style) {settings.dmd_iterations} iterations at learning rate {settings.dmd_learning_rate}, "
         f"EMA {settings.dmd_ema}, {settings.dmd_fake_updates} fake score updates per student update, regression "
-        f"weight {settings.dmd_regression_weight}, GAN weight "
+        f"weight {settings.dmd_regression_weight}, "
+        + ("" if settings.dmd_real_guidance is None else f"real score at guidance {settings.dmd_real_guidance}, ")
+        + "GAN weight "
         f"{settings.dmd_gan_weight} in the + GAN rows (against "
         + ("the target's real images" if target.real_images is not None else "the teacher's samples")
         + "); minutes are wall-clock "

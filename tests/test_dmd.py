@@ -91,6 +91,11 @@ def test_a_dmd_student_continues_from_its_checkpoint_to_the_weights_of_an_uninte
         ({"method": "dmd", "gan_weight": -1.0}, "distillation.gan_weight=-1.0"),
         ({"method": "dmd", "regression_weight": "a lot"}, "regression_weight"),
         ({"method": "dmd", "steps": 80}, "distillation.steps=80"),
+        (
+            {"method": "dmd", "real_guidance": 0.5},
+            r"distillation.real_guidance=0.5 is not valid; it must be .* or null",
+        ),
+        ({"method": "dmd", "real_guidance": "high"}, "distillation.real_guidance='high'"),
     ],
 )
 def test_bad_dmd_settings_are_named(changes, message):
@@ -98,6 +103,34 @@ def test_bad_dmd_settings_are_named(changes, message):
 
     with pytest.raises(ConfigError, match=message):
         DistillationConfig(**changes)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_the_real_score_runs_at_real_guidance_on_a_guided_model_and_a_model_without_guidance_ignores_it(tmp_path):
+    """A guided teacher's sharp score makes a collapsed student; real_guidance lowers the real score's guidance
+    (the student still learns the default call's through the regression), and it reaches the student's weights."""
+    from autoaccel.distill.data import Teacher
+    from autoaccel.distill.students import forget_students
+    from autoaccel.targets.loader import load_pipeline_folder
+    from autoaccel.techniques.distillation import DistillationConfig, distilled_model
+    from autoaccel.testing.pipelines import build_tiny_pipeline
+
+    guided = load_pipeline_folder(build_tiny_pipeline("sd", tmp_path / "sd"))
+    assert guided.reference_guidance > 1.0
+    assert Teacher.of_target(guided).guidance == guided.reference_guidance
+    assert Teacher.of_target(guided, 1.0).guidance == 1.0
+    unconditional = load_pipeline_folder(build_tiny_pipeline("ddpm", tmp_path / "ddpm"))
+    assert not unconditional.conditions.guidable and Teacher.of_target(unconditional, 3.0).guidance == 1.0
+
+    forget_students()
+    quick = {**QUICK, "data_samples": 8, "iterations": 2}
+    weights = {}
+    for real_guidance in (None, 1.0):
+        config = DistillationConfig(method="dmd", steps=1, real_guidance=real_guidance, **quick)
+        student, _ = distilled_model(sampler_pipeline(guided), config, guided)
+        weights[real_guidance] = list(student.state_dict().values())
+    assert any(not torch.equal(a, b) for a, b in zip(weights[None], weights[1.0]))
 
 
 def test_the_search_estimate_counts_the_fake_score_updates_and_the_gan_term(tiny_target):

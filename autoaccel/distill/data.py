@@ -36,9 +36,11 @@ class Teacher:
         self.abar = alphas_cumprod(target)
 
     @classmethod
-    def of_target(cls, target) -> Teacher:
+    def of_target(cls, target, guidance: float | None = None) -> Teacher:
+        """The target's model at ``guidance`` (None: the default call's; a model without guidance ignores it)."""
         prediction = target.scheduler_config.get("prediction_type", "epsilon")
-        return cls(target, target.denoiser, prediction, target.reference_guidance)
+        guided = guidance if guidance is not None and target.conditions.guidable else target.reference_guidance
+        return cls(target, target.denoiser, prediction, guided)
 
     def x0(self, sample: torch.Tensor, timestep: torch.Tensor, labels, grad: bool = False) -> torch.Tensor:
         """The clean estimate; ``grad`` keeps the graph (a learned schedule's gradient flows through it)."""

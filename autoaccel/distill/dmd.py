@@ -10,7 +10,8 @@ score that tracks the generator's own distribution. Each iteration:
   with that scheduler on the same timesteps, so plain diffusers runs it);
 - the distribution matching gradient at a random noise level (``[0.02, 0.98]`` of the schedule): the fake score's
   clean estimate minus the real score's, divided by the mean distance of the sample to the real estimate (DMD's
-  weighting), applied to the generator's samples;
+  weighting), applied to the generator's samples. ``real_guidance`` sets the real score's guidance apart from the
+  default call's (see DMDSettings);
 - ``gan_weight`` > 0: a non-saturating GAN term from a small head on the fake score's bottleneck features, which
   learns real against generated. Real images are the target's own (the embedded models' digits, ``target.data``
   for a user's model; encoded by the VAE under a latent model); a target without them uses the teacher's samples
@@ -68,12 +69,16 @@ DATA_SEED = 40_000  # the draw of real images for the GAN term: apart from every
 
 @dataclass(frozen=True)
 class DMDSettings:
-    """``original_steps``: the LCMScheduler grid the student's timesteps come from (as a consistency student's);
-    ``student_target``: what the generator's output means (``v`` or ``x``)."""
+    """``real_guidance``: the guidance the real score runs at (None: the default call's). A strongly guided score
+    describes a sharper distribution than the guided sampler's output, so matching it seeks modes (a collapsed
+    student: high precision, low recall); run lower, the default call's guidance is still learned through the
+    regression onto its ODE end points. ``original_steps``: the LCMScheduler grid the student's timesteps come
+    from (as a consistency student's); ``student_target``: what the generator's output means (``v`` or ``x``)."""
 
     fake_updates: int = 5
     gan_weight: float = 0.0
     regression_weight: float = 0.0
+    real_guidance: float | None = None
     original_steps: int = 50
     student_target: str = "v"
 
@@ -209,7 +214,7 @@ class _Run:
     def __init__(self, target, steps: int, settings: DMDSettings, train: TrainSettings) -> None:
         self.target, self.settings, self.train, self.steps = target, settings, train, steps
         self.device = device = target.denoiser.device
-        self.teacher = Teacher.of_target(target)
+        self.teacher = Teacher.of_target(target, settings.real_guidance)
         self.scheduler = dmd_scheduler(target, settings)
         self.scheduler.set_timesteps(steps)
         self.timesteps = [int(step) for step in self.scheduler.timesteps]

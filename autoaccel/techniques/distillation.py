@@ -10,8 +10,9 @@
   teacher's (``autoaccel.distill.learned_schedule``);
 - ``dmd``: a DMD2-style distribution matching student (``autoaccel.distill.dmd``): a fake score tracks the
   student's distribution (``fake_updates`` per student update), the teacher's score pulls it towards the data,
-  with a GAN term on real images (``gan_weight``) and DMD1's regression (``regression_weight``); multi-step
-  students train with backward simulation and sample with diffusers' ``LCMScheduler``;
+  with a GAN term on real images (``gan_weight``) and DMD1's regression (``regression_weight``), the real score
+  guided at the default call's guidance or at ``real_guidance``; multi-step students train with backward
+  simulation and sample with diffusers' ``LCMScheduler``;
 - ``none``: the model as it is (the schedule-only baseline of a distillation space).
 
 A distilled model prescribes its own sampler (``autoaccel.pipeline.prescribed``): the solver and timesteps
@@ -76,6 +77,7 @@ from autoaccel.distill.training import TrainSettings, share_of
 from autoaccel.errors import ConfigError, TechniqueError
 from autoaccel.pipeline.prescribed import PrescribedSampler, prescribe, prescription, read_prescription
 from autoaccel.reference.calibration import clean_sample_work
+from autoaccel.schedules.solvers import MAX_GUIDANCE
 from autoaccel.techniques.base import (
     TRAIN_MINUTES,
     ParamSpec,
@@ -127,6 +129,7 @@ class DistillationConfig:
     fake_updates: int = 5  # dmd: fake score updates per student update (two time scales)
     gan_weight: float = 0.0  # dmd: the GAN term's weight (0: none)
     regression_weight: float = 0.0  # dmd: DMD1's regression onto the teacher's ODE end points (0: none)
+    real_guidance: float | None = None  # dmd: the guidance the real score runs at (None: the default call's)
 
     def __post_init__(self) -> None:
         number = (int, float)
@@ -196,6 +199,12 @@ class DistillationConfig:
                 f"distillation.steps={self.steps} is not valid for {self.method} sampling over "
                 f"original_steps={self.original_steps}; it must be in [1, {self.original_steps}]"
             )
+        guidance = self.real_guidance
+        if guidance is not None and not DISTILLATION_PARAMS["real_guidance"].accepts(guidance):
+            raise ConfigError(
+                f"distillation.real_guidance={guidance!r} is not valid; it must be "
+                f"{DISTILLATION_PARAMS['real_guidance'].describe()} or null (the default call's guidance)"
+            )
         if not 0 < self.train_share <= 1:
             raise ConfigError(f"distillation.train_share={self.train_share} is not valid; it must be in (0, 1]")
         cap = self.max_minutes
@@ -232,6 +241,7 @@ DISTILLATION_PARAMS = {
     "fake_updates": ParamSpec("int", low=1, high=MAX_FAKE_UPDATES),
     "gan_weight": ParamSpec("float", low=0.0, high=100.0),
     "regression_weight": ParamSpec("float", low=0.0, high=100.0),
+    "real_guidance": ParamSpec("float", low=1.0, high=MAX_GUIDANCE),
 }
 
 
@@ -322,6 +332,7 @@ def dmd_settings(config: DistillationConfig) -> DMDSettings:
         fake_updates=config.fake_updates,
         gan_weight=float(config.gan_weight),
         regression_weight=float(config.regression_weight),
+        real_guidance=None if config.real_guidance is None else float(config.real_guidance),
         original_steps=config.original_steps,
         student_target=config.student_target,
     )
@@ -448,8 +459,9 @@ def _dmd_work(config: DistillationConfig, target, iterations: int, rows: int) ->
     batch, simulated = config.batch_size, (config.steps - 1) / 2
     gan = 1 if config.gan_weight > 0 else 0
     regression = 1 if config.regression_weight > 0 else 0
+    real_rows = 1 if config.real_guidance == 1.0 else rows  # an unguided real score runs one branch
     trained = batch * (1 + gan + regression + config.fake_updates * (1 + 2 * gan))
-    teacher = batch * (simulated + rows + 1 + config.fake_updates * (simulated + 1))
+    teacher = batch * (simulated + real_rows + 1 + config.fake_updates * (simulated + 1))
     work = SearchWork(trained=iterations * trained, teacher=iterations * teacher)
     return work + _ode_end_points_work(config, target, rows) if regression else work
 
