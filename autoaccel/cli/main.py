@@ -74,14 +74,23 @@ def _wants_help(args: list[str]) -> bool:
 
 
 def cmd_search(overrides: list[str]) -> int:
+    from autoaccel.cli.hydra_app import run_hydra_app, wants_hydra
     from autoaccel.cli.search_command import search
+    from autoaccel.cli.sweep_summary import run_summary
     from autoaccel.config import compose_config
 
     if _wants_help(overrides):
         print(search_help("search"))
         return 0
-    config = compose_config(overrides)
     _interrupt_on_sigterm()
+    if wants_hydra(overrides):  # Hydra's own command line: sweeps, --cfg, launchers
+
+        def searched(config) -> dict:
+            index = search(config, log=_log(bool(config.quiet)))
+            return run_summary(index.parent)
+
+        return run_hydra_app(overrides, searched)
+    config = compose_config(overrides)
     search(config, log=_log(bool(config.quiet)))
     return 0
 

@@ -71,8 +71,14 @@ def search_help(command: str) -> str:
             "most max(4, CPU cores), 2 per GPU, and what the database's free connections allow."
         )
     else:
-        usage = "python -m autoaccel search [key=value ...]"
-        what = "Runs (or resumes) a search and writes <report.dir>/<study_name>/: trials, front, report, recipes."
+        usage = "python -m autoaccel search [key=value ...] | --multirun key=a,b ... | --cfg job | --info"
+        what = (
+            "Runs (or resumes) a search and writes <report.dir>/<study_name>/: trials, front, report, recipes.\n"
+            "Hydra's own options work too: --multirun (-m) sweeps (space=sampler,cached, range(), glob()), each run\n"
+            "its own study, with <report.dir>/sweeps/<time>/sweep-summary.md at the end; --cfg job|hydra|all prints\n"
+            "the composed configuration; --info, --shell-completion, hydra.* settings, hydra/launcher=...;\n"
+            "--hydra-help for Hydra's own help."
+        )
     return (
         f"usage: {usage}\n\n{what}\n\nmain keys (every key is in conf/config.yaml; a bad key or value stops with "
         f"one line naming it):\n{key_table(MAIN_KEYS)}\n\nexample: python -m autoaccel {command} "

@@ -17,7 +17,8 @@ from autoaccel.util.resources import resource_dir
 _SCHEMA_REGISTERED = False
 
 
-def _register_schema() -> None:
+def register_schema() -> None:
+    """The schema every composition validates against, stored once per process in Hydra's ConfigStore."""
     global _SCHEMA_REGISTERED
     if _SCHEMA_REGISTERED:
         return
@@ -29,7 +30,7 @@ def _register_schema() -> None:
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
     """The full configuration for ``overrides`` (``["budget.trials=10", "target=pipeline", ...]``)."""
-    _register_schema()
+    register_schema()
     return compose_from(resource_dir("conf"), "config", overrides)
 
 

@@ -1,0 +1,87 @@
+"""``python -m autoaccel search`` with Hydra's own command line: ``--cfg job`` prints the composed configuration,
+``--multirun`` over two settings runs two studies and writes a sweep summary, and a command line without Hydra's
+options takes the path it always took."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from autoaccel.cli.hydra_app import sweep_study_name, swept_keys, wants_hydra
+
+
+def test_only_hydras_own_options_take_the_hydra_path():
+    assert not wants_hydra(["budget.trials=4", "space=sampler", "study_name=hydra-study"])
+    for args in (
+        ["-m", "space=a,b"],
+        ["--multirun"],
+        ["--cfg", "job"],
+        ["--info"],
+        ["hydra/launcher=joblib"],
+        ["hydra.sweep.dir=/tmp/x"],
+        ["--shell-completion", "install=bash"],
+        ["-c=job"],
+    ):
+        assert wants_hydra(args), args
+
+
+def test_a_sweep_run_is_its_own_study_named_by_its_swept_values():
+    args = ["space=sampler,cached", "budget.trials=range(2,4)", "target.path=/a", "objectives=[fid,latency_ms]"]
+    assert swept_keys(["-m", *args]) == ["space", "budget.trials"]
+    assert sweep_study_name("digits-sampler", "budget.trials=4,seed=1") == "digits-sampler-budget.trials=4-seed=1"
+    assert sweep_study_name("digits-sampler", "") == "digits-sampler"
+    assert sweep_study_name("d", "target.path=/a b/c") == "d-target.path=-a-b-c"
+
+
+def _autoaccel(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "autoaccel", "search", *args], cwd=cwd, capture_output=True, text=True, timeout=900
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_cfg_job_prints_the_composed_configuration(tmp_path):
+    done = _autoaccel("--cfg", "job", "space=timesteps", "budget.trials=7", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "space: timesteps" in done.stdout and "trials: 7" in done.stdout and "name: digits" in done.stdout
+    assert not list(tmp_path.iterdir())  # printing runs nothing and writes nothing
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_multirun_over_two_spaces_writes_two_studies_and_a_sweep_summary(fast_overrides, tmp_path):
+    reports = tmp_path / "reports"
+    overrides = [item for item in fast_overrides if not item.startswith("report.dir=")]
+    done = _autoaccel(
+        "--multirun", "space=timesteps,solver", "budget.trials=2", f"report.dir={reports}", *overrides, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = sorted(path.name for path in reports.iterdir() if (path / "ledger.db").exists())
+    assert runs == ["pipeline-solver", "pipeline-timesteps"]  # the swept key's values name the studies
+    (sweep,) = (reports / "sweeps").iterdir()
+    summary = (sweep / "sweep-summary.md").read_text()
+    assert summary.startswith("# Sweep summary (2 runs)")
+    rows = [line for line in summary.splitlines() if line.startswith("| 0 ") or line.startswith("| 1 ")]
+    assert rows[0].startswith("| 0 | `space=timesteps` | pipeline-timesteps |") and "`space=solver`" in rows[1]
+    for number in (0, 1):
+        record = json.loads((sweep / str(number) / "summary.json").read_text())
+        assert record["front"] >= 1 and record["study"] in runs
+        assert (reports / record["study"] / "index.html").exists()
+    assert "sweep summary:" in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_sweep_run_on_bad_input_is_one_line_and_the_sweep_goes_on(tmp_path):
+    done = _autoaccel("-m", "space=nope,gone", f"report.dir={tmp_path / 'reports'}", cwd=tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.count("autoaccel search: error: space='nope' is not a bundled space") == 1
+    assert "space='gone'" in done.stderr  # the second run was still tried
+    (sweep,) = (tmp_path / "reports" / "sweeps").iterdir()
+    summary = (sweep / "sweep-summary.md").read_text()
+    assert "| 0 | `space=nope` | digits-nope |  | failed: space='nope'" in summary
+    assert "| 1 | `space=gone` | digits-gone |" in summary
