@@ -318,15 +318,6 @@ def test_workers_command_runs_n_workers_on_one_study_then_one_report(postgres_ur
     assert "storage=postgresql://" in capsys.readouterr().err
 
 
-def test_each_worker_gets_its_own_optimizer_seed():
-    from autoaccel.cli.workers_command import worker_commands
-
-    commands = worker_commands(3, ["storage=postgresql://h/db"], seed=7)
-    seeds = [command[-1] for command in commands]
-    assert seeds == ["optimizer.seed=7", "optimizer.seed=1007", "optimizer.seed=2007"]
-    assert all("report.build=false" in command for command in commands)
-
-
 LONG_TRAINING_SPACE = """
 name: long_training
 techniques: [distillation, solver, timesteps]

@@ -5,10 +5,11 @@
 A command line without any of these runs exactly as before (``autoaccel.config.compose``): this path is taken only
 when Hydra is asked for by name. Each run of a sweep is its own study: without an explicit ``study_name`` it is
 ``<target>-<space>`` followed by the run's values of the swept keys (target and space are in the name already),
-so two runs never resume one another. A run's folder is ``report.dir/study_name`` as always; Hydra's
-``hydra.sweep.dir`` (default ``<report.dir>/sweeps/<time>``) holds one folder per run with its ``summary.json`` and
-the sweep's ``sweep-summary.md`` (``autoaccel.cli.sweep_summary``); ``hydra.run.dir`` is the working folder and is
-left as it is (no chdir, no Hydra log files).
+so two runs never resume one another; a sweep over ``worker`` (``worker='range(16)'`` with a shared ``storage``)
+puts that many workers on one study instead, whose report is built once when the sweep ends. A run's folder is
+``report.dir/study_name`` as always; Hydra's ``hydra.sweep.dir`` (default ``<report.dir>/sweeps/<time>``) holds
+one folder per run with its ``summary.json`` and the sweep's ``sweep-summary.md`` (``autoaccel.cli.sweep_summary``);
+``hydra.run.dir`` is the working folder and is left as it is (no chdir, no Hydra log files).
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from autoaccel.config.compose import register_schema
 from autoaccel.errors import AutoaccelError
 from autoaccel.util.resources import resource_dir
 
-NAMED_KEYS = ("target", "space")  # a study's default name holds their values already
+# swept keys a run's study is not named by: the default name holds target and space already, and a sweep over
+# worker puts workers on one study
+KEYS_NOT_NAMED = ("target", "space", "worker")
 # Hydra's flags (hydra/_internal/utils.py get_args_parser): any of them, or a hydra.* override, asks for Hydra
 HYDRA_FLAGS = frozenset(
     {
@@ -109,7 +112,7 @@ def _task(config: DictConfig, search: Callable[[DictConfig], object], swept: lis
     sweeping = hydra_config.mode == RunMode.MULTIRUN
     values = [item for item in hydra_config.overrides.task if _key_of(item) in swept]
     if sweeping and config.study_name is None:
-        named = [item for item in values if _key_of(item) not in NAMED_KEYS]
+        named = [item for item in values if _key_of(item) not in KEYS_NOT_NAMED]
         with open_dict(config):
             config.study_name = sweep_study_name(study_name_for(config), ",".join(named))
     try:

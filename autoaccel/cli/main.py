@@ -77,6 +77,7 @@ def cmd_search(overrides: list[str]) -> int:
     from autoaccel.cli.hydra_app import run_hydra_app, wants_hydra
     from autoaccel.cli.search_command import search
     from autoaccel.cli.sweep_summary import run_summary
+    from autoaccel.cli.workers_command import as_worker
     from autoaccel.config import compose_config
 
     if _wants_help(overrides):
@@ -86,11 +87,14 @@ def cmd_search(overrides: list[str]) -> int:
     if wants_hydra(overrides):  # Hydra's own command line: sweeps, --cfg, launchers
 
         def searched(config) -> dict:
+            config = as_worker(config)
             index = search(config, log=_log(bool(config.quiet)))
+            if config.worker is not None:  # one report for all workers, when the sweep ends
+                return {"worker": int(config.worker), "study": index.parent.name}
             return run_summary(index.parent)
 
         return run_hydra_app(overrides, searched)
-    config = compose_config(overrides)
+    config = as_worker(compose_config(overrides))
     search(config, log=_log(bool(config.quiet)))
     return 0
 

@@ -39,12 +39,18 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
     return summary | {"fastest": chosen}
 
 
-def summary_lines(sweep_dir: Path) -> list[str]:
-    """The sweep's summary as Markdown, from its runs' ``summary.json`` files (job number order)."""
+def _records(sweep_dir: Path) -> list[tuple[int | str, dict]]:
+    """(job number, its summary record) of every run of the sweep that wrote one."""
     records = []
     for path in Path(sweep_dir).glob(f"*/{SUMMARY_FILE}"):
         number = path.parent.name
         records.append((int(number) if number.isdigit() else number, json.loads(path.read_text())))
+    return records
+
+
+def summary_lines(sweep_dir: Path) -> list[str]:
+    """The sweep's summary as Markdown, from its runs' ``summary.json`` files (job number order)."""
+    records = _records(sweep_dir)
     lines = [
         f"# Sweep summary ({len(records)} runs)",
         "",
@@ -66,6 +72,22 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
+        if any("worker" in record for _, record in _records(sweep_dir)):  # workers of one shared study
+            from autoaccel.cli.workers_command import shared_report
+
+            print(f"report: {shared_report(_job_config(config))}", flush=True)
+            return
         text = "\n".join(summary_lines(sweep_dir)) + "\n"
         (sweep_dir / SUMMARY_NAME).write_text(text)
         print(text + f"sweep summary: {sweep_dir / SUMMARY_NAME}", flush=True)
+
+
+def _job_config(config: DictConfig) -> DictConfig:
+    """The sweep's configuration without Hydra's own node, resolved: what every worker shared."""
+    from omegaconf import OmegaConf, open_dict
+
+    job = OmegaConf.create(OmegaConf.to_container(config, resolve=False))
+    with open_dict(job):
+        job.pop("hydra", None)
+    OmegaConf.resolve(job)
+    return job

@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from omegaconf import DictConfig, open_dict
+
 from autoaccel.errors import ConfigError
 from autoaccel.util.interrupts import INTERRUPT_POLL_S, deferred_interrupts
 
@@ -48,15 +50,41 @@ def require_shared_storage(storage: str | None, what: str) -> str:
     return str(storage)
 
 
-def worker_commands(count: int, overrides: list[str], seed: int | None) -> list[list[str]]:
-    """The command line of each worker: the user's overrides, no per-worker report, its own optimizer seed."""
-    commands = []
-    for index in range(count):
-        command = [sys.executable, "-m", "autoaccel", "search", *overrides, "report.build=false"]
-        if seed is not None:
-            command.append(f"optimizer.seed={seed + WORKER_SEED_STRIDE * index}")
-        commands.append(command)
-    return commands
+def worker_commands(count: int, overrides: list[str]) -> list[list[str]]:
+    """The command line of each worker: the user's overrides and its index (``as_worker`` does the rest)."""
+    return [[sys.executable, "-m", "autoaccel", "search", *overrides, f"worker={index}"] for index in range(count)]
+
+
+def as_worker(config: DictConfig) -> DictConfig:
+    """``config`` as worker ``config.worker`` of a shared study runs it: on a storage several processes share,
+    with its own optimizer seed (workers propose different points) and no report of its own (one is built when
+    all have stopped). Unchanged without ``worker``."""
+    worker = config.worker
+    if worker is None:
+        return config
+    if isinstance(worker, bool) or not isinstance(worker, int) or worker < 0:
+        raise ConfigError(f"worker={worker!r} is not valid; it must be an integer >= 0 (or null: not a worker)")
+    require_shared_storage(config.storage, f"worker={worker}")
+    with open_dict(config):
+        if config.optimizer.seed is not None:
+            config.optimizer.seed = int(config.optimizer.seed) + WORKER_SEED_STRIDE * worker
+        config.report.build = False
+    return config
+
+
+def shared_report(config: DictConfig, log=print) -> Path:
+    """The shared study's report, built once every worker has stopped: the front timed again side by side, alone
+    on this machine."""
+    from autoaccel.front.limits import limits_in_force
+    from autoaccel.report.build import build_report
+    from autoaccel.search.confirm import confirm_before_report
+    from autoaccel.search.ledger import reference_row
+    from autoaccel.search.run import open_run, study_name_for
+
+    context = open_run(Path(config.report.dir) / study_name_for(config))
+    limits = limits_in_force(context.config.budget, reference_row(context.ledger.study))
+    confirm_before_report(context, limits, log)
+    return build_report(context, log)
 
 
 def worker_bound(cpus: int, gpus: int, free_connections: int | None, concurrent: int) -> tuple[int, str]:
@@ -80,11 +108,7 @@ def worker_bound(cpus: int, gpus: int, free_connections: int | None, concurrent:
 
 def run_workers(count: int, overrides: list[str], log=print) -> int:
     from autoaccel.config import compose_config
-    from autoaccel.front.limits import limits_in_force
-    from autoaccel.report.build import build_report
-    from autoaccel.search.confirm import confirm_before_report
-    from autoaccel.search.ledger import reference_row
-    from autoaccel.search.run import open_run, study_name_for
+    from autoaccel.search.run import study_name_for
 
     config = compose_config(overrides)
     require_shared_storage(config.storage, "workers")
@@ -98,7 +122,7 @@ def run_workers(count: int, overrides: list[str], log=print) -> int:
         )
     processes: list[subprocess.Popen] = []
     try:
-        for index, command in enumerate(worker_commands(count, overrides, config.optimizer.seed)):
+        for index, command in enumerate(worker_commands(count, overrides)):
             environment = dict(os.environ)
             if gpus:
                 environment["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
@@ -114,10 +138,7 @@ def run_workers(count: int, overrides: list[str], log=print) -> int:
         log(f"{len(failed)} of {count} workers exited with an error (codes {failed})")
     if len(failed) == count:
         raise ConfigError(f"all {count} workers exited with an error (codes {failed}); see their messages above")
-    context = open_run(Path(config.report.dir) / study_name_for(config))
-    limits = limits_in_force(context.config.budget, reference_row(context.ledger.study))
-    confirm_before_report(context, limits, log)  # every worker has stopped: the front is timed side by side alone
-    index = build_report(context, log)
+    index = shared_report(config, log)  # every worker has stopped: the front is timed side by side alone
     log(f"report: {index}")
     return max(codes) if failed else 0
 

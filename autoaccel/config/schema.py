@@ -125,6 +125,7 @@ class AutoaccelConfig:
     space: str = "auto"  # the sampler space that fits the model
     objectives: list[str] = field(default_factory=lambda: ["fid", "latency_ms"])
     study_name: str | None = None
+    worker: int | None = None  # this process is worker i of a shared study (a launcher's worker='range(N)')
     storage: str | None = None
     cache_dir: str = MISSING
     seed: int = 0
