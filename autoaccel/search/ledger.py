@@ -10,6 +10,7 @@ import json
 import math
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -136,7 +137,12 @@ def default_storage(run_dir: Path) -> str:
 class Ledger:
     """One study; ``record`` writes a finished trial, ``trials_frame`` reads them all back."""
 
-    def __init__(self, storage: str, study_name: str, directions: list[str], sampler=None) -> None:
+    def __init__(
+        self, storage: str, study_name: str, directions: list[str], sampler=None, metric_names: list[str] | None = None
+    ) -> None:
+        """``metric_names``: the objectives' names, stored with the study (``Study.set_metric_names``) so optuna's
+        own tools (optuna-dashboard, ``study.trials_dataframe()``) show ``fid`` and ``latency_ms``, not
+        ``values_0``."""
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         check_sqlite_file(storage)
         try:
@@ -150,6 +156,10 @@ class Ledger:
                 f"study {study_name!r} in {shown_url(storage)} optimises {len(stored)} objectives ({stored}), "
                 f"not the {len(directions)} asked for ({directions}); give the study's objectives or another study_name"
             )
+        if metric_names and self.study.metric_names is None:
+            with warnings.catch_warnings():  # experimental in optuna, and what its dashboard reads
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self.study.set_metric_names(list(metric_names))
 
     @classmethod
     def open_existing(cls, storage: str, study_name: str) -> Ledger:

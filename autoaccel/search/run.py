@@ -153,7 +153,11 @@ def _prepare(
     space = with_training_cap(space, config.budget.get("max_train_minutes"))
     options = {**OmegaConf.to_container(config.optimizer), "directions": directions}
     backend = make_backend(str(config.optimizer.name), space, options, len(objectives))
-    ledger = Ledger(storage, study_name, directions) if for_search else open_recorded(storage, study_name)
+    ledger = (
+        Ledger(storage, study_name, directions, metric_names=objectives)
+        if for_search
+        else open_recorded(storage, study_name)
+    )
     evaluator = evaluator_from_config(config, target, space, artifacts=ArtifactStore(run_dir / ARTIFACTS_DIR))
     evaluator.features = FeatureStore(run_dir / FEATURES_DIR)
     context = RunContext(config, run_dir, target, space, objectives, ledger, evaluator.judge, evaluator, backend, lock)
