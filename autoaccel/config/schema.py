@@ -105,6 +105,13 @@ class ReportConfig:
 
 
 @dataclass
+class ArtifactsConfig:
+    """``store``: a folder or fsspec URL (s3://bucket/prefix) every worker reaches, beside each run folder's own."""
+
+    store: str | None = None
+
+
+@dataclass
 class LivenessConfig:
     """Heartbeats of a worker on a shared study (``storage=``); a trial silent for ``grace_s`` is swept."""
 
@@ -122,6 +129,7 @@ class AutoaccelConfig:
     cost: CostConfig = field(default_factory=CostConfig)
     fidelity: FidelityConfig = field(default_factory=FidelityConfig)
     liveness: LivenessConfig = field(default_factory=LivenessConfig)
+    artifacts: ArtifactsConfig = field(default_factory=ArtifactsConfig)
     space: str = "auto"  # the sampler space that fits the model
     objectives: list[str] = field(default_factory=lambda: ["fid", "latency_ms"])
     study_name: str | None = None

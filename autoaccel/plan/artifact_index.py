@@ -42,22 +42,39 @@ def plan_prefix_key(target_hash: str, steps: list[tuple[Any, Any]]) -> str:
 
 
 def remember(store: ArtifactStore, key: str, technique: str, sha: str, train_minutes: float | None) -> None:
-    entry = {"technique": technique, "sha256": sha, "train_minutes": train_minutes}
+    """Indexes ``sha`` as the model of ``key``, in the run folder and the shared store (where there is one)."""
+    entry = json.dumps({"technique": technique, "sha256": sha, "train_minutes": train_minutes})
     path = store.folder / INDEX_DIR / f"{key}.json"
-    write_atomically(path, lambda temporary: temporary.write_text(json.dumps(entry)))
+    write_atomically(path, lambda temporary: temporary.write_text(entry))
+    store.replace_shared(f"{INDEX_DIR}/{key}.json", entry.encode())
 
 
 def lookup(store: ArtifactStore, key: str) -> tuple[Path, str, float | None] | None:
-    """(file, sha256, training minutes) of the artifact stored under ``key``, if its file is there (its hash is
-    checked when it is loaded)."""
-    path = store.folder / INDEX_DIR / f"{key}.json"
-    with contextlib.suppress(OSError, ValueError):
-        entry = json.loads(path.read_text())
-        sha = entry.get("sha256")
-        if isinstance(sha, str) and SHA256.fullmatch(sha) and store.path_of(sha).is_file():
-            minutes = entry.get("train_minutes")
-            return store.path_of(sha), sha, float(minutes) if isinstance(minutes, int | float) else None
+    """(file, sha256, training minutes) of the artifact stored under ``key``: indexed in the run folder, or in
+    the shared store and fetched from it (its hash is checked when it is loaded)."""
+    local = store.folder / INDEX_DIR / f"{key}.json"
+    for text in (_read(local), _shared_text(store, key)):
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            entry = json.loads(text)
+            sha = entry.get("sha256")
+            if not (isinstance(sha, str) and SHA256.fullmatch(sha)):
+                continue
+            path = store.fetch(sha)
+            if path is not None:
+                minutes = entry.get("train_minutes")
+                return path, sha, float(minutes) if isinstance(minutes, int | float) else None
     return None
+
+
+def _read(path: Path) -> str | None:
+    with contextlib.suppress(OSError):
+        return path.read_text()
+    return None
+
+
+def _shared_text(store: ArtifactStore, key: str) -> str | None:
+    data = store.shared(f"{INDEX_DIR}/{key}.json")
+    return None if data is None else data.decode(errors="replace")
 
 
 @contextlib.contextmanager

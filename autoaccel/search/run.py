@@ -158,7 +158,8 @@ def _prepare(
         if for_search
         else open_recorded(storage, study_name)
     )
-    evaluator = evaluator_from_config(config, target, space, artifacts=ArtifactStore(run_dir / ARTIFACTS_DIR))
+    store = ArtifactStore(run_dir / ARTIFACTS_DIR, remote=config.get("artifacts", {}).get("store"))
+    evaluator = evaluator_from_config(config, target, space, artifacts=store)
     evaluator.features = FeatureStore(run_dir / FEATURES_DIR)
     context = RunContext(config, run_dir, target, space, objectives, ledger, evaluator.judge, evaluator, backend, lock)
     context.notes = fallback

@@ -15,6 +15,7 @@ import json
 import posixpath
 import re
 import stat
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,10 +73,18 @@ class Artifact:
 
 
 class ArtifactStore:
-    """The content-addressed folder of one run."""
+    """The content-addressed folder of one run, and optionally a shared store every worker reaches.
 
-    def __init__(self, folder: Path) -> None:
+    ``remote`` (``artifacts.store``): a folder or fsspec URL (``s3://bucket/prefix``, ``gs://...``,
+    ``file:///shared/...``) that every artifact is also written to, once per sha256 (a second writer of the same
+    bytes finds the object and writes nothing), through a temporary name moved into place when whole: an object
+    under its final name is complete, and its hash is checked again when it is read. A run folder lacking an
+    artifact fetches it from there (``fetch``), so a report built elsewhere, or a worker on another machine, loads
+    what another process made instead of making it again."""
+
+    def __init__(self, folder: Path, remote: str | None = None) -> None:
         self.folder = Path(folder)
+        self.remote = str(remote).rstrip("/") if remote else None
 
     def put(self, artifact: Artifact) -> str:
         """Stores ``artifact`` unless the same bytes are already there; returns its sha256."""
@@ -87,10 +96,70 @@ class ArtifactStore:
         path = self.path_of(sha)
         if not path.is_file() or _sha256(path) != sha:
             write_atomically(path, lambda temporary: temporary.write_bytes(data))
+        self.share(f"{sha}{SUFFIX}", data)
         return sha
 
     def path_of(self, sha: str) -> Path:
         return self.folder / f"{sha}{SUFFIX}"
+
+    def fetch(self, sha: str) -> Path | None:
+        """The local file of artifact ``sha``: the run folder's, or else the shared store's copied into it (only
+        if its bytes hash to ``sha``); None where neither has it."""
+        path = self.path_of(sha)
+        if path.is_file():
+            return path
+        data = self.shared(f"{sha}{SUFFIX}")
+        if data is None or hashlib.sha256(data).hexdigest() != sha:
+            return None
+        return write_atomically(path, lambda temporary: temporary.write_bytes(data))
+
+    def share(self, name: str, data: bytes) -> None:
+        """Writes ``name`` to the shared store once: an existing object is left as it is (content-addressed
+        names hold the same bytes), a new one appears whole or not at all."""
+        if self.remote is None:
+            return
+        fs, root = _filesystem(self.remote)
+        final = f"{root}/{name}"
+        if fs.exists(final):
+            return
+        incoming = f"{root}/{INCOMING}/{uuid.uuid4().hex}-{posixpath.basename(name)}"
+        fs.makedirs(posixpath.dirname(incoming), exist_ok=True)
+        fs.pipe_file(incoming, data)
+        fs.makedirs(posixpath.dirname(final), exist_ok=True)
+        fs.mv(incoming, final)
+
+    def shared(self, name: str) -> bytes | None:
+        """The shared store's bytes of ``name``; None without a shared store or such an object."""
+        if self.remote is None:
+            return None
+        fs, root = _filesystem(self.remote)
+        try:
+            return fs.cat_file(f"{root}/{name}")
+        except FileNotFoundError:
+            return None
+
+    def replace_shared(self, name: str, data: bytes) -> None:
+        """Writes ``name`` to the shared store whole, replacing what is there (a small index entry, whose last
+        writer names the same model's artifact)."""
+        if self.remote is None:
+            return
+        fs, root = _filesystem(self.remote)
+        incoming = f"{root}/{INCOMING}/{uuid.uuid4().hex}-{posixpath.basename(name)}"
+        fs.makedirs(posixpath.dirname(incoming), exist_ok=True)
+        fs.pipe_file(incoming, data)
+        fs.makedirs(posixpath.dirname(f"{root}/{name}"), exist_ok=True)
+        fs.mv(incoming, f"{root}/{name}")
+
+
+INCOMING = ".incoming"  # a shared store's objects being written, moved to their final names when whole
+
+
+def _filesystem(url: str):
+    """(fsspec filesystem, root path) of a folder or URL; a plain path is the local filesystem."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url)
+    return fs, root.rstrip("/")
 
 
 def _sha256(path: Path) -> str:
