@@ -35,3 +35,37 @@ def test_search_writes_an_offline_wandb_run(fast_overrides, monkeypatch):
     front = pd.read_csv(run_dir / "pareto.csv")
     tables = list((run_dir / "wandb").glob("offline-run-*/files/media/table/pareto_front_*.table.json"))
     assert len(json.loads(tables[0].read_text())["data"]) == len(front)
+    _check_the_report_reads_what_was_logged(run_dir, rows, front)
+
+
+def _check_the_report_reads_what_was_logged(run_dir, rows, front):
+    """The W&B Report built offline from its specification: every panel, and the keys each one reads are in the
+    search run's history or the front plans' runs."""
+    import wandb_workspaces.reports.v2 as wr
+
+    from autoaccel.report.wandb_workspace import SPEC_FILE, report_object
+
+    report = report_object(json.loads((run_dir / SPEC_FILE).read_text()))
+    panels = [panel for block in report.blocks if isinstance(block, wr.PanelGrid) for panel in block.panels]
+    scatter, hypervolume, coordinates, grids = panels
+    history_keys = {key for row in rows for key in row}
+    assert isinstance(scatter, wr.LinePlot) and scatter.x == "latency_ms"
+    assert scatter.y == ["fid", "front_fid", "standard_fid", "reference_fid"] and set(scatter.y) <= history_keys
+    assert set(scatter.line_marks.values()) == {"points"}
+    assert hypervolume.y == ["hypervolume"] and hypervolume.x == "trial"
+    assert isinstance(grids, wr.MediaBrowser) and grids.media_keys == ["grids"]
+    recommendations = next(block for block in report.blocks if isinstance(block, wr.UnorderedList))
+    assert any("trial" in item for item in recommendations.items)
+
+    plan_files = list((run_dir / "wandb-plans" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(plan_files) == len(front)  # one run per front plan: the parallel coordinates' rows
+    settings = {column.metric.name for column in coordinates.columns if isinstance(column.metric, wr.Config)}
+    trials = pd.read_csv(run_dir / "trials.csv")
+    assert settings == {column[len("param.") :] for column in trials.columns if column.startswith("param.")}
+    summaries = [column.metric.name for column in coordinates.columns if isinstance(column.metric, wr.SummaryMetric)]
+    assert summaries == ["fid", "latency_ms"]
+    records = [record for file in plan_files for record in read_records(file)]
+    logged = {item.key for record in records if record.HasField("run") for item in record.run.config.update}
+    assert logged - {"_wandb"} and logged - {"_wandb"} <= settings
+    figures = {item.key for record in records if record.HasField("summary") for item in record.summary.update}
+    assert {"fid", "latency_ms"} <= figures

@@ -10,6 +10,7 @@ bench schedules [key=value ...]         the schedule benchmark -> reports/bench/
 bench NAME | bench --help               the other benchmarks (optimizers, compression, ...) -> reports/bench/*.md
 train-teacher / train-classifier        retrain the embedded model / its FID feature extractor
 train-latent-models [--only vae|t2i|dit]   retrain the embedded latent models (digits_t2i, digits_dit)
+wandb-report RUN [--entity E]           create the W&B Report of a run logged with report.wandb=true (online)
 COMMAND --help                          what a command takes (search, workers: the main keys)
 """
 
@@ -45,6 +46,7 @@ COMMANDS = (
     "train-teacher",
     "train-classifier",
     "train-latent-models",
+    "wandb-report",
 )
 
 
@@ -309,6 +311,23 @@ def cmd_train_latent_models(args: list[str]) -> int:
     return run_cli(args)
 
 
+def cmd_wandb_report(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="autoaccel wandb-report",
+        description="Create the W&B Report of a run logged with report.wandb=true (its wandb-report.json), once its "
+        "W&B runs are synced (wandb sync RUN/wandb/offline-run-*) and W&B is logged in.",
+    )
+    parser.add_argument("run", type=Path, help="the run folder, e.g. reports/digits-sampler")
+    parser.add_argument("--entity", help="the W&B entity (default: the logged-in user's)")
+    options = parser.parse_args(args)
+    from autoaccel.report.wandb_workspace import SPEC_FILE, create_report
+
+    if not (options.run / SPEC_FILE).is_file():
+        raise AutoaccelError(f"{options.run / SPEC_FILE} does not exist; run the search with report.wandb=true first")
+    print(f"W&B report: {create_report(options.run, options.entity)}")
+    return 0
+
+
 HANDLERS = {
     "search": cmd_search,
     "workers": cmd_workers,
@@ -319,6 +338,7 @@ HANDLERS = {
     "train-teacher": cmd_train_teacher,
     "train-classifier": cmd_train_classifier,
     "train-latent-models": cmd_train_latent_models,
+    "wandb-report": cmd_wandb_report,
 }
 
 

@@ -35,7 +35,7 @@ from autoaccel.report.noise import (
     with_intervals,
 )
 from autoaccel.report.plots import hypervolume_plot, pareto_plot
-from autoaccel.report.recommend import recommendation_ties, recommended_plans
+from autoaccel.report.recommend import recommendation_line, recommendation_ties, recommended_plans
 from autoaccel.report.search_cost import COST_FILE, best_speedup, cost_beside_speedup, search_cost
 from autoaccel.search.confirm import confirmation_sentence, shared_load_sentence
 from autoaccel.search.ledger import CONFIRMATION, DETAIL_PREFIX, reference_row, search_runs
@@ -327,6 +327,8 @@ def build_report(context, log=print, skip_missing_artifacts: bool | None = None)
             hypervolumes,
             grids,
             project=str(context.config.report.wandb_project),
+            objectives=tuple(context.objectives),
+            recommendations=tuple(recommendation_line(item) for item in recommendations),
         )
         log(
             f"W&B run written ({mode}) under {run_dir / 'wandb'}"

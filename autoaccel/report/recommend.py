@@ -184,6 +184,18 @@ def recommended_plans(
     ]
 
 
+def recommendation_line(item: Recommendation) -> str:
+    """One recommendation in a line: the goal, the plan's trial, FID, latency and speed-up, or why there is none."""
+    if item.plan is None:
+        return f"{item.goal}: none ({item.note})" if item.note else f"{item.goal}: none"
+    figures = [f"trial {int(item.plan['trial'])}"]
+    fid, latency = _number(item.plan.get("fid")), _number(item.plan.get("latency_ms"))
+    figures += [f"FID {fid:.3g}"] if fid is not None else []
+    figures += [f"{latency:.3g} ms"] if latency is not None else []
+    figures += [f"{item.speedup_vs_reference:.2f}x faster than the reference"] if item.speedup_vs_reference else []
+    return f"{item.goal}: " + ", ".join(figures)
+
+
 def recommendation_ties(recommendations: list[Recommendation], noise: Noise | None) -> list[str]:
     """Pairs of different recommended plans whose FIDs the data cannot tell apart: the faster serves both goals."""
     if noise is None:

@@ -10,11 +10,14 @@ import math
 import netrc
 import os
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from autoaccel.front.objectives import METRIC_COLUMNS
+from autoaccel.report.wandb_workspace import create_report, report_spec, write_spec
 
+PLANS_DIR = "wandb-plans"  # the front plans' runs (their own wandb/ folder, apart from the search run's)
 TABLE_COLUMNS = ["trial", "state", "warm_start", *METRIC_COLUMNS, "timesteps", "failure"]
 
 
@@ -52,8 +55,12 @@ def log_run(
     hypervolumes: list[float],
     grids: dict[str, str],
     project: str = "autoaccel",
+    objectives: tuple[str, ...] = ("fid", "latency_ms"),
+    recommendations: tuple[str, ...] = (),
 ) -> str:
-    """Writes one W&B run for the search; returns the mode it ran in."""
+    """Writes one W&B run for the search, one small run per front plan (its settings and figures: the report's
+    parallel coordinates), and the W&B Report's specification (``autoaccel.report.wandb_workspace``), created in
+    W&B when the run is online; returns the mode it ran in."""
     import wandb
 
     mode = wandb_mode()
@@ -66,10 +73,11 @@ def log_run(
         config=config,
         reinit="finish_previous",
         job_type="search",
+        group=study_name,
     )
     try:
-        for trial_number, hypervolume in zip(trials.sort_values("trial")["trial"], hypervolumes):
-            run.log({"trial": int(trial_number), "hypervolume": hypervolume})
+        for row in trial_history(trials, front, reference, hypervolumes, list(objectives)):
+            run.log(row)
         trials_table = _table(trials, TABLE_COLUMNS)
         front_table = _table(front, TABLE_COLUMNS + ["recipe"])
         complete = trials[trials["state"] == "COMPLETE"]
@@ -100,4 +108,76 @@ def log_run(
             run.log_artifact(artifact)
     finally:
         run.finish()
+    settings = _log_front_plans(run_dir, study_name, front, list(objectives), project, mode)
+    spec = report_spec(study_name, project, list(objectives), settings, list(recommendations), run.entity or None)
+    write_spec(run_dir, spec)
+    if mode == "online":
+        create_report(run_dir)
     return mode
+
+
+def trial_history(
+    trials: pd.DataFrame, front: pd.DataFrame, reference: dict | None, hypervolumes: list[float], objectives: list[str]
+) -> list[dict[str, Any]]:
+    """One history row per trial (in trial order): its number, the front's hypervolume after it, its objectives,
+    and the same quality figure again under ``front_``/``standard_`` where the point is on the front or a
+    standard configuration (the scatter's marked series); then one row for the reference (``reference_``)."""
+    quality = objectives[0]
+    on_front = set(front["trial"].astype(int)) if not front.empty else set()
+    rows = []
+    for (_, row), hypervolume in zip(trials.sort_values("trial").iterrows(), hypervolumes):
+        entry: dict[str, Any] = {"trial": int(row["trial"]), "hypervolume": hypervolume}
+        if row.get("state") == "COMPLETE":
+            entry.update({name: _plain(row.get(name)) for name in objectives if _plain(row.get(name)) is not None})
+            if quality in entry and int(row["trial"]) in on_front:
+                entry[f"front_{quality}"] = entry[quality]
+            if quality in entry and isinstance(row.get("warm_start"), str) and row.get("warm_start"):
+                entry[f"standard_{quality}"] = entry[quality]
+        rows.append(entry)
+    figures = {name: _plain((reference or {}).get(name)) for name in objectives}
+    if all(value is not None for value in figures.values()):
+        rows.append({f"reference_{quality}": figures[quality], **{name: figures[name] for name in objectives[1:]}})
+    return rows
+
+
+def _plain(value) -> float | None:
+    return float(value) if isinstance(value, int | float) and math.isfinite(float(value)) else None
+
+
+def _log_front_plans(run_dir: Path, study_name: str, front: pd.DataFrame, objectives: list[str], project, mode) -> list:
+    """One run per front plan, named ``<study>/trial-<n>`` in the study's group: its settings (``param.*``) as
+    config and its figures as summary, which a parallel-coordinates panel plots across plans. Returns the
+    setting names."""
+    import wandb
+
+    settings = sorted(
+        {column[len("param.") :] for column in front.columns if column.startswith("param.")}
+        if not front.empty
+        else set()
+    )
+    for _, row in front.iterrows():
+        values = {name: row.get(f"param.{name}") for name in settings}
+        plans_dir = run_dir / PLANS_DIR
+        plans_dir.mkdir(parents=True, exist_ok=True)
+        plan = wandb.init(
+            project=project,
+            name=f"{study_name}/trial-{int(row['trial'])}",
+            dir=str(plans_dir),
+            mode=mode,
+            group=study_name,
+            job_type="plan",
+            config={name: value for name, value in values.items() if not _missing(value)},
+            reinit="finish_previous",
+        )
+        try:
+            plan.summary.update(
+                {name: _plain(row.get(name)) for name in objectives if _plain(row.get(name)) is not None}
+            )
+            plan.summary["trial"] = int(row["trial"])
+        finally:
+            plan.finish()
+    return settings
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
