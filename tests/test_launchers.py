@@ -121,21 +121,8 @@ def test_three_workers_through_submitit_one_killed_lose_nothing(postgres_url, fa
     ]
     sweep = _sweep(launcher, _overrides(fast_overrides, postgres_url, study_name), log, processes)
     storage = optuna.storages.RDBStorage(postgres_url)
-    victim, held = None, None
+    victim, held = _a_worker_holding_a_trial(storage, study_name, sweep, log)
     deadline = time.monotonic() + 600
-    while victim is None and time.monotonic() < deadline and sweep.poll() is None:
-        try:
-            running = optuna.load_study(study_name=study_name, storage=storage).get_trials(
-                states=(optuna.trial.TrialState.RUNNING,)
-            )
-        except Exception:  # the study is not created yet
-            running = []
-        for trial in running:
-            if "candidate_key" in trial.user_attrs and trial.user_attrs.get(WORKER):
-                victim, held = int(str(trial.user_attrs[WORKER]).rsplit(":", 1)[-1]), trial
-                break
-        time.sleep(0.05)
-    assert victim is not None, log.read_text()[-3000:]
     os.kill(victim, signal.SIGKILL)
     sweep.wait(timeout=900)
     trials = optuna.load_study(study_name=study_name, storage=storage).get_trials()
@@ -148,9 +135,58 @@ def test_three_workers_through_submitit_one_killed_lose_nothing(postgres_url, fa
     assert len([trial for trial in _evaluations(trials) if trial.params == killed.params]) == 1
 
 
+def _a_worker_holding_a_trial(storage, study_name: str, sweep: subprocess.Popen, log: Path):
+    """(pid, trial) of a worker caught holding a trial mid-evaluation."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and sweep.poll() is None:
+        try:
+            running = optuna.load_study(study_name=study_name, storage=storage).get_trials(
+                states=(optuna.trial.TrialState.RUNNING,)
+            )
+        except Exception:  # the study is not created yet
+            running = []
+        for trial in running:
+            if "candidate_key" in trial.user_attrs and trial.user_attrs.get(WORKER):
+                return int(str(trial.user_attrs[WORKER]).rsplit(":", 1)[-1]), trial
+        time.sleep(0.05)
+    raise AssertionError(f"no worker was caught holding a trial:\n{log.read_text()[-3000:]}")
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     return True
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_three_workers_on_a_local_ray_cluster_one_killed_lose_nothing(
+    postgres_url, fast_overrides, tmp_path, processes
+):
+    """``hydra/launcher=ray`` starts a local Ray cluster (``ray.init``) and runs each worker as a Ray task; one
+    is killed mid-trial and the study still ends whole (Ray may run the killed task again: it joins the study)."""
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher")
+    study_name = f"ray-{uuid.uuid4().hex[:8]}"
+    log = tmp_path / "sweep.log"
+    launcher = [
+        "hydra/launcher=ray",
+        "+hydra.launcher.ray.init.num_cpus=3",
+        "+hydra.launcher.ray.init.include_dashboard=false",
+        "+hydra.launcher.ray.remote.num_cpus=1",
+    ]
+    sweep = _sweep(launcher, _overrides(fast_overrides, postgres_url, study_name), log, processes)
+    storage = optuna.storages.RDBStorage(postgres_url)
+    victim, held = _a_worker_holding_a_trial(storage, study_name, sweep, log)
+    os.kill(victim, signal.SIGKILL)
+    sweep.wait(timeout=900)
+    trials = optuna.load_study(study_name=study_name, storage=storage).get_trials()
+    others = {int(str(t.user_attrs[WORKER]).rsplit(":", 1)[-1]) for t in trials if t.user_attrs.get(WORKER)} - {victim}
+    deadline = time.monotonic() + 600
+    while any(_alive(pid) for pid in others) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    trials = _check_the_study(postgres_url, study_name, 10)
+    killed = trials[held.number]
+    assert killed.state == optuna.trial.TrialState.FAIL and killed.user_attrs["failure"].startswith(DEAD_WORKER)
+    assert len([trial for trial in _evaluations(trials) if trial.params == killed.params]) == 1
