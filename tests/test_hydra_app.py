@@ -85,3 +85,38 @@ def test_a_sweep_run_on_bad_input_is_one_line_and_the_sweep_goes_on(tmp_path):
     summary = (sweep / "sweep-summary.md").read_text()
     assert "| 0 | `space=nope` | digits-nope |  | failed: space='nope'" in summary
     assert "| 1 | `space=gone` | digits-gone |" in summary
+
+
+def _readme_search_commands() -> list[list[str]]:
+    """Every ``python -m autoaccel search ...`` command of the README's code blocks, as its arguments."""
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = text.split("```bash")[1:]
+    commands = []
+    for block in blocks:
+        joined = block.split("```", 1)[0].replace("\\\n", " ")
+        for line in joined.splitlines():
+            line = line.split(" && ")[-1].split(" # ")[0].strip()
+            if line.startswith("python -m autoaccel search"):
+                commands.append(shlex.split(line)[4:])
+    return commands
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_every_search_command_of_the_readme_composes(tmp_path):
+    """Each README search command, its sweeps taken at their first value, composes (``--cfg job``): every key,
+    launcher and Hydra setting it names exists."""
+    commands = _readme_search_commands()
+    assert len(commands) >= 5 and [] in commands  # the first command: the embedded default
+    for args in commands:
+        single = [arg for arg in args if arg not in ("-m", "--multirun")]
+        single = [arg.replace("range(16)", "0").replace("range(3)", "0") for arg in single]
+        done = _autoaccel("--cfg", "job", *single, cwd=tmp_path)
+        assert done.returncode == 0, (args, done.stderr[-2000:])
+        for arg in single:
+            key, _, value = arg.partition("=")
+            if key.startswith(("space", "study_name", "worker")):
+                assert f"{key.split('.')[-1]}: {value}" in done.stdout, (arg, done.stdout[-2000:])
