@@ -5,6 +5,7 @@ options takes the path it always took."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -37,9 +38,9 @@ def test_a_sweep_run_is_its_own_study_named_by_its_swept_values():
 
 
 def _autoaccel(*args: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "autoaccel", "search", *args], cwd=cwd, capture_output=True, text=True, timeout=900
-    )
+    environment = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    command = [sys.executable, "-m", "autoaccel", "search", *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=900, env=environment)
 
 
 @pytest.mark.slow
@@ -57,7 +58,13 @@ def test_multirun_over_two_spaces_writes_two_studies_and_a_sweep_summary(fast_ov
     reports = tmp_path / "reports"
     overrides = [item for item in fast_overrides if not item.startswith("report.dir=")]
     done = _autoaccel(
-        "--multirun", "space=timesteps,solver", "budget.trials=2", f"report.dir={reports}", *overrides, cwd=tmp_path
+        "--multirun",
+        "space=timesteps,solver",
+        "budget.trials=2",
+        f"report.dir={reports}",
+        "report.wandb=true",
+        *overrides,
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     runs = sorted(path.name for path in reports.iterdir() if (path / "ledger.db").exists())
@@ -72,6 +79,19 @@ def test_multirun_over_two_spaces_writes_two_studies_and_a_sweep_summary(fast_ov
         assert record["front"] >= 1 and record["study"] in runs
         assert (reports / record["study"] / "index.html").exists()
     assert "sweep summary:" in done.stdout
+
+    import wandb_workspaces.reports.v2 as wr
+
+    from autoaccel.report.wandb_workspace import SPEC_FILE, report_object
+
+    spec = json.loads((sweep / SPEC_FILE).read_text())  # offline: the sweep's report, to create once online
+    assert sorted(spec["studies"]) == runs
+    report = report_object(spec)
+    grids = [block for block in report.blocks if isinstance(block, wr.PanelGrid)]
+    assert all(sorted(runset.query for runset in grid.runsets) == runs for grid in grids)
+    (coordinates,) = [panel for grid in grids for panel in grid.panels if isinstance(panel, wr.ParallelCoordinatesPlot)]
+    assert [column.metric.name for column in coordinates.columns] == ["space", "front_size", "final_hypervolume"]
+    assert "wandb-report" in done.stdout
 
 
 @pytest.mark.slow

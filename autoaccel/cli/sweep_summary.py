@@ -80,6 +80,24 @@ class SweepSummary(Callback):
         text = "\n".join(summary_lines(sweep_dir)) + "\n"
         (sweep_dir / SUMMARY_NAME).write_text(text)
         print(text + f"sweep summary: {sweep_dir / SUMMARY_NAME}", flush=True)
+        job = _job_config(config)
+        if job.report.wandb:  # one W&B report comparing the sweep's runs
+            print(f"W&B sweep report: {_sweep_report(sweep_dir, job)}", flush=True)
+
+
+def _sweep_report(sweep_dir: Path, job: DictConfig) -> str:
+    """Writes the sweep's W&B report specification beside its summary; creates the report when W&B is online.
+    Returns the URL, or the file to create it from once online."""
+    from autoaccel.report.wandb_report import wandb_mode
+    from autoaccel.report.wandb_workspace import create_report, sweep_spec, write_spec
+
+    records = [record for _, record in sorted(_records(sweep_dir), key=lambda item: str(item[0]).zfill(8))]
+    studies = [str(record["study"]) for record in records if record.get("study")]
+    swept = sorted({item.split("=", 1)[0].lstrip("+~") for record in records for item in record.get("overrides", [])})
+    path = write_spec(sweep_dir, sweep_spec(str(job.report.wandb_project), studies, swept))
+    if wandb_mode() == "online":
+        return create_report(sweep_dir)
+    return f"{path} (offline: after wandb sync, python -m autoaccel wandb-report {sweep_dir})"
 
 
 def _job_config(config: DictConfig) -> DictConfig:

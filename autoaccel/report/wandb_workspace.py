@@ -9,6 +9,7 @@ creates the report from it once the run is synced. Every panel reads what ``auto
 logs: the search run's history (one row per trial: ``trial``, ``hypervolume``, the objectives, and
 ``front_<quality>``/``standard_<quality>``/``reference_<quality>`` for the points marked) and its ``grids``, and
 the front plans' runs (job type ``plan``, grouped under the study: their settings as config, figures as summary).
+A sweep's report (``sweep_spec``) compares its runs, one runset each.
 """
 
 from __future__ import annotations
@@ -60,6 +61,29 @@ def report_spec(
     }
 
 
+def sweep_spec(project: str, studies: list[str], swept: list[str], entity: str | None = None) -> dict[str, Any]:
+    """One report comparing a sweep's runs (``studies``): each run's hypervolume over trials and front size, and
+    parallel coordinates of the swept settings (``swept``) against each run's front size and final hypervolume."""
+    return {
+        "title": f"autoaccel sweep: {len(studies)} runs",
+        "entity": entity,
+        "project": project,
+        "studies": list(studies),
+        "recommendations": [f"{study}: its own report (python -m autoaccel wandb-report RUN)" for study in studies],
+        "panels": [
+            {"kind": "line", "title": "hypervolume over trials", "x": "trial", "y": ["hypervolume"], "runs": "sweep"},
+            {
+                "kind": "parallel_coordinates",
+                "title": "the swept settings against each run's front",
+                "config": list(swept),
+                "summary": ["front_size", "final_hypervolume"],
+                "runs": "sweep",
+            },
+            {"kind": "media", "title": "each run's front image grids", "keys": ["grids"], "runs": "sweep"},
+        ],
+    }
+
+
 def write_spec(run_dir: Path, spec: dict[str, Any]) -> Path:
     path = Path(run_dir) / SPEC_FILE
     path.write_text(json.dumps(spec, indent=2))
@@ -70,10 +94,13 @@ def report_object(spec: dict[str, Any]):
     """The ``wandb_workspaces`` Report of ``spec`` (not saved: ``.save()`` creates it in W&B)."""
     import wandb_workspaces.reports.v2 as wr
 
-    entity, project, study = spec.get("entity") or "", spec["project"], spec["study"]
+    entity, project = spec.get("entity") or "", spec["project"]
+    studies = spec.get("studies") or [spec["study"]]
+    searches = [wr.Runset(entity=entity, project=project, name=study, query=study) for study in studies]
     runsets = {
-        "search": wr.Runset(entity=entity, project=project, name="search", query=study),
-        "plans": wr.Runset(entity=entity, project=project, name="front plans", query=f"{study}/"),
+        "search": searches[:1],
+        "plans": [wr.Runset(entity=entity, project=project, name="front plans", query=f"{studies[0]}/")],
+        "sweep": searches,
     }
     blocks: list[Any] = [
         wr.H1(spec["title"]),
@@ -81,7 +108,7 @@ def report_object(spec: dict[str, Any]):
         wr.UnorderedList(items=list(spec["recommendations"]) or ["no recommended plan"]),
     ]
     for panel in spec["panels"]:
-        blocks += [wr.H2(panel["title"]), wr.PanelGrid(runsets=[runsets[panel["runs"]]], panels=[_panel(wr, panel)])]
+        blocks += [wr.H2(panel["title"]), wr.PanelGrid(runsets=runsets[panel["runs"]], panels=[_panel(wr, panel)])]
     return wr.Report(project=project, entity=entity, title=spec["title"], blocks=blocks, width="fluid")
 
 
