@@ -428,7 +428,7 @@ def test_ctrl_c_while_workers_start_stops_and_reaps_every_one_started(
     import autoaccel.cli.workers_command as workers
 
     sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
-    monkeypatch.setattr(workers, "worker_commands", lambda count, overrides, seed: [sleeper] * count)
+    monkeypatch.setattr(workers, "worker_commands", lambda count, overrides: [sleeper] * count)
     real_popen, started = subprocess.Popen, []
 
     def popen(*args, **kwargs):
