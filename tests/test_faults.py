@@ -26,6 +26,7 @@ from autoaccel.config import compose_config
 from autoaccel.search.ledger import INTERRUPTED, Ledger, not_a_result
 from autoaccel.search.liveness import DEAD_WORKER, WORKER
 from autoaccel.util.interrupts import cancellation
+from tests.study_checks import evaluations
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -130,17 +131,6 @@ def _report_dir(overrides: list[str]) -> Path:
     return Path(next(option.split("=", 1)[1] for option in overrides if option.startswith("report.dir=")))
 
 
-def _evaluations(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
-    """Trials that really evaluated their candidate (not a reuse of another trial, not cut short)."""
-    return [
-        trial
-        for trial in trials
-        if trial.state.is_finished()
-        and not not_a_result(trial.user_attrs.get("failure"))
-        and "detail.duplicate_of" not in trial.user_attrs
-    ]
-
-
 @pytest.mark.slow
 @pytest.mark.integration
 def test_four_workers_one_killed_nothing_lost_nothing_duplicated(postgres_url, fast_overrides, tmp_path, processes):
@@ -169,9 +159,9 @@ def test_four_workers_one_killed_nothing_lost_nothing_duplicated(postgres_url, f
     killed = trials[held.number]
     assert killed.state == optuna.trial.TrialState.FAIL and killed.user_attrs["failure"].startswith(DEAD_WORKER)
     # evaluated exactly once in the study: after the kill, or before it by a twin the killed trial was waiting on
-    evaluations = [trial for trial in _evaluations(trials) if trial.params == killed.params]
-    assert len(evaluations) == 1, "the killed worker's candidate is evaluated, once"
-    keys = [trial.user_attrs["candidate_key"] for trial in _evaluations(trials)]
+    of_killed = [trial for trial in evaluations(trials) if trial.params == killed.params]
+    assert len(of_killed) == 1, "the killed worker's candidate is evaluated, once"
+    keys = [trial.user_attrs["candidate_key"] for trial in evaluations(trials)]
     assert len(keys) == len(set(keys)), "no candidate was evaluated twice"
     ledger = Ledger.open_existing(postgres_url, study_name)
     assert ledger.finished_count() >= 10
@@ -240,7 +230,7 @@ def test_an_interrupt_mid_trial_marks_it_and_the_same_command_resumes_it(
         signal.signal(signal.SIGTERM, previous_sigterm)
     trials = optuna.load_study(study_name=study_name, storage=_opened(storage)).get_trials()
     assert sum(trial.state.is_finished() and not not_a_result(trial.user_attrs.get("failure")) for trial in trials) == 6
-    assert any(trial.params == interrupted[0].params for trial in _evaluations(trials))
+    assert any(trial.params == interrupted[0].params for trial in evaluations(trials))
 
 
 @pytest.mark.slow
@@ -276,7 +266,7 @@ def test_sigterm_from_outside_stops_the_process_cleanly_and_the_same_command_res
     assert resumed.wait(timeout=600) == 0, (tmp_path / "resume.log").read_text()[-3000:]
     trials = optuna.load_study(study_name=study_name, storage=_opened(storage)).get_trials()
     assert sum(trial.state.is_finished() and not not_a_result(trial.user_attrs.get("failure")) for trial in trials) == 6
-    assert all(any(trial.params == params for trial in _evaluations(trials)) for params in interrupted)
+    assert all(any(trial.params == params for trial in evaluations(trials)) for params in interrupted)
 
 
 @pytest.mark.slow

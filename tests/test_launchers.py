@@ -19,8 +19,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from autoaccel.errors import ConfigError
-from autoaccel.search.ledger import Ledger, not_a_result
+from autoaccel.search.ledger import Ledger
 from autoaccel.search.liveness import DEAD_WORKER, WORKER
+from tests.study_checks import evaluations
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,16 +45,6 @@ def test_a_worker_gets_its_own_seed_no_report_and_needs_a_shared_storage():
     assert [command[-1] for command in worker_commands(2, ["storage=postgresql://h/db"])] == ["worker=0", "worker=1"]
 
 
-def _evaluations(trials):
-    return [
-        trial
-        for trial in trials
-        if trial.state.is_finished()
-        and not not_a_result(trial.user_attrs.get("failure"))
-        and "detail.duplicate_of" not in trial.user_attrs
-    ]
-
-
 def _check_the_study(url: str, study_name: str, trials_wanted: int) -> list[optuna.trial.FrozenTrial]:
     """What three workers on one study must leave: nothing hanging, the budget, the standard configurations once,
     every candidate evaluated once."""
@@ -65,7 +56,7 @@ def _check_the_study(url: str, study_name: str, trials_wanted: int) -> list[optu
     kept = [trial for trial in trials if not str(trial.user_attrs.get("failure", "")).startswith(DEAD_WORKER)]
     tags = [trial.user_attrs["warm_start"] for trial in kept if trial.user_attrs.get("warm_start")]
     assert tags and len(tags) == len(set(tags)), "each standard configuration is queued once"
-    keys = [trial.user_attrs["candidate_key"] for trial in _evaluations(trials)]
+    keys = [trial.user_attrs["candidate_key"] for trial in evaluations(trials)]
     assert len(keys) == len(set(keys)), "no candidate was evaluated twice"
     workers = {str(trial.user_attrs.get(WORKER)).rsplit(":", 1)[-1] for trial in trials if trial.user_attrs.get(WORKER)}
     assert len(workers) >= 2, f"the trials were held by {workers}: the workers did not share the study"
@@ -132,7 +123,7 @@ def test_three_workers_through_submitit_one_killed_lose_nothing(postgres_url, fa
     trials = _check_the_study(postgres_url, study_name, 10)
     killed = trials[held.number]
     assert killed.state == optuna.trial.TrialState.FAIL and killed.user_attrs["failure"].startswith(DEAD_WORKER)
-    assert len([trial for trial in _evaluations(trials) if trial.params == killed.params]) == 1
+    assert len([trial for trial in evaluations(trials) if trial.params == killed.params]) == 1
 
 
 def _a_worker_holding_a_trial(storage, study_name: str, sweep: subprocess.Popen, log: Path):
@@ -189,4 +180,4 @@ def test_three_workers_on_a_local_ray_cluster_one_killed_lose_nothing(
     trials = _check_the_study(postgres_url, study_name, 10)
     killed = trials[held.number]
     assert killed.state == optuna.trial.TrialState.FAIL and killed.user_attrs["failure"].startswith(DEAD_WORKER)
-    assert len([trial for trial in _evaluations(trials) if trial.params == killed.params]) == 1
+    assert len([trial for trial in evaluations(trials) if trial.params == killed.params]) == 1

@@ -119,14 +119,8 @@ class ArtifactStore:
         if self.remote is None:
             return
         fs, root = _filesystem(self.remote)
-        final = f"{root}/{name}"
-        if fs.exists(final):
-            return
-        incoming = f"{root}/{INCOMING}/{uuid.uuid4().hex}-{posixpath.basename(name)}"
-        fs.makedirs(posixpath.dirname(incoming), exist_ok=True)
-        fs.pipe_file(incoming, data)
-        fs.makedirs(posixpath.dirname(final), exist_ok=True)
-        fs.mv(incoming, final)
+        if not fs.exists(f"{root}/{name}"):
+            _write_whole(fs, root, name, data)
 
     def shared(self, name: str) -> bytes | None:
         """The shared store's bytes of ``name``; None without a shared store or such an object."""
@@ -143,12 +137,17 @@ class ArtifactStore:
         writer names the same model's artifact)."""
         if self.remote is None:
             return
-        fs, root = _filesystem(self.remote)
-        incoming = f"{root}/{INCOMING}/{uuid.uuid4().hex}-{posixpath.basename(name)}"
-        fs.makedirs(posixpath.dirname(incoming), exist_ok=True)
-        fs.pipe_file(incoming, data)
-        fs.makedirs(posixpath.dirname(f"{root}/{name}"), exist_ok=True)
-        fs.mv(incoming, f"{root}/{name}")
+        _write_whole(*_filesystem(self.remote), name, data)
+
+
+def _write_whole(fs, root: str, name: str, data: bytes) -> None:
+    """``data`` as ``root/name``, written under a temporary name and moved into place: a reader finds the whole
+    object or none (a writer killed half way leaves only its temporary object)."""
+    incoming = f"{root}/{INCOMING}/{uuid.uuid4().hex}-{posixpath.basename(name)}"
+    fs.makedirs(posixpath.dirname(incoming), exist_ok=True)
+    fs.pipe_file(incoming, data)
+    fs.makedirs(posixpath.dirname(f"{root}/{name}"), exist_ok=True)
+    fs.mv(incoming, f"{root}/{name}")
 
 
 INCOMING = ".incoming"  # a shared store's objects being written, moved to their final names when whole
