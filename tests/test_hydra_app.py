@@ -140,3 +140,17 @@ def test_every_search_command_of_the_readme_composes(tmp_path):
             key, _, value = arg.partition("=")
             if key.startswith(("space", "study_name", "worker")):
                 assert f"{key.split('.')[-1]}: {value}" in done.stdout, (arg, done.stdout[-2000:])
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_shell_completion_completes_the_search_overrides(tmp_path):
+    """``eval "$(autoaccel search --shell-completion install=bash)"`` registers completion for the console script;
+    the shell then asks ``autoaccel -sc query=bash`` with the line typed so far."""
+    install = _autoaccel("--shell-completion", "install=bash", cwd=tmp_path)
+    assert install.returncode == 0 and install.stdout.rstrip().endswith("hydra_bash_completion autoaccel")
+    environment = {**os.environ, "COMP_LINE": "autoaccel search budget.trials=4 target=", "COMP_POINT": "41"}
+    command = [sys.executable, "-m", "autoaccel", "-sc", "query=bash"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=environment)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert {"target=digits", "target=digits_t2i", "target=pipeline"} <= set(done.stdout.split())

@@ -78,7 +78,7 @@ def run_hydra_app(args: list[str], search: Callable[[DictConfig], object]) -> in
         lambda config: _task(config, search, swept, failures)
     )
     saved = sys.argv
-    sys.argv = ["python -m autoaccel search", *args]
+    sys.argv = ["autoaccel", *args]  # the command Hydra's shell completion registers for: the console script
     try:
         task()
     finally:

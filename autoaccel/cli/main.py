@@ -342,11 +342,19 @@ HANDLERS = {
 }
 
 
+COMPLETION_FLAGS = ("-sc", "--shell-completion")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0 if argv else 2
+    if argv[0] in COMPLETION_FLAGS:  # the shell's completion asks the console script: `autoaccel search ...`
+        argv = ["search", *argv]
+        line = os.environ.get("COMP_LINE", "")
+        if line.split()[:2] == ["autoaccel", "search"]:  # Hydra completes the overrides after the command
+            os.environ["COMP_LINE"] = "autoaccel" + line[len("autoaccel search") :]
     command, rest = argv[0], argv[1:]
     if command not in HANDLERS:
         print(f"autoaccel: unknown command {command!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
