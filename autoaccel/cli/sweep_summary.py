@@ -48,9 +48,8 @@ def _records(sweep_dir: Path) -> list[tuple[int | str, dict]]:
     return records
 
 
-def summary_lines(sweep_dir: Path) -> list[str]:
-    """The sweep's summary as Markdown, from its runs' ``summary.json`` files (job number order)."""
-    records = _records(sweep_dir)
+def summary_lines(records: list[tuple[int | str, dict]]) -> list[str]:
+    """The sweep's summary as Markdown, from its runs' records (``_records``), in job number order."""
     lines = [
         f"# Sweep summary ({len(records)} runs)",
         "",
@@ -72,26 +71,27 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        if any("worker" in record for _, record in _records(sweep_dir)):  # workers of one shared study
+        records = _records(sweep_dir)
+        if any("worker" in record for _, record in records):  # workers of one shared study
             from autoaccel.cli.workers_command import shared_report
 
             print(f"report: {shared_report(_job_config(config))}", flush=True)
             return
-        text = "\n".join(summary_lines(sweep_dir)) + "\n"
+        text = "\n".join(summary_lines(records)) + "\n"
         (sweep_dir / SUMMARY_NAME).write_text(text)
         print(text + f"sweep summary: {sweep_dir / SUMMARY_NAME}", flush=True)
         job = _job_config(config)
         if job.report.wandb:  # one W&B report comparing the sweep's runs
-            print(f"W&B sweep report: {_sweep_report(sweep_dir, job)}", flush=True)
+            print(f"W&B sweep report: {_sweep_report(sweep_dir, job, records)}", flush=True)
 
 
-def _sweep_report(sweep_dir: Path, job: DictConfig) -> str:
+def _sweep_report(sweep_dir: Path, job: DictConfig, numbered: list[tuple[int | str, dict]]) -> str:
     """Writes the sweep's W&B report specification beside its summary; creates the report when W&B is online.
     Returns the URL, or the file to create it from once online."""
     from autoaccel.report.wandb_report import wandb_mode
     from autoaccel.report.wandb_workspace import create_report, sweep_spec, write_spec
 
-    records = [record for _, record in sorted(_records(sweep_dir), key=lambda item: str(item[0]).zfill(8))]
+    records = [record for _, record in sorted(numbered, key=lambda item: str(item[0]).zfill(8))]
     studies = [str(record["study"]) for record in records if record.get("study")]
     swept = sorted({item.split("=", 1)[0].lstrip("+~") for record in records for item in record.get("overrides", [])})
     path = write_spec(sweep_dir, sweep_spec(str(job.report.wandb_project), studies, swept))

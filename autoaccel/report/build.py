@@ -154,7 +154,7 @@ def _front_artifacts(context, front: pd.DataFrame, skip_missing: bool, log) -> s
     """The front trials whose stored artifacts this run folder lacks, checked before anything is written:
     refused (``MissingArtifact``) unless ``skip_missing``, then listed in the log."""
     lacking = {}
-    store = getattr(context.evaluator, "artifacts", None)
+    store = context.evaluator.artifacts
     for number in front["trial"].astype(int) if not front.empty else []:
         recorded = context.ledger.trial(int(number)).user_attrs.get(f"{DETAIL_PREFIX}artifacts")
         if store is not None:  # what another process stored in the shared store (artifacts.store) is fetched

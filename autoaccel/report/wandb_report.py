@@ -128,20 +128,26 @@ def trial_history(
     for (_, row), hypervolume in zip(trials.sort_values("trial").iterrows(), hypervolumes):
         entry: dict[str, Any] = {"trial": int(row["trial"]), "hypervolume": hypervolume}
         if row.get("state") == "COMPLETE":
-            entry.update({name: _plain(row.get(name)) for name in objectives if _plain(row.get(name)) is not None})
+            entry.update(_finite(row, objectives))
             if quality in entry and int(row["trial"]) in on_front:
                 entry[f"front_{quality}"] = entry[quality]
             if quality in entry and isinstance(row.get("warm_start"), str) and row.get("warm_start"):
                 entry[f"standard_{quality}"] = entry[quality]
         rows.append(entry)
-    figures = {name: _plain((reference or {}).get(name)) for name in objectives}
-    if all(value is not None for value in figures.values()):
+    figures = _finite(reference or {}, objectives)
+    if len(figures) == len(objectives):
         rows.append({f"reference_{quality}": figures[quality], **{name: figures[name] for name in objectives[1:]}})
     return rows
 
 
-def _plain(value) -> float | None:
-    return float(value) if isinstance(value, int | float) and math.isfinite(float(value)) else None
+def _finite(row, names: list[str]) -> dict[str, float]:
+    """``names`` -> their values in ``row`` (a mapping or a frame row), those that are finite numbers."""
+    values = {name: row.get(name) for name in names}
+    return {
+        name: float(value)
+        for name, value in values.items()
+        if isinstance(value, int | float) and math.isfinite(float(value))
+    }
 
 
 def _log_front_plans(run_dir: Path, study_name: str, front: pd.DataFrame, objectives: list[str], project, mode) -> list:
@@ -155,10 +161,11 @@ def _log_front_plans(run_dir: Path, study_name: str, front: pd.DataFrame, object
         if not front.empty
         else set()
     )
+    plans_dir = run_dir / PLANS_DIR
+    if not front.empty:
+        plans_dir.mkdir(parents=True, exist_ok=True)
     for _, row in front.iterrows():
         values = {name: row.get(f"param.{name}") for name in settings}
-        plans_dir = run_dir / PLANS_DIR
-        plans_dir.mkdir(parents=True, exist_ok=True)
         plan = wandb.init(
             project=project,
             name=f"{study_name}/trial-{int(row['trial'])}",
@@ -170,9 +177,7 @@ def _log_front_plans(run_dir: Path, study_name: str, front: pd.DataFrame, object
             reinit="finish_previous",
         )
         try:
-            plan.summary.update(
-                {name: _plain(row.get(name)) for name in objectives if _plain(row.get(name)) is not None}
-            )
+            plan.summary.update(_finite(row, objectives))
             plan.summary["trial"] = int(row["trial"])
         finally:
             plan.finish()

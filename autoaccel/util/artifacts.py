@@ -104,14 +104,24 @@ class ArtifactStore:
 
     def fetch(self, sha: str) -> Path | None:
         """The local file of artifact ``sha``: the run folder's, or else the shared store's copied into it (only
-        if its bytes hash to ``sha``); None where neither has it."""
+        if its bytes hash to ``sha``); None where neither has it. The copy streams to disk and is hashed there, so
+        a large artifact is never held in memory whole."""
         path = self.path_of(sha)
         if path.is_file():
             return path
-        data = self.shared(f"{sha}{SUFFIX}")
-        if data is None or hashlib.sha256(data).hexdigest() != sha:
+        if self.remote is None:
             return None
-        return write_atomically(path, lambda temporary: temporary.write_bytes(data))
+        fs, root = _filesystem(self.remote)
+
+        def download(temporary: Path) -> None:
+            fs.get_file(f"{root}/{sha}{SUFFIX}", str(temporary))
+            if _sha256(temporary) != sha:
+                raise _OtherBytes(sha)
+
+        try:
+            return write_atomically(path, download)
+        except (FileNotFoundError, _OtherBytes):
+            return None
 
     def share(self, name: str, data: bytes) -> None:
         """Writes ``name`` to the shared store once: an existing object is left as it is (content-addressed
@@ -151,6 +161,10 @@ def _write_whole(fs, root: str, name: str, data: bytes) -> None:
 
 
 INCOMING = ".incoming"  # a shared store's objects being written, moved to their final names when whole
+
+
+class _OtherBytes(Exception):
+    """A shared object whose bytes do not hash to its name: not read as that artifact."""
 
 
 def _filesystem(url: str):
