@@ -79,6 +79,13 @@ def _artifact(seed: int = 0, size: int = 64) -> Artifact:
     return Artifact({"weight": weights}, {"technique": "test"})
 
 
+def test_an_unusable_store_is_named_in_one_line(tmp_path):
+    from autoaccel.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"artifacts.store='nosuch://b/p' is not usable: Protocol not known"):
+        ArtifactStore(tmp_path, remote="nosuch://b/p")
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 def test_an_artifact_is_written_once_by_hash_and_read_back_checked_from_a_clean_folder(s3_server, tmp_path):

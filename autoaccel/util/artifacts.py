@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from autoaccel.errors import RecipeError
+from autoaccel.errors import ConfigError, RecipeError
 from autoaccel.util.files import write_atomically
 
 ARTIFACTS_DIR = "artifacts"
@@ -85,6 +85,14 @@ class ArtifactStore:
     def __init__(self, folder: Path, remote: str | None = None) -> None:
         self.folder = Path(folder)
         self.remote = str(remote).rstrip("/") if remote else None
+        if self.remote is not None:  # an unknown scheme or a missing filesystem package is named before any trial
+            try:
+                _filesystem(self.remote)
+            except (ValueError, ImportError) as error:
+                raise ConfigError(
+                    f"artifacts.store={remote!r} is not usable: {error} (a folder, or an fsspec URL such as "
+                    "s3://bucket/prefix with s3fs installed)"
+                ) from None
 
     def put(self, artifact: Artifact) -> str:
         """Stores ``artifact`` unless the same bytes are already there; returns its sha256."""
