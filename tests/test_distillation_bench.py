@@ -109,3 +109,24 @@ def test_the_summary_gives_the_students_minutes_before_the_schedule_only_figure(
     ]
     verdict = _verdict(1, rows, reference_fid=1.0, reference_recall=0.8)
     assert "recall 0.800, trained in 8.0 min; best schedule-only 60.00 (target" in verdict
+
+
+def test_a_front_within_the_seed_sets_spread_ties_instead_of_dominating():
+    """A best distilled FID below the schedule-only one by less than their spreads is a tie, not a win."""
+    from benchmarks.distillation import _bound_verdict
+
+    def front(*points: tuple[list[float], float]) -> list[tuple[int, dict]]:
+        return [(trial, {"fid": fids, "nfe": nfe}) for trial, (fids, nfe) in enumerate(points)]
+
+    fronts = {
+        "distilled": front(([0.9, 1.1, 1.0], 1), ([0.50, 0.52, 0.54], 4)),
+        "schedule-only": front(([1.05, 1.15, 1.1], 2), ([0.80, 0.81, 0.82], 4)),
+    }
+    assert _bound_verdict(1, fronts).endswith("schedule-only none: the distilled front dominates there.")
+    assert _bound_verdict(2, fronts).endswith("the distilled front ties with the schedule-only front there.")
+    assert "best distilled FID 0.52 ± 0.02, best schedule-only 0.81 ± 0.01: the distilled front dominates" in (
+        _bound_verdict(4, fronts)
+    )
+    fronts["distilled"] = front(([2.0, 2.1, 2.2], 4))
+    assert _bound_verdict(4, fronts).endswith("does not dominate there.")
+    assert _bound_verdict(1, fronts) == "- NFE <= 1: the distilled front has no point."
