@@ -486,7 +486,7 @@ def _train_in_a_fresh_process(method: str, config, tiny_target):
 
 @pytest.mark.slow
 @pytest.mark.integration
-@pytest.mark.parametrize("method", ["consistency", "progressive", "recovery"])
+@pytest.mark.parametrize("method", ["consistency", "progressive", "learned_schedule", "recovery"])
 def test_an_interrupted_training_run_keeps_a_checkpoint_and_the_next_process_continues_to_the_same_weights(
     tiny_target, method, monkeypatch, tmp_path
 ):
@@ -514,7 +514,15 @@ def test_an_interrupted_training_run_keeps_a_checkpoint_and_the_next_process_con
     assert calls["count"] == -(10**9) + 8 - 3  # only the iterations it lacked
     assert not list(folder.glob("*.pt"))  # the finished run's checkpoint is gone (its weights are an artifact)
     uninterrupted = _train_in_a_fresh_process(method, config, tiny_target)
-    assert all(torch.equal(a, b) for a, b in zip(continued.state_dict().values(), uninterrupted.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(_trained(continued), _trained(uninterrupted), strict=True))
+
+
+def _trained(model) -> list:
+    """What training made: the weights, and the timesteps of the sampler it prescribes (a learned schedule's)."""
+    from autoaccel.pipeline.prescribed import PRESCRIBED
+
+    sampler = getattr(model, PRESCRIBED, None)
+    return [*model.state_dict().values(), *([] if sampler is None else [torch.tensor(sampler.timesteps)])]
 
 
 CONSISTENCY_SPACE = """

@@ -9,57 +9,89 @@ rounded in the forward pass with a straight-through gradient: training runs exac
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable
 
 import torch
 
 from autoaccel.distill.data import Teacher, ode_endpoints
 from autoaccel.distill.diffusion import CLEAN, alpha_sigma, ddim_step, trailing_grid
-from autoaccel.distill.training import Clock, TrainSettings, draw
-from autoaccel.util.interrupts import pause_point
+from autoaccel.distill.students import Continued
+from autoaccel.distill.training import (
+    Clock,
+    TrainSettings,
+    draw,
+    finished_run,
+    keep_checkpoint,
+    pause_training,
+    resume,
+    run_settings,
+)
 
 CHECK_EVERY = 5  # iterations between evaluations of the schedule on all the data
 
 
-def learned_timesteps(
-    target, steps: int, train: TrainSettings, log: Callable[[str], None] | None = None
-) -> tuple[list[int], float]:
-    """The learned ``steps`` integer timesteps (descending) and the minutes it took."""
+class _Schedule(torch.nn.Module):
+    """The gap logits being trained and the best schedule seen so far: what a checkpoint keeps."""
+
+    def __init__(self, steps: int, device) -> None:
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.zeros(steps, device=device))  # equal gaps: DDIM's trailing grid
+        self.register_buffer("best", torch.zeros(steps, dtype=torch.long))
+        self.register_buffer("best_loss", torch.tensor(math.inf))
+
+    def keep_if_better(self, loss: torch.Tensor, top: int) -> None:
+        if loss < self.best_loss:
+            self.best.copy_(torch.tensor(_timesteps(self.logits, top)))
+            self.best_loss.copy_(loss.detach())
+
+
+def learned_timesteps(target, steps: int, train: TrainSettings, log: Callable[[str], None] | None = None) -> Continued:
+    """The learned ``steps`` integer timesteps (descending) and the minutes they took, as a run that may have
+    continued from the checkpoint of an interrupted or shorter one."""
+    entered = time.perf_counter()
     device = target.denoiser.device
     teacher = Teacher.of_target(target)
     noise, labels, endpoints = ode_endpoints(target, train.data_samples, train.seed)
     noise, endpoints = noise.to(device), endpoints.to(device).float()
     top = target.num_train_timesteps - 1
     generator = torch.Generator().manual_seed(train.seed * 1_000 + 11)
-    logits = torch.zeros(steps, device=device, requires_grad=True)  # equal gaps: DDIM's trailing grid
-    optimizer = torch.optim.Adam([logits], lr=train.learning_rate)
+    schedule = _Schedule(steps, device)
+    optimizer = torch.optim.Adam([schedule.logits], lr=train.learning_rate)
+    parts = {"schedule": schedule, "optimizer": optimizer}
+    run = ("learned_schedule", target.content_hash, steps, run_settings(train))
+    first, earlier = resume(run, train.iterations, parts, generator)
     parameters = list(target.denoiser.parameters())
     wanted_grad = [parameter.requires_grad for parameter in parameters]
     for parameter in parameters:
         parameter.requires_grad_(False)
-    clock = Clock(train.max_minutes, "learned schedule", total=train.iterations)
-    best, best_loss = _timesteps(logits, top), _rollout_loss(teacher, logits, top, noise, labels, endpoints, None)
+    clock = Clock(train.max_minutes, "learned schedule", earlier, train.iterations, entered)
     try:
-        for iteration in range(train.iterations):
-            pause_point()  # a few timesteps: an interrupted run starts again, it keeps no checkpoint
+        if first == 0:  # the schedule kept is never worse than the trailing grid it starts from
+            schedule.keep_if_better(_rollout_loss(teacher, schedule.logits, top, noise, labels, endpoints, None), top)
+        for iteration in range(first, train.iterations):
+            pause_training(run, iteration, clock, parts, generator)
             rows = draw(generator, len(noise), train.batch_size)
-            loss = _rollout_loss(teacher, logits, top, noise, labels, endpoints, rows)
+            loss = _rollout_loss(teacher, schedule.logits, top, noise, labels, endpoints, rows)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             clock.check(iteration + 1)
             if (iteration + 1) % CHECK_EVERY == 0 or iteration + 1 == train.iterations:
-                # straight-through gradients are noisy: the schedule kept is the best seen on all the data,
-                # never worse than the trailing grid it started from
-                full = _rollout_loss(teacher, logits, top, noise, labels, endpoints, None)
-                if full < best_loss:
-                    best, best_loss = _timesteps(logits, top), full
+                # straight-through gradients are noisy: the schedule kept is the best seen on all the data
+                with torch.no_grad():
+                    full = _rollout_loss(teacher, schedule.logits, top, noise, labels, endpoints, None)
+                schedule.keep_if_better(full, top)
     finally:
         for parameter, wanted in zip(parameters, wanted_grad):
             parameter.requires_grad_(wanted)
+    keep_checkpoint(run, train.iterations, clock.minutes, parts, generator)
+    finished_run(run, train.iterations)
+    best = [int(step) for step in schedule.best]
     if log is not None:
         log(f"learned schedule: {best} ({trailing_grid(steps, top + 1)} untrained), {clock.minutes:.1f} min")
-    return best, clock.minutes
+    return Continued((best, clock.minutes), earlier)
 
 
 def _continuous(logits: torch.Tensor, top: int) -> torch.Tensor:
