@@ -523,3 +523,16 @@ def test_space_value_naming_a_directory_is_one_line(tmp_path):
 def test_parse_space_checks_documents_too():
     with pytest.raises(ConfigError, match=r"<memory>: fixed\.solver\.final_sigma='banana'"):
         parse_space({"techniques": ["solver"], "fixed": {"solver.final_sigma": "banana"}})
+
+
+@pytest.mark.parametrize("name", ["distilled", "joint"])
+def test_a_bundled_space_never_hands_the_teacher_every_step_of_a_student(name):
+    """``assignment.teacher_steps`` is searched only where the student has a step left to run: a 1-step student
+    whose one step the teacher takes trains for minutes and then fails."""
+    space = load_space(name)
+    teacher = space.dimension("assignment.teacher_steps")
+    for method in space.dimension("distillation.method").choices:
+        for steps in space.dimension("distillation.steps").choices:
+            params = {"distillation.method": method, "distillation.steps": steps, "caching.method": "none"}
+            if teacher.is_active(params):
+                assert steps > max(teacher.choices), (method, steps)
