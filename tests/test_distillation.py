@@ -562,3 +562,23 @@ def test_a_model_already_stored_is_loaded_from_its_artifact_not_trained_again(fa
     assert again.ok and again.metrics["fid"] == first["fid"]
     assert again.details["train_minutes"] == first["train_minutes"]
     assert again.details["artifacts"] == json.loads(first["artifacts"])
+
+
+def test_a_longer_learned_schedule_continues_the_shorter_one_to_the_uninterrupted_runs_state(tiny_target):
+    """Iterations are a fidelity for a learned schedule too: 12 iterations continued from a 7-iteration run (whose
+    own last check is off the every-5 grid) keep the state a single 12-iteration run keeps, bit for bit."""
+    import autoaccel.distill.training as training
+    from autoaccel.distill.students import forget_students
+    from autoaccel.techniques.distillation import DistillationConfig, distilled_model
+
+    def final_state(*iterations: int) -> dict:
+        forget_students()
+        for count in iterations:
+            config = DistillationConfig(method="learned_schedule", steps=3, **{**QUICK, "iterations": count})
+            distilled_model(sampler_pipeline(tiny_target), config, tiny_target)
+        (run,) = [run for run in training._CHECKPOINTS if run[0] == "learned_schedule"]
+        return training._CHECKPOINTS[run][iterations[-1]].states["schedule"]
+
+    continued, uninterrupted = final_state(7, 12), final_state(12)
+    assert not torch.equal(continued["logits"], torch.zeros_like(continued["logits"]))  # it trained
+    assert all(torch.equal(continued[name], uninterrupted[name]) for name in ("logits", "best", "best_loss"))

@@ -47,6 +47,12 @@ class _Schedule(torch.nn.Module):
             self.best_loss.copy_(loss.detach())
 
 
+def _keep_if_better(schedule: _Schedule, teacher, top: int, noise, labels, endpoints) -> None:
+    """Straight-through gradients are noisy: the schedule kept is the best seen on all the data."""
+    with torch.no_grad():
+        schedule.keep_if_better(_rollout_loss(teacher, schedule.logits, top, noise, labels, endpoints, None), top)
+
+
 def learned_timesteps(target, steps: int, train: TrainSettings, log: Callable[[str], None] | None = None) -> Continued:
     """The learned ``steps`` integer timesteps (descending) and the minutes they took, as a run that may have
     continued from the checkpoint of an interrupted or shorter one."""
@@ -69,7 +75,7 @@ def learned_timesteps(target, steps: int, train: TrainSettings, log: Callable[[s
     clock = Clock(train.max_minutes, "learned schedule", earlier, train.iterations, entered)
     try:
         if first == 0:  # the schedule kept is never worse than the trailing grid it starts from
-            schedule.keep_if_better(_rollout_loss(teacher, schedule.logits, top, noise, labels, endpoints, None), top)
+            _keep_if_better(schedule, teacher, top, noise, labels, endpoints)
         for iteration in range(first, train.iterations):
             pause_training(run, iteration, clock, parts, generator)
             rows = draw(generator, len(noise), train.batch_size)
@@ -78,15 +84,16 @@ def learned_timesteps(target, steps: int, train: TrainSettings, log: Callable[[s
             loss.backward()
             optimizer.step()
             clock.check(iteration + 1)
-            if (iteration + 1) % CHECK_EVERY == 0 or iteration + 1 == train.iterations:
-                # straight-through gradients are noisy: the schedule kept is the best seen on all the data
-                with torch.no_grad():
-                    full = _rollout_loss(teacher, schedule.logits, top, noise, labels, endpoints, None)
-                schedule.keep_if_better(full, top)
+            if (iteration + 1) % CHECK_EVERY == 0:
+                _keep_if_better(schedule, teacher, top, noise, labels, endpoints)
+        # kept before the run's own last check, so a longer run continuing from it checks where an uninterrupted
+        # one does
+        keep_checkpoint(run, train.iterations, clock.minutes, parts, generator)
+        if train.iterations % CHECK_EVERY:
+            _keep_if_better(schedule, teacher, top, noise, labels, endpoints)
     finally:
         for parameter, wanted in zip(parameters, wanted_grad):
             parameter.requires_grad_(wanted)
-    keep_checkpoint(run, train.iterations, clock.minutes, parts, generator)
     finished_run(run, train.iterations)
     best = [int(step) for step in schedule.best]
     if log is not None:
