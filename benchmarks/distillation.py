@@ -179,6 +179,11 @@ def write_distillation_table(
     described = describe_reference(target) if target.name != "digits" else "DDPM, all steps"
     command = "python -m autoaccel bench distillation" + (f" target={target.name}" if target.name != "digits" else "")
     command += "".join(f" {override}" for override in changed_settings(settings))
+    if int(settings.search_trials) > 0:  # the searches' fidelity ladder is the run's own setting
+        command += "".join(
+            f" 'fidelity.{key}=[{','.join(str(value) for value in config.fidelity[key] or [])}]'"
+            for key in ("levels", "train_shares")
+        )
     lines = [
         "# Distillation benchmark: students and learned schedules vs schedules alone vs the reference",
         "",
@@ -217,8 +222,11 @@ def write_distillation_table(
             lines.append(f"| {nfe} | {measured} | {label} | " + " | ".join(_cells(entry, reference)) + " |")
     everything = [(steps, label, entry) for steps, entries in rows.items() for label, entry in entries]
     summary = [_verdict(bound, everything, reference_fid, reference_recall) for bound in rows]
-    lines += ["", "## Summary", "", "Each line takes every row whose measured NFE is within the bound.", ""]
-    lines += [*summary, ""]
+    if summary:
+        lines += ["", "## Summary", "", "Each line takes every row whose measured NFE is within the bound.", ""]
+        lines += [*summary, ""]
+    else:
+        lines.append("")
     if fronts:
         lines += _front_section(config, fronts, reference)
     lines.append(

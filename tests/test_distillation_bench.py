@@ -51,6 +51,7 @@ def test_distillation_bench_writes_its_rows_and_both_searched_fronts(fast_overri
         ]
     )
     table = run_distillation_benchmark(config, log=lambda message: None).read_text()
+    assert " 'fidelity.levels=[16,48]' 'fidelity.train_shares=[0.5,1.0]'` (weights" in table  # the command names them
     rows = ("| 1 | 1 | ddim-1 |", "| progressive |", "| consistency |", "| learned schedule |", "| dmd |")
     for row in (*rows, "| dmd + GAN |", "| dmd, 2 iterations |"):
         assert row in table
