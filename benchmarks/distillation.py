@@ -312,10 +312,9 @@ def _front_section(config, fronts: dict, reference: dict) -> list[str]:
             if not entry["fid"]:
                 lines.append(f"| {trial} | failed | | | | | {'; '.join(entry['failures'])[:100]} |")
                 continue
-            fid, spread = mean_std(entry["fid"])
             minutes = entry.get("train_minutes")
             lines.append(
-                f"| {trial} | {fid:.2f} ± {spread:.2f} | {entry['nfe']:.0f} | "
+                f"| {trial} | {_shown(mean_std(entry['fid']))} | {entry['nfe']:.0f} | "
                 f"{entry['latency_ms'] / reference['latency_ms']:.4f} | {mean_std(entry['recall'])[0]:.3f} | "
                 f"{'' if minutes is None else f'{minutes:.1f}'} | {describe(entry['params'])} |"
             )

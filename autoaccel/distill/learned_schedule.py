@@ -41,16 +41,14 @@ class _Schedule(torch.nn.Module):
         self.register_buffer("best", torch.zeros(steps, dtype=torch.long))
         self.register_buffer("best_loss", torch.tensor(math.inf))
 
-    def keep_if_better(self, loss: torch.Tensor, top: int) -> None:
-        if loss < self.best_loss:
-            self.best.copy_(torch.tensor(_timesteps(self.logits, top)))
-            self.best_loss.copy_(loss.detach())
-
 
 def _keep_if_better(schedule: _Schedule, teacher, top: int, noise, labels, endpoints) -> None:
     """Straight-through gradients are noisy: the schedule kept is the best seen on all the data."""
     with torch.no_grad():
-        schedule.keep_if_better(_rollout_loss(teacher, schedule.logits, top, noise, labels, endpoints, None), top)
+        loss = _rollout_loss(teacher, schedule.logits, top, noise, labels, endpoints, None)
+        if loss < schedule.best_loss:
+            schedule.best.copy_(torch.tensor(_timesteps(schedule.logits, top)))
+            schedule.best_loss.copy_(loss)
 
 
 def learned_timesteps(target, steps: int, train: TrainSettings, log: Callable[[str], None] | None = None) -> Continued:
